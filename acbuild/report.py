@@ -1,0 +1,64 @@
+"""Reporting: the protocol through which the library tells the CLI what is happening.
+
+The library never prints. It calls a Reporter; the CLI chooses how that looks (rich on a
+terminal, plain lines in CI, JSON for machines). NullReporter is for tests and library use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from acbuild.errors import Span
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepInfo:
+    """What a reporter needs to know of a step: its place in the build and its text."""
+
+    number: int  # 1-based, across all built stages
+    total: int
+    text: str  # the instruction as written, e.g. "COPY hello /bin/hello"
+    stage: str | None = None
+
+
+class Reporter(Protocol):
+    def step_started(self, step: StepInfo) -> None: ...
+
+    def step_output(self, step: StepInfo, line: str) -> None:
+        """One line of a RUN step's output (without the newline)."""
+
+    def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False) -> None: ...
+
+    def progress(self, what: str, done: int, total: int | None) -> None:
+        """Bytes done of total (None when unknown) for COPY, extraction, compression, download."""
+
+    def info(self, message: str) -> None: ...
+
+    def warning(self, message: str, span: Span | None = None) -> None: ...
+
+
+class NullReporter:
+    """Swallows everything; collects warnings so tests can look at them."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+        self.output: list[str] = []
+
+    def step_started(self, step: StepInfo) -> None:
+        pass
+
+    def step_output(self, step: StepInfo, line: str) -> None:
+        self.output.append(line)
+
+    def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False) -> None:
+        pass
+
+    def progress(self, what: str, done: int, total: int | None) -> None:
+        pass
+
+    def info(self, message: str) -> None:
+        pass
+
+    def warning(self, message: str, span: Span | None = None) -> None:
+        self.warnings.append(message)
