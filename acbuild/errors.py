@@ -97,10 +97,10 @@ class ErrorGroup(AcbuildError):
     def __init__(self, errors: Sequence[AcbuildError]):
         self.errors = tuple(sorted_errors(errors))
         first = self.errors[0] if self.errors else None
-        super().__init__(
-            f"{len(self.errors)} errors" if len(self.errors) != 1 else (first.message if first else ""),
-            span=first.span if first else None,
-        )
+        summary = f"{len(self.errors)} errors"
+        if len(self.errors) == 1 and first is not None:
+            summary = first.message
+        super().__init__(summary, span=first.span if first else None)
 
     def render(self) -> str:
         return "\n".join(e.render() for e in self.errors)

@@ -37,6 +37,9 @@ class Reporter(Protocol):
 
     def warning(self, message: str, span: Span | None = None) -> None: ...
 
+    def summary(self, rows: tuple[tuple[str, str], ...]) -> None:
+        """The closing table of a build: (field, value) pairs such as ("image ID", "sha512-…")."""
+
 
 class NullReporter:
     """Swallows everything; collects warnings so tests can look at them."""
@@ -62,3 +65,6 @@ class NullReporter:
 
     def warning(self, message: str, span: Span | None = None) -> None:
         self.warnings.append(message)
+
+    def summary(self, rows: tuple[tuple[str, str], ...]) -> None:
+        pass

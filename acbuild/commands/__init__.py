@@ -1,0 +1,1 @@
+"""Commands: one module a verb, each exporting a click command named ``command``."""

@@ -1,0 +1,76 @@
+"""Command helpers shared by every verb: global options and the reporter they choose.
+
+Global options are accepted before the verb and after it; both land in one CliState.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+
+from acbuild.console import make_reporter
+from acbuild.report import Reporter
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+PROGRESS_MODES = ("auto", "tty", "plain", "json")
+
+
+@dataclass(slots=True)
+class CliState:
+    debug: bool = False
+    quiet: bool = False
+    verbose: bool = False
+    progress: str = "auto"
+
+    def reporter(self) -> Reporter:
+        return make_reporter(self.resolved_progress(), quiet=self.quiet, verbose=self.verbose)
+
+    def resolved_progress(self) -> str:
+        if self.progress != "auto":
+            return self.progress
+        if os.environ.get("CI") or not sys.stderr.isatty():
+            return "plain"
+        return "tty"
+
+
+def state() -> CliState:
+    ctx = click.get_current_context()
+    root = ctx.find_root()
+    if not isinstance(root.obj, CliState):
+        root.obj = CliState()
+    return root.obj
+
+
+def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        # Only an option actually given overrides what was said before the verb.
+        source = ctx.get_parameter_source(param.name or "")
+        if source is not None and source.name != "DEFAULT":
+            setattr(state(), name, value)
+        return value
+
+    return callback
+
+
+def global_options(f: F) -> F:
+    """--debug, -q, -v and --progress, for the group and for every verb."""
+    opts = [
+        click.option("--debug", is_flag=True, expose_value=False, callback=_store("debug"),
+                     help="Show tracebacks for internal errors."),
+        click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_store("quiet"),
+                     help="Print only the result (e.g. the image ID)."),
+        click.option("-v", "--verbose", is_flag=True, expose_value=False,
+                     callback=_store("verbose"), help="Show debug details in the log."),
+        click.option("--progress", type=click.Choice(PROGRESS_MODES), default="auto",
+                     expose_value=False, callback=_store("progress"),
+                     help="Log style: tty (live), plain (CI), json; auto picks."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
