@@ -1,0 +1,289 @@
+"""Finalize: a deterministic tar writer (ustar, plus PAX extended headers where needed).
+
+Headers are built here rather than with ``tarfile``, whose per-member header building and
+stream buffering cost more than compressing. Output is handed on in whole blocks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from acbuild.errors import ImageError
+
+BLOCK = 512
+# The unit in which the stream is handed to ``out``: large enough to amortise the per-call
+# cost of hashing and compressing, small enough to keep several in flight.
+CHUNK = 1 << 20
+
+_TYPEFLAGS = {
+    "file": b"0",
+    "hardlink": b"1",
+    "symlink": b"2",
+    "chr": b"3",
+    "blk": b"4",
+    "dir": b"5",
+    "fifo": b"6",
+}
+_MAX_OCTAL_8 = 0o7777777  # largest value of an 8-byte field (7 digits + NUL)
+_MAX_OCTAL_12 = 0o77777777777  # largest value of a 12-byte field (11 digits + NUL)
+# Fixed name for PAX headers: GNU tar's default embeds the pid, which is not reproducible.
+_PAX_NAME = b"././@PaxHeader"
+
+
+class Sink(Protocol):
+    def write(self, data: bytes | bytearray | memoryview, /) -> object: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TarEntry:
+    """One archive member. ``name`` is the full path in the archive, without trailing slash."""
+
+    name: str
+    kind: str  # "file" | "dir" | "symlink" | "hardlink" | "chr" | "blk" | "fifo"
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
+    size: int = 0
+    linkname: str = ""
+    devmajor: int = 0
+    devminor: int = 0
+    xattrs: tuple[tuple[str, bytes], ...] = ()
+
+
+def _octal(value: int, width: int) -> bytes:
+    return b"%0*o\0" % (width - 1, value)
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    # The length prefix counts itself, so grow it until it is stable.
+    body = b" " + key + b"=" + value + b"\n"
+    length = len(body) + 1
+    while len(b"%d" % length) + len(body) != length:
+        length = len(b"%d" % length) + len(body)
+    return b"%d" % length + body
+
+
+def _split_name(name: bytes) -> tuple[bytes, bytes] | None:
+    """(prefix, name) fitting the ustar fields, or None when only PAX can hold it."""
+    if len(name) <= 100:
+        return b"", name
+    # The prefix must end at a slash and the remaining name must be non-empty; take the
+    # leftmost slash that leaves a name of at most 100 bytes (what GNU tar does).
+    start = max(len(name) - 101, 0)
+    cut = name.find(b"/", start, 156)
+    while cut != -1:
+        rest = name[cut + 1 :]
+        if 0 < len(rest) <= 100 and cut <= 155:
+            return name[:cut], rest
+        cut = name.find(b"/", cut + 1, 156)
+    return None
+
+
+def _header(
+    *,
+    name: bytes,
+    prefix: bytes,
+    mode: int,
+    uid: int,
+    gid: int,
+    size: int,
+    mtime: int,
+    typeflag: bytes,
+    linkname: bytes,
+    devmajor: int,
+    devminor: int,
+) -> bytes:
+    head = b"".join(
+        (
+            name.ljust(100, b"\0"),
+            _octal(mode, 8),
+            _octal(uid, 8),
+            _octal(gid, 8),
+            _octal(size, 12),
+            _octal(mtime, 12),
+            b"        ",  # checksum placeholder: eight spaces, as the checksum is computed
+            typeflag,
+            linkname.ljust(100, b"\0"),
+            b"ustar\x0000",
+            b"\0" * 64,  # uname and gname: empty, owners are numeric only
+            _octal(devmajor, 8),
+            _octal(devminor, 8),
+            prefix.ljust(155, b"\0"),
+            b"\0" * 12,
+        )
+    )
+    checksum = b"%06o\0 " % sum(head)
+    return head[:148] + checksum + head[156:]
+
+
+def _fit(value: int, limit: int, key: bytes, pax: list[bytes]) -> int:
+    """The value for a numeric field, or 0 with a PAX record when it does not fit."""
+    if 0 <= value <= limit:
+        return value
+    pax.append(_pax_record(key, b"%d" % value))
+    return 0
+
+
+def encode_headers(entry: TarEntry) -> bytes:
+    """The header block(s) of ``entry``: a PAX extended header first when one is needed."""
+    if entry.kind not in _TYPEFLAGS:
+        raise ValueError(f"unknown tar entry kind {entry.kind!r}")
+    raw_name = os.fsencode(entry.name) + (b"/" if entry.kind == "dir" else b"")
+    raw_link = os.fsencode(entry.linkname)
+    pax: list[bytes] = []
+    split = _split_name(raw_name)
+    if split is None:
+        pax.append(_pax_record(b"path", raw_name))
+        split = b"", raw_name[:100]
+    if len(raw_link) > 100:
+        pax.append(_pax_record(b"linkpath", raw_link))
+        raw_link = raw_link[:100]
+    size = _fit(entry.size, _MAX_OCTAL_12, b"size", pax)
+    mtime = _fit(entry.mtime, _MAX_OCTAL_12, b"mtime", pax)
+    uid = _fit(entry.uid, _MAX_OCTAL_8, b"uid", pax)
+    gid = _fit(entry.gid, _MAX_OCTAL_8, b"gid", pax)
+    if not (0 <= entry.devmajor <= _MAX_OCTAL_8 and 0 <= entry.devminor <= _MAX_OCTAL_8):
+        raise ValueError(f"{entry.name}: device number too large for tar")
+    for key, value in sorted(entry.xattrs):
+        pax.append(_pax_record(b"SCHILY.xattr." + key.encode("utf-8", "surrogateescape"), value))
+    main = _header(
+        name=split[1],
+        prefix=split[0],
+        mode=entry.mode & 0o7777,
+        uid=uid,
+        gid=gid,
+        size=size,
+        mtime=mtime,
+        typeflag=_TYPEFLAGS[entry.kind],
+        linkname=raw_link,
+        devmajor=entry.devmajor,
+        devminor=entry.devminor,
+    )
+    if not pax:
+        return main
+    if any(_not_utf8(r) for r in pax):
+        # Raw (non-UTF-8) file names are kept byte for byte, as POSIX allows.
+        pax.insert(0, _pax_record(b"hdrcharset", b"BINARY"))
+    body = b"".join(pax)
+    ext = _header(
+        name=_PAX_NAME,
+        prefix=b"",
+        mode=0o644,
+        uid=0,
+        gid=0,
+        size=len(body),
+        mtime=0,
+        typeflag=b"x",
+        linkname=b"",
+        devmajor=0,
+        devminor=0,
+    )
+    return ext + body + _padding(len(body)) + main
+
+
+def _not_utf8(record: bytes) -> bool:
+    if b" SCHILY.xattr." in record[:24]:
+        return False  # xattr values are binary by definition
+    try:
+        record.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _padding(size: int) -> bytes:
+    return b"\0" * (-size % BLOCK)
+
+
+class TarWriter:
+    """Writes a tar stream to ``out`` in CHUNK-sized blocks; counts the bytes.
+
+    Each block handed to ``out.write`` is a fresh object that is never modified afterwards,
+    so ``out`` may keep it (a parallel compressor does) without copying.
+    """
+
+    def __init__(self, out: Sink) -> None:
+        self._out = out
+        self._buf = bytearray(CHUNK)
+        self._pos = 0
+        self._flushed = 0
+        self._closed = False
+
+    @property
+    def offset(self) -> int:
+        """Bytes of tar written so far (including what is still buffered)."""
+        return self._flushed + self._pos
+
+    def add(self, entry: TarEntry, data: BinaryIO | None = None) -> None:
+        """Add ``entry``; for a regular file, stream exactly ``entry.size`` bytes of ``data``."""
+        self._put(encode_headers(entry))
+        if entry.kind != "file" or entry.size == 0:
+            return
+        if data is None:
+            raise ValueError(f"{entry.name}: file data missing")
+        readinto = getattr(data, "readinto", None)
+        if readinto is None:
+            self._copy(entry, lambda view: _read_into(data, view))
+        else:
+            self._copy(entry, readinto)
+
+    def add_fd(self, entry: TarEntry, fd: int) -> None:
+        """Like add(), reading the file data from an open file descriptor."""
+        self._put(encode_headers(entry))
+        if entry.kind == "file" and entry.size:
+            self._copy(entry, lambda view: os.readv(fd, (view,)))
+
+    def close(self) -> None:
+        """End the archive with two zero blocks and hand on what is buffered."""
+        if self._closed:
+            return
+        self._put(b"\0" * (2 * BLOCK))
+        self._flush()
+        self._closed = True
+
+    def _copy(self, entry: TarEntry, readinto: object) -> None:
+        remaining = entry.size
+        view = memoryview(self._buf)
+        while remaining:
+            if self._pos == CHUNK:
+                self._flush()
+                view = memoryview(self._buf)
+            n = min(remaining, CHUNK - self._pos)
+            got = readinto(view[self._pos : self._pos + n])  # type: ignore[operator]
+            if not got:
+                raise ImageError(
+                    f"{entry.name}: data ended after {entry.size - remaining} "
+                    f"of {entry.size} bytes (file changed while archiving?)"
+                )
+            self._pos += got
+            remaining -= got
+        view.release()
+        self._put(_padding(entry.size))
+
+    def _put(self, data: bytes) -> None:
+        while data:
+            if self._pos == CHUNK:
+                self._flush()
+            n = min(len(data), CHUNK - self._pos)
+            self._buf[self._pos : self._pos + n] = data[:n]
+            self._pos += n
+            data = data[n:]
+
+    def _flush(self) -> None:
+        if not self._pos:
+            return
+        block = self._buf if self._pos == CHUNK else self._buf[: self._pos]
+        self._out.write(block)
+        self._flushed += self._pos
+        # A new buffer, because ``out`` may still hold the old one.
+        self._buf = bytearray(CHUNK)
+        self._pos = 0
+
+
+def _read_into(data: BinaryIO, view: memoryview) -> int:
+    chunk = data.read(len(view))
+    view[: len(chunk)] = chunk
+    return len(chunk)
