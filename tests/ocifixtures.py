@@ -1,0 +1,196 @@
+"""Test fixtures: real Docker/OCI images made with umoci and skopeo.
+
+Layers are written as plain tars (so tests control whiteouts, opaque markers and hardlinks),
+appended with ``umoci raw add-layer``, configured with ``umoci config`` and copied to
+docker-archive / oci-archive with ``skopeo copy``. Reusable outside the interop tests.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BUSYBOX = Path("/usr/bin/busybox")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entry:
+    """One tar entry of a test layer. kind: file, dir, symlink, hardlink, whiteout, opaque."""
+
+    kind: str
+    path: str
+    data: bytes = b""
+    target: str = ""
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+
+
+def file(path: str, data: bytes | str, mode: int = 0o644, uid: int = 0, gid: int = 0) -> Entry:
+    raw = data.encode() if isinstance(data, str) else data
+    return Entry(kind="file", path=path, data=raw, mode=mode, uid=uid, gid=gid)
+
+
+def directory(path: str, mode: int = 0o755) -> Entry:
+    return Entry(kind="dir", path=path, mode=mode)
+
+
+def symlink(path: str, target: str) -> Entry:
+    return Entry(kind="symlink", path=path, target=target, mode=0o777)
+
+
+def hardlink(path: str, target: str) -> Entry:
+    return Entry(kind="hardlink", path=path, target=target)
+
+
+def whiteout(path: str) -> Entry:
+    """Deletes ``path`` of a lower layer (written as ``dir/.wh.name``)."""
+    return Entry(kind="whiteout", path=path)
+
+
+def opaque(path: str) -> Entry:
+    """Hides everything lower layers put under directory ``path``."""
+    return Entry(kind="opaque", path=path)
+
+
+def _tarinfo(e: Entry) -> tuple[tarfile.TarInfo, bytes | None]:
+    name = e.path.strip("/")
+    if e.kind == "whiteout":
+        head, _, base = name.rpartition("/")
+        name = f"{head}/.wh.{base}" if head else f".wh.{base}"
+    elif e.kind == "opaque":
+        name = f"{name}/.wh..wh..opq"
+    ti = tarfile.TarInfo(name)
+    ti.mode, ti.uid, ti.gid, ti.mtime = e.mode, e.uid, e.gid, 1_600_000_000
+    if e.kind == "dir":
+        ti.type = tarfile.DIRTYPE
+    elif e.kind == "symlink":
+        ti.type, ti.linkname = tarfile.SYMTYPE, e.target
+    elif e.kind == "hardlink":
+        ti.type, ti.linkname = tarfile.LNKTYPE, e.target.strip("/")
+    elif e.kind == "file":
+        ti.size = len(e.data)
+        return ti, e.data
+    else:
+        ti.size = 0
+        return ti, b""
+    return ti, None
+
+
+def write_layer_tar(path: Path, entries: Sequence[Entry]) -> Path:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for e in entries:
+            ti, data = _tarinfo(e)
+            tar.addfile(ti, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """What ``umoci config`` sets; tuples keep the order umoci writes."""
+
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    user: str | None = None
+    workingdir: str | None = None
+    ports: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    os: str = "linux"
+    architecture: str = "amd64"
+    created: str = "2020-09-13T12:26:40Z"
+    extra: tuple[str, ...] = field(default=())
+
+    def args(self) -> list[str]:
+        out = ["--os", self.os, "--architecture", self.architecture, "--created", self.created]
+        out += [a for v in self.entrypoint for a in ("--config.entrypoint", v)]
+        out += [a for v in self.cmd for a in ("--config.cmd", v)]
+        out += [a for v in self.env for a in ("--config.env", v)]
+        out += [a for v in self.ports for a in ("--config.exposedports", v)]
+        out += [a for v in self.volumes for a in ("--config.volume", v)]
+        out += [a for v in self.labels for a in ("--config.label", v)]
+        if self.user is not None:
+            out += ["--config.user", self.user]
+        if self.workingdir is not None:
+            out += ["--config.workingdir", self.workingdir]
+        return out + list(self.extra)
+
+
+def run(*argv: str | Path) -> str:
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def make_layout(
+    layout: Path,
+    tag: str,
+    layers: Sequence[Sequence[Entry]],
+    config: Config = Config(),
+) -> Path:
+    """Add image ``tag`` with these layers (bottom first) to the OCI layout ``layout``."""
+    if not (layout / "oci-layout").exists():
+        run("umoci", "init", "--layout", layout)
+    run("umoci", "new", "--image", f"{layout}:{tag}")
+    for i, entries in enumerate(layers):
+        tar = write_layer_tar(layout.parent / f".{layout.name}-{tag}-{i}.tar", entries)
+        run("umoci", "raw", "add-layer", "--no-history", "--image", f"{layout}:{tag}", tar)
+        tar.unlink()
+    run("umoci", "config", "--no-history", "--image", f"{layout}:{tag}", *config.args())
+    return layout
+
+
+def to_docker_archive(layout: Path, tag: str, out: Path, name: str) -> Path:
+    """``name`` is NAME:TAG as ``docker save`` records it."""
+    run("skopeo", "copy", "--quiet", f"oci:{layout}:{tag}", f"docker-archive:{out}:{name}")
+    return out
+
+
+def add_to_docker_archive(layout: Path, tag: str, out: Path, name: str) -> Path:
+    """Append another image to an existing docker-archive (skopeo cannot; rebuild it)."""
+    run("skopeo", "copy", "--quiet", "--additional-tag", name, f"oci:{layout}:{tag}",
+        f"docker-archive:{out}")
+    return out
+
+
+def to_oci_archive(layout: Path, tag: str, out: Path) -> Path:
+    run("skopeo", "copy", "--quiet", f"oci:{layout}:{tag}", f"oci-archive:{out}")
+    return out
+
+
+def umoci_unpack(layout: Path, tag: str, bundle: Path) -> Path:
+    """The reference rootfs: what umoci itself makes of the image."""
+    run("umoci", "unpack", "--rootless", "--image", f"{layout}:{tag}", bundle)
+    return bundle / "rootfs"
+
+
+BUSYBOX_APPLETS = ("sh", "echo", "cat", "ls", "id", "env", "true", "false", "mkdir", "rm", "touch")
+
+
+def busybox_layout(layout: Path, tag: str = "latest", config: Config | None = None) -> Path:
+    """An OCI image holding the static busybox at /bin/busybox with a few applet links."""
+    entries = [directory("bin"), directory("etc"), directory("tmp", 0o1777),
+               file("bin/busybox", BUSYBOX.read_bytes(), 0o755)]
+    entries += [symlink(f"bin/{a}", "busybox") for a in BUSYBOX_APPLETS]
+    entries += [file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+                file("etc/group", "root:x:0:\n")]
+    cfg = config or Config(cmd=("/bin/sh",), env=("PATH=/bin",), workingdir="/")
+    return make_layout(layout, tag, [entries], cfg)
+
+
+def busybox_docker_archive(workdir: Path, name: str = "busybox", tag: str = "latest") -> Path:
+    """A ``docker save``-style tarball of busybox: ``<workdir>/<name>-<tag>.docker.tar``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    layout = workdir / f"{name.replace('/', '-')}-{tag}.oci"
+    if layout.exists():
+        shutil.rmtree(layout)
+    busybox_layout(layout, tag)
+    out = workdir / f"{name.replace('/', '-')}-{tag}.docker.tar"
+    return to_docker_archive(layout, tag, out, f"{name}:{tag}")
