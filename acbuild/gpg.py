@@ -1,0 +1,141 @@
+"""Trust: the one door to GnuPG (python-gnupg), used by signing, the trust store and verification.
+
+Turns a missing gpg and gpg's status lines into TrustError, and gives isolated temporary
+keyrings so verification never consults the user's own keyring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import gnupg
+
+from acbuild.errors import TrustError
+
+# python-gnupg logs every status line it does not know at WARNING; we read them ourselves.
+logging.getLogger("gnupg").setLevel(logging.ERROR)
+
+GPG_BINARY = "gpg"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyInfo:
+    """A public key as gpg describes it: lowercase fingerprint, user ids, validity."""
+
+    fingerprint: str
+    uids: tuple[str, ...]
+    expired: bool = False
+    revoked: bool = False
+
+    @property
+    def uid(self) -> str:
+        return self.uids[0] if self.uids else "(no user id)"
+
+
+def open_gpg(home: Path | None) -> gnupg.GPG:
+    """A python-gnupg handle on ``home`` (None: gpg's own default, i.e. $GNUPGHOME or ~/.gnupg)."""
+    if shutil.which(GPG_BINARY) is None:
+        raise TrustError(
+            "gpg not found: signing and verification need GnuPG",
+            hint="install it (Debian/Ubuntu: apt-get install gnupg)",
+        )
+    if home is not None and not home.is_dir():
+        raise TrustError(f"GnuPG home {home} does not exist")
+    try:
+        return gnupg.GPG(gpgbinary=GPG_BINARY, gnupghome=str(home) if home else None)
+    except (OSError, ValueError) as e:
+        raise TrustError(f"cannot run gpg: {e}") from None
+
+
+def status_lines(result: object) -> tuple[tuple[str, str], ...]:
+    """gpg's ``[GNUPG:] KEY value`` lines from a python-gnupg result, in order."""
+    out: list[tuple[str, str]] = []
+    for line in (getattr(result, "stderr", "") or "").splitlines():
+        if line.startswith("[GNUPG:] "):
+            key, _, value = line[9:].partition(" ")
+            out.append((key, value))
+    return tuple(out)
+
+
+def gpg_messages(result: object) -> str:
+    """gpg's human-readable stderr lines (no status lines), joined, for error details."""
+    lines = [
+        line.removeprefix("gpg: ")
+        for line in (getattr(result, "stderr", "") or "").splitlines()
+        if line and not line.startswith("[GNUPG:]")
+    ]
+    return "; ".join(lines[-3:])
+
+
+def _key_info(entry: dict[str, object]) -> KeyInfo:
+    trust = str(entry.get("trust", ""))
+    uids = entry.get("uids") or ()
+    return KeyInfo(
+        fingerprint=str(entry["fingerprint"]).lower(),
+        uids=tuple(str(u) for u in uids),  # type: ignore[attr-defined] # list of str
+        expired=trust == "e",
+        revoked=trust == "r",
+    )
+
+
+def list_keys(
+    gpg: gnupg.GPG, *, secret: bool = False, keys: str | None = None
+) -> tuple[KeyInfo, ...]:
+    try:
+        found = gpg.list_keys(secret=secret, keys=keys)
+    except (OSError, ValueError) as e:
+        raise TrustError(f"cannot list keys: {e}") from None
+    return tuple(_key_info(k) for k in found)
+
+
+@contextlib.contextmanager
+def temporary_keyring() -> Iterator[gnupg.GPG]:
+    """A fresh, empty GnuPG home that is removed (and its agent stopped) afterwards."""
+    # A short path under the system temp dir: gpg-agent's socket path has a length limit.
+    home = Path(tempfile.mkdtemp(prefix="acbuild-gpg-"))
+    try:
+        home.chmod(0o700)
+        yield open_gpg(home)
+    finally:
+        stop_agent(home)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def stop_agent(home: Path) -> None:
+    """Stop any gpg-agent a gpg call started for ``home`` (importing keys can start one)."""
+    if shutil.which("gpgconf") and (home / "S.gpg-agent").exists():
+        subprocess.run(
+            ["gpgconf", "--homedir", str(home), "--kill", "all"],
+            check=False, capture_output=True, timeout=30,
+        )
+
+
+def scan_keys(armored: bytes) -> tuple[KeyInfo, ...]:
+    """The keys in a key file (armored or binary) without importing them anywhere that lasts."""
+    with temporary_keyring() as gpg:
+        imported = import_keys(gpg, armored)
+        return tuple(k for k in list_keys(gpg) if k.fingerprint in imported)
+
+
+def import_keys(gpg: gnupg.GPG, data: bytes) -> tuple[str, ...]:
+    """Import key material; the lowercase fingerprints of the keys it holds."""
+    result = gpg.import_keys(data)
+    fingerprints = tuple(sorted({f.lower() for f in result.fingerprints if f}))
+    if not fingerprints:
+        raise TrustError("no OpenPGP public key found in the key data")
+    return fingerprints
+
+
+def export_public(gpg: gnupg.GPG, fingerprint: str) -> bytes:
+    """One public key, ASCII-armored, as it stands in ``gpg``'s keyring."""
+    text = gpg.export_keys(fingerprint, armor=True)
+    if not text:
+        raise TrustError(f"cannot export public key {fingerprint}")
+    return text.encode("ascii") if isinstance(text, str) else bytes(text)
