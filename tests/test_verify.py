@@ -1,0 +1,130 @@
+"""Tests for acbuild.verify: real signatures checked in an isolated keyring."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from acbuild.errors import TrustError
+from acbuild.report import NullReporter
+from acbuild.sign import sign_image
+from acbuild.truststore import TrustStore
+from acbuild.verify import verify_image
+from tests.gpghelp import Keys, make_aci, make_keys, sign_at
+
+
+@pytest.fixture(scope="session")
+def gpgkeys() -> Iterator[Keys]:
+    yield from make_keys()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TrustStore:
+    return TrustStore(tmp_path / "trust")
+
+
+def signed(gpgkeys: Keys, tmp_path: Path, key: str = "alice", name: str = "example.com/app",
+           home: Path | None = None) -> Path:
+    image = make_aci(tmp_path / "app.aci", name, {"version": "1.0"})
+    sign_image(image, gpgkeys.fpr[key], gpg_home=home or gpgkeys.home, reporter=NullReporter())
+    return image
+
+
+def test_accepts_key_trusted_for_prefix(gpgkeys: Keys, tmp_path: Path, store: TrustStore) -> None:
+    store.add(gpgkeys.pub["alice"].read_bytes(), prefix="example.com/app")
+    image = signed(gpgkeys, tmp_path, name="example.com/app/sub")
+    result = verify_image(image, store)
+    assert result.name == "example.com/app/sub"
+    assert result.fingerprint == gpgkeys.fpr["alice"]
+    assert result.signer == "Alice <alice@example.com>"
+    assert result.trusted_as == "prefix example.com/app"
+
+
+def test_accepts_root_key(gpgkeys: Keys, tmp_path: Path, store: TrustStore) -> None:
+    store.add(gpgkeys.pub["bob"].read_bytes(), prefix=None)
+    assert verify_image(signed(gpgkeys, tmp_path, key="bob"), store).trusted_as == "root"
+
+
+def test_rejects_one_changed_byte(gpgkeys: Keys, tmp_path: Path, store: TrustStore) -> None:
+    store.add(gpgkeys.pub["alice"].read_bytes(), prefix="example.com/app")
+    image = signed(gpgkeys, tmp_path)
+    data = bytearray(image.read_bytes())
+    data[-1] ^= 1  # tar padding: the manifest still reads the same
+    image.write_bytes(bytes(data))
+    with pytest.raises(TrustError) as e:
+        verify_image(image, store)
+    assert e.value.message == (f"bad signature on {image}: the image or app.aci.asc was changed "
+                               "after signing")
+
+
+def test_rejects_key_trusted_for_another_prefix(gpgkeys: Keys, tmp_path: Path,
+                                                store: TrustStore) -> None:
+    store.add(gpgkeys.pub["alice"].read_bytes(), prefix="example.com/app")
+    store.add(gpgkeys.pub["bob"].read_bytes(), prefix="example.com/apple")
+    image = signed(gpgkeys, tmp_path, key="alice", name="example.com/apple")
+    with pytest.raises(TrustError) as e:
+        verify_image(image, store)
+    assert e.value.message == (f"{image} is signed by key {gpgkeys.fpr['alice']}, which is not "
+                               "trusted for example.com/apple")
+    assert e.value.hint == "that key is trusted only for prefix example.com/app"
+
+
+def test_no_keys_for_name(gpgkeys: Keys, tmp_path: Path, store: TrustStore) -> None:
+    store.add(gpgkeys.pub["alice"].read_bytes(), prefix="example.com/app")
+    image = signed(gpgkeys, tmp_path, name="example.com/apple")
+    with pytest.raises(TrustError) as e:
+        verify_image(image, store)
+    assert e.value.message == f"no keys are trusted for example.com/apple in {store.root}"
+
+
+def test_no_signature(tmp_path: Path, store: TrustStore) -> None:
+    image = make_aci(tmp_path / "app.aci", "example.com/app")
+    with pytest.raises(TrustError) as e:
+        verify_image(image, store)
+    assert e.value.message == f"{image} is not signed: {image}.asc does not exist"
+
+
+def test_garbage_signature(gpgkeys: Keys, tmp_path: Path, store: TrustStore) -> None:
+    store.add(gpgkeys.pub["alice"].read_bytes(), prefix="example.com/app")
+    image = make_aci(tmp_path / "app.aci", "example.com/app")
+    Path(f"{image}.asc").write_text("hello")
+    with pytest.raises(TrustError) as e:
+        verify_image(image, store)
+    assert e.value.message == f"cannot verify {image}: {image}.asc holds no OpenPGP signature"
+
+
+def test_expired_key(gpgkeys: Keys, tmp_path: Path, store: TrustStore) -> None:
+    store.add(gpgkeys.pub["old"].read_bytes(), prefix="example.com")
+    image = make_aci(tmp_path / "app.aci", "example.com/app")
+    sign_at(gpgkeys.home, gpgkeys.fpr["old"], image, "20200101T010000")
+    with pytest.raises(TrustError) as e:
+        verify_image(image, store)
+    assert e.value.message == (f"{image} is signed by key {gpgkeys.fpr['old']} "
+                               "(Old <old@example.com>), which has expired")
+
+
+def test_revoked_key(gpgkeys: Keys, tmp_path: Path, store: TrustStore) -> None:
+    image = signed(gpgkeys, tmp_path, key="rev")
+    store.add(gpgkeys.pub["rev"].read_bytes(), prefix="example.com")
+    assert verify_image(image, store).fingerprint == gpgkeys.fpr["rev"]
+    store.add(gpgkeys.revoked_pub.read_bytes(), prefix="example.com")  # the publisher revoked it
+    with pytest.raises(TrustError) as e:
+        verify_image(image, store)
+    assert e.value.message == (f"{image} is signed by key {gpgkeys.fpr['rev']} "
+                               "(Rev <rev@example.com>), which has been revoked")
+
+
+def test_explicit_signature_and_mislabelled_key_file(gpgkeys: Keys, tmp_path: Path,
+                                                     store: TrustStore) -> None:
+    image = signed(gpgkeys, tmp_path)
+    moved = tmp_path / "sig.asc"
+    Path(f"{image}.asc").rename(moved)
+    store.add(gpgkeys.pub["alice"].read_bytes(), prefix="example.com")
+    assert verify_image(image, store, signature=moved).signature == moved
+    # A key file whose name is not the key it holds is refused, as rkt does.
+    (key,) = store.all_keys()
+    key.path.write_bytes(gpgkeys.pub["bob"].read_bytes())
+    with pytest.raises(TrustError, match="not the key its name says"):
+        verify_image(image, store, signature=moved)
