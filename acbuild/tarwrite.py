@@ -72,7 +72,7 @@ def _split_name(name: bytes) -> tuple[bytes, bytes] | None:
         return b"", name
     # The prefix must end at a slash and the remaining name must be non-empty; take the
     # leftmost slash that leaves a name of at most 100 bytes (what GNU tar does).
-    start = max(len(name) - 101, 0)
+    start = max(len(name) - 101, 1)  # a cut at 0 would lose a leading slash
     cut = name.find(b"/", start, 156)
     while cut != -1:
         rest = name[cut + 1 :]
