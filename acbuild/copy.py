@@ -138,6 +138,9 @@ def _stage_sources(unsafe: str, from_rootfs: StagedRootfs, instr: Copy,
                    owner=owner or from_rootfs.owners.get(rel, (0, 0)), device=node)
             for rel, node in sorted(from_rootfs.devices.items())
             if rel == top or rel.startswith(prefix))
+        if not entries:  # a glob matched a dangling symlink
+            raise BuildError(f"COPY source '/{top}' not found in stage '{instr.from_stage}'",
+                             span=span)
         yield _Source(name=name, entries=tuple(e for e in entries if e is not None))
 
 
@@ -227,11 +230,11 @@ class _Writer:
             target = posixpath.join(base, entry.sub) if entry.sub else base
             if not target:
                 continue  # the rootfs root itself keeps its mode and owner
-            self._guard(f"/{target}", lambda e=entry, t=target: self._write(e, t))
+            self._guard(f"/{target}", self._write, entry, target)
 
-    def _guard(self, shown: str, action: Callable[[], object]) -> None:
+    def _guard(self, shown: str, action: Callable[..., object], *args: object) -> None:
         try:
-            action()
+            action(*args)
         except BuildError:
             raise
         except AcbuildError as e:  # securepath: a loop or a non-directory in the way

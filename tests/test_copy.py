@@ -340,6 +340,7 @@ def test_copy_from_a_stage_with_globs_and_chown(tmp_path: Path, ctx: Path,
     ("/gone", "COPY source '/gone' not found in stage 'build'"),
     ("/nope", "COPY source '/nope' not found in stage 'build'"),
     ("/usr/*.a", "COPY source '/usr/*.a' matches nothing in stage 'build'"),
+    ("/go*", "COPY source '/no/such' not found in stage 'build'"),
 ])
 def test_copy_from_a_stage_errors(tmp_path: Path, ctx: Path, rootfs: StagedRootfs,
                                   source: str, message: str) -> None:
