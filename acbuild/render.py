@@ -142,11 +142,12 @@ class _LineMarks(Extension):
 
 def _mark_data(value: str, lineno: int, d: str) -> str:
     pieces = value.split("\n")
-    marked = [f"{d}{lineno}{d}{pieces[0]}"]
-    for offset, piece in enumerate(pieces[1:], start=1):
+    last = len(pieces) - 1
+    return "\n".join(
         # Nothing to mark after a final newline: the next line starts with a tag.
-        marked.append(f"{d}{lineno + offset}{d}{piece}" if piece else piece)
-    return "\n".join(marked)
+        piece if offset == last and offset and not piece else f"{d}{lineno + offset}{d}{piece}"
+        for offset, piece in enumerate(pieces)
+    )
 
 
 def _environment(delimiter: str) -> jinja2.Environment:
