@@ -117,13 +117,15 @@ def split_image_reference(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
 
     (A private twin of what parse.py may offer; the planner needs it for BEGIN.)
     """
+    if "://" in text:
+        raise AcfileError(
+            f"{text!r} is not an image name: registry references are not supported",
+            hint="save the image (docker save) and use docker-archive:PATH",
+        )
     head, *rest = text.split(",")
     name, colon, version = head.partition(":")
-    hint = None
-    if "://" in text:
-        hint = "registry references are not supported; save the image and use docker-archive:PATH"
     if problem := appc.ac_identifier_problem("image name", name):
-        raise AcfileError(problem, hint=hint)
+        raise AcfileError(problem)
     labels: list[tuple[str, str]] = []
     if colon:
         if not version:
@@ -300,12 +302,15 @@ def _number(drafts: list[_Draft]) -> tuple[Stage, ...]:
 # ---- checks -----------------------------------------------------------------------------------
 
 
-def _at(i: ins.Located, token: str | None) -> Span:
-    """The span of ``token`` in the instruction's line, else the keyword's span."""
+def _at(i: ins.Located, token: str | None, after: str | None = None) -> Span:
+    """The span of ``token`` in the instruction's line (after the word ``after`` when given),
+    else the keyword's span."""
     span, line = i.span, i.span.source_line
     if not token or line is None:
         return span
     start = max(span.column - 1, 0) + len(ins.keyword(i))
+    if after is not None and (previous := _at(i, after)) is not span:
+        start = previous.column - 1 + previous.length
     # A whole word first ("b" should not hit the b in "--from=build"), then any occurrence.
     word = re.compile(r"(?<![^\s'\"=,])" + re.escape(token) + r"(?![^\s'\"=,:])")
     found = word.search(line, start) or word.search(line)
@@ -313,8 +318,14 @@ def _at(i: ins.Located, token: str | None) -> Span:
     return span if index < 0 else span.with_column(index + 1, len(token))
 
 
-def _error(i: ins.Located, token: str | None, message: str, hint: str | None = None) -> AcfileError:
-    return AcfileError(message, span=_at(i, token), hint=hint)
+def _error(
+    i: ins.Located,
+    token: str | None,
+    message: str,
+    hint: str | None = None,
+    after: str | None = None,
+) -> AcfileError:
+    return AcfileError(message, span=_at(i, token, after), hint=hint)
 
 
 def _problems(i: ins.Located, found: Sequence[tuple[str | None, str | None]]) -> list[AcbuildError]:
@@ -413,13 +424,13 @@ def _check_app_item(
             found = [
                 (i.name, appc.ac_name_problem("port name", i.name)),
                 (i.protocol or None, None if i.protocol else "PORT needs a protocol"),
-                (str(i.port), appc.port_problem(i.port, i.count)),
             ]
+            if problem := appc.port_problem(i.port, i.count):
+                return [*_problems(i, found), _error(i, str(i.port), problem, after=i.protocol)]
         case ins.Mount():
-            found = [
-                (i.name, appc.ac_name_problem("mount point name", i.name)),
-                (i.path, appc.absolute_path_problem("mount point path", i.path)),
-            ]
+            found = [(i.name, appc.ac_name_problem("mount point name", i.name))]
+            if problem := appc.absolute_path_problem("mount point path", i.path):
+                return [*_problems(i, found), _error(i, i.path, problem, after=i.name)]
         case ins.Isolator():
             token = i.name if i.name not in appc.KNOWN_ISOLATORS else None
             problem = appc.isolator_value_problem(i.name, i.value_json)
