@@ -1,0 +1,303 @@
+"""Images (execute stage): reading ACIs, and unpacking base images into a StagedRootfs.
+
+A base is an ACI, a plain rootfs tarball (any allowed compression) or a rootfs directory;
+all are treated as hostile: archives go through ``extract``, directories are copied
+through the same writer, symlinks verbatim and never followed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from acbuild import compression, manifest
+from acbuild.errors import ImageError
+from acbuild.extract import (
+    CHUNK,
+    Limits,
+    RootfsWriter,
+    TarSource,
+    archive_errors,
+    clean_name,
+    extract_tar,
+    members,
+)
+from acbuild.manifest import ImageManifest
+from acbuild.report import Reporter
+from acbuild.staging import StagedRootfs
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntryInfo:
+    """One archive entry as inspect and diff show it; ``name`` is cleaned ("rootfs/bin")."""
+
+    name: str
+    kind: str  # file, dir, symlink, hardlink, chr, blk, fifo, other
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    linkname: str
+    mtime: int
+
+
+@contextlib.contextmanager
+def open_tar(path: Path) -> Iterator[BinaryIO]:
+    """The decompressed tar stream of the archive at ``path``."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below, after the caller is done
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such image") from None
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read: {e.strerror}") from None
+    with f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ImageError(f"{path}: not a regular file")
+        with archive_errors():
+            stream = compression.open_decompressed(f)
+        yield stream
+
+
+def read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int, what: str) -> bytes:
+    """The data of a small member (the manifest), refusing more than ``limit`` bytes."""
+    if member.size > limit:
+        raise ImageError(f"{what} is larger than {limit} bytes")
+    with archive_errors():
+        data = tar.extractfile(member)
+        assert data is not None  # callers pass regular files
+        return data.read()
+
+
+def read_manifest(path: Path, *, limits: Limits = Limits()) -> ImageManifest:  # noqa: B008
+    """The manifest of the ACI at ``path``; stops reading once it is found."""
+    with open_tar(path) as stream:
+        for member, tar in members(TarSource(stream), limits):
+            if clean_name(member.name) == "manifest" and member.isreg():
+                data = read_member(tar, member, limits.max_manifest, "manifest")
+                return manifest.from_json_bytes(data)
+    raise ImageError(f"{path}: not an ACI: it has no manifest")
+
+
+def image_id(path: Path) -> str:
+    """``sha512-`` + the hex SHA-512 of the decompressed tar, read in blocks."""
+    digest = hashlib.sha512()
+    with open_tar(path) as stream, archive_errors():
+        while chunk := stream.read(CHUNK):
+            digest.update(chunk)
+    return "sha512-" + digest.hexdigest()
+
+
+def entry_kind(member: tarfile.TarInfo) -> str:
+    if member.isreg():
+        return "file"
+    for kind, test in (("dir", member.isdir), ("symlink", member.issym), ("hardlink", member.islnk),
+                       ("chr", member.ischr), ("blk", member.isblk), ("fifo", member.isfifo)):
+        if test():
+            return kind
+    return "other"
+
+
+def entry_info(member: tarfile.TarInfo) -> EntryInfo:
+    return EntryInfo(
+        name=clean_name(member.name),
+        kind=entry_kind(member),
+        size=member.size if member.isreg() else 0,
+        mode=member.mode & 0o7777,
+        uid=member.uid,
+        gid=member.gid,
+        linkname=member.linkname,
+        mtime=int(member.mtime),
+    )
+
+
+def iter_entries(path: Path, *, limits: Limits = Limits()) -> Iterator[EntryInfo]:  # noqa: B008
+    """Every entry of the archive at ``path``, in archive order."""
+    with open_tar(path) as stream:
+        for member, _tar in members(TarSource(stream), limits):
+            yield entry_info(member)
+
+
+class _ManifestCatcher:
+    """Receives the entries outside ``rootfs/`` during extraction of an ACI."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.data: bytes | None = None
+
+    def __call__(self, name: str, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        if name == "manifest" and member.isreg():
+            self.data = read_member(tar, member, self.limits.max_manifest, "manifest")
+
+
+def unpack_image(
+    path: Path,
+    rootfs: StagedRootfs,
+    *,
+    reporter: Reporter | None = None,
+    limits: Limits = Limits(),  # noqa: B008
+) -> ImageManifest:
+    """Extract the ACI at ``path`` into ``rootfs``; returns its manifest."""
+    catcher = _ManifestCatcher(limits)
+    with open_tar(path) as stream:
+        extract_tar(
+            stream, rootfs, prefix="rootfs/", limits=limits, reporter=reporter, on_outside=catcher
+        )
+    if catcher.data is None:
+        raise ImageError(f"{path}: not an ACI: it has no manifest")
+    return manifest.from_json_bytes(catcher.data)
+
+
+def unpack_base(
+    path: Path,
+    rootfs: StagedRootfs,
+    *,
+    reporter: Reporter | None = None,
+    limits: Limits = Limits(),  # noqa: B008
+) -> ImageManifest | None:
+    """Unpack a base: an ACI gives its manifest; a rootfs tarball or directory gives None.
+
+    An archive whose first entry is ``manifest`` or ``rootfs`` is taken as an ACI (every
+    ACI writer puts one of them first); it must then have a manifest.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such image or directory") from None
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read: {e.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        copy_tree(path, rootfs, reporter=reporter, limits=limits)
+        return None
+    catcher = _ManifestCatcher(limits)
+    with open_tar(path) as stream:
+        prefix = extract_tar(
+            stream, rootfs, prefix=None, limits=limits, reporter=reporter, on_outside=catcher
+        )
+    if not prefix:
+        return None
+    if catcher.data is None:
+        raise ImageError(f"{path}: looks like an ACI (it starts with rootfs/) but has no manifest")
+    return manifest.from_json_bytes(catcher.data)
+
+
+def copy_tree(
+    src: Path,
+    rootfs: StagedRootfs,
+    *,
+    reporter: Reporter | None = None,
+    limits: Limits = Limits(),  # noqa: B008
+) -> None:
+    """Copy the rootfs directory ``src`` into ``rootfs``: symlinks verbatim, hardlinks kept,
+    owners kept (the unprivileged builder's own ids read as 0), nothing followed out."""
+    writer = RootfsWriter(rootfs, reporter=reporter)
+    state = _CopyState(writer=writer, rootfs=rootfs, limits=limits)
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ImageError(f"{src}: cannot read: {e.strerror}") from None
+    try:
+        writer.root_dir(state.info("", os.fstat(fd), fd, None))
+        state.walk(fd, "")
+    finally:
+        os.close(fd)
+    writer.finish()
+    if reporter is not None:
+        reporter.progress("extract", state.done, None)
+
+
+@dataclass(slots=True, kw_only=True)
+class _CopyState:
+    writer: RootfsWriter
+    rootfs: StagedRootfs
+    limits: Limits
+    done: int = 0
+    count: int = 0
+    links: dict[tuple[int, int], str] | None = None
+
+    def walk(self, dir_fd: int, rel_dir: str) -> None:
+        """Copy the children of the open directory ``dir_fd`` (sorted, depth first)."""
+        with os.scandir(dir_fd) as it:
+            names = sorted((e.name for e in it), key=os.fsencode)
+        for name in names:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            self.count += 1
+            if self.count > self.limits.max_entries:
+                raise ImageError(f"base directory has more than {self.limits.max_entries} entries")
+            try:
+                st = os.lstat(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                continue  # vanished while we copied
+            if stat.S_ISDIR(st.st_mode):
+                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                dir_fd=dir_fd)
+                try:
+                    self.writer.other(rel, self.info(rel, st, child, None))
+                    self.walk(child, rel)
+                finally:
+                    os.close(child)
+            elif stat.S_ISREG(st.st_mode):
+                self.file(dir_fd, name, rel, st)
+            elif stat.S_ISLNK(st.st_mode):
+                target = os.readlink(name, dir_fd=dir_fd)
+                self.writer.other(rel, self.info(rel, st, None, target))
+            elif not stat.S_ISSOCK(st.st_mode):
+                self.writer.other(rel, self.info(rel, st, None, None))
+
+    def file(self, dir_fd: int, name: str, rel: str, st: os.stat_result) -> None:
+        if self.links is None:
+            self.links = {}
+        if st.st_nlink > 1:
+            first = self.links.setdefault((st.st_dev, st.st_ino), rel)
+            if first != rel:
+                self.writer.hardlink(rel, first)
+                return
+        self.done += st.st_size
+        if self.done > self.limits.max_total_bytes:
+            raise ImageError(
+                f"image content is larger than the limit of {self.limits.max_total_bytes} bytes",
+                hint="raise the limit with --max-image-size",
+            )
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        with os.fdopen(fd, "rb") as data:
+            self.writer.file(rel, data, self.info(rel, st, data.fileno(), None))
+
+    def info(
+        self, rel: str, st: os.stat_result, fd: int | None, link: str | None
+    ) -> tarfile.TarInfo:
+        """A TarInfo describing the source entry, so the writer treats it like a member."""
+        member = tarfile.TarInfo(rel or ".")
+        member.mode = stat.S_IMODE(st.st_mode)
+        member.mtime = st.st_mtime_ns / 1e9
+        uid, gid = st.st_uid, st.st_gid
+        if not self.rootfs.privileged:
+            uid = 0 if uid == os.geteuid() else uid
+            gid = 0 if gid == os.getegid() else gid
+        member.uid, member.gid = uid, gid
+        member.type = _TYPES.get(stat.S_IFMT(st.st_mode), tarfile.REGTYPE)
+        if link is not None:
+            member.linkname = link
+        if member.isdev():
+            member.devmajor, member.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                for key in os.listxattr(fd):
+                    value = os.getxattr(fd, key).decode("utf-8", "surrogateescape")
+                    member.pax_headers[f"SCHILY.xattr.{key}"] = value
+        return member
+
+
+_TYPES = {
+    stat.S_IFREG: tarfile.REGTYPE,
+    stat.S_IFDIR: tarfile.DIRTYPE,
+    stat.S_IFLNK: tarfile.SYMTYPE,
+    stat.S_IFCHR: tarfile.CHRTYPE,
+    stat.S_IFBLK: tarfile.BLKTYPE,
+    stat.S_IFIFO: tarfile.FIFOTYPE,
+}
