@@ -52,7 +52,7 @@ def atomic_write(path: Path, *, mode: int | None = None) -> Iterator[BinaryIO]:
     fd, temp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-            yield f  # type: ignore[misc]
+            yield f
             _commit(f, temp, path, mode)
     except BaseException:
         with suppress(OSError):

@@ -229,6 +229,12 @@ class _Prepended(io.RawIOBase):
         return len(data)
 
 
+# zlib_ng.error is an Exception subclass, though its stub does not say so.
+_DECOMPRESSION_ERRORS: tuple[type[Exception], ...] = (  # type: ignore[assignment]
+    OSError, EOFError, ValueError, lzma.LZMAError, zlib_ng.error,
+)
+
+
 class _Guarded(io.RawIOBase):
     """Turns decompression errors (bad CRC, truncation, corrupt data) into ImageError."""
 
@@ -244,7 +250,7 @@ class _Guarded(io.RawIOBase):
             return self._inner.readinto(b)  # type: ignore[attr-defined, no-any-return]
         except ImageError:
             raise
-        except (OSError, EOFError, ValueError, lzma.LZMAError, zlib_ng.error) as e:
+        except _DECOMPRESSION_ERRORS as e:
             raise ImageError(f"corrupt {self._kind} archive: {e}") from None
 
     def close(self) -> None:
@@ -254,19 +260,18 @@ class _Guarded(io.RawIOBase):
 
 def _zstd_reader(f: BinaryIO) -> BinaryIO:
     try:
-        import zstandard  # type: ignore[import-not-found]
+        import zstandard
     except ImportError:
         raise ImageError(
             "archive is zstd-compressed, which AppC does not allow",
             hint="install the 'zstandard' package to read it anyway",
         ) from None
-    return zstandard.ZstdDecompressor().stream_reader(f)  # type: ignore[no-any-return]
+    return zstandard.ZstdDecompressor().stream_reader(f)  # type: ignore[no-any-return, unused-ignore]
 
 
 def _reader(kind: str, f: BinaryIO) -> BinaryIO:
-    # The readers are returned open on purpose: the caller streams from them.
     if kind == "gzip":
-        return gzip_ng.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
+        return gzip_ng.GzipFile(fileobj=f, mode="rb")  # type: ignore[no-untyped-call, return-value]
     if kind == "bzip2":
         return bz2.BZ2File(f, "rb")  # type: ignore[return-value]
     if kind == "xz":
@@ -285,8 +290,8 @@ def open_decompressed(f: BinaryIO) -> BinaryIO:
             raise ImageError("archive is empty")
         raise ImageError("not a tar archive, nor gzip, bzip2 or xz compressed")
     source = io.BufferedReader(_Prepended(head, f), buffer_size=1 << 16)
-    inner = _reader(kind, source)  # type: ignore[arg-type]
-    return io.BufferedReader(_Guarded(inner, kind), buffer_size=1 << 16)  # type: ignore[return-value]
+    inner = _reader(kind, source)
+    return io.BufferedReader(_Guarded(inner, kind), buffer_size=1 << 16)
 
 
 def _read_head(f: BinaryIO, n: int) -> bytes:
