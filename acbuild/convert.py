@@ -14,12 +14,13 @@ import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from acbuild.errors import ConvertError
 from acbuild.extract import extract_tar
-from acbuild.finalize import WrittenImage, write_aci
+from acbuild.finalize import WrittenImage, build_epoch, write_aci
 from acbuild.manifest import (
     App,
     Dependency,
@@ -233,7 +234,27 @@ class ConvertOptions:
     output: Path | None = None
     squash: bool = True
     compression: str = "gzip"
-    epoch: int = 0
+    epoch: int | None = None  # None: SOURCE_DATE_EPOCH, else the image's creation time
+
+
+def parse_created(created: object) -> int | None:
+    """Seconds since 1970 of an RFC 3339 time as images record it, or None."""
+    if not isinstance(created, str):
+        return None
+    # fromisoformat takes at most microseconds; Docker writes nanoseconds
+    text = re.sub(r"(\.\d{1,6})\d*", r"\1", created).replace("Z", "+00:00")
+    try:
+        return max(0, int(datetime.fromisoformat(text).timestamp()))
+    except ValueError:
+        return None
+
+
+def conversion_epoch(source: ImageSource, environ: Mapping[str, str]) -> int:
+    """Newer mtimes are clamped to this: SOURCE_DATE_EPOCH, else when the image was made."""
+    if "SOURCE_DATE_EPOCH" in environ:
+        return build_epoch(environ)
+    created = parse_created(source.config.get("created"))
+    return build_epoch({}) if created is None else created
 
 
 def default_output(source: ImageSource) -> Path:
@@ -245,16 +266,18 @@ def convert(options: ConvertOptions, reporter: Reporter | None = None) -> tuple[
     """Convert to ACI(s); the last image written is the one to run (the top layer)."""
     source = open_source(options.kind, options.input, options.image)
     output = options.output or default_output(source)
+    epoch = conversion_epoch(source, os.environ) if options.epoch is None else options.epoch
     with tempfile.TemporaryDirectory(prefix=".acbuild-convert-", dir=output.parent or None) as tmp:
         if options.squash:
             rootfs = StagedRootfs(root=Path(tmp) / "rootfs")
             rootfs.root.mkdir()
             manifest = convert_to_rootfs(source, rootfs, reporter=reporter)
             return (write_aci(rootfs, to_json_bytes(manifest), output,
-                              compression=options.compression, epoch=options.epoch,
+                              compression=options.compression, epoch=epoch,
                               reporter=reporter),)
         try:
-            return _convert_layers(source, output, Path(tmp), options, reporter)
+            return _convert_layers(source, output, Path(tmp), options.compression, epoch,
+                                   reporter)
         finally:
             source.close()
 
@@ -280,7 +303,7 @@ def _whitelist(rootfs: StagedRootfs) -> tuple[str, ...]:
 
 
 def _convert_layers(
-    source: ImageSource, output: Path, tmp: Path, options: ConvertOptions,
+    source: ImageSource, output: Path, tmp: Path, compression: str, epoch: int,
     reporter: Reporter | None,
 ) -> tuple[WrittenImage, ...]:
     """One ACI per layer; each depends on the one below and whitelists the paths alive."""
@@ -310,8 +333,8 @@ def _convert_layers(
             manifest = replace(mapped, dependencies=manifest.dependencies,
                                path_whitelist=manifest.path_whitelist)
         path = output if top else output.with_name(f"{output.stem}-layer{layer.index}.aci")
-        image = write_aci(own, to_json_bytes(manifest), path, compression=options.compression,
-                          epoch=options.epoch, reporter=reporter)
+        image = write_aci(own, to_json_bytes(manifest), path, compression=compression,
+                          epoch=epoch, reporter=reporter)
         written.append(image)
         below = Dependency(image_name=manifest.name, image_id=image.image_id, labels=platform)
     if not source.layers:

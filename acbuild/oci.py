@@ -107,7 +107,7 @@ class ImageSource:
             blob = DigestReader(raw, layer.digest, progress)
             try:
                 tar = DigestReader(open_decompressed(blob), layer.diff_id)  # type: ignore[arg-type]
-                yield tar  # type: ignore[misc]
+                yield io.BufferedReader(EndedTar(tar), _CHUNK)  # type: ignore[misc]
                 drain(tar)
             except ImageError as e:
                 _blame_digest(layer, blob)
@@ -146,6 +146,99 @@ class DigestReader(io.RawIOBase):
 
     def matches(self) -> bool:
         return self.expected is None or self.digest() == self.expected
+
+
+class EndedTar(io.RawIOBase):
+    """A tar stream that ends in end-of-archive blocks if its last entry is complete.
+
+    Some tools omit those blocks; the layer's digest vouches for what is there, so a stream
+    that stops cleanly between entries is completed. A stream cut inside an entry is left
+    cut, for the extractor to reject. Headers are followed just far enough to know.
+    """
+
+    def __init__(self, inner: BinaryIO | DigestReader) -> None:
+        self._inner = inner
+        self._pos = 0  # bytes passed on
+        self._next = 0  # offset of the next header
+        self._header = bytearray()
+        self._pax = bytearray()  # data of a PAX header, which may override the next size
+        self._pax_start = self._pax_end = -1
+        self._size_override: int | None = None
+        self._done = False  # an end block was seen or supplied: just pass bytes on
+        self._complete = False  # the last header was an entry's own, not a PAX/long name
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._inner.read(len(b))
+        if not data:
+            if self._done or self._pos != self._next or not self._complete:
+                return 0
+            self._done = True
+            data = b"\0" * 1024
+        elif not self._done:
+            self._follow(data)
+        b[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def _follow(self, data: bytes) -> None:
+        start = pos = self._pos
+        end = start + len(data)
+        while not self._done and pos < end:
+            if pos < self._next:  # inside an entry's data
+                stop = min(end, self._next)
+                lo, hi = max(pos, self._pax_start), min(stop, self._pax_end)
+                if lo < hi:
+                    self._pax += data[lo - start : hi - start]
+                pos = stop
+                if pos == self._next and self._pax_end >= 0:
+                    self._size_override = _pax_size(bytes(self._pax))
+                    self._pax_end = -1
+                continue
+            chunk = data[pos - start : pos - start + 512 - len(self._header)]
+            self._header += chunk
+            pos += len(chunk)
+            if len(self._header) == 512:
+                self._parse(bytes(self._header))
+                self._header.clear()
+
+    def _parse(self, header: bytes) -> None:
+        header_at = self._next
+        if not any(header):
+            self._done = True
+            return
+        kind = header[156:157]
+        self._complete = kind not in (b"x", b"L", b"K")
+        size = _tar_number(header[124:136])
+        if self._size_override is not None and kind not in (b"x", b"g", b"L", b"K"):
+            size, self._size_override = self._size_override, None
+        if kind in (b"1", b"2", b"3", b"4", b"5", b"6"):
+            size = 0  # tarfile reads no data for these whatever the header says
+        self._next = header_at + 512 + -(-size // 512) * 512
+        if kind == b"x" and 0 < size <= JSON_LIMIT:
+            self._pax_start, self._pax_end = header_at + 512, header_at + 512 + size
+            self._pax.clear()
+
+
+def _pax_size(records: bytes) -> int | None:
+    for line in records.split(b"\n"):
+        _, _, record = line.partition(b" ")
+        if record.startswith(b"size="):
+            with suppress(ValueError):
+                return int(record[5:])
+    return None
+
+
+def _tar_number(field: bytes) -> int:
+    if field[:1] and field[0] & 0x80:  # GNU base-256
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        return 0
 
 
 def drain(f: BinaryIO | DigestReader) -> None:

@@ -7,7 +7,9 @@ docker-archive / oci-archive with ``skopeo copy``. Reusable outside the interop 
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import shutil
 import subprocess
 import tarfile
@@ -59,7 +61,7 @@ def opaque(path: str) -> Entry:
 
 
 def _tarinfo(e: Entry) -> tuple[tarfile.TarInfo, bytes | None]:
-    name = e.path.strip("/")
+    name = e.path.rstrip("/")  # a leading "/" is kept: some tools write them
     if e.kind == "whiteout":
         head, _, base = name.rpartition("/")
         name = f"{head}/.wh.{base}" if head else f".wh.{base}"
@@ -153,11 +155,67 @@ def to_docker_archive(layout: Path, tag: str, out: Path, name: str) -> Path:
     return out
 
 
-def add_to_docker_archive(layout: Path, tag: str, out: Path, name: str) -> Path:
-    """Append another image to an existing docker-archive (skopeo cannot; rebuild it)."""
-    run("skopeo", "copy", "--quiet", "--additional-tag", name, f"oci:{layout}:{tag}",
-        f"docker-archive:{out}")
+def merge_docker_archives(out: Path, *archives: Path) -> Path:
+    """One ``docker save`` tarball holding the images of several (skopeo writes one each)."""
+    entries: list[object] = []
+    seen: set[str] = set()
+    with tarfile.open(out, "w") as dst:
+        for archive in archives:
+            with tarfile.open(archive) as src:
+                for ti in src:
+                    if ti.name == "manifest.json":
+                        entries += json.load(src.extractfile(ti))  # type: ignore[arg-type]
+                    elif ti.name not in seen and ti.name != "repositories":
+                        seen.add(ti.name)
+                        dst.addfile(ti, src.extractfile(ti) if ti.isfile() else None)
+        data = json.dumps(entries).encode()
+        ti = tarfile.TarInfo("manifest.json")
+        ti.size = len(data)
+        dst.addfile(ti, io.BytesIO(data))
     return out
+
+
+def _blob(layout: Path, data: bytes) -> dict[str, object]:
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256" / digest).write_bytes(data)
+    return {"digest": f"sha256:{digest}", "size": len(data)}
+
+
+def raw_layout(
+    layout: Path,
+    layers: Sequence[tuple[bytes, bytes, str]],
+    config: dict[str, object] | None = None,
+    ref: str = "latest",
+) -> Path:
+    """An OCI layout written by hand: ``layers`` are (blob, uncompressed tar, media type).
+
+    For layers no tool would write (sloppy tars, zstd); digests are the true ones.
+    """
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    diff_ids = [f"sha256:{hashlib.sha256(t).hexdigest()}" for _, t, _ in layers]
+    cfg = {"architecture": "amd64", "os": "linux", "config": {},
+           "rootfs": {"type": "layers", "diff_ids": diff_ids}, **(config or {})}
+    manifest = {
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   **_blob(layout, json.dumps(cfg).encode())},
+        "layers": [{"mediaType": m, **_blob(layout, b)} for b, _, m in layers],
+    }
+    desc = {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+            **_blob(layout, json.dumps(manifest).encode()),
+            "annotations": {"org.opencontainers.image.ref.name": ref}}
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [desc]}))
+    return layout
+
+
+def tar_bytes(entries: Sequence[Entry]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for e in entries:
+            ti, data = _tarinfo(e)
+            tar.addfile(ti, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
 
 
 def to_oci_archive(layout: Path, tag: str, out: Path) -> Path:
