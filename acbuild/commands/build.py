@@ -1,0 +1,98 @@
+"""The `build` verb: Acfile in, image out; the image ID is the only line on stdout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from acbuild.build import BuildOptions, BuildResult, build
+from acbuild.commands.common import global_options, state
+from acbuild.commands.trustopts import base_loader, trust_options
+from acbuild.compression import COMPRESSIONS
+from acbuild.console import human_size
+from acbuild.report import Reporter
+from acbuild.sign import read_passphrase, remove_stale_signature, sign_image
+
+
+@click.command("build")
+@click.argument("acfile", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Where to write the image (default: NAME-VERSION.aci here).")
+@click.option("--context", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="Directory COPY sources are relative to (default: the Acfile's).")
+@click.option("--var", "variables", multiple=True, metavar="KEY=VALUE",
+              help="Template variable for the Acfile (repeatable).")
+@click.option("--var-file", "var_files", multiple=True, metavar="FILE.toml",
+              type=click.Path(path_type=Path, dir_okay=False), help="TOML file of variables.")
+@click.option("--target", metavar="STAGE", help="Build this stage instead of the last one.")
+@click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip",
+              show_default=True)
+@click.option("--format", "output_format", type=click.Choice(["aci", "oci", "oci-archive"]),
+              default="aci", show_default=True, help="Image format to write.")
+@click.option("--sign", "sign_keys", multiple=True, metavar="KEY",
+              help="Sign the image with this GnuPG key (repeatable; adds to SIGN).")
+@click.option("--gpg-home", type=click.Path(path_type=Path, file_okay=False),
+              help="GnuPG home holding the signing key.")
+@click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="File whose first line is the key's passphrase (or $ACBUILD_PASSPHRASE).")
+@click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Keep the full output of RUN steps here.")
+@trust_options
+@global_options
+def command(
+    acfile: Path,
+    output: Path | None,
+    context: Path | None,
+    variables: tuple[str, ...],
+    var_files: tuple[Path, ...],
+    target: str | None,
+    compression: str,
+    output_format: str,
+    sign_keys: tuple[str, ...],
+    gpg_home: Path | None,
+    passphrase_file: Path | None,
+    log_file: Path | None,
+    **trust: object,
+) -> None:
+    """Build the image an ACFILE describes."""
+    reporter = state().reporter()
+    passphrase = read_passphrase(passphrase_file)
+
+    def signer(image: Path, key: str) -> Path:
+        return sign_image(image, key, gpg_home=gpg_home, passphrase=passphrase,
+                          reporter=reporter).signature
+
+    options = BuildOptions(
+        acfile=acfile,
+        output=output,
+        base_loader=base_loader(reporter=reporter, **trust),
+        context=context,
+        variables=variables,
+        var_files=var_files,
+        target=target,
+        compression=compression,
+        output_format=output_format,  # type: ignore[arg-type]  # click.Choice checked it
+        sign_keys=sign_keys,
+        signer=signer,
+        remove_stale_signature=remove_stale_signature,
+        log_file=log_file,
+    )
+    result = build(options, reporter)
+    _summarise(result, reporter)
+    click.echo(result.image_id)
+
+
+def _summarise(result: BuildResult, reporter: Reporter) -> None:
+    version = next((lb.value for lb in result.manifest.labels if lb.name == "version"), "-")
+    rows = [
+        ("name", result.manifest.name),
+        ("version", version),
+        ("image ID", result.image_id),
+        ("size", f"{human_size(result.size)} ({human_size(result.uncompressed_size)} "
+                 f"uncompressed, {result.entries} entries)"),
+        ("output", str(result.output)),
+    ]
+    rows += [("signature", str(s)) for s in result.signatures]
+    rows.append(("time", f"{result.seconds:.1f}s"))
+    reporter.summary(tuple(rows))
