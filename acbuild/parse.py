@@ -362,7 +362,6 @@ _PORT_OPTIONS: dict[str, Kind] = {"count": "value", "socket-activated": "flag"}
 _MOUNT_OPTIONS: dict[str, Kind] = {"read-only": "flag"}
 _DEPENDENCY_OPTIONS: dict[str, Kind] = {"image-id": "value", "label": "many", "size": "value"}
 _COPY_USAGE = "usage: COPY [--from=STAGE] [--chown=USER[:GROUP]] [--mode=0755] SRC... DEST"
-_NAME_PREFIXES = ("docker-archive:", "oci:", "oci-archive:", "/", "./", "../")
 
 
 def _begin(line: _Line, kw: Word, args: Sequence[Word]) -> ins.Instruction | None:
@@ -371,9 +370,8 @@ def _begin(line: _Line, kw: Word, args: Sequence[Word]) -> ins.Instruction | Non
         line.fail(len(line.text), "missing base for BEGIN",
                   hint="usage: BEGIN scratch | BEGIN <path or image> [AS <stage>]")
         return None
+    # What the base names (scratch, archive, path, image name) is the planner's to check.
     base, rest = words[0], words[1:]
-    if base.value != "scratch" and not base.value.startswith(_NAME_PREFIXES):
-        _reference(line, base)
     stage = None
     if rest and rest[0].value.upper() != "AS":
         line.fail(rest[0], f"unexpected argument {_show(rest[0].value)}: expected AS <stage>")
