@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 from lark import Lark, Token, Transformer, UnexpectedInput
 from lark.exceptions import UnexpectedCharacters, VisitError
@@ -211,7 +211,12 @@ def _show(text: str) -> str:
     return repr(text if len(text) <= _SHOWN else text[: _SHOWN - 1] + "…")
 
 
-def _located(line: _Line, keyword: Word) -> dict[str, object]:
+class _Located(TypedDict):
+    span: Span
+    text: str
+
+
+def _located(line: _Line, keyword: Word) -> _Located:
     return {"span": line.span(keyword.start, len(keyword.raw)), "text": line.text}
 
 
