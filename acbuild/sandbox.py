@@ -16,6 +16,7 @@ old root is detached after ``pivot_root``, so there is nothing above ``/`` to cl
 from __future__ import annotations
 
 import codecs
+import contextlib
 import errno
 import json
 import os
@@ -287,10 +288,11 @@ class _Session:
                     stdin=None if self._stdin else subprocess.DEVNULL, stdout=out_w,
                     stderr=errors, pass_fds=(ctl_r, rep_w), start_new_session=True, env={},
                 )
-            except BaseException:
+            except OSError as e:
                 for fd in (rep_r, out_r, self._ctl_w):
                     os.close(fd)
-                raise
+                raise SandboxError(f"cannot start the sandbox helper {sys.executable}: "
+                                   f"{e.strerror}") from None
             finally:
                 for fd in (ctl_r, rep_w, out_w):
                     os.close(fd)
@@ -307,7 +309,7 @@ class _Session:
 
     def _communicate(self, proc: subprocess.Popen[bytes], out_r: int, rep_r: int) -> bool:
         """Stream until the helper is done; True when the timeout killed the namespace."""
-        os.write(self._ctl_w, json.dumps(self._payload).encode() + b"\n")
+        self._tell(json.dumps(self._payload).encode() + b"\n")
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
         killed_at: float | None = None
         with selectors.DefaultSelector() as sel:
@@ -345,10 +347,17 @@ class _Session:
             message = json.loads(line)
             if message.get("unshared"):
                 _map_ids(pid)
-                os.write(self._ctl_w, b"go\n")
+                self._tell(b"go\n")
                 os.close(self._ctl_w)
                 self._ctl_w = -1
             self._messages.update(message)
+
+    def _tell(self, data: bytes) -> None:
+        view = memoryview(data)
+        # A broken pipe means the helper is gone; its stderr tells why once it is reaped.
+        with contextlib.suppress(BrokenPipeError):
+            while view:
+                view = view[os.write(self._ctl_w, view):]
 
     def _status_known(self) -> bool:
         return "exit" in self._messages or "signal" in self._messages

@@ -410,23 +410,19 @@ def main(argv: list[str]) -> int:
 
 
 def _fork_init(spec: dict[str, Any], report_fd: int) -> int:
-    child: list[int] = []
-
-    def on_term(signum: int, frame: object) -> None:
-        # Killing PID 1 kills the whole namespace; waitpid below returns once it is empty.
-        if child:
-            os.kill(child[0], signal.SIGKILL)
-        else:
-            raise SystemExit(1)
-
     lifeline_r, lifeline_w = os.pipe2(os.O_CLOEXEC)
+    # SIGTERM (the parent's "stop") stays blocked until the handler knows whom to kill.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     pid = os.fork()
     if pid == 0:
         os.close(lifeline_w)
         _init_main(spec, report_fd, lifeline_r)
     os.close(lifeline_r)
-    child.append(pid)
+
+    def on_term(signum: int, frame: object) -> None:
+        # Killing PID 1 kills the whole namespace; waitpid below returns once it is empty.
+        os.kill(pid, signal.SIGKILL)
+
     signal.signal(signal.SIGTERM, on_term)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     os.close(report_fd)
