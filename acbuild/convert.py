@@ -10,16 +10,19 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import stat
+import tarfile
 import tempfile
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from acbuild.errors import ConvertError
-from acbuild.extract import extract_tar
+from acbuild.errors import AcbuildError, ConvertError, ImageError
+from acbuild.extract import clean_name, extract_tar
 from acbuild.finalize import WrittenImage, build_epoch, write_aci
 from acbuild.manifest import (
     App,
@@ -33,6 +36,7 @@ from acbuild.manifest import (
 )
 from acbuild.oci import ImageSource, Layer, SourceKind, open_source
 from acbuild.report import Reporter
+from acbuild.securepath import ensure_dirs, relpath_in, safe_join
 from acbuild.staging import StagedRootfs
 
 __all__ = ["ConvertOptions", "convert", "convert_to_rootfs", "map_config", "open_source"]
@@ -302,11 +306,56 @@ def _whitelist(rootfs: StagedRootfs) -> tuple[str, ...]:
     return tuple(sorted(paths))
 
 
+def _lower_link_targets(source: ImageSource, layer: Layer) -> list[str]:
+    """Hardlink targets of ``layer`` that no earlier entry of the layer itself made."""
+    seen: set[str] = set()
+    targets: list[str] = []
+    with source.open_layer(layer) as stream, suppress(tarfile.TarError, ImageError, EOFError), \
+            tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            tar.members.clear()  # stream mode keeps every member otherwise
+            if member.islnk() and clean_name(member.linkname) not in seen:
+                targets.append(clean_name(member.linkname))
+            seen.add(clean_name(member.name))
+    return targets
+
+
+def _seed_link_targets(targets: list[str], lower: StagedRootfs, own: StagedRootfs) -> None:
+    """Copy the lower layers' files a layer hardlinks to into its own rootfs.
+
+    An ACI cannot link into another ACI; the copy (same data, mode and owner as below)
+    lets the link be made, and rendering the layers over each other gives the same file.
+    """
+    for unsafe_rel in targets:
+        try:
+            src = safe_join(lower.root, unsafe_rel)
+            st = os.lstat(src)
+            rel = relpath_in(lower.root, src)
+        except (OSError, AcbuildError):
+            continue  # not below either: the extractor will say what is wrong
+        if not stat.S_ISREG(st.st_mode) or not rel or os.path.lexists(own.root / rel):
+            continue
+        parent, _, name = rel.rpartition("/")
+        where = ensure_dirs(own.root, parent, on_create=lambda r: own.set_owner(r, 0, 0))
+        with open(src, "rb", opener=_nofollow) as fin, \
+                open(where / name, "xb", opener=_nofollow) as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+        own.set_owner(rel, *lower.owner(rel, st))
+        os.chmod(where / name, stat.S_IMODE(st.st_mode))
+        os.utime(where / name, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
 def _convert_layers(
     source: ImageSource, output: Path, tmp: Path, compression: str, epoch: int,
     reporter: Reporter | None,
 ) -> tuple[WrittenImage, ...]:
     """One ACI per layer; each depends on the one below and whitelists the paths alive."""
+    if not source.layers:
+        raise ConvertError(f"{source.path}: the image has no layers; convert it without --nosquash")
     squash = StagedRootfs(root=tmp / "squash")
     squash.root.mkdir()
     written: list[WrittenImage] = []
@@ -314,11 +363,12 @@ def _convert_layers(
     below: Dependency | None = None
     platform = _platform(source.config, reporter)
     for layer, chain in zip(source.layers, chains, strict=True):
-        apply_layer(source, layer, squash, reporter)
         own = StagedRootfs(root=tmp / f"layer{layer.index}")
         own.root.mkdir()
+        _seed_link_targets(_lower_link_targets(source, layer), squash, own)
         with source.open_layer(layer) as stream:
             extract_tar(stream, own, prefix="", whiteouts=True, reporter=reporter)
+        apply_layer(source, layer, squash, reporter)
         manifest = ImageManifest(
             name=f"oci-layer/{chain.replace(':', '-')}",
             labels=platform,
@@ -337,6 +387,4 @@ def _convert_layers(
                           epoch=epoch, reporter=reporter)
         written.append(image)
         below = Dependency(image_name=manifest.name, image_id=image.image_id, labels=platform)
-    if not source.layers:
-        raise ConvertError(f"{source.path}: the image has no layers; use the default squash mode")
     return tuple(written)

@@ -178,9 +178,9 @@ def test_wrong_diff_id(tmp_path: Path) -> None:
     one = tar_bytes([file("a", "A")])
     root = raw_layout(tmp_path / "img", [(one, one, TAR)],
                       config={"rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]}})
-    with open_source("oci", root, None) as src, pytest.raises(ConvertError) as e:  # noqa: PT012
-        with src.open_layer(src.layers[0]) as f:
-            drain(f)
+    with (open_source("oci", root, None) as src, pytest.raises(ConvertError) as e,
+          src.open_layer(src.layers[0]) as f):
+        drain(f)
     assert e.value.message == (
         f"layer 1 is corrupt: uncompressed digest sha256:{hashlib.sha256(one).hexdigest()}, "
         f"expected diff_id sha256:{'0' * 64}"
