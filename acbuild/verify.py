@@ -37,11 +37,13 @@ def verify_image(
     *,
     signature: Path | None = None,
     name: str | None = None,
+    shown_as: str | None = None,
 ) -> VerifyResult:
     """Check ``image``'s signature against the keys ``store`` trusts for its name.
 
     ``name`` defaults to the image's manifest name; a caller that has already read the
-    manifest (or must hold the image to a requested name) passes it.
+    manifest (or must hold the image to a requested name) passes it. ``shown_as`` names the
+    image in messages (a download's URL rather than its temporary file).
     """
     asc = signature if signature is not None else signature_path(image)
     if not asc.is_file():
@@ -58,7 +60,9 @@ def verify_image(
         with asc.open("rb") as sig:
             result = gpg.verify_file(sig, str(image))
     statuses = status_lines(result)
-    return _judge(statuses, result, image=image, asc=asc, name=name, store=store, trusted=trusted)
+    verdict = _judge(statuses, result, shown=shown_as or str(image), asc=asc, name=name,
+                     store=store, trusted=trusted)
+    return VerifyResult(image=image, signature=asc, name=name, **verdict)
 
 
 def _import_trusted(gpg: object, trusted: tuple[TrustedKey, ...]) -> None:
@@ -74,33 +78,33 @@ def _import_trusted(gpg: object, trusted: tuple[TrustedKey, ...]) -> None:
                              "not the key its name says")
 
 
-def _judge(statuses: tuple[tuple[str, str], ...], result: object, *, image: Path, asc: Path,
-           name: str, store: TrustStore, trusted: tuple[TrustedKey, ...]) -> VerifyResult:
+def _judge(statuses: tuple[tuple[str, str], ...], result: object, *, shown: str, asc: Path,
+           name: str, store: TrustStore, trusted: tuple[TrustedKey, ...]) -> dict[str, str]:
     seen = dict(statuses)
     if "BADSIG" in seen:
-        raise TrustError(f"bad signature on {image}: the image or {asc.name} was changed "
+        raise TrustError(f"bad signature on {shown}: the image or its signature was changed "
                          "after signing")
     if "NO_PUBKEY" in seen or ("ERRSIG" in seen and "VALIDSIG" not in seen):
-        raise _untrusted(seen, image=image, name=name, store=store)
+        raise _untrusted(seen, shown=shown, name=name, store=store)
     valid = seen.get("VALIDSIG", "").split()
     if "NODATA" in seen and not valid:
-        raise TrustError(f"cannot verify {image}: {asc} holds no OpenPGP signature")
+        raise TrustError(f"cannot verify {shown}: {asc} holds no OpenPGP signature")
     if not valid:
         detail = gpg_messages(result) or "no OpenPGP signature found"
-        raise TrustError(f"cannot verify {image} with {asc.name}: {detail}")
+        raise TrustError(f"cannot verify {shown} with {asc.name}: {detail}")
     primary = (valid[9] if len(valid) >= 10 else valid[0]).lower()
     signer = _uid(seen)
     if "REVKEYSIG" in seen:
-        raise TrustError(f"{image} is signed by key {primary} ({signer}), which has been revoked")
+        raise TrustError(f"{shown} is signed by key {primary} ({signer}), which has been revoked")
     if "EXPKEYSIG" in seen:
-        raise TrustError(f"{image} is signed by key {primary} ({signer}), which has expired")
+        raise TrustError(f"{shown} is signed by key {primary} ({signer}), which has expired")
     if "EXPSIG" in seen:
-        raise TrustError(f"the signature on {image} by {primary} ({signer}) has expired")
+        raise TrustError(f"the signature on {shown} by {primary} ({signer}) has expired")
     if "GOODSIG" not in seen:
-        raise TrustError(f"cannot verify {image}: {gpg_messages(result) or 'gpg said no'}")
+        raise TrustError(f"cannot verify {shown}: {gpg_messages(result) or 'gpg said no'}")
     scopes = [k.scope for k in trusted if k.fingerprint == primary]
-    return VerifyResult(image=image, signature=asc, name=name, fingerprint=primary,
-                        signer=signer, trusted_as=scopes[0] if scopes else "root")
+    return {"fingerprint": primary, "signer": signer,
+            "trusted_as": scopes[0] if scopes else "root"}
 
 
 def _uid(seen: dict[str, str]) -> str:
@@ -110,11 +114,11 @@ def _uid(seen: dict[str, str]) -> str:
     return "(unknown user id)"
 
 
-def _untrusted(seen: dict[str, str], *, image: Path, name: str, store: TrustStore) -> TrustError:
+def _untrusted(seen: dict[str, str], *, shown: str, name: str, store: TrustStore) -> TrustError:
     errsig = seen.get("ERRSIG", "").split()
     key_id = (errsig[6] if len(errsig) >= 7 else seen.get("NO_PUBKEY", "?")).lower()
     elsewhere = sorted({k.scope for k in store.all_keys() if k.fingerprint.endswith(key_id)})
     hint = (f"that key is trusted only for {', '.join(elsewhere)}" if elsewhere
             else f"if you trust it: acbuild-py trust --prefix {name} KEYFILE")
-    return TrustError(f"{image} is signed by key {key_id}, which is not trusted for {name}",
+    return TrustError(f"{shown} is signed by key {key_id}, which is not trusted for {name}",
                       hint=hint)

@@ -55,7 +55,7 @@ def test_rejects_one_changed_byte(gpgkeys: Keys, tmp_path: Path, store: TrustSto
     image.write_bytes(bytes(data))
     with pytest.raises(TrustError) as e:
         verify_image(image, store)
-    assert e.value.message == (f"bad signature on {image}: the image or app.aci.asc was changed "
+    assert e.value.message == (f"bad signature on {image}: the image or its signature was changed "
                                "after signing")
 
 
