@@ -288,11 +288,13 @@ class _Session:
                     stdin=None if self._stdin else subprocess.DEVNULL, stdout=out_w,
                     stderr=errors, pass_fds=(ctl_r, rep_w), start_new_session=True, env={},
                 )
-            except OSError as e:
+            except BaseException as e:
                 for fd in (rep_r, out_r, self._ctl_w):
-                    os.close(fd)
-                raise SandboxError(f"cannot start the sandbox helper {sys.executable}: "
-                                   f"{e.strerror}") from None
+                    os.close(fd)  # a helper that did start reads EOF and exits
+                if isinstance(e, OSError):
+                    raise SandboxError(f"cannot start the sandbox helper {sys.executable}: "
+                                       f"{e.strerror}") from None
+                raise
             finally:
                 for fd in (ctl_r, rep_w, out_w):
                     os.close(fd)

@@ -392,7 +392,10 @@ def main(argv: list[str]) -> int:
     for fd in (ctl_fd, report_fd):
         os.set_inheritable(fd, False)
     ctl: BinaryIO = os.fdopen(ctl_fd, "rb")
-    spec = json.loads(ctl.readline())
+    line = ctl.readline()
+    if not line:
+        return 1  # the parent gave up before sending the spec
+    spec = json.loads(line)
     spec["cap_last"] = _read_cap_last()
     try:
         flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
