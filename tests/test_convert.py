@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import stat
-import subprocess
 import tarfile
 from pathlib import Path
 
@@ -20,11 +17,16 @@ from acbuild.oci import open_source
 from acbuild.report import NullReporter
 from tests.ocifixtures import (
     Config,
+    aci_tree,
+    actool_validate,
     busybox_docker_archive,
+    dir_tree,
     directory,
     file,
     hardlink,
+    hardlinks,
     make_layout,
+    manifest_of,
     opaque,
     symlink,
     to_docker_archive,
@@ -56,58 +58,6 @@ CONFIG = Config(
 def layered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("layered") / "app.oci"
     return make_layout(root, "1.0", [LOWER, UPPER], CONFIG)
-
-
-def aci_tree(path: Path) -> dict[str, tuple[str, int, str]]:
-    """rel path → (kind, permission bits, content sha / link target) of an ACI's rootfs."""
-    tree: dict[str, tuple[str, int, str]] = {}
-    with tarfile.open(path) as tar:
-        for m in tar:
-            if not m.name.startswith("rootfs/"):
-                continue
-            rel = m.name[len("rootfs/"):]
-            if m.islnk():
-                m = tar.getmember(m.linkname)  # a hardlink shows its target's data
-            if m.isdir():
-                tree[rel] = ("dir", m.mode & 0o7777, "")
-            elif m.issym():
-                tree[rel] = ("symlink", 0, m.linkname)
-            else:
-                data = tar.extractfile(m).read()  # type: ignore[union-attr]
-                tree[rel] = ("file", m.mode & 0o7777, hashlib.sha256(data).hexdigest())
-    return tree
-
-
-def dir_tree(root: Path) -> dict[str, tuple[str, int, str]]:
-    tree: dict[str, tuple[str, int, str]] = {}
-    for top, dirs, files in os.walk(root):
-        for name in dirs + files:
-            p = Path(top) / name
-            rel = str(p.relative_to(root))
-            st = p.lstat()
-            if stat.S_ISDIR(st.st_mode):
-                tree[rel] = ("dir", st.st_mode & 0o7777, "")
-            elif stat.S_ISLNK(st.st_mode):
-                tree[rel] = ("symlink", 0, os.readlink(p))
-            else:
-                digest = hashlib.sha256(p.read_bytes()).hexdigest()
-                tree[rel] = ("file", st.st_mode & 0o7777, digest)
-    return tree
-
-
-def hardlinks(path: Path) -> set[tuple[str, str]]:
-    with tarfile.open(path) as tar:
-        return {(m.name, m.linkname) for m in tar if m.islnk()}
-
-
-def manifest_of(path: Path) -> dict[str, object]:
-    with tarfile.open(path) as tar:
-        return json.loads(tar.extractfile("manifest").read())  # type: ignore[union-attr]
-
-
-def actool_validate(*paths: Path) -> None:
-    proc = subprocess.run(["actool", "validate", *map(str, paths)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr + proc.stdout
 
 
 def test_squash_matches_umoci(layered: Path, tmp_path: Path) -> None:
