@@ -39,9 +39,8 @@ class CliState:
         return "tty"
 
 
-def state() -> CliState:
-    ctx = click.get_current_context()
-    root = ctx.find_root()
+def state(ctx: click.Context | None = None) -> CliState:
+    root = (ctx or click.get_current_context()).find_root()
     if not isinstance(root.obj, CliState):
         root.obj = CliState()
     return root.obj
@@ -49,10 +48,10 @@ def state() -> CliState:
 
 def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        # Only an option actually given overrides what was said before the verb.
-        source = ctx.get_parameter_source(param.name or "")
-        if source is not None and source.name != "DEFAULT":
-            setattr(state(), name, value)
+        # Only an option actually given overrides what was said before the verb (click does
+        # not tell a callback where a value came from, but no default is ever a change).
+        if value != param.default:
+            setattr(state(ctx), name, value)
         return value
 
     return callback

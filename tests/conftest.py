@@ -1,0 +1,32 @@
+"""Fixtures shared across test modules."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples" / "Acfiles"
+
+
+@pytest.fixture(scope="session")
+def hello_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The hello example's static C program, compiled once per test session."""
+    out = tmp_path_factory.mktemp("hello") / "hello"
+    subprocess.run(
+        ["gcc", "-static", "-O2", "-o", str(out), str(EXAMPLES / "hello" / "hello.c")],
+        check=True,
+    )
+    return out
+
+
+@pytest.fixture
+def hello_context(tmp_path: Path, hello_binary: Path) -> Path:
+    """A copy of the hello example with its program built, in a fresh directory."""
+    ctx = tmp_path / "hello"
+    shutil.copytree(EXAMPLES / "hello", ctx)
+    shutil.copy2(hello_binary, ctx / "hello")
+    return ctx
