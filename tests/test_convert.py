@@ -215,3 +215,17 @@ def test_architecture_and_bad_values(tmp_path: Path) -> None:
         "environment variable '1BAD' is not a valid AppC name; dropped",
         "exposed port 'http/tcp' cannot be expressed in AppC; dropped",
     ]
+
+
+def test_symlink_planted_by_one_layer_cannot_be_written_through(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    plant = [symlink("evil", str(outside)), symlink("up", "../../../../../../..")]
+    through = [file("evil/pwned", "x"), file(f"up{outside}/pwned2", "y")]
+    root = make_layout(tmp_path / "img", "v1", [plant, through])
+    out = tmp_path / "x.aci"
+    convert(ConvertOptions(kind="oci", input=root, output=out))
+    assert list(outside.iterdir()) == []
+    tree = aci_tree(out)
+    assert tree["evil"] == ("symlink", 0, str(outside))
+    assert f"{str(outside)[1:]}/pwned" in tree and f"{str(outside)[1:]}/pwned2" in tree
