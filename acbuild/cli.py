@@ -7,18 +7,16 @@ the one place where errors become text and exit statuses.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import sys
 import traceback
 from collections.abc import Sequence
 
 import click
 
-from acbuild import __version__
+from acbuild import __version__, commands
 from acbuild.commands.common import global_options
 from acbuild.errors import AcbuildError
-
-# Verbs, each a module in acbuild.commands exporting a click command named ``command``.
-VERBS = ("build", "validate", "manifest", "inspect")
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -34,8 +32,17 @@ def cli() -> None:
     """Build, sign, verify and run App Container (AppC) images from an Acfile."""
 
 
-for _verb in VERBS:
-    cli.add_command(importlib.import_module(f"acbuild.commands.{_verb}").command)
+def _register_verbs(group: click.Group) -> None:
+    """Every module in acbuild.commands that exports a click command named ``command`` is a
+    verb, so adding one needs no edit here."""
+    for info in pkgutil.iter_modules(commands.__path__):
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        verb = getattr(module, "command", None)
+        if isinstance(verb, click.Command):
+            group.add_command(verb)
+
+
+_register_verbs(cli)
 
 
 def _debug_requested(argv: Sequence[str]) -> bool:

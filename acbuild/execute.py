@@ -7,7 +7,6 @@ rootfs. Stages are built in a private work directory the caller owns and removes
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,15 +15,13 @@ from typing import TextIO
 from acbuild import manifest_edit
 from acbuild.context import BuildContext
 from acbuild.copy import copy_instruction
-from acbuild.errors import AcbuildError, BuildError
+from acbuild.errors import AcbuildError
 from acbuild.instructions import Copy, Instruction, Run, Sign
 from acbuild.manifest import ImageManifest, default_manifest
 from acbuild.plan import Plan, Stage, Step
 from acbuild.report import Reporter, StepInfo
+from acbuild.runstep import RunContext, run_step
 from acbuild.staging import StagedRootfs
-from acbuild.users import resolve_user
-
-RUN_TAIL_LINES = 20
 
 # Materialises a stage's base into the rootfs and returns the manifest it starts from.
 BaseLoader = Callable[[Stage, StagedRootfs, Reporter], ImageManifest]
@@ -119,60 +116,11 @@ def _apply(
             copy_instruction(instruction, context=options.context, rootfs=result.rootfs,
                              from_rootfs=source, reporter=reporter)
         case Run():
-            _run(instruction, result, options, reporter, info)
+            run_step(instruction, RunContext(rootfs=result.rootfs, manifest=result.manifest,
+                                             epoch=options.epoch, log=options.log,
+                                             log_path=options.log_path), reporter, info)
         case Sign():
             pass  # signing happens once the image is written
         case _:
             return manifest_edit.apply(result.manifest, instruction)
     return result.manifest
-
-
-def _run(
-    instruction: Run,
-    result: StageResult,
-    options: ExecuteOptions,
-    reporter: Reporter,
-    info: StepInfo,
-) -> None:
-    from acbuild.sandbox import SandboxSpec, run_sandboxed
-
-    app = result.manifest.app
-    env = dict((e.name, e.value) for e in app.environment) if app else {}
-    env.update(instruction.env)
-    user = instruction.user or (app.user if app else "0")
-    group = None if instruction.user else (app.group if app else None)
-    identity = resolve_user(result.rootfs.root, user, group)
-    workdir = instruction.workdir or (app.working_directory if app else None) or "/"
-    env.setdefault("HOME", identity.home)
-    spec = SandboxSpec(
-        rootfs=result.rootfs.root,
-        argv=instruction.argv,
-        env=tuple(env.items()),
-        workdir=workdir,
-        uid=identity.uid,
-        gid=identity.gid,
-        network=instruction.network,
-        timeout=instruction.timeout,
-        source_date_epoch=options.epoch,
-    )
-    tail: deque[str] = deque(maxlen=RUN_TAIL_LINES)
-
-    def on_output(line: str) -> None:
-        tail.append(line)
-        if options.log is not None:
-            options.log.write(f"[{info.number}/{info.total}] {line}\n")
-        reporter.step_output(info, line)
-
-    outcome = run_sandboxed(spec, on_output)
-    if outcome.timed_out:
-        message = f"RUN timed out after {instruction.timeout:g}s"
-    elif outcome.exit_status != 0:
-        message = f"RUN failed with exit status {outcome.exit_status}"
-    else:
-        return
-    hint = None
-    if tail:
-        hint = "last lines of output:\n" + "\n".join(f"      {line}" for line in tail)
-    if options.log_path is not None:
-        hint = (hint + "\n    " if hint else "") + f"full log: {options.log_path}"
-    raise BuildError(message, span=instruction.span, hint=hint)
