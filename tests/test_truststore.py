@@ -91,3 +91,28 @@ def test_ignores_files_not_named_by_fingerprint(tmp_path: Path) -> None:
     (tmp_path / "root.d").mkdir()
     (tmp_path / "root.d/README").write_text("x")
     assert TrustStore(tmp_path).all_keys() == ()
+
+
+def test_trust_cli(gpgkeys: Keys, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from acbuild.commands.trust import command
+
+    runner = CliRunner()
+    store = str(tmp_path / "tk")
+    key = str(gpgkeys.pub["alice"])
+    refused = runner.invoke(command, ["--trust-store", store, "--prefix", "example.com/app", key])
+    assert isinstance(refused.exception, TrustError)
+    assert refused.exception.message == ("refusing to trust keys without confirmation: "
+                                         "stdin is not a terminal")
+    ok = runner.invoke(command, ["--trust-store", store, "--prefix", "example.com/app", "--yes",
+                                 key])
+    assert ok.exit_code == 0, ok.output
+    assert f"key {gpgkeys.fpr['alice']}  Alice <alice@example.com>" in ok.output
+    listed = runner.invoke(command, ["--trust-store", store, "--list"])
+    assert listed.output == f"{gpgkeys.fpr['alice']}  prefix example.com/app\n"
+    removed = runner.invoke(command, ["--trust-store", store, "--remove", gpgkeys.fpr["alice"]])
+    assert removed.exit_code == 0
+    assert runner.invoke(command, ["--trust-store", store, "--list"]).output == ""
+    usage = runner.invoke(command, ["--trust-store", store, key])
+    assert usage.exit_code == 2

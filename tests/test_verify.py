@@ -128,3 +128,20 @@ def test_explicit_signature_and_mislabelled_key_file(gpgkeys: Keys, tmp_path: Pa
     key.path.write_bytes(gpgkeys.pub["bob"].read_bytes())
     with pytest.raises(TrustError, match="not the key its name says"):
         verify_image(image, store, signature=moved)
+
+
+def test_sign_and_verify_cli(gpgkeys: Keys, tmp_path: Path, store: TrustStore) -> None:
+    from click.testing import CliRunner
+
+    from acbuild.commands.sign import command as sign_command
+    from acbuild.commands.verify import command as verify_command
+
+    image = make_aci(tmp_path / "app.aci", "example.com/app")
+    runner = CliRunner()
+    signed_out = runner.invoke(sign_command, [str(image), "--key", "bob@example.com",
+                                              "--gpg-home", str(gpgkeys.home)])
+    assert signed_out.exit_code == 0, signed_out.output
+    store.add(gpgkeys.pub["bob"].read_bytes(), prefix="example.com")
+    out = runner.invoke(verify_command, [str(image), "--trust-store", str(store.root)])
+    assert out.output == (f"{image}: good signature for example.com/app by Bob <bob@example.com> "
+                          f"({gpgkeys.fpr['bob']}), trusted as prefix example.com\n")
