@@ -214,7 +214,13 @@ def apply_layer(
 ) -> None:
     if reporter is not None:
         reporter.info(f"layer {layer.index}/{len(source.layers)} {layer.short()}")
-    with source.open_layer(layer) as stream:
+    what = f"layer {layer.index}"
+
+    def progress(done: int) -> None:
+        if reporter is not None:
+            reporter.progress(what, done, layer.size)
+
+    with source.open_layer(layer, progress) as stream:
         extract_tar(stream, rootfs, prefix="", whiteouts=True, reporter=reporter)
 
 
@@ -271,7 +277,10 @@ def convert(options: ConvertOptions, reporter: Reporter | None = None) -> tuple[
     source = open_source(options.kind, options.input, options.image)
     output = options.output or default_output(source)
     epoch = conversion_epoch(source, os.environ) if options.epoch is None else options.epoch
-    with tempfile.TemporaryDirectory(prefix=".acbuild-convert-", dir=output.parent or None) as tmp:
+    if not output.parent.is_dir():
+        source.close()
+        raise ConvertError(f"cannot write {output}: no directory {output.parent}")
+    with tempfile.TemporaryDirectory(prefix=".acbuild-convert-", dir=output.parent) as tmp:
         if options.squash:
             rootfs = StagedRootfs(root=Path(tmp) / "rootfs")
             rootfs.root.mkdir()
