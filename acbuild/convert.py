@@ -215,10 +215,13 @@ def apply_layer(
     if reporter is not None:
         reporter.info(f"layer {layer.index}/{len(source.layers)} {layer.short()}")
     what = f"layer {layer.index}"
+    reported = 0
 
     def progress(done: int) -> None:
-        if reporter is not None:
+        nonlocal reported
+        if reporter is not None and (done - reported >= 8 << 20 or done == layer.size):
             reporter.progress(what, done, layer.size)
+            reported = done
 
     with source.open_layer(layer, progress) as stream:
         extract_tar(stream, rootfs, prefix="", whiteouts=True, reporter=reporter)
