@@ -325,7 +325,7 @@ def _lower_link_targets(source: ImageSource, layer: Layer) -> list[str]:
     with source.open_layer(layer) as stream, suppress(tarfile.TarError, ImageError, EOFError), \
             tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
-            tar.members.clear()  # stream mode keeps every member otherwise
+            tar.members.clear()  # type: ignore[attr-defined]  # stream mode keeps them all
             if member.islnk() and clean_name(member.linkname) not in seen:
                 targets.append(clean_name(member.linkname))
             seen.add(clean_name(member.name))

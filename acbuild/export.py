@@ -163,7 +163,8 @@ def _app_config(manifest: ImageManifest) -> dict[str, Any]:
         config["Env"] = [f"{e.name}={e.value}" for e in app.environment]
     if app.working_directory:
         config["WorkingDir"] = app.working_directory
-    ports = {f"{p.port + i}/{p.protocol}": {} for p in app.ports for i in range(p.count)}
+    ports: dict[str, dict[str, str]] = {
+        f"{p.port + i}/{p.protocol}": {} for p in app.ports for i in range(p.count)}
     if ports:
         config["ExposedPorts"] = ports
     if app.mount_points:

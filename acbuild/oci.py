@@ -107,7 +107,7 @@ class ImageSource:
             blob = DigestReader(raw, layer.digest, progress)
             try:
                 tar = DigestReader(open_decompressed(blob), layer.diff_id)  # type: ignore[arg-type]
-                yield io.BufferedReader(EndedTar(tar), _CHUNK)  # type: ignore[misc]
+                yield io.BufferedReader(EndedTar(tar), _CHUNK)
                 drain(tar)
             except ImageError as e:
                 _blame_digest(layer, blob)
@@ -347,7 +347,7 @@ class TarStore:
 
     def open(self, name: str) -> BinaryIO:
         ti = self._resolve(_norm(name))
-        return io.BufferedReader(_Window(self.path.open("rb"), ti.offset_data, ti.size))  # type: ignore[return-value]
+        return io.BufferedReader(_Window(self.path.open("rb"), ti.offset_data, ti.size))
 
     def _resolve(self, name: str) -> tarfile.TarInfo:
         # docker save links identical layers: "<id>/layer.tar -> ../<other>/layer.tar".
