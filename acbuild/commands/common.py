@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from acbuild.console import make_reporter
+from acbuild.console import close_reporter, make_reporter
 from acbuild.report import Reporter
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -27,9 +27,19 @@ class CliState:
     quiet: bool = False
     verbose: bool = False
     progress: str = "auto"
+    made: Reporter | None = None
 
     def reporter(self) -> Reporter:
-        return make_reporter(self.resolved_progress(), quiet=self.quiet, verbose=self.verbose)
+        """The command's one reporter. It is closed (a live display stopped) when the click
+        context ends, also on errors and ^C, so the error message is not drawn over."""
+        if self.made is None:
+            self.made = make_reporter(self.resolved_progress(), quiet=self.quiet,
+                                      verbose=self.verbose)
+            ctx = click.get_current_context(silent=True)
+            if ctx is not None:
+                made = self.made
+                ctx.find_root().call_on_close(lambda: close_reporter(made))
+        return self.made
 
     def resolved_progress(self) -> str:
         if self.progress != "auto":
