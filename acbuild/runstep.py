@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from acbuild.errors import BuildError
+from acbuild.errors import AcbuildError, BuildError, SandboxError
 from acbuild.instructions import Run
 from acbuild.manifest import ImageManifest
 from acbuild.report import Reporter, StepInfo
 from acbuild.sandbox import SandboxSpec, run_sandboxed
+from acbuild.signals import terminate_as_exit
 from acbuild.staging import StagedRootfs
 from acbuild.users import resolve_user
 
@@ -38,7 +39,18 @@ def sandbox_spec(instruction: Run, ctx: RunContext) -> SandboxSpec:
     env.update(instruction.env)
     user = instruction.user or (app.user if app else "0")
     group = None if instruction.user else (app.group if app else None)
-    identity = resolve_user(ctx.rootfs.root, user, group)
+    try:
+        identity = resolve_user(ctx.rootfs.root, user, group)
+    except AcbuildError as e:
+        raise BuildError(f"RUN: {e.message}", span=instruction.span) from None
+    if not ctx.rootfs.privileged and (identity.uid, identity.gid) != (0, 0):
+        raise BuildError(
+            f"RUN as user '{user}' (uid {identity.uid}, gid {identity.gid}) needs a build as "
+            "root: a rootless build runs programs as uid 0 only",
+            span=instruction.span,
+            hint="build as root, or run this step with RUN --user=0 (USER sets the app's "
+                 "user and applies to the RUN steps after it)",
+        )
     env.setdefault("HOME", identity.home)
     return SandboxSpec(
         rootfs=ctx.rootfs.root,
@@ -63,7 +75,13 @@ def run_step(instruction: Run, ctx: RunContext, reporter: Reporter, info: StepIn
             ctx.log.write(f"[{info.number}/{info.total}] {line}\n")
         reporter.step_output(info, line)
 
-    outcome = run_sandboxed(spec, on_output)
+    try:
+        # SIGTERM unwinds like Ctrl-C, so the sandbox and the work directory are cleaned up.
+        with terminate_as_exit():
+            outcome = run_sandboxed(spec, on_output)
+    except SandboxError as e:
+        e.span = e.span or instruction.span  # the missing program is this line's fault
+        raise
     if outcome.timed_out:
         message = f"RUN timed out after {instruction.timeout:g}s"
     elif outcome.exit_status != 0:

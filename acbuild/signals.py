@@ -1,0 +1,45 @@
+"""CLI support, signals: SIGTERM raised as an exception, so cleanup runs as after Ctrl-C.
+
+Python's default for SIGTERM kills the process outright: no ``finally`` runs, so a build's
+work directory and a run's rootfs copy would stay behind. While ``terminate_as_exit`` is
+active, SIGTERM becomes ``SystemExit(143)`` (128 + 15, what a shell reports) in the main thread.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+EXIT_SIGTERM = 128 + int(signal.SIGTERM)
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived; unwinds the stack like KeyboardInterrupt and exits 143."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated(EXIT_SIGTERM)
+
+
+@contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """SIGTERM raises Terminated while active. A no-op off the main thread (Python only
+    delivers signals there) or when someone else already handles SIGTERM."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def install_sigterm_handler() -> None:
+    """For ``cli.main``: SIGTERM raises Terminated for the rest of the process's life."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
