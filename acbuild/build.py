@@ -6,6 +6,7 @@ with the place in the Acfile when something is wrong.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -18,16 +19,18 @@ from typing import Literal, TextIO
 
 from acbuild import manifest_edit
 from acbuild.bases import BaseLoader
+from acbuild.cache import CacheStore, ImageRecord, default_cache_dir
 from acbuild.context import BuildContext
 from acbuild.errors import AcfileError, BuildError
-from acbuild.execute import ExecuteOptions, StageResult, execute
+from acbuild.execute import ExecuteOptions, StageResult, execute, step_info
 from acbuild.finalize import build_epoch, write_aci
 from acbuild.instructions import Run
-from acbuild.manifest import ImageManifest, problems, to_json_bytes
+from acbuild.manifest import ImageManifest, from_json_bytes, problems, to_json_bytes
 from acbuild.parse import parse
-from acbuild.plan import Plan, make_plan
+from acbuild.plan import BaseRef, Plan, make_plan
 from acbuild.render import load_variables, render
 from acbuild.report import Reporter
+from acbuild.statcache import base_identity, image_key, key_plan
 
 OutputFormat = Literal["aci", "oci", "oci-archive"]
 # Signs the image at the path with the key; returns the signature's path.
@@ -52,6 +55,9 @@ class BuildOptions:
     remove_stale_signature: StaleSignatureRemover | None = None
     log_file: Path | None = None
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    no_cache: bool = False
+    cache_dir: Path | None = None  # None: $XDG_CACHE_HOME/acbuild-py/build-cache
+    sign: bool = True  # False: leave SIGN for later (--check-repro signs once it compared)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,11 +104,89 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
     plan = load_plan(options)
     epoch = build_epoch(options.environ)
     context = BuildContext((options.context or options.acfile.parent).resolve())
-    with work_directory() as work, _run_log(plan, options) as (log, log_path):
+    cache = open_cache(options)
+    with _session(cache), work_directory() as work:
+        if cache is not None:
+            plan = key_steps(plan, options, cache, context, epoch, reporter)
+        written = _cached_image(plan, options, cache, epoch, reporter)
+        if written is None:
+            written = _build_image(plan, options, cache, context, epoch, work, reporter)
+    signatures = _sign(plan, written.output, options) if options.sign else ()
+    return dataclasses.replace(written, signatures=signatures,
+                               seconds=time.monotonic() - started)
+
+
+def open_cache(options: BuildOptions) -> CacheStore | None:
+    if options.no_cache:
+        return None
+    return CacheStore(options.cache_dir or default_cache_dir(options.environ))
+
+
+@contextmanager
+def _session(cache: CacheStore | None) -> Iterator[None]:
+    if cache is None:
+        yield
+        return
+    with cache.session():
+        yield
+
+
+def key_steps(plan: Plan, options: BuildOptions, cache: CacheStore, context: BuildContext,
+              epoch: int, reporter: Reporter) -> Plan:
+    """The plan with the cache key of every step (reads the context, runs nothing)."""
+    stat_cache = cache.stat_cache(context.root)
+    loader = options.base_loader
+
+    def resolve(name: str, labels: tuple[tuple[str, str], ...]) -> Path:
+        return loader.resolve_name(name, labels, reporter)
+
+    def identity(base: BaseRef) -> str:
+        return base_identity(base, stat_cache, resolve)
+
+    keyed = key_plan(plan, context=context, epoch=epoch, identity=identity,
+                     stat_cache=stat_cache)
+    stat_cache.save()
+    return keyed
+
+
+def final_image_key(plan: Plan, options: BuildOptions, epoch: int) -> str | None:
+    if options.output_format != "aci":
+        return None  # OCI output is cached step by step only
+    return image_key(plan, compression=options.compression, output_format="aci", epoch=epoch)
+
+
+def _cached_image(plan: Plan, options: BuildOptions, cache: CacheStore | None, epoch: int,
+                  reporter: Reporter) -> BuildResult | None:
+    """The whole image from the cache, copied (and verified) to the output; None on a miss."""
+    key = final_image_key(plan, options, epoch) if cache is not None else None
+    record = cache.image(key) if cache is not None and key is not None else None
+    if cache is None or record is None:
+        return None
+    manifest = from_json_bytes(record.manifest_json)
+    output = options.output or default_output(manifest, options.output_format)
+    if options.remove_stale_signature is not None:
+        options.remove_stale_signature(output)
+    if not cache.copy_image(record, output):
+        reporter.warning(f"cache entry {record.key} is damaged; building the image again")
+        return None
+    for stage in plan.stages:
+        for step in stage.steps:
+            reporter.step_started(step_info(step, stage))
+            reporter.step_finished(step_info(step, stage), 0.0, cached=True)
+    return BuildResult(image_id=record.image_id, output=output, manifest=manifest,
+                       size=record.size, uncompressed_size=record.uncompressed_size,
+                       entries=record.entries, signatures=(), seconds=0.0)
+
+
+def _build_image(plan: Plan, options: BuildOptions, cache: CacheStore | None,
+                 context: BuildContext, epoch: int, work: Path,
+                 reporter: Reporter) -> BuildResult:
+    with _run_log(plan, options) as (log, log_path):
         stage = execute(
             plan,
             options=ExecuteOptions(context=context, work_dir=work, epoch=epoch,
-                                   load_base=options.base_loader, log=log, log_path=log_path),
+                                   load_base=options.base_loader, log=log, log_path=log_path,
+                                   cache=cache),
             reporter=reporter,
         )
         manifest = _final_manifest(stage, plan)
@@ -110,17 +194,18 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
         image_id, size, uncompressed, entries = _write(
             stage, manifest, output, options, epoch, reporter
         )
-    signatures = _sign(plan, output, options)
-    return BuildResult(
-        image_id=image_id,
-        output=output,
-        manifest=manifest,
-        size=size,
-        uncompressed_size=uncompressed,
-        entries=entries,
-        signatures=signatures,
-        seconds=time.monotonic() - started,
-    )
+    key = final_image_key(plan, options, epoch) if cache is not None else None
+    if cache is not None and key is not None:
+        record = ImageRecord(key=key, image_id=image_id, size=size,
+                             uncompressed_size=uncompressed, entries=entries,
+                             manifest_json=to_json_bytes(manifest))
+        try:
+            cache.put_image(key, output, record)
+        except OSError as e:
+            reporter.warning(f"cannot store the image in the cache: {e}")
+    return BuildResult(image_id=image_id, output=output, manifest=manifest, size=size,
+                       uncompressed_size=uncompressed, entries=entries, signatures=(),
+                       seconds=0.0)
 
 
 def _final_manifest(stage: StageResult, plan: Plan) -> ImageManifest:

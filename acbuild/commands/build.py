@@ -12,6 +12,7 @@ from acbuild.commands.trustopts import base_loader, trust_options
 from acbuild.compression import COMPRESSIONS
 from acbuild.console import human_size
 from acbuild.report import Reporter
+from acbuild.repro import check_reproducible
 from acbuild.sign import read_passphrase, remove_stale_signature, sign_image
 
 
@@ -38,6 +39,11 @@ from acbuild.sign import read_passphrase, remove_stale_signature, sign_image
               help="File whose first line is the key's passphrase (or $ACBUILD_PASSPHRASE).")
 @click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Keep the full output of RUN steps here.")
+@click.option("--no-cache", is_flag=True, help="Run every step; neither read nor fill the cache.")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Step cache directory (default: $XDG_CACHE_HOME/acbuild-py/build-cache).")
+@click.option("--check-repro", is_flag=True,
+              help="Build twice without cache and fail (exit 1) if the images differ.")
 @trust_options
 @global_options
 def command(
@@ -53,6 +59,9 @@ def command(
     gpg_home: Path | None,
     passphrase_file: Path | None,
     log_file: Path | None,
+    no_cache: bool,
+    cache_dir: Path | None,
+    check_repro: bool,
     **trust: object,
 ) -> None:
     """Build the image an ACFILE describes."""
@@ -77,8 +86,10 @@ def command(
         signer=signer,
         remove_stale_signature=remove_stale_signature,
         log_file=log_file,
+        no_cache=no_cache,
+        cache_dir=cache_dir,
     )
-    result = build(options, reporter)
+    result = check_reproducible(options, reporter) if check_repro else build(options, reporter)
     _summarise(result, reporter)
     click.echo(result.image_id)
 

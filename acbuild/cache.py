@@ -1,0 +1,406 @@
+"""Step cache (execute stage): the store of step results and final images, by key.
+
+``steps/<key>/`` holds meta.json (manifest, owners, devices, the digest of the tree) and, for
+rootfs steps, ``tree/``; ``images/<key>/`` a finished .aci. Entries are built in ``tmp/`` and
+renamed into place; a build holds a shared flock on ``lock``, ``prune`` an exclusive one.
+Every use verifies the stored checksum: a damaged entry is removed and rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from acbuild.atomic import atomic_write
+from acbuild.errors import AcbuildError
+from acbuild.staging import DeviceNode, StagedRootfs
+from acbuild.statcache import StatCache, frame
+
+_META = "meta.json"
+_CHUNK = 1 << 20
+_STALE_TMP = 3600.0
+# Host policy, not content (the finalizer skips it too); the cache's filesystem may add it.
+_SKIPPED_XATTRS = frozenset({"security.selinux"})
+
+
+class CorruptTree(AcbuildError):
+    """A cache entry does not match its checksum."""
+
+
+def default_cache_dir(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "acbuild-py" / "build-cache"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepRecord:
+    key: str
+    manifest_json: bytes
+    tree: str  # key of the entry whose tree/ holds the rootfs after this step
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageRecord:
+    key: str
+    image_id: str
+    size: int
+    uncompressed_size: int
+    entries: int
+    manifest_json: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntryInfo:
+    kind: str  # "step" or "image"
+    key: str
+    size: int
+    last_used: float
+
+
+def _hex(key: str) -> str:
+    return key.split(":", 1)[-1]
+
+
+def _seal(body: dict[str, object]) -> bytes:
+    raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return json.dumps({"body": body, "sha256": hashlib.sha256(raw).hexdigest()},
+                      sort_keys=True, separators=(",", ":")).encode()
+
+
+def _unseal(path: Path) -> dict[str, object] | None:
+    """The body of a meta.json whose checksum matches; None when missing or damaged."""
+    try:
+        doc = json.loads(path.read_bytes())
+        body = doc["body"]
+        raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        if hashlib.sha256(raw).hexdigest() == doc["sha256"] and isinstance(body, dict):
+            return body
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+class CacheStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    # -- layout and locking -----------------------------------------------------------------
+
+    def _dir(self, kind: str, key: str) -> Path:
+        return self.root / kind / _hex(key)
+
+    @contextlib.contextmanager
+    def session(self, *, exclusive: bool = False) -> Iterator[None]:
+        """Held for a whole build (shared) or a prune (exclusive)."""
+        for sub in ("steps", "images", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        with open(self.root / "lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def stat_cache(self, context: Path) -> StatCache:
+        name = hashlib.sha256(os.fsencode(context)).hexdigest()[:32]
+        return StatCache(self.root / "stat" / f"{name}.json")
+
+    def _temp(self) -> Path:
+        path = self.root / "tmp" / f"{os.getpid()}-{secrets.token_hex(6)}"
+        path.mkdir(parents=True)
+        return path
+
+    def _publish(self, temp: Path, final: Path) -> None:
+        """Rename a finished entry into place; a concurrent build that got there first wins."""
+        try:
+            os.rename(temp, final)
+        except OSError:
+            remove_tree(temp)
+
+    def discard(self, kind: str, key: str) -> None:
+        """Take a damaged entry out of use at once (rename), then delete it."""
+        path = self._dir(kind, key)
+        trash = self.root / "tmp" / f"bad-{secrets.token_hex(6)}"
+        with contextlib.suppress(OSError):
+            os.rename(path, trash)
+            remove_tree(trash)
+
+    def _touch(self, path: Path) -> None:
+        with contextlib.suppress(OSError):
+            os.utime(path)
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def step(self, key: str) -> StepRecord | None:
+        body = _unseal(self._dir("steps", key) / _META)
+        if body is None or body.get("kind") != "step":
+            if self._dir("steps", key).exists():
+                self.discard("steps", key)
+            return None
+        tree = str(body["tree"])
+        if tree != key and _unseal(self._dir("steps", tree) / _META) is None:
+            return None  # its tree was pruned: the step runs again
+        self._touch(self._dir("steps", key))
+        return StepRecord(key=key, manifest_json=str(body["manifest"]).encode(), tree=tree)
+
+    def put_step(self, key: str, manifest_json: bytes, *, rootfs: StagedRootfs | None,
+                 tree: str | None, link: bool) -> None:
+        """Store a step: with ``rootfs`` a snapshot of it (hardlinked when ``link``: only
+        safe when nothing will change those files in place), else a reference to ``tree``."""
+        if self._dir("steps", key).exists():
+            return
+        temp = self._temp()
+        try:
+            body: dict[str, object] = {"kind": "step", "manifest": manifest_json.decode(),
+                                       "tree": tree or key}
+            if rootfs is not None:
+                digest, size = copy_tree_verified(rootfs.root, temp / "tree", link=link)
+                body.update(tree=key, digest=digest, bytes=size,
+                            owners=sorted([r, u, g] for r, (u, g) in rootfs.owners.items()),
+                            devices=sorted([r, d.kind, d.major, d.minor, d.mode]
+                                           for r, d in rootfs.devices.items()))
+            (temp / _META).write_bytes(_seal(body))
+        except BaseException:
+            remove_tree(temp)
+            raise
+        self._publish(temp, self._dir("steps", key))
+
+    def restore(self, record: StepRecord, root: Path, *, link: bool) -> StagedRootfs:
+        """The rootfs of ``record`` rebuilt at ``root`` (which must not exist); raises
+        CorruptTree (entry discarded) when the snapshot does not match its checksum."""
+        body = _unseal(self._dir("steps", record.tree) / _META)
+        if body is None or "digest" not in body:
+            raise CorruptTree(f"cache entry {record.tree} is damaged")
+        try:
+            digest, _ = copy_tree_verified(self._dir("steps", record.tree) / "tree", root,
+                                           link=link)
+        except (OSError, CorruptTree):
+            digest = None
+        if digest != body["digest"]:
+            self.discard("steps", record.tree)
+            raise CorruptTree(f"cache entry {record.tree} is damaged")
+        self._touch(self._dir("steps", record.tree))
+        rootfs = StagedRootfs(root=root)
+        for rel, uid, gid in body.get("owners", []):  # type: ignore[attr-defined]
+            rootfs.owners[rel] = (uid, gid)
+        for rel, kind, major, minor, mode in body.get("devices", []):  # type: ignore[attr-defined]
+            rootfs.devices[rel] = DeviceNode(kind=kind, major=major, minor=minor, mode=mode)
+        return rootfs
+
+    # -- final images -----------------------------------------------------------------------
+
+    def image(self, key: str) -> ImageRecord | None:
+        body = _unseal(self._dir("images", key) / _META)
+        if body is None:
+            return None
+        return ImageRecord(key=key, image_id=str(body["image_id"]), size=int(body["size"]),  # type: ignore[call-overload]
+                           uncompressed_size=int(body["uncompressed"]),  # type: ignore[call-overload]
+                           entries=int(body["entries"]),  # type: ignore[call-overload]
+                           manifest_json=str(body["manifest"]).encode())
+
+    def put_image(self, key: str, image: Path, record: ImageRecord) -> None:
+        if self._dir("images", key).exists():
+            return
+        temp = self._temp()
+        try:
+            digest = _copy_hashing(image, temp / "image.aci")
+            (temp / _META).write_bytes(_seal({
+                "kind": "image", "image_id": record.image_id, "size": record.size,
+                "uncompressed": record.uncompressed_size, "entries": record.entries,
+                "manifest": record.manifest_json.decode(), "sha256": digest,
+            }))
+        except BaseException:
+            remove_tree(temp)
+            raise
+        self._publish(temp, self._dir("images", key))
+
+    def copy_image(self, record: ImageRecord, output: Path) -> bool:
+        """Copy a cached image to ``output`` atomically, verifying it on the way; False (and
+        the entry discarded, ``output`` untouched) when it is damaged."""
+        where = self._dir("images", record.key)
+        body = _unseal(where / _META)
+        if body is None:
+            return False
+        try:
+            with atomic_write(output) as out, open(where / "image.aci", "rb") as src:
+                h = hashlib.sha256()
+                while chunk := src.read(_CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+                if h.hexdigest() != body["sha256"] or out.tell() != record.size:
+                    raise CorruptTree(f"cache entry {record.key} is damaged")
+        except (CorruptTree, FileNotFoundError):
+            self.discard("images", record.key)
+            return False
+        self._touch(where)
+        return True
+
+    # -- listing and pruning ----------------------------------------------------------------
+
+    def entries(self) -> list[EntryInfo]:
+        found = []
+        for kind, sub in (("step", "steps"), ("image", "images")):
+            with contextlib.suppress(FileNotFoundError):
+                for child in os.scandir(self.root / sub):
+                    body = _unseal(Path(child.path) / _META)
+                    size = 0 if body is None else int(body.get("bytes", body.get("size", 0)))  # type: ignore[call-overload]
+                    found.append(EntryInfo(kind=kind, key="sha256:" + child.name, size=size,
+                                           last_used=child.stat().st_mtime))
+        return sorted(found, key=lambda e: e.last_used, reverse=True)
+
+    def prune(self, max_size: int) -> list[EntryInfo]:
+        """Remove least recently used entries until the rest fit in ``max_size`` bytes."""
+        with self.session(exclusive=True):
+            self._clean_tmp()
+            kept, removed, total = self.entries(), [], 0
+            for entry in kept:
+                total += entry.size
+                if total > max_size:
+                    removed.append(entry)
+            for entry in removed:
+                self.discard("steps" if entry.kind == "step" else "images", entry.key)
+            return removed
+
+    def _clean_tmp(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            for child in os.scandir(self.root / "tmp"):
+                if time.time() - child.stat(follow_symlinks=False).st_mtime > _STALE_TMP:
+                    remove_tree(Path(child.path))
+
+
+def _copy_hashing(src: Path, dest: Path) -> str:
+    h = hashlib.sha256()
+    with open(src, "rb") as f, open(dest, "wb") as out:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            out.write(chunk)
+    return h.hexdigest()
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a tree even where its directories are read-only (0555)."""
+    with contextlib.suppress(FileNotFoundError):
+        for parent, dirs, _ in os.walk(path):
+            for name in dirs:
+                with contextlib.suppress(OSError):
+                    os.chmod(os.path.join(parent, name), 0o700, follow_symlinks=False)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+
+# ---- snapshot trees ----------------------------------------------------------------------------
+
+
+def copy_tree_verified(src: Path, dest: Path, *, link: bool) -> tuple[str, int]:
+    """Copy the tree ``src`` to the new directory ``dest`` with modes, owners (as root),
+    mtimes, xattrs and inner hardlinks; files are hardlinked when ``link``. Returns the digest
+    of what was copied (names, kinds, modes, owners, xattrs, contents) and its byte count."""
+    copier = _TreeCopier(link)
+    st = os.lstat(src)
+    os.mkdir(dest, 0o700)
+    copier.directory(os.fsencode(src), os.fsencode(dest), b"", st)
+    return "sha256:" + copier.h.hexdigest(), copier.size
+
+
+class _TreeCopier:
+    def __init__(self, link: bool) -> None:
+        self.link = link
+        self.h = hashlib.sha256()
+        self.size = 0
+        self.inodes: dict[tuple[int, int], bytes] = {}
+        self.root = os.geteuid() == 0
+
+    def meta(self, kind: bytes, rel: bytes, src: bytes, st: os.stat_result) -> None:
+        xattrs = b"".join(
+            os.fsencode(k) + b"=" + v + b"\0" for k, v in _xattrs(src)
+        ) if kind != b"symlink" else b""
+        frame(self.h, kind, rel, b"%o:%d:%d" % (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid),
+              xattrs)
+
+    def directory(self, src: bytes, dest: bytes, rel: bytes, st: os.stat_result) -> None:
+        self.meta(b"dir", rel, src, st)
+        with os.scandir(src) as it:
+            names = sorted(e.name for e in it)
+        for name in names:
+            child = rel + b"/" + name if rel else name
+            self.entry(src + b"/" + name, dest + b"/" + name, child)
+        self.finish(src, dest, st)
+
+    def entry(self, src: bytes, dest: bytes, rel: bytes) -> None:
+        st = os.lstat(src)
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            os.mkdir(dest, 0o700)
+            self.directory(src, dest, rel, st)
+        elif stat.S_ISREG(mode):
+            self.file(src, dest, rel, st)
+        elif stat.S_ISLNK(mode):
+            target = os.readlink(src)
+            frame(self.h, b"symlink", rel, target)
+            self.meta(b"symlink", rel, src, st)
+            os.symlink(target, dest)
+            self.finish(src, dest, st)
+        elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            self.meta(b"node", rel, src, st)
+            frame(self.h, b"%o" % stat.S_IFMT(mode), b"%d" % st.st_rdev)
+            os.mknod(dest, mode, st.st_rdev)
+            self.finish(src, dest, st)
+        # sockets: the finalizer leaves them out, and so does the snapshot
+
+    def file(self, src: bytes, dest: bytes, rel: bytes, st: os.stat_result) -> None:
+        if st.st_nlink > 1:
+            first = self.inodes.setdefault((st.st_dev, st.st_ino), rel)
+            if first != rel:
+                frame(self.h, b"hardlink", rel, first)
+                os.link(dest[: len(dest) - len(rel)] + first, dest)
+                return
+        self.meta(b"file", rel, src, st)
+        self.size += st.st_size
+        h = hashlib.sha256()
+        if self.link:
+            with contextlib.suppress(OSError):
+                os.link(src, dest)
+                with open(src, "rb") as f:
+                    h = hashlib.file_digest(f, "sha256")
+                frame(self.h, h.digest())
+                return
+        with open(src, "rb") as f, open(dest, "xb") as out:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+                out.write(chunk)
+        frame(self.h, h.digest())
+        self.finish(src, dest, st)
+
+    def finish(self, src: bytes, dest: bytes, st: os.stat_result) -> None:
+        """Owner, xattrs, mode and times of a created entry, in an order that keeps them."""
+        is_link = stat.S_ISLNK(st.st_mode)
+        if self.root:
+            os.lchown(dest, st.st_uid, st.st_gid)
+        if not is_link:
+            for key, value in _xattrs(src):
+                os.setxattr(dest, key, value, follow_symlinks=False)
+            os.chmod(dest, stat.S_IMODE(st.st_mode))
+        os.utime(dest, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _xattrs(path: bytes) -> list[tuple[str, bytes]]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return []
+    found = []
+    for name in sorted(names):
+        if name not in _SKIPPED_XATTRS:
+            with contextlib.suppress(OSError):
+                found.append((name, os.getxattr(path, name, follow_symlinks=False)))
+    return found

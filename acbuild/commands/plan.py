@@ -1,0 +1,59 @@
+"""The `plan` verb: the steps a build would run, with their cache keys and hit or miss.
+
+Reads the Acfile and the context (COPY keys hash the files) but runs nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from acbuild.build import BuildOptions, final_image_key, key_steps, load_plan, open_cache
+from acbuild.commands.common import global_options, state
+from acbuild.commands.trustopts import base_loader, trust_options
+from acbuild.compression import COMPRESSIONS
+from acbuild.context import BuildContext
+from acbuild.finalize import build_epoch
+
+
+@click.command("plan")
+@click.argument("acfile", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--context", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="Directory COPY sources are relative to (default: the Acfile's).")
+@click.option("--var", "variables", multiple=True, metavar="KEY=VALUE",
+              help="Template variable for the Acfile (repeatable).")
+@click.option("--var-file", "var_files", multiple=True, metavar="FILE.toml",
+              type=click.Path(path_type=Path, dir_okay=False), help="TOML file of variables.")
+@click.option("--target", metavar="STAGE", help="Plan this stage instead of the last one.")
+@click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip",
+              show_default=True, help="Compression the build would use (part of the image key).")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Step cache directory (default: $XDG_CACHE_HOME/acbuild-py/build-cache).")
+@trust_options
+@global_options
+def command(acfile: Path, context: Path | None, variables: tuple[str, ...],
+            var_files: tuple[Path, ...], target: str | None, compression: str,
+            cache_dir: Path | None, **trust: object) -> None:
+    """Print the steps of ACFILE with their cache keys, HIT or MISS; run nothing."""
+    reporter = state().reporter()
+    options = BuildOptions(acfile=acfile, output=None, base_loader=base_loader(
+        reporter=reporter, **trust), context=context, variables=variables,  # type: ignore[arg-type]
+        var_files=var_files, target=target, compression=compression, cache_dir=cache_dir)
+    cache = open_cache(options)
+    assert cache is not None
+    plan = load_plan(options)
+    epoch = build_epoch(options.environ)
+    ctx = BuildContext((context or acfile.parent).resolve())
+    with cache.session():
+        plan = key_steps(plan, options, cache, ctx, epoch, reporter)
+        for stage in plan.stages:
+            for step in stage.steps:
+                hit = step.key is not None and cache.step(step.key) is not None
+                key = step.key or "-" * 71
+                where = f" ({stage.name})" if stage.name else ""
+                click.echo(f"[{step.number}/{step.total}] {'HIT ' if hit else 'MISS'} "
+                           f"{key}{where}  {step.instruction.text}")
+        image = final_image_key(plan, options, epoch)
+        hit = image is not None and cache.image(image) is not None
+        click.echo(f"image {'HIT ' if hit else 'MISS'} {image or '-'}")
