@@ -7,6 +7,7 @@ Everything goes to stderr; stdout carries only the result (the image ID), so
 from __future__ import annotations
 
 import json
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -144,7 +145,7 @@ class RichReporter:
         self._clear_step()
         if cached:
             self._print(f"  [cyan]CACHED[/] [dim][{step.number}/{step.total}][/]")
-        else:
+        elif self._verbose or seconds >= 0.5:
             self._print(f"  [green]✓[/] [dim]{_duration(seconds)}[/]")
 
     def _clear_step(self) -> None:
@@ -173,7 +174,7 @@ class RichReporter:
         self.close()
         table = Table(show_header=False, box=None, padding=(0, 2))
         table.add_column(style="bold")
-        table.add_column()
+        table.add_column(overflow="fold")  # a full image ID is never cut short
         for key, value in _summary_rows(rows):
             table.add_row(escape(key), escape(value))
         self._console.print(table)
@@ -218,8 +219,7 @@ class JsonReporter:
         self._emit("warning", message=message, **_span_fields(span))
 
     def summary(self, rows: tuple[tuple[str, str], ...]) -> None:
-        self._emit("summary", **{k.replace(" ", "_").replace("(", "").replace(")", ""): v
-                                 for k, v in _summary_rows(rows)})
+        self._emit("summary", **{_json_key(k): v for k, v in _summary_rows(rows)})
 
     def close(self) -> None:
         pass
@@ -269,6 +269,11 @@ def close_reporter(reporter: Reporter) -> None:
 
 def json_event(event: str, **fields: object) -> str:
     return json.dumps({"event": event, **fields}, sort_keys=True, ensure_ascii=False)
+
+
+def _json_key(label: str) -> str:
+    """A summary row's label as a JSON key: "image ID (short)" -> "image_id_short"."""
+    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
 
 
 def _span_fields(span: Span | None) -> dict[str, object]:
