@@ -51,7 +51,8 @@ def check_reproducible(options: BuildOptions, reporter: Reporter) -> BuildResult
         finally:
             os.umask(old)
         if first.image_id != second.image_id or _bytes_differ(first.output, second.output):
-            raise BuildError(*_explain(first, second))
+            message, hint = _explain(first, second)
+            raise BuildError(message, hint=hint)
     reporter.info("the build is reproducible: both builds gave " + first.image_id)
     signatures = _sign(load_plan(options), first.output, options) if options.sign else ()
     return dataclasses.replace(first, signatures=signatures)
