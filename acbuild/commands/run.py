@@ -5,6 +5,7 @@ Everything after IMAGE (or after ``--``) is appended to the app's exec.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -45,4 +46,5 @@ def command(image: Path, args: tuple[str, ...], volumes: tuple[str, ...], networ
     )
     with terminate_as_exit():
         status = run_image(options, reporter, click.echo)
-    raise click.exceptions.Exit(status)
+    # Not click's Exit: the CLI runs click with standalone_mode=False, which swallows its code.
+    sys.exit(status)
