@@ -135,7 +135,9 @@ def _table(results: dict[str, tuple[float, float, int]]) -> None:
     pigz_wall = results["tar | pigz -6"][0]
     gzip_size = results["tar | gzip -6"][2]
     print(f"cores: {len(os.sched_getaffinity(0))}")
-    print(f"{'contender':<20} {'wall s':>7} {'cpu s':>7} {'MB out':>8} {'wall/pigz':>10} {'size/gzip':>10}")
+    header = ("contender", "wall s", "cpu s", "MB out", "wall/pigz", "size/gzip")
+    print(f"{header[0]:<20} {header[1]:>7} {header[2]:>7} {header[3]:>8} "
+          f"{header[4]:>10} {header[5]:>10}")
     for name, (wall, cpu, size) in results.items():
         print(
             f"{name:<20} {wall:7.2f} {cpu:7.2f} {size / 1e6:8.1f} "
