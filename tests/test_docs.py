@@ -146,3 +146,11 @@ def test_matching_rules() -> None:
     assert not matches(("a",), ["a", "b"])
     (ex,) = examples("```console\n$ acbuild-py x\nout\n[exit 1]\n```\n")
     assert (ex.command, ex.output, ex.status) == ("acbuild-py x", ("out",), 1)
+
+
+def test_command_reference_names_every_verb() -> None:
+    from acbuild.cli import cli
+
+    text = (REPO / "docs" / "commands.md").read_text()
+    missing = [v for v in cli.commands if f"\n## {v}\n" not in text]
+    assert not missing, f"docs/commands.md lacks {missing}: regenerate it"
