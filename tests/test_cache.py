@@ -139,12 +139,12 @@ def test_rebuilds_hit_and_give_the_same_image(tmp_path: Path) -> None:
     reference, _ = run(acfile, None, tmp_path / "ref.aci", "owner=1000:1000")
     first, rep1 = run(acfile, cache, tmp_path / "1.aci", "owner=1000:1000")
     assert rep1.cached() == [] and first.image_id == reference.image_id
-    second, rep2 = run(acfile, cache, tmp_path / "2.aci", "owner=1000:1000")
+    _, rep2 = run(acfile, cache, tmp_path / "2.aci", "owner=1000:1000")
     assert rep2.cached() == [1, 2, 3, 4, 5, 6, 7]
     assert (tmp_path / "2.aci").read_bytes() == (tmp_path / "ref.aci").read_bytes()
     with tarfile.open(tmp_path / "2.aci") as t:
-        assert (t.getmember("rootfs/srv/data/a.txt").uid, t.getmember("rootfs/srv/data/a.txt").mode) == (
-            1000, 0o644)
+        member = t.getmember("rootfs/srv/data/a.txt")
+        assert (member.uid, member.mode) == (1000, 0o644)
     # Only the last COPY reads last.txt: every step before it is reused.
     (tmp_path / "ctx" / "last.txt").write_text("changed\n")
     third, rep3 = run(acfile, cache, tmp_path / "3.aci", "owner=1000:1000")
