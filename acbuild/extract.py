@@ -14,14 +14,10 @@ only as root; what cannot be set is reported as a warning, once per namespace.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import lzma
 import os
 import stat
 import tarfile
-import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import IO, BinaryIO
 
 from acbuild.errors import AcbuildError, ImageError
@@ -29,142 +25,14 @@ from acbuild.report import Reporter
 from acbuild.securepath import ensure_dirs, relpath_in, remove_entry, safe_join
 from acbuild.staging import DeviceNode, StagedRootfs
 
-CHUNK = 1 << 20
-_TAIL = 1 << 16  # bytes of the stream kept to check the end-of-archive block
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Limits:
-    """Bounds on what one archive may make us do (tar bombs, endless headers)."""
-
-    max_total_bytes: int = 64 << 30
-    max_entries: int = 5_000_000
-    max_path: int = 4096
-    max_manifest: int = 1 << 20
-
-
-class TarSource:
-    """The stream tarfile reads: counts bytes, keeps the tail, optionally hashes."""
-
-    def __init__(self, raw: IO[bytes], *, hasher: hashlib._Hash | None = None) -> None:
-        self._raw = raw
-        self.hasher = hasher
-        self.total = 0
-        self._tail = bytearray()
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self.total += len(data)
-        if self.hasher is not None:
-            self.hasher.update(data)
-        self._tail += data
-        if len(self._tail) > 2 * _TAIL:
-            del self._tail[: len(self._tail) - _TAIL]
-        return data
-
-    def block_at(self, offset: int) -> bytes:
-        """The 512 bytes at ``offset``, reading on if needed; short if the stream ends."""
-        while self.total < offset + 512:
-            if not self.read(CHUNK):
-                break
-        start = offset - (self.total - len(self._tail))
-        if start < 0:
-            raise ImageError("archive is corrupt: cannot find its end")
-        return bytes(self._tail[start : start + 512])
-
-    def drain(self, limit: int) -> None:
-        """Read to the end so the decompressor checks its trailer (gzip CRC)."""
-        left = limit
-        while data := self.read(CHUNK):
-            left -= len(data)
-            if left < 0:
-                raise ImageError("archive has too much data after its end")
-
-
-@contextlib.contextmanager
-def archive_errors() -> Iterator[None]:
-    """Turn what tarfile and the decompressors raise into ImageError."""
-    try:
-        yield
-    except ImageError as e:
-        # the decompressors' word for a cut stream; say it plainly
-        if "end-of-stream" in e.message or "ended before" in e.message:
-            raise ImageError("archive is truncated") from None
-        raise
-    except AcbuildError:
-        raise
-    except EOFError:
-        raise ImageError("archive is truncated") from None
-    except tarfile.ReadError as e:
-        if "unexpected end of data" in str(e) or "truncated" in str(e):
-            raise ImageError("archive is truncated") from None
-        if "empty file" in str(e):
-            raise ImageError("archive is empty") from None
-        raise ImageError(f"archive is corrupt: {e}") from None
-    except (tarfile.TarError, zlib.error, lzma.LZMAError, OSError, ValueError) as e:
-        raise ImageError(f"archive is corrupt: {e}") from None
-
-
-def members(source: TarSource, limits: Limits) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
-    """Each member of the tar in ``source``, in order, with the limits on names and
-    counts enforced; at the end the end-of-archive block is checked and the rest read."""
-    with archive_errors():
-        tar = tarfile.open(fileobj=source, mode="r|")  # type: ignore[call-overload]  # noqa: SIM115
-        count = 0
-        while (member := tar.next()) is not None:
-            # stream mode still appends every member to a list; keep memory flat
-            tar.members.clear()
-            count += 1
-            if count > limits.max_entries:
-                raise ImageError(f"archive has more than {limits.max_entries} entries")
-            for text in (member.name, member.linkname):
-                if len(os.fsencode(text)) > limits.max_path:
-                    raise ImageError(
-                        f"archive entry name is longer than {limits.max_path} bytes: "
-                        f"{text[:60]!r}..."
-                    )
-            yield member, tar
-        _check_end(source, tar.offset, limits)
-
-
-def _check_end(source: TarSource, offset: int, limits: Limits) -> None:
-    # tarfile stops silently at EOF or at a bad header after the first one; only an
-    # end-of-archive block tells a complete archive from a cut or corrupt one
-    block = source.block_at(offset)
-    if len(block) < 512:
-        raise ImageError("archive is truncated")
-    if block.count(0) != 512:
-        raise ImageError(f"archive is corrupt: invalid tar header at offset {offset}")
-    source.drain(limits.max_total_bytes)
-
-
-def clean_name(unsafe_name: str) -> str:
-    """An archive name as a relative POSIX path ("" for the root); ``..`` resolved
-    lexically, a leading ``/`` dropped; climbing above the root is an ImageError."""
-    parts: list[str] = []
-    for part in unsafe_name.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not parts:
-                raise ImageError(f"archive entry {unsafe_name!r} points outside the image")
-            parts.pop()
-            continue
-        parts.append(part)
-    return "/".join(parts)
-
-
-def strip_prefix(name: str, prefix: str) -> str | None:
-    """``name`` (already clean) below ``prefix`` ("rootfs/"), or None if outside it."""
-    if not prefix:
-        return name
-    top = prefix.rstrip("/")
-    if name == top:
-        return ""
-    if name.startswith(top + "/"):
-        return name[len(top) + 1 :]
-    return None
-
+# The tar-reading helpers moved to acbuild.tarread; these names stay importable from here.
+from acbuild.tarread import CHUNK as CHUNK
+from acbuild.tarread import Limits as Limits
+from acbuild.tarread import TarSource as TarSource
+from acbuild.tarread import archive_errors as archive_errors
+from acbuild.tarread import clean_name as clean_name
+from acbuild.tarread import members as members
+from acbuild.tarread import strip_prefix as strip_prefix
 
 OutsideHook = Callable[[str, tarfile.TarInfo, tarfile.TarFile], None]
 
@@ -175,7 +43,7 @@ def extract_tar(
     *,
     prefix: str | None = "",
     whiteouts: bool = False,
-    limits: Limits = Limits(),
+    limits: Limits = Limits(),  # noqa: B008  (frozen, so sharing one is safe)
     reporter: Reporter | None = None,
     on_outside: OutsideHook | None = None,
 ) -> str:
