@@ -16,69 +16,71 @@ import click
 
 from acbuild import __version__, commands
 from acbuild.commands.common import global_options
+from acbuild.console import progress_mode, render_error
 from acbuild.errors import AcbuildError
+from acbuild.signals import EXIT_SIGTERM, Terminated, install_sigterm_handler
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70
 EXIT_SIGINT = 130
-EXIT_SIGTERM = 143
+
+# Modules of acbuild.commands that help the verbs but are not verbs themselves.
+HELPER_MODULES = frozenset({"common", "trustopts"})
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class VerbGroup(click.Group):
+    """Verbs are the modules of acbuild.commands, imported only when used: a build should
+    not pay for importing gpg, OCI and formatting code (no-op rebuilds are meant to be fast)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(
+            info.name
+            for info in pkgutil.iter_modules(commands.__path__)
+            if info.name not in HELPER_MODULES and not info.name.startswith("_")
+        )
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.list_commands(ctx):
+            return None
+        module = importlib.import_module(f"{commands.__name__}.{cmd_name}")
+        verb = getattr(module, "command", None)
+        return verb if isinstance(verb, click.Command) else None
+
+
+@click.group(cls=VerbGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="acbuild-py")
 @global_options
 def cli() -> None:
     """Build, sign, verify and run App Container (AppC) images from an Acfile."""
 
 
-def _register_verbs(group: click.Group) -> None:
-    """Every module in acbuild.commands that exports a click command named ``command`` is a
-    verb, so adding one needs no edit here."""
-    for info in pkgutil.iter_modules(commands.__path__):
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
-        verb = getattr(module, "command", None)
-        if isinstance(verb, click.Command):
-            group.add_command(verb)
-
-
-_register_verbs(cli)
-
-
-def _debug_requested(argv: Sequence[str]) -> bool:
-    # The click context is gone by the time an exception reaches us, so look at argv itself.
-    return "--debug" in argv
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = _debug_requested(args)
+    # The click context is gone by the time an error reaches us, so read argv itself.
+    debug = "--debug" in args
+    mode = progress_mode(args)
+    install_sigterm_handler()
     try:
-        cli.main(args=args, prog_name="acbuild-py", standalone_mode=False)
+        # standalone_mode=False returns a verb's exit code instead of raising it.
+        code = cli.main(args=args, prog_name="acbuild-py", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(EXIT_USAGE if isinstance(e, click.UsageError) else EXIT_ERROR)
-    except click.Abort:
+    except (click.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)
         sys.exit(EXIT_SIGINT)
-    except AcbuildError as e:
-        if debug:
-            traceback.print_exc()
-        click.echo(e.render(), err=True)
-        sys.exit(EXIT_ERROR)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(EXIT_SIGINT)
+    except Terminated:
+        click.echo("terminated", err=True)
+        sys.exit(EXIT_SIGTERM)
     except BrokenPipeError:
         sys.exit(EXIT_ERROR)
-    except Exception as e:  # the one place that turns bugs into a message
-        if debug:
-            traceback.print_exc()
-        click.echo(
-            f"acbuild-py: internal error: {type(e).__name__}: {e}\n"
-            "    hint: run again with --debug for a traceback, and please report it",
-            err=True,
-        )
-        sys.exit(EXIT_INTERNAL)
+    except Exception as e:  # the one place that turns every failure into a message
+        if debug and isinstance(e, AcbuildError):
+            traceback.print_exc()  # render_error adds the traceback of internal errors itself
+        click.echo(render_error(e, mode, debug=debug), err=True)
+        sys.exit(EXIT_ERROR if isinstance(e, AcbuildError) else EXIT_INTERNAL)
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -30,3 +30,13 @@ def hello_context(tmp_path: Path, hello_binary: Path) -> Path:
     shutil.copytree(EXAMPLES / "hello", ctx)
     shutil.copy2(hello_binary, ctx / "hello")
     return ctx
+
+
+@pytest.fixture(autouse=True)
+def isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory,
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own cache, state and config directories, as a fresh user would:
+    builds cache by default, and nothing may leak between tests or into ~/.cache."""
+    home = tmp_path_factory.mktemp("xdg")
+    for name in ("XDG_CACHE_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(home / name.lower()))

@@ -70,9 +70,11 @@ def test_plain_build_log(hello_context: Path, tmp_path: Path) -> None:
     assert lines[:2] == ["[1/7] BEGIN scratch", "[1/7] DONE <t>"]
     assert "[6/7] COPY hello /bin/hello" in lines and lines[lines.index(
         "[6/7] COPY hello /bin/hello") + 1] == "[6/7] DONE <t>"
-    assert re.fullmatch(r"image ID  sha512-[0-9a-f]{128}", lines[-4])
-    assert [line.split()[0] for line in lines[-6:]] == ["name", "version", "image", "size",
-                                                        "output", "time"]
+    assert re.fullmatch(r"image ID {11}sha512-[0-9a-f]{128}", lines[-7])
+    assert [line[:17].strip() for line in lines[-9:]] == [
+        "name", "version", "image ID", "compressed size", "uncompressed size", "files",
+        "signature", "output", "time",
+    ]
     assert "\x1b" not in r.stderr  # no colour, no cursor movement
     assert ID.fullmatch(r.stdout.strip())
 
@@ -91,8 +93,8 @@ def test_json_build_log_and_cached_rebuild(hello_context: Path, tmp_path: Path) 
     kinds = [e["event"] for e in events]
     assert kinds[:2] == ["step-started", "step-finished"] and kinds[-1] == "summary"
     assert events[-1]["image_id"] == r.stdout.strip()
-    assert {"name", "version", "image_id", "image_id_short", "size", "output", "time"} <= set(
-        events[-1])
+    assert {"name", "version", "image_id", "image_id_short", "compressed_size",
+            "uncompressed_size", "files", "signature", "output", "time"} <= set(events[-1])
 
 
 def test_quiet_prints_only_the_id(hello_context: Path, tmp_path: Path) -> None:

@@ -100,10 +100,11 @@ def _summarise(result: BuildResult, reporter: Reporter) -> None:
         ("name", result.manifest.name),
         ("version", version),
         ("image ID", result.image_id),
-        ("size", f"{human_size(result.size)} ({human_size(result.uncompressed_size)} "
-                 f"uncompressed, {result.entries} entries)"),
+        ("compressed size", human_size(result.size)),
+        ("uncompressed size", human_size(result.uncompressed_size)),
+        ("files", f"{result.entries} entries"),
+        ("signature", ", ".join(str(s) for s in result.signatures) or "none"),
         ("output", str(result.output)),
+        ("time", f"{result.seconds:.1f}s"),
     ]
-    rows += [("signature", str(s)) for s in result.signatures]
-    rows.append(("time", f"{result.seconds:.1f}s"))
     reporter.summary(tuple(rows))
