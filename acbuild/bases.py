@@ -6,13 +6,16 @@ through the converter; names are discovered, fetched and verified by the trust c
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild import manifest_edit
-from acbuild.aci import unpack_base, unpack_image
+from acbuild.aci import image_id, unpack_base, unpack_image
 from acbuild.convert import convert_to_rootfs, open_source
+from acbuild.errors import AcbuildError
+from acbuild.instructions import Dependency
 from acbuild.manifest import ImageManifest, default_manifest
 from acbuild.plan import (
     BaseRef,
@@ -21,6 +24,7 @@ from acbuild.plan import (
     LocalImage,
     OciArchive,
     OciLayout,
+    Plan,
     Scratch,
     Stage,
 )
@@ -63,3 +67,33 @@ class BaseLoader:
             case ImageName(name=name, labels=labels):
                 fetched = self.resolve_name(name, labels, reporter)
                 return manifest_edit.inherit(unpack_image(fetched, rootfs, reporter=reporter))
+
+    def pin(self, dependency: Dependency, reporter: Reporter) -> Dependency:
+        """A DEPENDENCY given without --image-id, resolved (discovered, fetched, verified)
+        and pinned to the image ID and size it has now, so the image names exactly what it
+        was built against."""
+        if dependency.image_id is not None:
+            return dependency
+        labels = tuple((k, v) for k, v in dependency.labels)
+        try:
+            path = self.resolve_name(dependency.image_name, labels, reporter)
+        except AcbuildError as e:
+            e.span = e.span or dependency.span
+            raise
+        return dataclasses.replace(dependency, image_id=image_id(path),
+                                   size=dependency.size or path.stat().st_size)
+
+
+def pin_dependencies(plan: Plan, loader: BaseLoader, reporter: Reporter) -> Plan:
+    """The plan with every unpinned DEPENDENCY pinned (before cache keys are computed, so a
+    new upstream image is a cache miss)."""
+    stages = []
+    for stage in plan.stages:
+        steps = tuple(
+            dataclasses.replace(step, instruction=loader.pin(step.instruction, reporter))
+            if isinstance(step.instruction, Dependency) else step
+            for step in stage.steps
+        )
+        stages.append(dataclasses.replace(stage, steps=steps))
+    target = next(s for s in stages if s.index == plan.target.index)
+    return dataclasses.replace(plan, stages=tuple(stages), target=target)

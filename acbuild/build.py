@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal, TextIO
 
 from acbuild import manifest_edit
-from acbuild.bases import BaseLoader
+from acbuild.bases import BaseLoader, pin_dependencies
 from acbuild.cache import CacheStore, ImageRecord, default_cache_dir
 from acbuild.context import BuildContext
 from acbuild.errors import AcfileError, BuildError
@@ -101,7 +101,7 @@ def load_plan(options: BuildOptions) -> Plan:
 
 def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
     started = time.monotonic()
-    plan = load_plan(options)
+    plan = pin_dependencies(load_plan(options), options.base_loader, reporter)
     epoch = build_epoch(options.environ)
     context = BuildContext((options.context or options.acfile.parent).resolve())
     cache = open_cache(options)

@@ -3,6 +3,7 @@ BEGIN from the served name, with real gpg and a real HTTP server on 127.0.0.1.""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -110,12 +111,20 @@ def test_publish_serve_fetch_and_begin_from_the_served_name(
     child.mkdir()
     (child / "Acfile").write_text(
         "BEGIN localhost/hello:1.0.0\nNAME localhost/child\nLABEL version=2.0.0\n"
+        "DEPENDENCY localhost/hello:1.0.0\n"
     )
     r = acbuild("build", child / "Acfile", "-o", tmp_path / "child.aci", *net, env=env)
     assert r.code == 0, r.stderr
     actool_validate(tmp_path / "child.aci")
     with tarfile.open(tmp_path / "child.aci") as t:
         assert "rootfs/bin/hello" in t.getnames()
+        f = t.extractfile("manifest")
+        assert f is not None
+        dependency = json.load(f)["dependencies"][0]
+    # An unpinned DEPENDENCY is pinned to what it resolved to.
+    assert dependency["imageName"] == "localhost/hello"
+    assert dependency["imageID"] == image_id
+    assert dependency["size"] == image.stat().st_size
 
     # An untrusted name is refused: fail closed.
     (child / "Acfile").write_text("BEGIN localhost/hello:1.0.0\nNAME localhost/child\n")
