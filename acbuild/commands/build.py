@@ -7,9 +7,8 @@ from pathlib import Path
 import click
 
 from acbuild.build import BuildOptions, BuildResult, build
-from acbuild.commands.common import global_options, state
+from acbuild.commands.common import acfile_options, global_options, state
 from acbuild.commands.trustopts import base_loader, trust_options
-from acbuild.compression import COMPRESSIONS
 from acbuild.console import human_size
 from acbuild.report import Reporter
 from acbuild.repro import check_reproducible
@@ -20,15 +19,7 @@ from acbuild.sign import read_passphrase, remove_stale_signature, sign_image
 @click.argument("acfile", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Where to write the image (default: NAME-VERSION.aci here).")
-@click.option("--context", type=click.Path(path_type=Path, file_okay=False, exists=True),
-              help="Directory COPY sources are relative to (default: the Acfile's).")
-@click.option("--var", "variables", multiple=True, metavar="KEY=VALUE",
-              help="Template variable for the Acfile (repeatable).")
-@click.option("--var-file", "var_files", multiple=True, metavar="FILE.toml",
-              type=click.Path(path_type=Path, dir_okay=False), help="TOML file of variables.")
-@click.option("--target", metavar="STAGE", help="Build this stage instead of the last one.")
-@click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip",
-              show_default=True)
+@acfile_options
 @click.option("--format", "output_format", type=click.Choice(["aci", "oci", "oci-archive"]),
               default="aci", show_default=True, help="Image format to write.")
 @click.option("--sign", "sign_keys", multiple=True, metavar="KEY",
@@ -40,8 +31,6 @@ from acbuild.sign import read_passphrase, remove_stale_signature, sign_image
 @click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Keep the full output of RUN steps here.")
 @click.option("--no-cache", is_flag=True, help="Run every step; neither read nor fill the cache.")
-@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Step cache directory (default: $XDG_CACHE_HOME/acbuild-py/build-cache).")
 @click.option("--check-repro", is_flag=True,
               help="Build twice without cache and fail (exit 1) if the images differ.")
 @trust_options

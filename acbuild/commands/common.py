@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -79,6 +80,31 @@ def global_options(f: F) -> F:
         click.option("--progress", type=click.Choice(PROGRESS_MODES), default="auto",
                      expose_value=False, callback=_store("progress"),
                      help="Log style: tty (live), plain (CI), json; auto picks."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def acfile_options(f: F) -> F:
+    """What selects and feeds an Acfile (build and plan): context, variables, target stage,
+    compression (part of the image's cache key) and the cache directory."""
+    from acbuild.compression import COMPRESSIONS
+
+    opts = [
+        click.option("--context", type=click.Path(path_type=Path, file_okay=False, exists=True),
+                     help="Directory COPY sources are relative to (default: the Acfile's)."),
+        click.option("--var", "variables", multiple=True, metavar="KEY=VALUE",
+                     help="Template variable for the Acfile (repeatable)."),
+        click.option("--var-file", "var_files", multiple=True, metavar="FILE.toml",
+                     type=click.Path(path_type=Path, dir_okay=False),
+                     help="TOML file of variables."),
+        click.option("--target", metavar="STAGE", help="Use this stage instead of the last one."),
+        click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip",
+                     show_default=True),
+        click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
+                     help="Step cache directory "
+                          "(default: $XDG_CACHE_HOME/acbuild-py/build-cache)."),
     ]
     for opt in reversed(opts):
         f = opt(f)

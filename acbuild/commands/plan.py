@@ -10,26 +10,15 @@ from pathlib import Path
 import click
 
 from acbuild.build import BuildOptions, final_image_key, key_steps, load_plan, open_cache
-from acbuild.commands.common import global_options, state
+from acbuild.commands.common import acfile_options, global_options, state
 from acbuild.commands.trustopts import base_loader, trust_options
-from acbuild.compression import COMPRESSIONS
 from acbuild.context import BuildContext
 from acbuild.finalize import build_epoch
 
 
 @click.command("plan")
 @click.argument("acfile", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--context", type=click.Path(path_type=Path, file_okay=False, exists=True),
-              help="Directory COPY sources are relative to (default: the Acfile's).")
-@click.option("--var", "variables", multiple=True, metavar="KEY=VALUE",
-              help="Template variable for the Acfile (repeatable).")
-@click.option("--var-file", "var_files", multiple=True, metavar="FILE.toml",
-              type=click.Path(path_type=Path, dir_okay=False), help="TOML file of variables.")
-@click.option("--target", metavar="STAGE", help="Plan this stage instead of the last one.")
-@click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip",
-              show_default=True, help="Compression the build would use (part of the image key).")
-@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Step cache directory (default: $XDG_CACHE_HOME/acbuild-py/build-cache).")
+@acfile_options
 @trust_options
 @global_options
 def command(acfile: Path, context: Path | None, variables: tuple[str, ...],
