@@ -1,7 +1,7 @@
 """Plan: from parsed instructions to stages and numbered steps, with every semantic check.
 
 No I/O happens here. All problems are collected and raised together, each pointing at the
-token it is about; the AppC rules themselves live in ``acbuild.manifest``.
+token it is about; the AppC rules themselves live in ``acbuild.manifest_rules``.
 """
 
 from __future__ import annotations
@@ -12,48 +12,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild import instructions as ins
-from acbuild import manifest as appc
+from acbuild import manifest_rules as appc
+
+# Base references moved to acbuild.baseref; these names stay importable from here.
+from acbuild.baseref import BaseRef as BaseRef
+from acbuild.baseref import DockerArchive as DockerArchive
+from acbuild.baseref import ImageName as ImageName
+from acbuild.baseref import LocalImage as LocalImage
+from acbuild.baseref import OciArchive as OciArchive
+from acbuild.baseref import OciLayout as OciLayout
+from acbuild.baseref import Scratch as Scratch
+from acbuild.baseref import parse_base as parse_base
 from acbuild.errors import AcbuildError, AcfileError, Span, raise_all
-
-# ---- base references --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Scratch:
-    """An empty rootfs and a default manifest."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LocalImage:
-    path: Path  # an ACI, a rootfs tarball or a directory; joined to the Acfile's directory
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DockerArchive:
-    path: Path
-    ref: str | None  # NAME:TAG inside a multi-image `docker save` archive
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OciLayout:
-    path: Path
-    ref: str | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OciArchive:
-    path: Path
-    ref: str | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ImageName:
-    name: str
-    labels: tuple[tuple[str, str], ...]  # ":version" first as ("version", v), then ",k=v"
-
-
-BaseRef = Scratch | LocalImage | DockerArchive | OciLayout | OciArchive | ImageName
-
+from acbuild.manifest import host_os_arch
+from acbuild.parse_args import CHOWN
+from acbuild.parse_words import split_image_reference as split_image_reference
 
 # ---- the plan ---------------------------------------------------------------------------------
 
@@ -88,59 +61,6 @@ class Plan:
 
     def stage_named(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
-
-
-# ---- BEGIN arguments --------------------------------------------------------------------------
-
-_PREFIXED = {"docker-archive:": DockerArchive, "oci:": OciLayout, "oci-archive:": OciArchive}
-
-
-def parse_base(text: str, acfile_dir: Path) -> BaseRef:
-    """What a BEGIN argument names. Raises AcfileError (without a span) when it names nothing."""
-    if text == "scratch":
-        return Scratch()
-    for prefix, kind in _PREFIXED.items():
-        if text.startswith(prefix):
-            # Split at the first ':' as skopeo does, so a path cannot contain ':'.
-            path, _, ref = text[len(prefix) :].partition(":")
-            if not path:
-                raise AcfileError(f"{prefix} needs a path, as in '{prefix}./image.tar'")
-            return kind(path=acfile_dir / path, ref=ref or None)
-    if text in (".", "..") or text.startswith(("/", "./", "../")):
-        return LocalImage(path=acfile_dir / text)
-    name, labels = split_image_reference(text)
-    return ImageName(name=name, labels=labels)
-
-
-def split_image_reference(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """``name[:version][,k=v…]`` into the name and its labels, every part checked.
-
-    (A private twin of what parse.py may offer; the planner needs it for BEGIN.)
-    """
-    if "://" in text:
-        raise AcfileError(
-            f"{text!r} is not an image name: registry references are not supported",
-            hint="save the image (docker save) and use docker-archive:PATH",
-        )
-    head, *rest = text.split(",")
-    name, colon, version = head.partition(":")
-    if problem := appc.ac_identifier_problem("image name", name):
-        raise AcfileError(problem)
-    labels: list[tuple[str, str]] = []
-    if colon:
-        if not version:
-            raise AcfileError(f"image reference {text!r} has an empty version after ':'")
-        labels.append(("version", version))
-    for item in rest:
-        key, eq, value = item.partition("=")
-        if not eq or not value:
-            raise AcfileError(f"image label {item!r} is not written as name=value")
-        if problem := appc.label_name_problem(key):
-            raise AcfileError(problem)
-        if any(k == key for k, _ in labels):
-            raise AcfileError(f"image label {key!r} is given twice in {text!r}")
-        labels.append((key, value))
-    return name, tuple(labels)
 
 
 # ---- planning ---------------------------------------------------------------------------------
@@ -392,12 +312,9 @@ def _separator(m: re.Match[str]) -> str:
     return m.group(1) or "-"
 
 
-_CHOWN = re.compile(r"[^:\s]+(?::[^:\s]+)?")
-
-
 def _check_copy(i: ins.Copy) -> list[AcbuildError]:
     found = [(i.dest, appc.absolute_path_problem("COPY destination", i.dest))]
-    if i.chown is not None and not _CHOWN.fullmatch(i.chown):
+    if i.chown is not None and not CHOWN.fullmatch(i.chown):
         found.append((i.chown, f"--chown={i.chown} is not written as user[:group]"))
     if i.mode is not None and not 0 <= i.mode <= 0o7777:
         found.append(("--mode", f"--mode={i.mode:o} is not a permission mode (0 to 7777)"))
@@ -478,7 +395,7 @@ def _check_stage(draft: _Draft) -> list[AcbuildError]:
             where.update((k, (i, v)) for k, v in i.pairs if k in ("os", "arch"))
     os_name = where["os"][1] if "os" in where else None
     if os_name is None and isinstance(draft.base, Scratch):
-        os_name = appc.host_os_arch()[0]  # what manifest_edit.finish will add
+        os_name = host_os_arch()[0]  # what manifest_edit.finish will add
     elif os_name is None:
         return errors  # the base image decides; the final manifest is checked after the build
     problem = appc.os_arch_problem(os_name, where["arch"][1] if "arch" in where else None)

@@ -70,9 +70,9 @@ def test_parse_base(text: str, expected: object) -> None:
     ("text", "message"),
     [
         ("Example.com/base", "image name 'Example.com/base' is not an ACIdentifier"),
-        ("example.com/base:", "image reference 'example.com/base:' has an empty version after ':'"),
-        ("a,os", "image label 'os' is not written as name=value"),
-        ("a:1,version=2", "image label 'version' is given twice in 'a:1,version=2'"),
+        ("example.com/base:", "empty version in 'example.com/base:'"),
+        ("a,os", "invalid label 'os' in 'a,os': expected NAME=VALUE"),
+        ("a:1,version=2", "label 'version' given more than once in 'a:1,version=2'"),
         ("a,Os=linux", "label name 'Os' is not an ACIdentifier"),
         ("oci:", "oci: needs a path, as in 'oci:./image.tar'"),
     ],
