@@ -7,16 +7,21 @@ at the line the user wrote even when ``{% if %}`` or ``{% for %}`` blocks move l
 from __future__ import annotations
 
 import re
+import signal
+import threading
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Sized
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import jinja2
 from jinja2.ext import Extension
 from jinja2.lexer import Token, TokenStream
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.runtime import Context
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from acbuild.errors import AcfileError, Span
 
@@ -109,7 +114,15 @@ def render(text: str, *, file: str, variables: Mapping[str, str]) -> Rendered:
         span = _span(file, source_lines, 1, None)
         raise AcfileError("template nested too deeply", span=span) from None
     try:
-        output = template.render(dict(variables))
+        with _deadline(RENDER_SECONDS):
+            output = _bounded_output(template.generate(dict(variables)))
+    except _RenderTimeout:
+        raise AcfileError(
+            f"rendering the template took longer than {RENDER_SECONDS} s", span=_span(
+                file, source_lines, 1, None), hint="look for loops that never end") from None
+    except MemoryError:
+        raise AcfileError("rendering the template needs too much memory",
+                          span=_span(file, source_lines, 1, None)) from None
     except Exception as e:  # template expressions can raise anything; all are user errors
         raise _runtime_error(e, file, source_lines) from None
     return Rendered(
@@ -150,8 +163,70 @@ def _mark_data(value: str, lineno: int, d: str) -> str:
     )
 
 
+# Bounds on what a template may make: an Acfile is text a person reads, never gigabytes.
+MAX_VALUE = 1 << 20  # one string or list built by * or +
+MAX_OUTPUT = 16 << 20  # the whole rendered Acfile
+MAX_EXPONENT = 4096
+RENDER_SECONDS = 10
+
+
+class _RenderTimeout(Exception):
+    pass
+
+
+@contextmanager
+def _deadline(seconds: int) -> Iterator[None]:
+    """Stop a render that runs too long (nested loops over large ranges). Signals only reach
+    the main thread; elsewhere the other bounds still hold and the caller owns the time."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        raise _RenderTimeout
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _bounded_output(chunks: Iterator[str]) -> str:
+    out: list[str] = []
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_OUTPUT:
+            raise SecurityError(f"the rendered Acfile is larger than {MAX_OUTPUT} characters")
+        out.append(chunk)
+    return "".join(out)
+
+
+class _BoundedSandbox(SandboxedEnvironment):
+    """jinja2's sandbox stops attribute tricks but not ``'a' * 10**10``: bound the operators
+    that make values grow."""
+
+    intercepted_binops = frozenset({"*", "**", "+"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int) and abs(right) > MAX_EXPONENT:
+            raise SecurityError(f"exponent {right} is too large (at most {MAX_EXPONENT})")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, Sized) and isinstance(times, int) and \
+                        len(seq) * times > MAX_VALUE:
+                    raise SecurityError(f"a value of more than {MAX_VALUE} items is too large")
+        if operator == "+" and isinstance(left, Sized) and isinstance(right, Sized) and \
+                len(left) + len(right) > MAX_VALUE:
+            raise SecurityError(f"a value of more than {MAX_VALUE} items is too large")
+        return super().call_binop(context, operator, left, right)
+
+
 def _environment(delimiter: str) -> jinja2.Environment:
-    env = SandboxedEnvironment(
+    env = _BoundedSandbox(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
