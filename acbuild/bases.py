@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from acbuild import manifest_edit
@@ -30,6 +30,7 @@ from acbuild.plan import (
 )
 from acbuild.report import Reporter
 from acbuild.staging import StagedRootfs
+from acbuild.tarread import Limits
 
 # Turns an image name (and labels) into a verified local .aci: the trust chain's resolver.
 NameResolver = Callable[[str, tuple[tuple[str, str], ...], Reporter], Path]
@@ -45,6 +46,7 @@ class BaseLoader:
 
     resolve_name: NameResolver
     verify_local: LocalVerifier
+    limits: Limits = field(default_factory=Limits)  # what a base archive may make us do
 
     def __call__(self, stage: Stage, rootfs: StagedRootfs, reporter: Reporter) -> ImageManifest:
         return self.load(stage.base, rootfs, reporter)
@@ -55,7 +57,7 @@ class BaseLoader:
                 return default_manifest()
             case LocalImage(path=path):
                 self.verify_local(path, reporter)
-                found = unpack_base(path, rootfs, reporter=reporter)
+                found = unpack_base(path, rootfs, reporter=reporter, limits=self.limits)
                 return default_manifest() if found is None else manifest_edit.inherit(found)
             case DockerArchive(path=path, ref=ref) | OciLayout(path=path, ref=ref) | OciArchive(
                 path=path, ref=ref
@@ -66,7 +68,8 @@ class BaseLoader:
                 return manifest_edit.inherit(converted)
             case ImageName(name=name, labels=labels):
                 fetched = self.resolve_name(name, labels, reporter)
-                return manifest_edit.inherit(unpack_image(fetched, rootfs, reporter=reporter))
+                return manifest_edit.inherit(
+                    unpack_image(fetched, rootfs, reporter=reporter, limits=self.limits))
 
     def pin(self, dependency: Dependency, reporter: Reporter) -> Dependency:
         """A DEPENDENCY given without --image-id, resolved (discovered, fetched, verified)

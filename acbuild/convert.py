@@ -38,6 +38,7 @@ from acbuild.oci import ImageSource, Layer, SourceKind, open_source
 from acbuild.report import Reporter
 from acbuild.securepath import ensure_dirs, relpath_in, safe_join
 from acbuild.staging import StagedRootfs
+from acbuild.tarread import BoundedTarInfo
 
 __all__ = ["ConvertOptions", "convert", "convert_to_rootfs", "map_config", "open_source"]
 
@@ -323,7 +324,7 @@ def _lower_link_targets(source: ImageSource, layer: Layer) -> list[str]:
     seen: set[str] = set()
     targets: list[str] = []
     with source.open_layer(layer) as stream, suppress(tarfile.TarError, ImageError, EOFError), \
-            tarfile.open(fileobj=stream, mode="r|") as tar:
+            tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedTarInfo) as tar:
         for member in tar:
             tar.members.clear()  # type: ignore[attr-defined]  # stream mode keeps them all
             if member.islnk() and clean_name(member.linkname) not in seen:

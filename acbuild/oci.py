@@ -23,6 +23,7 @@ from typing import Any, BinaryIO, Literal, Protocol
 from acbuild.compression import open_decompressed, sniff
 from acbuild.errors import ConvertError, ImageError
 from acbuild.manifest import host_os_arch
+from acbuild.tarread import BoundedTarInfo
 
 SourceKind = Literal["docker-archive", "oci", "oci-archive"]
 KINDS: tuple[SourceKind, ...] = ("docker-archive", "oci", "oci-archive")
@@ -378,7 +379,7 @@ def _norm(name: str) -> str:
 def _index_members(path: Path) -> dict[str, tarfile.TarInfo]:
     members: dict[str, tarfile.TarInfo] = {}
     try:
-        with tarfile.open(path, "r:") as tar:
+        with tarfile.open(path, "r:", tarinfo=BoundedTarInfo) as tar:
             for ti in tar:
                 members[_norm(ti.name)] = ti  # later entries win, as when a tar is extracted
     except (tarfile.TarError, OSError, EOFError) as e:

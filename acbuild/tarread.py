@@ -32,6 +32,24 @@ class Limits:
     max_manifest: int = 1 << 20
 
 
+MAX_EXTENDED_HEADER = 1 << 20  # a PAX or GNU long-name record; real ones are a few KiB
+
+
+class BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads a PAX or GNU long-name record into memory whole, whatever size its
+    header claims: refuse absurd ones before they are read (a 2 MB gzip can claim 640 MB)."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        extended = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                    tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+        if self.type in extended and self.size > MAX_EXTENDED_HEADER:
+            raise ImageError(
+                f"archive has an extended header of {self.size} bytes "
+                f"(at most {MAX_EXTENDED_HEADER}): refusing to read it"
+            )
+        return super()._proc_member(tarfile_)  # type: ignore[misc]  # private, stable since 2.x
+
+
 class TarSource:
     """The stream tarfile reads: counts bytes, keeps the tail, optionally hashes."""
 
@@ -98,7 +116,8 @@ def members(source: TarSource, limits: Limits) -> Iterator[tuple[tarfile.TarInfo
     """Each member of the tar in ``source``, in order, with the limits on names and
     counts enforced; at the end the end-of-archive block is checked and the rest read."""
     with archive_errors():
-        tar = tarfile.open(fileobj=source, mode="r|")  # type: ignore[call-overload]  # noqa: SIM115
+        tar = tarfile.open(  # type: ignore[call-overload]  # noqa: SIM115
+            fileobj=source, mode="r|", tarinfo=BoundedTarInfo)
         count = 0
         while (member := tar.next()) is not None:
             # stream mode still appends every member to a list; keep memory flat

@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 from pathlib import Path
 
 import click
 
 from acbuild.cache import CacheStore, default_cache_dir
-from acbuild.commands.common import global_options
+from acbuild.commands.common import Size, global_options
 from acbuild.console import human_size
-
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """'0', '512M', '10G', '1.5GiB' -> bytes."""
-    found = _SIZE.fullmatch(text.strip())
-    if found is None:
-        raise click.BadParameter(f"{text!r} is not a size such as 500M or 10G")
-    return int(float(found.group(1)) * _UNITS[found.group(2).lower()])
 
 
 def _store(cache_dir: Path | None) -> CacheStore:
@@ -53,12 +41,11 @@ def list_entries(cache_dir: Path | None) -> None:
 
 
 @command.command("prune")
-@click.option("--max-size", default="0", show_default=True, metavar="SIZE",
+@click.option("--max-size", type=Size(), default="0", show_default=True, metavar="SIZE",
               help="Keep the most recently used entries that fit in SIZE (e.g. 10G).")
 @_cache_dir
 @global_options
-def prune(max_size: str, cache_dir: Path | None) -> None:
+def prune(max_size: int, cache_dir: Path | None) -> None:
     """Remove the least recently used entries until the cache fits in --max-size."""
-    limit = parse_size(max_size)
-    removed = _store(cache_dir).prune(limit)
+    removed = _store(cache_dir).prune(max_size)
     click.echo(f"removed {len(removed)} entries, {human_size(sum(e.size for e in removed))}")

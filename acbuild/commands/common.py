@@ -6,6 +6,7 @@ Global options are accepted before the verb and after it; both land in one CliSt
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,27 @@ from acbuild.report import Reporter
 F = TypeVar("F", bound=Callable[..., Any])
 
 PROGRESS_MODES = ("auto", "tty", "plain", "json")
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'0', '512M', '10G', '1.5GiB' -> bytes."""
+    found = _SIZE.fullmatch(text.strip())
+    if found is None:
+        raise click.BadParameter(f"{text!r} is not a size such as 500M or 10G")
+    return int(float(found.group(1)) * _UNITS[found.group(2).lower()])
+
+
+class Size(click.ParamType):
+    """A byte count written as 500M, 10G or 1.5GiB."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        return value if isinstance(value, int) else parse_size(str(value))
 
 
 @dataclass(slots=True)

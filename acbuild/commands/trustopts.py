@@ -12,7 +12,9 @@ from typing import Any, TypeVar
 import click
 
 from acbuild.bases import BaseLoader
+from acbuild.commands.common import Size
 from acbuild.report import Reporter
+from acbuild.tarread import Limits
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,6 +32,9 @@ def trust_options(f: F) -> F:
                      help="Extra CA certificate for HTTPS."),
         click.option("--insecure-skip-verify", is_flag=True,
                      help="Accept images whose signature is missing or bad (dangerous)."),
+        click.option("--max-image-size", type=Size(), default=str(Limits().max_total_bytes),
+                     metavar="SIZE", help="Refuse base images whose content is larger "
+                     "(a bound on tar and compression bombs).  [default: 64G]"),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -44,6 +49,7 @@ def base_loader(
     port: int | None = None,
     ca_file: Path | None = None,
     insecure_skip_verify: bool = False,
+    max_image_size: int | None = None,
 ) -> BaseLoader:
     def resolve(name: str, labels: tuple[tuple[str, str], ...], rep: Reporter) -> Path:
         from acbuild.fetch import FetchOptions, resolve_image
@@ -60,4 +66,5 @@ def base_loader(
             return
         verify_local(path, TrustStore.locate(trust_store), rep)
 
-    return BaseLoader(resolve_name=resolve, verify_local=verify)
+    limits = Limits() if max_image_size is None else Limits(max_total_bytes=max_image_size)
+    return BaseLoader(resolve_name=resolve, verify_local=verify, limits=limits)
