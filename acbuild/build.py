@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -30,6 +29,7 @@ from acbuild.parse import parse
 from acbuild.plan import BaseRef, Plan, make_plan
 from acbuild.render import load_variables, render
 from acbuild.report import Reporter
+from acbuild.staging import remove_tree
 from acbuild.statcache import base_identity, image_key, key_plan
 
 OutputFormat = Literal["aci", "oci", "oci-archive"]
@@ -281,15 +281,3 @@ def work_directory() -> Iterator[Path]:
         yield path
     finally:
         remove_tree(path)
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a staged tree even where the image made directories read-only (0555)."""
-    if path.is_dir() and not path.is_symlink():
-        path.chmod(0o700)
-    for parent, dirs, _files in os.walk(path):
-        for name in dirs:
-            child = os.path.join(parent, name)
-            if not os.path.islink(child):
-                os.chmod(child, 0o700)
-    shutil.rmtree(path, ignore_errors=False)

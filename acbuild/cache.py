@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import stat
 import time
 from collections.abc import Iterator, Mapping
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from acbuild.atomic import atomic_write
 from acbuild.errors import AcbuildError
-from acbuild.staging import DeviceNode, StagedRootfs
+from acbuild.staging import DeviceNode, StagedRootfs, remove_tree
 from acbuild.statcache import StatCache, frame
 
 _META = "meta.json"
@@ -125,7 +124,7 @@ class CacheStore:
         try:
             os.rename(temp, final)
         except OSError:
-            remove_tree(temp)
+            remove_tree(temp, ignore_errors=True)
 
     def discard(self, kind: str, key: str) -> None:
         """Take a damaged entry out of use at once (rename), then delete it."""
@@ -133,7 +132,7 @@ class CacheStore:
         trash = self.root / "tmp" / f"bad-{secrets.token_hex(6)}"
         with contextlib.suppress(OSError):
             os.rename(path, trash)
-            remove_tree(trash)
+            remove_tree(trash, ignore_errors=True)
 
     def _touch(self, path: Path) -> None:
         with contextlib.suppress(OSError):
@@ -171,7 +170,7 @@ class CacheStore:
                                            for r, d in rootfs.devices.items()))
             (temp / _META).write_bytes(_seal(body))
         except BaseException:
-            remove_tree(temp)
+            remove_tree(temp, ignore_errors=True)
             raise
         self._publish(temp, self._dir("steps", key))
 
@@ -220,7 +219,7 @@ class CacheStore:
                 "manifest": record.manifest_json.decode(), "sha256": digest,
             }))
         except BaseException:
-            remove_tree(temp)
+            remove_tree(temp, ignore_errors=True)
             raise
         self._publish(temp, self._dir("images", key))
 
@@ -275,7 +274,7 @@ class CacheStore:
         with contextlib.suppress(FileNotFoundError):
             for child in os.scandir(self.root / "tmp"):
                 if time.time() - child.stat(follow_symlinks=False).st_mtime > _STALE_TMP:
-                    remove_tree(Path(child.path))
+                    remove_tree(Path(child.path), ignore_errors=True)
 
 
 def _copy_hashing(src: Path, dest: Path) -> str:
@@ -285,17 +284,6 @@ def _copy_hashing(src: Path, dest: Path) -> str:
             h.update(chunk)
             out.write(chunk)
     return h.hexdigest()
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a tree even where its directories are read-only (0555)."""
-    with contextlib.suppress(FileNotFoundError):
-        for parent, dirs, _ in os.walk(path):
-            for name in dirs:
-                with contextlib.suppress(OSError):
-                    os.chmod(os.path.join(parent, name), 0o700, follow_symlinks=False)
-        shutil.rmtree(path, ignore_errors=True)
-
 
 
 # ---- snapshot trees ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from acbuild import manifest_edit
-from acbuild.cache import CacheStore, CorruptTree, StepRecord, remove_tree
+from acbuild.cache import CacheStore, CorruptTree, StepRecord
 from acbuild.context import BuildContext
 from acbuild.copy import copy_instruction
 from acbuild.errors import AcbuildError
@@ -23,7 +23,7 @@ from acbuild.manifest import ImageManifest, default_manifest, from_json_bytes, t
 from acbuild.plan import Plan, Stage, Step
 from acbuild.report import Reporter, StepInfo
 from acbuild.runstep import RunContext, run_step
-from acbuild.staging import StagedRootfs
+from acbuild.staging import StagedRootfs, remove_tree
 
 # Materialises a stage's base into the rootfs and returns the manifest it starts from.
 BaseLoader = Callable[[Stage, StagedRootfs, Reporter], ImageManifest]

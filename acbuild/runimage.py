@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Literal
 
 from acbuild import aci, manifest
-from acbuild.build import remove_tree
 from acbuild.errors import AcbuildError, SandboxError
 from acbuild.imagestore import ImageStore
 from acbuild.manifest import App, ImageManifest
 from acbuild.render_deps import LocalVerifier, Renderer
 from acbuild.report import Reporter
 from acbuild.sandbox import Bind, SandboxResult, SandboxSpec, run_sandboxed
-from acbuild.staging import StagedRootfs
+from acbuild.staging import StagedRootfs, remove_tree
 from acbuild.users import resolve_user
 
 Network = Literal["none", "host"]

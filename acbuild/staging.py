@@ -7,7 +7,9 @@ and the finalizer reads it back: root and rootless builds give the same image.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,3 +55,23 @@ class StagedRootfs:
         uid = 0 if st.st_uid == os.geteuid() else st.st_uid
         gid = 0 if st.st_gid == os.getegid() else st.st_gid
         return uid, gid
+
+
+def remove_tree(path: Path, *, ignore_errors: bool = False) -> None:
+    """Remove a staged tree even where the image made directories read-only (0555).
+
+    Only real directories are made writable: a symlink in the tree may point anywhere, and
+    Linux cannot chmod a symlink itself.
+    """
+    if not os.path.lexists(path):
+        return
+    for parent, dirs, _files in os.walk(path):
+        for name in dirs:
+            child = os.path.join(parent, name)
+            if not os.path.islink(child):
+                with contextlib.suppress(OSError):
+                    os.chmod(child, 0o700)
+    if os.path.isdir(path) and not os.path.islink(path):
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o700)
+    shutil.rmtree(path, ignore_errors=ignore_errors)

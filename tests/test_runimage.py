@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from acbuild.aci import image_id
 from acbuild.render_deps import prune
 from acbuild.sandbox import sandbox_available
 from tests.busybox import busybox_available, make_busybox_rootfs
@@ -135,8 +136,10 @@ def test_dependencies_are_rendered_first(tmp_path: Path, images: Path) -> None:
         ctx.mkdir()
         for file, text in files.items():
             (ctx / file).write_text(text)
+        # Pinned by image ID: an unpinned DEPENDENCY would be discovered over the network.
         deps = "" if name == "dep" else (
-            "DEPENDENCY example.com/busybox\nDEPENDENCY example.com/dep\n"
+            f"DEPENDENCY example.com/busybox --image-id={image_id(where / 'busybox.aci')}\n"
+            f"DEPENDENCY example.com/dep --image-id={image_id(where / 'dep.aci')}\n"
             "EXEC /bin/sh -c 'cat /etc/dep.txt /etc/shared.txt'\n")
         copies = "".join(f"COPY {file} /etc/{file}\n" for file in files)
         (ctx / "Acfile").write_text(f"BEGIN scratch\nNAME example.com/{name}\n{copies}{deps}")
