@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -56,7 +57,15 @@ def cli() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
+    code = _main(list(sys.argv[1:] if argv is None else argv))
+    # The work is over, its outcome decided: a signal now would only kill the interpreter
+    # while it shuts down (exit -15 for a build that succeeded).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    sys.exit(code)
+
+
+def _main(args: list[str]) -> int:
     # The click context is gone by the time an error reaches us, so read argv itself.
     debug = "--debug" in args
     mode = progress_mode(args)
@@ -65,22 +74,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         # standalone_mode=False returns a verb's exit code instead of raising it.
         code = cli.main(args=args, prog_name="acbuild-py", standalone_mode=False)
     except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
+        return e.exit_code
     except click.ClickException as e:
         e.show()
-        sys.exit(EXIT_USAGE if isinstance(e, click.UsageError) else EXIT_ERROR)
+        return EXIT_USAGE if isinstance(e, click.UsageError) else EXIT_ERROR
     except (click.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)
-        sys.exit(EXIT_SIGINT)
+        return EXIT_SIGINT
     except Terminated:
         click.echo("terminated", err=True)
-        sys.exit(EXIT_SIGTERM)
+        return EXIT_SIGTERM
+    except SystemExit as e:  # verbs that end with sys.exit(status), e.g. run
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_ERROR)
     except BrokenPipeError:
-        sys.exit(EXIT_ERROR)
+        return EXIT_ERROR
     except Exception as e:  # the one place that turns every failure into a message
         if debug and isinstance(e, AcbuildError):
             traceback.print_exc()  # render_error adds the traceback of internal errors itself
         click.echo(render_error(e, mode, debug=debug), err=True)
-        sys.exit(EXIT_ERROR if isinstance(e, AcbuildError) else EXIT_INTERNAL)
-    if isinstance(code, int) and code:
-        sys.exit(code)
+        return EXIT_ERROR if isinstance(e, AcbuildError) else EXIT_INTERNAL
+    return code if isinstance(code, int) else 0
