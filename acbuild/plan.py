@@ -95,6 +95,8 @@ def make_plan(
     chosen = _target(drafts, target, errors)
     if chosen is not None and not any(isinstance(i, ins.Name) for i in chosen.body):
         errors.append(AcfileError("no NAME given: add a line such as 'NAME example.com/app'"))
+    if chosen is not None:
+        errors += _one_signer(chosen.body, extra_sign_keys)
     raise_all(errors)
     assert chosen is not None
     needed = _needed(drafts, chosen)
@@ -107,6 +109,19 @@ def make_plan(
         sign_keys=tuple(dict.fromkeys([*keys, *extra_sign_keys])),
         total_steps=sum(len(s.steps) for s in stages),
     )
+
+
+def _one_signer(body: Sequence[ins.Instruction], extra: Sequence[str]) -> list[AcbuildError]:
+    """An image has one signature file, IMAGE.asc, and verification names one signer: a
+    second key is a mistake to report, not a signature to drop silently."""
+    signs = [i for i in body if isinstance(i, ins.Sign)]
+    keys = list(dict.fromkeys([*(i.key for i in signs), *extra]))
+    if len(keys) <= 1:
+        return []
+    place = signs[1].span if len(signs) > 1 else None
+    return [AcfileError(
+        f"an image is signed with one key, but {len(keys)} are given: {', '.join(keys)}",
+        span=place, hint="keep one SIGN line (or one --sign)")]
 
 
 def _drafts(

@@ -132,13 +132,10 @@ def test_stages_not_needed_are_dropped_and_steps_numbered_across_stages() -> Non
 
 def test_target_selects_a_stage_and_its_sign_keys_only() -> None:
     text = MULTI.replace("RUN true", "NAME example.com/tools\nSIGN three@example.com")
-    p = plan(text, target="tools", extra_sign_keys=("two@example.com",))
+    p = plan(text, target="tools", extra_sign_keys=("three@example.com",))
     assert [s.name for s in p.stages] == ["tools"]
-    assert p.sign_keys == ("three@example.com", "two@example.com")
-    assert plan(MULTI, extra_sign_keys=("two@example.com", "one@example.com")).sign_keys == (
-        "one@example.com",
-        "two@example.com",
-    )
+    assert p.sign_keys == ("three@example.com",)  # one@ signs only the last stage
+    assert plan(MULTI, extra_sign_keys=("one@example.com",)).sign_keys == ("one@example.com",)
 
 
 def test_unknown_target() -> None:
@@ -330,3 +327,17 @@ def test_checks_the_parser_may_also_make() -> None:
         "Acfile:2:14: error: --chown=a:b:c is not written as user[:group]",
         "Acfile:3:15: error: event handler 'on-start' is not one of: pre-start, post-stop",
     ]
+
+
+def test_an_image_is_signed_with_one_key() -> None:
+    text = "BEGIN scratch\nNAME example.com/a\nSIGN ada@example.com\nSIGN bob@example.com\n"
+    assert errors(text) == (
+        "Acfile:4:1: error: an image is signed with one key, but 2 are given: "
+        "ada@example.com, bob@example.com\n"
+        "    SIGN bob@example.com\n"
+        "    ^^^^\n"
+        "    hint: keep one SIGN line (or one --sign)"
+    )
+    plan = make_plan(parse_text("BEGIN scratch\nNAME example.com/a\nSIGN ada@example.com\n"),
+                     acfile_dir=Path("/ctx"), extra_sign_keys=["ada@example.com"])
+    assert plan.sign_keys == ("ada@example.com",)
