@@ -23,7 +23,7 @@ from acbuild.sign import read_passphrase, remove_stale_signature, sign_image
 @click.option("--format", "output_format", type=click.Choice(["aci", "oci", "oci-archive"]),
               default="aci", show_default=True, help="Image format to write.")
 @click.option("--sign", "sign_keys", multiple=True, metavar="KEY",
-              help="Sign the image with this GnuPG key (repeatable; adds to SIGN).")
+              help="Sign the image with this GnuPG key (as a SIGN line would).")
 @click.option("--gpg-home", type=click.Path(path_type=Path, file_okay=False),
               help="GnuPG home holding the signing key.")
 @click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
