@@ -15,7 +15,8 @@ import zstandard
 from acbuild.convert import convert_to_rootfs
 from acbuild.errors import ConvertError, ImageError
 from acbuild.extract import extract_tar
-from acbuild.oci import EndedTar, detect_kind, drain, open_source
+from acbuild.oci import detect_kind, open_source
+from acbuild.ocistream import EndedTar, drain
 from acbuild.staging import StagedRootfs
 from tests.ocifixtures import (
     Config,
