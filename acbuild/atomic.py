@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 from acbuild.errors import AcbuildError
+from acbuild.leftovers import owner_tag, sweep
 
 
 def _create_temp(path: Path) -> tuple[int, Path]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    # What a killed writer of the same file left behind goes first.
+    sweep(path.parent, f".{path.name}.", ".tmp")
     for _ in range(100):
-        temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        temp = path.with_name(f".{path.name}.{owner_tag()}.{secrets.token_hex(6)}.tmp")
         try:
             # 0o666 through the kernel's umask: the mode a plain open() would give
             # (mkstemp would give 0600).

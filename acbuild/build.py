@@ -24,6 +24,7 @@ from acbuild.errors import AcfileError, BuildError
 from acbuild.execute import ExecuteOptions, StageResult, execute, step_info
 from acbuild.finalize import build_epoch, write_aci
 from acbuild.instructions import Run
+from acbuild.leftovers import owner_tag, sweep
 from acbuild.manifest import ImageManifest, from_json_bytes, problems, to_json_bytes
 from acbuild.parse import parse
 from acbuild.plan import BaseRef, Plan, make_plan
@@ -276,7 +277,8 @@ def _run_log(plan: Plan, options: BuildOptions) -> Iterator[tuple[TextIO | None,
 @contextmanager
 def work_directory() -> Iterator[Path]:
     """A private directory for the stages' rootfs trees, removed however the build ends."""
-    path = Path(tempfile.mkdtemp(prefix="acbuild-"))
+    sweep(Path(tempfile.gettempdir()), "acbuild-")  # what killed builds left behind
+    path = Path(tempfile.mkdtemp(prefix=f"acbuild-{owner_tag()}."))
     try:
         yield path
     finally:
