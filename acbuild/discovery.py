@@ -15,8 +15,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import IO
 
-from acbuild.errors import FetchError
+from acbuild.errors import AcfileError, FetchError
 from acbuild.manifest import host_os_arch, is_ac_identifier
+from acbuild.parse_words import split_image_reference
 
 TIMEOUT = 30.0
 MAX_PAGE = 1 << 20  # a discovery page is a few lines of HTML; refuse to read a novel
@@ -71,21 +72,18 @@ class Discovery:
 
 def parse_ref(unsafe_text: str) -> ImageRef:
     """Parse ``example.com/app:1.0,os=linux``; ``:version`` is the ``version`` label."""
-    head, *pairs = unsafe_text.strip().split(",")
-    name, colon, version = head.partition(":")
-    labels: dict[str, str] = {}
-    if colon:
-        labels["version"] = version
-    for pair in pairs:
-        key, eq, value = pair.partition("=")
-        if not eq or not _LABEL_NAME.match(key) or key == "name" or not value:
-            raise FetchError(f"invalid label {pair!r} in {unsafe_text!r}: expected name=value")
-        labels[key] = value
+    try:
+        name, labels = split_image_reference(unsafe_text.strip())
+    except AcfileError as e:  # the Acfile's splitter; here the words come from the command line
+        raise FetchError(e.message) from None
+    for key, value in labels:
+        if not _LABEL_NAME.match(key) or key == "name":
+            raise FetchError(
+                f"invalid label {key + '=' + value!r} in {unsafe_text!r}: expected name=value"
+            )
     if not is_ac_identifier(name):
         raise FetchError(f"invalid image name {name!r}: expected a name such as example.com/app")
-    if colon and not version:
-        raise FetchError(f"empty version in {unsafe_text!r}")
-    return ImageRef(name=name, labels=tuple(labels.items()))
+    return ImageRef(name=name, labels=labels)
 
 
 def template_values(ref: ImageRef) -> dict[str, str]:

@@ -45,7 +45,9 @@ def test_parse_ref() -> None:
     assert parse_ref("example.com/app").labels == ()
     assert str(parse_ref("a.b/c:1,arch=amd64")) == "a.b/c,version=1,arch=amd64"
     for bad, msg in [("Example.com", "invalid image name 'Example.com'"),
-                     ("a.com/x,os", "invalid label 'os' in 'a.com/x,os': expected name=value"),
+                     ("a.com/x,os", "invalid label 'os' in 'a.com/x,os': expected NAME=VALUE"),
+                     ("a.com/x,Os=1", "invalid label 'Os=1' in 'a.com/x,Os=1': expected name="),
+                     ("a.com/x:1,version=2", "label 'version' given more than once"),
                      ("a.com/x:", "empty version in 'a.com/x:'")]:
         with pytest.raises(FetchError) as e:
             parse_ref(bad)
