@@ -81,9 +81,10 @@ def state(ctx: click.Context | None = None) -> CliState:
 
 def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        # Only an option actually given overrides what was said before the verb (click does
-        # not tell a callback where a value came from, but no default is ever a change).
-        if value != param.default:
+        # Only an option actually given overrides what was said before the verb. click tells
+        # a callback neither where a value came from nor, since 8.3, the default (a sentinel):
+        # compare with CliState's own default, which each option's default equals.
+        if value != getattr(CliState(), name):
             setattr(state(ctx), name, value)
         return value
 
