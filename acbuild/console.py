@@ -29,7 +29,7 @@ from rich.progress import (
 from rich.table import Table
 
 from acbuild.errors import AcbuildError, ErrorGroup, Span
-from acbuild.report import Reporter, StepInfo
+from acbuild.report import Reporter, SilentReporter, StepInfo
 
 SHORT_ID = 19  # "sha512-" and 12 hex digits, as rkt shows image IDs
 
@@ -225,26 +225,8 @@ class JsonReporter:
         pass
 
 
-class QuietReporter(PlainReporter):
-    """-q: nothing but warnings."""
-
-    def step_started(self, step: StepInfo) -> None:
-        pass
-
-    def step_output(self, step: StepInfo, line: str) -> None:
-        pass
-
-    def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False) -> None:
-        pass
-
-    def progress(self, what: str, done: int, total: int | None) -> None:
-        pass
-
-    def info(self, message: str) -> None:
-        pass
-
-    def summary(self, rows: tuple[tuple[str, str], ...]) -> None:
-        pass
+class QuietReporter(SilentReporter, PlainReporter):
+    """-q: nothing but warnings (PlainReporter's)."""
 
 
 def make_reporter(mode: str, *, quiet: bool = False, verbose: bool = False) -> Reporter:

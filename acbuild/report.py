@@ -41,18 +41,15 @@ class Reporter(Protocol):
         """The closing table of a build: (field, value) pairs such as ("image ID", "sha512-…")."""
 
 
-class NullReporter:
-    """Swallows everything; collects warnings so tests can look at them."""
-
-    def __init__(self) -> None:
-        self.warnings: list[str] = []
-        self.output: list[str] = []
+class SilentReporter:
+    """Says nothing of steps, output, progress, information or the summary: a base for
+    reporters that keep only part of what they are told. Warnings are left to the subclass."""
 
     def step_started(self, step: StepInfo) -> None:
         pass
 
     def step_output(self, step: StepInfo, line: str) -> None:
-        self.output.append(line)
+        pass
 
     def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False) -> None:
         pass
@@ -63,8 +60,19 @@ class NullReporter:
     def info(self, message: str) -> None:
         pass
 
-    def warning(self, message: str, span: Span | None = None) -> None:
-        self.warnings.append(message)
-
     def summary(self, rows: tuple[tuple[str, str], ...]) -> None:
         pass
+
+
+class NullReporter(SilentReporter):
+    """Swallows everything; collects warnings and step output so tests can look at them."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+        self.output: list[str] = []
+
+    def step_output(self, step: StepInfo, line: str) -> None:
+        self.output.append(line)
+
+    def warning(self, message: str, span: Span | None = None) -> None:
+        self.warnings.append(message)

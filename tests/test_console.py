@@ -16,6 +16,7 @@ from pathlib import Path
 from acbuild.console import (
     JsonReporter,
     PlainReporter,
+    QuietReporter,
     RichReporter,
     progress_mode,
     render_error,
@@ -95,6 +96,19 @@ def test_json_build_log_and_cached_rebuild(hello_context: Path, tmp_path: Path) 
     assert events[-1]["image_id"] == r.stdout.strip()
     assert {"name", "version", "image_id", "image_id_short", "compressed_size",
             "uncompressed_size", "files", "signature", "output", "time"} <= set(events[-1])
+
+
+def test_quiet_reporter_keeps_only_warnings() -> None:
+    out = io.StringIO()
+    r = QuietReporter(out)
+    r.step_started(STEP)
+    r.step_output(STEP, "compiling")
+    r.step_finished(STEP, 0.21)
+    r.progress("copy", 1, 2)
+    r.info("hello")
+    r.warning("no EXEC", Span(file="Acfile", line=2, column=5))
+    r.summary((("name", "a.com/x"),))
+    assert out.getvalue() == "Acfile:2:5: warning: no EXEC\n"
 
 
 def test_quiet_prints_only_the_id(hello_context: Path, tmp_path: Path) -> None:
