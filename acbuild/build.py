@@ -103,6 +103,10 @@ def load_plan(options: BuildOptions) -> Plan:
 def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
     started = time.monotonic()
     plan = pin_dependencies(load_plan(options), options.base_loader, reporter)
+    if plan.sign_keys and (options.signer is None or options.output_format != "aci"):
+        # Said before any work: an unsigned image where a signed one was asked for is a
+        # failure, however complete.
+        raise BuildError("SIGN is only supported for ACI output", span=plan.target.begin.span)
     epoch = build_epoch(options.environ)
     context = BuildContext((options.context or options.acfile.parent).resolve())
     cache = open_cache(options)
@@ -248,10 +252,8 @@ def _write(
 
 
 def _sign(plan: Plan, output: Path, options: BuildOptions) -> tuple[Path, ...]:
-    if not plan.sign_keys:
+    if not plan.sign_keys or options.signer is None:
         return ()
-    if options.signer is None or options.output_format != "aci":
-        raise BuildError("SIGN is only supported for ACI output", span=plan.target.begin.span)
     return tuple(options.signer(output, key) for key in plan.sign_keys)
 
 

@@ -297,3 +297,13 @@ def test_image_id_is_over_the_uncompressed_tar(hello_context: Path, tmp_path: Pa
 
     assert image_id == "sha512-" + hashlib.sha512(lzma.decompress(out.read_bytes())).hexdigest()
     assert io.BytesIO  # keep io imported for readers of this module
+
+
+def test_sign_with_oci_output_fails_before_any_work(hello_context: Path, tmp_path: Path) -> None:
+    acfile = hello_context / "Acfile"
+    acfile.write_text(acfile.read_text() + "SIGN ada@example.com\n")
+    r = acbuild("build", acfile, "--format", "oci", "-o", tmp_path / "layout")
+    assert r.code == 1
+    assert "error: SIGN is only supported for ACI output" in r.stderr
+    assert "[1/" not in r.stderr  # no step ran
+    assert not (tmp_path / "layout").exists()
