@@ -8,12 +8,13 @@ through the same writer, symlinks verbatim and never followed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import stat
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -160,11 +161,13 @@ def unpack_base(
     *,
     reporter: Reporter | None = None,
     limits: Limits = Limits(),  # noqa: B008
+    link: bool = False,
 ) -> ImageManifest | None:
     """Unpack a base: an ACI gives its manifest; a rootfs tarball or directory gives None.
 
     An archive whose first entry is ``manifest`` or ``rootfs`` is taken as an ACI (every
-    ACI writer puts one of them first); it must then have a manifest.
+    ACI writer puts one of them first); it must then have a manifest. ``link``: see
+    copy_tree (only a directory's files are hardlinked).
     """
     try:
         st = os.stat(path)
@@ -173,7 +176,7 @@ def unpack_base(
     except OSError as e:
         raise ImageError(f"{path}: cannot read: {e.strerror}") from None
     if stat.S_ISDIR(st.st_mode):
-        copy_tree(path, rootfs, reporter=reporter, limits=limits)
+        copy_tree(path, rootfs, reporter=reporter, limits=limits, link=link)
         return None
     catcher = _ManifestCatcher(limits)
     with open_tar(path) as stream:
@@ -193,23 +196,40 @@ def copy_tree(
     *,
     reporter: Reporter | None = None,
     limits: Limits = Limits(),  # noqa: B008
+    link: bool = False,
 ) -> None:
     """Copy the rootfs directory ``src`` into ``rootfs``: symlinks verbatim, hardlinks kept,
-    owners kept (the unprivileged builder's own ids read as 0), nothing followed out."""
+    owners kept (the unprivileged builder's own ids read as 0), nothing followed out.
+
+    ``link`` hardlinks regular files instead of copying them (copying where the kernel
+    refuses): only for a stage where nothing can write into a file in place (no RUN), since
+    the rootfs then shares inodes with ``src``. Owner, mode, mtime and xattrs come with the
+    inode, exactly as the copy would set them; nothing ever changes a shared inode.
+    """
     writer = RootfsWriter(rootfs, reporter=reporter)
-    state = _CopyState(writer=writer, rootfs=rootfs, limits=limits)
+    state = _CopyState(writer=writer, rootfs=rootfs, limits=limits, link=link,
+                       src=os.fsencode(src))
     try:
         fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         raise ImageError(f"{src}: cannot read: {e.strerror}") from None
+    dest = os.open(rootfs.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         writer.root_dir(state.info("", os.fstat(fd), fd, None))
-        state.walk(fd, "")
+        state.walk(fd, "", dest)
     finally:
         os.close(fd)
+        os.close(dest)
     writer.finish()
     if reporter is not None:
         reporter.progress("extract", state.done, None)
+
+
+# Why os.link may refuse where a copy works: another filesystem, fs.protected_hardlinks,
+# too many links to the inode, a filesystem without hardlinks.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP,
+                      errno.EEXIST})
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(slots=True, kw_only=True)
@@ -217,12 +237,15 @@ class _CopyState:
     writer: RootfsWriter
     rootfs: StagedRootfs
     limits: Limits
+    link: bool = False
+    src: bytes = b""
     done: int = 0
     count: int = 0
-    links: dict[tuple[int, int], str] | None = None
+    links: dict[tuple[int, int], str] = field(default_factory=dict)
 
-    def walk(self, dir_fd: int, rel_dir: str) -> None:
-        """Copy the children of the open directory ``dir_fd`` (sorted, depth first)."""
+    def walk(self, dir_fd: int, rel_dir: str, dest_fd: int) -> None:
+        """Copy the children of the open directory ``dir_fd`` (sorted, depth first) into
+        the open directory ``dest_fd`` (which this copy made: nothing there is followed)."""
         with os.scandir(dir_fd) as it:
             names = sorted((e.name for e in it), key=os.fsencode)
         for name in names:
@@ -235,24 +258,29 @@ class _CopyState:
             except FileNotFoundError:
                 continue  # vanished while we copied
             if stat.S_ISDIR(st.st_mode):
-                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                dir_fd=dir_fd)
-                try:
-                    self.writer.other(rel, self.info(rel, st, child, None))
-                    self.walk(child, rel)
-                finally:
-                    os.close(child)
+                self.directory(dir_fd, name, rel, st, dest_fd)
             elif stat.S_ISREG(st.st_mode):
-                self.file(dir_fd, name, rel, st)
+                self.file(dir_fd, name, rel, st, dest_fd)
             elif stat.S_ISLNK(st.st_mode):
                 target = os.readlink(name, dir_fd=dir_fd)
                 self.writer.other(rel, self.info(rel, st, None, target))
             elif not stat.S_ISSOCK(st.st_mode):
                 self.writer.other(rel, self.info(rel, st, None, None))
 
-    def file(self, dir_fd: int, name: str, rel: str, st: os.stat_result) -> None:
-        if self.links is None:
-            self.links = {}
+    def directory(self, dir_fd: int, name: str, rel: str, st: os.stat_result,
+                  dest_fd: int) -> None:
+        child = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        try:
+            self.writer.other(rel, self.info(rel, st, child, None))
+            made = os.open(name, _DIR_FLAGS, dir_fd=dest_fd)
+            try:
+                self.walk(child, rel, made)
+            finally:
+                os.close(made)
+        finally:
+            os.close(child)
+
+    def file(self, dir_fd: int, name: str, rel: str, st: os.stat_result, dest_fd: int) -> None:
         if st.st_nlink > 1:
             first = self.links.setdefault((st.st_dev, st.st_ino), rel)
             if first != rel:
@@ -264,9 +292,33 @@ class _CopyState:
                 f"image content is larger than the limit of {self.limits.max_total_bytes} bytes",
                 hint="raise the limit with --max-image-size",
             )
+        if self.link and self._linked(dir_fd, name, rel, dest_fd):
+            return
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         with os.fdopen(fd, "rb") as data:
             self.writer.file(rel, data, self.info(rel, st, data.fileno(), None))
+
+    def _linked(self, dir_fd: int, name: str, rel: str, dest_fd: int) -> bool:
+        """Hardlink the file; False when it must be copied instead."""
+        if not self.rootfs.privileged and not self._xattrs_kept(rel):
+            return False  # a copy drops what an unprivileged build cannot set; so must we
+        try:
+            os.link(name, name, src_dir_fd=dir_fd, dst_dir_fd=dest_fd, follow_symlinks=False)
+        except OSError as e:
+            if e.errno not in _NO_LINK:
+                raise ImageError(f"cannot extract {rel!r}: {e.strerror}") from None
+            if e.errno == errno.EXDEV:
+                self.link = False  # every other file is on the same filesystem
+            return False
+        return True
+
+    def _xattrs_kept(self, rel: str) -> bool:
+        """Whether a copy would keep every xattr of the file (only user.* without root)."""
+        try:
+            names = os.listxattr(self.src + b"/" + os.fsencode(rel), follow_symlinks=False)
+        except OSError:
+            return True  # a filesystem without xattrs
+        return all(n.startswith("user.") or n == "security.selinux" for n in names)
 
     def info(
         self, rel: str, st: os.stat_result, fd: int | None, link: str | None

@@ -15,7 +15,7 @@ from acbuild import manifest_edit
 from acbuild.aci import image_id, unpack_base, unpack_image
 from acbuild.convert import convert_to_rootfs, open_source
 from acbuild.errors import AcbuildError
-from acbuild.instructions import Dependency
+from acbuild.instructions import Dependency, Run
 from acbuild.manifest import ImageManifest, default_manifest
 from acbuild.plan import (
     BaseRef,
@@ -49,15 +49,18 @@ class BaseLoader:
     limits: Limits = field(default_factory=Limits)  # what a base archive may make us do
 
     def __call__(self, stage: Stage, rootfs: StagedRootfs, reporter: Reporter) -> ImageManifest:
-        return self.load(stage.base, rootfs, reporter)
+        return self.load(stage.base, rootfs, reporter, link=shares_files(stage))
 
-    def load(self, base: BaseRef, rootfs: StagedRootfs, reporter: Reporter) -> ImageManifest:
+    def load(self, base: BaseRef, rootfs: StagedRootfs, reporter: Reporter, *,
+             link: bool = False) -> ImageManifest:
+        """``link``: a base directory's files may be hardlinked rather than copied."""
         match base:
             case Scratch():
                 return default_manifest()
             case LocalImage(path=path):
                 self.verify_local(path, reporter)
-                found = unpack_base(path, rootfs, reporter=reporter, limits=self.limits)
+                found = unpack_base(path, rootfs, reporter=reporter, limits=self.limits,
+                                    link=link)
                 return default_manifest() if found is None else manifest_edit.inherit(found)
             case DockerArchive(path=path, ref=ref) | OciLayout(path=path, ref=ref) | OciArchive(
                 path=path, ref=ref
@@ -85,6 +88,13 @@ class BaseLoader:
             raise
         return dataclasses.replace(dependency, image_id=image_id(path),
                                    size=dependency.size or path.stat().st_size)
+
+
+def shares_files(stage: Stage) -> bool:
+    """Whether the stage's rootfs may share inodes with files outside it (a base directory
+    hardlinked in): only when no RUN can write into a file in place. COPY and extraction
+    always unlink and write new files, and never chown or chmod an existing one."""
+    return not any(isinstance(step.instruction, Run) for step in stage.steps)
 
 
 def pin_dependencies(plan: Plan, loader: BaseLoader, reporter: Reporter) -> Plan:

@@ -130,6 +130,53 @@ def test_unpack_base_directory(tmp_path: Path) -> None:
     assert snapshot(src) == before
 
 
+def _full_snapshot(path: Path) -> dict[str, tuple[int, int, int, int, int, bytes]]:
+    """Mode, owner, size, mtime and content (or link target) of everything below ``path``."""
+    out = {}
+    for p in sorted(path.rglob("*")):
+        st = p.lstat()
+        body = os.fsencode(os.readlink(p)) if p.is_symlink() else (
+            p.read_bytes() if p.is_file() else b"")
+        out[str(p.relative_to(path))] = (st.st_mode, st.st_uid, st.st_gid, st.st_size,
+                                         st.st_mtime_ns, body)
+    return out
+
+
+def test_linked_base_directory_gives_the_same_image_as_a_copy(tmp_path: Path) -> None:
+    from acbuild.finalize import write_aci
+
+    src = tmp_path / "src"
+    (src / "bin").mkdir(parents=True)
+    (src / "bin/prog").write_bytes(b"elf")
+    os.chown(src / "bin/prog", 1000, 1001)
+    os.chmod(src / "bin/prog", 0o4711)
+    os.link(src / "bin/prog", src / "bin/prog2")
+    (src / "etc").mkdir()
+    (src / "etc/conf").write_text("x=1\n")
+    os.setxattr(src / "etc/conf", "user.k", b"v")
+    (src / "etc/caps").write_text("caps\n")
+    os.setxattr(src / "etc/caps", "trusted.k", b"v")  # kept only by a privileged build
+    os.symlink("conf", src / "etc/link")
+    before = _full_snapshot(src)
+    for privileged in (True, False):
+        ids = []
+        for link in (False, True):
+            rootfs = StagedRootfs(root=tmp_path / f"s-{privileged}-{link}", privileged=privileged)
+            rootfs.root.mkdir()
+            assert unpack_base(src, rootfs, link=link) is None
+            def same(rel: str, root: Path = rootfs.root) -> bool:
+                return (root / rel).stat().st_ino == (src / rel).stat().st_ino
+
+            assert same("etc/conf") == link
+            # Without root a copy drops trusted.*: such a file is copied, not linked.
+            assert same("etc/caps") == (link and privileged)
+            out = tmp_path / f"{privileged}-{link}.aci"
+            manifest = json.dumps(MINIMAL_MANIFEST).encode()
+            ids.append(write_aci(rootfs, manifest, out, epoch=2_000_000_000).image_id)
+        assert ids[0] == ids[1]
+    assert _full_snapshot(src) == before
+
+
 def test_unpack_through_earlier_layer_symlink(tmp_path: Path, rootfs: StagedRootfs) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
