@@ -21,6 +21,7 @@ from acbuild.sandbox import sandbox_available
 from tests.busybox import BUSYBOX, busybox_available, make_busybox_rootfs
 from tests.cli import acbuild, actool_validate
 from tests.conftest import EXAMPLES, REPO
+from tests.procfs import processes_with
 
 _reason = sandbox_available() if busybox_available() else "busybox-static is not installed"
 pytestmark = pytest.mark.skipif(_reason is not None, reason=f"no sandbox: {_reason}")
@@ -173,18 +174,6 @@ def _mounts_with(text: str) -> list[str]:
             if text in line]
 
 
-def _processes_with(marker: bytes) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupted_build_leaves_nothing(base: Path, tmp_path: Path, signum: int,
                                           status: int) -> None:
@@ -209,7 +198,7 @@ def test_interrupted_build_leaves_nothing(base: Path, tmp_path: Path, signum: in
             else:
                 pytest.fail("".join(seen))
             deadline = time.monotonic() + 5
-            while not _processes_with(marker.encode()):
+            while not processes_with(marker.encode()):
                 assert time.monotonic() < deadline, "the RUN step did not start"
                 time.sleep(0.02)
             proc.send_signal(signum)
@@ -220,7 +209,7 @@ def test_interrupted_build_leaves_nothing(base: Path, tmp_path: Path, signum: in
                 proc.kill()  # a failed test must not leave the build running
     assert _mounts_with(str(work)) == []
     deadline = time.monotonic() + 5  # the kernel empties a dead PID namespace asynchronously
-    while _processes_with(marker.encode()):
+    while processes_with(marker.encode()):
         assert time.monotonic() < deadline, "sandbox processes outlived the build"
         time.sleep(0.05)
     assert list(work.iterdir()) == []  # the work directory is gone

@@ -27,6 +27,7 @@ from acbuild.sandbox import (
     sandbox_available,
 )
 from tests.busybox import busybox_available, make_busybox_rootfs
+from tests.procfs import processes_with
 
 REPO = Path(acbuild.__file__).resolve().parent.parent
 _reason = sandbox_available() if busybox_available() else "busybox-static is not installed"
@@ -67,18 +68,6 @@ def processes_rooted_at(root: Path) -> list[int]:
                 continue
             if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
                 found.append(int(entry.name))
-    return found
-
-
-def processes_with(marker: bytes) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
     return found
 
 
