@@ -115,7 +115,7 @@ class RichReporter:
     byte progress bars) above which finished steps and RUN output scroll."""
 
     def __init__(self, *, verbose: bool = False, console: Console | None = None):
-        self._console = console or Console(stderr=True, highlight=False)
+        self._console = console or Console(stderr=True, highlight=False, emoji=False)
         self._verbose = verbose
         self._steps = Progress(SpinnerColumn(), TextColumn("{task.description}"),
                                TimeElapsedColumn(), console=self._console)

@@ -192,3 +192,13 @@ def test_tty_mode_error_is_not_drawn_over(tmp_path: Path) -> None:
     assert code == 1
     assert "Traceback" not in text
     assert "Acfile:3:" in text and "missing" in text
+
+
+def test_tty_mode_shows_step_text_verbatim(tmp_path: Path) -> None:
+    # ":x:" is an emoji code and "[bold]" markup to rich: neither may be interpreted.
+    (tmp_path / "Acfile").write_text(
+        "BEGIN scratch\nNAME example.com/x\nENV ROW=app:x:1000 MARK=[bold]\n")
+    code, text = run_in_pty(["build", "Acfile", "-o", str(tmp_path / "x.aci")], tmp_path)
+    assert code == 0, text
+    assert "ENV ROW=app:x:1000 MARK=[bold]" in text
+    assert "\u274c" not in text

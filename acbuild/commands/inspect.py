@@ -22,7 +22,7 @@ from acbuild.manifest import ImageManifest
 def command(image: Path, no_files: bool) -> None:
     """Show what IMAGE is: its ID, sizes, app and files."""
     summary = summarize(image, entries=not no_files)
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True, emoji=False)
     facts = _facts(summary)
     width = max(len(key) for key, _ in facts) + 2
     for key, value in facts:
