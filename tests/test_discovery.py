@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from acbuild.discovery import (
@@ -19,12 +16,9 @@ from acbuild.discovery import (
 )
 from acbuild.errors import FetchError
 from acbuild.manifest import host_os_arch
-from tests.httpserver import Server, serve_tmp
+from tests.httpserver import Server
 
-
-@pytest.fixture
-def http_server(tmp_path: Path) -> Iterator[Server]:
-    yield from serve_tmp(tmp_path)
+pytest_plugins = ("tests.fetchhelp",)  # http_server
 
 
 TEMPLATE = "http://127.0.0.1/{name}-{version}-{os}-{arch}.{ext}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,20 +13,11 @@ from acbuild.imagestore import ImageStore
 from acbuild.report import NullReporter
 from acbuild.sign import sign_image
 from acbuild.truststore import TrustStore
-from tests.gpghelp import Keys, make_aci, make_keys
-from tests.httpserver import Server, serve_tmp
+from tests.gpghelp import Keys, make_aci
+from tests.httpserver import Server
 
+pytest_plugins = ("tests.fetchhelp",)  # gpgkeys, http_server
 NAME = "127.0.0.1/app"
-
-
-@pytest.fixture(scope="session")
-def gpgkeys() -> Iterator[Keys]:
-    yield from make_keys()
-
-
-@pytest.fixture
-def http_server(tmp_path: Path) -> Iterator[Server]:
-    yield from serve_tmp(tmp_path)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,20 +12,11 @@ from acbuild.publish import PublishError, publish
 from acbuild.report import NullReporter
 from acbuild.sign import sign_image
 from acbuild.truststore import TrustStore
-from tests.gpghelp import Keys, make_aci, make_keys
-from tests.httpserver import Server, serve_tmp
+from tests.gpghelp import Keys, make_aci
+from tests.httpserver import Server
 
+pytest_plugins = ("tests.fetchhelp",)  # gpgkeys, http_server
 NAME = "127.0.0.1/tools/app"
-
-
-@pytest.fixture(scope="session")
-def gpgkeys() -> Iterator[Keys]:
-    yield from make_keys()
-
-
-@pytest.fixture
-def http_server(tmp_path: Path) -> Iterator[Server]:
-    yield from serve_tmp(tmp_path)
 
 
 def signed_image(tmp_path: Path, keys: Keys, version: str) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,12 +11,9 @@ from acbuild.report import NullReporter
 from acbuild.sign import sign_image
 from acbuild.truststore import TrustStore
 from acbuild.verify import verify_image
-from tests.gpghelp import Keys, make_aci, make_keys, sign_at
+from tests.gpghelp import Keys, make_aci, sign_at
 
-
-@pytest.fixture(scope="session")
-def gpgkeys() -> Iterator[Keys]:
-    yield from make_keys()
+pytest_plugins = ("tests.fetchhelp",)  # gpgkeys
 
 
 @pytest.fixture
