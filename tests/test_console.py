@@ -22,26 +22,44 @@ from acbuild.console import (
     render_error,
 )
 from acbuild.errors import AcfileError, ErrorGroup, Span
-from acbuild.report import StepInfo
+from acbuild.report import NullReporter, Reporter, StepInfo
 from tests.cli import acbuild
 
 ID = re.compile(r"sha512-[0-9a-f]{128}")
 STEP = StepInfo(number=3, total=9, text="COPY hello /bin/hello")
 
 
-def test_plain_lines() -> None:
-    out = io.StringIO()
-    r = PlainReporter(out)
+def feed(r: Reporter) -> None:
+    """One of each event a reporter is told during a build."""
     r.step_started(STEP)
     r.step_output(STEP, "compiling")
     r.step_finished(STEP, 0.21)
     r.step_finished(STEP, 0.0, cached=True)
+    r.progress("copy", 1, 2)
+    r.info("hello")
     r.warning("no EXEC", Span(file="Acfile", line=2, column=5))
     r.summary((("name", "a.com/x"), ("image ID", "sha512-ab")))
+
+
+def test_plain_lines() -> None:
+    out = io.StringIO()
+    feed(PlainReporter(out))
     assert out.getvalue() == (
         "[3/9] COPY hello /bin/hello\n[3/9] | compiling\n[3/9] DONE 0.2s\n[3/9] CACHED\n"
-        "Acfile:2:5: warning: no EXEC\nname      a.com/x\nimage ID  sha512-ab\n"
+        "hello\nAcfile:2:5: warning: no EXEC\nname      a.com/x\nimage ID  sha512-ab\n"
     )
+
+
+def test_quiet_reporter_keeps_only_warnings() -> None:
+    out = io.StringIO()
+    feed(QuietReporter(out))
+    assert out.getvalue() == "Acfile:2:5: warning: no EXEC\n"
+
+
+def test_null_reporter_keeps_warnings_and_output() -> None:
+    r = NullReporter()
+    feed(r)
+    assert (r.warnings, r.output) == (["no EXEC"], ["compiling"])
 
 
 def test_json_events() -> None:
@@ -96,19 +114,6 @@ def test_json_build_log_and_cached_rebuild(hello_context: Path, tmp_path: Path) 
     assert events[-1]["image_id"] == r.stdout.strip()
     assert {"name", "version", "image_id", "image_id_short", "compressed_size",
             "uncompressed_size", "files", "signature", "output", "time"} <= set(events[-1])
-
-
-def test_quiet_reporter_keeps_only_warnings() -> None:
-    out = io.StringIO()
-    r = QuietReporter(out)
-    r.step_started(STEP)
-    r.step_output(STEP, "compiling")
-    r.step_finished(STEP, 0.21)
-    r.progress("copy", 1, 2)
-    r.info("hello")
-    r.warning("no EXEC", Span(file="Acfile", line=2, column=5))
-    r.summary((("name", "a.com/x"),))
-    assert out.getvalue() == "Acfile:2:5: warning: no EXEC\n"
 
 
 def test_quiet_prints_only_the_id(hello_context: Path, tmp_path: Path) -> None:

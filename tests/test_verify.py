@@ -16,6 +16,13 @@ from tests.gpghelp import Keys, make_aci, sign_at
 pytest_plugins = ("tests.fetchhelp",)  # gpgkeys
 
 
+def refusal(image: Path, store: TrustStore) -> TrustError:
+    """What verify_image says when it refuses ``image`` (the test fails if it does not)."""
+    with pytest.raises(TrustError) as e:
+        verify_image(image, store)
+    return e.value
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> TrustStore:
     return TrustStore(tmp_path / "trust")
@@ -49,10 +56,8 @@ def test_rejects_one_changed_byte(gpgkeys: Keys, tmp_path: Path, store: TrustSto
     data = bytearray(image.read_bytes())
     data[-1] ^= 1  # tar padding: the manifest still reads the same
     image.write_bytes(bytes(data))
-    with pytest.raises(TrustError) as e:
-        verify_image(image, store)
-    assert e.value.message == (f"bad signature on {image}: the image or its signature was changed "
-                               "after signing")
+    assert refusal(image, store).message == (
+        f"bad signature on {image}: the image or its signature was changed after signing")
 
 
 def test_rejects_key_trusted_for_another_prefix(gpgkeys: Keys, tmp_path: Path,
@@ -60,45 +65,38 @@ def test_rejects_key_trusted_for_another_prefix(gpgkeys: Keys, tmp_path: Path,
     store.add(gpgkeys.pub["alice"].read_bytes(), prefix="example.com/app")
     store.add(gpgkeys.pub["bob"].read_bytes(), prefix="example.com/apple")
     image = signed(gpgkeys, tmp_path, key="alice", name="example.com/apple")
-    with pytest.raises(TrustError) as e:
-        verify_image(image, store)
-    assert e.value.message == (f"{image} is signed by key {gpgkeys.fpr['alice']}, which is not "
-                               "trusted for example.com/apple")
-    assert e.value.hint == "that key is trusted only for prefix example.com/app"
+    e = refusal(image, store)
+    assert e.message == (f"{image} is signed by key {gpgkeys.fpr['alice']}, which is not "
+                         "trusted for example.com/apple")
+    assert e.hint == "that key is trusted only for prefix example.com/app"
 
 
 def test_no_keys_for_name(gpgkeys: Keys, tmp_path: Path, store: TrustStore) -> None:
     store.add(gpgkeys.pub["alice"].read_bytes(), prefix="example.com/app")
     image = signed(gpgkeys, tmp_path, name="example.com/apple")
-    with pytest.raises(TrustError) as e:
-        verify_image(image, store)
-    assert e.value.message == f"no keys are trusted for example.com/apple in {store.root}"
+    assert refusal(image, store).message == (
+        f"no keys are trusted for example.com/apple in {store.root}")
 
 
 def test_no_signature(tmp_path: Path, store: TrustStore) -> None:
     image = make_aci(tmp_path / "app.aci", "example.com/app")
-    with pytest.raises(TrustError) as e:
-        verify_image(image, store)
-    assert e.value.message == f"{image} is not signed: {image}.asc does not exist"
+    assert refusal(image, store).message == f"{image} is not signed: {image}.asc does not exist"
 
 
 def test_garbage_signature(gpgkeys: Keys, tmp_path: Path, store: TrustStore) -> None:
     store.add(gpgkeys.pub["alice"].read_bytes(), prefix="example.com/app")
     image = make_aci(tmp_path / "app.aci", "example.com/app")
     Path(f"{image}.asc").write_text("hello")
-    with pytest.raises(TrustError) as e:
-        verify_image(image, store)
-    assert e.value.message == f"cannot verify {image}: {image}.asc holds no OpenPGP signature"
+    assert refusal(image, store).message == (
+        f"cannot verify {image}: {image}.asc holds no OpenPGP signature")
 
 
 def test_expired_key(gpgkeys: Keys, tmp_path: Path, store: TrustStore) -> None:
     store.add(gpgkeys.pub["old"].read_bytes(), prefix="example.com")
     image = make_aci(tmp_path / "app.aci", "example.com/app")
     sign_at(gpgkeys.home, gpgkeys.fpr["old"], image, "20200101T010000")
-    with pytest.raises(TrustError) as e:
-        verify_image(image, store)
-    assert e.value.message == (f"{image} is signed by key {gpgkeys.fpr['old']} "
-                               "(Old <old@example.com>), which has expired")
+    assert refusal(image, store).message == (f"{image} is signed by key {gpgkeys.fpr['old']} "
+                                             "(Old <old@example.com>), which has expired")
 
 
 def test_revoked_key(gpgkeys: Keys, tmp_path: Path, store: TrustStore) -> None:
@@ -106,10 +104,8 @@ def test_revoked_key(gpgkeys: Keys, tmp_path: Path, store: TrustStore) -> None:
     store.add(gpgkeys.pub["rev"].read_bytes(), prefix="example.com")
     assert verify_image(image, store).fingerprint == gpgkeys.fpr["rev"]
     store.add(gpgkeys.revoked_pub.read_bytes(), prefix="example.com")  # the publisher revoked it
-    with pytest.raises(TrustError) as e:
-        verify_image(image, store)
-    assert e.value.message == (f"{image} is signed by key {gpgkeys.fpr['rev']} "
-                               "(Rev <rev@example.com>), which has been revoked")
+    assert refusal(image, store).message == (f"{image} is signed by key {gpgkeys.fpr['rev']} "
+                                             "(Rev <rev@example.com>), which has been revoked")
 
 
 def test_explicit_signature_and_mislabelled_key_file(gpgkeys: Keys, tmp_path: Path,
