@@ -94,6 +94,8 @@ def server(tmp_path: Path) -> Iterator[str]:
 
 
 def _setup(needs: set[str], where: Path, hello_binary: Path, env: dict[str, str]) -> None:
+    if "examples" in needs:  # commands run from the top of a checkout
+        shutil.copytree(EXAMPLES, where / "examples" / "Acfiles")
     if "hello" in needs:
         (where / "hello").mkdir()
         text = (EXAMPLES / "hello" / "Acfile").read_text()
