@@ -6,24 +6,25 @@ from __future__ import annotations
 import json
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.cli import acbuild, actool_validate
-from tests.gpghelp import Keys, make_keys
-from tests.httpserver import Server, serve_tmp
+from tests.gpghelp import Keys
+from tests.httpserver import Server
 
-
-@pytest.fixture(scope="module")
-def keys() -> Iterator[Keys]:
-    yield from make_keys()
+pytest_plugins = ("tests.fetchhelp",)
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    yield from serve_tmp(tmp_path)
+def keys(gpgkeys: Keys) -> Keys:
+    return gpgkeys
+
+
+@pytest.fixture
+def server(http_server: Server) -> Server:
+    return http_server
 
 
 @pytest.fixture
