@@ -126,7 +126,8 @@ def _fetch_url(url: str, ref: ImageRef | None, *, options: FetchOptions, reporte
             verified = _verify(aci_tmp, asc_tmp, manifest.name, options=options,
                                reporter=reporter, shown_as=url)
         else:
-            verified = _missing_signature(url, asc_url, options, reporter, manifest.name)
+            _missing_signature(url, asc_url, options, reporter, manifest.name)
+            verified = None
         entry = store.add(aci_tmp, asc_tmp if has_asc else None, image_id=aci.image_id(aci_tmp),
                           name=manifest.name, labels=labels)
     path = store.aci_path(entry.id)

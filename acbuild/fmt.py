@@ -113,11 +113,11 @@ def _format_continued(group: list[_Physical]) -> list[str]:
     first = True
     last = max(i for i, (_, b) in enumerate(pieces) if b)
     index = 0
-    for i, (line, body) in enumerate(pieces):
-        if body is None:
+    for i, (line, piece) in enumerate(pieces):
+        if piece is None:
             out.append(line.text.strip() and _INDENT + line.text.strip())
             continue
-        if not body:
+        if not piece:
             continue  # a lone backslash continues nothing new
         words = per_line[index] or []
         index += 1

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import gnupg
+import gnupg  # type: ignore[import-untyped]  # python-gnupg ships no type hints
 
 from acbuild.errors import TrustError
 

@@ -34,8 +34,13 @@ def _upsert(
     out = list(items)
     for name, value in pairs:
         item = NameValue(name=name, value=value)
-        out = _replace_or_append(out, item, lambda old, n=name: old.name == n)
+        out = _replace_or_append(out, item, _named(name))
     return tuple(out)
+
+
+def _named(name: str) -> Callable[[NameValue], bool]:
+    """Whether a name/value item has ``name``."""
+    return lambda item: item.name == name
 
 
 def _replace_or_append(items: list[T], new: T, same: Callable[[T], bool]) -> list[T]:
@@ -135,9 +140,7 @@ def _add_dependency(
     # dependencies are rendered over earlier ones and the user's latest line should win.
     labels: list[NameValue] = []
     for name, value in instruction.labels:
-        labels = _replace_or_append(
-            labels, NameValue(name=name, value=value), lambda lb, n=name: lb.name == n
-        )
+        labels = _replace_or_append(labels, NameValue(name=name, value=value), _named(name))
     dep = Dependency(
         image_name=instruction.image_name,
         image_id=instruction.image_id,

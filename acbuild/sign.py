@@ -111,7 +111,7 @@ def sign_image(
 def _check_signed(result: object, info: KeyInfo) -> None:
     statuses = dict(status_lines(result))
     who = f"key {info.fingerprint} ({info.uid})"
-    if "SIG_CREATED" in statuses and getattr(result, "data", b""):
+    if "SIG_CREATED" in statuses and bool(getattr(result, "data", None)):
         return
     code = _failure_code(statuses.get("FAILURE", ""))
     if "BAD_PASSPHRASE" in statuses or code == _GPG_ERR_BAD_PASSPHRASE:

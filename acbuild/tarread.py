@@ -47,7 +47,9 @@ class BoundedTarInfo(tarfile.TarInfo):
                 f"archive has an extended header of {self.size} bytes "
                 f"(at most {MAX_EXTENDED_HEADER}): refusing to read it"
             )
-        return super()._proc_member(tarfile_)  # type: ignore[misc]  # private, stable since 2.x
+        # _proc_member is private but unchanged since Python 2; typeshed does not list it.
+        member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        return member
 
 
 class TarSource:

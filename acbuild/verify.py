@@ -71,7 +71,7 @@ def _import_trusted(gpg: object, trusted: tuple[TrustedKey, ...]) -> None:
             data = key.path.read_bytes()
         except OSError as e:
             raise TrustError(f"cannot read trusted key {key.path}: {e.strerror}") from None
-        held = import_keys(gpg, data)  # type: ignore[arg-type] # a gnupg.GPG
+        held = import_keys(gpg, data)
         # rkt's rule: a key file is named after the key it holds; anything else is tampering.
         if held != (key.fingerprint,):
             raise TrustError(f"trust store file {key.path} holds {', '.join(held)}, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -51,7 +52,7 @@ def command(
     no_cache: bool,
     cache_dir: Path | None,
     check_repro: bool,
-    **trust: object,
+    **trust: Any,
 ) -> None:
     """Build the image an ACFILE describes."""
     reporter = state().reporter()

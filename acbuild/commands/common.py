@@ -34,7 +34,7 @@ def parse_size(text: str) -> int:
     return int(float(found.group(1)) * _UNITS[found.group(2).lower()])
 
 
-class Size(click.ParamType):
+class Size(click.ParamType[int]):
     """A byte count written as 500M, 10G or 1.5GiB."""
 
     name = "size"

@@ -6,6 +6,7 @@ Reads the Acfile and the context (COPY keys hash the files) but runs nothing.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -23,11 +24,11 @@ from acbuild.finalize import build_epoch
 @global_options
 def command(acfile: Path, context: Path | None, variables: tuple[str, ...],
             var_files: tuple[Path, ...], target: str | None, compression: str,
-            cache_dir: Path | None, **trust: object) -> None:
+            cache_dir: Path | None, **trust: Any) -> None:
     """Print the steps of ACFILE with their cache keys, HIT or MISS; run nothing."""
     reporter = state().reporter()
     options = BuildOptions(acfile=acfile, output=None, base_loader=base_loader(
-        reporter=reporter, **trust), context=context, variables=variables,  # type: ignore[arg-type]
+        reporter=reporter, **trust), context=context, variables=variables,
         var_files=var_files, target=target, compression=compression, cache_dir=cache_dir)
     cache = open_cache(options)
     assert cache is not None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -28,7 +29,7 @@ from acbuild.signals import terminate_as_exit
 @trust_options
 @global_options
 def command(image: Path, args: tuple[str, ...], volumes: tuple[str, ...], network: str,
-            no_stdin: bool, **trust: object) -> None:
+            no_stdin: bool, **trust: Any) -> None:
     """Run the app of IMAGE (a local .aci) with ARGS appended to its exec.
 
     Options go before IMAGE; everything after it is the app's.
@@ -42,7 +43,7 @@ def command(image: Path, args: tuple[str, ...], volumes: tuple[str, ...], networ
         volumes=tuple(parse_volume(v) for v in volumes),
         network=network,  # type: ignore[arg-type]  # click.Choice checked it
         stdin=not no_stdin,
-        verify_local=base_loader(reporter=reporter, **trust).verify_local,  # type: ignore[arg-type]
+        verify_local=base_loader(reporter=reporter, **trust).verify_local,
     )
     with terminate_as_exit():
         status = run_image(options, reporter, click.echo)
