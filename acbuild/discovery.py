@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -213,13 +214,9 @@ def open_url(url: str, options: HttpOptions) -> IO[bytes]:
     if not url.startswith("https://") and not (options.insecure and url.startswith("http://")):
         raise FetchError(f"refusing to fetch {url}: only https is allowed",
                          hint="use --insecure for plain http")
-    try:
-        context = ssl.create_default_context(
-            cafile=str(options.ca_file) if options.ca_file else None)
-    except (OSError, ssl.SSLError) as e:
-        raise FetchError(f"cannot use CA file {options.ca_file}: {e}") from None
     opener = urllib.request.build_opener(
-        urllib.request.HTTPSHandler(context=context), _RedirectPolicy(options.insecure))
+        urllib.request.HTTPSHandler(context=_tls_context(options.ca_file)),
+        _RedirectPolicy(options.insecure))
     request = urllib.request.Request(url, headers={"User-Agent": "acbuild-py"})
     try:
         return opener.open(request, timeout=options.timeout)  # type: ignore[no-any-return]
@@ -227,4 +224,22 @@ def open_url(url: str, options: HttpOptions) -> IO[bytes]:
         raise
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            host = urllib.parse.urlsplit(url).hostname
+            raise FetchError(
+                f"cannot fetch {url}: the certificate of {host} is not trusted "
+                f"({reason.verify_message})",
+                hint="if you trust the CA that signed it, pass its certificate with --ca-file"
+            ) from None
         raise FetchError(f"cannot fetch {url}: {reason}") from None
+
+
+def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """The system's CAs, plus ``ca_file``: --ca-file adds a CA, it does not replace them."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as e:
+            raise FetchError(f"cannot use CA file {ca_file}: {e}") from None
+    return context
