@@ -6,6 +6,7 @@ GET ``https://NAME?ac-discovery=1`` (follow redirects), read the ``ac-discovery`
 
 from __future__ import annotations
 
+import http.client
 import re
 import ssl
 import urllib.error
@@ -14,7 +15,6 @@ import urllib.request
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import IO
 
 from acbuild.errors import AcfileError, FetchError
 from acbuild.manifest import host_os_arch, is_ac_identifier
@@ -209,7 +209,7 @@ class _RedirectPolicy(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def open_url(url: str, options: HttpOptions) -> IO[bytes]:
+def open_url(url: str, options: HttpOptions) -> http.client.HTTPResponse:
     """GET ``url`` with a timeout; HTTPError for statuses, FetchError for everything else."""
     if not url.startswith("https://") and not (options.insecure and url.startswith("http://")):
         raise FetchError(f"refusing to fetch {url}: only https is allowed",
