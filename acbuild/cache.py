@@ -31,6 +31,14 @@ _STALE_TMP = 3600.0
 # Host policy, not content (the finalizer skips it too); the cache's filesystem may add it.
 _SKIPPED_XATTRS = frozenset({"security.selinux"})
 
+# (dev, ino) -> (size, mtime_ns, sha256, where) of files a linked snapshot or restore has
+# read: a later snapshot of the same rootfs links them again without reading them, from
+# ``where`` when the inode is shared with something outside the rootfs and the cache has its
+# own copy there (b"": the inode itself; else ``where`` + NUL + the ctime the file had).
+# Nothing in a stage without RUN writes into a file in place; should someone else change
+# one, the stored digest no longer matches and the next restore's check discards the entry.
+KnownDigests = dict[tuple[int, int], tuple[int, int, bytes, bytes]]
+
 
 class CorruptTree(AcbuildError):
     """A cache entry does not match its checksum."""
@@ -153,9 +161,10 @@ class CacheStore:
         return StepRecord(key=key, manifest_json=str(body["manifest"]).encode(), tree=tree)
 
     def put_step(self, key: str, manifest_json: bytes, *, rootfs: StagedRootfs | None,
-                 tree: str | None, link: bool) -> None:
+                 tree: str | None, link: bool, known: KnownDigests | None = None) -> None:
         """Store a step: with ``rootfs`` a snapshot of it (hardlinked when ``link``: only
-        safe when nothing will change those files in place), else a reference to ``tree``."""
+        safe when nothing will change those files in place), else a reference to ``tree``.
+        ``known``: digests of linked files already read (used, and added to)."""
         if self._dir("steps", key).exists():
             return
         temp = self._temp()
@@ -163,7 +172,9 @@ class CacheStore:
             body: dict[str, object] = {"kind": "step", "manifest": manifest_json.decode(),
                                        "tree": tree or key}
             if rootfs is not None:
-                digest, size = copy_tree_verified(rootfs.root, temp / "tree", link=link)
+                digest, size = copy_tree_verified(
+                    rootfs.root, temp / "tree", link=link, known=known,
+                    final=self._dir("steps", key) / "tree")
                 body.update(tree=key, digest=digest, bytes=size,
                             owners=sorted([r, u, g] for r, (u, g) in rootfs.owners.items()),
                             devices=sorted([r, d.kind, d.major, d.minor, d.mode]
@@ -174,20 +185,25 @@ class CacheStore:
             raise
         self._publish(temp, self._dir("steps", key))
 
-    def restore(self, record: StepRecord, root: Path, *, link: bool) -> StagedRootfs:
+    def restore(self, record: StepRecord, root: Path, *, link: bool,
+                known: KnownDigests | None = None) -> StagedRootfs:
         """The rootfs of ``record`` rebuilt at ``root`` (which must not exist); raises
-        CorruptTree (entry discarded) when the snapshot does not match its checksum."""
+        CorruptTree (entry discarded) when the snapshot does not match its checksum.
+        ``known`` receives the digests of the files linked (every one of them is read)."""
         body = _unseal(self._dir("steps", record.tree) / _META)
         if body is None or "digest" not in body:
             raise CorruptTree(f"cache entry {record.tree} is damaged")
         try:
+            verified: KnownDigests = {}
             digest, _ = copy_tree_verified(self._dir("steps", record.tree) / "tree", root,
-                                           link=link)
+                                           link=link, known=verified)
         except (OSError, CorruptTree):
             digest = None
         if digest != body["digest"]:
             self.discard("steps", record.tree)
             raise CorruptTree(f"cache entry {record.tree} is damaged")
+        if known is not None:
+            known.update(verified)
         self._touch(self._dir("steps", record.tree))
         rootfs = StagedRootfs(root=root)
         for rel, uid, gid in body.get("owners", []):  # type: ignore[attr-defined]
@@ -289,11 +305,19 @@ def _copy_hashing(src: Path, dest: Path) -> str:
 # ---- snapshot trees ----------------------------------------------------------------------------
 
 
-def copy_tree_verified(src: Path, dest: Path, *, link: bool) -> tuple[str, int]:
+def copy_tree_verified(src: Path, dest: Path, *, link: bool, known: KnownDigests | None = None,
+                       final: Path | None = None) -> tuple[str, int]:
     """Copy the tree ``src`` to the new directory ``dest`` with modes, owners (as root),
     mtimes, xattrs and inner hardlinks; files are hardlinked when ``link``. Returns the digest
-    of what was copied (names, kinds, modes, owners, xattrs, contents) and its byte count."""
-    copier = _TreeCopier(link)
+    of what was copied (names, kinds, modes, owners, xattrs, contents) and its byte count.
+
+    Digests of linked files are added to ``known``. ``final`` (a snapshot: ``dest`` is
+    renamed there once complete) makes the copy keep to the cache's own inodes: a file
+    linked to something else (the user's file, hardlinked into the rootfs) is copied, unless
+    ``known`` names a copy the cache has already; files in ``known`` are not read again.
+    """
+    copier = _TreeCopier(link, {} if known is None else known,
+                         None if final is None else os.fsencode(final), os.fsencode(dest))
     st = os.lstat(src)
     os.mkdir(dest, 0o700)
     copier.directory(os.fsencode(src), os.fsencode(dest), b"", st)
@@ -301,8 +325,12 @@ def copy_tree_verified(src: Path, dest: Path, *, link: bool) -> tuple[str, int]:
 
 
 class _TreeCopier:
-    def __init__(self, link: bool) -> None:
+    def __init__(self, link: bool, known: KnownDigests, final: bytes | None,
+                 dest_root: bytes) -> None:
         self.link = link
+        self.known = known
+        self.final = final  # None: a restore (every file is the cache's own: link it)
+        self.dest_root = dest_root
         self.h = hashlib.sha256()
         self.size = 0
         self.inodes: dict[tuple[int, int], bytes] = {}
@@ -350,24 +378,54 @@ class _TreeCopier:
             first = self.inodes.setdefault((st.st_dev, st.st_ino), rel)
             if first != rel:
                 frame(self.h, b"hardlink", rel, first)
-                os.link(dest[: len(dest) - len(rel)] + first, dest)
+                os.link(self.dest_root + b"/" + first, dest)
                 return
         self.meta(b"file", rel, src, st)
         self.size += st.st_size
-        h = hashlib.sha256()
         if self.link:
-            with contextlib.suppress(OSError):
-                os.link(src, dest)
-                with open(src, "rb") as f:
-                    h = hashlib.file_digest(f, "sha256")
-                frame(self.h, h.digest())
+            digest = self._linked(src, dest, st)
+            if digest is not None:
+                frame(self.h, digest)
                 return
+        h = hashlib.sha256()
         with open(src, "rb") as f, open(dest, "xb") as out:
             while chunk := f.read(_CHUNK):
                 h.update(chunk)
                 out.write(chunk)
         frame(self.h, h.digest())
         self.finish(src, dest, st)
+        if self.link and self.final is not None:
+            # The cache's own copy of a shared file: later snapshots link that instead.
+            where = self.final + dest[len(self.dest_root):] + b"\0%d" % st.st_ctime_ns
+            self.known[(st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns, h.digest(), where)
+
+    def _linked(self, src: bytes, dest: bytes, st: os.stat_result) -> bytes | None:
+        """Link the file (or the cache's copy of it); its digest, or None to copy it."""
+        seen = self.known.get((st.st_dev, st.st_ino))
+        if self.final is not None and seen is not None and seen[:2] == (st.st_size,
+                                                                        st.st_mtime_ns):
+            where, _, ctime = seen[3].partition(b"\0")
+            if ctime and int(ctime) != st.st_ctime_ns:
+                return None  # the shared file was touched since: read it again
+            try:
+                os.link(where or src, dest)
+            except OSError:
+                return None  # that snapshot is gone (a failed store)
+            now = os.lstat(dest)
+            if (now.st_size, now.st_mtime_ns) == seen[:2]:
+                return seen[2]
+            os.unlink(dest)
+            return None
+        if self.final is not None and st.st_nlink != 1:
+            return None  # shared with something outside the rootfs: the cache copies it
+        try:
+            os.link(src, dest)
+        except OSError:
+            return None
+        with open(src, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").digest()
+        self.known[(st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns, digest, b"")
+        return digest
 
     def finish(self, src: bytes, dest: bytes, st: os.stat_result) -> None:
         """Owner, xattrs, mode and times of a created entry, in an order that keeps them."""

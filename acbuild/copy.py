@@ -13,7 +13,7 @@ import os
 import posixpath
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from acbuild.context import (
@@ -61,8 +61,14 @@ class _Source:
 
 def copy_instruction(instr: Copy, *, context: BuildContext, rootfs: StagedRootfs,
                      from_rootfs: StagedRootfs | None = None,
-                     reporter: Reporter | None = None) -> None:
-    """Apply one COPY to ``rootfs``."""
+                     reporter: Reporter | None = None, link_epoch: int | None = None) -> None:
+    """Apply one COPY to ``rootfs``.
+
+    ``link_epoch`` (only when nothing later can write into a file in place: no RUN follows)
+    lets a context file be hardlinked instead of copied when the image cannot tell the
+    difference: its own mode and owner are the ones COPY gives, it has no xattrs, no other
+    link, and an mtime not before the epoch (the finalizer clamps a copy's to the epoch).
+    """
     reporter = reporter or NullReporter()
     span = instr.span
     into_dir = instr.dest.endswith("/")
@@ -84,7 +90,8 @@ def copy_instruction(instr: Copy, *, context: BuildContext, rootfs: StagedRootfs
             raise BuildError(f"COPY source '{unsafe}': {e.message}", span=at) from None
     dest = _dest_rel(instr.dest)
     writer = _Writer(rootfs=rootfs, reporter=reporter, span=span,
-                     total=sum(e.size for s in sources for e in s.entries))
+                     total=sum(e.size for s in sources for e in s.entries),
+                     link_epoch=link_epoch if from_rootfs is None else None)
     for source in sources:
         base = posixpath.join(dest, source.name) if into_dir else dest
         writer.place(base, source.entries)
@@ -217,8 +224,12 @@ class _Writer:
     reporter: Reporter
     span: Span
     total: int
+    link_epoch: int | None = None
     done: int = 0
     _reported: int = 0
+    # target -> (path, rel) of each directory this COPY made or entered: its entries (which
+    # come parents first) are placed below it without resolving the whole path again
+    _dirs: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def place(self, base: str, entries: tuple[_Entry, ...]) -> None:
         root = self.rootfs.root
@@ -245,28 +256,45 @@ class _Writer:
     def _created_parent(self, rel: str) -> None:
         self.rootfs.set_owner(rel, 0, 0)
 
-    def _write(self, entry: _Entry, target: str) -> None:
+    def _resolve(self, target: str, *, follow_final: bool) -> tuple[str, str, int]:
+        """(path, rel, lstat mode or 0) of ``target`` inside the rootfs, as safe_join gives."""
+        parent, _, name = target.rpartition("/")
+        known = self._dirs.get(parent)
+        if known is not None:
+            path = f"{known[0]}/{name}"
+            mode = _lstat_mode(path)
+            if not (follow_final and stat.S_ISLNK(mode)):
+                return path, f"{known[1]}/{name}" if known[1] else name, mode
         root = self.rootfs.root
+        found = safe_join(root, target, follow_final=follow_final)
+        return os.fspath(found), relpath_in(root, found), _lstat_mode(found)
+
+    def _write(self, entry: _Entry, target: str) -> None:
         if entry.kind == "dir":
-            path = safe_join(root, target, follow_final=True)
-            if not path.is_dir():
-                path = safe_join(root, target)
-                _remove_non_dir(path)
+            path, rel, mode = self._resolve(target, follow_final=True)
+            if not stat.S_ISDIR(mode):
+                path, rel, mode = self._resolve(target, follow_final=False)
+                if mode:
+                    os.unlink(path)
                 os.mkdir(path, 0o700)
+            self._dirs[target] = (path, rel)
         else:
-            path = safe_join(root, target)
-            if stat.S_ISDIR(_lstat_mode(path)):
+            path, rel, mode = self._resolve(target, follow_final=False)
+            if stat.S_ISDIR(mode):
                 hint = "end the destination with '/' to copy into the directory"
                 raise BuildError(f"COPY cannot replace directory '/{target}' with a file",
                                  span=self.span, hint=None if entry.sub else hint)
-            _remove_non_dir(path)
+            if mode:
+                os.unlink(path)
             if entry.kind == "symlink":
                 os.symlink(os.readlink(entry.path), path)
             elif entry.device is not None:
-                self._make_device(entry.device, path)
+                self._make_device(entry.device, rel, path)
+            elif self._linked(entry, path):
+                self._note_linked(rel, entry)
+                return
             else:
                 self._copy_file(entry, path)
-        rel = relpath_in(root, path)
         if entry.device is None:
             self.rootfs.devices.pop(rel, None)
         # Owner before mode: chown clears setuid and setgid bits.
@@ -274,14 +302,51 @@ class _Writer:
         if entry.kind != "symlink" and os.path.lexists(path):
             os.chmod(path, entry.mode, follow_symlinks=False)
 
-    def _make_device(self, node: DeviceNode, path: Path) -> None:
+    def _linked(self, entry: _Entry, path: str) -> bool:
+        """Hardlink a context file the image cannot tell from a copy; False: copy it."""
+        if self.link_epoch is None:
+            return False
+        try:
+            st = os.lstat(entry.path)
+            if not self._linkable(entry, st, 1) or _has_xattrs(entry.path):
+                return False
+            os.link(entry.path, path, follow_symlinks=False)
+        except OSError:
+            return False  # another filesystem, protected_hardlinks, ...: copy instead
+        now = os.lstat(path)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or not self._linkable(
+                entry, now, 2):
+            os.unlink(path)  # the source was swapped or changed meanwhile
+            return False
+        self.done += st.st_size
+        return True
+
+    def _linkable(self, entry: _Entry, st: os.stat_result, links: int) -> bool:
+        assert self.link_epoch is not None
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != links:
+            return False  # another link would make the finalizer write a tar hardlink
+        if stat.S_IMODE(st.st_mode) != entry.mode or st.st_mtime < self.link_epoch:
+            return False
+        # Without root the owner is only recorded; as root a chown would change the user's
+        # own file, so the file must already have the owner COPY gives.
+        return not self.rootfs.privileged or (st.st_uid, st.st_gid) == entry.owner
+
+    def _note_linked(self, rel: str, entry: _Entry) -> None:
+        """Records for a linked file; its inode is the user's and is never changed."""
+        self.rootfs.devices.pop(rel, None)
+        if self.rootfs.privileged:
+            self.rootfs.owners.pop(rel, None)  # the file's own owner is the one wanted
+        else:
+            self.rootfs.set_owner(rel, *entry.owner)  # only recorded, nothing on disk
+
+    def _make_device(self, node: DeviceNode, rel: str, path: str) -> None:
         if self.rootfs.privileged:
             os.mknod(path, _NODE_TYPES[node.kind] | node.mode, os.makedev(node.major, node.minor))
         else:
             # Only root can make device nodes; the finalizer writes the record into the tar.
-            self.rootfs.devices[relpath_in(self.rootfs.root, path)] = node
+            self.rootfs.devices[rel] = node
 
-    def _copy_file(self, entry: _Entry, path: Path) -> None:
+    def _copy_file(self, entry: _Entry, path: str) -> None:
         src = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             if not stat.S_ISREG(os.fstat(src).st_mode):
@@ -322,17 +387,20 @@ class _Writer:
                 self.reporter.progress("copy", self.done, self.total)
 
 
-def _lstat_mode(path: Path) -> int:
+def _lstat_mode(path: str | Path) -> int:
     try:
-        return path.lstat().st_mode
+        return os.lstat(path).st_mode
     except FileNotFoundError:
         return 0
 
 
-def _remove_non_dir(path: Path) -> None:
-    mode = _lstat_mode(path)
-    if mode and not stat.S_ISDIR(mode):
-        os.unlink(path)
+def _has_xattrs(path: Path) -> bool:
+    """Whether the file has xattrs a COPY would not carry (COPY carries none)."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return False  # a filesystem without xattrs
+    return any(name != "security.selinux" for name in names)
 
 
 # -- --chown -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from acbuild import manifest_edit
-from acbuild.cache import CacheStore, CorruptTree, StepRecord
+from acbuild.cache import CacheStore, CorruptTree, KnownDigests, StepRecord
 from acbuild.context import BuildContext
 from acbuild.copy import copy_instruction
 from acbuild.errors import AcbuildError
@@ -44,6 +44,8 @@ class ExecuteOptions:
 class StageResult:
     rootfs: StagedRootfs
     manifest: ImageManifest = field(default_factory=default_manifest)
+    # files of the rootfs the cache has read already (linked snapshots and restores)
+    known: KnownDigests = field(default_factory=dict)
 
 
 def step_info(step: Step, stage: Stage) -> StepInfo:
@@ -99,7 +101,8 @@ class _Executor:
                 if number == 0:
                     result.manifest = self.options.load_base(stage, result.rootfs, self.reporter)
                 else:
-                    result.manifest = self._apply(step.instruction, result, info)
+                    shares = not _runs(stage.steps[number + 1 :])
+                    result.manifest = self._apply(step.instruction, result, info, shares=shares)
             tree = self._store(stage, number, result, tree)
         self.results[stage.index] = result
 
@@ -140,8 +143,10 @@ class _Executor:
 
     def _restored(self, record: StepRecord, root: Path, *, link: bool) -> StageResult:
         assert self.options.cache is not None
-        rootfs = self.options.cache.restore(record, root, link=link)
-        return StageResult(rootfs=rootfs, manifest=from_json_bytes(record.manifest_json))
+        known: KnownDigests = {}
+        rootfs = self.options.cache.restore(record, root, link=link, known=known)
+        return StageResult(rootfs=rootfs, manifest=from_json_bytes(record.manifest_json),
+                           known=known)
 
     def _store(self, stage: Stage, number: int, result: StageResult,
                tree: str | None) -> str | None:
@@ -155,7 +160,8 @@ class _Executor:
         try:
             cache.put_step(key, to_json_bytes(result.manifest),
                            rootfs=result.rootfs if changes_rootfs else None,
-                           tree=tree, link=not _runs(stage.steps[number + 1 :]))
+                           tree=tree, link=not _runs(stage.steps[number + 1 :]),
+                           known=result.known)
         except OSError as e:
             self.reporter.warning(f"cannot store step {number + 1} in the cache: {e}")
             return None
@@ -163,8 +169,9 @@ class _Executor:
 
     # -- steps -------------------------------------------------------------------------------
 
-    def _apply(self, instruction: Instruction, result: StageResult,
-               info: StepInfo) -> ImageManifest:
+    def _apply(self, instruction: Instruction, result: StageResult, info: StepInfo, *,
+               shares: bool) -> ImageManifest:
+        """``shares``: no RUN follows, so the rootfs may share inodes with the context."""
         options = self.options
         match instruction:
             case Copy(from_stage=from_stage):
@@ -172,7 +179,8 @@ class _Executor:
                 if from_stage is not None:
                     source = self.result(self.plan.stage_named(from_stage).index).rootfs
                 copy_instruction(instruction, context=options.context, rootfs=result.rootfs,
-                                 from_rootfs=source, reporter=self.reporter)
+                                 from_rootfs=source, reporter=self.reporter,
+                                 link_epoch=options.epoch if shares else None)
             case Run():
                 run_step(instruction, RunContext(rootfs=result.rootfs, manifest=result.manifest,
                                                  epoch=options.epoch, log=options.log,

@@ -65,9 +65,11 @@ class StatCache:
             if isinstance(entries, dict):
                 self._entries = entries
 
-    def file_digest(self, path: Path, st: os.stat_result) -> str:
+    def file_digest(self, path: Path | str, st: os.stat_result) -> str:
         """sha256 hex of a regular file's content."""
-        key = os.fsdecode(os.path.abspath(path))
+        # An absolute str comes from path_digest, already normal: no abspath per file.
+        key = path if isinstance(path, str) and path[:1] == "/" else os.fsdecode(
+            os.path.abspath(path))
         sig = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
         known = self._entries.get(key)
         if known is not None and known[:5] == sig and isinstance(known[5], str):
@@ -97,8 +99,8 @@ class StatCache:
         self._dirty = False
 
 
-def _entry(h: hashlib._Hash, cache: StatCache, rel: str, path: Path, st: os.stat_result,
-           *, exact: bool) -> None:
+def _entry(h: hashlib._Hash, cache: StatCache, rel: str, path: Path | str,
+           st: os.stat_result, *, exact: bool) -> None:
     """One entry: ``exact`` keeps full modes and owners (a base tree), else modes are
     normalised as COPY does and owners left out (a context)."""
     mode = b"%o" % (stat.S_IMODE(st.st_mode) if exact else normalised_mode(st.st_mode))
@@ -136,9 +138,10 @@ def path_digest(path: Path, cache: StatCache) -> str:
     if not stat.S_ISDIR(st.st_mode):
         return "sha256:" + cache.file_digest(path, st)
     h = hashlib.sha256()
-    _entry(h, cache, ".", path, st, exact=True)
+    root = os.fsdecode(os.path.abspath(path))
+    _entry(h, cache, ".", root, st, exact=True)
     for rel, child in scan(path, ""):
-        _entry(h, cache, rel, path / rel, child, exact=True)
+        _entry(h, cache, rel, f"{root}/{rel}", child, exact=True)
     return "sha256:" + h.hexdigest()
 
 
