@@ -3,6 +3,7 @@ final images, concurrency and damaged entries."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -245,3 +246,77 @@ def test_no_cache_leaves_the_cache_alone(hello_context: Path, tmp_path: Path) ->
     r = acbuild("build", hello_context / "Acfile", "-o", tmp_path / "h.aci",
                 env={"XDG_CACHE_HOME": str(tmp_path / "xdg")})
     assert r.code == 0 and (tmp_path / "xdg" / "acbuild-py" / "build-cache" / "images").is_dir()
+
+
+SHARED = """\
+BEGIN ./base
+NAME example.com/shared
+LABEL version={{ version | default("1") }}
+COPY data/ /srv/
+COPY --chown=1000:1000 data/a.txt /srv/a.txt
+COPY --mode=0600 data/b.txt /srv/b.txt
+COPY c.txt /etc/conf
+COPY --chown=5:5 c.txt /bin/tool
+"""
+
+
+def _source_state(root: Path) -> dict[str, tuple[int, int, int, int, bytes]]:
+    out = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        body = path.read_bytes() if path.is_file() and not path.is_symlink() else b""
+        out[str(path.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns,
+                                            body)
+    return out
+
+
+def _inodes(root: Path) -> set[tuple[int, int]]:
+    return {(s.st_dev, s.st_ino) for p in root.rglob("*")
+            if p.is_file() and not p.is_symlink() for s in [p.lstat()]}
+
+
+def test_builds_never_change_the_source_tree_and_the_cache_keeps_its_own_copies(
+        tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    for rel, text, mode in (("base/etc/conf", "conf\n", 0o644),
+                            ("base/bin/tool", "tool\n", 0o755),
+                            ("base/home/u/.rc", "rc\n", 0o600), ("data/a.txt", "a\n", 0o644),
+                            ("data/b.txt", "b\n", 0o644), ("c.txt", "c\n", 0o644)):
+        (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ctx / rel).write_text(text)
+        (ctx / rel).chmod(mode)
+    os.chown(ctx / "base/home/u/.rc", 1000, 1000)
+    (ctx / "Acfile").write_text(SHARED)
+    acfile, cache = ctx / "Acfile", tmp_path / "cache"
+    before = _source_state(ctx)
+    fresh, _ = run(acfile, None, tmp_path / "fresh.aci")
+    first, _ = run(acfile, cache, tmp_path / "1.aci")
+    again, rep = run(acfile, cache, tmp_path / "2.aci")
+    assert rep.cached() == [1, 2, 3, 4, 5, 6, 7, 8]
+    v2, rep = run(acfile, cache, tmp_path / "3.aci", "version=2")
+    assert rep.cached() == [1, 2] and fresh.image_id == first.image_id == again.image_id
+    assert v2.image_id == run(acfile, None, tmp_path / "fresh2.aci", "version=2")[0].image_id
+    assert _source_state(ctx) == before
+    assert not _inodes(ctx) & _inodes(cache)  # editing a source file cannot reach the cache
+    with tarfile.open(tmp_path / "3.aci") as t:
+        def member(name: str) -> tuple[int, int, int]:
+            m = t.getmember(f"rootfs/{name}")
+            return m.uid, m.gid, m.mode
+        assert member("srv/a.txt") == (1000, 1000, 0o644)
+        assert member("srv/b.txt") == (0, 0, 0o600)
+        assert member("bin/tool") == (5, 5, 0o644)
+        assert member("home/u/.rc") == (1000, 1000, 0o600)
+        conf = t.extractfile("rootfs/etc/conf")
+        assert conf is not None and conf.read() == b"c\n"
+    # The user edits a base file in place, keeping its size and mtime: never served stale.
+    st = (ctx / "base/bin/tool").stat()
+    with open(ctx / "base/bin/tool", "r+b") as f:
+        f.write(b"TOOL")
+    os.utime(ctx / "base/bin/tool", ns=(st.st_atime_ns, st.st_mtime_ns))
+    text = SHARED.replace("COPY --chown=5:5 c.txt /bin/tool\n", "")
+    acfile.write_text(text)
+    edited, _ = run(acfile, cache, tmp_path / "4.aci")
+    assert edited.image_id == run(acfile, None, tmp_path / "fresh4.aci")[0].image_id
+    with tarfile.open(tmp_path / "4.aci") as t:
+        tool = t.extractfile("rootfs/bin/tool")
+        assert tool is not None and tool.read() == b"TOOL\n"

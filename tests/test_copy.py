@@ -379,3 +379,51 @@ def test_privileged_copy_from_a_stage_makes_fifos(tmp_path: Path, ctx: Path) -> 
     st = (rootfs.root / "f").lstat()
     assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o640
     assert rootfs.devices == {}
+
+
+def _image_id(rootfs: StagedRootfs, epoch: int) -> str:
+    from acbuild.finalize import write_aci
+
+    out = rootfs.root.parent / f"{rootfs.root.name}.aci"
+    manifest = b'{"acKind":"ImageManifest","acVersion":"0.8.11","name":"example.com/x"}'
+    return write_aci(rootfs, manifest, out, epoch=epoch).image_id
+
+
+@pytest.mark.parametrize("privileged", [True, False])
+def test_linking_context_files_gives_the_same_image(tmp_path: Path, privileged: bool) -> None:
+    ctx = make(tmp_path / "ctx", {"plain": "p", "group-w": "g", "linked": "l", "xattr": "x",
+                                  "old": "o", "owned": "u", "d/exe": "e"})
+    (ctx / "group-w").chmod(0o664)  # COPY gives 0644: a link would show 0664
+    (ctx / "d/exe").chmod(0o755)
+    os.link(ctx / "linked", ctx / "linked2")  # a link would make a tar hardlink pair
+    os.setxattr(ctx / "xattr", "user.k", b"v")  # COPY carries no xattrs
+    os.utime(ctx / "old", (1000, 1000))  # before the epoch: a copy's mtime is later
+    os.chown(ctx / "owned", 1000, 1000)  # COPY gives 0:0
+    epoch = 2_000_000
+    ids = []
+    for link_epoch in (None, epoch):
+        rootfs = StagedRootfs(root=tmp_path / f"r-{link_epoch}", privileged=privileged)
+        rootfs.root.mkdir()
+        do(ctx, rootfs, instr(".", dest="/"), link_epoch=link_epoch)
+        do(ctx, rootfs, instr("plain", dest="/again"), link_epoch=link_epoch)
+        linked = {p.name for p in rootfs.root.rglob("*") if p.is_file() and p.name != "again"
+                  and p.stat().st_ino == (ctx / p.relative_to(rootfs.root)).stat().st_ino}
+        expected = {"plain", "exe"} | ({"owned"} if not privileged else set())
+        assert linked == (expected if link_epoch else set())
+        assert (rootfs.root / "again").stat().st_ino != (ctx / "plain").stat().st_ino
+        ids.append(_image_id(rootfs, 2_000_000_000))
+    assert ids[0] == ids[1]
+    assert os.getxattr(ctx / "xattr", "user.k") == b"v"
+    assert (ctx / "owned").stat().st_uid == 1000 and mode(ctx / "group-w") == 0o664
+
+
+def test_linked_file_is_replaced_not_changed(tmp_path: Path) -> None:
+    ctx = make(tmp_path / "ctx", {"a.txt": "alpha", "b.txt": "beta"})
+    rootfs = StagedRootfs(root=tmp_path / "r", privileged=True)
+    rootfs.root.mkdir()
+    do(ctx, rootfs, instr("a.txt", dest="/x"), link_epoch=0)
+    assert (rootfs.root / "x").stat().st_ino == (ctx / "a.txt").stat().st_ino
+    do(ctx, rootfs, instr("b.txt", dest="/x", chown="7:7", mode=0o600), link_epoch=0)
+    assert (rootfs.root / "x").read_text() == "beta" and (rootfs.root / "x").stat().st_uid == 7
+    assert (ctx / "a.txt").read_text() == "alpha" and mode(ctx / "a.txt") == 0o644
+    assert (ctx / "a.txt").stat().st_uid == 0 and (ctx / "b.txt").stat().st_uid == 0
