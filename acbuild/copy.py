@@ -294,7 +294,8 @@ class _Writer:
                 self._note_linked(rel, entry)
                 return
             else:
-                self._copy_file(entry, path)
+                self._copy_file(entry, path, rel)
+                return
         if entry.device is None:
             self.rootfs.devices.pop(rel, None)
         # Owner before mode: chown clears setuid and setgid bits.
@@ -346,24 +347,35 @@ class _Writer:
             # Only root can make device nodes; the finalizer writes the record into the tar.
             self.rootfs.devices[rel] = node
 
-    def _copy_file(self, entry: _Entry, path: str) -> None:
+    def _copy_file(self, entry: _Entry, path: str, rel: str) -> None:
+        """Copy the data kernel-side, then owner and mode through the open descriptor."""
         src = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            if not stat.S_ISREG(os.fstat(src).st_mode):
+            st = os.fstat(src)
+            if not stat.S_ISREG(st.st_mode):
                 raise BuildError(f"COPY source '{entry.path}' changed while copying",
                                  span=self.span)
             dst = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                           | os.O_CLOEXEC, 0o600)
             try:
-                self._stream(src, dst)
+                self._stream(src, dst, st.st_size)
+                self.rootfs.devices.pop(rel, None)
+                # Owner before mode: chown clears setuid and setgid bits.
+                if self.rootfs.privileged:
+                    os.fchown(dst, *entry.owner)
+                    self.rootfs.owners.pop(rel, None)
+                else:
+                    self.rootfs.set_owner(rel, *entry.owner)  # recorded only
+                os.fchmod(dst, entry.mode)
             finally:
                 os.close(dst)
         finally:
             os.close(src)
 
-    def _stream(self, src: int, dst: int) -> None:
+    def _stream(self, src: int, dst: int, size: int) -> None:
+        """``size`` bytes (what fstat saw; less if the file shrank meanwhile)."""
         kernel = True
-        while True:
+        while size > 0:
             n = 0
             if kernel:
                 try:
@@ -381,6 +393,7 @@ class _Writer:
                     view = view[os.write(dst, view):]
             if n == 0:
                 return
+            size -= n
             self.done += n
             if self.done - self._reported >= _PROGRESS_EVERY:
                 self._reported = self.done

@@ -75,6 +75,10 @@ def prepare(work: Path) -> Path:
     (ctx / "Acfile.copy").write_text("BEGIN scratch\nNAME example.com/bench\n"
                                      "COPY tree/ /srv/\nLABEL version=1\n"
                                      "COPY small.txt /etc/small.txt\n")
+    # --mode gives the files a mode they do not have: every one is copied, none hardlinked.
+    (ctx / "Acfile.copymode").write_text("BEGIN scratch\nNAME example.com/bench\n"
+                                         "COPY --mode=0600 tree/ /srv/\nLABEL version=1\n"
+                                         "COPY small.txt /etc/small.txt\n")
     return ctx
 
 
@@ -83,7 +87,8 @@ def actool_layout(work: Path, tree: Path) -> Path:
     if not layout.exists():
         layout.mkdir()
         (layout / "manifest").write_text(MANIFEST)
-        subprocess.run(["cp", "-al", str(tree), str(layout / "rootfs")], check=True)
+        # A copy, not hardlinks: the tree's files keep one link each, as in a checkout.
+        subprocess.run(["cp", "-a", str(tree), str(layout / "rootfs")], check=True)
     return layout
 
 
@@ -99,6 +104,8 @@ def run_all(work: Path, runs: int, skip_big: bool) -> dict[str, Sample]:
                                            "--no-cache"), out / "b.aci"),
         "acbuild cold COPY": (acbuild(ctx / "Acfile.copy", "-o", out / "c.aci", "--no-cache"),
                               out / "c.aci"),
+        "acbuild cold COPY --mode (copied)": (
+            acbuild(ctx / "Acfile.copymode", "-o", out / "m.aci", "--no-cache"), out / "m.aci"),
         "tar | gzip -6": ([*sh, f"tar -C {ctx}/tree -cf - . | gzip -6 > {out}/g.tgz"],
                           out / "g.tgz"),
         "tar | pigz -6": ([*sh, f"tar -C {ctx}/tree -cf - . | pigz -6 > {out}/p.tgz"],
