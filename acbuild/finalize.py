@@ -57,7 +57,7 @@ def build_epoch(environ: Mapping[str, str]) -> int:
 # --- walking the rootfs --------------------------------------------------------------
 
 
-def _xattrs(path: Path) -> tuple[tuple[str, bytes], ...]:
+def _xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
@@ -109,6 +109,7 @@ class _Walker:
 
     def __init__(self, rootfs: StagedRootfs, epoch: int, prefix: str) -> None:
         self.rootfs = rootfs
+        self.root = os.fspath(rootfs.root)  # str paths: no pathlib per entry
         self.epoch = epoch
         self.prefix = prefix
         self.links: dict[tuple[int, int], str] = {}
@@ -137,13 +138,13 @@ class _Walker:
         names = sorted(found, key=os.fsencode)
         return [(f"{rel}/{n}" if rel else n, found[n]) for n in names]
 
-    def entry(self, rel: str, st: os.stat_result | None) -> tuple[TarEntry, Path | None] | None:
+    def entry(self, rel: str, st: os.stat_result | None) -> tuple[TarEntry, str | None] | None:
         name = self.archive_name(rel)
         node = self.rootfs.devices.get(rel)
         if node is not None:
             return _device_entry(self.rootfs, name, rel, node, st, self.epoch), None
         assert st is not None
-        path = self.rootfs.root / rel if rel else self.rootfs.root
+        path = f"{self.root}/{rel}" if rel else self.root
         kind, size, linkname, major, minor = self._kind(st, path)
         if kind is None:
             return None  # sockets and anything else a tar cannot hold
@@ -169,7 +170,7 @@ class _Walker:
         return entry, (path if kind == "file" else None)
 
     @staticmethod
-    def _kind(st: os.stat_result, path: Path) -> tuple[str | None, int, str, int, int]:
+    def _kind(st: os.stat_result, path: str) -> tuple[str | None, int, str, int, int]:
         mode = st.st_mode
         if stat.S_ISREG(mode):
             return "file", st.st_size, "", 0, 0
@@ -197,6 +198,12 @@ def iter_rootfs_entries(
     names are relative and the root is left out (an OCI layer). Order: at every level,
     children sorted by name bytes, each directory followed by its contents.
     """
+    for entry, path in _entries(rootfs, epoch, prefix):
+        yield entry, None if path is None else Path(path)
+
+
+def _entries(rootfs: StagedRootfs, epoch: int,
+             prefix: str) -> Iterator[tuple[TarEntry, str | None]]:
     walker = _Walker(rootfs, epoch, prefix)
     if prefix:
         try:
@@ -257,7 +264,7 @@ def _estimate(rootfs: StagedRootfs) -> int:
     return total
 
 
-def _add_file(writer: TarWriter, entry: TarEntry, path: Path) -> None:
+def _add_file(writer: TarWriter, entry: TarEntry, path: str) -> None:
     # O_NONBLOCK: if the file was swapped for a FIFO since the walk, open must not hang.
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
@@ -303,7 +310,7 @@ def write_aci_stream(
         writer = TarWriter(sink)
         writer.add(_manifest_entry(manifest_json, epoch), io.BytesIO(manifest_json))
         entries = 1
-        for entry, source in iter_rootfs_entries(rootfs, epoch):
+        for entry, source in _entries(rootfs, epoch, "rootfs"):
             if source is None:
                 writer.add(entry)
             else:
