@@ -35,6 +35,11 @@ from acbuild.plan import (
 )
 
 _RACY_NS = 3_000_000_000
+# ctime on a filesystem with sub-second times: only a writer that also resets the mtime, in
+# the same clock tick as our stat, could go unseen. Builds that hardlink a base directory
+# change its files' ctimes (link, unlink): with the 3 s window every build in the next 3 s
+# would read the whole base again.
+_FINE_RACY_NS = 100_000_000
 _VERSION = 1
 
 
@@ -80,7 +85,8 @@ class StatCache:
         except OSError as e:
             raise AcbuildError(f"cannot read {path}: {e.strerror}") from None
         now = time.time_ns()
-        if now - st.st_mtime_ns > _RACY_NS and now - st.st_ctime_ns > _RACY_NS:
+        ctime_window = _RACY_NS if st.st_ctime_ns % 1_000_000_000 == 0 else _FINE_RACY_NS
+        if now - st.st_mtime_ns > _RACY_NS and now - st.st_ctime_ns > ctime_window:
             self._entries[key] = [*sig, digest]
             self._dirty = True
         return digest

@@ -320,3 +320,23 @@ def test_builds_never_change_the_source_tree_and_the_cache_keeps_its_own_copies(
     with tarfile.open(tmp_path / "4.aci") as t:
         tool = t.extractfile("rootfs/bin/tool")
         assert tool is not None and tool.read() == b"TOOL\n"
+
+
+def test_stat_cache_remembers_a_file_whose_only_recent_change_is_its_ctime(
+        tmp_path: Path) -> None:
+    import time
+
+    from acbuild.statcache import StatCache
+
+    old, fresh = tmp_path / "old", tmp_path / "fresh"
+    old.write_text("old\n")
+    fresh.write_text("fresh\n")
+    os.utime(old, (1_000_000, 1_000_000))  # an old mtime; the ctime is now
+    os.link(old, tmp_path / "link")  # what a build hardlinking a base does to it
+    time.sleep(0.2)
+    stats = StatCache(tmp_path / "stat.json")
+    for path in (old, fresh):
+        stats.file_digest(path, path.stat())
+    stats.save()
+    remembered = StatCache(tmp_path / "stat.json")._entries
+    assert str(old) in remembered and str(fresh) not in remembered  # fresh: mtime too recent
