@@ -237,11 +237,13 @@ class _Writer:
         if parent:
             self._guard(f"/{parent}", lambda: ensure_dirs(root, parent, mode=0o755,
                                                           on_create=self._created_parent))
-        for entry in entries:
-            target = posixpath.join(base, entry.sub) if entry.sub else base
-            if not target:
-                continue  # the rootfs root itself keeps its mode and owner
-            self._guard(f"/{target}", self._write, entry, target)
+        # Directories first, then what goes in them: on ext4, filling each directory right
+        # after making it costs several times more per file than making them all first.
+        for dirs in (True, False):
+            for entry in entries:
+                target = posixpath.join(base, entry.sub) if entry.sub else base
+                if target and (entry.kind == "dir") == dirs:  # the root keeps its own mode
+                    self._guard(f"/{target}", self._write, entry, target)
 
     def _guard(self, shown: str, action: Callable[..., object], *args: object) -> None:
         try:
