@@ -2,7 +2,8 @@
 
 A base is an ACI, a plain rootfs tarball (any allowed compression) or a rootfs directory;
 all are treated as hostile: archives go through ``extract``, directories are copied
-through the same writer, symlinks verbatim and never followed.
+through the same writer (or their files hardlinked, in a stage without RUN), symlinks
+verbatim and never followed.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ Every source is resolved and checked before anything is written. Context files g
 git would give them (0755 or 0644) and owner 0:0; a stage's files keep their modes and owners.
 Symlinks inside a copied tree are copied verbatim; hardlinks become separate files. Every
 write goes through securepath, so a symlink in the rootfs never leads a write out of it.
+When no RUN follows, a context file the image cannot tell from its copy is hardlinked.
 """
 
 from __future__ import annotations
