@@ -352,10 +352,12 @@ class _CopyState:
         if member.isdev():
             member.devmajor, member.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
         if fd is not None:
+            headers: dict[str, str] = {}
             with contextlib.suppress(OSError):
                 for key in os.listxattr(fd):
                     value = os.getxattr(fd, key).decode("utf-8", "surrogateescape")
-                    member.pax_headers[f"SCHILY.xattr.{key}"] = value
+                    headers[f"SCHILY.xattr.{key}"] = value
+            member.pax_headers = headers
         return member
 
 

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from acbuild import manifest_edit
 from acbuild.aci import image_id, unpack_base, unpack_image
@@ -37,7 +38,8 @@ NameResolver = Callable[[str, tuple[tuple[str, str], ...], Reporter], Path]
 # Checks PATH.asc next to a local image when there is one.
 LocalVerifier = Callable[[Path, Reporter], None]
 
-_CONVERTED_KINDS = {DockerArchive: "docker-archive", OciLayout: "oci", OciArchive: "oci-archive"}
+_CONVERTED_KINDS: dict[type, Literal["docker-archive", "oci", "oci-archive"]] = {
+    DockerArchive: "docker-archive", OciLayout: "oci", OciArchive: "oci-archive"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
