@@ -30,6 +30,7 @@ from acbuild.parse import parse
 from acbuild.plan import BaseRef, Plan, make_plan
 from acbuild.render import load_variables, render
 from acbuild.report import Reporter
+from acbuild.signals import deferred
 from acbuild.staging import remove_tree
 from acbuild.statcache import base_identity, image_key, key_plan
 
@@ -284,4 +285,5 @@ def work_directory() -> Iterator[Path]:
     try:
         yield path
     finally:
-        remove_tree(path)
+        with deferred():  # Ctrl-C or SIGTERM now would leave half the tree behind
+            remove_tree(path)

@@ -7,6 +7,7 @@ active, SIGTERM becomes ``SystemExit(143)`` (128 + 15, what a shell reports) in 
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -43,3 +44,28 @@ def install_sigterm_handler() -> None:
     """For ``cli.main``: SIGTERM raises Terminated for the rest of the process's life."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then deliver them again.
+
+    For cleanup that must not be cut in half (removing a work directory): a signal that
+    arrives meanwhile still ends the process, just after the cleanup instead of during it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        pending.append(signum)
+
+    previous = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(pending):
+            os.kill(os.getpid(), signum)  # to whatever handles it now: raise, or the default
