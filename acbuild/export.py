@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from acbuild.finalize import iter_rootfs_entries
 from acbuild.manifest import App, ImageManifest, host_os_arch
 from acbuild.report import Reporter
 from acbuild.staging import StagedRootfs
-from acbuild.tarwrite import TarEntry, TarWriter
+from acbuild.tarwrite import TarEntry, TarWriter, add_file_at
 
 INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -88,17 +87,8 @@ class _DiffSink:
 def _add(writer: TarWriter, entry: TarEntry, path: Path | None) -> None:
     if path is None:
         writer.add(entry)
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as e:
-        raise BuildError(f"cannot read {entry.name}: {e.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise BuildError(f"{entry.name} changed while the layer was being written")
-        writer.add_fd(entry, fd)
-    finally:
-        os.close(fd)
+    else:
+        add_file_at(writer, entry, path, what="layer")
 
 
 def write_layer(

@@ -20,7 +20,7 @@ from acbuild.compression import COMPRESSIONS, Compressor, open_compressor
 from acbuild.errors import AcbuildError, BuildError
 from acbuild.report import Reporter
 from acbuild.staging import DeviceNode, StagedRootfs
-from acbuild.tarwrite import BLOCK, TarEntry, TarWriter
+from acbuild.tarwrite import BLOCK, TarEntry, TarWriter, add_file_at
 
 # 1980-01-01T00:00:00Z: the earliest time a zip file can hold, the usual reproducible-builds
 # default; used when SOURCE_DATE_EPOCH is not set.
@@ -264,23 +264,6 @@ def _estimate(rootfs: StagedRootfs) -> int:
     return total
 
 
-def _add_file(writer: TarWriter, entry: TarEntry, path: str) -> None:
-    # O_NONBLOCK: if the file was swapped for a FIFO since the walk, open must not hang.
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-    try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        raise BuildError(f"cannot read {entry.name}: {e.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise BuildError(f"{entry.name} changed while the image was being written")
-        writer.add_fd(entry, fd)
-    except OSError as e:
-        raise BuildError(f"cannot read {entry.name}: {e.strerror}") from None
-    finally:
-        os.close(fd)
-
-
 def _manifest_entry(manifest_json: bytes, epoch: int) -> TarEntry:
     return TarEntry(
         name="manifest", kind="file", mode=0o644, uid=0, gid=0, mtime=epoch,
@@ -314,7 +297,7 @@ def write_aci_stream(
             if source is None:
                 writer.add(entry)
             else:
-                _add_file(writer, entry, source)
+                add_file_at(writer, entry, source, what="image")
             entries += 1
         writer.close()
     except BaseException:

@@ -7,10 +7,11 @@ stream buffering cost more than compressing. Output is handed on in whole blocks
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from acbuild.errors import ImageError
+from acbuild.errors import BuildError, ImageError
 
 BLOCK = 512
 # The unit in which the stream is handed to ``out``: large enough to amortise the per-call
@@ -287,3 +288,24 @@ def _read_into(data: BinaryIO, view: memoryview) -> int:
     chunk = data.read(len(view))
     view[: len(chunk)] = chunk
     return len(chunk)
+
+
+def add_file_at(writer: TarWriter, entry: TarEntry, path: str | os.PathLike[str], *,
+                what: str) -> None:
+    """Stream the regular file at ``path`` as ``entry``. ``what`` names the archive being
+    written ("image", "layer") in errors; read failures are build errors, not crashes."""
+    # O_NONBLOCK: if the file was swapped for a FIFO since the walk, open must not hang.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise BuildError(f"cannot read {entry.name}: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BuildError(f"{entry.name} changed while the {what} was being written")
+        writer.add_fd(entry, fd)
+    except OSError as e:
+        raise BuildError(f"cannot read {entry.name}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
