@@ -20,14 +20,14 @@ from acbuild import manifest_edit
 from acbuild.bases import BaseLoader, pin_dependencies
 from acbuild.cache import CacheStore, ImageRecord, default_cache_dir
 from acbuild.context import BuildContext
-from acbuild.errors import AcfileError, BuildError
+from acbuild.errors import AcfileError, BuildError, raise_all
 from acbuild.execute import ExecuteOptions, StageResult, execute, step_info
 from acbuild.finalize import build_epoch, write_aci
 from acbuild.instructions import Run
 from acbuild.leftovers import owner_tag, sweep
 from acbuild.manifest import ImageManifest, from_json_bytes, problems, to_json_bytes
-from acbuild.parse import parse
-from acbuild.plan import BaseRef, Plan, make_plan
+from acbuild.parse import parse_partly
+from acbuild.plan import BaseRef, Plan, check_instructions, make_plan
 from acbuild.render import load_variables, render
 from acbuild.report import Reporter
 from acbuild.signals import deferred
@@ -93,8 +93,12 @@ def load_plan(options: BuildOptions) -> Plan:
     text = read_acfile(options.acfile)
     variables = load_variables(options.variables, options.var_files)
     rendered = render(text, file=str(options.acfile), variables=variables)
+    instructions, errors = parse_partly(rendered)
+    if errors:
+        # The lines that did parse may be wrong too: say so in the same run.
+        raise_all([*errors, *check_instructions(instructions)])
     return make_plan(
-        parse(rendered),
+        instructions,
         acfile_dir=options.acfile.parent,
         target=options.target,
         extra_sign_keys=options.sign_keys,

@@ -76,6 +76,16 @@ def parse_text(
 
 def parse(rendered: Rendered) -> tuple[ins.Instruction, ...]:
     """All instructions of a rendered Acfile, or every error in it at once."""
+    instructions, errors = parse_partly(rendered)
+    raise_all(errors)
+    return instructions
+
+
+def parse_partly(
+    rendered: Rendered,
+) -> tuple[tuple[ins.Instruction, ...], list[AcbuildError]]:
+    """The instructions of the lines that parse, and the errors of those that do not: so the
+    planner can still report its own errors in the same run."""
     result: list[ins.Instruction] = []
     errors: list[AcbuildError] = []
     for line in _logical_lines(rendered):
@@ -83,8 +93,7 @@ def parse(rendered: Rendered) -> tuple[ins.Instruction, ...]:
         errors.extend(line.problems)
         if instruction is not None and not line.problems:
             result.append(instruction)
-    raise_all(errors)
-    return tuple(result)
+    return tuple(result), errors
 
 
 def _logical_lines(rendered: Rendered) -> Iterator[Line]:

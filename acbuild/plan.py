@@ -111,6 +111,12 @@ def make_plan(
     )
 
 
+def check_instructions(instructions: Sequence[ins.Instruction]) -> list[AcbuildError]:
+    """The checks each instruction needs on its own (names, ranges, paths); for a file that
+    does not parse as a whole, whose order and stages cannot be judged."""
+    return [error for i in instructions for error in _check(i)]
+
+
 def _one_signer(body: Sequence[ins.Instruction], extra: Sequence[str]) -> list[AcbuildError]:
     """An image has one signature file, IMAGE.asc, and verification names one signer: a
     second key is a mistake to report, not a signature to drop silently."""

@@ -307,3 +307,12 @@ def test_sign_with_oci_output_fails_before_any_work(hello_context: Path, tmp_pat
     assert "error: SIGN is only supported for ACI output" in r.stderr
     assert "[1/" not in r.stderr  # no step ran
     assert not (tmp_path / "layout").exists()
+
+
+def test_parse_and_semantic_errors_are_reported_together(tmp_path: Path) -> None:
+    write_acfile(tmp_path, "BEGIN scratch\nNAME Bad_Name\nCOPPY a /a\nWORKDIR rel\n")
+    r = acbuild("build", "Acfile", cwd=tmp_path)
+    assert r.code == 1
+    places = [line.split(": error: ")[0] for line in r.stderr.splitlines() if ": error: " in line]
+    assert places == ["Acfile:2:6", "Acfile:3:1", "Acfile:4:9"]
+    assert "unknown instruction 'COPPY'" in r.stderr
