@@ -146,13 +146,26 @@ def unpack_image(
     limits: Limits = Limits(),  # noqa: B008
 ) -> ImageManifest:
     """Extract the ACI at ``path`` into ``rootfs``; returns its manifest."""
+    found = _extract(path, rootfs, "rootfs/", reporter, limits)
+    if found is None:
+        raise ImageError(f"{path}: not an ACI: it has no manifest")
+    return found
+
+
+def _extract(path: Path, rootfs: StagedRootfs, prefix: str | None,
+             reporter: Reporter | None, limits: Limits) -> ImageManifest | None:
+    """Extract the archive at ``path`` (entries under ``prefix``, or what its first entry
+    says when None) and return the manifest beside them, if the archive has one."""
     catcher = _ManifestCatcher(limits)
     with open_tar(path) as stream:
-        extract_tar(
-            stream, rootfs, prefix="rootfs/", limits=limits, reporter=reporter, on_outside=catcher
+        used = extract_tar(
+            stream, rootfs, prefix=prefix, limits=limits, reporter=reporter, on_outside=catcher
         )
     if catcher.data is None:
-        raise ImageError(f"{path}: not an ACI: it has no manifest")
+        if used and prefix is None:
+            raise ImageError(
+                f"{path}: looks like an ACI (it starts with rootfs/) but has no manifest")
+        return None
     return manifest.from_json_bytes(catcher.data)
 
 
@@ -179,16 +192,7 @@ def unpack_base(
     if stat.S_ISDIR(st.st_mode):
         copy_tree(path, rootfs, reporter=reporter, limits=limits, link=link)
         return None
-    catcher = _ManifestCatcher(limits)
-    with open_tar(path) as stream:
-        prefix = extract_tar(
-            stream, rootfs, prefix=None, limits=limits, reporter=reporter, on_outside=catcher
-        )
-    if not prefix:
-        return None
-    if catcher.data is None:
-        raise ImageError(f"{path}: looks like an ACI (it starts with rootfs/) but has no manifest")
-    return manifest.from_json_bytes(catcher.data)
+    return _extract(path, rootfs, None, reporter, limits)
 
 
 def copy_tree(
