@@ -178,29 +178,20 @@ def interrupted(project: Path, tmp_path: Path, gpgkeys: gpghelp.Keys, sig: int,
 DELAYS = (0.4, 0.55, 0.7, 0.8, 0.9)  # fractions of a whole build's time
 
 
-def test_sigint_exits_130_and_removes_temporary_files(
-    project: Path, gpgkeys: gpghelp.Keys, tmp_path: Path
+@pytest.mark.parametrize(("sig", "status", "last_words"), [
+    (signal.SIGINT, 130, "interrupted"),
+    (signal.SIGTERM, 143, "terminated"),
+], ids=["sigint", "sigterm"])
+def test_interrupt_exits_cleanly_and_removes_temporary_files(
+    project: Path, gpgkeys: gpghelp.Keys, tmp_path: Path, sig: signal.Signals, status: int,
+    last_words: str,
 ) -> None:
-    results = interrupted(project, tmp_path, gpgkeys, signal.SIGINT, DELAYS)
+    results = interrupted(project, tmp_path, gpgkeys, sig, DELAYS)
     assert any(code != 0 for _d, code, *_ in results)
     for delay, code, err, temps, work in results:
         if code == 0:
             continue  # the build won the race
-        assert code == 130, (delay, err)
+        assert code == status, (delay, err)
         assert "Traceback" not in err
-        assert err.rstrip().endswith("interrupted"), err
-        assert temps == [] and work == [], (delay, temps, work)
-
-
-def test_sigterm_exits_143_and_removes_temporary_files(
-    project: Path, gpgkeys: gpghelp.Keys, tmp_path: Path
-) -> None:
-    results = interrupted(project, tmp_path, gpgkeys, signal.SIGTERM, DELAYS)
-    assert any(code != 0 for _d, code, *_ in results)
-    for delay, code, err, temps, work in results:
-        if code == 0:
-            continue
-        assert code == 143, (delay, err)
-        assert "Traceback" not in err
-        assert err.rstrip().endswith("terminated"), err
+        assert err.rstrip().endswith(last_words), err
         assert temps == [] and work == [], (delay, temps, work)
