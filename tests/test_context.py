@@ -13,6 +13,7 @@ from acbuild.errors import BuildError, Span
 
 
 def make(root: Path, files: dict[str, str]) -> Path:
+    """A directory tree of text files (rel path -> content); test_copy uses it too."""
     for rel, text in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)

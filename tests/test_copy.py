@@ -14,14 +14,7 @@ from acbuild.errors import BuildError, Span
 from acbuild.instructions import Copy
 from acbuild.report import NullReporter
 from acbuild.staging import DeviceNode, StagedRootfs
-
-
-def make(root: Path, files: dict[str, str]) -> Path:
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root
+from tests.test_context import make
 
 
 def instr(*sources: str, dest: str, **options: object) -> Copy:
