@@ -1,6 +1,6 @@
 """Entry point for ``python -m acbuild``."""
 
-from acbuild.cli import main
+from acbuild.cli.main import main
 
 if __name__ == "__main__":
     main()

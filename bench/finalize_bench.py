@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from acbuild.finalize import write_aci
-from acbuild.staging import StagedRootfs
+from acbuild.fs.staging import StagedRootfs
+from acbuild.image.finalize import write_aci
 
 SMALL_FILES = 20_000
 DIRS = 100

@@ -11,9 +11,9 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
+    from acbuild.acfile.parse import parse_text
     from acbuild.errors import AcbuildError, ErrorGroup
-    from acbuild.parse import parse_text
-    from acbuild.plan import make_plan
+    from acbuild.plan.plan import make_plan
 
 
 def test_one_input(data: bytes) -> None:

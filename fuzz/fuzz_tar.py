@@ -13,12 +13,12 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from acbuild.aci import unpack_base
-    from acbuild.build import remove_tree
+    from acbuild.build.build import remove_tree
     from acbuild.errors import AcbuildError
-    from acbuild.extract import Limits
-    from acbuild.staging import StagedRootfs
-    from acbuild.validate import validate_image
+    from acbuild.fs.staging import StagedRootfs
+    from acbuild.image.aci import unpack_base
+    from acbuild.image.extract import Limits
+    from acbuild.image.validate import validate_image
 
 # Small limits, so a bomb among the inputs costs little and is still found.
 LIMITS = Limits(max_total_bytes=64 << 20, max_entries=10_000)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from acbuild.sandbox import sandbox_available
-from tests.busybox import BUSYBOX, busybox_available
-from tests.cli import acbuild, actool_validate
+from acbuild.sandbox.sandbox import sandbox_available
 from tests.conftest import EXAMPLES
+from tests.support.busybox import BUSYBOX, busybox_available
+from tests.support.cli import acbuild, actool_validate
 
 _reason = sandbox_available() if busybox_available() else "busybox-static is not installed"
 pytestmark = pytest.mark.skipif(_reason is not None, reason=f"no sandbox: {_reason}")

@@ -20,6 +20,6 @@ def test_every_subpackage_is_listed_for_the_wheel() -> None:
 
 
 def test_grammar_is_found_as_package_data() -> None:
-    from acbuild.parse import grammar_text
+    from acbuild.acfile.parse import grammar_text
 
     assert grammar_text() == (REPO / "grammar" / "acfile.lark").read_text()

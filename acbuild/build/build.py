@@ -1,0 +1,293 @@
+"""Build: the whole job, render -> parse -> plan -> execute -> finalize -> sign.
+
+Reads as the list of steps it is; each stage module does the work and raises AcbuildError
+with the place in the Acfile when something is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TextIO
+
+from acbuild.acfile.context import BuildContext
+from acbuild.acfile.instructions import Run
+from acbuild.acfile.parse import parse_partly
+from acbuild.acfile.render import load_variables, render
+from acbuild.build import manifest_edit
+from acbuild.build.bases import BaseLoader, pin_dependencies
+from acbuild.build.execute import ExecuteOptions, StageResult, execute, step_info
+from acbuild.cache.cache import CacheStore, ImageRecord, default_cache_dir
+from acbuild.cache.statcache import base_identity, image_key, key_plan
+from acbuild.errors import AcfileError, BuildError, raise_all
+from acbuild.fs.leftovers import owner_tag, sweep
+from acbuild.fs.staging import remove_tree
+from acbuild.image.finalize import build_epoch, write_aci
+from acbuild.image.manifest import ImageManifest, from_json_bytes, problems, to_json_bytes
+from acbuild.plan.plan import BaseRef, Plan, check_instructions, make_plan
+from acbuild.report import Reporter
+from acbuild.signals import deferred
+
+OutputFormat = Literal["aci", "oci", "oci-archive"]
+# Signs the image at the path with the key; returns the signature's path.
+Signer = Callable[[Path, str], Path]
+# Removes IMAGE.asc before IMAGE is replaced, so no stale signature survives a rebuild.
+StaleSignatureRemover = Callable[[Path], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildOptions:
+    acfile: Path
+    output: Path | None  # None: <last name segment>[-<version>].aci in the working directory
+    base_loader: BaseLoader
+    context: Path | None = None
+    variables: tuple[str, ...] = ()  # --var KEY=VALUE
+    var_files: tuple[Path, ...] = ()
+    target: str | None = None
+    compression: str = "gzip"
+    output_format: OutputFormat = "aci"
+    sign_keys: tuple[str, ...] = ()  # --sign, on top of the Acfile's SIGN
+    signer: Signer | None = None
+    remove_stale_signature: StaleSignatureRemover | None = None
+    log_file: Path | None = None
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    no_cache: bool = False
+    cache_dir: Path | None = None  # None: $XDG_CACHE_HOME/acbuild-py/build-cache
+    sign: bool = True  # False: leave SIGN for later (--check-repro signs once it compared)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildResult:
+    image_id: str
+    output: Path
+    manifest: ImageManifest
+    size: int
+    uncompressed_size: int
+    entries: int
+    signatures: tuple[Path, ...]
+    seconds: float
+
+
+def read_acfile(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise AcfileError(f"Acfile not found: {path}") from None
+    except OSError as e:
+        raise AcfileError(f"cannot read Acfile {path}: {e.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise AcfileError(f"{path}:{line}: Acfile is not valid UTF-8") from None
+
+
+def load_plan(options: BuildOptions) -> Plan:
+    """Render, parse and plan the Acfile: everything a build does before touching files."""
+    text = read_acfile(options.acfile)
+    variables = load_variables(options.variables, options.var_files)
+    rendered = render(text, file=str(options.acfile), variables=variables)
+    instructions, errors = parse_partly(rendered)
+    if errors:
+        # The lines that did parse may be wrong too: say so in the same run.
+        raise_all([*errors, *check_instructions(instructions)])
+    return make_plan(
+        instructions,
+        acfile_dir=options.acfile.parent,
+        target=options.target,
+        extra_sign_keys=options.sign_keys,
+    )
+
+
+def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
+    started = time.monotonic()
+    plan = pin_dependencies(load_plan(options), options.base_loader, reporter)
+    if plan.sign_keys and (options.signer is None or options.output_format != "aci"):
+        # Said before any work: an unsigned image where a signed one was asked for is a
+        # failure, however complete.
+        raise BuildError("SIGN is only supported for ACI output", span=plan.target.begin.span)
+    epoch = build_epoch(options.environ)
+    context = BuildContext((options.context or options.acfile.parent).resolve())
+    cache = open_cache(options)
+    with _session(cache), work_directory() as work:
+        if cache is not None:
+            plan = key_steps(plan, options, cache, context, epoch, reporter)
+        written = _cached_image(plan, options, cache, epoch, reporter)
+        if written is None:
+            written = _build_image(plan, options, cache, context, epoch, work, reporter)
+    signatures = _sign(plan, written.output, options) if options.sign else ()
+    return dataclasses.replace(written, signatures=signatures,
+                               seconds=time.monotonic() - started)
+
+
+def open_cache(options: BuildOptions) -> CacheStore | None:
+    if options.no_cache:
+        return None
+    return CacheStore(options.cache_dir or default_cache_dir(options.environ))
+
+
+@contextmanager
+def _session(cache: CacheStore | None) -> Iterator[None]:
+    if cache is None:
+        yield
+        return
+    with cache.session():
+        yield
+
+
+def key_steps(plan: Plan, options: BuildOptions, cache: CacheStore, context: BuildContext,
+              epoch: int, reporter: Reporter) -> Plan:
+    """The plan with the cache key of every step (reads the context, runs nothing)."""
+    stat_cache = cache.stat_cache(context.root)
+    loader = options.base_loader
+
+    def resolve(name: str, labels: tuple[tuple[str, str], ...]) -> Path:
+        return loader.resolve_name(name, labels, reporter)
+
+    def identity(base: BaseRef) -> str:
+        return base_identity(base, stat_cache, resolve)
+
+    keyed = key_plan(plan, context=context, epoch=epoch, identity=identity,
+                     stat_cache=stat_cache)
+    stat_cache.save()
+    return keyed
+
+
+def final_image_key(plan: Plan, options: BuildOptions, epoch: int) -> str | None:
+    if options.output_format != "aci":
+        return None  # OCI output is cached step by step only
+    return image_key(plan, compression=options.compression, output_format="aci", epoch=epoch)
+
+
+def _cached_image(plan: Plan, options: BuildOptions, cache: CacheStore | None, epoch: int,
+                  reporter: Reporter) -> BuildResult | None:
+    """The whole image from the cache, copied (and verified) to the output; None on a miss."""
+    key = final_image_key(plan, options, epoch) if cache is not None else None
+    record = cache.image(key) if cache is not None and key is not None else None
+    if cache is None or record is None:
+        return None
+    manifest = from_json_bytes(record.manifest_json)
+    output = options.output or default_output(manifest, options.output_format)
+    if options.remove_stale_signature is not None:
+        options.remove_stale_signature(output)
+    if not cache.copy_image(record, output):
+        reporter.warning(f"cache entry {record.key} is damaged; building the image again")
+        return None
+    for stage in plan.stages:
+        for step in stage.steps:
+            reporter.step_started(step_info(step, stage))
+            reporter.step_finished(step_info(step, stage), 0.0, cached=True)
+    return BuildResult(image_id=record.image_id, output=output, manifest=manifest,
+                       size=record.size, uncompressed_size=record.uncompressed_size,
+                       entries=record.entries, signatures=(), seconds=0.0)
+
+
+def _build_image(plan: Plan, options: BuildOptions, cache: CacheStore | None,
+                 context: BuildContext, epoch: int, work: Path,
+                 reporter: Reporter) -> BuildResult:
+    with _run_log(plan, options) as (log, log_path):
+        stage = execute(
+            plan,
+            options=ExecuteOptions(context=context, work_dir=work, epoch=epoch,
+                                   load_base=options.base_loader, log=log, log_path=log_path,
+                                   cache=cache),
+            reporter=reporter,
+        )
+        manifest = _final_manifest(stage, plan)
+        output = options.output or default_output(manifest, options.output_format)
+        image_id, size, uncompressed, entries = _write(
+            stage, manifest, output, options, epoch, reporter
+        )
+    key = final_image_key(plan, options, epoch) if cache is not None else None
+    if cache is not None and key is not None:
+        record = ImageRecord(key=key, image_id=image_id, size=size,
+                             uncompressed_size=uncompressed, entries=entries,
+                             manifest_json=to_json_bytes(manifest))
+        try:
+            cache.put_image(key, output, record)
+        except OSError as e:
+            reporter.warning(f"cannot store the image in the cache: {e}")
+    return BuildResult(image_id=image_id, output=output, manifest=manifest, size=size,
+                       uncompressed_size=uncompressed, entries=entries, signatures=(),
+                       seconds=0.0)
+
+
+def _final_manifest(stage: StageResult, plan: Plan) -> ImageManifest:
+    manifest = manifest_edit.finish(stage.manifest)
+    found = problems(manifest)
+    if found:
+        # The plan checks what the Acfile says; this catches what the base brought in.
+        raise BuildError(
+            "the image manifest is not valid: " + "; ".join(found), span=plan.target.begin.span
+        )
+    return manifest
+
+
+def default_output(manifest: ImageManifest, output_format: OutputFormat) -> Path:
+    stem = manifest.name.rsplit("/", 1)[-1]
+    version = next((label.value for label in manifest.labels if label.name == "version"), None)
+    if version:
+        stem = f"{stem}-{version}"
+    suffix = {"aci": ".aci", "oci": "", "oci-archive": ".oci.tar"}[output_format]
+    return Path(stem + suffix)
+
+
+def _write(
+    stage: StageResult, manifest: ImageManifest, output: Path, options: BuildOptions,
+    epoch: int, reporter: Reporter,
+) -> tuple[str, int, int, int]:
+    if options.output_format == "aci":
+        if options.remove_stale_signature is not None:
+            options.remove_stale_signature(output)
+        written = write_aci(stage.rootfs, to_json_bytes(manifest), output,
+                            compression=options.compression, epoch=epoch, reporter=reporter)
+        return written.image_id, written.size, written.uncompressed_size, written.entries
+    from acbuild.interop.export import export_oci
+
+    digest = export_oci(stage.rootfs, manifest, output,
+                        archive=options.output_format == "oci-archive", epoch=epoch,
+                        reporter=reporter)
+    return digest, 0, 0, 0
+
+
+def _sign(plan: Plan, output: Path, options: BuildOptions) -> tuple[Path, ...]:
+    if not plan.sign_keys or options.signer is None:
+        return ()
+    return tuple(options.signer(output, key) for key in plan.sign_keys)
+
+
+def default_log_path(environ: Mapping[str, str]) -> Path:
+    state = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return Path(state) / "acbuild-py" / "logs" / f"build-{stamp}-{os.getpid()}.log"
+
+
+@contextmanager
+def _run_log(plan: Plan, options: BuildOptions) -> Iterator[tuple[TextIO | None, Path | None]]:
+    """The full output of RUN steps, kept in a file whose path a failure message names."""
+    has_run = any(isinstance(s.instruction, Run) for st in plan.stages for s in st.steps)
+    if not has_run and options.log_file is None:
+        yield None, None
+        return
+    path = options.log_file or default_log_path(options.environ)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", errors="replace") as log:
+        yield log, path
+
+
+@contextmanager
+def work_directory() -> Iterator[Path]:
+    """A private directory for the stages' rootfs trees, removed however the build ends."""
+    sweep(Path(tempfile.gettempdir()), "acbuild-")  # what killed builds left behind
+    path = Path(tempfile.mkdtemp(prefix=f"acbuild-{owner_tag()}."))
+    try:
+        yield path
+    finally:
+        with deferred():  # Ctrl-C or SIGTERM now would leave half the tree behind
+            remove_tree(path)

@@ -1,0 +1,461 @@
+"""Execute stage: COPY from the build context (or another stage's rootfs) into a StagedRootfs.
+
+Every source is resolved and checked before anything is written. Context files get the modes
+git would give them (0755 or 0644) and owner 0:0; a stage's files keep their modes and owners.
+Symlinks inside a copied tree are copied verbatim; hardlinks become separate files. Every
+write goes through securepath, so a symlink in the rootfs never leads a write out of it.
+When no RUN follows, a context file the image cannot tell from its copy is hardlinked.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from acbuild.acfile.context import (
+    BuildContext,
+    glob_regex,
+    has_glob,
+    normalised_mode,
+    scan,
+    special_kind,
+)
+from acbuild.acfile.instructions import Copy
+from acbuild.errors import AcbuildError, BuildError, Span
+from acbuild.fs.securepath import ensure_dirs, relpath_in, safe_join
+from acbuild.fs.staging import DeviceNode, StagedRootfs
+from acbuild.image.users import resolve_group, resolve_user
+from acbuild.report import NullReporter, Reporter
+
+__all__ = ["copy_instruction", "normalised_mode", "parse_chown"]
+
+_CHUNK = 1 << 20
+_PROGRESS_EVERY = 8 << 20
+_MAX_ID = 2**32 - 2  # (uid_t)-1 means "unchanged" to chown
+_NODE_KINDS = {stat.S_IFCHR: "chr", stat.S_IFBLK: "blk", stat.S_IFIFO: "fifo"}
+_NODE_TYPES = {kind: fmt for fmt, kind in _NODE_KINDS.items()}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Entry:
+    """One thing to create: ``sub`` is its path below the source's place ("" for the source)."""
+
+    sub: str
+    path: Path
+    kind: str  # "dir", "file", "symlink" or "device" (devices and fifos, --from only)
+    mode: int
+    owner: tuple[int, int]
+    size: int = 0
+    device: DeviceNode | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Source:
+    name: str  # the name it gets under DIR/ ("" for a whole context: its contents go in)
+    entries: tuple[_Entry, ...]
+
+
+def copy_instruction(instr: Copy, *, context: BuildContext, rootfs: StagedRootfs,
+                     from_rootfs: StagedRootfs | None = None,
+                     reporter: Reporter | None = None, link_epoch: int | None = None) -> None:
+    """Apply one COPY to ``rootfs``.
+
+    ``link_epoch`` (only when nothing later can write into a file in place: no RUN follows)
+    lets a context file be hardlinked instead of copied when the image cannot tell the
+    difference: its own mode and owner are the ones COPY gives, it has no xattrs, no other
+    link, and an mtime not before the epoch (the finalizer clamps a copy's to the epoch).
+    """
+    reporter = reporter or NullReporter()
+    span = instr.span
+    into_dir = instr.dest.endswith("/")
+    if not into_dir and (len(instr.sources) > 1 or any(has_glob(s) for s in instr.sources)):
+        raise BuildError("COPY with several sources or a glob needs a destination ending "
+                         f"in '/', not '{instr.dest}'", span=_token_span(span, instr.dest))
+    owner = parse_chown(instr.chown, rootfs, span) if instr.chown else None
+    sources: list[_Source] = []
+    for unsafe in instr.sources:
+        at = _token_span(span, unsafe)
+        if from_rootfs is None:
+            sources.extend(_context_sources(unsafe, context, instr, owner, at))
+            continue
+        try:
+            sources.extend(_stage_sources(unsafe, from_rootfs, instr, owner, at))
+        except BuildError:
+            raise
+        except AcbuildError as e:  # securepath: a symlink loop in the stage's rootfs
+            raise BuildError(f"COPY source '{unsafe}': {e.message}", span=at) from None
+    dest = _dest_rel(instr.dest)
+    writer = _Writer(rootfs=rootfs, reporter=reporter, span=span,
+                     total=sum(e.size for s in sources for e in s.entries),
+                     link_epoch=link_epoch if from_rootfs is None else None)
+    for source in sources:
+        base = posixpath.join(dest, source.name) if into_dir else dest
+        writer.place(base, source.entries)
+    reporter.progress("copy", writer.done, writer.total)
+
+
+# -- sources -------------------------------------------------------------------------------
+
+
+def _context_sources(unsafe: str, context: BuildContext, instr: Copy,
+                     owner: tuple[int, int] | None, span: Span) -> Iterator[_Source]:
+    for source in context.resolve(unsafe, span=span):
+        st = source.path.lstat()
+        entries = [_context_entry("", source.path, st, instr, owner, unsafe, span)]
+        try:
+            for rel, sub_st in context.walk(source):
+                shown = posixpath.join(source.rel, rel)
+                entries.append(_context_entry(rel, source.path / rel, sub_st, instr, owner,
+                                              shown, span))
+        except OSError as e:
+            raise BuildError(f"COPY source '{unsafe}': {e.strerror}: '{e.filename}'",
+                             span=span) from None
+        yield _Source(name=source.name, entries=tuple(entries))
+
+
+def _context_entry(sub: str, path: Path, st: os.stat_result, instr: Copy,
+                   owner: tuple[int, int] | None, shown: str, span: Span) -> _Entry:
+    mode = normalised_mode(st.st_mode)
+    if stat.S_ISREG(st.st_mode) and instr.mode is not None:
+        mode = instr.mode
+    return _entry(sub, path, st, mode, owner or (0, 0), shown, span)
+
+
+def _stage_sources(unsafe: str, from_rootfs: StagedRootfs, instr: Copy,
+                   owner: tuple[int, int] | None, span: Span) -> Iterator[_Source]:
+    root = from_rootfs.root
+    for name, path in _stage_matches(unsafe, from_rootfs, instr.from_stage or "", span):
+        top = relpath_in(root, path)
+        try:
+            found = [("", path.lstat())] if os.path.lexists(path) else []
+            if path.is_dir() and not path.is_symlink():
+                found.extend(scan(path, ""))
+        except OSError as e:
+            raise BuildError(f"COPY source '{unsafe}': {e.strerror}", span=span) from None
+        entries = [_stage_entry(sub, path / sub if sub else path, st, from_rootfs, instr,
+                                owner, span) for sub, st in found]
+        # Devices an unprivileged stage could not make exist only as records.
+        prefix = top + "/" if top else ""
+        entries.extend(
+            _Entry(sub=rel[len(prefix):], path=root / rel, kind="device", mode=node.mode,
+                   owner=owner or from_rootfs.owners.get(rel, (0, 0)), device=node)
+            for rel, node in sorted(from_rootfs.devices.items())
+            if rel == top or rel.startswith(prefix))
+        if not entries:  # a glob matched a dangling symlink
+            raise BuildError(f"COPY source '/{top}' not found in stage '{instr.from_stage}'",
+                             span=span)
+        yield _Source(name=name, entries=tuple(e for e in entries if e is not None))
+
+
+def _stage_matches(unsafe: str, from_rootfs: StagedRootfs, stage: str,
+                   span: Span) -> list[tuple[str, Path]]:
+    """(name, path) of what ``unsafe`` names in a stage's rootfs. Symlinks, the last one
+    included, resolve inside that rootfs as they would for a program running in it."""
+    root = from_rootfs.root
+    parts = [p for p in unsafe.split("/") if p not in ("", ".")]
+    glob_at = next((i for i, p in enumerate(parts) if has_glob(p)), None)
+    if glob_at is None:
+        path = safe_join(root, unsafe, follow_final=True)
+        if not os.path.lexists(path) and relpath_in(root, path) not in from_rootfs.devices:
+            raise BuildError(f"COPY source '{unsafe}' not found in stage '{stage}'", span=span)
+        return [(posixpath.basename(posixpath.normpath("/" + unsafe)), path)]
+    base = safe_join(root, "/".join(parts[:glob_at]), follow_final=True)
+    pattern = glob_regex(parts[glob_at:])
+    depth = None if "**" in unsafe else len(parts) - glob_at
+    found = scan(base, "", depth) if base.is_dir() else iter(())
+    matches = [(posixpath.basename(rel), safe_join(root, relpath_in(root, base / rel),
+                                                   follow_final=True))
+               for rel, _ in found if pattern.fullmatch(rel)]
+    if not matches:
+        raise BuildError(f"COPY source '{unsafe}' matches nothing in stage '{stage}'", span=span)
+    return matches
+
+
+def _stage_entry(sub: str, path: Path, st: os.stat_result, from_rootfs: StagedRootfs,
+                 instr: Copy, owner: tuple[int, int] | None, span: Span) -> _Entry | None:
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISREG(st.st_mode) and instr.mode is not None:
+        mode = instr.mode
+    if owner is None:
+        owner = from_rootfs.owner(relpath_in(from_rootfs.root, path), st)
+    kind = special_kind(st.st_mode)
+    if kind == "socket":
+        return None  # an image cannot hold one (the finalizer would drop it too)
+    if kind is not None:
+        node = DeviceNode(kind=_NODE_KINDS[stat.S_IFMT(st.st_mode)], major=os.major(st.st_rdev),
+                          minor=os.minor(st.st_rdev), mode=mode)
+        return _Entry(sub=sub, path=path, kind="device", mode=mode, owner=owner, device=node)
+    return _entry(sub, path, st, mode, owner, "/" + relpath_in(from_rootfs.root, path), span)
+
+
+def _entry(sub: str, path: Path, st: os.stat_result, mode: int, owner: tuple[int, int],
+           shown: str, span: Span) -> _Entry:
+    if stat.S_ISDIR(st.st_mode):
+        kind = "dir"
+    elif stat.S_ISREG(st.st_mode):
+        kind = "file"
+    elif stat.S_ISLNK(st.st_mode):
+        kind = "symlink"
+    else:
+        # A socket or fifo in a checkout is almost always a leftover of a running program.
+        raise BuildError(f"COPY source '{shown}' is a {special_kind(st.st_mode)}; only files, "
+                         "directories and symlinks can be copied", span=span,
+                         hint=".acignore it, or leave it out of the sources")
+    return _Entry(sub=sub, path=path, kind=kind, mode=mode, owner=owner,
+                  size=st.st_size if kind == "file" else 0)
+
+
+# -- destination ---------------------------------------------------------------------------
+
+
+def _dest_rel(unsafe_dest: str) -> str:
+    """The destination as a path relative to the rootfs root ("" for the root itself)."""
+    normal = posixpath.normpath("/" + unsafe_dest)
+    return normal.lstrip("/")
+
+
+@dataclass(slots=True, kw_only=True)
+class _Writer:
+    rootfs: StagedRootfs
+    reporter: Reporter
+    span: Span
+    total: int
+    link_epoch: int | None = None
+    done: int = 0
+    _reported: int = 0
+    # target -> (path, rel) of each directory this COPY made or entered: its entries (which
+    # come parents first) are placed below it without resolving the whole path again
+    _dirs: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def place(self, base: str, entries: tuple[_Entry, ...]) -> None:
+        root = self.rootfs.root
+        parent = posixpath.dirname(base)
+        if parent:
+            self._guard(f"/{parent}", lambda: ensure_dirs(root, parent, mode=0o755,
+                                                          on_create=self._created_parent))
+        # Directories first, then what goes in them: on ext4, filling each directory right
+        # after making it costs several times more per file than making them all first.
+        for dirs in (True, False):
+            for entry in entries:
+                target = posixpath.join(base, entry.sub) if entry.sub else base
+                if target and (entry.kind == "dir") == dirs:  # the root keeps its own mode
+                    self._guard(f"/{target}", self._write, entry, target)
+
+    def _guard(self, shown: str, action: Callable[..., object], *args: object) -> None:
+        try:
+            action(*args)
+        except BuildError:
+            raise
+        except AcbuildError as e:  # securepath: a loop or a non-directory in the way
+            raise BuildError(f"COPY to '{shown}': {e.message}", span=self.span) from None
+        except OSError as e:
+            raise BuildError(f"COPY to '{shown}': {e.strerror}", span=self.span) from None
+
+    def _created_parent(self, rel: str) -> None:
+        self.rootfs.set_owner(rel, 0, 0)
+
+    def _resolve(self, target: str, *, follow_final: bool) -> tuple[str, str, int]:
+        """(path, rel, lstat mode or 0) of ``target`` inside the rootfs, as safe_join gives."""
+        parent, _, name = target.rpartition("/")
+        known = self._dirs.get(parent)
+        if known is not None:
+            path = f"{known[0]}/{name}"
+            mode = _lstat_mode(path)
+            if not (follow_final and stat.S_ISLNK(mode)):
+                return path, f"{known[1]}/{name}" if known[1] else name, mode
+        root = self.rootfs.root
+        found = safe_join(root, target, follow_final=follow_final)
+        return os.fspath(found), relpath_in(root, found), _lstat_mode(found)
+
+    def _write(self, entry: _Entry, target: str) -> None:
+        if entry.kind == "dir":
+            path, rel, mode = self._resolve(target, follow_final=True)
+            if not stat.S_ISDIR(mode):
+                path, rel, mode = self._resolve(target, follow_final=False)
+                if mode:
+                    os.unlink(path)
+                os.mkdir(path, 0o700)
+            self._dirs[target] = (path, rel)
+        else:
+            path, rel, mode = self._resolve(target, follow_final=False)
+            if stat.S_ISDIR(mode):
+                hint = "end the destination with '/' to copy into the directory"
+                raise BuildError(f"COPY cannot replace directory '/{target}' with a file",
+                                 span=self.span, hint=None if entry.sub else hint)
+            if mode:
+                os.unlink(path)
+            if entry.kind == "symlink":
+                os.symlink(os.readlink(entry.path), path)
+            elif entry.device is not None:
+                self._make_device(entry.device, rel, path)
+            elif self._linked(entry, path):
+                self._note_linked(rel, entry)
+                return
+            else:
+                self._copy_file(entry, path, rel)
+                return
+        if entry.device is None:
+            self.rootfs.devices.pop(rel, None)
+        # Owner before mode: chown clears setuid and setgid bits.
+        self.rootfs.set_owner(rel, *entry.owner)
+        if entry.kind != "symlink" and os.path.lexists(path):
+            os.chmod(path, entry.mode, follow_symlinks=False)
+
+    def _linked(self, entry: _Entry, path: str) -> bool:
+        """Hardlink a context file the image cannot tell from a copy; False: copy it."""
+        if self.link_epoch is None:
+            return False
+        try:
+            st = os.lstat(entry.path)
+            if not self._linkable(entry, st, 1) or _has_xattrs(entry.path):
+                return False
+            os.link(entry.path, path, follow_symlinks=False)
+        except OSError:
+            return False  # another filesystem, protected_hardlinks, ...: copy instead
+        now = os.lstat(path)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or not self._linkable(
+                entry, now, 2):
+            os.unlink(path)  # the source was swapped or changed meanwhile
+            return False
+        self.done += st.st_size
+        return True
+
+    def _linkable(self, entry: _Entry, st: os.stat_result, links: int) -> bool:
+        assert self.link_epoch is not None
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != links:
+            return False  # another link would make the finalizer write a tar hardlink
+        if stat.S_IMODE(st.st_mode) != entry.mode or st.st_mtime < self.link_epoch:
+            return False
+        # Without root the owner is only recorded; as root a chown would change the user's
+        # own file, so the file must already have the owner COPY gives.
+        return not self.rootfs.privileged or (st.st_uid, st.st_gid) == entry.owner
+
+    def _note_linked(self, rel: str, entry: _Entry) -> None:
+        """Records for a linked file; its inode is the user's and is never changed."""
+        self.rootfs.devices.pop(rel, None)
+        if self.rootfs.privileged:
+            self.rootfs.owners.pop(rel, None)  # the file's own owner is the one wanted
+        else:
+            self.rootfs.set_owner(rel, *entry.owner)  # only recorded, nothing on disk
+
+    def _make_device(self, node: DeviceNode, rel: str, path: str) -> None:
+        if self.rootfs.privileged:
+            os.mknod(path, _NODE_TYPES[node.kind] | node.mode, os.makedev(node.major, node.minor))
+        else:
+            # Only root can make device nodes; the finalizer writes the record into the tar.
+            self.rootfs.devices[rel] = node
+
+    def _copy_file(self, entry: _Entry, path: str, rel: str) -> None:
+        """Copy the data kernel-side, then owner and mode through the open descriptor."""
+        src = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(src)
+            if not stat.S_ISREG(st.st_mode):
+                raise BuildError(f"COPY source '{entry.path}' changed while copying",
+                                 span=self.span)
+            dst = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                          | os.O_CLOEXEC, 0o600)
+            try:
+                self._stream(src, dst, st.st_size)
+                self.rootfs.devices.pop(rel, None)
+                # Owner before mode: chown clears setuid and setgid bits.
+                if self.rootfs.privileged:
+                    os.fchown(dst, *entry.owner)
+                    self.rootfs.owners.pop(rel, None)
+                else:
+                    self.rootfs.set_owner(rel, *entry.owner)  # recorded only
+                os.fchmod(dst, entry.mode)
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+
+    def _stream(self, src: int, dst: int, size: int) -> None:
+        """``size`` bytes (what fstat saw; less if the file shrank meanwhile)."""
+        kernel = True
+        while size > 0:
+            n = 0
+            if kernel:
+                try:
+                    n = os.copy_file_range(src, dst, _CHUNK * 8)
+                except OSError as e:
+                    if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL,
+                                       errno.EOPNOTSUPP, errno.EPERM):
+                        raise
+                    kernel = False
+            if not kernel:
+                data = os.read(src, _CHUNK)
+                n = len(data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(dst, view):]
+            if n == 0:
+                return
+            size -= n
+            self.done += n
+            if self.done - self._reported >= _PROGRESS_EVERY:
+                self._reported = self.done
+                self.reporter.progress("copy", self.done, self.total)
+
+
+def _lstat_mode(path: str | Path) -> int:
+    try:
+        return os.lstat(path).st_mode
+    except FileNotFoundError:
+        return 0
+
+
+def _has_xattrs(path: Path) -> bool:
+    """Whether the file has xattrs a COPY would not carry (COPY carries none)."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return False  # a filesystem without xattrs
+    return any(name != "security.selinux" for name in names)
+
+
+# -- --chown -------------------------------------------------------------------------------
+
+
+def parse_chown(spec: str, rootfs: StagedRootfs, span: Span) -> tuple[int, int]:
+    """``uid[:gid]`` (numbers or names from the destination's /etc/passwd and /etc/group)
+    as ids. A number alone gives the same gid; a name alone, the user's primary group."""
+    at = _token_span(span, f"--chown={spec}")
+    user, sep, group = spec.partition(":")
+    if not user or (sep and not group):
+        raise BuildError(f"COPY --chown='{spec}' must be uid[:gid]", span=at)
+    try:
+        if user.isdigit():
+            uid = _check_id(int(user), spec, at)
+            gid = uid if not sep else resolve_group(rootfs.root, group)
+        else:
+            ident = resolve_user(rootfs.root, user, group if sep else None)
+            uid, gid = ident.uid, ident.gid
+    except BuildError:
+        raise
+    except AcbuildError as e:
+        raise BuildError(f"COPY --chown: {e.message}", span=at) from None
+    return uid, _check_id(gid, spec, at)
+
+
+def _check_id(value: int, spec: str, span: Span) -> int:
+    if value > _MAX_ID:
+        raise BuildError(f"COPY --chown='{spec}': id {value} is out of range", span=span)
+    return value
+
+
+def _token_span(span: Span, token: str) -> Span:
+    """``span`` moved onto ``token`` when it can be found on the source line after the
+    keyword; otherwise the instruction's own span."""
+    line = span.source_line
+    if line is None:
+        return span
+    start = line.find(token, span.column - 1 + len("COPY"))
+    if start == -1:
+        return span
+    return span.with_column(start + 1, len(token))

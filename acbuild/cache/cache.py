@@ -1,0 +1,293 @@
+"""Step cache (execute stage): the store of step results and final images, by key.
+
+``steps/<key>/`` holds meta.json (manifest, owners, devices, the digest of the tree) and, for
+rootfs steps, ``tree/``; ``images/<key>/`` a finished .aci. Entries are built in ``tmp/`` and
+renamed into place; a build holds a shared flock on ``lock``, ``prune`` an exclusive one.
+Every use verifies the stored checksum: a damaged entry is removed and rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from acbuild.cache.snapshot import KnownDigests as KnownDigests  # execute keeps them per stage
+from acbuild.cache.snapshot import copy_tree_verified
+from acbuild.cache.statcache import StatCache
+from acbuild.errors import AcbuildError
+from acbuild.fs.atomic import atomic_write
+from acbuild.fs.staging import DeviceNode, StagedRootfs, remove_tree
+
+_META = "meta.json"
+_CHUNK = 1 << 20
+_STALE_TMP = 3600.0
+
+
+class CorruptTree(AcbuildError):
+    """A cache entry does not match its checksum."""
+
+
+def default_cache_dir(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "acbuild-py" / "build-cache"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepRecord:
+    key: str
+    manifest_json: bytes
+    tree: str  # key of the entry whose tree/ holds the rootfs after this step
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageRecord:
+    key: str
+    image_id: str
+    size: int
+    uncompressed_size: int
+    entries: int
+    manifest_json: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntryInfo:
+    kind: str  # "step" or "image"
+    key: str
+    size: int
+    last_used: float
+
+
+def _hex(key: str) -> str:
+    return key.split(":", 1)[-1]
+
+
+def _seal(body: dict[str, object]) -> bytes:
+    raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return json.dumps({"body": body, "sha256": hashlib.sha256(raw).hexdigest()},
+                      sort_keys=True, separators=(",", ":")).encode()
+
+
+def _unseal(path: Path) -> dict[str, object] | None:
+    """The body of a meta.json whose checksum matches; None when missing or damaged."""
+    try:
+        doc = json.loads(path.read_bytes())
+        body = doc["body"]
+        raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        if hashlib.sha256(raw).hexdigest() == doc["sha256"] and isinstance(body, dict):
+            return body
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+class CacheStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    # -- layout and locking -----------------------------------------------------------------
+
+    def _dir(self, kind: str, key: str) -> Path:
+        return self.root / kind / _hex(key)
+
+    @contextlib.contextmanager
+    def session(self, *, exclusive: bool = False) -> Iterator[None]:
+        """Held for a whole build (shared) or a prune (exclusive)."""
+        for sub in ("steps", "images", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        with open(self.root / "lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def stat_cache(self, context: Path) -> StatCache:
+        name = hashlib.sha256(os.fsencode(context)).hexdigest()[:32]
+        return StatCache(self.root / "stat" / f"{name}.json")
+
+    def _temp(self) -> Path:
+        path = self.root / "tmp" / f"{os.getpid()}-{secrets.token_hex(6)}"
+        path.mkdir(parents=True)
+        return path
+
+    def _publish(self, temp: Path, final: Path) -> None:
+        """Rename a finished entry into place; a concurrent build that got there first wins."""
+        try:
+            os.rename(temp, final)
+        except OSError:
+            remove_tree(temp, ignore_errors=True)
+
+    def discard(self, kind: str, key: str) -> None:
+        """Take a damaged entry out of use at once (rename), then delete it."""
+        path = self._dir(kind, key)
+        trash = self.root / "tmp" / f"bad-{secrets.token_hex(6)}"
+        with contextlib.suppress(OSError):
+            os.rename(path, trash)
+            remove_tree(trash, ignore_errors=True)
+
+    def _touch(self, path: Path) -> None:
+        with contextlib.suppress(OSError):
+            os.utime(path)
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def step(self, key: str) -> StepRecord | None:
+        body = _unseal(self._dir("steps", key) / _META)
+        if body is None or body.get("kind") != "step":
+            if self._dir("steps", key).exists():
+                self.discard("steps", key)
+            return None
+        tree = str(body["tree"])
+        if tree != key and _unseal(self._dir("steps", tree) / _META) is None:
+            return None  # its tree was pruned: the step runs again
+        self._touch(self._dir("steps", key))
+        return StepRecord(key=key, manifest_json=str(body["manifest"]).encode(), tree=tree)
+
+    def put_step(self, key: str, manifest_json: bytes, *, rootfs: StagedRootfs | None,
+                 tree: str | None, link: bool, known: KnownDigests | None = None) -> None:
+        """Store a step: with ``rootfs`` a snapshot of it (hardlinked when ``link``: only
+        safe when nothing will change those files in place), else a reference to ``tree``.
+        ``known``: digests of linked files already read (used, and added to)."""
+        if self._dir("steps", key).exists():
+            return
+        temp = self._temp()
+        try:
+            body: dict[str, object] = {"kind": "step", "manifest": manifest_json.decode(),
+                                       "tree": tree or key}
+            if rootfs is not None:
+                digest, size = copy_tree_verified(
+                    rootfs.root, temp / "tree", link=link, known=known,
+                    final=self._dir("steps", key) / "tree")
+                body.update(tree=key, digest=digest, bytes=size,
+                            owners=sorted([r, u, g] for r, (u, g) in rootfs.owners.items()),
+                            devices=sorted([r, d.kind, d.major, d.minor, d.mode]
+                                           for r, d in rootfs.devices.items()))
+            (temp / _META).write_bytes(_seal(body))
+        except BaseException:
+            remove_tree(temp, ignore_errors=True)
+            raise
+        self._publish(temp, self._dir("steps", key))
+
+    def restore(self, record: StepRecord, root: Path, *, link: bool,
+                known: KnownDigests | None = None) -> StagedRootfs:
+        """The rootfs of ``record`` rebuilt at ``root`` (which must not exist); raises
+        CorruptTree (entry discarded) when the snapshot does not match its checksum.
+        ``known`` receives the digests of the files linked (every one of them is read)."""
+        body = _unseal(self._dir("steps", record.tree) / _META)
+        if body is None or "digest" not in body:
+            raise CorruptTree(f"cache entry {record.tree} is damaged")
+        try:
+            verified: KnownDigests = {}
+            digest, _ = copy_tree_verified(self._dir("steps", record.tree) / "tree", root,
+                                           link=link, known=verified)
+        except (OSError, CorruptTree):
+            digest = None
+        if digest != body["digest"]:
+            self.discard("steps", record.tree)
+            raise CorruptTree(f"cache entry {record.tree} is damaged")
+        if known is not None:
+            known.update(verified)
+        self._touch(self._dir("steps", record.tree))
+        rootfs = StagedRootfs(root=root)
+        for rel, uid, gid in body.get("owners", []):  # type: ignore[attr-defined]
+            rootfs.owners[rel] = (uid, gid)
+        for rel, kind, major, minor, mode in body.get("devices", []):  # type: ignore[attr-defined]
+            rootfs.devices[rel] = DeviceNode(kind=kind, major=major, minor=minor, mode=mode)
+        return rootfs
+
+    # -- final images -----------------------------------------------------------------------
+
+    def image(self, key: str) -> ImageRecord | None:
+        body = _unseal(self._dir("images", key) / _META)
+        if body is None:
+            return None
+        return ImageRecord(key=key, image_id=str(body["image_id"]), size=int(body["size"]),  # type: ignore[call-overload]
+                           uncompressed_size=int(body["uncompressed"]),  # type: ignore[call-overload]
+                           entries=int(body["entries"]),  # type: ignore[call-overload]
+                           manifest_json=str(body["manifest"]).encode())
+
+    def put_image(self, key: str, image: Path, record: ImageRecord) -> None:
+        if self._dir("images", key).exists():
+            return
+        temp = self._temp()
+        try:
+            digest = _copy_hashing(image, temp / "image.aci")
+            (temp / _META).write_bytes(_seal({
+                "kind": "image", "image_id": record.image_id, "size": record.size,
+                "uncompressed": record.uncompressed_size, "entries": record.entries,
+                "manifest": record.manifest_json.decode(), "sha256": digest,
+            }))
+        except BaseException:
+            remove_tree(temp, ignore_errors=True)
+            raise
+        self._publish(temp, self._dir("images", key))
+
+    def copy_image(self, record: ImageRecord, output: Path) -> bool:
+        """Copy a cached image to ``output`` atomically, verifying it on the way; False (and
+        the entry discarded, ``output`` untouched) when it is damaged."""
+        where = self._dir("images", record.key)
+        body = _unseal(where / _META)
+        if body is None:
+            return False
+        try:
+            with atomic_write(output) as out, open(where / "image.aci", "rb") as src:
+                h = hashlib.sha256()
+                while chunk := src.read(_CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+                if h.hexdigest() != body["sha256"] or out.tell() != record.size:
+                    raise CorruptTree(f"cache entry {record.key} is damaged")
+        except (CorruptTree, FileNotFoundError):
+            self.discard("images", record.key)
+            return False
+        self._touch(where)
+        return True
+
+    # -- listing and pruning ----------------------------------------------------------------
+
+    def entries(self) -> list[EntryInfo]:
+        found = []
+        for kind, sub in (("step", "steps"), ("image", "images")):
+            with contextlib.suppress(FileNotFoundError):
+                for child in os.scandir(self.root / sub):
+                    body = _unseal(Path(child.path) / _META)
+                    size = 0 if body is None else int(body.get("bytes", body.get("size", 0)))  # type: ignore[call-overload]
+                    found.append(EntryInfo(kind=kind, key="sha256:" + child.name, size=size,
+                                           last_used=child.stat().st_mtime))
+        return sorted(found, key=lambda e: e.last_used, reverse=True)
+
+    def prune(self, max_size: int) -> list[EntryInfo]:
+        """Remove least recently used entries until the rest fit in ``max_size`` bytes."""
+        with self.session(exclusive=True):
+            self._clean_tmp()
+            kept, removed, total = self.entries(), [], 0
+            for entry in kept:
+                total += entry.size
+                if total > max_size:
+                    removed.append(entry)
+            for entry in removed:
+                self.discard("steps" if entry.kind == "step" else "images", entry.key)
+            return removed
+
+    def _clean_tmp(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            for child in os.scandir(self.root / "tmp"):
+                if time.time() - child.stat(follow_symlinks=False).st_mtime > _STALE_TMP:
+                    remove_tree(Path(child.path), ignore_errors=True)
+
+
+def _copy_hashing(src: Path, dest: Path) -> str:
+    h = hashlib.sha256()
+    with open(src, "rb") as f, open(dest, "wb") as out:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            out.write(chunk)
+    return h.hexdigest()

@@ -1,0 +1,263 @@
+"""Step cache keys (execute stage): every step's key, from content digests of its inputs.
+
+A step's key hashes its parent's key, the instruction without its place in the file, and the
+inputs it reads (base identity, COPY content, RUN's epoch). File digests are remembered by
+stat: a file whose (device, inode, size, mtime, ctime) is unchanged is not read again; files
+modified in the last seconds are not remembered (git's "racy clean" problem).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import stat
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from acbuild.acfile import instructions as ins
+from acbuild.acfile.context import BuildContext, ContextSource, normalised_mode, scan
+from acbuild.errors import AcbuildError
+from acbuild.fs.atomic import atomic_write
+from acbuild.image.manifest import host_os_arch
+from acbuild.plan.plan import (
+    BaseRef,
+    DockerArchive,
+    ImageName,
+    LocalImage,
+    OciArchive,
+    OciLayout,
+    Plan,
+    Scratch,
+    Stage,
+)
+
+_RACY_NS = 3_000_000_000
+# ctime on a filesystem with sub-second times: only a writer that also resets the mtime, in
+# the same clock tick as our stat, could go unseen. Builds that hardlink a base directory
+# change its files' ctimes (link, unlink): with the 3 s window every build in the next 3 s
+# would read the whole base again.
+_FINE_RACY_NS = 100_000_000
+_VERSION = 1
+
+
+def frame(h: hashlib._Hash, *fields: bytes) -> None:
+    """Length-framed fields: no two different field lists hash the same bytes."""
+    for field in fields:
+        h.update(len(field).to_bytes(8, "big"))
+        h.update(field)
+
+
+class StatCache:
+    """Maps absolute path -> (dev, ino, size, mtime_ns, ctime_ns, sha256 hex)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._entries: dict[str, list[object]] = {}
+        self._dirty = False
+        if path is not None:
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            doc = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return  # missing or damaged: start empty, the digests are recomputed
+        if isinstance(doc, dict) and doc.get("version") == _VERSION:
+            entries = doc.get("entries")
+            if isinstance(entries, dict):
+                self._entries = entries
+
+    def file_digest(self, path: Path | str, st: os.stat_result) -> str:
+        """sha256 hex of a regular file's content."""
+        # An absolute str comes from path_digest, already normal: no abspath per file.
+        key = path if isinstance(path, str) and path[:1] == "/" else os.fsdecode(
+            os.path.abspath(path))
+        sig = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        known = self._entries.get(key)
+        if known is not None and known[:5] == sig and isinstance(known[5], str):
+            return known[5]
+        try:
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError as e:
+            raise AcbuildError(f"cannot read {path}: {e.strerror}") from None
+        now = time.time_ns()
+        ctime_window = _RACY_NS if st.st_ctime_ns % 1_000_000_000 == 0 else _FINE_RACY_NS
+        if now - st.st_mtime_ns > _RACY_NS and now - st.st_ctime_ns > ctime_window:
+            self._entries[key] = [*sig, digest]
+            self._dirty = True
+        return digest
+
+    def save(self) -> None:
+        if self.path is None or not self._dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = json.dumps({"version": _VERSION, "entries": self._entries},
+                          separators=(",", ":")).encode()
+        try:
+            with atomic_write(self.path) as f:
+                f.write(data)
+        except AcbuildError:
+            pass  # only a speed-up; the next build reads the files again
+        self._dirty = False
+
+
+def _entry(h: hashlib._Hash, cache: StatCache, rel: str, path: Path | str,
+           st: os.stat_result, *, exact: bool) -> None:
+    """One entry: ``exact`` keeps full modes and owners (a base tree), else modes are
+    normalised as COPY does and owners left out (a context)."""
+    mode = b"%o" % (stat.S_IMODE(st.st_mode) if exact else normalised_mode(st.st_mode))
+    owner = b"%d:%d" % (st.st_uid, st.st_gid) if exact else b""
+    name = os.fsencode(rel)
+    if stat.S_ISLNK(st.st_mode):
+        frame(h, b"symlink", name, os.fsencode(os.readlink(path)), owner)
+    elif stat.S_ISDIR(st.st_mode):
+        frame(h, b"dir", name, mode, owner)
+    elif stat.S_ISREG(st.st_mode):
+        frame(h, b"file", name, mode, owner, cache.file_digest(path, st).encode())
+    else:
+        frame(h, b"special", name, b"%o" % stat.S_IFMT(st.st_mode), b"%d" % st.st_rdev, owner)
+
+
+def sources_digest(context: BuildContext, sources: Sequence[ContextSource],
+                   cache: StatCache) -> str:
+    """What COPY takes from ``sources`` (as BuildContext.digest, reading only changed files):
+    paths, types, normalised modes, contents, link targets; not mtimes, owners or location."""
+    h = hashlib.sha256()
+    for source in sorted(sources, key=lambda s: s.rel):
+        frame(h, b"source", source.rel.encode())
+        _entry(h, cache, ".", source.path, source.path.lstat(), exact=False)
+        for rel, st in context.walk(source):
+            _entry(h, cache, rel, source.path / rel, st, exact=False)
+    return "sha256:" + h.hexdigest()
+
+
+def path_digest(path: Path, cache: StatCache) -> str:
+    """A base on disk: the hash of a file, or of a whole tree with exact modes and owners."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise AcbuildError(f"{path}: cannot read: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        return "sha256:" + cache.file_digest(path, st)
+    h = hashlib.sha256()
+    root = os.fsdecode(os.path.abspath(path))
+    _entry(h, cache, ".", root, st, exact=True)
+    for rel, child in scan(path, ""):
+        _entry(h, cache, rel, f"{root}/{rel}", child, exact=True)
+    return "sha256:" + h.hexdigest()
+
+
+# ---- step keys ----------------------------------------------------------------------
+
+# Bump when anything that decides a step's result changes meaning (copy rules, snapshot
+# format): old entries then simply stop matching.
+FORMAT_VERSION = b"acbuild-py step cache 1"
+
+# Turns a name and labels into the local .aci a build would use (the trust chain's resolver).
+NameResolver = Callable[[str, tuple[tuple[str, str], ...]], Path]
+
+
+def canonical(instruction: ins.Instruction) -> bytes:
+    """The instruction as canonical JSON, without span and text: reformatting the Acfile
+    (spaces, continuations, comments, line numbers) does not change it."""
+    fields = {
+        f.name: getattr(instruction, f.name)
+        for f in dataclasses.fields(instruction)
+        if f.name not in ("span", "text")
+    }
+    doc = [type(instruction).__name__, fields]
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def base_identity(base: BaseRef, stat_cache: StatCache, resolve_name: NameResolver) -> str:
+    """What a BEGIN starts from, by content: never by path or name alone."""
+    match base:
+        case Scratch():
+            return "scratch"
+        case LocalImage(path=path):
+            return "local:" + path_digest(path, stat_cache)
+        case DockerArchive(path=path, ref=ref) | OciLayout(path=path, ref=ref) | OciArchive(
+            path=path, ref=ref
+        ):
+            kind = type(base).__name__
+            return f"{kind}:{ref or ''}:" + path_digest(path, stat_cache)
+        case ImageName(name=name, labels=labels):
+            return "image:" + path_digest(resolve_name(name, labels), stat_cache)
+
+
+def _digest(*fields: bytes) -> str:
+    h = hashlib.sha256()
+    frame(h, FORMAT_VERSION, *fields)
+    return "sha256:" + h.hexdigest()
+
+
+class _Keyer:
+    def __init__(self, plan: Plan, context: BuildContext, epoch: int,
+                 identity: Callable[[BaseRef], str], stat_cache: StatCache) -> None:
+        self.plan = plan
+        self.context = context
+        self.epoch = epoch
+        self.identity = identity
+        self.stat_cache = stat_cache
+        self.last: dict[int, str | None] = {}  # stage index -> key of its last step
+
+    def inputs(self, instruction: ins.Instruction, stage: Stage) -> bytes | None:
+        """The inputs outside the chain that decide the step; None when they cannot be
+        known now (the step itself will then report the problem)."""
+        try:
+            match instruction:
+                case ins.Begin():
+                    return self.identity(stage.base).encode()
+                case ins.Copy(from_stage=str(name)):
+                    key = self.last.get(self.plan.stage_named(name).index)
+                    return None if key is None else b"stage:" + key.encode()
+                case ins.Copy(sources=sources):
+                    found = [self.context.resolve(s, span=instruction.span) for s in sources]
+                    return b"".join(
+                        sources_digest(self.context, f, self.stat_cache).encode() + b"\n"
+                        for f in found
+                    )
+                case ins.Run():
+                    return b"epoch:%d" % self.epoch
+                case _:
+                    return b""
+        except (AcbuildError, OSError, StopIteration):
+            return None
+
+    def stage(self, stage: Stage) -> Stage:
+        parent: str | None = ""
+        steps = []
+        for step in stage.steps:
+            extra = self.inputs(step.instruction, stage) if parent is not None else None
+            if parent is None or extra is None:
+                parent = None
+            else:
+                parent = _digest(parent.encode(), canonical(step.instruction), extra)
+            steps.append(dataclasses.replace(step, key=parent))
+        self.last[stage.index] = parent
+        return dataclasses.replace(stage, steps=tuple(steps))
+
+
+def key_plan(plan: Plan, *, context: BuildContext, epoch: int,
+             identity: Callable[[BaseRef], str], stat_cache: StatCache) -> Plan:
+    """The plan with every step's ``key`` filled in (None from a step whose inputs cannot
+    be read: it and the steps after it are not cached)."""
+    keyer = _Keyer(plan, context, epoch, identity, stat_cache)
+    stages = tuple(keyer.stage(s) for s in plan.stages)
+    target = next(s for s in stages if s.index == plan.target.index)
+    return dataclasses.replace(plan, stages=stages, target=target)
+
+
+def image_key(plan: Plan, *, compression: str, output_format: str, epoch: int) -> str | None:
+    """The key of the final image: the last step, the output options, the epoch the
+    finalizer clamps to and the host's os/arch (added to a manifest that names none)."""
+    last = plan.target.steps[-1].key
+    if last is None:
+        return None
+    os_name, arch = host_os_arch()
+    return _digest(b"image", last.encode(), compression.encode(), output_format.encode(),
+                   b"%d" % epoch, os_name.encode(), arch.encode())

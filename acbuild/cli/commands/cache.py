@@ -1,0 +1,51 @@
+"""The `cache` verbs: list the step cache's entries, prune it to a size (LRU)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import click
+from acbuild.cli.commands.common import Size, global_options
+
+from acbuild.cache.cache import CacheStore, default_cache_dir
+from acbuild.cli.console import human_size
+
+
+def _store(cache_dir: Path | None) -> CacheStore:
+    return CacheStore(cache_dir or default_cache_dir(os.environ))
+
+
+_cache_dir = click.option(
+    "--cache-dir", type=click.Path(path_type=Path, file_okay=False),
+    help="Step cache directory (default: $XDG_CACHE_HOME/acbuild-py/build-cache).")
+
+
+@click.group("cache")
+def command() -> None:
+    """Inspect and prune the build step cache."""
+
+
+@command.command("list")
+@_cache_dir
+@global_options
+def list_entries(cache_dir: Path | None) -> None:
+    """Entries, most recently used first: kind, key, size, last use."""
+    entries = _store(cache_dir).entries()
+    for e in entries:
+        used = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.last_used))
+        click.echo(f"{e.kind:<5} {e.key}  {human_size(e.size):>10}  {used}")
+    total = sum(e.size for e in entries)
+    click.echo(f"{len(entries)} entries, {human_size(total)}")
+
+
+@command.command("prune")
+@click.option("--max-size", type=Size(), default="0", show_default=True, metavar="SIZE",
+              help="Keep the most recently used entries that fit in SIZE (e.g. 10G).")
+@_cache_dir
+@global_options
+def prune(max_size: int, cache_dir: Path | None) -> None:
+    """Remove the least recently used entries until the cache fits in --max-size."""
+    removed = _store(cache_dir).prune(max_size)
+    click.echo(f"removed {len(removed)} entries, {human_size(sum(e.size for e in removed))}")

@@ -1,0 +1,134 @@
+"""Command helpers shared by every verb: global options and the reporter they choose.
+
+Global options are accepted before the verb and after it; both land in one CliState.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from acbuild.cli.console import close_reporter, make_reporter
+from acbuild.report import Reporter
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+PROGRESS_MODES = ("auto", "tty", "plain", "json")
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'0', '512M', '10G', '1.5GiB' -> bytes."""
+    found = _SIZE.fullmatch(text.strip())
+    if found is None:
+        raise click.BadParameter(f"{text!r} is not a size such as 500M or 10G")
+    return int(float(found.group(1)) * _UNITS[found.group(2).lower()])
+
+
+class Size(click.ParamType[int]):
+    """A byte count written as 500M, 10G or 1.5GiB."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        return value if isinstance(value, int) else parse_size(str(value))
+
+
+@dataclass(slots=True)
+class CliState:
+    debug: bool = False
+    quiet: bool = False
+    verbose: bool = False
+    progress: str = "auto"
+    made: Reporter | None = None
+
+    def reporter(self) -> Reporter:
+        """The command's one reporter. It is closed (a live display stopped) when the click
+        context ends, also on errors and ^C, so the error message is not drawn over."""
+        if self.made is None:
+            self.made = make_reporter(self.resolved_progress(), quiet=self.quiet,
+                                      verbose=self.verbose)
+            ctx = click.get_current_context(silent=True)
+            if ctx is not None:
+                made = self.made
+                ctx.find_root().call_on_close(lambda: close_reporter(made))
+        return self.made
+
+    def resolved_progress(self) -> str:
+        if self.progress != "auto":
+            return self.progress
+        if os.environ.get("CI") or not sys.stderr.isatty():
+            return "plain"
+        return "tty"
+
+
+def state(ctx: click.Context | None = None) -> CliState:
+    root = (ctx or click.get_current_context()).find_root()
+    if not isinstance(root.obj, CliState):
+        root.obj = CliState()
+    return root.obj
+
+
+def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        # Only an option actually given overrides what was said before the verb. click tells
+        # a callback neither where a value came from nor, since 8.3, the default (a sentinel):
+        # compare with CliState's own default, which each option's default equals.
+        if value != getattr(CliState(), name):
+            setattr(state(ctx), name, value)
+        return value
+
+    return callback
+
+
+def global_options(f: F) -> F:
+    """--debug, -q, -v and --progress, for the group and for every verb."""
+    opts = [
+        click.option("--debug", is_flag=True, expose_value=False, callback=_store("debug"),
+                     help="Show tracebacks for internal errors."),
+        click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_store("quiet"),
+                     help="Print only the result (e.g. the image ID)."),
+        click.option("-v", "--verbose", is_flag=True, expose_value=False,
+                     callback=_store("verbose"), help="Show debug details in the log."),
+        click.option("--progress", type=click.Choice(PROGRESS_MODES), default="auto",
+                     expose_value=False, callback=_store("progress"),
+                     help="Log style: tty (live), plain (CI), json; auto picks."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def acfile_options(f: F) -> F:
+    """What selects and feeds an Acfile (build and plan): context, variables, target stage,
+    compression (part of the image's cache key) and the cache directory."""
+    from acbuild.image.compression import COMPRESSIONS
+
+    opts = [
+        click.option("--context", type=click.Path(path_type=Path, file_okay=False, exists=True),
+                     help="Directory COPY sources are relative to (default: the Acfile's)."),
+        click.option("--var", "variables", multiple=True, metavar="KEY=VALUE",
+                     help="Template variable for the Acfile (repeatable)."),
+        click.option("--var-file", "var_files", multiple=True, metavar="FILE.toml",
+                     type=click.Path(path_type=Path, dir_okay=False),
+                     help="TOML file of variables."),
+        click.option("--target", metavar="STAGE", help="Use this stage instead of the last one."),
+        click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip",
+                     show_default=True),
+        click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
+                     help="Step cache directory "
+                          "(default: $XDG_CACHE_HOME/acbuild-py/build-cache)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f

@@ -1,0 +1,42 @@
+"""The `convert` verb: a Docker/OCI image in, ACI(s) out; image IDs on stdout, top image last."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from acbuild.cli.commands.common import global_options, state
+
+from acbuild.image.compression import COMPRESSIONS
+from acbuild.interop.convert import ConvertOptions, convert
+from acbuild.interop.oci import KINDS, detect_kind
+
+
+@click.command("convert")
+@click.argument("source", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--image", metavar="NAME[:TAG]",
+              help="Which image of INPUT to convert (a docker tag or an OCI ref name).")
+@click.option("--nosquash", is_flag=True,
+              help="One ACI per layer, linked by dependencies, instead of one squashed ACI.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="Where to write the ACI (default: REPO-TAG.aci here).")
+@click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip",
+              show_default=True)
+@click.option("--input-format", type=click.Choice(("auto", *KINDS)), default="auto",
+              show_default=True, help="What INPUT is; auto tells them apart.")
+@global_options
+def command(
+    source: Path, image: str | None, nosquash: bool, output: Path | None, compression: str,
+    input_format: str,
+) -> None:
+    """Convert a docker-archive (`docker save`), OCI layout or oci-archive INPUT to an ACI."""
+    reporter = state().reporter()
+    kind = detect_kind(source) if input_format == "auto" else input_format
+    options = ConvertOptions(kind=kind, input=source, image=image, output=output,  # type: ignore[arg-type]
+                             squash=not nosquash, compression=compression)
+    written = convert(options, reporter)
+    top = written[-1]
+    reporter.summary((("image ID", top.image_id), ("output", str(top.path)),
+                      ("images written", str(len(written)))))
+    for w in written:
+        click.echo(w.image_id)

@@ -1,0 +1,106 @@
+"""The `diff` verb: manifest and file differences between two images; exit 1 when they differ."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from acbuild.cli.commands.common import global_options, state
+
+from acbuild.cli.console import human_size, render_error
+from acbuild.errors import AcbuildError
+from acbuild.image.diff import Entry, EntryChange, ImageDiff, ManifestChange, diff_images
+
+EXIT_TROUBLE = 2  # as diff(1): 0 same, 1 different, 2 trouble
+
+
+@click.command("diff")
+@click.argument("old", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("new", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the differences as one JSON object.")
+@global_options
+def command(old: Path, new: Path, as_json: bool) -> None:
+    """Show how image NEW differs from image OLD: manifest fields, and rootfs entries added,
+    removed or changed (content, mode, owner, type, link target). Exit 0 when the images are
+    the same, 1 when they differ, 2 on trouble."""
+    try:
+        result = diff_images(old, new)
+    except AcbuildError as e:
+        click.echo(render_error(e, state().resolved_progress()), err=True)
+        sys.exit(EXIT_TROUBLE)
+    if as_json:
+        click.echo(json.dumps(as_object(result), sort_keys=True, ensure_ascii=False))
+    else:
+        for line in as_lines(result):
+            click.echo(line)
+    sys.exit(0 if result.same else 1)  # cli.main does not turn click's Exit into the status
+
+
+def as_lines(result: ImageDiff) -> list[str]:
+    lines = [_manifest_line(c) for c in result.manifest]
+    lines += [_entry_line(c) for c in result.entries]
+    return lines
+
+
+_MARK = {"added": "+", "removed": "-", "changed": "~"}
+
+
+def _manifest_line(c: ManifestChange) -> str:
+    def show(v: Any) -> str:
+        return json.dumps(v, ensure_ascii=False)
+
+    if c.change == "changed":
+        return f"~ manifest {c.path}: {show(c.old)} -> {show(c.new)}"
+    return f"{_MARK[c.change]} manifest {c.path}: {show(c.new if c.old is None else c.old)}"
+
+
+def _describe(e: Entry) -> str:
+    if e.info.kind == "file":
+        return f"file, {human_size(e.info.size)}"
+    if e.info.linkname:
+        return f"{e.info.kind} -> {e.info.linkname}"
+    return e.info.kind
+
+
+def _entry_line(c: EntryChange) -> str:
+    if c.old is None or c.new is None:
+        entry = c.new or c.old
+        assert entry is not None
+        return f"{_MARK[c.change]} {c.path} ({_describe(entry)})"
+    a, b = c.old.info, c.new.info
+    details = []
+    for what in c.what:
+        match what:
+            case "type":
+                details.append(f"type {a.kind} -> {b.kind}")
+            case "content":
+                details.append(f"content {human_size(a.size)} -> {human_size(b.size)}")
+            case "mode":
+                details.append(f"mode {a.mode:04o} -> {b.mode:04o}")
+            case "owner":
+                details.append(f"owner {a.uid}:{a.gid} -> {b.uid}:{b.gid}")
+            case "link target":
+                details.append(f"link target {a.linkname} -> {b.linkname}")
+    return f"~ {c.path}: {', '.join(details)}"
+
+
+def _entry_object(e: Entry | None) -> dict[str, Any] | None:
+    if e is None:
+        return None
+    return {"type": e.info.kind, "size": e.info.size, "mode": f"{e.info.mode:04o}",
+            "uid": e.info.uid, "gid": e.info.gid, "link": e.info.linkname or None,
+            "sha256": e.sha256}
+
+
+def as_object(result: ImageDiff) -> dict[str, Any]:
+    return {
+        "same": result.same,
+        "manifest": [{"path": c.path, "change": c.change, "old": c.old, "new": c.new}
+                     for c in result.manifest],
+        "files": [{"path": c.path, "change": c.change, "what": list(c.what),
+                   "old": _entry_object(c.old), "new": _entry_object(c.new)}
+                  for c in result.entries],
+    }

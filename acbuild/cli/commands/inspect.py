@@ -1,0 +1,70 @@
+"""The `inspect` verb: image ID, sizes, a manifest summary and the file tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from acbuild.cli.commands.common import global_options
+from rich.console import Console
+from rich.markup import escape
+from rich.tree import Tree
+
+from acbuild.cli.console import human_size
+from acbuild.image.inspect import ImageSummary, summarize
+from acbuild.image.manifest import ImageManifest
+
+
+@click.command("inspect")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--no-files", is_flag=True, help="Leave out the file tree.")
+@global_options
+def command(image: Path, no_files: bool) -> None:
+    """Show what IMAGE is: its ID, sizes, app and files."""
+    summary = summarize(image, entries=not no_files)
+    console = Console(highlight=False, soft_wrap=True, emoji=False)
+    facts = _facts(summary)
+    width = max(len(key) for key, _ in facts) + 2
+    for key, value in facts:
+        console.print(f"[bold]{escape(key.ljust(width))}[/]{escape(value)}")
+    if not no_files:
+        console.print(_tree(summary))
+
+
+def _facts(summary: ImageSummary) -> list[tuple[str, str]]:
+    m: ImageManifest = summary.manifest
+    facts = [
+        ("name", m.name),
+        ("image ID", summary.image_id),
+        ("size", f"{human_size(summary.compressed_size)} "
+                 f"({human_size(summary.uncompressed_size)} uncompressed)"),
+        ("files", f"{summary.file_count} regular, {summary.entry_count} entries in all"),
+    ]
+    facts += [(f"label {label.name}", label.value) for label in m.labels]
+    if m.app is not None:
+        facts.append(("exec", " ".join(m.app.exec) or "-"))
+        facts.append(("user:group", f"{m.app.user}:{m.app.group}"))
+        if m.app.working_directory:
+            facts.append(("working directory", m.app.working_directory))
+        facts += [(f"env {e.name}", e.value) for e in m.app.environment]
+        facts += [(f"port {p.name}", f"{p.protocol}/{p.port}") for p in m.app.ports]
+        facts += [(f"mount {mp.name}", mp.path) for mp in m.app.mount_points]
+    facts += [(f"dependency {i}", d.image_name) for i, d in enumerate(m.dependencies)]
+    facts += [(f"annotation {a.name}", a.value) for a in m.annotations]
+    return facts
+
+
+def _tree(summary: ImageSummary) -> Tree:
+    root = Tree("[bold]/[/]")
+    nodes: dict[str, Tree] = {"": root}
+    for entry in summary.entries:
+        name = entry.name.removeprefix("rootfs").strip("/")
+        if not name:
+            continue
+        parts = name.split("/")
+        parent = nodes.get("/".join(parts[:-1]), root)
+        size = "" if entry.kind == "dir" else f" [dim]{human_size(entry.size)}[/]"
+        link = f" -> {escape(entry.linkname)}" if entry.linkname else ""
+        label = escape(parts[-1]) + ("/" if entry.kind == "dir" else "") + link + size
+        nodes["/".join(parts)] = parent.add(label)
+    return root

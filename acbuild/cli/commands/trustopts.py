@@ -1,0 +1,70 @@
+"""Options shared by the verbs that fetch or verify images (build, fetch, run, verify).
+
+They become the trust chain's FetchOptions and the BaseLoader a build resolves BEGIN with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from acbuild.cli.commands.common import Size
+
+from acbuild.build.bases import BaseLoader
+from acbuild.image.tarread import Limits
+from acbuild.report import Reporter
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def trust_options(f: F) -> F:
+    opts = [
+        click.option("--trust-store", type=click.Path(path_type=Path, file_okay=False),
+                     help="Trusted keys directory (default: $ACBUILD_TRUST_STORE or "
+                          "~/.config/acbuild-py/trustedkeys)."),
+        click.option("--insecure", is_flag=True,
+                     help="Allow plain HTTP for discovery and downloads."),
+        click.option("--port", type=click.IntRange(1, 65535),
+                     help="Send discovery requests to this port of the name's host."),
+        click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False),
+                     help="Extra CA certificate for HTTPS."),
+        click.option("--insecure-skip-verify", is_flag=True,
+                     help="Accept images whose signature is missing or bad (dangerous)."),
+        click.option("--max-image-size", type=Size(), default=str(Limits().max_total_bytes),
+                     metavar="SIZE", help="Refuse base images whose content is larger "
+                     "(a bound on tar and compression bombs).  [default: 64G]"),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def base_loader(
+    *,
+    reporter: Reporter,
+    trust_store: Path | None = None,
+    insecure: bool = False,
+    port: int | None = None,
+    ca_file: Path | None = None,
+    insecure_skip_verify: bool = False,
+    max_image_size: int | None = None,
+) -> BaseLoader:
+    def resolve(name: str, labels: tuple[tuple[str, str], ...], rep: Reporter) -> Path:
+        from acbuild.distribution.fetch import FetchOptions, resolve_image
+
+        options = FetchOptions(insecure=insecure, port=port, trust_store=trust_store,
+                               skip_verify=insecure_skip_verify, ca_file=ca_file)
+        return resolve_image(name, labels, options=options, reporter=rep)
+
+    def verify(path: Path, rep: Reporter) -> None:
+        from acbuild.distribution.fetch import verify_local
+        from acbuild.trust.truststore import TrustStore
+
+        if not path.with_name(path.name + ".asc").exists():
+            return
+        verify_local(path, TrustStore.locate(trust_store), rep)
+
+    limits = Limits() if max_image_size is None else Limits(max_total_bytes=max_image_size)
+    return BaseLoader(resolve_name=resolve, verify_local=verify, limits=limits)

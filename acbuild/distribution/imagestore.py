@@ -1,0 +1,147 @@
+"""Fetch: the local image store — verified images by image ID, with an index of names and labels.
+
+``<store>/sha512-<hex>.aci`` (+ ``.asc``) and ``index.json``; every change is made under an
+fcntl lock on ``<store>/.lock`` and written atomically, so concurrent fetches store an image once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from acbuild.errors import FetchError
+from acbuild.fs.atomic import atomic_write
+
+INDEX = "index.json"
+_INDEX_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entry:
+    id: str  # sha512-<128 hex>
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    size: int
+    added: float  # seconds since the epoch
+    signed: bool  # stored with a verified signature
+
+    def matches(self, name: str, labels: tuple[tuple[str, str], ...]) -> bool:
+        mine = dict(self.labels)
+        return self.name == name and all(mine.get(k) == v for k, v in labels)
+
+
+def default_location(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    cache = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "acbuild-py" / "images"
+
+
+class ImageStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @classmethod
+    def locate(cls, explicit: Path | None = None,
+               env: Mapping[str, str] | None = None) -> ImageStore:
+        return cls(explicit if explicit is not None else default_location(env))
+
+    def aci_path(self, image_id: str) -> Path:
+        return self.root / f"{image_id}.aci"
+
+    def asc_path(self, image_id: str) -> Path:
+        return self.root / f"{image_id}.aci.asc"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".lock").open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def temp_dir(self) -> Path:
+        """A place for downloads on the store's file system, so storing is a rename."""
+        tmp = self.root / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        return tmp
+
+    def entries(self) -> tuple[Entry, ...]:
+        path = self.root / INDEX
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            return tuple(_entry(e) for e in doc["images"])
+        except FileNotFoundError:
+            return ()
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise FetchError(f"image store index {path} is unreadable: {e}",
+                             hint="remove it; images are fetched again") from None
+
+    def find(self, name: str, labels: tuple[tuple[str, str], ...]) -> Entry | None:
+        """The newest stored image with this name carrying all these labels."""
+        hits = [e for e in self.entries() if e.matches(name, labels)
+                and self.aci_path(e.id).is_file()]
+        return max(hits, key=lambda e: e.added, default=None)
+
+    def add(self, aci: Path, asc: Path | None, *, image_id: str, name: str,
+            labels: tuple[tuple[str, str], ...]) -> Entry:
+        """Move a verified download into the store (once, however many fetch it at a time)."""
+        with self.lock():
+            target = self.aci_path(image_id)
+            if target.is_file():
+                aci.unlink()
+            else:
+                os.replace(aci, target)
+            if asc is not None:
+                os.replace(asc, self.asc_path(image_id))
+            entry = Entry(id=image_id, name=name, labels=labels, size=target.stat().st_size,
+                          added=time.time(), signed=self.asc_path(image_id).is_file())
+            others = [e for e in self.entries() if e.id != image_id]
+            self._write_index([*others, entry])
+            return entry
+
+    def gc(self, *, keep: int | None = None, older_than_days: float | None = None,
+           now: float | None = None) -> tuple[Entry, ...]:
+        """Remove images beyond the ``keep`` newest of each name, or added before a cut-off."""
+        now = time.time() if now is None else now
+        with self.lock():
+            entries = sorted(self.entries(), key=lambda e: e.added, reverse=True)
+            doomed: list[Entry] = []
+            seen: dict[str, int] = {}
+            for e in entries:
+                seen[e.name] = seen.get(e.name, 0) + 1
+                too_many = keep is not None and seen[e.name] > keep
+                too_old = older_than_days is not None and e.added < now - older_than_days * 86400
+                if too_many or too_old:
+                    doomed.append(e)
+            for e in doomed:
+                self.aci_path(e.id).unlink(missing_ok=True)
+                self.asc_path(e.id).unlink(missing_ok=True)
+            self._write_index([e for e in entries if e not in doomed])
+            shutil.rmtree(self.root / "tmp", ignore_errors=True)
+            return tuple(doomed)
+
+    def _write_index(self, entries: list[Entry]) -> None:
+        doc = {"version": _INDEX_VERSION,
+               "images": [asdict(e) for e in sorted(entries, key=lambda e: (e.name, e.added))]}
+        with atomic_write(self.root / INDEX, mode=0o644) as f:
+            f.write(json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")
+
+
+def _entry(doc: dict[str, object]) -> Entry:
+    labels = doc["labels"]
+    if not isinstance(labels, list):
+        raise TypeError("labels is not a list")
+    return Entry(id=str(doc["id"]), name=str(doc["name"]),
+                 labels=tuple((str(k), str(v)) for k, v in labels),
+                 size=int(doc["size"]),  # type: ignore[call-overload] # JSON number
+                 added=float(doc["added"]),  # type: ignore[arg-type] # JSON number
+                 signed=bool(doc["signed"]))

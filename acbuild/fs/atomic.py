@@ -1,0 +1,76 @@
+"""Finalize: atomic output files, written to a temporary name and renamed into place.
+
+A reader never sees half an image, and a failed or interrupted build leaves any previous
+output untouched and no temporary file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import BinaryIO
+
+from acbuild.errors import AcbuildError
+from acbuild.fs.leftovers import owner_tag, sweep
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    # What a killed writer of the same file left behind goes first.
+    sweep(path.parent, f".{path.name}.", ".tmp")
+    for _ in range(100):
+        temp = path.with_name(f".{path.name}.{owner_tag()}.{secrets.token_hex(6)}.tmp")
+        try:
+            # 0o666 through the kernel's umask: the mode a plain open() would give
+            # (mkstemp would give 0600).
+            return os.open(temp, flags, 0o666), temp
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise AcbuildError(f"cannot write {path}: {e.strerror}") from None
+    raise AcbuildError(f"cannot write {path}: no free temporary name")  # pragma: no cover
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is only durable once the directory itself is synced.
+    with suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextmanager
+def atomic_write(path: Path, *, mode: int | None = None) -> Iterator[BinaryIO]:
+    """Yield a file in ``path``'s directory; on success fsync it and rename it to ``path``.
+
+    ``mode`` (permission bits) overrides the default ``0o666 & ~umask``. On any exception,
+    KeyboardInterrupt included, the temporary file is removed and the exception re-raised.
+    """
+    path = Path(path)
+    fd, temp = _create_temp(path)
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+            yield f
+            _commit(f, temp, path, mode)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(temp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _commit(f: BinaryIO, temp: Path, path: Path, mode: int | None) -> None:
+    """Make the data durable, then rename; errors here are about writing ``path``."""
+    try:
+        f.flush()
+        if mode is not None:
+            os.fchmod(f.fileno(), mode)
+        os.fsync(f.fileno())
+        os.replace(temp, path)
+    except OSError as e:
+        raise AcbuildError(f"cannot write {path}: {e.strerror or e}") from None

@@ -1,0 +1,61 @@
+"""Leftovers: naming temporary files and directories after the process that made them, so a
+later run can remove what a killed one (SIGKILL, power loss) could not.
+
+Only entries made on this host by a process that no longer exists are removed: a live
+build's temporary files, or another machine's on a shared directory, are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import zlib
+from pathlib import Path
+
+from acbuild.fs.staging import remove_tree
+
+
+def _host() -> str:
+    return f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def owner_tag() -> str:
+    """``<pid>-<host hash>``: who made a temporary name."""
+    return f"{os.getpid()}-{_host()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def sweep(directory: Path, prefix: str, suffix: str = "") -> list[Path]:
+    """Remove ``<prefix><pid>-<host>.<anything><suffix>`` entries in ``directory`` whose
+    process is gone; returns what was removed. Errors are ignored: this is housekeeping."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)-([0-9a-f]{8})\..*" + re.escape(suffix) + "$")
+    removed: list[Path] = []
+    host = _host()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        found = pattern.match(name)
+        if found is None or found[2] != host or _alive(int(found[1])):
+            continue
+        path = directory / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                remove_tree(path, ignore_errors=True)
+            else:
+                path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+    return removed

@@ -1,0 +1,74 @@
+"""Inspect (``acbuild-py inspect`` and ``manifest``): what an ACI holds, in one pass.
+
+The image ID is hashed from the same decompressed bytes tarfile reads, so an image is
+read once; the CLI renders the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from acbuild.errors import ImageError
+from acbuild.image import manifest
+from acbuild.image.aci import EntryInfo, entry_info, open_tar, read_member
+from acbuild.image.extract import Limits, TarSource, clean_name, members, strip_prefix
+from acbuild.image.manifest import ImageManifest
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageSummary:
+    image_id: str  # sha512-<128 hex>
+    compressed_size: int  # the file's size on disk
+    uncompressed_size: int  # the tar's size
+    entry_count: int  # entries below rootfs/, the rootfs itself excluded
+    file_count: int  # regular files (hardlinks excluded) below rootfs/
+    manifest: ImageManifest
+    entries: tuple[EntryInfo, ...] = ()  # filled by summarize(..., entries=True)
+
+
+def summarize(path: Path, *, entries: bool = False, limits: Limits = Limits()) -> ImageSummary:  # noqa: B008
+    """The facts of the ACI at ``path``; with ``entries`` also every entry below rootfs/."""
+    digest = hashlib.sha512()
+    data: bytes | None = None
+    found: list[EntryInfo] = []
+    entry_count = file_count = 0
+    with open_tar(path) as stream:
+        source = TarSource(stream, hasher=digest)
+        for member, tar in members(source, limits):
+            name = clean_name(member.name)
+            rel = strip_prefix(name, "rootfs/")
+            if name == "manifest" and member.isreg():
+                data = read_member(tar, member, limits.max_manifest, "manifest")
+            if not rel:
+                continue
+            entry_count += 1
+            file_count += member.isreg()
+            if entries:
+                found.append(entry_info(member))
+        total = source.total
+    if data is None:
+        raise ImageError(f"{path}: not an ACI: it has no manifest")
+    return ImageSummary(
+        image_id="sha512-" + digest.hexdigest(),
+        compressed_size=os.stat(path).st_size,
+        uncompressed_size=total,
+        entry_count=entry_count,
+        file_count=file_count,
+        manifest=manifest.from_json_bytes(data),
+        entries=tuple(found),
+    )
+
+
+def file_tree(path: Path) -> tuple[tuple[str, int], ...]:
+    """(path inside the image, size) for every entry below rootfs/, in archive order.
+
+    Paths are absolute as the app sees them ("/bin/sh"); directories end with "/".
+    """
+    out: list[tuple[str, int]] = []
+    for e in summarize(path, entries=True).entries:
+        rel = e.name[len("rootfs/") :]
+        out.append((f"/{rel}/" if e.kind == "dir" else f"/{rel}", e.size))
+    return tuple(out)

@@ -1,0 +1,409 @@
+"""Manifest: the AppC ImageManifest model and its stable JSON form (written and read).
+
+The AppC rules live in ``acbuild.image.manifest_rules``; their public names are re-exported here.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from acbuild.errors import ImageError
+
+# The rules moved to acbuild.image.manifest_rules; these names stay importable from here.
+from acbuild.image.manifest_rules import AC_IDENTIFIER_RULE as AC_IDENTIFIER_RULE
+from acbuild.image.manifest_rules import AC_NAME_RULE as AC_NAME_RULE
+from acbuild.image.manifest_rules import AC_VERSION as AC_VERSION
+from acbuild.image.manifest_rules import EVENTS as EVENTS
+from acbuild.image.manifest_rules import KNOWN_ISOLATORS as KNOWN_ISOLATORS
+from acbuild.image.manifest_rules import OS_ARCH as OS_ARCH
+from acbuild.image.manifest_rules import absolute_path_problem as absolute_path_problem
+from acbuild.image.manifest_rules import ac_identifier_problem as ac_identifier_problem
+from acbuild.image.manifest_rules import ac_name_problem as ac_name_problem
+from acbuild.image.manifest_rules import annotation_problem as annotation_problem
+from acbuild.image.manifest_rules import env_name_problem as env_name_problem
+from acbuild.image.manifest_rules import event_problem as event_problem
+from acbuild.image.manifest_rules import image_id_problem as image_id_problem
+from acbuild.image.manifest_rules import is_ac_identifier as is_ac_identifier
+from acbuild.image.manifest_rules import is_ac_name as is_ac_name
+from acbuild.image.manifest_rules import isolator_value_problem as isolator_value_problem
+from acbuild.image.manifest_rules import label_name_problem as label_name_problem
+from acbuild.image.manifest_rules import os_arch_problem as os_arch_problem
+from acbuild.image.manifest_rules import port_problem as port_problem
+from acbuild.image.manifest_rules import problems as problems
+from acbuild.image.manifest_rules import rfc3339_problem as rfc3339_problem
+from acbuild.image.manifest_rules import url_problem as url_problem
+from acbuild.image.manifest_rules import version_problem as version_problem
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NameValue:
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Port:
+    name: str
+    protocol: str
+    port: int
+    count: int = 1
+    socket_activated: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MountPoint:
+    name: str
+    path: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventHandler:
+    name: str
+    exec: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Isolator:
+    name: str
+    value_json: str  # canonical JSON text (sorted keys, compact) of the value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dependency:
+    image_name: str
+    image_id: str | None = None
+    labels: tuple[NameValue, ...] = ()
+    size: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class App:
+    exec: tuple[str, ...] = ()
+    user: str = "0"
+    group: str = "0"
+    supplementary_gids: tuple[int, ...] = ()
+    event_handlers: tuple[EventHandler, ...] = ()
+    working_directory: str | None = None
+    environment: tuple[NameValue, ...] = ()
+    isolators: tuple[Isolator, ...] = ()
+    mount_points: tuple[MountPoint, ...] = ()
+    ports: tuple[Port, ...] = ()
+    # Fields this model does not know (criLabels, userLabels, ...): (key, JSON text), kept as read.
+    extra: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageManifest:
+    name: str
+    labels: tuple[NameValue, ...] = ()
+    app: App | None = None
+    dependencies: tuple[Dependency, ...] = ()
+    path_whitelist: tuple[str, ...] = ()
+    annotations: tuple[NameValue, ...] = ()
+    ac_version: str = AC_VERSION
+    extra: tuple[tuple[str, str], ...] = field(default=())
+
+
+def default_manifest() -> ImageManifest:
+    """The start of a scratch build: no name yet (NAME sets it), no os/arch (finish adds them)."""
+    return ImageManifest(name="")
+
+
+_MACHINES = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "aarch64",
+    "arm64": "aarch64",
+    "i386": "i386",
+    "i486": "i386",
+    "i586": "i386",
+    "i686": "i386",
+}
+
+
+def host_os_arch() -> tuple[str, str]:
+    """The host as AppC names its os and arch (``linux``/``amd64``, ``darwin``/``x86_64``...)."""
+    os_name = platform.system().lower()
+    machine = platform.machine().lower()
+    arch = _MACHINES.get(machine, machine)
+    if os_name == "darwin" and arch == "amd64":
+        arch = "x86_64"  # AppC keeps the kernel's name for macOS
+    if os_name == "freebsd" and machine.startswith("arm"):
+        arch = "arm"
+    return os_name, arch
+
+
+# ---- JSON -----------------------------------------------------------------------------------
+
+
+def _pairs(items: Iterable[NameValue]) -> list[dict[str, str]]:
+    return [{"name": i.name, "value": i.value} for i in items]
+
+
+def _extra(obj: dict[str, Any], extra: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    for key, text in sorted(extra):
+        obj.setdefault(key, json.loads(text))
+    return obj
+
+
+def _app_obj(app: App) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    if app.exec:
+        obj["exec"] = list(app.exec)
+    obj["user"] = app.user
+    obj["group"] = app.group
+    if app.supplementary_gids:
+        obj["supplementaryGIDs"] = list(app.supplementary_gids)
+    if app.event_handlers:
+        obj["eventHandlers"] = [{"name": e.name, "exec": list(e.exec)} for e in app.event_handlers]
+    if app.working_directory:
+        obj["workingDirectory"] = app.working_directory
+    if app.environment:
+        obj["environment"] = _pairs(app.environment)
+    if app.isolators:
+        obj["isolators"] = [
+            {"name": i.name, "value": json.loads(i.value_json)} for i in app.isolators
+        ]
+    if app.mount_points:
+        obj["mountPoints"] = [_mount_obj(mp) for mp in app.mount_points]
+    if app.ports:
+        obj["ports"] = [_port_obj(p) for p in app.ports]
+    return _extra(obj, app.extra)
+
+
+def _mount_obj(mp: MountPoint) -> dict[str, Any]:
+    obj: dict[str, Any] = {"name": mp.name, "path": mp.path}
+    if mp.read_only:
+        obj["readOnly"] = True
+    return obj
+
+
+def _port_obj(p: Port) -> dict[str, Any]:
+    obj: dict[str, Any] = {"name": p.name, "protocol": p.protocol, "port": p.port, "count": p.count}
+    if p.socket_activated:
+        obj["socketActivated"] = True
+    return obj
+
+
+def _dependency_obj(d: Dependency) -> dict[str, Any]:
+    obj: dict[str, Any] = {"imageName": d.image_name}
+    if d.image_id:
+        obj["imageID"] = d.image_id
+    if d.labels:
+        obj["labels"] = _pairs(d.labels)
+    if d.size is not None:
+        obj["size"] = d.size
+    return obj
+
+
+def _manifest_obj(m: ImageManifest) -> dict[str, Any]:
+    obj: dict[str, Any] = {"acKind": "ImageManifest", "acVersion": m.ac_version, "name": m.name}
+    if m.labels:
+        obj["labels"] = _pairs(m.labels)
+    if m.app is not None:
+        obj["app"] = _app_obj(m.app)
+    if m.dependencies:
+        obj["dependencies"] = [_dependency_obj(d) for d in m.dependencies]
+    if m.path_whitelist:
+        obj["pathWhitelist"] = list(m.path_whitelist)
+    if m.annotations:
+        obj["annotations"] = _pairs(m.annotations)
+    return _extra(obj, m.extra)
+
+
+def to_json_bytes(m: ImageManifest) -> bytes:
+    """The manifest as written into an ACI: fixed field order, compact, UTF-8."""
+    text = json.dumps(_manifest_obj(m), separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8")
+
+
+def to_json_pretty(m: ImageManifest) -> str:
+    """The same document indented for people (``acbuild-py manifest``)."""
+    return json.dumps(_manifest_obj(m), indent=2, ensure_ascii=False)
+
+
+def canonical_json(value: Any) -> str:
+    """The canonical text of a JSON value: sorted keys, compact, non-ASCII kept."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def from_json_bytes(data: bytes) -> ImageManifest:
+    """Parse an image manifest; wrong JSON or wrong field types raise ImageError naming the field.
+
+    AppC rules beyond types are not enforced here (see ``problems()``), so a base image with a
+    questionable manifest can still be read and fixed.
+    """
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ImageError(f"image manifest is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ImageError("image manifest is nested too deeply") from None
+    return _read_manifest(doc)
+
+
+# ---- reading: JSON types checked field by field ---------------------------------------------
+
+
+def _bad(where: str, expected: str) -> ImageError:
+    return ImageError(f"image manifest field '{where}' must be {expected}")
+
+
+def _obj(v: Any, where: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise _bad(where, "an object")
+    return v
+
+
+def _list(v: Any, where: str) -> list[Any]:
+    if v is None:
+        return []  # Go writes nil slices as null
+    if not isinstance(v, list):
+        raise _bad(where, "a list")
+    return v
+
+
+def _str(v: Any, where: str) -> str:
+    if not isinstance(v, str):
+        raise _bad(where, "a string")
+    return v
+
+
+def _int(v: Any, where: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _bad(where, "an integer")
+    return v
+
+
+def _bool(v: Any, where: str) -> bool:
+    if not isinstance(v, bool):
+        raise _bad(where, "true or false")
+    return v
+
+
+def _strings(v: Any, where: str) -> tuple[str, ...]:
+    return tuple(_str(x, f"{where}[{i}]") for i, x in enumerate(_list(v, where)))
+
+
+def _name_values(v: Any, where: str) -> tuple[NameValue, ...]:
+    out = []
+    for i, item in enumerate(_list(v, where)):
+        o = _obj(item, f"{where}[{i}]")
+        out.append(
+            NameValue(
+                name=_str(o.get("name"), f"{where}[{i}].name"),
+                value=_str(o.get("value", ""), f"{where}[{i}].value"),
+            )
+        )
+    return tuple(out)
+
+
+def _rest(o: dict[str, Any], known: frozenset[str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, canonical_json(v)) for k, v in o.items() if k not in known))
+
+
+_MANIFEST_KEYS = frozenset(
+    {"acKind", "acVersion", "name", "labels", "app", "dependencies", "pathWhitelist", "annotations"}
+)
+_APP_KEYS = frozenset(
+    {
+        "exec",
+        "user",
+        "group",
+        "supplementaryGIDs",
+        "eventHandlers",
+        "workingDirectory",
+        "environment",
+        "isolators",
+        "mountPoints",
+        "ports",
+    }
+)
+
+
+def _read_manifest(doc: Any) -> ImageManifest:
+    o = _obj(doc, "(top level)")
+    if o.get("acKind") != "ImageManifest":
+        raise ImageError(f"image manifest has acKind {o.get('acKind')!r}, not 'ImageManifest'")
+    app = o.get("app")
+    return ImageManifest(
+        ac_version=_str(o.get("acVersion", ""), "acVersion"),
+        name=_str(o.get("name", ""), "name"),
+        labels=_name_values(o.get("labels"), "labels"),
+        app=None if app is None else _read_app(_obj(app, "app")),
+        dependencies=tuple(
+            _read_dependency(_obj(d, f"dependencies[{i}]"), f"dependencies[{i}]")
+            for i, d in enumerate(_list(o.get("dependencies"), "dependencies"))
+        ),
+        path_whitelist=_strings(o.get("pathWhitelist"), "pathWhitelist"),
+        annotations=_name_values(o.get("annotations"), "annotations"),
+        extra=_rest(o, _MANIFEST_KEYS),
+    )
+
+
+def _read_app(o: dict[str, Any]) -> App:
+    def each(key: str) -> list[tuple[str, dict[str, Any]]]:
+        items = _list(o.get(key), f"app.{key}")
+        return [(f"app.{key}[{i}]", _obj(x, f"app.{key}[{i}]")) for i, x in enumerate(items)]
+
+    wd = o.get("workingDirectory")
+    return App(
+        exec=_strings(o.get("exec"), "app.exec"),
+        user=_str(o.get("user", ""), "app.user"),
+        group=_str(o.get("group", ""), "app.group"),
+        supplementary_gids=tuple(
+            _int(g, f"app.supplementaryGIDs[{i}]")
+            for i, g in enumerate(_list(o.get("supplementaryGIDs"), "app.supplementaryGIDs"))
+        ),
+        event_handlers=tuple(
+            EventHandler(
+                name=_str(e.get("name"), f"{w}.name"), exec=_strings(e.get("exec"), f"{w}.exec")
+            )
+            for w, e in each("eventHandlers")
+        ),
+        working_directory=None if wd in (None, "") else _str(wd, "app.workingDirectory"),
+        environment=_name_values(o.get("environment"), "app.environment"),
+        isolators=tuple(
+            Isolator(
+                name=_str(i.get("name"), f"{w}.name"), value_json=canonical_json(i.get("value"))
+            )
+            for w, i in each("isolators")
+        ),
+        mount_points=tuple(
+            MountPoint(
+                name=_str(m.get("name"), f"{w}.name"),
+                path=_str(m.get("path"), f"{w}.path"),
+                read_only=_bool(m.get("readOnly", False), f"{w}.readOnly"),
+            )
+            for w, m in each("mountPoints")
+        ),
+        ports=tuple(_read_port(p, w) for w, p in each("ports")),
+        extra=_rest(o, _APP_KEYS),
+    )
+
+
+def _read_port(p: dict[str, Any], w: str) -> Port:
+    count = _int(p.get("count", 0), f"{w}.count")
+    return Port(
+        name=_str(p.get("name"), f"{w}.name"),
+        protocol=_str(p.get("protocol", ""), f"{w}.protocol"),
+        port=_int(p.get("port"), f"{w}.port"),
+        count=count or 1,  # the spec's default; Go reads a missing count as 0 and makes it 1
+        socket_activated=_bool(p.get("socketActivated", False), f"{w}.socketActivated"),
+    )
+
+
+def _read_dependency(d: dict[str, Any], w: str) -> Dependency:
+    image_id = d.get("imageID")
+    size = d.get("size")
+    return Dependency(
+        image_name=_str(d.get("imageName"), f"{w}.imageName"),
+        image_id=None if image_id in (None, "") else _str(image_id, f"{w}.imageID"),
+        labels=_name_values(d.get("labels"), f"{w}.labels"),
+        size=None if size is None else _int(size, f"{w}.size"),
+    )

@@ -1,0 +1,70 @@
+"""Users: resolving user and group names through a staged rootfs's /etc/passwd and /etc/group.
+
+Used by RUN (USER/--user), COPY --chown and `acbuild-py run`. The files are read through the
+rootfs's safe join, so a hostile image cannot point them at the host's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from acbuild.errors import AcbuildError
+from acbuild.fs.securepath import safe_join
+
+MAX_DB_BYTES = 4 << 20  # an /etc/passwd larger than this is not a real one
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Identity:
+    uid: int
+    gid: int
+    home: str = "/root"
+
+
+def _read_db(root: Path, name: str) -> list[list[str]]:
+    try:
+        path = safe_join(root, f"/etc/{name}", follow_final=True)
+        with path.open("rb") as f:
+            data = f.read(MAX_DB_BYTES)
+    except (OSError, AcbuildError):
+        return []
+    rows = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        if line and not line.startswith("#"):
+            rows.append(line.split(":"))
+    return rows
+
+
+def _number(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
+
+
+def resolve_group(root: Path, group: str) -> int:
+    """A group name or number as a gid."""
+    if (gid := _number(group)) is not None:
+        return gid
+    for row in _read_db(root, "group"):
+        if len(row) >= 3 and row[0] == group and row[2].isdigit():
+            return int(row[2])
+    raise AcbuildError(f"group '{group}' not found in the image's /etc/group")
+
+
+def resolve_user(root: Path, user: str, group: str | None = None) -> Identity:
+    """A user (name or number) and optional group as ids; the group defaults to the user's
+    primary group from /etc/passwd, else the same number as the uid."""
+    uid = _number(user)
+    gid: int | None = None
+    home = "/root" if uid == 0 else "/"
+    for row in _read_db(root, "passwd"):
+        if len(row) < 6 or not row[2].isdigit():
+            continue
+        if (uid is None and row[0] == user) or (uid is not None and int(row[2]) == uid):
+            uid, home = int(row[2]), row[5] or "/"
+            gid = _number(row[3])
+            break
+    if uid is None:
+        raise AcbuildError(f"user '{user}' not found in the image's /etc/passwd")
+    if group is not None:
+        gid = resolve_group(root, group)
+    return Identity(uid=uid, gid=uid if gid is None else gid, home=home)

@@ -1,0 +1,95 @@
+"""Plan stage: what a BEGIN argument names (scratch, a local path, an archive, an image name).
+
+``parse_base`` is pure (no I/O): it only joins paths to the Acfile's directory; the executor
+(acbuild.build.bases) opens what the reference names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from acbuild.acfile.parse_words import split_image_reference
+from acbuild.errors import AcfileError
+from acbuild.image import manifest_rules as appc
+
+# ---- base references --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scratch:
+    """An empty rootfs and a default manifest."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalImage:
+    path: Path  # an ACI, a rootfs tarball or a directory; joined to the Acfile's directory
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DockerArchive:
+    path: Path
+    ref: str | None  # NAME:TAG inside a multi-image `docker save` archive
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OciLayout:
+    path: Path
+    ref: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OciArchive:
+    path: Path
+    ref: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageName:
+    name: str
+    labels: tuple[tuple[str, str], ...]  # ":version" first as ("version", v), then ",k=v"
+
+
+BaseRef = Scratch | LocalImage | DockerArchive | OciLayout | OciArchive | ImageName
+
+
+# ---- BEGIN arguments --------------------------------------------------------------------------
+
+_PREFIXED: dict[str, type[DockerArchive | OciLayout | OciArchive]] = {
+    "docker-archive:": DockerArchive,
+    "oci:": OciLayout,
+    "oci-archive:": OciArchive,
+}
+
+
+def parse_base(text: str, acfile_dir: Path) -> BaseRef:
+    """What a BEGIN argument names. Raises AcfileError (without a span) when it names nothing."""
+    if text == "scratch":
+        return Scratch()
+    for prefix, kind in _PREFIXED.items():
+        if text.startswith(prefix):
+            # Split at the first ':' as skopeo does, so a path cannot contain ':'.
+            path, _, ref = text[len(prefix) :].partition(":")
+            if not path:
+                raise AcfileError(f"{prefix} needs a path, as in '{prefix}./image.tar'")
+            return kind(path=acfile_dir / path, ref=ref or None)
+    if text in (".", "..") or text.startswith(("/", "./", "../")):
+        return LocalImage(path=acfile_dir / text)
+    return _image_name(text)
+
+
+def _image_name(text: str) -> ImageName:
+    """An image name with its labels: parsed as DEPENDENCY parses one, then held to the AppC
+    rules (the base is fetched by that name, so a bad one cannot wait for the manifest check)."""
+    if "://" in text:
+        raise AcfileError(
+            f"{text!r} is not an image name: registry references are not supported",
+            hint="save the image (docker save) and use docker-archive:PATH",
+        )
+    name, labels = split_image_reference(text)
+    if problem := appc.ac_identifier_problem("image name", name):
+        raise AcfileError(problem)
+    for key, _ in labels:
+        if problem := appc.label_name_problem(key):
+            raise AcfileError(problem)
+    return ImageName(name=name, labels=labels)

@@ -1,0 +1,204 @@
+"""Run stage: ``acbuild-py run`` — an ACI's app started in the sandbox as its manifest says.
+
+The image (with its dependencies rendered in) is unpacked once into a cache keyed by image
+ID, atomically (a temporary directory renamed into place), and never written to again: each
+run works on a throw-away copy (``cp -a --reflink=auto``, cheap on btrfs/XFS), so whatever
+the app writes is gone when it exits. Pre-start and post-stop handlers run on the same copy.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from acbuild.distribution.imagestore import ImageStore
+from acbuild.errors import AcbuildError, SandboxError
+from acbuild.fs.staging import StagedRootfs, remove_tree
+from acbuild.image import aci, manifest
+from acbuild.image.manifest import App, ImageManifest
+from acbuild.image.users import resolve_user
+from acbuild.report import Reporter
+from acbuild.run.render_deps import LocalVerifier, Renderer
+from acbuild.sandbox.sandbox import Bind, SandboxResult, SandboxSpec, run_sandboxed
+
+Network = Literal["none", "host"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Volume:
+    """``--volume NAME:/host/path[:ro]``: what backs the image's mount point NAME."""
+
+    name: str
+    source: Path
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOptions:
+    image: Path
+    args: tuple[str, ...] = ()  # appended to the app's exec
+    volumes: tuple[Volume, ...] = ()
+    network: Network = "none"
+    stdin: bool = False
+    verify_local: LocalVerifier | None = None
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+def parse_volume(text: str) -> Volume:
+    name, sep, rest = text.partition(":")
+    read_only = False
+    for suffix, ro in ((":ro", True), (":rw", False)):
+        if rest.endswith(suffix):
+            rest, read_only = rest.removesuffix(suffix), ro
+    if not name or not sep or not rest:
+        raise SandboxError(f"invalid volume '{text}': expected NAME:/host/path[:ro]")
+    return Volume(name=name, source=Path(rest), read_only=read_only)
+
+
+def cache_root(environ: Mapping[str, str]) -> Path:
+    cache = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "acbuild-py"
+
+
+def run_image(options: RunOptions, reporter: Reporter, on_output: Callable[[str], None]) -> int:
+    """Run the image's app (pre-start handlers first, post-stop last); its exit status."""
+    if options.verify_local is not None:
+        options.verify_local(options.image, reporter)
+    cache = cache_root(options.environ)
+    rendered, image_manifest = rendered_rootfs(options, cache, reporter)
+    app = image_manifest.app or App()
+    argv = (*app.exec, *options.args)
+    if not argv:
+        raise SandboxError(f"{options.image}: the image has no app to run (no EXEC)",
+                           hint="give a command after --: acbuild-py run IMAGE -- /bin/sh")
+    with _scratch(cache) as scratch:
+        root = scratch / "rootfs"
+        _copy_tree(rendered, root)
+        base = _spec(root, image_manifest, app, options, scratch)
+        for handler in _handlers(app, "pre-start"):
+            status = _run(base, handler, on_output)
+            if status.exit_status != 0:
+                raise SandboxError(f"pre-start handler {list(handler)} failed with exit status "
+                                   f"{status.exit_status}; the app was not started")
+        try:
+            return _run(base, argv, on_output).exit_status
+        finally:
+            for handler in _handlers(app, "post-stop"):
+                status = _run(base, handler, on_output)
+                if status.exit_status != 0:
+                    reporter.warning(f"post-stop handler {list(handler)} failed with exit "
+                                     f"status {status.exit_status}")
+
+
+def rendered_rootfs(options: RunOptions, cache: Path,
+                    reporter: Reporter) -> tuple[Path, ImageManifest]:
+    """The cached, rendered rootfs of the image and its manifest; made when missing."""
+    entry = cache / "rootfs" / aci.image_id(options.image)
+    if not (entry / "manifest").is_file():
+        _render_into_cache(options, entry, reporter)
+    else:
+        reporter.info(f"using cached rootfs {entry}")
+    return entry / "rootfs", manifest.from_json_bytes((entry / "manifest").read_bytes())
+
+
+def _render_into_cache(options: RunOptions, entry: Path, reporter: Reporter) -> None:
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
+    try:
+        (temp / "rootfs").mkdir(mode=0o755)
+        renderer = Renderer(store=ImageStore.locate(env=options.environ), reporter=reporter,
+                            verify_local=options.verify_local or (lambda _p, _r: None))
+        found = renderer.render(options.image, StagedRootfs(root=temp / "rootfs"))
+        (temp / "manifest").write_bytes(manifest.to_json_bytes(found))
+        try:
+            os.rename(temp, entry)
+        except OSError:
+            if not (entry / "manifest").is_file():
+                raise
+            # Another run rendered the same image meanwhile: its copy is as good as ours.
+    finally:
+        if temp.exists():
+            remove_tree(temp)
+
+
+@contextmanager
+def _scratch(cache: Path) -> Iterator[Path]:
+    """A private directory for one run's rootfs copy (beside the cache, for reflinks)."""
+    (cache / "run").mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="run-", dir=cache / "run"))
+    try:
+        yield path
+    finally:
+        remove_tree(path)
+
+
+def _copy_tree(source: Path, dest: Path) -> None:
+    proc = subprocess.run(["cp", "-a", "--reflink=auto", "--", str(source), str(dest)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        detail = proc.stderr.strip().splitlines()[-1:] or ["cp failed"]
+        raise SandboxError(f"cannot copy the cached rootfs {source}: {detail[0]}")
+
+
+def _spec(root: Path, image: ImageManifest, app: App, options: RunOptions,
+          scratch: Path) -> SandboxSpec:
+    try:
+        identity = resolve_user(root, app.user, app.group)
+    except AcbuildError as e:
+        raise SandboxError(f"{options.image}: {e.message}") from None
+    env = {"AC_APP_NAME": image.name.rsplit("/", 1)[-1], "HOME": identity.home}
+    env.update((e.name, e.value) for e in app.environment)
+    if os.geteuid() != 0 and (identity.uid, identity.gid, app.supplementary_gids) != (0, 0, ()):
+        raise SandboxError(
+            f"the app runs as uid {identity.uid} gid {identity.gid}; only root can run it "
+            "(a rootless run has uid 0 only)", hint="run acbuild-py run as root")
+    return SandboxSpec(
+        rootfs=root, argv=("/bin/true",), env=tuple(env.items()),
+        workdir=app.working_directory or "/", uid=identity.uid, gid=identity.gid,
+        supplementary_gids=app.supplementary_gids, network=options.network,
+        hostname=_hostname(image.name), binds=_binds(app, options, scratch),
+        stdin=options.stdin,
+    )
+
+
+def _hostname(name: str) -> str:
+    last = name.rsplit("/", 1)[-1]
+    cleaned = "".join(c if c.isalnum() or c == "-" else "-" for c in last).strip("-")
+    return cleaned[:63] or "acbuild"
+
+
+def _binds(app: App, options: RunOptions, scratch: Path) -> tuple[Bind, ...]:
+    given = {v.name: v for v in options.volumes}
+    known = {mp.name for mp in app.mount_points}
+    for name in given:
+        if name not in known:
+            have = ", ".join(sorted(known)) or "none"
+            raise SandboxError(f"--volume {name}: the image has no mount point '{name}' "
+                               f"(it has: {have})")
+    binds = []
+    for mp in app.mount_points:
+        volume = given.get(mp.name)
+        if volume is None:
+            # As rkt does: a mount point nobody backs gets an empty directory of its own.
+            source = scratch / "volumes" / mp.name
+            source.mkdir(parents=True)
+            read_only = mp.read_only
+        else:
+            source, read_only = volume.source, volume.read_only or mp.read_only
+        binds.append(Bind(source=source, target=mp.path, read_only=read_only))
+    return tuple(binds)
+
+
+def _handlers(app: App, event: str) -> tuple[tuple[str, ...], ...]:
+    return tuple(h.exec for h in app.event_handlers if h.name == event)
+
+
+def _run(base: SandboxSpec, argv: tuple[str, ...],
+         on_output: Callable[[str], None]) -> SandboxResult:
+    return run_sandboxed(replace(base, argv=argv), on_output)

@@ -1,0 +1,438 @@
+"""Execute stage, sandbox: runs one program with a staged rootfs as ``/`` in fresh namespaces.
+
+Used by RUN steps and ``acbuild-py run``. Needs neither root nor systemd-nspawn: the program
+always runs in a new user namespace (as root: every id mapped to itself; as a user: only the
+caller, seen as 0), with new mount, PID, IPC, UTS and (unless network="host") network
+namespaces. The child side lives in ``sandbox_init``; this module prepares the rootfs, maps
+ids, streams output line by line, enforces the timeout and leaves nothing behind.
+
+Security choices: even as root the program is in a user namespace, so its capabilities stop
+at the namespaces we made (no mknod of host disks, no host sysctls, no module loading); its
+bounding set keeps only Docker's default capabilities (no CAP_SYS_ADMIN, so no mounting or
+unmounting); /proc is a fresh procfs with sys, sysrq-trigger, irq, bus and fs read-only; the
+old root is detached after ``pivot_root``, so there is nothing above ``/`` to climb to.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import errno
+import json
+import os
+import selectors
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from acbuild.errors import SandboxError
+from acbuild.sandbox import sandbox_init
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Longer output lines are handed on in pieces of this many characters.
+MAX_LINE = 8192
+# How long the helper gets to empty the namespace after being told to, before SIGKILL.
+KILL_GRACE = 5.0
+_INIT = Path(sandbox_init.__file__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bind:
+    """A host path made visible inside (``run --volume``)."""
+
+    source: Path
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SandboxSpec:
+    rootfs: Path
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str = "/"
+    uid: int = 0
+    gid: int = 0
+    supplementary_gids: tuple[int, ...] = ()
+    network: Literal["none", "host"] = "none"
+    timeout: float | None = None
+    hostname: str = "acbuild"
+    source_date_epoch: int = 315532800
+    binds: tuple[Bind, ...] = ()
+    stdin: bool = False  # connect the caller's stdin (for `acbuild-py run`), else /dev/null
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SandboxResult:
+    exit_status: int  # 128 + signal when killed, as a shell reports it
+    timed_out: bool
+    signal: int | None
+
+
+def sandbox_available() -> str | None:
+    """None when sandboxes can run here, else why not (user namespaces disabled, ...)."""
+    if sys.platform != "linux":
+        return "the sandbox needs Linux namespaces"
+    if os.geteuid() != 0 and _read_int("/proc/sys/kernel/unprivileged_userns_clone") == 0:
+        return "unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone=0)"
+    if _read_int("/proc/sys/user/max_user_namespaces") == 0:
+        return "user namespaces are disabled (user.max_user_namespaces=0)"
+    try:
+        _Session({"probe": True, "network": "none"}, None, lambda _: None).run()
+    except SandboxError as e:
+        return e.message
+    return None
+
+
+def run_sandboxed(spec: SandboxSpec, on_output: Callable[[str], None]) -> SandboxResult:
+    """Run ``spec.argv`` in the sandbox, handing each output line (stdout and stderr merged,
+    without the newline) to ``on_output`` as it comes."""
+    _check_spec(spec)
+    created: list[tuple[str, bool]] = []
+    try:
+        payload = _prepare(spec, created)
+        return _Session(payload, spec.timeout, on_output, stdin=spec.stdin).run()
+    finally:
+        _remove_created(spec.rootfs, created)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _check_spec(spec: SandboxSpec) -> None:
+    if not spec.argv:
+        raise SandboxError("no program to run")
+    if not spec.rootfs.is_dir():
+        raise SandboxError(f"rootfs {spec.rootfs} is not a directory")
+    if not spec.workdir.startswith("/"):
+        raise SandboxError(f"working directory '{spec.workdir}' is not an absolute path")
+    if os.geteuid() != 0 and (spec.uid, spec.gid, spec.supplementary_gids) != (0, 0, ()):
+        raise SandboxError(
+            f"rootless builds can only run programs as uid 0 and gid 0 (asked for "
+            f"uid {spec.uid}, gid {spec.gid}"
+            + (f", groups {list(spec.supplementary_gids)}" if spec.supplementary_gids else "")
+            + ")",
+            hint="run acbuild-py as root to use other users",
+        )
+    for name, value in spec.env:
+        if not name or "=" in name or "\0" in name + value:
+            raise SandboxError(f"invalid environment variable {name!r}")
+    for word in spec.argv:
+        if "\0" in word:
+            raise SandboxError(f"invalid argument {word!r}: contains a NUL byte")
+
+
+def _environment(spec: SandboxSpec) -> list[tuple[str, str]]:
+    env = {"PATH": DEFAULT_PATH, "HOME": "/root", "TZ": "UTC",
+           "SOURCE_DATE_EPOCH": str(spec.source_date_epoch)}
+    env.update(spec.env)
+    return sorted(env.items())
+
+
+def _rel(target: str) -> str:
+    """A bind target as a path relative to the rootfs; refuses climbs and the root itself."""
+    parts = [p for p in target.split("/") if p not in ("", ".")]
+    if not target.startswith("/") or ".." in parts:
+        raise SandboxError(f"volume target '{target}' must be an absolute path without '..'")
+    if not parts or parts[0] == "proc":
+        raise SandboxError(f"cannot mount a volume on '{target}'")
+    return "/".join(parts)
+
+
+def _prepare(spec: SandboxSpec, created: list[tuple[str, bool]]) -> dict[str, Any]:
+    """Make the mount points the image lacks (recorded in ``created`` for removal) and
+    return what the helper needs."""
+    root_fd = os.open(spec.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in ("proc", "dev", "tmp"):
+            _make(root_fd, name, "dir", created)
+        host_files = _prepare_host_files(root_fd, created) if spec.network == "host" else []
+        binds = [_prepare_bind(root_fd, b, created) for b in spec.binds]
+    finally:
+        os.close(root_fd)
+    return {
+        "rootfs": str(spec.rootfs.resolve()), "argv": list(spec.argv),
+        "env": _environment(spec), "workdir": spec.workdir, "uid": spec.uid, "gid": spec.gid,
+        "groups": list(spec.supplementary_gids), "set_groups": os.geteuid() == 0,
+        "network": spec.network, "hostname": spec.hostname, "host_files": host_files,
+        "binds": binds,
+    }
+
+
+def _make(root_fd: int, rel: str, kind: str, created: list[tuple[str, bool]]) -> None:
+    try:
+        os.close(sandbox_init.open_beneath(root_fd, rel, kind=kind, create=True,
+                                           created=created))
+    except OSError as e:
+        raise SandboxError(f"cannot prepare mount point /{rel}: {e.strerror or e}") from None
+
+
+def _prepare_host_files(root_fd: int, created: list[tuple[str, bool]]) -> list[str]:
+    """resolv.conf and hosts for network="host": bound read-only over the image's own regular
+    file (its content stays untouched) or over an empty one made for the purpose; an image
+    whose file is a symlink keeps it as it is."""
+    names = []
+    for name in sandbox_init.HOST_FILES:
+        if not os.path.isfile(f"/etc/{name}"):
+            continue
+        try:
+            os.close(sandbox_init.open_beneath(root_fd, f"etc/{name}", kind="file",
+                                               create=True, created=created))
+        except OSError:
+            continue
+        names.append(name)
+    return names
+
+
+def _prepare_bind(root_fd: int, bind: Bind, created: list[tuple[str, bool]]) -> dict[str, Any]:
+    try:
+        kind = "dir" if stat.S_ISDIR(os.stat(bind.source).st_mode) else "file"
+    except OSError as e:
+        raise SandboxError(f"volume source {bind.source}: {e.strerror}") from None
+    rel = _rel(bind.target)
+    # Below /tmp or /dev the mount point is made inside the tmpfs, never on disk.
+    in_tmpfs = rel.split("/")[0] in ("tmp", "dev") and "/" in rel
+    if not in_tmpfs:
+        _make(root_fd, rel, kind, created)
+    return {"source": str(bind.source.resolve()), "target": rel, "kind": kind,
+            "create": in_tmpfs, "read_only": bind.read_only}
+
+
+def _remove_created(rootfs: Path, created: list[tuple[str, bool]]) -> None:
+    """Remove the mount points we made, newest first, if they are still empty: what the
+    program put there (in a directory it created through a volume, say) stays."""
+    try:
+        root_fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        for rel, is_dir in reversed(created):
+            parent, _, name = rel.rpartition("/")
+            try:
+                fd = sandbox_init.open_beneath(root_fd, parent, kind="dir") if parent else \
+                    os.dup(root_fd)
+            except OSError:
+                continue
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if is_dir and stat.S_ISDIR(st.st_mode):
+                    os.rmdir(name, dir_fd=fd)
+                elif not is_dir and stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                    os.unlink(name, dir_fd=fd)
+            except OSError:
+                pass  # not empty, or gone: the program's doing, left as it is
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root_fd)
+
+
+class _Lines:
+    """Turns a byte stream into lines: UTF-8 with replacement, long lines cut in pieces."""
+
+    def __init__(self, emit: Callable[[str], None]):
+        self._emit = emit
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._pending = ""
+
+    def feed(self, data: bytes, *, final: bool = False) -> None:
+        text = self._pending + self._decoder.decode(data, final)
+        *lines, self._pending = text.split("\n")
+        for line in lines:
+            self._emit_line(line.removesuffix("\r"))
+        while len(self._pending) >= MAX_LINE:
+            self._emit(self._pending[:MAX_LINE])
+            self._pending = self._pending[MAX_LINE:]
+        if final and self._pending:
+            self._emit_line(self._pending)
+            self._pending = ""
+
+    def _emit_line(self, line: str) -> None:
+        for start in range(0, max(len(line), 1), MAX_LINE):
+            self._emit(line[start:start + MAX_LINE])
+
+
+class _Session:
+    """One run of the helper: the protocol of sandbox_init, output, timeout, teardown."""
+
+    def __init__(self, payload: dict[str, Any], timeout: float | None,
+                 on_output: Callable[[str], None], *, stdin: bool = False):
+        self._payload = payload
+        self._timeout = timeout
+        self._lines = _Lines(on_output)
+        self._stdin = stdin
+        self._messages: dict[str, Any] = {}
+        self._report = b""
+        self._ctl_w = -1
+
+    def run(self) -> SandboxResult:
+        ctl_r, self._ctl_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        out_r, out_w = os.pipe()
+        with tempfile.TemporaryFile() as errors:
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-I", "-S", str(_INIT), str(ctl_r), str(rep_w),
+                     str(os.getpid())],
+                    stdin=None if self._stdin else subprocess.DEVNULL, stdout=out_w,
+                    stderr=errors, pass_fds=(ctl_r, rep_w), start_new_session=True, env={},
+                )
+            except BaseException as e:
+                for fd in (rep_r, out_r, self._ctl_w):
+                    os.close(fd)  # a helper that did start reads EOF and exits
+                if isinstance(e, OSError):
+                    raise SandboxError(f"cannot start the sandbox helper {sys.executable}: "
+                                       f"{e.strerror}") from None
+                raise
+            finally:
+                for fd in (ctl_r, rep_w, out_w):
+                    os.close(fd)
+            try:
+                timed_out = self._communicate(proc, out_r, rep_r)
+            except BaseException:
+                _stop(proc)  # Ctrl-C, a failing callback ...: empty the namespace, then raise
+                raise
+            finally:
+                for fd in (out_r, rep_r, self._ctl_w):
+                    if fd >= 0:
+                        os.close(fd)
+            return self._result(proc, timed_out, errors)
+
+    def _communicate(self, proc: subprocess.Popen[bytes], out_r: int, rep_r: int) -> bool:
+        """Stream until the helper is done; True when the timeout killed the namespace."""
+        self._tell(json.dumps(self._payload).encode() + b"\n")
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        killed_at: float | None = None
+        with selectors.DefaultSelector() as sel:
+            sel.register(out_r, selectors.EVENT_READ)
+            sel.register(rep_r, selectors.EVENT_READ)
+            while sel.get_map():
+                now = time.monotonic()
+                if killed_at is not None:
+                    wait: float | None = max(0.0, killed_at + KILL_GRACE - now)
+                elif deadline is not None and "exit" not in self._messages:
+                    wait = max(0.0, deadline - now)
+                else:
+                    wait = None
+                events = sel.select(wait)
+                if not events and killed_at is None and wait is not None:
+                    proc.send_signal(signal.SIGTERM)  # the helper kills PID 1, so all of it
+                    killed_at = time.monotonic()
+                elif not events and killed_at is not None:
+                    proc.kill()  # helper unresponsive; PDEATHSIG takes the namespace down
+                for key, _ in events:
+                    self._read(key.fd, out_r, sel, proc.pid)
+        proc.wait()
+        return killed_at is not None and not self._status_known()
+
+    def _read(self, fd: int, out_r: int, sel: selectors.BaseSelector, pid: int) -> None:
+        data = os.read(fd, 65536)
+        if not data:
+            sel.unregister(fd)
+        if fd == out_r:
+            self._lines.feed(data, final=not data)
+            return
+        self._report += data
+        *complete, self._report = self._report.split(b"\n")
+        for line in complete:
+            message = json.loads(line)
+            if message.get("unshared"):
+                _map_ids(pid)
+                self._tell(b"go\n")
+                os.close(self._ctl_w)
+                self._ctl_w = -1
+            self._messages.update(message)
+
+    def _tell(self, data: bytes) -> None:
+        view = memoryview(data)
+        # A broken pipe means the helper is gone; its stderr tells why once it is reaped.
+        with contextlib.suppress(BrokenPipeError):
+            while view:
+                view = view[os.write(self._ctl_w, view):]
+
+    def _status_known(self) -> bool:
+        return "exit" in self._messages or "signal" in self._messages
+
+    def _result(self, proc: subprocess.Popen[bytes], timed_out: bool,
+                errors: IO[bytes]) -> SandboxResult:
+        m = self._messages
+        if "error" in m:
+            raise SandboxError(f"cannot set up the sandbox: {m['error']}")
+        if "exec_error" in m:
+            raise SandboxError(_exec_message(self._payload, m["exec_error"]))
+        if "signal" in m:
+            return SandboxResult(exit_status=128 + m["signal"], timed_out=False,
+                                 signal=m["signal"])
+        if "exit" in m:
+            return SandboxResult(exit_status=m["exit"], timed_out=False, signal=None)
+        if timed_out:
+            return SandboxResult(exit_status=128 + int(signal.SIGKILL), timed_out=True,
+                                 signal=int(signal.SIGKILL))
+        errors.seek(0)
+        tail = errors.read()[-2000:].decode(errors="replace").strip().splitlines()
+        detail = f": {tail[-1]}" if tail else ""
+        raise SandboxError(f"the sandbox helper failed (status {proc.returncode}){detail}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(KILL_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait()
+
+
+def _map_ids(pid: int) -> None:
+    """As root every id maps to itself (files keep their true owners); as a user only the
+    caller exists inside, as 0, and setgroups is denied as the kernel requires."""
+    uid, gid = os.geteuid(), os.getegid()
+    if uid == 0:
+        writes = [("uid_map", "0 0 4294967295"), ("gid_map", "0 0 4294967295")]
+    else:
+        writes = [("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")]
+    for name, text in writes:
+        try:
+            fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, text.encode())  # the kernel wants the whole map in one write
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise SandboxError(f"cannot map user ids into the sandbox ({name}): "
+                               f"{e.strerror}") from None
+
+
+def _exec_message(payload: dict[str, Any], failure: dict[str, Any]) -> str:
+    program, workdir = payload["argv"][0], payload["workdir"]
+    stage, err, text = failure["stage"], failure["errno"], failure["message"]
+    if stage == "workdir":
+        if err in (errno.ENOTDIR, errno.EEXIST):
+            return f"working directory '{workdir}' is not a directory in the image"
+        return f"cannot enter working directory '{workdir}': {text}"
+    if stage == "identity":
+        return f"cannot run as uid {payload['uid']} gid {payload['gid']}: {text}"
+    if stage != "exec":
+        return f"cannot start program '{program}': {text}"
+    if err == errno.ENOENT and failure["exists"]:
+        return (f"program '{program}' could not be started: its interpreter or dynamic "
+                "loader is missing from the image")
+    if err in (errno.ENOENT, errno.ENOTDIR):
+        return f"program '{program}' not found in the image"
+    if err == errno.EACCES:
+        return f"program '{program}' is not executable (permission denied)"
+    if err == errno.ENOEXEC:
+        return f"program '{program}' is not in an executable format this machine runs"
+    return f"program '{program}' could not be started: {text}"

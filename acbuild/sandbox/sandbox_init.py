@@ -1,0 +1,439 @@
+"""Execute stage, sandbox child side: enters fresh namespaces, becomes PID 1, runs a program.
+
+Started by ``sandbox.py`` as ``python -I -S sandbox_init.py CTL_FD REPORT_FD PARENT_PID``.
+It imports only the standard library, and imports everything before ``pivot_root``: after it,
+nothing of the host's Python installation is reachable.
+
+Processes: S (this script) unshares user, mount, PID, IPC, UTS (and network) namespaces and
+waits for the parent to write its uid/gid maps; it forks I, PID 1 of the new PID namespace,
+which mounts /proc, /dev, /tmp and binds, pivots into the rootfs and forks C, the program. I
+reaps every process and exits when C does: the kernel then kills whatever is left in the
+namespace, and S's ``waitpid(I)`` returns only once the namespace is empty. S and I die with
+their parents (PR_SET_PDEATHSIG), so the sandbox never outlives the build.
+
+Messages to the parent are JSON lines on REPORT_FD: ``{"unshared": true}``, ``{"error": str}``,
+``{"exec_error": {...}}``, ``{"exit": n}`` or ``{"signal": n}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import platform
+import select
+import signal
+import socket
+import stat
+import struct
+import sys
+from typing import Any, BinaryIO
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MS_RELATIME = 0x200000
+MS_STRICTATIME = 0x1000000
+MNT_DETACH = 0x2
+
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+
+# pivot_root(2) has no libc wrapper; its syscall number differs per architecture.
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+
+# Docker's default capability set: what a build step run as root usually needs (chown,
+# setuid, binding low ports ...). Everything else, CAP_SYS_ADMIN first, leaves the
+# bounding set, so the program can neither remount /proc/sys read-write nor undo a mount.
+KEPT_CAPS = frozenset({0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31})
+
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+# Parts of the fresh procfs that reach beyond the namespaces; read-only, as in Docker.
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
+HOST_FILES = ("resolv.conf", "hosts")
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int,
+           data: str | None = None) -> None:
+    def enc(value: str | None) -> bytes | None:
+        return None if value is None else os.fsencode(value)
+
+    _check(_LIBC.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags),
+                       enc(data)), f"mount {target}")
+
+
+def _prctl(option: int, arg: int) -> None:
+    _check(_LIBC.prctl(option, ctypes.c_ulong(arg), 0, 0, 0), "prctl")
+
+
+def open_beneath(root_fd: int, rel: str, *, kind: str, create: bool = False,
+                 created: list[tuple[str, bool]] | None = None) -> int:
+    """An O_PATH descriptor for ``rel`` below ``root_fd``, refusing every symlink on the way,
+    so a hostile image cannot turn a mount point into a way out. ``kind`` is "dir" or "file";
+    with ``create``, missing components are made and appended to ``created`` as (rel, is_dir).
+    """
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise OSError(errno.EINVAL, f"invalid path /{rel}")
+    fd = os.dup(root_fd)
+    try:
+        for i, name in enumerate(parts):
+            last = i == len(parts) - 1
+            want_dir = not last or kind == "dir"
+            child = _open_component(fd, name, want_dir, "/" + "/".join(parts[: i + 1]),
+                                    create, created)
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_component(fd: int, name: str, want_dir: bool, shown: str, create: bool,
+                    created: list[tuple[str, bool]] | None) -> int:
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        child = os.open(name, flags, dir_fd=fd)
+    except FileNotFoundError:
+        if not create:
+            raise OSError(errno.ENOENT, f"{shown} does not exist in the image") from None
+        if want_dir:
+            os.mkdir(name, 0o755, dir_fd=fd)
+        else:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644,
+                             dir_fd=fd))
+        if created is not None:
+            created.append((shown.lstrip("/"), want_dir))
+        child = os.open(name, flags, dir_fd=fd)
+    mode = os.fstat(child).st_mode
+    if stat.S_ISDIR(mode) != want_dir or not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        os.close(child)
+        what = "a directory" if want_dir else "a regular file"
+        raise OSError(errno.ENOTDIR, f"{shown} in the image is not {what} (a symlink?)")
+    return child
+
+
+def _fd_path(fd: int) -> str:
+    # Mounting onto the magic link mounts onto what the descriptor names, with no new lookup.
+    return f"/proc/self/fd/{fd}"
+
+
+def _remount_read_only(path: str) -> None:
+    # A bind remount must repeat the flags the kernel locked on the mount (nosuid, atime ...)
+    # or it fails with EPERM inside a user namespace; statvfs tells which ones are set.
+    have = os.statvfs(path).f_flag
+    flags = MS_BIND | MS_REMOUNT | MS_RDONLY
+    for st_flag, ms_flag in ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV),
+                             (os.ST_NOEXEC, MS_NOEXEC), (os.ST_NOATIME, MS_NOATIME),
+                             (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME)):
+        if have & st_flag:
+            flags |= ms_flag
+    _mount(None, path, None, flags)
+
+
+def _mount_proc(root: str, root_fd: int) -> None:
+    fd = open_beneath(root_fd, "proc", kind="dir")
+    try:
+        _mount("proc", _fd_path(fd), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    finally:
+        os.close(fd)
+    for name in PROC_READ_ONLY:
+        path = os.path.join(root, "proc", name)
+        if os.path.exists(path):
+            _mount(path, path, None, MS_BIND | MS_REC)
+            _remount_read_only(path)
+
+
+def _mount_dev(root: str, root_fd: int) -> None:
+    fd = open_beneath(root_fd, "dev", kind="dir")
+    try:
+        _mount("tmpfs", _fd_path(fd), "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=1m")
+    finally:
+        os.close(fd)
+    dev = os.path.join(root, "dev")  # a fresh tmpfs now: nothing of the image in it
+    # Binding the host's nodes, not mknod: a user namespace may not create devices.
+    for name in DEVICES:
+        if os.path.exists(f"/dev/{name}"):
+            os.close(os.open(f"{dev}/{name}", os.O_WRONLY | os.O_CREAT, 0o666))
+            _mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+                         ("ptmx", "pts/ptmx")):
+        os.symlink(target, f"{dev}/{name}")
+    os.mkdir(f"{dev}/shm", 0o1777)
+    _mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777")
+    os.mkdir(f"{dev}/pts", 0o755)
+    with contextlib.suppress(OSError):  # pseudo-terminals are optional for a build step
+        _mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+               "newinstance,ptmxmode=0666,mode=0620")
+
+
+def _mount_tmp(root_fd: int) -> None:
+    fd = open_beneath(root_fd, "tmp", kind="dir")
+    try:
+        _mount("tmpfs", _fd_path(fd), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    finally:
+        os.close(fd)
+
+
+def _bind(source: str, root_fd: int, rel: str, *, kind: str, create: bool,
+          read_only: bool) -> None:
+    fd = open_beneath(root_fd, rel, kind=kind, create=create)
+    try:
+        target = _fd_path(fd)
+        _mount(source, target, None, MS_BIND | MS_REC)
+    finally:
+        os.close(fd)
+    if read_only:
+        # Re-open: the new mount now sits on top of the path.
+        fd = open_beneath(root_fd, rel, kind=kind)
+        try:
+            _remount_read_only(_fd_path(fd))
+        finally:
+            os.close(fd)
+
+
+def _setup_root(spec: dict[str, Any]) -> None:
+    root = spec["rootfs"]
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount may reach the host
+    _mount(root, root, None, MS_BIND | MS_REC)  # pivot_root needs a mount point
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _mount_proc(root, root_fd)
+        _mount_dev(root, root_fd)
+        _mount_tmp(root_fd)
+        for name in spec["host_files"]:
+            _bind(f"/etc/{name}", root_fd, f"etc/{name}", kind="file", create=False,
+                  read_only=True)
+        for b in spec["binds"]:
+            _bind(b["source"], root_fd, b["target"], kind=b["kind"], create=b["create"],
+                  read_only=b["read_only"])
+    finally:
+        os.close(root_fd)
+    os.chdir(root)
+    _pivot_root()
+
+
+def _pivot_root() -> None:
+    number = SYS_PIVOT_ROOT[platform.machine()]
+    # pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves
+    # the rootfs as the only tree in the namespace, with nothing above it to climb to.
+    _check(_LIBC.syscall(ctypes.c_long(number), b".", b"."), "pivot_root")
+    _check(_LIBC.umount2(b".", MNT_DETACH), "umount old root")
+    os.chdir("/")
+
+
+def _set_identity_of_namespace(hostname: str, loopback: bool) -> None:
+    name = hostname.encode()
+    _check(_LIBC.sethostname(name, ctypes.c_size_t(len(name))), "sethostname")
+    if loopback:
+        siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            req = fcntl.ioctl(s, siocgifflags, struct.pack("16sH22x", b"lo", 0))
+            flags = struct.unpack("16sH22x", req)[1] | iff_up
+            fcntl.ioctl(s, siocsifflags, struct.pack("16sH22x", b"lo", flags))
+
+
+def _send(fd: int, message: dict[str, Any]) -> None:
+    os.write(fd, (json.dumps(message) + "\n").encode())
+
+
+def _exec_program(spec: dict[str, Any], err_fd: int) -> None:
+    """In C: become the requested user and exec; any failure goes to ``err_fd``."""
+    stage = "setup"
+    try:
+        os.setsid()
+        # Python ignores SIGPIPE and SIGXFSZ, S ignores SIGINT: ignored signals survive exec,
+        # and a shell pipeline like `yes | head` needs them back.
+        for signum in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
+        os.dup2(1, 2)
+        os.umask(0o022)
+        stage = "workdir"
+        workdir = spec["workdir"]
+        if not os.path.isdir(workdir):
+            # Like Docker's WORKDIR: made on demand, as root, before the switch of user.
+            os.makedirs(workdir, 0o755, exist_ok=True)
+        stage = "identity"
+        for cap in range(spec["cap_last"] + 1):
+            if cap not in KEPT_CAPS:
+                _prctl(PR_CAPBSET_DROP, cap)
+        if spec["set_groups"]:
+            os.setgroups(spec["groups"])
+        os.setresgid(spec["gid"], spec["gid"], spec["gid"])
+        os.setresuid(spec["uid"], spec["uid"], spec["uid"])
+        stage = "workdir"
+        os.chdir(workdir)
+        stage = "exec"
+        argv = spec["argv"]
+        os.execvpe(argv[0], argv, dict(spec["env"]))
+    except OSError as e:
+        exists = stage == "exec" and "/" in spec["argv"][0] and os.path.lexists(spec["argv"][0])
+        report = {"stage": stage, "errno": e.errno or 0, "message": e.strerror or str(e),
+                  "exists": exists}
+        os.write(err_fd, json.dumps(report).encode())
+    finally:
+        os._exit(127)
+
+
+def _wait_program(child: int, err_r: int, report_fd: int) -> None:
+    """In I: report an exec failure or the program's status, reaping everyone meanwhile."""
+    chunks = []
+    while data := os.read(err_r, 4096):  # EOF: exec succeeded (CLOEXEC) or C died
+        chunks.append(data)
+    os.close(err_r)
+    failure = json.loads(b"".join(chunks)) if chunks else None
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            return
+        if pid == child:
+            break
+    if failure is not None:
+        _send(report_fd, {"exec_error": failure})
+    elif os.WIFSIGNALED(status):
+        _send(report_fd, {"signal": os.WTERMSIG(status)})
+    else:
+        _send(report_fd, {"exit": os.waitstatus_to_exitcode(status)})
+
+
+def _init_main(spec: dict[str, Any], report_fd: int, lifeline: int) -> None:
+    """I: PID 1 of the new namespace. Never returns."""
+    try:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if select.select([lifeline], [], [], 0)[0]:
+            os._exit(1)  # S died before the death signal was armed
+        os.close(lifeline)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        if spec.get("probe"):
+            _probe()
+            _send(report_fd, {"exit": 0})
+            os._exit(0)
+        _setup_root(spec)
+        _set_identity_of_namespace(spec["hostname"], spec["network"] == "none")
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        child = os.fork()
+        if child == 0:
+            os.close(err_r)
+            os.close(report_fd)
+            _exec_program(spec, err_w)
+        os.close(err_w)
+        for fd in (0, 1):
+            os.close(fd)  # only the program holds the output pipe: EOF when it is done
+        _wait_program(child, err_r, report_fd)
+    except Exception as e:
+        _send(report_fd, {"error": _describe(e)})
+        os._exit(125)
+    os._exit(0)
+
+
+def _probe() -> None:
+    """What a real run needs, on a throw-away tmpfs: a private mount tree, procfs, a bind."""
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    base = "/tmp" if os.path.isdir("/tmp") else "/"
+    _mount("tmpfs", base, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k")
+    os.mkdir(f"{base}/proc")
+    _mount("proc", f"{base}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.close(os.open(f"{base}/null", os.O_WRONLY | os.O_CREAT, 0o666))
+    _mount("/dev/null", f"{base}/null", None, MS_BIND)
+    if platform.machine() not in SYS_PIVOT_ROOT:
+        raise OSError(errno.ENOSYS, f"pivot_root is not known on {platform.machine()}")
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror if e.filename is None else f"{e.filename}: {e.strerror}"
+    return f"{type(e).__name__}: {e}"
+
+
+def _read_cap_last() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 40
+
+
+def main(argv: list[str]) -> int:
+    """S: unshare, let the parent map ids, fork I and wait for it (and so for the namespace)."""
+    ctl_fd, report_fd, parent = int(argv[1]), int(argv[2]), int(argv[3])
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        return 1
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt does
+    for fd in (ctl_fd, report_fd):
+        os.set_inheritable(fd, False)
+    ctl: BinaryIO = os.fdopen(ctl_fd, "rb")
+    line = ctl.readline()
+    if not line:
+        return 1  # the parent gave up before sending the spec
+    spec = json.loads(line)
+    spec["cap_last"] = _read_cap_last()
+    try:
+        flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+        if spec.get("network", "none") == "none":
+            flags |= CLONE_NEWNET
+        _check(_LIBC.unshare(flags), "unshare")
+    except OSError as e:
+        _send(report_fd, {"error": _describe(e)})
+        return 125
+    _send(report_fd, {"unshared": True})
+    if ctl.readline() != b"go\n":
+        return 1
+    ctl.close()
+    return _fork_init(spec, report_fd)
+
+
+def _fork_init(spec: dict[str, Any], report_fd: int) -> int:
+    lifeline_r, lifeline_w = os.pipe2(os.O_CLOEXEC)
+    # SIGTERM (the parent's "stop") stays blocked until the handler knows whom to kill.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    pid = os.fork()
+    if pid == 0:
+        os.close(lifeline_w)
+        _init_main(spec, report_fd, lifeline_r)
+    os.close(lifeline_r)
+
+    def on_term(signum: int, frame: object) -> None:
+        # Killing PID 1 kills the whole namespace; waitpid below returns once it is empty.
+        os.kill(pid, signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    os.close(report_fd)
+    for fd in (0, 1):
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return 0 if os.WIFEXITED(status) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,209 @@
+"""Console: plain and JSON logs of a real build (stable fields), quiet, tty under a pty,
+errors as JSON, and the live display stopped on failure."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+from acbuild.cli.console import (
+    JsonReporter,
+    PlainReporter,
+    QuietReporter,
+    RichReporter,
+    progress_mode,
+    render_error,
+)
+from acbuild.errors import AcfileError, ErrorGroup, Span
+from acbuild.report import NullReporter, Reporter, StepInfo
+from tests.support.cli import acbuild
+
+ID = re.compile(r"sha512-[0-9a-f]{128}")
+STEP = StepInfo(number=3, total=9, text="COPY hello /bin/hello")
+
+
+def feed(r: Reporter) -> None:
+    """One of each event a reporter is told during a build."""
+    r.step_started(STEP)
+    r.step_output(STEP, "compiling")
+    r.step_finished(STEP, 0.21)
+    r.step_finished(STEP, 0.0, cached=True)
+    r.progress("copy", 1, 2)
+    r.info("hello")
+    r.warning("no EXEC", Span(file="Acfile", line=2, column=5))
+    r.summary((("name", "a.com/x"), ("image ID", "sha512-ab")))
+
+
+def test_plain_lines() -> None:
+    out = io.StringIO()
+    feed(PlainReporter(out))
+    assert out.getvalue() == (
+        "[3/9] COPY hello /bin/hello\n[3/9] | compiling\n[3/9] DONE 0.2s\n[3/9] CACHED\n"
+        "hello\nAcfile:2:5: warning: no EXEC\nname      a.com/x\nimage ID  sha512-ab\n"
+    )
+
+
+def test_quiet_reporter_keeps_only_warnings() -> None:
+    out = io.StringIO()
+    feed(QuietReporter(out))
+    assert out.getvalue() == "Acfile:2:5: warning: no EXEC\n"
+
+
+def test_null_reporter_keeps_warnings_and_output() -> None:
+    r = NullReporter()
+    feed(r)
+    assert (r.warnings, r.output) == (["no EXEC"], ["compiling"])
+
+
+def test_json_events() -> None:
+    out = io.StringIO()
+    r = JsonReporter(out)
+    r.step_started(STEP)
+    r.progress("copy", 10, 20)
+    r.step_finished(STEP, 1.23456)
+    r.warning("careful", Span(file="Acfile", line=4, column=1))
+    r.summary((("image ID", "sha512-" + "a" * 128), ("time", "1.0s")))
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert events == [
+        {"event": "step-started", "step": 3, "total": 9, "text": STEP.text, "stage": None},
+        {"event": "progress", "what": "copy", "done": 10, "total": 20, "step": 3},
+        {"event": "step-finished", "step": 3, "seconds": 1.235, "cached": False},
+        {"event": "warning", "message": "careful", "file": "Acfile", "line": 4, "column": 1},
+        {"event": "summary", "image_id": "sha512-" + "a" * 128,
+         "image_id_short": "sha512-aaaaaaaaaaaa", "time": "1.0s"},
+    ]
+
+
+def test_plain_build_log(hello_context: Path, tmp_path: Path) -> None:
+    r = acbuild("build", hello_context / "Acfile", "-o", tmp_path / "h.aci", "--progress=plain",
+                env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert r.code == 0, r.stderr
+    lines = [re.sub(r"DONE \d+\.\d+s", "DONE <t>", line) for line in r.stderr.splitlines()]
+    assert lines[:2] == ["[1/7] BEGIN scratch", "[1/7] DONE <t>"]
+    assert "[6/7] COPY hello /bin/hello" in lines and lines[lines.index(
+        "[6/7] COPY hello /bin/hello") + 1] == "[6/7] DONE <t>"
+    assert re.fullmatch(r"image ID {11}sha512-[0-9a-f]{128}", lines[-7])
+    assert [line[:17].strip() for line in lines[-9:]] == [
+        "name", "version", "image ID", "compressed size", "uncompressed size", "files",
+        "signature", "output", "time",
+    ]
+    assert "\x1b" not in r.stderr  # no colour, no cursor movement
+    assert ID.fullmatch(r.stdout.strip())
+
+
+def test_json_build_log_and_cached_rebuild(hello_context: Path, tmp_path: Path) -> None:
+    cached = []
+    for _ in range(2):
+        r = acbuild("build", hello_context / "Acfile", "-o", tmp_path / "h.aci",
+                    "--progress", "json", env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+        assert r.code == 0, r.stderr
+        cached.append([json.loads(line)["cached"] for line in r.stderr.splitlines()
+                       if '"step-finished"' in line])
+    assert cached == [[False] * 7, [True] * 7]
+    assert ID.fullmatch(r.stdout.strip()) and r.stdout.count("\n") == 1
+    events = [json.loads(line) for line in r.stderr.splitlines()]  # nothing but JSON
+    kinds = [e["event"] for e in events]
+    assert kinds[:2] == ["step-started", "step-finished"] and kinds[-1] == "summary"
+    assert events[-1]["image_id"] == r.stdout.strip()
+    assert {"name", "version", "image_id", "image_id_short", "compressed_size",
+            "uncompressed_size", "files", "signature", "output", "time"} <= set(events[-1])
+
+
+def test_quiet_prints_only_the_id(hello_context: Path, tmp_path: Path) -> None:
+    r = acbuild("-q", "build", hello_context / "Acfile", "-o", tmp_path / "h.aci")
+    assert r.code == 0 and r.stderr == ""
+    assert ID.fullmatch(r.stdout.strip())
+
+
+def test_render_error_in_each_mode() -> None:
+    span = Span(file="Acfile", line=2, column=3, source_line="NAME  x")
+    e = AcfileError("bad name", span=span, hint="use a.com/x")
+    assert render_error(e, "plain") == e.render()
+    assert json.loads(render_error(e, "json")) == {
+        "event": "error", "message": "bad name", "hint": "use a.com/x",
+        "file": "Acfile", "line": 2, "column": 3}
+    group = ErrorGroup([e, AcfileError("no NAME given")])
+    assert [json.loads(x)["message"] for x in render_error(group, "json").splitlines()] == [
+        "bad name", "no NAME given"]
+    internal = json.loads(render_error(ValueError("boom"), "json"))
+    assert internal == {"event": "error", "message": "internal error: ValueError: boom",
+                        "internal": True}
+    assert render_error(ValueError("boom"), "tty").startswith(
+        "acbuild-py: internal error: ValueError: boom\n    hint: run again with --debug")
+
+
+def test_progress_mode_from_argv() -> None:
+    assert progress_mode(["build", "--progress", "json", "A"]) == "json"
+    assert progress_mode(["--progress=plain", "build"]) == "plain"
+    assert progress_mode(["build", "A"]) == "auto"
+
+
+def test_rich_reporter_stops_its_live_display() -> None:
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=80)
+    r = RichReporter(console=console)
+    r.step_started(STEP)
+    r.progress("copy", 5, 10)
+    assert r._live.is_started
+    r.close()
+    r.close()  # idempotent
+    assert not r._live.is_started
+
+
+def run_in_pty(args: list[str], cwd: Path) -> tuple[int, str]:
+    """The CLI with a terminal for stdin, stdout and stderr, as a person runs it."""
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env.update(TERM="xterm-256color", COLUMNS="100", XDG_CACHE_HOME=str(cwd / ".cache"))
+    proc = subprocess.Popen([sys.executable, "-m", "acbuild", *args], cwd=cwd, env=env,
+                            stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([leader], [], [], 120)
+        if not ready:
+            proc.kill()
+            break
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    return proc.wait(timeout=60), b"".join(chunks).decode(errors="replace")
+
+
+def test_tty_mode_renders_under_a_terminal(hello_context: Path, tmp_path: Path) -> None:
+    code, text = run_in_pty(["build", "Acfile", "-o", str(tmp_path / "h.aci")], hello_context)
+    assert code == 0, text
+    assert "Traceback" not in text
+    assert "\x1b[" in text  # styled: the tty reporter was chosen
+    assert "COPY hello /bin/hello" in text and ID.search(text)
+
+
+def test_tty_mode_error_is_not_drawn_over(tmp_path: Path) -> None:
+    (tmp_path / "Acfile").write_text("BEGIN scratch\nNAME a.com/x\nCOPY missing /x\n")
+    code, text = run_in_pty(["build", "Acfile"], tmp_path)
+    assert code == 1
+    assert "Traceback" not in text
+    assert "Acfile:3:" in text and "missing" in text
+
+
+def test_tty_mode_shows_step_text_verbatim(tmp_path: Path) -> None:
+    # ":x:" is an emoji code and "[bold]" markup to rich: neither may be interpreted.
+    (tmp_path / "Acfile").write_text(
+        "BEGIN scratch\nNAME example.com/x\nENV ROW=app:x:1000 MARK=[bold]\n")
+    code, text = run_in_pty(["build", "Acfile", "-o", str(tmp_path / "x.aci")], tmp_path)
+    assert code == 0, text
+    assert "ENV ROW=app:x:1000 MARK=[bold]" in text
+    assert "\u274c" not in text

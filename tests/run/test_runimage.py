@@ -1,0 +1,207 @@
+"""`acbuild-py run` through the real CLI: output, exit status, cache, volumes, events, deps."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from acbuild.image.aci import image_id
+from acbuild.run.render_deps import prune
+from acbuild.sandbox.sandbox import sandbox_available
+from tests.support.busybox import busybox_available, make_busybox_rootfs
+from tests.support.cli import Result, acbuild
+
+_reason = sandbox_available() if busybox_available() else "busybox-static is not installed"
+pytestmark = pytest.mark.skipif(_reason is not None, reason=f"no sandbox: {_reason}")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding busybox.aci (from a busybox rootfs directory)."""
+    where = tmp_path_factory.mktemp("images")
+    rootfs = make_busybox_rootfs(where / "rootfs")
+    (where / "ctx").mkdir()
+    (where / "ctx" / "Acfile").write_text(
+        f"BEGIN {rootfs}\nNAME example.com/busybox\nEXEC /bin/sh\n")
+    r = acbuild("build", "--no-cache", where / "ctx" / "Acfile", "-o", where / "busybox.aci")
+    assert r.code == 0, r.stderr
+    return where
+
+
+def image(tmp_path: Path, images: Path, body: str, name: str = "app") -> Path:
+    """An image built on busybox.aci from ``body``; written to tmp_path/<name>.aci."""
+    ctx = tmp_path / f"ctx-{name}"
+    ctx.mkdir(exist_ok=True)
+    (ctx / "Acfile").write_text(
+        f"BEGIN {images / 'busybox.aci'}\nNAME example.com/{name}\n{body}")
+    out = tmp_path / f"{name}.aci"
+    r = acbuild("build", "--no-cache", ctx / "Acfile", "-o", out)
+    assert r.code == 0, r.stderr
+    return out
+
+
+def run(tmp_path: Path, *args: str | Path) -> Result:
+    return acbuild("run", "--no-stdin", *args,
+                   env={"XDG_CACHE_HOME": str(tmp_path / "cache")}, timeout=60)
+
+
+def test_output_and_exit_status(tmp_path: Path, images: Path) -> None:
+    app = image(tmp_path, images, "EXEC /bin/sh -c 'echo out; echo err >&2; exit 3'\n")
+    r = run(tmp_path, app)
+    assert (r.code, r.stdout) == (3, "out\nerr\n")
+
+
+def test_args_are_appended_and_options_before_image(tmp_path: Path, images: Path) -> None:
+    app = image(tmp_path, images, "EXEC /bin/echo hello\n")
+    assert run(tmp_path, app, "--", "a", "-b").stdout == "hello a -b\n"
+    assert run(tmp_path, app, "--volume", "x").stdout == "hello --volume x\n"
+
+
+def test_env_workdir_user_group_and_network(tmp_path: Path, images: Path) -> None:
+    app = image(tmp_path, images, (
+        "ENV GREETING=hi\nWORKDIR /srv\nUSER nobody\nGROUP nogroup\n"
+        "EXEC /bin/sh -c 'echo $GREETING $AC_APP_NAME $(pwd) $(id -u):$(id -g) $(hostname); "
+        "tail -n +3 /proc/net/dev | wc -l'\n"
+    ))
+    r = run(tmp_path, app)
+    assert r.stdout.splitlines() == ["hi app /srv 65534:65534 app", "1"], r.stderr
+    r = run(tmp_path, "--network=host", app)
+    assert int(r.stdout.splitlines()[1]) == len(Path("/proc/net/dev").read_text().splitlines()) - 2
+
+
+def test_cached_rootfs_stays_pristine(tmp_path: Path, images: Path) -> None:
+    app = image(tmp_path, images,
+                "EXEC /bin/sh -c 'cat /note 2>/dev/null || echo first; echo scribble > /note'\n")
+    assert run(tmp_path, app).stdout == "first\n"
+    r = run(tmp_path, app)
+    assert r.stdout == "first\n"  # the first run's writes went to its own copy
+    assert "using cached rootfs" in r.stderr
+    cached = list((tmp_path / "cache" / "acbuild-py" / "rootfs").iterdir())
+    assert [p.name.startswith("sha512-") for p in cached] == [True]
+    assert not (cached[0] / "rootfs" / "note").exists()
+    assert not (cached[0] / "rootfs" / "proc").exists()
+    assert list((tmp_path / "cache" / "acbuild-py" / "run").iterdir()) == []
+
+
+def test_volumes(tmp_path: Path, images: Path) -> None:
+    app = image(tmp_path, images, (
+        "MOUNT data /data\nMOUNT conf /etc/conf --read-only\n"
+        "EXEC /bin/sh -c 'cat /etc/conf/c; echo written > /data/out; "
+        "touch /etc/conf/x 2>/dev/null || echo conf read-only'\n"
+    ))
+    data, conf = tmp_path / "data", tmp_path / "conf"
+    data.mkdir()
+    conf.mkdir()
+    (conf / "c").write_text("config\n")
+    r = run(tmp_path, "--volume", f"data:{data}", "--volume", f"conf:{conf}", app)
+    assert (r.code, r.stdout) == (0, "config\nconf read-only\n"), r.stderr
+    assert (data / "out").read_text() == "written\n"
+    r = run(tmp_path, "--volume", f"data:{data}:ro", app)  # conf gets an empty directory
+    assert r.stdout.startswith("cat: can't open '/etc/conf/c'")
+    r = run(tmp_path, "--volume", f"nope:{data}", app)
+    assert r.code == 1
+    assert r.stderr.splitlines()[-1] == (
+        "error: --volume nope: the image has no mount point 'nope' (it has: conf, data)")
+
+
+def test_event_handlers(tmp_path: Path, images: Path) -> None:
+    app = image(tmp_path, images, (
+        "EVENT-HANDLER pre-start /bin/sh -c 'echo pre; echo prepared > /var-state'\n"
+        "EVENT-HANDLER post-stop /bin/sh -c 'echo post; cat /var-state'\n"
+        "EXEC /bin/sh -c 'cat /var-state; exit 4'\n"
+    ))
+    r = run(tmp_path, app)
+    assert (r.code, r.stdout) == (4, "pre\nprepared\npost\nprepared\n"), r.stderr
+    bad = image(tmp_path, images, "EVENT-HANDLER pre-start /bin/false\nEXEC /bin/echo app\n",
+                name="bad")
+    r = run(tmp_path, bad)
+    assert (r.code, r.stdout) == (1, "")
+    assert r.stderr.splitlines()[-1] == ("error: pre-start handler ['/bin/false'] failed with exit "
+                                "status 1; the app was not started")
+
+
+def test_dependencies_are_rendered_first(tmp_path: Path, images: Path) -> None:
+    where = tmp_path / "repo"
+    where.mkdir()
+    (where / "busybox.aci").write_bytes((images / "busybox.aci").read_bytes())
+    for name, files in (("dep", {"dep.txt": "from dep\n", "shared.txt": "dep's\n"}),
+                        ("app", {"shared.txt": "app's\n"})):
+        ctx = tmp_path / f"ctx-{name}"
+        ctx.mkdir()
+        for file, text in files.items():
+            (ctx / file).write_text(text)
+        # Pinned by image ID: an unpinned DEPENDENCY would be discovered over the network.
+        deps = "" if name == "dep" else (
+            f"DEPENDENCY example.com/busybox --image-id={image_id(where / 'busybox.aci')}\n"
+            f"DEPENDENCY example.com/dep --image-id={image_id(where / 'dep.aci')}\n"
+            "EXEC /bin/sh -c 'cat /etc/dep.txt /etc/shared.txt'\n")
+        copies = "".join(f"COPY {file} /etc/{file}\n" for file in files)
+        (ctx / "Acfile").write_text(f"BEGIN scratch\nNAME example.com/{name}\n{copies}{deps}")
+        r = acbuild("build", "--no-cache", ctx / "Acfile", "-o", where / f"{name}.aci")
+        assert r.code == 0, r.stderr
+    r = run(tmp_path, where / "app.aci")
+    assert (r.code, r.stdout) == (0, "from dep\napp's\n"), r.stderr
+    (where / "dep.aci").unlink()
+    (tmp_path / "cache").rename(tmp_path / "old-cache")
+    r = run(tmp_path, where / "app.aci")
+    assert r.code == 1
+    assert f"error: dependency example.com/dep of {where / 'app.aci'} is not available " \
+        "locally" in r.stderr
+
+
+def test_path_whitelist_prunes_the_rendered_tree(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    for rel in ("bin/sh", "etc/keep", "etc/drop", "lib/x/y", "usr/share/doc"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x")
+    (root / "link").symlink_to("/etc")
+    prune(root, ("/bin", "/etc/keep", "/usr/share/doc"))
+    found = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    assert found == ["bin", "bin/sh", "etc", "etc/keep", "usr", "usr/share", "usr/share/doc"]
+
+
+def test_bad_signature_beside_the_image_is_refused(tmp_path: Path, images: Path) -> None:
+    app = image(tmp_path, images, "EXEC /bin/echo hi\n")
+    Path(f"{app}.asc").write_text("not a signature")
+    r = run(tmp_path, app)
+    assert r.code == 1 and r.stdout == ""
+    assert "error:" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_run_leaves_nothing(tmp_path: Path, images: Path, signum: int,
+                                        status: int) -> None:
+    marker = f"4261.{int(signum)}"
+    app = image(tmp_path, images, f"EXEC /bin/sh -c 'echo started; exec sleep {marker}'\n")
+    env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    with subprocess.Popen([sys.executable, "-m", "acbuild", "run", "--no-stdin", app],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          env=env) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "started\n"
+            time.sleep(0.2)
+            proc.send_signal(signum)
+            assert proc.wait(timeout=20) == status
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert list((tmp_path / "cache" / "acbuild-py" / "run").iterdir()) == []
+    deadline = time.monotonic() + 10  # generous: the kernel tears the namespace down async
+    while any(marker.encode() in p.read_bytes() for p in _cmdlines()):
+        assert time.monotonic() < deadline, "the app outlived acbuild-py run"
+        time.sleep(0.05)
+
+
+def _cmdlines() -> list[Path]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (entry / "cmdline").exists():
+            found.append(entry / "cmdline")
+    return found
