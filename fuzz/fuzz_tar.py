@@ -17,7 +17,7 @@ with atheris.instrument_imports():
     from acbuild.errors import AcbuildError
     from acbuild.fs.staging import StagedRootfs
     from acbuild.image.aci import unpack_base
-    from acbuild.image.extract import Limits
+    from acbuild.image.tarread import Limits
     from acbuild.image.validate import validate_image
 
 # Small limits, so a bomb among the inputs costs little and is still found.

@@ -21,8 +21,6 @@ from acbuild.acfile.parse_args import BUILDERS
 from acbuild.acfile.parse_words import Line, Piece, Word, show
 
 # Values other stages parse too; they live with the other word readers.
-from acbuild.acfile.parse_words import parse_duration as parse_duration
-from acbuild.acfile.parse_words import split_image_reference as split_image_reference
 from acbuild.acfile.render import Rendered, render
 from acbuild.errors import AcbuildError, raise_all
 

@@ -20,17 +20,16 @@ from acbuild.image.aci import image_id, unpack_base, unpack_image
 from acbuild.image.manifest import ImageManifest, default_manifest
 from acbuild.image.tarread import Limits
 from acbuild.interop.convert import convert_to_rootfs, open_source
-from acbuild.plan.plan import (
+from acbuild.plan.baseref import (
     BaseRef,
     DockerArchive,
     ImageName,
     LocalImage,
     OciArchive,
     OciLayout,
-    Plan,
     Scratch,
-    Stage,
 )
+from acbuild.plan.plan import Plan, Stage
 from acbuild.report import Reporter
 
 # Turns an image name (and labels) into a verified local .aci: the trust chain's resolver.

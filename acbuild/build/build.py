@@ -29,8 +29,10 @@ from acbuild.errors import AcfileError, BuildError, raise_all
 from acbuild.fs.leftovers import owner_tag, sweep
 from acbuild.fs.staging import remove_tree
 from acbuild.image.finalize import build_epoch, write_aci
-from acbuild.image.manifest import ImageManifest, from_json_bytes, problems, to_json_bytes
-from acbuild.plan.plan import BaseRef, Plan, check_instructions, make_plan
+from acbuild.image.manifest import ImageManifest, from_json_bytes, to_json_bytes
+from acbuild.image.manifest_rules import problems
+from acbuild.plan.baseref import BaseRef
+from acbuild.plan.plan import Plan, check_instructions, make_plan
 from acbuild.report import Reporter
 from acbuild.signals import deferred
 

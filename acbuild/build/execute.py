@@ -17,7 +17,8 @@ from acbuild.acfile.context import BuildContext
 from acbuild.acfile.instructions import Copy, Instruction, Run, Sign
 from acbuild.build import manifest_edit
 from acbuild.build.copy import copy_instruction
-from acbuild.cache.cache import CacheStore, CorruptTree, KnownDigests, StepRecord
+from acbuild.cache.cache import CacheStore, CorruptTree, StepRecord
+from acbuild.cache.snapshot import KnownDigests
 from acbuild.errors import AcbuildError
 from acbuild.fs.staging import StagedRootfs, remove_tree
 from acbuild.image.manifest import ImageManifest, default_manifest, from_json_bytes, to_json_bytes

@@ -12,7 +12,6 @@ from typing import TypeVar
 
 from acbuild.acfile import instructions as ins
 from acbuild.image.manifest import (
-    AC_VERSION,
     App,
     Dependency,
     EventHandler,
@@ -23,6 +22,7 @@ from acbuild.image.manifest import (
     Port,
     host_os_arch,
 )
+from acbuild.image.manifest_rules import AC_VERSION
 
 T = TypeVar("T")
 

@@ -19,8 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from acbuild.cache.snapshot import KnownDigests as KnownDigests  # execute keeps them per stage
-from acbuild.cache.snapshot import copy_tree_verified
+from acbuild.cache.snapshot import KnownDigests, copy_tree_verified
 from acbuild.cache.statcache import StatCache
 from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write

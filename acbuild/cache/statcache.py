@@ -22,17 +22,16 @@ from acbuild.acfile.context import BuildContext, ContextSource, normalised_mode,
 from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
 from acbuild.image.manifest import host_os_arch
-from acbuild.plan.plan import (
+from acbuild.plan.baseref import (
     BaseRef,
     DockerArchive,
     ImageName,
     LocalImage,
     OciArchive,
     OciLayout,
-    Plan,
     Scratch,
-    Stage,
 )
+from acbuild.plan.plan import Plan, Stage
 
 _RACY_NS = 3_000_000_000
 # ctime on a filesystem with sub-second times: only a writer that also resets the mtime, in

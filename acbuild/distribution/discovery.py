@@ -18,7 +18,8 @@ from pathlib import Path
 
 from acbuild.acfile.parse_words import split_image_reference
 from acbuild.errors import AcfileError, FetchError
-from acbuild.image.manifest import host_os_arch, is_ac_identifier
+from acbuild.image.manifest import host_os_arch
+from acbuild.image.manifest_rules import is_ac_identifier
 
 TIMEOUT = 30.0
 MAX_PAGE = 1 << 20  # a discovery page is a few lines of HTML; refuse to read a novel

@@ -22,17 +22,9 @@ from typing import BinaryIO
 from acbuild.errors import ImageError
 from acbuild.fs.staging import StagedRootfs
 from acbuild.image import compression, manifest
-from acbuild.image.extract import (
-    CHUNK,
-    Limits,
-    RootfsWriter,
-    TarSource,
-    archive_errors,
-    clean_name,
-    extract_tar,
-    members,
-)
+from acbuild.image.extract import RootfsWriter, extract_tar
 from acbuild.image.manifest import ImageManifest
+from acbuild.image.tarread import CHUNK, Limits, TarSource, archive_errors, clean_name, members
 from acbuild.report import Reporter
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from acbuild.errors import ImageError
 from acbuild.image.aci import EntryInfo, entry_info, open_tar
-from acbuild.image.extract import CHUNK, Limits, TarSource, archive_errors, members
+from acbuild.image.tarread import CHUNK, Limits, TarSource, archive_errors, members
 
 MANIFEST = "manifest"
 

@@ -25,13 +25,15 @@ from acbuild.fs.securepath import ensure_dirs, relpath_in, remove_entry, safe_jo
 from acbuild.fs.staging import DeviceNode, StagedRootfs
 
 # The tar-reading helpers moved to acbuild.image.tarread; these names stay importable from here.
-from acbuild.image.tarread import CHUNK as CHUNK
-from acbuild.image.tarread import Limits as Limits
-from acbuild.image.tarread import TarSource as TarSource
-from acbuild.image.tarread import archive_errors as archive_errors
-from acbuild.image.tarread import clean_name as clean_name
-from acbuild.image.tarread import members as members
-from acbuild.image.tarread import strip_prefix as strip_prefix
+from acbuild.image.tarread import (
+    CHUNK,
+    Limits,
+    TarSource,
+    archive_errors,
+    clean_name,
+    members,
+    strip_prefix,
+)
 from acbuild.report import Reporter
 
 OutsideHook = Callable[[str, tarfile.TarInfo, tarfile.TarFile], None]

@@ -14,8 +14,8 @@ from pathlib import Path
 from acbuild.errors import ImageError
 from acbuild.image import manifest
 from acbuild.image.aci import EntryInfo, entry_info, open_tar, read_member
-from acbuild.image.extract import Limits, TarSource, clean_name, members, strip_prefix
 from acbuild.image.manifest import ImageManifest
+from acbuild.image.tarread import Limits, TarSource, clean_name, members, strip_prefix
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,29 +14,7 @@ from typing import Any
 from acbuild.errors import ImageError
 
 # The rules moved to acbuild.image.manifest_rules; these names stay importable from here.
-from acbuild.image.manifest_rules import AC_IDENTIFIER_RULE as AC_IDENTIFIER_RULE
-from acbuild.image.manifest_rules import AC_NAME_RULE as AC_NAME_RULE
-from acbuild.image.manifest_rules import AC_VERSION as AC_VERSION
-from acbuild.image.manifest_rules import EVENTS as EVENTS
-from acbuild.image.manifest_rules import KNOWN_ISOLATORS as KNOWN_ISOLATORS
-from acbuild.image.manifest_rules import OS_ARCH as OS_ARCH
-from acbuild.image.manifest_rules import absolute_path_problem as absolute_path_problem
-from acbuild.image.manifest_rules import ac_identifier_problem as ac_identifier_problem
-from acbuild.image.manifest_rules import ac_name_problem as ac_name_problem
-from acbuild.image.manifest_rules import annotation_problem as annotation_problem
-from acbuild.image.manifest_rules import env_name_problem as env_name_problem
-from acbuild.image.manifest_rules import event_problem as event_problem
-from acbuild.image.manifest_rules import image_id_problem as image_id_problem
-from acbuild.image.manifest_rules import is_ac_identifier as is_ac_identifier
-from acbuild.image.manifest_rules import is_ac_name as is_ac_name
-from acbuild.image.manifest_rules import isolator_value_problem as isolator_value_problem
-from acbuild.image.manifest_rules import label_name_problem as label_name_problem
-from acbuild.image.manifest_rules import os_arch_problem as os_arch_problem
-from acbuild.image.manifest_rules import port_problem as port_problem
-from acbuild.image.manifest_rules import problems as problems
-from acbuild.image.manifest_rules import rfc3339_problem as rfc3339_problem
-from acbuild.image.manifest_rules import url_problem as url_problem
-from acbuild.image.manifest_rules import version_problem as version_problem
+from acbuild.image.manifest_rules import AC_VERSION
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

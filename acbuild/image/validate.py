@@ -11,9 +11,9 @@ import tarfile
 from pathlib import Path
 
 from acbuild.errors import ImageError
-from acbuild.image import compression, manifest
+from acbuild.image import compression, manifest, manifest_rules
 from acbuild.image.aci import open_tar, read_member
-from acbuild.image.extract import Limits, TarSource, clean_name, members
+from acbuild.image.tarread import Limits, TarSource, clean_name, members
 
 MAX_LISTED = 20  # problems of one kind listed before "... and N more"
 _KINDS = {"outside": "entries outside rootfs/", "duplicate": "duplicate entries",
@@ -92,7 +92,7 @@ class _Layout:
             except ImageError as e:
                 out.append(e.message)
             else:
-                out += [f"manifest: {p}" for p in manifest.problems(m)]
+                out += [f"manifest: {p}" for p in manifest_rules.problems(m)]
         return out
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from acbuild.errors import AcbuildError, ConvertError, ImageError
 from acbuild.fs.securepath import ensure_dirs, relpath_in, safe_join
 from acbuild.fs.staging import StagedRootfs
-from acbuild.image.extract import clean_name, extract_tar
+from acbuild.image.extract import extract_tar
 from acbuild.image.finalize import WrittenImage, build_epoch, write_aci
 from acbuild.image.manifest import (
     App,
@@ -33,10 +33,10 @@ from acbuild.image.manifest import (
     MountPoint,
     NameValue,
     Port,
-    is_ac_identifier,
     to_json_bytes,
 )
-from acbuild.image.tarread import BoundedTarInfo
+from acbuild.image.manifest_rules import is_ac_identifier
+from acbuild.image.tarread import BoundedTarInfo, clean_name
 from acbuild.interop.oci import ImageSource, Layer, SourceKind, open_source
 from acbuild.report import Reporter
 

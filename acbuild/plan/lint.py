@@ -17,7 +17,7 @@ from acbuild.acfile.context import BuildContext, has_glob
 from acbuild.acfile.parse import parse
 from acbuild.acfile.render import render
 from acbuild.errors import AcbuildError, AcfileError, Span
-from acbuild.plan.plan import ImageName, parse_base
+from acbuild.plan.baseref import ImageName, parse_base
 
 RULES: dict[str, str] = {
     "AC001": "the image has no EXEC",

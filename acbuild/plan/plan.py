@@ -13,20 +13,12 @@ from pathlib import Path
 
 from acbuild.acfile import instructions as ins
 from acbuild.acfile.parse_args import CHOWN
-from acbuild.acfile.parse_words import split_image_reference as split_image_reference
 from acbuild.errors import AcbuildError, AcfileError, Span, raise_all
 from acbuild.image import manifest_rules as appc
 from acbuild.image.manifest import host_os_arch
 
 # Base references moved to acbuild.plan.baseref; these names stay importable from here.
-from acbuild.plan.baseref import BaseRef as BaseRef
-from acbuild.plan.baseref import DockerArchive as DockerArchive
-from acbuild.plan.baseref import ImageName as ImageName
-from acbuild.plan.baseref import LocalImage as LocalImage
-from acbuild.plan.baseref import OciArchive as OciArchive
-from acbuild.plan.baseref import OciLayout as OciLayout
-from acbuild.plan.baseref import Scratch as Scratch
-from acbuild.plan.baseref import parse_base as parse_base
+from acbuild.plan.baseref import BaseRef, Scratch, parse_base
 
 # ---- the plan ---------------------------------------------------------------------------------
 

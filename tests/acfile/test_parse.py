@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from acbuild.acfile import instructions as ins
-from acbuild.acfile.parse import grammar_text, parse_duration, parse_text, split_image_reference
+from acbuild.acfile.parse import grammar_text, parse_text
+from acbuild.acfile.parse_words import parse_duration, split_image_reference
 from acbuild.errors import AcbuildError, AcfileError, ErrorGroup, Span
 
 

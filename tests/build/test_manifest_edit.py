@@ -18,8 +18,8 @@ from acbuild.image.manifest import (
     MountPoint,
     NameValue,
     Port,
-    problems,
 )
+from acbuild.image.manifest_rules import problems
 
 SPAN = Span(file="Acfile", line=1)
 LOC = {"span": SPAN, "text": ""}

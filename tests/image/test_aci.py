@@ -14,7 +14,7 @@ import pytest
 from acbuild.errors import ImageError
 from acbuild.fs.staging import DeviceNode, StagedRootfs
 from acbuild.image.aci import image_id, iter_entries, read_manifest, unpack_base, unpack_image
-from acbuild.image.extract import Limits
+from acbuild.image.tarread import Limits
 from tests.support.hostile import MINIMAL_MANIFEST, Tar, aci, compress, snapshot
 
 

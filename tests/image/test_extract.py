@@ -13,7 +13,8 @@ import pytest
 
 from acbuild.errors import ImageError
 from acbuild.fs.staging import DeviceNode, StagedRootfs
-from acbuild.image.extract import Limits, extract_tar
+from acbuild.image.extract import extract_tar
+from acbuild.image.tarread import Limits
 from acbuild.report import NullReporter
 from tests.support.hostile import Tar, aci, compress, raw_header, snapshot
 

@@ -22,7 +22,7 @@ import pytest
 from acbuild.errors import ImageError
 from acbuild.fs.staging import StagedRootfs
 from acbuild.image.aci import unpack_base
-from acbuild.image.extract import Limits
+from acbuild.image.tarread import Limits
 from acbuild.image.validate import validate_image
 from tests.support import hostile, ocifixtures
 from tests.support.cli import acbuild

@@ -23,10 +23,10 @@ from acbuild.image.manifest import (
     NameValue,
     Port,
     from_json_bytes,
-    problems,
     to_json_bytes,
     to_json_pretty,
 )
+from acbuild.image.manifest_rules import problems
 
 ID = "sha512-" + "ab" * 64
 

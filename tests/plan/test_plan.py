@@ -9,17 +9,16 @@ import pytest
 from acbuild.acfile import instructions as ins
 from acbuild.acfile.parse import parse_text
 from acbuild.errors import AcbuildError, AcfileError, ErrorGroup, Span
-from acbuild.plan.plan import (
+from acbuild.plan.baseref import (
     DockerArchive,
     ImageName,
     LocalImage,
     OciArchive,
     OciLayout,
-    Plan,
     Scratch,
-    make_plan,
     parse_base,
 )
+from acbuild.plan.plan import Plan, make_plan
 
 CTX = Path("/ctx/app")
 

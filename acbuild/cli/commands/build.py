@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from acbuild.cli.commands.common import acfile_options, global_options, state
-from acbuild.cli.commands.trustopts import base_loader, trust_options
 
 from acbuild.build.build import BuildOptions, BuildResult, build
 from acbuild.build.repro import check_reproducible
+from acbuild.cli.commands.common import acfile_options, global_options, state
+from acbuild.cli.commands.trustopts import base_loader, trust_options
 from acbuild.cli.console import human_size
 from acbuild.report import Reporter
 from acbuild.trust.sign import read_passphrase, remove_stale_signature, sign_image

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import click
-from acbuild.cli.commands.common import Size, global_options
 
 from acbuild.cache.cache import CacheStore, default_cache_dir
+from acbuild.cli.commands.common import Size, global_options
 from acbuild.cli.console import human_size
 
 

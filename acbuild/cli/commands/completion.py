@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import click
-from acbuild.cli.commands.common import global_options
 from click.shell_completion import get_completion_class
+
+from acbuild.cli.commands.common import global_options
 
 PROG = "acbuild-py"
 COMPLETE_VAR = "_ACBUILD_PY_COMPLETE"  # what click's main() looks for, from the prog name

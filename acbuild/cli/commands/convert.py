@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from acbuild.cli.commands.common import global_options, state
 
+from acbuild.cli.commands.common import global_options, state
 from acbuild.image.compression import COMPRESSIONS
 from acbuild.interop.convert import ConvertOptions, convert
 from acbuild.interop.oci import KINDS, detect_kind

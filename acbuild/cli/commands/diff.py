@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from acbuild.cli.commands.common import global_options, state
 
+from acbuild.cli.commands.common import global_options, state
 from acbuild.cli.console import human_size, render_error
 from acbuild.errors import AcbuildError
 from acbuild.image.diff import Entry, EntryChange, ImageDiff, ManifestChange, diff_images

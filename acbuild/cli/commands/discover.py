@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import click
-from acbuild.cli.commands.common import global_options
 
+from acbuild.cli.commands.common import global_options
 from acbuild.distribution.discovery import HttpOptions, discover, parse_ref
 
 

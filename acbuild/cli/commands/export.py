@@ -7,8 +7,8 @@ import tempfile
 from pathlib import Path
 
 import click
-from acbuild.cli.commands.common import global_options, state
 
+from acbuild.cli.commands.common import global_options, state
 from acbuild.fs.staging import StagedRootfs
 from acbuild.image.aci import unpack_image
 from acbuild.image.finalize import build_epoch

@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 import click
-from acbuild.cli.commands.common import global_options, state
 
 from acbuild.acfile.fmt import format_text
+from acbuild.cli.commands.common import global_options, state
 from acbuild.errors import AcfileError
 from acbuild.fs.atomic import atomic_write
 

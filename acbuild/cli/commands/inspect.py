@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from acbuild.cli.commands.common import global_options
 from rich.console import Console
 from rich.markup import escape
 from rich.tree import Tree
 
+from acbuild.cli.commands.common import global_options
 from acbuild.cli.console import human_size
 from acbuild.image.inspect import ImageSummary, summarize
 from acbuild.image.manifest import ImageManifest

@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 import click
-from acbuild.cli.commands.common import global_options
 
 from acbuild.acfile.render import load_variables
+from acbuild.cli.commands.common import global_options
 from acbuild.plan.lint import RULES, lint_file
 
 

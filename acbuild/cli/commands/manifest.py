@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from acbuild.cli.commands.common import global_options
 
+from acbuild.cli.commands.common import global_options
 from acbuild.image.aci import read_manifest
 from acbuild.image.manifest import to_json_pretty
 

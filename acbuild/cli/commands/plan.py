@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from acbuild.cli.commands.common import acfile_options, global_options, state
-from acbuild.cli.commands.trustopts import base_loader, trust_options
 
 from acbuild.acfile.context import BuildContext
 from acbuild.build.build import BuildOptions, final_image_key, key_steps, load_plan, open_cache
+from acbuild.cli.commands.common import acfile_options, global_options, state
+from acbuild.cli.commands.trustopts import base_loader, trust_options
 from acbuild.image.finalize import build_epoch
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from acbuild.cli.commands.common import global_options, state
 from acbuild.cli.commands.trustopts import base_loader, trust_options
-
 from acbuild.run.runimage import RunOptions, parse_volume, run_image
 from acbuild.signals import terminate_as_exit
 

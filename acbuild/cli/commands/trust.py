@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import click
-from acbuild.cli.commands.common import global_options, state
 
+from acbuild.cli.commands.common import global_options, state
 from acbuild.distribution.discovery import parse_ref
 from acbuild.distribution.fetch import FetchOptions, fetch_keys
 from acbuild.errors import TrustError

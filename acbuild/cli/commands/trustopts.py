@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from acbuild.cli.commands.common import Size
 
 from acbuild.build.bases import BaseLoader
+from acbuild.cli.commands.common import Size
 from acbuild.image.tarread import Limits
 from acbuild.report import Reporter
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from acbuild.cli.commands.common import global_options
 
+from acbuild.cli.commands.common import global_options
 from acbuild.image.validate import validate_image
 
 
