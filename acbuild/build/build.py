@@ -22,16 +22,15 @@ from acbuild.acfile.parse import parse_partly
 from acbuild.acfile.render import load_variables, render
 from acbuild.build import manifest_edit
 from acbuild.build.bases import BaseLoader, pin_dependencies
-from acbuild.build.execute import ExecuteOptions, StageResult, execute, step_info
+from acbuild.build.execute import ExecuteOptions, execute, step_info
+from acbuild.cache.buildcache import BuildCache, StageState
 from acbuild.cache.cache import CacheStore, ImageRecord, default_cache_dir
-from acbuild.cache.statcache import base_identity, image_key, key_plan
 from acbuild.errors import AcfileError, BuildError, raise_all
 from acbuild.fs.leftovers import owner_tag, sweep
 from acbuild.fs.staging import remove_tree
 from acbuild.image.finalize import build_epoch, write_aci
 from acbuild.image.manifest import ImageManifest, from_json_bytes, to_json_bytes
 from acbuild.image.manifest_rules import problems
-from acbuild.plan.baseref import BaseRef
 from acbuild.plan.plan import Plan, check_instructions, make_plan
 from acbuild.report import Reporter
 from acbuild.signals import deferred
@@ -115,8 +114,8 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
         # failure, however complete.
         raise BuildError("SIGN is only supported for ACI output", span=plan.target.begin.span)
     epoch = build_epoch(options.environ)
-    context = BuildContext((options.context or options.acfile.parent).resolve())
-    cache = open_cache(options)
+    context = build_context(options)
+    cache = open_cache(options, reporter)
     with _session(cache), work_directory() as work:
         if cache is not None:
             plan = key_steps(plan, options, cache, context, epoch, reporter)
@@ -128,14 +127,19 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
                                seconds=time.monotonic() - started)
 
 
-def open_cache(options: BuildOptions) -> CacheStore | None:
+def build_context(options: BuildOptions) -> BuildContext:
+    return BuildContext((options.context or options.acfile.parent).resolve())
+
+
+def open_cache(options: BuildOptions, reporter: Reporter) -> BuildCache | None:
     if options.no_cache:
         return None
-    return CacheStore(options.cache_dir or default_cache_dir(options.environ))
+    return BuildCache(CacheStore(options.cache_dir or default_cache_dir(options.environ)),
+                      reporter)
 
 
 @contextmanager
-def _session(cache: CacheStore | None) -> Iterator[None]:
+def _session(cache: BuildCache | None) -> Iterator[None]:
     if cache is None:
         yield
         return
@@ -143,35 +147,26 @@ def _session(cache: CacheStore | None) -> Iterator[None]:
         yield
 
 
-def key_steps(plan: Plan, options: BuildOptions, cache: CacheStore, context: BuildContext,
+def key_steps(plan: Plan, options: BuildOptions, cache: BuildCache, context: BuildContext,
               epoch: int, reporter: Reporter) -> Plan:
     """The plan with the cache key of every step (reads the context, runs nothing)."""
-    stat_cache = cache.stat_cache(context.root)
     loader = options.base_loader
 
     def resolve(name: str, labels: tuple[tuple[str, str], ...]) -> Path:
         return loader.resolve_name(name, labels, reporter)
 
-    def identity(base: BaseRef) -> str:
-        return base_identity(base, stat_cache, resolve)
-
-    keyed = key_plan(plan, context=context, epoch=epoch, identity=identity,
-                     stat_cache=stat_cache)
-    stat_cache.save()
-    return keyed
+    return cache.key(plan, context=context, epoch=epoch, resolve=resolve)
 
 
 def final_image_key(plan: Plan, options: BuildOptions, epoch: int) -> str | None:
-    if options.output_format != "aci":
-        return None  # OCI output is cached step by step only
-    return image_key(plan, compression=options.compression, output_format="aci", epoch=epoch)
+    return BuildCache.image_key(plan, compression=options.compression,
+                                output_format=options.output_format, epoch=epoch)
 
 
-def _cached_image(plan: Plan, options: BuildOptions, cache: CacheStore | None, epoch: int,
+def _cached_image(plan: Plan, options: BuildOptions, cache: BuildCache | None, epoch: int,
                   reporter: Reporter) -> BuildResult | None:
     """The whole image from the cache, copied (and verified) to the output; None on a miss."""
-    key = final_image_key(plan, options, epoch) if cache is not None else None
-    record = cache.image(key) if cache is not None and key is not None else None
+    record = cache.image(final_image_key(plan, options, epoch)) if cache is not None else None
     if cache is None or record is None:
         return None
     manifest = from_json_bytes(record.manifest_json)
@@ -179,7 +174,6 @@ def _cached_image(plan: Plan, options: BuildOptions, cache: CacheStore | None, e
     if options.remove_stale_signature is not None:
         options.remove_stale_signature(output)
     if not cache.copy_image(record, output):
-        reporter.warning(f"cache entry {record.key} is damaged; building the image again")
         return None
     for stage in plan.stages:
         for step in stage.steps:
@@ -190,7 +184,7 @@ def _cached_image(plan: Plan, options: BuildOptions, cache: CacheStore | None, e
                        entries=record.entries, signatures=(), seconds=0.0)
 
 
-def _build_image(plan: Plan, options: BuildOptions, cache: CacheStore | None,
+def _build_image(plan: Plan, options: BuildOptions, cache: BuildCache | None,
                  context: BuildContext, epoch: int, work: Path,
                  reporter: Reporter) -> BuildResult:
     with _run_log(plan, options) as (log, log_path):
@@ -206,21 +200,17 @@ def _build_image(plan: Plan, options: BuildOptions, cache: CacheStore | None,
         image_id, size, uncompressed, entries = _write(
             stage, manifest, output, options, epoch, reporter
         )
-    key = final_image_key(plan, options, epoch) if cache is not None else None
+    key = final_image_key(plan, options, epoch)
     if cache is not None and key is not None:
-        record = ImageRecord(key=key, image_id=image_id, size=size,
-                             uncompressed_size=uncompressed, entries=entries,
-                             manifest_json=to_json_bytes(manifest))
-        try:
-            cache.put_image(key, output, record)
-        except OSError as e:
-            reporter.warning(f"cannot store the image in the cache: {e}")
+        cache.store_image(output, ImageRecord(key=key, image_id=image_id, size=size,
+                                              uncompressed_size=uncompressed, entries=entries,
+                                              manifest_json=to_json_bytes(manifest)))
     return BuildResult(image_id=image_id, output=output, manifest=manifest, size=size,
                        uncompressed_size=uncompressed, entries=entries, signatures=(),
                        seconds=0.0)
 
 
-def _final_manifest(stage: StageResult, plan: Plan) -> ImageManifest:
+def _final_manifest(stage: StageState, plan: Plan) -> ImageManifest:
     manifest = manifest_edit.finish(stage.manifest)
     found = problems(manifest)
     if found:
@@ -241,7 +231,7 @@ def default_output(manifest: ImageManifest, output_format: OutputFormat) -> Path
 
 
 def _write(
-    stage: StageResult, manifest: ImageManifest, output: Path, options: BuildOptions,
+    stage: StageState, manifest: ImageManifest, output: Path, options: BuildOptions,
     epoch: int, reporter: Reporter,
 ) -> tuple[str, int, int, int]:
     if options.output_format == "aci":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -17,11 +17,11 @@ from acbuild.acfile.context import BuildContext
 from acbuild.acfile.instructions import Copy, Instruction, Run, Sign
 from acbuild.build import manifest_edit
 from acbuild.build.copy import copy_instruction
-from acbuild.cache.cache import CacheStore, CorruptTree, StepRecord
-from acbuild.cache.snapshot import KnownDigests
+from acbuild.cache.buildcache import BuildCache, Resume, StageState, runs_after
+from acbuild.cache.cache import CorruptTree, StepRecord
 from acbuild.errors import AcbuildError
 from acbuild.fs.staging import StagedRootfs, remove_tree
-from acbuild.image.manifest import ImageManifest, default_manifest, from_json_bytes, to_json_bytes
+from acbuild.image.manifest import ImageManifest, default_manifest
 from acbuild.plan.plan import Plan, Stage, Step
 from acbuild.report import Reporter, StepInfo
 from acbuild.sandbox.runstep import RunContext, run_step
@@ -38,15 +38,7 @@ class ExecuteOptions:
     load_base: BaseLoader
     log: TextIO | None = None  # full output of every RUN step
     log_path: Path | None = None
-    cache: CacheStore | None = None  # None: --no-cache
-
-
-@dataclass(slots=True)
-class StageResult:
-    rootfs: StagedRootfs
-    manifest: ImageManifest = field(default_factory=default_manifest)
-    # files of the rootfs the cache has read already (linked snapshots and restores)
-    known: KnownDigests = field(default_factory=dict)
+    cache: BuildCache | None = None  # None: --no-cache
 
 
 def step_info(step: Step, stage: Stage) -> StepInfo:
@@ -55,7 +47,7 @@ def step_info(step: Step, stage: Stage) -> StepInfo:
     )
 
 
-def execute(plan: Plan, *, options: ExecuteOptions, reporter: Reporter) -> StageResult:
+def execute(plan: Plan, *, options: ExecuteOptions, reporter: Reporter) -> StageState:
     """Build every stage of the plan; the result is the target stage's rootfs and manifest.
 
     With a cache, each stage starts from its last cached step; a stage that is cached to the
@@ -72,14 +64,15 @@ class _Executor:
         self.plan = plan
         self.options = options
         self.reporter = reporter
-        self.results: dict[int, StageResult] = {}
-        self.pending: dict[int, tuple[StepRecord, Path]] = {}  # cached to the end, not restored
+        self.results: dict[int, StageState] = {}
+        self.deferred: dict[int, tuple[StepRecord, Path]] = {}  # cached to the end, not restored
 
-    def result(self, index: int) -> StageResult:
+    def result(self, index: int) -> StageState:
         if index not in self.results:
-            record, root = self.pending.pop(index)
+            record, root = self.deferred.pop(index)
+            assert self.options.cache is not None
             try:
-                self.results[index] = self._restored(record, root, link=True)
+                self.results[index] = self.options.cache.restore(record, root, link=True)
             except CorruptTree as e:
                 self.reporter.warning(f"{e.message}; building the stage again")
                 remove_tree(root)
@@ -90,87 +83,37 @@ class _Executor:
     def run_stage(self, stage: Stage, *, cached: bool = True) -> None:
         root = self.options.work_dir / f"stage-{stage.index}" / "rootfs"
         root.parent.mkdir(parents=True, exist_ok=True)
-        start, result, tree = self._from_cache(stage, root) if cached else (0, None, None)
-        if start == len(stage.steps):
+        cache = self.options.cache
+        resume = Resume()
+        if cached and cache is not None:
+            resume = cache.resume(stage, root, needed_now=stage.index == self.plan.target.index)
+        for step in stage.steps[: resume.cached]:
+            info = step_info(step, stage)
+            self.reporter.step_started(info)
+            self.reporter.step_finished(info, 0.0, cached=True)
+        if resume.deferred is not None:
+            self.deferred[stage.index] = (resume.deferred, root)
             return
-        if result is None:
+        state, tree = resume.state, resume.tree
+        if state is None:
             root.mkdir(mode=0o755)
             root.chmod(0o755)
-            result = StageResult(rootfs=StagedRootfs(root=root))
-        for number, step in enumerate(stage.steps[start:], start):
+            state = StageState(rootfs=StagedRootfs(root=root), manifest=default_manifest(),
+                               known={})
+        for number, step in enumerate(stage.steps[resume.cached :], resume.cached):
             with _step(step, stage, self.reporter) as info:
                 if number == 0:
-                    result.manifest = self.options.load_base(stage, result.rootfs, self.reporter)
+                    state.manifest = self.options.load_base(stage, state.rootfs, self.reporter)
                 else:
-                    shares = not _runs(stage.steps[number + 1 :])
-                    result.manifest = self._apply(step.instruction, result, info, shares=shares)
-            tree = self._store(stage, number, result, tree)
-        self.results[stage.index] = result
-
-    # -- the cache ---------------------------------------------------------------------------
-
-    def _from_cache(self, stage: Stage,
-                    root: Path) -> tuple[int, StageResult | None, str | None]:
-        """(index of the first step to run, the restored state before it, the key of the
-        entry holding that state's rootfs)."""
-        cache = self.options.cache
-        if cache is None:
-            return 0, None, None
-        for number in range(len(stage.steps) - 1, -1, -1):
-            key = stage.steps[number].key
-            record = cache.step(key) if key is not None else None
-            if record is None:
-                continue
-            last = number == len(stage.steps) - 1
-            result = None
-            if last and stage.index != self.plan.target.index:
-                self.pending[stage.index] = (record, root)
-            else:
-                rest = stage.steps[number + 1 :]
-                try:
-                    result = self._restored(record, root, link=not _runs(rest))
-                except CorruptTree as e:
-                    self.reporter.warning(f"{e.message}; building the step again")
-                    remove_tree(root)
-                    continue
-            for step in stage.steps[: number + 1]:
-                info = step_info(step, stage)
-                self.reporter.step_started(info)
-                self.reporter.step_finished(info, 0.0, cached=True)
-            if last and result is not None:
-                self.results[stage.index] = result
-            return number + 1, result, record.tree
-        return 0, None, None
-
-    def _restored(self, record: StepRecord, root: Path, *, link: bool) -> StageResult:
-        assert self.options.cache is not None
-        known: KnownDigests = {}
-        rootfs = self.options.cache.restore(record, root, link=link, known=known)
-        return StageResult(rootfs=rootfs, manifest=from_json_bytes(record.manifest_json),
-                           known=known)
-
-    def _store(self, stage: Stage, number: int, result: StageResult,
-               tree: str | None) -> str | None:
-        """Keep the step's result; returns the key of the entry now holding the rootfs."""
-        cache, key = self.options.cache, stage.steps[number].key
-        if cache is None or key is None:
-            return None
-        changes_rootfs = number == 0 or isinstance(stage.steps[number].instruction, Copy | Run)
-        if not changes_rootfs and tree is None:
-            return None
-        try:
-            cache.put_step(key, to_json_bytes(result.manifest),
-                           rootfs=result.rootfs if changes_rootfs else None,
-                           tree=tree, link=not _runs(stage.steps[number + 1 :]),
-                           known=result.known)
-        except OSError as e:
-            self.reporter.warning(f"cannot store step {number + 1} in the cache: {e}")
-            return None
-        return key if changes_rootfs else tree
+                    shares = not runs_after(stage.steps[number + 1 :])
+                    state.manifest = self._apply(step.instruction, state, info, shares=shares)
+            if cache is not None:
+                tree = cache.store_step(stage, number, state, tree)
+        self.results[stage.index] = state
 
     # -- steps -------------------------------------------------------------------------------
 
-    def _apply(self, instruction: Instruction, result: StageResult, info: StepInfo, *,
+    def _apply(self, instruction: Instruction, result: StageState, info: StepInfo, *,
                shares: bool) -> ImageManifest:
         """``shares``: no RUN follows, so the rootfs may share inodes with the context."""
         options = self.options
@@ -192,12 +135,6 @@ class _Executor:
             case _:
                 return manifest_edit.apply(result.manifest, instruction)
         return result.manifest
-
-
-def _runs(steps: tuple[Step, ...]) -> bool:
-    """Whether a RUN is among ``steps``: a RUN may change files in place, so the rootfs must
-    not share inodes with the cache (COPY and extraction always write new files)."""
-    return any(isinstance(s.instruction, Run) for s in steps)
 
 
 class _step:

@@ -11,11 +11,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from acbuild.cli.commands.trustopts import base_loader
 
 from acbuild.acfile.context import BuildContext
 from acbuild.build.build import BuildOptions, BuildResult, build, key_steps, load_plan
+from acbuild.cache.buildcache import BuildCache
 from acbuild.cache.cache import CacheStore
+from acbuild.cli.commands.trustopts import base_loader
 from acbuild.report import NullReporter, StepInfo
 from tests.support.busybox import busybox_available, make_busybox_rootfs
 from tests.support.cli import acbuild
@@ -71,7 +72,7 @@ def run(acfile: Path, cache: Path | None, out: Path, *variables: str) -> tuple[B
 
 def keys(acfile: Path, cache: Path, *variables: str, epoch: str = "315532800") -> list[str]:
     opts = options(acfile, cache, acfile.parent / "x.aci", *variables, epoch=epoch)
-    store = CacheStore(cache)
+    store = BuildCache(CacheStore(cache), NullReporter())
     with store.session():
         plan = key_steps(load_plan(opts), opts, store, BuildContext(acfile.parent),
                          315532800 if epoch == "315532800" else int(epoch), NullReporter())

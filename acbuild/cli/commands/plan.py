@@ -10,8 +10,14 @@ from typing import Any
 
 import click
 
-from acbuild.acfile.context import BuildContext
-from acbuild.build.build import BuildOptions, final_image_key, key_steps, load_plan, open_cache
+from acbuild.build.build import (
+    BuildOptions,
+    build_context,
+    final_image_key,
+    key_steps,
+    load_plan,
+    open_cache,
+)
 from acbuild.cli.commands.common import acfile_options, global_options, state
 from acbuild.cli.commands.trustopts import base_loader, trust_options
 from acbuild.image.finalize import build_epoch
@@ -30,20 +36,19 @@ def command(acfile: Path, context: Path | None, variables: tuple[str, ...],
     options = BuildOptions(acfile=acfile, output=None, base_loader=base_loader(
         reporter=reporter, **trust), context=context, variables=variables,
         var_files=var_files, target=target, compression=compression, cache_dir=cache_dir)
-    cache = open_cache(options)
+    cache = open_cache(options, reporter)
     assert cache is not None
     plan = load_plan(options)
     epoch = build_epoch(options.environ)
-    ctx = BuildContext((context or acfile.parent).resolve())
     with cache.session():
-        plan = key_steps(plan, options, cache, ctx, epoch, reporter)
+        plan = key_steps(plan, options, cache, build_context(options), epoch, reporter)
         for stage in plan.stages:
             for step in stage.steps:
-                hit = step.key is not None and cache.step(step.key) is not None
+                hit = cache.hit(step)
                 key = step.key or "-" * 71
                 where = f" ({stage.name})" if stage.name else ""
                 click.echo(f"[{step.number}/{step.total}] {'HIT ' if hit else 'MISS'} "
                            f"{key}{where}  {step.instruction.text}")
         image = final_image_key(plan, options, epoch)
-        hit = image is not None and cache.image(image) is not None
+        hit = cache.image(image) is not None
         click.echo(f"image {'HIT ' if hit else 'MISS'} {image or '-'}")

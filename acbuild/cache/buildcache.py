@@ -1,0 +1,156 @@
+"""The step cache's whole story for one build: key, lookup, restore, store.
+
+The executor and the build ask this module what is cached and hand it what they produced; the
+store (``cache.py``), the trees (``snapshot.py``) and the keys (``statcache.py``) stay below it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from acbuild.acfile.context import BuildContext
+from acbuild.acfile.instructions import Copy, Run
+from acbuild.cache.cache import CacheStore, CorruptTree, ImageRecord, StepRecord
+from acbuild.cache.snapshot import KnownDigests
+from acbuild.cache.statcache import base_identity, image_key, key_plan
+from acbuild.fs.staging import StagedRootfs, remove_tree
+from acbuild.image.manifest import ImageManifest, from_json_bytes, to_json_bytes
+from acbuild.plan.baseref import BaseRef
+from acbuild.plan.plan import Plan, Stage, Step
+from acbuild.report import Reporter
+
+# Resolves a discovered base image name (with its labels) to the local file it fetched.
+NameResolver = Callable[[str, tuple[tuple[str, str], ...]], Path]
+
+
+@dataclass(slots=True)
+class StageState:
+    """A stage's rootfs and manifest after some step, and the files the cache has read."""
+
+    rootfs: StagedRootfs
+    manifest: ImageManifest
+    known: KnownDigests
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resume:
+    """Where a stage picks up: the number of steps the cache answers for, and the state after
+    them — None when nothing is cached, or when a stage cached to its end is only restored
+    once something reads it (``deferred``)."""
+
+    cached: int = 0
+    state: StageState | None = None
+    tree: str | None = None  # key of the entry holding the rootfs after the cached steps
+    deferred: StepRecord | None = None
+
+
+def runs_after(steps: tuple[Step, ...]) -> bool:
+    """Whether a RUN is among ``steps``: a RUN may change files in place, so the rootfs must
+    not share inodes with the cache (COPY and extraction always write new files)."""
+    return any(isinstance(s.instruction, Run) for s in steps)
+
+
+class BuildCache:
+    def __init__(self, store: CacheStore, reporter: Reporter) -> None:
+        self.store = store
+        self.reporter = reporter
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        with self.store.session():
+            yield
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def key(self, plan: Plan, *, context: BuildContext, epoch: int,
+            resolve: NameResolver) -> Plan:
+        """The plan with the cache key of every step (reads the context, runs nothing)."""
+        stat_cache = self.store.stat_cache(context.root)
+
+        def identity(base: BaseRef) -> str:
+            return base_identity(base, stat_cache, resolve)
+
+        keyed = key_plan(plan, context=context, epoch=epoch, identity=identity,
+                         stat_cache=stat_cache)
+        stat_cache.save()
+        return keyed
+
+    @staticmethod
+    def image_key(plan: Plan, *, compression: str, output_format: str,
+                  epoch: int) -> str | None:
+        if output_format != "aci":
+            return None  # OCI output is cached step by step only
+        return image_key(plan, compression=compression, output_format="aci", epoch=epoch)
+
+    def hit(self, step: Step) -> bool:
+        return step.key is not None and self.store.step(step.key) is not None
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def resume(self, stage: Stage, root: Path, *, needed_now: bool) -> Resume:
+        """The longest cached prefix of ``stage``'s steps, restored at ``root`` unless the
+        whole stage is cached and not ``needed_now`` (it is then ``deferred``)."""
+        for number in range(len(stage.steps) - 1, -1, -1):
+            key = stage.steps[number].key
+            record = self.store.step(key) if key is not None else None
+            if record is None:
+                continue
+            if number == len(stage.steps) - 1 and not needed_now:
+                return Resume(cached=number + 1, tree=record.tree, deferred=record)
+            try:
+                state = self.restore(record, root,
+                                     link=not runs_after(stage.steps[number + 1 :]))
+            except CorruptTree as e:
+                self.reporter.warning(f"{e.message}; building the step again")
+                remove_tree(root)
+                continue
+            return Resume(cached=number + 1, state=state, tree=record.tree)
+        return Resume()
+
+    def restore(self, record: StepRecord, root: Path, *, link: bool) -> StageState:
+        """Raises CorruptTree (the entry is discarded) when the snapshot is damaged."""
+        known: KnownDigests = {}
+        rootfs = self.store.restore(record, root, link=link, known=known)
+        return StageState(rootfs=rootfs, manifest=from_json_bytes(record.manifest_json),
+                          known=known)
+
+    def store_step(self, stage: Stage, number: int, state: StageState,
+                   tree: str | None) -> str | None:
+        """Keep what step ``number`` produced; returns the key of the entry now holding the
+        rootfs (manifest-only steps point at the tree before them)."""
+        key = stage.steps[number].key
+        if key is None:
+            return None
+        changes_rootfs = number == 0 or isinstance(stage.steps[number].instruction, Copy | Run)
+        if not changes_rootfs and tree is None:
+            return None
+        try:
+            self.store.put_step(key, to_json_bytes(state.manifest),
+                                rootfs=state.rootfs if changes_rootfs else None,
+                                tree=tree, link=not runs_after(stage.steps[number + 1 :]),
+                                known=state.known)
+        except OSError as e:
+            self.reporter.warning(f"cannot store step {number + 1} in the cache: {e}")
+            return None
+        return key if changes_rootfs else tree
+
+    # -- final images ------------------------------------------------------------------------
+
+    def image(self, key: str | None) -> ImageRecord | None:
+        return self.store.image(key) if key is not None else None
+
+    def copy_image(self, record: ImageRecord, output: Path) -> bool:
+        """Copy a cached image to ``output``, verified; False (warned) when it is damaged."""
+        if self.store.copy_image(record, output):
+            return True
+        self.reporter.warning(f"cache entry {record.key} is damaged; building the image again")
+        return False
+
+    def store_image(self, image: Path, record: ImageRecord) -> None:
+        try:
+            self.store.put_image(record.key, image, record)
+        except OSError as e:
+            self.reporter.warning(f"cannot store the image in the cache: {e}")
