@@ -23,3 +23,18 @@ def test_grammar_is_found_as_package_data() -> None:
     from acbuild.acfile.parse import grammar_text
 
     assert grammar_text() == (REPO / "grammar" / "acfile.lark").read_text()
+
+
+def test_every_layer_is_in_the_contract_and_on_the_architecture_page() -> None:
+    layers = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    named = {
+        part.strip().removeprefix("acbuild.")
+        for layer in layers["contracts"][0]["layers"]
+        for part in layer.split("|")
+    }
+    page = (REPO / "docs" / "dev" / "architecture.md").read_text()
+    for package in (REPO / "acbuild").iterdir():
+        if (package / "__init__.py").is_file():
+            assert package.name in named, f"{package.name} is in no layer of the contract"
+            assert f"{package.name}/" in page, f"{package.name}/ is not on the architecture page"
+            assert '"""' in (package / "__init__.py").read_text(), f"{package.name} has no docstring"
