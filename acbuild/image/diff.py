@@ -1,7 +1,9 @@
 """Diff (inspection): what differs between two images, manifest fields and rootfs entries.
 
 Both archives are streamed once; file contents are compared by a SHA-256 taken while
-reading, so only per-entry metadata is ever held in memory.
+reading, so only per-entry metadata is ever held in memory. The image IDs are hashed in the
+same pass: two images whose IDs differ are never reported the same — what the fields below
+do not explain (header encoding, padding) is reported as a difference of the archives' bytes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ MANIFEST = "manifest"
 class Entry:
     info: EntryInfo
     sha256: str | None  # regular files only
+    index: int  # position in the archive
+    names: tuple[str, str]  # owner names (uname, gname) as the header has them
+    device: tuple[int, int]  # (major, minor) of character and block devices
+    xattrs: tuple[tuple[str, str], ...]  # extended attributes from PAX records, sorted
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,39 +58,79 @@ class EntryChange:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ImageDiff:
+    old_id: str
+    new_id: str
     manifest: tuple[ManifestChange, ...]
     entries: tuple[EntryChange, ...]
+    # Differences the image ID sees beyond the fields above, as sentences: the order of the
+    # entries, the manifest's JSON text, the archives' bytes.
+    archive: tuple[str, ...] = ()
 
     @property
     def same(self) -> bool:
-        return not self.manifest and not self.entries
+        return self.old_id == self.new_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Image:
+    image_id: str
+    manifest: dict[str, Any]
+    manifest_bytes: bytes
+    entries: dict[str, Entry]
 
 
 def diff_images(old: Path, new: Path, *, limits: Limits = Limits()) -> ImageDiff:  # noqa: B008
-    old_manifest, old_entries = _read(old, limits)
-    new_manifest, new_entries = _read(new, limits)
-    return ImageDiff(manifest=tuple(_diff_manifest(old_manifest, new_manifest)),
-                     entries=tuple(_diff_entries(old_entries, new_entries)))
+    a, b = _read(old, limits), _read(new, limits)
+    manifest = tuple(_diff_manifest(a.manifest, b.manifest))
+    entries = tuple(_diff_entries(a.entries, b.entries))
+    archive = []
+    if not manifest and a.manifest_bytes != b.manifest_bytes:
+        archive.append("the manifest's JSON text differs (same fields, other spelling or order)")
+    if moved := _first_reordered(a.entries, b.entries):
+        archive.append(f"the entries are in another order, from {moved}")
+    if a.image_id != b.image_id and not (manifest or entries or archive):
+        archive.append("the archives' bytes differ (tar header encoding or padding), "
+                       "though every entry and field is the same")
+    return ImageDiff(old_id=a.image_id, new_id=b.image_id, manifest=manifest, entries=entries,
+                     archive=tuple(archive))
 
 
-def _read(path: Path, limits: Limits) -> tuple[dict[str, Any], dict[str, Entry]]:
-    manifest: dict[str, Any] | None = None
+def _read(path: Path, limits: Limits) -> _Image:
+    manifest: tuple[dict[str, Any], bytes] | None = None
     entries: dict[str, Entry] = {}
+    digest = hashlib.sha512()
     with open_tar(path) as stream:
-        for member, tar in members(TarSource(stream), limits):
+        source = TarSource(stream, hasher=digest)
+        for index, (member, tar) in enumerate(members(source, limits)):
             info = entry_info(member)
+            content = None
             if info.name == MANIFEST and member.isreg():
+                # its fields are compared as JSON; its header like any entry's
                 manifest = _manifest(path, tar, member, limits)
-                continue
-            digest = _sha256(tar, member) if member.isreg() else None
-            entries[info.name] = Entry(info=info, sha256=digest)
+            elif member.isreg():
+                content = _sha256(tar, member)
+            entries[info.name] = Entry(
+                info=info, sha256=content,
+                index=index, names=(member.uname, member.gname),
+                device=(member.devmajor, member.devminor) if member.isdev() else (0, 0),
+                xattrs=_xattrs(member),
+            )
+        with archive_errors():
+            while source.read(CHUNK):  # the image ID covers the end blocks too
+                pass
     if manifest is None:
         raise ImageError(f"{path}: not an ACI: it has no manifest")
-    return manifest, entries
+    return _Image(image_id="sha512-" + digest.hexdigest(), manifest=manifest[0],
+                  manifest_bytes=manifest[1], entries=entries)
+
+
+def _xattrs(member: tarfile.TarInfo) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k.split(".xattr.", 1)[1], v) for k, v in member.pax_headers.items()
+                        if ".xattr." in k))
 
 
 def _manifest(path: Path, tar: tarfile.TarFile, member: tarfile.TarInfo,
-              limits: Limits) -> dict[str, Any]:
+              limits: Limits) -> tuple[dict[str, Any], bytes]:
     if member.size > limits.max_manifest:
         raise ImageError(f"{path}: manifest is larger than {limits.max_manifest} bytes")
     with archive_errors():
@@ -97,7 +143,7 @@ def _manifest(path: Path, tar: tarfile.TarFile, member: tarfile.TarInfo,
         raise ImageError(f"{path}: manifest is not valid JSON") from None
     if not isinstance(doc, dict):
         raise ImageError(f"{path}: manifest is not a JSON object")
-    return doc
+    return doc, raw
 
 
 def _sha256(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:
@@ -157,6 +203,21 @@ def _what_changed(a: Entry, b: Entry) -> tuple[str, ...]:
         what.append("mode")
     if (a.info.uid, a.info.gid) != (b.info.uid, b.info.gid):
         what.append("owner")
+    if a.names != b.names:
+        what.append("owner names")
+    if a.info.mtime != b.info.mtime:
+        what.append("mtime")
+    if a.xattrs != b.xattrs:
+        what.append("xattrs")
     if a.info.linkname != b.info.linkname:
         what.append("link target")
+    if a.device != b.device:
+        what.append("device")
     return tuple(what)
+
+
+def _first_reordered(old: dict[str, Entry], new: dict[str, Entry]) -> str | None:
+    """The first entry (in the old order) from which the shared entries' order differs."""
+    shared = [p for p in sorted(old, key=lambda p: old[p].index) if p in new]
+    in_new = sorted(shared, key=lambda p: new[p].index)
+    return next((a for a, b in zip(shared, in_new, strict=True) if a != b), None)

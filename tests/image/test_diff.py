@@ -71,7 +71,10 @@ def test_every_kind_of_difference(tmp_path: Path) -> None:
     b = make_aci(tmp_path / "b.aci", manifest, files)
     r = acbuild("diff", a, b)
     assert r.code == 1, r.stderr
+    ids = diff_images(a, b)
     assert r.stdout.splitlines() == [
+        f"- image {ids.old_id}",
+        f"+ image {ids.new_id}",
         '+ manifest annotations.authors: "me"',
         '- manifest labels.os: "linux"',
         '~ manifest labels.version: "1.0" -> "1.1"',
@@ -121,4 +124,61 @@ def test_two_builds_differ_in_their_label(hello_context: Path, tmp_path: Path) -
     second = tmp_path / "2.aci"
     assert acbuild("build", acfile, "-q", "-o", second).code == 0
     r = acbuild("diff", first, second)
-    assert (r.code, r.stdout) == (1, '~ manifest labels.version: "1.0.0" -> "1.0.1"\n')
+    assert r.code == 1
+    assert r.stdout.splitlines()[2:] == ['~ manifest labels.version: "1.0.0" -> "1.0.1"']
+
+
+def test_builds_that_differ_only_in_mtimes_differ(hello_context: Path, tmp_path: Path) -> None:
+    acfile = hello_context / "Acfile"
+    one, two = tmp_path / "1.aci", tmp_path / "2.aci"
+    assert acbuild("build", acfile, "-q", "-o", one, env={"SOURCE_DATE_EPOCH": "0"}).code == 0
+    assert acbuild("build", acfile, "-q", "-o", two,
+                   env={"SOURCE_DATE_EPOCH": "86400"}).code == 0
+    r = acbuild("diff", one, two)
+    assert r.code == 1, r.stdout
+    assert "~ rootfs/bin/hello: mtime 1970-01-01T00:00:00Z -> 1970-01-02T00:00:00Z" in r.stdout
+
+
+def _tar(path: Path, entries: list[tarfile.TarInfo], manifest: bytes,
+         fmt: int = tarfile.PAX_FORMAT) -> Path:
+    with tarfile.open(path, "w", format=fmt) as tar:
+        info = tarfile.TarInfo("manifest")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest))
+        for entry in entries:
+            tar.addfile(entry, io.BytesIO(b"x" * entry.size))
+    return path
+
+
+def _entry(name: str, **fields: object) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE if name == "rootfs" else tarfile.REGTYPE
+    info.size = 0 if name == "rootfs" else 1
+    for key, value in fields.items():
+        setattr(info, key, value)
+    return info
+
+
+def test_every_difference_the_image_id_sees_is_named(tmp_path: Path) -> None:
+    doc = json.dumps(MANIFEST).encode()
+    base = [_entry("rootfs"), _entry("rootfs/a"), _entry("rootfs/b")]
+    a = _tar(tmp_path / "a.aci", base, doc)
+    cases = {
+        "order": ([_entry("rootfs"), _entry("rootfs/b"), _entry("rootfs/a")], doc,
+                  tarfile.PAX_FORMAT, "~ archive: the entries are in another order, from rootfs/a"),
+        "xattrs": ([_entry("rootfs"), _entry("rootfs/a", pax_headers={
+                    "SCHILY.xattr.user.k": "v"}), _entry("rootfs/b")], doc, tarfile.PAX_FORMAT,
+                   "~ rootfs/a: xattrs {} -> {user.k='v'}"),
+        "names": ([_entry("rootfs"), _entry("rootfs/a", uname="ada"), _entry("rootfs/b")], doc,
+                  tarfile.PAX_FORMAT, "~ rootfs/a: owner names -:- -> ada:-"),
+        "json text": (base, json.dumps(MANIFEST, indent=1).encode(), tarfile.PAX_FORMAT,
+                      "~ archive: the manifest's JSON text differs"),
+        "encoding": (base, doc, tarfile.GNU_FORMAT, "~ archive: the archives' bytes differ"),
+    }
+    for name, (entries, manifest, fmt, expected) in cases.items():
+        b = _tar(tmp_path / f"{name}.aci", entries, manifest, fmt)
+        r = acbuild("diff", a, b)
+        assert r.code == 1, (name, r.stdout, r.stderr)
+        assert any(line.startswith(expected) for line in r.stdout.splitlines()), (name, r.stdout)
+        assert not diff_images(a, b).same
+    assert acbuild("diff", a, _tar(tmp_path / "again.aci", base, doc)).code == 0
