@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -122,12 +122,23 @@ class ImageStore:
                 too_old = older_than_days is not None and e.added < now - older_than_days * 86400
                 if too_many or too_old:
                     doomed.append(e)
-            for e in doomed:
-                self.aci_path(e.id).unlink(missing_ok=True)
-                self.asc_path(e.id).unlink(missing_ok=True)
-            self._write_index([e for e in entries if e not in doomed])
+            self._remove(doomed, entries)
             shutil.rmtree(self.root / "tmp", ignore_errors=True)
             return tuple(doomed)
+
+    def remove(self, image_ids: Sequence[str]) -> tuple[Entry, ...]:
+        """Remove these images (by full image ID); returns the entries removed."""
+        with self.lock():
+            entries = list(self.entries())
+            doomed = [e for e in entries if e.id in set(image_ids)]
+            self._remove(doomed, entries)
+            return tuple(doomed)
+
+    def _remove(self, doomed: Sequence[Entry], entries: Sequence[Entry]) -> None:
+        for e in doomed:
+            self.aci_path(e.id).unlink(missing_ok=True)
+            self.asc_path(e.id).unlink(missing_ok=True)
+        self._write_index([e for e in entries if e not in doomed])
 
     def _write_index(self, entries: list[Entry]) -> None:
         doc = {"version": _INDEX_VERSION,
