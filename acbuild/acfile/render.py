@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any
 
 import jinja2
+from jinja2 import meta as jinja2_meta
 from jinja2.exceptions import SecurityError
 from jinja2.ext import Extension
 from jinja2.lexer import Token, TokenStream
@@ -316,3 +317,13 @@ def _template_line(tb: TracebackType | None) -> int | None:
             line = tb.tb_lineno
         tb = tb.tb_next
     return line
+
+
+def unused_variables(text: str, names: Sequence[str]) -> tuple[str, ...]:
+    """Which of ``names`` the template never mentions (as BuildKit warns of unused build
+    args); () when the text is not a template jinja2 can parse (render says why)."""
+    try:
+        mentioned = jinja2_meta.find_undeclared_variables(jinja2.Environment().parse(text))
+    except (jinja2.TemplateSyntaxError, RecursionError):
+        return ()
+    return tuple(sorted(set(names) - mentioned))

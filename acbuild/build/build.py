@@ -19,7 +19,7 @@ from typing import Literal, TextIO
 from acbuild.acfile.context import BuildContext
 from acbuild.acfile.instructions import Run
 from acbuild.acfile.parse import parse_partly
-from acbuild.acfile.render import load_variables, render
+from acbuild.acfile.render import load_variables, render, unused_variables
 from acbuild.build import manifest_edit
 from acbuild.build.bases import BaseLoader, pin_dependencies
 from acbuild.build.execute import ExecuteOptions, execute, step_info
@@ -89,10 +89,15 @@ def read_acfile(path: Path) -> str:
         raise AcfileError(f"{path}:{line}: Acfile is not valid UTF-8") from None
 
 
-def load_plan(options: BuildOptions) -> Plan:
-    """Render, parse and plan the Acfile: everything a build does before touching files."""
+def load_plan(options: BuildOptions, reporter: Reporter | None = None) -> Plan:
+    """Render, parse and plan the Acfile: everything a build does before touching files.
+    ``reporter`` hears of --var values the Acfile never uses."""
     text = read_acfile(options.acfile)
     variables = load_variables(options.variables, options.var_files)
+    if reporter is not None:
+        given = [arg.partition("=")[0] for arg in options.variables]
+        for name in unused_variables(text, given):
+            reporter.warning(f"--var {name} is not used by {options.acfile}")
     rendered = render(text, file=str(options.acfile), variables=variables)
     instructions, errors = parse_partly(rendered)
     if errors:
@@ -108,7 +113,7 @@ def load_plan(options: BuildOptions) -> Plan:
 
 def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
     started = time.monotonic()
-    plan = pin_dependencies(load_plan(options), options.base_loader, reporter)
+    plan = pin_dependencies(load_plan(options, reporter), options.base_loader, reporter)
     if plan.sign_keys and (options.signer is None or options.output_format != "aci"):
         # Said before any work: an unsigned image where a signed one was asked for is a
         # failure, however complete.

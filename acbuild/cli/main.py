@@ -6,6 +6,7 @@ the one place where errors become text and exit statuses.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import pkgutil
 import signal
@@ -41,6 +42,16 @@ class VerbGroup(click.Group):
             for info in pkgutil.iter_modules(commands.__path__)
             if info.name not in HELPER_MODULES and not info.name.startswith("_")
         )
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if args and self.get_command(ctx, name) is None and not name.startswith("-"):
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1, cutoff=0.6)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            ctx.fail(f"No such command '{name}'.{hint}")
+        return super().resolve_command(ctx, args)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.list_commands(ctx):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,15 +10,35 @@ import click
 
 from acbuild.build.build import BuildOptions, BuildResult, build
 from acbuild.build.repro import check_reproducible
-from acbuild.cli.commands.common import acfile_options, global_options, state
+from acbuild.cli.commands.common import (
+    acfile_argument,
+    acfile_options,
+    global_options,
+    resolve_acfile,
+    state,
+)
 from acbuild.cli.commands.trustopts import base_loader, trust_options
 from acbuild.cli.console import human_size
 from acbuild.report import Reporter
 from acbuild.trust.sign import read_passphrase, remove_stale_signature, sign_image
 
 
+def _docker_hint(hint: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value:
+            raise click.UsageError(f"{param.opts[-1]} is docker build's; {hint}", ctx=ctx)
+        return value
+
+    return callback
+
+
 @click.command("build")
-@click.argument("acfile", type=click.Path(path_type=Path, dir_okay=False))
+@acfile_argument
+@click.option("--build-arg", multiple=True, hidden=True, expose_value=False,
+              callback=_docker_hint("acbuild-py takes template variables as --var KEY=VALUE"))
+@click.option("-t", "--tag", multiple=True, hidden=True, expose_value=False,
+              callback=_docker_hint("the image is named by the Acfile's NAME and LABEL "
+                                    "version=… lines, and -o OUT names the file"))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Where to write the image (default: NAME-VERSION.aci here).")
 @acfile_options
@@ -37,7 +58,8 @@ from acbuild.trust.sign import read_passphrase, remove_stale_signature, sign_ima
 @trust_options
 @global_options
 def command(
-    acfile: Path,
+    path: Path | None,
+    acfile_file: Path | None,
     output: Path | None,
     context: Path | None,
     variables: tuple[str, ...],
@@ -54,7 +76,9 @@ def command(
     check_repro: bool,
     **trust: Any,
 ) -> None:
-    """Build the image an ACFILE describes."""
+    """Build the image an Acfile describes: PATH/Acfile, ./Acfile with no PATH, PATH itself
+    when it is a file, or -f ACFILE (PATH is then the context directory)."""
+    acfile, context = resolve_acfile(path, acfile_file, context)
     reporter = state().reporter()
     passphrase = read_passphrase(passphrase_file)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -41,11 +42,20 @@ def list_entries(cache_dir: Path | None) -> None:
 
 
 @command.command("prune")
-@click.option("--max-size", type=Size(), default="0", show_default=True, metavar="SIZE",
+@click.option("--max-size", type=Size(), metavar="SIZE",
               help="Keep the most recently used entries that fit in SIZE (e.g. 10G).")
+@click.option("--all", "everything", is_flag=True, help="Remove every entry, without asking.")
 @_cache_dir
 @global_options
-def prune(max_size: int, cache_dir: Path | None) -> None:
-    """Remove the least recently used entries until the cache fits in --max-size."""
+def prune(max_size: int | None, everything: bool, cache_dir: Path | None) -> None:
+    """Remove the least recently used entries until the cache fits in --max-size; with
+    neither --max-size nor --all, ask before removing everything."""
+    if max_size is None:
+        if not everything:
+            if not sys.stdin.isatty():
+                raise click.UsageError("this would remove the whole cache: pass --all to do "
+                                       "that, or --max-size SIZE to keep the newest entries")
+            click.confirm("Remove every entry of the step cache?", abort=True, err=True)
+        max_size = 0
     removed = _store(cache_dir).prune(max_size)
     click.echo(f"removed {len(removed)} entries, {human_size(sum(e.size for e in removed))}")

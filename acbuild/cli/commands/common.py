@@ -109,6 +109,55 @@ def global_options(f: F) -> F:
     return f
 
 
+def variable_options() -> list[Callable[[F], F]]:
+    """--var and --var-file (build, plan, lint)."""
+    return [
+        click.option("--var", "variables", multiple=True, metavar="KEY=VALUE",
+                     callback=_var_pair, help="Template variable for the Acfile (repeatable)."),
+        click.option("--var-file", "var_files", multiple=True, metavar="FILE.toml",
+                     type=click.Path(path_type=Path, dir_okay=False),
+                     help="TOML file of variables."),
+    ]
+
+
+def _var_pair(ctx: click.Context, param: click.Parameter,
+              value: tuple[str, ...]) -> tuple[str, ...]:
+    for arg in value:
+        if "=" not in arg:
+            raise click.BadParameter(f"{arg!r} is not KEY=VALUE", ctx=ctx, param=param)
+    return value
+
+
+def acfile_argument(f: F) -> F:
+    """``[PATH]`` and ``-f/--file``, as docker build takes them: no PATH means ./Acfile, a
+    directory means its Acfile, and with -f the PATH is the context directory."""
+    f = click.option("-f", "--file", "acfile_file", metavar="ACFILE",
+                     type=click.Path(path_type=Path, dir_okay=False),
+                     help="The Acfile to read (default: PATH/Acfile, or ./Acfile).")(f)
+    return click.argument("path", required=False, type=click.Path(path_type=Path))(f)
+
+
+def resolve_acfile(path: Path | None, acfile_file: Path | None,
+                   context: Path | None) -> tuple[Path, Path | None]:
+    """(the Acfile, the context directory or None for the Acfile's own)."""
+    if acfile_file is not None:
+        if path is not None:
+            if context is not None:
+                raise click.UsageError("give the context once: as PATH or as --context")
+            if not path.is_dir():
+                raise click.UsageError(f"with -f, PATH is the context directory; "
+                                       f"{str(path)!r} is not a directory")
+            context = path
+        return acfile_file, context
+    where = path or Path(".")
+    if where.is_dir():
+        found = where / "Acfile"
+        if not found.is_file():
+            raise click.UsageError(f"no Acfile in {str(where)!r} (name one with -f FILE)")
+        return found, context
+    return where, context
+
+
 def acfile_options(f: F) -> F:
     """What selects and feeds an Acfile (build and plan): context, variables, target stage,
     compression (part of the image's cache key) and the cache directory."""
@@ -117,11 +166,7 @@ def acfile_options(f: F) -> F:
     opts = [
         click.option("--context", type=click.Path(path_type=Path, file_okay=False, exists=True),
                      help="Directory COPY sources are relative to (default: the Acfile's)."),
-        click.option("--var", "variables", multiple=True, metavar="KEY=VALUE",
-                     help="Template variable for the Acfile (repeatable)."),
-        click.option("--var-file", "var_files", multiple=True, metavar="FILE.toml",
-                     type=click.Path(path_type=Path, dir_okay=False),
-                     help="TOML file of variables."),
+        *variable_options(),
         click.option("--target", metavar="STAGE", help="Use this stage instead of the last one."),
         click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip",
                      show_default=True),

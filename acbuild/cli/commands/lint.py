@@ -8,26 +8,25 @@ from pathlib import Path
 import click
 
 from acbuild.acfile.render import load_variables
-from acbuild.cli.commands.common import global_options
+from acbuild.cli.commands.common import global_options, resolve_acfile, variable_options
 from acbuild.plan.lint import RULES, lint_file
 
 
 @click.command("lint", epilog="\b\nRules:\n" + "\n".join(f"  {r}  {t}" for r, t in RULES.items()))
-@click.argument("acfiles", nargs=-1, required=True,
-                type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--context", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="Directory COPY sources are relative to (default: each Acfile's).")
-@click.option("--var", "variables", multiple=True, metavar="KEY=VALUE",
-              help="Template variable for the Acfile (repeatable).")
-@click.option("--var-file", "var_files", multiple=True, metavar="FILE.toml",
-              type=click.Path(path_type=Path, dir_okay=False), help="TOML file of variables.")
+@variable_options()[0]
+@variable_options()[1]
 @global_options
-def command(acfiles: tuple[Path, ...], context: Path | None, variables: tuple[str, ...],
+def command(paths: tuple[Path, ...], context: Path | None, variables: tuple[str, ...],
             var_files: tuple[Path, ...]) -> None:
-    """Warn about likely mistakes in each ACFILE. Exit 1 if anything is reported.
+    """Warn about likely mistakes in each Acfile (a PATH that is a directory means its Acfile;
+    no PATH, ./Acfile). Exit 1 if anything is reported.
 
     Silence a rule for one instruction with '# acbuild: ignore=AC004' on the line before it.
     """
+    acfiles = [resolve_acfile(p, None, None)[0] for p in paths or (None,)]
     values = load_variables(variables, var_files)
     count = 0
     for acfile in acfiles:

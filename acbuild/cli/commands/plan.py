@@ -18,27 +18,36 @@ from acbuild.build.build import (
     load_plan,
     open_cache,
 )
-from acbuild.cli.commands.common import acfile_options, global_options, state
+from acbuild.cli.commands.common import (
+    acfile_argument,
+    acfile_options,
+    global_options,
+    resolve_acfile,
+    state,
+)
 from acbuild.cli.commands.trustopts import base_loader, trust_options
 from acbuild.image.finalize import build_epoch
 
 
 @click.command("plan")
-@click.argument("acfile", type=click.Path(path_type=Path, dir_okay=False))
+@acfile_argument
 @acfile_options
 @trust_options
 @global_options
-def command(acfile: Path, context: Path | None, variables: tuple[str, ...],
-            var_files: tuple[Path, ...], target: str | None, compression: str,
+def command(path: Path | None, acfile_file: Path | None, context: Path | None,
+            variables: tuple[str, ...], var_files: tuple[Path, ...], target: str | None,
+            compression: str,
             cache_dir: Path | None, **trust: Any) -> None:
-    """Print the steps of ACFILE with their cache keys, HIT or MISS; run nothing."""
+    """Print the steps of the Acfile (found as build finds it) with their cache keys, HIT or
+    MISS; run nothing."""
+    acfile, context = resolve_acfile(path, acfile_file, context)
     reporter = state().reporter()
     options = BuildOptions(acfile=acfile, output=None, base_loader=base_loader(
         reporter=reporter, **trust), context=context, variables=variables,
         var_files=var_files, target=target, compression=compression, cache_dir=cache_dir)
     cache = open_cache(options, reporter)
     assert cache is not None
-    plan = load_plan(options)
+    plan = load_plan(options, reporter)
     epoch = build_epoch(options.environ)
     with cache.session():
         plan = key_steps(plan, options, cache, build_context(options), epoch, reporter)
