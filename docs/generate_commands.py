@@ -19,7 +19,8 @@ Generated from the CLI's own help by `python docs/generate_commands.py` (`acbuil
 `-q/--quiet`, `-v/--verbose`, `--progress auto|tty|plain|json`) are accepted before and
 after every verb; see [logs](logs.md). Exit status: 0 success, 1 failure (for `diff`,
 `lint`, `fmt --check`, `verify`, `validate`: 1 means "found something"), 2 usage error,
-70 internal error, 130 interrupted, 143 terminated.
+70 internal error, 130 interrupted, 143 terminated. The same text is installed as man pages
+(`man acbuild-py-build`, in a shell where the venv's `bin` is on PATH).
 """
 
 
