@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal, TextIO
 
 from acbuild.acfile.context import BuildContext
-from acbuild.acfile.instructions import Run
+from acbuild.acfile.instructions import Run, Sign
 from acbuild.acfile.parse import parse_partly
 from acbuild.acfile.render import load_variables, render, unused_variables
 from acbuild.build import manifest_edit
@@ -25,7 +25,8 @@ from acbuild.build.bases import BaseLoader, pin_dependencies
 from acbuild.build.execute import ExecuteOptions, execute, step_info
 from acbuild.cache.buildcache import BuildCache, StageState
 from acbuild.cache.cache import CacheStore, ImageRecord, default_cache_dir
-from acbuild.errors import AcfileError, BuildError, raise_all
+from acbuild.errors import AcfileError, BuildError, Span, raise_all
+from acbuild.fs.atomic import check_writable
 from acbuild.fs.leftovers import owner_tag, sweep
 from acbuild.fs.staging import remove_tree
 from acbuild.image.finalize import build_epoch, write_aci
@@ -61,6 +62,7 @@ class BuildOptions:
     no_cache: bool = False
     cache_dir: Path | None = None  # None: $XDG_CACHE_HOME/acbuild-py/build-cache
     sign: bool = True  # False: leave SIGN for later (--check-repro signs once it compared)
+    refuse_signing: str | None = None  # why signing cannot be done (e.g. -o -), said at SIGN
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,7 +119,11 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
     if plan.sign_keys and (options.signer is None or options.output_format != "aci"):
         # Said before any work: an unsigned image where a signed one was asked for is a
         # failure, however complete.
-        raise BuildError("SIGN is only supported for ACI output", span=plan.target.begin.span)
+        raise BuildError("SIGN is only supported for ACI output", span=_sign_span(plan))
+    if plan.sign_keys and options.refuse_signing:
+        raise BuildError(options.refuse_signing, span=_sign_span(plan))
+    if options.output is not None and options.output_format != "oci":
+        check_writable(options.output)  # before step 1, not after the work
     epoch = build_epoch(options.environ)
     context = build_context(options)
     cache = open_cache(options, reporter)
@@ -130,6 +136,12 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
     signatures = _sign(plan, written.output, options) if options.sign else ()
     return dataclasses.replace(written, signatures=signatures,
                                seconds=time.monotonic() - started)
+
+
+def _sign_span(plan: Plan) -> Span | None:
+    """The first SIGN line of the target stage; None when only --sign asked for signing."""
+    return next((s.instruction.span for s in plan.target.steps
+                 if isinstance(s.instruction, Sign)), None)
 
 
 def build_context(options: BuildOptions) -> BuildContext:

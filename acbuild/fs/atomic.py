@@ -34,6 +34,24 @@ def _create_temp(path: Path) -> tuple[int, Path]:
     raise AcbuildError(f"cannot write {path}: no free temporary name")  # pragma: no cover
 
 
+def check_writable(path: Path) -> None:
+    """Fail before the work when ``path`` cannot be written: its directory is missing, it
+    is a directory, or no file can be created beside it (probed with a real temporary file,
+    since permission bits do not tell root, read-only mounts or full quotas)."""
+    path = Path(path)
+    parent = path.parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise AcbuildError(f"cannot write {path}: {parent} {what}",
+                           hint=f"create the directory first (mkdir -p {parent})")
+    if path.is_dir():
+        raise AcbuildError(f"cannot write {path}: it is a directory",
+                           hint=f"name the file, e.g. -o {path / 'image.aci'}")
+    fd, temp = _create_temp(path)
+    os.close(fd)
+    os.unlink(temp)
+
+
 def _fsync_dir(directory: Path) -> None:
     # The rename is only durable once the directory itself is synced.
     with suppress(OSError):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from acbuild.cli.commands.common import (
 )
 from acbuild.cli.commands.trustopts import base_loader, trust_options
 from acbuild.cli.console import human_size
+from acbuild.fs.atomic import atomic_write, check_writable
 from acbuild.report import Reporter
 from acbuild.trust.sign import read_passphrase, remove_stale_signature, sign_image
 
@@ -40,7 +44,10 @@ def _docker_hint(hint: str) -> Callable[[click.Context, click.Parameter, Any], A
               callback=_docker_hint("the image is named by the Acfile's NAME and LABEL "
                                     "version=… lines, and -o OUT names the file"))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="Where to write the image (default: NAME-VERSION.aci here).")
+              help="Where to write the image (default: NAME-VERSION.aci here); - writes it "
+                   "to stdout, and the image ID to stderr.")
+@click.option("--iidfile", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the image ID to this file.")
 @acfile_options
 @click.option("--format", "output_format", type=click.Choice(["aci", "oci", "oci-archive"]),
               default="aci", show_default=True, help="Image format to write.")
@@ -61,6 +68,7 @@ def command(
     path: Path | None,
     acfile_file: Path | None,
     output: Path | None,
+    iidfile: Path | None,
     context: Path | None,
     variables: tuple[str, ...],
     var_files: tuple[Path, ...],
@@ -79,6 +87,12 @@ def command(
     """Build the image an Acfile describes: PATH/Acfile, ./Acfile with no PATH, PATH itself
     when it is a file, or -f ACFILE (PATH is then the context directory)."""
     acfile, context = resolve_acfile(path, acfile_file, context)
+    to_stdout = output == Path("-")
+    if to_stdout and sys.stdout.isatty():
+        raise click.UsageError("-o - would write the image to the terminal: redirect stdout, "
+                               "or name a file with -o FILE")
+    if iidfile is not None:
+        check_writable(iidfile)
     reporter = state().reporter()
     passphrase = read_passphrase(passphrase_file)
 
@@ -86,26 +100,47 @@ def command(
         return sign_image(image, key, gpg_home=gpg_home, passphrase=passphrase,
                           reporter=reporter).signature
 
-    options = BuildOptions(
-        acfile=acfile,
-        output=output,
-        base_loader=base_loader(reporter=reporter, **trust),
-        context=context,
-        variables=variables,
-        var_files=var_files,
-        target=target,
-        compression=compression,
-        output_format=output_format,  # type: ignore[arg-type]  # click.Choice checked it
-        sign_keys=sign_keys,
-        signer=signer,
-        remove_stale_signature=remove_stale_signature,
-        log_file=log_file,
-        no_cache=no_cache,
-        cache_dir=cache_dir,
-    )
-    result = check_reproducible(options, reporter) if check_repro else build(options, reporter)
+    with contextlib.ExitStack() as stack:
+        if to_stdout:
+            # The image is written whole (and its ID known) before a byte reaches stdout.
+            output = Path(stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="acbuild-stdout-"))) / "image.aci"
+        options = BuildOptions(
+            acfile=acfile,
+            output=output,
+            base_loader=base_loader(reporter=reporter, **trust),
+            context=context,
+            variables=variables,
+            var_files=var_files,
+            target=target,
+            compression=compression,
+            output_format=output_format,  # type: ignore[arg-type]  # click.Choice checked it
+            sign_keys=sign_keys,
+            signer=signer,
+            remove_stale_signature=remove_stale_signature,
+            log_file=log_file,
+            no_cache=no_cache,
+            cache_dir=cache_dir,
+            refuse_signing="-o - streams the image, and a signature needs a file beside it: "
+                           "use -o FILE" if to_stdout else None,
+        )
+        result = (check_reproducible(options, reporter) if check_repro
+                  else build(options, reporter))
+        if to_stdout:
+            _stream(result.output)
     _summarise(result, reporter)
-    click.echo(result.image_id)
+    if iidfile is not None:
+        with atomic_write(iidfile) as f:
+            f.write(result.image_id.encode())
+    click.echo(result.image_id, err=to_stdout)
+
+
+def _stream(image: Path) -> None:
+    out = sys.stdout.buffer
+    with image.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            out.write(chunk)
+    out.flush()
 
 
 def _summarise(result: BuildResult, reporter: Reporter) -> None:
