@@ -55,8 +55,6 @@ def test_dash_refuses_a_terminal_and_signing(tmp_path: Path) -> None:
     r = acbuild("build", acfile, "-o", "-")
     assert r.code == 1
     assert "Acfile:4:1: error: -o - streams the image, and a signature needs a file" in r.stderr
-    import os
-    import pty
 
     leader, follower = pty.openpty()
     proc = subprocess.run([sys.executable, "-m", "acbuild", "build", str(acfile), "-o", "-"],
