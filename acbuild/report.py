@@ -7,7 +7,7 @@ terminal, plain lines in CI, JSON for machines). NullReporter is for tests and l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from acbuild.errors import Span
 
@@ -20,6 +20,19 @@ class StepInfo:
     total: int
     text: str  # the instruction as written, e.g. "COPY hello /bin/hello"
     stage: str | None = None
+
+
+Value = str | int | float | tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One row of a closing summary: typed, so JSON gets numbers and people get units."""
+
+    key: str  # the JSON key, e.g. "size"
+    label: str  # what people read, e.g. "compressed size"
+    value: Value
+    unit: Literal["", "bytes", "seconds"] = ""
 
 
 class Reporter(Protocol):
@@ -37,8 +50,8 @@ class Reporter(Protocol):
 
     def warning(self, message: str, span: Span | None = None) -> None: ...
 
-    def summary(self, rows: tuple[tuple[str, str], ...]) -> None:
-        """The closing table of a build: (field, value) pairs such as ("image ID", "sha512-…")."""
+    def summary(self, fields: tuple[Field, ...]) -> None:
+        """The closing table of a build, convert or export."""
 
 
 class SilentReporter:
@@ -60,7 +73,7 @@ class SilentReporter:
     def info(self, message: str) -> None:
         pass
 
-    def summary(self, rows: tuple[tuple[str, str], ...]) -> None:
+    def summary(self, fields: tuple[Field, ...]) -> None:
         pass
 
 

@@ -22,7 +22,7 @@ from acbuild.acfile.parse import parse_partly
 from acbuild.acfile.render import load_variables, render, unused_variables
 from acbuild.build import manifest_edit
 from acbuild.build.bases import BaseLoader, pin_dependencies
-from acbuild.build.execute import ExecuteOptions, execute, step_info
+from acbuild.build.execute import ExecuteOptions, execute, reported_step, step_info
 from acbuild.cache.buildcache import BuildCache, StageState
 from acbuild.cache.cache import CacheStore, ImageRecord, default_cache_dir
 from acbuild.errors import AcfileError, BuildError, Span, raise_all
@@ -33,7 +33,7 @@ from acbuild.image.finalize import build_epoch, write_aci
 from acbuild.image.manifest import ImageManifest, from_json_bytes, to_json_bytes
 from acbuild.image.manifest_rules import problems
 from acbuild.plan.plan import Plan, check_instructions, make_plan
-from acbuild.report import Reporter
+from acbuild.report import Reporter, StepInfo
 from acbuild.signals import deferred
 
 OutputFormat = Literal["aci", "oci", "oci-archive"]
@@ -122,6 +122,9 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
         raise BuildError("SIGN is only supported for ACI output", span=_sign_span(plan))
     if plan.sign_keys and options.refuse_signing:
         raise BuildError(options.refuse_signing, span=_sign_span(plan))
+    signing = bool(plan.sign_keys and options.sign and options.signer is not None)
+    # Writing the image, and signing it, are steps of their own after the last instruction.
+    plan = _with_total(plan, plan.total_steps + 1 + signing)
     if options.output is not None and options.output_format != "oci":
         check_writable(options.output)  # before step 1, not after the work
     epoch = build_epoch(options.environ)
@@ -133,9 +136,26 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
         written = _cached_image(plan, options, cache, epoch, reporter)
         if written is None:
             written = _build_image(plan, options, cache, context, epoch, work, reporter)
-    signatures = _sign(plan, written.output, options) if options.sign else ()
+    signatures: tuple[Path, ...] = ()
+    if signing:
+        info = StepInfo(number=plan.total_steps, total=plan.total_steps,
+                        text=f"SIGN {written.output}")
+        with reported_step(info, reporter, _sign_span(plan)):
+            signatures = _sign(plan, written.output, options)
     return dataclasses.replace(written, signatures=signatures,
                                seconds=time.monotonic() - started)
+
+
+def _with_total(plan: Plan, total: int) -> Plan:
+    stages = tuple(dataclasses.replace(stage, steps=tuple(
+        dataclasses.replace(step, total=total) for step in stage.steps)) for stage in plan.stages)
+    target = next(s for s in stages if s.index == plan.target.index)
+    return dataclasses.replace(plan, stages=stages, target=target, total_steps=total)
+
+
+def _write_step(plan: Plan, output: Path) -> StepInfo:
+    number = max(s.number for s in plan.target.steps) + 1
+    return StepInfo(number=number, total=plan.total_steps, text=f"WRITE {output}")
 
 
 def _sign_span(plan: Plan) -> Span | None:
@@ -196,6 +216,8 @@ def _cached_image(plan: Plan, options: BuildOptions, cache: BuildCache | None, e
         for step in stage.steps:
             reporter.step_started(step_info(step, stage))
             reporter.step_finished(step_info(step, stage), 0.0, cached=True)
+    reporter.step_started(_write_step(plan, output))
+    reporter.step_finished(_write_step(plan, output), 0.0, cached=True)
     return BuildResult(image_id=record.image_id, output=output, manifest=manifest,
                        size=record.size, uncompressed_size=record.uncompressed_size,
                        entries=record.entries, signatures=(), seconds=0.0)
@@ -214,9 +236,10 @@ def _build_image(plan: Plan, options: BuildOptions, cache: BuildCache | None,
         )
         manifest = _final_manifest(stage, plan)
         output = options.output or default_output(manifest, options.output_format)
-        image_id, size, uncompressed, entries = _write(
-            stage, manifest, output, options, epoch, reporter
-        )
+        with reported_step(_write_step(plan, output), reporter):
+            image_id, size, uncompressed, entries = _write(
+                stage, manifest, output, options, epoch, reporter
+            )
     key = final_image_key(plan, options, epoch)
     if cache is not None and key is not None:
         cache.store_image(output, ImageRecord(key=key, image_id=image_id, size=size,

@@ -19,7 +19,7 @@ from acbuild.build import manifest_edit
 from acbuild.build.copy import copy_instruction
 from acbuild.cache.buildcache import BuildCache, Resume, StageState, runs_after
 from acbuild.cache.cache import CorruptTree, StepRecord
-from acbuild.errors import AcbuildError
+from acbuild.errors import AcbuildError, Span
 from acbuild.fs.staging import StagedRootfs, remove_tree
 from acbuild.image.manifest import ImageManifest, default_manifest
 from acbuild.plan.plan import Plan, Stage, Step
@@ -101,7 +101,8 @@ class _Executor:
             state = StageState(rootfs=StagedRootfs(root=root), manifest=default_manifest(),
                                known={})
         for number, step in enumerate(stage.steps[resume.cached :], resume.cached):
-            with _step(step, stage, self.reporter) as info:
+            with reported_step(step_info(step, stage), self.reporter,
+                               step.instruction.span) as info:
                 if number == 0:
                     state.manifest = self.options.load_base(stage, state.rootfs, self.reporter)
                 else:
@@ -137,12 +138,13 @@ class _Executor:
         return result.manifest
 
 
-class _step:
-    """Reports a step's start and end, and places errors without a span at its instruction."""
+class reported_step:
+    """Reports a step's start and end, and places errors without a span at ``span`` (the
+    step's instruction)."""
 
-    def __init__(self, step: Step, stage: Stage, reporter: Reporter):
-        self.info = step_info(step, stage)
-        self.step = step
+    def __init__(self, info: StepInfo, reporter: Reporter, span: Span | None = None):
+        self.info = info
+        self.span = span
         self.reporter = reporter
 
     def __enter__(self) -> StepInfo:
@@ -154,6 +156,6 @@ class _step:
         if error is None:
             self.reporter.step_finished(self.info, time.monotonic() - self.started)
         elif isinstance(error, AcbuildError) and error.span is None:
-            error.span = self.step.instruction.span
+            error.span = self.span
 
 

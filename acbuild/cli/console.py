@@ -7,62 +7,26 @@ Everything goes to stderr; stdout carries only the result (the image ID), so
 from __future__ import annotations
 
 import json
-import re
+import os
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from typing import TextIO
 
-from rich.console import Console, Group
-from rich.live import Live
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    SpinnerColumn,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
-
+from acbuild.cli.text import duration, human_size, printable, value_text
 from acbuild.errors import AcbuildError, ErrorGroup, Span
-from acbuild.report import Reporter, SilentReporter, StepInfo
+from acbuild.report import Field, Reporter, SilentReporter, StepInfo
 
-SHORT_ID = 19  # "sha512-" and 12 hex digits, as rkt shows image IDs
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.1f}s" if seconds < 60 else f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
-
-
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
+SCHEMA_VERSION = 1  # of the --progress=json events; docs/logs.schema.json describes it
 
 def _where(span: Span | None) -> str:
     return f"{span.file}:{span.line}:{span.column}: " if span else ""
 
 
-def _summary_rows(rows: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
-    """The rows with a short image ID next to the full one, for people to compare."""
-    out: list[tuple[str, str]] = []
-    for key, value in rows:
-        if key == "image ID" and value.startswith("sha512-"):
-            out.append(("image ID (short)", value[:SHORT_ID]))
-        out.append((key, value))
-    return out
-
-
 class PlainReporter:
-    """Stable, greppable lines: no colour, no cursor movement (CI logs)."""
+    """Stable, greppable lines: no colour, no cursor movement (CI logs). Text from images and
+    programs is written with its control characters escaped; the log file keeps it raw."""
 
     def __init__(self, stream: TextIO | None = None, *, verbose: bool = False):
         self._out = stream or sys.stderr
@@ -79,15 +43,15 @@ class PlainReporter:
 
     def step_started(self, step: StepInfo) -> None:
         self._step = step
-        self._line(f"{self._tag(step)} {step.text}")
+        self._line(f"{self._tag(step)} {printable(step.text)}")
 
     def step_output(self, step: StepInfo, line: str) -> None:
-        self._line(f"{self._tag(step)} | {line}")
+        self._line(f"{self._tag(step)} | {printable(line)}")
 
     def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False) -> None:
         self._step = None
         self._line(f"{self._tag(step)} CACHED" if cached
-                   else f"{self._tag(step)} DONE {_duration(seconds)}")
+                   else f"{self._tag(step)} DONE {duration(seconds)}")
 
     def progress(self, what: str, done: int, total: int | None) -> None:
         # Plain logs stay short: one line when a known amount is complete, and only with -v.
@@ -96,94 +60,18 @@ class PlainReporter:
             self._line(f"{tag}{what} {human_size(done)}")
 
     def info(self, message: str) -> None:
-        self._line(message)
+        self._line(printable(message))
 
     def warning(self, message: str, span: Span | None = None) -> None:
-        self._line(f"{_where(span)}warning: {message}")
+        self._line(printable(f"{_where(span)}warning: {message}"))
 
-    def summary(self, rows: tuple[tuple[str, str], ...]) -> None:
-        width = max((len(k) for k, _ in rows), default=0)
-        for key, value in rows:
-            self._line(f"{key.ljust(width)}  {value}")
+    def summary(self, fields: tuple[Field, ...]) -> None:
+        width = max((len(f.label) for f in fields), default=0)
+        for f in fields:
+            self._line(f"{f.label.ljust(width)}  {printable(value_text(f))}")
 
     def close(self) -> None:
         pass
-
-
-class RichReporter:
-    """For a person at a terminal: a live view of the running step (spinner, elapsed time,
-    byte progress bars) above which finished steps and RUN output scroll."""
-
-    def __init__(self, *, verbose: bool = False, console: Console | None = None):
-        self._console = console or Console(stderr=True, highlight=False, emoji=False)
-        self._verbose = verbose
-        self._steps = Progress(SpinnerColumn(), TextColumn("{task.description}"),
-                               TimeElapsedColumn(), console=self._console)
-        self._bytes = Progress(TextColumn("  {task.description:>8}"), BarColumn(),
-                               DownloadColumn(), TransferSpeedColumn(), console=self._console)
-        self._live = Live(Group(self._steps, self._bytes), console=self._console,
-                          transient=True, refresh_per_second=8, redirect_stdout=False,
-                          redirect_stderr=False)
-        self._task: TaskID | None = None
-        self._bars: dict[str, TaskID] = {}
-
-    def _print(self, markup: str) -> None:
-        if not self._live.is_started:
-            self._live.start()
-        self._live.console.print(markup)
-
-    def step_started(self, step: StepInfo) -> None:
-        self._print(f"[bold blue][{step.number}/{step.total}][/] [bold]{escape(step.text)}[/]")
-        self._clear_step()
-        self._task = self._steps.add_task(
-            f"[{step.number}/{step.total}] {escape(step.text)}", total=None)
-
-    def step_output(self, step: StepInfo, line: str) -> None:
-        self._print(f"  [dim]│[/] {escape(line)}")
-
-    def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False) -> None:
-        self._clear_step()
-        if cached:
-            self._print(f"  [cyan]CACHED[/] [dim][{step.number}/{step.total}][/]")
-        elif self._verbose or seconds >= 0.5:
-            self._print(f"  [green]✓[/] [dim]{_duration(seconds)}[/]")
-
-    def _clear_step(self) -> None:
-        if self._task is not None:
-            self._steps.remove_task(self._task)
-            self._task = None
-        for bar in self._bars.values():
-            self._bytes.remove_task(bar)
-        self._bars.clear()
-
-    def progress(self, what: str, done: int, total: int | None) -> None:
-        if not self._live.is_started:
-            self._live.start()
-        bar = self._bars.get(what)
-        if bar is None:
-            bar = self._bars[what] = self._bytes.add_task(what, total=total)
-        self._bytes.update(bar, completed=done, total=total)
-
-    def info(self, message: str) -> None:
-        self._print(escape(message))
-
-    def warning(self, message: str, span: Span | None = None) -> None:
-        self._print(f"[yellow]{escape(_where(span))}warning:[/] {escape(message)}")
-
-    def summary(self, rows: tuple[tuple[str, str], ...]) -> None:
-        self.close()
-        table = Table(show_header=False, box=None, padding=(0, 2))
-        table.add_column(style="bold")
-        table.add_column(overflow="fold")  # a full image ID is never cut short
-        for key, value in _summary_rows(rows):
-            table.add_row(escape(key), escape(value))
-        self._console.print(table)
-
-    def close(self) -> None:
-        """Stop the live display (idempotent): before the summary, on errors, on ^C."""
-        self._clear_step()
-        if self._live.is_started:
-            self._live.stop()
 
 
 class JsonReporter:
@@ -218,8 +106,9 @@ class JsonReporter:
     def warning(self, message: str, span: Span | None = None) -> None:
         self._emit("warning", message=message, **_span_fields(span))
 
-    def summary(self, rows: tuple[tuple[str, str], ...]) -> None:
-        self._emit("summary", **{_json_key(k): v for k, v in _summary_rows(rows)})
+    def summary(self, fields: tuple[Field, ...]) -> None:
+        self._emit("summary", **{f.key: list(f.value) if isinstance(f.value, tuple) else f.value
+                                 for f in fields})
 
     def close(self) -> None:
         pass
@@ -235,7 +124,9 @@ def make_reporter(mode: str, *, quiet: bool = False, verbose: bool = False) -> R
     if mode == "json":
         return JsonReporter()
     if mode == "tty":
-        return RichReporter(verbose=verbose)
+        from acbuild.cli.tty import TtyReporter
+
+        return TtyReporter(verbose=verbose)
     return PlainReporter(verbose=verbose)
 
 
@@ -250,12 +141,10 @@ def close_reporter(reporter: Reporter) -> None:
 
 
 def json_event(event: str, **fields: object) -> str:
-    return json.dumps({"event": event, **fields}, sort_keys=True, ensure_ascii=False)
-
-
-def _json_key(label: str) -> str:
-    """A summary row's label as a JSON key: "image ID (short)" -> "image_id_short"."""
-    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    return json.dumps({"event": event, "version": SCHEMA_VERSION, "time": stamp, **fields},
+                      sort_keys=True, ensure_ascii=False)
 
 
 def _span_fields(span: Span | None) -> dict[str, object]:
@@ -263,8 +152,9 @@ def _span_fields(span: Span | None) -> dict[str, object]:
 
 
 def progress_mode(argv: Sequence[str]) -> str:
-    """The --progress given in ``argv`` (the click context is gone when an error is shown)."""
-    mode = "auto"
+    """The --progress given in ``argv`` (the click context is gone when an error is shown),
+    else $ACBUILD_PROGRESS (as BUILDKIT_PROGRESS), else auto."""
+    mode = os.environ.get("ACBUILD_PROGRESS") or "auto"
     for i, arg in enumerate(argv):
         if arg == "--":
             break

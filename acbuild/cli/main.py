@@ -19,7 +19,7 @@ import click
 from acbuild import __version__
 from acbuild.cli import commands
 from acbuild.cli.commands.common import global_options
-from acbuild.cli.console import progress_mode, render_error
+from acbuild.cli.console import json_event, progress_mode, render_error
 from acbuild.errors import AcbuildError
 from acbuild.signals import EXIT_SIGTERM, Terminated, install_sigterm_handler
 
@@ -88,8 +88,13 @@ def _main(args: list[str]) -> int:
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:
-        e.show()
-        return EXIT_USAGE if isinstance(e, click.UsageError) else EXIT_ERROR
+        usage = isinstance(e, click.UsageError)
+        if mode == "json":
+            click.echo(json_event("error", message=e.format_message(), hint=None,
+                                  **({"usage": True} if usage else {})), err=True)
+        else:
+            e.show()
+        return EXIT_USAGE if usage else EXIT_ERROR
     except (click.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)
         return EXIT_SIGINT

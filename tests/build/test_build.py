@@ -50,7 +50,7 @@ def test_hello_example_builds_a_valid_image(hello_context: Path, tmp_path: Path)
     m = manifest_of(out)
     assert m["name"] == "example.com/hello"
     assert m["app"]["exec"] == ["/bin/hello"]  # type: ignore[index]
-    assert "[6/7] COPY hello /bin/hello" in r.stderr
+    assert "[6/8] COPY hello /bin/hello" in r.stderr
     assert "hello.c" not in "".join(names(out))  # .acignore keeps it out
 
 
@@ -187,7 +187,7 @@ def test_stages_copy_from_and_unneeded_stage_is_not_built(tmp_path: Path) -> Non
     ))
     r = acbuild("build", "Acfile", "-o", "x.aci", cwd=tmp_path)
     assert r.code == 0, r.stderr
-    assert "[1/5] BEGIN scratch AS build" in r.stderr
+    assert "[1/6] BEGIN scratch AS build" in r.stderr
     assert "does-not-exist" not in r.stderr
     assert "rootfs/data.txt" in names(tmp_path / "x.aci")
     assert "rootfs/out" not in names(tmp_path / "x.aci")

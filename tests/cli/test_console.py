@@ -17,12 +17,12 @@ from acbuild.cli.console import (
     JsonReporter,
     PlainReporter,
     QuietReporter,
-    RichReporter,
     progress_mode,
     render_error,
 )
+from acbuild.cli.tty import TtyReporter
 from acbuild.errors import AcfileError, ErrorGroup, Span
-from acbuild.report import NullReporter, Reporter, StepInfo
+from acbuild.report import Field, NullReporter, Reporter, StepInfo
 from tests.support.cli import acbuild
 
 ID = re.compile(r"sha512-[0-9a-f]{128}")
@@ -38,7 +38,7 @@ def feed(r: Reporter) -> None:
     r.progress("copy", 1, 2)
     r.info("hello")
     r.warning("no EXEC", Span(file="Acfile", line=2, column=5))
-    r.summary((("name", "a.com/x"), ("image ID", "sha512-ab")))
+    r.summary((Field("name", "name", "a.com/x"), Field("image_id", "image ID", "sha512-ab")))
 
 
 def test_plain_lines() -> None:
@@ -69,15 +69,19 @@ def test_json_events() -> None:
     r.progress("copy", 10, 20)
     r.step_finished(STEP, 1.23456)
     r.warning("careful", Span(file="Acfile", line=4, column=1))
-    r.summary((("image ID", "sha512-" + "a" * 128), ("time", "1.0s")))
+    r.summary((Field("image_id", "image ID", "sha512-" + "a" * 128),
+               Field("seconds", "time", 1.0, "seconds"), Field("size", "size", 2048, "bytes")))
     events = [json.loads(line) for line in out.getvalue().splitlines()]
+    for e in events:
+        assert e.pop("version") == 1
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e.pop("time"))
     assert events == [
         {"event": "step-started", "step": 3, "total": 9, "text": STEP.text, "stage": None},
         {"event": "progress", "what": "copy", "done": 10, "total": 20, "step": 3},
         {"event": "step-finished", "step": 3, "seconds": 1.235, "cached": False},
         {"event": "warning", "message": "careful", "file": "Acfile", "line": 4, "column": 1},
-        {"event": "summary", "image_id": "sha512-" + "a" * 128,
-         "image_id_short": "sha512-aaaaaaaaaaaa", "time": "1.0s"},
+        {"event": "summary", "image_id": "sha512-" + "a" * 128, "seconds": 1.0,
+         "size": 2048},
     ]
 
 
@@ -86,12 +90,13 @@ def test_plain_build_log(hello_context: Path, tmp_path: Path) -> None:
                 env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert r.code == 0, r.stderr
     lines = [re.sub(r"DONE \d+\.\d+s", "DONE <t>", line) for line in r.stderr.splitlines()]
-    assert lines[:2] == ["[1/7] BEGIN scratch", "[1/7] DONE <t>"]
-    assert "[6/7] COPY hello /bin/hello" in lines and lines[lines.index(
-        "[6/7] COPY hello /bin/hello") + 1] == "[6/7] DONE <t>"
-    assert re.fullmatch(r"image ID {11}sha512-[0-9a-f]{128}", lines[-7])
+    assert lines[:2] == ["[1/8] BEGIN scratch", "[1/8] DONE <t>"]
+    assert "[6/8] COPY hello /bin/hello" in lines and lines[lines.index(
+        "[6/8] COPY hello /bin/hello") + 1] == "[6/8] DONE <t>"
+    assert lines[lines.index("[7/8] DONE <t>") + 1] == f"[8/8] WRITE {tmp_path / 'h.aci'}"
+    assert re.fullmatch(r"image ID {11}sha512-[0-9a-f]{12}", lines[-7])
     assert [line[:17].strip() for line in lines[-9:]] == [
-        "name", "version", "image ID", "compressed size", "uncompressed size", "files",
+        "name", "version", "image ID", "compressed size", "uncompressed size", "entries",
         "signature", "output", "time",
     ]
     assert "\x1b" not in r.stderr  # no colour, no cursor movement
@@ -106,14 +111,15 @@ def test_json_build_log_and_cached_rebuild(hello_context: Path, tmp_path: Path) 
         assert r.code == 0, r.stderr
         cached.append([json.loads(line)["cached"] for line in r.stderr.splitlines()
                        if '"step-finished"' in line])
-    assert cached == [[False] * 7, [True] * 7]
+    assert cached == [[False] * 8, [True] * 8]
     assert ID.fullmatch(r.stdout.strip()) and r.stdout.count("\n") == 1
     events = [json.loads(line) for line in r.stderr.splitlines()]  # nothing but JSON
     kinds = [e["event"] for e in events]
     assert kinds[:2] == ["step-started", "step-finished"] and kinds[-1] == "summary"
     assert events[-1]["image_id"] == r.stdout.strip()
-    assert {"name", "version", "image_id", "image_id_short", "compressed_size",
-            "uncompressed_size", "files", "signature", "output", "time"} <= set(events[-1])
+    assert {"name", "image_version", "image_id", "size", "uncompressed_size", "entries",
+            "signatures", "output", "seconds"} <= set(events[-1])
+    assert isinstance(events[-1]["size"], int) and isinstance(events[-1]["seconds"], float)
 
 
 def test_quiet_prints_only_the_id(hello_context: Path, tmp_path: Path) -> None:
@@ -126,17 +132,23 @@ def test_render_error_in_each_mode() -> None:
     span = Span(file="Acfile", line=2, column=3, source_line="NAME  x")
     e = AcfileError("bad name", span=span, hint="use a.com/x")
     assert render_error(e, "plain") == e.render()
-    assert json.loads(render_error(e, "json")) == {
+    assert _untimed(render_error(e, "json")) == {
         "event": "error", "message": "bad name", "hint": "use a.com/x",
         "file": "Acfile", "line": 2, "column": 3}
     group = ErrorGroup([e, AcfileError("no NAME given")])
     assert [json.loads(x)["message"] for x in render_error(group, "json").splitlines()] == [
         "bad name", "no NAME given"]
-    internal = json.loads(render_error(ValueError("boom"), "json"))
+    internal = _untimed(render_error(ValueError("boom"), "json"))
     assert internal == {"event": "error", "message": "internal error: ValueError: boom",
                         "internal": True}
     assert render_error(ValueError("boom"), "tty").startswith(
         "acbuild-py: internal error: ValueError: boom\n    hint: run again with --debug")
+
+
+def _untimed(line: str) -> dict[str, object]:
+    event = json.loads(line)
+    assert event.pop("version") == 1 and event.pop("time")
+    return event  # type: ignore[no-any-return]
 
 
 def test_progress_mode_from_argv() -> None:
@@ -145,11 +157,11 @@ def test_progress_mode_from_argv() -> None:
     assert progress_mode(["build", "A"]) == "auto"
 
 
-def test_rich_reporter_stops_its_live_display() -> None:
+def test_tty_reporter_stops_its_live_display() -> None:
     from rich.console import Console
 
     console = Console(file=io.StringIO(), force_terminal=True, width=80)
-    r = RichReporter(console=console)
+    r = TtyReporter(console=console)
     r.step_started(STEP)
     r.progress("copy", 5, 10)
     assert r._live.is_started

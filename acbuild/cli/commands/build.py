@@ -21,9 +21,8 @@ from acbuild.cli.commands.common import (
     state,
 )
 from acbuild.cli.commands.trustopts import base_loader, trust_options
-from acbuild.cli.console import human_size
 from acbuild.fs.atomic import atomic_write, check_writable
-from acbuild.report import Reporter
+from acbuild.report import Field, Reporter
 from acbuild.trust.sign import read_passphrase, remove_stale_signature, sign_image
 
 
@@ -144,16 +143,18 @@ def _stream(image: Path) -> None:
 
 
 def _summarise(result: BuildResult, reporter: Reporter) -> None:
-    version = next((lb.value for lb in result.manifest.labels if lb.name == "version"), "-")
-    rows = [
-        ("name", result.manifest.name),
-        ("version", version),
-        ("image ID", result.image_id),
-        ("compressed size", human_size(result.size)),
-        ("uncompressed size", human_size(result.uncompressed_size)),
-        ("files", f"{result.entries} entries"),
-        ("signature", ", ".join(str(s) for s in result.signatures) or "none"),
-        ("output", str(result.output)),
-        ("time", f"{result.seconds:.1f}s"),
-    ]
-    reporter.summary(tuple(rows))
+    version = next((lb.value for lb in result.manifest.labels if lb.name == "version"), None)
+    # Counted as inspect counts them: the entries below rootfs/ (the written total also has
+    # the manifest and rootfs/ itself).
+    entries = result.entries - 2 if result.entries else None
+    reporter.summary((
+        Field("name", "name", result.manifest.name),
+        Field("image_version", "version", version),
+        Field("image_id", "image ID", result.image_id),
+        Field("size", "compressed size", result.size, "bytes"),
+        Field("uncompressed_size", "uncompressed size", result.uncompressed_size, "bytes"),
+        Field("entries", "entries", entries),
+        Field("signatures", "signature", tuple(str(s) for s in result.signatures)),
+        Field("output", "output", str(result.output)),
+        Field("seconds", "time", result.seconds, "seconds"),
+    ))

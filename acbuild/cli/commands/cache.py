@@ -11,7 +11,7 @@ import click
 
 from acbuild.cache.cache import CacheStore, default_cache_dir
 from acbuild.cli.commands.common import Size, global_options
-from acbuild.cli.console import human_size
+from acbuild.cli.text import human_size
 
 
 def _store(cache_dir: Path | None) -> CacheStore:

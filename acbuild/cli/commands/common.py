@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import click
 
-from acbuild.cli.console import close_reporter, make_reporter
 from acbuild.report import Reporter
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -56,6 +55,8 @@ class CliState:
         """The command's one reporter. It is closed (a live display stopped) when the click
         context ends, also on errors and ^C, so the error message is not drawn over."""
         if self.made is None:
+            from acbuild.cli.console import close_reporter, make_reporter
+
             self.made = make_reporter(self.resolved_progress(), quiet=self.quiet,
                                       verbose=self.verbose)
             ctx = click.get_current_context(silent=True)
@@ -65,9 +66,14 @@ class CliState:
         return self.made
 
     def resolved_progress(self) -> str:
-        if self.progress != "auto":
-            return self.progress
-        if os.environ.get("CI") or not sys.stderr.isatty():
+        """--progress, else $ACBUILD_PROGRESS, else tty on a terminal that can draw one."""
+        chosen = self.progress
+        if chosen == "auto" and os.environ.get("ACBUILD_PROGRESS") in PROGRESS_MODES:
+            chosen = os.environ["ACBUILD_PROGRESS"]
+        if chosen != "auto":
+            return chosen
+        if (os.environ.get("CI") or not sys.stderr.isatty()
+                or os.environ.get("TERM", "dumb") == "dumb"):
             return "plain"
         return "tty"
 

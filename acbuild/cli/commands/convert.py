@@ -10,6 +10,7 @@ from acbuild.cli.commands.common import global_options, state
 from acbuild.image.compression import COMPRESSIONS
 from acbuild.interop.convert import ConvertOptions, convert
 from acbuild.interop.oci import KINDS, detect_kind
+from acbuild.report import Field
 
 
 @click.command("convert")
@@ -36,7 +37,8 @@ def command(
                              squash=not nosquash, compression=compression)
     written = convert(options, reporter)
     top = written[-1]
-    reporter.summary((("image ID", top.image_id), ("output", str(top.path)),
-                      ("images written", str(len(written)))))
+    reporter.summary((Field("image_id", "image ID", top.image_id),
+                      Field("output", "output", str(top.path)),
+                      Field("images", "images written", len(written))))
     for w in written:
         click.echo(w.image_id)

@@ -11,7 +11,8 @@ from typing import Any
 import click
 
 from acbuild.cli.commands.common import global_options, state
-from acbuild.cli.console import human_size, render_error
+from acbuild.cli.console import render_error
+from acbuild.cli.text import human_size
 from acbuild.errors import AcbuildError
 from acbuild.image.diff import Entry, EntryChange, ImageDiff, ManifestChange, diff_images
 

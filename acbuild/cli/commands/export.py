@@ -15,6 +15,7 @@ from acbuild.image.finalize import build_epoch
 from acbuild.image.manifest import ImageManifest
 from acbuild.interop.convert import parse_created
 from acbuild.interop.export import export_oci
+from acbuild.report import Field
 
 
 def export_epoch(manifest: ImageManifest) -> int:
@@ -42,5 +43,6 @@ def command(image: Path, output_format: str, output: Path) -> None:
         manifest = unpack_image(image, rootfs, reporter=reporter)
         digest = export_oci(rootfs, manifest, output, archive=output_format == "oci-archive",
                             epoch=export_epoch(manifest), reporter=reporter)
-    reporter.summary((("manifest digest", digest), ("output", str(output))))
+    reporter.summary((Field("manifest_digest", "manifest digest", digest),
+                      Field("output", "output", str(output))))
     click.echo(digest)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from acbuild.cli.commands.common import global_options
-from acbuild.cli.console import human_size
+from acbuild.cli.text import human_size
 from acbuild.distribution.imagestore import Entry, ImageStore
 
 _store_dir = click.option("--store", "store_dir", type=click.Path(path_type=Path, file_okay=False),

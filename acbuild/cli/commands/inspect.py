@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.tree import Tree
 
 from acbuild.cli.commands.common import global_options
-from acbuild.cli.console import human_size
+from acbuild.cli.text import human_size
 from acbuild.image.inspect import ImageSummary, summarize
 from acbuild.image.manifest import ImageManifest
 

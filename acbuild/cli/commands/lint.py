@@ -8,7 +8,14 @@ from pathlib import Path
 import click
 
 from acbuild.acfile.render import load_variables
-from acbuild.cli.commands.common import global_options, resolve_acfile, variable_options
+from acbuild.cli.commands.common import (
+    global_options,
+    resolve_acfile,
+    state,
+    variable_options,
+)
+from acbuild.cli.console import json_event
+from acbuild.cli.text import printable
 from acbuild.plan.lint import RULES, lint_file
 
 
@@ -28,10 +35,16 @@ def command(paths: tuple[Path, ...], context: Path | None, variables: tuple[str,
     """
     acfiles = [resolve_acfile(p, None, None)[0] for p in paths or (None,)]
     values = load_variables(variables, var_files)
+    as_json = state().resolved_progress() == "json"
     count = 0
     for acfile in acfiles:
         for finding in lint_file(acfile, context=context, variables=values):
-            click.echo(finding.render())
+            if as_json:
+                click.echo(json_event("finding", rule=finding.rule, message=finding.message,
+                                      file=finding.span.file, line=finding.span.line,
+                                      column=finding.span.column))
+            else:
+                click.echo(printable(finding.render()))
             count += 1
     if count:
         # Not click's Exit: cli.main runs click with standalone_mode=False, which returns

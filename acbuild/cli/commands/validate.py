@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-from acbuild.cli.commands.common import global_options
+from acbuild.cli.commands.common import global_options, state
+from acbuild.cli.console import json_event
+from acbuild.cli.text import printable
 from acbuild.image.validate import validate_image
 
 
@@ -15,14 +17,18 @@ from acbuild.image.validate import validate_image
 @global_options
 def command(images: tuple[Path, ...]) -> None:
     """Check that each IMAGE is a valid App Container Image. Exit 1 if any is not."""
+    as_json = state().resolved_progress() == "json"
     failed = False
     for image in images:
         problems = validate_image(image)
+        failed = failed or bool(problems)
+        if as_json:
+            click.echo(json_event("validated", image=str(image), valid=not problems,
+                                  problems=list(problems)), err=True)
+            continue
         for problem in problems:
-            click.echo(f"{image}: {problem}", err=True)
-        if problems:
-            failed = True
-        else:
-            click.echo(f"{image}: valid", err=True)
+            click.echo(printable(f"{image}: {problem}"), err=True)
+        if not problems:
+            click.echo(printable(f"{image}: valid"), err=True)
     if failed:
         raise click.exceptions.Exit(1)

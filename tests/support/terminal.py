@@ -1,0 +1,78 @@
+"""Running the CLI in a real pseudo-terminal and reading the screen a person would see
+(pyte emulates the terminal: cursor movement, erasing, wrapping)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyte
+
+
+@dataclass(frozen=True)
+class Screen:
+    code: int
+    lines: tuple[str, ...]  # the screen's rows, right-stripped, trailing blank rows dropped
+    history: tuple[str, ...]  # rows scrolled off the top
+    raw: bytes  # every byte written to the terminal
+    stdout: bytes  # what went to stdout (a pipe, not the terminal)
+
+    @property
+    def text(self) -> str:
+        return "\n".join((*self.history, *self.lines))
+
+
+def run_in_terminal(*args: str | Path, columns: int = 80, rows: int = 24,
+                    cwd: Path | None = None, env: Mapping[str, str] | None = None,
+                    timeout: float = 300) -> Screen:
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    full_env = {k: v for k, v in os.environ.items() if k not in ("CI", "NO_COLOR")}
+    full_env.update({"TERM": "xterm-256color", "COLUMNS": str(columns), "LINES": str(rows),
+                     **(env or {})})
+    proc = subprocess.Popen([sys.executable, "-m", "acbuild", *map(str, args)], cwd=cwd,
+                            env=full_env, stdin=follower, stderr=follower,
+                            stdout=subprocess.PIPE)
+    os.close(follower)
+    screen = pyte.HistoryScreen(columns, rows, history=10000)
+    stream = pyte.ByteStream(screen)
+    raw = bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        ready, _, _ = select.select([leader], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: every writer closed the terminal
+                break
+            if not data:
+                break
+            raw += data
+            stream.feed(data)
+        elif proc.poll() is not None:
+            break
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise TimeoutError(f"acbuild-py {args} did not finish in {timeout} s")
+    assert proc.stdout is not None
+    stdout = proc.stdout.read()
+    code = proc.wait()
+    os.close(leader)
+    history = tuple("".join(c.data for c in row.values()).rstrip() if isinstance(row, dict)
+                    else "".join(row[x].data for x in range(columns)).rstrip()
+                    for row in screen.history.top)
+    lines = [line.rstrip() for line in screen.display]
+    while lines and not lines[-1]:
+        lines.pop()
+    return Screen(code=code, lines=tuple(lines), history=history, raw=bytes(raw),
+                  stdout=stdout)
