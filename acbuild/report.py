@@ -48,6 +48,9 @@ class Reporter(Protocol):
 
     def info(self, message: str) -> None: ...
 
+    def detail(self, message: str) -> None:
+        """A detail shown only with -v (e.g. which cache entry was used)."""
+
     def warning(self, message: str, span: Span | None = None) -> None: ...
 
     def summary(self, fields: tuple[Field, ...]) -> None:
@@ -71,6 +74,9 @@ class SilentReporter:
         pass
 
     def info(self, message: str) -> None:
+        pass
+
+    def detail(self, message: str) -> None:
         pass
 
     def summary(self, fields: tuple[Field, ...]) -> None:

@@ -32,7 +32,7 @@ def _help(command: click.Command, name: str,
 
 
 def generate() -> str:
-    from acbuild.cli.main import cli
+    from acbuild.cli.app import cli
 
     text, root = _help(cli, "acbuild-py", None)
     parts = [INTRO, f"```text\n{text}\n```\n"]

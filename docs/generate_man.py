@@ -13,7 +13,7 @@ import click
 from click_man.core import write_man_pages
 
 from acbuild import __version__
-from acbuild.cli.main import cli
+from acbuild.cli.app import cli
 
 OUT = Path(__file__).resolve().parent.parent / "man"
 # A fixed date: the pages must not change with the day they are generated on.

@@ -62,6 +62,10 @@ class PlainReporter:
     def info(self, message: str) -> None:
         self._line(printable(message))
 
+    def detail(self, message: str) -> None:
+        if self._verbose:
+            self._line(printable(message))
+
     def warning(self, message: str, span: Span | None = None) -> None:
         self._line(printable(f"{_where(span)}warning: {message}"))
 
@@ -102,6 +106,9 @@ class JsonReporter:
 
     def info(self, message: str) -> None:
         self._emit("info", message=message)
+
+    def detail(self, message: str) -> None:
+        self._emit("info", message=message, detail=True)
 
     def warning(self, message: str, span: Span | None = None) -> None:
         self._emit("warning", message=message, **_span_fields(span))
@@ -173,7 +180,8 @@ def render_error(error: BaseException, mode: str, *, debug: bool = False) -> str
     """
     if mode != "json":
         if isinstance(error, AcbuildError):
-            return error.render()
+            # Messages quote names, paths and program output from images: escape them.
+            return "\n".join(printable(line) for line in error.render().split("\n"))
         head = f"acbuild-py: internal error: {type(error).__name__}: {error}"
         if debug:
             return "".join(traceback.format_exception(error)) + head

@@ -105,6 +105,10 @@ class TtyReporter:
     def info(self, message: str) -> None:
         self._print(Text(printable(message)))
 
+    def detail(self, message: str) -> None:
+        if self._verbose:
+            self._print(Text(printable(message), style="dim"))
+
     def warning(self, message: str, span: Span | None = None) -> None:
         where = f"{span.file}:{span.line}:{span.column}: " if span else ""
         self._print(Text.assemble((f"{printable(where)}warning:", "yellow"),

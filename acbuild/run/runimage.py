@@ -103,7 +103,7 @@ def rendered_rootfs(options: RunOptions, cache: Path,
     if not (entry / "manifest").is_file():
         _render_into_cache(options, entry, reporter)
     else:
-        reporter.info(f"using cached rootfs {entry}")
+        reporter.detail(f"using cached rootfs {entry}")
     return entry / "rootfs", manifest.from_json_bytes((entry / "manifest").read_bytes())
 
 

@@ -129,8 +129,8 @@ def test_failure_shows_the_last_lines_and_keeps_the_full_log(base: Path, tmp_pat
         f"    full log: {log}\n"
     )
     full = log.read_text().splitlines()
-    assert full[0] == "[3/4] first step"
-    assert full[1:] == [f"[4/4] line {i}" for i in range(1, 31)]
+    assert full[0] == "[3/5] first step"
+    assert full[1:] == [f"[4/5] line {i}" for i in range(1, 31)]
     assert not out.exists()
 
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +34,9 @@ class Screen:
 
 def run_in_terminal(*args: str | Path, columns: int = 80, rows: int = 24,
                     cwd: Path | None = None, env: Mapping[str, str] | None = None,
-                    timeout: float = 300) -> Screen:
+                    timeout: float = 300,
+                    watch: Callable[[list[str]], None] | None = None) -> Screen:
+    """``watch`` sees the screen's rows after every chunk the program writes."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     full_env = {k: v for k, v in os.environ.items() if k not in ("CI", "NO_COLOR")}
@@ -59,13 +61,16 @@ def run_in_terminal(*args: str | Path, columns: int = 80, rows: int = 24,
                 break
             raw += data
             stream.feed(data)
+            if watch is not None:
+                watch([line.rstrip() for line in screen.display])
         elif proc.poll() is not None:
             break
         if time.monotonic() > deadline:
             proc.kill()
             raise TimeoutError(f"acbuild-py {args} did not finish in {timeout} s")
     assert proc.stdout is not None
-    stdout = proc.stdout.read()
+    with proc.stdout:
+        stdout = proc.stdout.read()
     code = proc.wait()
     os.close(leader)
     history = tuple("".join(c.data for c in row.values()).rstrip() if isinstance(row, dict)

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from acbuild.build.build import BuildOptions, BuildResult, build
-from acbuild.build.repro import check_reproducible
 from acbuild.cli.commands.common import (
     acfile_argument,
     acfile_options,
@@ -21,9 +18,10 @@ from acbuild.cli.commands.common import (
     state,
 )
 from acbuild.cli.commands.trustopts import base_loader, trust_options
-from acbuild.fs.atomic import atomic_write, check_writable
 from acbuild.report import Field, Reporter
-from acbuild.trust.sign import read_passphrase, remove_stale_signature, sign_image
+
+if TYPE_CHECKING:  # the library is imported when the verb runs, so --help stays quick
+    from acbuild.build.build import BuildResult
 
 
 def _docker_hint(hint: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -85,6 +83,13 @@ def command(
 ) -> None:
     """Build the image an Acfile describes: PATH/Acfile, ./Acfile with no PATH, PATH itself
     when it is a file, or -f ACFILE (PATH is then the context directory)."""
+    import tempfile
+
+    from acbuild.build.build import BuildOptions, build
+    from acbuild.build.repro import check_reproducible
+    from acbuild.fs.atomic import atomic_write, check_writable
+    from acbuild.trust.sign import read_passphrase, remove_stale_signature, sign_image
+
     acfile, context = resolve_acfile(path, acfile_file, context)
     to_stdout = output == Path("-")
     if to_stdout and sys.stdout.isatty():

@@ -20,6 +20,9 @@ from acbuild.report import Reporter
 F = TypeVar("F", bound=Callable[..., Any])
 
 PROGRESS_MODES = ("auto", "tty", "plain", "json")
+# image.compression.COMPRESSIONS, written out so that option parsing and --help do not load
+# the compressors (a test keeps the two equal).
+COMPRESSIONS = ("gzip", "xz", "bzip2", "none")
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -167,8 +170,6 @@ def resolve_acfile(path: Path | None, acfile_file: Path | None,
 def acfile_options(f: F) -> F:
     """What selects and feeds an Acfile (build and plan): context, variables, target stage,
     compression (part of the image's cache key) and the cache directory."""
-    from acbuild.image.compression import COMPRESSIONS
-
     opts = [
         click.option("--context", type=click.Path(path_type=Path, file_okay=False, exists=True),
                      help="Directory COPY sources are relative to (default: the Acfile's)."),

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from acbuild.build.bases import BaseLoader
 from acbuild.cli.commands.common import Size
-from acbuild.image.tarread import Limits
 from acbuild.report import Reporter
+
+if TYPE_CHECKING:  # the build machinery is imported when a verb runs, not for --help
+    from acbuild.build.bases import BaseLoader
+
+MAX_IMAGE_SIZE = "64G"  # tarread.Limits().max_total_bytes, as a default people read
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,7 +35,7 @@ def trust_options(f: F) -> F:
                      help="Extra CA certificate for HTTPS."),
         click.option("--insecure-skip-verify", is_flag=True,
                      help="Accept images whose signature is missing or bad (dangerous)."),
-        click.option("--max-image-size", type=Size(), default=str(Limits().max_total_bytes),
+        click.option("--max-image-size", type=Size(), default=MAX_IMAGE_SIZE,
                      metavar="SIZE", help="Refuse base images whose content is larger "
                      "(a bound on tar and compression bombs).  [default: 64G]"),
     ]
@@ -65,6 +68,9 @@ def base_loader(
         if not path.with_name(path.name + ".asc").exists():
             return
         verify_local(path, TrustStore.locate(trust_store), rep)
+
+    from acbuild.build.bases import BaseLoader
+    from acbuild.image.tarread import Limits
 
     limits = Limits() if max_image_size is None else Limits(max_total_bytes=max_image_size)
     return BaseLoader(resolve_name=resolve, verify_local=verify, limits=limits)

@@ -1,0 +1,136 @@
+"""The tty log as a person sees it: the real CLI in a pseudo-terminal, its screen read back
+through a terminal emulator (pyte), at 80 and 120 columns."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES
+from tests.support.busybox import BUSYBOX, busybox_available
+from tests.support.cli import acbuild
+from tests.support.terminal import Screen, run_in_terminal
+
+WIDTHS = (80, 120)
+STEP = re.compile(r"^ => (CACHED |ERROR )?\[\d+/\d+\] .* +\d+\.\ds$")
+needs_busybox = pytest.mark.skipif(not busybox_available(),
+                                   reason="busybox-static is not installed")
+
+
+def _folded(screen: Screen, columns: int, steps: int) -> list[str]:
+    """The finished build's screen: the header, one line a step, no tail, no bars."""
+    lines = [*screen.history, *screen.lines]
+    header = next(i for i, line in enumerate(lines) if line.startswith("[+] Building "))
+    assert re.fullmatch(rf"\[\+\] Building \d+\.\ds \({steps}/{steps}\) FINISHED",
+                        lines[header]), lines[header]
+    step_lines = lines[header + 1 : header + 1 + steps]
+    assert all(STEP.match(line) for line in step_lines), "\n".join(step_lines)
+    assert not any(" => => # " in line for line in lines), "a RUN's output was not folded"
+    assert not any("ETA" in line or "/s" in line.split()[-1:] for line in lines)
+    assert all(len(line) <= columns for line in lines)
+    return step_lines
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_hello_folds_every_step_and_a_rebuild_is_cached(hello_context: Path, tmp_path: Path,
+                                                        columns: int) -> None:
+    out = tmp_path / "h.aci"
+    first = run_in_terminal("build", hello_context / "Acfile", "-o", out, columns=columns)
+    assert first.code == 0, first.text
+    steps = _folded(first, columns, 8)
+    assert steps[-1].startswith(" => [8/8] WRITE ")
+    again = run_in_terminal("build", hello_context / "Acfile", "-o", out, columns=columns)
+    steps = _folded(again, columns, 8)
+    assert all(line.startswith(" => CACHED ") for line in steps)
+    assert any(line.startswith("image ID ") for line in again.lines)
+    assert len(again.lines) <= 20  # header, 8 steps, 9 summary rows
+    assert re.fullmatch(rb"sha512-[0-9a-f]{128}\n", again.stdout)
+
+
+@needs_busybox
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_busybox_app_shows_a_bounded_tail_while_running(tmp_path: Path, columns: int) -> None:
+    base = tmp_path / "busybox"
+    shutil.copytree(EXAMPLES / "busybox", base)
+    shutil.copy2(BUSYBOX, base / "busybox")
+    app = tmp_path / "busybox-app"
+    shutil.copytree(EXAMPLES / "busybox-app", app)
+    assert acbuild("build", "-q", base / "Acfile", "-o", app / "busybox.aci").code == 0
+    (app / "Acfile").write_text((app / "Acfile").read_text().replace(
+        "EXEC", "RUN /bin/sh -c 'i=0; while [ $i -lt 40 ]; do echo \"tick $i\"; "
+        "printf \"progress 10%%\\r progress 99%%\\n\"; i=$((i+1)); sleep 0.02; done'\nEXEC", 1))
+    tails: list[int] = []
+
+    def watch(rows: list[str]) -> None:
+        tails.append(sum(1 for row in rows if row.startswith(" => => # ")))
+        tail = [row for row in rows if row.startswith(" => => # ")]
+        assert not any("progress 10%" in row for row in tail), "\\r was not applied"
+
+    screen = run_in_terminal("build", app / "Acfile", "-o", tmp_path / "app.aci",
+                             columns=columns, watch=watch)
+    assert screen.code == 0, screen.text
+    assert max(tails) > 0, "the running step's output was never shown"
+    assert max(tails) <= 6
+    _folded(screen, columns, 13)
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_a_20000_file_copy_leaves_no_bars(tmp_path: Path, columns: int) -> None:
+    ctx = tmp_path / "ctx"
+    tree = ctx / "tree"
+    for d in range(100):
+        (tree / f"d{d:03}").mkdir(parents=True)
+        for f in range(200):
+            (tree / f"d{d:03}" / f"f{f:03}").write_bytes(b"x" * 64)
+    (ctx / "Acfile").write_text("BEGIN scratch\nNAME example.com/many\nCOPY tree/ /srv/\n")
+    screen = run_in_terminal("build", ctx / "Acfile", "-o", tmp_path / "many.aci",
+                             columns=columns)
+    assert screen.code == 0, screen.text
+    _folded(screen, columns, 4)
+    assert "20000" in screen.text or "20100" in screen.text  # the entries row
+
+
+@needs_busybox
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_a_failing_run_keeps_its_output_on_screen(tmp_path: Path, columns: int) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    shutil.copy2(BUSYBOX, ctx / "busybox")
+    (ctx / "Acfile").write_text(
+        "BEGIN scratch\nNAME example.com/fails\nCOPY --mode=0755 busybox /bin/busybox\n"
+        'RUN ["/bin/busybox", "sh", "-c", "echo about to fail; echo \\"\\u001b]0;owned\\u0007'
+        'title\\"; exit 7"]\n')
+    screen = run_in_terminal("build", ctx / "Acfile", "-o", tmp_path / "x.aci",
+                             columns=columns)
+    assert screen.code == 1
+    text = screen.text
+    assert re.search(r"\[\+\] Building \d+\.\ds \(3/5\) FAILED", text), text
+    assert re.search(r"^ => ERROR \[4/5\] RUN ", text, re.M)
+    assert " => => # about to fail" in text
+    assert "\\x1b]0;owned\\x07title" in text  # escaped, not obeyed
+    assert b"\x1b]0;owned" not in screen.raw
+    assert "RUN failed with exit status 7" in text
+    assert not (tmp_path / "x.aci").exists()
+
+
+@needs_busybox
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_run_prints_only_the_app(tmp_path: Path, columns: int) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    shutil.copy2(BUSYBOX, ctx / "busybox")
+    (ctx / "Acfile").write_text(
+        "BEGIN scratch\nNAME example.com/app\nLABEL version=1\n"
+        "COPY --mode=0755 busybox /bin/busybox\n"
+        'EXEC ["/bin/busybox", "echo", "hello from the app"]\n')
+    image = tmp_path / "app.aci"
+    assert acbuild("build", "-q", ctx / "Acfile", "-o", image).code == 0
+    for _ in range(2):  # cold, then warm
+        screen = run_in_terminal("run", image, columns=columns)
+        assert screen.code == 0, screen.text
+        assert b"hello from the app" in screen.stdout
+        assert not any("ETA" in line or "extract" in line for line in screen.lines)
+    assert screen.lines == ()  # warm: nothing of its own on the terminal
