@@ -57,7 +57,7 @@ def summarize(path: Path, *, entries: bool = False, limits: Limits = Limits()) -
         uncompressed_size=total,
         entry_count=entry_count,
         file_count=file_count,
-        manifest=manifest.from_json_bytes(data),
+        manifest=manifest.read_checked(data, f"{path}: manifest"),
         entries=tuple(found),
     )
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from acbuild.cli.commands.common import global_options
-from acbuild.image.validate import validate_image
+from acbuild.image.validate import check_image
 
 
 @click.command("validate")
@@ -17,9 +17,12 @@ def command(images: tuple[Path, ...]) -> None:
     """Check that each IMAGE is a valid App Container Image. Exit 1 if any is not."""
     failed = False
     for image in images:
-        problems = validate_image(image)
+        report = check_image(image)
+        problems = report.problems
         for problem in problems:
             click.echo(f"{image}: {problem}", err=True)
+        for warning in report.warnings:
+            click.echo(f"{image}: warning: {warning}", err=True)
         if problems:
             failed = True
         else:
