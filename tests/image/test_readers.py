@@ -162,3 +162,17 @@ def test_port_count_zero_is_refused_and_absent_count_is_one() -> None:
     zero = json.dumps({**M, "app": {**app, "ports": [{**port, "count": 0}]}}).encode()
     with pytest.raises(ImageError, match="port count 0 must be at least 1"):
         read_checked(zero)
+
+
+def test_a_conflict_with_the_base_is_reported_at_the_isolator_line(tmp_path: Path) -> None:
+    base = {**M, "app": {"exec": ["/a"], "user": "0", "group": "0", "isolators": [
+        {"name": "os/linux/seccomp-retain-set", "value": {"set": ["read"]}}]}}
+    (tmp_path / "base.aci").write_bytes(
+        compress(Tar().file("manifest", json.dumps(base).encode()).dir("rootfs").data()))
+    (tmp_path / "Acfile").write_text(
+        'BEGIN ./base.aci\nNAME example.com/x\nISOLATOR os/linux/seccomp-remove-set '
+        '{"set": ["reboot"]}\n')
+    r = acbuild("build", tmp_path / "Acfile", "-o", tmp_path / "out.aci")
+    assert r.code == 1, r.stderr
+    assert "Acfile:3:1: error: the image manifest is not valid: isolators seccomp-retain-set " \
+           "and seccomp-remove-set exclude each other" in r.stderr
