@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal, TextIO
 
 from acbuild.acfile.context import BuildContext
-from acbuild.acfile.instructions import Run, Sign
+from acbuild.acfile.instructions import Isolator, Run, Sign
 from acbuild.acfile.parse import parse_partly
 from acbuild.acfile.render import load_variables, render, unused_variables
 from acbuild.build import manifest_edit
@@ -254,10 +254,14 @@ def _final_manifest(stage: StageState, plan: Plan) -> ImageManifest:
     manifest = manifest_edit.finish(stage.manifest)
     found = problems(manifest)
     if found:
-        # The plan checks what the Acfile says; this catches what the base brought in.
-        raise BuildError(
-            "the image manifest is not valid: " + "; ".join(found), span=plan.target.begin.span
-        )
+        # The plan checks what the Acfile says; this catches what the base brought in. An
+        # isolator the base conflicts with is pointed at the ISOLATOR line, not at BEGIN.
+        span = plan.target.begin.span
+        for step in plan.target.steps:
+            i = step.instruction
+            if isinstance(i, Isolator) and any(i.name.split("/")[-1] in p for p in found):
+                span = i.span
+        raise BuildError("the image manifest is not valid: " + "; ".join(found), span=span)
     return manifest
 
 

@@ -75,7 +75,7 @@ def read_manifest(path: Path, *, limits: Limits = Limits()) -> ImageManifest:  #
         for member, tar in members(TarSource(stream), limits):
             if clean_name(member.name) == "manifest" and member.isreg():
                 data = read_member(tar, member, limits.max_manifest, "manifest")
-                return manifest.from_json_bytes(data)
+                return manifest.read_checked(data, f"{path}: manifest")
     raise ImageError(f"{path}: not an ACI: it has no manifest")
 
 
@@ -158,7 +158,7 @@ def _extract(path: Path, rootfs: StagedRootfs, prefix: str | None,
             raise ImageError(
                 f"{path}: looks like an ACI (it starts with rootfs/) but has no manifest")
         return None
-    return manifest.from_json_bytes(catcher.data)
+    return manifest.read_checked(catcher.data, f"{path}: manifest")
 
 
 def unpack_base(

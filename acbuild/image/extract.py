@@ -32,6 +32,7 @@ from acbuild.image.tarread import (
     archive_errors,
     clean_name,
     members,
+    refuse_absolute,
     strip_prefix,
 )
 from acbuild.report import Reporter
@@ -57,10 +58,12 @@ def extract_tar(
     writer = RootfsWriter(rootfs, reporter=reporter, whiteouts=whiteouts)
     source = TarSource(stream)
     done = reported = 0
-    for member, tar in members(source, limits):
+    for member, tar in members(source, limits, allow_absolute=True):
         name = clean_name(member.name)
         if prefix is None:
             prefix = "rootfs/" if name.split("/")[0] in ("manifest", "rootfs") else ""
+        if prefix:  # an ACI; a Docker layer may name its entries /etc/...
+            refuse_absolute(member)
         rel = strip_prefix(name, prefix)
         if rel is None:
             if on_outside is not None:

@@ -7,14 +7,16 @@ read once; the CLI renders the result.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.errors import ImageError
 from acbuild.image import manifest
 from acbuild.image.aci import EntryInfo, entry_info, open_tar, read_member
-from acbuild.image.manifest import ImageManifest
+from acbuild.image.manifest import App, ImageManifest
 from acbuild.image.tarread import Limits, TarSource, clean_name, members, strip_prefix
 
 
@@ -57,7 +59,7 @@ def summarize(path: Path, *, entries: bool = False, limits: Limits = Limits()) -
         uncompressed_size=total,
         entry_count=entry_count,
         file_count=file_count,
-        manifest=manifest.from_json_bytes(data),
+        manifest=manifest.read_checked(data, f"{path}: manifest"),
         entries=tuple(found),
     )
 
@@ -72,3 +74,60 @@ def file_tree(path: Path) -> tuple[tuple[str, int], ...]:
         rel = e.name[len("rootfs/") :]
         out.append((f"/{rel}/" if e.kind == "dir" else f"/{rel}", e.size))
     return tuple(out)
+
+
+# ---- the manifest as (key, value) lines for people: every field, unknown keys included ------
+
+
+def manifest_facts(m: ImageManifest) -> list[tuple[str, str]]:
+    """Every field of ``m`` as (key, text) lines, in manifest order; keys the model does not
+    know are shown as JSON, so nothing an image says is hidden."""
+    facts = [("acVersion", m.ac_version)]
+    facts += [(f"label {lb.name}", _with_extra(lb.value, lb.extra)) for lb in m.labels]
+    if m.app is not None:
+        facts += _app_facts(m.app)
+    for n, d in enumerate(m.dependencies):
+        parts = [d.image_name]
+        parts += [f"{lb.name}={lb.value}" for lb in d.labels]
+        if d.image_id is not None:
+            parts.append(f"imageID {d.image_id}")
+        if d.size is not None:
+            parts.append(f"size {d.size}")
+        facts.append((f"dependency {n}", _with_extra(", ".join(parts), d.extra)))
+    facts += [("path whitelist", path) for path in m.path_whitelist]
+    facts += [(f"annotation {a.name}", _with_extra(a.value, a.extra)) for a in m.annotations]
+    facts += [(key, text) for key, text in m.extra]
+    return facts
+
+
+def _app_facts(app: App) -> list[tuple[str, str]]:
+    facts = [("exec", shlex.join(app.exec) if app.exec else "-"),
+             ("user:group", f"{app.user}:{app.group}")]
+    if app.supplementary_gids:
+        facts.append(("supplementary GIDs", " ".join(map(str, app.supplementary_gids))))
+    if app.working_directory:
+        facts.append(("working directory", app.working_directory))
+    facts += [(f"env {e.name}", _with_extra(e.value, e.extra)) for e in app.environment]
+    facts += [(f"event {e.name}", _with_extra(shlex.join(e.exec) or "-", e.extra))
+              for e in app.event_handlers]
+    facts += [(f"isolator {i.name}", _with_extra(i.value_json, i.extra)) for i in app.isolators]
+    for mp in app.mount_points:
+        text = mp.path + (" (read-only)" if mp.read_only else "")
+        facts.append((f"mount {mp.name}", _with_extra(text, mp.extra)))
+    for p in app.ports:
+        text = f"{p.protocol}/{p.port}"
+        if p.count != 1:
+            text += f"-{p.port + p.count - 1} (count {p.count})"
+        if p.socket_activated:
+            text += " socket-activated"
+        facts.append((f"port {p.name}", _with_extra(text, p.extra)))
+    facts += [(f"app {key}", text) for key, text in app.extra]
+    return facts
+
+
+def _with_extra(text: str, extra: tuple[tuple[str, str], ...]) -> str:
+    if not extra:
+        return text
+    return f"{text} {json.dumps(dict((k, json.loads(v)) for k, v in extra), sort_keys=True)}"
+
+

@@ -1,6 +1,7 @@
 """Manifest: the AppC ImageManifest model and its stable JSON form (written and read).
 
-The AppC rules live in ``acbuild.image.manifest_rules``; their public names are re-exported here.
+The AppC rules live in ``acbuild.image.manifest_rules``; ``read_checked`` applies them to every
+manifest read from an image. Keys the model does not know are kept at every level.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from acbuild.errors import ImageError
-
-# The rules moved to acbuild.image.manifest_rules; these names stay importable from here.
+from acbuild.image import manifest_rules
 from acbuild.image.manifest_rules import AC_VERSION
 
 
@@ -21,6 +21,8 @@ from acbuild.image.manifest_rules import AC_VERSION
 class NameValue:
     name: str
     value: str
+    # keys this model does not know: (key, canonical JSON text), kept as read
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,6 +32,8 @@ class Port:
     port: int
     count: int = 1
     socket_activated: bool = False
+    # keys this model does not know: (key, canonical JSON text), kept as read
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,18 +41,24 @@ class MountPoint:
     name: str
     path: str
     read_only: bool = False
+    # keys this model does not know: (key, canonical JSON text), kept as read
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EventHandler:
     name: str
     exec: tuple[str, ...]
+    # keys this model does not know: (key, canonical JSON text), kept as read
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Isolator:
     name: str
     value_json: str  # canonical JSON text (sorted keys, compact) of the value
+    # keys this model does not know: (key, canonical JSON text), kept as read
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,6 +67,8 @@ class Dependency:
     image_id: str | None = None
     labels: tuple[NameValue, ...] = ()
     size: int | None = None
+    # keys this model does not know: (key, canonical JSON text), kept as read
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,8 +131,8 @@ def host_os_arch() -> tuple[str, str]:
 # ---- JSON -----------------------------------------------------------------------------------
 
 
-def _pairs(items: Iterable[NameValue]) -> list[dict[str, str]]:
-    return [{"name": i.name, "value": i.value} for i in items]
+def _pairs(items: Iterable[NameValue]) -> list[dict[str, Any]]:
+    return [_extra({"name": i.name, "value": i.value}, i.extra) for i in items]
 
 
 def _extra(obj: dict[str, Any], extra: tuple[tuple[str, str], ...]) -> dict[str, Any]:
@@ -138,14 +150,17 @@ def _app_obj(app: App) -> dict[str, Any]:
     if app.supplementary_gids:
         obj["supplementaryGIDs"] = list(app.supplementary_gids)
     if app.event_handlers:
-        obj["eventHandlers"] = [{"name": e.name, "exec": list(e.exec)} for e in app.event_handlers]
+        obj["eventHandlers"] = [
+            _extra({"name": e.name, "exec": list(e.exec)}, e.extra) for e in app.event_handlers
+        ]
     if app.working_directory:
         obj["workingDirectory"] = app.working_directory
     if app.environment:
         obj["environment"] = _pairs(app.environment)
     if app.isolators:
         obj["isolators"] = [
-            {"name": i.name, "value": json.loads(i.value_json)} for i in app.isolators
+            _extra({"name": i.name, "value": json.loads(i.value_json)}, i.extra)
+            for i in app.isolators
         ]
     if app.mount_points:
         obj["mountPoints"] = [_mount_obj(mp) for mp in app.mount_points]
@@ -158,25 +173,25 @@ def _mount_obj(mp: MountPoint) -> dict[str, Any]:
     obj: dict[str, Any] = {"name": mp.name, "path": mp.path}
     if mp.read_only:
         obj["readOnly"] = True
-    return obj
+    return _extra(obj, mp.extra)
 
 
 def _port_obj(p: Port) -> dict[str, Any]:
     obj: dict[str, Any] = {"name": p.name, "protocol": p.protocol, "port": p.port, "count": p.count}
     if p.socket_activated:
         obj["socketActivated"] = True
-    return obj
+    return _extra(obj, p.extra)
 
 
 def _dependency_obj(d: Dependency) -> dict[str, Any]:
     obj: dict[str, Any] = {"imageName": d.image_name}
-    if d.image_id:
+    if d.image_id is not None:
         obj["imageID"] = d.image_id
     if d.labels:
         obj["labels"] = _pairs(d.labels)
     if d.size is not None:
         obj["size"] = d.size
-    return obj
+    return _extra(obj, d.extra)
 
 
 def _manifest_obj(m: ImageManifest) -> dict[str, Any]:
@@ -223,6 +238,17 @@ def from_json_bytes(data: bytes) -> ImageManifest:
     except RecursionError:
         raise ImageError("image manifest is nested too deeply") from None
     return _read_manifest(doc)
+
+
+def read_checked(data: bytes, where: str = "image manifest") -> ImageManifest:
+    """The one strict reader of an image's manifest (manifest, inspect, verify, fetch, run,
+    BEGIN): JSON types and every AppC rule; a broken rule is an ImageError naming them all."""
+    m = from_json_bytes(data)
+    if found := manifest_rules.problems(m):
+        shown = "; ".join(found[:5]) + (f"; and {len(found) - 5} more" if len(found) > 5 else "")
+        raise ImageError(f"{where} is not valid: {shown}",
+                         hint="`acbuild-py validate IMAGE` lists every problem")
+    return m
 
 
 # ---- reading: JSON types checked field by field ---------------------------------------------
@@ -276,15 +302,26 @@ def _name_values(v: Any, where: str) -> tuple[NameValue, ...]:
             NameValue(
                 name=_str(o.get("name"), f"{where}[{i}].name"),
                 value=_str(o.get("value", ""), f"{where}[{i}].value"),
+                extra=_rest(o, _NAME_VALUE_KEYS),
             )
         )
     return tuple(out)
+
+
+def _string_map(v: Any, where: str) -> None:
+    """userAnnotations, userLabels: kept as read, but "All values in the object must be
+    strings" (spec/aci.md)."""
+    if v is None:
+        return
+    for key, value in _obj(v, where).items():
+        _str(value, f"{where}.{key}")
 
 
 def _rest(o: dict[str, Any], known: frozenset[str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, canonical_json(v)) for k, v in o.items() if k not in known))
 
 
+_NAME_VALUE_KEYS = frozenset({"name", "value"})
 _MANIFEST_KEYS = frozenset(
     {"acKind", "acVersion", "name", "labels", "app", "dependencies", "pathWhitelist", "annotations"}
 )
@@ -330,6 +367,8 @@ def _read_app(o: dict[str, Any]) -> App:
         return [(f"app.{key}[{i}]", _obj(x, f"app.{key}[{i}]")) for i, x in enumerate(items)]
 
     wd = o.get("workingDirectory")
+    _string_map(o.get("userAnnotations"), "app.userAnnotations")
+    _string_map(o.get("userLabels"), "app.userLabels")
     return App(
         exec=_strings(o.get("exec"), "app.exec"),
         user=_str(o.get("user", ""), "app.user"),
@@ -340,7 +379,9 @@ def _read_app(o: dict[str, Any]) -> App:
         ),
         event_handlers=tuple(
             EventHandler(
-                name=_str(e.get("name"), f"{w}.name"), exec=_strings(e.get("exec"), f"{w}.exec")
+                name=_str(e.get("name", ""), f"{w}.name"),
+                exec=_strings(e.get("exec"), f"{w}.exec"),
+                extra=_rest(e, frozenset({"name", "exec"})),
             )
             for w, e in each("eventHandlers")
         ),
@@ -348,15 +389,18 @@ def _read_app(o: dict[str, Any]) -> App:
         environment=_name_values(o.get("environment"), "app.environment"),
         isolators=tuple(
             Isolator(
-                name=_str(i.get("name"), f"{w}.name"), value_json=canonical_json(i.get("value"))
+                name=_str(i.get("name"), f"{w}.name"),
+                value_json=canonical_json(i.get("value")),
+                extra=_rest(i, frozenset({"name", "value"})),
             )
             for w, i in each("isolators")
         ),
         mount_points=tuple(
             MountPoint(
                 name=_str(m.get("name"), f"{w}.name"),
-                path=_str(m.get("path"), f"{w}.path"),
+                path=_str(m.get("path", ""), f"{w}.path"),
                 read_only=_bool(m.get("readOnly", False), f"{w}.readOnly"),
+                extra=_rest(m, frozenset({"name", "path", "readOnly"})),
             )
             for w, m in each("mountPoints")
         ),
@@ -365,14 +409,19 @@ def _read_app(o: dict[str, Any]) -> App:
     )
 
 
+_PORT_KEYS = frozenset({"name", "protocol", "port", "count", "socketActivated"})
+
+
 def _read_port(p: dict[str, Any], w: str) -> Port:
-    count = _int(p.get("count", 0), f"{w}.count")
     return Port(
         name=_str(p.get("name"), f"{w}.name"),
         protocol=_str(p.get("protocol", ""), f"{w}.protocol"),
         port=_int(p.get("port"), f"{w}.port"),
-        count=count or 1,  # the spec's default; Go reads a missing count as 0 and makes it 1
+        # "defaults to 1 if unset"; an explicit 0 stays 0 for the rules to refuse ("Must be
+        # >=1"), where the Go reference silently makes it 1
+        count=_int(p.get("count", 1), f"{w}.count"),
         socket_activated=_bool(p.get("socketActivated", False), f"{w}.socketActivated"),
+        extra=_rest(p, _PORT_KEYS),
     )
 
 
@@ -381,7 +430,9 @@ def _read_dependency(d: dict[str, Any], w: str) -> Dependency:
     size = d.get("size")
     return Dependency(
         image_name=_str(d.get("imageName"), f"{w}.imageName"),
-        image_id=None if image_id in (None, "") else _str(image_id, f"{w}.imageID"),
+        # "" is a bad imageID (the reference refuses it), not an absent one
+        image_id=None if image_id is None else _str(image_id, f"{w}.imageID"),
         labels=_name_values(d.get("labels"), f"{w}.labels"),
         size=None if size is None else _int(size, f"{w}.size"),
+        extra=_rest(d, frozenset({"imageName", "imageID", "labels", "size"})),
     )

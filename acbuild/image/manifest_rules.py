@@ -1,6 +1,8 @@
-"""Manifest rules: every AppC rule an ImageManifest must keep, as actool 0.8.11 checks them.
+"""Manifest rules: every AppC rule an ImageManifest must keep, as the appc/spec Go reference
+(actool) checks them, and the few stricter ones docs/conformance.md lists with the spec's words.
 
-``problems()`` checks a whole manifest (validate, finalize); the ``*_problem`` helpers check
+``problems()`` checks a whole manifest (validate, finalize, every reader); ``warnings()`` names
+what the reference accepts but rkt or the spec text would not; the ``*_problem`` helpers check
 one value each (the planner points them at Acfile tokens).
 """
 
@@ -48,8 +50,8 @@ _CAPABILITY_SETS = frozenset(
     {"os/linux/capabilities-retain-set", "os/linux/capabilities-remove-set"}
 )
 _SECCOMP_SETS = frozenset({"os/linux/seccomp-retain-set", "os/linux/seccomp-remove-set"})
-# The isolators actool 0.8.11 knows; it rejects any other name ("invalid isolator"), so an image
-# using e.g. os/linux/apparmor-profile (added to the spec later) would not validate.
+# The isolators the reference knows (appc/spec HEAD); an app with any other name is invalid
+# ("invalid isolator"). Debian's actool 0.8.11 predates os/linux/apparmor-profile.
 KNOWN_ISOLATORS: frozenset[str] = (
     _RESOURCES_DEFAULT_FALSE
     | _RESOURCES_DEFAULT_TRUE
@@ -60,12 +62,21 @@ KNOWN_ISOLATORS: frozenset[str] = (
         "os/linux/oom-score-adj",
         "os/linux/cpu-shares",
         "os/linux/selinux-context",
+        "os/linux/apparmor-profile",
         "os/unix/sysctl",
     }
 )
+# The reference allows these more than once in an app (multipleAllowed); every other isolator
+# may appear once.
+REPEATABLE_ISOLATORS: frozenset[str] = (
+    _RESOURCES_DEFAULT_FALSE | _RESOURCES_DEFAULT_TRUE | _CAPABILITY_SETS
+    | {"os/linux/no-new-privileges"}
+)
 EVENTS = ("pre-start", "post-stop")
 
-_AC_IDENTIFIER = re.compile(r"[a-z0-9]+(?:[-._~/][a-z0-9]+)*")
+# The reference's ACIdentifier rule: only these characters, and none of the separators at
+# either end. spec/types.md's regex would refuse its own example "example.com/~user/app_v1".
+_AC_IDENTIFIER = re.compile(r"(?![-._~/])[a-z0-9._~/-]+(?<![-._~/])")
 _AC_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z_0-9.-]*")
 _SEMVER = re.compile(
@@ -82,8 +93,13 @@ _QUANTITY = re.compile(
 )
 # Full image IDs have 128 hex digits; rkt prints (and accepts) 32-digit prefixes.
 _IMAGE_ID = re.compile(r"sha512-[0-9a-f]{32,128}")
+# What the reference's Hash accepts: "sha512-" and any value without another '-'.
+_REFERENCE_IMAGE_ID = re.compile(r"sha512-[^-]+")
 
-AC_IDENTIFIER_RULE = "lower-case letters and digits, separated by single '-', '.', '_', '~' or '/'"
+AC_IDENTIFIER_RULE = (
+    "lower-case letters, digits, '-', '.', '_', '~' and '/', starting and ending with a letter "
+    "or digit"
+)
 AC_NAME_RULE = "lower-case letters and digits, separated by single '-'"
 
 
@@ -124,7 +140,7 @@ def version_problem(version: str) -> str | None:
         return "acVersion must be set"
     if not _SEMVER.fullmatch(version):
         return f"acVersion {version!r} is not a SemVer version such as {AC_VERSION!r}"
-    if version.split("+")[0].split("-")[0] == "0.0.0":
+    if version == "0.0.0":  # the reference's "empty" version; 0.0.0-alpha is not empty
         return "acVersion must not be 0.0.0"
     return None
 
@@ -136,9 +152,11 @@ def label_name_problem(name: str) -> str | None:
 
 
 def os_arch_problem(os_name: str | None, arch: str | None) -> str | None:
-    """The os/arch label pair against the spec's whitelist; arch means nothing without os."""
+    """The os/arch label pair against the spec's whitelist. An arch without an os is valid
+    (the reference checks arch only beside an os; the spec: it "is meaningful only if os is
+    provided"); ``warnings()`` mentions it."""
     if os_name is None:
-        return None if arch is None else "label 'arch' needs an 'os' label beside it"
+        return None
     archs = OS_ARCH.get(os_name)
     if archs is None:
         return f"bad os {os_name!r} (must be one of: {', '.join(sorted(OS_ARCH))})"
@@ -173,9 +191,18 @@ def event_problem(event: str) -> str | None:
 
 
 def image_id_problem(image_id: str) -> str | None:
-    if _IMAGE_ID.fullmatch(image_id):
+    """A dependency's imageID as the reference reads it: ``sha512-`` and a value."""
+    if _REFERENCE_IMAGE_ID.fullmatch(image_id):
         return None
-    return f"image ID {image_id!r} is not 'sha512-' followed by 32 to 128 lower-case hex digits"
+    return f"image ID {image_id!r} is not 'sha512-' followed by the image's hash"
+
+
+def image_id_warning(image_id: str) -> str | None:
+    """An imageID the reference takes but no image can match (``sha512-...``)."""
+    if _IMAGE_ID.fullmatch(image_id) or image_id_problem(image_id):
+        return None
+    return (f"image ID {image_id!r} is not 'sha512-' followed by 32 to 128 lower-case hex "
+            "digits: no image will match it")
 
 
 def rfc3339_problem(what: str, value: str) -> str | None:
@@ -219,6 +246,8 @@ def isolator_value_problem(name: str, value_json: str) -> str | None:
         value = json.loads(value_json)
     except (json.JSONDecodeError, RecursionError):
         return f"isolator {name}: value is not valid JSON"
+    if value is None:  # the reference dereferences the missing value and panics
+        return f"isolator {name}: value is missing"
     problem = _isolator_value(name, value)
     return None if problem is None else f"isolator {name}: {problem}"
 
@@ -237,6 +266,11 @@ def _isolator_value(name: str, v: Any) -> str | None:
         return None
     if name == "os/linux/selinux-context":
         return _selinux(v)
+    if name == "os/linux/apparmor-profile":
+        profile = v.get("profile") if isinstance(v, dict) else None
+        if not isinstance(profile, str) or not profile:
+            return 'value must be an object such as {"profile": "rkt-default"}'
+        return None
     # os/unix/sysctl
     if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
         return 'value must be an object of strings, e.g. {"net.ipv4.ip_forward": "1"}'
@@ -248,7 +282,9 @@ def _resource(name: str, v: Any) -> str | None:
         return 'value must be an object such as {"limit": "1G"}'
     for key in ("request", "limit"):
         q = v.get(key)
-        if q is not None and (not isinstance(q, str) or not _QUANTITY.fullmatch(q)):
+        if q is None or (isinstance(q, int | float) and not isinstance(q, bool)):
+            continue  # the reference reads a JSON number as the quantity it spells
+        if not isinstance(q, str) or not _QUANTITY.fullmatch(q.strip()):
             return f"{key} {q!r} is not a quantity such as '500m', '2' or '1Gi'"
     default = v.get("default", False)
     if not isinstance(default, bool):
@@ -272,8 +308,9 @@ def _syscall_or_capability_set(name: str, v: Any) -> str | None:
     if not all(isinstance(e, str) and e for e in entries):
         return "set must hold non-empty strings"
     errno = v.get("errno", "")
-    if name in _SECCOMP_SETS and errno != "" and not re.fullmatch(r"E[A-Z]*", str(errno)):
-        return f"errno {errno!r} must be an upper-case name starting with 'E', e.g. 'EPERM'"
+    if name in _SECCOMP_SETS and errno != "" and not re.fullmatch(r"E[A-Z0-9]*", str(errno)):
+        return (f"errno {errno!r} must be 'E' and upper-case letters or digits, "
+                "e.g. 'EPERM' or 'E2BIG'")
     return None
 
 
@@ -305,35 +342,41 @@ def _keep(*found: str | None) -> list[str]:
 
 
 def _labels_problems(labels: tuple[NameValue, ...], where: str = "") -> list[str]:
-    out = [p for lb in labels if (p := label_name_problem(lb.name))]
+    out = [f"{where}{p}" for lb in labels if (p := label_name_problem(lb.name))]
     out += _duplicates(f"{where}label", (lb.name for lb in labels))
     values = {lb.name: lb.value for lb in labels}
-    out += _keep(os_arch_problem(values.get("os"), values.get("arch")))
+    out += [f"{where}{p}" for p in _keep(os_arch_problem(values.get("os"), values.get("arch")))]
+    return out
+
+
+def isolator_set_problems(names: Iterable[str]) -> list[str]:
+    """Isolators that may not stand together in one app: a repeat of one the reference allows
+    once, seccomp retain- and remove-sets (spec/ace.md), capabilities retain- and remove-sets
+    (spec/ace.md: "The retain set cannot be used in conjunction with the remove set")."""
+    names = list(names)
+    out = _duplicates("isolator", (n for n in names if n not in REPEATABLE_ISOLATORS))
+    if set(names) >= _SECCOMP_SETS:
+        out.append("isolators seccomp-retain-set and seccomp-remove-set exclude each other")
+    if set(names) >= _CAPABILITY_SETS:
+        out.append("isolators capabilities-retain-set and capabilities-remove-set exclude "
+                   "each other")
     return out
 
 
 def _app_problems(app: App) -> list[str]:
-    out: list[str] = []
-    if any(not arg for arg in app.exec):
-        out.append("app exec arguments must not be empty strings")
-    out += _keep(
+    out = _keep(
         None if app.user else "app user must not be empty",
         None if app.group else "app group must not be empty",
     )
     out += [f"supplementary GID {g} is negative" for g in app.supplementary_gids if g < 0]
-    for e in app.event_handlers:
-        out += _keep(
-            event_problem(e.name), None if e.exec else f"event handler {e.name!r} has no exec"
-        )
+    out += [p for e in app.event_handlers if (p := event_problem(e.name))]
     out += _duplicates("event handler", (e.name for e in app.event_handlers))
     if app.working_directory is not None:
         out += _keep(absolute_path_problem("working directory", app.working_directory))
     out += [p for e in app.environment if (p := env_name_problem(e.name))]
     out += _duplicates("environment variable", (e.name for e in app.environment))
     out += [p for i in app.isolators if (p := isolator_value_problem(i.name, i.value_json))]
-    out += _duplicates("isolator", (i.name for i in app.isolators))
-    if {i.name for i in app.isolators} >= _SECCOMP_SETS:
-        out.append("isolators seccomp-retain-set and seccomp-remove-set exclude each other")
+    out += isolator_set_problems(i.name for i in app.isolators)
     for mp in app.mount_points:
         out += _keep(ac_name_problem("mount point name", mp.name))
         out += _keep(absolute_path_problem(f"mount point {mp.name!r} path", mp.path))
@@ -354,10 +397,41 @@ def problems(m: ImageManifest) -> list[str]:
     for d in m.dependencies:
         out += _keep(ac_identifier_problem("dependency name", d.image_name))
         out += _keep(None if d.image_id is None else image_id_problem(d.image_id))
-        out += [p for lb in d.labels if (p := label_name_problem(lb.name))]
-        out += _duplicates(f"label of dependency {d.image_name!r}:", (lb.name for lb in d.labels))
+        out += _labels_problems(d.labels, f"dependency {d.image_name!r}: ")
         out += _keep(None if d.size is None or d.size >= 0 else "dependency size is negative")
     out += [p for w in m.path_whitelist if (p := absolute_path_problem("pathWhitelist entry", w))]
     out += [p for a in m.annotations if (p := annotation_problem(a.name, a.value))]
     out += _duplicates("annotation", (a.name for a in m.annotations))
     return out
+
+
+def warnings(m: ImageManifest) -> list[str]:
+    """What the reference accepts but is likely a mistake; the image stays valid."""
+    out: list[str] = []
+    labels = {lb.name for lb in m.labels}
+    if "arch" in labels and "os" not in labels:
+        out.append("label 'arch' means nothing without an 'os' label (spec/aci.md)")
+    for d in m.dependencies:
+        out += _keep(None if d.image_id is None else image_id_warning(d.image_id))
+    if m.app is not None:
+        if any(not arg for arg in m.app.exec):
+            out.append("app exec has an empty argument")
+        out += [f"event handler {e.name!r} has no exec" for e in m.app.event_handlers
+                if not e.exec]
+        out += [f"app field {key!r} is not a spec field; Go readers take it as {known!r}"
+                for key, _ in m.app.extra if (known := _case_twin(key, _APP_FIELDS))]
+    out += [f"manifest field {key!r} is not a spec field; Go readers take it as {known!r}"
+            for key, _ in m.extra if (known := _case_twin(key, _MANIFEST_FIELDS))]
+    return out
+
+
+_MANIFEST_FIELDS = ("acKind", "acVersion", "name", "labels", "app", "dependencies",
+                    "pathWhitelist", "annotations")
+_APP_FIELDS = ("exec", "user", "group", "supplementaryGIDs", "eventHandlers",
+               "workingDirectory", "environment", "isolators", "mountPoints", "ports",
+               "userAnnotations", "userLabels")
+
+
+def _case_twin(key: str, fields: tuple[str, ...]) -> str | None:
+    # Go's encoding/json matches keys case-insensitively; this model matches them exactly
+    return next((f for f in fields if f.lower() == key.lower() and f != key), None)

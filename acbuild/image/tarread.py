@@ -114,9 +114,14 @@ def archive_errors() -> Iterator[None]:
         raise ImageError(f"archive is corrupt: {e}") from None
 
 
-def members(source: TarSource, limits: Limits) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
+def members(
+    source: TarSource, limits: Limits, *, allow_absolute: bool = False
+) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
     """Each member of the tar in ``source``, in order, with the limits on names and
-    counts enforced; at the end the end-of-archive block is checked and the rest read."""
+    counts enforced; at the end the end-of-archive block is checked and the rest read.
+
+    An ACI's entries are relative (``manifest``, ``rootfs/...``); one named ``/manifest`` is
+    refused, as actool does, unless ``allow_absolute`` (Docker layers, ``validate``)."""
     with archive_errors():
         tar = tarfile.open(  # type: ignore[call-overload]  # noqa: SIM115
             fileobj=source, mode="r|", tarinfo=BoundedTarInfo)
@@ -127,6 +132,8 @@ def members(source: TarSource, limits: Limits) -> Iterator[tuple[tarfile.TarInfo
             count += 1
             if count > limits.max_entries:
                 raise ImageError(f"archive has more than {limits.max_entries} entries")
+            if not allow_absolute:
+                refuse_absolute(member)
             for text in (member.name, member.linkname):
                 if len(os.fsencode(text)) > limits.max_path:
                     raise ImageError(
@@ -146,6 +153,20 @@ def _check_end(source: TarSource, offset: int, limits: Limits) -> None:
     if block.count(0) != 512:
         raise ImageError(f"archive is corrupt: invalid tar header at offset {offset}")
     source.drain(limits.max_total_bytes)
+
+
+def absolute_name_problem(member: tarfile.TarInfo) -> str | None:
+    """An entry named (or hardlinked to) an absolute path, which no ACI has."""
+    for what, text in (("entry", member.name), ("hardlink target", member.linkname)):
+        if text.startswith("/") and (what == "entry" or member.islnk()):
+            return (f"archive {what} {text!r} is an absolute name "
+                    "(an ACI's entries are 'manifest' and 'rootfs/...')")
+    return None
+
+
+def refuse_absolute(member: tarfile.TarInfo) -> None:
+    if (problem := absolute_name_problem(member)) is not None:
+        raise ImageError(problem)
 
 
 def clean_name(unsafe_name: str) -> str:

@@ -1,23 +1,32 @@
 """Validate (``acbuild-py validate``): actool's checks on an ACI, and stricter ones.
 
 One streaming pass over the archive: layout (``manifest`` file, ``rootfs`` directory,
-everything else below ``rootfs/``), duplicates, hardlinks, compression trailer (gzip CRC),
-then the manifest's AppC rules. Problems are sentences; an empty list means valid.
+everything else below ``rootfs/``, no absolute names), duplicates, hardlinks, compression
+trailer (gzip CRC), then the manifest's AppC rules (acbuild.image.manifest_rules, the rules
+every reader applies). Problems are sentences; an empty list means valid. Warnings name what
+the reference accepts but is likely a mistake.
 """
 
 from __future__ import annotations
 
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.errors import ImageError
 from acbuild.image import compression, manifest, manifest_rules
 from acbuild.image.aci import open_tar, read_member
-from acbuild.image.tarread import Limits, TarSource, clean_name, members
+from acbuild.image.tarread import Limits, TarSource, absolute_name_problem, clean_name, members
 
 MAX_LISTED = 20  # problems of one kind listed before "... and N more"
 _KINDS = {"outside": "entries outside rootfs/", "duplicate": "duplicate entries",
-          "hardlink": "bad hardlinks"}
+          "hardlink": "bad hardlinks", "absolute": "absolute names"}
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    problems: list[str]  # empty: the image is valid
+    warnings: list[str]
 
 
 class _Layout:
@@ -30,6 +39,7 @@ class _Layout:
         self.manifest: bytes | None = None
         self.rootfs = False
         self.problems: list[str] = []
+        self.warnings: list[str] = []
         self._counts: dict[str, int] = {}
 
     def add(self, kind: str, problem: str) -> None:
@@ -38,6 +48,9 @@ class _Layout:
             self.problems.append(problem)
 
     def entry(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        if (absolute := absolute_name_problem(member)) is not None:
+            self.add("absolute", absolute)
+            return
         try:
             name = clean_name(member.name)
         except ImageError as e:
@@ -93,6 +106,7 @@ class _Layout:
                 out.append(e.message)
             else:
                 out += [f"manifest: {p}" for p in manifest_rules.problems(m)]
+                self.warnings += [f"manifest: {w}" for w in manifest_rules.warnings(m)]
         return out
 
 
@@ -109,15 +123,21 @@ def _compression_problem(path: Path) -> str | None:
 
 def validate_image(path: Path, *, limits: Limits = Limits()) -> list[str]:  # noqa: B008
     """Every problem of the ACI at ``path``, one sentence each; ``[]`` if it is valid."""
+    return check_image(path, limits=limits).problems
+
+
+def check_image(path: Path, *, limits: Limits = Limits()) -> Report:  # noqa: B008
+    """The problems and the warnings of the ACI at ``path``."""
     layout = _Layout(limits)
     early: list[str] = []
     if (problem := _compression_problem(path)) is not None:
         early.append(problem)
     try:
         with open_tar(path) as stream:
-            for member, tar in members(TarSource(stream), limits):
+            for member, tar in members(TarSource(stream), limits, allow_absolute=True):
                 layout.entry(member, tar)
     except ImageError as e:
         # the archive cannot be read to its end: report that and what is certain
-        return [*early, *layout.problems, e.message]
-    return [*early, *layout.finish()]
+        return Report([*early, *layout.problems, e.message], [])
+    problems = [*early, *layout.finish()]
+    return Report(problems, layout.warnings)

@@ -387,15 +387,61 @@ def _check_dependency(i: ins.Dependency) -> list[AcbuildError]:
             found.append((key, f"dependency label {key!r} is given twice"))
         seen.add(key)
     if i.image_id is not None:
-        found.append((i.image_id, appc.image_id_problem(i.image_id)))
+        # the reference takes any sha512-VALUE; in an Acfile one no image can match is a typo
+        found.append((i.image_id, appc.image_id_problem(i.image_id)
+                      or appc.image_id_warning(i.image_id)))
     if i.size is not None and i.size < 0:
         found.append((str(i.size), "dependency size must not be negative"))
     return _problems(i, found)
 
 
-def _check_stage(draft: _Draft) -> list[AcbuildError]:
-    """Checks about a stage as a whole: repeated PORT names, the final os/arch pair."""
+# Isolator pairs the spec forbids in one app (spec/ace.md); reported at the later line.
+_EXCLUSIVE = (
+    ("os/linux/seccomp-retain-set", "os/linux/seccomp-remove-set"),
+    ("os/linux/capabilities-retain-set", "os/linux/capabilities-remove-set"),
+)
+
+
+def _repeats(body: Sequence[ins.Instruction]) -> list[AcbuildError]:
+    """A second ISOLATOR, MOUNT or EVENT-HANDLER of one name would silently replace the
+    first: an error at the second line. ENV too, unless a RUN between them saw the first."""
     errors: list[AcbuildError] = []
+    first: dict[tuple[str, str], int] = {}
+    for i in body:
+        if isinstance(i, ins.Run):
+            first = {k: line for k, line in first.items() if k[0] != "ENV"}
+        match i:
+            case ins.Isolator() | ins.Mount():
+                keys = [(i.name, i.name)]
+            case ins.EventHandler():
+                keys = [(i.event, i.event)]
+            case ins.Env(pairs=pairs):
+                keys = [(k, k) for k, _ in pairs]
+            case _:
+                continue
+        word = ins.keyword(i)
+        for name, token in keys:
+            line = first.setdefault((word, name), i.span.line)
+            if line != i.span.line or sum(1 for n, _ in keys if n == name) > 1:
+                errors.append(_error(
+                    i, token, f"{word} {name!r} is already set on line {line}",
+                    hint=f"keep one {word} {name} line: this one would replace line {line}'s"))
+                break
+        if isinstance(i, ins.Isolator):
+            for pair in _EXCLUSIVE:
+                other = pair[1] if i.name == pair[0] else pair[0] if i.name == pair[1] else None
+                if other is not None and (word, other) in first:
+                    errors.append(_error(
+                        i, i.name, f"ISOLATOR {i.name} cannot be used with {other} "
+                        f"(line {first[(word, other)]})",
+                        hint="the spec allows one of the two in an app"))
+    return errors
+
+
+def _check_stage(draft: _Draft) -> list[AcbuildError]:
+    """Checks about a stage as a whole: repeated PORT, ISOLATOR, MOUNT, EVENT-HANDLER and
+    ENV names, isolators that exclude each other, the final os/arch pair."""
+    errors: list[AcbuildError] = _repeats(draft.body)
     ports: dict[str, int] = {}
     where: dict[str, tuple[ins.Label, str]] = {}
     for i in draft.body:

@@ -104,7 +104,8 @@ def rendered_rootfs(options: RunOptions, cache: Path,
         _render_into_cache(options, entry, reporter)
     else:
         reporter.detail(f"using cached rootfs {entry}")
-    return entry / "rootfs", manifest.from_json_bytes((entry / "manifest").read_bytes())
+    return entry / "rootfs", manifest.read_checked((entry / "manifest").read_bytes(),
+                                                   f"{entry}/manifest")
 
 
 def _render_into_cache(options: RunOptions, entry: Path, reporter: Reporter) -> None:

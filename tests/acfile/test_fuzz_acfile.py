@@ -45,13 +45,14 @@ def _pairs(names: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     return st.lists(pair, min_size=1, max_size=3).map(" ".join)
 
 
-_env_name = st.from_regex(r"[A-Z_][A-Z0-9_]{0,6}", fullmatch=True)
 _label_name = _ident.filter(lambda n: n not in ("os", "arch", "version"))
 _command = st.lists(_value, min_size=1, max_size=4)
 
 _lines = st.one_of(
     _pairs(_label_name).map(lambda p: f"LABEL {p}"),
-    _pairs(_env_name).map(lambda p: f"ENV {p}"),
+    # a variable is set once (a second ENV of it is an error): names made unique with {n}
+    st.lists(_value, min_size=1, max_size=3).map(
+        lambda vs: "ENV " + " ".join(f"E{{n}}_{k}={_quote(v)}" for k, v in enumerate(vs))),
     _command.map(lambda argv: "EXEC " + json.dumps(argv)),
     _command.map(lambda argv: "RUN " + json.dumps(argv)),
     _ident.map(lambda w: f"RUN /bin/echo {w}"),

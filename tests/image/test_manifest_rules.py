@@ -8,6 +8,7 @@ import pytest
 
 from acbuild.image import manifest_rules as appc
 from acbuild.image.manifest import (
+    App,
     Dependency,
     EventHandler,
     ImageManifest,
@@ -24,7 +25,8 @@ def test_full_manifest_is_valid() -> None:
     assert problems(full_manifest()) == []
 
 
-IDENT = "(lower-case letters and digits, separated by single '-', '.', '_', '~' or '/')"
+IDENT = ("(lower-case letters, digits, '-', '.', '_', '~' and '/', starting and ending with a "
+         "letter or digit)")
 NAME_RULE = "(lower-case letters and digits, separated by single '-')"
 
 
@@ -36,7 +38,7 @@ NAME_RULE = "(lower-case letters and digits, separated by single '-')"
         (ImageManifest(name="a", ac_version="0.0.0"), "acVersion must not be 0.0.0"),
         (ImageManifest(name=""), "name must not be empty"),
         (ImageManifest(name="Ex/app"), f"name 'Ex/app' is not an ACIdentifier {IDENT}"),
-        (ImageManifest(name="a--b"), "name 'a--b' is not an ACIdentifier"),
+        (ImageManifest(name="a-"), "name 'a-' is not an ACIdentifier"),
         (ImageManifest(name="a", labels=nv(Foo="1")), "label name 'Foo' is not an ACIdentifier"),
         (
             ImageManifest(name="a", labels=nv(name="x")),
@@ -55,10 +57,11 @@ NAME_RULE = "(lower-case letters and digits, separated by single '-')"
             "bad arch 'amd64' for darwin (must be one of: i386, x86_64)",
         ),
         (
-            ImageManifest(name="a", labels=nv(arch="amd64")),
-            "label 'arch' needs an 'os' label beside it",
+            ImageManifest(
+                name="a", dependencies=(Dependency(image_name="b", labels=nv(os="hurd")),)
+            ),
+            "dependency 'b': bad os 'hurd'",
         ),
-        (app_with(exec=("/bin/a", "")), "app exec arguments must not be empty strings"),
         (app_with(user=""), "app user must not be empty"),
         (app_with(group=""), "app group must not be empty"),
         (app_with(supplementary_gids=(-1,)), "supplementary GID -1 is negative"),
@@ -73,8 +76,8 @@ NAME_RULE = "(lower-case letters and digits, separated by single '-')"
             "duplicate environment variable 'A'",
         ),
         (
-            app_with(isolators=(Isolator(name="os/linux/apparmor-profile", value_json="{}"),)),
-            "unknown isolator 'os/linux/apparmor-profile'",
+            app_with(isolators=(Isolator(name="os/linux/frobnicate", value_json="{}"),)),
+            "unknown isolator 'os/linux/frobnicate'",
         ),
         (
             app_with(isolators=(Isolator(name="resource/cpu", value_json='{"limit":"x"}'),)),
@@ -140,10 +143,6 @@ NAME_RULE = "(lower-case letters and digits, separated by single '-')"
             "event handler 'on-start' is not one of: pre-start, post-stop",
         ),
         (
-            app_with(event_handlers=(EventHandler(name="post-stop", exec=()),)),
-            "event handler 'post-stop' has no exec",
-        ),
-        (
             app_with(event_handlers=(EventHandler(name="pre-start", exec=("/x",)),) * 2),
             "duplicate event handler 'pre-start'",
         ),
@@ -153,9 +152,9 @@ NAME_RULE = "(lower-case letters and digits, separated by single '-')"
         ),
         (
             ImageManifest(
-                name="a", dependencies=(Dependency(image_name="b", image_id="sha512-xyz"),)
+                name="a", dependencies=(Dependency(image_name="b", image_id="sha512-"),)
             ),
-            "image ID 'sha512-xyz' is not 'sha512-' followed by 32 to 128 lower-case hex digits",
+            "image ID 'sha512-' is not 'sha512-' followed by the image's hash",
         ),
         (
             ImageManifest(
@@ -165,7 +164,7 @@ NAME_RULE = "(lower-case letters and digits, separated by single '-')"
         ),
         (
             ImageManifest(name="a", dependencies=(Dependency(image_name="b", labels=nv(X="1")),)),
-            "label name 'X' is not an ACIdentifier",
+            "dependency 'b': label name 'X' is not an ACIdentifier",
         ),
         (
             ImageManifest(name="a", path_whitelist=("bin/sh",)),
@@ -233,7 +232,9 @@ def test_valid_values_pass(m: ImageManifest) -> None:
         ("resource/cpu", '{"limit":"500m"}', None),
         ("resource/cpu", '{"limit":"1","default":true}', "default must be false"),
         ("resource/memory", "[1]", 'value must be an object such as {"limit": "1G"}'),
-        ("resource/memory", '{"limit":5}', "limit 5 is not a quantity"),
+        ("resource/memory", '{"limit":5}', None),
+        ("resource/memory", '{"limit":" 1G "}', None),
+        ("resource/memory", '{"limit":true}', "limit True is not a quantity"),
         ("resource/network-bandwidth", '{"default":true,"limit":"1G"}', None),
         ("resource/network-bandwidth", '{"limit":"1G"}', 'needs "default": true'),
         ("resource/block-iops", '{"default":true,"request":"1"}', "takes no request, only a limit"),
@@ -256,7 +257,10 @@ def test_valid_values_pass(m: ImageManifest) -> None:
         ("os/unix/sysctl", '{"net.ipv4.ip_forward":"1"}', None),
         ("os/unix/sysctl", '{"a":1}', "value must be an object of strings"),
         ("os/unix/sysctl", "{", "value is not valid JSON"),
-        ("os/linux/apparmor-profile", '"x"', None),
+        ("os/linux/seccomp-remove-set", '{"set":["x"],"errno":"E2BIG"}', None),
+        ("os/linux/apparmor-profile", '{"profile":"rkt-default"}', None),
+        ("os/linux/apparmor-profile", '"x"', "value must be an object such as"),
+        ("resource/memory", "null", "value is missing"),
     ],
 )
 def test_isolator_values(name: str, value: str, expected: str | None) -> None:
@@ -292,3 +296,39 @@ def test_identifier_predicates() -> None:
 def test_actool_rejects_what_problems_reports(tmp_path: Path, m: ImageManifest) -> None:
     assert problems(m)
     assert not actool_ok(write_aci(tmp_path / "bad.aci", to_json_bytes(m)))
+
+
+def test_warnings_name_what_the_reference_lets_through() -> None:
+    m = ImageManifest(
+        name="a",
+        labels=nv(arch="amd64"),
+        dependencies=(Dependency(image_name="b", image_id="sha512-..."),),
+        app=App(exec=("/bin/a", ""), event_handlers=(EventHandler(name="pre-start", exec=()),),
+                extra=(("supplementaryGids", "[1]"),)),
+    )
+    assert problems(m) == []
+    assert appc.warnings(m) == [
+        "label 'arch' means nothing without an 'os' label (spec/aci.md)",
+        "image ID 'sha512-...' is not 'sha512-' followed by 32 to 128 lower-case hex digits: "
+        "no image will match it",
+        "app exec has an empty argument",
+        "event handler 'pre-start' has no exec",
+        "app field 'supplementaryGids' is not a spec field; Go readers take it as "
+        "'supplementaryGIDs'",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (["resource/memory"] * 2, []),
+        (["os/linux/no-new-privileges"] * 2, []),
+        (["os/linux/cpu-shares"] * 2, ["duplicate isolator 'os/linux/cpu-shares'"]),
+        (["os/linux/capabilities-retain-set", "os/linux/capabilities-remove-set"],
+         ["isolators capabilities-retain-set and capabilities-remove-set exclude each other"]),
+        (["os/linux/seccomp-retain-set", "os/linux/seccomp-remove-set"],
+         ["isolators seccomp-retain-set and seccomp-remove-set exclude each other"]),
+    ],
+)
+def test_isolator_sets(names: list[str], expected: list[str]) -> None:
+    assert appc.isolator_set_problems(names) == expected

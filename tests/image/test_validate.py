@@ -36,6 +36,16 @@ CASES: dict[str, tuple[bytes, list[str], bool]] = {
                      ["manifest: acVersion must not be 0.0.0"], True),
     "bad-json": (aci(b"[1").data(), ["image manifest is not valid JSON: Expecting ',' delimiter: "
                                      "line 1 column 3 (char 2)"], True),
+    "absolute-names": (Tar().file("/manifest", json.dumps(M).encode()).dir("rootfs")
+                       .file("/rootfs/a").data(),
+                       ["archive entry '/manifest' is an absolute name (an ACI's entries are "
+                        "'manifest' and 'rootfs/...')",
+                        "archive entry '/rootfs/a' is an absolute name (an ACI's entries are "
+                        "'manifest' and 'rootfs/...')",
+                        "image has no manifest"], True),
+    "absolute-hardlink": (aci().file("rootfs/a").hardlink("rootfs/h", "/rootfs/a").data(),
+                          ["archive hardlink target '/rootfs/a' is an absolute name (an ACI's "
+                           "entries are 'manifest' and 'rootfs/...')"], False),
     # stricter than actool, which lets these through
     "rootfsX": (aci().file("rootfsX").data(), ["entry 'rootfsX' is outside rootfs/"], False),
     "dangling-hardlink": (aci().hardlink("rootfs/h", "rootfs/none").data(),

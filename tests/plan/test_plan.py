@@ -246,8 +246,8 @@ def test_name_error_has_a_hint_with_a_valid_form() -> None:
         "Acfile:2:6: error: image name 'Example.com/My-App!' is not an ACIdentifier\n"
         "    NAME Example.com/My-App!\n"
         "         ^^^^^^^^^^^^^^^^^^^\n"
-        "    hint: lower-case letters and digits, separated by single '-', '.', '_', '~' or '/', "
-        "e.g. 'NAME example.com/my-app'"
+        "    hint: lower-case letters, digits, '-', '.', '_', '~' and '/', starting and ending "
+        "with a letter or digit, e.g. 'NAME example.com/my-app'"
     )
 
 
@@ -340,3 +340,46 @@ def test_an_image_is_signed_with_one_key() -> None:
     plan = make_plan(parse_text("BEGIN scratch\nNAME example.com/a\nSIGN ada@example.com\n"),
                      acfile_dir=Path("/ctx"), extra_sign_keys=["ada@example.com"])
     assert plan.sign_keys == ("ada@example.com",)
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (
+            'ISOLATOR resource/memory {"limit": "1G"}\nISOLATOR resource/memory {"limit": "2G"}',
+            "Acfile:4:10: error: ISOLATOR 'resource/memory' is already set on line 3\n"
+            '    ISOLATOR resource/memory {"limit": "2G"}\n'
+            "             ^^^^^^^^^^^^^^^\n"
+            "    hint: keep one ISOLATOR resource/memory line: this one would replace line 3's",
+        ),
+        (
+            "MOUNT data /data\nMOUNT data /srv",
+            "Acfile:4:7: error: MOUNT 'data' is already set on line 3",
+        ),
+        (
+            "EVENT-HANDLER pre-start /a\nEVENT-HANDLER pre-start /b",
+            "Acfile:4:15: error: EVENT-HANDLER 'pre-start' is already set on line 3",
+        ),
+        ("ENV A=1\nENV B=2 A=3", "Acfile:4:9: error: ENV 'A' is already set on line 3"),
+        ("ENV A=1 A=2", "Acfile:3:5: error: ENV 'A' is already set on line 3"),
+        (
+            'ISOLATOR os/linux/seccomp-retain-set {"set": ["read"]}\n'
+            'ISOLATOR os/linux/seccomp-remove-set {"set": ["reboot"]}',
+            "Acfile:4:10: error: ISOLATOR os/linux/seccomp-remove-set cannot be used with "
+            "os/linux/seccomp-retain-set (line 3)",
+        ),
+        (
+            'ISOLATOR os/linux/capabilities-remove-set {"set": ["CAP_KILL"]}\n'
+            'ISOLATOR os/linux/capabilities-retain-set {"set": ["CAP_CHOWN"]}',
+            "Acfile:4:10: error: ISOLATOR os/linux/capabilities-retain-set cannot be used with "
+            "os/linux/capabilities-remove-set (line 3)",
+        ),
+    ],
+)
+def test_a_repeated_name_is_an_error_at_the_second_line(lines: str, expected: str) -> None:
+    text = "BEGIN scratch\nNAME example.com/a\n" + lines + "\n"
+    assert errors(text).startswith(expected)
+
+
+def test_env_may_change_after_a_run_that_used_it() -> None:
+    assert plan("BEGIN ./b.aci\nNAME example.com/a\nENV P=/a\nRUN true\nENV P=/b\n")

@@ -11,8 +11,7 @@ from rich.tree import Tree
 
 from acbuild.cli.commands.common import global_options
 from acbuild.cli.text import human_size
-from acbuild.image.inspect import ImageSummary, summarize
-from acbuild.image.manifest import ImageManifest
+from acbuild.image.inspect import ImageSummary, manifest_facts, summarize
 
 
 @click.command("inspect")
@@ -26,32 +25,25 @@ def command(image: Path, no_files: bool) -> None:
     facts = _facts(summary)
     width = max(len(key) for key, _ in facts) + 2
     for key, value in facts:
-        console.print(f"[bold]{escape(key.ljust(width))}[/]{escape(value)}")
+        console.print(f"[bold]{escape(_printable(key).ljust(width))}[/]{escape(_printable(value))}")
     if not no_files:
         console.print(_tree(summary))
 
 
 def _facts(summary: ImageSummary) -> list[tuple[str, str]]:
-    m: ImageManifest = summary.manifest
     facts = [
-        ("name", m.name),
+        ("name", summary.manifest.name),
         ("image ID", summary.image_id),
         ("size", f"{human_size(summary.compressed_size)} "
                  f"({human_size(summary.uncompressed_size)} uncompressed)"),
         ("files", f"{summary.file_count} regular, {summary.entry_count} entries in all"),
     ]
-    facts += [(f"label {label.name}", label.value) for label in m.labels]
-    if m.app is not None:
-        facts.append(("exec", " ".join(m.app.exec) or "-"))
-        facts.append(("user:group", f"{m.app.user}:{m.app.group}"))
-        if m.app.working_directory:
-            facts.append(("working directory", m.app.working_directory))
-        facts += [(f"env {e.name}", e.value) for e in m.app.environment]
-        facts += [(f"port {p.name}", f"{p.protocol}/{p.port}") for p in m.app.ports]
-        facts += [(f"mount {mp.name}", mp.path) for mp in m.app.mount_points]
-    facts += [(f"dependency {i}", d.image_name) for i, d in enumerate(m.dependencies)]
-    facts += [(f"annotation {a.name}", a.value) for a in m.annotations]
-    return facts
+    return facts + manifest_facts(summary.manifest)
+
+
+def _printable(text: str) -> str:
+    """A manifest's strings are the image author's: no control characters to the terminal."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def _tree(summary: ImageSummary) -> Tree:
@@ -64,7 +56,7 @@ def _tree(summary: ImageSummary) -> Tree:
         parts = name.split("/")
         parent = nodes.get("/".join(parts[:-1]), root)
         size = "" if entry.kind == "dir" else f" [dim]{human_size(entry.size)}[/]"
-        link = f" -> {escape(entry.linkname)}" if entry.linkname else ""
-        label = escape(parts[-1]) + ("/" if entry.kind == "dir" else "") + link + size
+        link = f" -> {escape(_printable(entry.linkname))}" if entry.linkname else ""
+        label = escape(_printable(parts[-1])) + ("/" if entry.kind == "dir" else "") + link + size
         nodes["/".join(parts)] = parent.add(label)
     return root

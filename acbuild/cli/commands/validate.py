@@ -9,7 +9,7 @@ import click
 from acbuild.cli.commands.common import global_options, state
 from acbuild.cli.console import json_event
 from acbuild.cli.text import printable
-from acbuild.image.validate import validate_image
+from acbuild.image.validate import check_image
 
 
 @click.command("validate")
@@ -20,14 +20,18 @@ def command(images: tuple[Path, ...]) -> None:
     as_json = state().resolved_progress() == "json"
     failed = False
     for image in images:
-        problems = validate_image(image)
+        report = check_image(image)
+        problems = report.problems
         failed = failed or bool(problems)
         if as_json:
             click.echo(json_event("validated", image=str(image), valid=not problems,
-                                  problems=list(problems)), err=True)
+                                  problems=list(problems), warnings=list(report.warnings)),
+                       err=True)
             continue
         for problem in problems:
             click.echo(printable(f"{image}: {problem}"), err=True)
+        for warning in report.warnings:
+            click.echo(printable(f"{image}: warning: {warning}"), err=True)
         if not problems:
             click.echo(printable(f"{image}: valid"), err=True)
     if failed:
