@@ -17,15 +17,16 @@ from pathlib import Path
 from typing import Literal, TextIO
 
 from acbuild.acfile.context import BuildContext
-from acbuild.acfile.instructions import Run
+from acbuild.acfile.instructions import Run, Sign
 from acbuild.acfile.parse import parse_partly
 from acbuild.acfile.render import load_variables, render
 from acbuild.build import manifest_edit
 from acbuild.build.bases import BaseLoader, pin_dependencies
 from acbuild.build.execute import ExecuteOptions, StageResult, execute, step_info
+from acbuild.build.rktcompat import rkt_warnings
 from acbuild.cache.cache import CacheStore, ImageRecord, default_cache_dir
 from acbuild.cache.statcache import base_identity, image_key, key_plan
-from acbuild.errors import AcfileError, BuildError, raise_all
+from acbuild.errors import AcfileError, BuildError, TrustError, raise_all
 from acbuild.fs.leftovers import owner_tag, sweep
 from acbuild.fs.staging import remove_tree
 from acbuild.image.finalize import build_epoch, write_aci
@@ -35,6 +36,7 @@ from acbuild.plan.baseref import BaseRef
 from acbuild.plan.plan import Plan, check_instructions, make_plan
 from acbuild.report import Reporter
 from acbuild.signals import deferred
+from acbuild.trust.rktkeys import check_signing_key
 
 OutputFormat = Literal["aci", "oci", "oci-archive"]
 # Signs the image at the path with the key; returns the signature's path.
@@ -62,6 +64,7 @@ class BuildOptions:
     no_cache: bool = False
     cache_dir: Path | None = None  # None: $XDG_CACHE_HOME/acbuild-py/build-cache
     sign: bool = True  # False: leave SIGN for later (--check-repro signs once it compared)
+    gpg_home: Path | None = None  # where the SIGN keys are; None: gpg's default
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,11 +112,13 @@ def load_plan(options: BuildOptions) -> Plan:
 
 def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
     started = time.monotonic()
-    plan = pin_dependencies(load_plan(options), options.base_loader, reporter)
+    plan = load_plan(options)
     if plan.sign_keys and (options.signer is None or options.output_format != "aci"):
         # Said before any work: an unsigned image where a signed one was asked for is a
         # failure, however complete.
         raise BuildError("SIGN is only supported for ACI output", span=plan.target.begin.span)
+    check_sign_keys(plan, options.gpg_home)
+    plan = pin_dependencies(plan, options.base_loader, reporter)
     epoch = build_epoch(options.environ)
     context = BuildContext((options.context or options.acfile.parent).resolve())
     cache = open_cache(options)
@@ -123,9 +128,24 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
         written = _cached_image(plan, options, cache, epoch, reporter)
         if written is None:
             written = _build_image(plan, options, cache, context, epoch, work, reporter)
+    for warning in rkt_warnings(written.manifest):
+        reporter.warning(warning, plan.target.begin.span)
     signatures = _sign(plan, written.output, options) if options.sign else ()
     return dataclasses.replace(written, signatures=signatures,
                                seconds=time.monotonic() - started)
+
+
+def check_sign_keys(plan: Plan, gpg_home: Path | None) -> None:
+    """Every signing key exists, can sign and is one rkt can verify: found out at the SIGN
+    line before any step runs, not after a long build."""
+    spans = {step.instruction.key: step.instruction.span for step in plan.target.steps
+             if isinstance(step.instruction, Sign)}
+    for key in plan.sign_keys:
+        try:
+            check_signing_key(key, gpg_home)
+        except TrustError as e:
+            where = "" if key in spans else f"--sign {key}: "
+            raise BuildError(where + e.message, span=spans.get(key), hint=e.hint) from None
 
 
 def open_cache(options: BuildOptions) -> CacheStore | None:
