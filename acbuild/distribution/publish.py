@@ -75,7 +75,6 @@ def publish(image: Path, *, repo: Path, url_base: str, key_file: Path | None = N
                          {k: values[k] for k in variables if k != "version"}, skip=latest)
         _copy(newest, latest)
         _copy(signature_path(newest), signature_path(latest))
-        reporter.info(f"{latest.name} is now {newest.name}")
     key = _publish_key(asc, directory, key_file=key_file, gpg_home=gpg_home, reporter=reporter)
     template = f"{url_dir}/{pattern}"
     tags = [("ac-discovery", manifest.name, template)]
