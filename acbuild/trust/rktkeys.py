@@ -2,7 +2,7 @@
 reads RSA, DSA and ElGamal key packets only. A key with any other packet, subkeys included
 (EdDSA, ECDSA, an ECDH/cv25519 encryption subkey), makes ``rkt trust`` fail ("unsupported
 feature: public key type 22", "invalid oid length") and ``rkt fetch`` refuse the image as
-"signed by unknown entity". tests/rkt/test_keys.py checks these against the real rkt.
+"signed by unknown entity". tests/rkt/test_rkt_keys.py checks these against the real rkt.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Rendering of dependencies and pathWhitelist, by acirenderer's rules (rkt's own renderer).
 
-tests/rkt/test_render.py compares the same rules with the real `rkt image render`.
+tests/rkt/test_rkt_render.py compares the same rules with the real `rkt image render`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Keys rkt cannot read: an error for SIGN (at the line, before any step runs), a warning for
-`trust`. tests/rkt/test_keys.py shows the real rkt refusing the same kinds of keys."""
+`trust`. tests/rkt/test_rkt_keys.py shows the real rkt refusing the same kinds of keys."""
 
 from __future__ import annotations
 
