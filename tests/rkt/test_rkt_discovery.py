@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from acbuild.image.aci import image_id
-from tests.rkt.conftest import Rkt, SigningKey, build, discovery
+from tests.rkt.conftest import Rkt, SigningKey, build, discovery, need_discovery
 from tests.support.cli import acbuild
 from tests.support.httpserver import TlsFiles
 
@@ -43,6 +43,7 @@ def _publish(tmp_path: Path, hello_binary: Path, key: SigningKey, scheme: str,
 def test_publish_then_rkt_trust_fetch_run_by_name(scheme: str, tmp_path: Path,
                                                   hello_binary: Path, rkt: Rkt,
                                                   rsa_key: SigningKey, tls: TlsFiles) -> None:
+    need_discovery()
     # 2.0.0 before 1.5.0: publishing an older version later must leave `latest` on 2.0.0.
     repo, images = _publish(tmp_path, hello_binary, rsa_key, scheme, ("1.0.0", "2.0.0", "1.5.0"))
     insecure = () if scheme == "https" else ("--insecure-options=http",)

@@ -15,7 +15,7 @@ import tarfile
 from pathlib import Path
 
 from acbuild.image.aci import image_id
-from tests.rkt.conftest import ORACLES, Rkt, SigningKey, discovery
+from tests.rkt.conftest import ORACLES, Rkt, SigningKey, discovery, need_discovery
 from tests.support.busybox import BUSYBOX
 from tests.support.cli import acbuild
 from tests.support.httpserver import TlsFiles
@@ -59,6 +59,7 @@ def _actool_image(tmp_path: Path) -> Path:
 
 def test_actool_image_published_by_hand_fetched_by_acbuild(tmp_path: Path, rsa_key: SigningKey,
                                                            tls: TlsFiles) -> None:
+    need_discovery()
     image = _actool_image(tmp_path)
     repo = tmp_path / "www" / "tool"
     repo.mkdir(parents=True)
