@@ -108,7 +108,7 @@ def _setup(needs: set[str], where: Path, hello_binary: Path, env: dict[str, str]
         home.mkdir(mode=0o700)
         gpg = ["gpg", "--homedir", str(home), "--batch", "--quiet"]
         subprocess.run([*gpg, "--passphrase", "", "--quick-gen-key",
-                        "Tutorial Signer <signer@example.com>", "ed25519", "sign", "never"],
+                        "Tutorial Signer <signer@example.com>", "rsa2048", "sign", "never"],
                        check=True, capture_output=True)
         with open(where / "signer.asc", "wb") as f:
             subprocess.run([*gpg, "--armor", "--export", "signer@example.com"], stdout=f,

@@ -23,9 +23,10 @@ from acbuild.acfile.render import load_variables, render, unused_variables
 from acbuild.build import manifest_edit
 from acbuild.build.bases import BaseLoader, pin_dependencies
 from acbuild.build.execute import ExecuteOptions, execute, reported_step, step_info
+from acbuild.build.rktcompat import rkt_warnings
 from acbuild.cache.buildcache import BuildCache, StageState
 from acbuild.cache.cache import CacheStore, ImageRecord, default_cache_dir
-from acbuild.errors import AcfileError, BuildError, Span, raise_all
+from acbuild.errors import AcfileError, BuildError, Span, TrustError, raise_all
 from acbuild.fs.atomic import check_writable
 from acbuild.fs.leftovers import owner_tag, sweep
 from acbuild.fs.staging import remove_tree
@@ -35,6 +36,7 @@ from acbuild.image.manifest_rules import problems
 from acbuild.plan.plan import Plan, check_instructions, make_plan
 from acbuild.report import Reporter, StepInfo
 from acbuild.signals import deferred
+from acbuild.trust.rktkeys import check_signing_key
 
 OutputFormat = Literal["aci", "oci", "oci-archive"]
 # Signs the image at the path with the key; returns the signature's path.
@@ -63,6 +65,7 @@ class BuildOptions:
     cache_dir: Path | None = None  # None: $XDG_CACHE_HOME/acbuild-py/build-cache
     sign: bool = True  # False: leave SIGN for later (--check-repro signs once it compared)
     refuse_signing: str | None = None  # why signing cannot be done (e.g. -o -), said at SIGN
+    gpg_home: Path | None = None  # where the SIGN keys are; None: gpg's default
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,13 +118,15 @@ def load_plan(options: BuildOptions, reporter: Reporter | None = None) -> Plan:
 
 def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
     started = time.monotonic()
-    plan = pin_dependencies(load_plan(options, reporter), options.base_loader, reporter)
+    plan = load_plan(options, reporter)
     if plan.sign_keys and (options.signer is None or options.output_format != "aci"):
         # Said before any work: an unsigned image where a signed one was asked for is a
         # failure, however complete.
         raise BuildError("SIGN is only supported for ACI output", span=_sign_span(plan))
     if plan.sign_keys and options.refuse_signing:
         raise BuildError(options.refuse_signing, span=_sign_span(plan))
+    check_sign_keys(plan, options.gpg_home)
+    plan = pin_dependencies(plan, options.base_loader, reporter)
     signing = bool(plan.sign_keys and options.sign and options.signer is not None)
     # Writing the image, and signing it, are steps of their own after the last instruction.
     plan = _with_total(plan, plan.total_steps + 1 + signing)
@@ -136,6 +141,8 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
         written = _cached_image(plan, options, cache, epoch, reporter)
         if written is None:
             written = _build_image(plan, options, cache, context, epoch, work, reporter)
+    for warning in rkt_warnings(written.manifest):
+        reporter.warning(warning, plan.target.begin.span)
     signatures: tuple[Path, ...] = ()
     if signing:
         info = StepInfo(number=plan.total_steps, total=plan.total_steps,
@@ -166,6 +173,19 @@ def _sign_span(plan: Plan) -> Span | None:
 
 def build_context(options: BuildOptions) -> BuildContext:
     return BuildContext((options.context or options.acfile.parent).resolve())
+
+
+def check_sign_keys(plan: Plan, gpg_home: Path | None) -> None:
+    """Every signing key exists, can sign and is one rkt can verify: found out at the SIGN
+    line before any step runs, not after a long build."""
+    spans = {step.instruction.key: step.instruction.span for step in plan.target.steps
+             if isinstance(step.instruction, Sign)}
+    for key in plan.sign_keys:
+        try:
+            check_signing_key(key, gpg_home)
+        except TrustError as e:
+            where = "" if key in spans else f"--sign {key}: "
+            raise BuildError(where + e.message, span=spans.get(key), hint=e.hint) from None
 
 
 def open_cache(options: BuildOptions, reporter: Reporter) -> BuildCache | None:

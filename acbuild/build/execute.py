@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import TextIO
 
 from acbuild.acfile.context import BuildContext
-from acbuild.acfile.instructions import Copy, Instruction, Run, Sign
+from acbuild.acfile.instructions import Copy, Instruction, Run, Sign, Workdir
 from acbuild.build import manifest_edit
 from acbuild.build.copy import copy_instruction
 from acbuild.cache.buildcache import BuildCache, Resume, StageState, runs_after
 from acbuild.cache.cache import CorruptTree, StepRecord
 from acbuild.errors import AcbuildError, Span
+from acbuild.fs.securepath import ensure_dirs
 from acbuild.fs.staging import StagedRootfs, remove_tree
 from acbuild.image.manifest import ImageManifest, default_manifest
 from acbuild.plan.plan import Plan, Stage, Step
@@ -133,9 +134,20 @@ class _Executor:
                          self.reporter, info)
             case Sign():
                 pass  # signing happens once the image is written
+            case Workdir(path=path):
+                # As Docker's WORKDIR: rkt refuses to start an app whose working directory
+                # the image lacks, so the image must have it (existing ones are kept as is).
+                make_workdir(result.rootfs, path)
+                return manifest_edit.apply(result.manifest, instruction)
             case _:
                 return manifest_edit.apply(result.manifest, instruction)
         return result.manifest
+
+
+def make_workdir(rootfs: StagedRootfs, path: str) -> None:
+    """``mkdir -p`` of the working directory in the rootfs: new directories 0755, root's."""
+    ensure_dirs(rootfs.root, path.lstrip("/"), mode=0o755,
+                on_create=lambda rel: rootfs.set_owner(rel, 0, 0))
 
 
 class reported_step:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.acfile.context import BuildContext
-from acbuild.acfile.instructions import Copy, Run
+from acbuild.acfile.instructions import Copy, Run, Workdir
 from acbuild.cache.cache import CacheStore, CorruptTree, ImageRecord, StepRecord
 from acbuild.cache.snapshot import KnownDigests
 from acbuild.cache.statcache import base_identity, image_key, key_plan
@@ -124,7 +124,8 @@ class BuildCache:
         key = stage.steps[number].key
         if key is None:
             return None
-        changes_rootfs = number == 0 or isinstance(stage.steps[number].instruction, Copy | Run)
+        changes_rootfs = number == 0 or isinstance(stage.steps[number].instruction,
+                                                   Copy | Run | Workdir)
         if not changes_rootfs and tree is None:
             return None
         try:

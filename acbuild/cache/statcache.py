@@ -154,7 +154,7 @@ def path_digest(path: Path, cache: StatCache) -> str:
 
 # Bump when anything that decides a step's result changes meaning (copy rules, snapshot
 # format): old entries then simply stop matching.
-FORMAT_VERSION = b"acbuild-py step cache 1"
+FORMAT_VERSION = b"acbuild-py step cache 2"  # 2: WORKDIR makes its directory
 
 # Turns a name and labels into the local .aci a build would use (the trust chain's resolver).
 NameResolver = Callable[[str, tuple[tuple[str, str], ...]], Path]

@@ -1,12 +1,18 @@
 """Publish: lay out a static AppC repository any web server can serve — image, signature, key,
 and an index.html with the ac-discovery meta tags (merged, never clobbered).
 
+A client that asks for no version (``rkt fetch example.com/hello``) fills ``{version}`` with
+``latest``, so the newest published version of each os/arch is also copied under that name:
+newest by semver precedence, versions that are not semver below all that are (see
+docs/trust.md). Every publish recomputes it, so publishing an older version later keeps it.
+
 ``repo`` is the document root of the image name's host; ``url_base`` is where it is served.
 """
 
 from __future__ import annotations
 
 import html
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +39,7 @@ class PublishResult:
     key: Path | None
     index: Path
     template: str
+    latest: Path | None  # the `latest` alias, when the image has a version of its own
 
 
 def publish(image: Path, *, repo: Path, url_base: str, key_file: Path | None = None,
@@ -51,13 +58,23 @@ def publish(image: Path, *, repo: Path, url_base: str, key_file: Path | None = N
     variables = ["version", *(k for k in ("os", "arch") if k in labels)]
     pattern = "-".join([stem, *(f"{{{v}}}" for v in variables)]) + ".{ext}"
     values = {"version": labels.get("version", "latest"), **labels}
-    filename = pattern.replace("{ext}", "aci")
-    for v in variables:
-        filename = filename.replace(f"{{{v}}}", values[v])
+    def filename(version: str) -> str:
+        name = pattern.replace("{ext}", "aci")
+        for v in variables:
+            name = name.replace(f"{{{v}}}", version if v == "version" else values[v])
+        return name
+
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / filename
+    target = directory / filename(values["version"])
     _copy(image, target)
     _copy(asc, signature_path(target))
+    latest = None
+    if values["version"] != "latest":
+        latest = directory / filename("latest")
+        newest = _newest(directory, f"{stem}-*.aci", manifest.name,
+                         {k: values[k] for k in variables if k != "version"}, skip=latest)
+        _copy(newest, latest)
+        _copy(signature_path(newest), signature_path(latest))
     key = _publish_key(asc, directory, key_file=key_file, gpg_home=gpg_home, reporter=reporter)
     template = f"{url_dir}/{pattern}"
     tags = [("ac-discovery", manifest.name, template)]
@@ -67,7 +84,48 @@ def publish(image: Path, *, repo: Path, url_base: str, key_file: Path | None = N
     _write_index(index, manifest.name, tags)
     reporter.info(f"published {manifest.name} as {target} (discovery page {index}, host {host})")
     return PublishResult(image=target, signature=signature_path(target), key=key, index=index,
-                         template=template)
+                         template=template, latest=latest)
+
+
+def _newest(directory: Path, glob: str, name: str, labels: dict[str, str], *,
+            skip: Path) -> Path:
+    """The signed image of ``name`` with these labels and the highest version here."""
+    found: list[tuple[tuple[object, ...], Path]] = []
+    for candidate in directory.glob(glob):
+        if candidate == skip or not signature_path(candidate).is_file():
+            continue
+        try:
+            m = aci.read_manifest(candidate)
+        except AcbuildError:
+            continue  # not an image of ours, or a broken one: never the alias
+        have = {lbl.name: lbl.value for lbl in m.labels}
+        if m.name != name or any(have.get(k) != v for k, v in labels.items()):
+            continue
+        version = have.get("version")
+        if version is not None:
+            found.append((version_order(version), candidate))
+    return max(found, key=lambda item: item[0])[1]
+
+
+_SEMVER = re.compile(r"v?(\d+(?:\.\d+)*)(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
+                     r"(?:\+[0-9A-Za-z.-]+)?")
+
+
+def version_order(version: str) -> tuple[object, ...]:
+    """A sort key: semver precedence (a pre-release below its release, numeric identifiers
+    below alphanumeric ones; a release of fewer than three numbers counts the missing ones as
+    0, so 1.2 is 1.2.0); versions that are not semver-like rank below every one that is, by
+    string order; equal precedence (build metadata, 1.2 and 1.2.0) falls back to string order."""
+    m = _SEMVER.fullmatch(version)
+    if m is None:
+        return (0, (), (), version)
+    numbers = [int(n) for n in m.group(1).split(".")]
+    release = tuple(numbers + [0] * (3 - len(numbers)))
+    pre = m.group(2)
+    # No pre-release sorts above any pre-release of the same release.
+    rank: tuple[object, ...] = ((1,),) if pre is None else ((0, *(
+        (0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split("."))),)
+    return (1, release, rank, version)
 
 
 def _copy(src: Path, dst: Path) -> None:

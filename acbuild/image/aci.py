@@ -14,7 +14,7 @@ import hashlib
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -136,22 +136,26 @@ def unpack_image(
     *,
     reporter: Reporter | None = None,
     limits: Limits = Limits(),  # noqa: B008
+    keep: Callable[[str], bool] | None = None,
 ) -> ImageManifest:
-    """Extract the ACI at ``path`` into ``rootfs``; returns its manifest."""
-    found = _extract(path, rootfs, "rootfs/", reporter, limits)
+    """Extract the ACI at ``path`` into ``rootfs`` (only the rootfs entries ``keep`` accepts,
+    when given); returns its manifest."""
+    found = _extract(path, rootfs, "rootfs/", reporter, limits, keep)
     if found is None:
         raise ImageError(f"{path}: not an ACI: it has no manifest")
     return found
 
 
 def _extract(path: Path, rootfs: StagedRootfs, prefix: str | None,
-             reporter: Reporter | None, limits: Limits) -> ImageManifest | None:
+             reporter: Reporter | None, limits: Limits,
+             keep: Callable[[str], bool] | None = None) -> ImageManifest | None:
     """Extract the archive at ``path`` (entries under ``prefix``, or what its first entry
     says when None) and return the manifest beside them, if the archive has one."""
     catcher = _ManifestCatcher(limits)
     with open_tar(path) as stream:
         used = extract_tar(
-            stream, rootfs, prefix=prefix, limits=limits, reporter=reporter, on_outside=catcher
+            stream, rootfs, prefix=prefix, limits=limits, reporter=reporter, on_outside=catcher,
+            keep=keep,
         )
     if catcher.data is None:
         if used and prefix is None:

@@ -49,11 +49,13 @@ def extract_tar(
     limits: Limits = Limits(),  # noqa: B008  (frozen, so sharing one is safe)
     reporter: Reporter | None = None,
     on_outside: OutsideHook | None = None,
+    keep: Callable[[str], bool] | None = None,
 ) -> str:
     """Extract the tar in ``stream`` into ``rootfs``; returns the prefix used.
 
     ``prefix=None`` decides from the first entry: ``rootfs/`` when it is ``manifest`` or
-    ``rootfs`` (an ACI), else ``""``. Entries outside the prefix go to ``on_outside``.
+    ``rootfs`` (an ACI), else ``""``. Entries outside the prefix go to ``on_outside``;
+    with ``keep``, only the entries whose name (below the prefix) it accepts are extracted.
     """
     writer = RootfsWriter(rootfs, reporter=reporter, whiteouts=whiteouts)
     source = TarSource(stream)
@@ -68,6 +70,8 @@ def extract_tar(
         if rel is None:
             if on_outside is not None:
                 on_outside(name, member, tar)
+            continue
+        if keep is not None and rel and not keep(rel):
             continue
         if member.isreg():
             if done + member.size > limits.max_total_bytes:

@@ -57,6 +57,7 @@ def sandbox_spec(instruction: Run, ctx: RunContext) -> SandboxSpec:
         argv=instruction.argv,
         env=tuple(env.items()),
         workdir=instruction.workdir or (app.working_directory if app else None) or "/",
+        make_workdir=True,
         uid=identity.uid,
         gid=identity.gid,
         network=instruction.network,

@@ -58,6 +58,9 @@ class SandboxSpec:
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
     workdir: str = "/"
+    # Make a missing workdir (RUN --workdir, as a build step may); `run` must not: rkt
+    # refuses an app whose working directory the image lacks, and so does `run`.
+    make_workdir: bool = False
     uid: int = 0
     gid: int = 0
     supplementary_gids: tuple[int, ...] = ()
@@ -163,7 +166,8 @@ def _prepare(spec: SandboxSpec, created: list[tuple[str, bool]]) -> dict[str, An
         os.close(root_fd)
     return {
         "rootfs": str(spec.rootfs.resolve()), "argv": list(spec.argv),
-        "env": _environment(spec), "workdir": spec.workdir, "uid": spec.uid, "gid": spec.gid,
+        "env": _environment(spec), "workdir": spec.workdir,
+        "make_workdir": spec.make_workdir, "uid": spec.uid, "gid": spec.gid,
         "groups": list(spec.supplementary_gids), "set_groups": os.geteuid() == 0,
         "network": spec.network, "hostname": spec.hostname, "host_files": host_files,
         "binds": binds,
@@ -421,6 +425,8 @@ def _exec_message(payload: dict[str, Any], failure: dict[str, Any]) -> str:
     if stage == "workdir":
         if err in (errno.ENOTDIR, errno.EEXIST):
             return f"working directory '{workdir}' is not a directory in the image"
+        if err == errno.ENOENT:
+            return f"working directory '{workdir}' does not exist in the image"
         return f"cannot enter working directory '{workdir}': {text}"
     if stage == "identity":
         return f"cannot run as uid {payload['uid']} gid {payload['gid']}: {text}"

@@ -278,8 +278,8 @@ def _exec_program(spec: dict[str, Any], err_fd: int) -> None:
         os.umask(0o022)
         stage = "workdir"
         workdir = spec["workdir"]
-        if not os.path.isdir(workdir):
-            # Like Docker's WORKDIR: made on demand, as root, before the switch of user.
+        if spec.get("make_workdir") and not os.path.isdir(workdir):
+            # A build step's RUN --workdir: made on demand, as root, before the switch of user.
             os.makedirs(workdir, 0o755, exist_ok=True)
         stage = "identity"
         for cap in range(spec["cap_last"] + 1):

@@ -8,7 +8,7 @@ import pytest
 
 from acbuild.distribution.discovery import HttpOptions, discover, meta_tags, parse_ref
 from acbuild.distribution.fetch import FetchOptions, fetch, fetch_keys
-from acbuild.distribution.publish import PublishError, publish
+from acbuild.distribution.publish import PublishError, publish, version_order
 from acbuild.report import NullReporter
 from acbuild.trust.sign import sign_image
 from acbuild.trust.truststore import TrustStore
@@ -71,3 +71,40 @@ def test_publish_needs_signature(tmp_path: Path) -> None:
     image = make_aci(tmp_path / "x.aci", NAME)
     with pytest.raises(PublishError, match="is not signed"):
         publish(image, repo=tmp_path / "r", url_base="https://x", reporter=NullReporter())
+
+
+def test_latest_alias_is_the_newest_version(gpgkeys: Keys, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    published = {}
+    for version in ("1.0.0", "2.0.0", "1.5.0", "2.0.0-rc.1"):
+        image = signed_image(tmp_path, gpgkeys, version)
+        published[version] = image.read_bytes()
+        result = publish(image, repo=repo, url_base="https://127.0.0.1",
+                         gpg_home=gpgkeys.home, reporter=NullReporter())
+        assert result.latest == repo / "tools/app/app-latest-linux-amd64.aci"
+        # An older version published later leaves `latest` on the newest.
+        newest = "1.0.0" if version == "1.0.0" else "2.0.0"
+        assert result.latest.read_bytes() == published[newest], version
+        latest_asc = repo / "tools/app/app-latest-linux-amd64.aci.asc"
+        assert latest_asc.read_bytes() == (
+            repo / f"tools/app/app-{newest}-linux-amd64.aci.asc").read_bytes()
+
+
+def test_latest_alias_per_arch(gpgkeys: Keys, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    for version, arch in (("2.0.0", "aarch64"), ("1.0.0", "amd64")):
+        image = make_aci(tmp_path / f"app-{version}-{arch}.aci", NAME,
+                         {"version": version, "os": "linux", "arch": arch})
+        sign_image(image, gpgkeys.fpr["alice"], gpg_home=gpgkeys.home, reporter=NullReporter())
+        publish(image, repo=repo, url_base="https://127.0.0.1", gpg_home=gpgkeys.home,
+                reporter=NullReporter())
+    for version, arch in (("2.0.0", "aarch64"), ("1.0.0", "amd64")):
+        assert (repo / f"tools/app/app-latest-linux-{arch}.aci").read_bytes() == (
+            repo / f"tools/app/app-{version}-linux-{arch}.aci").read_bytes()
+
+
+def test_version_order() -> None:
+    ordered = ["nightly", "snapshot", "0.0.1", "1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta",
+               "1.0.0-beta", "1.0.0-beta.2", "1.0.0-beta.11", "1.0.0-rc.1", "1.0.0", "1.2",
+               "v1.2.1", "1.10.0", "10"]
+    assert sorted(reversed(ordered), key=version_order) == ordered

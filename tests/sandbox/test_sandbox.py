@@ -196,8 +196,11 @@ def test_given_env_overrides_defaults(rootfs: Path) -> None:
 
 def test_workdir_existing_missing_and_not_a_directory(rootfs: Path) -> None:
     assert run(rootfs, "pwd", workdir="/usr/bin")[1] == ["/usr/bin"]
-    assert run(rootfs, "pwd", workdir="/srv/app")[1] == ["/srv/app"]
-    assert (rootfs / "srv" / "app").is_dir()
+    with pytest.raises(SandboxError) as e:
+        run(rootfs, "pwd", workdir="/srv/app")  # `acbuild-py run`: never made on the fly
+    assert e.value.message == "working directory '/srv/app' does not exist in the image"
+    assert run(rootfs, "pwd", workdir="/srv/app", make_workdir=True)[1] == ["/srv/app"]
+    assert (rootfs / "srv" / "app").is_dir()  # a build's RUN --workdir makes it
     with pytest.raises(SandboxError) as e:
         run(rootfs, "pwd", workdir="/etc/passwd")
     assert e.value.message == "working directory '/etc/passwd' is not a directory in the image"

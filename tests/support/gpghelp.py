@@ -1,6 +1,7 @@
 """Test fixtures: throwaway OpenPGP keys in temporary GnuPG homes, and small ACIs to sign.
 
-Keys are made once per session (ed25519, fast): a test module declares a session fixture
+Keys are made once per session (ed25519, fast; alice is RSA, the kind rkt can verify, so
+builds may SIGN with her): a test module declares a session fixture
 ``def gpgkeys(): yield from make_keys()``.
 """
 
@@ -46,11 +47,11 @@ def _fingerprint(home: Path, uid: str) -> str:
 
 
 def _make_key(home: Path, name: str, *, passphrase: str = "", when: str | None = None,
-              expire: str = "never") -> str:
+              expire: str = "never", algo: str = "ed25519") -> str:
     uid = f"{name.title()} <{name}@example.com>"
     fake = ["--faked-system-time", when] if when else []
     gpg(home, *fake, "--pinentry-mode", "loopback", "--passphrase", passphrase,
-        "--quick-gen-key", uid, "ed25519", "sign", expire)
+        "--quick-gen-key", uid, algo, "sign", expire)
     return _fingerprint(home, f"{name}@example.com")
 
 
@@ -76,7 +77,7 @@ def make_keys() -> Iterator[Keys]:
     # No passphrase caching: a wrong passphrase must fail even after a right one was given.
     (home / "gpg-agent.conf").write_text("default-cache-ttl 0\nmax-cache-ttl 0\n")
     fpr = {
-        "alice": _make_key(home, "alice"),
+        "alice": _make_key(home, "alice", algo="rsa2048"),
         "bob": _make_key(home, "bob"),
         "carol": _make_key(home, "carol", passphrase=PASSPHRASE),
         "old": _make_key(home, "old", when="20200101T000000", expire="1d"),

@@ -121,6 +121,7 @@ def command(
             output_format=output_format,  # type: ignore[arg-type]  # click.Choice checked it
             sign_keys=sign_keys,
             signer=signer,
+            gpg_home=gpg_home,
             remove_stale_signature=remove_stale_signature,
             log_file=log_file,
             no_cache=no_cache,

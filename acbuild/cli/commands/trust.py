@@ -15,6 +15,7 @@ from acbuild.distribution.discovery import parse_ref
 from acbuild.distribution.fetch import FetchOptions, fetch_keys
 from acbuild.errors import TrustError
 from acbuild.trust.gpg import scan_keys
+from acbuild.trust.rktkeys import rkt_problems
 from acbuild.trust.truststore import TrustStore, check_prefix
 
 
@@ -56,6 +57,9 @@ def command(keyfiles: tuple[Path, ...], prefix: str | None, root: bool, list_: b
     for data in blobs:
         for info in scan_keys(data):
             click.echo(f"key {info.fingerprint}  {info.uid}", err=True)
+        for fingerprint, problem in rkt_problems(data):
+            # acbuild-py verifies with gpg and accepts it; images signed with it fail in rkt.
+            state().reporter().warning(f"rkt cannot use key {fingerprint}: {problem}")
         if not _confirm(f"Trust these keys for {scope}?", yes):
             raise TrustError("not trusted: the user declined")
         for key in store.add(data, prefix=prefix):
