@@ -27,6 +27,7 @@ from acbuild.cache.cache import CacheStore, ImageRecord, default_cache_dir
 from acbuild.cache.statcache import base_identity, image_key, key_plan
 from acbuild.errors import AcfileError, BuildError, raise_all
 from acbuild.fs.leftovers import owner_tag, sweep
+from acbuild.fs.private import create_private_file, private_dir, user_temp_root
 from acbuild.fs.staging import remove_tree
 from acbuild.image.finalize import build_epoch, write_aci
 from acbuild.image.manifest import ImageManifest, from_json_bytes, to_json_bytes
@@ -277,17 +278,25 @@ def _run_log(plan: Plan, options: BuildOptions) -> Iterator[tuple[TextIO | None,
     if not has_run and options.log_file is None:
         yield None, None
         return
-    path = options.log_file or default_log_path(options.environ)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", errors="replace") as log:
+    path = options.log_file
+    if path is None:
+        path = default_log_path(options.environ)
+        private_dir(path.parent, what="log directory")
+    fd = create_private_file(path, what="log file")
+    with open(fd, "w", encoding="utf-8", errors="replace") as log:
         yield log, path
 
 
 @contextmanager
 def work_directory() -> Iterator[Path]:
-    """A private directory for the stages' rootfs trees, removed however the build ends."""
-    sweep(Path(tempfile.gettempdir()), "acbuild-")  # what killed builds left behind
-    path = Path(tempfile.mkdtemp(prefix=f"acbuild-{owner_tag()}."))
+    """A private directory for the stages' rootfs trees, removed however the build ends.
+
+    It lives in this user's own temporary root, where no one else can plant an entry for
+    the sweep of what killed builds left behind.
+    """
+    top = user_temp_root()
+    sweep(top, "acbuild-")
+    path = Path(tempfile.mkdtemp(prefix=f"acbuild-{owner_tag()}.", dir=top))
     try:
         yield path
     finally:
