@@ -59,6 +59,8 @@ class BuildOptions:
     signer: Signer | None = None
     remove_stale_signature: StaleSignatureRemover | None = None
     log_file: Path | None = None
+    # --allow-path: host directories a BEGIN may read besides the Acfile's and the context
+    allow_paths: tuple[Path, ...] = ()
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     no_cache: bool = False
     cache_dir: Path | None = None  # None: $XDG_CACHE_HOME/acbuild-py/build-cache
@@ -103,6 +105,7 @@ def load_plan(options: BuildOptions) -> Plan:
     return make_plan(
         instructions,
         acfile_dir=options.acfile.parent,
+        allowed=(options.context or options.acfile.parent, *options.allow_paths),
         target=options.target,
         extra_sign_keys=options.sign_keys,
     )

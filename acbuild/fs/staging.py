@@ -109,6 +109,12 @@ def _remove_at(dir_fd: int, name: str) -> None:
                 continue
             try:
                 _in_dir(level.parent, os.rmdir, level.name)
+            except FileNotFoundError:
+                pass  # removed meanwhile by someone else
+            except NotADirectoryError:
+                # Replaced by a symlink or file while we emptied it (through its descriptor,
+                # wherever it was moved): the name is unlinked, never followed.
+                _in_dir(level.parent, os.unlink, level.name)
             except OSError as e:
                 if e.errno != errno.ENOTEMPTY or level.retries > 3:
                     raise

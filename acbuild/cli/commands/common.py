@@ -110,13 +110,18 @@ def global_options(f: F) -> F:
 
 
 def acfile_options(f: F) -> F:
-    """What selects and feeds an Acfile (build and plan): context, variables, target stage,
-    compression (part of the image's cache key) and the cache directory."""
+    """What selects and feeds an Acfile (build and plan): context, host paths BEGIN may
+    read, variables, target stage, compression (part of the image's cache key) and the
+    cache directory."""
     from acbuild.image.compression import COMPRESSIONS
 
     opts = [
         click.option("--context", type=click.Path(path_type=Path, file_okay=False, exists=True),
                      help="Directory COPY sources are relative to (default: the Acfile's)."),
+        click.option("--allow-path", "allow_paths", multiple=True, metavar="DIR",
+                     type=click.Path(path_type=Path, file_okay=False),
+                     help="Let BEGIN read a host path below DIR, outside the Acfile's "
+                          "directory and the context (repeatable)."),
         click.option("--var", "variables", multiple=True, metavar="KEY=VALUE",
                      help="Template variable for the Acfile (repeatable)."),
         click.option("--var-file", "var_files", multiple=True, metavar="FILE.toml",

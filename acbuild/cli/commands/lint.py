@@ -17,13 +17,17 @@ from acbuild.plan.lint import RULES, lint_file
                 type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--context", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="Directory COPY sources are relative to (default: each Acfile's).")
+@click.option("--allow-path", "allow_paths", multiple=True, metavar="DIR",
+              type=click.Path(path_type=Path, file_okay=False),
+              help="Let BEGIN read a host path below DIR, outside the Acfile's directory "
+                   "and the context (repeatable).")
 @click.option("--var", "variables", multiple=True, metavar="KEY=VALUE",
               help="Template variable for the Acfile (repeatable).")
 @click.option("--var-file", "var_files", multiple=True, metavar="FILE.toml",
               type=click.Path(path_type=Path, dir_okay=False), help="TOML file of variables.")
 @global_options
-def command(acfiles: tuple[Path, ...], context: Path | None, variables: tuple[str, ...],
-            var_files: tuple[Path, ...]) -> None:
+def command(acfiles: tuple[Path, ...], context: Path | None, allow_paths: tuple[Path, ...],
+            variables: tuple[str, ...], var_files: tuple[Path, ...]) -> None:
     """Warn about likely mistakes in each ACFILE. Exit 1 if anything is reported.
 
     Silence a rule for one instruction with '# acbuild: ignore=AC004' on the line before it.
@@ -31,7 +35,8 @@ def command(acfiles: tuple[Path, ...], context: Path | None, variables: tuple[st
     values = load_variables(variables, var_files)
     count = 0
     for acfile in acfiles:
-        for finding in lint_file(acfile, context=context, variables=values):
+        for finding in lint_file(acfile, context=context, variables=values,
+                                 allow_paths=allow_paths):
             click.echo(finding.render())
             count += 1
     if count:

@@ -22,14 +22,15 @@ from acbuild.image.finalize import build_epoch
 @acfile_options
 @trust_options
 @global_options
-def command(acfile: Path, context: Path | None, variables: tuple[str, ...],
-            var_files: tuple[Path, ...], target: str | None, compression: str,
-            cache_dir: Path | None, **trust: Any) -> None:
+def command(acfile: Path, context: Path | None, allow_paths: tuple[Path, ...],
+            variables: tuple[str, ...], var_files: tuple[Path, ...], target: str | None,
+            compression: str, cache_dir: Path | None, **trust: Any) -> None:
     """Print the steps of ACFILE with their cache keys, HIT or MISS; run nothing."""
     reporter = state().reporter()
     options = BuildOptions(acfile=acfile, output=None, base_loader=base_loader(
-        reporter=reporter, **trust), context=context, variables=variables,
-        var_files=var_files, target=target, compression=compression, cache_dir=cache_dir)
+        reporter=reporter, **trust), context=context, allow_paths=allow_paths,
+        variables=variables, var_files=var_files, target=target, compression=compression,
+        cache_dir=cache_dir)
     cache = open_cache(options)
     assert cache is not None
     plan = load_plan(options)
