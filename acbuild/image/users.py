@@ -56,10 +56,11 @@ def _read_bounded(root: Path, unsafe: str) -> bytes | None:
         raise AcbuildError(f"the image's {shown}: {e.message}") from None
     except OSError as e:
         raise AcbuildError(f"cannot read the image's {shown}: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise AcbuildError(f"the image's {shown} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise AcbuildError(f"the image's {shown} is not a regular file")
         if st.st_size > MAX_DB_BYTES:
             raise AcbuildError(f"the image's {shown} is larger than {MAX_DB_BYTES >> 20} MiB")
         data = f.read(MAX_DB_BYTES + 1)
