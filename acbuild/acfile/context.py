@@ -337,14 +337,21 @@ class BuildContext:
 
 
 def _read_ignore(root: Path) -> pathspec.GitIgnoreSpec | None:
-    path = root / IGNORE_FILE
     try:
-        st = path.lstat()
+        fd = os.open(root / IGNORE_FILE,
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    if not stat.S_ISREG(st.st_mode):
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # a symlink
+            raise BuildError(f"{IGNORE_FILE} in '{root}' is not a regular file") from None
+        raise BuildError(f"cannot read {IGNORE_FILE} in '{root}': {e.strerror}") from None
+    # Checked on the open file, not before opening it: a FIFO swapped in cannot hang us.
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
         raise BuildError(f"{IGNORE_FILE} in '{root}' is not a regular file")
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+    os.set_blocking(fd, True)
+    with open(fd, encoding="utf-8", errors="surrogateescape") as f:
         return pathspec.GitIgnoreSpec.from_lines(f)
 
 

@@ -109,6 +109,10 @@ def create_private_file(path: Path, *, what: str) -> int:
         if st.st_uid != os.geteuid():
             raise UnsafeDirectory(f"{what} {path} belongs to uid {st.st_uid}, not to you",
                                   hint="remove it or choose another path")
+        if st.st_nlink > 1:
+            # a hardlink of one of our files, planted in a shared directory: not truncated
+            raise UnsafeDirectory(f"{what} {path} has other hard links; refusing to "
+                                  "overwrite it", hint="remove it or choose another path")
         os.ftruncate(fd, 0)
         os.fchmod(fd, 0o600)
         os.set_blocking(fd, True)

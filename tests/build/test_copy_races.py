@@ -174,3 +174,31 @@ def test_an_unchanged_context_still_builds(tmp_path: Path) -> None:
     with tarfile.open(out) as t:
         f = t.extractfile("rootfs/app/b/f")
         assert f is not None and f.read() == b"the context's own f\n"
+
+
+def test_file_swapped_for_a_symlink_to_a_host_file_is_refused(tmp_path: Path) -> None:
+    ctx, host = project(tmp_path)
+    out = tmp_path / "x.aci"
+
+    def swap() -> None:
+        (ctx / "b" / "f").unlink()
+        (ctx / "b" / "f").symlink_to(host / "f")
+
+    r = build_holding(ctx, out, ctx / "a" / "1", fanotify.FAN_OPEN_PERM, swap, "--no-cache")
+    assert_refused(r, out)
+
+
+def test_parent_of_a_named_source_swapped_for_a_symlink_deeper_down(tmp_path: Path) -> None:
+    """COPY x/y/z: the middle component is swapped, with the same names below it."""
+    ctx, host = project(tmp_path, copy="COPY a/1 x/y/z /app/")
+    (ctx / "x" / "y").mkdir(parents=True)
+    (ctx / "x" / "y" / "z").write_text("the context's own z\n")
+    (host / "z").write_bytes(SECRET)
+    out = tmp_path / "x.aci"
+
+    def swap() -> None:
+        (ctx / "x" / "y").rename(ctx.parent / "y-moved")
+        (ctx / "x" / "y").symlink_to(host)
+
+    r = build_holding(ctx, out, ctx / "a" / "1", fanotify.FAN_OPEN_PERM, swap, "--no-cache")
+    assert_refused(r, out)

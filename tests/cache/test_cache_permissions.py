@@ -182,3 +182,16 @@ def test_log_file_planted_by_another_user_is_refused(project: Path, shared: Path
     assert f"log file {log}" in r.stderr
     assert victim.read_text() == "precious\n"
     assert log.lstat().st_uid == NOBODY
+
+
+def test_log_file_that_is_a_hardlink_of_one_of_ours_is_not_truncated(
+        project: Path, shared: Path, tmp_path: Path) -> None:
+    """Planted where protected_hardlinks is off, or by someone who may write the file."""
+    victim = shared / "victim"
+    victim.write_text("precious\n")
+    os.link(victim, shared / "build.log")
+    r = acbuild("build", "--no-cache", project, "-o", tmp_path / "x.aci",
+                "--log-file", shared / "build.log")
+    assert r.code == 1, r.stderr
+    assert "has other hard links" in r.stderr
+    assert victim.read_text() == "precious\n"
