@@ -261,7 +261,8 @@ class _Writer:
     def _guard(self, shown: str, action: Callable[..., object], *args: object) -> None:
         try:
             action(*args)
-        except BuildError:
+        except BuildError as e:
+            e.span = e.span or self.span  # a context file that changed meanwhile
             raise
         except AcbuildError as e:  # securepath: a loop or a non-directory in the way
             raise BuildError(f"COPY to '{shown}': {e.message}", span=self.span) from None

@@ -79,6 +79,7 @@ def assert_refused(r: Result, out: Path, *also: str) -> None:
     assert r.code == 1, r.stderr
     expected = ("in the build context changed while the build read it", *also)
     assert any(e in r.stderr for e in expected), r.stderr
+    assert "/Acfile:3:" in r.stderr, "the error names the COPY line"
     assert "Traceback" not in r.stderr
 
 
