@@ -70,8 +70,10 @@ def hold(path: Path, mask: int, act: Callable[[int], bool]) -> Iterator[list[int
                 data = os.read(group, 4096)
             except BlockingIOError:
                 continue
-            for at in range(0, len(data), _EVENT.size):
+            at = 0
+            while at + _EVENT.size <= len(data):
                 length, _v, _r, _m, _mask, fd, pid = _EVENT.unpack_from(data, at)
+                at += length
                 try:
                     if not done:
                         pids.append(pid)
