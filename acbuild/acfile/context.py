@@ -7,6 +7,7 @@ globs expand to sorted context paths. ``digest`` is the content key the step cac
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import posixpath
@@ -19,6 +20,7 @@ from pathlib import Path
 import pathspec
 
 from acbuild.errors import BuildError, Span
+from acbuild.fs.beneath import ESCAPES, open_beneath, parent_beneath
 
 IGNORE_FILE = ".acignore"
 _GLOB_CHARS = frozenset("*?[")
@@ -64,15 +66,106 @@ def special_kind(st_mode: int) -> str | None:
     return None
 
 
+class SourceChanged(BuildError):
+    """A context file or directory is not what the scan saw: replaced (by a symlink, a
+    FIFO, another file) while the build was reading the context."""
+
+
+def _changed(rel: str) -> SourceChanged:
+    return SourceChanged(f"'{rel}' in the build context changed while the build read it "
+                         "(replaced by a symlink or another file)",
+                         hint="do not change the context during a build")
+
+
 class BuildContext:
-    """The context directory and its ``.acignore``, read once."""
+    """The context directory and its ``.acignore``, read once.
+
+    Names are resolved once, by ``resolve``; after that every read goes through
+    descriptors below the context's root, with no symlink followed, and each file opened
+    must be the inode the scan saw. So a directory swapped for a symlink mid-build is an
+    error, never a read outside the context.
+    """
 
     def __init__(self, root: Path) -> None:
         # Resolved once so containment checks compare real paths with real paths.
         self.root = Path(os.path.realpath(root))
-        if not self.root.is_dir():
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISDIR(st.st_mode):
             raise BuildError(f"build context '{root}' is not a directory")
+        self._root_id = (st.st_dev, st.st_ino)
         self._spec = _read_ignore(self.root)
+
+    # -- reading through descriptors ------------------------------------------------------
+
+    def _open_root(self) -> int:
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != self._root_id:
+            os.close(fd)
+            raise _changed(".")
+        return fd
+
+    def open_file(self, rel: str, seen: os.stat_result) -> int:
+        """A descriptor for reading the regular file ``rel`` that the scan saw as ``seen``.
+
+        Opened non-blocking (a FIFO swapped in cannot hang the build), then checked to be
+        a regular file with the scan's (st_dev, st_ino)."""
+        root = self._open_root()
+        try:
+            fd = open_beneath(root, rel, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        except OSError as e:
+            if e.errno in ESCAPES or e.errno == errno.ENOENT:
+                raise _changed(rel) from None
+            raise
+        finally:
+            os.close(root)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or _identity(st) != _identity(seen):
+            os.close(fd)
+            raise _changed(rel)
+        os.set_blocking(fd, True)
+        return fd
+
+    def open_parent(self, rel: str) -> tuple[int, str]:
+        """(descriptor of the directory holding ``rel``, its name), opened beneath the
+        context without following symlinks; the caller closes it."""
+        root = self._open_root()
+        try:
+            return parent_beneath(root, rel)
+        except OSError as e:
+            if e.errno in ESCAPES or e.errno == errno.ENOENT:
+                raise _changed(rel) from None
+            raise
+        finally:
+            os.close(root)
+
+    def lstat(self, rel: str) -> os.stat_result:
+        """lstat of ``rel``, reached through descriptors (the context itself for ".")."""
+        if rel in ("", "."):
+            root = self._open_root()
+            try:
+                return os.fstat(root)
+            finally:
+                os.close(root)
+        parent, name = self.open_parent(rel)
+        try:
+            return os.lstat(name, dir_fd=parent)
+        finally:
+            os.close(parent)
+
+    def readlink(self, rel: str, seen: os.stat_result) -> str:
+        """The target of the symlink ``rel`` the scan saw as ``seen``."""
+        parent, name = self.open_parent(rel)
+        try:
+            st = os.lstat(name, dir_fd=parent)
+            if not stat.S_ISLNK(st.st_mode) or _identity(st) != _identity(seen):
+                raise _changed(rel)
+            return os.readlink(name, dir_fd=parent)
+        finally:
+            os.close(parent)
 
     # -- ignore rules ---------------------------------------------------------------------
 
@@ -176,7 +269,25 @@ class BuildContext:
 
     def _scan(self, base: Path, prefix: str,
               depth: int | None) -> Iterator[tuple[str, os.stat_result]]:
-        return scan(base, prefix, depth, skip_dir=lambda rel: self.is_ignored(rel, is_dir=True))
+        return self._scan_rel(self._rel(base), prefix, depth)
+
+    def _scan_rel(self, rel: str, prefix: str,
+                  depth: int | None) -> Iterator[tuple[str, os.stat_result]]:
+        """``scan`` of the context directory ``rel``, opened beneath the root."""
+        root = self._open_root()
+        try:
+            fd = open_beneath(root, rel, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:
+            if e.errno in ESCAPES or e.errno == errno.ENOENT:
+                raise _changed(rel) from None
+            raise
+        finally:
+            os.close(root)
+        try:
+            yield from _scan_fd(fd, prefix, depth,
+                                lambda r: self.is_ignored(r, is_dir=True))
+        finally:
+            os.close(fd)
 
     # -- walking and hashing --------------------------------------------------------------
 
@@ -186,7 +297,7 @@ class BuildContext:
         if not source.is_dir or source.is_symlink:
             return
         prefix = "" if source.rel == "." else source.rel + "/"
-        for rel, st in self._scan(source.path, prefix, None):
+        for rel, st in self._scan_rel(source.rel, prefix, None):
             if not self.is_ignored(rel, is_dir=stat.S_ISDIR(st.st_mode)):
                 yield rel[len(prefix):], st
 
@@ -196,10 +307,25 @@ class BuildContext:
         h = hashlib.sha256()
         for source in sorted(sources, key=lambda s: s.rel):
             _frame(h, b"source", source.rel.encode())
-            _hash_entry(h, ".", source.path, source.path.lstat())
+            self._hash_entry(h, ".", source.rel, self.lstat(source.rel))
             for rel, st in self.walk(source):
-                _hash_entry(h, rel, source.path / rel, st)
+                self._hash_entry(h, rel, posixpath.join(source.rel, rel), st)
         return "sha256:" + h.hexdigest()
+
+    def _hash_entry(self, h: hashlib._Hash, rel: str, where: str, st: os.stat_result) -> None:
+        mode = st.st_mode
+        if stat.S_ISLNK(mode):
+            _frame(h, b"symlink", os.fsencode(rel), os.fsencode(self.readlink(where, st)))
+        elif stat.S_ISDIR(mode):
+            _frame(h, b"dir", os.fsencode(rel), b"%o" % normalised_mode(mode))
+        elif stat.S_ISREG(mode):
+            _frame(h, b"file", os.fsencode(rel), b"%o" % normalised_mode(mode),
+                   st.st_size.to_bytes(8, "big"))
+            with open(self.open_file(where, st), "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+        else:
+            _frame(h, b"special", os.fsencode(rel), b"%o" % stat.S_IFMT(mode))
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -211,14 +337,21 @@ class BuildContext:
 
 
 def _read_ignore(root: Path) -> pathspec.GitIgnoreSpec | None:
-    path = root / IGNORE_FILE
     try:
-        st = path.lstat()
+        fd = os.open(root / IGNORE_FILE,
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    if not stat.S_ISREG(st.st_mode):
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # a symlink
+            raise BuildError(f"{IGNORE_FILE} in '{root}' is not a regular file") from None
+        raise BuildError(f"cannot read {IGNORE_FILE} in '{root}': {e.strerror}") from None
+    # Checked on the open file, not before opening it: a FIFO swapped in cannot hang us.
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
         raise BuildError(f"{IGNORE_FILE} in '{root}' is not a regular file")
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+    os.set_blocking(fd, True)
+    with open(fd, encoding="utf-8", errors="surrogateescape") as f:
         return pathspec.GitIgnoreSpec.from_lines(f)
 
 
@@ -236,16 +369,44 @@ def _split(unsafe: str, span: Span | None) -> list[str]:
 def scan(base: Path, prefix: str, depth: int | None = None,
          skip_dir: Callable[[str], bool] | None = None) -> Iterator[tuple[str, os.stat_result]]:
     """Entries below ``base`` as (prefix + relative path, lstat), parents first, names sorted,
-    symlinks not followed, ``depth`` levels deep (None: all); ``skip_dir`` prunes."""
-    with os.scandir(base) as it:
+    symlinks not followed, ``depth`` levels deep (None: all); ``skip_dir`` prunes.
+
+    ``base`` itself is followed; below it each directory is opened relative to its parent
+    without following symlinks, and must be the one listed (SourceChanged otherwise)."""
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield from _scan_fd(fd, prefix, depth, skip_dir)
+    finally:
+        os.close(fd)
+
+
+def _scan_fd(fd: int, prefix: str, depth: int | None,
+             skip_dir: Callable[[str], bool] | None) -> Iterator[tuple[str, os.stat_result]]:
+    with os.scandir(fd) as it:
         entries = sorted(it, key=lambda e: e.name)
     for entry in entries:
         rel = prefix + entry.name
         st = entry.stat(follow_symlinks=False)
         yield rel, st
         if stat.S_ISDIR(st.st_mode) and depth != 1 and not (skip_dir and skip_dir(rel)):
-            yield from scan(Path(entry.path), rel + "/",
-                            None if depth is None else depth - 1, skip_dir)
+            try:
+                child = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as e:
+                if e.errno in ESCAPES or e.errno == errno.ENOENT:
+                    raise _changed(rel) from None
+                raise
+            try:
+                if _identity(os.fstat(child)) != _identity(st):
+                    raise _changed(rel)
+                yield from _scan_fd(child, rel + "/", None if depth is None else depth - 1,
+                                    skip_dir)
+            finally:
+                os.close(child)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
 
 
 def glob_regex(parts: Sequence[str]) -> re.Pattern[str]:
@@ -286,19 +447,3 @@ def _frame(h: hashlib._Hash, *fields: bytes) -> None:
     for field in fields:
         h.update(len(field).to_bytes(8, "big"))
         h.update(field)
-
-
-def _hash_entry(h: hashlib._Hash, rel: str, path: Path, st: os.stat_result) -> None:
-    mode = st.st_mode
-    if stat.S_ISLNK(mode):
-        _frame(h, b"symlink", os.fsencode(rel), os.fsencode(os.readlink(path)))
-    elif stat.S_ISDIR(mode):
-        _frame(h, b"dir", os.fsencode(rel), b"%o" % normalised_mode(mode))
-    elif stat.S_ISREG(mode):
-        _frame(h, b"file", os.fsencode(rel), b"%o" % normalised_mode(mode),
-               st.st_size.to_bytes(8, "big"))
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-    else:
-        _frame(h, b"special", os.fsencode(rel), b"%o" % stat.S_IFMT(mode))

@@ -29,6 +29,7 @@ from acbuild.cache.cache import CacheStore, ImageRecord, default_cache_dir
 from acbuild.errors import AcfileError, BuildError, Span, TrustError, raise_all
 from acbuild.fs.atomic import check_writable
 from acbuild.fs.leftovers import owner_tag, sweep
+from acbuild.fs.private import create_private_file, private_dir, user_temp_root
 from acbuild.fs.staging import remove_tree
 from acbuild.image.finalize import build_epoch, write_aci
 from acbuild.image.manifest import ImageManifest, from_json_bytes, to_json_bytes
@@ -60,6 +61,8 @@ class BuildOptions:
     signer: Signer | None = None
     remove_stale_signature: StaleSignatureRemover | None = None
     log_file: Path | None = None
+    # --allow-path: host directories a BEGIN may read besides the Acfile's and the context
+    allow_paths: tuple[Path, ...] = ()
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     no_cache: bool = False
     cache_dir: Path | None = None  # None: $XDG_CACHE_HOME/acbuild-py/build-cache
@@ -111,6 +114,7 @@ def load_plan(options: BuildOptions, reporter: Reporter | None = None) -> Plan:
     return make_plan(
         instructions,
         acfile_dir=options.acfile.parent,
+        allowed=(options.context or options.acfile.parent, *options.allow_paths),
         target=options.target,
         extra_sign_keys=options.sign_keys,
     )
@@ -331,17 +335,25 @@ def _run_log(plan: Plan, options: BuildOptions) -> Iterator[tuple[TextIO | None,
     if not has_run and options.log_file is None:
         yield None, None
         return
-    path = options.log_file or default_log_path(options.environ)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", errors="replace") as log:
+    path = options.log_file
+    if path is None:
+        path = default_log_path(options.environ)
+        private_dir(path.parent, what="log directory")
+    fd = create_private_file(path, what="log file")
+    with open(fd, "w", encoding="utf-8", errors="replace") as log:
         yield log, path
 
 
 @contextmanager
 def work_directory() -> Iterator[Path]:
-    """A private directory for the stages' rootfs trees, removed however the build ends."""
-    sweep(Path(tempfile.gettempdir()), "acbuild-")  # what killed builds left behind
-    path = Path(tempfile.mkdtemp(prefix=f"acbuild-{owner_tag()}."))
+    """A private directory for the stages' rootfs trees, removed however the build ends.
+
+    It lives in this user's own temporary root, where no one else can plant an entry for
+    the sweep of what killed builds left behind.
+    """
+    top = user_temp_root()
+    sweep(top, "acbuild-")
+    path = Path(tempfile.mkdtemp(prefix=f"acbuild-{owner_tag()}.", dir=top))
     try:
         yield path
     finally:

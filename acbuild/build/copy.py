@@ -9,6 +9,7 @@ When no RUN follows, a context file the image cannot tell from its copy is hardl
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import posixpath
@@ -52,6 +53,10 @@ class _Entry:
     owner: tuple[int, int]
     size: int = 0
     device: DeviceNode | None = None
+    # A context entry: its path in the context and the lstat the scan took, which the file
+    # read later must match (context files are read through descriptors, never by path).
+    context_rel: str | None = None
+    seen: os.stat_result | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,7 +95,7 @@ def copy_instruction(instr: Copy, *, context: BuildContext, rootfs: StagedRootfs
         except AcbuildError as e:  # securepath: a symlink loop in the stage's rootfs
             raise BuildError(f"COPY source '{unsafe}': {e.message}", span=at) from None
     dest = _dest_rel(instr.dest)
-    writer = _Writer(rootfs=rootfs, reporter=reporter, span=span,
+    writer = _Writer(rootfs=rootfs, reporter=reporter, span=span, context=context,
                      total=sum(e.size for s in sources for e in s.entries),
                      link_epoch=link_epoch if from_rootfs is None else None)
     for source in sources:
@@ -105,13 +110,17 @@ def copy_instruction(instr: Copy, *, context: BuildContext, rootfs: StagedRootfs
 def _context_sources(unsafe: str, context: BuildContext, instr: Copy,
                      owner: tuple[int, int] | None, span: Span) -> Iterator[_Source]:
     for source in context.resolve(unsafe, span=span):
-        st = source.path.lstat()
-        entries = [_context_entry("", source.path, st, instr, owner, unsafe, span)]
         try:
+            st = context.lstat(source.rel)
+            entries = [_context_entry("", source.path, st, instr, owner, unsafe, span,
+                                      source.rel)]
             for rel, sub_st in context.walk(source):
                 shown = posixpath.join(source.rel, rel)
                 entries.append(_context_entry(rel, source.path / rel, sub_st, instr, owner,
-                                              shown, span))
+                                              shown, span, shown))
+        except BuildError as e:
+            e.span = e.span or span
+            raise
         except OSError as e:
             raise BuildError(f"COPY source '{unsafe}': {e.strerror}: '{e.filename}'",
                              span=span) from None
@@ -119,11 +128,13 @@ def _context_sources(unsafe: str, context: BuildContext, instr: Copy,
 
 
 def _context_entry(sub: str, path: Path, st: os.stat_result, instr: Copy,
-                   owner: tuple[int, int] | None, shown: str, span: Span) -> _Entry:
+                   owner: tuple[int, int] | None, shown: str, span: Span,
+                   context_rel: str) -> _Entry:
     mode = normalised_mode(st.st_mode)
     if stat.S_ISREG(st.st_mode) and instr.mode is not None:
         mode = instr.mode
-    return _entry(sub, path, st, mode, owner or (0, 0), shown, span)
+    entry = _entry(sub, path, st, mode, owner or (0, 0), shown, span)
+    return dataclasses.replace(entry, context_rel=context_rel, seen=st)
 
 
 def _stage_sources(unsafe: str, from_rootfs: StagedRootfs, instr: Copy,
@@ -225,6 +236,7 @@ class _Writer:
     reporter: Reporter
     span: Span
     total: int
+    context: BuildContext
     link_epoch: int | None = None
     done: int = 0
     _reported: int = 0
@@ -249,7 +261,8 @@ class _Writer:
     def _guard(self, shown: str, action: Callable[..., object], *args: object) -> None:
         try:
             action(*args)
-        except BuildError:
+        except BuildError as e:
+            e.span = e.span or self.span  # a context file that changed meanwhile
             raise
         except AcbuildError as e:  # securepath: a loop or a non-directory in the way
             raise BuildError(f"COPY to '{shown}': {e.message}", span=self.span) from None
@@ -290,7 +303,7 @@ class _Writer:
             if mode:
                 os.unlink(path)
             if entry.kind == "symlink":
-                os.symlink(os.readlink(entry.path), path)
+                os.symlink(self._readlink(entry), path)
             elif entry.device is not None:
                 self._make_device(entry.device, rel, path)
             elif self._linked(entry, path):
@@ -306,20 +319,35 @@ class _Writer:
         if entry.kind != "symlink" and os.path.lexists(path):
             os.chmod(path, entry.mode, follow_symlinks=False)
 
+    def _readlink(self, entry: _Entry) -> str:
+        if entry.context_rel is not None and entry.seen is not None:
+            return self.context.readlink(entry.context_rel, entry.seen)
+        return os.readlink(entry.path)
+
+    def _open_source(self, entry: _Entry) -> int:
+        if entry.context_rel is not None and entry.seen is not None:
+            return self.context.open_file(entry.context_rel, entry.seen)
+        return os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+
     def _linked(self, entry: _Entry, path: str) -> bool:
         """Hardlink a context file the image cannot tell from a copy; False: copy it."""
-        if self.link_epoch is None:
+        if self.link_epoch is None or entry.context_rel is None or entry.seen is None:
             return False
+        seen = (entry.seen.st_dev, entry.seen.st_ino)
+        parent, name = self.context.open_parent(entry.context_rel)
         try:
-            st = os.lstat(entry.path)
-            if not self._linkable(entry, st, 1) or _has_xattrs(entry.path):
+            st = os.lstat(name, dir_fd=parent)
+            if (st.st_dev, st.st_ino) != seen:
+                return False  # swapped since the scan: the copy path reports it
+            if not self._linkable(entry, st, 1) or _has_xattrs(parent, name):
                 return False
-            os.link(entry.path, path, follow_symlinks=False)
+            os.link(name, path, src_dir_fd=parent, follow_symlinks=False)
         except OSError:
             return False  # another filesystem, protected_hardlinks, ...: copy instead
+        finally:
+            os.close(parent)
         now = os.lstat(path)
-        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or not self._linkable(
-                entry, now, 2):
+        if (now.st_dev, now.st_ino) != seen or not self._linkable(entry, now, 2):
             os.unlink(path)  # the source was swapped or changed meanwhile
             return False
         self.done += st.st_size
@@ -352,8 +380,9 @@ class _Writer:
 
     def _copy_file(self, entry: _Entry, path: str, rel: str) -> None:
         """Copy the data kernel-side, then owner and mode through the open descriptor."""
-        src = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        src = self._open_source(entry)
         try:
+            os.set_blocking(src, True)
             st = os.fstat(src)
             if not stat.S_ISREG(st.st_mode):
                 raise BuildError(f"COPY source '{entry.path}' changed while copying",
@@ -410,12 +439,19 @@ def _lstat_mode(path: str | Path) -> int:
         return 0
 
 
-def _has_xattrs(path: Path) -> bool:
+def _has_xattrs(parent: int, name: str) -> bool:
     """Whether the file has xattrs a COPY would not carry (COPY carries none)."""
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    except OSError:
+        return True  # gone or swapped: not one to link
+    try:
+        # an O_PATH descriptor cannot be given to listxattr; its /proc name can
+        names = os.listxattr(f"/proc/self/fd/{fd}")
     except OSError:
         return False  # a filesystem without xattrs
+    finally:
+        os.close(fd)
     return any(name != "security.selinux" for name in names)
 
 

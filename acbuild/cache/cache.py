@@ -23,6 +23,7 @@ from acbuild.cache.snapshot import KnownDigests, copy_tree_verified
 from acbuild.cache.statcache import StatCache
 from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
+from acbuild.fs.private import private_dir
 from acbuild.fs.staging import DeviceNode, StagedRootfs, remove_tree
 
 _META = "meta.json"
@@ -93,14 +94,20 @@ class CacheStore:
 
     # -- layout and locking -----------------------------------------------------------------
 
+    def check(self) -> None:
+        """Make the cache directory, or refuse one another user could write into: a planted
+        entry would be copied into images as if this build had made it."""
+        private_dir(self.root, what="step cache")
+
     def _dir(self, kind: str, key: str) -> Path:
         return self.root / kind / _hex(key)
 
     @contextlib.contextmanager
     def session(self, *, exclusive: bool = False) -> Iterator[None]:
         """Held for a whole build (shared) or a prune (exclusive)."""
+        self.check()
         for sub in ("steps", "images", "tmp"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            (self.root / sub).mkdir(mode=0o700, exist_ok=True)
         with open(self.root / "lock", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             try:
@@ -253,6 +260,7 @@ class CacheStore:
     # -- listing and pruning ----------------------------------------------------------------
 
     def entries(self) -> list[EntryInfo]:
+        self.check()
         found = []
         for kind, sub in (("step", "steps"), ("image", "images")):
             with contextlib.suppress(FileNotFoundError):

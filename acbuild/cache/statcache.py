@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import posixpath
 import stat
 import time
 from collections.abc import Callable, Sequence
@@ -69,8 +70,10 @@ class StatCache:
             if isinstance(entries, dict):
                 self._entries = entries
 
-    def file_digest(self, path: Path | str, st: os.stat_result) -> str:
-        """sha256 hex of a regular file's content."""
+    def file_digest(self, path: Path | str, st: os.stat_result,
+                    opener: Callable[[], int] | None = None) -> str:
+        """sha256 hex of a regular file's content; ``opener`` gives the descriptor to read
+        (a context file is opened beneath the context, not by ``path``)."""
         # An absolute str comes from path_digest, already normal: no abspath per file.
         key = path if isinstance(path, str) and path[:1] == "/" else os.fsdecode(
             os.path.abspath(path))
@@ -79,7 +82,7 @@ class StatCache:
         if known is not None and known[:5] == sig and isinstance(known[5], str):
             return known[5]
         try:
-            with open(path, "rb") as f:
+            with open(path if opener is None else opener(), "rb") as f:
                 digest = hashlib.file_digest(f, "sha256").hexdigest()
         except OSError as e:
             raise AcbuildError(f"cannot read {path}: {e.strerror}") from None
@@ -128,10 +131,26 @@ def sources_digest(context: BuildContext, sources: Sequence[ContextSource],
     h = hashlib.sha256()
     for source in sorted(sources, key=lambda s: s.rel):
         frame(h, b"source", source.rel.encode())
-        _entry(h, cache, ".", source.path, source.path.lstat(), exact=False)
+        _context_entry(h, cache, context, ".", source.rel, context.lstat(source.rel))
         for rel, st in context.walk(source):
-            _entry(h, cache, rel, source.path / rel, st, exact=False)
+            _context_entry(h, cache, context, rel, posixpath.join(source.rel, rel), st)
     return "sha256:" + h.hexdigest()
+
+
+def _context_entry(h: hashlib._Hash, cache: StatCache, context: BuildContext, rel: str,
+                   where: str, st: os.stat_result) -> None:
+    """``_entry`` for a context file: read through the context's descriptors, so what is
+    hashed is the inode the scan saw, never something a swapped symlink points at."""
+    mode = b"%o" % normalised_mode(st.st_mode)
+    name = os.fsencode(rel)
+    if stat.S_ISLNK(st.st_mode):
+        frame(h, b"symlink", name, os.fsencode(context.readlink(where, st)), b"")
+    elif stat.S_ISREG(st.st_mode):
+        digest = cache.file_digest(context.root / where, st,
+                                   opener=lambda: context.open_file(where, st))
+        frame(h, b"file", name, mode, b"", digest.encode())
+    else:
+        _entry(h, cache, rel, context.root / where, st, exact=False)
 
 
 def path_digest(path: Path, cache: StatCache) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from acbuild.errors import FetchError
 from acbuild.fs.atomic import atomic_write
+from acbuild.fs.private import private_dir
 
 INDEX = "index.json"
 _INDEX_VERSION = 1
@@ -52,6 +53,11 @@ class ImageStore:
                env: Mapping[str, str] | None = None) -> ImageStore:
         return cls(explicit if explicit is not None else default_location(env))
 
+    def check(self) -> None:
+        """Make the store, or refuse one another user could write into: an image planted
+        there would be used as if it had been fetched and verified."""
+        private_dir(self.root, what="image store")
+
     def aci_path(self, image_id: str) -> Path:
         return self.root / f"{image_id}.aci"
 
@@ -60,7 +66,7 @@ class ImageStore:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.check()
         with (self.root / ".lock").open("a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
@@ -70,12 +76,16 @@ class ImageStore:
 
     def temp_dir(self) -> Path:
         """A place for downloads on the store's file system, so storing is a rename."""
+        self.check()
         tmp = self.root / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(mode=0o700, exist_ok=True)
         return tmp
 
     def entries(self) -> tuple[Entry, ...]:
         path = self.root / INDEX
+        if not self.root.exists():
+            return ()
+        self.check()
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
             return tuple(_entry(e) for e in doc["images"])

@@ -13,7 +13,7 @@ import socket
 import zlib
 from pathlib import Path
 
-from acbuild.fs.staging import remove_tree
+from acbuild.fs.staging import remove_at
 
 
 def _host() -> str:
@@ -37,25 +37,32 @@ def _alive(pid: int) -> bool:
 
 def sweep(directory: Path, prefix: str, suffix: str = "") -> list[Path]:
     """Remove ``<prefix><pid>-<host>.<anything><suffix>`` entries in ``directory`` whose
-    process is gone; returns what was removed. Errors are ignored: this is housekeeping."""
+    process is gone and that this user owns; returns what was removed. Errors are ignored:
+    this is housekeeping.
+
+    Another user's entry is never touched, whatever its name says: in a directory others
+    may write to, a name is no proof of who made it. Entries are examined and removed
+    through a descriptor of ``directory`` and never followed (see ``remove_at``).
+    """
     pattern = re.compile(re.escape(prefix) + r"(\d+)-([0-9a-f]{8})\..*" + re.escape(suffix) + "$")
     removed: list[Path] = []
     host = _host()
     try:
-        names = os.listdir(directory)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return removed
-    for name in names:
-        found = pattern.match(name)
-        if found is None or found[2] != host or _alive(int(found[1])):
-            continue
-        path = directory / name
-        try:
-            if path.is_dir() and not path.is_symlink():
-                remove_tree(path, ignore_errors=True)
-            else:
-                path.unlink()
-        except OSError:
-            continue
-        removed.append(path)
+    try:
+        for name in os.listdir(fd):
+            found = pattern.match(name)
+            if found is None or found[2] != host or _alive(int(found[1])):
+                continue
+            try:
+                if os.lstat(name, dir_fd=fd).st_uid != os.geteuid():
+                    continue
+                remove_at(fd, name)
+            except OSError:
+                continue
+            removed.append(directory / name)
+    finally:
+        os.close(fd)
     return removed

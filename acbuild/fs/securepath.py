@@ -7,13 +7,12 @@ Every path that comes from an archive, an Acfile or another image is ``unsafe_*`
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import sys
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from acbuild.errors import AcbuildError
+from acbuild.fs.staging import remove_tree
 
 # The kernel's limit for symlinks met in one resolution (MAXSYMLINKS); the same bound
 # keeps a hostile archive from building a loop we would chase forever.
@@ -138,22 +137,7 @@ def remove_entry(path: Path) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
     if stat.S_ISDIR(st.st_mode):
-        _rmtree(path)
+        remove_tree(path)
     else:
         os.unlink(path)
     return True
-
-
-def _rmtree(path: Path) -> None:
-    def retry(func: object, failed: str, exc: BaseException) -> None:
-        # a 0555 directory left by an unprivileged extraction: make it writable, retry
-        if not isinstance(exc, PermissionError):
-            raise exc
-        os.chmod(os.path.dirname(failed), 0o700)
-        remove_entry(Path(failed))
-
-    # rmtree works on file descriptors and never follows symlinks on Linux
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=retry)
-    else:
-        shutil.rmtree(path, onerror=lambda f, p, ei: retry(f, p, ei[1]))

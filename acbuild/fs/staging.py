@@ -8,8 +8,10 @@ and the finalizer reads it back: root and rootless builds give the same image.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import shutil
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,18 +62,122 @@ class StagedRootfs:
 def remove_tree(path: Path, *, ignore_errors: bool = False) -> None:
     """Remove a staged tree even where the image made directories read-only (0555).
 
-    Only real directories are made writable: a symlink in the tree may point anywhere, and
-    Linux cannot chmod a symlink itself.
+    Walked through directory descriptors, each opened with O_NOFOLLOW relative to its
+    parent: a symlink is only ever unlinked, never followed, and a directory swapped for a
+    symlink while we work cannot lead the removal (or a chmod) out of the tree.
     """
-    if not os.path.lexists(path):
+    path = Path(path)
+    try:
+        parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        if ignore_errors or not os.path.lexists(path):
+            return
+        raise
+    try:
+        remove_at(parent, path.name, ignore_errors=ignore_errors)
+    finally:
+        os.close(parent)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def remove_at(dir_fd: int, name: str, *, ignore_errors: bool = False) -> None:
+    """Remove ``name`` in the directory ``dir_fd`` and, if it is a directory, all below it."""
+    try:
+        _remove_at(dir_fd, name)
+    except OSError:
+        if not ignore_errors:
+            raise
+
+
+def _remove_at(dir_fd: int, name: str) -> None:
+    # An explicit stack, not recursion: an archive can nest directories thousands deep.
+    top = _open_dir(dir_fd, name)
+    if top is None:
         return
-    for parent, dirs, _files in os.walk(path):
-        for name in dirs:
-            child = os.path.join(parent, name)
-            if not os.path.islink(child):
-                with contextlib.suppress(OSError):
-                    os.chmod(child, 0o700)
-    if os.path.isdir(path) and not os.path.islink(path):
-        with contextlib.suppress(OSError):
-            os.chmod(path, 0o700)
-    shutil.rmtree(path, ignore_errors=ignore_errors)
+    stack = [_Level(parent=dir_fd, name=name, fd=top, subdirs=_empty_files(top))]
+    try:
+        while stack:
+            level = stack[-1]
+            if level.subdirs:
+                child = level.subdirs.pop()
+                opened = _open_dir(level.fd, child)
+                if opened is not None:
+                    stack.append(_Level(parent=level.fd, name=child, fd=opened,
+                                        subdirs=_empty_files(opened)))
+                continue
+            try:
+                _in_dir(level.parent, os.rmdir, level.name)
+            except FileNotFoundError:
+                pass  # removed meanwhile by someone else
+            except NotADirectoryError:
+                # Replaced by a symlink or file while we emptied it (through its descriptor,
+                # wherever it was moved): the name is unlinked, never followed.
+                _in_dir(level.parent, os.unlink, level.name)
+            except OSError as e:
+                if e.errno != errno.ENOTEMPTY or level.retries > 3:
+                    raise
+                # Something appeared meanwhile (a file swapped for a directory): again.
+                level.retries += 1
+                level.subdirs = _empty_files(level.fd)
+                continue
+            stack.pop()
+            os.close(level.fd)
+    finally:
+        for level in stack:
+            os.close(level.fd)
+
+
+@dataclass(slots=True, kw_only=True)
+class _Level:
+    parent: int
+    name: str
+    fd: int
+    subdirs: list[str]
+    retries: int = 0
+
+
+def _open_dir(dir_fd: int, name: str) -> int | None:
+    """``name`` opened as a directory (made writable through its descriptor, for a 0555
+    directory from an image); None when it is not one and was unlinked instead."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        _in_dir(dir_fd, os.unlink, name)  # a file or symlink: unlinked, never followed
+        return None
+    with contextlib.suppress(OSError):
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o700 != 0o700:
+            os.fchmod(fd, 0o700)
+    return fd
+
+
+def _empty_files(fd: int) -> list[str]:
+    """Unlink every non-directory in the directory ``fd``; the subdirectories' names."""
+    subdirs = []
+    with os.scandir(fd) as it:
+        entries = list(it)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            subdirs.append(entry.name)
+            continue
+        try:
+            _in_dir(fd, os.unlink, entry.name)
+        except IsADirectoryError:
+            subdirs.append(entry.name)  # swapped for a directory meanwhile
+        except FileNotFoundError:
+            pass
+    return subdirs
+
+
+def _in_dir(fd: int, action: Callable[..., None], name: str) -> None:
+    """``action(name, dir_fd=fd)``, making ``fd`` writable (by descriptor) when it is not."""
+    try:
+        action(name, dir_fd=fd)
+    except PermissionError:
+        os.fchmod(fd, 0o700)
+        action(name, dir_fd=fd)

@@ -1,16 +1,20 @@
 """Users: resolving user and group names through a staged rootfs's /etc/passwd and /etc/group.
 
 Used by RUN (USER/--user), COPY --chown and `acbuild-py run`. The files are read through the
-rootfs's safe join, so a hostile image cannot point them at the host's.
+rootfs's safe join and opened by descriptor, so a hostile image cannot point them at the
+host's, hang the build with a FIFO or make it read gigabytes.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.errors import AcbuildError
-from acbuild.fs.securepath import safe_join
+from acbuild.fs.beneath import open_beneath
+from acbuild.fs.securepath import relpath_in, safe_join
 
 MAX_DB_BYTES = 4 << 20  # an /etc/passwd larger than this is not a real one
 
@@ -23,17 +27,46 @@ class Identity:
 
 
 def _read_db(root: Path, name: str) -> list[list[str]]:
-    try:
-        path = safe_join(root, f"/etc/{name}", follow_final=True)
-        with path.open("rb") as f:
-            data = f.read(MAX_DB_BYTES)
-    except (OSError, AcbuildError):
+    data = _read_bounded(root, f"etc/{name}")
+    if data is None:
         return []
     rows = []
     for line in data.decode("utf-8", "replace").splitlines():
         if line and not line.startswith("#"):
             rows.append(line.split(":"))
     return rows
+
+
+def _read_bounded(root: Path, unsafe: str) -> bytes | None:
+    """The file's bytes (None when there is none). Symlinks resolve inside the rootfs; the
+    resolved path is then opened by descriptors with no symlink followed (a swap cannot
+    lead out), non-blocking (a FIFO cannot hang us) and must be a regular file no larger
+    than MAX_DB_BYTES (nothing is read whole that a hostile image made huge)."""
+    shown = "/" + unsafe
+    try:
+        rel = relpath_in(root, safe_join(root, unsafe, follow_final=True))
+        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = open_beneath(top, rel, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        finally:
+            os.close(top)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except AcbuildError as e:
+        raise AcbuildError(f"the image's {shown}: {e.message}") from None
+    except OSError as e:
+        raise AcbuildError(f"cannot read the image's {shown}: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise AcbuildError(f"the image's {shown} is not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        if st.st_size > MAX_DB_BYTES:
+            raise AcbuildError(f"the image's {shown} is larger than {MAX_DB_BYTES >> 20} MiB")
+        data = f.read(MAX_DB_BYTES + 1)
+    if len(data) > MAX_DB_BYTES:  # it grew after fstat
+        raise AcbuildError(f"the image's {shown} is larger than {MAX_DB_BYTES >> 20} MiB")
+    return data
 
 
 def _number(text: str) -> int | None:

@@ -1,11 +1,15 @@
 """Plan stage: what a BEGIN argument names (scratch, a local path, an archive, an image name).
 
-``parse_base`` is pure (no I/O): it only joins paths to the Acfile's directory; the executor
-(acbuild.build.bases) opens what the reference names.
+``parse_base`` is pure (no I/O): it only joins paths to the Acfile's directory; ``confine``
+then holds a host path to the places the user allowed; the executor (acbuild.build.bases)
+opens what the reference names.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,3 +97,26 @@ def _image_name(text: str) -> ImageName:
         if problem := appc.label_name_problem(key):
             raise AcfileError(problem)
     return ImageName(name=name, labels=labels)
+
+
+# ---- where a base may come from ---------------------------------------------------------------
+
+
+def confine(base: BaseRef, text: str, allowed: Sequence[Path]) -> BaseRef:
+    """``base`` with its host path resolved (symlinks included), when that path lies in
+    one of ``allowed`` (the Acfile's directory, the context, each --allow-path); else an
+    AcfileError (without a span). An Acfile alone can never widen ``allowed``: it is
+    untrusted input, and `BEGIN /etc` would put the host's tree into the image."""
+    if not isinstance(base, LocalImage | DockerArchive | OciLayout | OciArchive):
+        return base
+    real = Path(os.path.realpath(base.path))
+    roots = [Path(os.path.realpath(root)) for root in allowed]
+    if any(real == root or real.is_relative_to(root) for root in roots):
+        return dataclasses.replace(base, path=real)
+    named = text.split(":", 2)[1] if not isinstance(base, LocalImage) else text
+    via = "" if real == Path(os.path.abspath(base.path)) else f" (it resolves to '{real}')"
+    raise AcfileError(
+        f"BEGIN path '{named}' is outside the Acfile's directory and the build "
+        f"context{via}",
+        hint=f"a host path outside them needs --allow-path on the command line, as in "
+             f"--allow-path {real if real.is_dir() else real.parent}")

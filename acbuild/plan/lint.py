@@ -16,8 +16,9 @@ from acbuild.acfile import instructions as ins
 from acbuild.acfile.context import BuildContext, has_glob
 from acbuild.acfile.parse import parse
 from acbuild.acfile.render import render
-from acbuild.errors import AcbuildError, AcfileError, Span
+from acbuild.errors import AcbuildError, AcfileError, Span, raise_all
 from acbuild.plan.baseref import ImageName, parse_base
+from acbuild.plan.plan import begin_path_errors
 
 RULES: dict[str, str] = {
     "AC001": "the image has no EXEC",
@@ -53,7 +54,8 @@ class Finding:
 
 
 def lint_file(path: Path, *, context: Path | None = None,
-              variables: Mapping[str, str] | None = None) -> tuple[Finding, ...]:
+              variables: Mapping[str, str] | None = None,
+              allow_paths: Sequence[Path] = ()) -> tuple[Finding, ...]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -61,14 +63,18 @@ def lint_file(path: Path, *, context: Path | None = None,
     except UnicodeDecodeError:
         raise AcfileError(f"{path} is not UTF-8 text") from None
     return lint_text(text, file=str(path), context=context or path.parent,
-                     variables=variables or {})
+                     variables=variables or {}, allow_paths=allow_paths)
 
 
-def lint_text(text: str, *, file: str, context: Path,
-              variables: Mapping[str, str]) -> tuple[Finding, ...]:
-    """Every finding in file order, after the ignore comments took theirs out."""
+def lint_text(text: str, *, file: str, context: Path, variables: Mapping[str, str],
+              allow_paths: Sequence[Path] = ()) -> tuple[Finding, ...]:
+    """Every finding in file order, after the ignore comments took theirs out. A BEGIN host
+    path the build would refuse (outside the Acfile's directory, the context and
+    ``allow_paths``) is an error, as it is for build and plan."""
     rendered = render(text, file=file, variables=variables)
     instructions = parse(rendered)
+    raise_all(begin_path_errors(instructions, acfile_dir=Path(file).parent,
+                                allowed=(context, *allow_paths)))
     source = text.splitlines()
     findings = [*_stage_findings(instructions), *_instruction_findings(instructions, context,
                                                                          source)]

@@ -18,7 +18,7 @@ from acbuild.image import manifest_rules as appc
 from acbuild.image.manifest import host_os_arch
 
 # Base references moved to acbuild.plan.baseref; these names stay importable from here.
-from acbuild.plan.baseref import BaseRef, Scratch, parse_base
+from acbuild.plan.baseref import BaseRef, Scratch, confine, parse_base
 
 # ---- the plan ---------------------------------------------------------------------------------
 
@@ -71,6 +71,7 @@ def make_plan(
     instructions: Sequence[ins.Instruction],
     *,
     acfile_dir: Path,
+    allowed: Sequence[Path] = (),
     target: str | None = None,
     extra_sign_keys: Sequence[str] = (),
 ) -> Plan:
@@ -78,12 +79,13 @@ def make_plan(
 
     Every stage is checked, even one the target does not need, so a file is either right or
     wrong whatever ``target`` is. Only SIGN lines of the target stage count: the other stages
-    are never written as images.
+    are never written as images. A BEGIN host path must lie in ``acfile_dir`` or one of
+    ``allowed`` (the context and each --allow-path).
     """
     if not instructions:
         raise AcfileError("the Acfile has no instructions", hint="start with 'BEGIN scratch'")
     errors: list[AcbuildError] = []
-    drafts = _drafts(instructions, acfile_dir, errors)
+    drafts = _drafts(instructions, acfile_dir, (acfile_dir, *allowed), errors)
     chosen = _target(drafts, target, errors)
     if chosen is not None and not any(isinstance(i, ins.Name) for i in chosen.body):
         errors.append(AcfileError("no NAME given: add a line such as 'NAME example.com/app'"))
@@ -109,6 +111,17 @@ def check_instructions(instructions: Sequence[ins.Instruction]) -> list[AcbuildE
     return [error for i in instructions for error in _check(i)]
 
 
+def begin_path_errors(instructions: Sequence[ins.Instruction], *, acfile_dir: Path,
+                      allowed: Sequence[Path] = ()) -> list[AcbuildError]:
+    """The BEGIN lines whose host path lies outside ``acfile_dir`` and ``allowed`` (for
+    lint, which checks no more of BEGIN than that)."""
+    errors: list[AcbuildError] = []
+    for i in instructions:
+        if isinstance(i, ins.Begin):
+            _base(i, acfile_dir, (acfile_dir, *allowed), errors)
+    return errors
+
+
 def _one_signer(body: Sequence[ins.Instruction], extra: Sequence[str]) -> list[AcbuildError]:
     """An image has one signature file, IMAGE.asc, and verification names one signer: a
     second key is a mistake to report, not a signature to drop silently."""
@@ -123,7 +136,8 @@ def _one_signer(body: Sequence[ins.Instruction], extra: Sequence[str]) -> list[A
 
 
 def _drafts(
-    instructions: Sequence[ins.Instruction], acfile_dir: Path, errors: list[AcbuildError]
+    instructions: Sequence[ins.Instruction], acfile_dir: Path, allowed: Sequence[Path],
+    errors: list[AcbuildError],
 ) -> list[_Draft]:
     first = instructions[0]
     if not isinstance(first, ins.Begin):
@@ -143,7 +157,7 @@ def _drafts(
                 index=index,
                 begin=begin,
                 body=tuple(body),
-                base=_base(begin, acfile_dir, errors),
+                base=_base(begin, acfile_dir, allowed, errors),
                 needs=frozenset(_copy_sources(body, begin, names, errors)),
             )
         )
@@ -155,9 +169,10 @@ def _drafts(
     return drafts
 
 
-def _base(begin: ins.Begin, acfile_dir: Path, errors: list[AcbuildError]) -> BaseRef:
+def _base(begin: ins.Begin, acfile_dir: Path, allowed: Sequence[Path],
+          errors: list[AcbuildError]) -> BaseRef:
     try:
-        return parse_base(begin.base, acfile_dir)
+        return confine(parse_base(begin.base, acfile_dir), begin.base, allowed)
     except AcfileError as e:
         errors.append(_error(begin, begin.base, e.message, e.hint))
         return Scratch()

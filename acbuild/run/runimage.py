@@ -19,6 +19,7 @@ from typing import Literal
 
 from acbuild.distribution.imagestore import ImageStore
 from acbuild.errors import AcbuildError, SandboxError
+from acbuild.fs.private import private_dir
 from acbuild.fs.staging import StagedRootfs, remove_tree
 from acbuild.image import aci, manifest
 from acbuild.image.manifest import App, ImageManifest
@@ -70,7 +71,8 @@ def run_image(options: RunOptions, reporter: Reporter, on_output: Callable[[str]
     """Run the image's app (pre-start handlers first, post-stop last); its exit status."""
     if options.verify_local is not None:
         options.verify_local(options.image, reporter)
-    cache = cache_root(options.environ)
+    # Rendered rootfs trees are run as they are: no one else may write where they live.
+    cache = private_dir(cache_root(options.environ), what="run cache")
     rendered, image_manifest = rendered_rootfs(options, cache, reporter)
     app = image_manifest.app or App()
     argv = (*app.exec, *options.args)
@@ -109,7 +111,7 @@ def rendered_rootfs(options: RunOptions, cache: Path,
 
 
 def _render_into_cache(options: RunOptions, entry: Path, reporter: Reporter) -> None:
-    entry.parent.mkdir(parents=True, exist_ok=True)
+    entry.parent.mkdir(mode=0o700, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
     try:
         (temp / "rootfs").mkdir(mode=0o755)
@@ -131,7 +133,7 @@ def _render_into_cache(options: RunOptions, entry: Path, reporter: Reporter) -> 
 @contextmanager
 def _scratch(cache: Path) -> Iterator[Path]:
     """A private directory for one run's rootfs copy (beside the cache, for reflinks)."""
-    (cache / "run").mkdir(parents=True, exist_ok=True)
+    (cache / "run").mkdir(mode=0o700, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix="run-", dir=cache / "run"))
     try:
         yield path

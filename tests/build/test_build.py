@@ -207,7 +207,8 @@ def test_local_aci_base_is_inherited_without_path_whitelist(
     write_acfile(tmp_path / "child", (
         "BEGIN ../base.aci\nNAME example.com/child\nLABEL version=2.0.0\n"
     ))
-    r = acbuild("build", tmp_path / "child" / "Acfile", "-o", tmp_path / "child.aci")
+    r = acbuild("build", tmp_path / "child" / "Acfile", "-o", tmp_path / "child.aci",
+                "--allow-path", tmp_path)
     assert r.code == 0, r.stderr
     m = manifest_of(tmp_path / "child.aci")
     assert m["name"] == "example.com/child"
@@ -225,7 +226,9 @@ def test_hostile_base_tarball_cannot_escape(tmp_path: Path) -> None:
             .file("etc/evil/pwned", b"gotcha").data())
     hostile.write(tmp_path / "evil.tar", evil)
     write_acfile(tmp_path / "ctx", "BEGIN ../evil.tar\nNAME example.com/evil\n")
-    r = acbuild("build", tmp_path / "ctx" / "Acfile", "-o", tmp_path / "evil.aci")
+    r = acbuild("build", tmp_path / "ctx" / "Acfile", "-o", tmp_path / "evil.aci",
+                "--allow-path", tmp_path)
+    assert r.code == 0, r.stderr
     assert not (outside / "pwned").exists()
     assert "Traceback" not in r.stderr
     if r.code == 0:
@@ -242,7 +245,8 @@ def test_traversal_entry_in_base_is_rejected(tmp_path: Path) -> None:
     data = hostile.aci().file("rootfs/../../escaped", b"x").data()
     hostile.write(tmp_path / "evil.aci", data)
     write_acfile(tmp_path / "ctx", "BEGIN ../evil.aci\nNAME example.com/evil\n")
-    r = acbuild("build", tmp_path / "ctx" / "Acfile", "-o", tmp_path / "out.aci")
+    r = acbuild("build", tmp_path / "ctx" / "Acfile", "-o", tmp_path / "out.aci",
+                "--allow-path", tmp_path)
     assert r.code == 1
     assert f"{tmp_path / 'ctx' / 'Acfile'}:1:1: error: archive entry 'rootfs/../../escaped' " \
         "points outside the image" in r.stderr
@@ -280,7 +284,8 @@ def test_plain_rootfs_directory_base(tmp_path: Path) -> None:
     (rootfs / "etc" / "motd").write_text("hi\n")
     (rootfs / "link").symlink_to("/etc/motd")
     write_acfile(tmp_path / "ctx", "BEGIN ../rootfs\nNAME example.com/dir\n")
-    r = acbuild("build", tmp_path / "ctx" / "Acfile", "-o", tmp_path / "x.aci")
+    r = acbuild("build", tmp_path / "ctx" / "Acfile", "-o", tmp_path / "x.aci",
+                "--allow-path", tmp_path)
     assert r.code == 0, r.stderr
     with tarfile.open(tmp_path / "x.aci") as t:
         assert t.getmember("rootfs/link").linkname == "/etc/motd"

@@ -54,7 +54,8 @@ def run_together(commands: Sequence[Sequence[str | Path]], env: dict[str, str]) 
 
 
 def reference(acfile: Path, tmp_path: Path) -> str:
-    (ref,) = run_together([("build", acfile, "-o", tmp_path / "ref.aci", "--no-cache")],
+    (ref,) = run_together([("build", "--allow-path", tmp_path, acfile,
+                            "-o", tmp_path / "ref.aci", "--no-cache")],
                           {"XDG_STATE_HOME": str(tmp_path / "state")})
     return ref
 
@@ -63,7 +64,8 @@ def test_two_builds_to_one_output(acfile: Path, tmp_path: Path) -> None:
     want = reference(acfile, tmp_path)
     out = tmp_path / "out" / "race.aci"
     out.parent.mkdir()
-    ids = run_together([("build", acfile, "-o", out)] * 2,
+    ids = run_together([("build", "--allow-path", tmp_path, acfile,
+                            "-o", out)] * 2,
                        {"XDG_CACHE_HOME": str(tmp_path / "cache"),
                         "XDG_STATE_HOME": str(tmp_path / "state")})
     assert ids == [want, want]
@@ -76,11 +78,13 @@ def test_two_builds_to_two_outputs_share_one_cache(acfile: Path, tmp_path: Path)
     want = reference(acfile, tmp_path)
     cache = tmp_path / "shared-cache"
     outs = [tmp_path / "a.aci", tmp_path / "b.aci"]
-    ids = run_together([("build", acfile, "-o", o, "--cache-dir", cache) for o in outs],
+    ids = run_together([("build", "--allow-path", tmp_path, acfile,
+                            "-o", o, "--cache-dir", cache) for o in outs],
                        {"XDG_STATE_HOME": str(tmp_path / "state")})
     assert ids == [want, want]
     # and the cache the race filled gives the same image again
-    (again,) = run_together([("build", acfile, "-o", tmp_path / "c.aci", "--cache-dir", cache)],
+    (again,) = run_together([("build", "--allow-path", tmp_path, acfile,
+                            "-o", tmp_path / "c.aci", "--cache-dir", cache)],
                             {"XDG_STATE_HOME": str(tmp_path / "state")})
     assert again == want
     for o in [*outs, tmp_path / "c.aci"]:

@@ -62,7 +62,7 @@ def start_build(project: Path, out: Path, env: Mapping[str, str],
                 *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "acbuild", "build", str(project / "ctx" / "Acfile"), "-o",
-         str(out), "--gpg-home", env["GNUPGHOME"], *extra],
+         str(out), "--gpg-home", env["GNUPGHOME"], "--allow-path", str(project), *extra],
         env=env, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         start_new_session=True,
     )
@@ -118,7 +118,8 @@ def test_sigkill_at_random_points_never_leaves_a_partial_image(
     env = environment(tmp_path, gpgkeys)
     out = tmp_path / "out" / "crash-1.aci"
     out.parent.mkdir()
-    clean = acbuild("build", project / "ctx" / "Acfile", "-o", out, "--gpg-home",
+    clean = acbuild("build", project / "ctx" / "Acfile", "-o", out, "--allow-path", project,
+                    "--gpg-home",
                     env["GNUPGHOME"], cwd=project, env=env)
     assert clean.code == 0, clean.stderr
     good_bytes = out.read_bytes()
@@ -144,7 +145,8 @@ def test_sigkill_at_random_points_never_leaves_a_partial_image(
             gpghelp.gpg(gpgkeys.home, "--verify", str(sig), str(out))  # raises if stale
         assert not sandbox_processes(), f"kill {i}: sandbox left running"
         assert not mounts_below(tmp_path), f"kill {i}: mounts left"
-    r = acbuild("build", project / "ctx" / "Acfile", "-o", out, "--gpg-home", env["GNUPGHOME"],
+    r = acbuild("build", project / "ctx" / "Acfile", "-o", out, "--allow-path", project,
+                "--gpg-home", env["GNUPGHOME"],
                 cwd=project, env=env)
     assert r.code == 0, r.stderr
     assert image_id(r.stdout) == image_id(clean.stdout)
@@ -170,7 +172,7 @@ def interrupted(project: Path, tmp_path: Path, gpgkeys: gpghelp.Keys, sig: int,
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
         results.append((delay, proc.returncode, err.decode(), leftovers(out),
-                        sorted(os.listdir(env["TMPDIR"]))))
+                        sorted(os.listdir(Path(env["TMPDIR"]) / f"acbuild-py-{os.geteuid()}"))))
         assert not sandbox_processes()
     return results
 

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from acbuild.build.build import work_directory
 from acbuild.fs.atomic import atomic_write
 from acbuild.fs.leftovers import owner_tag, sweep
+from acbuild.fs.private import UnsafeDirectory, user_temp_root
+from tests.support.otheruser import as_nobody, shared_directory
 
 
 def dead_pid() -> int:
@@ -40,3 +48,75 @@ def test_atomic_write_sweeps_what_a_killed_writer_left(tmp_path: Path) -> None:
     with atomic_write(tmp_path / "img.aci") as f:
         f.write(b"whole")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.aci"]
+
+
+# -- another local user ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A directory like /tmp: world-writable and sticky, reachable by `nobody`."""
+    yield from shared_directory()
+
+
+def test_sweep_leaves_entries_another_user_planted(shared: Path) -> None:
+    """A second user names entries as a dead build of ours would: nothing of theirs goes,
+    and a symlink they plant is not followed into what it points at."""
+    host = owner_tag().split("-")[1]
+    victim = shared / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "sub" / "precious").write_text("keep")
+    pid = dead_pid()
+
+    def plant() -> None:
+        (shared / f"acbuild-{pid}-{host}.dir" / "deep").mkdir(parents=True)
+        (shared / f"acbuild-{pid}-{host}.file").write_text("theirs")
+        (shared / f"acbuild-{pid}-{host}.link").symlink_to(victim)
+
+    as_nobody(plant)
+    assert sweep(shared, "acbuild-") == []
+    assert sorted(p.name for p in shared.iterdir()) == sorted(
+        [*(f"acbuild-{pid}-{host}.{k}" for k in ("dir", "file", "link")), "victim"])
+    assert (victim / "sub" / "precious").read_text() == "keep"
+    assert victim.stat().st_mode & 0o777 == 0o755
+
+
+def test_build_work_trees_live_in_a_private_per_user_directory(
+        shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep of killed builds' trees runs in $TMPDIR/acbuild-py-<uid> (0700), never in
+    the shared root, where another user's planted entry would be removed as root."""
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    host = owner_tag().split("-")[1]
+    planted = shared / f"acbuild-{dead_pid()}-{host}.planted"
+    as_nobody(lambda: planted.mkdir())
+    with work_directory() as work:
+        mine = shared / f"acbuild-py-{os.geteuid()}"
+        assert work.parent == mine
+        assert stat.S_IMODE(mine.stat().st_mode) == 0o700
+    assert planted.is_dir()
+    assert list(mine.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["dir", "symlink", "open-dir"])
+def test_a_per_user_temporary_root_planted_by_another_user_is_refused(
+        shared: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    mine = shared / f"acbuild-py-{os.geteuid()}"
+    theirs = shared / "theirs"
+    theirs.mkdir()
+    theirs.chmod(0o777)
+
+    def plant() -> None:
+        if kind == "dir":
+            mine.mkdir(0o700)
+        elif kind == "symlink":
+            mine.symlink_to(theirs)
+        else:
+            mine.mkdir()
+            mine.chmod(0o777)
+
+    as_nobody(plant)
+    with pytest.raises(UnsafeDirectory) as e:
+        user_temp_root()
+    assert str(mine) in e.value.message
+    assert e.value.hint

@@ -316,7 +316,7 @@ def test_cli_exposes_max_image_size(tmp_path: Path) -> None:
     (tmp_path / "ctx").mkdir()
     (tmp_path / "ctx" / "Acfile").write_text("BEGIN ../bomb.aci\nNAME example.com/bomb\n")
     r = acbuild("build", "--max-image-size", "1M", tmp_path / "ctx" / "Acfile",
-                "-o", tmp_path / "out.aci")
+                "-o", tmp_path / "out.aci", "--allow-path", tmp_path)
     assert r.code == 1
     assert "image content is larger than the limit of 1048576 bytes" in r.stderr
 

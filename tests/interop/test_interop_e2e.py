@@ -37,7 +37,7 @@ def test_begin_docker_archive_with_run_then_export_to_oci(archive: Path, tmp_pat
         "EXEC /bin/cat /etc/motd\n"
     )
     image = tmp_path / "app.aci"
-    r = acbuild("build", ctx / "Acfile", "-o", image)
+    r = acbuild("build", ctx / "Acfile", "-o", image, "--allow-path", archive.parent)
     assert r.code == 0, r.stderr
     assert "carries no signature" in r.stderr  # a Docker base is unsigned, and the log says so
     actool_validate(image)

@@ -28,7 +28,8 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (where / "ctx").mkdir()
     (where / "ctx" / "Acfile").write_text(
         f"BEGIN {rootfs}\nNAME example.com/busybox\nEXEC /bin/sh\n")
-    r = acbuild("build", "--no-cache", where / "ctx" / "Acfile", "-o", where / "busybox.aci")
+    r = acbuild("build", "--no-cache", where / "ctx" / "Acfile", "-o", where / "busybox.aci",
+                "--allow-path", rootfs)
     assert r.code == 0, r.stderr
     return where
 
@@ -40,7 +41,7 @@ def image(tmp_path: Path, images: Path, body: str, name: str = "app") -> Path:
     (ctx / "Acfile").write_text(
         f"BEGIN {images / 'busybox.aci'}\nNAME example.com/{name}\n{body}")
     out = tmp_path / f"{name}.aci"
-    r = acbuild("build", "--no-cache", ctx / "Acfile", "-o", out)
+    r = acbuild("build", "--no-cache", ctx / "Acfile", "-o", out, "--allow-path", images)
     assert r.code == 0, r.stderr
     return out
 

@@ -64,7 +64,8 @@ def test_files_created_by_run_land_in_the_image(base: Path, tmp_path: Path) -> N
         'RUN ["/bin/sh", "-c", "echo json form > /srv/json"]\n'
         "EXEC /bin/sh\n"
     ))
-    r = acbuild("build", "--no-cache", tmp_path / "Acfile", "-o", tmp_path / "x.aci")
+    r = acbuild("build", "--no-cache", "--allow-path", base,
+                tmp_path / "Acfile", "-o", tmp_path / "x.aci")
     assert r.code == 0, r.stderr
     got = members(tmp_path / "x.aci")
     assert read(tmp_path / "x.aci", "rootfs/srv/data/f") == "payload\n"
@@ -84,7 +85,8 @@ def test_host_is_invisible_and_network_off_by_default(base: Path, tmp_path: Path
         "RUN /bin/sh -c 'tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d \" \"'\n"
         "RUN --network=host /bin/sh -c 'tail -n +3 /proc/net/dev | wc -l'\n"
     ))
-    r = acbuild("build", "--no-cache", tmp_path / "Acfile", "-o", tmp_path / "x.aci")
+    r = acbuild("build", "--no-cache", "--allow-path", base,
+                tmp_path / "Acfile", "-o", tmp_path / "x.aci")
     assert r.code == 0, r.stderr
     hidden, lo, host_count = output_of(r.stderr)
     assert (hidden, lo) == ("host hidden", "lo")
@@ -100,7 +102,8 @@ def test_env_workdir_and_user(base: Path, tmp_path: Path) -> None:
         "USER nobody\n"
         "RUN /bin/sh -c 'id -u'\n"
     ))
-    r = acbuild("build", "--no-cache", tmp_path / "Acfile", "-o", tmp_path / "x.aci")
+    r = acbuild("build", "--no-cache", "--allow-path", base,
+                tmp_path / "Acfile", "-o", tmp_path / "x.aci")
     assert r.code == 0, r.stderr
     assert output_of(r.stderr) == [
         "image /work 0:0 /root",
@@ -118,7 +121,8 @@ def test_failure_shows_the_last_lines_and_keeps_the_full_log(base: Path, tmp_pat
         "RUN /bin/sh -c 'echo first step'\n"
         "RUN /bin/sh -c 'for i in $(seq 1 30); do echo line $i; done; exit 2'\n"
     ))
-    r = acbuild("build", "--no-cache", "Acfile", "-o", out, "--log-file", log, cwd=tmp_path)
+    r = acbuild("build", "--no-cache", "--allow-path", base,
+                "Acfile", "-o", out, "--log-file", log, cwd=tmp_path)
     assert r.code == 1
     tail = "\n".join(f"      line {i}" for i in range(11, 31))
     assert r.stderr.endswith(
@@ -136,7 +140,8 @@ def test_failure_shows_the_last_lines_and_keeps_the_full_log(base: Path, tmp_pat
 
 def test_missing_program_is_reported_at_the_step(base: Path, tmp_path: Path) -> None:
     acfile(tmp_path, base, "RUN /bin/nope --flag\n")
-    r = acbuild("build", "--no-cache", "Acfile", "-o", "x.aci", cwd=tmp_path)
+    r = acbuild("build", "--no-cache", "--allow-path", base,
+                "Acfile", "-o", "x.aci", cwd=tmp_path)
     assert r.code == 1
     assert r.stderr.splitlines()[-3:] == [
         "Acfile:3:1: error: program '/bin/nope' not found in the image",
@@ -154,13 +159,15 @@ def test_run_on_scratch_has_no_shell(tmp_path: Path) -> None:
 
 def test_unknown_user_and_timeout(base: Path, tmp_path: Path) -> None:
     acfile(tmp_path, base, "RUN --user=ghost /bin/true\n")
-    r = acbuild("build", "--no-cache", "Acfile", "-o", "x.aci", cwd=tmp_path)
+    r = acbuild("build", "--no-cache", "--allow-path", base,
+                "Acfile", "-o", "x.aci", cwd=tmp_path)
     assert r.code == 1
     assert "Acfile:3:1: error: RUN: user 'ghost' not found in the image's /etc/passwd" \
         in r.stderr
     acfile(tmp_path, base, "RUN --timeout=0.5 /bin/sh -c 'echo slow; sleep 30'\n")
     started = time.monotonic()
-    r = acbuild("build", "--no-cache", "Acfile", "-o", "x.aci", cwd=tmp_path)
+    r = acbuild("build", "--no-cache", "--allow-path", base,
+                "Acfile", "-o", "x.aci", cwd=tmp_path)
     assert r.code == 1 and time.monotonic() - started < 15
     assert "Acfile:3:1: error: RUN timed out after 0.5s" in r.stderr
     assert "slow" in r.stderr
@@ -184,7 +191,7 @@ def test_interrupted_build_leaves_nothing(base: Path, tmp_path: Path, signum: in
     out = tmp_path / "x.aci"
     with subprocess.Popen(
         [sys.executable, "-m", "acbuild", "build", "--no-cache", tmp_path / "ctx" / "Acfile",
-         "-o", out, "--log-file", tmp_path / "build.log"],
+         "-o", out, "--log-file", tmp_path / "build.log", "--allow-path", base],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
         env={**os.environ, "CI": "true", "TMPDIR": str(work)},
     ) as proc:
@@ -212,7 +219,9 @@ def test_interrupted_build_leaves_nothing(base: Path, tmp_path: Path, signum: in
     while processes_with(marker.encode()):
         assert time.monotonic() < deadline, "sandbox processes outlived the build"
         time.sleep(0.05)
-    assert list(work.iterdir()) == []  # the work directory is gone
+    # the work directory is gone; only this user's private temporary root stays
+    assert [p.name for p in work.iterdir()] == [f"acbuild-py-{os.geteuid()}"]
+    assert list((work / f"acbuild-py-{os.geteuid()}").iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["build.log", "ctx", "tmp"]
 
 
@@ -289,10 +298,10 @@ def shared_dir() -> Iterator[Path]:
 
 
 def _build_as_nobody(nobody_env: tuple[str, dict[str, str]], acfile_path: Path,
-                     out: Path) -> subprocess.CompletedProcess[str]:
+                     out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     python, env = nobody_env
     return subprocess.run([*NOBODY, python, "-m", "acbuild", "build", "--no-cache",
-                           str(acfile_path), "-o", str(out)],
+                           str(acfile_path), "-o", str(out), *extra],
                           env=env, cwd="/", capture_output=True, text=True)
 
 
@@ -323,7 +332,8 @@ def test_rootless_build_refuses_another_user(
     for path in (shared_dir, *shared_dir.rglob("*")):
         os.lchown(path, 65534, 65534)
     acfile(shared_dir / "ctx", rootfs, "USER nobody\nRUN /bin/true\n")
-    r = _build_as_nobody(nobody_env, shared_dir / "ctx" / "Acfile", shared_dir / "x.aci")
+    r = _build_as_nobody(nobody_env, shared_dir / "ctx" / "Acfile", shared_dir / "x.aci",
+                         "--allow-path", str(rootfs))
     assert r.returncode == 1
     assert r.stderr.splitlines()[-4:] == [
         f"{shared_dir}/ctx/Acfile:4:1: error: RUN as user 'nobody' (uid 65534, gid 0) "

@@ -167,12 +167,21 @@ def resolve_acfile(path: Path | None, acfile_file: Path | None,
     return where, context
 
 
+allow_path_option = click.option(
+    "--allow-path", "allow_paths", multiple=True, metavar="DIR",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Let BEGIN read a host path below DIR, outside the Acfile's directory and the "
+         "context (repeatable).")
+
+
 def acfile_options(f: F) -> F:
-    """What selects and feeds an Acfile (build and plan): context, variables, target stage,
-    compression (part of the image's cache key) and the cache directory."""
+    """What selects and feeds an Acfile (build and plan): context, host paths BEGIN may
+    read, variables, target stage, compression (part of the image's cache key) and the
+    cache directory."""
     opts = [
         click.option("--context", type=click.Path(path_type=Path, file_okay=False, exists=True),
                      help="Directory COPY sources are relative to (default: the Acfile's)."),
+        allow_path_option,
         *variable_options(),
         click.option("--target", metavar="STAGE", help="Use this stage instead of the last one."),
         click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip",

@@ -9,6 +9,7 @@ import click
 
 from acbuild.acfile.render import load_variables
 from acbuild.cli.commands.common import (
+    allow_path_option,
     global_options,
     resolve_acfile,
     state,
@@ -23,11 +24,12 @@ from acbuild.plan.lint import RULES, lint_file
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--context", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="Directory COPY sources are relative to (default: each Acfile's).")
+@allow_path_option
 @variable_options()[0]
 @variable_options()[1]
 @global_options
-def command(paths: tuple[Path, ...], context: Path | None, variables: tuple[str, ...],
-            var_files: tuple[Path, ...]) -> None:
+def command(paths: tuple[Path, ...], context: Path | None, allow_paths: tuple[Path, ...],
+            variables: tuple[str, ...], var_files: tuple[Path, ...]) -> None:
     """Warn about likely mistakes in each Acfile (a PATH that is a directory means its Acfile;
     no PATH, ./Acfile). Exit 1 if anything is reported.
 
@@ -38,7 +40,8 @@ def command(paths: tuple[Path, ...], context: Path | None, variables: tuple[str,
     as_json = state().resolved_progress() == "json"
     count = 0
     for acfile in acfiles:
-        for finding in lint_file(acfile, context=context, variables=values):
+        for finding in lint_file(acfile, context=context, variables=values,
+                                 allow_paths=allow_paths):
             if as_json:
                 click.echo(json_event("finding", rule=finding.rule, message=finding.message,
                                       file=finding.span.file, line=finding.span.line,

@@ -35,16 +35,17 @@ from acbuild.image.finalize import build_epoch
 @trust_options
 @global_options
 def command(path: Path | None, acfile_file: Path | None, context: Path | None,
-            variables: tuple[str, ...], var_files: tuple[Path, ...], target: str | None,
-            compression: str,
+            allow_paths: tuple[Path, ...], variables: tuple[str, ...],
+            var_files: tuple[Path, ...], target: str | None, compression: str,
             cache_dir: Path | None, **trust: Any) -> None:
     """Print the steps of the Acfile (found as build finds it) with their cache keys, HIT or
     MISS; run nothing."""
     acfile, context = resolve_acfile(path, acfile_file, context)
     reporter = state().reporter()
     options = BuildOptions(acfile=acfile, output=None, base_loader=base_loader(
-        reporter=reporter, **trust), context=context, variables=variables,
-        var_files=var_files, target=target, compression=compression, cache_dir=cache_dir)
+        reporter=reporter, **trust), context=context, allow_paths=allow_paths,
+        variables=variables, var_files=var_files, target=target, compression=compression,
+        cache_dir=cache_dir)
     cache = open_cache(options, reporter)
     assert cache is not None
     plan = load_plan(options, reporter)

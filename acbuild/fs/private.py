@@ -1,0 +1,122 @@
+"""Private directories: where one user's caches, stores, logs and temporary trees live.
+
+Another local user who could write into one of them could plant a cache entry, an image or
+a symlink for a root build to follow. So each is created 0700 and, however it was chosen
+(XDG variable, flag, environment), refused on use when another user owns it or group or
+others may write to it. Only the directory itself is checked, not its parents: a user's
+``~/.cache`` may sit on any path they chose.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from acbuild.errors import AcbuildError
+
+
+class UnsafeDirectory(AcbuildError):
+    """A directory that should be private to this user is not."""
+
+
+def private_dir(path: Path, *, what: str) -> Path:
+    """``path`` as a directory private to this user, made (0700, parents too) if missing.
+
+    A symlink is judged by what it points to: the directory actually written is the one
+    that must be ours. ``what`` names it in errors ("step cache", "image store").
+    """
+    path = Path(path)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except FileExistsError:
+        raise UnsafeDirectory(f"{what} {path} is not a directory") from None
+    except NotADirectoryError:
+        raise UnsafeDirectory(f"{what} {path}: a non-directory is in the way") from None
+    except OSError as e:
+        raise UnsafeDirectory(f"cannot create {what} {path}: {e.strerror}") from None
+    check_private(path, what=what)
+    return path
+
+
+def check_private(path: Path, *, what: str) -> os.stat_result:
+    """Refuse ``path`` unless it is a directory this user owns that only they may write."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except NotADirectoryError:
+        raise UnsafeDirectory(f"{what} {path} is not a directory") from None
+    except OSError as e:
+        raise UnsafeDirectory(f"cannot open {what} {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    hint = f"use a directory of your own for the {what} (mode 0700), or fix this one's owner"
+    if st.st_uid != os.geteuid():
+        raise UnsafeDirectory(
+            f"{what} {path} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})",
+            hint=hint)
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeDirectory(
+            f"{what} {path} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})",
+            hint=f"chmod go-w {path}, or {hint}")
+    return st
+
+
+def user_temp_root() -> Path:
+    """This user's directory for temporary build trees: ``$TMPDIR/acbuild-py-<uid>``.
+
+    Never the shared temporary directory itself, where anyone may plant a name we would
+    sweep or a symlink we would follow.
+    """
+    root = Path(tempfile.gettempdir()) / f"acbuild-py-{os.geteuid()}"
+    try:
+        os.mkdir(root, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise UnsafeDirectory(f"cannot create temporary directory {root}: {e.strerror}") from None
+    # Not private_dir: a symlink planted here by another user must not be followed at all.
+    st = os.lstat(root)
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafeDirectory(
+            f"temporary directory {root} is a symlink (planted by another user?)",
+            hint="remove it, or point TMPDIR at a directory of your own")
+    check_private(root, what="temporary directory")
+    return root
+
+
+def create_private_file(path: Path, *, what: str) -> int:
+    """``path`` opened for writing (truncated), mode 0600; a write-only descriptor.
+
+    Never through a symlink at ``path``, and never a file someone else owns: one planted
+    in a shared directory would otherwise receive (or expose) what we write.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnsafeDirectory(f"{what} {path} is a symlink; refusing to write through it",
+                                  hint="remove it or choose another path") from None
+        raise UnsafeDirectory(f"cannot write {what} {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeDirectory(f"{what} {path} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise UnsafeDirectory(f"{what} {path} belongs to uid {st.st_uid}, not to you",
+                                  hint="remove it or choose another path")
+        if st.st_nlink > 1:
+            # a hardlink of one of our files, planted in a shared directory: not truncated
+            raise UnsafeDirectory(f"{what} {path} has other hard links; refusing to "
+                                  "overwrite it", hint="remove it or choose another path")
+        os.ftruncate(fd, 0)
+        os.fchmod(fd, 0o600)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
