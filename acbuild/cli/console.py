@@ -6,13 +6,13 @@ Everything goes to stderr; stdout carries only the result (the image ID), so
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import traceback
 from collections.abc import Sequence
 from typing import TextIO
 
+import click
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
@@ -30,6 +30,8 @@ from rich.table import Table
 
 from acbuild.errors import AcbuildError, ErrorGroup, Span
 from acbuild.report import Reporter, SilentReporter, StepInfo
+from acbuild.terminal import escape as safe
+from acbuild.terminal import json_dumps, tty_line
 
 SHORT_ID = 19  # "sha512-" and 12 hex digits, as rkt shows image IDs
 
@@ -48,7 +50,7 @@ def human_size(n: int) -> str:
 
 
 def _where(span: Span | None) -> str:
-    return f"{span.file}:{span.line}:{span.column}: " if span else ""
+    return f"{safe(span.file)}:{span.line}:{span.column}: " if span else ""
 
 
 def _summary_rows(rows: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
@@ -70,7 +72,8 @@ class PlainReporter:
         self._step: StepInfo | None = None
 
     def _line(self, text: str) -> None:
-        self._out.write(text + "\n")
+        # Step texts, RUN output, names in messages: none of it may drive the terminal.
+        self._out.write(safe(text) + "\n")
         self._out.flush()
 
     @staticmethod
@@ -133,13 +136,13 @@ class RichReporter:
         self._live.console.print(markup)
 
     def step_started(self, step: StepInfo) -> None:
-        self._print(f"[bold blue][{step.number}/{step.total}][/] [bold]{escape(step.text)}[/]")
+        text = escape(safe(step.text))
+        self._print(f"[bold blue][{step.number}/{step.total}][/] [bold]{text}[/]")
         self._clear_step()
-        self._task = self._steps.add_task(
-            f"[{step.number}/{step.total}] {escape(step.text)}", total=None)
+        self._task = self._steps.add_task(f"[{step.number}/{step.total}] {text}", total=None)
 
     def step_output(self, step: StepInfo, line: str) -> None:
-        self._print(f"  [dim]│[/] {escape(line)}")
+        self._print(f"  [dim]│[/] {escape(tty_line(line))}")
 
     def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False) -> None:
         self._clear_step()
@@ -161,14 +164,14 @@ class RichReporter:
             self._live.start()
         bar = self._bars.get(what)
         if bar is None:
-            bar = self._bars[what] = self._bytes.add_task(what, total=total)
+            bar = self._bars[what] = self._bytes.add_task(escape(safe(what)), total=total)
         self._bytes.update(bar, completed=done, total=total)
 
     def info(self, message: str) -> None:
-        self._print(escape(message))
+        self._print(escape(safe(message)))
 
     def warning(self, message: str, span: Span | None = None) -> None:
-        self._print(f"[yellow]{escape(_where(span))}warning:[/] {escape(message)}")
+        self._print(f"[yellow]{escape(_where(span))}warning:[/] {escape(safe(message))}")
 
     def summary(self, rows: tuple[tuple[str, str], ...]) -> None:
         self.close()
@@ -176,7 +179,7 @@ class RichReporter:
         table.add_column(style="bold")
         table.add_column(overflow="fold")  # a full image ID is never cut short
         for key, value in _summary_rows(rows):
-            table.add_row(escape(key), escape(value))
+            table.add_row(escape(safe(key)), escape(safe(value)))
         self._console.print(table)
 
     def close(self) -> None:
@@ -229,6 +232,11 @@ class QuietReporter(SilentReporter, PlainReporter):
     """-q: nothing but warnings (PlainReporter's)."""
 
 
+def say(text: str, *, err: bool = False) -> None:
+    """Print one line of a verb's result with whatever came from an image escaped."""
+    click.echo(safe(text), err=err)
+
+
 def make_reporter(mode: str, *, quiet: bool = False, verbose: bool = False) -> Reporter:
     if quiet:
         return QuietReporter()
@@ -250,7 +258,7 @@ def close_reporter(reporter: Reporter) -> None:
 
 
 def json_event(event: str, **fields: object) -> str:
-    return json.dumps({"event": event, **fields}, sort_keys=True, ensure_ascii=False)
+    return json_dumps({"event": event, **fields}, sort_keys=True)
 
 
 def _json_key(label: str) -> str:
@@ -284,7 +292,7 @@ def render_error(error: BaseException, mode: str, *, debug: bool = False) -> str
     if mode != "json":
         if isinstance(error, AcbuildError):
             return error.render()
-        head = f"acbuild-py: internal error: {type(error).__name__}: {error}"
+        head = f"acbuild-py: internal error: {type(error).__name__}: {safe(str(error))}"
         if debug:
             return "".join(traceback.format_exception(error)) + head
         return head + "\n    hint: run again with --debug for a traceback, and please report it"

@@ -11,7 +11,7 @@ from acbuild.build.build import BuildOptions, BuildResult, build
 from acbuild.build.repro import check_reproducible
 from acbuild.cli.commands.common import acfile_options, global_options, state
 from acbuild.cli.commands.trustopts import base_loader, trust_options
-from acbuild.cli.console import human_size
+from acbuild.cli.console import human_size, say
 from acbuild.report import Reporter
 from acbuild.trust.sign import read_passphrase, remove_stale_signature, sign_image
 
@@ -81,7 +81,7 @@ def command(
     )
     result = check_reproducible(options, reporter) if check_repro else build(options, reporter)
     _summarise(result, reporter)
-    click.echo(result.image_id)
+    say(result.image_id)
 
 
 def _summarise(result: BuildResult, reporter: Reporter) -> None:

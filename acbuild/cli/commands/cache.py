@@ -10,7 +10,7 @@ import click
 
 from acbuild.cache.cache import CacheStore, default_cache_dir
 from acbuild.cli.commands.common import Size, global_options
-from acbuild.cli.console import human_size
+from acbuild.cli.console import human_size, say
 
 
 def _store(cache_dir: Path | None) -> CacheStore:
@@ -35,9 +35,9 @@ def list_entries(cache_dir: Path | None) -> None:
     entries = _store(cache_dir).entries()
     for e in entries:
         used = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.last_used))
-        click.echo(f"{e.kind:<5} {e.key}  {human_size(e.size):>10}  {used}")
+        say(f"{e.kind:<5} {e.key}  {human_size(e.size):>10}  {used}")
     total = sum(e.size for e in entries)
-    click.echo(f"{len(entries)} entries, {human_size(total)}")
+    say(f"{len(entries)} entries, {human_size(total)}")
 
 
 @command.command("prune")
@@ -48,4 +48,4 @@ def list_entries(cache_dir: Path | None) -> None:
 def prune(max_size: int, cache_dir: Path | None) -> None:
     """Remove the least recently used entries until the cache fits in --max-size."""
     removed = _store(cache_dir).prune(max_size)
-    click.echo(f"removed {len(removed)} entries, {human_size(sum(e.size for e in removed))}")
+    say(f"removed {len(removed)} entries, {human_size(sum(e.size for e in removed))}")

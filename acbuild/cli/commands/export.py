@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from acbuild.cli.commands.common import global_options, state
+from acbuild.cli.console import say
 from acbuild.fs.staging import StagedRootfs
 from acbuild.image.aci import unpack_image
 from acbuild.image.finalize import build_epoch
@@ -43,4 +44,4 @@ def command(image: Path, output_format: str, output: Path) -> None:
         digest = export_oci(rootfs, manifest, output, archive=output_format == "oci-archive",
                             epoch=export_epoch(manifest), reporter=reporter)
     reporter.summary((("manifest digest", digest), ("output", str(output))))
-    click.echo(digest)
+    say(digest)

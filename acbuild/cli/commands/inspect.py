@@ -13,6 +13,7 @@ from acbuild.cli.commands.common import global_options
 from acbuild.cli.console import human_size
 from acbuild.image.inspect import ImageSummary, summarize
 from acbuild.image.manifest import ImageManifest
+from acbuild.terminal import escape as safe
 
 
 @click.command("inspect")
@@ -24,9 +25,9 @@ def command(image: Path, no_files: bool) -> None:
     summary = summarize(image, entries=not no_files)
     console = Console(highlight=False, soft_wrap=True, emoji=False)
     facts = _facts(summary)
-    width = max(len(key) for key, _ in facts) + 2
+    width = max(len(safe(key)) for key, _ in facts) + 2
     for key, value in facts:
-        console.print(f"[bold]{escape(key.ljust(width))}[/]{escape(value)}")
+        console.print(f"[bold]{escape(safe(key).ljust(width))}[/]{escape(safe(value))}")
     if not no_files:
         console.print(_tree(summary))
 
@@ -64,7 +65,7 @@ def _tree(summary: ImageSummary) -> Tree:
         parts = name.split("/")
         parent = nodes.get("/".join(parts[:-1]), root)
         size = "" if entry.kind == "dir" else f" [dim]{human_size(entry.size)}[/]"
-        link = f" -> {escape(entry.linkname)}" if entry.linkname else ""
-        label = escape(parts[-1]) + ("/" if entry.kind == "dir" else "") + link + size
+        link = f" -> {escape(safe(entry.linkname))}" if entry.linkname else ""
+        label = escape(safe(parts[-1])) + ("/" if entry.kind == "dir" else "") + link + size
         nodes["/".join(parts)] = parent.add(label)
     return root

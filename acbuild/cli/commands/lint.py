@@ -9,6 +9,7 @@ import click
 
 from acbuild.acfile.render import load_variables
 from acbuild.cli.commands.common import global_options
+from acbuild.cli.console import say
 from acbuild.plan.lint import RULES, lint_file
 
 
@@ -32,7 +33,7 @@ def command(acfiles: tuple[Path, ...], context: Path | None, variables: tuple[st
     count = 0
     for acfile in acfiles:
         for finding in lint_file(acfile, context=context, variables=values):
-            click.echo(finding.render())
+            say(finding.render())
             count += 1
     if count:
         # Not click's Exit: cli.main runs click with standalone_mode=False, which returns

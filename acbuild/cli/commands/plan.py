@@ -14,6 +14,7 @@ from acbuild.acfile.context import BuildContext
 from acbuild.build.build import BuildOptions, final_image_key, key_steps, load_plan, open_cache
 from acbuild.cli.commands.common import acfile_options, global_options, state
 from acbuild.cli.commands.trustopts import base_loader, trust_options
+from acbuild.cli.console import say
 from acbuild.image.finalize import build_epoch
 
 
@@ -42,8 +43,8 @@ def command(acfile: Path, context: Path | None, variables: tuple[str, ...],
                 hit = step.key is not None and cache.step(step.key) is not None
                 key = step.key or "-" * 71
                 where = f" ({stage.name})" if stage.name else ""
-                click.echo(f"[{step.number}/{step.total}] {'HIT ' if hit else 'MISS'} "
+                say(f"[{step.number}/{step.total}] {'HIT ' if hit else 'MISS'} "
                            f"{key}{where}  {step.instruction.text}")
         image = final_image_key(plan, options, epoch)
         hit = image is not None and cache.image(image) is not None
-        click.echo(f"image {'HIT ' if hit else 'MISS'} {image or '-'}")
+        say(f"image {'HIT ' if hit else 'MISS'} {image or '-'}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from acbuild.cli.commands.common import global_options
+from acbuild.cli.console import say
 from acbuild.image.validate import validate_image
 
 
@@ -19,10 +20,10 @@ def command(images: tuple[Path, ...]) -> None:
     for image in images:
         problems = validate_image(image)
         for problem in problems:
-            click.echo(f"{image}: {problem}", err=True)
+            say(f"{image}: {problem}", err=True)
         if problems:
             failed = True
         else:
-            click.echo(f"{image}: valid", err=True)
+            say(f"{image}: valid", err=True)
     if failed:
         raise click.exceptions.Exit(1)
