@@ -54,8 +54,24 @@ def load_variables(var_args: Sequence[str], var_files: Sequence[Path]) -> dict[s
         key, sep, value = arg.partition("=")
         if not sep:
             raise AcfileError(f"--var {arg!r} must be KEY=VALUE")
-        variables[_checked_name(key, f"--var {arg!r}")] = value
+        variables[_checked_name(key, f"--var {arg!r}")] = _checked_value(value, key, "--var")
     return variables
+
+
+# Values end up in words: a NUL or an escape sequence would pass into paths, the manifest
+# and terminals. Newlines and tabs are text a template may lay out.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _checked_value(value: str, key: str, where: str) -> str:
+    if found := _CONTROL.search(value):
+        raise AcfileError(f"{where}: variable {key!r} holds the control character {found[0]!r}",
+                          hint="variables hold printable text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise AcfileError(f"{where}: variable {key!r} is not valid UTF-8 text") from None
+    return value
 
 
 def _checked_name(key: str, where: str) -> str:
@@ -93,7 +109,7 @@ def _scalar(path: Path, key: str, value: object) -> str:
         case bool():
             return "true" if value else "false"
         case str() | int() | float():
-            return str(value)
+            return _checked_value(str(value), key, str(path))
     raise AcfileError(
         f"{path}: variable {key!r} must be a string, number or boolean, "
         f"not a {type(value).__name__}"

@@ -19,6 +19,7 @@ from acbuild import __version__
 from acbuild.cli import commands
 from acbuild.cli.commands.common import global_options
 from acbuild.cli.console import progress_mode, render_error
+from acbuild.cli.oserrors import from_os_error
 from acbuild.errors import AcbuildError
 from acbuild.signals import EXIT_SIGTERM, Terminated, install_sigterm_handler
 
@@ -90,7 +91,11 @@ def _main(args: list[str]) -> int:
     except BrokenPipeError:
         return EXIT_ERROR
     except Exception as e:  # the one place that turns every failure into a message
-        if debug and isinstance(e, AcbuildError):
+        if isinstance(e, OSError) and (user_error := from_os_error(e)) is not None:
+            if debug:
+                traceback.print_exc()
+            e = user_error
+        if debug and isinstance(e, AcbuildError) and e.__traceback__ is not None:
             traceback.print_exc()  # render_error adds the traceback of internal errors itself
         click.echo(render_error(e, mode, debug=debug), err=True)
         return EXIT_ERROR if isinstance(e, AcbuildError) else EXIT_INTERNAL
