@@ -18,6 +18,7 @@ from acbuild.errors import AcbuildError, AcfileError, Span
 _DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)([smh]?)")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 NUMBER = re.compile(r"\d{1,19}")
+MAX_DURATION = 365 * 86400
 _SHOWN = 40  # characters of a user's word quoted in a message
 
 Kind = Literal["flag", "value", "many"]
@@ -274,6 +275,8 @@ def parse_duration(text: str) -> float:
     seconds = float(match[1]) * _UNITS[match[2]]
     if seconds <= 0:
         raise AcfileError(f"invalid duration {show(text)}: must be greater than 0")
+    if seconds > MAX_DURATION:  # also keeps deadlines inside time_t
+        raise AcfileError(f"invalid duration {show(text)}: at most {MAX_DURATION // 86400} days")
     return seconds
 
 

@@ -58,3 +58,9 @@ def test_nul_from_a_var_file_through_the_cli(tmp_path: Path) -> None:
         r = acbuild("build", "-o", tmp_path / "x.aci", *args)
         assert r.code == 1, r.stderr
         assert "internal error" not in r.stderr and "control character '\\x00'" in r.stderr
+
+
+def test_a_timeout_beyond_a_year_is_an_error_not_an_overflow() -> None:
+    with pytest.raises(AcbuildError) as caught:
+        parse_text("BEGIN scratch\nNAME example.com/x\nRUN --timeout=99999999999999999999999 x\n")
+    assert "at most 365 days" in caught.value.message

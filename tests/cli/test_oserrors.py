@@ -60,3 +60,8 @@ def test_disk_full_and_permission_name_the_path() -> None:
 
 def test_errors_that_are_bugs_stay_internal() -> None:
     assert from_os_error(OSError(errno.EBADF, "Bad file descriptor")) is None
+
+
+def test_a_size_beyond_a_float_is_a_usage_error(tmp_path: Path) -> None:
+    r = acbuild("cache", "prune", "--max-size", "9" * 400 + "T", "--cache-dir", tmp_path / "c")
+    assert r.code == 2 and "is larger than any disk" in r.stderr, r.stderr
