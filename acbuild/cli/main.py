@@ -7,6 +7,7 @@ the one place where errors become text and exit statuses.
 from __future__ import annotations
 
 import importlib
+import io
 import pkgutil
 import signal
 import sys
@@ -22,6 +23,7 @@ from acbuild.cli.console import progress_mode, render_error
 from acbuild.cli.oserrors import from_os_error
 from acbuild.errors import AcbuildError
 from acbuild.signals import EXIT_SIGTERM, Terminated, install_sigterm_handler
+from acbuild.terminal import escape_lines
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -78,7 +80,10 @@ def _main(args: list[str]) -> int:
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:
-        e.show()
+        # Usage errors quote option values and paths (a file name from a glob may hold ESC).
+        shown = io.StringIO()
+        e.show(file=shown)
+        click.echo(escape_lines(shown.getvalue().rstrip("\n")), err=True)
         return EXIT_USAGE if isinstance(e, click.UsageError) else EXIT_ERROR
     except (click.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)

@@ -112,3 +112,12 @@ def test_plain_and_json_reporters_escape_what_runs_print() -> None:
     JsonReporter(out).step_output(STEP, OUTPUT + "\udcff")
     assert_clean(out.getvalue())
     assert json.loads(out.getvalue())["line"] == OUTPUT + "\udcff"
+
+
+def test_usage_errors_escape_the_value_they_quote(tmp_path: Path) -> None:
+    name = tmp_path / f"{CSI}dir"
+    name.mkdir()
+    r = acbuild("diff", name, name)
+    assert r.code == 2
+    assert_clean(r.stderr)
+    assert "\\x1b[2J\\x1b[31mdir' is a directory" in r.stderr
