@@ -11,6 +11,7 @@ parent's atexit handlers or flushes the parent's buffered stdio.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -95,6 +96,8 @@ def _decode(data: bytes, status: int) -> str:
         reply = json.loads(data) if data else None
     except ValueError:
         reply = None
+    if isinstance(reply, dict) and isinstance(reply.get("failed"), str):
+        raise AcfileError(f"template rendering failed: {reply['failed']}")
     if not isinstance(reply, dict) or not os.WIFEXITED(status):
         # The child died without a word (killed by the kernel, or Python aborted when an
         # allocation failed deep inside): the one limit left that can do that is memory.
@@ -129,7 +132,9 @@ def _child(work: Callable[[], str], fd: int, limits: Limits) -> None:  # pragma:
         while view:
             view = view[os.write(fd, view):]
         code = 0
-    except BaseException:  # anything else is reported by the exit status
+    except BaseException as e:  # a bug of ours in the child: say what, if the pipe still works
+        with contextlib.suppress(BaseException):
+            os.write(fd, json.dumps({"failed": f"{type(e).__name__}: {e}"[:500]}).encode())
         code = 1
     finally:
         os._exit(code)

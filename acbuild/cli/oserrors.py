@@ -17,7 +17,7 @@ _ENVIRONMENT = frozenset({
     errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ENOSPC,
     errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP, errno.ENOENT, errno.EMFILE,
     errno.ENFILE, errno.EIO, errno.ETXTBSY, errno.EBUSY, errno.EFBIG, errno.EXDEV,
-    errno.ENOTEMPTY, errno.EMLINK, errno.ENXIO, errno.ENODEV,
+    errno.ENOTEMPTY, errno.EMLINK, errno.ENXIO, errno.ENODEV, errno.EAGAIN, errno.ENOMEM,
 })
 
 

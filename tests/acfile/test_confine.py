@@ -110,4 +110,12 @@ def test_the_child_runs_no_atexit_handler_and_flushes_no_parent_buffer(tmp_path:
     )
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                          cwd=REPO, timeout=60, check=True).stdout
-    assert out == "BUFFERED VALUE\nLimitExceeded\nATEXIT\n"
+    assert out == "BUFFERED VALUE\nAcfileError\nATEXIT\n"  # SystemExit ends no child normally
+
+
+def test_a_failure_inside_the_child_is_an_error_not_a_limit() -> None:
+    def broken() -> str:
+        raise KeyError("bug")
+
+    with pytest.raises(AcfileError, match="template rendering failed: KeyError: 'bug'"):
+        run_confined(broken, Limits(seconds=5, memory=64 << 20))
