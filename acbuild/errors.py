@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from acbuild.terminal import escape, escape_lines
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Span:
@@ -24,10 +26,13 @@ class Span:
         """The source line with carets under the span, indented four spaces."""
         if self.source_line is None:
             return ""
+        # Escaping makes a control character wider: measure the caret on the escaped text.
         text = self.source_line.rstrip("\n").expandtabs(1)
         start = max(self.column - 1, 0)
         width = max(1, min(self.length, max(len(text) - start, 1)))
-        return f"    {text}\n    {' ' * start}{'^' * width}"
+        head, marked = escape(text[:start]), escape(text[start:start + width])
+        return (f"    {head}{marked}{escape(text[start + width:])}\n"
+                f"    {' ' * len(head)}{'^' * max(len(marked), 1)}")
 
     def with_column(self, column: int, length: int = 1) -> Span:
         return Span(
@@ -49,14 +54,16 @@ class AcbuildError(Exception):
         self.hint = hint
 
     def render(self) -> str:
-        head = f"error: {self.message}"
+        """The message for a terminal: names and paths it quotes from images or Acfiles are
+        escaped (acbuild.terminal), so they can neither move the cursor nor fake a line."""
+        head = f"error: {escape(self.message)}"
         if self.span is not None:
-            head = f"{self.span.file}:{self.span.line}:{self.span.column}: {head}"
+            head = f"{escape(self.span.file)}:{self.span.line}:{self.span.column}: {head}"
         parts = [head]
         if self.span is not None and (frame := self.span.frame()):
             parts.append(frame)
         if self.hint:
-            parts.append(f"    hint: {self.hint}")
+            parts.append(f"    hint: {escape_lines(self.hint)}")
         return "\n".join(parts)
 
     def __str__(self) -> str:

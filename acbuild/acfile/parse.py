@@ -18,13 +18,14 @@ from lark.exceptions import UnexpectedCharacters, VisitError
 
 from acbuild.acfile import instructions as ins
 from acbuild.acfile.parse_args import BUILDERS
-from acbuild.acfile.parse_words import Line, Piece, Word, show
+from acbuild.acfile.parse_words import Line, Piece, Word, check_controls, show
 
 # Values other stages parse too; they live with the other word readers.
 from acbuild.acfile.render import Rendered, render
 from acbuild.errors import AcbuildError, raise_all
 
 _CONTINUATION = re.compile(r"\\[ \t]*$")
+COMMANDS = frozenset({"RUN", "EXEC", "EVENT-HANDLER"})  # words that are a program's argv
 
 
 def grammar_text() -> str:
@@ -135,6 +136,11 @@ def _instruction(line: Line) -> ins.Instruction | None:
         line.fail(0, f"cannot read line: {e.orig_exc}")
         return None
     keyword, args = words[0], words[1:]
+    # Paths, names and labels with a NUL or an escape sequence would reach os calls, the
+    # manifest and terminals: refuse them where they were written (JSON arrays in strings()).
+    command = keyword.raw.upper() in COMMANDS
+    if not all([check_controls(line, w, w.value, command=command) for w in words]):
+        return None
     builder = BUILDERS.get(keyword.raw.upper())
     if builder is None:
         close = difflib.get_close_matches(keyword.raw.upper(), BUILDERS, n=1)

@@ -18,6 +18,7 @@ from acbuild.errors import AcbuildError, AcfileError, Span
 _DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)([smh]?)")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 NUMBER = re.compile(r"\d{1,19}")
+MAX_DURATION = 365 * 86400
 _SHOWN = 40  # characters of a user's word quoted in a message
 
 Kind = Literal["flag", "value", "many"]
@@ -80,6 +81,29 @@ class Line:
 
 def show(text: str) -> str:
     return repr(text if len(text) <= _SHOWN else text[: _SHOWN - 1] + "…")
+
+
+# C0, DEL and C1: never part of a name, path or label. Commands (RUN, EXEC, EVENT-HANDLER) may
+# pass them to a program (printf's escapes); a NUL no program argument can hold.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_NUL = re.compile(r"\x00")
+
+
+def control_character(text: str, *, command: bool = False) -> str | None:
+    """The first character ``text`` may not hold, else None."""
+    found = (_NUL if command else CONTROL).search(text)
+    return found[0] if found else None
+
+
+def check_controls(line: Line, word: Word, value: str, *, command: bool = False) -> bool:
+    """Report a control character in ``value`` (the word's meaning) against ``word``."""
+    bad = control_character(value, command=command)
+    if bad is None:
+        return True
+    line.fail(word, f"control character {bad!r} in {show(value)}",
+              hint="Acfile words hold printable text" if not command else
+              "a program's arguments cannot hold a NUL byte")
+    return False
 
 
 class Located(TypedDict):
@@ -212,7 +236,8 @@ def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not allowed in JSON")
 
 
-def strings(line: Line, words: Sequence[Word], what: str) -> tuple[str, ...] | None:
+def strings(line: Line, words: Sequence[Word], what: str, *,
+            command: bool = False) -> tuple[str, ...] | None:
     """Words as values, or a JSON array of strings when the first word opens one."""
     if not words or not words[0].raw.startswith("["):
         return tuple(w.value for w in words)
@@ -222,11 +247,14 @@ def strings(line: Line, words: Sequence[Word], what: str) -> tuple[str, ...] | N
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         line.fail(rest_word(line, words[0]), f"{what} must be a JSON array of strings")
         return None
+    if not all(check_controls(line, rest_word(line, words[0]), v, command=command)
+               for v in value):
+        return None
     return tuple(value)
 
 
 def command(line: Line, keyword: Word, words: Sequence[Word]) -> tuple[str, ...] | None:
-    argv = strings(line, words, "a command")
+    argv = strings(line, words, "a command", command=True)
     if argv is not None and not argv:
         line.fail(words[0] if words else len(line.text), f"empty command for {keyword.raw.upper()}")
         return None
@@ -247,6 +275,8 @@ def parse_duration(text: str) -> float:
     seconds = float(match[1]) * _UNITS[match[2]]
     if seconds <= 0:
         raise AcfileError(f"invalid duration {show(text)}: must be greater than 0")
+    if seconds > MAX_DURATION:  # also keeps deadlines inside time_t
+        raise AcfileError(f"invalid duration {show(text)}: at most {MAX_DURATION // 86400} days")
     return seconds
 
 

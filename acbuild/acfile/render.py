@@ -7,11 +7,8 @@ at the line the user wrote even when ``{% if %}`` or ``{% for %}`` blocks move l
 from __future__ import annotations
 
 import re
-import signal
-import threading
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence, Sized
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +22,7 @@ from jinja2.lexer import Token, TokenStream
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
+from acbuild.acfile.confine import LimitExceeded, Limits, run_confined
 from acbuild.errors import AcfileError, Span
 
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -57,8 +55,24 @@ def load_variables(var_args: Sequence[str], var_files: Sequence[Path]) -> dict[s
         key, sep, value = arg.partition("=")
         if not sep:
             raise AcfileError(f"--var {arg!r} must be KEY=VALUE")
-        variables[_checked_name(key, f"--var {arg!r}")] = value
+        variables[_checked_name(key, f"--var {arg!r}")] = _checked_value(value, key, "--var")
     return variables
+
+
+# Values end up in words: a NUL or an escape sequence would pass into paths, the manifest
+# and terminals. Newlines and tabs are text a template may lay out.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _checked_value(value: str, key: str, where: str) -> str:
+    if found := _CONTROL.search(value):
+        raise AcfileError(f"{where}: variable {key!r} holds the control character {found[0]!r}",
+                          hint="variables hold printable text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise AcfileError(f"{where}: variable {key!r} is not valid UTF-8 text") from None
+    return value
 
 
 def _checked_name(key: str, where: str) -> str:
@@ -96,7 +110,7 @@ def _scalar(path: Path, key: str, value: object) -> str:
         case bool():
             return "true" if value else "false"
         case str() | int() | float():
-            return str(value)
+            return _checked_value(str(value), key, str(path))
     raise AcfileError(
         f"{path}: variable {key!r} must be a string, number or boolean, "
         f"not a {type(value).__name__}"
@@ -104,8 +118,35 @@ def _scalar(path: Path, key: str, value: object) -> str:
 
 
 def render(text: str, *, file: str, variables: Mapping[str, str]) -> Rendered:
-    """Render ``text`` with ``variables`` and split it into lines that know their source."""
+    """Render ``text`` with ``variables`` and split it into lines that know their source.
+
+    The template runs in a forked child under memory, CPU and wall-clock limits (see
+    acbuild.acfile.confine): no expression can take the host's memory or hang the build."""
     delimiter = _delimiter(text, variables)
+    values = dict(variables)
+    try:
+        output = run_confined(lambda: _render_output(text, file, values, delimiter),
+                              Limits(seconds=RENDER_SECONDS, memory=RENDER_MEMORY))
+    except LimitExceeded as e:
+        # A single call cannot say where it was: point at the first line with a tag.
+        source_lines = _source_lines(text)
+        first = next((n for n, line in enumerate(source_lines, 1) if _TAG.search(line)), 1)
+        span = _span(file, source_lines, first, None)
+        if e.what == "time":
+            raise AcfileError(f"template rendering took longer than {RENDER_SECONDS} s",
+                              span=span, hint="look for loops that never end") from None
+        raise AcfileError(
+            f"template rendering exceeded the memory limit ({RENDER_MEMORY >> 20} MiB)",
+            span=span) from None
+    return Rendered(
+        file=file,
+        lines=tuple(_numbered_lines(output, delimiter)),
+        variables=tuple(sorted(variables.items())),
+    )
+
+
+def _render_output(text: str, file: str, variables: dict[str, str], delimiter: str) -> str:
+    """The rendered text with its line markers (runs in the confined child)."""
     env = _environment(delimiter)
     source_lines = _source_lines(text)
     try:
@@ -116,22 +157,11 @@ def render(text: str, *, file: str, variables: Mapping[str, str]) -> Rendered:
         span = _span(file, source_lines, 1, None)
         raise AcfileError("template nested too deeply", span=span) from None
     try:
-        with _deadline(RENDER_SECONDS):
-            output = _bounded_output(template.generate(dict(variables)))
-    except _RenderTimeout:
-        raise AcfileError(
-            f"rendering the template took longer than {RENDER_SECONDS} s", span=_span(
-                file, source_lines, 1, None), hint="look for loops that never end") from None
+        return _bounded_output(template.generate(variables))
     except MemoryError:
-        raise AcfileError("rendering the template needs too much memory",
-                          span=_span(file, source_lines, 1, None)) from None
+        raise
     except Exception as e:  # template expressions can raise anything; all are user errors
         raise _runtime_error(e, file, source_lines) from None
-    return Rendered(
-        file=file,
-        lines=tuple(_numbered_lines(output, delimiter)),
-        variables=tuple(sorted(variables.items())),
-    )
 
 
 def _delimiter(text: str, variables: Mapping[str, str]) -> str:
@@ -169,31 +199,8 @@ def _mark_data(value: str, lineno: int, d: str) -> str:
 MAX_VALUE = 1 << 20  # one string or list built by * or +
 MAX_OUTPUT = 16 << 20  # the whole rendered Acfile
 MAX_EXPONENT = 4096
-RENDER_SECONDS = 10
-
-
-class _RenderTimeout(Exception):
-    pass
-
-
-@contextmanager
-def _deadline(seconds: int) -> Iterator[None]:
-    """Stop a render that runs too long (nested loops over large ranges). Signals only reach
-    the main thread; elsewhere the other bounds still hold and the caller owns the time."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def expired(signum: int, frame: object) -> None:
-        raise _RenderTimeout
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+RENDER_SECONDS = 10  # wall clock and CPU time of the rendering child
+RENDER_MEMORY = 512 << 20  # address space the rendering child may add
 
 
 def _bounded_output(chunks: Iterator[str]) -> str:

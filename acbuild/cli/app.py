@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import io
 import pkgutil
 import traceback
 
@@ -19,8 +20,10 @@ from acbuild import __version__
 from acbuild.cli import commands
 from acbuild.cli.commands.common import global_options
 from acbuild.cli.console import json_event, progress_mode, render_error
+from acbuild.cli.oserrors import from_os_error
 from acbuild.errors import AcbuildError
 from acbuild.signals import EXIT_SIGTERM, Terminated, install_sigterm_handler
+from acbuild.terminal import escape_lines
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -151,7 +154,10 @@ def run(args: list[str]) -> int:
             click.echo(json_event("error", message=e.format_message(), hint=None,
                                   **({"usage": True} if usage else {})), err=True)
         else:
-            e.show()
+            # Usage errors quote option values and paths (a file name from a glob may hold ESC).
+            shown = io.StringIO()
+            e.show(file=shown)
+            click.echo(escape_lines(shown.getvalue().rstrip("\n")), err=True)
         return EXIT_USAGE if usage else EXIT_ERROR
     except (click.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)
@@ -164,7 +170,11 @@ def run(args: list[str]) -> int:
     except BrokenPipeError:
         return EXIT_ERROR
     except Exception as e:  # the one place that turns every failure into a message
-        if debug and isinstance(e, AcbuildError):
+        if isinstance(e, OSError) and (user_error := from_os_error(e)) is not None:
+            if debug:
+                traceback.print_exc()
+            e = user_error
+        if debug and isinstance(e, AcbuildError) and e.__traceback__ is not None:
             traceback.print_exc()  # render_error adds the traceback of internal errors itself
         click.echo(render_error(e, mode, debug=debug), err=True)
         return EXIT_ERROR if isinstance(e, AcbuildError) else EXIT_INTERNAL

@@ -6,7 +6,6 @@ Everything goes to stderr; stdout carries only the result (the image ID), so
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -14,14 +13,18 @@ import traceback
 from collections.abc import Sequence
 from typing import TextIO
 
-from acbuild.cli.text import duration, human_size, printable, value_text
+import click
+
+from acbuild.cli.text import duration, human_size, value_text
 from acbuild.errors import AcbuildError, ErrorGroup, Span
 from acbuild.report import Field, Reporter, SilentReporter, StepInfo
+from acbuild.terminal import escape as safe
+from acbuild.terminal import json_dumps
 
 SCHEMA_VERSION = 1  # of the --progress=json events; docs/logs.schema.json describes it
 
 def _where(span: Span | None) -> str:
-    return f"{span.file}:{span.line}:{span.column}: " if span else ""
+    return f"{safe(span.file)}:{span.line}:{span.column}: " if span else ""
 
 
 class PlainReporter:
@@ -34,7 +37,8 @@ class PlainReporter:
         self._step: StepInfo | None = None
 
     def _line(self, text: str) -> None:
-        self._out.write(text + "\n")
+        # Step texts, RUN output, names in messages: none of it may drive the terminal.
+        self._out.write(safe(text) + "\n")
         self._out.flush()
 
     @staticmethod
@@ -43,10 +47,10 @@ class PlainReporter:
 
     def step_started(self, step: StepInfo) -> None:
         self._step = step
-        self._line(f"{self._tag(step)} {printable(step.text)}")
+        self._line(f"{self._tag(step)} {step.text}")
 
     def step_output(self, step: StepInfo, line: str) -> None:
-        self._line(f"{self._tag(step)} | {printable(line)}")
+        self._line(f"{self._tag(step)} | {line}")
 
     def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False) -> None:
         self._step = None
@@ -60,19 +64,19 @@ class PlainReporter:
             self._line(f"{tag}{what} {human_size(done)}")
 
     def info(self, message: str) -> None:
-        self._line(printable(message))
+        self._line(message)
 
     def detail(self, message: str) -> None:
         if self._verbose:
-            self._line(printable(message))
+            self._line(message)
 
     def warning(self, message: str, span: Span | None = None) -> None:
-        self._line(printable(f"{_where(span)}warning: {message}"))
+        self._line(f"{_where(span)}warning: {message}")
 
     def summary(self, fields: tuple[Field, ...]) -> None:
         width = max((len(f.label) for f in fields), default=0)
         for f in fields:
-            self._line(f"{f.label.ljust(width)}  {printable(value_text(f))}")
+            self._line(f"{f.label.ljust(width)}  {value_text(f)}")
 
     def close(self) -> None:
         pass
@@ -125,6 +129,11 @@ class QuietReporter(SilentReporter, PlainReporter):
     """-q: nothing but warnings (PlainReporter's)."""
 
 
+def say(text: str, *, err: bool = False) -> None:
+    """Print one line of a verb's result with whatever came from an image escaped."""
+    click.echo(safe(text), err=err)
+
+
 def make_reporter(mode: str, *, quiet: bool = False, verbose: bool = False) -> Reporter:
     if quiet:
         return QuietReporter()
@@ -150,8 +159,8 @@ def close_reporter(reporter: Reporter) -> None:
 def json_event(event: str, **fields: object) -> str:
     now = time.time()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-    return json.dumps({"event": event, "version": SCHEMA_VERSION, "time": stamp, **fields},
-                      sort_keys=True, ensure_ascii=False)
+    return json_dumps({"event": event, "version": SCHEMA_VERSION, "time": stamp, **fields},
+                      sort_keys=True)
 
 
 def _span_fields(span: Span | None) -> dict[str, object]:
@@ -180,9 +189,8 @@ def render_error(error: BaseException, mode: str, *, debug: bool = False) -> str
     """
     if mode != "json":
         if isinstance(error, AcbuildError):
-            # Messages quote names, paths and program output from images: escape them.
-            return "\n".join(printable(line) for line in error.render().split("\n"))
-        head = f"acbuild-py: internal error: {type(error).__name__}: {error}"
+            return error.render()
+        head = f"acbuild-py: internal error: {type(error).__name__}: {safe(str(error))}"
         if debug:
             return "".join(traceback.format_exception(error)) + head
         return head + "\n    hint: run again with --debug for a traceback, and please report it"

@@ -22,9 +22,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from acbuild.cli.text import duration, human_size, latest_state, printable, value_text
+from acbuild.cli.text import duration, human_size, value_text
 from acbuild.errors import Span
 from acbuild.report import Field, StepInfo
+from acbuild.terminal import escape, tty_line
 
 TAIL = 6  # lines of a running step's output on screen
 KEEP = 200  # lines of it kept to show when the step fails (the log file has them all)
@@ -77,7 +78,7 @@ class TtyReporter:
         self._start()
 
     def step_output(self, step: StepInfo, line: str) -> None:
-        shown = printable(latest_state(line))
+        shown = tty_line(line)
         with self._lock:
             running = self._running()
             if running is not None:
@@ -103,16 +104,16 @@ class TtyReporter:
         self._start()
 
     def info(self, message: str) -> None:
-        self._print(Text(printable(message)))
+        self._print(Text(escape(message)))
 
     def detail(self, message: str) -> None:
         if self._verbose:
-            self._print(Text(printable(message), style="dim"))
+            self._print(Text(escape(message), style="dim"))
 
     def warning(self, message: str, span: Span | None = None) -> None:
         where = f"{span.file}:{span.line}:{span.column}: " if span else ""
-        self._print(Text.assemble((f"{printable(where)}warning:", "yellow"),
-                                  " " + printable(message)))
+        self._print(Text.assemble((f"{escape(where)}warning:", "yellow"),
+                                  " " + escape(message)))
 
     def summary(self, fields: tuple[Field, ...]) -> None:
         self.close()
@@ -120,7 +121,7 @@ class TtyReporter:
         table.add_column(style="bold")
         table.add_column(overflow="fold")
         for f in fields:
-            table.add_row(Text(f.label), Text(printable(value_text(f))))
+            table.add_row(Text(f.label), Text(escape(value_text(f))))
         self._console.print(table)
 
     def close(self) -> None:
@@ -200,7 +201,7 @@ class TtyReporter:
         elif step.cached:
             text.append("CACHED ", style="cyan")
         text.append(tag + " ", style="blue")
-        text.append(printable(step.info.text), style="bold" if step.seconds is None else "")
+        text.append(escape(step.info.text), style="bold" if step.seconds is None else "")
         seconds = step.seconds if step.seconds is not None else now - step.started
         grid.add_row(text, Text(duration(seconds), style="dim" if step.seconds is not None
                                 else "yellow"))

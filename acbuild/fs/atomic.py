@@ -40,9 +40,10 @@ def check_writable(path: Path) -> None:
     since permission bits do not tell root, read-only mounts or full quotas)."""
     path = Path(path)
     parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise AcbuildError(f"cannot write {path}: {str(parent)!r} is not a directory")
     if not parent.is_dir():
-        what = "is not a directory" if parent.exists() else "does not exist"
-        raise AcbuildError(f"cannot write {path}: {parent} {what}",
+        raise AcbuildError(f"cannot write {path}: {parent} does not exist",
                            hint=f"create the directory first (mkdir -p {parent})")
     if path.is_dir():
         raise AcbuildError(f"cannot write {path}: it is a directory",

@@ -19,6 +19,7 @@ from acbuild.errors import AcbuildError, BuildError
 from acbuild.fs.atomic import atomic_write
 from acbuild.fs.staging import DeviceNode, StagedRootfs
 from acbuild.image.compression import COMPRESSIONS, Compressor, open_compressor
+from acbuild.image.tarread import MAX_MTIME
 from acbuild.image.tarwrite import BLOCK, TarEntry, TarWriter, add_file_at
 from acbuild.report import Reporter
 
@@ -47,9 +48,11 @@ def build_epoch(environ: Mapping[str, str]) -> int:
     if raw is None:
         return DEFAULT_EPOCH
     text = raw.strip()
-    if not text.isascii() or not text.isdigit():
+    # Below tarread.MAX_MTIME: an image must be readable by the reader that checks its headers.
+    if not text.isascii() or not text.isdigit() or len(text) > 12 or int(text) >= MAX_MTIME:
         raise AcbuildError(
-            f"SOURCE_DATE_EPOCH must be a non-negative integer (seconds since 1970), got {raw!r}"
+            "SOURCE_DATE_EPOCH must be a non-negative integer (seconds since 1970) below "
+            f"{MAX_MTIME}, got {raw!r}"
         )
     return int(text)
 

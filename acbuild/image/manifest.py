@@ -15,6 +15,7 @@ from typing import Any
 from acbuild.errors import ImageError
 from acbuild.image import manifest_rules
 from acbuild.image.manifest_rules import AC_VERSION
+from acbuild.terminal import json_dumps
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -216,8 +217,9 @@ def to_json_bytes(m: ImageManifest) -> bytes:
 
 
 def to_json_pretty(m: ImageManifest) -> str:
-    """The same document indented for people (``acbuild-py manifest``)."""
-    return json.dumps(_manifest_obj(m), indent=2, ensure_ascii=False)
+    """The same document indented for people (``acbuild-py manifest``); characters that would
+    drive a terminal are written as \\u escapes, which mean the same string."""
+    return json_dumps(_manifest_obj(m), indent=2)
 
 
 def canonical_json(value: Any) -> str:
@@ -237,6 +239,9 @@ def from_json_bytes(data: bytes) -> ImageManifest:
         raise ImageError(f"image manifest is not valid JSON: {e}") from None
     except RecursionError:
         raise ImageError("image manifest is nested too deeply") from None
+    if (where := lone_surrogate(doc)) is not None:
+        raise ImageError(f"image manifest has a lone surrogate (\\ud800-\\udfff) in {where}: "
+                         "not a Unicode string")
     return _read_manifest(doc)
 
 
@@ -249,6 +254,33 @@ def read_checked(data: bytes, where: str = "image manifest") -> ImageManifest:
         raise ImageError(f"{where} is not valid: {shown}",
                          hint="`acbuild-py validate IMAGE` lists every problem")
     return m
+
+
+def lone_surrogate(doc: Any) -> str | None:
+    """Where a parsed JSON document holds a string with a lone surrogate (JSON allows the
+    escape, Unicode text cannot hold it: writing it out again would fail), else None."""
+    stack: list[tuple[str, Any]] = [("the document", doc)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            if not _encodable(value):
+                return where
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if not _encodable(key):
+                    return f"a key of {where}"
+                stack.append((f"'{key}'", item))
+        elif isinstance(value, list):
+            stack.extend((where, item) for item in value)
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # ---- reading: JSON types checked field by field ---------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import lzma
+import math
 import os
 import tarfile
 import zlib
@@ -33,6 +34,12 @@ class Limits:
 
 
 MAX_EXTENDED_HEADER = 1 << 20  # a PAX or GNU long-name record; real ones are a few KiB
+# Numbers a header may hold (PAX and GNU base-256 fields hold any): what the kernel, utime in
+# nanoseconds and our own tar writer can take. Anything else is refused where it is read.
+MAX_ID = 2**32 - 2  # uid_t; (uid_t)-1 means "leave unchanged" to chown
+MAX_DEVICE = 0o7777777  # the ustar field tarwrite writes devices in (Linux needs 2**20)
+MAX_MTIME = 2**33  # seconds either side of 1970: beyond the year 2242
+MAX_MEMBER = Limits().max_total_bytes
 
 
 class BoundedTarInfo(tarfile.TarInfo):
@@ -49,7 +56,28 @@ class BoundedTarInfo(tarfile.TarInfo):
             )
         # _proc_member is private but unchanged since Python 2; typeshed does not list it.
         member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        check_numbers(member)
         return member
+
+
+def check_numbers(member: tarfile.TarInfo) -> None:
+    """Refuse a member whose numbers no file can have (a PAX ``uid`` of 10**30, an ``mtime``
+    of ``nan``, a 2**40 device major): later they would overflow chown, utime or a header."""
+    def bad(what: str, value: object) -> ImageError:
+        return ImageError(f"archive entry {member.name[:200]!r} has an out-of-range {what}: "
+                          f"{str(value)[:40]}")
+
+    for what, value, top in (("uid", member.uid, MAX_ID), ("gid", member.gid, MAX_ID),
+                             ("size", member.size, MAX_MEMBER), ("mode", member.mode, 2**32 - 1)):
+        if not isinstance(value, int) or not 0 <= value <= top:
+            raise bad(what, value)
+    mtime = member.mtime
+    if not isinstance(mtime, int | float) or not math.isfinite(mtime) or abs(mtime) >= MAX_MTIME:
+        raise bad("mtime", mtime)
+    if member.ischr() or member.isblk():
+        for what, value in (("device major", member.devmajor), ("device minor", member.devminor)):
+            if not 0 <= value <= MAX_DEVICE:
+                raise bad(what, value)
 
 
 class TarSource:

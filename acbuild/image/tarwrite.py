@@ -147,7 +147,8 @@ def encode_headers(entry: TarEntry) -> bytes:
     uid = _fit(entry.uid, _MAX_OCTAL_8, b"uid", pax)
     gid = _fit(entry.gid, _MAX_OCTAL_8, b"gid", pax)
     if not (0 <= entry.devmajor <= _MAX_OCTAL_8 and 0 <= entry.devminor <= _MAX_OCTAL_8):
-        raise ValueError(f"{entry.name}: device number too large for tar")
+        raise ImageError(f"{entry.name!r}: device number {entry.devmajor},{entry.devminor} "
+                         "does not fit in a tar header")
     for key, value in sorted(entry.xattrs):
         pax.append(_pax_record(b"SCHILY.xattr." + key.encode("utf-8", "surrogateescape"), value))
     main = _header(

@@ -18,7 +18,8 @@ from typing import Any, BinaryIO, Literal
 
 from acbuild.errors import ConvertError, ImageError
 from acbuild.image.compression import open_decompressed
-from acbuild.image.manifest import host_os_arch
+from acbuild.image.manifest import host_os_arch, lone_surrogate
+from acbuild.interop.ociconfig import check_config
 from acbuild.interop.ocistream import (
     CHUNK,
     BlobStore,
@@ -169,9 +170,14 @@ def read_json(store: BlobStore, name: str, what: str, digest: str | None = None)
         if hashlib.new(alg, data).hexdigest() != hexdigest:
             raise ConvertError(f"{what} is corrupt: its digest is not {digest}")
     try:
-        return json.loads(data)
+        doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise ConvertError(f"{what}: {name} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ConvertError(f"{what}: {name} is nested too deeply") from None
+    if (where := lone_surrogate(doc)) is not None:
+        raise ConvertError(f"{what}: {name} has a lone surrogate in {where}: not Unicode text")
+    return doc
 
 
 def blob_path(digest: Any, what: str) -> str:
@@ -302,7 +308,8 @@ def _from_docker(path: Path, store: TarStore, ref: str | None) -> ImageSource:
     key, entry = _choose(refs, ref, path, "image")
     config_name = str(entry.get("Config", ""))
     config_digest = _docker_config_digest(config_name)
-    config = obj(read_json(store, config_name, f"{path}: config", config_digest), "config")
+    config = check_config(read_json(store, config_name, f"{path}: config", config_digest),
+                          f"{path}: config")
     names = [str(x) for x in items(entry.get("Layers"), "manifest.json: Layers")]
     ids = diff_ids(config, len(names), f"{path}: {config_name}")
     layers = tuple(
@@ -342,8 +349,8 @@ def _from_layout(kind: SourceKind, path: Path, store: BlobStore, ref: str | None
     manifest = _image_manifest(store, desc, path)
     config_desc = obj(manifest.get("config"), "manifest: config")
     config_digest = config_desc.get("digest")
-    config = obj(read_json(store, blob_path(config_digest, "config"), f"{path}: config",
-                           config_digest), "config")
+    config = check_config(read_json(store, blob_path(config_digest, "config"),
+                                    f"{path}: config", config_digest), f"{path}: config")
     layer_descs = [obj(d, "manifest: layers[]") for d in items(manifest.get("layers"), "layers")]
     ids = diff_ids(config, len(layer_descs), f"{path}: config")
     layers = tuple(
@@ -381,13 +388,12 @@ def _image_manifest(store: BlobStore, desc: dict[str, Any], path: Path) -> dict[
 def _for_host(index: dict[str, Any], path: Path) -> dict[str, Any]:
     descs = [obj(d, "index: manifests[]") for d in items(index.get("manifests"), "manifests")]
     os_name, arch = host_platform()
-    found = [d for d in descs
-             if obj(d.get("platform") or {}, "platform").get("os", os_name) == os_name
-             and d.get("platform", {}).get("architecture", arch) == arch]
+    platforms = [obj(d.get("platform") or {}, "index: platform") for d in descs]
+    found = [d for d, p in zip(descs, platforms, strict=True)
+             if p.get("os", os_name) == os_name and p.get("architecture", arch) == arch]
     if len(descs) == 1:
         return descs[0]
     if not found:
-        have = ", ".join(sorted(f"{p.get('os')}/{p.get('architecture')}"
-                                for p in (d.get("platform") or {} for d in descs)))
+        have = ", ".join(sorted(f"{p.get('os')}/{p.get('architecture')}" for p in platforms))
         raise ConvertError(f"{path}: no image for {os_name}/{arch}; it has: {have}")
     return found[0]

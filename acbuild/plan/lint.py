@@ -19,6 +19,7 @@ from acbuild.acfile.render import render
 from acbuild.errors import AcbuildError, AcfileError, Span, raise_all
 from acbuild.plan.baseref import ImageName, parse_base
 from acbuild.plan.plan import begin_path_errors
+from acbuild.terminal import escape
 
 RULES: dict[str, str] = {
     "AC001": "the image has no EXEC",
@@ -49,8 +50,8 @@ class Finding:
     span: Span
 
     def render(self) -> str:
-        return f"{self.span.file}:{self.span.line}:{self.span.column}: warning[{self.rule}]: " \
-               f"{self.message}"
+        return f"{escape(self.span.file)}:{self.span.line}:{self.span.column}: " \
+               f"warning[{self.rule}]: {escape(self.message)}"
 
 
 def lint_file(path: Path, *, context: Path | None = None,

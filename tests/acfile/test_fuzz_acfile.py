@@ -217,7 +217,7 @@ def test_template_endless_loop_is_stopped() -> None:
     text = ("BEGIN scratch\n{% for i in range(100000) %}{% for j in range(100000) %}"
             "{% endfor %}{% endfor %}\n")
     (message,) = _placed(front_end(text, timeout=30), text)
-    assert message == "rendering the template took longer than 10 s"
+    assert message == "template rendering took longer than 10 s"
 
 
 def test_binary_acfile_through_the_cli_is_one_clean_line(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from acbuild.cli.commands.common import (
     state,
 )
 from acbuild.cli.commands.trustopts import base_loader, trust_options
+from acbuild.cli.console import say
 from acbuild.report import Field, Reporter
 
 if TYPE_CHECKING:  # the library is imported when the verb runs, so --help stays quick
@@ -139,7 +140,7 @@ def command(
     if iidfile is not None:
         with atomic_write(iidfile) as f:
             f.write(result.image_id.encode())
-    click.echo(result.image_id, err=to_stdout)
+    say(result.image_id, err=to_stdout)
 
 
 def _stream(image: Path) -> None:

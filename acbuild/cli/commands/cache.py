@@ -11,6 +11,7 @@ import click
 
 from acbuild.cache.cache import CacheStore, default_cache_dir
 from acbuild.cli.commands.common import Size, global_options
+from acbuild.cli.console import say
 from acbuild.cli.text import human_size
 
 
@@ -36,9 +37,9 @@ def list_entries(cache_dir: Path | None) -> None:
     entries = _store(cache_dir).entries()
     for e in entries:
         used = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.last_used))
-        click.echo(f"{e.kind:<5} {e.key}  {human_size(e.size):>10}  {used}")
+        say(f"{e.kind:<5} {e.key}  {human_size(e.size):>10}  {used}")
     total = sum(e.size for e in entries)
-    click.echo(f"{len(entries)} entries, {human_size(total)}")
+    say(f"{len(entries)} entries, {human_size(total)}")
 
 
 @command.command("prune")
@@ -58,4 +59,4 @@ def prune(max_size: int | None, everything: bool, cache_dir: Path | None) -> Non
             click.confirm("Remove every entry of the step cache?", abort=True, err=True)
         max_size = 0
     removed = _store(cache_dir).prune(max_size)
-    click.echo(f"removed {len(removed)} entries, {human_size(sum(e.size for e in removed))}")
+    say(f"removed {len(removed)} entries, {human_size(sum(e.size for e in removed))}")

@@ -33,7 +33,10 @@ def parse_size(text: str) -> int:
     found = _SIZE.fullmatch(text.strip())
     if found is None:
         raise click.BadParameter(f"{text!r} is not a size such as 500M or 10G")
-    return int(float(found.group(1)) * _UNITS[found.group(2).lower()])
+    size = float(found.group(1)) * _UNITS[found.group(2).lower()]
+    if not size < 1 << 62:  # also inf, from a number longer than a float holds
+        raise click.BadParameter(f"{text!r} is larger than any disk")
+    return int(size)
 
 
 class Size(click.ParamType[int]):

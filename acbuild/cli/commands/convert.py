@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from acbuild.cli.commands.common import global_options, state
+from acbuild.cli.console import say
 from acbuild.image.compression import COMPRESSIONS
 from acbuild.interop.convert import ConvertOptions, convert
 from acbuild.interop.oci import KINDS, detect_kind
@@ -41,4 +42,4 @@ def command(
                       Field("output", "output", str(top.path)),
                       Field("images", "images written", len(written))))
     for w in written:
-        click.echo(w.image_id)
+        say(w.image_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -11,10 +10,11 @@ from typing import Any
 import click
 
 from acbuild.cli.commands.common import global_options, state
-from acbuild.cli.console import render_error
+from acbuild.cli.console import render_error, say
 from acbuild.cli.text import human_size
 from acbuild.errors import AcbuildError
 from acbuild.image.diff import Entry, EntryChange, ImageDiff, ManifestChange, diff_images
+from acbuild.terminal import json_dumps
 
 EXIT_TROUBLE = 2  # as diff(1): 0 same, 1 different, 2 trouble
 
@@ -35,10 +35,10 @@ def command(old: Path, new: Path, as_json: bool) -> None:
         click.echo(render_error(e, state().resolved_progress()), err=True)
         sys.exit(EXIT_TROUBLE)
     if as_json:
-        click.echo(json.dumps(as_object(result), sort_keys=True, ensure_ascii=False))
+        click.echo(json_dumps(as_object(result), sort_keys=True))
     else:
         for line in as_lines(result):
-            click.echo(line)
+            say(line)
     sys.exit(0 if result.same else 1)  # cli.main does not turn click's Exit into the status
 
 
@@ -57,7 +57,7 @@ _MARK = {"added": "+", "removed": "-", "changed": "~"}
 
 def _manifest_line(c: ManifestChange) -> str:
     def show(v: Any) -> str:
-        return json.dumps(v, ensure_ascii=False)
+        return json_dumps(v)
 
     if c.change == "changed":
         return f"~ manifest {c.path}: {show(c.old)} -> {show(c.new)}"

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from acbuild.cli.commands.common import global_options
+from acbuild.cli.console import say
 from acbuild.distribution.discovery import HttpOptions, discover, parse_ref
 
 
@@ -26,6 +27,6 @@ def command(name: str, insecure: bool, port: int | None, ca_file: Path | None,
         click.echo(json.dumps(found.as_json(), indent=2, sort_keys=True))
         return
     for e in found.endpoints:
-        click.echo(f"ACI: {e.aci}, ASC: {e.asc}")
+        say(f"ACI: {e.aci}, ASC: {e.asc}")
     if found.keys:
-        click.echo(f"Keys: {', '.join(found.keys)}")
+        say(f"Keys: {', '.join(found.keys)}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from acbuild.cli.commands.common import global_options, state
+from acbuild.cli.console import say
 from acbuild.fs.staging import StagedRootfs
 from acbuild.image.aci import unpack_image
 from acbuild.image.finalize import build_epoch
@@ -45,4 +46,4 @@ def command(image: Path, output_format: str, output: Path) -> None:
                             epoch=export_epoch(manifest), reporter=reporter)
     reporter.summary((Field("manifest_digest", "manifest digest", digest),
                       Field("output", "output", str(output))))
-    click.echo(digest)
+    say(digest)

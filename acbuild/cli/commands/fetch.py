@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from acbuild.cli.commands.common import global_options, state
+from acbuild.cli.console import say
 from acbuild.distribution.fetch import FetchOptions, fetch
 
 
@@ -30,4 +31,4 @@ def command(image: str, output: Path | None, insecure: bool, port: int | None,
     options = FetchOptions(insecure=insecure, port=port, trust_store=trust_store,
                            skip_verify=insecure_skip_verify, ca_file=ca_file, store_dir=store_dir)
     result = fetch(image, options=options, reporter=state().reporter(), output_dir=output)
-    click.echo(result.entry.id)
+    say(result.entry.id)

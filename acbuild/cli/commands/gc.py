@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from acbuild.cli.commands.common import global_options
+from acbuild.cli.console import say
 from acbuild.distribution.imagestore import ImageStore
 
 
@@ -21,4 +22,4 @@ def command(keep: int | None, older_than: float | None, store_dir: Path | None) 
     if keep is None and older_than is None:
         raise click.UsageError("give --keep N or --older-than DAYS")
     for entry in ImageStore.locate(store_dir).gc(keep=keep, older_than_days=older_than):
-        click.echo(f"removed {entry.id} ({entry.name})")
+        say(f"removed {entry.id} ({entry.name})")

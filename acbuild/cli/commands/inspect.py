@@ -12,6 +12,7 @@ from rich.tree import Tree
 from acbuild.cli.commands.common import global_options
 from acbuild.cli.text import human_size
 from acbuild.image.inspect import ImageSummary, manifest_facts, summarize
+from acbuild.terminal import escape as safe
 
 
 @click.command("inspect")
@@ -23,9 +24,9 @@ def command(image: Path, no_files: bool) -> None:
     summary = summarize(image, entries=not no_files)
     console = Console(highlight=False, soft_wrap=True, emoji=False)
     facts = _facts(summary)
-    width = max(len(key) for key, _ in facts) + 2
+    width = max(len(safe(key)) for key, _ in facts) + 2
     for key, value in facts:
-        console.print(f"[bold]{escape(_printable(key).ljust(width))}[/]{escape(_printable(value))}")
+        console.print(f"[bold]{escape(safe(key).ljust(width))}[/]{escape(safe(value))}")
     if not no_files:
         console.print(_tree(summary))
 
@@ -41,11 +42,6 @@ def _facts(summary: ImageSummary) -> list[tuple[str, str]]:
     return facts + manifest_facts(summary.manifest)
 
 
-def _printable(text: str) -> str:
-    """A manifest's strings are the image author's: no control characters to the terminal."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-
-
 def _tree(summary: ImageSummary) -> Tree:
     root = Tree("[bold]/[/]")
     nodes: dict[str, Tree] = {"": root}
@@ -56,7 +52,7 @@ def _tree(summary: ImageSummary) -> Tree:
         parts = name.split("/")
         parent = nodes.get("/".join(parts[:-1]), root)
         size = "" if entry.kind == "dir" else f" [dim]{human_size(entry.size)}[/]"
-        link = f" -> {escape(_printable(entry.linkname))}" if entry.linkname else ""
-        label = escape(_printable(parts[-1])) + ("/" if entry.kind == "dir" else "") + link + size
+        link = f" -> {escape(safe(entry.linkname))}" if entry.linkname else ""
+        label = escape(safe(parts[-1])) + ("/" if entry.kind == "dir" else "") + link + size
         nodes["/".join(parts)] = parent.add(label)
     return root

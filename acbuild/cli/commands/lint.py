@@ -15,8 +15,7 @@ from acbuild.cli.commands.common import (
     state,
     variable_options,
 )
-from acbuild.cli.console import json_event
-from acbuild.cli.text import printable
+from acbuild.cli.console import json_event, say
 from acbuild.plan.lint import RULES, lint_file
 
 
@@ -47,7 +46,7 @@ def command(paths: tuple[Path, ...], context: Path | None, allow_paths: tuple[Pa
                                       file=finding.span.file, line=finding.span.line,
                                       column=finding.span.column))
             else:
-                click.echo(printable(finding.render()))
+                say(finding.render())
             count += 1
     if count:
         # Not click's Exit: cli.main runs click with standalone_mode=False, which returns

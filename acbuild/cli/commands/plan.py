@@ -26,6 +26,7 @@ from acbuild.cli.commands.common import (
     state,
 )
 from acbuild.cli.commands.trustopts import base_loader, trust_options
+from acbuild.cli.console import say
 from acbuild.image.finalize import build_epoch
 
 
@@ -57,8 +58,8 @@ def command(path: Path | None, acfile_file: Path | None, context: Path | None,
                 hit = cache.hit(step)
                 key = step.key or "-" * 71
                 where = f" ({stage.name})" if stage.name else ""
-                click.echo(f"[{step.number}/{step.total}] {'HIT ' if hit else 'MISS'} "
+                say(f"[{step.number}/{step.total}] {'HIT ' if hit else 'MISS'} "
                            f"{key}{where}  {step.instruction.text}")
         image = final_image_key(plan, options, epoch)
         hit = cache.image(image) is not None
-        click.echo(f"image {'HIT ' if hit else 'MISS'} {image or '-'}")
+        say(f"image {'HIT ' if hit else 'MISS'} {image or '-'}")

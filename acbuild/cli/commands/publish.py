@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from acbuild.cli.commands.common import global_options, state
+from acbuild.cli.console import say
 from acbuild.distribution.publish import publish
 
 
@@ -25,4 +26,4 @@ def command(image: Path, repo: Path, url_base: str, key_file: Path | None,
     """Publish IMAGE and IMAGE.asc under --repo with an ac-discovery page."""
     result = publish(image, repo=repo, url_base=url_base, key_file=key_file, gpg_home=gpg_home,
                      reporter=state().reporter())
-    click.echo(str(result.image))
+    say(str(result.image))

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from acbuild.cli.commands.common import global_options, state
+from acbuild.cli.console import say
 from acbuild.trust.sign import read_passphrase, sign_image
 
 
@@ -23,4 +24,4 @@ def command(image: Path, key: str, gpg_home: Path | None, passphrase_file: Path 
     """Sign IMAGE with a GnuPG key: writes IMAGE.asc."""
     result = sign_image(image, key, gpg_home=gpg_home, passphrase=read_passphrase(passphrase_file),
                         reporter=state().reporter())
-    click.echo(str(result.signature))
+    say(str(result.signature))

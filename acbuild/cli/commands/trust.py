@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from acbuild.cli.commands.common import global_options, state
+from acbuild.cli.console import say
 from acbuild.distribution.discovery import parse_ref
 from acbuild.distribution.fetch import FetchOptions, fetch_keys
 from acbuild.errors import TrustError
@@ -41,11 +42,11 @@ def command(keyfiles: tuple[Path, ...], prefix: str | None, root: bool, list_: b
     store = TrustStore.locate(trust_store)
     if list_:
         for key in store.all_keys():
-            click.echo(f"{key.fingerprint}  {key.scope}")
+            say(f"{key.fingerprint}  {key.scope}")
         return
     if remove:
         for key in store.remove(remove):
-            click.echo(f"removed {key.fingerprint} ({key.scope})")
+            say(f"removed {key.fingerprint} ({key.scope})")
         return
     if root == (prefix is not None):
         raise click.UsageError("give exactly one of --prefix NAME and --root")
@@ -56,14 +57,14 @@ def command(keyfiles: tuple[Path, ...], prefix: str | None, root: bool, list_: b
     scope = "every image (root)" if root else f"images under {prefix}"
     for data in blobs:
         for info in scan_keys(data):
-            click.echo(f"key {info.fingerprint}  {info.uid}", err=True)
+            say(f"key {info.fingerprint}  {info.uid}", err=True)
         for fingerprint, problem in rkt_problems(data):
             # acbuild-py verifies with gpg and accepts it; images signed with it fail in rkt.
             state().reporter().warning(f"rkt cannot use key {fingerprint}: {problem}")
         if not _confirm(f"Trust these keys for {scope}?", yes):
             raise TrustError("not trusted: the user declined")
         for key in store.add(data, prefix=prefix):
-            click.echo(f"trusted {key.fingerprint} for {key.scope}: {key.path}")
+            say(f"trusted {key.fingerprint} for {key.scope}: {key.path}")
 
 
 def _key_data(keyfiles: tuple[Path, ...], prefix: str | None,

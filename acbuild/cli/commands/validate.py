@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from acbuild.cli.commands.common import global_options, state
-from acbuild.cli.console import json_event
-from acbuild.cli.text import printable
+from acbuild.cli.console import json_event, say
 from acbuild.image.validate import check_image
 
 
@@ -29,10 +28,10 @@ def command(images: tuple[Path, ...]) -> None:
                        err=True)
             continue
         for problem in problems:
-            click.echo(printable(f"{image}: {problem}"), err=True)
+            say(f"{image}: {problem}", err=True)
         for warning in report.warnings:
-            click.echo(printable(f"{image}: warning: {warning}"), err=True)
+            say(f"{image}: warning: {warning}", err=True)
         if not problems:
-            click.echo(printable(f"{image}: valid"), err=True)
+            say(f"{image}: valid", err=True)
     if failed:
         raise click.exceptions.Exit(1)

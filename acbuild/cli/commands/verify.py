@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from acbuild.cli.commands.common import global_options
+from acbuild.cli.console import say
 from acbuild.trust.truststore import TrustStore
 from acbuild.trust.verify import verify_image
 
@@ -22,5 +23,5 @@ from acbuild.trust.verify import verify_image
 def command(image: Path, signature: Path | None, trust_store: Path | None) -> None:
     """Verify IMAGE's signature; exit 1 with the reason when it is not trusted."""
     result = verify_image(image, TrustStore.locate(trust_store), signature=signature)
-    click.echo(f"{image}: good signature for {result.name} by {result.signer} "
+    say(f"{image}: good signature for {result.name} by {result.signer} "
                f"({result.fingerprint}), trusted as {result.trusted_as}")
