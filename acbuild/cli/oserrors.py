@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
-from pathlib import Path
 
 from acbuild.errors import AcbuildError
+from acbuild.fs.reasons import not_a_directory
 
 # What the environment does to a correct program. Anything else (EBADF, EINVAL...) is a bug
 # and stays an internal error.
@@ -29,21 +28,9 @@ def from_os_error(error: OSError) -> AcbuildError | None:
     if error.filename is None:
         return AcbuildError(reason[:1].lower() + reason[1:])
     path = os.fsdecode(error.filename)
-    if error.errno in (errno.ENOTDIR, errno.EEXIST) and (blocker := _not_a_directory(path)):
+    if error.errno in (errno.ENOTDIR, errno.EEXIST) and (blocker := not_a_directory(path)):
         where = "" if blocker == path else f" (on the way to {path!r})"
         return AcbuildError(f"{blocker!r} is not a directory{where}",
                             hint="give a path whose parent directories are directories")
     other = f" -> {os.fsdecode(error.filename2)!r}" if error.filename2 is not None else ""
     return AcbuildError(f"{path!r}{other}: {reason[:1].lower() + reason[1:]}")
-
-
-def _not_a_directory(path: str) -> str | None:
-    """The deepest existing component of ``path`` when it is something other than a
-    directory (the regular file a path runs through)."""
-    for candidate in (Path(path), *Path(path).parents):
-        try:
-            mode = os.stat(candidate).st_mode
-        except OSError:
-            continue
-        return None if stat.S_ISDIR(mode) else str(candidate)
-    return None

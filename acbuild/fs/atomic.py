@@ -15,6 +15,7 @@ from typing import BinaryIO
 
 from acbuild.errors import AcbuildError
 from acbuild.fs.leftovers import owner_tag, sweep
+from acbuild.fs.reasons import reason
 
 
 def _create_temp(path: Path) -> tuple[int, Path]:
@@ -30,7 +31,7 @@ def _create_temp(path: Path) -> tuple[int, Path]:
         except FileExistsError:
             continue
         except OSError as e:
-            raise AcbuildError(f"cannot write {path}: {e.strerror}") from None
+            raise AcbuildError(f"cannot write {path}: {reason(e, path)}") from None
     raise AcbuildError(f"cannot write {path}: no free temporary name")  # pragma: no cover
 
 
@@ -92,4 +93,4 @@ def _commit(f: BinaryIO, temp: Path, path: Path, mode: int | None) -> None:
         os.fsync(f.fileno())
         os.replace(temp, path)
     except OSError as e:
-        raise AcbuildError(f"cannot write {path}: {e.strerror or e}") from None
+        raise AcbuildError(f"cannot write {path}: {reason(e, path)}") from None

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from acbuild.errors import AcbuildError
+from acbuild.fs.reasons import reason
 
 
 class UnsafeDirectory(AcbuildError):
@@ -33,8 +34,8 @@ def private_dir(path: Path, *, what: str) -> Path:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except FileExistsError:
         raise UnsafeDirectory(f"{what} {path} is not a directory") from None
-    except NotADirectoryError:
-        raise UnsafeDirectory(f"{what} {path}: a non-directory is in the way") from None
+    except NotADirectoryError as e:
+        raise UnsafeDirectory(f"{what} {path}: {reason(e, path / '-')}") from None
     except OSError as e:
         raise UnsafeDirectory(f"cannot create {what} {path}: {e.strerror}") from None
     check_private(path, what=what)
@@ -101,7 +102,7 @@ def create_private_file(path: Path, *, what: str) -> int:
         if e.errno == errno.ELOOP:
             raise UnsafeDirectory(f"{what} {path} is a symlink; refusing to write through it",
                                   hint="remove it or choose another path") from None
-        raise UnsafeDirectory(f"cannot write {what} {path}: {e.strerror}") from None
+        raise UnsafeDirectory(f"cannot write {what} {path}: {reason(e, path)}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

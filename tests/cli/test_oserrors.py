@@ -31,7 +31,7 @@ def _cases(w: Path) -> list[tuple[tuple[str, ...], dict[str, str]]]:
         (("build", acfile, "-o", out), {"XDG_CACHE_HOME": f}),
         (("plan", acfile, "--cache-dir", f"{f}/c"), {}),
         (("cache", "list", "--cache-dir", f"{f}/c"), {}),
-        (("cache", "prune", "--cache-dir", f"{f}/c"), {}),
+        (("cache", "prune", "--all", "--cache-dir", f"{f}/c"), {}),
         (("gc", "--keep", "1", "--store", f"{f}/store"), {}),
     ]
 
