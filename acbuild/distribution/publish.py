@@ -16,7 +16,7 @@ from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
 from acbuild.image import aci
 from acbuild.report import Reporter
-from acbuild.trust.gpg import export_public, open_gpg
+from acbuild.trust.gpg import export_public, gpg_path, open_gpg
 from acbuild.trust.sign import signature_path
 
 PUBKEYS = "pubkeys.gpg"
@@ -97,7 +97,7 @@ def _signer(asc: Path, gpg_home: Path | None) -> str | None:
     """The primary fingerprint that made ``asc``, if ``gpg_home`` holds its key."""
     gpg = open_gpg(gpg_home)
     with asc.open("rb") as f:
-        result = gpg.verify_file(f, str(asc.with_suffix("")))
+        result = gpg.verify_file(f, gpg_path(asc.with_suffix("")))
     if not result.valid:
         return None
     fpr = getattr(result, "pubkey_fingerprint", None) or result.fingerprint

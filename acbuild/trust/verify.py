@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.errors import TrustError
-from acbuild.trust.gpg import gpg_messages, import_keys, status_lines, temporary_keyring
+from acbuild.trust.gpg import (
+    gpg_messages,
+    gpg_path,
+    import_keys,
+    status_lines,
+    temporary_keyring,
+)
 from acbuild.trust.sign import signature_path
 from acbuild.trust.truststore import TrustedKey, TrustStore
 
@@ -60,7 +66,7 @@ def verify_image(
     with temporary_keyring() as gpg:
         _import_trusted(gpg, trusted)
         with asc.open("rb") as sig:
-            result = gpg.verify_file(sig, str(image))
+            result = gpg.verify_file(sig, gpg_path(image))
     statuses = status_lines(result)
     verdict = _judge(statuses, result, shown=shown_as or str(image), asc=asc, name=name,
                      store=store, trusted=trusted)

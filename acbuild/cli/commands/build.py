@@ -10,7 +10,7 @@ import click
 from acbuild.build.build import BuildOptions, BuildResult, build
 from acbuild.build.repro import check_reproducible
 from acbuild.cli.commands.common import acfile_options, global_options, state
-from acbuild.cli.commands.trustopts import base_loader, trust_options
+from acbuild.cli.commands.trustopts import base_loader, check_key_specs, trust_options
 from acbuild.cli.console import human_size
 from acbuild.report import Reporter
 from acbuild.trust.sign import read_passphrase, remove_stale_signature, sign_image
@@ -23,7 +23,7 @@ from acbuild.trust.sign import read_passphrase, remove_stale_signature, sign_ima
 @acfile_options
 @click.option("--format", "output_format", type=click.Choice(["aci", "oci", "oci-archive"]),
               default="aci", show_default=True, help="Image format to write.")
-@click.option("--sign", "sign_keys", multiple=True, metavar="KEY",
+@click.option("--sign", "sign_keys", multiple=True, metavar="KEY", callback=check_key_specs,
               help="Sign the image with this GnuPG key (as a SIGN line would).")
 @click.option("--gpg-home", type=click.Path(path_type=Path, file_okay=False),
               help="GnuPG home holding the signing key.")

@@ -11,12 +11,22 @@ from typing import Any, TypeVar
 
 import click
 
+from acbuild.acfile.signkey import key_spec_problem
 from acbuild.build.bases import BaseLoader
 from acbuild.cli.commands.common import Size
 from acbuild.image.tarread import Limits
 from acbuild.report import Reporter
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def check_key_specs(_ctx: click.Context, param: click.Parameter,
+                    value: str | tuple[str, ...] | None) -> str | tuple[str, ...] | None:
+    """``--sign`` / ``--key``: a key ID, fingerprint, e-mail or user ID, never an option."""
+    for spec in (value,) if isinstance(value, str) else value or ():
+        if (problem := key_spec_problem(spec)) is not None:
+            raise click.BadParameter(problem, param=param)
+    return value
 
 
 def trust_options(f: F) -> F:
