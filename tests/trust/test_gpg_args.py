@@ -46,7 +46,7 @@ def test_option_words_never_reach_gpg(gpgkeys: Keys, tmp_path: Path,
     image = make_aci(tmp_path / "app.aci", "example.com/app")
     for word in words(prog):
         kill_agent(gpgkeys.home)  # no agent runs: gpg would start the one it is told to
-        with pytest.raises(TrustError, match="signing key|must not be empty"):
+        with pytest.raises(TrustError, match=r"signing key|must not be empty"):
             sign_image(image, word, gpg_home=gpgkeys.home, reporter=NullReporter())
         assert not marker.exists(), word
         assert not (tmp_path / "evil.sh.out").exists()
