@@ -69,14 +69,56 @@ def read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int, what:
         return data.read()
 
 
+class ManifestReader:
+    """The one rule every ACI reader applies to the ``manifest`` entry: there is exactly one
+    (whatever its spelling: ``./manifest``, ``rootfs/../manifest``), it is a regular file, and
+    it is at most ``limits.max_manifest`` bytes. A second one is an error, never "the first
+    wins" or "the last wins": readers that disagreed about which one counts could be shown
+    one manifest and run another."""
+
+    def __init__(self, path: Path, limits: Limits) -> None:
+        self.path = path
+        self.limits = limits
+        self.data: bytes | None = None
+        self.seen = False
+
+    def offer(self, name: str, member: tarfile.TarInfo, tar: tarfile.TarFile) -> bool:
+        """Take the entry if its cleaned ``name`` is the manifest; True when it was."""
+        if name != "manifest":
+            return False
+        if self.seen:
+            raise ImageError(f"{self.path}: the image has more than one manifest entry",
+                             hint="an ACI has exactly one; rebuild or re-export the image")
+        self.seen = True
+        if not member.isreg():
+            raise ImageError(f"{self.path}: manifest is not a regular file")
+        self.data = read_member(tar, member, self.limits.max_manifest, "manifest")
+        return True
+
+    def raw(self) -> bytes:
+        """The manifest's bytes, after the whole archive was offered."""
+        if self.data is None:
+            raise ImageError(f"{self.path}: not an ACI: it has no manifest")
+        return self.data
+
+    def manifest(self) -> ImageManifest:
+        return manifest.from_json_bytes(self.raw())
+
+
 def read_manifest(path: Path, *, limits: Limits = Limits()) -> ImageManifest:  # noqa: B008
-    """The manifest of the ACI at ``path``; stops reading once it is found."""
+    """The manifest of the ACI at ``path``. The whole archive is read: only at its end is it
+    known that no second manifest entry follows."""
+    return scan(path, limits=limits)[0]
+
+
+def scan(path: Path, *, limits: Limits = Limits()) -> tuple[ImageManifest, str]:  # noqa: B008
+    """The manifest and the image ID of the ACI at ``path``, in one pass."""
+    reader = ManifestReader(path, limits)
+    digest = hashlib.sha512()
     with open_tar(path) as stream:
-        for member, tar in members(TarSource(stream), limits):
-            if clean_name(member.name) == "manifest" and member.isreg():
-                data = read_member(tar, member, limits.max_manifest, "manifest")
-                return manifest.from_json_bytes(data)
-    raise ImageError(f"{path}: not an ACI: it has no manifest")
+        for member, tar in members(TarSource(stream, hasher=digest), limits):
+            reader.offer(clean_name(member.name), member, tar)
+    return reader.manifest(), "sha512-" + digest.hexdigest()
 
 
 def image_id(path: Path) -> str:
@@ -118,18 +160,6 @@ def iter_entries(path: Path, *, limits: Limits = Limits()) -> Iterator[EntryInfo
             yield entry_info(member)
 
 
-class _ManifestCatcher:
-    """Receives the entries outside ``rootfs/`` during extraction of an ACI."""
-
-    def __init__(self, limits: Limits) -> None:
-        self.limits = limits
-        self.data: bytes | None = None
-
-    def __call__(self, name: str, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
-        if name == "manifest" and member.isreg():
-            self.data = read_member(tar, member, self.limits.max_manifest, "manifest")
-
-
 def unpack_image(
     path: Path,
     rootfs: StagedRootfs,
@@ -148,17 +178,21 @@ def _extract(path: Path, rootfs: StagedRootfs, prefix: str | None,
              reporter: Reporter | None, limits: Limits) -> ImageManifest | None:
     """Extract the archive at ``path`` (entries under ``prefix``, or what its first entry
     says when None) and return the manifest beside them, if the archive has one."""
-    catcher = _ManifestCatcher(limits)
+    reader = ManifestReader(path, limits)
+
+    def outside(name: str, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        reader.offer(name, member, tar)
+
     with open_tar(path) as stream:
         used = extract_tar(
-            stream, rootfs, prefix=prefix, limits=limits, reporter=reporter, on_outside=catcher
+            stream, rootfs, prefix=prefix, limits=limits, reporter=reporter, on_outside=outside
         )
-    if catcher.data is None:
+    if reader.data is None:
         if used and prefix is None:
             raise ImageError(
                 f"{path}: looks like an ACI (it starts with rootfs/) but has no manifest")
         return None
-    return manifest.from_json_bytes(catcher.data)
+    return reader.manifest()
 
 
 def unpack_base(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from acbuild.errors import ImageError
-from acbuild.image.aci import EntryInfo, entry_info, open_tar
+from acbuild.image.aci import EntryInfo, ManifestReader, entry_info, open_tar
 from acbuild.image.tarread import CHUNK, Limits, TarSource, archive_errors, members
 
 MANIFEST = "manifest"
@@ -68,29 +68,19 @@ def diff_images(old: Path, new: Path, *, limits: Limits = Limits()) -> ImageDiff
 
 
 def _read(path: Path, limits: Limits) -> tuple[dict[str, Any], dict[str, Entry]]:
-    manifest: dict[str, Any] | None = None
+    reader = ManifestReader(path, limits)
     entries: dict[str, Entry] = {}
     with open_tar(path) as stream:
         for member, tar in members(TarSource(stream), limits):
             info = entry_info(member)
-            if info.name == MANIFEST and member.isreg():
-                manifest = _manifest(path, tar, member, limits)
+            if reader.offer(info.name, member, tar):
                 continue
             digest = _sha256(tar, member) if member.isreg() else None
             entries[info.name] = Entry(info=info, sha256=digest)
-    if manifest is None:
-        raise ImageError(f"{path}: not an ACI: it has no manifest")
-    return manifest, entries
+    return _manifest(path, reader.raw()), entries
 
 
-def _manifest(path: Path, tar: tarfile.TarFile, member: tarfile.TarInfo,
-              limits: Limits) -> dict[str, Any]:
-    if member.size > limits.max_manifest:
-        raise ImageError(f"{path}: manifest is larger than {limits.max_manifest} bytes")
-    with archive_errors():
-        data = tar.extractfile(member)
-        assert data is not None  # a regular file
-        raw = data.read()
+def _manifest(path: Path, raw: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(raw)
     except (ValueError, RecursionError):

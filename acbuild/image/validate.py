@@ -12,7 +12,7 @@ from pathlib import Path
 
 from acbuild.errors import ImageError
 from acbuild.image import compression, manifest, manifest_rules
-from acbuild.image.aci import open_tar, read_member
+from acbuild.image.aci import ManifestReader, open_tar
 from acbuild.image.tarread import Limits, TarSource, clean_name, members
 
 MAX_LISTED = 20  # problems of one kind listed before "... and N more"
@@ -23,8 +23,9 @@ _KINDS = {"outside": "entries outside rootfs/", "duplicate": "duplicate entries"
 class _Layout:
     """What one pass over the entries has seen."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, path: Path, limits: Limits) -> None:
         self.limits = limits
+        self.reader = ManifestReader(path, limits)
         self.names: set[str] = set()
         self.files: set[str] = set()
         self.manifest: bytes | None = None
@@ -47,13 +48,12 @@ class _Layout:
             self.add("duplicate", f"duplicate entry {name!r}")
         self.names.add(name)
         if name == "manifest":
-            if not member.isreg():
-                self.add("manifest", "manifest is not a regular file")
+            try:
+                self.reader.offer(name, member, tar)
+            except ImageError as e:
+                self.add("manifest", e.message.removeprefix(f"{self.reader.path}: "))
             else:
-                try:
-                    self.manifest = read_member(tar, member, self.limits.max_manifest, "manifest")
-                except ImageError as e:
-                    self.add("manifest", e.message)
+                self.manifest = self.reader.data
         elif name == "rootfs":
             self.rootfs = self.rootfs or member.isdir()
             if not member.isdir():
@@ -109,7 +109,7 @@ def _compression_problem(path: Path) -> str | None:
 
 def validate_image(path: Path, *, limits: Limits = Limits()) -> list[str]:  # noqa: B008
     """Every problem of the ACI at ``path``, one sentence each; ``[]`` if it is valid."""
-    layout = _Layout(limits)
+    layout = _Layout(path, limits)
     early: list[str] = []
     if (problem := _compression_problem(path)) is not None:
         early.append(problem)
