@@ -17,6 +17,7 @@ from acbuild.trust.gpg import (
     status_lines,
     temporary_keyring,
 )
+from acbuild.trust.names import check_image_name
 from acbuild.trust.sign import signature_path
 from acbuild.trust.truststore import TrustedKey, TrustStore
 
@@ -57,7 +58,8 @@ def verify_image(
     if not asc.is_file():
         raise TrustError(f"{image} is not signed: {asc} does not exist",
                          hint="sign it with `acbuild-py sign`, or pass --signature FILE")
-    name = manifest_name(image) if name is None else name
+    name = check_image_name(manifest_name(image) if name is None else name,
+                            shown_as or str(image))
     trusted = store.keys_for(name)
     if not trusted:
         raise TrustError(f"no keys are trusted for {name} in {store.root}",
