@@ -21,6 +21,8 @@ from acbuild.trust.names import check_image_name
 from acbuild.trust.sign import signature_path
 from acbuild.trust.truststore import TrustedKey, TrustStore
 
+MAX_SIGNATURE = 1 << 20  # gpg is handed the whole file; real ones are a few hundred bytes
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VerifyResult:
@@ -58,6 +60,8 @@ def verify_image(
     if not asc.is_file():
         raise TrustError(f"{image} is not signed: {asc} does not exist",
                          hint="sign it with `acbuild-py sign`, or pass --signature FILE")
+    if asc.stat().st_size > MAX_SIGNATURE:
+        raise TrustError(f"{asc} is larger than {MAX_SIGNATURE} bytes: not a signature")
     name = check_image_name(manifest_name(image) if name is None else name,
                             shown_as or str(image))
     trusted = store.keys_for(name)

@@ -14,6 +14,7 @@ import click
 from acbuild.acfile.signkey import key_spec_problem
 from acbuild.build.bases import BaseLoader
 from acbuild.cli.commands.common import Size
+from acbuild.distribution.fetch import PULL_POLICIES, PullPolicy
 from acbuild.image.tarread import Limits
 from acbuild.report import Reporter
 
@@ -42,6 +43,10 @@ def trust_options(f: F) -> F:
                      help="Extra CA certificate for HTTPS."),
         click.option("--insecure-skip-verify", is_flag=True,
                      help="Accept images whose signature is missing or bad (dangerous)."),
+        click.option("--pull-policy", type=click.Choice(PULL_POLICIES), default="new",
+                     show_default=True, help="How images named by BEGIN or DEPENDENCY are "
+                     "found: new: a stored copy that still verifies, else the server; update: "
+                     "always the server; never: only the image store."),
         click.option("--max-image-size", type=Size(), default=str(Limits().max_total_bytes),
                      metavar="SIZE", help="Refuse base images whose content is larger "
                      "(a bound on tar and compression bombs).  [default: 64G]"),
@@ -60,12 +65,14 @@ def base_loader(
     ca_file: Path | None = None,
     insecure_skip_verify: bool = False,
     max_image_size: int | None = None,
+    pull_policy: PullPolicy = "new",
 ) -> BaseLoader:
     def resolve(name: str, labels: tuple[tuple[str, str], ...], rep: Reporter) -> Path:
         from acbuild.distribution.fetch import FetchOptions, resolve_image
 
         options = FetchOptions(insecure=insecure, port=port, trust_store=trust_store,
-                               skip_verify=insecure_skip_verify, ca_file=ca_file)
+                               skip_verify=insecure_skip_verify, ca_file=ca_file,
+                               pull_policy=pull_policy)
         return resolve_image(name, labels, options=options, reporter=rep)
 
     def verify(path: Path, rep: Reporter) -> None:
