@@ -166,16 +166,35 @@ def unpack_image(
     *,
     reporter: Reporter | None = None,
     limits: Limits = Limits(),  # noqa: B008
+    expect_id: str | None = None,
 ) -> ImageManifest:
-    """Extract the ACI at ``path`` into ``rootfs``; returns its manifest."""
-    found = _extract(path, rootfs, "rootfs/", reporter, limits)
+    """Extract the ACI at ``path`` into ``rootfs``; returns its manifest.
+
+    ``expect_id``: the image ID the caller checked (a signature, a dependency's pin); the
+    bytes extracted are hashed as they are read and must be those, else ImageError (the
+    caller then discards ``rootfs``)."""
+    found = _extract(path, rootfs, "rootfs/", reporter, limits, expect_id)
     if found is None:
         raise ImageError(f"{path}: not an ACI: it has no manifest")
     return found
 
 
+class _Hashing:
+    """A read-only stream that hashes what is read through it."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.digest = hashlib.sha512()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.digest.update(data)
+        return data
+
+
 def _extract(path: Path, rootfs: StagedRootfs, prefix: str | None,
-             reporter: Reporter | None, limits: Limits) -> ImageManifest | None:
+             reporter: Reporter | None, limits: Limits,
+             expect_id: str | None = None) -> ImageManifest | None:
     """Extract the archive at ``path`` (entries under ``prefix``, or what its first entry
     says when None) and return the manifest beside them, if the archive has one."""
     reader = ManifestReader(path, limits)
@@ -184,9 +203,18 @@ def _extract(path: Path, rootfs: StagedRootfs, prefix: str | None,
         reader.offer(name, member, tar)
 
     with open_tar(path) as stream:
+        hashing = _Hashing(stream)
         used = extract_tar(
-            stream, rootfs, prefix=prefix, limits=limits, reporter=reporter, on_outside=outside
+            hashing, rootfs, prefix=prefix, limits=limits,  # type: ignore[arg-type]
+            reporter=reporter, on_outside=outside,
         )
+        with archive_errors():
+            while hashing.read(CHUNK):
+                pass  # extract_tar stops at the tar's end; the ID covers every byte
+    if expect_id is not None and not ("sha512-" + hashing.digest.hexdigest()).startswith(
+            expect_id):
+        raise ImageError(f"{path} changed after it was checked: its image ID is no longer "
+                         f"{expect_id[:19]}…")
     if reader.data is None:
         if used and prefix is None:
             raise ImageError(

@@ -1,86 +1,189 @@
 """Run stage, rendering: an image and its dependencies laid out as one rootfs, in AppC order.
 
-Depth-first: each dependency (itself rendered with its own dependencies) is unpacked in the
-order the manifest lists them, later ones over earlier ones, then the image's own rootfs on
-top; an image's pathWhitelist then prunes everything its rendering produced that it does
-not list. Dependencies are looked up locally only: ``<last name segment>*.aci`` beside the
-image (verified when a ``.asc`` is there), else the image store by image ID, name and labels.
+Two passes. ``resolve`` finds every dependency through the trust chain builds use and
+validates every manifest: a dependency pinned by image ID is any local copy whose bytes hash
+to that ID (beside the image as ``<last name segment>*.aci``, or in the image store); an
+unpinned one must be signed by a key trusted for the dependency's name (beside the image) or
+be a stored copy that still verifies — ``--insecure-skip-verify`` alone accepts less.
+``render`` then lays the tree out depth-first: each dependency in the order the manifest
+lists them, later over earlier, the image's own rootfs on top, its pathWhitelist pruning the
+result; every archive is re-hashed while it is unpacked, so the bytes used are the bytes
+checked. The rendered tree is cached under a key made of every resolved image ID.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from acbuild.distribution.discovery import ImageRef
+from acbuild.distribution.fetch import FetchOptions, fetch_ref
 from acbuild.distribution.imagestore import ImageStore
-from acbuild.errors import AcbuildError, ImageError
+from acbuild.errors import AcbuildError, FetchError, ImageError, TrustError
 from acbuild.fs.staging import StagedRootfs
-from acbuild.image.aci import image_id, read_manifest, unpack_image
+from acbuild.image.aci import scan, unpack_image
 from acbuild.image.manifest import Dependency, ImageManifest
+from acbuild.image.manifest_rules import problems
 from acbuild.report import Reporter
+from acbuild.trust.sign import signature_path
+from acbuild.trust.truststore import TrustStore
+from acbuild.trust.verify import verify_image
 
-# Checks PATH.asc next to a local image when there is one (the trust chain's verify_local).
-LocalVerifier = Callable[[Path, Reporter], None]
 MAX_DEPTH = 16
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Node:
+    """One resolved image: where its bytes are, their ID, its manifest, its dependencies."""
+
+    path: Path
+    image_id: str
+    manifest: ImageManifest
+    deps: tuple[Node, ...] = ()
+
+    def ids(self) -> tuple[str, ...]:
+        """Every image ID in rendering order (dependencies first, depth-first)."""
+        return (*(i for d in self.deps for i in d.ids()), self.image_id)
+
+    def cache_key(self) -> str:
+        """The rendered tree's cache key: all IDs with their nesting, hashed."""
+        return "render-" + hashlib.sha256(self._shape().encode()).hexdigest()
+
+    def _shape(self) -> str:
+        return f"{self.image_id}(" + ",".join(d._shape() for d in self.deps) + ")"
+
+
+def checked_manifest(path: Path, manifest: ImageManifest) -> ImageManifest:
+    """``manifest`` when it follows every AppC rule; what `run` uses must (mount point names
+    become directories, names choose keys)."""
+    found = problems(manifest)
+    if found:
+        more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+        raise ImageError(f"{path}: invalid manifest: {'; '.join(found[:3])}{more}",
+                         hint=f"see every problem with `acbuild-py validate {path}`")
+    return manifest
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Renderer:
-    store: ImageStore
-    verify_local: LocalVerifier
+    fetch: FetchOptions
     reporter: Reporter
 
-    def render(self, path: Path, rootfs: StagedRootfs, *,
-               chain: tuple[Path, ...] = ()) -> ImageManifest:
-        """Lay ``path`` and its dependency tree into ``rootfs``; returns ``path``'s manifest."""
+    def resolve(self, path: Path, *, chain: tuple[str, ...] = (),
+                image_id: str | None = None, manifest: ImageManifest | None = None) -> Node:
+        """``path`` and its dependency tree, every manifest valid, every dependency trusted."""
         if len(chain) >= MAX_DEPTH:
             raise ImageError(f"{path}: dependencies nested deeper than {MAX_DEPTH} levels")
-        if path.resolve() in chain:
-            raise ImageError(f"{path}: dependency cycle: " + " -> ".join(map(str, chain)))
-        manifest = read_manifest(path)
+        if manifest is None or image_id is None:
+            manifest, image_id = scan(path)
+        if image_id in chain:
+            raise ImageError(f"{path}: dependency cycle through {manifest.name}")
+        checked_manifest(path, manifest)
+        deps = []
         for dep in manifest.dependencies:
-            found = self.find(dep, beside=path)
+            found, dep_id, dep_manifest = self.find(dep, beside=path)
             self.reporter.info(f"dependency {dep.image_name}: {found}")
-            self.render(found, rootfs, chain=(*chain, path.resolve()))
-        unpack_image(path, rootfs, reporter=self.reporter)
-        if manifest.path_whitelist:
-            prune(rootfs.root, manifest.path_whitelist)
-        return manifest
+            deps.append(self.resolve(found, chain=(*chain, image_id), image_id=dep_id,
+                                     manifest=dep_manifest))
+        return Node(path=path, image_id=image_id, manifest=manifest, deps=tuple(deps))
 
-    def find(self, dep: Dependency, *, beside: Path) -> Path:
-        """The ACI that satisfies ``dep``: beside the image first, then the image store."""
+    def render(self, node: Node, rootfs: StagedRootfs) -> None:
+        """Lay the resolved tree into ``rootfs``; an archive that changed since it was
+        resolved is an error."""
+        for dep in node.deps:
+            self.render(dep, rootfs)
+        unpack_image(node.path, rootfs, reporter=self.reporter, expect_id=node.image_id)
+        if node.manifest.path_whitelist:
+            prune(rootfs.root, node.manifest.path_whitelist)
+
+    def find(self, dep: Dependency, *, beside: Path) -> tuple[Path, str, ImageManifest]:
+        """The local ACI that satisfies ``dep``, its ID and manifest."""
         last = dep.image_name.rsplit("/", 1)[-1]
+        refused: list[str] = []
         for candidate in sorted(beside.parent.glob(f"{last}*.aci")):
-            if candidate.resolve() != beside.resolve() and self._matches(candidate, dep):
-                self.verify_local(candidate, self.reporter)
-                return candidate
-        if dep.image_id and self.store.aci_path(dep.image_id).is_file():
-            return self.store.aci_path(dep.image_id)
-        labels = tuple((lb.name, lb.value) for lb in dep.labels)
-        entry = self.store.find(dep.image_name, labels)
-        if entry is not None and (dep.image_id in (None, entry.id)):
-            return self.store.aci_path(entry.id)
-        wanted = dep.image_name + "".join(f",{k}={v}" for k, v in labels)
+            if candidate.resolve() == beside.resolve():
+                continue
+            found = self._candidate(candidate, dep, refused)
+            if found is not None:
+                return candidate, *found
+        found_in_store = self._from_store(dep, refused)
+        if found_in_store is not None:
+            return found_in_store
+        wanted = dep.image_name + "".join(f",{lb.name}={lb.value}" for lb in dep.labels)
+        why = f" ({'; '.join(refused)})" if refused else ""
         raise ImageError(
-            f"dependency {wanted} of {beside} is not available locally",
-            hint=f"put it beside the image as {last}*.aci, or fetch it with "
-                 f"`acbuild-py fetch {dep.image_name}`",
+            f"dependency {wanted} of {beside} is not available locally{why}",
+            hint=f"put it beside the image as {last}*.aci (signed, or pinned by "
+                 f"--image-id), or fetch it: `acbuild-py fetch {dep.image_name}`",
         )
 
-    def _matches(self, candidate: Path, dep: Dependency) -> bool:
+    def _candidate(self, candidate: Path, dep: Dependency,
+                   refused: list[str]) -> tuple[str, ImageManifest] | None:
         try:
-            found = read_manifest(candidate)
+            manifest, image_id = scan(candidate)
         except AcbuildError:
-            return False  # not an ACI, or a broken one: not the dependency
-        if found.name != dep.image_name:
-            return False
-        have = {lb.name: lb.value for lb in found.labels}
-        if any(have.get(lb.name) != lb.value for lb in dep.labels):
-            return False
-        return dep.image_id is None or image_id(candidate) == dep.image_id
+            return None  # not an ACI, or a broken one: not the dependency
+        if not _satisfies(manifest, dep):
+            return None
+        if dep.image_id is not None:
+            if image_id.startswith(dep.image_id):
+                return image_id, manifest
+            refused.append(f"{candidate.name} has image ID {image_id[:19]}…, not the pinned "
+                           f"{dep.image_id[:19]}…")
+            return None
+        if not signature_path(candidate).exists():
+            if self.fetch.skip_verify:
+                self.reporter.warning(f"{candidate} is NOT VERIFIED: dependency used without "
+                                      "a signature (--insecure-skip-verify)")
+                return image_id, manifest
+            refused.append(f"{candidate.name} is not signed and not pinned by image ID")
+            return None
+        try:
+            verify_image(candidate, TrustStore.locate(self.fetch.trust_store),
+                         name=dep.image_name)
+        except TrustError as e:
+            if not self.fetch.skip_verify:
+                raise
+            self.reporter.warning(f"SIGNATURE CHECK FAILED for {candidate}, using it anyway "
+                                  f"(--insecure-skip-verify): {e.message}")
+        return image_id, manifest
+
+    def _from_store(self, dep: Dependency,
+                    refused: list[str]) -> tuple[Path, str, ImageManifest] | None:
+        store = ImageStore.locate(self.fetch.store_dir)
+        if dep.image_id is not None:
+            entry = store.find_id(dep.image_id)
+            if entry is None:
+                return None
+            path = store.aci_path(entry.id)
+            manifest, image_id = scan(path)  # re-hashed: the store's file name proves nothing
+            if image_id.startswith(dep.image_id) and _satisfies(manifest, dep):
+                return path, image_id, manifest
+            refused.append(f"the stored {entry.id[:19]}… does not hash to its name")
+            return None
+        ref = ImageRef(name=dep.image_name, labels=tuple((lb.name, lb.value)
+                                                          for lb in dep.labels))
+        try:
+            # "never": the run renders what is here; a stored copy must still verify.
+            got = fetch_ref(ref, options=_store_only(self.fetch), reporter=self.reporter)
+        except FetchError:
+            return None
+        manifest, image_id = scan(got.path)
+        return got.path, image_id, manifest
+
+
+def _store_only(options: FetchOptions) -> FetchOptions:
+    return replace(options, pull_policy="never")
+
+
+def _satisfies(manifest: ImageManifest, dep: Dependency) -> bool:
+    if manifest.name != dep.image_name:
+        return False
+    have = {lb.name: lb.value for lb in manifest.labels}
+    return all(have.get(lb.name) == lb.value for lb in dep.labels)
 
 
 def _kept(rel: str, whitelist: tuple[str, ...]) -> str:

@@ -83,7 +83,7 @@ def test_cached_rootfs_stays_pristine(tmp_path: Path, images: Path) -> None:
     assert r.stdout == "first\n"  # the first run's writes went to its own copy
     assert "using cached rootfs" in r.stderr
     cached = list((tmp_path / "cache" / "acbuild-py" / "rootfs").iterdir())
-    assert [p.name.startswith("sha512-") for p in cached] == [True]
+    assert [p.name.startswith("render-") for p in cached] == [True]  # keyed by every ID
     assert not (cached[0] / "rootfs" / "note").exists()
     assert not (cached[0] / "rootfs" / "proc").exists()
     assert list((tmp_path / "cache" / "acbuild-py" / "run").iterdir()) == []

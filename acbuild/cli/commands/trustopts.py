@@ -14,9 +14,16 @@ import click
 from acbuild.acfile.signkey import key_spec_problem
 from acbuild.build.bases import BaseLoader
 from acbuild.cli.commands.common import Size
-from acbuild.distribution.fetch import PULL_POLICIES, PullPolicy
+from acbuild.distribution.fetch import (
+    PULL_POLICIES,
+    FetchOptions,
+    PullPolicy,
+    resolve_image,
+    verify_local,
+)
 from acbuild.image.tarread import Limits
 from acbuild.report import Reporter
+from acbuild.trust.truststore import TrustStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,9 +63,8 @@ def trust_options(f: F) -> F:
     return f
 
 
-def base_loader(
+def fetch_options(
     *,
-    reporter: Reporter,
     trust_store: Path | None = None,
     insecure: bool = False,
     port: int | None = None,
@@ -66,22 +72,24 @@ def base_loader(
     insecure_skip_verify: bool = False,
     max_image_size: int | None = None,
     pull_policy: PullPolicy = "new",
-) -> BaseLoader:
-    def resolve(name: str, labels: tuple[tuple[str, str], ...], rep: Reporter) -> Path:
-        from acbuild.distribution.fetch import FetchOptions, resolve_image
+) -> FetchOptions:
+    """The trust options as the trust chain's FetchOptions (``max_image_size`` is a build's)."""
+    del max_image_size
+    return FetchOptions(insecure=insecure, port=port, trust_store=trust_store,
+                        skip_verify=insecure_skip_verify, ca_file=ca_file,
+                        pull_policy=pull_policy)
 
-        options = FetchOptions(insecure=insecure, port=port, trust_store=trust_store,
-                               skip_verify=insecure_skip_verify, ca_file=ca_file,
-                               pull_policy=pull_policy)
+
+def base_loader(*, reporter: Reporter, max_image_size: int | None = None,
+                **trust: Any) -> BaseLoader:
+    options = fetch_options(**trust)
+    del reporter  # each call is given the reporter of its build
+
+    def resolve(name: str, labels: tuple[tuple[str, str], ...], rep: Reporter) -> Path:
         return resolve_image(name, labels, options=options, reporter=rep)
 
     def verify(path: Path, rep: Reporter) -> None:
-        from acbuild.distribution.fetch import verify_local
-        from acbuild.trust.truststore import TrustStore
-
-        if not path.with_name(path.name + ".asc").exists():
-            return
-        verify_local(path, TrustStore.locate(trust_store), rep)
+        verify_local(path, TrustStore.locate(options.trust_store), rep)
 
     limits = Limits() if max_image_size is None else Limits(max_total_bytes=max_image_size)
     return BaseLoader(resolve_name=resolve, verify_local=verify, limits=limits)
