@@ -18,7 +18,6 @@ from acbuild.distribution.imagestore import ImageStore
 from acbuild.errors import SandboxError
 from acbuild.image.aci import image_id
 from acbuild.report import NullReporter
-from acbuild.run.runimage import empty_volume
 from acbuild.sandbox.sandbox import sandbox_available
 from acbuild.trust.sign import sign_image
 from acbuild.trust.truststore import TrustStore
@@ -92,6 +91,8 @@ def test_the_whole_manifest_is_validated(tmp_path: Path, busybox: Path) -> None:
 
 
 def test_a_symlink_planted_in_the_scratch_dir_is_not_followed(tmp_path: Path) -> None:
+    from acbuild.run.runimage import empty_volume  # the fix's routine
+
     scratch, outside = tmp_path / "scratch", tmp_path / "outside"
     scratch.mkdir()
     outside.mkdir()
