@@ -46,7 +46,9 @@ class EntryInfo:
 def open_tar(path: Path) -> Iterator[BinaryIO]:
     """The decompressed tar stream of the archive at ``path``."""
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below, after the caller is done
+        # O_NONBLOCK: a FIFO in an image's place must be refused, not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        f = os.fdopen(fd, "rb")
     except FileNotFoundError:
         raise ImageError(f"{path}: no such image") from None
     except OSError as e:
