@@ -10,7 +10,12 @@ import click
 from acbuild.build.build import BuildOptions, BuildResult, build
 from acbuild.build.repro import check_reproducible
 from acbuild.cli.commands.common import acfile_options, global_options, state
-from acbuild.cli.commands.trustopts import base_loader, check_key_specs, trust_options
+from acbuild.cli.commands.trustopts import (
+    base_loader,
+    check_key_specs,
+    pull_policy_option,
+    trust_options,
+)
 from acbuild.cli.console import human_size
 from acbuild.report import Reporter
 from acbuild.trust.sign import read_passphrase, remove_stale_signature, sign_image
@@ -35,6 +40,7 @@ from acbuild.trust.sign import read_passphrase, remove_stale_signature, sign_ima
 @click.option("--check-repro", is_flag=True,
               help="Build twice without cache and fail (exit 1) if the images differ.")
 @trust_options
+@pull_policy_option
 @global_options
 def command(
     acfile: Path,

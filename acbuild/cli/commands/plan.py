@@ -13,7 +13,7 @@ import click
 from acbuild.acfile.context import BuildContext
 from acbuild.build.build import BuildOptions, final_image_key, key_steps, load_plan, open_cache
 from acbuild.cli.commands.common import acfile_options, global_options, state
-from acbuild.cli.commands.trustopts import base_loader, trust_options
+from acbuild.cli.commands.trustopts import base_loader, pull_policy_option, trust_options
 from acbuild.image.finalize import build_epoch
 
 
@@ -21,6 +21,7 @@ from acbuild.image.finalize import build_epoch
 @click.argument("acfile", type=click.Path(path_type=Path, dir_okay=False))
 @acfile_options
 @trust_options
+@pull_policy_option
 @global_options
 def command(acfile: Path, context: Path | None, variables: tuple[str, ...],
             var_files: tuple[Path, ...], target: str | None, compression: str,

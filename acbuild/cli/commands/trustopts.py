@@ -50,10 +50,6 @@ def trust_options(f: F) -> F:
                      help="Extra CA certificate for HTTPS."),
         click.option("--insecure-skip-verify", is_flag=True,
                      help="Accept images whose signature is missing or bad (dangerous)."),
-        click.option("--pull-policy", type=click.Choice(PULL_POLICIES), default="new",
-                     show_default=True, help="How images named by BEGIN or DEPENDENCY are "
-                     "found: new: a stored copy that still verifies, else the server; update: "
-                     "always the server; never: only the image store."),
         click.option("--max-image-size", type=Size(), default=str(Limits().max_total_bytes),
                      metavar="SIZE", help="Refuse base images whose content is larger "
                      "(a bound on tar and compression bombs).  [default: 64G]"),
@@ -61,6 +57,15 @@ def trust_options(f: F) -> F:
     for opt in reversed(opts):
         f = opt(f)
     return f
+
+
+def pull_policy_option(f: F) -> F:
+    """``--pull-policy`` for the verbs that resolve BEGIN and DEPENDENCY by name."""
+    return click.option(
+        "--pull-policy", type=click.Choice(PULL_POLICIES), default="new", show_default=True,
+        help="How images named by BEGIN or DEPENDENCY are found: new: a stored copy that "
+             "still verifies, else the server; update: always the server; never: only the "
+             "image store.")(f)
 
 
 def fetch_options(
