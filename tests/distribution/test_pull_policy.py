@@ -124,3 +124,21 @@ def test_unsigned_local_file_needs_insecure_skip_verify(tmp_path: Path, gpgkeys:
     TrustStore(tmp_path / "trust").add(gpgkeys.pub["alice"].read_bytes(), prefix="example.com")
     sign_image(image, gpgkeys.fpr["alice"], gpg_home=gpgkeys.home, reporter=NullReporter())
     assert acbuild("fetch", image, *store).code == 0
+
+
+def test_build_begin_by_name_follows_the_pull_policy(tmp_path: Path, http_server: Server,
+                                                     gpgkeys: Keys) -> None:
+    TrustStore(tmp_path / "trust").add(gpgkeys.pub["alice"].read_bytes(), prefix=NAME)
+    serve(http_server, gpgkeys, key="alice", payload=b"base\n")
+    (tmp_path / "Acfile").write_text(f"BEGIN {NAME}:1.0\nNAME example.com/derived\n")
+    common = ("--no-cache", tmp_path / "Acfile", "--insecure", "--port", str(http_server.port),
+              "--trust-store", tmp_path / "trust")
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    r = acbuild("build", *common, "-o", tmp_path / "a.aci", "--pull-policy=never", env=env)
+    assert r.code == 1 and "is not in the image store" in r.stderr, r.stderr
+    assert http_server.behaviour.requests == []
+    r = acbuild("build", *common, "-o", tmp_path / "b.aci", env=env)  # new: fetched once
+    assert r.code == 0, r.stderr
+    r = acbuild("build", *common, "-o", tmp_path / "c.aci", env=env)  # new: from the store
+    assert r.code == 0, r.stderr
+    assert image_requests(http_server) == 1
