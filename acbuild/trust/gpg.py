@@ -69,7 +69,7 @@ def open_gpg(home: Path | None) -> gnupg.GPG:
     if home is not None and not home.is_dir():
         raise TrustError(f"GnuPG home {home} does not exist")
     try:
-        return gnupg.GPG(gpgbinary=GPG_BINARY, gnupghome=str(home) if home else None)
+        return gnupg.GPG(gpgbinary=GPG_BINARY, gnupghome=gpg_path(home) if home else None)
     except (OSError, ValueError) as e:
         raise TrustError(f"cannot run gpg: {e}") from None
 
