@@ -29,6 +29,7 @@ from acbuild.acfile.parse_words import (
     strings,
     whole_number,
 )
+from acbuild.acfile.signkey import key_spec_problem
 from acbuild.errors import AcfileError
 from acbuild.image.manifest import canonical_json
 from acbuild.image.manifest_rules import EVENTS
@@ -294,6 +295,16 @@ def _whitelist(line: Line, kw: Word, args: Sequence[Word]) -> ins.Instruction | 
     return ins.PathWhitelist(paths=paths, **located(line, kw)) if paths else None
 
 
+def _sign(line: Line, kw: Word, args: Sequence[Word]) -> ins.Instruction | None:
+    _, words = split_options(line, args, {}, "SIGN")
+    if not exact_count(line, kw, words, "SIGN KEY", 1):
+        return None
+    if (problem := key_spec_problem(words[0].value)) is not None:
+        line.fail(words[0], problem)
+        return None
+    return ins.Sign(key=words[0].value, **located(line, kw))
+
+
 _Builder = Callable[[Line, Word, Sequence[Word]], ins.Instruction | None]
 
 BUILDERS: dict[str, _Builder] = {
@@ -315,5 +326,5 @@ BUILDERS: dict[str, _Builder] = {
     "EVENT-HANDLER": _event_handler,
     "DEPENDENCY": _dependency,
     "PATH-WHITELIST": _whitelist,
-    "SIGN": _single(ins.Sign, "key", "SIGN KEY"),
+    "SIGN": _sign,
 }

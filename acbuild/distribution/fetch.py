@@ -13,6 +13,7 @@ import urllib.error
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 from acbuild.distribution.discovery import HttpOptions, ImageRef, discover, open_url, parse_ref
 from acbuild.distribution.imagestore import Entry, ImageStore
@@ -20,12 +21,16 @@ from acbuild.errors import AcbuildError, FetchError, TrustError
 from acbuild.fs.atomic import atomic_write
 from acbuild.image import aci
 from acbuild.report import Reporter
+from acbuild.trust.names import check_file_part, check_image_name
 from acbuild.trust.sign import signature_path
 from acbuild.trust.truststore import TrustStore
 from acbuild.trust.verify import VerifyResult, verify_image
 
 CHUNK = 1 << 20
 MAX_KEY_FILE = 1 << 20
+MAX_SIGNATURE = 1 << 20  # an armored detached signature is a few hundred bytes
+PullPolicy = Literal["new", "update", "never"]
+PULL_POLICIES: tuple[PullPolicy, ...] = ("new", "update", "never")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,6 +41,9 @@ class FetchOptions:
     skip_verify: bool = False
     ca_file: Path | None = None
     store_dir: Path | None = None
+    # As rkt: "new" uses a stored copy that still verifies, "update" always asks the
+    # server, "never" only looks in the store.
+    pull_policy: PullPolicy = "new"
 
     def http(self) -> HttpOptions:
         return HttpOptions(insecure=self.insecure, port=self.port, ca_file=self.ca_file)
@@ -54,6 +62,9 @@ def fetch(ref_text: str, *, options: FetchOptions, reporter: Reporter,
           output_dir: Path | None = None) -> FetchResult:
     """``acbuild-py fetch``: a name (discovered), an http(s) URL, or a local path."""
     if ref_text.startswith(("https://", "http://")):
+        if options.pull_policy == "never":
+            raise FetchError(f"cannot fetch {ref_text} with --pull-policy=never",
+                             hint="fetch it by name, or allow downloads: --pull-policy=update")
         result = _fetch_url(ref_text, None, options=options, reporter=reporter)
     elif ref_text.startswith((".", "/")) or Path(ref_text).suffix == ".aci":
         result = _fetch_path(Path(ref_text), options=options, reporter=reporter)
@@ -72,13 +83,16 @@ def resolve_image(name: str, labels: Iterable[tuple[str, str]], *, options: Fetc
 
 
 def fetch_ref(ref: ImageRef, *, options: FetchOptions, reporter: Reporter) -> FetchResult:
-    store = ImageStore.locate(options.store_dir)
-    hit = store.find(ref.name, ref.labels)
-    if hit is not None and (hit.signed or options.skip_verify):
-        reporter.info(f"using {ref} from the image store: {hit.id[:19]}")
-        verified = _check_stored(store, hit, options=options, reporter=reporter)
-        return FetchResult(entry=hit, path=store.aci_path(hit.id), from_store=True,
-                           signature=verified.signature if verified else None, verified=verified)
+    """``ref`` by name, as the pull policy says: from the store and/or discovered."""
+    check_image_name(ref.name, "fetch")
+    if options.pull_policy != "update":
+        stored = _from_store(ref, options=options, reporter=reporter)
+        if stored is not None:
+            return stored
+    if options.pull_policy == "never":
+        where = ImageStore.locate(options.store_dir).root
+        raise FetchError(f"{ref} is not in the image store {where} (--pull-policy=never)",
+                         hint="fetch it first, or allow downloads: --pull-policy=new")
     found = discover(ref, options.http())
     failures = []
     for endpoint in found.endpoints:
@@ -88,6 +102,35 @@ def fetch_ref(ref: ImageRef, *, options: FetchOptions, reporter: Reporter) -> Fe
         except FetchError as e:
             failures.append(e.message)
     raise FetchError(f"cannot fetch {ref}: " + "; ".join(failures))
+
+
+def _from_store(ref: ImageRef, *, options: FetchOptions, reporter: Reporter) -> FetchResult | None:
+    """The stored copy of ``ref`` when it still verifies. A copy whose signature no longer
+    does (its key was removed from the trust store) never shadows the server's: with
+    "new" it is fetched again; with "never" that is an error."""
+    store = ImageStore.locate(options.store_dir)
+    hit = store.find(ref.name, ref.labels)
+    if hit is None:
+        return None
+    if not hit.signed and not options.skip_verify:
+        if options.pull_policy == "never":
+            raise TrustError(f"the stored copy of {ref} ({hit.id[:19]}) is not signed "
+                             "(--pull-policy=never)",
+                             hint="fetch a signed copy, or pass --insecure-skip-verify")
+        reporter.info(f"the stored copy of {ref} is not signed: fetching it again")
+        return None
+    try:
+        verified = _check_stored(store, hit, options=options, reporter=reporter)
+    except TrustError as e:
+        if options.pull_policy == "never":
+            raise TrustError(f"the stored copy of {ref} no longer verifies: {e.message}",
+                             hint="fetch it again: --pull-policy=update") from None
+        reporter.warning(f"the stored copy of {ref} ({hit.id[:19]}) no longer verifies "
+                         f"({e.message}); fetching it again")
+        return None
+    reporter.info(f"using {ref} from the image store: {hit.id[:19]}")
+    return FetchResult(entry=hit, path=store.aci_path(hit.id), from_store=True,
+                       signature=verified.signature if verified else None, verified=verified)
 
 
 def verify_local(path: Path, store: TrustStore, reporter: Reporter) -> VerifyResult | None:
@@ -118,7 +161,8 @@ def _fetch_url(url: str, ref: ImageRef | None, *, options: FetchOptions, reporte
         download(url, aci_tmp, options=options, reporter=reporter)
         asc_url = asc_url or url + ".asc"
         has_asc = _download_signature(asc_url, asc_tmp, options, reporter)
-        manifest = aci.read_manifest(aci_tmp)
+        manifest, image_id = aci.scan(aci_tmp)
+        check_image_name(manifest.name, url)
         labels = tuple((lbl.name, lbl.value) for lbl in manifest.labels)
         if ref is not None:
             _check_match(ref, manifest.name, labels, url)
@@ -128,7 +172,7 @@ def _fetch_url(url: str, ref: ImageRef | None, *, options: FetchOptions, reporte
         else:
             _missing_signature(url, asc_url, options, reporter, manifest.name)
             verified = None
-        entry = store.add(aci_tmp, asc_tmp if has_asc else None, image_id=aci.image_id(aci_tmp),
+        entry = store.add(aci_tmp, asc_tmp if has_asc else None, image_id=image_id,
                           name=manifest.name, labels=labels)
     path = store.aci_path(entry.id)
     if verified is not None:
@@ -139,22 +183,50 @@ def _fetch_url(url: str, ref: ImageRef | None, *, options: FetchOptions, reporte
 
 
 def _fetch_path(path: Path, *, options: FetchOptions, reporter: Reporter) -> FetchResult:
+    """A local file into the store. As rkt: it must be signed by a key trusted for its name
+    (PATH.asc), unless --insecure-skip-verify. The copy is what is checked and stored, so
+    the file changing meanwhile cannot slip unchecked bytes in."""
     if not path.is_file():
         raise FetchError(f"{path}: no such image file")
     store = ImageStore.locate(options.store_dir)
-    verified = verify_local(path, TrustStore.locate(options.trust_store), reporter)
-    manifest = aci.read_manifest(path)
     with tempfile.TemporaryDirectory(dir=store.temp_dir()) as tmp:
-        copy = Path(tmp) / "image.aci"
+        copy, asc = Path(tmp) / "image.aci", Path(tmp) / "image.aci.asc"
         shutil.copyfile(path, copy)
-        asc = None
-        if verified is not None:
-            asc = Path(tmp) / "image.aci.asc"
-            shutil.copyfile(verified.signature, asc)
-        entry = store.add(copy, asc, image_id=aci.image_id(copy), name=manifest.name,
+        has_asc = _copy_signature(signature_path(path), asc)
+        manifest, image_id = aci.scan(copy)
+        check_image_name(manifest.name, str(path))
+        verified = None
+        if has_asc:
+            verified = _verify(copy, asc, manifest.name, options=options, reporter=reporter,
+                               shown_as=str(path))
+        elif not options.skip_verify:
+            raise TrustError(f"{path} is not signed: {signature_path(path)} does not exist",
+                             hint="sign it (acbuild-py sign), or pass --insecure-skip-verify "
+                                  "to store it unverified")
+        else:
+            _warn_unverified(reporter, manifest.name)
+        entry = store.add(copy, asc if verified else None, image_id=image_id,
+                          name=manifest.name,
                           labels=tuple((lbl.name, lbl.value) for lbl in manifest.labels))
-    return FetchResult(entry=entry, path=store.aci_path(entry.id), from_store=False,
-                       verified=verified, signature=store.asc_path(entry.id) if asc else None)
+    path_in_store = store.aci_path(entry.id)
+    if verified is not None:
+        verified = replace(verified, image=path_in_store, signature=store.asc_path(entry.id))
+    return FetchResult(entry=entry, path=path_in_store, from_store=False, verified=verified,
+                       signature=verified.signature if verified else None)
+
+
+def _copy_signature(src: Path, dest: Path) -> bool:
+    try:
+        with src.open("rb") as f:
+            data = f.read(MAX_SIGNATURE + 1)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise TrustError(f"cannot read {src}: {e.strerror}") from None
+    if len(data) > MAX_SIGNATURE:
+        raise TrustError(f"{src} is larger than {MAX_SIGNATURE} bytes: not a signature")
+    dest.write_bytes(data)
+    return True
 
 
 def _check_match(ref: ImageRef, name: str, labels: tuple[tuple[str, str], ...], url: str) -> None:
@@ -198,7 +270,8 @@ def _warn_unverified(reporter: Reporter, name: str) -> None:
 
 def _download_signature(url: str, dest: Path, options: FetchOptions, reporter: Reporter) -> bool:
     try:
-        download(url, dest, options=options, reporter=reporter, what="signature")
+        download(url, dest, options=options, reporter=reporter, what="signature",
+                 limit=MAX_SIGNATURE)
     except _NotFound:
         return False
     return True
@@ -264,7 +337,8 @@ def fetch_keys(ref: ImageRef, options: FetchOptions, reporter: Reporter) -> tupl
 def _export(result: FetchResult, output_dir: Path) -> None:
     entry = result.entry
     version = dict(entry.labels).get("version", entry.id[7:19])
-    base = f"{entry.name.rsplit('/', 1)[-1]}-{version}.aci"
+    stem = check_image_name(entry.name, "fetch -o").rsplit("/", 1)[-1]
+    base = f"{stem}-{check_file_part(version, 'label version', entry.name)}.aci"
     output_dir.mkdir(parents=True, exist_ok=True)
     sources = [(result.path, output_dir / base)]
     if result.signature is not None:

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,9 +20,21 @@ from pathlib import Path
 from acbuild.errors import FetchError
 from acbuild.fs.atomic import atomic_write
 from acbuild.fs.private import private_dir
+from acbuild.image.manifest_rules import is_ac_identifier
+from acbuild.trust.names import check_image_name
 
 INDEX = "index.json"
 _INDEX_VERSION = 1
+_FULL_ID = re.compile(r"sha512-[0-9a-f]{128}")
+_ID_PREFIX = re.compile(r"sha512-[0-9a-f]{32,128}")  # a dependency may give a truncated ID
+
+
+def check_image_id(image_id: str, *, truncated: bool = False) -> str:
+    """An image ID as the store files it (``sha512-`` + 128 hex; with ``truncated`` at least
+    32); nothing else becomes a path in the store."""
+    if not (_ID_PREFIX if truncated else _FULL_ID).fullmatch(image_id):
+        raise FetchError(f"{image_id!r} is not an image ID (sha512- and hex digits)")
+    return image_id
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,10 +72,10 @@ class ImageStore:
         private_dir(self.root, what="image store")
 
     def aci_path(self, image_id: str) -> Path:
-        return self.root / f"{image_id}.aci"
+        return self.root / f"{check_image_id(image_id)}.aci"
 
     def asc_path(self, image_id: str) -> Path:
-        return self.root / f"{image_id}.aci.asc"
+        return self.root / f"{check_image_id(image_id)}.aci.asc"
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -97,13 +110,22 @@ class ImageStore:
 
     def find(self, name: str, labels: tuple[tuple[str, str], ...]) -> Entry | None:
         """The newest stored image with this name carrying all these labels."""
+        check_image_name(name, "image store")
         hits = [e for e in self.entries() if e.matches(name, labels)
                 and self.aci_path(e.id).is_file()]
         return max(hits, key=lambda e: e.added, default=None)
 
+    def find_id(self, image_id: str) -> Entry | None:
+        """The stored image whose ID is ``image_id`` or starts with it (a truncated ID)."""
+        check_image_id(image_id, truncated=True)
+        hits = [e for e in self.entries() if e.id.startswith(image_id)
+                and self.aci_path(e.id).is_file()]
+        return hits[0] if len(hits) == 1 else None
+
     def add(self, aci: Path, asc: Path | None, *, image_id: str, name: str,
             labels: tuple[tuple[str, str], ...]) -> Entry:
         """Move a verified download into the store (once, however many fetch it at a time)."""
+        check_image_name(name, "image store")
         with self.lock():
             target = self.aci_path(image_id)
             if target.is_file():
@@ -161,7 +183,10 @@ def _entry(doc: dict[str, object]) -> Entry:
     labels = doc["labels"]
     if not isinstance(labels, list):
         raise TypeError("labels is not a list")
-    return Entry(id=str(doc["id"]), name=str(doc["name"]),
+    image_id, name = str(doc["id"]), str(doc["name"])
+    if not _FULL_ID.fullmatch(image_id) or not is_ac_identifier(name):
+        raise ValueError(f"entry {image_id[:80]!r} {name[:80]!r} is not an image ID and name")
+    return Entry(id=image_id, name=name,
                  labels=tuple((str(k), str(v)) for k, v in labels),
                  size=int(doc["size"]),  # type: ignore[call-overload] # JSON number
                  added=float(doc["added"]),  # type: ignore[arg-type] # JSON number

@@ -11,21 +11,28 @@ docs/trust.md). Every publish recomputes it, so publishing an older version late
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import html
+import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.distribution.discovery import meta_tags
 from acbuild.errors import AcbuildError
-from acbuild.fs.atomic import atomic_write
+from acbuild.fs.atomic import atomic_write_at
 from acbuild.image import aci
 from acbuild.report import Reporter
-from acbuild.trust.gpg import export_public, open_gpg
+from acbuild.trust.gpg import export_public, gpg_path, open_gpg
+from acbuild.trust.names import check_file_part, check_image_name
 from acbuild.trust.sign import signature_path
 
 PUBKEYS = "pubkeys.gpg"
+MAX_INDEX = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 class PublishError(AcbuildError):
@@ -44,45 +51,57 @@ class PublishResult:
 
 def publish(image: Path, *, repo: Path, url_base: str, key_file: Path | None = None,
             gpg_home: Path | None = None, reporter: Reporter) -> PublishResult:
-    """Copy IMAGE and IMAGE.asc into ``repo`` and update the discovery page for its name."""
+    """Copy IMAGE and IMAGE.asc into ``repo`` and update the discovery page for its name.
+
+    The name and the label values that go into file names are checked first, and every
+    file is written through directory fds below ``repo`` (no symlink there is followed)."""
     asc = signature_path(image)
     if not asc.is_file():
         raise PublishError(f"{image} is not signed ({asc.name} missing)",
                            hint="sign it first: acbuild-py sign IMAGE --key KEY")
     manifest = aci.read_manifest(image)
+    name = check_image_name(manifest.name, str(image))
     labels = {lbl.name: lbl.value for lbl in manifest.labels}
-    host, _, path = manifest.name.partition("/")
-    directory = repo / path if path else repo
+    host, _, path = name.partition("/")
     url_dir = url_base.rstrip("/") + (f"/{path}" if path else "")
-    stem = manifest.name.rsplit("/", 1)[-1]
+    stem = name.rsplit("/", 1)[-1]
     variables = ["version", *(k for k in ("os", "arch") if k in labels)]
     pattern = "-".join([stem, *(f"{{{v}}}" for v in variables)]) + ".{ext}"
     values = {"version": labels.get("version", "latest"), **labels}
     def filename(version: str) -> str:
-        name = pattern.replace("{ext}", "aci")
+        shown = pattern.replace("{ext}", "aci")
         for v in variables:
-            name = name.replace(f"{{{v}}}", version if v == "version" else values[v])
-        return name
+            value = version if v == "version" else values[v]
+            shown = shown.replace(f"{{{v}}}", check_file_part(value, f"label {v}", str(image)))
+        return shown
 
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / filename(values["version"])
-    _copy(image, target)
-    _copy(asc, signature_path(target))
-    latest = None
-    if values["version"] != "latest":
-        latest = directory / filename("latest")
-        newest = _newest(directory, f"{stem}-*.aci", manifest.name,
-                         {k: values[k] for k in variables if k != "version"}, skip=latest)
-        _copy(newest, latest)
-        _copy(signature_path(newest), signature_path(latest))
-    key = _publish_key(asc, directory, key_file=key_file, gpg_home=gpg_home, reporter=reporter)
-    template = f"{url_dir}/{pattern}"
-    tags = [("ac-discovery", manifest.name, template)]
-    if key is not None:
-        tags.append(("ac-discovery-pubkeys", manifest.name, f"{url_dir}/{PUBKEYS}"))
-    index = directory / "index.html"
-    _write_index(index, manifest.name, tags)
-    reporter.info(f"published {manifest.name} as {target} (discovery page {index}, host {host})")
+    # File names are checked before anything is created below the repository.
+    target_name, latest_name = filename(values["version"]), filename("latest")
+    directory = repo / path if path else repo
+    dir_fd = _open_below(repo, path.split("/") if path else [])
+    try:
+        target = directory / target_name
+        _copy(image, dir_fd, target.name, target)
+        _copy(asc, dir_fd, target.name + ".asc", signature_path(target))
+        latest = None
+        if values["version"] != "latest":
+            latest = directory / latest_name
+            # Read only: the repository's own images, by name below the checked directory.
+            newest = _newest(directory, f"{stem}-*.aci", name,
+                             {k: values[k] for k in variables if k != "version"}, skip=latest)
+            _copy(newest, dir_fd, latest.name, latest)
+            _copy(signature_path(newest), dir_fd, latest.name + ".asc", signature_path(latest))
+        key = _publish_key(asc, dir_fd, directory, key_file=key_file, gpg_home=gpg_home,
+                           reporter=reporter)
+        template = f"{url_dir}/{pattern}"
+        tags = [("ac-discovery", name, template)]
+        if key is not None:
+            tags.append(("ac-discovery-pubkeys", name, f"{url_dir}/{PUBKEYS}"))
+        index = directory / "index.html"
+        _write_index(dir_fd, index, name, tags)
+    finally:
+        os.close(dir_fd)
+    reporter.info(f"published {name} as {target} (discovery page {index}, host {host})")
     return PublishResult(image=target, signature=signature_path(target), key=key, index=index,
                          template=template, latest=latest)
 
@@ -128,13 +147,38 @@ def version_order(version: str) -> tuple[object, ...]:
     return (1, release, rank, version)
 
 
-def _copy(src: Path, dst: Path) -> None:
-    with src.open("rb") as f, atomic_write(dst, mode=0o644) as out:
+def _open_below(repo: Path, parts: list[str]) -> int:
+    """An fd on ``repo/parts…``, each component made if missing and opened with O_NOFOLLOW:
+    a symlink planted anywhere below ``repo`` is an error, never a way out of it."""
+    try:
+        repo.mkdir(parents=True, exist_ok=True)
+        fd = os.open(repo, _DIR_FLAGS)
+    except OSError as e:
+        raise PublishError(f"cannot use --repo {repo}: {e.strerror}") from None
+    done = repo
+    for part in parts:
+        done = done / part
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=fd)
+            child = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+        except OSError as e:
+            os.close(fd)
+            why = "it is a symlink or not a directory" if e.errno in (
+                errno.ELOOP, errno.ENOTDIR) else e.strerror
+            raise PublishError(f"cannot publish into {done}: {why}") from None
+        os.close(fd)
+        fd = child
+    return fd
+
+
+def _copy(src: Path, dir_fd: int, name: str, shown: Path) -> None:
+    with src.open("rb") as f, atomic_write_at(dir_fd, name, mode=0o644, shown=str(shown)) as out:
         shutil.copyfileobj(f, out, 1 << 20)
 
 
-def _publish_key(asc: Path, directory: Path, *, key_file: Path | None, gpg_home: Path | None,
-                 reporter: Reporter) -> Path | None:
+def _publish_key(asc: Path, dir_fd: int, directory: Path, *, key_file: Path | None,
+                 gpg_home: Path | None, reporter: Reporter) -> Path | None:
     """The signer's public key, checked to be the one that made the signature."""
     fingerprint = _signer(asc, gpg_home) if key_file is None else None
     if key_file is not None:
@@ -146,7 +190,7 @@ def _publish_key(asc: Path, directory: Path, *, key_file: Path | None, gpg_home:
                          "--gpg-home): publishing without an ac-discovery-pubkeys tag")
         return None
     target = directory / PUBKEYS
-    with atomic_write(target, mode=0o644) as out:
+    with atomic_write_at(dir_fd, PUBKEYS, mode=0o644, shown=str(target)) as out:
         out.write(data)
     return target
 
@@ -155,17 +199,30 @@ def _signer(asc: Path, gpg_home: Path | None) -> str | None:
     """The primary fingerprint that made ``asc``, if ``gpg_home`` holds its key."""
     gpg = open_gpg(gpg_home)
     with asc.open("rb") as f:
-        result = gpg.verify_file(f, str(asc.with_suffix("")))
+        result = gpg.verify_file(f, gpg_path(asc.with_suffix("")))
     if not result.valid:
         return None
     fpr = getattr(result, "pubkey_fingerprint", None) or result.fingerprint
     return str(fpr).lower() if fpr else None
 
 
-def _write_index(index: Path, name: str, new: list[tuple[str, str, str]]) -> None:
+def _write_index(dir_fd: int, index: Path, name: str, new: list[tuple[str, str, str]]) -> None:
     old: list[tuple[str, str, str]] = []
-    if index.is_file():
-        old = list(meta_tags(index.read_text(encoding="utf-8", errors="replace")))
+    try:
+        fd = os.open("index.html", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except FileNotFoundError:
+        fd = -1
+    except OSError as e:
+        raise PublishError(f"cannot read {index}: {e.strerror}") from None
+    if fd >= 0:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise PublishError(f"cannot read {index}: not a regular file")
+            page = f.read(MAX_INDEX + 1)
+        if len(page) > MAX_INDEX:
+            raise PublishError(f"{index} is larger than {MAX_INDEX} bytes")
+        old = list(meta_tags(page.decode("utf-8", errors="replace")))
     tags = list(dict.fromkeys([*old, *new]))
     # More specific templates first: a client takes the first template it can fill.
     tags.sort(key=lambda t: (t[0] != "ac-discovery", -t[2].count("{"), t[1], t[2]))
@@ -175,6 +232,6 @@ def _write_index(index: Path, name: str, new: list[tuple[str, str, str]]) -> Non
     text = ("<!DOCTYPE html>\n<html>\n  <head>\n    <meta charset=\"utf-8\">\n"
             f"    <title>{title}</title>\n" + "\n".join(lines) + "\n  </head>\n"
             f"  <body>App Container images under {title}.</body>\n</html>\n")
-    with atomic_write(index, mode=0o644) as out:
+    with atomic_write_at(dir_fd, "index.html", mode=0o644, shown=str(index)) as out:
         out.write(text.encode())
 

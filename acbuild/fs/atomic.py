@@ -94,3 +94,36 @@ def _commit(f: BinaryIO, temp: Path, path: Path, mode: int | None) -> None:
         os.replace(temp, path)
     except OSError as e:
         raise AcbuildError(f"cannot write {path}: {reason(e, path)}") from None
+
+
+@contextmanager
+def atomic_write_at(dir_fd: int, name: str, *, mode: int = 0o644,
+                    shown: str | None = None) -> Iterator[BinaryIO]:
+    """atomic_write into the open directory ``dir_fd``: ``name`` is one component, the
+    temporary file is made with O_NOFOLLOW|O_EXCL there, and the rename replaces whatever
+    ``name`` was (a symlink included) without following it. ``shown`` names it in errors."""
+    shown = shown or name
+    if "/" in name or name in ("", ".", ".."):
+        raise AcbuildError(f"cannot write {shown}: not a plain file name")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    temp = f".{name}.{owner_tag()}.{secrets.token_hex(6)}.tmp"
+    try:
+        fd = os.open(temp, flags, mode, dir_fd=dir_fd)
+    except OSError as e:
+        raise AcbuildError(f"cannot write {shown}: {reason(e, shown)}") from None
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+            yield f
+            try:
+                f.flush()
+                os.fchmod(f.fileno(), mode)
+                os.fsync(f.fileno())
+                os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except OSError as e:
+                raise AcbuildError(f"cannot write {shown}: {e.strerror or e}") from None
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(temp, dir_fd=dir_fd)
+        raise
+    with suppress(OSError):
+        os.fsync(dir_fd)

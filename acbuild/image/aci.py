@@ -46,7 +46,9 @@ class EntryInfo:
 def open_tar(path: Path) -> Iterator[BinaryIO]:
     """The decompressed tar stream of the archive at ``path``."""
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below, after the caller is done
+        # O_NONBLOCK: a FIFO in an image's place must be refused, not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        f = os.fdopen(fd, "rb")
     except FileNotFoundError:
         raise ImageError(f"{path}: no such image") from None
     except OSError as e:
@@ -69,14 +71,56 @@ def read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int, what:
         return data.read()
 
 
+class ManifestReader:
+    """The one rule every ACI reader applies to the ``manifest`` entry: there is exactly one
+    (whatever its spelling: ``./manifest``, ``rootfs/../manifest``), it is a regular file, and
+    it is at most ``limits.max_manifest`` bytes. A second one is an error, never "the first
+    wins" or "the last wins": readers that disagreed about which one counts could be shown
+    one manifest and run another."""
+
+    def __init__(self, path: Path, limits: Limits) -> None:
+        self.path = path
+        self.limits = limits
+        self.data: bytes | None = None
+        self.seen = False
+
+    def offer(self, name: str, member: tarfile.TarInfo, tar: tarfile.TarFile) -> bool:
+        """Take the entry if its cleaned ``name`` is the manifest; True when it was."""
+        if name != "manifest":
+            return False
+        if self.seen:
+            raise ImageError(f"{self.path}: the image has more than one manifest entry",
+                             hint="an ACI has exactly one; rebuild or re-export the image")
+        self.seen = True
+        if not member.isreg():
+            raise ImageError(f"{self.path}: manifest is not a regular file")
+        self.data = read_member(tar, member, self.limits.max_manifest, "manifest")
+        return True
+
+    def raw(self) -> bytes:
+        """The manifest's bytes, after the whole archive was offered."""
+        if self.data is None:
+            raise ImageError(f"{self.path}: not an ACI: it has no manifest")
+        return self.data
+
+    def manifest(self) -> ImageManifest:
+        return manifest.read_checked(self.raw(), f"{self.path}: manifest")
+
+
 def read_manifest(path: Path, *, limits: Limits = Limits()) -> ImageManifest:  # noqa: B008
-    """The manifest of the ACI at ``path``; stops reading once it is found."""
+    """The manifest of the ACI at ``path``. The whole archive is read: only at its end is it
+    known that no second manifest entry follows."""
+    return scan(path, limits=limits)[0]
+
+
+def scan(path: Path, *, limits: Limits = Limits()) -> tuple[ImageManifest, str]:  # noqa: B008
+    """The manifest and the image ID of the ACI at ``path``, in one pass."""
+    reader = ManifestReader(path, limits)
+    digest = hashlib.sha512()
     with open_tar(path) as stream:
-        for member, tar in members(TarSource(stream), limits):
-            if clean_name(member.name) == "manifest" and member.isreg():
-                data = read_member(tar, member, limits.max_manifest, "manifest")
-                return manifest.read_checked(data, f"{path}: manifest")
-    raise ImageError(f"{path}: not an ACI: it has no manifest")
+        for member, tar in members(TarSource(stream, hasher=digest), limits):
+            reader.offer(clean_name(member.name), member, tar)
+    return reader.manifest(), "sha512-" + digest.hexdigest()
 
 
 def image_id(path: Path) -> str:
@@ -118,18 +162,6 @@ def iter_entries(path: Path, *, limits: Limits = Limits()) -> Iterator[EntryInfo
             yield entry_info(member)
 
 
-class _ManifestCatcher:
-    """Receives the entries outside ``rootfs/`` during extraction of an ACI."""
-
-    def __init__(self, limits: Limits) -> None:
-        self.limits = limits
-        self.data: bytes | None = None
-
-    def __call__(self, name: str, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
-        if name == "manifest" and member.isreg():
-            self.data = read_member(tar, member, self.limits.max_manifest, "manifest")
-
-
 def unpack_image(
     path: Path,
     rootfs: StagedRootfs,
@@ -137,32 +169,63 @@ def unpack_image(
     reporter: Reporter | None = None,
     limits: Limits = Limits(),  # noqa: B008
     keep: Callable[[str], bool] | None = None,
+    expect_id: str | None = None,
 ) -> ImageManifest:
     """Extract the ACI at ``path`` into ``rootfs`` (only the rootfs entries ``keep`` accepts,
-    when given); returns its manifest."""
-    found = _extract(path, rootfs, "rootfs/", reporter, limits, keep)
+    when given); returns its manifest.
+
+    ``expect_id``: the image ID the caller checked (a signature, a dependency's pin); the
+    bytes extracted are hashed as they are read and must be those, else ImageError (the
+    caller then discards ``rootfs``)."""
+    found = _extract(path, rootfs, "rootfs/", reporter, limits, keep, expect_id)
     if found is None:
         raise ImageError(f"{path}: not an ACI: it has no manifest")
     return found
 
 
+class _Hashing:
+    """A read-only stream that hashes what is read through it."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.digest = hashlib.sha512()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.digest.update(data)
+        return data
+
+
 def _extract(path: Path, rootfs: StagedRootfs, prefix: str | None,
              reporter: Reporter | None, limits: Limits,
-             keep: Callable[[str], bool] | None = None) -> ImageManifest | None:
+             keep: Callable[[str], bool] | None = None,
+             expect_id: str | None = None) -> ImageManifest | None:
     """Extract the archive at ``path`` (entries under ``prefix``, or what its first entry
     says when None) and return the manifest beside them, if the archive has one."""
-    catcher = _ManifestCatcher(limits)
+    reader = ManifestReader(path, limits)
+
+    def outside(name: str, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        reader.offer(name, member, tar)
+
     with open_tar(path) as stream:
+        hashing = _Hashing(stream)
         used = extract_tar(
-            stream, rootfs, prefix=prefix, limits=limits, reporter=reporter, on_outside=catcher,
-            keep=keep,
+            hashing, rootfs, prefix=prefix, limits=limits,  # type: ignore[arg-type]
+            reporter=reporter, on_outside=outside, keep=keep,
         )
-    if catcher.data is None:
+        with archive_errors():
+            while hashing.read(CHUNK):
+                pass  # extract_tar stops at the tar's end; the ID covers every byte
+    if expect_id is not None and not ("sha512-" + hashing.digest.hexdigest()).startswith(
+            expect_id):
+        raise ImageError(f"{path} changed after it was checked: its image ID is no longer "
+                         f"{expect_id[:19]}…")
+    if reader.data is None:
         if used and prefix is None:
             raise ImageError(
                 f"{path}: looks like an ACI (it starts with rootfs/) but has no manifest")
         return None
-    return manifest.read_checked(catcher.data, f"{path}: manifest")
+    return reader.manifest()
 
 
 def unpack_base(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from acbuild.errors import ImageError
-from acbuild.image.aci import EntryInfo, entry_info, open_tar
+from acbuild.image.aci import EntryInfo, ManifestReader, entry_info, open_tar
 from acbuild.image.tarread import CHUNK, Limits, TarSource, archive_errors, members
 
 MANIFEST = "manifest"
@@ -96,7 +96,7 @@ def diff_images(old: Path, new: Path, *, limits: Limits = Limits()) -> ImageDiff
 
 
 def _read(path: Path, limits: Limits) -> _Image:
-    manifest: tuple[dict[str, Any], bytes] | None = None
+    reader = ManifestReader(path, limits)
     entries: dict[str, Entry] = {}
     digest = hashlib.sha512()
     with open_tar(path) as stream:
@@ -104,10 +104,8 @@ def _read(path: Path, limits: Limits) -> _Image:
         for index, (member, tar) in enumerate(members(source, limits)):
             info = entry_info(member)
             content = None
-            if info.name == MANIFEST and member.isreg():
-                # its fields are compared as JSON; its header like any entry's
-                manifest = _manifest(path, tar, member, limits)
-            elif member.isreg():
+            # The manifest's fields are compared as JSON; its header like any entry's.
+            if not reader.offer(info.name, member, tar) and member.isreg():
                 content = _sha256(tar, member)
             entries[info.name] = Entry(
                 info=info, sha256=content,
@@ -118,10 +116,9 @@ def _read(path: Path, limits: Limits) -> _Image:
         with archive_errors():
             while source.read(CHUNK):  # the image ID covers the end blocks too
                 pass
-    if manifest is None:
-        raise ImageError(f"{path}: not an ACI: it has no manifest")
-    return _Image(image_id="sha512-" + digest.hexdigest(), manifest=manifest[0],
-                  manifest_bytes=manifest[1], entries=entries)
+    raw = reader.raw()
+    return _Image(image_id="sha512-" + digest.hexdigest(), manifest=_manifest(path, raw),
+                  manifest_bytes=raw, entries=entries)
 
 
 def _xattrs(member: tarfile.TarInfo) -> tuple[tuple[str, str], ...]:
@@ -129,21 +126,14 @@ def _xattrs(member: tarfile.TarInfo) -> tuple[tuple[str, str], ...]:
                         if ".xattr." in k))
 
 
-def _manifest(path: Path, tar: tarfile.TarFile, member: tarfile.TarInfo,
-              limits: Limits) -> tuple[dict[str, Any], bytes]:
-    if member.size > limits.max_manifest:
-        raise ImageError(f"{path}: manifest is larger than {limits.max_manifest} bytes")
-    with archive_errors():
-        data = tar.extractfile(member)
-        assert data is not None  # a regular file
-        raw = data.read()
+def _manifest(path: Path, raw: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(raw)
     except (ValueError, RecursionError):
         raise ImageError(f"{path}: manifest is not valid JSON") from None
     if not isinstance(doc, dict):
         raise ImageError(f"{path}: manifest is not a JSON object")
-    return doc, raw
+    return doc
 
 
 def _sha256(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:

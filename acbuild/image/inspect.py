@@ -13,9 +13,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from acbuild.errors import ImageError
-from acbuild.image import manifest
-from acbuild.image.aci import EntryInfo, entry_info, open_tar, read_member
+from acbuild.image.aci import EntryInfo, ManifestReader, entry_info, open_tar
 from acbuild.image.manifest import App, ImageManifest
 from acbuild.image.tarread import Limits, TarSource, clean_name, members, strip_prefix
 
@@ -34,7 +32,7 @@ class ImageSummary:
 def summarize(path: Path, *, entries: bool = False, limits: Limits = Limits()) -> ImageSummary:  # noqa: B008
     """The facts of the ACI at ``path``; with ``entries`` also every entry below rootfs/."""
     digest = hashlib.sha512()
-    data: bytes | None = None
+    reader = ManifestReader(path, limits)
     found: list[EntryInfo] = []
     entry_count = file_count = 0
     with open_tar(path) as stream:
@@ -42,8 +40,7 @@ def summarize(path: Path, *, entries: bool = False, limits: Limits = Limits()) -
         for member, tar in members(source, limits):
             name = clean_name(member.name)
             rel = strip_prefix(name, "rootfs/")
-            if name == "manifest" and member.isreg():
-                data = read_member(tar, member, limits.max_manifest, "manifest")
+            reader.offer(name, member, tar)
             if not rel:
                 continue
             entry_count += 1
@@ -51,15 +48,13 @@ def summarize(path: Path, *, entries: bool = False, limits: Limits = Limits()) -
             if entries:
                 found.append(entry_info(member))
         total = source.total
-    if data is None:
-        raise ImageError(f"{path}: not an ACI: it has no manifest")
     return ImageSummary(
         image_id="sha512-" + digest.hexdigest(),
         compressed_size=os.stat(path).st_size,
         uncompressed_size=total,
         entry_count=entry_count,
         file_count=file_count,
-        manifest=manifest.read_checked(data, f"{path}: manifest"),
+        manifest=reader.manifest(),
         entries=tuple(found),
     )
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from acbuild.errors import ImageError
 from acbuild.image import compression, manifest, manifest_rules
-from acbuild.image.aci import open_tar, read_member
+from acbuild.image.aci import ManifestReader, open_tar
 from acbuild.image.tarread import Limits, TarSource, absolute_name_problem, clean_name, members
 
 MAX_LISTED = 20  # problems of one kind listed before "... and N more"
@@ -32,8 +32,9 @@ class Report:
 class _Layout:
     """What one pass over the entries has seen."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, path: Path, limits: Limits) -> None:
         self.limits = limits
+        self.reader = ManifestReader(path, limits)
         self.names: set[str] = set()
         self.files: set[str] = set()
         self.manifest: bytes | None = None
@@ -60,13 +61,12 @@ class _Layout:
             self.add("duplicate", f"duplicate entry {name!r}")
         self.names.add(name)
         if name == "manifest":
-            if not member.isreg():
-                self.add("manifest", "manifest is not a regular file")
+            try:
+                self.reader.offer(name, member, tar)
+            except ImageError as e:
+                self.add("manifest", e.message.removeprefix(f"{self.reader.path}: "))
             else:
-                try:
-                    self.manifest = read_member(tar, member, self.limits.max_manifest, "manifest")
-                except ImageError as e:
-                    self.add("manifest", e.message)
+                self.manifest = self.reader.data
         elif name == "rootfs":
             self.rootfs = self.rootfs or member.isdir()
             if not member.isdir():
@@ -128,7 +128,7 @@ def validate_image(path: Path, *, limits: Limits = Limits()) -> list[str]:  # no
 
 def check_image(path: Path, *, limits: Limits = Limits()) -> Report:  # noqa: B008
     """The problems and the warnings of the ACI at ``path``."""
-    layout = _Layout(limits)
+    layout = _Layout(path, limits)
     early: list[str] = []
     if (problem := _compression_problem(path)) is not None:
         early.append(problem)

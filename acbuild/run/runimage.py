@@ -1,6 +1,7 @@
 """Run stage: ``acbuild-py run`` — an ACI's app started in the sandbox as its manifest says.
 
-The image (with its dependencies rendered in) is unpacked once into a cache keyed by image
+Every manifest is validated and every dependency resolved through the trust chain first
+(render_deps). The rendered tree is unpacked once into a cache keyed by every resolved image
 ID, atomically (a temporary directory renamed into place), and never written to again: each
 run works on a throw-away copy (``cp -a --reflink=auto``, cheap on btrfs/XFS), so whatever
 the app writes is gone when it exits. Pre-start and post-stop handlers run on the same copy.
@@ -17,16 +18,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from acbuild.distribution.imagestore import ImageStore
+from acbuild.distribution.fetch import FetchOptions, verify_local
 from acbuild.errors import AcbuildError, SandboxError
 from acbuild.fs.private import private_dir
 from acbuild.fs.staging import StagedRootfs, remove_tree
-from acbuild.image import aci, manifest
+from acbuild.image import manifest
 from acbuild.image.manifest import App, ImageManifest
+from acbuild.image.manifest_rules import AC_NAME_RULE, is_ac_name
 from acbuild.image.users import resolve_user
 from acbuild.report import Reporter
-from acbuild.run.render_deps import LocalVerifier, Renderer
+from acbuild.run.render_deps import Node, Renderer
 from acbuild.sandbox.sandbox import Bind, SandboxResult, SandboxSpec, run_sandboxed
+from acbuild.trust.truststore import TrustStore
 
 Network = Literal["none", "host"]
 
@@ -47,7 +50,7 @@ class RunOptions:
     volumes: tuple[Volume, ...] = ()
     network: Network = "none"
     stdin: bool = False
-    verify_local: LocalVerifier | None = None
+    fetch: FetchOptions = field(default_factory=FetchOptions)  # trust store, image store
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -69,8 +72,10 @@ def cache_root(environ: Mapping[str, str]) -> Path:
 
 def run_image(options: RunOptions, reporter: Reporter, on_output: Callable[[str], None]) -> int:
     """Run the image's app (pre-start handlers first, post-stop last); its exit status."""
-    if options.verify_local is not None:
-        options.verify_local(options.image, reporter)
+    _check_volumes(options.volumes)
+    # The image the user names may be unsigned (it is their file); IMAGE.asc, when there,
+    # must verify.
+    verify_local(options.image, TrustStore.locate(options.fetch.trust_store), reporter)
     # Rendered rootfs trees are run as they are: no one else may write where they live.
     cache = private_dir(cache_root(options.environ), what="run cache")
     rendered, image_manifest = rendered_rootfs(options, cache, reporter)
@@ -101,24 +106,23 @@ def run_image(options: RunOptions, reporter: Reporter, on_output: Callable[[str]
 def rendered_rootfs(options: RunOptions, cache: Path,
                     reporter: Reporter) -> tuple[Path, ImageManifest]:
     """The cached, rendered rootfs of the image and its manifest; made when missing."""
-    entry = cache / "rootfs" / aci.image_id(options.image)
+    renderer = Renderer(fetch=options.fetch, reporter=reporter)
+    tree = renderer.resolve(options.image)
+    entry = cache / "rootfs" / tree.cache_key()
     if not (entry / "manifest").is_file():
-        _render_into_cache(options, entry, reporter)
+        _render_into_cache(renderer, tree, entry)
     else:
         reporter.detail(f"using cached rootfs {entry}")
-    return entry / "rootfs", manifest.read_checked((entry / "manifest").read_bytes(),
-                                                   f"{entry}/manifest")
+    return entry / "rootfs", tree.manifest
 
 
-def _render_into_cache(options: RunOptions, entry: Path, reporter: Reporter) -> None:
+def _render_into_cache(renderer: Renderer, tree: Node, entry: Path) -> None:
     entry.parent.mkdir(mode=0o700, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
     try:
         (temp / "rootfs").mkdir(mode=0o755)
-        renderer = Renderer(store=ImageStore.locate(env=options.environ), reporter=reporter,
-                            verify_local=options.verify_local or (lambda _p, _r: None))
-        found = renderer.render(options.image, StagedRootfs(root=temp / "rootfs"))
-        (temp / "manifest").write_bytes(manifest.to_json_bytes(found))
+        renderer.render(tree, StagedRootfs(root=temp / "rootfs"))
+        (temp / "manifest").write_bytes(manifest.to_json_bytes(tree.manifest))
         try:
             os.rename(temp, entry)
         except OSError:
@@ -176,6 +180,14 @@ def _hostname(name: str) -> str:
     return cleaned[:63] or "acbuild"
 
 
+def _check_volumes(volumes: tuple[Volume, ...]) -> None:
+    seen: set[str] = set()
+    for v in volumes:
+        if v.name in seen:
+            raise SandboxError(f"--volume {v.name} is given more than once")
+        seen.add(v.name)
+
+
 def _binds(app: App, options: RunOptions, scratch: Path) -> tuple[Bind, ...]:
     given = {v.name: v for v in options.volumes}
     known = {mp.name for mp in app.mount_points}
@@ -189,13 +201,43 @@ def _binds(app: App, options: RunOptions, scratch: Path) -> tuple[Bind, ...]:
         volume = given.get(mp.name)
         if volume is None:
             # As rkt does: a mount point nobody backs gets an empty directory of its own.
-            source = scratch / "volumes" / mp.name
-            source.mkdir(parents=True)
+            source = empty_volume(scratch, mp.name)
             read_only = mp.read_only
         else:
             source, read_only = volume.source, volume.read_only or mp.read_only
         binds.append(Bind(source=source, target=mp.path, read_only=read_only))
     return tuple(binds)
+
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def empty_volume(scratch: Path, name: str) -> Path:
+    """A new empty directory ``scratch/volumes/NAME``, made relative to directory fds with
+    O_NOFOLLOW one checked component at a time: NAME is one ACName (never ``..`` nor a
+    path), a symlink planted on the way is an error, and an existing one (a duplicate mount
+    point) is refused rather than shared."""
+    if not is_ac_name(name):
+        raise SandboxError(f"mount point name {name!r} is not an ACName ({AC_NAME_RULE})")
+    fd = os.open(scratch, _DIR)
+    try:
+        for part, exist_ok in (("volumes", True), (name, False)):
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+            except FileExistsError:
+                if not exist_ok:
+                    raise SandboxError(f"mount point {name!r} is listed twice") from None
+            try:
+                child = os.open(part, _DIR, dir_fd=fd)
+            except OSError as e:
+                raise SandboxError(f"cannot make the volume for mount point {name!r}: "
+                                   f"{scratch / part} is not a plain directory "
+                                   f"({e.strerror})") from None
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+    return scratch / "volumes" / name
 
 
 def _handlers(app: App, event: str) -> tuple[tuple[str, ...], ...]:

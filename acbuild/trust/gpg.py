@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -17,12 +19,14 @@ from pathlib import Path
 
 import gnupg  # type: ignore[import-untyped]  # python-gnupg ships no type hints
 
+from acbuild.acfile.signkey import hex_key_id, key_spec_problem
 from acbuild.errors import TrustError
 
 # python-gnupg logs every status line it does not know at WARNING; we read them ourselves.
 logging.getLogger("gnupg").setLevel(logging.ERROR)
 
 GPG_BINARY = "gpg"
+_FINGERPRINT = re.compile(r"[0-9A-Fa-f]{40}|[0-9A-Fa-f]{64}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,6 +37,22 @@ class KeyInfo:
     uids: tuple[str, ...]
     expired: bool = False
     revoked: bool = False
+    subkeys: tuple[str, ...] = ()  # lowercase fingerprints of the subkeys
+
+    def matches(self, spec: str) -> bool:
+        """Whether ``spec`` (checked by key_spec_problem) names this key, as gpg would match
+        it: hex ID or fingerprint of the key or a subkey, e-mail, ``=exact uid``, or a part
+        of a user ID (case-insensitive)."""
+        text = spec.strip()
+        hex_id = hex_key_id(text)
+        if hex_id is not None:
+            return any(f.endswith(hex_id) for f in (self.fingerprint, *self.subkeys))
+        if text.startswith("="):
+            return text[1:] in self.uids
+        if text.startswith("<") or ("@" in text and " " not in text):
+            email = text.strip("<>").lower()
+            return any(_email(u) == email for u in self.uids)
+        return any(text.lower() in u.lower() for u in self.uids)
 
     @property
     def uid(self) -> str:
@@ -49,7 +69,7 @@ def open_gpg(home: Path | None) -> gnupg.GPG:
     if home is not None and not home.is_dir():
         raise TrustError(f"GnuPG home {home} does not exist")
     try:
-        return gnupg.GPG(gpgbinary=GPG_BINARY, gnupghome=str(home) if home else None)
+        return gnupg.GPG(gpgbinary=GPG_BINARY, gnupghome=gpg_path(home) if home else None)
     except (OSError, ValueError) as e:
         raise TrustError(f"cannot run gpg: {e}") from None
 
@@ -74,25 +94,52 @@ def gpg_messages(result: object) -> str:
     return "; ".join(lines[-3:])
 
 
+def _email(uid: str) -> str:
+    inner = uid.rpartition("<")[2].partition(">")[0] if "<" in uid else uid
+    return inner.strip().lower()
+
+
 def _key_info(entry: dict[str, object]) -> KeyInfo:
     trust = str(entry.get("trust", ""))
     uids = entry.get("uids") or ()
+    subkeys = entry.get("subkeys") or ()
     return KeyInfo(
         fingerprint=str(entry["fingerprint"]).lower(),
         uids=tuple(str(u) for u in uids),  # type: ignore[attr-defined] # list of str
         expired=trust == "e",
         revoked=trust == "r",
+        subkeys=tuple(str(sk[2]).lower() for sk in subkeys  # type: ignore[attr-defined]
+                      if len(sk) > 2 and sk[2]),
     )
 
 
-def list_keys(
-    gpg: gnupg.GPG, *, secret: bool = False, keys: str | None = None
-) -> tuple[KeyInfo, ...]:
+def list_keys(gpg: gnupg.GPG, *, secret: bool = False) -> tuple[KeyInfo, ...]:
+    """Every key in ``gpg``'s keyring. Never given names: gpg would read a name that starts
+    with ``-`` as an option, so callers match in Python (find_keys)."""
     try:
-        found = gpg.list_keys(secret=secret, keys=keys)
+        found = gpg.list_keys(secret=secret)
     except (OSError, ValueError) as e:
         raise TrustError(f"cannot list keys: {e}") from None
     return tuple(_key_info(k) for k in found)
+
+
+def find_keys(gpg: gnupg.GPG, spec: str, *, secret: bool = False) -> tuple[KeyInfo, ...]:
+    """The keys ``spec`` names (a key ID, fingerprint, e-mail or user ID), matched here."""
+    if (problem := key_spec_problem(spec)) is not None:
+        raise TrustError(problem)
+    return tuple(k for k in list_keys(gpg, secret=secret) if k.matches(spec))
+
+
+def check_fingerprint(fingerprint: str) -> str:
+    """A fingerprint as gpg printed it (hex); anything else never reaches gpg's argv."""
+    if not _FINGERPRINT.fullmatch(fingerprint):
+        raise TrustError(f"{fingerprint!r} is not an OpenPGP fingerprint")
+    return fingerprint.lower()
+
+
+def gpg_path(path: Path) -> str:
+    """A file name for gpg's argv: absolute, so a name like ``-x.aci`` is never an option."""
+    return os.path.abspath(path)
 
 
 @contextlib.contextmanager
@@ -135,7 +182,7 @@ def import_keys(gpg: gnupg.GPG, data: bytes) -> tuple[str, ...]:
 
 def export_public(gpg: gnupg.GPG, fingerprint: str) -> bytes:
     """One public key, ASCII-armored, as it stands in ``gpg``'s keyring."""
-    text = gpg.export_keys(fingerprint, armor=True)
+    text = gpg.export_keys(check_fingerprint(fingerprint), armor=True)
     if not text:
         raise TrustError(f"cannot export public key {fingerprint}")
     return text.encode("ascii") if isinstance(text, str) else bytes(text)

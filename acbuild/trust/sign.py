@@ -14,7 +14,15 @@ from pathlib import Path
 from acbuild.errors import TrustError
 from acbuild.fs.atomic import atomic_write
 from acbuild.report import Reporter
-from acbuild.trust.gpg import KeyInfo, gpg_messages, list_keys, open_gpg, status_lines
+from acbuild.trust.gpg import (
+    KeyInfo,
+    check_fingerprint,
+    find_keys,
+    gpg_messages,
+    list_keys,
+    open_gpg,
+    status_lines,
+)
 
 PASSPHRASE_ENV = "ACBUILD_PASSPHRASE"
 # libgpg-error codes (gpg-error.h) in gpg's "FAILURE sign <code>" status line.
@@ -57,7 +65,7 @@ def read_passphrase(
 def find_secret_key(key: str, gpg_home: Path | None) -> KeyInfo:
     """The one usable secret key ``key`` (id, fingerprint or e-mail) names."""
     where = f"GnuPG home {gpg_home}" if gpg_home else "the default GnuPG home"
-    found = list_keys(open_gpg(gpg_home), secret=True, keys=key)
+    found = find_keys(open_gpg(gpg_home), key, secret=True)
     if not found:
         raise TrustError(
             f"no secret key {key!r} in {where}",
@@ -69,7 +77,7 @@ def find_secret_key(key: str, gpg_home: Path | None) -> KeyInfo:
                          hint="name the key by its fingerprint")
     info = found[0]
     # The secret listing does not carry validity; the public one does.
-    public = list_keys(open_gpg(gpg_home), keys=info.fingerprint)
+    public = [k for k in list_keys(open_gpg(gpg_home)) if k.fingerprint == info.fingerprint]
     if public and public[0].revoked:
         raise TrustError(f"cannot sign with key {info.fingerprint} ({info.uid}): it is revoked")
     if public and public[0].expired:
@@ -89,8 +97,8 @@ def sign_image(
     """Write ``IMAGE.asc``, a detached armored signature over the image bytes, atomically."""
     if not image.is_file():
         raise TrustError(f"cannot sign {image}: no such file")
-    if passphrase is not None and ("\n" in passphrase or "\r" in passphrase):
-        raise TrustError("the passphrase must be a single line")
+    if passphrase is not None and any(c in passphrase for c in "\n\r\0"):
+        raise TrustError("the passphrase must be a single line without NUL characters")
     info = find_secret_key(key, gpg_home)
     gpg = open_gpg(gpg_home)
     asc = signature_path(image)
@@ -98,7 +106,8 @@ def sign_image(
     with image.open("rb") as f:
         # passphrase given: python-gnupg feeds it on a pipe with --pinentry-mode loopback.
         result = gpg.sign_file(
-            f, keyid=info.fingerprint, passphrase=passphrase, detach=True, binary=False,
+            f, keyid=check_fingerprint(info.fingerprint), passphrase=passphrase, detach=True,
+            binary=False,
             extra_args=["--pinentry-mode", "loopback"] if passphrase is not None else None,
         )
     _check_signed(result, info)

@@ -15,6 +15,7 @@ from pathlib import Path
 from acbuild.errors import TrustError
 from acbuild.fs.atomic import atomic_write
 from acbuild.trust.gpg import export_public, import_keys, temporary_keyring
+from acbuild.trust.names import check_image_name, plain_segments
 
 TRUST_STORE_ENV = "ACBUILD_TRUST_STORE"
 SYSTEM_STORE = Path("/etc/rkt/trustedkeys")
@@ -45,8 +46,13 @@ def default_location(env: Mapping[str, str] | None = None) -> Path:
 
 
 def prefix_matches(prefix: str, name: str) -> bool:
-    """Whether ``prefix`` covers ``name`` on whole path segments (``a/app`` not ``a/apple``)."""
+    """Whether ``prefix`` covers ``name`` on whole path segments (``a/app`` not ``a/apple``).
+
+    A name or prefix with an empty, ``.`` or ``..`` segment is covered by nothing: otherwise
+    ``a/app/../b`` would borrow the keys of ``a/app``."""
     prefix = prefix.rstrip("/")
+    if not prefix or not plain_segments(prefix) or not plain_segments(name):
+        return False
     return name == prefix or name.startswith(prefix + "/")
 
 
@@ -84,12 +90,13 @@ class TrustStore:
                 prefix = Path(dirpath).relative_to(prefix_d).as_posix()
                 for fname in sorted(filenames):
                     path = Path(dirpath) / fname
-                    if prefix != "." and _is_key_file(path):
+                    if prefix != "." and _PREFIX.match(prefix) and _is_key_file(path):
                         found.append(TrustedKey(fingerprint=fname, prefix=prefix, path=path))
         return tuple(found)
 
     def keys_for(self, name: str) -> tuple[TrustedKey, ...]:
-        """Root keys plus keys of every prefix covering ``name``."""
+        """Root keys plus keys of every prefix covering ``name`` (an ACIdentifier)."""
+        check_image_name(name, "trust")
         return tuple(
             k for k in self.all_keys() if k.prefix is None or prefix_matches(k.prefix, name)
         )

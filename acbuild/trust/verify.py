@@ -10,9 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.errors import TrustError
-from acbuild.trust.gpg import gpg_messages, import_keys, status_lines, temporary_keyring
+from acbuild.trust.gpg import (
+    gpg_messages,
+    gpg_path,
+    import_keys,
+    status_lines,
+    temporary_keyring,
+)
+from acbuild.trust.names import check_image_name
 from acbuild.trust.sign import signature_path
 from acbuild.trust.truststore import TrustedKey, TrustStore
+
+MAX_SIGNATURE = 1 << 20  # gpg is handed the whole file; real ones are a few hundred bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,7 +60,10 @@ def verify_image(
     if not asc.is_file():
         raise TrustError(f"{image} is not signed: {asc} does not exist",
                          hint="sign it with `acbuild-py sign`, or pass --signature FILE")
-    name = manifest_name(image) if name is None else name
+    if asc.stat().st_size > MAX_SIGNATURE:
+        raise TrustError(f"{asc} is larger than {MAX_SIGNATURE} bytes: not a signature")
+    name = check_image_name(manifest_name(image) if name is None else name,
+                            shown_as or str(image))
     trusted = store.keys_for(name)
     if not trusted:
         raise TrustError(f"no keys are trusted for {name} in {store.root}",
@@ -60,7 +72,7 @@ def verify_image(
     with temporary_keyring() as gpg:
         _import_trusted(gpg, trusted)
         with asc.open("rb") as sig:
-            result = gpg.verify_file(sig, str(image))
+            result = gpg.verify_file(sig, gpg_path(image))
     statuses = status_lines(result)
     verdict = _judge(statuses, result, shown=shown_as or str(image), asc=asc, name=name,
                      store=store, trusted=trusted)

@@ -11,7 +11,8 @@ import pytest
 
 from acbuild.cli.app import SUMMARIES, cli
 from acbuild.cli.commands.common import COMPRESSIONS, parse_size
-from acbuild.cli.commands.trustopts import MAX_IMAGE_SIZE
+from acbuild.cli.commands.trustopts import MAX_IMAGE_SIZE, PULL_POLICIES
+from acbuild.distribution import fetch
 from acbuild.image import compression
 from acbuild.image.tarread import Limits
 
@@ -31,6 +32,7 @@ def test_the_help_table_matches_every_verb() -> None:
 def test_constants_written_out_for_speed_equal_their_sources() -> None:
     assert COMPRESSIONS == compression.COMPRESSIONS
     assert parse_size(MAX_IMAGE_SIZE) == Limits().max_total_bytes
+    assert PULL_POLICIES == fetch.PULL_POLICIES
 
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["build", "--help"]])

@@ -160,9 +160,9 @@ def test_gc(tmp_path: Path) -> None:
     store = ImageStore(tmp_path)
     for i in range(3):
         aci = make_aci(tmp_path / f"a{i}.aci", "a.com/x", payload=str(i).encode())
-        store.add(aci, None, image_id=f"sha512-{i}", name="a.com/x", labels=())
+        store.add(aci, None, image_id=f"sha512-{str(i) * 128}", name="a.com/x", labels=())
     removed = store.gc(keep=1)
-    assert [e.id for e in removed] == ["sha512-1", "sha512-0"]
-    assert [e.id for e in store.entries()] == ["sha512-2"]
+    assert [e.id for e in removed] == [f"sha512-{'1' * 128}", f"sha512-{'0' * 128}"]
+    assert [e.id for e in store.entries()] == [f"sha512-{'2' * 128}"]
     assert store.gc(older_than_days=1, now=store.entries()[0].added + 2 * 86400)
     assert store.entries() == ()

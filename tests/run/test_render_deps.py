@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from acbuild.distribution.imagestore import ImageStore
+from acbuild.distribution.fetch import FetchOptions
 from acbuild.fs.staging import StagedRootfs
 from acbuild.report import NullReporter
 from acbuild.run.render_deps import Renderer
@@ -27,11 +27,17 @@ def _manifest(name: str, *, deps: tuple[str, ...] = (),
     return m
 
 
+def _renderer(tmp_path: Path) -> Renderer:
+    # The trust chain is tests/run/test_run_trust.py's subject; these images are unsigned.
+    return Renderer(fetch=FetchOptions(skip_verify=True, store_dir=tmp_path / "store"),
+                    reporter=NullReporter())
+
+
 def _render(tmp_path: Path, top: Path) -> dict[str, str]:
     root = tmp_path / "out"
     root.mkdir()
-    Renderer(store=ImageStore(tmp_path / "store"), verify_local=lambda _p, _r: None,
-             reporter=NullReporter()).render(top, StagedRootfs(root=root))
+    renderer = _renderer(tmp_path)
+    renderer.render(renderer.resolve(top), StagedRootfs(root=root))
     found: dict[str, str] = {}
     for p in sorted(root.rglob("*")):
         rel = str(p.relative_to(root))
@@ -94,6 +100,7 @@ def test_manifest_is_the_top_images(tmp_path: Path) -> None:
                 aci(_manifest("example.com/app", deps=("example.com/base",))).data())
     root = tmp_path / "r"
     root.mkdir()
-    found = Renderer(store=ImageStore(tmp_path / "s"), verify_local=lambda _p, _r: None,
-                     reporter=NullReporter()).render(top, StagedRootfs(root=root))
-    assert found.name == "example.com/app"
+    renderer = _renderer(tmp_path)
+    tree = renderer.resolve(top)
+    renderer.render(tree, StagedRootfs(root=root))
+    assert tree.manifest.name == "example.com/app"

@@ -84,7 +84,7 @@ def test_cached_rootfs_stays_pristine(tmp_path: Path, images: Path) -> None:
     assert "using cached rootfs" in r.stderr
     assert run(tmp_path, app).stderr == ""  # a warm run says nothing of its own
     cached = list((tmp_path / "cache" / "acbuild-py" / "rootfs").iterdir())
-    assert [p.name.startswith("sha512-") for p in cached] == [True]
+    assert [p.name.startswith("render-") for p in cached] == [True]  # keyed by every ID
     assert not (cached[0] / "rootfs" / "note").exists()
     assert not (cached[0] / "rootfs" / "proc").exists()
     assert list((tmp_path / "cache" / "acbuild-py" / "run").iterdir()) == []

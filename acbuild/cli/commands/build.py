@@ -17,7 +17,12 @@ from acbuild.cli.commands.common import (
     resolve_acfile,
     state,
 )
-from acbuild.cli.commands.trustopts import base_loader, trust_options
+from acbuild.cli.commands.trustopts import (
+    base_loader,
+    check_key_specs,
+    pull_policy_option,
+    trust_options,
+)
 from acbuild.cli.console import say
 from acbuild.report import Field, Reporter
 
@@ -49,7 +54,7 @@ def _docker_hint(hint: str) -> Callable[[click.Context, click.Parameter, Any], A
 @acfile_options
 @click.option("--format", "output_format", type=click.Choice(["aci", "oci", "oci-archive"]),
               default="aci", show_default=True, help="Image format to write.")
-@click.option("--sign", "sign_keys", multiple=True, metavar="KEY",
+@click.option("--sign", "sign_keys", multiple=True, metavar="KEY", callback=check_key_specs,
               help="Sign the image with this GnuPG key (as a SIGN line would).")
 @click.option("--gpg-home", type=click.Path(path_type=Path, file_okay=False),
               help="GnuPG home holding the signing key.")
@@ -61,6 +66,7 @@ def _docker_hint(hint: str) -> Callable[[click.Context, click.Parameter, Any], A
 @click.option("--check-repro", is_flag=True,
               help="Build twice without cache and fail (exit 1) if the images differ.")
 @trust_options
+@pull_policy_option
 @global_options
 def command(
     path: Path | None,

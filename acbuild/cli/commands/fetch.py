@@ -8,7 +8,7 @@ import click
 
 from acbuild.cli.commands.common import global_options, state
 from acbuild.cli.console import say
-from acbuild.distribution.fetch import FetchOptions, fetch
+from acbuild.distribution.fetch import PULL_POLICIES, FetchOptions, PullPolicy, fetch
 
 
 @click.command("fetch")
@@ -23,12 +23,19 @@ from acbuild.distribution.fetch import FetchOptions, fetch
               help="Image store (default: $XDG_CACHE_HOME/acbuild-py/images).")
 @click.option("--insecure-skip-verify", is_flag=True,
               help="Accept a missing or bad signature (dangerous).")
+@click.option("--pull-policy", type=click.Choice(PULL_POLICIES), default="update",
+              show_default=True, help="update: always ask the server; new: use a stored copy "
+              "that still verifies; never: only the image store.")
 @global_options
 def command(image: str, output: Path | None, insecure: bool, port: int | None,
             ca_file: Path | None, trust_store: Path | None, store_dir: Path | None,
-            insecure_skip_verify: bool) -> None:
-    """Fetch IMAGE (NAME[:version][,label=value…], URL or PATH) into the local image store."""
+            insecure_skip_verify: bool, pull_policy: PullPolicy) -> None:
+    """Fetch IMAGE (NAME[:version][,label=value…], URL or PATH) into the local image store.
+
+    A local PATH must be signed (PATH.asc) by a key trusted for its name, unless
+    --insecure-skip-verify."""
     options = FetchOptions(insecure=insecure, port=port, trust_store=trust_store,
-                           skip_verify=insecure_skip_verify, ca_file=ca_file, store_dir=store_dir)
+                           skip_verify=insecure_skip_verify, ca_file=ca_file, store_dir=store_dir,
+                           pull_policy=pull_policy)
     result = fetch(image, options=options, reporter=state().reporter(), output_dir=output)
     say(result.entry.id)

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from acbuild.cli.commands.common import global_options, state
-from acbuild.cli.commands.trustopts import base_loader, trust_options
+from acbuild.cli.commands.trustopts import fetch_options, trust_options
 from acbuild.run.runimage import RunOptions, parse_volume, run_image
 from acbuild.signals import terminate_as_exit
 
@@ -43,7 +43,7 @@ def command(image: Path, args: tuple[str, ...], volumes: tuple[str, ...], networ
         volumes=tuple(parse_volume(v) for v in volumes),
         network=network,  # type: ignore[arg-type]  # click.Choice checked it
         stdin=not no_stdin,
-        verify_local=base_loader(reporter=reporter, **trust).verify_local,
+        fetch=fetch_options(**trust),
     )
     with terminate_as_exit():
         status = run_image(options, reporter, click.echo)

@@ -7,13 +7,15 @@ from pathlib import Path
 import click
 
 from acbuild.cli.commands.common import global_options, state
+from acbuild.cli.commands.trustopts import check_key_specs
 from acbuild.cli.console import say
 from acbuild.trust.sign import read_passphrase, sign_image
 
 
 @click.command("sign")
 @click.argument("image", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--key", required=True, help="Key id, fingerprint or e-mail of the signing key.")
+@click.option("--key", required=True, callback=check_key_specs,
+              help="Key id, fingerprint, e-mail or user ID of the signing key.")
 @click.option("--gpg-home", type=click.Path(path_type=Path, file_okay=False),
               help="GnuPG home holding the key (default: $GNUPGHOME or ~/.gnupg).")
 @click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),

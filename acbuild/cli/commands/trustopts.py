@@ -1,6 +1,8 @@
 """Options shared by the verbs that fetch or verify images (build, fetch, run, verify).
 
 They become the trust chain's FetchOptions and the BaseLoader a build resolves BEGIN with.
+The trust machinery is imported when a verb runs, not when its options are declared, so
+that --help stays quick.
 """
 
 from __future__ import annotations
@@ -11,15 +13,29 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from acbuild.acfile.signkey import key_spec_problem
 from acbuild.cli.commands.common import Size
 from acbuild.report import Reporter
 
-if TYPE_CHECKING:  # the build machinery is imported when a verb runs, not for --help
+if TYPE_CHECKING:
     from acbuild.build.bases import BaseLoader
-
-MAX_IMAGE_SIZE = "64G"  # tarread.Limits().max_total_bytes, as a default people read
+    from acbuild.distribution.fetch import FetchOptions, PullPolicy
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Written out for the option declarations; a test keeps them equal to their sources
+# (tarread.Limits().max_total_bytes and distribution.fetch.PULL_POLICIES).
+MAX_IMAGE_SIZE = "64G"
+PULL_POLICIES = ("new", "update", "never")
+
+
+def check_key_specs(_ctx: click.Context, param: click.Parameter,
+                    value: str | tuple[str, ...] | None) -> str | tuple[str, ...] | None:
+    """``--sign`` / ``--key``: a key ID, fingerprint, e-mail or user ID, never an option."""
+    for spec in (value,) if isinstance(value, str) else value or ():
+        if (problem := key_spec_problem(spec)) is not None:
+            raise click.BadParameter(problem, param=param)
+    return value
 
 
 def trust_options(f: F) -> F:
@@ -44,33 +60,49 @@ def trust_options(f: F) -> F:
     return f
 
 
-def base_loader(
+def pull_policy_option(f: F) -> F:
+    """``--pull-policy`` for the verbs that resolve BEGIN and DEPENDENCY by name."""
+    return click.option(
+        "--pull-policy", type=click.Choice(PULL_POLICIES), default="new", show_default=True,
+        help="How images named by BEGIN or DEPENDENCY are found: new: a stored copy that "
+             "still verifies, else the server; update: always the server; never: only the "
+             "image store.")(f)
+
+
+def fetch_options(
     *,
-    reporter: Reporter,
     trust_store: Path | None = None,
     insecure: bool = False,
     port: int | None = None,
     ca_file: Path | None = None,
     insecure_skip_verify: bool = False,
     max_image_size: int | None = None,
-) -> BaseLoader:
-    def resolve(name: str, labels: tuple[tuple[str, str], ...], rep: Reporter) -> Path:
-        from acbuild.distribution.fetch import FetchOptions, resolve_image
+    pull_policy: PullPolicy = "new",
+) -> FetchOptions:
+    """The trust options as the trust chain's FetchOptions (``max_image_size`` is a build's)."""
+    from acbuild.distribution.fetch import FetchOptions
 
-        options = FetchOptions(insecure=insecure, port=port, trust_store=trust_store,
-                               skip_verify=insecure_skip_verify, ca_file=ca_file)
+    del max_image_size
+    return FetchOptions(insecure=insecure, port=port, trust_store=trust_store,
+                        skip_verify=insecure_skip_verify, ca_file=ca_file,
+                        pull_policy=pull_policy)
+
+
+def base_loader(*, reporter: Reporter, max_image_size: int | None = None,
+                **trust: Any) -> BaseLoader:
+    from acbuild.build.bases import BaseLoader
+    from acbuild.distribution.fetch import resolve_image, verify_local
+    from acbuild.image.tarread import Limits
+    from acbuild.trust.truststore import TrustStore
+
+    options = fetch_options(**trust)
+    del reporter  # each call is given the reporter of its build
+
+    def resolve(name: str, labels: tuple[tuple[str, str], ...], rep: Reporter) -> Path:
         return resolve_image(name, labels, options=options, reporter=rep)
 
     def verify(path: Path, rep: Reporter) -> None:
-        from acbuild.distribution.fetch import verify_local
-        from acbuild.trust.truststore import TrustStore
-
-        if not path.with_name(path.name + ".asc").exists():
-            return
-        verify_local(path, TrustStore.locate(trust_store), rep)
-
-    from acbuild.build.bases import BaseLoader
-    from acbuild.image.tarread import Limits
+        verify_local(path, TrustStore.locate(options.trust_store), rep)
 
     limits = Limits() if max_image_size is None else Limits(max_total_bytes=max_image_size)
     return BaseLoader(resolve_name=resolve, verify_local=verify, limits=limits)
