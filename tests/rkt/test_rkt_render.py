@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from acbuild.distribution.imagestore import ImageStore
+from acbuild.distribution.fetch import FetchOptions
 from acbuild.fs.staging import StagedRootfs
 from acbuild.image.aci import image_id
 from acbuild.report import NullReporter
@@ -63,8 +63,10 @@ def test_rendering_matches_rkt_image_render(tmp_path: Path, rkt: Rkt) -> None:
     rkt("image", "render", "--rootfs-only", "example.com/app", theirs)
     ours = tmp_path / "ours"
     ours.mkdir()
-    Renderer(store=ImageStore(tmp_path / "store"), verify_local=lambda _p, _r: None,
-             reporter=NullReporter()).render(images["app"], StagedRootfs(root=ours))
+    # Unsigned test images: the trust chain is tests/run/test_run_trust.py's subject.
+    renderer = Renderer(fetch=FetchOptions(skip_verify=True, store_dir=tmp_path / "store"),
+                        reporter=NullReporter())
+    renderer.render(renderer.resolve(images["app"]), StagedRootfs(root=ours))
     expected = dir_tree(theirs)
     assert dir_tree(ours) == expected
     # What the rules mean here, so the comparison cannot pass on two empty trees.
