@@ -82,6 +82,8 @@ def run_step(instruction: Run, ctx: RunContext, reporter: Reporter, info: StepIn
     except SandboxError as e:
         e.span = e.span or instruction.span  # the missing program is this line's fault
         raise
+    # Device nodes the program made: records from now on, never nodes on the host.
+    ctx.rootfs.absorb_nodes()
     if outcome.timed_out:
         message = f"RUN timed out after {instruction.timeout:g}s"
     elif outcome.exit_status != 0:

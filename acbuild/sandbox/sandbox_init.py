@@ -145,17 +145,24 @@ def _fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
-def _remount_read_only(path: str) -> None:
+def _remount(path: str, extra: int) -> None:
     # A bind remount must repeat the flags the kernel locked on the mount (nosuid, atime ...)
     # or it fails with EPERM inside a user namespace; statvfs tells which ones are set.
+    # MS_NODEV and MS_RDONLY given with MS_BIND at first mount are ignored: only a remount
+    # applies them.
     have = os.statvfs(path).f_flag
-    flags = MS_BIND | MS_REMOUNT | MS_RDONLY
+    flags = MS_BIND | MS_REMOUNT | extra
     for st_flag, ms_flag in ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV),
                              (os.ST_NOEXEC, MS_NOEXEC), (os.ST_NOATIME, MS_NOATIME),
-                             (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME)):
+                             (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME),
+                             (os.ST_RDONLY, MS_RDONLY)):
         if have & st_flag:
             flags |= ms_flag
     _mount(None, path, None, flags)
+
+
+def _remount_read_only(path: str) -> None:
+    _remount(path, MS_RDONLY)
 
 
 def _mount_proc(root: str, root_fd: int) -> None:
@@ -174,15 +181,19 @@ def _mount_proc(root: str, root_fd: int) -> None:
 def _mount_dev(root: str, root_fd: int) -> None:
     fd = open_beneath(root_fd, "dev", kind="dir")
     try:
-        _mount("tmpfs", _fd_path(fd), "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=1m")
+        _mount("tmpfs", _fd_path(fd), "tmpfs", MS_NOSUID | MS_NOEXEC | MS_NODEV,
+               "mode=755,size=1m")
     finally:
         os.close(fd)
     dev = os.path.join(root, "dev")  # a fresh tmpfs now: nothing of the image in it
-    # Binding the host's nodes, not mknod: a user namespace may not create devices.
+    # Binding the host's nodes, not mknod: a user namespace may not create devices. Each
+    # bind is read-only, so a root program cannot chmod or chown the host's /dev/null
+    # (writing to a device on a read-only mount still works: only its inode is protected).
     for name in DEVICES:
         if os.path.exists(f"/dev/{name}"):
             os.close(os.open(f"{dev}/{name}", os.O_WRONLY | os.O_CREAT, 0o666))
             _mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
+            _remount_read_only(f"{dev}/{name}")
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
                          ("ptmx", "pts/ptmx")):
@@ -211,19 +222,20 @@ def _bind(source: str, root_fd: int, rel: str, *, kind: str, create: bool,
         _mount(source, target, None, MS_BIND | MS_REC)
     finally:
         os.close(fd)
-    if read_only:
-        # Re-open: the new mount now sits on top of the path.
-        fd = open_beneath(root_fd, rel, kind=kind)
-        try:
-            _remount_read_only(_fd_path(fd))
-        finally:
-            os.close(fd)
+    # Re-open: the new mount now sits on top of the path. No devices through a volume.
+    fd = open_beneath(root_fd, rel, kind=kind)
+    try:
+        _remount(_fd_path(fd), MS_NODEV | (MS_RDONLY if read_only else 0))
+    finally:
+        os.close(fd)
 
 
 def _setup_root(spec: dict[str, Any]) -> None:
     root = spec["rootfs"]
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount may reach the host
     _mount(root, root, None, MS_BIND | MS_REC)  # pivot_root needs a mount point
+    # nodev: a device node in the image (or one a program makes) opens nothing on the host.
+    _remount(root, MS_NODEV)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         _mount_proc(root, root_fd)
