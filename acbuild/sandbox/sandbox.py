@@ -34,6 +34,7 @@ from typing import IO, Any, Literal
 
 from acbuild.errors import SandboxError
 from acbuild.sandbox import sandbox_init
+from acbuild.sandbox.seccomp import filter_bpf
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Longer output lines are handed on in pieces of this many characters.
@@ -166,7 +167,7 @@ def _prepare(spec: SandboxSpec, created: list[tuple[str, bool]]) -> dict[str, An
         "env": _environment(spec), "workdir": spec.workdir, "uid": spec.uid, "gid": spec.gid,
         "groups": list(spec.supplementary_gids), "set_groups": os.geteuid() == 0,
         "network": spec.network, "hostname": spec.hostname, "host_files": host_files,
-        "binds": binds,
+        "binds": binds, "seccomp": filter_bpf().hex(),
     }
 
 
@@ -422,6 +423,8 @@ def _exec_message(payload: dict[str, Any], failure: dict[str, Any]) -> str:
         if err in (errno.ENOTDIR, errno.EEXIST):
             return f"working directory '{workdir}' is not a directory in the image"
         return f"cannot enter working directory '{workdir}': {text}"
+    if stage == "confine":
+        return f"cannot confine the program (keyring, seccomp): {text}"
     if stage == "identity":
         return f"cannot run as uid {payload['uid']} gid {payload['gid']}: {text}"
     if stage != "exec":
