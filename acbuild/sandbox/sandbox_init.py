@@ -72,6 +72,9 @@ DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 # Parts of the fresh procfs that reach beyond the namespaces; read-only, as in Docker.
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
 HOST_FILES = ("resolv.conf", "hosts")
+# Host information procfs shows whatever the namespaces (the descriptions of the keys in
+# every keyring, kernel memory, timers): hidden under /dev/null, as Docker masks them.
+PROC_MASKED = ("keys", "key-users", "kcore", "timer_list", "sched_debug", "latency_stats")
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
@@ -202,6 +205,11 @@ def _mount_proc(root: str, root_fd: int) -> None:
         path = os.path.join(root, "proc", name)
         if os.path.exists(path):
             _mount(path, path, None, MS_BIND | MS_REC)
+            _remount_read_only(path)
+    for name in PROC_MASKED:
+        path = os.path.join(root, "proc", name)
+        if os.path.isfile(path):
+            _mount("/dev/null", path, None, MS_BIND)
             _remount_read_only(path)
 
 
