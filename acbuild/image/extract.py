@@ -5,8 +5,8 @@ with tarfile in stream mode, and creates every entry itself through ``securepath
 
 Policy for hostile names: a leading ``/`` is taken as relative to the root (real tools
 write such entries); ``..`` is resolved lexically and an entry that would climb above the
-root is rejected. Hardlink targets must be regular files already in the root (or device records: devices
-are never made on disk, see ``staging``). Whatever is
+root is rejected. Hardlink targets must be regular files already in the root, or device
+records (devices are never made on disk, see ``staging``). Whatever is
 at an entry's name is replaced (a directory with all its content), except that a
 directory entry keeps an existing directory. xattrs: ``user.*`` always, other namespaces
 only as root; what cannot be set is reported as a warning, once per namespace.

@@ -53,7 +53,7 @@ def loop_device(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
 @pytest.mark.skipif(not IS_ROOT, reason="the host's /dev/null belongs to root")
 def test_root_cannot_chmod_the_hosts_dev_null(rootfs: Path) -> None:
     before = os.stat("/dev/null")
-    result, lines = run(rootfs, "chmod 000 /dev/null && echo CHANGED; chown 1:1 /dev/null "
+    _, lines = run(rootfs, "chmod 000 /dev/null && echo CHANGED; chown 1:1 /dev/null "
                                 "&& echo CHOWNED; echo ok > /dev/null && echo WRITABLE")
     after = os.stat("/dev/null")
     try:
@@ -81,7 +81,7 @@ def test_a_device_node_in_the_rootfs_opens_nothing(rootfs: Path,
     device, backing = loop_device
     rdev = device.stat().st_rdev
     os.mknod(rootfs / "disk", 0o666 | stat.S_IFBLK, rdev)
-    result, lines = run(rootfs, "echo PWNED > /disk && echo WROTE; head -c 4 /disk "
+    _, lines = run(rootfs, "echo PWNED > /disk && echo WROTE; head -c 4 /disk "
                                 "&& echo READ; true")
     assert "WROTE" not in lines and "READ" not in lines, lines
     with open(device, "rb") as f:
