@@ -94,9 +94,8 @@ def test_ignores_files_not_named_by_fingerprint(tmp_path: Path) -> None:
 
 
 def test_trust_cli(gpgkeys: Keys, tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
     from acbuild.cli.commands.trust import command
+    from click.testing import CliRunner
 
     runner = CliRunner()
     store = str(tmp_path / "tk")
