@@ -73,6 +73,7 @@ class _Executor:
         self.options = options
         self.reporter = reporter
         self.results: dict[int, StageResult] = {}
+        self.warned_limits: set[str] = set()  # RUN limits reported as unenforced
         self.pending: dict[int, tuple[StepRecord, Path]] = {}  # cached to the end, not restored
 
     def result(self, index: int) -> StageResult:
@@ -185,7 +186,8 @@ class _Executor:
             case Run():
                 run_step(instruction, RunContext(rootfs=result.rootfs, manifest=result.manifest,
                                                  epoch=options.epoch, log=options.log,
-                                                 log_path=options.log_path),
+                                                 log_path=options.log_path,
+                                                 warned=self.warned_limits),
                          self.reporter, info)
             case Sign():
                 pass  # signing happens once the image is written

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -34,6 +35,7 @@ from typing import IO, Any, Literal
 
 from acbuild.errors import SandboxError
 from acbuild.sandbox import sandbox_init
+from acbuild.sandbox.limits import CgroupJail, Limits
 from acbuild.sandbox.seccomp import filter_bpf
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -68,6 +70,8 @@ class SandboxSpec:
     source_date_epoch: int = 315532800
     binds: tuple[Bind, ...] = ()
     stdin: bool = False  # connect the caller's stdin (for `acbuild-py run`), else /dev/null
+    # processes and memory (RUN steps have defaults; run has none); frozen, so one is shared
+    limits: Limits = Limits()  # noqa: RUF009
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,6 +79,7 @@ class SandboxResult:
     exit_status: int  # 128 + signal when killed, as a shell reports it
     timed_out: bool
     signal: int | None
+    unenforced: tuple[str, ...] = ()  # limits asked for that no mechanism here could apply
 
 
 def sandbox_available() -> str | None:
@@ -98,8 +103,19 @@ def run_sandboxed(spec: SandboxSpec, on_output: Callable[[str], None]) -> Sandbo
     _check_spec(spec)
     created: list[tuple[str, bool]] = []
     try:
-        payload = _prepare(spec, created)
-        return _Session(payload, spec.timeout, on_output, stdin=spec.stdin).run()
+        with CgroupJail(spec.limits) as jail:
+            payload = _prepare(spec, created)
+            # Without a pids cgroup, RLIMIT_NPROC: it binds every uid but the host's root.
+            nproc = spec.limits.pids if "pids" not in jail.enforced else None
+            payload["nproc"] = nproc
+            result = _Session(payload, spec.timeout, on_output, stdin=spec.stdin,
+                              on_start=jail.add).run()
+            unenforced = tuple(
+                name for name, value in (("pids", spec.limits.pids),
+                                         ("memory", spec.limits.memory))
+                if value is not None and name not in jail.enforced
+                and not (name == "pids" and os.geteuid() != 0))
+        return dataclasses.replace(result, unenforced=unenforced)
     finally:
         _remove_created(spec.rootfs, created)
 
@@ -268,8 +284,10 @@ class _Session:
     """One run of the helper: the protocol of sandbox_init, output, timeout, teardown."""
 
     def __init__(self, payload: dict[str, Any], timeout: float | None,
-                 on_output: Callable[[str], None], *, stdin: bool = False):
+                 on_output: Callable[[str], None], *, stdin: bool = False,
+                 on_start: Callable[[int], None] | None = None):
         self._payload = payload
+        self._on_start = on_start
         self._timeout = timeout
         self._lines = _Lines(on_output)
         self._stdin = stdin
@@ -300,6 +318,14 @@ class _Session:
                 for fd in (ctl_r, rep_w, out_w):
                     os.close(fd)
             try:
+                if self._on_start is not None:
+                    # Before the spec is sent: nothing has forked yet, all that follows
+                    # starts inside the cgroups.
+                    try:
+                        self._on_start(proc.pid)
+                    except OSError as e:
+                        raise SandboxError(f"cannot put the sandbox in its cgroup: "
+                                           f"{e.strerror}") from None
                 timed_out = self._communicate(proc, out_r, rep_r)
             except BaseException:
                 _stop(proc)  # Ctrl-C, a failing callback ...: empty the namespace, then raise

@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import platform
+import resource
 import select
 import signal
 import socket
@@ -333,6 +334,8 @@ def _exec_program(spec: dict[str, Any], err_fd: int) -> None:
             if cap not in KEPT_CAPS:
                 _prctl(PR_CAPBSET_DROP, cap)
         stage = "confine"
+        if spec.get("nproc"):
+            resource.setrlimit(resource.RLIMIT_NPROC, (spec["nproc"], spec["nproc"]))
         _confine(bytes.fromhex(spec["seccomp"]))
         stage = "identity"
         if spec["set_groups"]:
