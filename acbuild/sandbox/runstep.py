@@ -66,6 +66,7 @@ def sandbox_spec(instruction: Run, ctx: RunContext) -> SandboxSpec:
         timeout=instruction.timeout,
         source_date_epoch=ctx.epoch,
         limits=run_limits(instruction),
+        tmpfs_tmp=False,  # the image's /tmp, as in Docker: what RUN does there is kept
     )
 
 

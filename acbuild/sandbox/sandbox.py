@@ -70,6 +70,9 @@ class SandboxSpec:
     source_date_epoch: int = 315532800
     binds: tuple[Bind, ...] = ()
     stdin: bool = False  # connect the caller's stdin (for `acbuild-py run`), else /dev/null
+    # A fresh tmpfs on /tmp (`acbuild-py run`). RUN steps use the image's own /tmp, as
+    # Docker does: what they do there (mode, files, making /tmp at all) stays in the image.
+    tmpfs_tmp: bool = True
     # processes and memory (RUN steps have defaults; run has none); frozen, so one is shared
     limits: Limits = Limits()  # noqa: RUF009
 
@@ -172,10 +175,13 @@ def _prepare(spec: SandboxSpec, created: list[tuple[str, bool]]) -> dict[str, An
     return what the helper needs."""
     root_fd = os.open(spec.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for name in ("proc", "dev", "tmp"):
+        # Only what the sandbox mounts over gets a placeholder, removed afterwards if it is
+        # still empty: the program cannot have made /proc or /dev itself (they are covered).
+        for name in ("proc", "dev", "tmp") if spec.tmpfs_tmp else ("proc", "dev"):
             _make(root_fd, name, "dir", created)
         host_files = _prepare_host_files(root_fd, created) if spec.network == "host" else []
-        binds = [_prepare_bind(root_fd, b, created) for b in spec.binds]
+        tmpfs = ("tmp", "dev") if spec.tmpfs_tmp else ("dev",)
+        binds = [_prepare_bind(root_fd, b, created, tmpfs) for b in spec.binds]
     finally:
         os.close(root_fd)
     return {
@@ -183,7 +189,7 @@ def _prepare(spec: SandboxSpec, created: list[tuple[str, bool]]) -> dict[str, An
         "env": _environment(spec), "workdir": spec.workdir, "uid": spec.uid, "gid": spec.gid,
         "groups": list(spec.supplementary_gids), "set_groups": os.geteuid() == 0,
         "network": spec.network, "hostname": spec.hostname, "host_files": host_files,
-        "binds": binds, "seccomp": filter_bpf().hex(),
+        "binds": binds, "seccomp": filter_bpf().hex(), "tmpfs_tmp": spec.tmpfs_tmp,
     }
 
 
@@ -212,14 +218,15 @@ def _prepare_host_files(root_fd: int, created: list[tuple[str, bool]]) -> list[s
     return names
 
 
-def _prepare_bind(root_fd: int, bind: Bind, created: list[tuple[str, bool]]) -> dict[str, Any]:
+def _prepare_bind(root_fd: int, bind: Bind, created: list[tuple[str, bool]],
+                  tmpfs: tuple[str, ...]) -> dict[str, Any]:
     try:
         kind = "dir" if stat.S_ISDIR(os.stat(bind.source).st_mode) else "file"
     except OSError as e:
         raise SandboxError(f"volume source {bind.source}: {e.strerror}") from None
     rel = _rel(bind.target)
     # Below /tmp or /dev the mount point is made inside the tmpfs, never on disk.
-    in_tmpfs = rel.split("/")[0] in ("tmp", "dev") and "/" in rel
+    in_tmpfs = rel.split("/")[0] in tmpfs and "/" in rel
     if not in_tmpfs:
         _make(root_fd, rel, kind, created)
     return {"source": str(bind.source.resolve()), "target": rel, "kind": kind,

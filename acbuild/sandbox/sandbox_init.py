@@ -6,8 +6,8 @@ nothing of the host's Python installation is reachable.
 
 Processes: S (this script) unshares user, mount, PID, IPC, UTS (and network) namespaces and
 waits for the parent to write its uid/gid maps; it forks I, PID 1 of the new PID namespace,
-which mounts /proc, /dev, /tmp and binds, pivots into the rootfs and forks C, the program. I
-reaps every process and exits when C does: the kernel then kills whatever is left in the
+which mounts /proc, /dev, /tmp (not for RUN steps) and binds, pivots into the rootfs and
+forks C, the program. I reaps every process and exits when C does: the kernel then kills whatever is left in the
 namespace, and S's ``waitpid(I)`` returns only once the namespace is empty. S and I die with
 their parents (PR_SET_PDEATHSIG), so the sandbox never outlives the build.
 
@@ -276,7 +276,8 @@ def _setup_root(spec: dict[str, Any]) -> None:
     try:
         _mount_proc(root, root_fd)
         _mount_dev(root, root_fd)
-        _mount_tmp(root_fd)
+        if spec.get("tmpfs_tmp", True):
+            _mount_tmp(root_fd)
         for name in spec["host_files"]:
             _bind(f"/etc/{name}", root_fd, f"etc/{name}", kind="file", create=False,
                   read_only=True)
