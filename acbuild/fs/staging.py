@@ -62,8 +62,9 @@ class StagedRootfs:
         the 0:0 whiteout node) becomes a record and leaves the disk; a record whose path it
         filled with something else gives way to that."""
         root = os.fspath(self.root)
-        for rel in [r for r in self.devices if os.path.lexists(f"{root}/{r}")]:
-            del self.devices[rel]
+        for rel in [r for r in self.devices
+                    if os.path.lexists(f"{root}/{r}") or not _real_dirs(root, r)]:
+            del self.devices[rel]  # replaced, or its directory removed or made a symlink
             self.owners.pop(rel, None)
         for top, _dirs, files, dir_fd in os.fwalk(root):
             for name in files:
@@ -88,6 +89,19 @@ class StagedRootfs:
         uid = 0 if st.st_uid == os.geteuid() else st.st_uid
         gid = 0 if st.st_gid == os.getegid() else st.st_gid
         return uid, gid
+
+
+def _real_dirs(root: str, rel: str) -> bool:
+    """Whether every parent of ``rel`` below ``root`` is a directory (not a symlink)."""
+    path = root
+    for part in rel.split("/")[:-1]:
+        path = f"{path}/{part}"
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def remove_tree(path: Path, *, ignore_errors: bool = False) -> None:
