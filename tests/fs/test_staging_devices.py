@@ -23,6 +23,7 @@ def test_nodes_on_disk_become_records_and_leave_the_disk(tmp_path: Path) -> None
     os.mknod(rootfs.root / "d/wh", 0o600 | stat.S_IFCHR, os.makedev(0, 0))
     os.mknod(rootfs.root / "blk", 0o660 | stat.S_IFBLK, os.makedev(7, 0))
     os.chown(rootfs.root / "blk", 0, 6)
+    os.chmod(rootfs.root / "blk", 0o660)  # past the umask
     os.mkfifo(rootfs.root / "fifo")
     rootfs.absorb_nodes()
     assert rootfs.devices == {"d/wh": DeviceNode(kind="chr", major=0, minor=0, mode=0o600),
