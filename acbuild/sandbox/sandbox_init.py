@@ -9,7 +9,8 @@ waits for the parent to write its uid/gid maps; it forks I, PID 1 of the new PID
 which mounts /proc, /dev, /tmp (not for RUN steps) and binds, pivots into the rootfs and
 forks C, the program. I reaps every process and exits when C does: the kernel then kills
 whatever is left in the namespace, and S's ``waitpid(I)`` returns only once the namespace
-is empty. S and I die with their parents (PR_SET_PDEATHSIG), so the sandbox never outlives the build.
+is empty. S and I die with their parents (PR_SET_PDEATHSIG), so the sandbox never
+outlives the build.
 
 Messages to the parent are JSON lines on REPORT_FD: ``{"unshared": true}``, ``{"error": str}``,
 ``{"exec_error": {...}}``, ``{"exit": n}`` or ``{"signal": n}``.
