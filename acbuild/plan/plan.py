@@ -20,7 +20,7 @@ from acbuild.image.manifest import host_os_arch
 # Base references moved to acbuild.plan.baseref; these names stay importable from here.
 from acbuild.plan.baseref import BaseRef, Scratch, parse_base
 
-MIN_RUN_MEMORY = 4 << 20  # below this not even a shell starts
+MIN_RUN_MEMORY = 32 << 20  # below this not even the sandbox's helper starts
 
 # ---- the plan ---------------------------------------------------------------------------------
 
@@ -345,7 +345,7 @@ def _check_run(i: ins.Run) -> list[AcbuildError]:
     if i.pids is not None and i.pids < 0:
         found.append(("--pids", "RUN --pids must be a number of processes, or max"))
     if i.memory is not None and 0 < i.memory < MIN_RUN_MEMORY:
-        found.append(("--memory", "RUN --memory must be at least 4M (or max)"))
+        found.append(("--memory", "RUN --memory must be at least 32M (or max)"))
     if not i.argv:
         found.append((None, "RUN needs a command"))
     return _problems(i, found)

@@ -8,7 +8,8 @@ a cgroup the process limit falls back to RLIMIT_NPROC, which counts per user nam
 so binds the rootless sandbox's uid 0; memory then stays unlimited, and the caller is told.
 
 Each cgroup is removed once the run is over, after killing anything still in it, also when
-the run ends by an exception (Ctrl-C, SIGTERM turned into an exception by the caller).
+the run ends by an exception (Ctrl-C, SIGTERM turned into an exception by the caller); the
+cgroups of a builder killed with SIGKILL are removed by the next run that makes one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from pathlib import Path
 from types import TracebackType
 
 DEFAULT_PIDS = 4096
+# The sandbox's two helper processes (sandbox_init's S and I) run in the cgroup too.
+HELPERS = 2
 MIN_DEFAULT_MEMORY = 2 << 30  # defaults must let a compiler or apt-get run
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -82,12 +85,17 @@ class CgroupJail:
 
     def _make(self, name: str, wanted: set[str]) -> None:
         own = _own_cgroups()
+        for controller in ("memory", "pids"):
+            parent = _v1_parent(controller, own.get(controller))
+            if parent is not None:
+                _sweep(parent)
         unified = _v2_parent(own.get(""), wanted)
         if unified is not None:
+            _sweep(unified)
             path = unified / name
             path.mkdir(mode=0o755)
             self.made.append(path)
-            self._write(path, "pids.max", self.limits.pids, "pids")
+            self._write(path, "pids.max", self._pids(), "pids")
             self._write(path, "memory.max", self.limits.memory, "memory")
             return
         for controller in sorted(wanted):
@@ -101,11 +109,28 @@ class CgroupJail:
                 continue
             self.made.append(path)
             if controller == "pids":
-                self._write(path, "pids.max", self.limits.pids, "pids")
+                self._write(path, "pids.max", self._pids(), "pids")
             else:
                 self._write(path, "memory.limit_in_bytes", self.limits.memory, "memory")
                 # Swap too where the kernel accounts it, or the limit only moves pages out.
                 self._write(path, "memory.memsw.limit_in_bytes", self.limits.memory, None)
+
+    def _pids(self) -> int | None:
+        return None if self.limits.pids is None else self.limits.pids + HELPERS
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer ended a process of the run (read before close)."""
+        for path in self.made:
+            for name in ("memory.events", "memory.oom_control"):  # v2, v1
+                try:
+                    text = (path / name).read_text()
+                except OSError:
+                    continue
+                for line in text.splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill" and value.strip() not in ("", "0"):
+                        return True
+        return False
 
     def _write(self, path: Path, name: str, value: int | None, marks: str | None) -> None:
         if value is None:
@@ -157,6 +182,18 @@ def _v1_parent(controller: str, own: str | None) -> Path | None:
         return None
     parent = mount / own.lstrip("/")
     return parent if os.access(parent, os.W_OK) else None
+
+
+def _sweep(parent: Path) -> None:
+    """Remove the cgroups of runs whose builder is gone (a SIGKILLed build leaves its own)."""
+    try:
+        names = [p.name for p in parent.iterdir() if p.name.startswith("acbuild-")]
+    except OSError:
+        return
+    for name in names:
+        pid = name.split("-")[1]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            _empty_and_remove(parent / name)
 
 
 def _empty_and_remove(path: Path) -> None:

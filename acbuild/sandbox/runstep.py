@@ -109,6 +109,9 @@ def run_step(instruction: Run, ctx: RunContext, reporter: Reporter, info: StepIn
     else:
         return
     hint = None
+    if outcome.out_of_memory and spec.limits.memory:
+        message += (f": out of memory (the step's limit is {spec.limits.memory >> 20} MiB; "
+                    "raise it with RUN --memory=SIZE)")
     if tail:
         hint = "last lines of output:\n" + "\n".join(f"      {line}" for line in tail)
     if ctx.log_path is not None:

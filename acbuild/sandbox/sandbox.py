@@ -35,7 +35,7 @@ from typing import IO, Any, Literal
 
 from acbuild.errors import SandboxError
 from acbuild.sandbox import sandbox_init
-from acbuild.sandbox.limits import CgroupJail, Limits
+from acbuild.sandbox.limits import HELPERS, CgroupJail, Limits
 from acbuild.sandbox.seccomp import filter_bpf
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -83,6 +83,7 @@ class SandboxResult:
     timed_out: bool
     signal: int | None
     unenforced: tuple[str, ...] = ()  # limits asked for that no mechanism here could apply
+    out_of_memory: bool = False  # the memory limit made the kernel kill a process
 
 
 def sandbox_available() -> str | None:
@@ -109,7 +110,8 @@ def run_sandboxed(spec: SandboxSpec, on_output: Callable[[str], None]) -> Sandbo
         with CgroupJail(spec.limits) as jail:
             payload = _prepare(spec, created)
             # Without a pids cgroup, RLIMIT_NPROC: it binds every uid but the host's root.
-            nproc = spec.limits.pids if "pids" not in jail.enforced else None
+            nproc = spec.limits.pids + HELPERS if spec.limits.pids and \
+                "pids" not in jail.enforced else None
             payload["nproc"] = nproc
             result = _Session(payload, spec.timeout, on_output, stdin=spec.stdin,
                               on_start=jail.add).run()
@@ -118,7 +120,8 @@ def run_sandboxed(spec: SandboxSpec, on_output: Callable[[str], None]) -> Sandbo
                                          ("memory", spec.limits.memory))
                 if value is not None and name not in jail.enforced
                 and not (name == "pids" and os.geteuid() != 0))
-        return dataclasses.replace(result, unenforced=unenforced)
+            oom = jail.oom_killed()
+        return dataclasses.replace(result, unenforced=unenforced, out_of_memory=oom)
     finally:
         _remove_created(spec.rootfs, created)
 

@@ -136,7 +136,7 @@ def test_run_flags_through_the_cli(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("option", "message"), [
     ("--pids=0", "invalid --pids '0'"), ("--pids=lots", "invalid --pids 'lots'"),
-    ("--memory=2X", "invalid --memory '2X'"), ("--memory=1k", "at least 4M"),
+    ("--memory=2X", "invalid --memory '2X'"), ("--memory=1k", "at least 32M"),
 ])
 def test_bad_limits_are_one_line_errors(tmp_path: Path, option: str, message: str) -> None:
     (tmp_path / "Acfile").write_text(f"BEGIN scratch\nNAME example.com/x\nRUN {option} /bin/true\n")
@@ -195,3 +195,17 @@ def test_rootless_fork_bomb_is_bounded_by_rlimit_nproc() -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="cgroups need root here")
+def test_cgroup_of_a_killed_builder_is_swept(rootfs: Path) -> None:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(rootfs)],
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert parent.stdout is not None and parent.stdout.readline() == "started\n"
+    left = [p for p in our_cgroups() if p.name.startswith(f"acbuild-{parent.pid}-")]
+    parent.kill()  # SIGKILL: no cleanup; its sandbox dies with it (PR_SET_PDEATHSIG)
+    parent.communicate()
+    assert left and all(p.exists() for p in left)
+    run(rootfs, "true", limits=Limits(pids=10))
+    assert not [p for p in left if p.exists()]
