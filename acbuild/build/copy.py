@@ -256,6 +256,7 @@ class _Writer:
             raise BuildError(f"COPY to '{shown}': {e.strerror}", span=self.span) from None
 
     def _created_parent(self, rel: str) -> None:
+        self.rootfs.devices.pop(rel, None)  # a directory now takes a recorded node's place
         self.rootfs.set_owner(rel, 0, 0)
 
     def _resolve(self, target: str, *, follow_final: bool) -> tuple[str, str, int]:

@@ -131,6 +131,7 @@ class RootfsWriter:
         return path, rel
 
     def _new_parent(self, rel: str) -> None:
+        self.rootfs.devices.pop(rel, None)  # a directory now takes a recorded node's place
         self.rootfs.set_owner(rel, 0, 0)
         self._touch(rel)
 

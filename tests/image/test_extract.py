@@ -216,6 +216,13 @@ def test_devices_as_root_and_rootless(scene: Scene) -> None:
     assert os.listdir(scene.root / "dev") == []
 
 
+def test_directory_replacing_a_device_record(scene: Scene) -> None:
+    """A later entry below a recorded node's path: the node gives way to the directory."""
+    rootfs = scene.extract(Tar().device("x", "blk", 7, 0).file("x/y", b"hi").data())
+    assert rootfs.devices == {}
+    assert (scene.root / "x/y").read_bytes() == b"hi"
+
+
 def test_setuid_and_owner_kept(scene: Scene) -> None:
     t = Tar().file("su", b"x", mode=0o4755, uid=1000, gid=1000).file("sg", b"y", mode=0o2711)
     scene.extract(t.data())
