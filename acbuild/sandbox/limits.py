@@ -158,19 +158,21 @@ def _own_cgroups() -> dict[str, str]:
 
 
 def _v2_parent(own: str | None, wanted: set[str]) -> Path | None:
-    """Our v2 cgroup when it is writable and hands the wanted controllers to children."""
+    """Our v2 cgroup when it is writable and hands the wanted controllers to children; for
+    root, else the hierarchy's root (a systemd session scope delegates nothing)."""
     if own is None:
         return None
     for mount in (_CGROUP_ROOT, _CGROUP_ROOT / "unified"):
         if not (mount / "cgroup.controllers").is_file():
             continue
-        parent = mount / own.lstrip("/")
-        try:
-            delegated = set((parent / "cgroup.subtree_control").read_text().split())
-        except OSError:
-            continue
-        if wanted <= delegated and os.access(parent, os.W_OK):
-            return parent
+        for parent in (mount / own.lstrip("/"), mount) if os.geteuid() == 0 else (
+                mount / own.lstrip("/"),):
+            try:
+                delegated = set((parent / "cgroup.subtree_control").read_text().split())
+            except OSError:
+                continue
+            if wanted <= delegated and os.access(parent, os.W_OK):
+                return parent
     return None
 
 

@@ -55,7 +55,7 @@ def filter_bpf() -> bytes:
     """The filter as a BPF program (struct sock_filter[]) for this machine's architectures."""
     try:
         import pyseccomp as sc
-    except (ImportError, OSError) as e:  # the module, or libseccomp.so.2 under it
+    except (ImportError, OSError, RuntimeError) as e:  # the module, or libseccomp under it
         raise SandboxError(f"cannot load libseccomp: {e}",
                            hint="install Debian's libseccomp2 and the pyseccomp package"
                            ) from None
