@@ -37,6 +37,8 @@ from acbuild.image.tarread import (
 )
 from acbuild.report import Reporter
 
+# Linux device numbers: 12 bits of major, 20 of minor (what a tar and the kernel can hold).
+_MAJORS, _MINORS = 1 << 12, 1 << 20
 OutsideHook = Callable[[str, tarfile.TarInfo, tarfile.TarFile], None]
 
 
@@ -258,6 +260,10 @@ class RootfsWriter:
         on disk). A device node on the host would give a hostile image's major:minor to
         whoever reaches the staging tree; the sandbox has its own /dev."""
         kind = "fifo" if member.isfifo() else ("chr" if member.ischr() else "blk")
+        if kind != "fifo" and not (0 <= member.devmajor < _MAJORS and 0 <= member.devminor
+                                   < _MINORS):
+            raise ImageError(f"device {member.name!r} has an impossible number "
+                             f"{member.devmajor}:{member.devminor}")
         if kind == "fifo" and self.rootfs.privileged:
             try:
                 os.mkfifo(path, member.mode & 0o7777)

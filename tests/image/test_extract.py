@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,6 +215,18 @@ def test_devices_as_root_and_rootless(scene: Scene) -> None:
         "dev/sda": DeviceNode(kind="blk", major=8, minor=0, mode=0o660),
     }
     assert os.listdir(scene.root / "dev") == []
+
+
+def test_impossible_device_numbers_are_refused(scene: Scene) -> None:
+    for major, minor in ((1 << 12, 0), (0, 1 << 20)):
+        t = tarfile.TarFile.open(fileobj=io.BytesIO(), mode="w", format=tarfile.GNU_FORMAT)
+        info = tarfile.TarInfo("big")
+        info.type, info.devmajor, info.devminor = tarfile.BLKTYPE, major, minor
+        t.addfile(info)
+        t.close()
+        data = t.fileobj.getvalue()  # type: ignore[union-attr]
+        with pytest.raises(ImageError, match="impossible number"):
+            scene.extract(data)
 
 
 def test_directory_replacing_a_device_record(scene: Scene) -> None:
