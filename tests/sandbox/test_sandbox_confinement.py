@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -189,3 +190,31 @@ def test_run_steps_and_the_run_verb_are_confined(tmp_path: Path) -> None:
     assert "| BLOCKED" in r.stderr and "| UNSHARED" not in r.stderr, r.stderr
     r = acbuild("run", "--no-stdin", out, env={"XDG_CACHE_HOME": str(tmp_path / "xdg")})
     assert r.stdout.splitlines()[-1:] == ["BLOCKED"], r.stdout + r.stderr
+
+
+K32 = r"""
+#include <stdio.h>
+int main(void) {
+    long ret;  /* i386 keyctl(KEYCTL_GET_KEYRING_ID, session keyring) through int 0x80 */
+    __asm__ volatile ("int $0x80" : "=a"(ret) : "a"(288L), "b"(0L), "c"(-3L), "d"(0L)
+                      : "memory");
+    printf("%ld\n", ret);
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64" or shutil.which("gcc") is None,
+                    reason="needs gcc on x86_64")
+def test_32_bit_system_calls_meet_the_same_filter(tmp_path: Path) -> None:
+    (tmp_path / "k32.c").write_text(K32)
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    built = subprocess.run(["gcc", "-static", "-o", root / "k32", tmp_path / "k32.c"],
+                           capture_output=True, text=True)
+    if built.returncode != 0:
+        pytest.skip(f"cannot build a static program: {built.stderr[-200:]}")
+    assert int(subprocess.run([root / "k32"], capture_output=True, text=True).stdout) > 0
+    lines: list[str] = []
+    run_sandboxed(SandboxSpec(rootfs=root, argv=("/k32",)), lines.append)
+    assert lines == ["-1"]  # -EPERM: not a way around the filter
