@@ -67,6 +67,8 @@ class Run(Located):
     workdir: str | None = None
     user: str | None = None
     timeout: float | None = None  # seconds, from --timeout=90s / 5m / 1h / 1.5
+    pids: int | None = None  # --pids=N; None: the default, 0: no limit (--pids=max)
+    memory: int | None = None  # bytes, --memory=2G; None: the default, 0: no limit
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

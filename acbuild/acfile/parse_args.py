@@ -46,7 +46,12 @@ _RUN_OPTIONS: dict[str, Kind] = {
     "workdir": "value",
     "user": "value",
     "timeout": "value",
+    "pids": "value",
+    "memory": "value",
 }
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)([kmgt]?)(?:i?b)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_NO_LIMIT = ("max", "unlimited")
 _PORT_OPTIONS: dict[str, Kind] = {"count": "value", "socket-activated": "flag"}
 _MOUNT_OPTIONS: dict[str, Kind] = {"read-only": "flag"}
 _DEPENDENCY_OPTIONS: dict[str, Kind] = {"image-id": "value", "label": "many", "size": "value"}
@@ -142,6 +147,9 @@ def _run(line: Line, kw: Word, args: Sequence[Word]) -> ins.Instruction | None:
     env = [pair(line, w, "--env") for w in options.get("env", [])]
     timeout = one(options, "timeout")
     seconds = _duration(line, timeout) if timeout else None
+    pids_word, memory_word = one(options, "pids"), one(options, "memory")
+    pids = _pids(line, pids_word) if pids_word else None
+    memory = _memory(line, memory_word) if memory_word else None
     if argv is None:
         return None
     workdir, user = one(options, "workdir"), one(options, "user")
@@ -152,8 +160,33 @@ def _run(line: Line, kw: Word, args: Sequence[Word]) -> ins.Instruction | None:
         workdir=workdir.value if workdir else None,
         user=user.value if user else None,
         timeout=seconds,
+        pids=pids,
+        memory=memory,
         **located(line, kw),
     )
+
+
+def _pids(line: Line, word: Word) -> int | None:
+    """--pids=N (processes and threads), or max/unlimited (0)."""
+    if word.value.lower() in _NO_LIMIT:
+        return 0
+    if word.value.isascii() and word.value.isdigit() and int(word.value) > 0:
+        return int(word.value)
+    line.fail(word, f"invalid --pids {show(word.value)}: expected a number of processes "
+                    "greater than 0, or max")
+    return None
+
+
+def _memory(line: Line, word: Word) -> int | None:
+    """--memory=SIZE (512M, 2G, 1.5GiB, bytes), or max/unlimited (0)."""
+    if word.value.lower() in _NO_LIMIT:
+        return 0
+    found = _SIZE.fullmatch(word.value) if word.value.isascii() else None
+    if found is None or float(found[1]) == 0:
+        line.fail(word, f"invalid --memory {show(word.value)}: expected a size such as 512M "
+                        "or 4G, or max")
+        return None
+    return int(float(found[1]) * _SIZE_UNITS[found[2].lower()])
 
 
 def _duration(line: Line, word: Word) -> float | None:

@@ -39,7 +39,6 @@ _CHUNK = 1 << 20
 _PROGRESS_EVERY = 8 << 20
 _MAX_ID = 2**32 - 2  # (uid_t)-1 means "unchanged" to chown
 _NODE_KINDS = {stat.S_IFCHR: "chr", stat.S_IFBLK: "blk", stat.S_IFIFO: "fifo"}
-_NODE_TYPES = {kind: fmt for fmt, kind in _NODE_KINDS.items()}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -270,6 +269,7 @@ class _Writer:
             raise BuildError(f"COPY to '{shown}': {e.strerror}", span=self.span) from None
 
     def _created_parent(self, rel: str) -> None:
+        self.rootfs.devices.pop(rel, None)  # a directory now takes a recorded node's place
         self.rootfs.set_owner(rel, 0, 0)
 
     def _resolve(self, target: str, *, follow_final: bool) -> tuple[str, str, int]:
@@ -372,10 +372,11 @@ class _Writer:
             self.rootfs.set_owner(rel, *entry.owner)  # only recorded, nothing on disk
 
     def _make_device(self, node: DeviceNode, rel: str, path: str) -> None:
-        if self.rootfs.privileged:
-            os.mknod(path, _NODE_TYPES[node.kind] | node.mode, os.makedev(node.major, node.minor))
+        if node.kind == "fifo" and self.rootfs.privileged:
+            os.mkfifo(path, node.mode)
         else:
-            # Only root can make device nodes; the finalizer writes the record into the tar.
+            # Devices are never made on the host (see staging); the finalizer writes the
+            # record into the tar.
             self.rootfs.devices[rel] = node
 
     def _copy_file(self, entry: _Entry, path: str, rel: str) -> None:

@@ -67,6 +67,7 @@ class _Executor:
         self.reporter = reporter
         self.results: dict[int, StageState] = {}
         self.deferred: dict[int, tuple[StepRecord, Path]] = {}  # cached to the end, not restored
+        self.warned_limits: set[str] = set()  # RUN limits reported as unenforced
 
     def result(self, index: int) -> StageState:
         if index not in self.results:
@@ -130,7 +131,8 @@ class _Executor:
             case Run():
                 run_step(instruction, RunContext(rootfs=result.rootfs, manifest=result.manifest,
                                                  epoch=options.epoch, log=options.log,
-                                                 log_path=options.log_path),
+                                                 log_path=options.log_path,
+                                                 warned=self.warned_limits),
                          self.reporter, info)
             case Sign():
                 pass  # signing happens once the image is written

@@ -1,6 +1,8 @@
 """Snapshot trees (execute stage): the step cache's copies of a rootfs, and their digest.
 
 A snapshot keeps names, kinds, modes, owners (as root), mtimes, xattrs and inner hardlinks;
+device nodes are records in the StagedRootfs (the cache stores them in meta.json) and a tree
+holding one on disk is refused, never copied with mknod;
 files are hardlinked where nothing can write into them. The digest covers everything a
 restore must reproduce, so a damaged snapshot is found before it is used.
 """
@@ -8,6 +10,7 @@ restore must reproduce, so a damaged snapshot is found before it is used.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import stat
@@ -93,11 +96,15 @@ class _TreeCopier:
             self.meta(b"symlink", rel, src, st)
             os.symlink(target, dest)
             self.finish(src, dest, st)
-        elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        elif stat.S_ISFIFO(mode):
             self.meta(b"node", rel, src, st)
             frame(self.h, b"%o" % stat.S_IFMT(mode), b"%d" % st.st_rdev)
-            os.mknod(dest, mode, st.st_rdev)
+            os.mkfifo(dest, stat.S_IMODE(mode))
             self.finish(src, dest, st)
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            # Devices live as records in the StagedRootfs (see acbuild.fs.staging), never on
+            # disk: one here came from elsewhere (an old cache) and is not made on the host.
+            raise OSError(errno.EPERM, f"device node {os.fsdecode(rel)!r} in a snapshot tree")
         # sockets: the finalizer leaves them out, and so does the snapshot
 
     def file(self, src: bytes, dest: bytes, rel: bytes, st: os.stat_result) -> None:

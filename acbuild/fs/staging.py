@@ -1,8 +1,14 @@
-"""Staging: the directory a stage's rootfs is built in, and the ownership it cannot store.
+"""Staging: the directory a stage's rootfs is built in, and what it cannot store on disk.
 
 As root, owners are applied to the files themselves. Without root (a user namespace maps
 only the caller's uid to 0), chown to other ids is impossible, so the owner is recorded here
 and the finalizer reads it back: root and rootless builds give the same image.
+
+Character and block devices of an image are never made on the host, as root or not: a
+base image's node with the major:minor of a host disk would otherwise be a door to that
+disk for anyone who can reach the staging directory, and for the build's own RUN steps.
+They live only as records (``devices``), with their owner, and the finalizer writes them
+into the tar. FIFOs are harmless and are made on disk where the builder can.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pathlib import Path
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceNode:
-    """A device node or FIFO that could not be created without root; kept for the tar."""
+    """A device node (never made on disk) or a FIFO that could not be made; kept for the tar."""
 
     kind: str  # "chr", "blk" or "fifo"
     major: int
@@ -39,12 +45,39 @@ class StagedRootfs:
     devices: dict[str, DeviceNode] = field(default_factory=dict)
 
     def set_owner(self, rel: str, uid: int, gid: int) -> None:
-        """Give ``rel`` (already created, inside root) an owner, on disk when we can."""
-        if self.privileged:
+        """Give ``rel`` (already created, inside root, or a device record) an owner, on disk
+        when we can."""
+        if self.privileged and rel not in self.devices:
             os.lchown(self.root / rel, uid, gid)
             self.owners.pop(rel, None)
         else:
             self.owners[rel] = (uid, gid)
+
+    def add_device(self, rel: str, node: DeviceNode, uid: int, gid: int) -> None:
+        """Record a device node (or a FIFO kept as a record) at ``rel`` with its owner."""
+        self.devices[rel] = node
+        self.owners[rel] = (uid, gid)
+
+    def absorb_nodes(self) -> None:
+        """After a program ran in the rootfs: a device it made (the kernel lets anyone make
+        the 0:0 whiteout node) becomes a record and leaves the disk; a record whose path it
+        filled with something else gives way to that."""
+        root = os.fspath(self.root)
+        for rel in [r for r in self.devices
+                    if os.path.lexists(f"{root}/{r}") or not _real_dirs(root, r)]:
+            del self.devices[rel]  # replaced, or its directory removed or made a symlink
+            self.owners.pop(rel, None)
+        for top, _dirs, files, dir_fd in os.fwalk(root):
+            for name in files:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+                    continue
+                rel = os.path.relpath(os.path.join(top, name), root)
+                kind = "chr" if stat.S_ISCHR(st.st_mode) else "blk"
+                node = DeviceNode(kind=kind, major=os.major(st.st_rdev),
+                                  minor=os.minor(st.st_rdev), mode=stat.S_IMODE(st.st_mode))
+                self.add_device(rel, node, *self.owner(rel, st))
+                os.unlink(name, dir_fd=dir_fd)
 
     def owner(self, rel: str, st: os.stat_result) -> tuple[int, int]:
         """The owner the image records for ``rel``: a recorded one, else the file's own,
@@ -57,6 +90,19 @@ class StagedRootfs:
         uid = 0 if st.st_uid == os.geteuid() else st.st_uid
         gid = 0 if st.st_gid == os.getegid() else st.st_gid
         return uid, gid
+
+
+def _real_dirs(root: str, rel: str) -> bool:
+    """Whether every parent of ``rel`` below ``root`` is a directory (not a symlink)."""
+    path = root
+    for part in rel.split("/")[:-1]:
+        path = f"{path}/{part}"
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def remove_tree(path: Path, *, ignore_errors: bool = False) -> None:

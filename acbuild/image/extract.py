@@ -5,7 +5,8 @@ with tarfile in stream mode, and creates every entry itself through ``securepath
 
 Policy for hostile names: a leading ``/`` is taken as relative to the root (real tools
 write such entries); ``..`` is resolved lexically and an entry that would climb above the
-root is rejected. Hardlink targets must be regular files already in the root. Whatever is
+root is rejected. Hardlink targets must be regular files already in the root, or device
+records (devices are never made on disk, see ``staging``). Whatever is
 at an entry's name is replaced (a directory with all its content), except that a
 directory entry keeps an existing directory. xattrs: ``user.*`` always, other namespaces
 only as root; what cannot be set is reported as a warning, once per namespace.
@@ -37,6 +38,8 @@ from acbuild.image.tarread import (
 )
 from acbuild.report import Reporter
 
+# Linux device numbers: 12 bits of major, 20 of minor (what a tar and the kernel can hold).
+_MAJORS, _MINORS = 1 << 12, 1 << 20
 OutsideHook = Callable[[str, tarfile.TarInfo, tarfile.TarFile], None]
 
 
@@ -137,6 +140,7 @@ class RootfsWriter:
         return path, rel
 
     def _new_parent(self, rel: str) -> None:
+        self.rootfs.devices.pop(rel, None)  # a directory now takes a recorded node's place
         self.rootfs.set_owner(rel, 0, 0)
         self._touch(rel)
 
@@ -201,6 +205,15 @@ class RootfsWriter:
             st = os.lstat(target)
         except OSError:
             st = None
+        target_rel = relpath_in(self.root, target)
+        node = self.rootfs.devices.get(target_rel)
+        if st is None and node is not None:
+            # A hardlink to a recorded device: another record of the same node.
+            path, rel = self._place(unsafe_rel)
+            with self._os_errors(unsafe_rel):
+                self._clear(path, rel)
+            self.rootfs.add_device(rel, node, *self.rootfs.owners.get(target_rel, (0, 0)))
+            return
         if st is None or not stat.S_ISREG(st.st_mode):
             raise ImageError(
                 f"hardlink {unsafe_rel!r} points to {unsafe_target!r}, "
@@ -250,16 +263,20 @@ class RootfsWriter:
         self._dirs[""] = (member.mode & 0o7777, _ns(member))
 
     def _mknod(self, path: os.PathLike[str], rel: str, member: tarfile.TarInfo) -> bool:
-        """Make the node as root; without root record it (False: nothing on disk)."""
+        """Make a FIFO as root; record devices always, FIFOs without root (False: nothing
+        on disk). A device node on the host would give a hostile image's major:minor to
+        whoever reaches the staging tree; the sandbox has its own /dev."""
         kind = "fifo" if member.isfifo() else ("chr" if member.ischr() else "blk")
-        if self.rootfs.privileged:
-            fmt = {"fifo": stat.S_IFIFO, "chr": stat.S_IFCHR, "blk": stat.S_IFBLK}[kind]
+        if kind != "fifo" and not (0 <= member.devmajor < _MAJORS and 0 <= member.devminor
+                                   < _MINORS):
+            raise ImageError(f"device {member.name!r} has an impossible number "
+                             f"{member.devmajor}:{member.devminor}")
+        if kind == "fifo" and self.rootfs.privileged:
             try:
-                device = os.makedev(member.devmajor, member.devminor)
-                os.mknod(path, fmt | (member.mode & 0o7777), device)
+                os.mkfifo(path, member.mode & 0o7777)
                 return True
             except PermissionError:
-                pass  # root in a user namespace may not make devices
+                pass
         self.rootfs.devices[rel] = DeviceNode(
             kind=kind, major=member.devmajor, minor=member.devminor, mode=member.mode & 0o7777
         )
@@ -292,6 +309,10 @@ class RootfsWriter:
     def _prune(self, where: os.PathLike[str], rel_dir: str) -> None:
         with os.scandir(where) as it:
             entries = list(it)
+        below = rel_dir + "/" if rel_dir else ""
+        for rel in [r for r in self.rootfs.devices if r.startswith(below)
+                    and "/" not in r[len(below):] and r not in self._layer]:
+            self._forget(rel, tree=False)  # recorded nodes have nothing on disk to scan
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             if rel not in self._layer:

@@ -20,6 +20,8 @@ from acbuild.image.manifest import host_os_arch
 # Base references moved to acbuild.plan.baseref; these names stay importable from here.
 from acbuild.plan.baseref import BaseRef, Scratch, confine, parse_base
 
+MIN_RUN_MEMORY = 32 << 20  # below this not even the sandbox's helper starts
+
 # ---- the plan ---------------------------------------------------------------------------------
 
 
@@ -355,6 +357,10 @@ def _check_run(i: ins.Run) -> list[AcbuildError]:
         found.append((i.workdir, appc.absolute_path_problem("RUN --workdir", i.workdir)))
     if i.timeout is not None and i.timeout <= 0:
         found.append(("--timeout", "RUN --timeout must be longer than zero"))
+    if i.pids is not None and i.pids < 0:
+        found.append(("--pids", "RUN --pids must be a number of processes, or max"))
+    if i.memory is not None and 0 < i.memory < MIN_RUN_MEMORY:
+        found.append(("--memory", "RUN --memory must be at least 32M (or max)"))
     if not i.argv:
         found.append((None, "RUN needs a command"))
     return _problems(i, found)

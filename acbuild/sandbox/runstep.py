@@ -7,7 +7,7 @@ to the reporter and into the build log; a failure carries the last lines and the
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -17,6 +17,7 @@ from acbuild.fs.staging import StagedRootfs
 from acbuild.image.manifest import ImageManifest
 from acbuild.image.users import resolve_user
 from acbuild.report import Reporter, StepInfo
+from acbuild.sandbox.limits import DEFAULT_PIDS, Limits, default_memory
 from acbuild.sandbox.sandbox import SandboxSpec, run_sandboxed
 from acbuild.signals import terminate_as_exit
 
@@ -30,6 +31,8 @@ class RunContext:
     epoch: int
     log: TextIO | None = None
     log_path: Path | None = None
+    # Limits already reported as not enforceable here: each is warned about once a build.
+    warned: set[str] = field(default_factory=set)
 
 
 def sandbox_spec(instruction: Run, ctx: RunContext) -> SandboxSpec:
@@ -63,7 +66,16 @@ def sandbox_spec(instruction: Run, ctx: RunContext) -> SandboxSpec:
         network=instruction.network,
         timeout=instruction.timeout,
         source_date_epoch=ctx.epoch,
+        limits=run_limits(instruction),
+        tmpfs_tmp=False,  # the image's /tmp, as in Docker: what RUN does there is kept
     )
+
+
+def run_limits(instruction: Run) -> Limits:
+    """The step's --pids and --memory, else the defaults; 0 (max) lifts a limit."""
+    pids = DEFAULT_PIDS if instruction.pids is None else instruction.pids
+    memory = default_memory() if instruction.memory is None else instruction.memory
+    return Limits(pids=pids or None, memory=memory or None)
 
 
 def run_step(instruction: Run, ctx: RunContext, reporter: Reporter, info: StepInfo) -> None:
@@ -83,6 +95,14 @@ def run_step(instruction: Run, ctx: RunContext, reporter: Reporter, info: StepIn
     except SandboxError as e:
         e.span = e.span or instruction.span  # the missing program is this line's fault
         raise
+    # Device nodes the program made: records from now on, never nodes on the host.
+    ctx.rootfs.absorb_nodes()
+    missing = [name for name in outcome.unenforced if name not in ctx.warned]
+    if missing:
+        ctx.warned.update(missing)
+        what = " and ".join({"pids": "process", "memory": "memory"}[n] for n in missing)
+        reporter.warning(f"RUN {what} limit not enforced: no cgroup can be made here "
+                         "(see Known gaps in docs/security.md)", instruction.span)
     if outcome.timed_out:
         message = f"RUN timed out after {instruction.timeout:g}s"
     elif outcome.exit_status != 0:
@@ -90,6 +110,9 @@ def run_step(instruction: Run, ctx: RunContext, reporter: Reporter, info: StepIn
     else:
         return
     hint = None
+    if outcome.out_of_memory and spec.limits.memory:
+        message += (f": out of memory (the step's limit is {spec.limits.memory >> 20} MiB; "
+                    "raise it with RUN --memory=SIZE)")
     if tail:
         hint = "last lines of output:\n" + "\n".join(f"      {line}" for line in tail)
     if ctx.log_path is not None:

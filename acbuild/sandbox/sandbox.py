@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -34,6 +35,8 @@ from typing import IO, Any, Literal
 
 from acbuild.errors import SandboxError
 from acbuild.sandbox import sandbox_init
+from acbuild.sandbox.limits import HELPERS, CgroupJail, Limits
+from acbuild.sandbox.seccomp import filter_bpf
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Longer output lines are handed on in pieces of this many characters.
@@ -70,6 +73,11 @@ class SandboxSpec:
     source_date_epoch: int = 315532800
     binds: tuple[Bind, ...] = ()
     stdin: bool = False  # connect the caller's stdin (for `acbuild-py run`), else /dev/null
+    # A fresh tmpfs on /tmp (`acbuild-py run`). RUN steps use the image's own /tmp, as
+    # Docker does: what they do there (mode, files, making /tmp at all) stays in the image.
+    tmpfs_tmp: bool = True
+    # processes and memory (RUN steps have defaults; run has none); frozen, so one is shared
+    limits: Limits = Limits()  # noqa: RUF009
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,6 +85,8 @@ class SandboxResult:
     exit_status: int  # 128 + signal when killed, as a shell reports it
     timed_out: bool
     signal: int | None
+    unenforced: tuple[str, ...] = ()  # limits asked for that no mechanism here could apply
+    out_of_memory: bool = False  # the memory limit made the kernel kill a process
 
 
 def sandbox_available() -> str | None:
@@ -100,8 +110,21 @@ def run_sandboxed(spec: SandboxSpec, on_output: Callable[[str], None]) -> Sandbo
     _check_spec(spec)
     created: list[tuple[str, bool]] = []
     try:
-        payload = _prepare(spec, created)
-        return _Session(payload, spec.timeout, on_output, stdin=spec.stdin).run()
+        with CgroupJail(spec.limits) as jail:
+            payload = _prepare(spec, created)
+            # Without a pids cgroup, RLIMIT_NPROC: it binds every uid but the host's root.
+            nproc = spec.limits.pids + HELPERS if spec.limits.pids and \
+                "pids" not in jail.enforced else None
+            payload["nproc"] = nproc
+            result = _Session(payload, spec.timeout, on_output, stdin=spec.stdin,
+                              on_start=jail.add).run()
+            unenforced = tuple(
+                name for name, value in (("pids", spec.limits.pids),
+                                         ("memory", spec.limits.memory))
+                if value is not None and name not in jail.enforced
+                and not (name == "pids" and os.geteuid() != 0))
+            oom = jail.oom_killed()
+        return dataclasses.replace(result, unenforced=unenforced, out_of_memory=oom)
     finally:
         _remove_created(spec.rootfs, created)
 
@@ -158,10 +181,13 @@ def _prepare(spec: SandboxSpec, created: list[tuple[str, bool]]) -> dict[str, An
     return what the helper needs."""
     root_fd = os.open(spec.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for name in ("proc", "dev", "tmp"):
+        # Only what the sandbox mounts over gets a placeholder, removed afterwards if it is
+        # still empty: the program cannot have made /proc or /dev itself (they are covered).
+        for name in ("proc", "dev", "tmp") if spec.tmpfs_tmp else ("proc", "dev"):
             _make(root_fd, name, "dir", created)
         host_files = _prepare_host_files(root_fd, created) if spec.network == "host" else []
-        binds = [_prepare_bind(root_fd, b, created) for b in spec.binds]
+        tmpfs = ("tmp", "dev") if spec.tmpfs_tmp else ("dev",)
+        binds = [_prepare_bind(root_fd, b, created, tmpfs) for b in spec.binds]
     finally:
         os.close(root_fd)
     return {
@@ -170,7 +196,7 @@ def _prepare(spec: SandboxSpec, created: list[tuple[str, bool]]) -> dict[str, An
         "make_workdir": spec.make_workdir, "uid": spec.uid, "gid": spec.gid,
         "groups": list(spec.supplementary_gids), "set_groups": os.geteuid() == 0,
         "network": spec.network, "hostname": spec.hostname, "host_files": host_files,
-        "binds": binds,
+        "binds": binds, "seccomp": filter_bpf().hex(), "tmpfs_tmp": spec.tmpfs_tmp,
     }
 
 
@@ -199,14 +225,15 @@ def _prepare_host_files(root_fd: int, created: list[tuple[str, bool]]) -> list[s
     return names
 
 
-def _prepare_bind(root_fd: int, bind: Bind, created: list[tuple[str, bool]]) -> dict[str, Any]:
+def _prepare_bind(root_fd: int, bind: Bind, created: list[tuple[str, bool]],
+                  tmpfs: tuple[str, ...]) -> dict[str, Any]:
     try:
         kind = "dir" if stat.S_ISDIR(os.stat(bind.source).st_mode) else "file"
     except OSError as e:
         raise SandboxError(f"volume source {bind.source}: {e.strerror}") from None
     rel = _rel(bind.target)
     # Below /tmp or /dev the mount point is made inside the tmpfs, never on disk.
-    in_tmpfs = rel.split("/")[0] in ("tmp", "dev") and "/" in rel
+    in_tmpfs = rel.split("/")[0] in tmpfs and "/" in rel
     if not in_tmpfs:
         _make(root_fd, rel, kind, created)
     return {"source": str(bind.source.resolve()), "target": rel, "kind": kind,
@@ -271,8 +298,10 @@ class _Session:
     """One run of the helper: the protocol of sandbox_init, output, timeout, teardown."""
 
     def __init__(self, payload: dict[str, Any], timeout: float | None,
-                 on_output: Callable[[str], None], *, stdin: bool = False):
+                 on_output: Callable[[str], None], *, stdin: bool = False,
+                 on_start: Callable[[int], None] | None = None):
         self._payload = payload
+        self._on_start = on_start
         self._timeout = timeout
         self._lines = _Lines(on_output)
         self._stdin = stdin
@@ -303,6 +332,14 @@ class _Session:
                 for fd in (ctl_r, rep_w, out_w):
                     os.close(fd)
             try:
+                if self._on_start is not None:
+                    # Before the spec is sent: nothing has forked yet, all that follows
+                    # starts inside the cgroups.
+                    try:
+                        self._on_start(proc.pid)
+                    except OSError as e:
+                        raise SandboxError(f"cannot put the sandbox in its cgroup: "
+                                           f"{e.strerror}") from None
                 timed_out = self._communicate(proc, out_r, rep_r)
             except BaseException:
                 _stop(proc)  # Ctrl-C, a failing callback ...: empty the namespace, then raise
@@ -428,6 +465,8 @@ def _exec_message(payload: dict[str, Any], failure: dict[str, Any]) -> str:
         if err == errno.ENOENT:
             return f"working directory '{workdir}' does not exist in the image"
         return f"cannot enter working directory '{workdir}': {text}"
+    if stage == "confine":
+        return f"cannot confine the program (keyring, seccomp): {text}"
     if stage == "identity":
         return f"cannot run as uid {payload['uid']} gid {payload['gid']}: {text}"
     if stage != "exec":

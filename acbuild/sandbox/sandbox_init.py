@@ -6,10 +6,11 @@ nothing of the host's Python installation is reachable.
 
 Processes: S (this script) unshares user, mount, PID, IPC, UTS (and network) namespaces and
 waits for the parent to write its uid/gid maps; it forks I, PID 1 of the new PID namespace,
-which mounts /proc, /dev, /tmp and binds, pivots into the rootfs and forks C, the program. I
-reaps every process and exits when C does: the kernel then kills whatever is left in the
-namespace, and S's ``waitpid(I)`` returns only once the namespace is empty. S and I die with
-their parents (PR_SET_PDEATHSIG), so the sandbox never outlives the build.
+which mounts /proc, /dev, /tmp (not for RUN steps) and binds, pivots into the rootfs and
+forks C, the program. I reaps every process and exits when C does: the kernel then kills
+whatever is left in the namespace, and S's ``waitpid(I)`` returns only once the namespace
+is empty. S and I die with their parents (PR_SET_PDEATHSIG), so the sandbox never
+outlives the build.
 
 Messages to the parent are JSON lines on REPORT_FD: ``{"unshared": true}``, ``{"error": str}``,
 ``{"exec_error": {...}}``, ``{"exit": n}`` or ``{"signal": n}``.
@@ -24,6 +25,7 @@ import fcntl
 import json
 import os
 import platform
+import resource
 import select
 import signal
 import socket
@@ -54,7 +56,11 @@ MS_STRICTATIME = 0x1000000
 MNT_DETACH = 0x2
 
 PR_SET_PDEATHSIG = 1
+PR_SET_SECCOMP = 22
 PR_CAPBSET_DROP = 24
+SECCOMP_MODE_FILTER = 2
+KEYCTL_JOIN_SESSION_KEYRING = 1
+SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 288, "s390x": 280}
 
 # pivot_root(2) has no libc wrapper; its syscall number differs per architecture.
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
@@ -68,6 +74,9 @@ DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 # Parts of the fresh procfs that reach beyond the namespaces; read-only, as in Docker.
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
 HOST_FILES = ("resolv.conf", "hosts")
+# Host information procfs shows whatever the namespaces (the descriptions of the keys in
+# every keyring, kernel memory, timers): hidden under /dev/null, as Docker masks them.
+PROC_MASKED = ("keys", "key-users", "kcore", "timer_list", "sched_debug", "latency_stats")
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
@@ -88,8 +97,31 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int,
                        enc(data)), f"mount {target}")
 
 
-def _prctl(option: int, arg: int) -> None:
-    _check(_LIBC.prctl(option, ctypes.c_ulong(arg), 0, 0, 0), "prctl")
+def _prctl(option: int, arg: int, arg2: int = 0) -> None:
+    _check(_LIBC.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(arg2), 0, 0), "prctl")
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+def _confine(bpf: bytes) -> None:
+    """A fresh anonymous session keyring, then the seccomp filter (which blocks keyctl, so
+    the keyring comes first). The host's session keyring and every key it holds are no
+    longer possessed, and the program cannot reach the kernel's key store at all."""
+    number = SYS_KEYCTL[platform.machine()]
+    if _LIBC.syscall(ctypes.c_long(number), ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING),
+                     None) < 0:
+        err = ctypes.get_errno()
+        if err != errno.ENOSYS:  # a kernel without keyrings has nothing to hide
+            raise OSError(err, f"cannot join a new session keyring: {os.strerror(err)}")
+    if not bpf or len(bpf) % 8:
+        raise OSError(errno.EINVAL, "no seccomp filter")
+    program = ctypes.create_string_buffer(bpf, len(bpf))
+    fprog = _SockFprog(len(bpf) // 8, ctypes.addressof(program))
+    # Without no_new_privs: uid 0 of the user namespace holds CAP_SYS_ADMIN there, and
+    # setuid programs of the image keep working, as in Docker.
+    _prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
 
 
 def open_beneath(root_fd: int, rel: str, *, kind: str, create: bool = False,
@@ -145,17 +177,24 @@ def _fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
-def _remount_read_only(path: str) -> None:
+def _remount(path: str, extra: int) -> None:
     # A bind remount must repeat the flags the kernel locked on the mount (nosuid, atime ...)
     # or it fails with EPERM inside a user namespace; statvfs tells which ones are set.
+    # MS_NODEV and MS_RDONLY given with MS_BIND at first mount are ignored: only a remount
+    # applies them.
     have = os.statvfs(path).f_flag
-    flags = MS_BIND | MS_REMOUNT | MS_RDONLY
+    flags = MS_BIND | MS_REMOUNT | extra
     for st_flag, ms_flag in ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV),
                              (os.ST_NOEXEC, MS_NOEXEC), (os.ST_NOATIME, MS_NOATIME),
-                             (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME)):
+                             (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME),
+                             (os.ST_RDONLY, MS_RDONLY)):
         if have & st_flag:
             flags |= ms_flag
     _mount(None, path, None, flags)
+
+
+def _remount_read_only(path: str) -> None:
+    _remount(path, MS_RDONLY)
 
 
 def _mount_proc(root: str, root_fd: int) -> None:
@@ -169,20 +208,29 @@ def _mount_proc(root: str, root_fd: int) -> None:
         if os.path.exists(path):
             _mount(path, path, None, MS_BIND | MS_REC)
             _remount_read_only(path)
+    for name in PROC_MASKED:
+        path = os.path.join(root, "proc", name)
+        if os.path.isfile(path):
+            _mount("/dev/null", path, None, MS_BIND)
+            _remount_read_only(path)
 
 
 def _mount_dev(root: str, root_fd: int) -> None:
     fd = open_beneath(root_fd, "dev", kind="dir")
     try:
-        _mount("tmpfs", _fd_path(fd), "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=1m")
+        _mount("tmpfs", _fd_path(fd), "tmpfs", MS_NOSUID | MS_NOEXEC | MS_NODEV,
+               "mode=755,size=1m")
     finally:
         os.close(fd)
     dev = os.path.join(root, "dev")  # a fresh tmpfs now: nothing of the image in it
-    # Binding the host's nodes, not mknod: a user namespace may not create devices.
+    # Binding the host's nodes, not mknod: a user namespace may not create devices. Each
+    # bind is read-only, so a root program cannot chmod or chown the host's /dev/null
+    # (writing to a device on a read-only mount still works: only its inode is protected).
     for name in DEVICES:
         if os.path.exists(f"/dev/{name}"):
             os.close(os.open(f"{dev}/{name}", os.O_WRONLY | os.O_CREAT, 0o666))
             _mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
+            _remount_read_only(f"{dev}/{name}")
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
                          ("ptmx", "pts/ptmx")):
@@ -211,24 +259,26 @@ def _bind(source: str, root_fd: int, rel: str, *, kind: str, create: bool,
         _mount(source, target, None, MS_BIND | MS_REC)
     finally:
         os.close(fd)
-    if read_only:
-        # Re-open: the new mount now sits on top of the path.
-        fd = open_beneath(root_fd, rel, kind=kind)
-        try:
-            _remount_read_only(_fd_path(fd))
-        finally:
-            os.close(fd)
+    # Re-open: the new mount now sits on top of the path. No devices through a volume.
+    fd = open_beneath(root_fd, rel, kind=kind)
+    try:
+        _remount(_fd_path(fd), MS_NODEV | (MS_RDONLY if read_only else 0))
+    finally:
+        os.close(fd)
 
 
 def _setup_root(spec: dict[str, Any]) -> None:
     root = spec["rootfs"]
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount may reach the host
     _mount(root, root, None, MS_BIND | MS_REC)  # pivot_root needs a mount point
+    # nodev: a device node in the image (or one a program makes) opens nothing on the host.
+    _remount(root, MS_NODEV)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         _mount_proc(root, root_fd)
         _mount_dev(root, root_fd)
-        _mount_tmp(root_fd)
+        if spec.get("tmpfs_tmp", True):
+            _mount_tmp(root_fd)
         for name in spec["host_files"]:
             _bind(f"/etc/{name}", root_fd, f"etc/{name}", kind="file", create=False,
                   read_only=True)
@@ -285,6 +335,11 @@ def _exec_program(spec: dict[str, Any], err_fd: int) -> None:
         for cap in range(spec["cap_last"] + 1):
             if cap not in KEPT_CAPS:
                 _prctl(PR_CAPBSET_DROP, cap)
+        stage = "confine"
+        if spec.get("nproc"):
+            resource.setrlimit(resource.RLIMIT_NPROC, (spec["nproc"], spec["nproc"]))
+        _confine(bytes.fromhex(spec["seccomp"]))
+        stage = "identity"
         if spec["set_groups"]:
             os.setgroups(spec["groups"])
         os.setresgid(spec["gid"], spec["gid"], spec["gid"])

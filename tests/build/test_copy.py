@@ -425,3 +425,11 @@ def test_linked_file_is_replaced_not_changed(tmp_path: Path) -> None:
     assert (rootfs.root / "x").read_text() == "beta" and (rootfs.root / "x").stat().st_uid == 7
     assert (ctx / "a.txt").read_text() == "alpha" and mode(ctx / "a.txt") == 0o644
     assert (ctx / "a.txt").stat().st_uid == 0 and (ctx / "b.txt").stat().st_uid == 0
+
+
+def test_copy_below_a_recorded_device_replaces_it(tmp_path: Path, ctx: Path,
+                                                  rootfs: StagedRootfs) -> None:
+    rootfs.devices["x"] = DeviceNode(kind="blk", major=7, minor=0, mode=0o600)
+    do(ctx, rootfs, instr("a.txt", dest="/x/a.txt"))
+    assert rootfs.devices == {}
+    assert (rootfs.root / "x/a.txt").is_file()

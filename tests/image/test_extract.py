@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,20 +196,44 @@ def test_layer_plants_symlink_next_layer_writes_through_it(scene: Scene) -> None
 
 
 def test_devices_as_root_and_rootless(scene: Scene) -> None:
+    """Devices are records in both modes, never nodes on the host; FIFOs are made as root."""
     t = Tar().device("dev/null", "chr", 1, 3, mode=0o666).device("dev/fifo", "fifo")
+    t.device("dev/sda", "blk", 8, 0, mode=0o660)
     data = t.data()
-    scene.extract(data)
-    assert stat.S_ISCHR((scene.root / "dev/null").lstat().st_mode)
-    assert os.major((scene.root / "dev/null").lstat().st_rdev) == 1
-    assert stat.S_ISFIFO((scene.root / "dev/fifo").lstat().st_mode)
-    for p in ("dev/null", "dev/fifo"):
-        (scene.root / p).unlink()
+    root = scene.extract(data)
+    assert not os.path.lexists(scene.root / "dev/null")
+    assert not os.path.lexists(scene.root / "dev/sda")
+    assert root.devices == {"dev/null": DeviceNode(kind="chr", major=1, minor=3, mode=0o666),
+                            "dev/sda": DeviceNode(kind="blk", major=8, minor=0, mode=0o660)}
+    if root.privileged:
+        assert stat.S_ISFIFO((scene.root / "dev/fifo").lstat().st_mode)
+        (scene.root / "dev/fifo").unlink()
     rootless = scene.extract(data, privileged=False)
     assert rootless.devices == {
         "dev/null": DeviceNode(kind="chr", major=1, minor=3, mode=0o666),
         "dev/fifo": DeviceNode(kind="fifo", major=0, minor=0, mode=0o600),
+        "dev/sda": DeviceNode(kind="blk", major=8, minor=0, mode=0o660),
     }
     assert os.listdir(scene.root / "dev") == []
+
+
+def test_impossible_device_numbers_are_refused(scene: Scene) -> None:
+    for major, minor in ((1 << 12, 0), (0, 1 << 20)):
+        t = tarfile.TarFile.open(fileobj=io.BytesIO(), mode="w", format=tarfile.GNU_FORMAT)
+        info = tarfile.TarInfo("big")
+        info.type, info.devmajor, info.devminor = tarfile.BLKTYPE, major, minor
+        t.addfile(info)
+        t.close()
+        data = t.fileobj.getvalue()  # type: ignore[union-attr]
+        with pytest.raises(ImageError, match="impossible number"):
+            scene.extract(data)
+
+
+def test_directory_replacing_a_device_record(scene: Scene) -> None:
+    """A later entry below a recorded node's path: the node gives way to the directory."""
+    rootfs = scene.extract(Tar().device("x", "blk", 7, 0).file("x/y", b"hi").data())
+    assert rootfs.devices == {}
+    assert (scene.root / "x/y").read_bytes() == b"hi"
 
 
 def test_setuid_and_owner_kept(scene: Scene) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import shutil
@@ -399,7 +401,7 @@ def _start_parent(
     if user:
         argv = [*NOBODY, *argv]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd="/",
-                            env={"PYTHONPATH": str(REPO), "PATH": os.environ["PATH"]})
+                            env=nobody_env())
     assert proc.stdout is not None
     assert proc.stdout.readline() == "started\n"
     return proc
@@ -456,14 +458,33 @@ print(json.dumps(report))
 """
 
 
+@functools.cache
+def _nobody_site() -> Path:
+    """A directory nobody can read holding pyseccomp (the sandbox builds its filter with
+    it; the venv the tests run in may be out of nobody's reach)."""
+    import pyseccomp
+
+    site = Path(tempfile.mkdtemp(prefix="acbuild-nobody-site-"))
+    site.chmod(0o755)
+    shutil.copy2(pyseccomp.__file__, site / "pyseccomp.py")
+    (site / "pyseccomp.py").chmod(0o644)
+    atexit.register(shutil.rmtree, site, True)
+    return site
+
+
+def nobody_env() -> dict[str, str]:
+    return {"PYTHONPATH": f"{REPO}:{_nobody_site()}", "PATH": os.environ["PATH"]}
+
+
 @pytest.fixture(scope="module")
 def nobody_python() -> str:
     if not IS_ROOT or shutil.which("setpriv") is None:
         pytest.skip("rootless tests switch to nobody with setpriv, which needs root")
-    env = {"PYTHONPATH": str(REPO), "PATH": os.environ["PATH"]}
+    env = nobody_env()
     for python in (sys.executable, "/usr/bin/python3"):
         # The helper is re-executed from sys.executable, so that must be reachable too.
-        check = "import os, sys, acbuild.sandbox.sandbox; assert os.access(sys.executable, os.X_OK)"
+        check = ("import os, sys, acbuild.sandbox.sandbox, pyseccomp; "
+                 "assert os.access(sys.executable, os.X_OK)")
         probe = subprocess.run([*NOBODY, python, "-c", check], env=env,
                                cwd="/", capture_output=True)
         if probe.returncode == 0:
@@ -487,7 +508,7 @@ def nobody_rootfs() -> Iterator[Path]:
 def test_rootless(nobody_python: str, nobody_rootfs: Path) -> None:
     before = listing(nobody_rootfs)
     out = subprocess.run([*NOBODY, nobody_python, "-c", ROOTLESS_SCRIPT, str(nobody_rootfs)],
-                         env={"PYTHONPATH": str(REPO), "PATH": os.environ["PATH"]}, cwd="/",
+                         env=nobody_env(), cwd="/",
                          capture_output=True, text=True, check=True).stdout
     report = json.loads(out)
     assert report["available"] is None

@@ -1,0 +1,89 @@
+"""Issue 13, class 1 in the sandbox: nodev rootfs, read-only host device binds.
+
+Real kernel, real host /dev/null, a real loop device as the "host disk".
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from acbuild.sandbox.sandbox import SandboxResult, SandboxSpec, run_sandboxed, sandbox_available
+from tests.support.busybox import busybox_available, make_busybox_rootfs
+
+_reason = sandbox_available() if busybox_available() else "busybox-static is not installed"
+pytestmark = pytest.mark.skipif(_reason is not None, reason=f"no sandbox: {_reason}")
+IS_ROOT = os.geteuid() == 0
+
+
+@pytest.fixture
+def rootfs(tmp_path: Path) -> Path:
+    return make_busybox_rootfs(tmp_path / "rootfs")
+
+
+def run(root: Path, script: str, **kw: object) -> tuple[SandboxResult, list[str]]:
+    lines: list[str] = []
+    spec = SandboxSpec(rootfs=root, argv=("/bin/sh", "-c", script), **kw)  # type: ignore[arg-type]
+    return run_sandboxed(spec, lines.append), lines
+
+
+@pytest.fixture
+def loop_device(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    if not IS_ROOT or shutil.which("losetup") is None:
+        pytest.skip("a loop device needs root and losetup")
+    backing = tmp_path / "disk.img"
+    backing.write_bytes(b"\0" * (1 << 20))
+    made = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f"no loop device: {made.stderr.strip()}")
+    device = Path(made.stdout.strip())
+    try:
+        yield device, backing
+    finally:
+        subprocess.run(["losetup", "-d", str(device)], check=False)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the host's /dev/null belongs to root")
+def test_root_cannot_chmod_the_hosts_dev_null(rootfs: Path) -> None:
+    before = os.stat("/dev/null")
+    _, lines = run(rootfs, "chmod 000 /dev/null && echo CHANGED; chown 1:1 /dev/null "
+                                "&& echo CHOWNED; echo ok > /dev/null && echo WRITABLE")
+    after = os.stat("/dev/null")
+    try:
+        assert (after.st_mode, after.st_uid, after.st_gid) == (
+            before.st_mode, before.st_uid, before.st_gid)
+    finally:  # on a broken sandbox, give the machine its /dev/null back
+        os.chmod("/dev/null", stat.S_IMODE(before.st_mode))
+        os.chown("/dev/null", before.st_uid, before.st_gid)
+    assert "CHANGED" not in lines and "CHOWNED" not in lines
+    assert "WRITABLE" in lines  # writing to the device itself still works
+
+
+def test_rootfs_and_dev_are_mounted_nodev(rootfs: Path) -> None:
+    result, lines = run(rootfs, "cat /proc/self/mountinfo")
+    assert result.exit_status == 0
+    options = {line.split()[4]: line.split()[5].split(",") for line in lines}
+    for point in ("/", "/dev", "/tmp"):
+        assert "nodev" in options[point], (point, options[point])
+    assert "ro" in options["/dev/null"]
+
+
+def test_a_device_node_in_the_rootfs_opens_nothing(rootfs: Path,
+                                                    loop_device: tuple[Path, Path]) -> None:
+    """Even a node that got into the rootfs some other way (an old cache) is dead inside."""
+    device, backing = loop_device
+    rdev = device.stat().st_rdev
+    os.mknod(rootfs / "disk", 0o666 | stat.S_IFBLK, rdev)
+    _, lines = run(rootfs, "echo PWNED > /disk && echo WROTE; head -c 4 /disk "
+                                "&& echo READ; true")
+    assert "WROTE" not in lines and "READ" not in lines, lines
+    with open(device, "rb") as f:
+        assert f.read(4096) == b"\0" * 4096
+    assert backing.read_bytes()[:4096] == b"\0" * 4096
