@@ -1,0 +1,108 @@
+"""Running documents as a new reader would: a fresh copy of the checkout, a clean environment
+and one bash for the whole document."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+from tests.conftest import REPO
+
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def clean_env(home: Path, *, bin_dir: Path | None = None, **extra: str) -> dict[str, str]:
+    """A new user's environment: the system PATH behind ``bin_dir`` (default: this
+    interpreter's, where acbuild-py is installed), a new HOME, and nothing of the caller's."""
+    first = Path(sys.executable).parent if bin_dir is None else bin_dir
+    return {"PATH": f"{first}{os.pathsep}{SYSTEM_PATH}", "HOME": str(home), "LANG": "C.UTF-8",
+            **extra}
+
+
+def checkout_copy(dest: Path) -> Path:
+    """The files a fresh clone of this working tree has: tracked and new ones, not ignored
+    ones (no .venv, no built hello, no images), so a document must make what it uses."""
+    names = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, names):
+        src = REPO / name
+        if not os.path.lexists(src):  # deleted in the working tree, not yet committed
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / name, follow_symlinks=False)
+    return dest
+
+
+class Shell:
+    """One bash for a whole document, like a reader's terminal: variables, ``cd`` and
+    background jobs carry over from one command to the next. The script arrives on its own
+    descriptor, so commands get /dev/null as stdin and cannot swallow the next command."""
+
+    def __init__(self, cwd: Path, env: Mapping[str, str]) -> None:
+        self._marker = f"__docs_done_{secrets.token_hex(8)}__".encode()
+        self._done = re.compile(rb"\n" + re.escape(self._marker) + rb" (\d+)\n")
+        read, write = os.pipe()
+        self._proc = subprocess.Popen(
+            ["bash", "--noprofile", "--norc", f"/dev/fd/{read}"], pass_fds=(read,),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cwd=cwd, env=dict(env), start_new_session=True)
+        os.close(read)
+        self._script = os.fdopen(write, "w")
+        self._pending = b""
+
+    def run(self, command: str, timeout: float = 300) -> tuple[int, str]:
+        """Run ``command``; its exit status and its output (stdout and stderr together)."""
+        self._script.write(f"{command}\nprintf '\\n%s %d\\n' {self._marker.decode()} \"$?\"\n")
+        self._script.flush()
+        assert self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while not (done := self._done.search(self._pending)):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise AssertionError(f"no end after {timeout:.0f}s: {command}\n"
+                                     + self._pending.decode(errors="replace"))
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise AssertionError(f"bash ended during: {command}\n"
+                                     + self._pending.decode(errors="replace"))
+            self._pending += chunk
+        out, self._pending = self._pending[:done.start()], self._pending[done.end():]
+        return int(done[1]), out.decode(errors="replace")
+
+    def close(self) -> None:
+        # A document that failed half-way leaves its server and gpg-agent running: stop them.
+        try:
+            self._script.write("gpgconf --kill all >/dev/null 2>&1\nexit 0\n")
+            self._script.close()
+        except OSError:
+            pass
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # what the document left running in the background (its process group)
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._proc.wait()
+        assert self._proc.stdout is not None
+        self._proc.stdout.close()
+
+    def __enter__(self) -> Shell:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
