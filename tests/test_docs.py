@@ -34,7 +34,7 @@ import pytest
 
 from acbuild.sandbox.sandbox import sandbox_available
 from tests.conftest import REPO
-from tests.support.docrun import Shell, checkout_copy, clean_env
+from tests.support.docrun import INTERPRETER_BIN, Shell, checkout_copy, clean_env
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 KINDS = {"console", "synopsis", "text", "acfile", "yaml", "sh", "toml", "json", "python",
@@ -164,7 +164,7 @@ def test_document_runs(doc: Path, tmp_path: Path) -> None:
     home.mkdir()
     work = checkout_copy(tmp_path / "acbuild-py")
     name = _name(doc)
-    with Shell(work, clean_env(home)) as shell:
+    with Shell(work, clean_env(home, INTERPRETER_BIN)) as shell:
         for b in blocks(text)[0]:
             if b.kind == "acfile" and doc == ACFILE_DOC:
                 (work / ACFILE_PATH).parent.mkdir(exist_ok=True)

@@ -3,6 +3,7 @@ and one bash for the whole document."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -19,14 +20,16 @@ from types import TracebackType
 from tests.conftest import REPO
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Where this interpreter's scripts are: the acbuild-py under test (not one the caller's PATH
+# happens to find first).
+INTERPRETER_BIN = Path(sys.executable).parent
 
 
-def clean_env(home: Path, *, bin_dir: Path | None = None, **extra: str) -> dict[str, str]:
-    """A new user's environment: the system PATH behind ``bin_dir`` (default: this
-    interpreter's, where acbuild-py is installed), a new HOME, and nothing of the caller's."""
-    first = Path(sys.executable).parent if bin_dir is None else bin_dir
-    return {"PATH": f"{first}{os.pathsep}{SYSTEM_PATH}", "HOME": str(home), "LANG": "C.UTF-8",
-            **extra}
+def clean_env(home: Path, *first: Path) -> dict[str, str]:
+    """A new user's environment: the system PATH behind the directories ``first``, a new
+    HOME, and nothing of the caller's."""
+    path = os.pathsep.join([*map(str, first), SYSTEM_PATH])
+    return {"PATH": path, "HOME": str(home), "LANG": "C.UTF-8"}
 
 
 def checkout_copy(dest: Path) -> Path:
@@ -88,14 +91,10 @@ class Shell:
             self._script.close()
         except OSError:
             pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        try:  # what the document left running in the background (its process group)
+        with contextlib.suppress(ProcessLookupError):  # what it left in the background
             os.killpg(self._proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self._proc.wait()
         assert self._proc.stdout is not None
         self._proc.stdout.close()
