@@ -212,3 +212,24 @@ def test_command_reference_is_up_to_date() -> None:
     text = (REPO / "docs" / "commands.md").read_text()
     assert "\n## build\n" in text and "\n## verify\n" in text
     assert text == generate(), "docs/commands.md is stale: python docs/generate_commands.py"
+
+
+def test_docs_index_lists_every_page() -> None:
+    index = (REPO / "docs" / "README.md").read_text()
+    pages = {str(p.relative_to(REPO / "docs")) for p in (REPO / "docs").rglob("*.md")}
+    linked = set(re.findall(r"\]\(([^)#]+\.md)\)", index))
+    assert linked == pages - {"README.md"}
+
+
+def test_environment_page_names_every_variable_read() -> None:
+    """docs/environment.md lists each variable the code reads (``environ.get("X")``,
+    ``environ["X"]``, ``"X" in environ``, or a ``*_ENV = "X"`` constant)."""
+    read = set()
+    for source in (REPO / "acbuild").rglob("*.py"):
+        text = source.read_text()
+        read |= set(re.findall(r"environ(?:\.get\(|\[)\"([A-Z_]+)\"", text))
+        read |= set(re.findall(r"\"([A-Z_]+)\" (?:not )?in (?:os\.)?environ", text))
+        read |= set(re.findall(r"^\w+_ENV = \"([A-Z_]+)\"", text, re.M))
+    assert {"XDG_CACHE_HOME", "ACBUILD_TRUST_STORE", "CI"} <= read
+    page = (REPO / "docs" / "environment.md").read_text()
+    assert not {v for v in read if f"`{v}`" not in page}
