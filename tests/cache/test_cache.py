@@ -11,11 +11,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from acbuild.cli.commands.trustopts import base_loader
 
 from acbuild.acfile.context import BuildContext
 from acbuild.build.build import BuildOptions, BuildResult, build, key_steps, load_plan
 from acbuild.cache.cache import CacheStore
+from acbuild.cli.commands.trustopts import base_loader
 from acbuild.report import NullReporter, StepInfo
 from tests.support.busybox import busybox_available, make_busybox_rootfs
 from tests.support.cli import acbuild

@@ -94,8 +94,9 @@ def test_ignores_files_not_named_by_fingerprint(tmp_path: Path) -> None:
 
 
 def test_trust_cli(gpgkeys: Keys, tmp_path: Path) -> None:
-    from acbuild.cli.commands.trust import command
     from click.testing import CliRunner
+
+    from acbuild.cli.commands.trust import command
 
     runner = CliRunner()
     store = str(tmp_path / "tk")

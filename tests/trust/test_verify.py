@@ -123,9 +123,10 @@ def test_explicit_signature_and_mislabelled_key_file(gpgkeys: Keys, tmp_path: Pa
 
 
 def test_sign_and_verify_cli(gpgkeys: Keys, tmp_path: Path, store: TrustStore) -> None:
+    from click.testing import CliRunner
+
     from acbuild.cli.commands.sign import command as sign_command
     from acbuild.cli.commands.verify import command as verify_command
-    from click.testing import CliRunner
 
     image = make_aci(tmp_path / "app.aci", "example.com/app")
     runner = CliRunner()
