@@ -34,7 +34,14 @@ import pytest
 
 from acbuild.sandbox.sandbox import sandbox_available
 from tests.conftest import REPO
-from tests.support.docrun import INTERPRETER_BIN, Shell, checkout_copy, clean_env
+from tests.support.docrun import (
+    INTERPRETER_BIN,
+    Block,
+    Shell,
+    blocks,
+    checkout_copy,
+    clean_env,
+)
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 KINDS = {"console", "synopsis", "text", "acfile", "yaml", "sh", "toml", "json", "python",
@@ -44,15 +51,7 @@ ACFILE_DOC = REPO / "docs" / "acfile.md"
 ACFILE_PATH = "try/Acfile"
 ACFILE_BUILD = "acbuild-py build try/Acfile -o try/image.aci"
 
-_FENCE = re.compile(r"^( *)```(\S*)\s*$")
 _HEREDOC = re.compile(r"<<-?\s*(['\"]?)(\w+)\1\s*$")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Block:
-    kind: str
-    line: int  # of the opening fence, 1-based
-    body: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,27 +60,6 @@ class Example:
     command: str
     output: tuple[str, ...]
     status: int
-
-
-def blocks(text: str) -> tuple[list[Block], list[int]]:
-    """The fenced blocks of a Markdown text, and the lines where indented code blocks start."""
-    fenced: list[Block] = []
-    indented: list[int] = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        if m := _FENCE.match(lines[i]):
-            start, indent = i, len(m[1])
-            i += 1
-            while i < len(lines) and lines[i].strip() != "```":
-                i += 1
-            body = "".join(line[indent:] + "\n" for line in lines[start + 1:i])
-            fenced.append(Block(kind=m[2], line=start + 1, body=body))
-        elif (lines[i].startswith(("    ", "\t")) and lines[i].strip()
-              and (i == 0 or not lines[i - 1].strip())):
-            indented.append(i + 1)
-        i += 1
-    return fenced, indented
 
 
 def examples(block: Block) -> Iterator[Example]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,8 +30,7 @@ import yaml
 
 from acbuild.sandbox.sandbox import sandbox_available
 from tests.conftest import REPO
-from tests.support.docrun import checkout_copy, clean_env
-from tests.test_docs import blocks
+from tests.support.docrun import blocks, checkout_copy, clean_env
 
 README = REPO / "README.md"
 CI_DOC = REPO / "docs" / "ci.md"
@@ -94,7 +94,7 @@ def secrets() -> Iterator[dict[str, str]]:
                "ACBUILD_PASSPHRASE": PASSPHRASE}
     finally:
         subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
-        subprocess.run(["rm", "-rf", str(home)], check=False)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _recipes() -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
-"""Running documents as a new reader would: a fresh copy of the checkout, a clean environment
-and one bash for the whole document."""
+"""Running documents as a new reader would: their fenced blocks, a fresh copy of the checkout,
+a clean environment and one bash for the whole document."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from tests.conftest import REPO
 
+_FENCE = re.compile(r"^( *)```(\S*)\s*$")
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Where this interpreter's scripts are: the acbuild-py under test (not one the caller's PATH
 # happens to find first).
@@ -30,6 +32,34 @@ def clean_env(home: Path, *first: Path) -> dict[str, str]:
     HOME, and nothing of the caller's."""
     path = os.pathsep.join([*map(str, first), SYSTEM_PATH])
     return {"PATH": path, "HOME": str(home), "LANG": "C.UTF-8"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Block:
+    kind: str
+    line: int  # of the opening fence, 1-based
+    body: str
+
+
+def blocks(text: str) -> tuple[list[Block], list[int]]:
+    """The fenced blocks of a Markdown text, and the lines where indented code blocks start."""
+    fenced: list[Block] = []
+    indented: list[int] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        if m := _FENCE.match(lines[i]):
+            start, indent = i, len(m[1])
+            i += 1
+            while i < len(lines) and lines[i].strip() != "```":
+                i += 1
+            body = "".join(line[indent:] + "\n" for line in lines[start + 1:i])
+            fenced.append(Block(kind=m[2], line=start + 1, body=body))
+        elif (lines[i].startswith(("    ", "\t")) and lines[i].strip()
+              and (i == 0 or not lines[i - 1].strip())):
+            indented.append(i + 1)
+        i += 1
+    return fenced, indented
 
 
 def checkout_copy(dest: Path) -> Path:
