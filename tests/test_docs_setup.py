@@ -63,7 +63,7 @@ def test_readme_set_up_is_two_sh_blocks() -> None:
     assert commands[0].startswith("apt-get update && apt-get install -y python3 python3-venv ")
     assert commands[1] == "bash .ci/run"
     ci = (REPO / ".ci" / "run").read_text()
-    assert "env -i PATH=" in ci and "lint-imports" in ci
+    assert "env -i " in ci and "lint-imports" in ci
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="README command 1 runs apt-get, as root")
