@@ -35,8 +35,13 @@ def hello_context(tmp_path: Path, hello_binary: Path) -> Path:
 @pytest.fixture(autouse=True)
 def isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory,
                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test gets its own cache, state and config directories, as a fresh user would:
-    builds cache by default, and nothing may leak between tests or into ~/.cache."""
+    """Every test gets its own HOME and cache, state and config directories, as a fresh user
+    would: builds cache by default, and nothing may leak between tests or into ~/.cache. The
+    caller's GnuPG home, trust store, passphrase and epoch do not reach a test either."""
     home = tmp_path_factory.mktemp("xdg")
+    (home / "home").mkdir()
+    monkeypatch.setenv("HOME", str(home / "home"))
     for name in ("XDG_CACHE_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME"):
         monkeypatch.setenv(name, str(home / name.lower()))
+    for name in ("GNUPGHOME", "ACBUILD_TRUST_STORE", "ACBUILD_PASSPHRASE", "SOURCE_DATE_EPOCH"):
+        monkeypatch.delenv(name, raising=False)

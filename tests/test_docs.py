@@ -1,37 +1,57 @@
-"""Docs: every ```console block in docs/*.md is run, so the examples cannot rot.
+"""Docs: every command README.md and docs/ show is run here, or visibly not meant to be run.
 
-A block's ``$ command`` lines run in bash (one temporary directory a document, blocks in
-order, so state carries over); the lines after a command are its expected output, stdout and
-stderr together, where ``…`` matches any text and a line of only ``…`` any number of lines;
-``[exit N]`` says the status (default 0). A document declares what it needs in a comment,
-``<!-- docs-test: hello gpg server -->``: the hello program and an Acfile naming
-localhost/hello in ./hello, a GnuPG signing key (signer@example.com, public key in
-./signer.asc), a web server on 127.0.0.1 serving ./repo (the port written 8080 in the docs).
+Each code block is fenced and says what it is (``test_blocks_say_what_they_are`` enforces it;
+an indented code block or a bare fence is an error):
+
+- ```console: commands this test runs. A ``$ `` line is a command (a ``<<'EOF'`` here-document
+  runs on to its ``EOF`` line); the lines after it are its expected output, stdout and stderr
+  together, where ``…`` matches any text and a line of only ``…`` any number of lines;
+  ``[exit N]`` says the status (default 0).
+- ```synopsis: the form of a command, with placeholders or alternatives; shown, not run.
+- ```text: output, messages, file layouts; no line of it is a command (none starts with ``$ ``
+  or ``acbuild-py``).
+- ```acfile: an Acfile; docs/acfile.md says how to build its blocks, and this test builds
+  every one of them that way.
+- ```yaml: a CI recipe (docs/ci.md); tests/test_docs_setup.py runs its shell steps.
+- ```sh: only README.md's two set-up commands, checked by tests/test_docs_setup.py.
+- ```toml, ```json, ```python, ```nginx: files of other programs.
+
+A document runs top to bottom in one bash (state carries over as in a terminal), in a fresh
+copy of the checkout (tracked files only: no venv, no built programs), with a new HOME and a
+clean environment whose PATH is this interpreter's bin directory, where acbuild-py is
+installed, before the system's. Nothing is set up or rewritten behind the document's back.
 """
 
 from __future__ import annotations
 
-import functools
-import http.server
-import os
 import re
-import shutil
-import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLES, REPO
+from acbuild.sandbox.sandbox import sandbox_available
+from tests.conftest import REPO
+from tests.support.docrun import (
+    INTERPRETER_BIN,
+    Block,
+    Shell,
+    blocks,
+    checkout_copy,
+    clean_env,
+)
 
-_FENCE = re.compile(r"^```console\n(.*?)^```", re.DOTALL | re.MULTILINE)
-# The documents that show commands; the others have nothing to run.
-DOCS = sorted(d for d in (REPO / "docs").glob("*.md") if _FENCE.search(d.read_text()))
-_NEEDS = re.compile(r"<!--\s*docs-test:([^>]*)-->")
-DOC_PORT = "8080"
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+KINDS = {"console", "synopsis", "text", "acfile", "yaml", "sh", "toml", "json", "python",
+         "nginx", "mermaid"}
+ACFILE_DOC = REPO / "docs" / "acfile.md"
+# How docs/acfile.md says its Acfiles are built (the test checks it says so).
+ACFILE_PATH = "try/Acfile"
+ACFILE_BUILD = "acbuild-py build try/Acfile -o try/image.aci"
+
+_HEREDOC = re.compile(r"<<-?\s*(['\"]?)(\w+)\1\s*$")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,28 +62,29 @@ class Example:
     status: int
 
 
-def examples(text: str) -> Iterator[Example]:
-    for block in _FENCE.finditer(text):
-        start = text.count("\n", 0, block.start()) + 2
-        current: list[str] | None = None
-        first = start
-        for i, line in enumerate(block[1].splitlines()):
-            if line.startswith("$ "):
-                if current is not None:
-                    yield _example(current, first)
-                current, first = [line[2:]], start + i
-            elif current is not None:
-                current.append(line)
-        if current is not None:
-            yield _example(current, first)
-
-
-def _example(lines: list[str], line: int) -> Example:
-    output = lines[1:]
-    status = 0
-    if output and (m := re.fullmatch(r"\[exit (\d+)\]", output[-1])):
-        status, output = int(m[1]), output[:-1]
-    return Example(line=line, command=lines[0], output=tuple(output), status=status)
+def examples(block: Block) -> Iterator[Example]:
+    lines = block.body.splitlines()
+    assert lines and lines[0].startswith("$ "), (
+        f"line {block.line + 1}: a console block starts with a '$ ' command")
+    i = 0
+    while i < len(lines):
+        line, first = lines[i], i
+        command = [line[2:]]
+        if m := _HEREDOC.search(line):
+            while (i := i + 1) < len(lines) and lines[i] != m[2]:
+                command.append(lines[i])
+            assert i < len(lines), f"line {block.line + 1 + first}: here-document never ends"
+            command.append(lines[i])
+        i += 1
+        output = []
+        while i < len(lines) and not lines[i].startswith("$ "):
+            output.append(lines[i])
+            i += 1
+        status = 0
+        if output and (s := re.fullmatch(r"\[exit (\d+)\]", output[-1])):
+            status, output = int(s[1]), output[:-1]
+        yield Example(line=block.line + 1 + first, command="\n".join(command),
+                      output=tuple(output), status=status)
 
 
 def matches(expected: tuple[str, ...], actual: list[str]) -> bool:
@@ -76,70 +97,69 @@ def matches(expected: tuple[str, ...], actual: list[str]) -> bool:
     return re.fullmatch("".join(parts), "".join(a + "\n" for a in actual)) is not None
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+def _runs(doc: Path) -> bool:
+    return any(b.kind == "console" or (doc == ACFILE_DOC and b.kind == "acfile")
+               for b in blocks(doc.read_text())[0])
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
-    (tmp_path / "repo").mkdir()
-    handler = functools.partial(_Quiet, directory=str(tmp_path / "repo"))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield str(httpd.server_address[1])
-    httpd.shutdown()
-    httpd.server_close()
+def _name(doc: Path) -> str:
+    return str(doc.relative_to(REPO))
 
 
-def _setup(needs: set[str], where: Path, hello_binary: Path, env: dict[str, str]) -> None:
-    if "examples" in needs:  # commands run from the top of a checkout
-        shutil.copytree(EXAMPLES, where / "examples" / "Acfiles")
-    if "hello" in needs:
-        (where / "hello").mkdir()
-        text = (EXAMPLES / "hello" / "Acfile").read_text()
-        (where / "hello" / "Acfile").write_text(text.replace("NAME example.com/hello",
-                                                             "NAME localhost/hello"))
-        shutil.copy2(hello_binary, where / "hello" / "hello")
-        shutil.copy2(EXAMPLES / "hello" / ".acignore", where / "hello" / ".acignore")
-    if "gpg" in needs:
-        home = Path(env["GNUPGHOME"])
-        home.mkdir(mode=0o700)
-        gpg = ["gpg", "--homedir", str(home), "--batch", "--quiet"]
-        subprocess.run([*gpg, "--passphrase", "", "--quick-gen-key",
-                        "Tutorial Signer <signer@example.com>", "rsa2048", "sign", "never"],
-                       check=True, capture_output=True)
-        with open(where / "signer.asc", "wb") as f:
-            subprocess.run([*gpg, "--armor", "--export", "signer@example.com"], stdout=f,
-                           check=True)
+@pytest.mark.parametrize("doc", DOCS, ids=_name)
+def test_blocks_say_what_they_are(doc: Path) -> None:
+    fenced, indented = blocks(doc.read_text())
+    name = _name(doc)
+    assert not indented, f"{name}:{indented[0]}: an indented code block; fence it and say " \
+        "what it is (```console, ```synopsis, ```text, …: see tests/test_docs.py)"
+    for b in fenced:
+        where = f"{name}:{b.line}"
+        assert b.kind in KINDS, f"{where}: ```{b.kind}: a block says what it is, one of " \
+            f"{sorted(KINDS)} (see tests/test_docs.py)"
+        if b.kind == "text":
+            command = next((line for line in b.body.splitlines()
+                            if line.lstrip().startswith(("$ ", "acbuild-py "))), None)
+            assert command is None, f"{where}: a command in a ```text block: {command!r}; " \
+                "make it ```console (run) or ```synopsis (not run)"
+        if b.kind == "console":
+            list(examples(b))
+        assert b.kind != "sh" or name == "README.md", f"{where}: ```sh only in the README"
+        assert b.kind != "yaml" or name == "docs/ci.md", f"{where}: ```yaml only in docs/ci.md"
+        assert b.kind != "acfile" or doc == ACFILE_DOC, (
+            f"{where}: ```acfile blocks are built only in docs/acfile.md; show a shipped "
+            "example with a console `cat` instead")
 
 
-@pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
-def test_console_examples(doc: Path, tmp_path: Path, hello_binary: Path,
-                          request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("doc", [d for d in DOCS if _runs(d)], ids=_name)
+def test_document_runs(doc: Path, tmp_path: Path) -> None:
+    if (reason := sandbox_available()) is not None:  # the documents build and run images
+        pytest.skip(f"no sandbox: {reason}")
     text = doc.read_text()
-    found = list(examples(text))
-    assert found, f"{doc.name} has a console block without a '$ ' command"
-    needs = set(" ".join(_NEEDS.findall(text)).split())
-    port = request.getfixturevalue("server") if "server" in needs else DOC_PORT
+    if doc == ACFILE_DOC:
+        assert f"`{ACFILE_BUILD}`" in text and f"`{ACFILE_PATH}`" in text, (
+            "docs/acfile.md must say how its Acfiles are built, as this test builds them")
     home = tmp_path / "home"
-    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
-           "XDG_CACHE_HOME": str(home / ".cache"), "GNUPGHOME": str(home / ".gnupg"),
-           "CI": "true", "COLUMNS": "100"}
-    env.pop("ACBUILD_TRUST_STORE", None)
     home.mkdir()
-    _setup(needs, tmp_path, hello_binary, env)
-    for ex in found:
-        command = ex.command.replace(DOC_PORT, port)
-        proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
-        where = f"{doc.name}:{ex.line}: $ {ex.command}"
-        assert proc.returncode == ex.status, f"{where}\n{proc.stdout}"
-        actual = [line.rstrip() for line in proc.stdout.replace(port, DOC_PORT).splitlines()]
-        if ex.output:
-            assert matches(ex.output, actual), f"{where}\nexpected:\n" + "\n".join(
-                ex.output) + "\nactual:\n" + "\n".join(actual)
+    work = checkout_copy(tmp_path / "acbuild-py")
+    name = _name(doc)
+    with Shell(work, clean_env(home, INTERPRETER_BIN)) as shell:
+        for b in blocks(text)[0]:
+            if b.kind == "acfile" and doc == ACFILE_DOC:
+                (work / ACFILE_PATH).parent.mkdir(exist_ok=True)
+                (work / ACFILE_PATH).write_text(b.body)
+                code, out = shell.run(ACFILE_BUILD)
+                assert code == 0, f"{name}:{b.line}: this Acfile does not build:\n{b.body}{out}"
+                continue
+            if b.kind != "console":
+                continue
+            for ex in examples(b):
+                code, out = shell.run(ex.command)
+                where = f"{name}:{ex.line}: $ {ex.command}"
+                assert code == ex.status, f"{where}\n[exit {code}]\n{out}"
+                actual = [line.rstrip() for line in out.splitlines()]
+                if ex.output:
+                    assert matches(ex.output, actual), f"{where}\nexpected:\n" + "\n".join(
+                        ex.output) + "\nactual:\n" + "\n".join(actual)
 
 
 def test_matching_rules() -> None:
@@ -147,8 +167,18 @@ def test_matching_rules() -> None:
     assert matches(("a", "…", "z"), ["a", "b", "c", "z"])
     assert not matches(("a", "b"), ["a", "c"])
     assert not matches(("a",), ["a", "b"])
-    (ex,) = examples("```console\n$ acbuild-py x\nout\n[exit 1]\n```\n")
-    assert (ex.command, ex.output, ex.status) == ("acbuild-py x", ("out",), 1)
+    (b,), _ = blocks("```console\n$ acbuild-py x\nout\n[exit 1]\n$ cat <<'EOF'\nhi\nEOF\nhi\n```\n")
+    first, second = examples(b)
+    assert (first.command, first.output, first.status) == ("acbuild-py x", ("out",), 1)
+    assert (second.command, second.output, second.line) == ("cat <<'EOF'\nhi\nEOF", ("hi",), 5)
+    fenced, indented = blocks("text\n\n    indented\n- item\n  ```text\n  x\n  ```\n")
+    assert indented == [3] and fenced == [Block(kind="text", line=5, body="x\n")]
+
+
+def test_shell_keeps_state_and_stdin_is_empty(tmp_path: Path) -> None:
+    with Shell(tmp_path, clean_env(tmp_path)) as shell:
+        assert shell.run("cd / && X=1 && cat") == (0, "")
+        assert shell.run("pwd; echo $X; false") == (1, "/\n1\n")
 
 
 def test_command_reference_is_up_to_date() -> None:
@@ -160,3 +190,24 @@ def test_command_reference_is_up_to_date() -> None:
     text = (REPO / "docs" / "commands.md").read_text()
     assert "\n## build\n" in text and "\n## verify\n" in text
     assert text == generate(), "docs/commands.md is stale: python docs/generate_commands.py"
+
+
+def test_docs_index_lists_every_page() -> None:
+    index = (REPO / "docs" / "README.md").read_text()
+    pages = {str(p.relative_to(REPO / "docs")) for p in (REPO / "docs").rglob("*.md")}
+    linked = set(re.findall(r"\]\(([^)#]+\.md)\)", index))
+    assert linked == pages - {"README.md"}
+
+
+def test_environment_page_names_every_variable_read() -> None:
+    """docs/environment.md lists each variable the code reads (``environ.get("X")``,
+    ``environ["X"]``, ``"X" in environ``, or a ``*_ENV = "X"`` constant)."""
+    read = set()
+    for source in (REPO / "acbuild").rglob("*.py"):
+        text = source.read_text()
+        read |= set(re.findall(r"environ(?:\.get\(|\[)\"([A-Z_]+)\"", text))
+        read |= set(re.findall(r"\"([A-Z_]+)\" (?:not )?in (?:os\.)?environ", text))
+        read |= set(re.findall(r"^\w+_ENV = \"([A-Z_]+)\"", text, re.M))
+    assert {"XDG_CACHE_HOME", "ACBUILD_TRUST_STORE", "CI"} <= read
+    page = (REPO / "docs" / "environment.md").read_text()
+    assert not {v for v in read if f"`{v}`" not in page}

@@ -8,9 +8,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from acbuild.cli.commands.convert import command as convert_command
 from click.testing import CliRunner
 
+from acbuild.cli.commands.convert import command as convert_command
 from acbuild.image.manifest import from_json_bytes
 from acbuild.interop.convert import ConvertOptions, _user_group, ac_identifier, ac_name, convert
 from acbuild.interop.oci import open_source

@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from acbuild.cli.commands.export import command as export_command
 from click.testing import CliRunner
 
+from acbuild.cli.commands.export import command as export_command
 from acbuild.errors import BuildError
 from acbuild.fs.staging import StagedRootfs
 from acbuild.image.finalize import write_aci
