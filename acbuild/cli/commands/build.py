@@ -80,11 +80,11 @@ def command(
         cache_dir=cache_dir,
     )
     result = check_reproducible(options, reporter) if check_repro else build(options, reporter)
-    _summarise(result, reporter)
+    summarise(result, reporter)
     click.echo(result.image_id)
 
 
-def _summarise(result: BuildResult, reporter: Reporter) -> None:
+def summarise(result: BuildResult, reporter: Reporter) -> None:
     version = next((lb.value for lb in result.manifest.labels if lb.name == "version"), "-")
     rows = [
         ("name", result.manifest.name),
