@@ -213,7 +213,7 @@ def _main_packages(go: str, options: GoOptions) -> list[MainPackage]:
         mains = [p for p in _json_stream(proc.stdout) if p.get("Name") == "main"]
         for p in mains:
             _check_listed(p)
-            package = _main_package(p, options)
+            package = _main_package(p)
             found.setdefault(package.import_path, package)
         if not mains:
             raise BuildError(f"no main package in {target}" if directory else
@@ -235,7 +235,7 @@ def _check_listed(p: dict[str, Any]) -> None:
         raise BuildError(f"package {path}: {_last_line(error.get('Err', ''))}")
 
 
-def _main_package(p: dict[str, Any], options: GoOptions) -> MainPackage:
+def _main_package(p: dict[str, Any]) -> MainPackage:
     import_path = p["ImportPath"]
     module = p.get("Module")
     if not module or not module.get("Dir"):
