@@ -9,6 +9,7 @@ in /var/tmp (a shim named mmdebstrap first on PATH), and so is Go's build cache.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -22,11 +23,11 @@ import pytest
 
 from acbuild.sandbox.sandbox import sandbox_available
 from tests.conftest import REPO
+from tests.support.gohelp import TEST_CACHE as CACHE
 from tests.support.services import ORACLES, free_port, rkt_missing
 
 DOC = REPO / "docs" / "quickstart.md"
 DOC_PORTS = ("8081", "8082", "8083", "8084")
-CACHE = Path(os.environ.get("ACBUILD_TEST_CACHE", "/var/tmp/acbuild-py-test-cache"))
 _BLOCK = re.compile(r"^```(console|shell)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 _PLAIN = re.compile(r"^```\n(BEGIN .*?)^```", re.DOTALL | re.MULTILINE)
 
@@ -147,10 +148,14 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Checkout]:
 def _stop_leftovers(where: Path, env: dict[str, str]) -> None:
     """Whatever a failed command left running is stopped, and rkt's pods collected."""
     for pid_file in where.glob("*.pid"):
+        pid = pid_file.read_text().strip()
         try:
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
-        except (ValueError, ProcessLookupError):
-            pass
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue  # gone, as it should be
+        if str(where).encode() in cmdline or b"acbuild" in cmdline:  # ours, not a reused pid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGTERM)
     if (where / "rkt").exists():
         subprocess.run(["rkt", f"--dir={where / 'rkt'}", "gc", "--grace-period=0s"],
                        env=env, capture_output=True, timeout=120)

@@ -155,7 +155,11 @@ def _output(options: GoOptions, image: GoImage, count: int) -> Path | None:
         return None
     if count == 1:
         return options.output
-    options.output.mkdir(parents=True, exist_ok=True)
+    try:
+        options.output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BuildError(f"-o {options.output}: {count} images need a directory there: "
+                         f"{e.strerror}") from None
     stem = image.name.rsplit("/", 1)[-1]
     return options.output / (f"{stem}-{image.version}.aci" if image.version else f"{stem}.aci")
 

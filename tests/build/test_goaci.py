@@ -38,14 +38,9 @@ _no_sandbox = sandbox_available()
 needs_sandbox = pytest.mark.skipif(_no_sandbox is not None, reason=f"no sandbox: {_no_sandbox}")
 
 
-@pytest.fixture(scope="session")
-def gocache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("gocache")
-
-
 @pytest.fixture
-def goenv(gocache: Path) -> dict[str, str]:
-    return go_environ(gocache)
+def goenv() -> dict[str, str]:
+    return go_environ()
 
 
 def manifest(image: Path) -> dict[str, object]:

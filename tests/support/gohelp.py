@@ -11,6 +11,8 @@ from pathlib import Path
 from tests.conftest import REPO
 
 GO_EXAMPLES = REPO / "examples"
+# Kept between runs (Go's build cache is safe to share; the day's mmdebstrap output too).
+TEST_CACHE = Path(os.environ.get("ACBUILD_TEST_CACHE", "/var/tmp/acbuild-py-test-cache"))
 COMMIT_DATE = "2024-03-01T12:00:00Z"
 COMMIT_EPOCH = 1709294400
 
@@ -23,10 +25,11 @@ def go_missing() -> str | None:
     return None
 
 
-def go_environ(gocache: Path) -> dict[str, str]:
-    """Offline: no module proxy, no checksum database; one build cache for the session."""
-    return {"GOCACHE": str(gocache), "GOPROXY": "off", "GOFLAGS": "", "GONOSUMDB": "*",
-            "GOTOOLCHAIN": "local"}
+def go_environ(gocache: Path | None = None) -> dict[str, str]:
+    """Offline: no module proxy, no checksum database; a build cache shared between runs
+    unless one is given (test_goaci proves a cold cache gives the same image)."""
+    return {"GOCACHE": str(gocache or TEST_CACHE / "go-build"), "GOPROXY": "off",
+            "GOFLAGS": "", "GONOSUMDB": "*", "GOTOOLCHAIN": "local"}
 
 
 def git_module(source: Path, dest: Path, *, tag: str | None = "v1.2.3") -> Path:
