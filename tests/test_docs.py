@@ -45,13 +45,16 @@ from tests.support.docrun import (
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 KINDS = {"console", "synopsis", "text", "acfile", "yaml", "sh", "toml", "json", "python",
-         "nginx", "mermaid"}
+         "nginx", "mermaid", "shell"}
 ACFILE_DOC = REPO / "docs" / "acfile.md"
 # How docs/acfile.md says its Acfiles are built (the test checks it says so).
 ACFILE_PATH = "try/Acfile"
 ACFILE_BUILD = "acbuild-py build try/Acfile -o try/image.aci"
 
 _HEREDOC = re.compile(r"<<-?\s*(['\"]?)(\w+)\1\s*$")
+# quickstart.md needs a git checkout of examples/, Go, mmdebstrap and root, and takes
+# minutes: tests/test_quickstart.py runs it (with its Debian base cached).
+OWN_TESTS = frozenset({"quickstart.md"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,12 +128,16 @@ def test_blocks_say_what_they_are(doc: Path) -> None:
             list(examples(b))
         assert b.kind != "sh" or name == "README.md", f"{where}: ```sh only in the README"
         assert b.kind != "yaml" or name == "docs/ci.md", f"{where}: ```yaml only in docs/ci.md"
+        assert b.kind != "shell" or name == "docs/quickstart.md", (
+            f"{where}: ```shell (run by tests/test_quickstart.py where rkt is) only in "
+            "docs/quickstart.md")
         assert b.kind != "acfile" or doc == ACFILE_DOC, (
             f"{where}: ```acfile blocks are built only in docs/acfile.md; show a shipped "
             "example with a console `cat` instead")
 
 
-@pytest.mark.parametrize("doc", [d for d in DOCS if _runs(d)], ids=_name)
+@pytest.mark.parametrize("doc", [d for d in DOCS if _runs(d) and d.name not in OWN_TESTS],
+                         ids=_name)
 def test_document_runs(doc: Path, tmp_path: Path) -> None:
     if (reason := sandbox_available()) is not None:  # the documents build and run images
         pytest.skip(f"no sandbox: {reason}")

@@ -67,6 +67,7 @@ SUMMARIES = {
         'order, continuation lines indented four spaces.'
     ),
     "gc": 'Remove images from the local image store.',
+    "go": 'Compile Go main packages statically and package each as an image.',
     "images": (
         'List (the default) and remove the images in the local image store: what fetch '
         'and BEGIN NAME keep.'

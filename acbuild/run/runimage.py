@@ -51,6 +51,7 @@ class RunOptions:
     network: Network = "none"
     stdin: bool = False
     fetch: FetchOptions = field(default_factory=FetchOptions)  # trust store, image store
+    set_env: tuple[tuple[str, str], ...] = ()  # --set-env, over the manifest's environment
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -63,6 +64,13 @@ def parse_volume(text: str) -> Volume:
     if not name or not sep or not rest:
         raise SandboxError(f"invalid volume '{text}': expected NAME:/host/path[:ro]")
     return Volume(name=name, source=Path(rest), read_only=read_only)
+
+
+def parse_set_env(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise SandboxError(f"invalid --set-env '{text}': expected NAME=VALUE")
+    return name, value
 
 
 def cache_root(environ: Mapping[str, str]) -> Path:
@@ -161,6 +169,7 @@ def _spec(root: Path, image: ImageManifest, app: App, options: RunOptions,
         raise SandboxError(f"{options.image}: {e.message}") from None
     env = {"AC_APP_NAME": image.name.rsplit("/", 1)[-1], "HOME": identity.home}
     env.update((e.name, e.value) for e in app.environment)
+    env.update(options.set_env)
     if os.geteuid() != 0 and (identity.uid, identity.gid, app.supplementary_gids) != (0, 0, ()):
         raise SandboxError(
             f"the app runs as uid {identity.uid} gid {identity.gid}; only root can run it "

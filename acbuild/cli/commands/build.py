@@ -142,7 +142,7 @@ def command(
                   else build(options, reporter))
         if to_stdout:
             _stream(result.output)
-    _summarise(result, reporter)
+    summarise(result, reporter)
     if iidfile is not None:
         with atomic_write(iidfile) as f:
             f.write(result.image_id.encode())
@@ -157,7 +157,7 @@ def _stream(image: Path) -> None:
     out.flush()
 
 
-def _summarise(result: BuildResult, reporter: Reporter) -> None:
+def summarise(result: BuildResult, reporter: Reporter) -> None:
     version = next((lb.value for lb in result.manifest.labels if lb.name == "version"), None)
     # Counted as inspect counts them: the entries below rootfs/ (the written total also has
     # the manifest and rootfs/ itself).

@@ -13,7 +13,7 @@ import click
 
 from acbuild.cli.commands.common import global_options, state
 from acbuild.cli.commands.trustopts import fetch_options, trust_options
-from acbuild.run.runimage import RunOptions, parse_volume, run_image
+from acbuild.run.runimage import RunOptions, parse_set_env, parse_volume, run_image
 from acbuild.signals import terminate_as_exit
 
 
@@ -25,11 +25,13 @@ from acbuild.signals import terminate_as_exit
               help="Back the image's mount point NAME with a host path (repeatable).")
 @click.option("--network", type=click.Choice(["none", "host"]), default="none",
               show_default=True, help="none: loopback only; host: the host's network.")
+@click.option("--set-env", "set_env", multiple=True, metavar="NAME=VALUE",
+              help="Set an environment variable of the app, over the image's (repeatable).")
 @click.option("--no-stdin", is_flag=True, help="Give the app /dev/null as stdin.")
 @trust_options
 @global_options
 def command(image: Path, args: tuple[str, ...], volumes: tuple[str, ...], network: str,
-            no_stdin: bool, **trust: Any) -> None:
+            set_env: tuple[str, ...], no_stdin: bool, **trust: Any) -> None:
     """Run the app of IMAGE (a local .aci) with ARGS appended to its exec.
 
     Options go before IMAGE; everything after it is the app's.
@@ -44,6 +46,7 @@ def command(image: Path, args: tuple[str, ...], volumes: tuple[str, ...], networ
         network=network,  # type: ignore[arg-type]  # click.Choice checked it
         stdin=not no_stdin,
         fetch=fetch_options(**trust),
+        set_env=tuple(parse_set_env(e) for e in set_env),
     )
     with terminate_as_exit():
         status = run_image(options, reporter, click.echo)
