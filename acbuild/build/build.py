@@ -6,6 +6,7 @@ with the place in the Acfile when something is wrong.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
@@ -152,9 +153,23 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
         info = StepInfo(number=plan.total_steps, total=plan.total_steps,
                         text=f"SIGN {written.output}")
         with reported_step(info, reporter, _sign_span(plan)):
-            signatures = _sign(plan, written.output, options)
+            try:
+                signatures = _sign(plan, written.output, options)
+            except BaseException:
+                # A signed image was asked for: an unsigned one (or half its signatures)
+                # must not be left where the next job would take it for the result.
+                with deferred():
+                    _remove_output(written.output, options)
+                raise
     return dataclasses.replace(written, signatures=signatures,
                                seconds=time.monotonic() - started)
+
+
+def _remove_output(output: Path, options: BuildOptions) -> None:
+    if options.remove_stale_signature is not None:
+        options.remove_stale_signature(output)
+    with contextlib.suppress(FileNotFoundError):
+        output.unlink()
 
 
 def _with_total(plan: Plan, total: int) -> Plan:
