@@ -41,6 +41,7 @@ from tests.support.docrun import (
     blocks,
     checkout_copy,
     clean_env,
+    matches,
 )
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
@@ -88,16 +89,6 @@ def examples(block: Block) -> Iterator[Example]:
             status, output = int(s[1]), output[:-1]
         yield Example(line=block.line + 1 + first, command="\n".join(command),
                       output=tuple(output), status=status)
-
-
-def matches(expected: tuple[str, ...], actual: list[str]) -> bool:
-    parts = []
-    for e in expected:
-        if e == "…":
-            parts.append(r"(?:[^\n]*\n)*?")
-        else:
-            parts.append(r"[^\n]*".join(map(re.escape, e.split("…"))) + r"\n")
-    return re.fullmatch("".join(parts), "".join(a + "\n" for a in actual)) is not None
 
 
 def _runs(doc: Path) -> bool:

@@ -23,6 +23,7 @@ import pytest
 
 from acbuild.sandbox.sandbox import sandbox_available
 from tests.conftest import REPO
+from tests.support.docrun import matches
 from tests.support.gohelp import TEST_CACHE as CACHE
 from tests.support.services import ORACLES, free_port, rkt_missing
 
@@ -88,16 +89,6 @@ def commands(text: str) -> list[Command]:
         if current is not None:
             found.append(Command(block[1], first, current[0], tuple(current[1:])))
     return found
-
-
-def matches(expected: tuple[str, ...], actual: list[str]) -> bool:
-    parts = []
-    for e in expected:
-        if e == "…":
-            parts.append(r"(?:[^\n]*\n)*?")
-        else:
-            parts.append(r"[^\n]*".join(map(re.escape, e.split("…"))) + r"\n")
-    return re.fullmatch("".join(parts), "".join(a + "\n" for a in actual)) is not None
 
 
 @dataclass(frozen=True, slots=True)

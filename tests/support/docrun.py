@@ -135,3 +135,13 @@ class Shell:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def matches(expected: tuple[str, ...], actual: list[str]) -> bool:
+    parts = []
+    for e in expected:
+        if e == "…":
+            parts.append(r"(?:[^\n]*\n)*?")
+        else:
+            parts.append(r"[^\n]*".join(map(re.escape, e.split("…"))) + r"\n")
+    return re.fullmatch("".join(parts), "".join(a + "\n" for a in actual)) is not None

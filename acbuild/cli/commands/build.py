@@ -19,8 +19,8 @@ from acbuild.cli.commands.common import (
 )
 from acbuild.cli.commands.trustopts import (
     base_loader,
-    check_key_specs,
-    pull_policy_option,
+        pull_policy_option,
+    signing_options,
     trust_options,
 )
 from acbuild.cli.console import say
@@ -54,12 +54,7 @@ def _docker_hint(hint: str) -> Callable[[click.Context, click.Parameter, Any], A
 @acfile_options
 @click.option("--format", "output_format", type=click.Choice(["aci", "oci", "oci-archive"]),
               default="aci", show_default=True, help="Image format to write.")
-@click.option("--sign", "sign_keys", multiple=True, metavar="KEY", callback=check_key_specs,
-              help="Sign the image with this GnuPG key (as a SIGN line would).")
-@click.option("--gpg-home", type=click.Path(path_type=Path, file_okay=False),
-              help="GnuPG home holding the signing key.")
-@click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
-              help="File whose first line is the key's passphrase (or $ACBUILD_PASSPHRASE).")
+@signing_options("the image (as a SIGN line would)")
 @click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Keep the full output of RUN steps here.")
 @click.option("--no-cache", is_flag=True, help="Run every step; neither read nor fill the cache.")

@@ -11,7 +11,7 @@ from acbuild.build.build import BuildOptions
 from acbuild.build.goaci import GoOptions, build_go, plan_images
 from acbuild.cli.commands.build import summarise
 from acbuild.cli.commands.common import global_options, state
-from acbuild.cli.commands.trustopts import base_loader, check_key_specs
+from acbuild.cli.commands.trustopts import base_loader, signing_options
 from acbuild.image.compression import COMPRESSIONS
 from acbuild.trust.sign import read_passphrase, remove_stale_signature, sign_image
 
@@ -31,12 +31,7 @@ from acbuild.trust.sign import read_passphrase, remove_stale_signature, sign_ima
               help="Print the Acfile(s) it would build from, and build nothing.")
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default="gzip",
               show_default=True)
-@click.option("--sign", "sign_keys", multiple=True, metavar="KEY", callback=check_key_specs,
-              help="Sign each image with this GnuPG key.")
-@click.option("--gpg-home", type=click.Path(path_type=Path, file_okay=False),
-              help="GnuPG home holding the signing key.")
-@click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
-              help="File whose first line is the key's passphrase (or $ACBUILD_PASSPHRASE).")
+@signing_options("each image")
 @click.option("--no-cache", is_flag=True, help="Neither read nor fill the step cache.")
 @click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Step cache directory (default: $XDG_CACHE_HOME/acbuild-py/build-cache).")

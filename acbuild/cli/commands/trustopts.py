@@ -38,6 +38,25 @@ def check_key_specs(_ctx: click.Context, param: click.Parameter,
     return value
 
 
+def signing_options(what: str) -> Callable[[F], F]:
+    """--sign, --gpg-home and --passphrase-file (build, go); ``what`` is what gets signed."""
+    def decorate(f: F) -> F:
+        opts = [
+            click.option("--sign", "sign_keys", multiple=True, metavar="KEY",
+                         callback=check_key_specs, help=f"Sign {what} with this GnuPG key."),
+            click.option("--gpg-home", type=click.Path(path_type=Path, file_okay=False),
+                         help="GnuPG home holding the signing key."),
+            click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
+                         help="File whose first line is the key's passphrase (or "
+                              "$ACBUILD_PASSPHRASE)."),
+        ]
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return decorate
+
+
 def trust_options(f: F) -> F:
     opts = [
         click.option("--trust-store", type=click.Path(path_type=Path, file_okay=False),
