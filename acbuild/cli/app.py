@@ -11,7 +11,10 @@ from __future__ import annotations
 import difflib
 import importlib
 import io
+import os
 import pkgutil
+import re
+import sys
 import traceback
 
 import click
@@ -138,6 +141,16 @@ def cli() -> None:
     """Build, sign, verify and run App Container (AppC) images from an Acfile."""
 
 
+_ERROR = re.compile(r"^(\S*?)(error|warning):", re.M)
+
+
+def _coloured(text: str, mode: str) -> str:
+    """Errors in red on a colour terminal (the text is escaped already: no ESC of its own)."""
+    colour = (mode in ("auto", "tty") and sys.stderr.isatty() and "NO_COLOR" not in os.environ
+              and os.environ.get("TERM", "dumb") != "dumb")
+    return _ERROR.sub(lambda m: f"{m[1]}\x1b[1;31m{m[2]}:\x1b[0m", text) if colour else text
+
+
 def run(args: list[str]) -> int:
     """Run the verb ``args`` name; returns the exit status."""
     # The click context is gone by the time an error reaches us, so read argv itself.
@@ -177,6 +190,6 @@ def run(args: list[str]) -> int:
             e = user_error
         if debug and isinstance(e, AcbuildError) and e.__traceback__ is not None:
             traceback.print_exc()  # render_error adds the traceback of internal errors itself
-        click.echo(render_error(e, mode, debug=debug), err=True)
+        click.echo(_coloured(render_error(e, mode, debug=debug), mode), err=True)
         return EXIT_ERROR if isinstance(e, AcbuildError) else EXIT_INTERNAL
     return code if isinstance(code, int) else 0

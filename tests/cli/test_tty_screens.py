@@ -134,3 +134,13 @@ def test_run_prints_only_the_app(tmp_path: Path, columns: int) -> None:
         assert b"hello from the app" in screen.stdout
         assert not any("ETA" in line or "extract" in line for line in screen.lines)
     assert screen.lines == ()  # warm: nothing of its own on the terminal
+
+
+def test_errors_are_red_on_a_colour_terminal_only(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "Acfile"
+    red = run_in_terminal("build", "-f", missing)
+    assert red.code == 1
+    assert b"\x1b[1;31merror:\x1b[0m" in red.raw
+    assert any(line.startswith("error: Acfile not found") for line in red.lines), red.lines
+    plain = run_in_terminal("build", "-f", missing, env={"NO_COLOR": "1"})
+    assert plain.code == 1 and b"\x1b[" not in plain.raw.replace(b"\x1b[?25", b"")
