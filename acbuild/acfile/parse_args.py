@@ -170,10 +170,12 @@ def _pids(line: Line, word: Word) -> int | None:
     """--pids=N (processes and threads), or max/unlimited (0)."""
     if word.value.lower() in _NO_LIMIT:
         return 0
-    if word.value.isascii() and word.value.isdigit() and int(word.value) > 0:
+    # At most 2^22 (the kernel's PID_MAX_LIMIT); a longer number is not one at all.
+    if word.value.isascii() and word.value.isdigit() and len(word.value) <= 8 \
+            and 0 < int(word.value) <= 1 << 22:
         return int(word.value)
     line.fail(word, f"invalid --pids {show(word.value)}: expected a number of processes "
-                    "greater than 0, or max")
+                    "from 1 to 4194304, or max")
     return None
 
 
@@ -181,12 +183,14 @@ def _memory(line: Line, word: Word) -> int | None:
     """--memory=SIZE (512M, 2G, 1.5GiB, bytes), or max/unlimited (0)."""
     if word.value.lower() in _NO_LIMIT:
         return 0
-    found = _SIZE.fullmatch(word.value) if word.value.isascii() else None
-    if found is None or float(found[1]) == 0:
+    found = _SIZE.fullmatch(word.value) if word.value.isascii() and len(word.value) <= 32 \
+        else None
+    size = float(found[1]) * _SIZE_UNITS[found[2].lower()] if found is not None else 0.0
+    if found is None or not 0 < size < 1 << 62:
         line.fail(word, f"invalid --memory {show(word.value)}: expected a size such as 512M "
-                        "or 4G, or max")
+                        "or 4G (below 4 EiB), or max")
         return None
-    return int(float(found[1]) * _SIZE_UNITS[found[2].lower()])
+    return int(size)
 
 
 def _duration(line: Line, word: Word) -> float | None:

@@ -89,9 +89,13 @@ CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _NUL = re.compile(r"\x00")
 
 
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
 def control_character(text: str, *, command: bool = False) -> str | None:
-    """The first character ``text`` may not hold, else None."""
-    found = (_NUL if command else CONTROL).search(text)
+    """The first character ``text`` may not hold, else None. A lone surrogate (a JSON
+    array's ``\\ud800``) is never text, in a command or anywhere."""
+    found = (_NUL if command else CONTROL).search(text) or _SURROGATE.search(text)
     return found[0] if found else None
 
 
@@ -100,6 +104,10 @@ def check_controls(line: Line, word: Word, value: str, *, command: bool = False)
     bad = control_character(value, command=command)
     if bad is None:
         return True
+    if _SURROGATE.fullmatch(bad):
+        line.fail(word, f"lone surrogate {bad!r} in {show(value)}",
+                  hint="a word is Unicode text; a surrogate half alone is not")
+        return False
     line.fail(word, f"control character {bad!r} in {show(value)}",
               hint="Acfile words hold printable text" if not command else
               "a program's arguments cannot hold a NUL byte")

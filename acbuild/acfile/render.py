@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any
 
 import jinja2
-from jinja2 import meta as jinja2_meta
+from jinja2 import nodes as jinja2_nodes
 from jinja2.exceptions import SecurityError
 from jinja2.ext import Extension
 from jinja2.lexer import Token, TokenStream
@@ -329,8 +329,12 @@ def _template_line(tb: TracebackType | None) -> int | None:
 def unused_variables(text: str, names: Sequence[str]) -> tuple[str, ...]:
     """Which of ``names`` the template never mentions (as BuildKit warns of unused build
     args); () when the text is not a template jinja2 can parse (render says why)."""
+    # Names read anywhere in the parsed tree. Not jinja2.meta, which compiles the template
+    # and so folds its constant expressions here, outside the confined render: a template
+    # such as {{ [1]*10**9 }} would take the parent's memory.
     try:
-        mentioned = jinja2_meta.find_undeclared_variables(jinja2.Environment().parse(text))
+        tree = jinja2.Environment().parse(text)
     except (jinja2.TemplateSyntaxError, RecursionError):
         return ()
+    mentioned = {n.name for n in tree.find_all(jinja2_nodes.Name) if n.ctx == "load"}
     return tuple(sorted(set(names) - mentioned))

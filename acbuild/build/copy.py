@@ -30,14 +30,13 @@ from acbuild.acfile.instructions import Copy
 from acbuild.errors import AcbuildError, BuildError, Span
 from acbuild.fs.securepath import ensure_dirs, relpath_in, safe_join
 from acbuild.fs.staging import DeviceNode, StagedRootfs
-from acbuild.image.users import resolve_group, resolve_user
+from acbuild.image.users import MAX_ID, numeric_id, resolve_group, resolve_user
 from acbuild.report import NullReporter, Reporter
 
 __all__ = ["copy_instruction", "normalised_mode", "parse_chown"]
 
 _CHUNK = 1 << 20
 _PROGRESS_EVERY = 8 << 20
-_MAX_ID = 2**32 - 2  # (uid_t)-1 means "unchanged" to chown
 _NODE_KINDS = {stat.S_IFCHR: "chr", stat.S_IFBLK: "blk", stat.S_IFIFO: "fifo"}
 
 
@@ -467,8 +466,8 @@ def parse_chown(spec: str, rootfs: StagedRootfs, span: Span) -> tuple[int, int]:
     if not user or (sep and not group):
         raise BuildError(f"COPY --chown='{spec}' must be uid[:gid]", span=at)
     try:
-        if user.isdigit():
-            uid = _check_id(int(user), spec, at)
+        if (number := numeric_id(user)) is not None:
+            uid = number
             gid = uid if not sep else resolve_group(rootfs.root, group)
         else:
             ident = resolve_user(rootfs.root, user, group if sep else None)
@@ -481,7 +480,7 @@ def parse_chown(spec: str, rootfs: StagedRootfs, span: Span) -> tuple[int, int]:
 
 
 def _check_id(value: int, spec: str, span: Span) -> int:
-    if value > _MAX_ID:
+    if value > MAX_ID:
         raise BuildError(f"COPY --chown='{spec}': id {value} is out of range", span=span)
     return value
 

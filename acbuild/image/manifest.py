@@ -237,6 +237,8 @@ def from_json_bytes(data: bytes) -> ImageManifest:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ImageError(f"image manifest is not valid JSON: {e}") from None
+    except ValueError as e:  # e.g. an integer longer than Python converts (4300 digits)
+        raise ImageError(f"image manifest cannot be read: {e}") from None
     except RecursionError:
         raise ImageError("image manifest is nested too deeply") from None
     if (where := lone_surrogate(doc)) is not None:

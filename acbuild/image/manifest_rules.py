@@ -244,7 +244,7 @@ def isolator_value_problem(name: str, value_json: str) -> str | None:
         return f"unknown isolator {name!r}"
     try:
         value = json.loads(value_json)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, and integers too long to read
         return f"isolator {name}: value is not valid JSON"
     if value is None:  # the reference dereferences the missing value and panics
         return f"isolator {name}: value is missing"

@@ -69,32 +69,50 @@ def _read_bounded(root: Path, unsafe: str) -> bytes | None:
     return data
 
 
-def _number(text: str) -> int | None:
-    return int(text) if text.isdigit() else None
+MAX_ID = (1 << 32) - 2  # uid/gid 2^32-1 is -1 to setresuid: "leave unchanged"
+
+
+def numeric_id(text: str) -> int | None:
+    """A numeric uid or gid; None for a name; an error for a number no id can be."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    if len(text) > 10 or int(text) > MAX_ID:
+        raise AcbuildError(f"user or group id {text[:20]}{'…' if len(text) > 20 else ''} is "
+                           f"out of range (0 to {MAX_ID})")
+    return int(text)
+
+
+def _row_id(text: str) -> int | None:
+    """An id column of the image's passwd or group file; None where it is not a valid id."""
+    try:
+        return numeric_id(text)
+    except AcbuildError:
+        return None
 
 
 def resolve_group(root: Path, group: str) -> int:
     """A group name or number as a gid."""
-    if (gid := _number(group)) is not None:
+    if (gid := numeric_id(group)) is not None:
         return gid
     for row in _read_db(root, "group"):
-        if len(row) >= 3 and row[0] == group and row[2].isdigit():
-            return int(row[2])
+        if len(row) >= 3 and row[0] == group and (found := _row_id(row[2])) is not None:
+            return found
     raise AcbuildError(f"group '{group}' not found in the image's /etc/group")
 
 
 def resolve_user(root: Path, user: str, group: str | None = None) -> Identity:
     """A user (name or number) and optional group as ids; the group defaults to the user's
     primary group from /etc/passwd, else the same number as the uid."""
-    uid = _number(user)
+    uid = numeric_id(user)
     gid: int | None = None
     home = "/root" if uid == 0 else "/"
     for row in _read_db(root, "passwd"):
-        if len(row) < 6 or not row[2].isdigit():
+        row_uid = _row_id(row[2]) if len(row) >= 6 else None
+        if row_uid is None:
             continue
-        if (uid is None and row[0] == user) or (uid is not None and int(row[2]) == uid):
-            uid, home = int(row[2]), row[5] or "/"
-            gid = _number(row[3])
+        if (uid is None and row[0] == user) or (uid is not None and row_uid == uid):
+            uid, home = row_uid, row[5] or "/"
+            gid = _row_id(row[3])
             break
     if uid is None:
         raise AcbuildError(f"user '{user}' not found in the image's /etc/passwd")

@@ -183,7 +183,7 @@ def test_chown(ctx: Path, rootfs: StagedRootfs, chown: str, owner: tuple[int, in
     ("app:wheel", "COPY --chown: group 'wheel' not found in the image's /etc/group"),
     ("app:", "COPY --chown='app:' must be uid[:gid]"),
     (":5", "COPY --chown=':5' must be uid[:gid]"),
-    ("4294967295", "COPY --chown='4294967295': id 4294967295 is out of range"),
+    ("4294967295", "COPY --chown: user or group id 4294967295 is out of range (0 to 4294967294)"),
 ])
 def test_chown_errors(ctx: Path, rootfs: StagedRootfs, chown: str, message: str) -> None:
     write_users(rootfs)
