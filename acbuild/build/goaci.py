@@ -15,17 +15,13 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from acbuild.build.build import BuildOptions, BuildResult, build
+from acbuild.build.build import BuildOptions, BuildResult, build, work_directory
 from acbuild.errors import BuildError
-from acbuild.fs.leftovers import owner_tag, sweep
-from acbuild.fs.staging import remove_tree
 from acbuild.image.manifest_rules import AC_IDENTIFIER_RULE, is_ac_identifier, os_arch_problem
 from acbuild.report import Reporter
 
@@ -132,7 +128,7 @@ def build_go(images: tuple[GoImage, ...], options: GoOptions, template: BuildOpt
     its acfile and output are replaced per image."""
     go = _find_go(options.environ)
     results = []
-    with _work_directory() as work:
+    with work_directory() as work:  # the build's own: per-user, swept safely
         for number, image in enumerate(images):
             context = work / str(number)
             context.mkdir()
@@ -323,13 +319,3 @@ def _compile(go: str, image: GoImage, out_dir: Path, options: GoOptions,
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
-
-
-@contextmanager
-def _work_directory() -> Iterator[Path]:
-    sweep(Path(tempfile.gettempdir()), "acbuild-go-")  # what killed runs left behind
-    path = Path(tempfile.mkdtemp(prefix=f"acbuild-go-{owner_tag()}."))
-    try:
-        yield path
-    finally:
-        remove_tree(path)
