@@ -14,23 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from acbuild.sandbox.sandbox import SandboxResult, SandboxSpec, run_sandboxed, sandbox_available
-from tests.support.busybox import busybox_available, make_busybox_rootfs
+from tests.support.busybox import make_busybox_rootfs
+from tests.support.sandboxrun import IS_ROOT, needs_sandbox, run
 
-_reason = sandbox_available() if busybox_available() else "busybox-static is not installed"
-pytestmark = pytest.mark.skipif(_reason is not None, reason=f"no sandbox: {_reason}")
-IS_ROOT = os.geteuid() == 0
+pytestmark = needs_sandbox
 
 
 @pytest.fixture
 def rootfs(tmp_path: Path) -> Path:
     return make_busybox_rootfs(tmp_path / "rootfs")
-
-
-def run(root: Path, script: str, **kw: object) -> tuple[SandboxResult, list[str]]:
-    lines: list[str] = []
-    spec = SandboxSpec(rootfs=root, argv=("/bin/sh", "-c", script), **kw)  # type: ignore[arg-type]
-    return run_sandboxed(spec, lines.append), lines
 
 
 @pytest.fixture
