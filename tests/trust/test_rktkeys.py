@@ -11,7 +11,7 @@ import pytest
 from acbuild.errors import TrustError
 from acbuild.trust.rktkeys import check_signing_key, rkt_problems
 from tests.support.cli import acbuild
-from tests.support.gpghelp import Keys
+from tests.support.gpghelp import Keys, kill_agent
 
 pytest_plugins = ("tests.support.fetchhelp",)  # gpgkeys
 
@@ -28,9 +28,11 @@ def test_rsa_key_is_fine_eddsa_is_not(gpgkeys: Keys) -> None:
         check_signing_key(gpgkeys.fpr["old"], gpgkeys.home)
 
 
-def test_subkey_rkt_cannot_read_is_reported(gpgkeys: Keys, tmp_path: Path) -> None:
+def test_subkey_rkt_cannot_read_is_reported(gpgkeys: Keys, tmp_path: Path,
+                                            request: pytest.FixtureRequest) -> None:
     home = tmp_path / "g"
     home.mkdir(mode=0o700)
+    request.addfinalizer(lambda: kill_agent(home))  # leave no gpg-agent behind
     gpg = ["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback",
            "--passphrase", ""]
     subprocess.run([*gpg, "--quick-gen-key", "Sub <sub@example.com>", "rsa2048", "sign",
