@@ -19,6 +19,7 @@ from acbuild.cli.commands.common import (
 )
 from acbuild.cli.commands.trustopts import (
     base_loader,
+    make_signer,
         pull_policy_option,
     signing_options,
     trust_options,
@@ -91,7 +92,7 @@ def command(
     from acbuild.build.build import BuildOptions, build
     from acbuild.build.repro import check_reproducible
     from acbuild.fs.atomic import atomic_write, check_writable
-    from acbuild.trust.sign import read_passphrase, remove_stale_signature, sign_image
+    from acbuild.trust.sign import remove_stale_signature
 
     acfile, context = resolve_acfile(path, acfile_file, context)
     to_stdout = output == Path("-")
@@ -101,11 +102,7 @@ def command(
     if iidfile is not None:
         check_writable(iidfile)
     reporter = state().reporter()
-    passphrase = read_passphrase(passphrase_file)
-
-    def signer(image: Path, key: str) -> Path:
-        return sign_image(image, key, gpg_home=gpg_home, passphrase=passphrase,
-                          reporter=reporter).signature
+    signer = make_signer(gpg_home, passphrase_file, reporter)
 
     with contextlib.ExitStack() as stack:
         if to_stdout:

@@ -11,9 +11,9 @@ from acbuild.build.build import BuildOptions
 from acbuild.build.goaci import GoOptions, build_go, plan_images
 from acbuild.cli.commands.build import summarise
 from acbuild.cli.commands.common import global_options, state
-from acbuild.cli.commands.trustopts import base_loader, signing_options
+from acbuild.cli.commands.trustopts import base_loader, make_signer, signing_options
 from acbuild.image.compression import COMPRESSIONS
-from acbuild.trust.sign import read_passphrase, remove_stale_signature, sign_image
+from acbuild.trust.sign import remove_stale_signature
 
 
 @click.command("go")
@@ -64,11 +64,7 @@ def command(
     if print_acfile:
         click.echo("\n".join(image.acfile() for image in images), nl=False)
         return
-    passphrase = read_passphrase(passphrase_file)
-
-    def signer(path: Path, key: str) -> Path:
-        return sign_image(path, key, gpg_home=gpg_home, passphrase=passphrase,
-                          reporter=reporter).signature
+    signer = make_signer(gpg_home, passphrase_file, reporter)
 
     template = BuildOptions(
         acfile=Path("Acfile"),  # each image's own replaces it

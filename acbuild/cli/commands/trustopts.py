@@ -57,6 +57,20 @@ def signing_options(what: str) -> Callable[[F], F]:
     return decorate
 
 
+def make_signer(gpg_home: Path | None, passphrase_file: Path | None,
+                reporter: Reporter) -> Callable[[Path, str], Path]:
+    """What signs an image for build and go: --gpg-home and --passphrase-file applied."""
+    from acbuild.trust.sign import read_passphrase, sign_image
+
+    passphrase = read_passphrase(passphrase_file)
+
+    def signer(image: Path, key: str) -> Path:
+        return sign_image(image, key, gpg_home=gpg_home, passphrase=passphrase,
+                          reporter=reporter).signature
+
+    return signer
+
+
 def trust_options(f: F) -> F:
     opts = [
         click.option("--trust-store", type=click.Path(path_type=Path, file_okay=False),
