@@ -16,11 +16,14 @@ import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pathspec
 
 from acbuild.errors import BuildError, Span
 from acbuild.fs.beneath import ESCAPES, open_beneath, parent_beneath
+
+_T = TypeVar("_T")
 
 IGNORE_FILE = ".acignore"
 _GLOB_CHARS = frozenset("*?[")
@@ -113,15 +116,8 @@ class BuildContext:
 
         Opened non-blocking (a FIFO swapped in cannot hang the build), then checked to be
         a regular file with the scan's (st_dev, st_ino)."""
-        root = self._open_root()
-        try:
-            fd = open_beneath(root, rel, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-        except OSError as e:
-            if e.errno in ESCAPES or e.errno == errno.ENOENT:
-                raise _changed(rel) from None
-            raise
-        finally:
-            os.close(root)
+        fd = self._beneath(rel, lambda root: open_beneath(
+            root, rel, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY))
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or _identity(st) != _identity(seen):
             os.close(fd)
@@ -132,9 +128,14 @@ class BuildContext:
     def open_parent(self, rel: str) -> tuple[int, str]:
         """(descriptor of the directory holding ``rel``, its name), opened beneath the
         context without following symlinks; the caller closes it."""
+        return self._beneath(rel, lambda root: parent_beneath(root, rel))
+
+    def _beneath(self, rel: str, reach: Callable[[int], _T]) -> _T:
+        """``reach(root fd)`` for the path ``rel``; a path that is gone or now leads out of
+        the context (a symlink swapped in) is the build context changing under the build."""
         root = self._open_root()
         try:
-            return parent_beneath(root, rel)
+            return reach(root)
         except OSError as e:
             if e.errno in ESCAPES or e.errno == errno.ENOENT:
                 raise _changed(rel) from None
@@ -274,15 +275,8 @@ class BuildContext:
     def _scan_rel(self, rel: str, prefix: str,
                   depth: int | None) -> Iterator[tuple[str, os.stat_result]]:
         """``scan`` of the context directory ``rel``, opened beneath the root."""
-        root = self._open_root()
-        try:
-            fd = open_beneath(root, rel, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError as e:
-            if e.errno in ESCAPES or e.errno == errno.ENOENT:
-                raise _changed(rel) from None
-            raise
-        finally:
-            os.close(root)
+        fd = self._beneath(rel, lambda root: open_beneath(root, rel,
+                                                          os.O_RDONLY | os.O_DIRECTORY))
         try:
             yield from _scan_fd(fd, prefix, depth,
                                 lambda r: self.is_ignored(r, is_dir=True))
