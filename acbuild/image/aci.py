@@ -45,6 +45,14 @@ class EntryInfo:
 @contextlib.contextmanager
 def open_tar(path: Path) -> Iterator[BinaryIO]:
     """The decompressed tar stream of the archive at ``path``."""
+    with open_tar_measured(path) as (stream, _position):
+        yield stream
+
+
+@contextlib.contextmanager
+def open_tar_measured(path: Path) -> Iterator[tuple[BinaryIO, Callable[[], tuple[int, int]]]]:
+    """``open_tar``, and a function telling how far into the file (compressed bytes) the
+    reading is and the file's size: the one progress total known before the end."""
     try:
         # O_NONBLOCK: a FIFO in an image's place must be refused, not wait for a writer.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -54,11 +62,17 @@ def open_tar(path: Path) -> Iterator[BinaryIO]:
     except OSError as e:
         raise ImageError(f"{path}: cannot read: {e.strerror}") from None
     with f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
             raise ImageError(f"{path}: not a regular file")
+
+        def position() -> tuple[int, int]:
+            # The decompressor reads ahead by a buffer: never more than the whole.
+            return min(os.lseek(fd, 0, os.SEEK_CUR), info.st_size), info.st_size
+
         with archive_errors():
             stream = compression.open_decompressed(f)
-        yield stream
+        yield stream, position
 
 
 def read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int, what: str) -> bytes:
@@ -207,15 +221,21 @@ def _extract(path: Path, rootfs: StagedRootfs, prefix: str | None,
     def outside(name: str, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         reader.offer(name, member, tar)
 
-    with open_tar(path) as stream:
+    with open_tar_measured(path) as (stream, position):
         hashing = _Hashing(stream)
+
+        def progress() -> None:
+            if reporter is not None:
+                reporter.progress("extract", *position())
+
         used = extract_tar(
             hashing, rootfs, prefix=prefix, limits=limits,  # type: ignore[arg-type]
-            reporter=reporter, on_outside=outside, keep=keep,
+            reporter=reporter, on_outside=outside, keep=keep, progress=progress,
         )
         with archive_errors():
             while hashing.read(CHUNK):
                 pass  # extract_tar stops at the tar's end; the ID covers every byte
+        progress()
     if expect_id is not None and not ("sha512-" + hashing.digest.hexdigest()).startswith(
             expect_id):
         raise ImageError(f"{path} changed after it was checked: its image ID is no longer "

@@ -53,12 +53,15 @@ def extract_tar(
     reporter: Reporter | None = None,
     on_outside: OutsideHook | None = None,
     keep: Callable[[str], bool] | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> str:
     """Extract the tar in ``stream`` into ``rootfs``; returns the prefix used.
 
     ``prefix=None`` decides from the first entry: ``rootfs/`` when it is ``manifest`` or
     ``rootfs`` (an ACI), else ``""``. Entries outside the prefix go to ``on_outside``;
     with ``keep``, only the entries whose name (below the prefix) it accepts are extracted.
+    ``progress`` is called every few MB and at the end: only the caller knows a total
+    (the compressed size it reads), so it reports.
     """
     writer = RootfsWriter(rootfs, reporter=reporter, whiteouts=whiteouts)
     source = TarSource(stream)
@@ -84,8 +87,8 @@ def extract_tar(
                 assert data is not None  # a regular file always has a data stream
                 writer.file(rel, data, member)
             done += member.size
-            if done - reported >= 8 * CHUNK and reporter is not None:
-                reporter.progress("extract", done, None)
+            if done - reported >= 8 * CHUNK and progress is not None:
+                progress()
                 reported = done
         elif member.islnk():
             target = strip_prefix(clean_name(member.linkname), prefix)
@@ -97,8 +100,8 @@ def extract_tar(
         else:
             writer.other(rel, member)
     writer.finish()
-    if reporter is not None:
-        reporter.progress("extract", done, None)
+    if progress is not None:
+        progress()
     return prefix or ""
 
 

@@ -3,16 +3,24 @@ through a terminal emulator (pyte), at 80 and 120 columns."""
 
 from __future__ import annotations
 
+import random
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 
+from acbuild.report import NullReporter
+from acbuild.trust.sign import sign_image
+from acbuild.trust.truststore import TrustStore
 from tests.conftest import EXAMPLES
 from tests.support.busybox import BUSYBOX, busybox_available
 from tests.support.cli import acbuild
+from tests.support.gpghelp import Keys, make_aci
+from tests.support.httpserver import Server
 from tests.support.terminal import Screen, run_in_terminal
+
+pytest_plugins = ("tests.support.fetchhelp",)  # gpgkeys, http_server
 
 WIDTHS = (80, 120)
 STEP = re.compile(r"^ => (CACHED |ERROR )?\[\d+/\d+\] .* +\d+\.\ds$")
@@ -144,3 +152,35 @@ def test_errors_are_red_on_a_colour_terminal_only(tmp_path: Path) -> None:
     assert any(line.startswith("error: Acfile not found") for line in red.lines), red.lines
     plain = run_in_terminal("build", "-f", missing, env={"NO_COLOR": "1"})
     assert plain.code == 1 and b"\x1b[" not in plain.raw.replace(b"\x1b[?25", b"")
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_fetch_shows_a_bar_while_downloading_and_leaves_none(tmp_path: Path, columns: int,
+                                                               http_server: Server,
+                                                               gpgkeys: Keys) -> None:
+    name = "127.0.0.1/app"
+    (http_server.root / "app").mkdir()
+    image = make_aci(http_server.root / "app/app-1.0.aci", name, {"version": "1.0"},
+                     payload=random.Random(1).randbytes(3 << 20))
+    sign_image(image, gpgkeys.fpr["alice"], gpg_home=gpgkeys.home, reporter=NullReporter())
+    (http_server.root / "app/index.html").write_text(
+        f'<meta name="ac-discovery" '
+        f'content="{name} {http_server.url}/app/app-{{version}}.{{ext}}">')
+    http_server.behaviour.paced["/app/app-1.0.aci"] = 0.04  # about 2 s: the bar is seen
+    trust = TrustStore(tmp_path / "trust")
+    trust.add(gpgkeys.pub["alice"].read_bytes(), prefix=name)
+    seen: list[str] = []
+
+    def watch(rows: list[str]) -> None:
+        seen.extend(row for row in rows if "%" in row)
+
+    screen = run_in_terminal("fetch", f"{name}:1.0", "--insecure", "--port",
+                             str(http_server.port), "--trust-store", trust.root,
+                             "--store", tmp_path / "images", columns=columns, watch=watch)
+    assert screen.code == 0, screen.text
+    assert screen.stdout.decode().strip().startswith("sha512-")
+    assert any(re.search(r"\b\d{1,3}%", row) for row in seen), "no bar with a percentage"
+    assert all(len(row) <= columns for row in seen)
+    lines = [*screen.history, *screen.lines]
+    assert not any("%" in line or "ETA" in line for line in lines), "a bar was left behind"
+    assert lines, "fetch said nothing of what it verified"

@@ -15,6 +15,7 @@ from acbuild.errors import ImageError
 from acbuild.fs.staging import DeviceNode, StagedRootfs
 from acbuild.image.aci import image_id, iter_entries, read_manifest, unpack_base, unpack_image
 from acbuild.image.tarread import Limits
+from acbuild.report import NullReporter
 from tests.support.hostile import MINIMAL_MANIFEST, Tar, aci, compress, snapshot
 
 
@@ -75,6 +76,24 @@ def test_unpack_image(tmp_path: Path, rootfs: StagedRootfs) -> None:
     assert m.name == "example.com/test"
     assert (rootfs.root / "bin/sh").read_bytes() == b"#!"
     assert sorted(os.listdir(rootfs.root)) == ["bin"]
+
+
+@pytest.mark.parametrize("kind", ["gzip", "none"])
+def test_unpack_reports_progress_against_the_file_size(tmp_path: Path, rootfs: StagedRootfs,
+                                                        kind: str) -> None:
+    calls: list[tuple[str, int, int | None]] = []
+
+    class Rep(NullReporter):
+        def progress(self, what: str, done: int, total: int | None) -> None:
+            calls.append((what, done, total))
+
+    t = aci().file("rootfs/big", os.urandom(3 << 20)).file("rootfs/small", b"s")
+    path = _write(tmp_path, t.data(), kind)
+    unpack_image(path, rootfs, reporter=Rep())
+    size = path.stat().st_size
+    assert calls and all(what == "extract" and total == size for what, _, total in calls)
+    assert calls[-1][1] == size  # ends at 100 %, so the bar can go
+    assert [done for _, done, _ in calls] == sorted(done for _, done, _ in calls)
 
 
 def test_unpack_image_without_manifest(tmp_path: Path, rootfs: StagedRootfs) -> None:

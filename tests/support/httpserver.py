@@ -18,6 +18,7 @@ import ipaddress
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ class Behaviour:
     statuses: dict[str, int] = field(default_factory=dict)  # path -> status code
     cut_off: set[str] = field(default_factory=set)  # paths sent only halfway
     requests: list[str] = field(default_factory=list)  # every request line's target
+    paced: dict[str, float] = field(default_factory=dict)  # path -> seconds per 64 KiB sent
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -58,6 +60,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.send_error(self.behaviour.statuses[path])
         elif path in self.behaviour.cut_off:
             self._send_half(path)
+        elif path in self.behaviour.paced:
+            self._send_paced(path, self.behaviour.paced[path])
         else:
             super().do_GET()
 
@@ -69,6 +73,18 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self.wfile.write(data[: len(data) // 2])
         self.wfile.flush()
         self.close_connection = True
+
+    def _send_paced(self, path: str, pause: float) -> None:
+        """The whole file, slowly: a client's progress bar can be watched mid-transfer."""
+        source = Path(self.translate_path(path))
+        self.send_response(200)
+        self.send_header("Content-Length", str(source.stat().st_size))
+        self.end_headers()
+        with source.open("rb") as f:
+            while chunk := f.read(64 << 10):
+                self.wfile.write(chunk)
+                self.wfile.flush()
+                time.sleep(pause)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
