@@ -27,6 +27,8 @@ from acbuild.build.execute import ExecuteOptions, execute, reported_step, step_i
 from acbuild.build.rktcompat import rkt_warnings
 from acbuild.cache.buildcache import BuildCache, StageState
 from acbuild.cache.cache import CacheStore, ImageRecord, default_cache_dir
+from acbuild.cache.remote import CacheRepo, open_remote
+from acbuild.distribution.registry.transport import TransportOptions
 from acbuild.errors import AcfileError, BuildError, Span, TrustError, raise_all
 from acbuild.fs.atomic import check_writable
 from acbuild.fs.leftovers import owner_tag, sweep
@@ -70,6 +72,9 @@ class BuildOptions:
     sign: bool = True  # False: leave SIGN for later (--check-repro signs once it compared)
     refuse_signing: str | None = None  # why signing cannot be done (e.g. -o -), said at SIGN
     gpg_home: Path | None = None  # where the SIGN keys are; None: gpg's default
+    cache_from: tuple[CacheRepo, ...] = ()  # --cache-from registry://…: looked up on a miss
+    cache_to: CacheRepo | None = None  # --cache-to registry://…: every step pushed after
+    transport: TransportOptions = TransportOptions()  # how registries are reached
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,12 +145,14 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
     epoch = build_epoch(options.environ)
     context = build_context(options)
     cache = open_cache(options, reporter)
-    with _session(cache), work_directory() as work:
+    with _session(cache), work_directory() as work, _remote(cache, options, reporter):
         if cache is not None:
             plan = key_steps(plan, options, cache, context, epoch, reporter)
         written = _cached_image(plan, options, cache, epoch, reporter)
         if written is None:
             written = _build_image(plan, options, cache, context, epoch, work, reporter)
+        if cache is not None:
+            cache.export_remote(plan)
     for warning in rkt_warnings(written.manifest):
         reporter.warning(warning, plan.target.begin.span)
     signatures: tuple[Path, ...] = ()
@@ -212,6 +219,24 @@ def open_cache(options: BuildOptions, reporter: Reporter) -> BuildCache | None:
         return None
     return BuildCache(CacheStore(options.cache_dir or default_cache_dir(options.environ)),
                       reporter)
+
+
+@contextmanager
+def _remote(cache: BuildCache | None, options: BuildOptions,
+            reporter: Reporter) -> Iterator[None]:
+    """The --cache-from/--cache-to registries, open while the build runs (the cache reads
+    and fills them through ``cache.remote``)."""
+    if cache is None:
+        yield
+        return
+    with open_remote(cache.store, reporter, sources=options.cache_from,
+                     destination=options.cache_to, transport=options.transport,
+                     environ=options.environ) as remote:
+        cache.remote = remote
+        try:
+            yield
+        finally:
+            cache.remote = None
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from pathlib import Path
 from acbuild.acfile.context import BuildContext
 from acbuild.acfile.instructions import Copy, Run, Workdir
 from acbuild.cache.cache import CacheStore, CorruptTree, ImageRecord, StepRecord
+from acbuild.cache.remote import RemoteCache
 from acbuild.cache.snapshot import KnownDigests
 from acbuild.cache.statcache import base_identity, image_key, key_plan
 from acbuild.fs.staging import StagedRootfs, remove_tree
@@ -45,6 +46,7 @@ class Resume:
     state: StageState | None = None
     tree: str | None = None  # key of the entry holding the rootfs after the cached steps
     deferred: StepRecord | None = None
+    source: str | None = None  # registry://… when the entry came from a --cache-from
 
 
 def runs_after(steps: tuple[Step, ...]) -> bool:
@@ -54,9 +56,11 @@ def runs_after(steps: tuple[Step, ...]) -> bool:
 
 
 class BuildCache:
-    def __init__(self, store: CacheStore, reporter: Reporter) -> None:
+    def __init__(self, store: CacheStore, reporter: Reporter,
+                 remote: RemoteCache | None = None) -> None:
         self.store = store
         self.reporter = reporter
+        self.remote = remote
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -96,10 +100,16 @@ class BuildCache:
         for number in range(len(stage.steps) - 1, -1, -1):
             key = stage.steps[number].key
             record = self.store.step(key) if key is not None else None
+            source = None
+            if record is None and key is not None and self.remote is not None:
+                # Imported into the local store, then used as a local entry is.
+                source = self.remote.fetch(key)
+                record = self.store.step(key) if source is not None else None
             if record is None:
                 continue
             if number == len(stage.steps) - 1 and not needed_now:
-                return Resume(cached=number + 1, tree=record.tree, deferred=record)
+                return Resume(cached=number + 1, tree=record.tree, deferred=record,
+                              source=source)
             try:
                 state = self.restore(record, root,
                                      link=not runs_after(stage.steps[number + 1 :]))
@@ -107,7 +117,7 @@ class BuildCache:
                 self.reporter.warning(f"{e.message}; building the step again")
                 remove_tree(root)
                 continue
-            return Resume(cached=number + 1, state=state, tree=record.tree)
+            return Resume(cached=number + 1, state=state, tree=record.tree, source=source)
         return Resume()
 
     def restore(self, record: StepRecord, root: Path, *, link: bool) -> StageState:
@@ -137,6 +147,16 @@ class BuildCache:
             self.reporter.warning(f"cannot store step {number + 1} in the cache: {e}")
             return None
         return key if changes_rootfs else tree
+
+    def export_remote(self, plan: Plan) -> None:
+        """Push every step of ``plan`` the local cache holds to the --cache-to registry."""
+        if self.remote is None or self.remote.destination is None:
+            return
+        keys = [step.key for stage in plan.stages for step in stage.steps
+                if step.key is not None]
+        pushed, present = self.remote.export(keys)
+        self.reporter.info(f"cache exported to {self.remote.destination[0].url()}: "
+                           f"{pushed} new steps, {present} already there")
 
     # -- final images ------------------------------------------------------------------------
 
