@@ -103,7 +103,7 @@ class BuildCache:
             source = None
             if record is None and key is not None and self.remote is not None:
                 # Imported into the local store, then used as a local entry is.
-                source = self.remote.fetch(key)
+                source = self.remote.fetch(key, f"step {stage.steps[number].number}")
                 record = self.store.step(key) if source is not None else None
             if record is None:
                 continue

@@ -128,19 +128,19 @@ class RemoteCache:
 
     # ---- import ---------------------------------------------------------------------------
 
-    def fetch(self, key: str) -> str | None:
-        """Import step ``key`` from the first --cache-from that has it; the URL of that
-        cache, or None (a miss)."""
+    def fetch(self, key: str, what: str) -> str | None:
+        """Import step ``key`` (``what``: "step 3") from the first --cache-from that has
+        it; the URL of that cache, or None (a miss)."""
         for source in self.sources:
             if not source.alive:
                 continue
             try:
                 if self._import(source, key):
-                    self.reporter.info(f"step {key[7:19]} imported from {source.repo.url()}")
+                    self.reporter.info(f"{what} imported from {source.repo.url()}")
                     return source.repo.url()
             except RemoteEntryError as e:
-                self.reporter.warning(f"{source.repo.url()}: cache entry {step_tag(key)[:17]}… "
-                                      f"{e.message}; building the step")
+                self.reporter.warning(f"{source.repo.url()}: the entry of {what} {e.message}; "
+                                      "it is a miss")
             except (AcbuildError, OSError) as e:
                 source.alive = False
                 message = e.message if isinstance(e, AcbuildError) else str(e)
@@ -295,15 +295,13 @@ def open_remote(store: CacheStore, reporter: Reporter, *, sources: Sequence[Cach
         yield None
         return
     with contextlib.ExitStack() as stack:
-        def session(repo: CacheRepo, kind: type[Session]) -> Session:
+        def session(repo: CacheRepo) -> PushSession:
             api = DOCKER_HUB_API if repo.registry == DOCKER_HUB else repo.registry
-            return stack.enter_context(kind(repo.registry, transport,
-                                            lookup(repo.registry, environ), api_host=api))
+            made = PushSession(repo.registry, transport, lookup(repo.registry, environ),
+                               api_host=api)
+            stack.callback(made.close)
+            return made
 
-        push = None
-        if destination is not None:
-            push_session = session(destination, PushSession)
-            assert isinstance(push_session, PushSession)
-            push = (destination, push_session)
-        yield RemoteCache(store, reporter, sources=[(r, session(r, Session)) for r in sources],
+        push = None if destination is None else (destination, session(destination))
+        yield RemoteCache(store, reporter, sources=[(r, session(r)) for r in sources],
                           destination=push)

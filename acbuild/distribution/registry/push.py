@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from acbuild.distribution.registry.credentials import lookup
 from acbuild.distribution.registry.reference import Reference, RegistryError
-from acbuild.distribution.registry.upload import BlobPush, Repository
+from acbuild.distribution.registry.transport import TransportOptions
+from acbuild.distribution.registry.upload import BlobPush, PushSession, Repository
 from acbuild.report import Reporter
 
 _MANIFEST_TYPES = frozenset({"application/vnd.oci.image.manifest.v1+json",
@@ -118,3 +120,13 @@ def push_layout(repository: Repository, reference: Reference, layout: Path, *,
     assert reference.tag is not None  # check_push_reference refused digests
     digest = repository.put_manifest(reference.tag, body, media_type)
     return PushResult(reference=reference, digest=digest, blobs=tuple(pushed))
+
+
+def push_image(layout: Path, reference: Reference, options: TransportOptions,
+               environ: Mapping[str, str], reporter: Reporter | None = None) -> PushResult:
+    """Push ``layout`` as ``reference`` with the user's stored credentials for its registry."""
+    credential = lookup(reference.registry, environ)
+    session = PushSession(reference.registry, options, credential, api_host=reference.api_host)
+    with session:
+        return push_layout(Repository(session, reference.repository), reference, layout,
+                           reporter=reporter)

@@ -1,0 +1,117 @@
+"""Options of the verbs that push to a registry (export, build) and share the step cache
+through one (build): --push, --cache-from, --cache-to, --insecure-registry.
+
+Values are checked as the command line is parsed (a bad reference is a usage error, exit 2,
+before any work); the registry modules are imported only then, so --help stays quick.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from acbuild.report import Field, Reporter
+
+if TYPE_CHECKING:
+    from acbuild.distribution.registry.push import PushResult
+    from acbuild.distribution.registry.reference import Reference
+    from acbuild.distribution.registry.transport import TransportOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _push_target(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    from acbuild.distribution.registry.push import check_push_reference
+    from acbuild.distribution.registry.reference import RegistryError, parse_reference
+
+    if not value.startswith("docker://"):
+        raise click.BadParameter(f"{value!r}: push to docker://REGISTRY/NAME:TAG", ctx, param)
+    try:
+        return check_push_reference(parse_reference(value))
+    except RegistryError as e:
+        raise click.BadParameter(e.message, ctx, param) from None
+
+
+def _cache_repo(option: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        from acbuild.cache.remote import parse_cache_ref
+        from acbuild.errors import AcbuildError
+
+        try:
+            if isinstance(value, tuple):
+                return tuple(parse_cache_ref(v, option) for v in value)
+            return None if value is None else parse_cache_ref(value, option)
+        except AcbuildError as e:
+            raise click.BadParameter(e.message.removeprefix(f"{option} "), ctx, param) from None
+
+    return callback
+
+
+def push_option(f: F) -> F:
+    return click.option(
+        "--push", "push_to", metavar="docker://REGISTRY/NAME:TAG", callback=_push_target,
+        help="Push the OCI image to this registry tag (blobs it has already are not sent).")(f)
+
+
+def insecure_registry_option(f: F) -> F:
+    return click.option(
+        "--insecure-registry", "insecure_registries", multiple=True, metavar="HOST:PORT",
+        help="Reach this registry over plain HTTP (repeatable); all others need TLS.")(f)
+
+
+def cache_options(f: F) -> F:
+    f = click.option(
+        "--cache-to", metavar="registry://REGISTRY/REPO", callback=_cache_repo("--cache-to"),
+        help="After the build, push its step-cache entries to this repository.")(f)
+    return click.option(
+        "--cache-from", multiple=True, metavar="registry://REGISTRY/REPO",
+        callback=_cache_repo("--cache-from"),
+        help="Look up steps the local cache misses in this repository (repeatable).")(f)
+
+
+def transport(insecure_registries: tuple[str, ...], ca_file: Path | None) -> TransportOptions:
+    from acbuild.distribution.registry.reference import RegistryError, check_host
+    from acbuild.distribution.registry.transport import TransportOptions
+
+    for host in insecure_registries:
+        try:
+            check_host(host, "--insecure-registry")
+        except RegistryError as e:
+            raise click.BadParameter(e.message, param_hint="--insecure-registry") from None
+    return TransportOptions(insecure_registries=insecure_registries, ca_file=ca_file)
+
+
+@contextmanager
+def layout_to_push(output: Path | None) -> Iterator[Path]:
+    """Where to write the OCI layout that is pushed: ``output``, or a private temporary
+    directory removed afterwards (also when the push fails)."""
+    if output is not None:
+        yield output
+        return
+    with tempfile.TemporaryDirectory(prefix="acbuild-push-") as tmp:
+        yield Path(tmp) / "layout"
+
+
+def push(layout: Path, reference: Reference, options: TransportOptions,
+         reporter: Reporter) -> PushResult:
+    from acbuild.distribution.registry.push import push_image
+
+    reporter.info(f"pushing {reference.url()}")
+    result = push_image(layout, reference, options, os.environ, reporter)
+    sent = sum(1 for b in result.blobs if b.how == "sent")
+    reporter.info(f"pushed {reference.url()}@{result.digest}: {sent} of {len(result.blobs)} "
+                  "blobs sent")
+    return result
+
+
+def push_fields(result: PushResult) -> tuple[Field, ...]:
+    return (Field("pushed", "pushed", f"{result.reference.url()}@{result.digest}"),
+            Field("pushed_bytes", "sent", result.sent_bytes, "bytes"))
