@@ -74,7 +74,7 @@ class BuildOptions:
     gpg_home: Path | None = None  # where the SIGN keys are; None: gpg's default
     cache_from: tuple[CacheRepo, ...] = ()  # --cache-from registry://…: looked up on a miss
     cache_to: CacheRepo | None = None  # --cache-to registry://…: every step pushed after
-    transport: TransportOptions = TransportOptions()  # how registries are reached
+    transport: TransportOptions = field(default_factory=TransportOptions)  # reaching registries
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -156,7 +156,7 @@ class BuildCache:
                 if step.key is not None]
         pushed, present = self.remote.export(keys)
         self.reporter.info(f"cache exported to {self.remote.destination[0].url()}: "
-                           f"{pushed} new steps, {present} already there")
+                           f"steps pushed {pushed}, there already {present}")
 
     # -- final images ------------------------------------------------------------------------
 
