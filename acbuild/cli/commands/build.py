@@ -21,6 +21,7 @@ from acbuild.cli.commands.trustopts import (
     base_loader,
     make_signer,
         pull_policy_option,
+    registry_options,
     signing_options,
     trust_options,
 )
@@ -62,6 +63,7 @@ def _docker_hint(hint: str) -> Callable[[click.Context, click.Parameter, Any], A
 @click.option("--check-repro", is_flag=True,
               help="Build twice without cache and fail (exit 1) if the images differ.")
 @trust_options
+@registry_options
 @pull_policy_option
 @global_options
 def command(
