@@ -356,7 +356,9 @@ class Tampering:
 
     corrupt: set[str] = field(default_factory=set)  # blob digests served with a byte flipped
     truncate: set[str] = field(default_factory=set)  # blob digests cut off halfway
-    canned: dict[str, Canned | Callable[[], Canned]] = field(default_factory=dict)  # path →
+    # path → canned answer (or a function making one); a ("Content-Length", "none") header
+    # sends the body without a length, ended by closing the connection
+    canned: dict[str, Canned | Callable[[], Canned]] = field(default_factory=dict)
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, auth
 
     def blob_gets(self) -> list[str]:
@@ -401,9 +403,14 @@ def tamper_proxy(upstream: Registry) -> Iterator[TamperProxy]:
                 got = tampering.canned[path]
                 status, headers, body = got() if callable(got) else got
                 self.send_response(status)
+                until_close = ("Content-Length", "none") in headers  # body ends at close
                 for k, v in headers:
-                    self.send_header(k, v)
-                if not any(k.lower() == "content-length" for k, _ in headers):
+                    if (k, v) != ("Content-Length", "none"):
+                        self.send_header(k, v)
+                if until_close:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                elif not any(k.lower() == "content-length" for k, _ in headers):
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if method == "GET":
