@@ -125,15 +125,19 @@ class Registry:
         return digest
 
     def access_log(self) -> list[str]:
-        """``METHOD PATH`` of every request the registry answered, in order."""
+        """``METHOD PATH STATUS`` of every request the registry answered, in order."""
         text = self.log.read_text(errors="replace")
-        return [f"{m} {p}" for m, p in re.findall(r'"(GET|HEAD|PUT|POST|PATCH|DELETE) '
-                                                   r'(\S+) HTTP/[0-9.]+"', text)]
+        return [f"{m} {p} {s}" for m, p, s in re.findall(
+            r'"(GET|HEAD|PUT|POST|PATCH|DELETE) (\S+) HTTP/[0-9.]+" (\d+)', text)]
 
     def blob_gets(self) -> list[str]:
-        """The blob digests GET asks for (HEAD and manifests not counted)."""
-        return [line.rsplit("/", 1)[1] for line in self.access_log()
-                if line.startswith("GET ") and "/blobs/" in line]
+        """The digests of the blobs GET transferred (2xx; not HEADs, not refused ones)."""
+        out = []
+        for line in self.access_log():
+            method, path, status = line.split(" ")
+            if method == "GET" and "/blobs/sha256:" in path and status.startswith("2"):
+                out.append(path.rsplit("/", 1)[1])
+        return out
 
 
 def _run(*argv: str) -> str:
