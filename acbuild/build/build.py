@@ -256,7 +256,11 @@ def key_steps(plan: Plan, options: BuildOptions, cache: BuildCache, context: Bui
     def resolve(name: str, labels: tuple[tuple[str, str], ...]) -> Path:
         return loader.resolve_name(name, labels, reporter)
 
-    return cache.key(plan, context=context, epoch=epoch, resolve=resolve)
+    def resolve_registry(text: str) -> str:
+        return loader.registries().identity(text, reporter)
+
+    return cache.key(plan, context=context, epoch=epoch, resolve=resolve,
+                     resolve_registry=resolve_registry)
 
 
 def final_image_key(plan: Plan, options: BuildOptions, epoch: int) -> str | None:

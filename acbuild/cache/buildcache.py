@@ -70,12 +70,14 @@ class BuildCache:
     # -- keys --------------------------------------------------------------------------------
 
     def key(self, plan: Plan, *, context: BuildContext, epoch: int,
-            resolve: NameResolver) -> Plan:
-        """The plan with the cache key of every step (reads the context, runs nothing)."""
+            resolve: NameResolver,
+            resolve_registry: Callable[[str], str] | None = None) -> Plan:
+        """The plan with the cache key of every step (reads the context, runs nothing).
+        ``resolve_registry``: a docker:// reference → its image manifest's digest."""
         stat_cache = self.store.stat_cache(context.root)
 
         def identity(base: BaseRef) -> str:
-            return base_identity(base, stat_cache, resolve)
+            return base_identity(base, stat_cache, resolve, resolve_registry)
 
         keyed = key_plan(plan, context=context, epoch=epoch, identity=identity,
                          stat_cache=stat_cache)

@@ -83,6 +83,14 @@ SUMMARIES = {
         'Warn about likely mistakes in each Acfile (a PATH that is a directory means its '
         'Acfile; no PATH, ./Acfile).'
     ),
+    "login": (
+        'Log in to REGISTRY (HOST[:PORT]): check the credentials with it, then save them '
+        'in ~/.docker/config.json (mode 0600) for pulls.'
+    ),
+    "logout": (
+        'Forget the credentials saved for REGISTRY (HOST[:PORT]) in ~/.docker/config.json '
+        'and $XDG_RUNTIME_DIR/containers/auth.json.'
+    ),
     "manifest": 'Print the manifest of IMAGE.',
     "plan": (
         'Print the steps of the Acfile (found as build finds it) with their cache keys, '

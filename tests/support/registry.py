@@ -125,15 +125,19 @@ class Registry:
         return digest
 
     def access_log(self) -> list[str]:
-        """``METHOD PATH`` of every request the registry answered, in order."""
+        """``METHOD PATH STATUS`` of every request the registry answered, in order."""
         text = self.log.read_text(errors="replace")
-        return [f"{m} {p}" for m, p in re.findall(r'"(GET|HEAD|PUT|POST|PATCH|DELETE) '
-                                                   r'(\S+) HTTP/[0-9.]+"', text)]
+        return [f"{m} {p} {s}" for m, p, s in re.findall(
+            r'"(GET|HEAD|PUT|POST|PATCH|DELETE) (\S+) HTTP/[0-9.]+" (\d+)', text)]
 
     def blob_gets(self) -> list[str]:
-        """The blob digests GET asks for (HEAD and manifests not counted)."""
-        return [line.rsplit("/", 1)[1] for line in self.access_log()
-                if line.startswith("GET ") and "/blobs/" in line]
+        """The digests of the blobs GET transferred (2xx; not HEADs, not refused ones)."""
+        out = []
+        for line in self.access_log():
+            method, path, status = line.split(" ")
+            if method == "GET" and "/blobs/sha256:" in path and status.startswith("2"):
+                out.append(path.rsplit("/", 1)[1])
+        return out
 
 
 def _run(*argv: str) -> str:
@@ -356,7 +360,9 @@ class Tampering:
 
     corrupt: set[str] = field(default_factory=set)  # blob digests served with a byte flipped
     truncate: set[str] = field(default_factory=set)  # blob digests cut off halfway
-    canned: dict[str, Canned | Callable[[], Canned]] = field(default_factory=dict)  # path →
+    # path → canned answer (or a function making one); a ("Content-Length", "none") header
+    # sends the body without a length, ended by closing the connection
+    canned: dict[str, Canned | Callable[[], Canned]] = field(default_factory=dict)
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, auth
 
     def blob_gets(self) -> list[str]:
@@ -401,9 +407,14 @@ def tamper_proxy(upstream: Registry) -> Iterator[TamperProxy]:
                 got = tampering.canned[path]
                 status, headers, body = got() if callable(got) else got
                 self.send_response(status)
+                until_close = ("Content-Length", "none") in headers  # body ends at close
                 for k, v in headers:
-                    self.send_header(k, v)
-                if not any(k.lower() == "content-length" for k, _ in headers):
+                    if (k, v) != ("Content-Length", "none"):
+                        self.send_header(k, v)
+                if until_close:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                elif not any(k.lower() == "content-length" for k, _ in headers):
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if method == "GET":

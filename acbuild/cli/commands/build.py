@@ -19,7 +19,6 @@ from acbuild.cli.commands.common import (
 )
 from acbuild.cli.commands.pushopts import (
     cache_options,
-    insecure_registry_option,
     layout_to_push,
     push,
     push_fields,
@@ -30,6 +29,7 @@ from acbuild.cli.commands.trustopts import (
     base_loader,
     make_signer,
     pull_policy_option,
+    registry_options,
     signing_options,
     trust_options,
 )
@@ -74,8 +74,8 @@ def _docker_hint(hint: str) -> Callable[[click.Context, click.Parameter, Any], A
               help="Build twice without cache and fail (exit 1) if the images differ.")
 @push_option
 @cache_options
-@insecure_registry_option
 @trust_options
+@registry_options
 @pull_policy_option
 @global_options
 def command(
@@ -100,7 +100,6 @@ def command(
     push_to: Reference | None,
     cache_from: tuple[CacheRepo, ...],
     cache_to: CacheRepo | None,
-    insecure_registries: tuple[str, ...],
     **trust: Any,
 ) -> None:
     """Build the image an Acfile describes: PATH/Acfile, ./Acfile with no PATH, PATH itself
@@ -118,7 +117,7 @@ def command(
     if no_cache and (cache_from or cache_to is not None):
         raise click.UsageError("--cache-from and --cache-to share the step cache, which "
                                "--no-cache turns off")
-    registries = transport(insecure_registries, trust.get("ca_file"))
+    registries = transport(trust.get("insecure_registry", ()), trust.get("ca_file"))
     to_stdout = output == Path("-")
     if to_stdout and sys.stdout.isatty():
         raise click.UsageError("-o - would write the image to the terminal: redirect stdout, "

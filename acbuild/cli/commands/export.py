@@ -12,13 +12,13 @@ import click
 
 from acbuild.cli.commands.common import global_options, state
 from acbuild.cli.commands.pushopts import (
-    insecure_registry_option,
     layout_to_push,
     push,
     push_fields,
     push_option,
     transport,
 )
+from acbuild.cli.commands.trustopts import insecure_registry_option
 from acbuild.cli.console import say
 from acbuild.fs.staging import StagedRootfs
 from acbuild.image.aci import unpack_image
@@ -53,7 +53,7 @@ def export_epoch(manifest: ImageManifest) -> int:
               help="Extra CA certificate for the registry's HTTPS.")
 @global_options
 def command(image: Path, output_format: str, output: Path | None, push_to: Reference | None,
-            insecure_registries: tuple[str, ...], ca_file: Path | None) -> None:
+            insecure_registry: tuple[str, ...], ca_file: Path | None) -> None:
     """Export the ACI IMAGE as an OCI image (one layer): to a layout directory or archive
     with -o, to a registry with --push docker://REGISTRY/NAME:TAG, or both."""
     if output is None and push_to is None:
@@ -61,7 +61,7 @@ def command(image: Path, output_format: str, output: Path | None, push_to: Refer
     if push_to is not None and output_format != "oci":
         raise click.UsageError("--push sends an OCI image; it cannot be used with "
                                "--format oci-archive")
-    options = transport(insecure_registries, ca_file) if push_to is not None else None
+    options = transport(insecure_registry, ca_file) if push_to is not None else None
     reporter = state().reporter()
     with tempfile.TemporaryDirectory(prefix="acbuild-export-") as tmp, \
             layout_to_push(output) as layout:

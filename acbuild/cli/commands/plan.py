@@ -25,7 +25,12 @@ from acbuild.cli.commands.common import (
     resolve_acfile,
     state,
 )
-from acbuild.cli.commands.trustopts import base_loader, pull_policy_option, trust_options
+from acbuild.cli.commands.trustopts import (
+    base_loader,
+    pull_policy_option,
+    registry_options,
+    trust_options,
+)
 from acbuild.cli.console import say
 from acbuild.image.finalize import build_epoch
 
@@ -34,6 +39,7 @@ from acbuild.image.finalize import build_epoch
 @acfile_argument
 @acfile_options
 @trust_options
+@registry_options
 @pull_policy_option
 @global_options
 def command(path: Path | None, acfile_file: Path | None, context: Path | None,

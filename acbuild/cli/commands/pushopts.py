@@ -1,5 +1,5 @@
 """Options of the verbs that push to a registry (export, build) and share the step cache
-through one (build): --push, --cache-from, --cache-to, --insecure-registry.
+through one (build): --push, --cache-from, --cache-to (--insecure-registry is trustopts').
 
 Values are checked as the command line is parsed (a bad reference is a usage error, exit 2,
 before any work); the registry modules are imported only then, so --help stays quick.
@@ -61,12 +61,6 @@ def push_option(f: F) -> F:
         help="Push the OCI image to this registry tag (blobs it has already are not sent).")(f)
 
 
-def insecure_registry_option(f: F) -> F:
-    return click.option(
-        "--insecure-registry", "insecure_registries", multiple=True, metavar="HOST:PORT",
-        help="Reach this registry over plain HTTP (repeatable); all others need TLS.")(f)
-
-
 def cache_options(f: F) -> F:
     f = click.option(
         "--cache-to", metavar="registry://REGISTRY/REPO", callback=_cache_repo("--cache-to"),
@@ -78,14 +72,9 @@ def cache_options(f: F) -> F:
 
 
 def transport(insecure_registries: tuple[str, ...], ca_file: Path | None) -> TransportOptions:
-    from acbuild.distribution.registry.reference import RegistryError, check_host
+    """How the registries are reached (trustopts' --insecure-registry checked the hosts)."""
     from acbuild.distribution.registry.transport import TransportOptions
 
-    for host in insecure_registries:
-        try:
-            check_host(host, "--insecure-registry")
-        except RegistryError as e:
-            raise click.BadParameter(e.message, param_hint="--insecure-registry") from None
     return TransportOptions(insecure_registries=insecure_registries, ca_file=ca_file)
 
 
