@@ -198,3 +198,16 @@ def test_failed_pushes_are_one_line_and_leave_nothing(basic: Registry, aci: Path
         r = acbuild("export", aci, *args, cwd=work, env=env)
         assert message in one_line_error(r), r.stderr
         assert list(temp.iterdir()) == [] and list(work.iterdir()) == []
+
+
+def test_push_targets_are_checked_before_the_build(basic: Registry, hello_context: Path,
+                                                   tmp_path: Path) -> None:
+    env = {"XDG_RUNTIME_DIR": str(tmp_path / "none"), "DOCKER_CONFIG": str(tmp_path / "none")}
+    for option, target in (("--push", f"docker://{basic.host}/team/x:1"),
+                           ("--cache-to", f"registry://{basic.host}/team/cache")):
+        r = acbuild("build", hello_context / "Acfile", "--format", "oci", "-o",
+                    tmp_path / "out", option, target, "--ca-file", str(basic.ca),
+                    "--progress=plain", env=env)
+        assert "authentication required" in one_line_error(r)
+        assert "[1/" not in r.stderr  # no step ran
+        assert not (tmp_path / "out").exists()

@@ -19,6 +19,7 @@ from acbuild.cli.commands.common import (
 )
 from acbuild.cli.commands.pushopts import (
     cache_options,
+    check_targets,
     layout_to_push,
     push,
     push_fields,
@@ -118,6 +119,7 @@ def command(
         raise click.UsageError("--cache-from and --cache-to share the step cache, which "
                                "--no-cache turns off")
     registries = transport(trust.get("insecure_registry", ()), trust.get("ca_file"))
+    check_targets(push_to, cache_to, registries)
     to_stdout = output == Path("-")
     if to_stdout and sys.stdout.isatty():
         raise click.UsageError("-o - would write the image to the terminal: redirect stdout, "

@@ -12,6 +12,7 @@ import click
 
 from acbuild.cli.commands.common import global_options, state
 from acbuild.cli.commands.pushopts import (
+    check_targets,
     layout_to_push,
     push,
     push_fields,
@@ -62,6 +63,8 @@ def command(image: Path, output_format: str, output: Path | None, push_to: Refer
         raise click.UsageError("--push sends an OCI image; it cannot be used with "
                                "--format oci-archive")
     options = transport(insecure_registry, ca_file) if push_to is not None else None
+    if options is not None:
+        check_targets(push_to, None, options)
     reporter = state().reporter()
     with tempfile.TemporaryDirectory(prefix="acbuild-export-") as tmp, \
             layout_to_push(output) as layout:

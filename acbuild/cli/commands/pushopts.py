@@ -19,6 +19,7 @@ import click
 from acbuild.report import Field, Reporter
 
 if TYPE_CHECKING:
+    from acbuild.cache.remote import CacheRepo
     from acbuild.distribution.registry.push import PushResult
     from acbuild.distribution.registry.reference import Reference
     from acbuild.distribution.registry.transport import TransportOptions
@@ -87,6 +88,19 @@ def layout_to_push(output: Path | None) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="acbuild-push-") as tmp:
         yield Path(tmp) / "layout"
+
+
+def check_targets(push_to: Reference | None, cache_to: CacheRepo | None,
+                  options: TransportOptions) -> None:
+    """Reach the --push and --cache-to registries before the work whose result they take."""
+    from acbuild.distribution.registry.push import check_can_push
+    from acbuild.distribution.registry.reference import parse_reference
+
+    if push_to is not None:
+        check_can_push(push_to, options, os.environ)
+    if cache_to is not None:
+        ref = parse_reference(f"{cache_to.registry}/{cache_to.repository}")
+        check_can_push(ref, options, os.environ)
 
 
 def push(layout: Path, reference: Reference, options: TransportOptions,

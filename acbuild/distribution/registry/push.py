@@ -122,11 +122,25 @@ def push_layout(repository: Repository, reference: Reference, layout: Path, *,
     return PushResult(reference=reference, digest=digest, blobs=tuple(pushed))
 
 
+def open_push(reference: Reference, options: TransportOptions,
+              environ: Mapping[str, str]) -> PushSession:
+    """A session to ``reference``'s registry with the user's stored credentials for it."""
+    return PushSession(reference.registry, options, lookup(reference.registry, environ),
+                       api_host=reference.api_host)
+
+
+def check_can_push(reference: Reference, options: TransportOptions,
+                   environ: Mapping[str, str]) -> None:
+    """Fail now (one line) if ``reference``'s repository cannot be reached for a push."""
+    session = open_push(reference, options, environ)
+    with session:
+        Repository(session, reference.repository).preflight()
+
+
 def push_image(layout: Path, reference: Reference, options: TransportOptions,
                environ: Mapping[str, str], reporter: Reporter | None = None) -> PushResult:
     """Push ``layout`` as ``reference`` with the user's stored credentials for its registry."""
-    credential = lookup(reference.registry, environ)
-    session = PushSession(reference.registry, options, credential, api_host=reference.api_host)
+    session = open_push(reference, options, environ)
     with session:
         return push_layout(Repository(session, reference.repository), reference, layout,
                            reporter=reporter)

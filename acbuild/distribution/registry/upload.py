@@ -136,6 +136,13 @@ class Repository:
             self.session.check(response, what)
             return True
 
+    def preflight(self) -> None:
+        """Reach the repository with the push scope's credentials before any work is done
+        for it: an unreachable registry, a TLS mismatch or refused credentials are found
+        out now, not after a long build. (A token server may still grant only pull; the
+        first upload says so.)"""
+        self.has_blob("sha256:" + "0" * 64)
+
     def has_blob(self, digest: str) -> bool:
         return self._head(f"blobs/{digest}", f"blob {digest[:19]}")
 
