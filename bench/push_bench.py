@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from acbuild.distribution.registry.push import push_layout  # noqa: E402
-from acbuild.distribution.registry.reference import parse_reference  # noqa: E402
-from acbuild.distribution.registry.transport import TransportOptions  # noqa: E402
-from acbuild.distribution.registry.upload import PushSession, Repository  # noqa: E402
-from tests.support.registry import start_registry  # noqa: E402
+from acbuild.distribution.registry.push import push_layout
+from acbuild.distribution.registry.reference import parse_reference
+from acbuild.distribution.registry.transport import TransportOptions
+from acbuild.distribution.registry.upload import PushSession, Repository
+from tests.support.registry import start_registry
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -79,16 +79,16 @@ def main() -> None:
     parser.add_argument("--chunk-mb", type=int, default=32)
     args = parser.parse_args()
     size, chunk = args.size_mb << 20, args.chunk_mb << 20
-    with tempfile.TemporaryDirectory(prefix="push-bench-") as tmp:
-        with start_registry(Path(tmp) / "reg", "http") as reg:
-            times: dict[str, list[float]] = {"acbuild-py": [], "skopeo": []}
-            for run in range(args.runs):
-                mine = make_layout(Path(tmp) / f"ours-{run}", size, 2 * run)
-                times["acbuild-py"].append(ours(reg.host, mine, f"ours/r{run}", chunk))
-                theirs = make_layout(Path(tmp) / f"skopeo-{run}", size, 2 * run + 1)
-                times["skopeo"].append(skopeo(reg.host, theirs, f"skopeo/r{run}"))
-            again = {"acbuild-py": ours(reg.host, Path(tmp) / "ours-0", "ours/r0", chunk),
-                     "skopeo": skopeo(reg.host, Path(tmp) / "skopeo-0", "skopeo/r0")}
+    with tempfile.TemporaryDirectory(prefix="push-bench-") as tmp, \
+            start_registry(Path(tmp) / "reg", "http") as reg:
+        times: dict[str, list[float]] = {"acbuild-py": [], "skopeo": []}
+        for run in range(args.runs):
+            mine = make_layout(Path(tmp) / f"ours-{run}", size, 2 * run)
+            times["acbuild-py"].append(ours(reg.host, mine, f"ours/r{run}", chunk))
+            theirs = make_layout(Path(tmp) / f"skopeo-{run}", size, 2 * run + 1)
+            times["skopeo"].append(skopeo(reg.host, theirs, f"skopeo/r{run}"))
+        again = {"acbuild-py": ours(reg.host, Path(tmp) / "ours-0", "ours/r0", chunk),
+                 "skopeo": skopeo(reg.host, Path(tmp) / "skopeo-0", "skopeo/r0")}
     load = os.getloadavg()
     print(f"layer {args.size_mb} MiB, chunks of {args.chunk_mb} MiB above that, "
           f"{args.runs} paired runs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
