@@ -206,31 +206,29 @@ class Repository:
         return url
 
     def _upload(self, path: Path, digest: str, size: int) -> None:
+        """POST, then one PUT or PATCHes and a PUT. A failed upload is left to expire: the
+        registry purges abandoned upload sessions, and cancelling one costs another round
+        of retries on a connection that has just failed."""
         location = self._start()
-        try:
-            if size <= self.chunk_size:
-                self._finish(location, digest, _file_body(path, 0, size), size)
-                return
-            offset = 0
-            while offset < size:
-                length = min(self.chunk_size, size - offset)
-                end = offset + length - 1
-                with self.session.send(
-                        "PATCH", location, scope=self.scope,
-                        body=_file_body(path, offset, length),
-                        headers={"Content-Type": "application/octet-stream",
-                                 "Content-Length": str(length),
-                                 "Content-Range": f"{offset}-{end}"}) as response:
-                    self.session.check(response, f"uploading blob {digest[:19]}")
-                    if response.headers.get("range", f"0-{end}") != f"0-{end}":
-                        raise RegistryError(f"{self.session.host}: uploading blob "
-                                            f"{digest[:19]}: the registry lost part of it")
-                    location = self._location(response, f"uploading blob {digest[:19]}")
-                offset += length
-            self._finish(location, digest, None, 0)
-        except BaseException:
-            self._cancel(location)
-            raise
+        if size <= self.chunk_size:
+            self._finish(location, digest, _file_body(path, 0, size), size)
+            return
+        offset = 0
+        while offset < size:
+            length = min(self.chunk_size, size - offset)
+            end = offset + length - 1
+            with self.session.send(
+                    "PATCH", location, scope=self.scope, body=_file_body(path, offset, length),
+                    headers={"Content-Type": "application/octet-stream",
+                             "Content-Length": str(length),
+                             "Content-Range": f"{offset}-{end}"}) as response:
+                self.session.check(response, f"uploading blob {digest[:19]}")
+                if response.headers.get("range", f"0-{end}") != f"0-{end}":
+                    raise RegistryError(f"{self.session.host}: uploading blob "
+                                        f"{digest[:19]}: the registry lost part of it")
+                location = self._location(response, f"uploading blob {digest[:19]}")
+            offset += length
+        self._finish(location, digest, None, 0)
 
     def _finish(self, location: str, digest: str, body: Body | None, size: int) -> None:
         sep = "&" if "?" in location else "?"
