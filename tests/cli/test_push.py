@@ -211,3 +211,19 @@ def test_push_targets_are_checked_before_the_build(basic: Registry, hello_contex
         assert "authentication required" in one_line_error(r)
         assert "[1/" not in r.stderr  # no step ran
         assert not (tmp_path / "out").exists()
+
+
+def test_a_push_to_another_repository_mounts_the_blobs(registry: Registry, aci: Path,
+                                                       tmp_path: Path) -> None:
+    args = ["--insecure-registry", registry.host, "--progress=plain"]
+    first = acbuild("export", aci, "--push", f"docker://{registry.host}/team/a:1", *args)
+    assert first.code == 0, first.stderr
+    second = acbuild("export", aci, "--push", f"docker://{registry.host}/team/b:1", *args)
+    assert second.code == 0, second.stderr
+    assert second.stdout == first.stdout
+    assert ": 0 of 2 blobs sent" in second.stderr
+    log = registry.access_log()
+    assert sum(1 for line in log if line.startswith("POST /v2/team/b/blobs/uploads/?mount=")) == 2
+    assert not any(line.startswith("PUT /v2/team/b/blobs/") for line in log)
+    raw = skopeo_raw(registry, "team/b:1", tmp_path)
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == second.stdout.strip()

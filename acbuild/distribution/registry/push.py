@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from acbuild.distribution.registry.credentials import lookup
+from acbuild.distribution.registry.pushmemory import PushMemory, memory_path
 from acbuild.distribution.registry.reference import Reference, RegistryError
 from acbuild.distribution.registry.transport import TransportOptions
 from acbuild.distribution.registry.upload import BlobPush, PushSession, Repository
@@ -99,9 +100,11 @@ def check_push_reference(reference: Reference) -> Reference:
 
 
 def push_layout(repository: Repository, reference: Reference, layout: Path, *,
-                mount_from: Sequence[str] = (), reporter: Reporter | None = None) -> PushResult:
+                memory: PushMemory | None = None,
+                reporter: Reporter | None = None) -> PushResult:
     """Push the image of ``layout`` as ``reference`` (its tag); returns what was pushed.
-    The registry checks every blob's digest as it arrives (PUT ?digest=)."""
+    The registry checks every blob's digest as it arrives (PUT ?digest=); a blob ``memory``
+    says was pushed to another repository of the registry is mounted from there."""
     body, media_type = image_manifest(layout)
     manifest = json.loads(body)
     descriptors = [("config", manifest.get("config"))]
@@ -112,6 +115,8 @@ def push_layout(repository: Repository, reference: Reference, layout: Path, *,
     pushed = []
     for what, desc in descriptors:
         path, digest, size = _blob(layout, desc, what)
+        mount_from = () if memory is None else \
+            memory.sources(reference.registry, digest, reference.repository)
         result = repository.push_blob(path, digest, size, mount_from=mount_from)
         if reporter is not None:
             reporter.detail(f"{what} {digest[7:19]}: {result.how}")
@@ -119,6 +124,8 @@ def push_layout(repository: Repository, reference: Reference, layout: Path, *,
         pushed.append(result)
     assert reference.tag is not None  # check_push_reference refused digests
     digest = repository.put_manifest(reference.tag, body, media_type)
+    if memory is not None:
+        memory.remember(reference.registry, reference.repository, (b.digest for b in pushed))
     return PushResult(reference=reference, digest=digest, blobs=tuple(pushed))
 
 
@@ -140,7 +147,10 @@ def check_can_push(reference: Reference, options: TransportOptions,
 def push_image(layout: Path, reference: Reference, options: TransportOptions,
                environ: Mapping[str, str], reporter: Reporter | None = None) -> PushResult:
     """Push ``layout`` as ``reference`` with the user's stored credentials for its registry."""
+    memory = PushMemory.load(memory_path(environ))
     session = open_push(reference, options, environ)
     with session:
-        return push_layout(Repository(session, reference.repository), reference, layout,
-                           reporter=reporter)
+        result = push_layout(Repository(session, reference.repository), reference, layout,
+                             memory=memory, reporter=reporter)
+    memory.save()
+    return result
