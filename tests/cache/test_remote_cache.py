@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -223,3 +224,38 @@ def test_credentials_stay_out_of_the_cache(tmp_path: Path, hello_context: Path) 
                 if f.is_file() and not f.is_symlink():
                     data = f.read_bytes()
                     assert secret not in data and auth.encode() not in data, f
+
+
+@needs_sandbox
+def test_a_stage_imported_whole_is_restored_when_a_later_stage_copies_from_it(
+        registry: Registry, tmp_path: Path) -> None:
+    ctx = tmp_path / "stages"
+    make_busybox_rootfs(ctx / "bb")
+    (ctx / "Acfile").write_text("""\
+BEGIN ./bb AS build
+RUN /bin/sh -c 'mkdir -p /out && date +%s%N > /out/note && echo ran-the-build-stage'
+BEGIN scratch
+NAME example.com/stages
+ENV X={{ x }}
+COPY --from=build /out/note /etc/note
+""")
+
+    def note(r: Result, image: Path) -> bytes:
+        assert r.code == 0, r.stderr
+        with tarfile.open(image) as tar:
+            member = tar.extractfile("rootfs/etc/note")
+            assert member is not None
+            return member.read()
+
+    args = ["--insecure-registry", registry.host, "--progress=plain"]
+    first = acbuild("build", ctx / "Acfile", "-o", tmp_path / "one.aci", "--var", "x=1", *args,
+                    "--cache-to", f"registry://{registry.host}/stages",
+                    env={"XDG_CACHE_HOME": str(tmp_path / "c1")})
+    made = note(first, tmp_path / "one.aci")
+    second = acbuild("build", ctx / "Acfile", "-o", tmp_path / "two.aci", "--var", "x=2", *args,
+                     "--cache-from", f"registry://{registry.host}/stages",
+                     env={"XDG_CACHE_HOME": str(tmp_path / "c2")})
+    assert note(second, tmp_path / "two.aci") == made  # the build stage's RUN did not run
+    assert "| ran-the-build-stage" not in second.stderr
+    assert "[2/7] CACHED" in second.stderr.splitlines()
+    assert "[6/7] COPY --from=build /out/note /etc/note" in second.stderr.splitlines()
