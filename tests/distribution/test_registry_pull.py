@@ -218,6 +218,12 @@ def test_oversized_manifest(proxy: TamperProxy, tmp_path: Path) -> None:
     assert "more than the limit of 4194304 bytes" in e.value.message
 
 
+def test_deeply_nested_manifest_is_not_a_crash(proxy: TamperProxy, tmp_path: Path) -> None:
+    _canned_manifest(proxy, b"[" * 1_000_000 + b"]" * 1_000_000)
+    with pytest.raises(RegistryError, match="not valid JSON"):
+        _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
+
+
 def test_schema_1_is_refused_clearly(proxy: TamperProxy, tmp_path: Path) -> None:
     _canned_manifest(proxy, json.dumps({"schemaVersion": 1, "name": "x", "fsLayers": []})
                      .encode(), media="application/vnd.docker.distribution.manifest.v1+json")

@@ -4,6 +4,7 @@ against a tampering proxy that answers as a hostile registry would."""
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,6 @@ from acbuild.distribution.registry.transport import (
 from tests.support.registry import (
     Registry,
     TamperProxy,
-    blob_digests,
     registry_with_busybox,
     tamper_proxy,
 )
@@ -153,7 +153,10 @@ def test_redirect_to_file_or_plain_http_is_refused(proxy: TamperProxy, location:
 def test_blob_redirect_to_another_host_carries_no_authorization(
         basic_registry: Registry, http_registry: Registry, busybox_oci: Path) -> None:
     """Object storage must not see the registry's credentials."""
-    digest = sorted(blob_digests(busybox_oci))[0]
+    index = json.loads((busybox_oci / "index.json").read_text())
+    manifest = json.loads((busybox_oci / "blobs" / "sha256" /
+                           index["manifests"][0]["digest"].split(":")[1]).read_text())
+    digest = manifest["layers"][0]["digest"]
     path = f"/v2/library/busybox/blobs/{digest}"
     with tamper_proxy(basic_registry) as front, tamper_proxy(http_registry) as storage:
         front.tampering.canned[path] = (307, [("Location", f"http://{storage.host}{path}")],
@@ -213,3 +216,20 @@ def test_parse_challenge() -> None:
                    "scope": "repository:a/b:pull"})
     assert parse_challenge('Basic realm="x"') == ("basic", {"realm": "x"})
     assert parse_challenge("") == ("", {})
+
+
+def test_forged_realm_on_plain_http_gets_no_credentials(token_registry: Registry) -> None:
+    """Over plain http a man in the middle can rewrite the challenge: the credentials go
+    only to a token server the user named with --insecure-registry."""
+    assert token_registry.token_server is not None
+    with tamper_proxy(token_registry) as mitm:
+        mitm.tampering.canned[MANIFEST] = (401, [(
+            "WWW-Authenticate", 'Bearer realm="https://127.0.0.1:9/token",service="x"')], b"")
+        token_registry.token_server.requests.clear()
+        credential = Credential(username="alice", password=token_registry.password or "")
+        with _proxied(mitm, credential=credential) as s, pytest.raises(RegistryError) as e, \
+                s.get(MANIFEST, scope=SCOPE):
+            pass
+    assert "refusing to send it your credentials" in e.value.message
+    assert token_registry.token_server.requests == []
+    assert (token_registry.password or "") not in e.value.render()
