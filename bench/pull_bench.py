@@ -97,7 +97,8 @@ _PULL_CHILD = """
 import sys
 from pathlib import Path
 from acbuild.distribution.registry.blobstore import BlobStore
-from acbuild.distribution.registry.pull import Platform, pull
+from acbuild.distribution.registry.platform import Platform
+from acbuild.distribution.registry.pull import pull
 from acbuild.distribution.registry.reference import parse_reference
 from acbuild.distribution.registry.transport import Session, TransportOptions
 from acbuild.report import NullReporter

@@ -12,14 +12,8 @@ from pathlib import Path
 import pytest
 
 from acbuild.distribution.registry.blobstore import BlobStore
-from acbuild.distribution.registry.pull import (
-    DOCKER_MANIFEST,
-    OCI_MANIFEST,
-    Platform,
-    PulledImage,
-    parse_platform,
-    pull,
-)
+from acbuild.distribution.registry.platform import Platform, parse_platform
+from acbuild.distribution.registry.pull import DOCKER_MANIFEST, OCI_MANIFEST, PulledImage, pull
 from acbuild.distribution.registry.reference import RegistryError, parse_reference
 from acbuild.distribution.registry.transport import Session, TransportOptions
 from acbuild.report import NullReporter

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 import httpx
 
 from acbuild.distribution.registry.blobstore import BlobStore
+from acbuild.distribution.registry.platform import Platform
 from acbuild.distribution.registry.reference import DIGEST, Reference, RegistryError
 from acbuild.distribution.registry.transport import Session, read_limited
 from acbuild.fs.atomic import atomic_write
@@ -45,26 +46,6 @@ LAYER_TYPES = frozenset({
 })
 _PROGRESS_STEP = 8 << 20
 PARALLEL = 4  # layers downloaded at a time
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Platform:
-    os: str
-    architecture: str
-    variant: str | None = None
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-
-def parse_platform(text: str) -> Platform:
-    parts = text.split("/")
-    if not 2 <= len(parts) <= 3 or not all(p and p.isascii() and p.replace("_", "").isalnum()
-                                           for p in parts):
-        raise RegistryError(f"--platform {text!r}: expected OS/ARCH[/VARIANT], "
-                            "as in linux/arm64 or linux/arm/v7")
-    return Platform(os=parts[0], architecture=parts[1],
-                    variant=parts[2] if len(parts) == 3 else None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
