@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,29 @@ def test_forged_realm_on_plain_http_gets_no_credentials(token_registry: Registry
     assert "refusing to send it your credentials" in e.value.message
     assert token_registry.token_server.requests == []
     assert (token_registry.password or "") not in e.value.render()
+
+
+def test_a_stalled_answer_times_out(proxy: TamperProxy) -> None:
+    def slow() -> tuple[int, list[tuple[str, str]], bytes]:
+        time.sleep(3)
+        return 200, [], b"{}"
+
+    proxy.tampering.canned[MANIFEST] = slow
+    options = TransportOptions(insecure_registries=(proxy.host,), timeout=0.5, retries=0)
+    started = time.monotonic()
+    with Session(proxy.host, options, None) as s, pytest.raises(RegistryError) as e, \
+            s.get(MANIFEST, scope=SCOPE):
+        pass
+    assert time.monotonic() - started < 2.5
+    assert f"cannot reach http://{proxy.host}" in e.value.message
+
+
+def test_requests_go_through_the_proxy_the_environment_names(
+        http_registry: Registry, proxy: TamperProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY (httpx's trust_env): the request for the registry goes to the proxy."""
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://{proxy.host}")
+    with _session(http_registry) as s, s.get(MANIFEST, scope=SCOPE, accept=ACCEPT) as r:
+        s.check(r, "manifest")
+    assert [p for m, p, _ in proxy.tampering.requests] == [MANIFEST]
