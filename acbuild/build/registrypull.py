@@ -14,29 +14,28 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from acbuild.distribution.imagestore import Entry, ImageStore
 from acbuild.distribution.registry import credentials
 from acbuild.distribution.registry.blobstore import BlobStore
-from acbuild.distribution.registry.pull import (
-    Platform,
-    PulledImage,
-    parse_platform,
-    pull,
-    resolve,
-)
+from acbuild.distribution.registry.platform import Platform, parse_platform
 from acbuild.distribution.registry.reference import (
     DOCKER_HUB,
     Reference,
     RegistryError,
     parse_reference,
 )
-from acbuild.distribution.registry.transport import Session, TransportOptions
 from acbuild.image import aci
 from acbuild.interop.convert import ConvertOptions, convert
 from acbuild.interop.oci import ImageSource, host_platform, source_from_manifest
 from acbuild.interop.ocistream import DirStore
 from acbuild.report import Reporter
+
+if TYPE_CHECKING:  # the HTTP client is imported when a docker:// image is pulled, not by
+    # every build that imports this module
+    from acbuild.distribution.registry.pull import PulledImage
+    from acbuild.distribution.registry.transport import Session, TransportOptions
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,6 +50,8 @@ class RegistryAccess:
     environ: Mapping[str, str] | None = field(default=None, repr=False)  # for credentials
 
     def transport(self) -> TransportOptions:
+        from acbuild.distribution.registry.transport import TransportOptions
+
         return TransportOptions(insecure_registries=self.insecure_registries,
                                 ca_file=self.ca_file)
 
@@ -64,6 +65,8 @@ class RegistryAccess:
         return BlobStore(ImageStore.locate(self.store_dir, self.environ).root)
 
     def session(self, ref: Reference) -> Session:
+        from acbuild.distribution.registry.transport import Session
+
         env = os.environ if self.environ is None else self.environ
         return Session(ref.registry, self.transport(), credentials.lookup(ref.registry, env),
                        api_host=ref.api_host)
@@ -110,6 +113,8 @@ class RegistryBases:
         self._digests: dict[str, Reference] = {}
 
     def _pinned(self, text: str, reporter: Reporter) -> Reference:
+        from acbuild.distribution.registry.pull import resolve
+
         if text in self._digests:
             return self._digests[text]
         ref = parse_reference(text)
@@ -127,6 +132,8 @@ class RegistryBases:
         return self._pinned(text, reporter).digest or ""
 
     def pull(self, text: str, reporter: Reporter) -> PulledImage:
+        from acbuild.distribution.registry.pull import PulledImage, pull
+
         ref = self._pinned(text, reporter)
         with self.access.session(ref) as session:
             pulled = pull(ref, session=session, store=self.access.blob_store(),

@@ -317,3 +317,11 @@ def test_plain_http_needs_insecure_registry(http_registry: Registry, tmp_path: P
             "--insecure-skip-verify")
     one_line_error(r)
     assert f"--insecure-registry {http_registry.host}" in r.stderr
+
+
+def test_a_build_without_docker_bases_does_not_load_the_http_client() -> None:
+    probe = ("import sys, acbuild.build.build, acbuild.cli.commands.build, "
+             "acbuild.cli.commands.trustopts; print('httpx' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"

@@ -12,14 +12,8 @@ from pathlib import Path
 import pytest
 
 from acbuild.distribution.registry.blobstore import BlobStore
-from acbuild.distribution.registry.pull import (
-    DOCKER_MANIFEST,
-    OCI_MANIFEST,
-    Platform,
-    PulledImage,
-    parse_platform,
-    pull,
-)
+from acbuild.distribution.registry.platform import Platform, parse_platform
+from acbuild.distribution.registry.pull import DOCKER_MANIFEST, OCI_MANIFEST, PulledImage, pull
 from acbuild.distribution.registry.reference import RegistryError, parse_reference
 from acbuild.distribution.registry.transport import Session, TransportOptions
 from acbuild.report import NullReporter
@@ -216,6 +210,12 @@ def test_oversized_manifest(proxy: TamperProxy, tmp_path: Path) -> None:
     with pytest.raises(RegistryError) as e:
         _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
     assert "more than the limit of 4194304 bytes" in e.value.message
+
+
+def test_deeply_nested_manifest_is_not_a_crash(proxy: TamperProxy, tmp_path: Path) -> None:
+    _canned_manifest(proxy, b"[" * 1_000_000 + b"]" * 1_000_000)
+    with pytest.raises(RegistryError, match="not valid JSON"):
+        _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
 
 
 def test_schema_1_is_refused_clearly(proxy: TamperProxy, tmp_path: Path) -> None:

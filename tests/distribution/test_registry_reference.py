@@ -79,3 +79,12 @@ def test_check_host_folds_docker_hub_and_rejects_paths() -> None:
     for bad in ("", "a/b", "host:0", "host:x"):
         with pytest.raises(RegistryError):
             check_host(bad)
+
+
+@pytest.mark.parametrize("text", ["docker://alice:hunter2@quay.io/a/b",
+                                  "docker://alice:hunter2@quay.io/a/b:1"])
+def test_credentials_in_a_reference_are_refused_without_echo(text: str) -> None:
+    with pytest.raises(RegistryError) as e:
+        parse_reference(text)
+    assert "cannot hold credentials" in e.value.message
+    assert "hunter2" not in e.value.render() and "alice" not in e.value.render()

@@ -4,6 +4,8 @@ against a tampering proxy that answers as a hostile registry would."""
 from __future__ import annotations
 
 import itertools
+import json
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,6 @@ from acbuild.distribution.registry.transport import (
 from tests.support.registry import (
     Registry,
     TamperProxy,
-    blob_digests,
     registry_with_busybox,
     tamper_proxy,
 )
@@ -153,7 +154,10 @@ def test_redirect_to_file_or_plain_http_is_refused(proxy: TamperProxy, location:
 def test_blob_redirect_to_another_host_carries_no_authorization(
         basic_registry: Registry, http_registry: Registry, busybox_oci: Path) -> None:
     """Object storage must not see the registry's credentials."""
-    digest = sorted(blob_digests(busybox_oci))[0]
+    index = json.loads((busybox_oci / "index.json").read_text())
+    manifest = json.loads((busybox_oci / "blobs" / "sha256" /
+                           index["manifests"][0]["digest"].split(":")[1]).read_text())
+    digest = manifest["layers"][0]["digest"]
     path = f"/v2/library/busybox/blobs/{digest}"
     with tamper_proxy(basic_registry) as front, tamper_proxy(http_registry) as storage:
         front.tampering.canned[path] = (307, [("Location", f"http://{storage.host}{path}")],
@@ -213,3 +217,46 @@ def test_parse_challenge() -> None:
                    "scope": "repository:a/b:pull"})
     assert parse_challenge('Basic realm="x"') == ("basic", {"realm": "x"})
     assert parse_challenge("") == ("", {})
+
+
+def test_forged_realm_on_plain_http_gets_no_credentials(token_registry: Registry) -> None:
+    """Over plain http a man in the middle can rewrite the challenge: the credentials go
+    only to a token server the user named with --insecure-registry."""
+    assert token_registry.token_server is not None
+    with tamper_proxy(token_registry) as mitm:
+        mitm.tampering.canned[MANIFEST] = (401, [(
+            "WWW-Authenticate", 'Bearer realm="https://127.0.0.1:9/token",service="x"')], b"")
+        token_registry.token_server.requests.clear()
+        credential = Credential(username="alice", password=token_registry.password or "")
+        with _proxied(mitm, credential=credential) as s, pytest.raises(RegistryError) as e, \
+                s.get(MANIFEST, scope=SCOPE):
+            pass
+    assert "refusing to send it your credentials" in e.value.message
+    assert token_registry.token_server.requests == []
+    assert (token_registry.password or "") not in e.value.render()
+
+
+def test_a_stalled_answer_times_out(proxy: TamperProxy) -> None:
+    def slow() -> tuple[int, list[tuple[str, str]], bytes]:
+        time.sleep(3)
+        return 200, [], b"{}"
+
+    proxy.tampering.canned[MANIFEST] = slow
+    options = TransportOptions(insecure_registries=(proxy.host,), timeout=0.5, retries=0)
+    started = time.monotonic()
+    with Session(proxy.host, options, None) as s, pytest.raises(RegistryError) as e, \
+            s.get(MANIFEST, scope=SCOPE):
+        pass
+    assert time.monotonic() - started < 2.5
+    assert f"cannot reach http://{proxy.host}" in e.value.message
+
+
+def test_requests_go_through_the_proxy_the_environment_names(
+        http_registry: Registry, proxy: TamperProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY (httpx's trust_env): the request for the registry goes to the proxy."""
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://{proxy.host}")
+    with _session(http_registry) as s, s.get(MANIFEST, scope=SCOPE, accept=ACCEPT) as r:
+        s.check(r, "manifest")
+    assert [p for m, p, _ in proxy.tampering.requests] == [MANIFEST]

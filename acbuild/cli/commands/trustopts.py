@@ -107,7 +107,7 @@ def check_hosts(_ctx: click.Context, param: click.Parameter,
 
 def check_platform(_ctx: click.Context, param: click.Parameter,
                    value: str | None) -> str | None:
-    from acbuild.distribution.registry.pull import parse_platform
+    from acbuild.distribution.registry.platform import parse_platform
     from acbuild.distribution.registry.reference import RegistryError
 
     if value is not None:

@@ -4,19 +4,24 @@ layers into the blob store, each verified by its digest while it streams.
 Accepted: OCI image manifests and indexes, Docker schema 2 manifests and manifest lists.
 A manifest is at most 4 MiB, a config 16 MiB; a blob fetched by digest that is stored already
 is not asked for again, so a second pull of an image transfers its manifest only (and nothing
-at all when it is pinned by digest).
+at all when it is pinned by digest). Layers download in parallel, as skopeo's do.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import httpx
 
 from acbuild.distribution.registry.blobstore import BlobStore
+from acbuild.distribution.registry.platform import Platform
 from acbuild.distribution.registry.reference import DIGEST, Reference, RegistryError
 from acbuild.distribution.registry.transport import Session, read_limited
 from acbuild.fs.atomic import atomic_write
@@ -40,26 +45,7 @@ LAYER_TYPES = frozenset({
     "application/vnd.docker.image.rootfs.diff.tar.gzip",
 })
 _PROGRESS_STEP = 8 << 20
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Platform:
-    os: str
-    architecture: str
-    variant: str | None = None
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-
-def parse_platform(text: str) -> Platform:
-    parts = text.split("/")
-    if not 2 <= len(parts) <= 3 or not all(p and p.isascii() and p.replace("_", "").isalnum()
-                                           for p in parts):
-        raise RegistryError(f"--platform {text!r}: expected OS/ARCH[/VARIANT], "
-                            "as in linux/arm64 or linux/arm/v7")
-    return Platform(os=parts[0], architecture=parts[1],
-                    variant=parts[2] if len(parts) == 3 else None)
+PARALLEL = 4  # layers downloaded at a time
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,8 +79,7 @@ def pull(ref: Reference, *, session: Session, store: BlobStore, platform: Platfo
     doc, digest, index_digest = puller.image_manifest(platform)
     config, layers = _parse_manifest(doc, ref)
     transferred = int(puller.blob(config, "config", CONFIG_LIMIT))
-    for n, layer in enumerate(layers, 1):
-        transferred += puller.blob(layer, f"layer {n}/{len(layers)}", None)
+    transferred += puller.layers(layers)
     return PulledImage(reference=ref, digest=digest, index_digest=index_digest, manifest=doc,
                        config=config, layers=layers, store=store, transferred=transferred)
 
@@ -170,8 +155,57 @@ class _Puller:
         if limit is not None and desc.size > limit:
             raise RegistryError(f"{self.ref}: {what} is {desc.size} bytes, more than "
                                 f"{limit >> 20} MiB")
-        shown = f"{self.ref}: {what} ({desc.short()})"
         self.reporter.info(f"pulling {what} {desc.short()} ({desc.size} bytes)")
+        self.download(desc, what, self.reporter.progress, threading.Event())
+        return True
+
+    def layers(self, layers: tuple[Descriptor, ...]) -> int:
+        """Download the layers the store lacks, up to PARALLEL at a time (as skopeo does:
+        hashing, writing and the network overlap); returns how many were downloaded. Only
+        this thread talks to the reporter; the first failure stops the others."""
+        missing = []
+        for n, layer in enumerate(layers, 1):
+            what = f"layer {n}/{len(layers)}"
+            if self.store.has(layer.digest, layer.size):
+                self.reporter.detail(f"{what} {layer.short()}: in the store")
+            else:
+                self.reporter.info(f"pulling {what} {layer.short()} ({layer.size} bytes)")
+                missing.append((what, layer))
+        if not missing:
+            return 0
+        events: queue.SimpleQueue[tuple[str, int, int | None]] = queue.SimpleQueue()
+        stop = threading.Event()
+
+        def progress(what: str, done: int, total: int | None) -> None:
+            events.put((what, done, total))
+
+        def drain() -> None:
+            while not events.empty():
+                self.reporter.progress(*events.get())
+
+        with ThreadPoolExecutor(max_workers=min(PARALLEL, len(missing)),
+                                thread_name_prefix="pull") as pool:
+            pending = {pool.submit(self.download, layer, what, progress, stop)
+                       for what, layer in missing}
+            try:
+                while pending:
+                    done, pending = wait(pending, timeout=0.1, return_when=FIRST_EXCEPTION)
+                    drain()
+                    for future in done:
+                        future.result()
+            except BaseException:
+                stop.set()
+                for future in pending:
+                    future.cancel()
+                raise
+        drain()
+        return len(missing)
+
+    def download(self, desc: Descriptor, what: str,
+                 progress: Callable[[str, int, int | None], None],
+                 stop: threading.Event) -> None:
+        """GET the blob into the store through the digest check (any thread)."""
+        shown = f"{self.ref}: {what} ({desc.short()})"
         with self.session.get(f"{self.prefix}/blobs/{desc.digest}",
                               scope=self.scope) as response:
             if response.status_code == 404:
@@ -182,34 +216,37 @@ class _Puller:
                 raise RegistryError(f"{shown}: the registry sends {int(length)} bytes, but the "
                                     f"manifest says {desc.size}")
             with atomic_write(self.store.path(desc.digest), mode=0o644) as f:
-                self._stream(response, f, desc, shown, what)
-        return True
+                _stream(response, f, desc, shown, lambda done: progress(f"pull {what}", done,
+                                                                          desc.size), stop)
 
-    def _stream(self, response: httpx.Response, f: BinaryIO, desc: Descriptor, shown: str,
-                what: str) -> None:
-        h = hashlib.sha256()
-        done = reported = 0
-        try:
-            for chunk in response.iter_raw(1 << 20):
-                done += len(chunk)
-                if done > desc.size:
-                    raise RegistryError(f"{shown}: the registry sent more than the "
-                                        f"{desc.size} bytes the manifest says")
-                h.update(chunk)
-                f.write(chunk)
-                if done - reported >= _PROGRESS_STEP:
-                    self.reporter.progress(f"pull {what}", done, desc.size)
-                    reported = done
-        except httpx.HTTPError:
-            raise RegistryError(f"{shown}: the transfer broke off after {done} of "
-                                f"{desc.size} bytes") from None
-        if done != desc.size:
-            raise RegistryError(f"{shown}: truncated: {done} of {desc.size} bytes")
-        got = f"sha256:{h.hexdigest()}"
-        if got != desc.digest:
-            raise RegistryError(f"{shown}: digest mismatch: the registry sent data whose "
-                                f"digest is {got}, not {desc.digest}")
-        self.reporter.progress(f"pull {what}", done, desc.size)
+
+def _stream(response: httpx.Response, f: BinaryIO, desc: Descriptor, shown: str,
+            progress: Callable[[int], None], stop: threading.Event) -> None:
+    h = hashlib.sha256()
+    done = reported = 0
+    try:
+        for chunk in response.iter_raw():
+            done += len(chunk)
+            if done > desc.size:
+                raise RegistryError(f"{shown}: the registry sent more than the "
+                                    f"{desc.size} bytes the manifest says")
+            h.update(chunk)
+            f.write(chunk)
+            if done - reported >= _PROGRESS_STEP:
+                if stop.is_set():
+                    raise RegistryError(f"{shown}: stopped")
+                progress(done)
+                reported = done
+    except httpx.HTTPError:
+        raise RegistryError(f"{shown}: the transfer broke off after {done} of "
+                            f"{desc.size} bytes") from None
+    if done != desc.size:
+        raise RegistryError(f"{shown}: truncated: {done} of {desc.size} bytes")
+    got = f"sha256:{h.hexdigest()}"
+    if got != desc.digest:
+        raise RegistryError(f"{shown}: digest mismatch: the registry sent data whose "
+                            f"digest is {got}, not {desc.digest}")
+    progress(done)
 
 
 def _sha256(data: bytes) -> str:

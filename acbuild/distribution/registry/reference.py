@@ -72,6 +72,12 @@ def parse_reference(text: str) -> Reference:
     shown = SCHEME + rest
     if not rest:
         raise RegistryError(f"{shown!r} names no image", hint="as in docker://busybox:1.36")
+    first, slash, _ = rest.partition("/")
+    if slash and "@" in first:
+        # docker://USER:PASSWORD@HOST/…: not echoed, since what precedes the @ is a secret.
+        raise RegistryError("a docker:// reference cannot hold credentials (USER@HOST)",
+                            hint="log in with acbuild-py login HOST; the reference names "
+                                 "only the image")
     digest = None
     if "@" in rest:
         rest, _, digest = rest.partition("@")

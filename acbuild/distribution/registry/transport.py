@@ -214,10 +214,20 @@ class Session:
                 f"registry {self.host} asks for a token from plain http://{netloc}",
                 hint=f"only hosts named with --insecure-registry are reached without TLS "
                      f"(--insecure-registry {netloc})")
+        credential = self.credential
+        if credential is not None and self.scheme == "http" and netloc != _origin(self.base)[1] \
+                and not self.options.insecure(netloc):
+            # Over plain http the challenge itself may be forged: the credentials go only to a
+            # token server the user named, not to wherever an answer points.
+            raise RegistryError(
+                f"registry {self.host} (plain http) asks for a token from {netloc}, which was "
+                "not named with --insecure-registry; refusing to send it your credentials",
+                hint=f"if {netloc} is the registry's token server, add --insecure-registry "
+                     f"{netloc}")
         query = {k: v for k, v in (("service", params.get("service", "")),
                                    ("scope", scope or params.get("scope", ""))) if v}
         url = realm + ("&" if "?" in realm else "?") + urlencode(query) if query else realm
-        headers = {"Authorization": _basic(self.credential)} if self.credential else {}
+        headers = {"Authorization": _basic(credential)} if credential else {}
         for attempt in range(self.options.retries + 1):
             try:
                 response = self._client.send(self._client.build_request("GET", url,
