@@ -6,10 +6,13 @@ leaves nothing behind."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
+import http.server
 import json
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -227,3 +230,60 @@ def test_a_push_to_another_repository_mounts_the_blobs(registry: Registry, aci: 
     assert not any(line.startswith("PUT /v2/team/b/blobs/") for line in log)
     raw = skopeo_raw(registry, "team/b:1", tmp_path)
     assert "sha256:" + hashlib.sha256(raw).hexdigest() == second.stdout.strip()
+
+
+@contextlib.contextmanager
+def refusing_registry() -> Iterator[str]:
+    """A registry (on 127.0.0.1) that takes every blob and refuses every manifest, as one
+    with a policy on manifests (or a full disk) does: 400 MANIFEST_INVALID."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self, status: int, body: bytes = b"", **headers: str) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k.replace("_", "-"), v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_HEAD(self) -> None:
+            self._answer(404)
+
+        def do_POST(self) -> None:
+            self._answer(202, Location="/v2/team/x/blobs/uploads/u1")
+
+        def do_PUT(self) -> None:
+            if "/manifests/" in self.path:
+                self._answer(400, b'{"errors": [{"code": "MANIFEST_INVALID", "message": '
+                                  b'"\\u001b[31mno"}]}')
+            else:
+                self._answer(201)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_refused_manifest_is_one_line(aci: Path, tmp_path: Path) -> None:
+    temp = tmp_path / "tmpdir"
+    temp.mkdir()
+    with refusing_registry() as host:
+        r = acbuild("export", aci, "--push", f"docker://{host}/team/x:1",
+                    "--insecure-registry", host, env={"TMPDIR": str(temp)})
+    line = one_line_error(r)
+    assert "pushing manifest team/x:1: HTTP 400 (MANIFEST_INVALID)" in line
+    assert "\x1b" not in r.stderr
+    assert list(temp.iterdir()) == []
