@@ -231,7 +231,7 @@ def _remote(cache: BuildCache | None, options: BuildOptions,
         return
     with open_remote(cache.store, reporter, sources=options.cache_from,
                      destination=options.cache_to, transport=options.transport,
-                     environ=options.environ) as remote:
+                     environ=options.environ, limits=options.base_loader.limits) as remote:
         cache.remote = remote
         try:
             yield

@@ -52,6 +52,7 @@ from acbuild.fs.staging import StagedRootfs, remove_tree
 from acbuild.image.compression import open_decompressed
 from acbuild.image.extract import extract_tar
 from acbuild.image.manifest import from_json_bytes
+from acbuild.image.tarread import Limits
 from acbuild.interop.export import MANIFEST_TYPE, Descriptor, write_layer
 from acbuild.interop.ocistream import CHUNK, DigestReader, EndedTar, drain
 from acbuild.report import Reporter
@@ -120,9 +121,11 @@ class RemoteCache:
 
     def __init__(self, store: CacheStore, reporter: Reporter, *,
                  sources: Sequence[tuple[CacheRepo, Session]] = (),
-                 destination: tuple[CacheRepo, PushSession] | None = None) -> None:
+                 destination: tuple[CacheRepo, PushSession] | None = None,
+                 limits: Limits | None = None) -> None:
         self.store = store
         self.reporter = reporter
+        self.limits = limits or Limits()  # what an entry's tree may make us do, as a base
         self.sources = [_Source(repo, session) for repo, session in sources]
         self.destination = destination
 
@@ -202,7 +205,8 @@ class RemoteCache:
             blob = DigestReader(_ResponseReader(response), layer.digest)  # type: ignore[arg-type]
             try:
                 tar = DigestReader(open_decompressed(blob), config.diff_id)  # type: ignore[arg-type]
-                extract_tar(io.BufferedReader(EndedTar(tar), CHUNK), rootfs, prefix="")
+                extract_tar(io.BufferedReader(EndedTar(tar), CHUNK), rootfs, prefix="",
+                            limits=self.limits)
                 drain(tar)
                 drain(blob)
             except (AcbuildError, OSError) as e:
@@ -288,7 +292,8 @@ class RemoteCache:
 @contextlib.contextmanager
 def open_remote(store: CacheStore, reporter: Reporter, *, sources: Sequence[CacheRepo],
                 destination: CacheRepo | None, transport: TransportOptions,
-                environ: Mapping[str, str]) -> Iterator[RemoteCache | None]:
+                environ: Mapping[str, str],
+                limits: Limits | None = None) -> Iterator[RemoteCache | None]:
     """The RemoteCache of --cache-from/--cache-to with a session to each registry (the
     user's stored credentials, if any), closed when the block ends; None without either."""
     if not sources and destination is None:
@@ -304,4 +309,4 @@ def open_remote(store: CacheStore, reporter: Reporter, *, sources: Sequence[Cach
 
         push = None if destination is None else (destination, session(destination))
         yield RemoteCache(store, reporter, sources=[(r, session(r)) for r in sources],
-                          destination=push)
+                          destination=push, limits=limits)

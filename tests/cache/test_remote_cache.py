@@ -259,3 +259,19 @@ COPY --from=build /out/note /etc/note
     assert "| ran-the-build-stage" not in second.stderr
     assert "[2/7] CACHED" in second.stderr.splitlines()
     assert "[6/7] COPY --from=build /out/note /etc/note" in second.stderr.splitlines()
+
+
+def test_an_entry_larger_than_max_image_size_is_a_miss(registry: Registry, hello_context: Path,
+                                                       tmp_path: Path) -> None:
+    args = ["--insecure-registry", registry.host, "--progress=plain"]
+    first = acbuild("build", hello_context / "Acfile", "-o", tmp_path / "a.aci", *args,
+                    "--cache-to", f"registry://{registry.host}/hello",
+                    env={"XDG_CACHE_HOME": str(tmp_path / "c1")})
+    assert first.code == 0, first.stderr
+    second = acbuild("build", hello_context / "Acfile", "-o", tmp_path / "b.aci", *args,
+                     "--cache-from", f"registry://{registry.host}/hello",
+                     "--max-image-size", "100K", env={"XDG_CACHE_HOME": str(tmp_path / "c2")})
+    assert second.code == 0, second.stderr
+    assert "larger than the limit" in second.stderr
+    assert "[6/8] DONE" in second.stderr  # the COPY ran
+    assert second.stdout == first.stdout
