@@ -160,7 +160,14 @@ class RemoteCache:
             if response.status_code == 404:
                 return False
             session.check(response, f"cache entry {tag[:17]}…")
-            raw = read_limited(response, DOCUMENT_LIMIT, "the cache entry's manifest")
+            sent_digest = response.headers.get("docker-content-digest")
+            try:
+                raw = read_limited(response, DOCUMENT_LIMIT, "its manifest")
+            except RegistryError as e:
+                raise RemoteEntryError(f"is not usable: {e.message}") from None
+        if sent_digest is not None and sent_digest != "sha256:" + hashlib.sha256(raw).hexdigest():
+            raise RemoteEntryError("is corrupt: its manifest does not match the digest the "
+                                   "registry gives it")
         entry = decode_manifest(raw, key)
         config = decode_config(self._small_blob(source, entry.config), key)
         try:
