@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import TYPE_CHECKING, Literal, TextIO
 
 from acbuild.acfile.context import BuildContext
 from acbuild.acfile.instructions import Isolator, Run, Sign
@@ -27,8 +27,6 @@ from acbuild.build.execute import ExecuteOptions, execute, reported_step, step_i
 from acbuild.build.rktcompat import rkt_warnings
 from acbuild.cache.buildcache import BuildCache, StageState
 from acbuild.cache.cache import CacheStore, ImageRecord, default_cache_dir
-from acbuild.cache.remote import CacheRepo, open_remote
-from acbuild.distribution.registry.transport import TransportOptions
 from acbuild.errors import AcfileError, BuildError, Span, TrustError, raise_all
 from acbuild.fs.atomic import check_writable
 from acbuild.fs.leftovers import owner_tag, sweep
@@ -41,6 +39,10 @@ from acbuild.plan.plan import Plan, check_instructions, make_plan
 from acbuild.report import Reporter, StepInfo
 from acbuild.signals import deferred
 from acbuild.trust.rktkeys import check_signing_key
+
+if TYPE_CHECKING:  # httpx and the registry code load only for a build that uses a registry
+    from acbuild.cache.remote import CacheRepo
+    from acbuild.distribution.registry.transport import TransportOptions
 
 OutputFormat = Literal["aci", "oci", "oci-archive"]
 # Signs the image at the path with the key; returns the signature's path.
@@ -74,7 +76,7 @@ class BuildOptions:
     gpg_home: Path | None = None  # where the SIGN keys are; None: gpg's default
     cache_from: tuple[CacheRepo, ...] = ()  # --cache-from registry://…: looked up on a miss
     cache_to: CacheRepo | None = None  # --cache-to registry://…: every step pushed after
-    transport: TransportOptions = field(default_factory=TransportOptions)  # reaching registries
+    transport: TransportOptions | None = None  # how registries are reached (None: defaults)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -226,11 +228,15 @@ def _remote(cache: BuildCache | None, options: BuildOptions,
             reporter: Reporter) -> Iterator[None]:
     """The --cache-from/--cache-to registries, open while the build runs (the cache reads
     and fills them through ``cache.remote``)."""
-    if cache is None:
+    if cache is None or (not options.cache_from and options.cache_to is None):
         yield
         return
+    from acbuild.cache.remote import open_remote
+    from acbuild.distribution.registry.transport import TransportOptions
+
     with open_remote(cache.store, reporter, sources=options.cache_from,
-                     destination=options.cache_to, transport=options.transport,
+                     destination=options.cache_to,
+                     transport=options.transport or TransportOptions(),
                      environ=options.environ, limits=options.base_loader.limits) as remote:
         cache.remote = remote
         try:

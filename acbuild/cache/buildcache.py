@@ -10,11 +10,11 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from acbuild.acfile.context import BuildContext
 from acbuild.acfile.instructions import Copy, Run, Workdir
 from acbuild.cache.cache import CacheStore, CorruptTree, ImageRecord, StepRecord
-from acbuild.cache.remote import RemoteCache
 from acbuild.cache.snapshot import KnownDigests
 from acbuild.cache.statcache import base_identity, image_key, key_plan
 from acbuild.fs.staging import StagedRootfs, remove_tree
@@ -22,6 +22,9 @@ from acbuild.image.manifest import ImageManifest, from_json_bytes, to_json_bytes
 from acbuild.plan.baseref import BaseRef
 from acbuild.plan.plan import Plan, Stage, Step
 from acbuild.report import Reporter
+
+if TYPE_CHECKING:  # the remote cache (httpx) loads only for a build that uses one
+    from acbuild.cache.remote import RemoteCache
 
 # Resolves a discovered base image name (with its labels) to the local file it fetched.
 NameResolver = Callable[[str, tuple[tuple[str, str], ...]], Path]

@@ -12,6 +12,7 @@ import hashlib
 import http.server
 import json
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -287,3 +288,11 @@ def test_a_refused_manifest_is_one_line(aci: Path, tmp_path: Path) -> None:
     assert "pushing manifest team/x:1: HTTP 400 (MANIFEST_INVALID)" in line
     assert "\x1b" not in r.stderr
     assert list(temp.iterdir()) == []
+
+
+def test_builds_and_exports_without_a_registry_do_not_load_httpx() -> None:
+    code = ("import sys, acbuild.build.build, acbuild.cli.commands.build, "
+            "acbuild.cli.commands.export; print('httpx' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"

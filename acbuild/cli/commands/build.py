@@ -118,8 +118,10 @@ def command(
     if no_cache and (cache_from or cache_to is not None):
         raise click.UsageError("--cache-from and --cache-to share the step cache, which "
                                "--no-cache turns off")
-    registries = transport(trust.get("insecure_registry", ()), trust.get("ca_file"))
-    check_targets(push_to, cache_to, registries)
+    registries = None
+    if push_to is not None or cache_from or cache_to is not None:
+        registries = transport(trust.get("insecure_registry", ()), trust.get("ca_file"))
+        check_targets(push_to, cache_to, registries)
     to_stdout = output == Path("-")
     if to_stdout and sys.stdout.isatty():
         raise click.UsageError("-o - would write the image to the terminal: redirect stdout, "
@@ -166,7 +168,7 @@ def command(
                   else build(options, reporter))
         if to_stdout:
             _stream(result.output)
-        if push_to is not None:
+        if push_to is not None and registries is not None:
             pushed = push_fields(push(result.output, push_to, registries, reporter))
     summarise(result, reporter, pushed, kept=kept or push_to is None)
     if iidfile is not None:
