@@ -141,7 +141,7 @@ class Repository:
         for it: an unreachable registry, a TLS mismatch or refused credentials are found
         out now, not after a long build. (A token server may still grant only pull; the
         first upload says so.)"""
-        self.has_blob("sha256:" + "0" * 64)
+        self._head("blobs/sha256:" + "0" * 64, f"pushing to {self.repository}")
 
     def has_blob(self, digest: str) -> bool:
         return self._head(f"blobs/{digest}", f"blob {digest[:19]}")
