@@ -95,13 +95,16 @@ class PushSession(Session):
             status = response.status_code
             if status == 401 and not challenged:
                 challenged = True
-                challenge = response.headers.get("www-authenticate", "")
-                response.close()
-                if self._authenticate(challenge, scope):
+                try:
+                    met = self._authenticate(response.headers.get("www-authenticate", ""),
+                                             scope)
+                except BaseException:
+                    response.close()
+                    raise
+                if met:
+                    response.close()
                     continue
-                return self._client.send(self._client.build_request(
-                    method, url, headers=sent, content=None if body is None else body()),
-                    stream=True)
+                return response  # a challenge this session cannot meet: the caller explains
             if (status == 429 or status >= 500) and attempt < self.options.retries:
                 wait = response.headers.get("retry-after")
                 response.close()
