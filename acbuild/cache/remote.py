@@ -56,6 +56,7 @@ from acbuild.image.tarread import Limits
 from acbuild.interop.export import MANIFEST_TYPE, Descriptor, write_layer
 from acbuild.interop.ocistream import CHUNK, DigestReader, EndedTar, drain
 from acbuild.report import Reporter
+from acbuild.terminal import escape
 
 SCHEME = "registry://"
 # The tree tar keeps the snapshot's mtimes (whole seconds): nothing is clamped below this.
@@ -142,14 +143,20 @@ class RemoteCache:
                     self.reporter.info(f"{what} imported from {source.repo.url()}")
                     return source.repo.url()
             except RemoteEntryError as e:
-                self.reporter.warning(f"{source.repo.url()}: the entry of {what} {e.message}; "
-                                      "it is a miss")
+                self._miss(source, what, e.message)
+            except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as e:
+                # what the entry names cannot even be asked for (httpx refuses the URL)
+                self._miss(source, what, f"it names something that cannot be fetched ({e})")
             except (AcbuildError, OSError) as e:
                 source.alive = False
                 message = e.message if isinstance(e, AcbuildError) else str(e)
                 self.reporter.warning(f"{source.repo.url()}: {message}; not using this cache "
                                       "for the rest of the build")
         return None
+
+    def _miss(self, source: _Source, what: str, message: str) -> None:
+        self.reporter.warning(f"{source.repo.url()}: the cache entry of {what}: "
+                              f"{escape(message)}; it is a miss, building the step")
 
     def _import(self, source: _Source, key: str) -> bool:
         repo, session = source.repo, source.session
@@ -164,16 +171,16 @@ class RemoteCache:
             try:
                 raw = read_limited(response, DOCUMENT_LIMIT, "its manifest")
             except RegistryError as e:
-                raise RemoteEntryError(f"is not usable: {e.message}") from None
+                raise RemoteEntryError(f"its manifest is not usable: {e.message}") from None
         if sent_digest is not None and sent_digest != "sha256:" + hashlib.sha256(raw).hexdigest():
-            raise RemoteEntryError("is corrupt: its manifest does not match the digest the "
+            raise RemoteEntryError("its manifest is corrupt: it does not match the digest the "
                                    "registry gives it")
         entry = decode_manifest(raw, key)
         config = decode_config(self._small_blob(source, entry.config), key)
         try:
             from_json_bytes(config.manifest_json)
         except AcbuildError as e:
-            raise RemoteEntryError(f"has a manifest that is not valid: {e.message}") from None
+            raise RemoteEntryError(f"its image manifest is not valid: {e.message}") from None
         with self._temp() as work:
             rootfs = StagedRootfs(root=work / "rootfs")
             rootfs.root.mkdir(mode=0o755)
@@ -183,12 +190,12 @@ class RemoteCache:
 
     def _blob_missing(self, response: httpx.Response, digest: str) -> None:
         if response.status_code == 404:
-            raise RemoteEntryError(f"names blob {digest[:19]}, which the registry does not have")
+            raise RemoteEntryError(f"it names blob {digest[:19]}, which the registry does not have")
 
     def _small_blob(self, source: _Source, desc: Descriptor) -> bytes:
         repo, session = source.repo, source.session
         if desc.size > DOCUMENT_LIMIT:
-            raise RemoteEntryError(f"has a config of {desc.size} bytes, more than the limit")
+            raise RemoteEntryError(f"its config is {desc.size} bytes, more than the limit")
         with session.get(f"/v2/{repo.repository}/blobs/{desc.digest}",
                          scope=f"repository:{repo.repository}:pull") as response:
             self._blob_missing(response, desc.digest)
@@ -196,9 +203,9 @@ class RemoteCache:
             try:
                 data = read_limited(response, desc.size, "the entry's config")
             except RegistryError as e:
-                raise RemoteEntryError(f"is corrupt: {e.message}") from None
+                raise RemoteEntryError(f"its config is corrupt: {e.message}") from None
         if "sha256:" + hashlib.sha256(data).hexdigest() != desc.digest:
-            raise RemoteEntryError(f"is corrupt: its config does not match {desc.digest[:19]}")
+            raise RemoteEntryError(f"its config is corrupt: it does not match {desc.digest[:19]}")
         return data
 
     def _extract(self, source: _Source, entry: EntryManifest, config: EntryConfig,
@@ -220,15 +227,15 @@ class RemoteCache:
                 with contextlib.suppress(AcbuildError, OSError):
                     drain(blob)  # a wrong digest is the better explanation
                 if blob.count == layer.size and not blob.matches():
-                    raise RemoteEntryError(f"is corrupt: its layer is not {layer.digest[:19]}")\
+                    raise RemoteEntryError(f"its layer is corrupt: it is not {layer.digest[:19]}")\
                         from None
                 message = e.message if isinstance(e, AcbuildError) else str(e)
-                raise RemoteEntryError(f"has a layer that cannot be read: {message}") from None
+                raise RemoteEntryError(f"its layer cannot be read: {message}") from None
         if not blob.matches() or blob.count != layer.size:
-            raise RemoteEntryError(f"is corrupt: its layer is not {layer.digest[:19]} "
+            raise RemoteEntryError(f"its layer is corrupt: it is not {layer.digest[:19]} "
                                    f"({blob.count} bytes, {layer.size} expected)")
         if not tar.matches():
-            raise RemoteEntryError("is corrupt: its tree does not match its diff_id")
+            raise RemoteEntryError("its layer is corrupt: the tree does not match its diff_id")
 
     @contextlib.contextmanager
     def _temp(self) -> Iterator[Path]:

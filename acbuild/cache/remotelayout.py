@@ -36,8 +36,9 @@ TAG_PREFIX = "step-"
 # much larger is not one of ours.
 DOCUMENT_LIMIT = 4 << 20
 
-_KEY = re.compile(r"^sha256:[0-9a-f]{64}$")
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+# fullmatch only: "$" would also match before a trailing newline, which would reach a URL
+_KEY = re.compile(r"sha256:[0-9a-f]{64}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class RemoteEntryError(AcbuildError):
@@ -60,7 +61,7 @@ class EntryManifest:
 def step_tag(key: str) -> str:
     """The tag of a step's entry; step keys are sha256 digests, so 69 characters of
     ``[a-z0-9-]`` (a tag may have 128)."""
-    if not _KEY.match(key):
+    if not _KEY.fullmatch(key):
         raise ValueError(f"not a step key: {key!r}")
     return TAG_PREFIX + key.split(":", 1)[1]
 
@@ -98,7 +99,7 @@ def _descriptor(value: Any, media_type: str, what: str) -> Descriptor:
     if value.get("mediaType") != media_type:
         raise RemoteEntryError(f"{what} has media type {value.get('mediaType')!r}, "
                                f"expected {media_type}")
-    if not isinstance(digest, str) or not _DIGEST.match(digest):
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
         raise RemoteEntryError(f"{what} has no valid sha256 digest")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise RemoteEntryError(f"{what} has no valid size")
@@ -133,7 +134,7 @@ def decode_config(raw: bytes, key: str) -> EntryConfig:
     manifest, diff_id = doc.get("manifest"), doc.get("diff_id")
     if not isinstance(manifest, str):
         raise RemoteEntryError("cache entry config has no manifest")
-    if not isinstance(diff_id, str) or not _DIGEST.match(diff_id):
+    if not isinstance(diff_id, str) or not _DIGEST.fullmatch(diff_id):
         raise RemoteEntryError("cache entry config has no valid diff_id")
     try:
         manifest_json = manifest.encode("utf-8")

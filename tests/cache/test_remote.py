@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.server
 import io
 import os
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,3 +205,45 @@ def test_cache_references(text: str, message: str | None) -> None:
     else:
         with pytest.raises(RegistryError, match=message):
             parse_cache_ref(text, "--cache-from")
+
+
+def test_an_entry_naming_a_digest_with_a_newline_is_a_miss(tmp_path: Path) -> None:
+    """A hostile --cache-from (not a real registry: one would refuse to store it) answers
+    every step tag with an entry for that key whose config digest ends in a newline."""
+    good = "sha256:" + "a" * 64
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            key = "sha256:" + self.path.rsplit("step-", 1)[-1]
+            entry = EntryManifest(
+                config=Descriptor(media_type=CONFIG_TYPE, digest=good, size=10),
+                layer=Descriptor(media_type=LAYER_TYPE, digest=good, size=10))
+            body = encode_manifest(key, entry).replace(good.encode(), good.encode() + b"\\n", 1)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        s = store(tmp_path / "c")
+        with PushSession(host, TransportOptions(insecure_registries=(host,), retries=0),
+                         None) as push:
+            reporter = NullReporter()
+            cache = RemoteCache(s, reporter, sources=[
+                (CacheRepo(registry=host, repository="c"), push)])
+            assert cache.fetch(KEY, "step 3") is None
+            assert cache.fetch(OTHER, "step 4") is None  # still asked: an entry, not the host
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(reporter.warnings) == 2
+    assert "the cache entry of step 3: its config has no valid sha256 digest" in \
+        reporter.warnings[0]

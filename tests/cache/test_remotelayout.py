@@ -39,6 +39,8 @@ def test_tag_is_the_key_hex_and_a_valid_tag() -> None:
     assert len(tag) <= 128
     with pytest.raises(ValueError):
         step_tag("sha256:../../etc")
+    with pytest.raises(ValueError):
+        step_tag(KEY + "\n")
 
 
 def test_manifest_and_config_round_trip() -> None:
@@ -82,6 +84,9 @@ def _manifest(**changes: object) -> bytes:
     (_manifest(config={**ENTRY.config.to_json(), "size": -1}), "size"),
     (_manifest(config={**ENTRY.config.to_json(), "size": True}), "size"),
     (_manifest(config="x"), "not a descriptor"),
+    # "$" of a regex would accept the newline, and it would reach the blob's URL
+    (_manifest(config={**ENTRY.config.to_json(), "digest": "sha256:" + "a" * 64 + "\n"}),
+     "digest"),
     (_manifest(layers=[{**ENTRY.layer.to_json(), "mediaType": "text/plain"}]), "media type"),
     (_manifest(annotations=None), "another step key"),
 ])
@@ -101,6 +106,7 @@ def _config(**changes: object) -> bytes:
     (_config(manifest=None), "no manifest"),
     (_config(manifest="\ud800"), "not UTF-8"),
     (_config(diff_id="md5:00"), "diff_id"),
+    (_config(diff_id="sha256:" + "0" * 64 + "\n"), "diff_id"),
 ])
 def test_hostile_configs_are_refused(raw: bytes, message: str) -> None:
     with pytest.raises(RemoteEntryError, match=message):
