@@ -234,9 +234,10 @@ def test_a_push_to_another_repository_mounts_the_blobs(registry: Registry, aci: 
 
 
 @contextlib.contextmanager
-def refusing_registry() -> Iterator[str]:
+def refusing_registry(location: str = "/v2/team/x/blobs/uploads/u1") -> Iterator[str]:
     """A registry (on 127.0.0.1) that takes every blob and refuses every manifest, as one
-    with a policy on manifests (or a full disk) does: 400 MANIFEST_INVALID."""
+    with a policy on manifests (or a full disk) does: 400 MANIFEST_INVALID. Its uploads go
+    to ``location``."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -256,7 +257,7 @@ def refusing_registry() -> Iterator[str]:
             self._answer(404)
 
         def do_POST(self) -> None:
-            self._answer(202, Location="/v2/team/x/blobs/uploads/u1")
+            self._answer(202, Location=location)
 
         def do_PUT(self) -> None:
             if "/manifests/" in self.path:
@@ -296,3 +297,16 @@ def test_builds_and_exports_without_a_registry_do_not_load_httpx() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("location", [
+    "http://[::1/uploads", "https://xn--/uploads", "/v2/up\x7floads", "ftp://127.0.0.1/x",
+    "http://127.0.0.2:1/elsewhere",
+])
+def test_a_hostile_upload_location_is_one_line(aci: Path, location: str) -> None:
+    with refusing_registry(location) as host:
+        r = acbuild("export", aci, "--push", f"docker://{host}/team/x:1",
+                    "--insecure-registry", host)
+    line = one_line_error(r)
+    assert "internal error" not in r.stderr
+    assert host in line

@@ -81,10 +81,14 @@ class PushSession(Session):
             sent = dict(headers)
             if _origin(url) == own and (auth := self._auth_header(scope)):
                 sent["Authorization"] = auth
-            request = self._client.build_request(
-                method, url, headers=sent, content=None if body is None else body())
             try:
+                request = self._client.build_request(
+                    method, url, headers=sent, content=None if body is None else body())
                 response = self._client.send(request, stream=True)
+            except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as e:
+                # a URL the registry sent (an upload Location) that cannot be asked for
+                raise RegistryError(f"{self.host}: the registry sent a URL that cannot be "
+                                    f"used: {_reason(e)}") from None
             except httpx.TransportError as e:
                 if attempt < self.options.retries:
                     self._pause(attempt, None)
@@ -196,14 +200,19 @@ class Repository:
         with self.session.send("POST", self._url("blobs/uploads/"), scope=self.scope,
                                headers={"Content-Length": "0"}) as response:
             self.session.check(response, f"starting an upload to {self.repository}")
-            return self._location(response, "an upload")
+            return self._location(response, f"starting an upload to {self.repository}")
 
     def _location(self, response: httpx.Response, what: str) -> str:
         location = response.headers.get("location")
         if not location:
             raise RegistryError(f"{self.session.host}: {what}: the registry sent no Location")
-        url = urljoin(self.session.base + "/", str(location))
-        if _origin(url) != _origin(self.session.base):
+        try:
+            url = urljoin(self.session.base + "/", str(location))
+            elsewhere = _origin(url) != _origin(self.session.base)
+        except ValueError:  # e.g. a malformed IPv6 literal
+            raise RegistryError(f"{self.session.host}: {what}: the registry sent a Location "
+                                "that is not a URL") from None
+        if elsewhere:
             raise RegistryError(f"{self.session.host}: {what}: the registry sends the upload "
                                 "to another host, which would not get the credentials")
         return url
