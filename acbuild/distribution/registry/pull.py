@@ -21,12 +21,16 @@ from typing import Any, BinaryIO
 import httpx
 
 from acbuild.distribution.registry.blobstore import BlobStore
-from acbuild.distribution.registry.platform import Platform
+from acbuild.distribution.registry.platform import Platform, parse_platform
 from acbuild.distribution.registry.reference import DIGEST, Reference, RegistryError
 from acbuild.distribution.registry.transport import Session, read_limited
 from acbuild.fs.atomic import atomic_write
 from acbuild.report import Reporter
 from acbuild.terminal import escape
+
+# Platform and parse_platform live in .platform (no HTTP client); importable here as before.
+__all__ = ["ACCEPT", "Descriptor", "Platform", "PulledImage", "parse_platform", "pull",
+           "resolve"]
 
 MANIFEST_LIMIT = 4 << 20
 CONFIG_LIMIT = 16 << 20
