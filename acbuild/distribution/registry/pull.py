@@ -77,11 +77,16 @@ class PulledImage:
 
 
 def pull(ref: Reference, *, session: Session, store: BlobStore, platform: Platform,
-         reporter: Reporter) -> PulledImage:
+         reporter: Reporter, max_bytes: int | None = None) -> PulledImage:
+    """``max_bytes``: refuse (before downloading) an image whose layers add up to more."""
     store.check()
     puller = _Puller(ref, session, store, reporter)
     doc, digest, index_digest = puller.image_manifest(platform)
     config, layers = _parse_manifest(doc, ref)
+    total = sum(layer.size for layer in layers)
+    if max_bytes is not None and total > max_bytes:
+        raise RegistryError(f"{ref}: its layers are {total} bytes, more than the limit of "
+                            f"{max_bytes} (--max-image-size)")
     transferred = int(puller.blob(config, "config", CONFIG_LIMIT))
     transferred += puller.layers(layers)
     return PulledImage(reference=ref, digest=digest, index_digest=index_digest, manifest=doc,
