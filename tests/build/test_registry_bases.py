@@ -334,3 +334,14 @@ def test_max_image_size_refuses_big_layers_before_downloading(http_registry: Reg
             "--max-image-size", "100K", *access(http_registry))
     assert "more than the limit of 102400 (--max-image-size)" in one_line_error(r)
     assert http_registry.blob_gets() == []
+
+
+def test_docker_schema_2_image_converts(http_registry: Registry, busybox_oci: Path,
+                                        tmp_path: Path) -> None:
+    http_registry.push(f"oci:{busybox_oci}:1.36", "library/busybox:v2s2", fmt="v2s2")
+    out = tmp_path / "v2s2.aci"
+    r = cli("convert", http_registry.ref("library/busybox:v2s2"), "-o", out,
+            "--insecure-skip-verify", *access(http_registry))
+    assert r.code == 0, r.stderr
+    actool_validate(out)
+    assert aci_tree(out)["bin/busybox"][0] == "file"
