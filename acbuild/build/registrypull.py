@@ -48,6 +48,7 @@ class RegistryAccess:
     skip_verify: bool = False
     store_dir: Path | None = None  # the image store; pulled blobs live in <store>/blobs
     environ: Mapping[str, str] | None = field(default=None, repr=False)  # for credentials
+    max_bytes: int | None = None  # refuse images whose layers add up to more
 
     def transport(self) -> TransportOptions:
         from acbuild.distribution.registry.transport import TransportOptions
@@ -137,7 +138,8 @@ class RegistryBases:
         ref = self._pinned(text, reporter)
         with self.access.session(ref) as session:
             pulled = pull(ref, session=session, store=self.access.blob_store(),
-                          platform=self.access.target_platform(), reporter=reporter)
+                          platform=self.access.target_platform(), reporter=reporter,
+                          max_bytes=self.access.max_bytes)
         # The user's reference (its tag) names the image, not the pin added here.
         original = parse_reference(text)
         return PulledImage(reference=original if original.digest else

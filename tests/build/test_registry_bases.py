@@ -325,3 +325,23 @@ def test_a_build_without_docker_bases_does_not_load_the_http_client() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "False"
+
+
+def test_max_image_size_refuses_big_layers_before_downloading(http_registry: Registry,
+                                                              tmp_path: Path) -> None:
+    ctx = acfile(tmp_path, http_registry.ref("library/busybox:1.36"), "EXEC /bin/true")
+    r = cli("build", ctx, "-o", tmp_path / "x.aci", "--insecure-skip-verify",
+            "--max-image-size", "100K", *access(http_registry))
+    assert "more than the limit of 102400 (--max-image-size)" in one_line_error(r)
+    assert http_registry.blob_gets() == []
+
+
+def test_docker_schema_2_image_converts(http_registry: Registry, busybox_oci: Path,
+                                        tmp_path: Path) -> None:
+    http_registry.push(f"oci:{busybox_oci}:1.36", "library/busybox:v2s2", fmt="v2s2")
+    out = tmp_path / "v2s2.aci"
+    r = cli("convert", http_registry.ref("library/busybox:v2s2"), "-o", out,
+            "--insecure-skip-verify", *access(http_registry))
+    assert r.code == 0, r.stderr
+    actool_validate(out)
+    assert aci_tree(out)["bin/busybox"][0] == "file"

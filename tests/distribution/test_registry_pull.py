@@ -4,6 +4,7 @@ Docker schema 2, digests checked while blobs stream, and hostile answers through
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import threading
@@ -307,4 +308,25 @@ def test_index_nesting_is_bounded(proxy: TamperProxy, tmp_path: Path) -> None:
         proxy.tampering.canned[f"/v2/library/busybox/manifests/{inner}"] = (200, [], body)
     _canned_manifest(proxy, body, media=index_type)
     with pytest.raises(RegistryError, match="nested more than 3 deep"):
+        _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
+
+
+def test_a_content_encoding_is_decoded_before_the_digest_check(proxy: TamperProxy,
+                                                               tmp_path: Path) -> None:
+    """A server that gzips the transfer on its own: the blob is what it decodes to."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    path = _blob_manifest(proxy, config, len(config))
+    proxy.tampering.canned[path] = (200, [("Content-Encoding", "gzip")], gzip.compress(config))
+    store = BlobStore(tmp_path / "s")
+    pulled = _pull(proxy.host, "library/busybox:1.36", store)
+    assert store.path(pulled.config.digest).read_bytes() == config
+
+
+def test_a_content_encoding_bomb_stops_at_the_manifests_size(proxy: TamperProxy,
+                                                             tmp_path: Path) -> None:
+    path = _blob_manifest(proxy, b"{}", 2)
+    proxy.tampering.canned[path] = (200, [("Content-Encoding", "gzip")],
+                                    gzip.compress(b" " * (64 << 20)))
+    with pytest.raises(RegistryError, match="sent more than the 2 bytes"):
         _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))

@@ -135,12 +135,13 @@ def registry_options(f: F) -> F:
 
 def registry_access(*, insecure_registry: tuple[str, ...] = (), platform: str | None = None,
                     ca_file: Path | None = None, insecure_skip_verify: bool = False,
-                    store_dir: Path | None = None) -> RegistryAccess:
+                    store_dir: Path | None = None,
+                    max_image_size: int | None = None) -> RegistryAccess:
     from acbuild.build.registrypull import RegistryAccess
 
     return RegistryAccess(insecure_registries=insecure_registry, ca_file=ca_file,
                           platform=platform, skip_verify=insecure_skip_verify,
-                          store_dir=store_dir)
+                          store_dir=store_dir, max_bytes=max_image_size)
 
 
 def pull_policy_option(f: F) -> F:
@@ -192,6 +193,6 @@ def base_loader(*, reporter: Reporter, max_image_size: int | None = None,
     limits = Limits() if max_image_size is None else Limits(max_total_bytes=max_image_size)
     registry = RegistryBases(registry_access(
         insecure_registry=insecure_registry, platform=platform, ca_file=options.ca_file,
-        insecure_skip_verify=options.skip_verify))
+        insecure_skip_verify=options.skip_verify, max_image_size=limits.max_total_bytes))
     return BaseLoader(resolve_name=resolve, verify_local=verify, limits=limits,
                       registry=registry)

@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -49,7 +50,7 @@ class BlobStore:
             st = os.lstat(path)
         except OSError:
             return False
-        if not path.is_file() or (size is not None and st.st_size != size):
+        if not stat.S_ISREG(st.st_mode) or (size is not None and st.st_size != size):
             return False
         with contextlib.suppress(OSError):
             os.utime(path)

@@ -21,12 +21,16 @@ from typing import Any, BinaryIO
 import httpx
 
 from acbuild.distribution.registry.blobstore import BlobStore
-from acbuild.distribution.registry.platform import Platform
+from acbuild.distribution.registry.platform import Platform, parse_platform
 from acbuild.distribution.registry.reference import DIGEST, Reference, RegistryError
 from acbuild.distribution.registry.transport import Session, read_limited
 from acbuild.fs.atomic import atomic_write
 from acbuild.report import Reporter
 from acbuild.terminal import escape
+
+# Platform and parse_platform live in .platform (no HTTP client); importable here as before.
+__all__ = ["ACCEPT", "Descriptor", "Platform", "PulledImage", "parse_platform", "pull",
+           "resolve"]
 
 MANIFEST_LIMIT = 4 << 20
 CONFIG_LIMIT = 16 << 20
@@ -73,11 +77,16 @@ class PulledImage:
 
 
 def pull(ref: Reference, *, session: Session, store: BlobStore, platform: Platform,
-         reporter: Reporter) -> PulledImage:
+         reporter: Reporter, max_bytes: int | None = None) -> PulledImage:
+    """``max_bytes``: refuse (before downloading) an image whose layers add up to more."""
     store.check()
     puller = _Puller(ref, session, store, reporter)
     doc, digest, index_digest = puller.image_manifest(platform)
     config, layers = _parse_manifest(doc, ref)
+    total = sum(layer.size for layer in layers)
+    if max_bytes is not None and total > max_bytes:
+        raise RegistryError(f"{ref}: its layers are {total} bytes, more than the limit of "
+                            f"{max_bytes} (--max-image-size)")
     transferred = int(puller.blob(config, "config", CONFIG_LIMIT))
     transferred += puller.layers(layers)
     return PulledImage(reference=ref, digest=digest, index_digest=index_digest, manifest=doc,
@@ -212,7 +221,9 @@ class _Puller:
                 raise RegistryError(f"{shown}: the registry has no such blob")
             self.session.check(response, f"{self.ref.repository}: blob {desc.short()}")
             length = response.headers.get("content-length")
-            if length is not None and length.strip().isdigit() and int(length) != desc.size:
+            encoded = response.headers.get("content-encoding", "identity") != "identity"
+            if length is not None and length.strip().isdigit() and int(length) != desc.size \
+                    and not encoded:
                 raise RegistryError(f"{shown}: the registry sends {int(length)} bytes, but the "
                                     f"manifest says {desc.size}")
             with atomic_write(self.store.path(desc.digest), mode=0o644) as f:
@@ -225,7 +236,9 @@ def _stream(response: httpx.Response, f: BinaryIO, desc: Descriptor, shown: str,
     h = hashlib.sha256()
     done = reported = 0
     try:
-        for chunk in response.iter_raw():
+        # Decoded (a Content-Encoding the server adds is the transfer's, not the blob's); the
+        # byte count stops a decompression bomb at the manifest's size.
+        for chunk in response.iter_bytes():
             done += len(chunk)
             if done > desc.size:
                 raise RegistryError(f"{shown}: the registry sent more than the "
