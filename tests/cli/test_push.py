@@ -310,3 +310,33 @@ def test_a_hostile_upload_location_is_one_line(aci: Path, location: str) -> None
     line = one_line_error(r)
     assert "internal error" not in r.stderr
     assert host in line
+
+
+@pytest.fixture
+def token(tmp_path: Path) -> Iterator[Registry]:
+    skip_without_registry()
+    with start_registry(tmp_path / "reg", "token") as reg:
+        yield reg
+
+
+def test_push_and_share_the_cache_with_token_auth(token: Registry, aci: Path,
+                                                  hello_context: Path, tmp_path: Path) -> None:
+    assert token.token_server is not None
+    env = docker_config(tmp_path, token)
+    hosts = ["--insecure-registry", token.host,
+             "--insecure-registry", token.token_server.realm.split("/")[2]]
+    r = acbuild("export", aci, "--push", f"docker://{token.host}/team/hello:t1", *hosts,
+                env=env)
+    assert r.code == 0, r.stderr
+    raw = skopeo_raw(token, "team/hello:t1", tmp_path)
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == r.stdout.strip()
+    scopes = {q.get("scope") for q in token.token_server.requests}
+    assert "repository:team/hello:pull,push" in scopes
+    for n, direction in ((1, "--cache-to"), (2, "--cache-from")):
+        b = acbuild("build", hello_context / "Acfile", "-o", tmp_path / f"{n}.aci", *hosts,
+                    direction, f"registry://{token.host}/team/cache", "--progress=plain",
+                    env={**env, "XDG_CACHE_HOME": str(tmp_path / f"cache{n}")})
+        assert b.code == 0, b.stderr
+    assert "[6/8] CACHED" in b.stderr.splitlines()
+    assert "imported from registry://" in b.stderr
+    assert token.password and token.password not in r.stderr + b.stderr
