@@ -14,6 +14,7 @@ pushed as an entry, unless the registry has its tag already (a key names its con
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import os
@@ -61,6 +62,7 @@ from acbuild.terminal import escape
 SCHEME = "registry://"
 # The tree tar keeps the snapshot's mtimes (whole seconds): nothing is clamped below this.
 _KEEP_MTIMES = (1 << 33) - 1
+_LOOKUP_TIMEOUT = 15.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,9 +76,13 @@ class CacheRepo:
 
 def parse_cache_ref(text: str, option: str) -> CacheRepo:
     """``registry://REGISTRY/REPO`` as --cache-from/--cache-to take it; RegistryError else."""
+    rest = text.removeprefix(SCHEME)
+    if "@" in text.split("://", 1)[-1].partition("/")[0]:
+        # registry://USER:PASSWORD@HOST/…: not echoed, since what precedes the @ is a secret
+        raise RegistryError(f"{option}: a registry:// reference cannot hold credentials "
+                            "(USER@HOST)", hint="log in with acbuild-py login HOST")
     if not text.startswith(SCHEME):
         raise RegistryError(f"{option} {text!r}: a remote cache is named registry://REGISTRY/REPO")
-    rest = text.removeprefix(SCHEME)
     if "@" in rest or ":" in rest.rpartition("/")[2]:
         raise RegistryError(f"{option} {text!r}: name a repository, without a tag or digest "
                          "(each step is its own tag in it)")
@@ -314,13 +320,18 @@ def open_remote(store: CacheStore, reporter: Reporter, *, sources: Sequence[Cach
         yield None
         return
     with contextlib.ExitStack() as stack:
-        def session(repo: CacheRepo) -> PushSession:
+        def session(repo: CacheRepo, options: TransportOptions) -> PushSession:
             api = DOCKER_HUB_API if repo.registry == DOCKER_HUB else repo.registry
-            made = PushSession(repo.registry, transport, lookup(repo.registry, environ),
+            made = PushSession(repo.registry, options, lookup(repo.registry, environ),
                                api_host=api)
             stack.callback(made.close)
             return made
 
-        push = None if destination is None else (destination, session(destination))
-        yield RemoteCache(store, reporter, sources=[(r, session(r)) for r in sources],
+        # A lookup that fails is only a miss: a registry that stalls is given up on sooner
+        # than one a push depends on (at most about 2 x 15 s, not 5 x 60 s).
+        lookups = dataclasses.replace(transport, timeout=min(transport.timeout, _LOOKUP_TIMEOUT),
+                                      retries=min(transport.retries, 1))
+        push = None if destination is None else (destination, session(destination, transport))
+        yield RemoteCache(store, reporter,
+                          sources=[(r, session(r, lookups)) for r in sources],
                           destination=push, limits=limits)

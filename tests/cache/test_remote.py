@@ -197,14 +197,17 @@ def test_a_missing_tag_is_a_quiet_miss_and_a_dead_registry_is_dropped(
     ("registry://127.0.0.1:5000/c:tag", "without a tag"),
     ("registry://127.0.0.1:5000/c@sha256:" + "a" * 64, "without a tag"),
     ("registry://127.0.0.1:5000/", "no repository"),
+    ("registry://alice:S3CRETPW@127.0.0.1:5000/c", "cannot hold credentials"),
+    ("docker://alice:S3CRETPW@127.0.0.1:5000/c", "cannot hold credentials"),
 ])
 def test_cache_references(text: str, message: str | None) -> None:
     if message is None:
         repo = parse_cache_ref(text, "--cache-from")
         assert repo.url() == text
     else:
-        with pytest.raises(RegistryError, match=message):
+        with pytest.raises(RegistryError, match=message) as caught:
             parse_cache_ref(text, "--cache-from")
+        assert "S3CRETPW" not in str(caught.value) + (caught.value.hint or "")
 
 
 def test_an_entry_naming_a_digest_with_a_newline_is_a_miss(tmp_path: Path) -> None:

@@ -188,12 +188,14 @@ def test_cache_to_an_unreachable_registry_fails_in_one_line(hello_context: Path,
     (["--cache-to", "registry://registry.example/cache:tag"], "without a tag"),
     (["--cache-to", "registry://registry.example/Cache"], "must be lower case"),
     (["--cache-to", "registry://registry.example/cache", "--no-cache"], "--no-cache"),
+    (["--cache-to", "registry://alice:S3CRETPW@registry.example/c"], "cannot hold credentials"),
 ])
 def test_bad_cache_options_are_usage_errors(hello_context: Path, args: list[str],
                                             message: str) -> None:
     r = acbuild("build", hello_context / "Acfile", *args)
     assert r.code == 2, r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr
+    assert "S3CRETPW" not in r.stderr
 
 
 def test_credentials_stay_out_of_the_cache(tmp_path: Path, hello_context: Path) -> None:

@@ -51,7 +51,8 @@ def _cache_repo(option: str) -> Callable[[click.Context, click.Parameter, Any], 
                 return tuple(parse_cache_ref(v, option) for v in value)
             return None if value is None else parse_cache_ref(value, option)
         except AcbuildError as e:
-            raise click.BadParameter(e.message.removeprefix(f"{option} "), ctx, param) from None
+            shown = e.message.removeprefix(f"{option}: ").removeprefix(f"{option} ")
+            raise click.BadParameter(shown, ctx, param) from None
 
     return callback
 
