@@ -291,5 +291,7 @@ def test_an_unusable_realm_url_is_a_clean_error(proxy: TamperProxy, realm: str) 
                                       "https://127.0.0.1/\x7f"])
 def test_an_unusable_redirect_is_a_clean_error(proxy: TamperProxy, location: str) -> None:
     proxy.tampering.canned[MANIFEST] = (302, [("Location", location)], b"")
-    with _proxied(proxy) as s, pytest.raises(RegistryError), s.get(MANIFEST, scope=SCOPE):
+    with _proxied(proxy) as s, pytest.raises(RegistryError) as e, s.get(MANIFEST, scope=SCOPE):
         pass
+    assert "cannot reach" not in e.value.message  # not a transport failure, not retried
+    assert len(proxy.tampering.requests) == 1

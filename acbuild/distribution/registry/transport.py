@@ -146,6 +146,15 @@ class Session:
             except _BAD_URL as e:
                 raise RegistryError(f"{self.host}: cannot use the URL "
                                     f"{escape(url[:200])!r}: {_reason(e)}") from None
+            except httpx.RemoteProtocolError as e:
+                if "location header" in str(e):  # httpx parses every redirect's Location
+                    raise RegistryError(f"{self._shown(url)} redirects to a URL that does not "
+                                        "parse") from None
+                if attempt < self.options.retries:
+                    self._pause(attempt, None)
+                    attempt += 1
+                    continue
+                raise RegistryError(f"cannot reach {self._shown(url)}: {_reason(e)}") from None
             except httpx.TransportError as e:
                 if attempt < self.options.retries:
                     self._pause(attempt, None)
