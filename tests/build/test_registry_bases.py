@@ -345,3 +345,34 @@ def test_docker_schema_2_image_converts(http_registry: Registry, busybox_oci: Pa
     assert r.code == 0, r.stderr
     actool_validate(out)
     assert aci_tree(out)["bin/busybox"][0] == "file"
+
+
+@pytest.mark.parametrize("header", [("WWW-Authenticate", 'Bearer realm="https://xn--/tok"'),
+                                    ("WWW-Authenticate", 'Bearer realm="http://[::1/tok"')])
+def test_a_hostile_realm_is_one_line_not_an_internal_error(
+        proxy: TamperProxy, tmp_path: Path, header: tuple[str, str]) -> None:
+    proxy.tampering.canned["/v2/library/busybox/manifests/1.36"] = (401, [header], b"")
+    r = cli("convert", proxy.ref("library/busybox:1.36"), "-o", tmp_path / "x.aci",
+            "--insecure-skip-verify", "--insecure-registry", proxy.host)
+    assert "asks for a token from" in one_line_error(r)
+
+
+def test_convert_takes_max_image_size(proxy: TamperProxy, tmp_path: Path) -> None:
+    """Red-team RP-2: a manifest claiming a 16 TiB layer streamed zeros until the disk was
+    full; the default 64G limit refuses it before any blob is asked for."""
+    layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+             "digest": "sha256:" + "7" * 64, "size": 1 << 44}
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": "sha256:" + "8" * 64, "size": 2}, "layers": [layer]}
+    proxy.tampering.canned["/v2/library/busybox/manifests/1.36"] = (
+        200, [], json.dumps(manifest).encode())
+    for verb in ("convert", "fetch"):
+        args = ["-o", str(tmp_path / "x.aci")] if verb == "convert" else []
+        r = cli(verb, proxy.ref("library/busybox:1.36"), *args, "--insecure-skip-verify",
+                "--insecure-registry", proxy.host)
+        assert "more than the limit of 68719476736 (--max-image-size)" in one_line_error(r)
+    r = cli("fetch", proxy.ref("library/busybox:1.36"), "--insecure-skip-verify",
+            "--insecure-registry", proxy.host, "--max-image-size", "1T")
+    assert "more than the limit of 1099511627776" in one_line_error(r)
+    assert proxy.tampering.blob_gets() == []

@@ -4,9 +4,13 @@ atomically, other keys kept), and never show a password."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -95,3 +99,26 @@ def test_bad_files_are_named_without_their_contents(tmp_path: Path, content: str
     assert str(path) in e.value.message
     assert "hunter2" not in e.value.render() and "secretpw" not in e.value.render()
     assert "%%%" not in e.value.render()
+
+
+def test_the_credentials_file_is_private_while_it_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red-team RP-1: the temporary file login writes was 0644 until the commit."""
+    real = credentials.atomic_write
+    seen: list[int] = []
+
+    @contextlib.contextmanager
+    def spy(path: Path, *, mode: int | None = None) -> Iterator[BinaryIO]:
+        with real(path, mode=mode) as f:
+            seen.append(stat.S_IMODE(os.fstat(f.fileno()).st_mode))
+            yield f
+
+    monkeypatch.setattr(credentials, "atomic_write", spy)
+    old = os.umask(0o022)
+    try:
+        credentials.store("reg.example", Credential(username="u", password="p"),
+                          _env(tmp_path))
+        credentials.remove("reg.example", _env(tmp_path))
+    finally:
+        os.umask(old)
+    assert seen == [0o600, 0o600]

@@ -260,3 +260,38 @@ def test_requests_go_through_the_proxy_the_environment_names(
     with _session(http_registry) as s, s.get(MANIFEST, scope=SCOPE, accept=ACCEPT) as r:
         s.check(r, "manifest")
     assert [p for m, p, _ in proxy.tampering.requests] == [MANIFEST]
+
+
+def test_registry_error_text_is_not_echoed(proxy: TamperProxy) -> None:
+    """Red-team RP-3: a registry reflecting the Authorization header into its error body."""
+    credential = Credential(username="alice", password="PASSW0RD-SECRET")
+    basic = "Basic YWxpY2U6UEFTU1cwUkQtU0VDUkVU"
+    proxy.tampering.canned[MANIFEST] = (400, [], json.dumps({"errors": [
+        {"code": f"BAD {basic}"}, {"code": "MANIFEST_INVALID", "message": basic},
+        {"code": "PASSW0RD-SECRET"}]}).encode())
+    with _proxied(proxy, credential=credential) as s, pytest.raises(RegistryError) as e, \
+            s.get(MANIFEST, scope=SCOPE) as r:
+        s.check(r, "manifest")
+    assert e.value.message.endswith("HTTP 400 (MANIFEST_INVALID)")
+    assert "YWxp" not in e.value.render() and "PASSW0RD" not in e.value.render()
+
+
+@pytest.mark.parametrize("realm", ["http://[::1/tok", "https://127.0.0.1/to\x7fk",
+                                   "https://xn--/tok", "http://127.0.0.1:99999/t"])
+def test_an_unusable_realm_url_is_a_clean_error(proxy: TamperProxy, realm: str) -> None:
+    """Red-team RP-4: these were internal errors (ValueError, InvalidURL, IDNAError)."""
+    proxy.tampering.canned[MANIFEST] = (401, [("WWW-Authenticate",
+                                               f'Bearer realm="{realm}",service="x"')], b"")
+    with _proxied(proxy) as s, \
+            pytest.raises(RegistryError), s.get(MANIFEST, scope=SCOPE):
+        pass
+
+
+@pytest.mark.parametrize("location", ["https://xn--/x", "http://[::1/x", "http://a:b:c/x",
+                                      "https://127.0.0.1/\x7f"])
+def test_an_unusable_redirect_is_a_clean_error(proxy: TamperProxy, location: str) -> None:
+    proxy.tampering.canned[MANIFEST] = (302, [("Location", location)], b"")
+    with _proxied(proxy) as s, pytest.raises(RegistryError) as e, s.get(MANIFEST, scope=SCOPE):
+        pass
+    assert "cannot reach" not in e.value.message  # not a transport failure, not retried
+    assert len(proxy.tampering.requests) == 1

@@ -7,7 +7,11 @@ from pathlib import Path
 import click
 
 from acbuild.cli.commands.common import global_options, state
-from acbuild.cli.commands.trustopts import registry_access, registry_options
+from acbuild.cli.commands.trustopts import (
+    max_pull_size_option,
+    registry_access,
+    registry_options,
+)
 from acbuild.cli.console import say
 from acbuild.image.compression import COMPRESSIONS
 from acbuild.interop.convert import ConvertOptions, convert
@@ -32,11 +36,12 @@ from acbuild.report import Field
               help="Extra CA certificate for a docker:// registry's HTTPS.")
 @click.option("--insecure-skip-verify", is_flag=True,
               help="Accept a docker:// image that is not pinned by digest (unverified).")
+@max_pull_size_option
 @global_options
 def command(
     source: str, image: str | None, nosquash: bool, output: Path | None, compression: str,
     input_format: str, insecure_registry: tuple[str, ...], platform: str | None,
-    ca_file: Path | None, insecure_skip_verify: bool,
+    ca_file: Path | None, insecure_skip_verify: bool, max_image_size: int,
 ) -> None:
     """Convert a docker-archive (`docker save`), OCI layout or oci-archive INPUT to an ACI.
 
@@ -48,7 +53,8 @@ def command(
         from acbuild.build.registrypull import RegistryBases
 
         access = registry_access(insecure_registry=insecure_registry, platform=platform,
-                                 ca_file=ca_file, insecure_skip_verify=insecure_skip_verify)
+                                 ca_file=ca_file, insecure_skip_verify=insecure_skip_verify,
+                                 max_image_size=max_image_size)
         opened = RegistryBases(access).open_source(source, reporter)
         options = ConvertOptions(kind="registry", input=opened.path, image=image,
                                  output=output, squash=not nosquash, compression=compression)

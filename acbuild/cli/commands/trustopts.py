@@ -133,6 +133,14 @@ def registry_options(f: F) -> F:
     return insecure_registry_option(f)
 
 
+def max_pull_size_option(f: F) -> F:
+    """--max-image-size for convert and fetch (build and plan have it from trust_options)."""
+    return click.option(
+        "--max-image-size", type=Size(), default=MAX_IMAGE_SIZE, metavar="SIZE",
+        help="Refuse docker:// images whose layers add up to more (checked before "
+             "downloading).  [default: 64G]")(f)
+
+
 def registry_access(*, insecure_registry: tuple[str, ...] = (), platform: str | None = None,
                     ca_file: Path | None = None, insecure_skip_verify: bool = False,
                     store_dir: Path | None = None,

@@ -36,6 +36,9 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TOKEN_LIMIT = 1 << 20
 _ERROR_LIMIT = 64 << 10
 _RETRY_AFTER_CAP = 10.0
+_ERROR_CODE = re.compile(r"[A-Z][A-Z_]{0,39}")
+# What httpx raises for a URL it cannot use (not a transport failure: never retried).
+_BAD_URL = (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError, UnicodeError)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,7 +56,12 @@ class TransportOptions:
 
 
 def _origin(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
+    """(scheme, host[:port]); ("", "") for a URL that does not parse (a bad IPv6 literal)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        return "", ""
     return parts.scheme, parts.netloc.lower().rpartition("@")[2]
 
 
@@ -135,6 +143,18 @@ class Session:
                 response = self._client.send(self._client.build_request(method, url,
                                                                         headers=sent),
                                              stream=True)
+            except _BAD_URL as e:
+                raise RegistryError(f"{self.host}: cannot use the URL "
+                                    f"{escape(url[:200])!r}: {_reason(e)}") from None
+            except httpx.RemoteProtocolError as e:
+                if "location header" in str(e):  # httpx parses every redirect's Location
+                    raise RegistryError(f"{self._shown(url)} redirects to a URL that does not "
+                                        "parse") from None
+                if attempt < self.options.retries:
+                    self._pause(attempt, None)
+                    attempt += 1
+                    continue
+                raise RegistryError(f"cannot reach {self._shown(url)}: {_reason(e)}") from None
             except httpx.TransportError as e:
                 if attempt < self.options.retries:
                     self._pause(attempt, None)
@@ -175,7 +195,10 @@ class Session:
     def _redirect_target(self, url: str, location: str) -> str:
         if not location:
             raise RegistryError(f"{self._shown(url)}: a redirect without a Location")
-        target = urljoin(url, location)
+        try:
+            target = urljoin(url, location)
+        except ValueError:
+            target = location
         scheme, netloc = _origin(target)
         if scheme not in ("http", "https") or not netloc:
             raise RegistryError(f"{self._shown(url)} redirects to {escape(target[:200])!r}, "
@@ -233,6 +256,9 @@ class Session:
                 response = self._client.send(self._client.build_request("GET", url,
                                                                         headers=headers),
                                              stream=True)
+            except _BAD_URL as e:
+                raise RegistryError(f"registry {self.host} asks for a token from an invalid "
+                                    f"URL {escape(realm[:200])!r}: {_reason(e)}") from None
             except httpx.TransportError as e:
                 if attempt < self.options.retries:
                     self._pause(attempt, None)
@@ -267,7 +293,10 @@ class Session:
     # ---- explaining failures -------------------------------------------------------------
 
     def _shown(self, url: str) -> str:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return escape(url[:200])
         return escape(f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"[:300])
 
     def unauthorized(self, response: httpx.Response, what: str) -> RegistryError:
@@ -334,8 +363,12 @@ def _registry_errors(response: httpx.Response) -> str:
     errors = doc.get("errors") if isinstance(doc, dict) else None
     if not isinstance(errors, list):
         return ""
-    codes = [str(e.get("code")) for e in errors[:5] if isinstance(e, dict) and e.get("code")]
-    return escape(", ".join(codes)[:200])
+    # Only codes as the distribution spec spells them (MANIFEST_UNKNOWN): a registry's free
+    # text may echo the request, its Authorization header included.
+    codes = [e["code"] for e in errors[:5]
+             if isinstance(e, dict) and isinstance(e.get("code"), str)
+             and _ERROR_CODE.fullmatch(e["code"])]
+    return ", ".join(codes)
 
 
 def _reason(e: BaseException) -> str:
