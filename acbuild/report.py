@@ -41,7 +41,10 @@ class Reporter(Protocol):
     def step_output(self, step: StepInfo, line: str) -> None:
         """One line of a RUN step's output (without the newline)."""
 
-    def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False) -> None: ...
+    def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False,
+                      source: str | None = None) -> None:
+        """``source``: where a cached step came from, e.g. ``registry://host/repo`` (None:
+        the local cache)."""
 
     def progress(self, what: str, done: int, total: int | None) -> None:
         """Bytes done of total (None when unknown) for COPY, extraction, compression, download."""
@@ -67,7 +70,8 @@ class SilentReporter:
     def step_output(self, step: StepInfo, line: str) -> None:
         pass
 
-    def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False) -> None:
+    def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False,
+                      source: str | None = None) -> None:
         pass
 
     def progress(self, what: str, done: int, total: int | None) -> None:

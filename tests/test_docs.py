@@ -25,6 +25,7 @@ installed, before the system's. Nothing is set up or rewritten behind the docume
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ _HEREDOC = re.compile(r"<<-?\s*(['\"]?)(\w+)\1\s*$")
 # quickstart.md needs a git checkout of examples/, Go, mmdebstrap and root, and takes
 # minutes: tests/test_quickstart.py runs it (with its Debian base cached).
 OWN_TESTS = frozenset({"quickstart.md"})
+# Programs a document may start that a fresh clone's machine may lack: (command, package).
+NEEDS = (("docker-registry", "docker-registry"), ("skopeo", "skopeo"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,6 +136,10 @@ def test_document_runs(doc: Path, tmp_path: Path) -> None:
     if (reason := sandbox_available()) is not None:  # the documents build and run images
         pytest.skip(f"no sandbox: {reason}")
     text = doc.read_text()
+    for tool, package in NEEDS:
+        if f"$ {tool} " in text and shutil.which(tool) is None:
+            pytest.skip(f"{_name(doc)} runs {tool}, which is not installed (apt install "
+                        f"{package}; .ci/run does)")
     if doc == ACFILE_DOC:
         assert f"`{ACFILE_BUILD}`" in text and f"`{ACFILE_PATH}`" in text, (
             "docs/acfile.md must say how its Acfiles are built, as this test builds them")

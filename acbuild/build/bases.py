@@ -1,7 +1,8 @@
 """Bases: materialising a stage's BEGIN into a staged rootfs and the manifest it starts from.
 
 scratch is empty; local paths are ACIs, rootfs tarballs or directories; docker/OCI inputs go
-through the converter; names are discovered, fetched and verified by the trust chain.
+through the converter (docker:// references are pulled first); names are discovered, fetched
+and verified by the trust chain.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Literal
 
 from acbuild.acfile.instructions import Dependency, Run
 from acbuild.build import manifest_edit
+from acbuild.build.registrypull import RegistryBases
 from acbuild.errors import AcbuildError
 from acbuild.fs.staging import StagedRootfs
 from acbuild.image.aci import image_id, unpack_base, unpack_image
@@ -27,6 +29,7 @@ from acbuild.plan.baseref import (
     LocalImage,
     OciArchive,
     OciLayout,
+    RegistryImage,
     Scratch,
 )
 from acbuild.plan.plan import Plan, Stage
@@ -48,6 +51,7 @@ class BaseLoader:
     resolve_name: NameResolver
     verify_local: LocalVerifier
     limits: Limits = field(default_factory=Limits)  # what a base archive may make us do
+    registry: RegistryBases | None = None  # docker:// bases; None: refused
 
     def __call__(self, stage: Stage, rootfs: StagedRootfs, reporter: Reporter) -> ImageManifest:
         return self.load(stage.base, rootfs, reporter, link=shares_files(stage))
@@ -74,6 +78,15 @@ class BaseLoader:
                 fetched = self.resolve_name(name, labels, reporter)
                 return manifest_edit.inherit(
                     unpack_image(fetched, rootfs, reporter=reporter, limits=self.limits))
+            case RegistryImage(reference=text):
+                source = self.registries().open_source(text, reporter)
+                return manifest_edit.inherit(convert_to_rootfs(source, rootfs,
+                                                               reporter=reporter))
+
+    def registries(self) -> RegistryBases:
+        if self.registry is None:
+            raise AcbuildError("docker:// bases cannot be pulled here")
+        return self.registry
 
     def pin(self, dependency: Dependency, reporter: Reporter) -> Dependency:
         """A DEPENDENCY given without --image-id, resolved (discovered, fetched, verified)

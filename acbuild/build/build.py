@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import TYPE_CHECKING, Literal, TextIO
 
 from acbuild.acfile.context import BuildContext
 from acbuild.acfile.instructions import Isolator, Run, Sign
@@ -39,6 +39,10 @@ from acbuild.plan.plan import Plan, check_instructions, make_plan
 from acbuild.report import Reporter, StepInfo
 from acbuild.signals import deferred
 from acbuild.trust.rktkeys import check_signing_key
+
+if TYPE_CHECKING:  # httpx and the registry code load only for a build that uses a registry
+    from acbuild.cache.remote import CacheRepo
+    from acbuild.distribution.registry.transport import TransportOptions
 
 OutputFormat = Literal["aci", "oci", "oci-archive"]
 # Signs the image at the path with the key; returns the signature's path.
@@ -70,6 +74,9 @@ class BuildOptions:
     sign: bool = True  # False: leave SIGN for later (--check-repro signs once it compared)
     refuse_signing: str | None = None  # why signing cannot be done (e.g. -o -), said at SIGN
     gpg_home: Path | None = None  # where the SIGN keys are; None: gpg's default
+    cache_from: tuple[CacheRepo, ...] = ()  # --cache-from registry://…: looked up on a miss
+    cache_to: CacheRepo | None = None  # --cache-to registry://…: every step pushed after
+    transport: TransportOptions | None = None  # how registries are reached (None: defaults)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,12 +147,14 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
     epoch = build_epoch(options.environ)
     context = build_context(options)
     cache = open_cache(options, reporter)
-    with _session(cache), work_directory() as work:
+    with _session(cache), work_directory() as work, _remote(cache, options, reporter):
         if cache is not None:
             plan = key_steps(plan, options, cache, context, epoch, reporter)
         written = _cached_image(plan, options, cache, epoch, reporter)
         if written is None:
             written = _build_image(plan, options, cache, context, epoch, work, reporter)
+        if cache is not None:
+            cache.export_remote(plan)
     for warning in rkt_warnings(written.manifest):
         reporter.warning(warning, plan.target.begin.span)
     signatures: tuple[Path, ...] = ()
@@ -215,6 +224,28 @@ def open_cache(options: BuildOptions, reporter: Reporter) -> BuildCache | None:
 
 
 @contextmanager
+def _remote(cache: BuildCache | None, options: BuildOptions,
+            reporter: Reporter) -> Iterator[None]:
+    """The --cache-from/--cache-to registries, open while the build runs (the cache reads
+    and fills them through ``cache.remote``)."""
+    if cache is None or (not options.cache_from and options.cache_to is None):
+        yield
+        return
+    from acbuild.cache.remote import open_remote
+    from acbuild.distribution.registry.transport import TransportOptions
+
+    with open_remote(cache.store, reporter, sources=options.cache_from,
+                     destination=options.cache_to,
+                     transport=options.transport or TransportOptions(),
+                     environ=options.environ, limits=options.base_loader.limits) as remote:
+        cache.remote = remote
+        try:
+            yield
+        finally:
+            cache.remote = None
+
+
+@contextmanager
 def _session(cache: BuildCache | None) -> Iterator[None]:
     if cache is None:
         yield
@@ -231,7 +262,11 @@ def key_steps(plan: Plan, options: BuildOptions, cache: BuildCache, context: Bui
     def resolve(name: str, labels: tuple[tuple[str, str], ...]) -> Path:
         return loader.resolve_name(name, labels, reporter)
 
-    return cache.key(plan, context=context, epoch=epoch, resolve=resolve)
+    def resolve_registry(text: str) -> str:
+        return loader.registries().identity(text, reporter)
+
+    return cache.key(plan, context=context, epoch=epoch, resolve=resolve,
+                     resolve_registry=resolve_registry)
 
 
 def final_image_key(plan: Plan, options: BuildOptions, epoch: int) -> str | None:

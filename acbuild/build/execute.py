@@ -92,7 +92,7 @@ class _Executor:
         for step in stage.steps[: resume.cached]:
             info = step_info(step, stage)
             self.reporter.step_started(info)
-            self.reporter.step_finished(info, 0.0, cached=True)
+            self.reporter.step_finished(info, 0.0, cached=True, source=resume.source)
         if resume.deferred is not None:
             self.deferred[stage.index] = (resume.deferred, root)
             return

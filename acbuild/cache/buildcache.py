@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from acbuild.acfile.context import BuildContext
 from acbuild.acfile.instructions import Copy, Run, Workdir
@@ -21,6 +22,9 @@ from acbuild.image.manifest import ImageManifest, from_json_bytes, to_json_bytes
 from acbuild.plan.baseref import BaseRef
 from acbuild.plan.plan import Plan, Stage, Step
 from acbuild.report import Reporter
+
+if TYPE_CHECKING:  # the remote cache (httpx) loads only for a build that uses one
+    from acbuild.cache.remote import RemoteCache
 
 # Resolves a discovered base image name (with its labels) to the local file it fetched.
 NameResolver = Callable[[str, tuple[tuple[str, str], ...]], Path]
@@ -45,6 +49,7 @@ class Resume:
     state: StageState | None = None
     tree: str | None = None  # key of the entry holding the rootfs after the cached steps
     deferred: StepRecord | None = None
+    source: str | None = None  # registry://… when the entry came from a --cache-from
 
 
 def runs_after(steps: tuple[Step, ...]) -> bool:
@@ -54,9 +59,11 @@ def runs_after(steps: tuple[Step, ...]) -> bool:
 
 
 class BuildCache:
-    def __init__(self, store: CacheStore, reporter: Reporter) -> None:
+    def __init__(self, store: CacheStore, reporter: Reporter,
+                 remote: RemoteCache | None = None) -> None:
         self.store = store
         self.reporter = reporter
+        self.remote = remote
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -66,12 +73,14 @@ class BuildCache:
     # -- keys --------------------------------------------------------------------------------
 
     def key(self, plan: Plan, *, context: BuildContext, epoch: int,
-            resolve: NameResolver) -> Plan:
-        """The plan with the cache key of every step (reads the context, runs nothing)."""
+            resolve: NameResolver,
+            resolve_registry: Callable[[str], str] | None = None) -> Plan:
+        """The plan with the cache key of every step (reads the context, runs nothing).
+        ``resolve_registry``: a docker:// reference → its image manifest's digest."""
         stat_cache = self.store.stat_cache(context.root)
 
         def identity(base: BaseRef) -> str:
-            return base_identity(base, stat_cache, resolve)
+            return base_identity(base, stat_cache, resolve, resolve_registry)
 
         keyed = key_plan(plan, context=context, epoch=epoch, identity=identity,
                          stat_cache=stat_cache)
@@ -96,10 +105,16 @@ class BuildCache:
         for number in range(len(stage.steps) - 1, -1, -1):
             key = stage.steps[number].key
             record = self.store.step(key) if key is not None else None
+            source = None
+            if record is None and key is not None and self.remote is not None:
+                # Imported into the local store, then used as a local entry is.
+                source = self.remote.fetch(key, f"step {stage.steps[number].number}")
+                record = self.store.step(key) if source is not None else None
             if record is None:
                 continue
             if number == len(stage.steps) - 1 and not needed_now:
-                return Resume(cached=number + 1, tree=record.tree, deferred=record)
+                return Resume(cached=number + 1, tree=record.tree, deferred=record,
+                              source=source)
             try:
                 state = self.restore(record, root,
                                      link=not runs_after(stage.steps[number + 1 :]))
@@ -107,7 +122,7 @@ class BuildCache:
                 self.reporter.warning(f"{e.message}; building the step again")
                 remove_tree(root)
                 continue
-            return Resume(cached=number + 1, state=state, tree=record.tree)
+            return Resume(cached=number + 1, state=state, tree=record.tree, source=source)
         return Resume()
 
     def restore(self, record: StepRecord, root: Path, *, link: bool) -> StageState:
@@ -137,6 +152,16 @@ class BuildCache:
             self.reporter.warning(f"cannot store step {number + 1} in the cache: {e}")
             return None
         return key if changes_rootfs else tree
+
+    def export_remote(self, plan: Plan) -> None:
+        """Push every step of ``plan`` the local cache holds to the --cache-to registry."""
+        if self.remote is None or self.remote.destination is None:
+            return
+        keys = [step.key for stage in plan.stages for step in stage.steps
+                if step.key is not None]
+        pushed, present = self.remote.export(keys)
+        self.reporter.info(f"cache exported to {self.remote.destination[0].url()}: "
+                           f"steps pushed {pushed}, there already {present}")
 
     # -- final images ------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from acbuild.plan.baseref import (
     LocalImage,
     OciArchive,
     OciLayout,
+    RegistryImage,
     Scratch,
 )
 from acbuild.plan.plan import Plan, Stage
@@ -191,8 +192,10 @@ def canonical(instruction: ins.Instruction) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def base_identity(base: BaseRef, stat_cache: StatCache, resolve_name: NameResolver) -> str:
-    """What a BEGIN starts from, by content: never by path or name alone."""
+def base_identity(base: BaseRef, stat_cache: StatCache, resolve_name: NameResolver,
+                  resolve_registry: Callable[[str], str] | None = None) -> str:
+    """What a BEGIN starts from, by content: never by path or name alone (a docker://
+    reference by the digest of the image manifest it names now)."""
     match base:
         case Scratch():
             return "scratch"
@@ -205,6 +208,10 @@ def base_identity(base: BaseRef, stat_cache: StatCache, resolve_name: NameResolv
             return f"{kind}:{ref or ''}:" + path_digest(path, stat_cache)
         case ImageName(name=name, labels=labels):
             return "image:" + path_digest(resolve_name(name, labels), stat_cache)
+        case RegistryImage(reference=text):
+            if resolve_registry is None:
+                raise AcbuildError(f"{text}: no registry access to resolve it")
+            return "registry:" + resolve_registry(text)
 
 
 def _digest(*fields: bytes) -> str:

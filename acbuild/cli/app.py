@@ -34,7 +34,7 @@ EXIT_INTERNAL = 70
 EXIT_SIGINT = 130
 
 # Modules of acbuild.cli.commands that help the verbs but are not verbs themselves.
-HELPER_MODULES = frozenset({"common", "trustopts"})
+HELPER_MODULES = frozenset({"common", "pushopts", "trustopts"})
 
 
 # What `acbuild-py --help` lists, so that it need not import every verb (each pulls in its
@@ -60,7 +60,10 @@ SUMMARIES = {
         'Discover NAME[:version][,label=value…]: where its image, signature and keys '
         'live.'
     ),
-    "export": 'Export the ACI IMAGE as an OCI image (one layer).',
+    "export": (
+        'Export the ACI IMAGE as an OCI image (one layer): to a layout directory or archive '
+        'with -o, to a registry with --push docker://REGISTRY/NAME:TAG, or both.'
+    ),
     "fetch": (
         'Fetch IMAGE (NAME[:version][,label=value…], URL or PATH) into the local image '
         'store.'
@@ -79,6 +82,14 @@ SUMMARIES = {
     "lint": (
         'Warn about likely mistakes in each Acfile (a PATH that is a directory means its '
         'Acfile; no PATH, ./Acfile).'
+    ),
+    "login": (
+        'Log in to REGISTRY (HOST[:PORT]): check the credentials with it, then save them '
+        'in ~/.docker/config.json (mode 0600) for pulls.'
+    ),
+    "logout": (
+        'Forget the credentials saved for REGISTRY (HOST[:PORT]) in ~/.docker/config.json '
+        'and $XDG_RUNTIME_DIR/containers/auth.json.'
     ),
     "manifest": 'Print the manifest of IMAGE.',
     "plan": (

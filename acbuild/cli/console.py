@@ -52,7 +52,8 @@ class PlainReporter:
     def step_output(self, step: StepInfo, line: str) -> None:
         self._line(f"{self._tag(step)} | {line}")
 
-    def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False) -> None:
+    def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False,
+                      source: str | None = None) -> None:
         self._step = None
         self._line(f"{self._tag(step)} CACHED" if cached
                    else f"{self._tag(step)} DONE {duration(seconds)}")
@@ -101,9 +102,12 @@ class JsonReporter:
     def step_output(self, step: StepInfo, line: str) -> None:
         self._emit("step-output", step=step.number, line=line)
 
-    def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False) -> None:
+    def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False,
+                      source: str | None = None) -> None:
         self._step = None
-        self._emit("step-finished", step=step.number, seconds=round(seconds, 3), cached=cached)
+        where = {"source": source or "local"} if cached else {}
+        self._emit("step-finished", step=step.number, seconds=round(seconds, 3), cached=cached,
+                   **where)
 
     def progress(self, what: str, done: int, total: int | None) -> None:
         self._emit("progress", what=what, done=done, total=total, step=self._step)

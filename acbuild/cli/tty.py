@@ -84,7 +84,9 @@ class TtyReporter:
             if running is not None:
                 running.output.append(shown)
 
-    def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False) -> None:
+    def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False,
+                      source: str | None = None) -> None:
+        # A step from a remote cache is CACHED like a local one; an info line named it.
         with self._lock:
             running = self._running()
             if running is not None:

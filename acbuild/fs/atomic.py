@@ -18,7 +18,9 @@ from acbuild.fs.leftovers import owner_tag, sweep
 from acbuild.fs.reasons import reason
 
 
-def _create_temp(path: Path) -> tuple[int, Path]:
+def _create_temp(path: Path, mode: int | None = None) -> tuple[int, Path]:
+    """``mode``: the file's final permission bits, given at creation (through the umask) so a
+    secret written into it is never readable by others, not even before the commit."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     # What a killed writer of the same file left behind goes first.
     sweep(path.parent, f".{path.name}.", ".tmp")
@@ -27,7 +29,7 @@ def _create_temp(path: Path) -> tuple[int, Path]:
         try:
             # 0o666 through the kernel's umask: the mode a plain open() would give
             # (mkstemp would give 0600).
-            return os.open(temp, flags, 0o666), temp
+            return os.open(temp, flags, 0o666 if mode is None else mode & 0o777), temp
         except FileExistsError:
             continue
         except OSError as e:
@@ -72,7 +74,7 @@ def atomic_write(path: Path, *, mode: int | None = None) -> Iterator[BinaryIO]:
     KeyboardInterrupt included, the temporary file is removed and the exception re-raised.
     """
     path = Path(path)
-    fd, temp = _create_temp(path)
+    fd, temp = _create_temp(path, mode)
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as f:
             yield f

@@ -276,9 +276,12 @@ def default_output(source: ImageSource) -> Path:
     return Path(ac_name(f"{source.repository}-{source.tag}", "image") + ".aci")
 
 
-def convert(options: ConvertOptions, reporter: Reporter | None = None) -> tuple[WrittenImage, ...]:
-    """Convert to ACI(s); the last image written is the one to run (the top layer)."""
-    source = open_source(options.kind, options.input, options.image)
+def convert(options: ConvertOptions, reporter: Reporter | None = None, *,
+            source: ImageSource | None = None) -> tuple[WrittenImage, ...]:
+    """Convert to ACI(s); the last image written is the one to run (the top layer).
+    ``source``: an image opened already (pulled from a registry), instead of the input."""
+    if source is None:
+        source = open_source(options.kind, options.input, options.image)
     output = options.output or default_output(source)
     epoch = conversion_epoch(source, os.environ) if options.epoch is None else options.epoch
     if not output.parent.is_dir():

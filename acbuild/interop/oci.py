@@ -35,10 +35,11 @@ __all__ = [  # the streams and stores moved to ocistream; still importable from 
     "INDEX_TYPES", "JSON_LIMIT", "KINDS", "MANIFEST_TYPES", "REF_ANNOTATION", "BlobStore",
     "DigestReader", "DirStore", "EndedTar", "ImageSource", "Layer", "SourceKind", "TarStore",
     "blob_path", "detect_kind", "diff_ids", "drain", "host_platform", "items", "obj",
-    "open_source", "read_json",
+    "open_source", "read_json", "source_from_manifest",
 ]
 
-SourceKind = Literal["docker-archive", "oci", "oci-archive"]
+# "registry": pulled from a registry into the blob store (never a local input kind)
+SourceKind = Literal["docker-archive", "oci", "oci-archive", "registry"]
 KINDS: tuple[SourceKind, ...] = ("docker-archive", "oci", "oci-archive")
 
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
@@ -347,6 +348,20 @@ def _from_layout(kind: SourceKind, path: Path, store: BlobStore, ref: str | None
         refs[str(annotations.get(REF_ANNOTATION, f"@{d.get('digest', n)}"))] = d
     key, desc = _choose(refs, ref, path, "image reference")
     manifest = _image_manifest(store, desc, path)
+    stem = path.stem.removesuffix(".oci")
+    if key.startswith("@"):
+        repo, tag = stem, "latest"  # no ref name: name it after the file
+    else:
+        repo, tag = _split_ref(key) if ":" in key else (stem, key)
+    return source_from_manifest(kind, path, store, manifest, repository=_short_repo(repo),
+                                tag=tag)
+
+
+def source_from_manifest(kind: SourceKind, path: Path, store: BlobStore,
+                         manifest: Mapping[str, Any], *, repository: str,
+                         tag: str) -> ImageSource:
+    """The image an OCI or Docker schema 2 image manifest describes, its blobs in ``store``
+    under ``blobs/<alg>/<hex>`` (a layout, an archive, or the registry blob store)."""
     config_desc = obj(manifest.get("config"), "manifest: config")
     config_digest = config_desc.get("digest")
     config = check_config(read_json(store, blob_path(config_digest, "config"),
@@ -358,12 +373,7 @@ def _from_layout(kind: SourceKind, path: Path, store: BlobStore, ref: str | None
               digest=d["digest"], diff_id=diff, size=_size(d), media_type=str(d.get("mediaType")))
         for i, (d, diff) in enumerate(zip(layer_descs, ids, strict=True))
     )
-    stem = path.stem.removesuffix(".oci")
-    if key.startswith("@"):
-        repo, tag = stem, "latest"  # no ref name: name it after the file
-    else:
-        repo, tag = _split_ref(key) if ":" in key else (stem, key)
-    return ImageSource(kind=kind, path=path, repository=_short_repo(repo), tag=tag,
+    return ImageSource(kind=kind, path=path, repository=repository, tag=tag,
                        config=config, image_id=str(config_digest), layers=layers, store=store)
 
 

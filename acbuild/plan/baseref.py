@@ -1,4 +1,5 @@
-"""Plan stage: what a BEGIN argument names (scratch, a local path, an archive, an image name).
+"""Plan stage: what a BEGIN argument names (scratch, a local path, an archive, an image name,
+a docker:// registry reference).
 
 ``parse_base`` is pure (no I/O): it only joins paths to the Acfile's directory; ``confine``
 then holds a host path to the places the user allowed; the executor (acbuild.build.bases)
@@ -54,7 +55,13 @@ class ImageName:
     labels: tuple[tuple[str, str], ...]  # ":version" first as ("version", v), then ",k=v"
 
 
-BaseRef = Scratch | LocalImage | DockerArchive | OciLayout | OciArchive | ImageName
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistryImage:
+    reference: str  # docker://[REGISTRY/]NAME[:TAG|@DIGEST], parsed when it is pulled
+
+
+BaseRef = (Scratch | LocalImage | DockerArchive | OciLayout | OciArchive | ImageName
+           | RegistryImage)
 
 
 # ---- BEGIN arguments --------------------------------------------------------------------------
@@ -79,6 +86,10 @@ def parse_base(text: str, acfile_dir: Path) -> BaseRef:
             return kind(path=acfile_dir / path, ref=ref or None)
     if text in (".", "..") or text.startswith(("/", "./", "../")):
         return LocalImage(path=acfile_dir / text)
+    if text.startswith("docker://"):
+        if len(text) == len("docker://"):
+            raise AcfileError("docker:// needs an image, as in 'docker://busybox:1.36'")
+        return RegistryImage(reference=text)
     return _image_name(text)
 
 
@@ -87,8 +98,8 @@ def _image_name(text: str) -> ImageName:
     rules (the base is fetched by that name, so a bad one cannot wait for the manifest check)."""
     if "://" in text:
         raise AcfileError(
-            f"{text!r} is not an image name: registry references are not supported",
-            hint="save the image (docker save) and use docker-archive:PATH",
+            f"{text!r} is not an image name: the only registry scheme is docker://",
+            hint="as in BEGIN docker://busybox:1.36",
         )
     name, labels = split_image_reference(text)
     if problem := appc.ac_identifier_problem("image name", name):

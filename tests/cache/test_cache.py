@@ -39,7 +39,8 @@ class Recorder(NullReporter):
         super().__init__()
         self.finished: list[tuple[int, bool]] = []
 
-    def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False) -> None:
+    def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False,
+                      source: str | None = None) -> None:
         self.finished.append((step.number, cached))
 
     def cached(self) -> list[int]:

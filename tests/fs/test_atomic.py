@@ -45,6 +45,21 @@ def test_explicit_mode(tmp_path: Path, umask_027: None) -> None:
     assert _mode(target) == 0o644
 
 
+def test_a_private_mode_holds_from_the_creation_of_the_temporary_file(tmp_path: Path) -> None:
+    """A secret (registry credentials) is never readable by others, not even before the
+    commit: another user who opens the temporary file while it is written gets nothing."""
+    old = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "config.json", mode=0o600) as f:
+            assert stat.S_IMODE(os.fstat(f.fileno()).st_mode) == 0o600
+            (temp,) = tmp_path.iterdir()
+            assert _mode(temp) == 0o600
+            f.write(b"secret")
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "config.json") == 0o600
+
+
 def test_replaces_an_existing_file(tmp_path: Path) -> None:
     target = tmp_path / "out.aci"
     target.write_bytes(b"old")

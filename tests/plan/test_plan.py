@@ -15,6 +15,7 @@ from acbuild.plan.baseref import (
     LocalImage,
     OciArchive,
     OciLayout,
+    RegistryImage,
     Scratch,
     parse_base,
 )
@@ -82,13 +83,20 @@ def test_parse_base_errors(text: str, message: str) -> None:
     assert info.value.message.startswith(message)
 
 
-def test_docker_registry_reference_gets_a_hint() -> None:
-    assert errors("BEGIN docker://busybox\nNAME example.com/a\n") == (
-        "Acfile:1:7: error: 'docker://busybox' is not an image name: "
-        "registry references are not supported\n"
-        "    BEGIN docker://busybox\n"
-        "          ^^^^^^^^^^^^^^^^\n"
-        "    hint: save the image (docker save) and use docker-archive:PATH"
+def test_docker_registry_reference_is_a_registry_base() -> None:
+    assert parse_base("docker://busybox:1.36", CTX) == RegistryImage(
+        reference="docker://busybox:1.36")
+    assert plan("BEGIN docker://busybox\nNAME example.com/a\n").stages[0].base == \
+        RegistryImage(reference="docker://busybox")
+
+
+def test_other_url_schemes_get_a_hint() -> None:
+    assert errors("BEGIN https://example.com/busybox\nNAME example.com/a\n") == (
+        "Acfile:1:7: error: 'https://example.com/busybox' is not an image name: "
+        "the only registry scheme is docker://\n"
+        "    BEGIN https://example.com/busybox\n"
+        "          ^^^^^^^^^^^^^^^^^^^^^^^^^^^\n"
+        "    hint: as in BEGIN docker://busybox:1.36"
     )
 
 

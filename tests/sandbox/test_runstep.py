@@ -16,6 +16,7 @@ from importlib.metadata import Distribution, distribution
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from acbuild.sandbox.sandbox import sandbox_available
 from tests.conftest import EXAMPLES, REPO
@@ -238,9 +239,11 @@ def _closure(name: str) -> dict[str, Distribution]:
         if key in found:
             continue
         found[key] = dist = distribution(wanted)
-        for req in dist.requires or ():
-            if "extra ==" not in req:
-                todo.append(re.match(r"[A-Za-z0-9._-]+", req).group(0))  # type: ignore[union-attr]
+        for text in dist.requires or ():
+            req = Requirement(text)
+            # markers evaluated here: httpx's anyio wants exceptiongroup only before 3.11
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
     return found
 
 

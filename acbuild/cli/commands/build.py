@@ -17,10 +17,20 @@ from acbuild.cli.commands.common import (
     resolve_acfile,
     state,
 )
+from acbuild.cli.commands.pushopts import (
+    cache_options,
+    check_targets,
+    layout_to_push,
+    push,
+    push_fields,
+    push_option,
+    transport,
+)
 from acbuild.cli.commands.trustopts import (
     base_loader,
     make_signer,
-        pull_policy_option,
+    pull_policy_option,
+    registry_options,
     signing_options,
     trust_options,
 )
@@ -29,6 +39,8 @@ from acbuild.report import Field, Reporter
 
 if TYPE_CHECKING:  # the library is imported when the verb runs, so --help stays quick
     from acbuild.build.build import BuildResult
+    from acbuild.cache.remote import CacheRepo
+    from acbuild.distribution.registry.reference import Reference
 
 
 def _docker_hint(hint: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -61,7 +73,10 @@ def _docker_hint(hint: str) -> Callable[[click.Context, click.Parameter, Any], A
 @click.option("--no-cache", is_flag=True, help="Run every step; neither read nor fill the cache.")
 @click.option("--check-repro", is_flag=True,
               help="Build twice without cache and fail (exit 1) if the images differ.")
+@push_option
+@cache_options
 @trust_options
+@registry_options
 @pull_policy_option
 @global_options
 def command(
@@ -83,6 +98,9 @@ def command(
     no_cache: bool,
     cache_dir: Path | None,
     check_repro: bool,
+    push_to: Reference | None,
+    cache_from: tuple[CacheRepo, ...],
+    cache_to: CacheRepo | None,
     **trust: Any,
 ) -> None:
     """Build the image an Acfile describes: PATH/Acfile, ./Acfile with no PATH, PATH itself
@@ -95,6 +113,15 @@ def command(
     from acbuild.trust.sign import remove_stale_signature
 
     acfile, context = resolve_acfile(path, acfile_file, context)
+    if push_to is not None and output_format != "oci":
+        raise click.UsageError("--push sends an OCI image: use it with --format oci")
+    if no_cache and (cache_from or cache_to is not None):
+        raise click.UsageError("--cache-from and --cache-to share the step cache, which "
+                               "--no-cache turns off")
+    registries = None
+    if push_to is not None or cache_from or cache_to is not None:
+        registries = transport(trust.get("insecure_registry", ()), trust.get("ca_file"))
+        check_targets(push_to, cache_to, registries)
     to_stdout = output == Path("-")
     if to_stdout and sys.stdout.isatty():
         raise click.UsageError("-o - would write the image to the terminal: redirect stdout, "
@@ -104,7 +131,11 @@ def command(
     reporter = state().reporter()
     signer = make_signer(gpg_home, passphrase_file, reporter)
 
+    pushed: tuple[Field, ...] = ()
+    kept = output is not None  # pushed without -o: the layout is a temporary one
     with contextlib.ExitStack() as stack:
+        if push_to is not None and output is None:
+            output = stack.enter_context(layout_to_push(None))
         if to_stdout:
             # The image is written whole (and its ID known) before a byte reaches stdout.
             output = Path(stack.enter_context(
@@ -127,6 +158,9 @@ def command(
             log_file=log_file,
             no_cache=no_cache,
             cache_dir=cache_dir,
+            cache_from=cache_from,
+            cache_to=cache_to,
+            transport=registries,
             refuse_signing="-o - streams the image, and a signature needs a file beside it: "
                            "use -o FILE" if to_stdout else None,
         )
@@ -134,7 +168,9 @@ def command(
                   else build(options, reporter))
         if to_stdout:
             _stream(result.output)
-    summarise(result, reporter)
+        if push_to is not None and registries is not None:
+            pushed = push_fields(push(result.output, push_to, registries, reporter))
+    summarise(result, reporter, pushed, kept=kept or push_to is None)
     if iidfile is not None:
         with atomic_write(iidfile) as f:
             f.write(result.image_id.encode())
@@ -149,7 +185,8 @@ def _stream(image: Path) -> None:
     out.flush()
 
 
-def summarise(result: BuildResult, reporter: Reporter) -> None:
+def summarise(result: BuildResult, reporter: Reporter, pushed: tuple[Field, ...] = (), *,
+              kept: bool = True) -> None:
     version = next((lb.value for lb in result.manifest.labels if lb.name == "version"), None)
     # Counted as inspect counts them: the entries below rootfs/ (the written total also has
     # the manifest and rootfs/ itself).
@@ -162,6 +199,7 @@ def summarise(result: BuildResult, reporter: Reporter) -> None:
         Field("uncompressed_size", "uncompressed size", result.uncompressed_size, "bytes"),
         Field("entries", "entries", entries),
         Field("signatures", "signature", tuple(str(s) for s in result.signatures)),
-        Field("output", "output", str(result.output)),
+        Field("output", "output", str(result.output) if kept else None),
+        *pushed,
         Field("seconds", "time", result.seconds, "seconds"),
     ))

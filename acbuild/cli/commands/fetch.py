@@ -7,6 +7,11 @@ from pathlib import Path
 import click
 
 from acbuild.cli.commands.common import global_options, state
+from acbuild.cli.commands.trustopts import (
+    max_pull_size_option,
+    registry_access,
+    registry_options,
+)
 from acbuild.cli.console import say
 from acbuild.distribution.fetch import PULL_POLICIES, FetchOptions, PullPolicy, fetch
 
@@ -26,14 +31,31 @@ from acbuild.distribution.fetch import PULL_POLICIES, FetchOptions, PullPolicy, 
 @click.option("--pull-policy", type=click.Choice(PULL_POLICIES), default="update",
               show_default=True, help="update: always ask the server; new: use a stored copy "
               "that still verifies; never: only the image store.")
+@registry_options
+@max_pull_size_option
 @global_options
 def command(image: str, output: Path | None, insecure: bool, port: int | None,
             ca_file: Path | None, trust_store: Path | None, store_dir: Path | None,
-            insecure_skip_verify: bool, pull_policy: PullPolicy) -> None:
+            insecure_skip_verify: bool, pull_policy: PullPolicy,
+            insecure_registry: tuple[str, ...], platform: str | None,
+            max_image_size: int) -> None:
     """Fetch IMAGE (NAME[:version][,label=value…], URL or PATH) into the local image store.
 
     A local PATH must be signed (PATH.asc) by a key trusted for its name, unless
-    --insecure-skip-verify."""
+    --insecure-skip-verify. docker://[REGISTRY/]NAME[:TAG|@DIGEST] is pulled from the
+    registry and stored converted to an ACI: it must be pinned by digest (which verifies
+    it) unless --insecure-skip-verify."""
+    if image.startswith("docker://"):
+        from acbuild.build.registrypull import fetch_to_store
+
+        if output is not None:
+            raise click.UsageError("-o is for AppC images; docker:// images are kept in the "
+                                   "store only (acbuild-py convert docker://… -o FILE writes one)")
+        access = registry_access(insecure_registry=insecure_registry, platform=platform,
+                                 ca_file=ca_file, insecure_skip_verify=insecure_skip_verify,
+                                 store_dir=store_dir, max_image_size=max_image_size)
+        say(fetch_to_store(image, access, state().reporter()).id)
+        return
     options = FetchOptions(insecure=insecure, port=port, trust_store=trust_store,
                            skip_verify=insecure_skip_verify, ca_file=ca_file, store_dir=store_dir,
                            pull_policy=pull_policy)

@@ -25,15 +25,25 @@ from acbuild.cli.commands.common import (
     resolve_acfile,
     state,
 )
-from acbuild.cli.commands.trustopts import base_loader, pull_policy_option, trust_options
+from acbuild.cli.commands.trustopts import (
+    base_loader,
+    pull_policy_option,
+    registry_options,
+    trust_options,
+)
 from acbuild.cli.console import say
+from acbuild.errors import AcbuildError
 from acbuild.image.finalize import build_epoch
+from acbuild.plan.baseref import RegistryImage
+from acbuild.plan.plan import Plan
+from acbuild.report import Reporter
 
 
 @click.command("plan")
 @acfile_argument
 @acfile_options
 @trust_options
+@registry_options
 @pull_policy_option
 @global_options
 def command(path: Path | None, acfile_file: Path | None, context: Path | None,
@@ -54,6 +64,7 @@ def command(path: Path | None, acfile_file: Path | None, context: Path | None,
     epoch = build_epoch(options.environ)
     with cache.session():
         plan = key_steps(plan, options, cache, build_context(options), epoch, reporter)
+        _explain_unkeyed_registry_bases(plan, options, reporter)
         for stage in plan.stages:
             for step in stage.steps:
                 hit = cache.hit(step)
@@ -64,3 +75,16 @@ def command(path: Path | None, acfile_file: Path | None, context: Path | None,
         image = final_image_key(plan, options, epoch)
         hit = cache.image(image) is not None
         say(f"image {'HIT ' if hit else 'MISS'} {image or '-'}")
+
+
+def _explain_unkeyed_registry_bases(plan: Plan, options: BuildOptions,
+                                    reporter: Reporter) -> None:
+    """A docker:// BEGIN that cannot be resolved leaves its stage without keys; say why
+    (a build stops there with the error itself)."""
+    for stage in plan.stages:
+        if isinstance(stage.base, RegistryImage) and stage.steps and stage.steps[0].key is None:
+            try:
+                options.base_loader.registries().identity(stage.base.reference, reporter)
+            except AcbuildError as e:
+                reporter.warning(f"{e.message}: the steps of its stage have no key",
+                                 span=stage.steps[0].instruction.span)

@@ -19,6 +19,7 @@ from acbuild.report import Reporter
 
 if TYPE_CHECKING:
     from acbuild.build.bases import BaseLoader
+    from acbuild.build.registrypull import RegistryAccess
     from acbuild.distribution.fetch import FetchOptions, PullPolicy
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -93,6 +94,64 @@ def trust_options(f: F) -> F:
     return f
 
 
+def check_hosts(_ctx: click.Context, param: click.Parameter,
+                value: tuple[str, ...]) -> tuple[str, ...]:
+    """--insecure-registry HOST[:PORT]: a host, never a URL or a path."""
+    from acbuild.distribution.registry.reference import RegistryError, check_host
+
+    try:
+        return tuple(check_host(v, "--insecure-registry") for v in value)
+    except RegistryError as e:
+        raise click.BadParameter(e.message, param=param) from None
+
+
+def check_platform(_ctx: click.Context, param: click.Parameter,
+                   value: str | None) -> str | None:
+    from acbuild.distribution.registry.platform import parse_platform
+    from acbuild.distribution.registry.reference import RegistryError
+
+    if value is not None:
+        try:
+            parse_platform(value)
+        except RegistryError as e:
+            raise click.BadParameter(e.message, param=param) from None
+    return value
+
+
+def insecure_registry_option(f: F) -> F:
+    return click.option(
+        "--insecure-registry", "insecure_registry", multiple=True, metavar="HOST[:PORT]",
+        callback=check_hosts,
+        help="Reach this registry (or token server) over plain HTTP; repeatable.")(f)
+
+
+def registry_options(f: F) -> F:
+    """--insecure-registry and --platform, for the verbs that pull docker:// images."""
+    f = click.option("--platform", metavar="OS/ARCH[/VARIANT]", callback=check_platform,
+                     help="Which image of a multi-platform docker:// image to pull "
+                          "(default: the host's).")(f)
+    return insecure_registry_option(f)
+
+
+def max_pull_size_option(f: F) -> F:
+    """--max-image-size for convert and fetch (build and plan have it from trust_options)."""
+    return click.option(
+        "--max-image-size", type=Size(), default=MAX_IMAGE_SIZE, metavar="SIZE",
+        help="Refuse docker:// images whose layers add up to more (checked before "
+             "downloading).  [default: 64G]")(f)
+
+
+def registry_access(*, insecure_registry: tuple[str, ...] = (), platform: str | None = None,
+                    ca_file: Path | None = None, insecure_skip_verify: bool = False,
+                    store_dir: Path | None = None,
+                    max_image_size: int | None = None) -> RegistryAccess:
+    from acbuild.build.registrypull import RegistryAccess
+
+    return RegistryAccess(insecure_registries=insecure_registry, ca_file=ca_file,
+                          platform=platform, skip_verify=insecure_skip_verify,
+                          store_dir=store_dir, max_bytes=max_image_size)
+
+
 def pull_policy_option(f: F) -> F:
     """``--pull-policy`` for the verbs that resolve BEGIN and DEPENDENCY by name."""
     return click.option(
@@ -122,8 +181,10 @@ def fetch_options(
 
 
 def base_loader(*, reporter: Reporter, max_image_size: int | None = None,
+                insecure_registry: tuple[str, ...] = (), platform: str | None = None,
                 **trust: Any) -> BaseLoader:
     from acbuild.build.bases import BaseLoader
+    from acbuild.build.registrypull import RegistryBases
     from acbuild.distribution.fetch import resolve_image, verify_local
     from acbuild.image.tarread import Limits
     from acbuild.trust.truststore import TrustStore
@@ -138,4 +199,8 @@ def base_loader(*, reporter: Reporter, max_image_size: int | None = None,
         verify_local(path, TrustStore.locate(options.trust_store), rep)
 
     limits = Limits() if max_image_size is None else Limits(max_total_bytes=max_image_size)
-    return BaseLoader(resolve_name=resolve, verify_local=verify, limits=limits)
+    registry = RegistryBases(registry_access(
+        insecure_registry=insecure_registry, platform=platform, ca_file=options.ca_file,
+        insecure_skip_verify=options.skip_verify, max_image_size=limits.max_total_bytes))
+    return BaseLoader(resolve_name=resolve, verify_local=verify, limits=limits,
+                      registry=registry)

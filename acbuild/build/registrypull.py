@@ -1,0 +1,171 @@
+"""Bases from registries: ``docker://`` references pulled into the blob store and opened as
+Docker/OCI images for the converter (the glue between acbuild.distribution.registry and
+acbuild.interop, which do not know each other).
+
+The signature policy is rkt's: a registry image carries no AppC signature, so it is refused
+unless it is pinned by digest — the digest then verifies the manifest, and the manifest every
+config and layer — or --insecure-skip-verify is given.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from acbuild.distribution.imagestore import Entry, ImageStore
+from acbuild.distribution.registry import credentials
+from acbuild.distribution.registry.blobstore import BlobStore
+from acbuild.distribution.registry.platform import Platform, parse_platform
+from acbuild.distribution.registry.reference import (
+    DOCKER_HUB,
+    Reference,
+    RegistryError,
+    parse_reference,
+)
+from acbuild.image import aci
+from acbuild.interop.convert import ConvertOptions, convert
+from acbuild.interop.oci import ImageSource, host_platform, source_from_manifest
+from acbuild.interop.ocistream import DirStore
+from acbuild.report import Reporter
+
+if TYPE_CHECKING:  # the HTTP client is imported when a docker:// image is pulled, not by
+    # every build that imports this module
+    from acbuild.distribution.registry.pull import PulledImage
+    from acbuild.distribution.registry.transport import Session, TransportOptions
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistryAccess:
+    """How to reach registries: the options of the verbs that talk to one."""
+
+    insecure_registries: tuple[str, ...] = ()
+    ca_file: Path | None = None
+    platform: str | None = None  # OS/ARCH[/VARIANT]; None: the host's
+    skip_verify: bool = False
+    store_dir: Path | None = None  # the image store; pulled blobs live in <store>/blobs
+    environ: Mapping[str, str] | None = field(default=None, repr=False)  # for credentials
+    max_bytes: int | None = None  # refuse images whose layers add up to more
+
+    def transport(self) -> TransportOptions:
+        from acbuild.distribution.registry.transport import TransportOptions
+
+        return TransportOptions(insecure_registries=self.insecure_registries,
+                                ca_file=self.ca_file)
+
+    def target_platform(self) -> Platform:
+        if self.platform is not None:
+            return parse_platform(self.platform)
+        os_name, arch = host_platform()
+        return Platform(os=os_name, architecture=arch)
+
+    def blob_store(self) -> BlobStore:
+        return BlobStore(ImageStore.locate(self.store_dir, self.environ).root)
+
+    def session(self, ref: Reference) -> Session:
+        from acbuild.distribution.registry.transport import Session
+
+        env = os.environ if self.environ is None else self.environ
+        return Session(ref.registry, self.transport(), credentials.lookup(ref.registry, env),
+                       api_host=ref.api_host)
+
+
+def check_policy(ref: Reference, access: RegistryAccess, reporter: Reporter) -> None:
+    """rkt's rule for images without an AppC signature: refused unless pinned by digest
+    (which is verification) or --insecure-skip-verify."""
+    if ref.pinned:
+        reporter.info(f"{ref.url()}: pinned by digest: the manifest and every blob are "
+                      "checked against it, which is its verification")
+    elif access.skip_verify:
+        reporter.warning(f"{ref.url()} is not verified: a registry image carries no "
+                         "signature and this one is not pinned by digest "
+                         "(--insecure-skip-verify)")
+    else:
+        raise RegistryError(
+            f"{ref.url()}: a registry image carries no signature, and this reference is not "
+            "pinned by digest",
+            hint="pin it (docker://NAME@sha256:DIGEST, which verifies it) or accept it "
+                 "unverified with --insecure-skip-verify")
+
+
+def image_name(ref: Reference) -> str:
+    """The repository as the ACI's name: Docker Hub's implicit parts dropped (docker2aci)."""
+    if ref.registry == DOCKER_HUB:
+        return ref.repository.removeprefix("library/")
+    return f"{ref.registry}/{ref.repository}"
+
+
+def as_source(pulled: PulledImage) -> ImageSource:
+    ref = pulled.reference
+    return source_from_manifest("registry", Path(str(ref)), DirStore(pulled.store.root),
+                                pulled.manifest, repository=image_name(ref),
+                                tag=ref.tag or (ref.digest or "latest").replace(":", "-"))
+
+
+class RegistryBases:
+    """Resolves and pulls docker:// bases for one build: the digest a reference is keyed by
+    is the one pulled, even if the tag moves in between."""
+
+    def __init__(self, access: RegistryAccess) -> None:
+        self.access = access
+        self._digests: dict[str, Reference] = {}
+
+    def _pinned(self, text: str, reporter: Reporter) -> Reference:
+        from acbuild.distribution.registry.pull import resolve
+
+        if text in self._digests:
+            return self._digests[text]
+        ref = parse_reference(text)
+        check_policy(ref, self.access, reporter)
+        with self.access.session(ref) as session:
+            digest = resolve(ref, session=session, store=self.access.blob_store(),
+                             platform=self.access.target_platform(), reporter=reporter)
+        pinned = Reference(registry=ref.registry, repository=ref.repository, tag=ref.tag,
+                           digest=digest)
+        self._digests[text] = pinned
+        return pinned
+
+    def identity(self, text: str, reporter: Reporter) -> str:
+        """What a cache key names this base by: its image manifest's digest."""
+        return self._pinned(text, reporter).digest or ""
+
+    def pull(self, text: str, reporter: Reporter) -> PulledImage:
+        from acbuild.distribution.registry.pull import PulledImage, pull
+
+        ref = self._pinned(text, reporter)
+        with self.access.session(ref) as session:
+            pulled = pull(ref, session=session, store=self.access.blob_store(),
+                          platform=self.access.target_platform(), reporter=reporter,
+                          max_bytes=self.access.max_bytes)
+        # The user's reference (its tag) names the image, not the pin added here.
+        original = parse_reference(text)
+        return PulledImage(reference=original if original.digest else
+                           Reference(registry=ref.registry, repository=ref.repository,
+                                     tag=ref.tag, digest=None),
+                           digest=pulled.digest, index_digest=pulled.index_digest,
+                           manifest=pulled.manifest, config=pulled.config,
+                           layers=pulled.layers, store=pulled.store,
+                           transferred=pulled.transferred)
+
+    def open_source(self, text: str, reporter: Reporter) -> ImageSource:
+        pulled = self.pull(text, reporter)
+        reporter.info(f"{pulled.reference.url()}: image {pulled.digest} "
+                      f"({len(pulled.layers)} layers, {pulled.transferred} blobs pulled)")
+        return as_source(pulled)
+
+
+def fetch_to_store(text: str, access: RegistryAccess, reporter: Reporter) -> Entry:
+    """``fetch docker://…``: pull, convert (squashed, docker2aci's mapping) and keep the ACI
+    in the image store, unsigned."""
+    store = ImageStore.locate(access.store_dir, access.environ)
+    source = RegistryBases(access).open_source(text, reporter)
+    with tempfile.TemporaryDirectory(dir=store.temp_dir()) as tmp:
+        out = Path(tmp) / "image.aci"
+        options = ConvertOptions(kind="registry", input=source.path, output=out)
+        written = convert(options, reporter, source=source)[-1]
+        manifest, image_id = aci.scan(written.path)
+        return store.add(written.path, None, image_id=image_id, name=manifest.name,
+                         labels=tuple((lbl.name, lbl.value) for lbl in manifest.labels))

@@ -1,0 +1,345 @@
+"""Registries: pulling an image — manifest (through an index, for a platform), config and
+layers into the blob store, each verified by its digest while it streams.
+
+Accepted: OCI image manifests and indexes, Docker schema 2 manifests and manifest lists.
+A manifest is at most 4 MiB, a config 16 MiB; a blob fetched by digest that is stored already
+is not asked for again, so a second pull of an image transfers its manifest only (and nothing
+at all when it is pinned by digest). Layers download in parallel, as skopeo's do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import httpx
+
+from acbuild.distribution.registry.blobstore import BlobStore
+from acbuild.distribution.registry.platform import Platform, parse_platform
+from acbuild.distribution.registry.reference import DIGEST, Reference, RegistryError
+from acbuild.distribution.registry.transport import Session, read_limited
+from acbuild.fs.atomic import atomic_write
+from acbuild.report import Reporter
+from acbuild.terminal import escape
+
+# Platform and parse_platform live in .platform (no HTTP client); importable here as before.
+__all__ = ["ACCEPT", "Descriptor", "Platform", "PulledImage", "parse_platform", "pull",
+           "resolve"]
+
+MANIFEST_LIMIT = 4 << 20
+CONFIG_LIMIT = 16 << 20
+MAX_LAYERS = 1000
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
+LAYER_TYPES = frozenset({
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+})
+_PROGRESS_STEP = 8 << 20
+PARALLEL = 4  # layers downloaded at a time
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+
+    def short(self) -> str:
+        return self.digest.split(":", 1)[1][:12]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PulledImage:
+    """An image whose manifest, config and layers are all in ``store``, verified."""
+
+    reference: Reference
+    digest: str  # of the image manifest (the platform's, when the reference names an index)
+    index_digest: str | None  # of the index the reference named, if it named one
+    manifest: dict[str, Any]
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+    store: BlobStore
+    transferred: int  # blobs downloaded by this pull (config and layers)
+
+
+def pull(ref: Reference, *, session: Session, store: BlobStore, platform: Platform,
+         reporter: Reporter, max_bytes: int | None = None) -> PulledImage:
+    """``max_bytes``: refuse (before downloading) an image whose layers add up to more."""
+    store.check()
+    puller = _Puller(ref, session, store, reporter)
+    doc, digest, index_digest = puller.image_manifest(platform)
+    config, layers = _parse_manifest(doc, ref)
+    total = sum(layer.size for layer in layers)
+    if max_bytes is not None and total > max_bytes:
+        raise RegistryError(f"{ref}: its layers are {total} bytes, more than the limit of "
+                            f"{max_bytes} (--max-image-size)")
+    transferred = int(puller.blob(config, "config", CONFIG_LIMIT))
+    transferred += puller.layers(layers)
+    return PulledImage(reference=ref, digest=digest, index_digest=index_digest, manifest=doc,
+                       config=config, layers=layers, store=store, transferred=transferred)
+
+
+def resolve(ref: Reference, *, session: Session, store: BlobStore, platform: Platform,
+            reporter: Reporter) -> str:
+    """The digest of the image manifest ``ref`` names now (for this platform): what a cache
+    key is made of. Downloads manifests only."""
+    store.check()
+    return _Puller(ref, session, store, reporter).image_manifest(platform)[1]
+
+
+class _Puller:
+    def __init__(self, ref: Reference, session: Session, store: BlobStore,
+                 reporter: Reporter) -> None:
+        self.ref = ref
+        self.session = session
+        self.store = store
+        self.reporter = reporter
+        self.scope = f"repository:{ref.repository}:pull"
+        self.prefix = f"/v2/{ref.repository}"
+
+    def image_manifest(self, platform: Platform) -> tuple[dict[str, Any], str, str | None]:
+        doc, digest = self.manifest(self.ref.manifest_ref)
+        index_digest = None
+        for _ in range(3):
+            if _media_type(doc) not in INDEX_TYPES:
+                return doc, digest, index_digest
+            index_digest = index_digest or digest
+            chosen = _choose(doc, platform, self.ref)
+            doc, digest = self.manifest(chosen.digest)
+        raise RegistryError(f"{self.ref}: image indexes nested more than 3 deep")
+
+    def manifest(self, wanted: str) -> tuple[dict[str, Any], str]:
+        """A manifest by tag or digest; by digest it may come from the store."""
+        by_digest = bool(DIGEST.fullmatch(wanted))
+        if by_digest and self.store.has(wanted, None):
+            path = self.store.path(wanted)
+            if path.stat().st_size <= MANIFEST_LIMIT:
+                data = path.read_bytes()
+                if _sha256(data) == wanted:
+                    return _decode_manifest(data, self.ref), wanted
+        what = f"manifest {escape(wanted)}"
+        with self.session.get(f"{self.prefix}/manifests/{wanted}", scope=self.scope,
+                              accept=ACCEPT) as response:
+            if response.status_code == 404:
+                raise RegistryError(f"{self.ref}: no such image: the registry has no "
+                                    f"{'manifest' if by_digest else 'tag'} {escape(wanted)!r}")
+            self.session.check(response, f"{self.ref.repository}: {what}")
+            data = read_limited(response, MANIFEST_LIMIT, f"{self.ref}: {what}")
+            claimed = response.headers.get("docker-content-digest")
+        digest = _sha256(data)
+        if by_digest and digest != wanted:
+            raise RegistryError(f"{self.ref}: the registry sent a manifest whose digest is "
+                                f"{digest}, not {wanted}")
+        if claimed and claimed != digest and not by_digest:
+            raise RegistryError(f"{self.ref}: the manifest's digest is {digest}, but the "
+                                f"registry says {escape(claimed[:80])}")
+        doc = _decode_manifest(data, self.ref)
+        self._save(digest, data)
+        return doc, digest
+
+    def _save(self, digest: str, data: bytes) -> None:
+        if not self.store.has(digest, len(data)):
+            with atomic_write(self.store.path(digest), mode=0o644) as f:
+                f.write(data)
+
+    def blob(self, desc: Descriptor, what: str, limit: int | None) -> bool:
+        """Make sure the blob is stored; True when it had to be downloaded."""
+        if self.store.has(desc.digest, desc.size):
+            self.reporter.detail(f"{what} {desc.short()}: in the store")
+            return False
+        if limit is not None and desc.size > limit:
+            raise RegistryError(f"{self.ref}: {what} is {desc.size} bytes, more than "
+                                f"{limit >> 20} MiB")
+        self.reporter.info(f"pulling {what} {desc.short()} ({desc.size} bytes)")
+        self.download(desc, what, self.reporter.progress, threading.Event())
+        return True
+
+    def layers(self, layers: tuple[Descriptor, ...]) -> int:
+        """Download the layers the store lacks, up to PARALLEL at a time (as skopeo does:
+        hashing, writing and the network overlap); returns how many were downloaded. Only
+        this thread talks to the reporter; the first failure stops the others."""
+        missing = []
+        for n, layer in enumerate(layers, 1):
+            what = f"layer {n}/{len(layers)}"
+            if self.store.has(layer.digest, layer.size):
+                self.reporter.detail(f"{what} {layer.short()}: in the store")
+            else:
+                self.reporter.info(f"pulling {what} {layer.short()} ({layer.size} bytes)")
+                missing.append((what, layer))
+        if not missing:
+            return 0
+        events: queue.SimpleQueue[tuple[str, int, int | None]] = queue.SimpleQueue()
+        stop = threading.Event()
+
+        def progress(what: str, done: int, total: int | None) -> None:
+            events.put((what, done, total))
+
+        def drain() -> None:
+            while not events.empty():
+                self.reporter.progress(*events.get())
+
+        with ThreadPoolExecutor(max_workers=min(PARALLEL, len(missing)),
+                                thread_name_prefix="pull") as pool:
+            pending = {pool.submit(self.download, layer, what, progress, stop)
+                       for what, layer in missing}
+            try:
+                while pending:
+                    done, pending = wait(pending, timeout=0.1, return_when=FIRST_EXCEPTION)
+                    drain()
+                    for future in done:
+                        future.result()
+            except BaseException:
+                stop.set()
+                for future in pending:
+                    future.cancel()
+                raise
+        drain()
+        return len(missing)
+
+    def download(self, desc: Descriptor, what: str,
+                 progress: Callable[[str, int, int | None], None],
+                 stop: threading.Event) -> None:
+        """GET the blob into the store through the digest check (any thread)."""
+        shown = f"{self.ref}: {what} ({desc.short()})"
+        with self.session.get(f"{self.prefix}/blobs/{desc.digest}",
+                              scope=self.scope) as response:
+            if response.status_code == 404:
+                raise RegistryError(f"{shown}: the registry has no such blob")
+            self.session.check(response, f"{self.ref.repository}: blob {desc.short()}")
+            length = response.headers.get("content-length")
+            encoded = response.headers.get("content-encoding", "identity") != "identity"
+            if length is not None and length.strip().isdigit() and int(length) != desc.size \
+                    and not encoded:
+                raise RegistryError(f"{shown}: the registry sends {int(length)} bytes, but the "
+                                    f"manifest says {desc.size}")
+            with atomic_write(self.store.path(desc.digest), mode=0o644) as f:
+                _stream(response, f, desc, shown, lambda done: progress(f"pull {what}", done,
+                                                                          desc.size), stop)
+
+
+def _stream(response: httpx.Response, f: BinaryIO, desc: Descriptor, shown: str,
+            progress: Callable[[int], None], stop: threading.Event) -> None:
+    h = hashlib.sha256()
+    done = reported = 0
+    try:
+        # Decoded (a Content-Encoding the server adds is the transfer's, not the blob's); the
+        # byte count stops a decompression bomb at the manifest's size.
+        for chunk in response.iter_bytes():
+            done += len(chunk)
+            if done > desc.size:
+                raise RegistryError(f"{shown}: the registry sent more than the "
+                                    f"{desc.size} bytes the manifest says")
+            h.update(chunk)
+            f.write(chunk)
+            if done - reported >= _PROGRESS_STEP:
+                if stop.is_set():
+                    raise RegistryError(f"{shown}: stopped")
+                progress(done)
+                reported = done
+    except httpx.HTTPError:
+        raise RegistryError(f"{shown}: the transfer broke off after {done} of "
+                            f"{desc.size} bytes") from None
+    if done != desc.size:
+        raise RegistryError(f"{shown}: truncated: {done} of {desc.size} bytes")
+    got = f"sha256:{h.hexdigest()}"
+    if got != desc.digest:
+        raise RegistryError(f"{shown}: digest mismatch: the registry sent data whose "
+                            f"digest is {got}, not {desc.digest}")
+    progress(done)
+
+
+def _sha256(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def _decode_manifest(data: bytes, ref: Reference) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise RegistryError(f"{ref}: the manifest is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise RegistryError(f"{ref}: the manifest is not a JSON object")
+    if doc.get("schemaVersion") == 1:
+        raise RegistryError(f"{ref}: Docker schema 1 manifests are not supported "
+                            "(deprecated since 2017; push the image again with a newer tool)")
+    if doc.get("schemaVersion") != 2:
+        raise RegistryError(f"{ref}: unknown manifest schemaVersion "
+                            f"{escape(repr(doc.get('schemaVersion'))[:40])}")
+    return doc
+
+
+def _media_type(doc: dict[str, Any]) -> str:
+    media = doc.get("mediaType")
+    if isinstance(media, str) and media:
+        return media
+    return OCI_INDEX if "manifests" in doc and "layers" not in doc else OCI_MANIFEST
+
+
+def _descriptor(value: Any, where: str, ref: Reference) -> Descriptor:
+    if not isinstance(value, dict):
+        raise RegistryError(f"{ref}: manifest: {where} is not an object")
+    digest, size, media = value.get("digest"), value.get("size"), value.get("mediaType", "")
+    if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
+        raise RegistryError(f"{ref}: manifest: {where} has no sha256 digest "
+                            f"({escape(repr(digest)[:80])})")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise RegistryError(f"{ref}: manifest: {where} has no valid size")
+    if not isinstance(media, str):
+        raise RegistryError(f"{ref}: manifest: {where} has a mediaType that is not a string")
+    return Descriptor(media_type=media, digest=digest, size=size)
+
+
+def _parse_manifest(doc: dict[str, Any], ref: Reference) -> tuple[Descriptor,
+                                                                   tuple[Descriptor, ...]]:
+    media = _media_type(doc)
+    if media not in MANIFEST_TYPES:
+        raise RegistryError(f"{ref}: {escape(media[:100])!r} is not an image manifest")
+    config = _descriptor(doc.get("config"), "config", ref)
+    raw = doc.get("layers")
+    if not isinstance(raw, list):
+        raise RegistryError(f"{ref}: manifest: layers is not a list")
+    if len(raw) > MAX_LAYERS:
+        raise RegistryError(f"{ref}: manifest: {len(raw)} layers, more than {MAX_LAYERS}")
+    layers = tuple(_descriptor(d, f"layer {n}", ref) for n, d in enumerate(raw, 1))
+    for n, layer in enumerate(layers, 1):
+        if layer.media_type not in LAYER_TYPES:
+            kind = "foreign (non-distributable)" if "foreign" in layer.media_type or \
+                "nondistributable" in layer.media_type else "unsupported"
+            raise RegistryError(f"{ref}: layer {n} has the {kind} media type "
+                                f"{escape(layer.media_type[:100])!r}")
+    return config, layers
+
+
+def _choose(index: dict[str, Any], platform: Platform, ref: Reference) -> Descriptor:
+    raw = index.get("manifests")
+    if not isinstance(raw, list) or not raw:
+        raise RegistryError(f"{ref}: the image index lists no manifests")
+    found: list[tuple[Descriptor, dict[str, Any]]] = []
+    for n, entry in enumerate(raw[:MAX_LAYERS], 1):
+        desc = _descriptor(entry, f"index entry {n}", ref)
+        plat = entry.get("platform") if isinstance(entry, dict) else None
+        found.append((desc, plat if isinstance(plat, dict) else {}))
+    matches = [(d, p) for d, p in found
+               if p.get("os") == platform.os and p.get("architecture") == platform.architecture]
+    if platform.variant is not None:
+        matches = [(d, p) for d, p in matches if p.get("variant") == platform.variant]
+    if not matches:
+        have = ", ".join(sorted({"/".join(str(p.get(k)) for k in ("os", "architecture", "variant")
+                                          if p.get(k)) or "?" for _, p in found}))
+        raise RegistryError(f"{ref}: no image for {platform}; the index has: {escape(have)}",
+                            hint="choose one with --platform OS/ARCH[/VARIANT]")
+    return matches[0][0]

@@ -1,0 +1,386 @@
+"""Registries: one HTTP session per registry on httpx — TLS, auth challenges, retries, redirects.
+
+- https with the system's CAs plus --ca-file; plain http only for hosts named with
+  --insecure-registry (a token realm or a redirect target on plain http needs it too);
+- ``WWW-Authenticate: Bearer realm=…,service=…,scope=…`` → a token from the realm (with the
+  user's basic credentials when there are any), cached per scope; ``Basic`` → credentials;
+- retries with exponential backoff (and Retry-After) on 429, 5xx and broken connections;
+- redirects followed by hand: the Authorization header goes only to the registry's own origin
+  (blob GETs are sent on to object storage, which must not see the registry's credentials);
+- proxies from HTTPS_PROXY/HTTP_PROXY/NO_PROXY (httpx's trust_env), timeouts, streaming.
+Nothing here puts a credential or token into a message.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import httpx
+
+from acbuild import __version__
+from acbuild.distribution.discovery import _tls_context
+from acbuild.distribution.registry.credentials import Credential
+from acbuild.distribution.registry.reference import RegistryError, check_host
+from acbuild.terminal import escape
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_TOKEN_LIMIT = 1 << 20
+_ERROR_LIMIT = 64 << 10
+_RETRY_AFTER_CAP = 10.0
+_ERROR_CODE = re.compile(r"[A-Z][A-Z_]{0,39}")
+# What httpx raises for a URL it cannot use (not a transport failure: never retried).
+_BAD_URL = (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError, UnicodeError)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransportOptions:
+    insecure_registries: tuple[str, ...] = ()  # HOST:PORT reached over plain http
+    ca_file: Path | None = None  # a CA trusted besides the system's
+    timeout: float = 60.0  # seconds without progress (connect, read, write)
+    retries: int = 4
+    backoff: float = 0.5  # seconds before the first retry, doubled for each next one
+    max_redirects: int = 5
+
+    def insecure(self, host: str) -> bool:
+        return host.lower() in {check_host(h, "--insecure-registry") for h in
+                                self.insecure_registries}
+
+
+def _origin(url: str) -> tuple[str, str]:
+    """(scheme, host[:port]); ("", "") for a URL that does not parse (a bad IPv6 literal)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        return "", ""
+    return parts.scheme, parts.netloc.lower().rpartition("@")[2]
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """``Bearer realm="…",service="…"`` → ("bearer", {realm: …, service: …})."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {m[0].lower(): m[1] if m[1] or not m[2] else m[2]
+              for m in re.findall(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))', rest)}
+    return scheme.lower(), params
+
+
+class Session:
+    """Requests to one registry (``host`` as named: HOST[:PORT]; ``api_host`` where its API
+    is). Use as a context manager; it holds a connection pool."""
+
+    def __init__(self, host: str, options: TransportOptions, credential: Credential | None,
+                 *, api_host: str | None = None) -> None:
+        self.host = host
+        self.options = options
+        self.credential = credential
+        api = api_host or host
+        self.scheme = "http" if options.insecure(host) else "https"
+        self.base = f"{self.scheme}://{api}"
+        self._tokens: dict[str, str] = {}
+        self._basic = False
+        self._client = httpx.Client(
+            verify=_tls_context(options.ca_file), trust_env=True, follow_redirects=False,
+            timeout=httpx.Timeout(options.timeout, connect=min(options.timeout, 30.0)),
+            headers={"User-Agent": f"acbuild-py/{__version__}", "Accept-Encoding": "identity"})
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    # ---- requests ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def get(self, path: str, *, scope: str, accept: str | None = None,
+            method: str = "GET") -> Iterator[httpx.Response]:
+        """The response (streamed, any status but a redirect or a handled 401) to ``path``
+        under /v2/, with the token for ``scope`` (``repository:NAME:pull``)."""
+        headers = {"Accept": accept} if accept else {}
+        response = self._send(method, f"{self.base}{path}", scope, headers)
+        try:
+            yield response
+        finally:
+            response.close()
+
+    def ping(self) -> None:
+        """GET /v2/ with credentials: checks they are accepted (login)."""
+        with self.get("/v2/", scope="") as response:
+            if response.status_code == 401:
+                raise self.unauthorized(response, "/v2/")
+            self.check(response, "/v2/")
+
+    def _auth_header(self, scope: str) -> str | None:
+        if scope in self._tokens:
+            return f"Bearer {self._tokens[scope]}"
+        if self._basic and self.credential is not None:
+            return _basic(self.credential)
+        return None
+
+    def _send(self, method: str, url: str, scope: str,
+              headers: Mapping[str, str]) -> httpx.Response:
+        own = _origin(url)
+        challenged = False
+        hops = 0
+        attempt = 0
+        while True:
+            sent = dict(headers)
+            if _origin(url) == own and (auth := self._auth_header(scope)):
+                sent["Authorization"] = auth
+            try:
+                response = self._client.send(self._client.build_request(method, url,
+                                                                        headers=sent),
+                                             stream=True)
+            except _BAD_URL as e:
+                raise RegistryError(f"{self.host}: cannot use the URL "
+                                    f"{escape(url[:200])!r}: {_reason(e)}") from None
+            except httpx.RemoteProtocolError as e:
+                if "location header" in str(e):  # httpx parses every redirect's Location
+                    raise RegistryError(f"{self._shown(url)} redirects to a URL that does not "
+                                        "parse") from None
+                if attempt < self.options.retries:
+                    self._pause(attempt, None)
+                    attempt += 1
+                    continue
+                raise RegistryError(f"cannot reach {self._shown(url)}: {_reason(e)}") from None
+            except httpx.TransportError as e:
+                if attempt < self.options.retries:
+                    self._pause(attempt, None)
+                    attempt += 1
+                    continue
+                raise RegistryError(f"cannot reach {self._shown(url)}: {_reason(e)}",
+                                    hint=_tls_hint(e, url)) from None
+            status = response.status_code
+            if status in _REDIRECTS:
+                location = response.headers.get("location", "")
+                response.close()
+                hops += 1
+                if hops > self.options.max_redirects:
+                    raise RegistryError(f"{self._shown(url)}: more than "
+                                        f"{self.options.max_redirects} redirects")
+                url = self._redirect_target(url, location)
+                continue
+            if status == 401 and _origin(url) == own and not challenged:
+                challenged = True
+                if self._authenticate(response.headers.get("www-authenticate", ""), scope):
+                    response.close()
+                    continue
+                return response
+            if (status == 429 or status >= 500) and attempt < self.options.retries:
+                wait = response.headers.get("retry-after")
+                response.close()
+                self._pause(attempt, wait)
+                attempt += 1
+                continue
+            return response
+
+    def _pause(self, attempt: int, retry_after: str | None) -> None:
+        wait = self.options.backoff * (2 ** attempt)
+        if retry_after is not None and retry_after.strip().isdigit():
+            wait = min(float(retry_after), _RETRY_AFTER_CAP)
+        time.sleep(wait)
+
+    def _redirect_target(self, url: str, location: str) -> str:
+        if not location:
+            raise RegistryError(f"{self._shown(url)}: a redirect without a Location")
+        try:
+            target = urljoin(url, location)
+        except ValueError:
+            target = location
+        scheme, netloc = _origin(target)
+        if scheme not in ("http", "https") or not netloc:
+            raise RegistryError(f"{self._shown(url)} redirects to {escape(target[:200])!r}, "
+                                "which is not an http(s) URL")
+        if scheme == "http" and not self.options.insecure(netloc):
+            raise RegistryError(
+                f"{self._shown(url)} redirects to plain http://{netloc}",
+                hint=f"only hosts named with --insecure-registry are reached without TLS "
+                     f"(--insecure-registry {netloc})")
+        return target
+
+    # ---- authentication ------------------------------------------------------------------
+
+    def _authenticate(self, header: str, scope: str) -> bool:
+        """Meet a 401's challenge; False when there is nothing this session can do."""
+        scheme, params = parse_challenge(header)
+        if scheme == "basic":
+            if self.credential is None or self._basic:
+                return False
+            self._basic = True
+            return True
+        if scheme != "bearer" or "realm" not in params:
+            return False
+        token = self._fetch_token(params, scope)
+        self._tokens[scope] = token
+        return True
+
+    def _fetch_token(self, params: dict[str, str], scope: str) -> str:
+        realm = params["realm"]
+        scheme, netloc = _origin(realm)
+        if scheme not in ("http", "https") or not netloc:
+            raise RegistryError(f"registry {self.host} asks for a token from "
+                                f"{escape(realm[:200])!r}, which is not an http(s) URL")
+        if scheme == "http" and not self.options.insecure(netloc):
+            raise RegistryError(
+                f"registry {self.host} asks for a token from plain http://{netloc}",
+                hint=f"only hosts named with --insecure-registry are reached without TLS "
+                     f"(--insecure-registry {netloc})")
+        credential = self.credential
+        if credential is not None and self.scheme == "http" and netloc != _origin(self.base)[1] \
+                and not self.options.insecure(netloc):
+            # Over plain http the challenge itself may be forged: the credentials go only to a
+            # token server the user named, not to wherever an answer points.
+            raise RegistryError(
+                f"registry {self.host} (plain http) asks for a token from {netloc}, which was "
+                "not named with --insecure-registry; refusing to send it your credentials",
+                hint=f"if {netloc} is the registry's token server, add --insecure-registry "
+                     f"{netloc}")
+        query = {k: v for k, v in (("service", params.get("service", "")),
+                                   ("scope", scope or params.get("scope", ""))) if v}
+        url = realm + ("&" if "?" in realm else "?") + urlencode(query) if query else realm
+        headers = {"Authorization": _basic(credential)} if credential else {}
+        for attempt in range(self.options.retries + 1):
+            try:
+                response = self._client.send(self._client.build_request("GET", url,
+                                                                        headers=headers),
+                                             stream=True)
+            except _BAD_URL as e:
+                raise RegistryError(f"registry {self.host} asks for a token from an invalid "
+                                    f"URL {escape(realm[:200])!r}: {_reason(e)}") from None
+            except httpx.TransportError as e:
+                if attempt < self.options.retries:
+                    self._pause(attempt, None)
+                    continue
+                raise RegistryError(f"cannot reach the token server of {self.host} "
+                                    f"({netloc}): {_reason(e)}") from None
+            with contextlib.closing(response):
+                if (response.status_code == 429 or response.status_code >= 500) and \
+                        attempt < self.options.retries:
+                    self._pause(attempt, response.headers.get("retry-after"))
+                    continue
+                if response.status_code in (401, 403):
+                    who = f"user {self.credential.username!r}" if self.credential else \
+                        "anonymous access"
+                    raise RegistryError(
+                        f"the token server of {self.host} refused {who} "
+                        f"(HTTP {response.status_code})",
+                        hint=None if self.credential else
+                        f"log in first: acbuild-py login {self.host}")
+                if response.status_code != 200:
+                    raise RegistryError(f"the token server of {self.host} answered HTTP "
+                                        f"{response.status_code}")
+                doc = _json(read_limited(response, _TOKEN_LIMIT, "token response"),
+                            f"the token server of {self.host}")
+            token = doc.get("token") or doc.get("access_token")
+            if not isinstance(token, str) or not token or not token.isascii() or \
+                    any(c in token for c in "\r\n "):
+                raise RegistryError(f"the token server of {self.host} sent no usable token")
+            return token
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ---- explaining failures -------------------------------------------------------------
+
+    def _shown(self, url: str) -> str:
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return escape(url[:200])
+        return escape(f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"[:300])
+
+    def unauthorized(self, response: httpx.Response, what: str) -> RegistryError:
+        if self.credential is None:
+            return RegistryError(f"{self.host}: {what}: authentication required (HTTP 401) "
+                                 "and no credentials are stored for it",
+                                 hint=f"log in first: acbuild-py login {self.host}")
+        return RegistryError(f"{self.host}: {what}: the registry refused the credentials of "
+                             f"user {self.credential.username!r} (HTTP 401)",
+                             hint=f"log in again: acbuild-py login {self.host}")
+
+    def check(self, response: httpx.Response, what: str) -> None:
+        """Raise a one-line RegistryError unless the response is a success."""
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        if status == 401:
+            raise self.unauthorized(response, what)
+        detail = _registry_errors(response)
+        raise RegistryError(f"{self.host}: {what}: HTTP {status}"
+                            + (f" ({detail})" if detail else ""))
+
+
+def _basic(credential: Credential) -> str:
+    raw = f"{credential.username}:{credential.password}".encode()
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+def read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
+    """The whole body of a small document; more than ``limit`` bytes is an error."""
+    length = response.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise RegistryError(f"{what} is {int(length)} bytes, more than the limit of "
+                            f"{limit} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        for chunk in response.iter_bytes():
+            total += len(chunk)
+            if total > limit:
+                raise RegistryError(f"{what} is more than the limit of {limit} bytes")
+            chunks.append(chunk)
+    except httpx.HTTPError as e:
+        raise RegistryError(f"{what}: the transfer broke off: {_reason(e)}") from None
+    return b"".join(chunks)
+
+
+def _json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise RegistryError(f"{what} sent something that is not JSON") from None
+    if not isinstance(doc, dict):
+        raise RegistryError(f"{what} sent JSON that is not an object")
+    return doc
+
+
+def _registry_errors(response: httpx.Response) -> str:
+    """The codes of a registry's error body (``{"errors": [{"code": …}]}``), escaped."""
+    try:
+        doc = json.loads(read_limited(response, _ERROR_LIMIT, "error body"))
+    except (RegistryError, ValueError, UnicodeDecodeError, RecursionError):
+        return ""
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    if not isinstance(errors, list):
+        return ""
+    # Only codes as the distribution spec spells them (MANIFEST_UNKNOWN): a registry's free
+    # text may echo the request, its Authorization header included.
+    codes = [e["code"] for e in errors[:5]
+             if isinstance(e, dict) and isinstance(e.get("code"), str)
+             and _ERROR_CODE.fullmatch(e["code"])]
+    return ", ".join(codes)
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return escape(text.splitlines()[0][:300] if text else type(e).__name__)
+
+
+def _tls_hint(e: BaseException, url: str) -> str | None:
+    if "CERTIFICATE_VERIFY_FAILED" in str(e):
+        return ("if you trust the CA that signed its certificate, pass it with --ca-file; "
+                "a registry without TLS needs --insecure-registry HOST:PORT")
+    if "WRONG_VERSION_NUMBER" in str(e) or "record layer failure" in str(e):
+        host = urlsplit(url).netloc
+        return f"it does not speak TLS: for plain http use --insecure-registry {host}"
+    return None

@@ -1,0 +1,271 @@
+"""Registries: pushing — blob uploads (monolithic and chunked), mounts, manifests.
+
+Built on ``transport.Session`` (its auth, TLS and retry rules); what it adds is requests with
+a body. A body is always streamed from disk, never whole in memory, and a request that has to
+be sent again (a 401 whose challenge was met, a 429/5xx, a broken connection) reopens it.
+Upload order, as the distribution spec has it: HEAD (the registry has it: nothing sent),
+then a cross-repository mount from a repository known to hold it, then POST + PUT?digest=
+(monolithic) or POST + PATCH… + PUT (chunked, for blobs above ``chunk_size``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode, urljoin
+
+import httpx
+
+from acbuild.distribution.registry.reference import RegistryError
+from acbuild.distribution.registry.transport import Session, _origin, _reason, _tls_hint
+
+CHUNK_SIZE = 32 << 20  # blobs above this go in PATCH chunks of this size
+_READ = 1 << 20
+
+# A fresh iterator over a request's body (called again for every send of it).
+Body = Callable[[], Iterator[bytes]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlobPush:
+    """What happened to one blob: ``sent`` (uploaded), ``mounted`` (from another repository)
+    or ``present`` (the registry had it: nothing sent)."""
+
+    digest: str
+    size: int
+    how: str
+
+
+def _file_body(path: Path, offset: int = 0, length: int | None = None) -> Body:
+    def body() -> Iterator[bytes]:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            left = os.fstat(f.fileno()).st_size - offset if length is None else length
+            while left > 0:
+                chunk = f.read(min(_READ, left))
+                if not chunk:
+                    raise RegistryError(f"{path} shrank while it was being uploaded")
+                left -= len(chunk)
+                yield chunk
+    return body
+
+
+def _bytes_body(data: bytes) -> Body:
+    return lambda: iter((data,))
+
+
+class PushSession(Session):
+    """A Session that can also send POST/PUT/PATCH with a streamed body."""
+
+    @contextlib.contextmanager
+    def send(self, method: str, url: str, *, scope: str, headers: Mapping[str, str],
+             body: Body | None = None) -> Iterator[httpx.Response]:
+        """The response to ``method url`` (streamed; closed when the block ends). A redirect
+        is returned as it is: following it would send the body somewhere else."""
+        response = self._send_body(method, url, scope, headers, body)
+        try:
+            yield response
+        finally:
+            response.close()
+
+    def _send_body(self, method: str, url: str, scope: str, headers: Mapping[str, str],
+                   body: Body | None) -> httpx.Response:
+        own = _origin(self.base)  # credentials go to the registry only
+        challenged = False
+        attempt = 0
+        while True:
+            sent = dict(headers)
+            if _origin(url) == own and (auth := self._auth_header(scope)):
+                sent["Authorization"] = auth
+            try:
+                request = self._client.build_request(
+                    method, url, headers=sent, content=None if body is None else body())
+                response = self._client.send(request, stream=True)
+            except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as e:
+                # a URL the registry sent (an upload Location) that cannot be asked for
+                raise RegistryError(f"{self.host}: the registry sent a URL that cannot be "
+                                    f"used: {_reason(e)}") from None
+            except httpx.TransportError as e:
+                if attempt < self.options.retries:
+                    self._pause(attempt, None)
+                    attempt += 1
+                    continue
+                raise RegistryError(f"cannot reach {self._shown(url)}: {_reason(e)}",
+                                    hint=_tls_hint(e, url)) from None
+            status = response.status_code
+            if status == 401 and not challenged:
+                challenged = True
+                try:
+                    met = self._authenticate(response.headers.get("www-authenticate", ""),
+                                             scope)
+                except BaseException:
+                    response.close()
+                    raise
+                if met:
+                    response.close()
+                    continue
+                return response  # a challenge this session cannot meet: the caller explains
+            if (status == 429 or status >= 500) and attempt < self.options.retries:
+                wait = response.headers.get("retry-after")
+                response.close()
+                self._pause(attempt, wait)
+                attempt += 1
+                continue
+            return response
+
+
+def push_scope(repository: str) -> str:
+    return f"repository:{repository}:pull,push"
+
+
+class Repository:
+    """Pushes to one repository of a registry through ``session``."""
+
+    def __init__(self, session: PushSession, repository: str, *,
+                 chunk_size: int = CHUNK_SIZE) -> None:
+        self.session = session
+        self.repository = repository
+        self.scope = push_scope(repository)
+        self.chunk_size = chunk_size
+
+    def _url(self, path: str) -> str:
+        return f"{self.session.base}/v2/{self.repository}/{path}"
+
+    def _head(self, path: str, what: str, accept: str | None = None) -> bool:
+        with self.session.get(f"/v2/{self.repository}/{path}", scope=self.scope,
+                              accept=accept, method="HEAD") as response:
+            if response.status_code == 404:
+                return False
+            self.session.check(response, what)
+            return True
+
+    def preflight(self) -> None:
+        """Reach the repository with the push scope's credentials before any work is done
+        for it: an unreachable registry, a TLS mismatch or refused credentials are found
+        out now, not after a long build. (A token server may still grant only pull; the
+        first upload says so.)"""
+        self._head("blobs/sha256:" + "0" * 64, f"pushing to {self.repository}")
+
+    def has_blob(self, digest: str) -> bool:
+        return self._head(f"blobs/{digest}", f"blob {digest[:19]}")
+
+    def has_manifest(self, reference: str, accept: str) -> bool:
+        return self._head(f"manifests/{reference}", f"manifest {reference}", accept)
+
+    # ---- blobs ---------------------------------------------------------------------------
+
+    def push_blob(self, path: Path, digest: str, size: int, *,
+                  mount_from: Sequence[str] = ()) -> BlobPush:
+        """Make ``digest`` (the file ``path``) exist in the repository."""
+        if self.has_blob(digest):
+            return BlobPush(digest=digest, size=size, how="present")
+        for source in mount_from:
+            if source != self.repository and self._mount(digest, source):
+                return BlobPush(digest=digest, size=size, how="mounted")
+        self._upload(path, digest, size)
+        return BlobPush(digest=digest, size=size, how="sent")
+
+    def push_bytes(self, data: bytes, digest: str) -> BlobPush:
+        """A small blob (a config) held in memory anyway."""
+        if self.has_blob(digest):
+            return BlobPush(digest=digest, size=len(data), how="present")
+        location = self._start()
+        self._finish(location, digest, _bytes_body(data), len(data))
+        return BlobPush(digest=digest, size=len(data), how="sent")
+
+    def _mount(self, digest: str, source: str) -> bool:
+        """True when the registry mounted it (201). 202 (it started an upload instead) and
+        401/403 (no pull right on ``source``) are not errors: the blob is uploaded."""
+        query = urlencode({"mount": digest, "from": source})
+        with self.session.send("POST", self._url(f"blobs/uploads/?{query}"),
+                               scope=self.scope, headers={"Content-Length": "0"}) as response:
+            if response.status_code == 201:
+                return True
+            location = response.headers.get("location") if response.status_code == 202 else None
+        if location:
+            self._cancel(urljoin(self._url(""), location))
+        return False
+
+    def _cancel(self, location: str) -> None:
+        """Best effort: an abandoned upload session expires on its own anyway."""
+        with contextlib.suppress(RegistryError), \
+                self.session.send("DELETE", location, scope=self.scope, headers={}):
+            pass
+
+    def _start(self) -> str:
+        with self.session.send("POST", self._url("blobs/uploads/"), scope=self.scope,
+                               headers={"Content-Length": "0"}) as response:
+            self.session.check(response, f"starting an upload to {self.repository}")
+            return self._location(response, f"starting an upload to {self.repository}")
+
+    def _location(self, response: httpx.Response, what: str) -> str:
+        location = response.headers.get("location")
+        if not location:
+            raise RegistryError(f"{self.session.host}: {what}: the registry sent no Location")
+        try:
+            url = urljoin(self.session.base + "/", str(location))
+            elsewhere = _origin(url) != _origin(self.session.base)
+        except ValueError:  # e.g. a malformed IPv6 literal
+            raise RegistryError(f"{self.session.host}: {what}: the registry sent a Location "
+                                "that is not a URL") from None
+        if elsewhere:
+            raise RegistryError(f"{self.session.host}: {what}: the registry sends the upload "
+                                "to another host, which would not get the credentials")
+        return url
+
+    def _upload(self, path: Path, digest: str, size: int) -> None:
+        """POST, then one PUT or PATCHes and a PUT. A failed upload is left to expire: the
+        registry purges abandoned upload sessions, and cancelling one costs another round
+        of retries on a connection that has just failed."""
+        location = self._start()
+        if size <= self.chunk_size:
+            self._finish(location, digest, _file_body(path, 0, size), size)
+            return
+        offset = 0
+        while offset < size:
+            length = min(self.chunk_size, size - offset)
+            end = offset + length - 1
+            with self.session.send(
+                    "PATCH", location, scope=self.scope, body=_file_body(path, offset, length),
+                    headers={"Content-Type": "application/octet-stream",
+                             "Content-Length": str(length),
+                             "Content-Range": f"{offset}-{end}"}) as response:
+                self.session.check(response, f"uploading blob {digest[:19]}")
+                if response.headers.get("range", f"0-{end}") != f"0-{end}":
+                    raise RegistryError(f"{self.session.host}: uploading blob "
+                                        f"{digest[:19]}: the registry lost part of it")
+                location = self._location(response, f"uploading blob {digest[:19]}")
+            offset += length
+        self._finish(location, digest, None, 0)
+
+    def _finish(self, location: str, digest: str, body: Body | None, size: int) -> None:
+        sep = "&" if "?" in location else "?"
+        with self.session.send(
+                "PUT", f"{location}{sep}{urlencode({'digest': digest})}", scope=self.scope,
+                body=body, headers={"Content-Type": "application/octet-stream",
+                                    "Content-Length": str(size)}) as response:
+            self.session.check(response, f"uploading blob {digest[:19]}")
+            got = response.headers.get("docker-content-digest")
+        if got is not None and got != digest:
+            raise RegistryError(f"{self.session.host}: blob {digest[:19]} was stored as "
+                                f"{got[:19]}")
+
+    # ---- manifests -----------------------------------------------------------------------
+
+    def put_manifest(self, reference: str, body: bytes, media_type: str) -> str:
+        """PUT a manifest under a tag (or its digest); returns its digest."""
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        with self.session.send(
+                "PUT", self._url(f"manifests/{reference}"), scope=self.scope,
+                body=_bytes_body(body), headers={"Content-Type": media_type,
+                                                 "Content-Length": str(len(body))}) as response:
+            self.session.check(response, f"pushing manifest {self.repository}:{reference}")
+            got = response.headers.get("docker-content-digest")
+        if got is not None and got != digest:
+            raise RegistryError(f"{self.session.host}: the manifest was stored as {got[:19]}, "
+                                f"not {digest[:19]}")
+        return digest

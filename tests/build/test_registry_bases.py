@@ -1,0 +1,378 @@
+"""BEGIN docker://… end to end through the CLI against the real registry: a RUN step on top
+in each auth mode, a second build that pulls no layer, rkt's signature policy, --platform,
+convert and fetch, login, and hostile registries and layers failing cleanly."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import Result, acbuild, actool_validate
+from tests.support.hostile import Tar
+from tests.support.ocifixtures import Config, aci_tree, directory, file, make_layout, raw_layout
+from tests.support.registry import (
+    Registry,
+    TamperProxy,
+    multi_platform_layout,
+    registry_with_busybox,
+)
+from tests.support.sandboxrun import needs_sandbox
+
+pytest_plugins = ("tests.support.registryfixtures",)
+
+
+def cli(*args: str | Path, stdin: str | None = None, cwd: Path | None = None) -> Result:
+    proc = subprocess.run([sys.executable, "-m", "acbuild", *map(str, args)], input=stdin,
+                          capture_output=True, text=True, timeout=300, cwd=cwd,
+                          env={**os.environ, "CI": "true"})
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def access(reg: Registry) -> list[str]:
+    """Options reaching ``reg`` (and its token server, on plain http)."""
+    args = reg.cli_args()
+    if reg.token_server is not None:
+        args += ["--insecure-registry", reg.token_server.realm.split("/")[2]]
+    return args
+
+
+def login(reg: Registry) -> None:
+    if reg.username is None:
+        return
+    r = cli("login", reg.host, "-u", reg.username, "--password-stdin", *access(reg),
+            stdin=f"{reg.password}\n")
+    assert r.code == 0, r.stderr
+
+
+def acfile(tmp_path: Path, begin: str, *lines: str) -> Path:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir(exist_ok=True)
+    (ctx / "Acfile").write_text("\n".join((f"BEGIN {begin}", "NAME example.com/pulled",
+                                           "LABEL version=1.0.0", *lines)) + "\n")
+    return ctx
+
+
+def one_line_error(r: Result) -> str:
+    assert r.code == 1, (r.code, r.stderr)
+    assert "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, r.stderr
+    return errors[0]
+
+
+def _no_leftovers() -> None:
+    blobs = Path(os.environ["XDG_CACHE_HOME"]) / "acbuild-py" / "images" / "blobs" / "sha256"
+    if blobs.exists():
+        assert [p.name for p in blobs.iterdir() if p.name.startswith(".")] == []
+
+
+@needs_sandbox
+def test_begin_docker_with_run_in_every_mode(any_registry: Registry, tmp_path: Path) -> None:
+    login(any_registry)
+    ctx = acfile(tmp_path, any_registry.ref("library/busybox:1.36"),
+                 "RUN /bin/sh -c 'echo built on a pulled base > /etc/motd'",
+                 "EXEC /bin/cat /etc/motd")
+    image = tmp_path / "app.aci"
+    r = cli("build", ctx, "-o", image, "--insecure-skip-verify", *access(any_registry))
+    assert r.code == 0, r.stderr
+    assert "is not verified" in r.stderr
+    actool_validate(image)
+    assert aci_tree(image)["bin/busybox"][0] == "file"
+    r = acbuild("run", "--no-stdin", image)
+    assert (r.code, r.stdout) == (0, "built on a pulled base\n"), r.stderr
+    pulled = len(any_registry.blob_gets())
+    assert pulled == 2  # the config and the layer
+
+    # --no-cache runs every step again, but the layers come from the store.
+    r = cli("build", ctx, "-o", image, "--insecure-skip-verify", "--no-cache",
+            *access(any_registry))
+    assert r.code == 0, r.stderr
+    assert len(any_registry.blob_gets()) == pulled
+    if any_registry.password:
+        for where in (r.stderr, r.stdout, image.read_bytes().decode("latin-1"),
+                      gzip.decompress(image.read_bytes()).decode("latin-1")):
+            assert any_registry.password not in where
+
+
+def test_password_is_nowhere_after_a_build(basic_registry: Registry, tmp_path: Path) -> None:
+    """Not in the log (--debug), the plan, the step cache, the image or the blob store."""
+    login(basic_registry)
+    ctx = acfile(tmp_path, basic_registry.ref("library/busybox:1.36"), "ENV A=b",
+                 "EXEC /bin/true")
+    image = tmp_path / "app.aci"
+    r = cli("--debug", "build", ctx, "-o", image, "--insecure-skip-verify",
+            *access(basic_registry))
+    assert r.code == 0, r.stderr
+    p = cli("plan", ctx, "--insecure-skip-verify", *access(basic_registry))
+    assert p.code == 0, p.stderr
+    secret = (basic_registry.password or "").encode()
+    assert secret and secret not in (r.stderr + r.stdout + p.stdout + p.stderr).encode()
+    assert secret not in gzip.decompress(image.read_bytes())
+    cache = Path(os.environ["XDG_CACHE_HOME"])
+    for path in cache.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert secret not in path.read_bytes(), path
+    config = Path(os.environ["HOME"]) / ".docker" / "config.json"
+    assert oct(config.stat().st_mode & 0o777) == "0o600"
+
+
+def test_unpinned_reference_is_refused_without_skip_verify(http_registry: Registry,
+                                                           tmp_path: Path) -> None:
+    ctx = acfile(tmp_path, http_registry.ref("library/busybox:1.36"), "EXEC /bin/true")
+    r = cli("build", ctx, "-o", tmp_path / "x.aci", *access(http_registry))
+    line = one_line_error(r)
+    assert "carries no signature" in line and "pinned by digest" in line
+    assert "--insecure-skip-verify" in r.stderr
+    assert http_registry.blob_gets() == []
+
+
+def test_pinned_by_digest_is_verification(http_registry: Registry, busybox_oci: Path,
+                                          tmp_path: Path) -> None:
+    digest = http_registry.push(f"oci:{busybox_oci}:1.36", "library/busybox:pinned")
+    ctx = acfile(tmp_path, http_registry.ref(f"library/busybox@{digest}"), "EXEC /bin/true")
+    r = cli("build", ctx, "-o", tmp_path / "x.aci", *access(http_registry))
+    assert r.code == 0, r.stderr
+    assert "pinned by digest" in r.stderr and "verification" in r.stderr
+    assert "warning" not in r.stderr.split("[1/")[0]
+
+
+def test_401_without_credentials(basic_registry: Registry, tmp_path: Path) -> None:
+    ctx = acfile(tmp_path, basic_registry.ref("library/busybox:1.36"), "EXEC /bin/true")
+    r = cli("build", ctx, "-o", tmp_path / "x.aci", "--insecure-skip-verify",
+            *access(basic_registry))
+    line = one_line_error(r)
+    assert "authentication required" in line
+    assert f"acbuild-py login {basic_registry.host}" in r.stderr
+
+
+def test_unknown_tag(http_registry: Registry, tmp_path: Path) -> None:
+    ctx = acfile(tmp_path, http_registry.ref("library/busybox:0.0"), "EXEC /bin/true")
+    r = cli("build", ctx, "-o", tmp_path / "x.aci", "--insecure-skip-verify",
+            *access(http_registry))
+    assert "no such image" in one_line_error(r)
+
+
+def test_bad_reference_in_begin(tmp_path: Path) -> None:
+    ctx = acfile(tmp_path, "docker://Upper/Case", "EXEC /bin/true")
+    r = cli("build", ctx, "-o", tmp_path / "x.aci", "--insecure-skip-verify")
+    assert "must be lower case" in one_line_error(r)
+
+
+def test_corrupt_layer_fails_cleanly(proxy: TamperProxy, busybox_oci: Path,
+                                     tmp_path: Path) -> None:
+    index = json.loads((busybox_oci / "index.json").read_text())
+    manifest = json.loads((busybox_oci / "blobs" / "sha256" /
+                           index["manifests"][0]["digest"].split(":")[1]).read_text())
+    proxy.tampering.corrupt.add(manifest["layers"][0]["digest"])
+    ctx = acfile(tmp_path, proxy.ref("library/busybox:1.36"), "EXEC /bin/true")
+    out = tmp_path / "x.aci"
+    r = cli("build", ctx, "-o", out, "--insecure-skip-verify", "--insecure-registry",
+            proxy.host)
+    assert "digest mismatch" in one_line_error(r)
+    assert not out.exists()
+    _no_leftovers()
+
+
+def test_truncated_layer_fails_cleanly(proxy: TamperProxy, busybox_oci: Path,
+                                       tmp_path: Path) -> None:
+    index = json.loads((busybox_oci / "index.json").read_text())
+    manifest = json.loads((busybox_oci / "blobs" / "sha256" /
+                           index["manifests"][0]["digest"].split(":")[1]).read_text())
+    proxy.tampering.truncate.add(manifest["layers"][0]["digest"])
+    r = cli("convert", proxy.ref("library/busybox:1.36"), "-o", tmp_path / "x.aci",
+            "--insecure-skip-verify", "--insecure-registry", proxy.host)
+    line = one_line_error(r)
+    assert "broke off" in line or "truncated" in line
+    assert not (tmp_path / "x.aci").exists()
+    _no_leftovers()
+
+
+def test_oversized_manifest_fails_cleanly(proxy: TamperProxy, tmp_path: Path) -> None:
+    proxy.tampering.canned["/v2/library/busybox/manifests/1.36"] = (200, [], b"{" * (5 << 20))
+    r = cli("fetch", proxy.ref("library/busybox:1.36"), "--insecure-skip-verify",
+            "--insecure-registry", proxy.host)
+    assert "more than the limit" in one_line_error(r)
+
+
+def _hostile_layer(tmp_path: Path, reg: Registry, tar: Tar, name: str) -> str:
+    data = tar.data()
+    layout = raw_layout(tmp_path / name, [(gzip.compress(data), data,
+                                            "application/vnd.oci.image.layer.v1.tar+gzip")])
+    reg.push(f"oci:{layout}:latest", f"library/{name}:1")
+    return reg.ref(f"library/{name}:1")
+
+
+def test_layer_climbing_out_is_refused(http_registry: Registry, tmp_path: Path) -> None:
+    ref = _hostile_layer(tmp_path, http_registry,
+                         Tar().dir("etc").file("../../../tmp/evil", b"x"), "climb")
+    r = cli("convert", ref, "-o", tmp_path / "x.aci", "--insecure-skip-verify",
+            *access(http_registry))
+    assert "points outside the image" in one_line_error(r)
+    assert not (tmp_path / "x.aci").exists()
+    assert not Path("/tmp/evil").exists()
+
+
+def test_absolute_paths_and_devices_stay_inside(http_registry: Registry,
+                                               tmp_path: Path) -> None:
+    tar = (Tar().dir("etc").file("/etc/abs", b"absolute\n")
+           .dir("dev").device("dev/sda", "blk", 8, 0).device("dev/null", "chr", 1, 3))
+    ref = _hostile_layer(tmp_path, http_registry, tar, "devices")
+    out = tmp_path / "x.aci"
+    r = cli("convert", ref, "-o", out, "--insecure-skip-verify", *access(http_registry))
+    assert r.code == 0, r.stderr
+    with tarfile.open(out) as t:
+        names = {m.name: m for m in t}
+        assert names["rootfs/etc/abs"].isfile()
+        assert names["rootfs/dev/sda"].isblk() and names["rootfs/dev/null"].ischr()
+        member = t.extractfile("rootfs/etc/abs")
+        assert member is not None and member.read() == b"absolute\n"
+
+
+@pytest.fixture
+def multi(http_registry: Registry, tmp_path: Path) -> str:
+    images = []
+    for plat in ("linux/amd64", "linux/arm64"):
+        os_name, arch = plat.split("/")
+        layout = tmp_path / f"img-{arch}"
+        make_layout(layout, "latest", [[directory("etc"), file("etc/platform", plat + "\n")]],
+                    Config(os=os_name, architecture=arch))
+        images.append((os_name, arch, None, layout))
+    layout = multi_platform_layout(tmp_path / "multi", "1", images)
+    http_registry.push(f"oci:{layout}:1", "library/multi:1", all_images=True)
+    return http_registry.ref("library/multi:1")
+
+
+def _platform_file(aci: Path) -> bytes:
+    with tarfile.open(aci) as t:
+        member = t.extractfile("rootfs/etc/platform")
+        assert member is not None
+        return member.read()
+
+
+def test_build_picks_the_host_platform_and_platform_overrides(
+        http_registry: Registry, multi: str, tmp_path: Path) -> None:
+    ctx = acfile(tmp_path, multi, "EXEC /bin/true")
+    host = tmp_path / "host.aci"
+    r = cli("build", ctx, "-o", host, "--insecure-skip-verify", *access(http_registry))
+    assert r.code == 0, r.stderr
+    assert _platform_file(host) == b"linux/amd64\n"
+    arm = tmp_path / "arm.aci"
+    r = cli("build", ctx, "-o", arm, "--insecure-skip-verify", "--platform", "linux/arm64",
+            *access(http_registry))
+    assert r.code == 0, r.stderr
+    assert _platform_file(arm) == b"linux/arm64\n"
+    with tarfile.open(arm) as t:
+        manifest = t.extractfile("manifest")
+        assert manifest is not None
+        labels = {x["name"]: x["value"] for x in json.load(manifest)["labels"]}
+    assert labels["arch"] == "aarch64"
+
+
+def test_convert_and_fetch_docker(http_registry: Registry, tmp_path: Path) -> None:
+    out = tmp_path / "busybox.aci"
+    r = cli("convert", http_registry.ref("library/busybox:1.36"), "-o", out,
+            "--insecure-skip-verify", *access(http_registry))
+    assert r.code == 0, r.stderr
+    actool_validate(out)
+    gets = len(http_registry.blob_gets())
+    r = cli("fetch", http_registry.ref("library/busybox:1.36"), "--insecure-skip-verify",
+            *access(http_registry))
+    assert r.code == 0, r.stderr
+    image_id = r.stdout.strip()
+    assert image_id.startswith("sha512-")
+    assert len(http_registry.blob_gets()) == gets  # convert stored the layers already
+    listing = cli("images")
+    assert listing.code == 0 and f"{http_registry.host.replace(':', '-')}/library/busybox" \
+        in listing.stdout
+    r = cli("gc", "--blobs")
+    assert r.code == 0, r.stderr
+    blobs = Path(os.environ["XDG_CACHE_HOME"]) / "acbuild-py" / "images" / "blobs"
+    assert not blobs.exists()
+    r = cli("convert", http_registry.ref("library/busybox:1.36"), "-o", out,
+            "--insecure-skip-verify", *access(http_registry))
+    assert r.code == 0, r.stderr
+    assert len(http_registry.blob_gets()) == gets + 2  # pulled again after gc
+
+
+def test_tls_registry_needs_its_ca(tmp_path: Path, busybox_oci: Path) -> None:
+    with registry_with_busybox(tmp_path, "tls", busybox_oci) as reg:
+        r = cli("convert", reg.ref("library/busybox:1.36"), "-o", tmp_path / "x.aci",
+                "--insecure-skip-verify")
+        one_line_error(r)
+        assert "--ca-file" in r.stderr
+        r = cli("convert", reg.ref("library/busybox:1.36"), "-o", tmp_path / "x.aci",
+                "--insecure-skip-verify", "--ca-file", str(reg.ca))
+        assert r.code == 0, r.stderr
+
+
+def test_plain_http_needs_insecure_registry(http_registry: Registry, tmp_path: Path) -> None:
+    r = cli("convert", http_registry.ref("library/busybox:1.36"), "-o", tmp_path / "x.aci",
+            "--insecure-skip-verify")
+    one_line_error(r)
+    assert f"--insecure-registry {http_registry.host}" in r.stderr
+
+
+def test_a_build_without_docker_bases_does_not_load_the_http_client() -> None:
+    probe = ("import sys, acbuild.build.build, acbuild.cli.commands.build, "
+             "acbuild.cli.commands.trustopts; print('httpx' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_max_image_size_refuses_big_layers_before_downloading(http_registry: Registry,
+                                                              tmp_path: Path) -> None:
+    ctx = acfile(tmp_path, http_registry.ref("library/busybox:1.36"), "EXEC /bin/true")
+    r = cli("build", ctx, "-o", tmp_path / "x.aci", "--insecure-skip-verify",
+            "--max-image-size", "100K", *access(http_registry))
+    assert "more than the limit of 102400 (--max-image-size)" in one_line_error(r)
+    assert http_registry.blob_gets() == []
+
+
+def test_docker_schema_2_image_converts(http_registry: Registry, busybox_oci: Path,
+                                        tmp_path: Path) -> None:
+    http_registry.push(f"oci:{busybox_oci}:1.36", "library/busybox:v2s2", fmt="v2s2")
+    out = tmp_path / "v2s2.aci"
+    r = cli("convert", http_registry.ref("library/busybox:v2s2"), "-o", out,
+            "--insecure-skip-verify", *access(http_registry))
+    assert r.code == 0, r.stderr
+    actool_validate(out)
+    assert aci_tree(out)["bin/busybox"][0] == "file"
+
+
+@pytest.mark.parametrize("header", [("WWW-Authenticate", 'Bearer realm="https://xn--/tok"'),
+                                    ("WWW-Authenticate", 'Bearer realm="http://[::1/tok"')])
+def test_a_hostile_realm_is_one_line_not_an_internal_error(
+        proxy: TamperProxy, tmp_path: Path, header: tuple[str, str]) -> None:
+    proxy.tampering.canned["/v2/library/busybox/manifests/1.36"] = (401, [header], b"")
+    r = cli("convert", proxy.ref("library/busybox:1.36"), "-o", tmp_path / "x.aci",
+            "--insecure-skip-verify", "--insecure-registry", proxy.host)
+    assert "asks for a token from" in one_line_error(r)
+
+
+def test_convert_takes_max_image_size(proxy: TamperProxy, tmp_path: Path) -> None:
+    """Red-team RP-2: a manifest claiming a 16 TiB layer streamed zeros until the disk was
+    full; the default 64G limit refuses it before any blob is asked for."""
+    layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+             "digest": "sha256:" + "7" * 64, "size": 1 << 44}
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": "sha256:" + "8" * 64, "size": 2}, "layers": [layer]}
+    proxy.tampering.canned["/v2/library/busybox/manifests/1.36"] = (
+        200, [], json.dumps(manifest).encode())
+    for verb in ("convert", "fetch"):
+        args = ["-o", str(tmp_path / "x.aci")] if verb == "convert" else []
+        r = cli(verb, proxy.ref("library/busybox:1.36"), *args, "--insecure-skip-verify",
+                "--insecure-registry", proxy.host)
+        assert "more than the limit of 68719476736 (--max-image-size)" in one_line_error(r)
+    r = cli("fetch", proxy.ref("library/busybox:1.36"), "--insecure-skip-verify",
+            "--insecure-registry", proxy.host, "--max-image-size", "1T")
+    assert "more than the limit of 1099511627776" in one_line_error(r)
+    assert proxy.tampering.blob_gets() == []

@@ -1,0 +1,332 @@
+"""Pulling from the real registry into the blob store: manifests, indexes and platforms,
+Docker schema 2, digests checked while blobs stream, and hostile answers through the proxy
+(wrong bytes, cut-off blobs, length lies, oversized or unsupported manifests)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from acbuild.distribution.registry.blobstore import BlobStore
+from acbuild.distribution.registry.platform import Platform, parse_platform
+from acbuild.distribution.registry.pull import DOCKER_MANIFEST, OCI_MANIFEST, PulledImage, pull
+from acbuild.distribution.registry.reference import RegistryError, parse_reference
+from acbuild.distribution.registry.transport import Session, TransportOptions
+from acbuild.report import NullReporter
+from tests.support.ocifixtures import Config, directory, file, make_layout
+from tests.support.registry import Registry, TamperProxy, multi_platform_layout
+
+pytest_plugins = ("tests.support.registryfixtures",)
+
+AMD64 = Platform(os="linux", architecture="amd64")
+FAST = {"backoff": 0.01, "retries": 1}
+
+
+def _pull(host: str, name: str, store: BlobStore, platform: Platform = AMD64) -> PulledImage:
+    options = TransportOptions(insecure_registries=(host,), **FAST)  # type: ignore[arg-type]
+    ref = parse_reference(f"docker://{host}/{name}")
+    with Session(ref.registry, options, None) as session:
+        return pull(ref, session=session, store=store, platform=platform,
+                    reporter=NullReporter())
+
+
+def _leftovers(store: BlobStore) -> list[str]:
+    """Files in the blob directory that are not whole, verified blobs."""
+    directory = store.root / "blobs" / "sha256"
+    out = []
+    for p in directory.iterdir() if directory.exists() else []:
+        if hashlib.sha256(p.read_bytes()).hexdigest() != p.name:
+            out.append(p.name)
+    return out
+
+
+def _layer_digest(busybox: Path) -> str:
+    index = json.loads((busybox / "index.json").read_text())
+    manifest_digest = index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads((busybox / "blobs" / "sha256" / manifest_digest).read_text())
+    return str(manifest["layers"][0]["digest"])
+
+
+def test_pull_stores_verified_blobs_and_a_second_pull_transfers_none(
+        http_registry: Registry, tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "store")
+    first = _pull(http_registry.host, "library/busybox:1.36", store)
+    assert first.transferred == 2  # config and the one layer
+    assert first.manifest.get("mediaType", OCI_MANIFEST) == OCI_MANIFEST
+    for desc in (first.config, *first.layers):
+        assert hashlib.sha256(store.path(desc.digest).read_bytes()).hexdigest() == \
+            desc.digest.split(":")[1]
+    gets = len(http_registry.blob_gets())
+    second = _pull(http_registry.host, "library/busybox:1.36", store)
+    assert second.transferred == 0 and second.digest == first.digest
+    assert len(http_registry.blob_gets()) == gets
+
+
+def test_pinned_pull_stored_asks_the_registry_nothing(http_registry: Registry,
+                                                      tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "store")
+    first = _pull(http_registry.host, "library/busybox:1.36", store)
+    before = len(http_registry.access_log())
+    again = _pull(http_registry.host, f"library/busybox@{first.digest}", store)
+    assert again.transferred == 0
+    assert len(http_registry.access_log()) == before
+
+
+def test_concurrent_pulls_of_one_blob_are_safe(http_registry: Registry, tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "store")
+    results: list[PulledImage] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            results.append(_pull(http_registry.host, "library/busybox:1.36", store))
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(results) == 4
+    assert _leftovers(store) == []
+    assert {r.digest for r in results} == {results[0].digest}
+
+
+def test_docker_schema_2_image(http_registry: Registry, busybox_oci: Path,
+                               tmp_path: Path) -> None:
+    http_registry.push(f"oci:{busybox_oci}:1.36", "library/busybox:v2s2", fmt="v2s2")
+    pulled = _pull(http_registry.host, "library/busybox:v2s2", BlobStore(tmp_path / "s"))
+    assert pulled.manifest["mediaType"] == DOCKER_MANIFEST
+    assert pulled.layers[0].media_type == "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+
+@pytest.fixture
+def multi(http_registry: Registry, tmp_path: Path) -> dict[str, str]:
+    """library/multi:1 — an index of linux/amd64, linux/arm64 and linux/arm/v7 images, each
+    with /etc/platform naming itself; returns platform → image manifest digest."""
+    digests = {}
+    images = []
+    for plat in ("linux/amd64", "linux/arm64", "linux/arm/v7"):
+        os_name, arch, *variant = plat.split("/")
+        layout = tmp_path / f"img-{arch}"
+        make_layout(layout, "latest", [[directory("etc"), file("etc/platform", plat)]],
+                    Config(os=os_name, architecture=arch))
+        images.append((os_name, arch, variant[0] if variant else None, layout))
+        index = json.loads((layout / "index.json").read_text())
+        digests[plat] = index["manifests"][0]["digest"]
+    layout = multi_platform_layout(tmp_path / "multi", "1", images)
+    http_registry.push(f"oci:{layout}:1", "library/multi:1", all_images=True)
+    return digests
+
+
+@pytest.mark.parametrize("platform", ["linux/amd64", "linux/arm64", "linux/arm/v7"])
+def test_index_picks_the_platform(http_registry: Registry, multi: dict[str, str],
+                                  tmp_path: Path, platform: str) -> None:
+    pulled = _pull(http_registry.host, "library/multi:1", BlobStore(tmp_path / "s"),
+                   parse_platform(platform))
+    assert pulled.digest == multi[platform]
+    assert pulled.index_digest is not None and pulled.index_digest != pulled.digest
+
+
+def test_index_without_the_platform_says_what_it_has(http_registry: Registry,
+                                                     multi: dict[str, str],
+                                                     tmp_path: Path) -> None:
+    with pytest.raises(RegistryError) as e:
+        _pull(http_registry.host, "library/multi:1", BlobStore(tmp_path / "s"),
+              parse_platform("linux/s390x"))
+    assert "no image for linux/s390x" in e.value.message
+    assert "linux/amd64, linux/arm/v7, linux/arm64" in e.value.message
+    assert "--platform" in (e.value.hint or "")
+
+
+def test_unknown_tag(http_registry: Registry, tmp_path: Path) -> None:
+    with pytest.raises(RegistryError) as e:
+        _pull(http_registry.host, "library/busybox:9.9", BlobStore(tmp_path / "s"))
+    assert "no such image" in e.value.message and "'9.9'" in e.value.message
+
+
+def test_unknown_repository(http_registry: Registry, tmp_path: Path) -> None:
+    with pytest.raises(RegistryError) as e:
+        _pull(http_registry.host, "nobody/nothing:1", BlobStore(tmp_path / "s"))
+    assert "no such image" in e.value.message
+
+
+@pytest.mark.parametrize("platform", ["linux", "a/b/c/d", "linux/", "linux/amd 64"])
+def test_bad_platform(platform: str) -> None:
+    with pytest.raises(RegistryError, match="OS/ARCH"):
+        parse_platform(platform)
+
+
+# ---- hostile answers (through the tampering proxy) -----------------------------------
+
+
+def test_wrong_bytes_are_refused_and_nothing_is_left(proxy: TamperProxy, busybox_oci: Path,
+                                                     tmp_path: Path) -> None:
+    layer = _layer_digest(busybox_oci)
+    proxy.tampering.corrupt.add(layer)
+    store = BlobStore(tmp_path / "s")
+    with pytest.raises(RegistryError) as e:
+        _pull(proxy.host, "library/busybox:1.36", store)
+    assert "digest mismatch" in e.value.message and layer in e.value.message
+    assert "\n" not in e.value.message
+    assert not store.path(layer).exists() and _leftovers(store) == []
+    assert not [p for p in store.path(layer).parent.iterdir() if p.name.startswith(".")]
+
+
+def test_truncated_blob_is_refused_and_nothing_is_left(proxy: TamperProxy, busybox_oci: Path,
+                                                       tmp_path: Path) -> None:
+    layer = _layer_digest(busybox_oci)
+    proxy.tampering.truncate.add(layer)
+    store = BlobStore(tmp_path / "s")
+    with pytest.raises(RegistryError) as e:
+        _pull(proxy.host, "library/busybox:1.36", store)
+    assert "broke off" in e.value.message or "truncated" in e.value.message
+    assert not store.path(layer).exists()
+    assert not [p for p in store.path(layer).parent.iterdir() if p.name.startswith(".")]
+
+
+def _manifest_with(layers: list[dict[str, object]], media: str = OCI_MANIFEST) -> bytes:
+    return json.dumps({"schemaVersion": 2, "mediaType": media,
+                       "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                  "digest": "sha256:" + "0" * 64, "size": 2},
+                       "layers": layers}).encode()
+
+
+MANIFEST_PATH = "/v2/library/busybox/manifests/1.36"
+
+
+def _canned_manifest(proxy: TamperProxy, body: bytes, *,
+                     media: str = OCI_MANIFEST) -> None:
+    proxy.tampering.canned[MANIFEST_PATH] = (200, [("Content-Type", media)], body)
+
+
+def test_oversized_manifest(proxy: TamperProxy, tmp_path: Path) -> None:
+    _canned_manifest(proxy, b" " * (5 << 20))
+    with pytest.raises(RegistryError) as e:
+        _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
+    assert "more than the limit of 4194304 bytes" in e.value.message
+
+
+def test_deeply_nested_manifest_is_not_a_crash(proxy: TamperProxy, tmp_path: Path) -> None:
+    _canned_manifest(proxy, b"[" * 1_000_000 + b"]" * 1_000_000)
+    with pytest.raises(RegistryError, match="not valid JSON"):
+        _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
+
+
+def test_schema_1_is_refused_clearly(proxy: TamperProxy, tmp_path: Path) -> None:
+    _canned_manifest(proxy, json.dumps({"schemaVersion": 1, "name": "x", "fsLayers": []})
+                     .encode(), media="application/vnd.docker.distribution.manifest.v1+json")
+    with pytest.raises(RegistryError, match="schema 1 manifests are not supported"):
+        _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
+
+
+@pytest.mark.parametrize(("layer", "says"), [
+    ({"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+      "digest": "sha256:" + "1" * 64, "size": 1, "urls": ["http://x/"]}, "foreign"),
+    ({"mediaType": "application/x-evil", "digest": "sha256:" + "1" * 64, "size": 1},
+     "unsupported"),
+    ({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": "../../etc/passwd",
+      "size": 1}, "no sha256 digest"),
+    ({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": "sha256:" + "1" * 64,
+      "size": -5}, "no valid size"),
+])
+def test_bad_layer_descriptors(proxy: TamperProxy, tmp_path: Path, layer: dict[str, object],
+                               says: str) -> None:
+    _canned_manifest(proxy, _manifest_with([layer]))
+    with pytest.raises(RegistryError, match=says):
+        _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
+
+
+def test_manifest_digest_must_match_a_pinned_reference(proxy: TamperProxy,
+                                                       tmp_path: Path) -> None:
+    wanted = "sha256:" + "ab" * 32
+    proxy.tampering.canned[f"/v2/library/busybox/manifests/{wanted}"] = (
+        200, [("Content-Type", OCI_MANIFEST)], _manifest_with([]))
+    with pytest.raises(RegistryError, match=f"digest is sha256:[0-9a-f]{{64}}, not {wanted}"):
+        _pull(proxy.host, f"library/busybox@{wanted}", BlobStore(tmp_path / "s"))
+
+
+def test_manifest_digest_header_that_lies(proxy: TamperProxy, tmp_path: Path) -> None:
+    proxy.tampering.canned[MANIFEST_PATH] = (
+        200, [("Content-Type", OCI_MANIFEST), ("Docker-Content-Digest", "sha256:" + "c" * 64)],
+        _manifest_with([]))
+    with pytest.raises(RegistryError, match="but the registry says"):
+        _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
+
+
+def _blob_manifest(proxy: TamperProxy, data: bytes, size: int) -> str:
+    """A manifest whose config is ``data`` claimed to be ``size`` bytes; its blob path."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                       "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                  "digest": digest, "size": size}, "layers": []}).encode()
+    _canned_manifest(proxy, body)
+    return f"/v2/library/busybox/blobs/{digest}"
+
+
+def test_content_length_that_disagrees_with_the_manifest(proxy: TamperProxy,
+                                                          tmp_path: Path) -> None:
+    path = _blob_manifest(proxy, b"{}", 2)
+    proxy.tampering.canned[path] = (200, [("Content-Length", "3")], b"{} ")
+    with pytest.raises(RegistryError, match="sends 3 bytes, but the manifest says 2"):
+        _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
+
+
+def test_more_bytes_than_the_descriptor_without_a_length(proxy: TamperProxy,
+                                                         tmp_path: Path) -> None:
+    data = b"{}" + b" " * 100
+    path = _blob_manifest(proxy, data, 2)
+
+    proxy.tampering.canned[path] = (200, [("Content-Length", "none")], data)
+    with pytest.raises(RegistryError, match="sent more than the 2 bytes the manifest says"):
+        _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
+
+
+def test_a_huge_declared_config_is_refused_before_download(proxy: TamperProxy,
+                                                           tmp_path: Path) -> None:
+    _blob_manifest(proxy, b"{}", 1 << 40)
+    with pytest.raises(RegistryError, match="more than 16 MiB"):
+        _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
+    assert proxy.tampering.blob_gets() == []
+
+
+def test_index_nesting_is_bounded(proxy: TamperProxy, tmp_path: Path) -> None:
+    """Indexes naming indexes (each by its true digest) end with an error, not a loop."""
+    index_type = "application/vnd.oci.image.index.v1+json"
+    inner = "sha256:" + "d" * 64
+    for _ in range(5):
+        body = json.dumps({"schemaVersion": 2, "mediaType": index_type, "manifests": [
+            {"mediaType": index_type, "digest": inner, "size": 10,
+             "platform": {"os": "linux", "architecture": "amd64"}}]}).encode()
+        inner = "sha256:" + hashlib.sha256(body).hexdigest()
+        proxy.tampering.canned[f"/v2/library/busybox/manifests/{inner}"] = (200, [], body)
+    _canned_manifest(proxy, body, media=index_type)
+    with pytest.raises(RegistryError, match="nested more than 3 deep"):
+        _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
+
+
+def test_a_content_encoding_is_decoded_before_the_digest_check(proxy: TamperProxy,
+                                                               tmp_path: Path) -> None:
+    """A server that gzips the transfer on its own: the blob is what it decodes to."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    path = _blob_manifest(proxy, config, len(config))
+    proxy.tampering.canned[path] = (200, [("Content-Encoding", "gzip")], gzip.compress(config))
+    store = BlobStore(tmp_path / "s")
+    pulled = _pull(proxy.host, "library/busybox:1.36", store)
+    assert store.path(pulled.config.digest).read_bytes() == config
+
+
+def test_a_content_encoding_bomb_stops_at_the_manifests_size(proxy: TamperProxy,
+                                                             tmp_path: Path) -> None:
+    path = _blob_manifest(proxy, b"{}", 2)
+    proxy.tampering.canned[path] = (200, [("Content-Encoding", "gzip")],
+                                    gzip.compress(b" " * (64 << 20)))
+    with pytest.raises(RegistryError, match="sent more than the 2 bytes"):
+        _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))

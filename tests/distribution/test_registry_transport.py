@@ -1,0 +1,297 @@
+"""The registry session against the real distribution registry in each auth mode, and
+against a tampering proxy that answers as a hostile registry would."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from acbuild.distribution.registry.credentials import Credential
+from acbuild.distribution.registry.reference import RegistryError
+from acbuild.distribution.registry.transport import (
+    Session,
+    TransportOptions,
+    parse_challenge,
+    read_limited,
+)
+from tests.support.registry import (
+    Registry,
+    TamperProxy,
+    registry_with_busybox,
+    tamper_proxy,
+)
+
+pytest_plugins = ("tests.support.registryfixtures",)
+
+MANIFEST = "/v2/library/busybox/manifests/1.36"
+ACCEPT = "application/vnd.oci.image.manifest.v1+json"
+SCOPE = "repository:library/busybox:pull"
+FAST = {"backoff": 0.01, "retries": 2}
+
+
+def _session(reg: Registry, *, insecure: tuple[str, ...] = (), creds: bool = True,
+             password: str | None = None) -> Session:
+    token_host = ()
+    if reg.token_server is not None:
+        token_host = (reg.token_server.realm.split("/")[2],)
+    options = TransportOptions(
+        insecure_registries=((reg.host,) if reg.ca is None else ()) + token_host + insecure,
+        ca_file=reg.ca, **FAST)  # type: ignore[arg-type]
+    credential = None
+    if creds and reg.username:
+        credential = Credential(username=reg.username, password=password or reg.password or "")
+    return Session(reg.host, options, credential)
+
+
+def test_manifest_in_every_mode(any_registry: Registry) -> None:
+    with _session(any_registry) as s, s.get(MANIFEST, scope=SCOPE, accept=ACCEPT) as r:
+        s.check(r, "manifest")
+        r.read()
+        assert r.json()["schemaVersion"] == 2
+
+
+def test_token_flow_sends_service_scope_and_credentials(token_registry: Registry) -> None:
+    assert token_registry.token_server is not None
+    token_registry.token_server.requests.clear()  # skopeo's, pushing the image
+    with _session(token_registry) as s:
+        for _ in range(2):  # the second request reuses the token
+            with s.get(MANIFEST, scope=SCOPE, accept=ACCEPT) as r:
+                s.check(r, "manifest")
+    asked = token_registry.token_server.requests
+    assert len(asked) == 1
+    assert asked[0]["scope"] == SCOPE and asked[0]["service"] == "acbuild-test-registry"
+    assert asked[0]["authorization"].startswith("Basic ")
+
+
+@pytest.mark.parametrize("mode", ["basic", "token"])
+def test_401_without_credentials_says_login(mode: str, basic_registry: Registry,
+                                             token_registry: Registry) -> None:
+    reg = basic_registry if mode == "basic" else token_registry
+    with _session(reg, creds=False) as s, pytest.raises(RegistryError) as e, \
+            s.get(MANIFEST, scope=SCOPE, accept=ACCEPT) as r:
+        s.check(r, "manifest")
+    assert f"acbuild-py login {reg.host}" in e.value.render()
+    assert "\n" not in e.value.message
+
+
+@pytest.mark.parametrize("mode", ["basic", "token"])
+def test_wrong_password_is_refused_and_never_shown(mode: str, basic_registry: Registry,
+                                                   token_registry: Registry) -> None:
+    reg = basic_registry if mode == "basic" else token_registry
+    secret = "wrong-hunter2-password"
+    with _session(reg, password=secret) as s, pytest.raises(RegistryError) as e, \
+            s.get(MANIFEST, scope=SCOPE, accept=ACCEPT) as r:
+        s.check(r, "manifest")
+    assert "refused" in e.value.message and "alice" in e.value.message
+    assert secret not in e.value.render()
+
+
+def test_plain_http_token_realm_needs_insecure_registry(token_registry: Registry) -> None:
+    assert token_registry.token_server is not None
+    token_registry.token_server.requests.clear()
+    options = TransportOptions(insecure_registries=(token_registry.host,), **FAST)  # type: ignore[arg-type]
+    with Session(token_registry.host, options, None) as s, pytest.raises(RegistryError) as e, \
+            s.get(MANIFEST, scope=SCOPE, accept=ACCEPT):
+        pass
+    assert "--insecure-registry " + token_registry.token_server.realm.split("/")[2] in \
+        e.value.render()
+    assert token_registry.token_server.requests == []
+
+
+def test_tls_registry_without_ca_file_is_not_trusted(tmp_path: Path,
+                                                     busybox_oci: Path) -> None:
+    with registry_with_busybox(tmp_path, "tls", busybox_oci) as reg, \
+            Session(reg.host, TransportOptions(**FAST), None) as s,  \
+            pytest.raises(RegistryError) as e, s.get(MANIFEST, scope=SCOPE):  # type: ignore[arg-type]
+        pass
+    assert "--ca-file" in e.value.render()
+
+
+def test_plain_http_without_insecure_registry_fails_clearly(http_registry: Registry) -> None:
+    with Session(http_registry.host, TransportOptions(**FAST), None) as s, \
+            pytest.raises(RegistryError) as e, s.get(MANIFEST, scope=SCOPE):  # type: ignore[arg-type]
+        pass
+    assert f"--insecure-registry {http_registry.host}" in e.value.render()
+
+
+# ---- a hostile registry (canned answers through the proxy) -----------------------------
+
+
+def _proxied(proxy: TamperProxy, *extra: str, credential: Credential | None = None) -> Session:
+    options = TransportOptions(insecure_registries=(proxy.host, *extra), **FAST)  # type: ignore[arg-type]
+    return Session(proxy.host, options, credential)
+
+
+@pytest.mark.parametrize("realm", ["file:///etc/passwd", "gopher://x/", "ftp://h/token"])
+def test_token_realm_that_is_not_http_is_refused(proxy: TamperProxy, realm: str) -> None:
+    proxy.tampering.canned[MANIFEST] = (401, [("WWW-Authenticate",
+                                               f'Bearer realm="{realm}",service="x"')], b"")
+    with _proxied(proxy) as s, pytest.raises(RegistryError) as e, s.get(MANIFEST, scope=SCOPE):
+        pass
+    assert "not an http(s) URL" in e.value.message
+
+
+def test_redirect_loop_ends(proxy: TamperProxy) -> None:
+    proxy.tampering.canned[MANIFEST] = (302, [("Location", MANIFEST)], b"")
+    with _proxied(proxy) as s, pytest.raises(RegistryError) as e, s.get(MANIFEST, scope=SCOPE):
+        pass
+    assert "more than 5 redirects" in e.value.message
+    assert len(proxy.tampering.requests) == 6
+
+
+@pytest.mark.parametrize("location", ["file:///etc/shadow", "http://127.0.0.1:1/x"])
+def test_redirect_to_file_or_plain_http_is_refused(proxy: TamperProxy, location: str) -> None:
+    proxy.tampering.canned[MANIFEST] = (302, [("Location", location)], b"")
+    with _proxied(proxy) as s, pytest.raises(RegistryError) as e, s.get(MANIFEST, scope=SCOPE):
+        pass
+    assert "not an http(s) URL" in e.value.message or "--insecure-registry" in e.value.render()
+
+
+def test_blob_redirect_to_another_host_carries_no_authorization(
+        basic_registry: Registry, http_registry: Registry, busybox_oci: Path) -> None:
+    """Object storage must not see the registry's credentials."""
+    index = json.loads((busybox_oci / "index.json").read_text())
+    manifest = json.loads((busybox_oci / "blobs" / "sha256" /
+                           index["manifests"][0]["digest"].split(":")[1]).read_text())
+    digest = manifest["layers"][0]["digest"]
+    path = f"/v2/library/busybox/blobs/{digest}"
+    with tamper_proxy(basic_registry) as front, tamper_proxy(http_registry) as storage:
+        front.tampering.canned[path] = (307, [("Location", f"http://{storage.host}{path}")],
+                                        b"")
+        credential = Credential(username="alice", password=basic_registry.password or "")
+        with _proxied(front, storage.host, credential=credential) as s:
+            with s.get(MANIFEST, scope=SCOPE, accept=ACCEPT) as r:  # authenticates first
+                s.check(r, "manifest")
+            with s.get(path, scope=SCOPE) as r:
+                s.check(r, "blob")
+                assert len(r.read()) > 0
+        assert next(a for _, p, a in front.tampering.requests if p == path).startswith("Basic ")
+        assert [(p, a) for _, p, a in storage.tampering.requests] == [(path, "")]
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503])
+def test_retries_with_backoff_then_succeeds(proxy: TamperProxy, status: int) -> None:
+    count = itertools.count()
+    proxy.tampering.canned[MANIFEST] = lambda: (
+        (status, [("Retry-After", "0")], b"") if next(count) < 2 else (200, [], b"{}"))
+    with _proxied(proxy) as s, s.get(MANIFEST, scope=SCOPE) as r:
+        s.check(r, "manifest")
+        assert r.read() == b"{}"
+    assert len(proxy.tampering.requests) == 3
+
+
+def test_gives_up_after_the_retries(proxy: TamperProxy) -> None:
+    proxy.tampering.canned[MANIFEST] = (503, [], b'{"errors":[{"code":"UNAVAILABLE"}]}')
+    with _proxied(proxy) as s, pytest.raises(RegistryError) as e, \
+            s.get(MANIFEST, scope=SCOPE) as r:
+        s.check(r, "manifest")
+    assert "HTTP 503 (UNAVAILABLE)" in e.value.message
+    assert len(proxy.tampering.requests) == 3
+
+
+def test_content_length_over_the_limit_is_refused_unread(proxy: TamperProxy) -> None:
+    proxy.tampering.canned[MANIFEST] = (200, [("Content-Length", str(10 << 30))], b"")
+    with _proxied(proxy) as s, s.get(MANIFEST, scope=SCOPE) as r, \
+            pytest.raises(RegistryError) as e:
+        read_limited(r, 4 << 20, "manifest")
+    assert "more than the limit" in e.value.message
+
+
+def test_body_over_the_limit_without_length_is_cut(proxy: TamperProxy) -> None:
+    proxy.tampering.canned[MANIFEST] = (200, [("Content-Length", str(5 << 20))],
+                                        b" " * (5 << 20))
+    with _proxied(proxy) as s, s.get(MANIFEST, scope=SCOPE) as r, \
+            pytest.raises(RegistryError) as e:
+        read_limited(r, 1 << 20, "manifest")
+    assert "limit" in e.value.message
+
+
+def test_parse_challenge() -> None:
+    assert parse_challenge('Bearer realm="https://auth.example/token",service="reg",'
+                           'scope="repository:a/b:pull"') == (
+        "bearer", {"realm": "https://auth.example/token", "service": "reg",
+                   "scope": "repository:a/b:pull"})
+    assert parse_challenge('Basic realm="x"') == ("basic", {"realm": "x"})
+    assert parse_challenge("") == ("", {})
+
+
+def test_forged_realm_on_plain_http_gets_no_credentials(token_registry: Registry) -> None:
+    """Over plain http a man in the middle can rewrite the challenge: the credentials go
+    only to a token server the user named with --insecure-registry."""
+    assert token_registry.token_server is not None
+    with tamper_proxy(token_registry) as mitm:
+        mitm.tampering.canned[MANIFEST] = (401, [(
+            "WWW-Authenticate", 'Bearer realm="https://127.0.0.1:9/token",service="x"')], b"")
+        token_registry.token_server.requests.clear()
+        credential = Credential(username="alice", password=token_registry.password or "")
+        with _proxied(mitm, credential=credential) as s, pytest.raises(RegistryError) as e, \
+                s.get(MANIFEST, scope=SCOPE):
+            pass
+    assert "refusing to send it your credentials" in e.value.message
+    assert token_registry.token_server.requests == []
+    assert (token_registry.password or "") not in e.value.render()
+
+
+def test_a_stalled_answer_times_out(proxy: TamperProxy) -> None:
+    def slow() -> tuple[int, list[tuple[str, str]], bytes]:
+        time.sleep(3)
+        return 200, [], b"{}"
+
+    proxy.tampering.canned[MANIFEST] = slow
+    options = TransportOptions(insecure_registries=(proxy.host,), timeout=0.5, retries=0)
+    started = time.monotonic()
+    with Session(proxy.host, options, None) as s, pytest.raises(RegistryError) as e, \
+            s.get(MANIFEST, scope=SCOPE):
+        pass
+    assert time.monotonic() - started < 2.5
+    assert f"cannot reach http://{proxy.host}" in e.value.message
+
+
+def test_requests_go_through_the_proxy_the_environment_names(
+        http_registry: Registry, proxy: TamperProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY (httpx's trust_env): the request for the registry goes to the proxy."""
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://{proxy.host}")
+    with _session(http_registry) as s, s.get(MANIFEST, scope=SCOPE, accept=ACCEPT) as r:
+        s.check(r, "manifest")
+    assert [p for m, p, _ in proxy.tampering.requests] == [MANIFEST]
+
+
+def test_registry_error_text_is_not_echoed(proxy: TamperProxy) -> None:
+    """Red-team RP-3: a registry reflecting the Authorization header into its error body."""
+    credential = Credential(username="alice", password="PASSW0RD-SECRET")
+    basic = "Basic YWxpY2U6UEFTU1cwUkQtU0VDUkVU"
+    proxy.tampering.canned[MANIFEST] = (400, [], json.dumps({"errors": [
+        {"code": f"BAD {basic}"}, {"code": "MANIFEST_INVALID", "message": basic},
+        {"code": "PASSW0RD-SECRET"}]}).encode())
+    with _proxied(proxy, credential=credential) as s, pytest.raises(RegistryError) as e, \
+            s.get(MANIFEST, scope=SCOPE) as r:
+        s.check(r, "manifest")
+    assert e.value.message.endswith("HTTP 400 (MANIFEST_INVALID)")
+    assert "YWxp" not in e.value.render() and "PASSW0RD" not in e.value.render()
+
+
+@pytest.mark.parametrize("realm", ["http://[::1/tok", "https://127.0.0.1/to\x7fk",
+                                   "https://xn--/tok", "http://127.0.0.1:99999/t"])
+def test_an_unusable_realm_url_is_a_clean_error(proxy: TamperProxy, realm: str) -> None:
+    """Red-team RP-4: these were internal errors (ValueError, InvalidURL, IDNAError)."""
+    proxy.tampering.canned[MANIFEST] = (401, [("WWW-Authenticate",
+                                               f'Bearer realm="{realm}",service="x"')], b"")
+    with _proxied(proxy) as s, \
+            pytest.raises(RegistryError), s.get(MANIFEST, scope=SCOPE):
+        pass
+
+
+@pytest.mark.parametrize("location", ["https://xn--/x", "http://[::1/x", "http://a:b:c/x",
+                                      "https://127.0.0.1/\x7f"])
+def test_an_unusable_redirect_is_a_clean_error(proxy: TamperProxy, location: str) -> None:
+    proxy.tampering.canned[MANIFEST] = (302, [("Location", location)], b"")
+    with _proxied(proxy) as s, pytest.raises(RegistryError) as e, s.get(MANIFEST, scope=SCOPE):
+        pass
+    assert "cannot reach" not in e.value.message  # not a transport failure, not retried
+    assert len(proxy.tampering.requests) == 1
