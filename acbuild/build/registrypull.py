@@ -112,17 +112,22 @@ class RegistryBases:
     def __init__(self, access: RegistryAccess) -> None:
         self.access = access
         self._digests: dict[str, Reference] = {}
+        self._from_index: set[str] = set()  # references whose image an index chose
 
     def _pinned(self, text: str, reporter: Reporter) -> Reference:
-        from acbuild.distribution.registry.pull import resolve
+        from acbuild.distribution.registry.pull import resolve_manifest
 
         if text in self._digests:
             return self._digests[text]
         ref = parse_reference(text)
         check_policy(ref, self.access, reporter)
         with self.access.session(ref) as session:
-            digest = resolve(ref, session=session, store=self.access.blob_store(),
-                             platform=self.access.target_platform(), reporter=reporter)
+            digest, index = resolve_manifest(ref, session=session,
+                                             store=self.access.blob_store(),
+                                             platform=self.access.target_platform(),
+                                             reporter=reporter)
+        if index is not None:
+            self._from_index.add(text)
         pinned = Reference(registry=ref.registry, repository=ref.repository, tag=ref.tag,
                            digest=digest)
         self._digests[text] = pinned
@@ -139,7 +144,7 @@ class RegistryBases:
         with self.access.session(ref) as session:
             pulled = pull(ref, session=session, store=self.access.blob_store(),
                           platform=self.access.target_platform(), reporter=reporter,
-                          max_bytes=self.access.max_bytes)
+                          max_bytes=self.access.max_bytes, from_index=text in self._from_index)
         # The user's reference (its tag) names the image, not the pin added here.
         original = parse_reference(text)
         return PulledImage(reference=original if original.digest else

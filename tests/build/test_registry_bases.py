@@ -5,11 +5,15 @@ convert and fetch, login, and hostile registries and layers failing cleanly."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -376,3 +380,74 @@ def test_convert_takes_max_image_size(proxy: TamperProxy, tmp_path: Path) -> Non
             "--insecure-registry", proxy.host, "--max-image-size", "1T")
     assert "more than the limit of 1099511627776" in one_line_error(r)
     assert proxy.tampering.blob_gets() == []
+
+
+def _config_and_layers(proxy: TamperProxy, layers: list[tuple[str, int]],
+                       architecture: str = "amd64") -> None:
+    """Canned library/busybox:1.36: a real config (served) and these (digest, size) layers."""
+    config = json.dumps({"architecture": architecture, "os": "linux", "config": {},
+                         "rootfs": {"type": "layers",
+                                    "diff_ids": ["sha256:" + "0" * 64] * len(layers)}}).encode()
+    digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    proxy.tampering.canned[f"/v2/library/busybox/blobs/{digest}"] = (200, [], config)
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": digest, "size": len(config)},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                            "digest": d, "size": n} for d, n in layers]}
+    proxy.tampering.canned["/v2/library/busybox/manifests/1.36"] = (
+        200, [], json.dumps(manifest).encode())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_during_a_trickling_layer_stops_at_once(proxy: TamperProxy, tmp_path: Path,
+                                                          sig: int) -> None:
+    """Red-team RP-6: Ctrl-C while a server trickles a layer took more than 30 s."""
+    layer = "sha256:" + "7" * 64
+
+    def trickle() -> Iterator[bytes]:
+        for _ in range(10_000):
+            time.sleep(0.2)
+            yield b"\0" * 1024
+
+    _config_and_layers(proxy, [(layer, 10 << 20)])
+    proxy.tampering.canned[f"/v2/library/busybox/blobs/{layer}"] = (
+        200, [("Content-Length", str(10 << 20))], trickle())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "acbuild", "convert", proxy.ref("library/busybox:1.36"), "-o",
+         str(tmp_path / "x.aci"), "--insecure-skip-verify", "--insecure-registry", proxy.host],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "CI": "true"})
+    deadline = time.monotonic() + 60
+    while not proxy.tampering.blob_gets() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    started = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert time.monotonic() - started < 5
+    assert proc.returncode in (130, 143), err
+    assert "Traceback" not in err
+    _no_leftovers()
+
+
+def test_an_index_entry_that_lies_about_its_platform(proxy: TamperProxy,
+                                                     tmp_path: Path) -> None:
+    """Red-team RP-5: the amd64 entry of an index pointing at an arm64 image."""
+    _config_and_layers(proxy, [], architecture="arm64")
+    child = proxy.tampering.canned.pop("/v2/library/busybox/manifests/1.36")
+    body = child[2]
+    assert isinstance(body, bytes)
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    proxy.tampering.canned[f"/v2/library/busybox/manifests/{digest}"] = child
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                            "digest": digest, "size": len(body),
+                            "platform": {"os": "linux", "architecture": "amd64"}}]}
+    proxy.tampering.canned["/v2/library/busybox/manifests/1.36"] = (
+        200, [], json.dumps(index).encode())
+    r = cli("convert", proxy.ref("library/busybox:1.36"), "-o", tmp_path / "x.aci",
+            "--insecure-skip-verify", "--insecure-registry", proxy.host)
+    assert "entry for linux/amd64 is an image for linux/arm64" in one_line_error(r)

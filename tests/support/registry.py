@@ -36,7 +36,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -350,8 +350,9 @@ def _basic_user(header: str, username: str, password: str) -> str | bool | None:
 
 # ---- the tampering proxy -------------------------------------------------------------------
 
-# (status, headers, body) a proxy answers with instead of asking the registry
-Canned = tuple[int, Sequence[tuple[str, str]], bytes]
+# (status, headers, body) a proxy answers with instead of asking the registry; a body that
+# is an iterable of bytes is sent chunk by chunk, flushed after each (a trickling server)
+Canned = tuple[int, Sequence[tuple[str, str]], bytes | Iterable[bytes]]
 
 
 @dataclass(slots=True)
@@ -407,7 +408,9 @@ def tamper_proxy(upstream: Registry) -> Iterator[TamperProxy]:
                 got = tampering.canned[path]
                 status, headers, body = got() if callable(got) else got
                 self.send_response(status)
-                until_close = ("Content-Length", "none") in headers  # body ends at close
+                until_close = ("Content-Length", "none") in headers or (  # ends at close
+                    not isinstance(body, bytes)
+                    and not any(k.lower() == "content-length" for k, _ in headers))
                 for k, v in headers:
                     if (k, v) != ("Content-Length", "none"):
                         self.send_header(k, v)
@@ -417,8 +420,12 @@ def tamper_proxy(upstream: Registry) -> Iterator[TamperProxy]:
                 elif not any(k.lower() == "content-length" for k, _ in headers):
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                if method == "GET":
+                if method == "GET" and isinstance(body, bytes):
                     self.wfile.write(body)
+                elif method == "GET":  # an iterable: sent chunk by chunk (a trickle)
+                    for chunk in body:
+                        self.wfile.write(chunk)
+                        self.wfile.flush()
                 return
             conn: http.client.HTTPConnection = (
                 http.client.HTTPSConnection(up_host, int(up_port), timeout=30,

@@ -30,7 +30,7 @@ from acbuild.terminal import escape
 
 # Platform and parse_platform live in .platform (no HTTP client); importable here as before.
 __all__ = ["ACCEPT", "Descriptor", "Platform", "PulledImage", "parse_platform", "pull",
-           "resolve"]
+           "resolve", "resolve_manifest"]
 
 MANIFEST_LIMIT = 4 << 20
 CONFIG_LIMIT = 16 << 20
@@ -77,8 +77,11 @@ class PulledImage:
 
 
 def pull(ref: Reference, *, session: Session, store: BlobStore, platform: Platform,
-         reporter: Reporter, max_bytes: int | None = None) -> PulledImage:
-    """``max_bytes``: refuse (before downloading) an image whose layers add up to more."""
+         reporter: Reporter, max_bytes: int | None = None,
+         from_index: bool = False) -> PulledImage:
+    """``max_bytes``: refuse (before downloading) an image whose layers add up to more.
+    ``from_index``: ``ref`` pins the image an index's entry for ``platform`` named (so its
+    config must be of that platform, as when the index is read here)."""
     store.check()
     puller = _Puller(ref, session, store, reporter)
     doc, digest, index_digest = puller.image_manifest(platform)
@@ -88,6 +91,8 @@ def pull(ref: Reference, *, session: Session, store: BlobStore, platform: Platfo
         raise RegistryError(f"{ref}: its layers are {total} bytes, more than the limit of "
                             f"{max_bytes} (--max-image-size)")
     transferred = int(puller.blob(config, "config", CONFIG_LIMIT))
+    _check_platform(store, config, platform, ref,
+                    chosen=from_index or index_digest is not None, reporter=reporter)
     transferred += puller.layers(layers)
     return PulledImage(reference=ref, digest=digest, index_digest=index_digest, manifest=doc,
                        config=config, layers=layers, store=store, transferred=transferred)
@@ -97,8 +102,16 @@ def resolve(ref: Reference, *, session: Session, store: BlobStore, platform: Pla
             reporter: Reporter) -> str:
     """The digest of the image manifest ``ref`` names now (for this platform): what a cache
     key is made of. Downloads manifests only."""
+    return resolve_manifest(ref, session=session, store=store, platform=platform,
+                            reporter=reporter)[0]
+
+
+def resolve_manifest(ref: Reference, *, session: Session, store: BlobStore,
+                     platform: Platform, reporter: Reporter) -> tuple[str, str | None]:
+    """resolve, and the digest of the index the platform's image was chosen from (or None)."""
     store.check()
-    return _Puller(ref, session, store, reporter).image_manifest(platform)[1]
+    _, digest, index_digest = _Puller(ref, session, store, reporter).image_manifest(platform)
+    return digest, index_digest
 
 
 class _Puller:
@@ -215,8 +228,8 @@ class _Puller:
                  stop: threading.Event) -> None:
         """GET the blob into the store through the digest check (any thread)."""
         shown = f"{self.ref}: {what} ({desc.short()})"
-        with self.session.get(f"{self.prefix}/blobs/{desc.digest}",
-                              scope=self.scope) as response:
+        with self.session.get(f"{self.prefix}/blobs/{desc.digest}", scope=self.scope,
+                              cancel=stop) as response:
             if response.status_code == 404:
                 raise RegistryError(f"{shown}: the registry has no such blob")
             self.session.check(response, f"{self.ref.repository}: blob {desc.short()}")
@@ -243,11 +256,11 @@ def _stream(response: httpx.Response, f: BinaryIO, desc: Descriptor, shown: str,
             if done > desc.size:
                 raise RegistryError(f"{shown}: the registry sent more than the "
                                     f"{desc.size} bytes the manifest says")
+            if stop.is_set():  # every chunk: a trickling server must not hold up Ctrl-C
+                raise RegistryError(f"{shown}: stopped")
             h.update(chunk)
             f.write(chunk)
             if done - reported >= _PROGRESS_STEP:
-                if stop.is_set():
-                    raise RegistryError(f"{shown}: stopped")
                 progress(done)
                 reported = done
     except httpx.HTTPError:
@@ -260,6 +273,30 @@ def _stream(response: httpx.Response, f: BinaryIO, desc: Descriptor, shown: str,
         raise RegistryError(f"{shown}: digest mismatch: the registry sent data whose "
                             f"digest is {got}, not {desc.digest}")
     progress(done)
+
+
+def _check_platform(store: BlobStore, config: Descriptor, platform: Platform,
+                    ref: Reference, *, chosen: bool, reporter: Reporter) -> None:
+    """The image's own config must be the platform an index entry said it was (an index
+    that lies is refused); an image named directly may be of another platform: a warning,
+    since a RUN on it would fail far from the cause."""
+    try:
+        doc = json.loads(store.path(config.digest).read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return  # the converter reads the config again and says what is wrong with it
+    if not isinstance(doc, dict):
+        return
+    have = Platform(os=str(doc.get("os") or "?"), architecture=str(doc.get("architecture")
+                                                                    or "?"),
+                    variant=str(doc["variant"]) if doc.get("variant") else None)
+    if (have.os, have.architecture) == (platform.os, platform.architecture) and (
+            platform.variant is None or have.variant in (None, platform.variant)):
+        return
+    if chosen:
+        raise RegistryError(f"{ref}: the index's entry for {platform} is an image for "
+                            f"{escape(str(have))}")
+    reporter.warning(f"{ref} is an image for {escape(str(have))}, not {platform}: its programs "
+                     "may not run here")
 
 
 def _sha256(data: bytes) -> str:

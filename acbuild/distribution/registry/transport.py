@@ -17,6 +17,7 @@ import base64
 import contextlib
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -105,11 +106,13 @@ class Session:
 
     @contextlib.contextmanager
     def get(self, path: str, *, scope: str, accept: str | None = None,
-            method: str = "GET") -> Iterator[httpx.Response]:
+            method: str = "GET", cancel: threading.Event | None = None
+            ) -> Iterator[httpx.Response]:
         """The response (streamed, any status but a redirect or a handled 401) to ``path``
-        under /v2/, with the token for ``scope`` (``repository:NAME:pull``)."""
+        under /v2/, with the token for ``scope`` (``repository:NAME:pull``). ``cancel``, once
+        set, ends the retries (another thread's Ctrl-C)."""
         headers = {"Accept": accept} if accept else {}
-        response = self._send(method, f"{self.base}{path}", scope, headers)
+        response = self._send(method, f"{self.base}{path}", scope, headers, cancel)
         try:
             yield response
         finally:
@@ -129,13 +132,15 @@ class Session:
             return _basic(self.credential)
         return None
 
-    def _send(self, method: str, url: str, scope: str,
-              headers: Mapping[str, str]) -> httpx.Response:
+    def _send(self, method: str, url: str, scope: str, headers: Mapping[str, str],
+              cancel: threading.Event | None = None) -> httpx.Response:
         own = _origin(url)
         challenged = False
         hops = 0
         attempt = 0
         while True:
+            if cancel is not None and cancel.is_set():
+                raise RegistryError(f"{self._shown(url)}: stopped")
             sent = dict(headers)
             if _origin(url) == own and (auth := self._auth_header(scope)):
                 sent["Authorization"] = auth
@@ -151,13 +156,13 @@ class Session:
                     raise RegistryError(f"{self._shown(url)} redirects to a URL that does not "
                                         "parse") from None
                 if attempt < self.options.retries:
-                    self._pause(attempt, None)
+                    self._pause(attempt, None, cancel)
                     attempt += 1
                     continue
                 raise RegistryError(f"cannot reach {self._shown(url)}: {_reason(e)}") from None
             except httpx.TransportError as e:
                 if attempt < self.options.retries:
-                    self._pause(attempt, None)
+                    self._pause(attempt, None, cancel)
                     attempt += 1
                     continue
                 raise RegistryError(f"cannot reach {self._shown(url)}: {_reason(e)}",
@@ -181,16 +186,20 @@ class Session:
             if (status == 429 or status >= 500) and attempt < self.options.retries:
                 wait = response.headers.get("retry-after")
                 response.close()
-                self._pause(attempt, wait)
+                self._pause(attempt, wait, cancel)
                 attempt += 1
                 continue
             return response
 
-    def _pause(self, attempt: int, retry_after: str | None) -> None:
+    def _pause(self, attempt: int, retry_after: str | None,
+               cancel: threading.Event | None = None) -> None:
         wait = self.options.backoff * (2 ** attempt)
         if retry_after is not None and retry_after.strip().isdigit():
             wait = min(float(retry_after), _RETRY_AFTER_CAP)
-        time.sleep(wait)
+        if cancel is None:
+            time.sleep(wait)
+        elif cancel.wait(wait):
+            raise RegistryError("stopped")
 
     def _redirect_target(self, url: str, location: str) -> str:
         if not location:
