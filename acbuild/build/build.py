@@ -24,9 +24,11 @@ from acbuild.acfile.render import load_variables, render, unused_variables
 from acbuild.build import manifest_edit
 from acbuild.build.bases import BaseLoader, pin_dependencies
 from acbuild.build.execute import ExecuteOptions, execute, reported_step, step_info
+from acbuild.build.noop import WarningCounter, check_plan, remember, witness_invocation
 from acbuild.build.rktcompat import rkt_warnings
 from acbuild.cache.buildcache import BuildCache, StageState
-from acbuild.cache.cache import CacheStore, ImageRecord, default_cache_dir
+from acbuild.cache.cache import CacheStore, ImageRecord
+from acbuild.cache.warm import Witness, default_cache_dir
 from acbuild.errors import AcfileError, BuildError, Span, TrustError, raise_all
 from acbuild.fs.atomic import check_writable
 from acbuild.fs.leftovers import owner_tag, sweep
@@ -70,6 +72,9 @@ class BuildOptions:
     sign: bool = True  # False: leave SIGN for later (--check-repro signs once it compared)
     refuse_signing: str | None = None  # why signing cannot be done (e.g. -o -), said at SIGN
     gpg_home: Path | None = None  # where the SIGN keys are; None: gpg's default
+    # The invocation's key (acbuild.cache.warm): keep a warm record under it when the build
+    # is one that a later identical invocation can answer by stat. None: keep none.
+    warm_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,7 +128,15 @@ def load_plan(options: BuildOptions, reporter: Reporter | None = None) -> Plan:
 
 def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
     started = time.monotonic()
+    witness: Witness | None = None
+    counter = WarningCounter(reporter)
+    if options.warm_key is not None and not options.no_cache:
+        reporter = counter
+        witness = witness_invocation(options.acfile, options.context, options.var_files,
+                                     options.allow_paths)
     plan = load_plan(options, reporter)
+    if witness is not None:
+        check_plan(witness, plan)
     if plan.sign_keys and (options.signer is None or options.output_format != "aci"):
         # Said before any work: an unsigned image where a signed one was asked for is a
         # failure, however complete.
@@ -142,7 +155,7 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
     cache = open_cache(options, reporter)
     with _session(cache), work_directory() as work:
         if cache is not None:
-            plan = key_steps(plan, options, cache, context, epoch, reporter)
+            plan = key_steps(plan, options, cache, context, epoch, reporter, witness)
         written = _cached_image(plan, options, cache, epoch, reporter)
         if written is None:
             written = _build_image(plan, options, cache, context, epoch, work, reporter)
@@ -161,8 +174,26 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
                 with deferred():
                     _remove_output(written.output, options)
                 raise
+    elif witness is not None and cache is not None and not counter.warnings:
+        _remember(plan, options, witness, cache, epoch, written)
     return dataclasses.replace(written, signatures=signatures,
                                seconds=time.monotonic() - started)
+
+
+def _remember(plan: Plan, options: BuildOptions, witness: Witness, cache: BuildCache,
+              epoch: int, written: BuildResult) -> None:
+    assert options.warm_key is not None
+    if plan.sign_keys:
+        return
+    steps = tuple(step_info(step, stage) for stage in plan.stages for step in stage.steps)
+    version = next((lb.value for lb in written.manifest.labels if lb.name == "version"), None)
+    remember(cache_dir=options.cache_dir or default_cache_dir(options.environ),
+             key=options.warm_key, witness=witness, cache=cache,
+             image_key=final_image_key(plan, options, epoch),
+             steps=(*steps, _write_step(plan, written.output)), image_id=written.image_id,
+             name=written.manifest.name, version=version, size=written.size,
+             uncompressed_size=written.uncompressed_size, entries=written.entries,
+             output=written.output)
 
 
 def _remove_output(output: Path, options: BuildOptions) -> None:
@@ -224,14 +255,14 @@ def _session(cache: BuildCache | None) -> Iterator[None]:
 
 
 def key_steps(plan: Plan, options: BuildOptions, cache: BuildCache, context: BuildContext,
-              epoch: int, reporter: Reporter) -> Plan:
+              epoch: int, reporter: Reporter, witness: Witness | None = None) -> Plan:
     """The plan with the cache key of every step (reads the context, runs nothing)."""
     loader = options.base_loader
 
     def resolve(name: str, labels: tuple[tuple[str, str], ...]) -> Path:
         return loader.resolve_name(name, labels, reporter)
 
-    return cache.key(plan, context=context, epoch=epoch, resolve=resolve)
+    return cache.key(plan, context=context, epoch=epoch, resolve=resolve, witness=witness)
 
 
 def final_image_key(plan: Plan, options: BuildOptions, epoch: int) -> str | None:

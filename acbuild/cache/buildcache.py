@@ -16,6 +16,7 @@ from acbuild.acfile.instructions import Copy, Run, Workdir
 from acbuild.cache.cache import CacheStore, CorruptTree, ImageRecord, StepRecord
 from acbuild.cache.snapshot import KnownDigests
 from acbuild.cache.statcache import base_identity, image_key, key_plan
+from acbuild.cache.warm import Witness
 from acbuild.fs.staging import StagedRootfs, remove_tree
 from acbuild.image.manifest import ImageManifest, from_json_bytes, to_json_bytes
 from acbuild.plan.baseref import BaseRef
@@ -66,9 +67,10 @@ class BuildCache:
     # -- keys --------------------------------------------------------------------------------
 
     def key(self, plan: Plan, *, context: BuildContext, epoch: int,
-            resolve: NameResolver) -> Plan:
-        """The plan with the cache key of every step (reads the context, runs nothing)."""
-        stat_cache = self.store.stat_cache(context.root)
+            resolve: NameResolver, witness: Witness | None = None) -> Plan:
+        """The plan with the cache key of every step (reads the context, runs nothing);
+        ``witness`` is told every file, directory and symlink the keys read."""
+        stat_cache = self.store.stat_cache(context.root, witness)
 
         def identity(base: BaseRef) -> str:
             return base_identity(base, stat_cache, resolve)
@@ -142,6 +144,10 @@ class BuildCache:
 
     def image(self, key: str | None) -> ImageRecord | None:
         return self.store.image(key) if key is not None else None
+
+    def image_sha256(self, key: str) -> str | None:
+        """The SHA-256 of the stored image file (what a copy of it at the output has)."""
+        return self.store.image_sha256(key)
 
     def copy_image(self, record: ImageRecord, output: Path) -> bool:
         """Copy a cached image to ``output``, verified; False (warned) when it is damaged."""
