@@ -26,6 +26,7 @@ from acbuild.build.bases import BaseLoader, pin_dependencies
 from acbuild.build.execute import ExecuteOptions, execute, reported_step, step_info
 from acbuild.build.noop import WarningCounter, check_plan, remember, witness_invocation
 from acbuild.build.rktcompat import rkt_warnings
+from acbuild.build.schedule import default_jobs
 from acbuild.cache.buildcache import BuildCache, StageState
 from acbuild.cache.cache import CacheStore, ImageRecord
 from acbuild.cache.warm import Witness, default_cache_dir
@@ -75,6 +76,7 @@ class BuildOptions:
     # The invocation's key (acbuild.cache.warm): keep a warm record under it when the build
     # is one that a later identical invocation can answer by stat. None: keep none.
     warm_key: str | None = None
+    jobs: int | None = None  # stages built at once; None: one a CPU
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -301,7 +303,7 @@ def _build_image(plan: Plan, options: BuildOptions, cache: BuildCache | None,
             plan,
             options=ExecuteOptions(context=context, work_dir=work, epoch=epoch,
                                    load_base=options.base_loader, log=log, log_path=log_path,
-                                   cache=cache),
+                                   cache=cache, jobs=options.jobs or default_jobs()),
             reporter=reporter,
         )
         manifest = _final_manifest(stage, plan)

@@ -90,8 +90,6 @@ class StatCache:
                 digest = hashlib.file_digest(f, "sha256").hexdigest()
         except OSError as e:
             raise AcbuildError(f"cannot read {path}: {e.strerror}") from None
-        # Builds that hardlink a base directory change its files' ctimes (link, unlink):
-        # on a filesystem with sub-second times a few clock ticks settle them.
         if settled(st, time.time_ns()):
             self._entries[key] = [*sig, digest]
             self._dirty = True

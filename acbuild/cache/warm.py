@@ -35,8 +35,14 @@ from acbuild.fs.atomic import atomic_write
 from acbuild.report import Field, Reporter, StepInfo
 
 _FORMAT = 1
-_COARSE_NS = 3_000_000_000  # a filesystem with whole-second timestamps
-_FINE_NS = 100_000_000  # timestamps with sub-second parts: a few clock ticks are enough
+# A change made after a stat must show in the signature: its times must be older than the
+# stat by more than the clock's tick and than an attribute cache may lag (NFS: 3 s).
+_MTIME_NS = 3_000_000_000
+# ctime on a filesystem with sub-second times: only a writer that also resets the mtime, in
+# the same clock tick as our stat, could go unseen. Builds that hardlink a base directory
+# change its files' ctimes (link, unlink): with the 3 s window every build in the next 3 s
+# would read the whole base again.
+_FINE_CTIME_NS = 100_000_000
 _ABSENT = "absent"
 Signature = tuple[int, ...]
 
@@ -49,8 +55,8 @@ def default_cache_dir(environ: Mapping[str, str]) -> Path:
 def settled(st: os.stat_result, now_ns: int) -> bool:
     """Whether a write after a stat taken at ``now_ns`` must change the signature it gave:
     its mtime and ctime are clock ticks older than the stat (git's "racy clean" problem)."""
-    window = _COARSE_NS if st.st_ctime_ns % 1_000_000_000 == 0 else _FINE_NS
-    return now_ns - st.st_mtime_ns > window and now_ns - st.st_ctime_ns > window
+    ctime_window = _MTIME_NS if st.st_ctime_ns % 1_000_000_000 == 0 else _FINE_CTIME_NS
+    return now_ns - st.st_mtime_ns > _MTIME_NS and now_ns - st.st_ctime_ns > ctime_window
 
 
 def signature(st: os.stat_result) -> Signature:

@@ -60,6 +60,8 @@ def _docker_hint(hint: str) -> Callable[[click.Context, click.Parameter, Any], A
 @click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Keep the full output of RUN steps here.")
 @click.option("--no-cache", is_flag=True, help="Run every step; neither read nor fill the cache.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), metavar="N",
+              help="Build at most N independent stages at once (default: one a CPU).")
 @click.option("--check-repro", is_flag=True,
               help="Build twice without cache and fail (exit 1) if the images differ.")
 @trust_options
@@ -83,6 +85,7 @@ def command(
     log_file: Path | None,
     no_cache: bool,
     cache_dir: Path | None,
+    jobs: int | None,
     check_repro: bool,
     **trust: Any,
 ) -> None:
@@ -158,6 +161,7 @@ def command(
             refuse_signing="-o - streams the image, and a signature needs a file beside it: "
                            "use -o FILE" if to_stdout else None,
             warm_key=warm_key,
+            jobs=jobs,
         )
         result = (check_reproducible(options, reporter) if check_repro
                   else build(options, reporter))
