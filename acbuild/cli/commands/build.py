@@ -119,6 +119,8 @@ def command(
         hit = warm.check(cache_dir or warm.default_cache_dir(os.environ), warm_key)
         if hit is not None:
             reporter = state().reporter()
+            reporter.detail(f"{hit.output} is up to date: nothing this build reads changed "
+                            "since it was written")
             warm.replay(hit, reporter)
             reporter.summary(warm.summary(
                 name=hit.name, version=hit.version, image_id=hit.image_id, size=hit.size,
