@@ -124,3 +124,26 @@ def test_an_interrupt_stops_every_running_stage(tmp_path: Path, sig: signal.Sign
     assert processes_with(marker.encode()) == []
     assert not out.exists()
     assert os.listdir(tmp_path / f"acbuild-py-{os.geteuid()}") == []
+
+
+def test_json_log_of_a_parallel_build_fits_the_schema(tmp_path: Path) -> None:
+    import json
+
+    import jsonschema
+
+    schema = json.loads((Path(__file__).parents[2] / "docs" / "logs.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    acfile = two_stages(tmp_path, "sleep 1; echo a; echo a > /a.txt",
+                        "sleep 1; echo b; echo b > /b.txt")
+    r = acbuild("--progress", "json", "build", acfile, "-o", tmp_path / "out.aci",
+                "--no-cache", "-j", "2")
+    assert r.code == 0, r.stderr
+    events = [json.loads(line) for line in r.stderr.splitlines()]
+    for event in events:
+        errors = list(validator.iter_errors(event))
+        assert not errors, (event, errors[0].message)
+    started = [e["step"] for e in events if e["event"] == "step-started"]
+    finished = [e["step"] for e in events if e["event"] == "step-finished"]
+    assert sorted(started) == sorted(finished) == list(range(1, 10))
+    output = {e["line"]: e["step"] for e in events if e["event"] == "step-output"}
+    assert output == {"a": 2, "b": 4}  # each line with the step that printed it
