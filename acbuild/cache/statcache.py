@@ -26,7 +26,7 @@ from acbuild.acfile.context import (
     normalised_mode,
     scan,
 )
-from acbuild.cache.warm import Witness, settled
+from acbuild.cache.warm import FORMAT_VERSION, Witness, settled
 from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
 from acbuild.image.manifest import host_os_arch
@@ -199,9 +199,6 @@ def path_digest(path: Path, cache: StatCache) -> str:
 
 # ---- step keys ----------------------------------------------------------------------
 
-# Bump when anything that decides a step's result changes meaning (copy rules, snapshot
-# format): old entries then simply stop matching.
-FORMAT_VERSION = b"acbuild-py step cache 2"  # 2: WORKDIR makes its directory
 
 # Turns a name and labels into the local .aci a build would use (the trust chain's resolver).
 NameResolver = Callable[[str, tuple[tuple[str, str], ...]], Path]

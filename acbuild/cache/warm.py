@@ -34,7 +34,11 @@ from acbuild import __version__
 from acbuild.fs.atomic import atomic_write
 from acbuild.report import Field, Reporter, StepInfo
 
-_FORMAT = 1
+_FORMAT = 2
+# The step cache's format (statcache's keys start with it), kept here so the warm record's
+# key has it too. Bump when anything that decides a step's result changes meaning (copy
+# rules, snapshot format): old entries, and records, then simply stop matching.
+FORMAT_VERSION = b"acbuild-py step cache 2"  # 2: WORKDIR makes its directory
 # A change made after a stat must show in the signature: its times must be older than the
 # stat by more than the clock's tick and than an attribute cache may lag (NFS: 3 s).
 _MTIME_NS = 3_000_000_000
@@ -105,8 +109,8 @@ class Witness:
 def invocation_key(fields: Iterable[tuple[str, object]]) -> str:
     """The key of one invocation of ``build``: every option that can change the image, with
     this program's version and the host it runs on."""
-    doc = [["format", _FORMAT], ["version", __version__], ["platform", sys.platform,
-                                                             os.uname().machine],
+    doc = [["format", _FORMAT, FORMAT_VERSION.decode()], ["version", __version__],
+           ["platform", sys.platform, os.uname().machine],
            ["cwd", os.getcwd()], *([k, v] for k, v in fields)]
     raw = json.dumps(doc, sort_keys=True, default=str).encode()
     return hashlib.sha256(raw).hexdigest()
@@ -135,19 +139,31 @@ def store(cache_dir: Path, key: str, witness: Witness, result: WarmResult,
     """Keep the record of a build whose inputs ``witness`` saw; the output is stat'ed now."""
     if not witness.complete:
         return
+    now = time.time_ns()
     try:
         st = os.lstat(result.output)
     except OSError:
         return
-    body = {
-        "inputs": [[p, f, s] for (p, f), s in witness.entries.items()],
+    body: dict[str, object] = {
+        "inputs": _by_directory(witness.entries),
         "output": [os.fsdecode(result.output), list(signature(st)),
-                   settled(st, time.time_ns()), output_sha256],
+                   settled(st, now), output_sha256],
         "steps": [[s.number, s.total, s.text, s.stage] for s in result.steps],
         "image": [result.image_id, result.name, result.version, result.size,
                   result.uncompressed_size, result.entries],
     }
     _write(_record_path(cache_dir, key), body)
+
+
+def _by_directory(entries: dict[tuple[str, bool], Signature | str]
+                  ) -> dict[str, list[list[object]]]:
+    """{directory: [[name, follow, signature], ...]}: checked with one descriptor a
+    directory, so the kernel walks each path once, not once a file."""
+    grouped: dict[str, list[list[object]]] = {}
+    for (path, follow), sig in entries.items():
+        directory, name = os.path.split(path)
+        grouped.setdefault(directory, []).append([name, follow, sig])
+    return grouped
 
 
 def _write(path: Path, body: dict[str, object]) -> None:
@@ -187,18 +203,26 @@ def _private(directory: Path) -> bool:
 
 
 def _inputs_unchanged(inputs: Any) -> bool:
-    lstat, stat_ = os.lstat, os.stat
-    for path, follow, sig in inputs:
+    stat_ = os.stat
+    for directory, items in inputs.items():
         try:
-            st = stat_(path) if follow else lstat(path)
-        except FileNotFoundError:
-            if sig == _ABSENT:
-                continue
+            fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
             return False
-        except (OSError, TypeError, ValueError):
-            return False
-        if sig == _ABSENT or signature(st) != tuple(sig):
-            return False
+        try:
+            for name, follow, sig in items:
+                try:
+                    st = stat_(name, dir_fd=fd, follow_symlinks=follow)
+                except FileNotFoundError:
+                    if sig == _ABSENT:
+                        continue
+                    return False
+                except (OSError, TypeError, ValueError):
+                    return False
+                if sig == _ABSENT or signature(st) != tuple(sig):
+                    return False
+        finally:
+            os.close(fd)
     return True
 
 
