@@ -273,3 +273,12 @@ def test_a_noop_hit_does_not_load_the_template_engine_or_parser(project: Path) -
                           text=True, env={**os.environ, "SOURCE_DATE_EPOCH": "1000000"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_record_key_changes_with_the_step_cache_format(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from acbuild.cache import warm
+
+    before = warm.invocation_key([("acfile", "/x/Acfile")])
+    monkeypatch.setattr(warm, "FORMAT_VERSION", b"acbuild-py step cache 99")
+    assert warm.invocation_key([("acfile", "/x/Acfile")]) != before
