@@ -34,38 +34,58 @@ REPO = Path(__file__).resolve().parents[1]
 SETTLE = 3.2  # the warm record trusts an output's stat once it is this old (seconds)
 
 
-def wall(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
+CPU: dict[str, list[float]] = {}  # job -> CPU seconds (user + system) of each run
+
+
+def wall(argv: list[str], env: dict[str, str] | None = None,
+         name: str | None = None) -> tuple[float, str]:
+    """Wall seconds and stderr of one run; its CPU time (wait4) kept under ``name``."""
     started = time.perf_counter()
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    err = proc.stderr.read() if proc.stderr else ""
+    _, status, usage = os.wait4(proc.pid, 0)
     took = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{proc.stderr}")
-    return took, proc.stderr
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{err}")
+    if name is not None:
+        CPU.setdefault(name, []).append(usage.ru_utime + usage.ru_stime)
+    return took, err
 
 
 def cli(*args: str | Path) -> list[str]:
     return [sys.executable, "-m", "acbuild", *map(str, args)]
 
 
-def median_of(runs: int, argv: list[str]) -> float:
-    return statistics.median(wall(argv)[0] for _ in range(runs))
+def median_of(runs: int, argv: list[str], name: str) -> float:
+    return statistics.median(wall(argv, name=name)[0] for _ in range(runs))
 
 
-def noop(runs: int, build: list[str], warmups: int = 3) -> tuple[float, float]:
-    """(median no-op within 3 s of the image being written, median no-op after that)."""
-    output = Path(build[build.index("-o") + 1])
+def warm_up(build: list[str], warmups: int = 3) -> None:
     for _ in range(warmups):  # the first build hardlinks files: their ctimes settle later
         wall(build)
         time.sleep(0.2)
-    fresh = []
+
+
+def fresh_noop(runs: int, build: list[str], name: str) -> float:
+    """Median no-op within 3 s of the image being written (its SHA-256 is checked)."""
+    output = Path(build[build.index("-o") + 1])
+    times = []
     for _ in range(runs):
         output.unlink()
         wall(build)  # copies the image from the cache: the output is new
-        fresh.append(wall(build)[0])
-    wall(build)
-    time.sleep(SETTLE)
-    settled = [wall(build)[0] for _ in range(runs)]
-    return statistics.median(fresh), statistics.median(settled)
+        times.append(wall(build, name=name)[0])
+    return statistics.median(times)
+
+
+def paired(runs: int, jobs: dict[str, list[str]]) -> dict[str, float]:
+    """Medians of runs taken in rounds, one of each job a round (the machine is shared:
+    a busy moment then weighs on every job alike)."""
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    for _ in range(runs):
+        for name, argv in jobs.items():
+            times[name].append(wall(argv, name=name)[0])
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def hello(work: Path) -> list[str]:
@@ -95,9 +115,10 @@ def one_changed(runs: int, ctx: Path, build: list[str]) -> tuple[float, float]:
     logged = [a for a in build if a != "-q"]
     logged[logged.index("build"):logged.index("build")] = ["--progress", "json"]
     walls, writes = [], []
-    for i in range(runs):
-        (ctx / "small.txt").write_text(f"small {i + 1}\n")
-        took, log = wall(logged)
+    for _ in range(runs):
+        # Never seen before, so never in the cache: the last COPY and the write run.
+        (ctx / "small.txt").write_text(f"small {time.time_ns()}\n")
+        took, log = wall(logged, name="one file changed, 20,000 files")
         events = [json.loads(line) for line in log.splitlines()]
         write_step = next(e["step"] for e in events if e["event"] == "step-started"
                           and e["text"].startswith("WRITE "))
@@ -143,32 +164,39 @@ def main() -> int:
     rows: list[tuple[str, float]] = []
     print(f"load average at the start: {load()}; cores: {len(os.sched_getaffinity(0))}")
     try:
-        rows.append(("python -c pass", median_of(runs, [sys.executable, "-c", "pass"])))
-        rows.append(("acbuild-py --version", median_of(runs, cli("--version"))))
-        fresh, settled = noop(runs, hello(work))
-        rows += [("no-op, hello", settled), ("no-op, hello, output < 3 s old", fresh)]
+        jobs = {"python -c pass": [sys.executable, "-c", "pass"],
+                 "acbuild-py --version": cli("--version"), "no-op, hello": hello(work)}
         if not args.skip_tree:
             ctx, build = tree(work)
-            fresh, settled = noop(runs, build)
-            rows += [("no-op, 20,000 files", settled),
-                     ("no-op, 20,000 files, output < 3 s old", fresh)]
+            jobs["no-op, 20,000 files"] = build
+        for argv in list(jobs.values())[2:]:
+            warm_up(argv)
+        time.sleep(SETTLE)
+        rows += list(paired(runs, jobs).items())
+        name = "no-op, hello, output < 3 s old"
+        rows.append((name, fresh_noop(runs, hello(work), name)))
+        if not args.skip_tree:
+            name = "no-op, 20,000 files, output < 3 s old"
+            rows.append((name, fresh_noop(runs, build, name)))
             took, write = one_changed(runs, ctx, build)
             rows += [("one file changed, 20,000 files", took),
                      ("  of which the final write", write),
                      ("  the rest (target: <= 0.2 s)", took - write)]
         acfile = stages(work)
-        rows.append(("two 3 s stages, default --jobs",
-                     median_of(runs, cli("-q", "build", acfile, "-o", work / "p.aci",
-                                         "--no-cache"))))
-        rows.append(("two 3 s stages, -j 1",
-                     median_of(max(runs // 2, 1), cli("-q", "build", acfile, "-o",
-                                                      work / "p.aci", "--no-cache", "-j", "1"))))
+        name = "two 3 s stages, default --jobs"
+        rows.append((name, median_of(runs, cli("-q", "build", acfile, "-o", work / "p.aci",
+                                               "--no-cache"), name)))
+        name = "two 3 s stages, -j 1"
+        rows.append((name, median_of(max(runs // 2, 1), cli(
+            "-q", "build", acfile, "-o", work / "p.aci", "--no-cache", "-j", "1"), name)))
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     width = max(len(name) for name, _ in rows)
+    print(f"{'median of ' + str(runs) + ' runs'.ljust(width - 10)}  {'wall s':>7}  {'cpu s':>6}")
     for name, seconds in rows:
-        print(f"{name.ljust(width)}  {seconds:6.3f} s")
+        cpu = f"{statistics.median(CPU[name]):6.3f}" if name in CPU else ""
+        print(f"{name.ljust(width)}  {seconds:7.3f}  {cpu}")
     print(f"load average at the end: {load()}")
     return 0
 
