@@ -164,8 +164,8 @@ def main() -> int:
     rows: list[tuple[str, float]] = []
     print(f"load average at the start: {load()}; cores: {len(os.sched_getaffinity(0))}")
     try:
-        jobs = {"python -c pass": [sys.executable, "-c", "pass"],
-                 "acbuild-py --version": cli("--version"), "no-op, hello": hello(work)}
+        jobs = {"floor: python -c pass": [sys.executable, "-c", "pass"],
+                 "floor: acbuild-py --version": cli("--version"), "no-op, hello": hello(work)}
         if not args.skip_tree:
             ctx, build = tree(work)
             jobs["no-op, 20,000 files"] = build
