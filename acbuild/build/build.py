@@ -24,9 +24,12 @@ from acbuild.acfile.render import load_variables, render, unused_variables
 from acbuild.build import manifest_edit
 from acbuild.build.bases import BaseLoader, pin_dependencies
 from acbuild.build.execute import ExecuteOptions, execute, reported_step, step_info
+from acbuild.build.noop import WarningCounter, check_plan, remember, witness_invocation
 from acbuild.build.rktcompat import rkt_warnings
+from acbuild.build.schedule import default_jobs
 from acbuild.cache.buildcache import BuildCache, StageState
-from acbuild.cache.cache import CacheStore, ImageRecord, default_cache_dir
+from acbuild.cache.cache import CacheStore, ImageRecord
+from acbuild.cache.warm import Witness, default_cache_dir
 from acbuild.errors import AcfileError, BuildError, Span, TrustError, raise_all
 from acbuild.fs.atomic import check_writable
 from acbuild.fs.leftovers import owner_tag, sweep
@@ -77,6 +80,10 @@ class BuildOptions:
     cache_from: tuple[CacheRepo, ...] = ()  # --cache-from registry://…: looked up on a miss
     cache_to: CacheRepo | None = None  # --cache-to registry://…: every step pushed after
     transport: TransportOptions | None = None  # how registries are reached (None: defaults)
+    # The invocation's key (acbuild.cache.warm): keep a warm record under it when the build
+    # is one that a later identical invocation can answer by stat. None: keep none.
+    warm_key: str | None = None
+    jobs: int | None = None  # stages built at once; None: one a CPU
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,7 +137,15 @@ def load_plan(options: BuildOptions, reporter: Reporter | None = None) -> Plan:
 
 def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
     started = time.monotonic()
+    witness: Witness | None = None
+    counter = WarningCounter(reporter)
+    if options.warm_key is not None and not options.no_cache:
+        reporter = counter
+        witness = witness_invocation(options.acfile, options.context, options.var_files,
+                                     options.allow_paths)
     plan = load_plan(options, reporter)
+    if witness is not None:
+        check_plan(witness, plan)
     if plan.sign_keys and (options.signer is None or options.output_format != "aci"):
         # Said before any work: an unsigned image where a signed one was asked for is a
         # failure, however complete.
@@ -149,7 +164,7 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
     cache = open_cache(options, reporter)
     with _session(cache), work_directory() as work, _remote(cache, options, reporter):
         if cache is not None:
-            plan = key_steps(plan, options, cache, context, epoch, reporter)
+            plan = key_steps(plan, options, cache, context, epoch, reporter, witness)
         written = _cached_image(plan, options, cache, epoch, reporter)
         if written is None:
             written = _build_image(plan, options, cache, context, epoch, work, reporter)
@@ -170,8 +185,26 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
                 with deferred():
                     _remove_output(written.output, options)
                 raise
+    elif witness is not None and cache is not None and not counter.warnings:
+        _remember(plan, options, witness, cache, epoch, written)
     return dataclasses.replace(written, signatures=signatures,
                                seconds=time.monotonic() - started)
+
+
+def _remember(plan: Plan, options: BuildOptions, witness: Witness, cache: BuildCache,
+              epoch: int, written: BuildResult) -> None:
+    assert options.warm_key is not None
+    if plan.sign_keys:
+        return
+    steps = tuple(step_info(step, stage) for stage in plan.stages for step in stage.steps)
+    version = next((lb.value for lb in written.manifest.labels if lb.name == "version"), None)
+    remember(cache_dir=options.cache_dir or default_cache_dir(options.environ),
+             key=options.warm_key, witness=witness, cache=cache,
+             image_key=final_image_key(plan, options, epoch),
+             steps=(*steps, _write_step(plan, written.output)), image_id=written.image_id,
+             name=written.manifest.name, version=version, size=written.size,
+             uncompressed_size=written.uncompressed_size, entries=written.entries,
+             output=written.output)
 
 
 def _remove_output(output: Path, options: BuildOptions) -> None:
@@ -255,7 +288,7 @@ def _session(cache: BuildCache | None) -> Iterator[None]:
 
 
 def key_steps(plan: Plan, options: BuildOptions, cache: BuildCache, context: BuildContext,
-              epoch: int, reporter: Reporter) -> Plan:
+              epoch: int, reporter: Reporter, witness: Witness | None = None) -> Plan:
     """The plan with the cache key of every step (reads the context, runs nothing)."""
     loader = options.base_loader
 
@@ -266,7 +299,7 @@ def key_steps(plan: Plan, options: BuildOptions, cache: BuildCache, context: Bui
         return loader.registries().identity(text, reporter)
 
     return cache.key(plan, context=context, epoch=epoch, resolve=resolve,
-                     resolve_registry=resolve_registry)
+                     resolve_registry=resolve_registry, witness=witness)
 
 
 def final_image_key(plan: Plan, options: BuildOptions, epoch: int) -> str | None:
@@ -305,7 +338,7 @@ def _build_image(plan: Plan, options: BuildOptions, cache: BuildCache | None,
             plan,
             options=ExecuteOptions(context=context, work_dir=work, epoch=epoch,
                                    load_base=options.base_loader, log=log, log_path=log_path,
-                                   cache=cache),
+                                   cache=cache, jobs=options.jobs or default_jobs()),
             reporter=reporter,
         )
         manifest = _final_manifest(stage, plan)

@@ -3,10 +3,15 @@
 Manifest instructions change the manifest (pure functions), COPY and RUN change the staged
 rootfs. Stages are built in a private work directory the caller owns and removes; with a
 step cache, each stage resumes after its last cached step and stores the steps it runs.
+Independent stages are built side by side (acbuild.build.schedule); each stage's rootfs is
+its own, and a COPY --from runs only once the stage it reads is done, so the image is the
+same whatever the order the stages happened to finish in.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,12 +22,14 @@ from acbuild.acfile.context import BuildContext
 from acbuild.acfile.instructions import Copy, Instruction, Run, Sign, Workdir
 from acbuild.build import manifest_edit
 from acbuild.build.copy import copy_instruction
+from acbuild.build.schedule import Cancelled, LockedReporter, run_stages, stage_needs
 from acbuild.cache.buildcache import BuildCache, Resume, StageState, runs_after
 from acbuild.cache.cache import CorruptTree, StepRecord
 from acbuild.errors import AcbuildError, Span
 from acbuild.fs.securepath import ensure_dirs
 from acbuild.fs.staging import StagedRootfs, remove_tree
 from acbuild.image.manifest import ImageManifest, default_manifest
+from acbuild.plan.baseref import ImageName
 from acbuild.plan.plan import Plan, Stage, Step
 from acbuild.report import Reporter, StepInfo
 from acbuild.sandbox.runstep import RunContext, run_step
@@ -40,6 +47,7 @@ class ExecuteOptions:
     log: TextIO | None = None  # full output of every RUN step
     log_path: Path | None = None
     cache: BuildCache | None = None  # None: --no-cache
+    jobs: int = 1  # stages built at once
 
 
 def step_info(step: Step, stage: Stage) -> StepInfo:
@@ -54,9 +62,9 @@ def execute(plan: Plan, *, options: ExecuteOptions, reporter: Reporter) -> Stage
     With a cache, each stage starts from its last cached step; a stage that is cached to the
     end is only restored when a later COPY --from reads it.
     """
-    executor = _Executor(plan, options, reporter)
-    for stage in plan.stages:
-        executor.run_stage(stage)
+    executor = _Executor(plan, options, LockedReporter(reporter))
+    run_stages(plan.stages, stage_needs(plan), executor.run_stage, jobs=options.jobs,
+               cancel=executor.cancel)
     return executor.result(plan.target.index)
 
 
@@ -68,8 +76,16 @@ class _Executor:
         self.results: dict[int, StageState] = {}
         self.deferred: dict[int, tuple[StepRecord, Path]] = {}  # cached to the end, not restored
         self.warned_limits: set[str] = set()  # RUN limits reported as unenforced
+        self.cancel = threading.Event()  # set when a stage failed: the others stop
+        # A stage cached to its end is restored by the first stage that reads it.
+        self.restoring = {stage.index: threading.Lock() for stage in plan.stages}
+        self.fetching = threading.Lock()  # one name resolved at a time: one image store
 
     def result(self, index: int) -> StageState:
+        with self.restoring[index]:
+            return self._result(index)
+
+    def _result(self, index: int) -> StageState:
         if index not in self.results:
             record, root = self.deferred.pop(index)
             assert self.options.cache is not None
@@ -103,10 +119,14 @@ class _Executor:
             state = StageState(rootfs=StagedRootfs(root=root), manifest=default_manifest(),
                                known={})
         for number, step in enumerate(stage.steps[resume.cached :], resume.cached):
+            if self.cancel.is_set():
+                raise Cancelled("stopped: another stage failed")
             with reported_step(step_info(step, stage), self.reporter,
                                step.instruction.span) as info:
                 if number == 0:
-                    state.manifest = self.options.load_base(stage, state.rootfs, self.reporter)
+                    with self.fetching if isinstance(stage.base, ImageName) else _NO_LOCK:
+                        state.manifest = self.options.load_base(stage, state.rootfs,
+                                                                self.reporter)
                 else:
                     shares = not runs_after(stage.steps[number + 1 :])
                     state.manifest = self._apply(step.instruction, state, info, shares=shares)
@@ -144,6 +164,9 @@ class _Executor:
             case _:
                 return manifest_edit.apply(result.manifest, instruction)
         return result.manifest
+
+
+_NO_LOCK = contextlib.nullcontext()
 
 
 def make_workdir(rootfs: StagedRootfs, path: str) -> None:

@@ -17,6 +17,7 @@ from acbuild.acfile.instructions import Copy, Run, Workdir
 from acbuild.cache.cache import CacheStore, CorruptTree, ImageRecord, StepRecord
 from acbuild.cache.snapshot import KnownDigests
 from acbuild.cache.statcache import base_identity, image_key, key_plan
+from acbuild.cache.warm import Witness
 from acbuild.fs.staging import StagedRootfs, remove_tree
 from acbuild.image.manifest import ImageManifest, from_json_bytes, to_json_bytes
 from acbuild.plan.baseref import BaseRef
@@ -74,10 +75,12 @@ class BuildCache:
 
     def key(self, plan: Plan, *, context: BuildContext, epoch: int,
             resolve: NameResolver,
-            resolve_registry: Callable[[str], str] | None = None) -> Plan:
+            resolve_registry: Callable[[str], str] | None = None,
+            witness: Witness | None = None) -> Plan:
         """The plan with the cache key of every step (reads the context, runs nothing).
-        ``resolve_registry``: a docker:// reference → its image manifest's digest."""
-        stat_cache = self.store.stat_cache(context.root)
+        ``resolve_registry``: a docker:// reference → its image manifest's digest;
+        ``witness`` is told every file, directory and symlink the keys read."""
+        stat_cache = self.store.stat_cache(context.root, witness)
 
         def identity(base: BaseRef) -> str:
             return base_identity(base, stat_cache, resolve, resolve_registry)
@@ -167,6 +170,10 @@ class BuildCache:
 
     def image(self, key: str | None) -> ImageRecord | None:
         return self.store.image(key) if key is not None else None
+
+    def image_sha256(self, key: str) -> str | None:
+        """The SHA-256 of the stored image file (what a copy of it at the output has)."""
+        return self.store.image_sha256(key)
 
     def copy_image(self, record: ImageRecord, output: Path) -> bool:
         """Copy a cached image to ``output``, verified; False (warned) when it is damaged."""

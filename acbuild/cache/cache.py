@@ -15,12 +15,13 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.cache.snapshot import KnownDigests, copy_tree_verified
 from acbuild.cache.statcache import StatCache
+from acbuild.cache.warm import Witness
 from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
 from acbuild.fs.private import private_dir
@@ -33,11 +34,6 @@ _STALE_TMP = 3600.0
 
 class CorruptTree(AcbuildError):
     """A cache entry does not match its checksum."""
-
-
-def default_cache_dir(environ: Mapping[str, str]) -> Path:
-    base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "acbuild-py" / "build-cache"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,9 +111,9 @@ class CacheStore:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def stat_cache(self, context: Path) -> StatCache:
+    def stat_cache(self, context: Path, witness: Witness | None = None) -> StatCache:
         name = hashlib.sha256(os.fsencode(context)).hexdigest()[:32]
-        return StatCache(self.root / "stat" / f"{name}.json")
+        return StatCache(self.root / "stat" / f"{name}.json", witness)
 
     def _temp(self) -> Path:
         path = self.root / "tmp" / f"{os.getpid()}-{secrets.token_hex(6)}"
@@ -235,6 +231,10 @@ class CacheStore:
             remove_tree(temp, ignore_errors=True)
             raise
         self._publish(temp, self._dir("images", key))
+
+    def image_sha256(self, key: str) -> str | None:
+        body = _unseal(self._dir("images", key) / _META)
+        return None if body is None else str(body.get("sha256"))
 
     def copy_image(self, record: ImageRecord, output: Path) -> bool:
         """Copy a cached image to ``output`` atomically, verifying it on the way; False (and

@@ -19,7 +19,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from acbuild.acfile import instructions as ins
-from acbuild.acfile.context import BuildContext, ContextSource, normalised_mode, scan
+from acbuild.acfile.context import (
+    BuildContext,
+    ContextSource,
+    has_glob,
+    normalised_mode,
+    scan,
+)
+from acbuild.cache.warm import FORMAT_VERSION, Witness, settled
 from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
 from acbuild.image.manifest import host_os_arch
@@ -35,12 +42,6 @@ from acbuild.plan.baseref import (
 )
 from acbuild.plan.plan import Plan, Stage
 
-_RACY_NS = 3_000_000_000
-# ctime on a filesystem with sub-second times: only a writer that also resets the mtime, in
-# the same clock tick as our stat, could go unseen. Builds that hardlink a base directory
-# change its files' ctimes (link, unlink): with the 3 s window every build in the next 3 s
-# would read the whole base again.
-_FINE_RACY_NS = 100_000_000
 _VERSION = 1
 
 
@@ -52,10 +53,13 @@ def frame(h: hashlib._Hash, *fields: bytes) -> None:
 
 
 class StatCache:
-    """Maps absolute path -> (dev, ino, size, mtime_ns, ctime_ns, sha256 hex)."""
+    """Maps absolute path -> (dev, ino, size, mtime_ns, ctime_ns, sha256 hex).
 
-    def __init__(self, path: Path | None) -> None:
+    ``witness``, when set, is told every entry a key reads (the warm record's inputs)."""
+
+    def __init__(self, path: Path | None, witness: Witness | None = None) -> None:
         self.path = path
+        self.witness = witness
         self._entries: dict[str, list[object]] = {}
         self._dirty = False
         if path is not None:
@@ -87,9 +91,7 @@ class StatCache:
                 digest = hashlib.file_digest(f, "sha256").hexdigest()
         except OSError as e:
             raise AcbuildError(f"cannot read {path}: {e.strerror}") from None
-        now = time.time_ns()
-        ctime_window = _RACY_NS if st.st_ctime_ns % 1_000_000_000 == 0 else _FINE_RACY_NS
-        if now - st.st_mtime_ns > _RACY_NS and now - st.st_ctime_ns > ctime_window:
+        if settled(st, time.time_ns()):
             self._entries[key] = [*sig, digest]
             self._dirty = True
         return digest
@@ -109,9 +111,11 @@ class StatCache:
 
 
 def _entry(h: hashlib._Hash, cache: StatCache, rel: str, path: Path | str,
-           st: os.stat_result, *, exact: bool) -> None:
+           st: os.stat_result, *, exact: bool, follow: bool = False) -> None:
     """One entry: ``exact`` keeps full modes and owners (a base tree), else modes are
     normalised as COPY does and owners left out (a context)."""
+    if cache.witness is not None:
+        cache.witness.seen(path, st, follow=follow)
     mode = b"%o" % (stat.S_IMODE(st.st_mode) if exact else normalised_mode(st.st_mode))
     owner = b"%d:%d" % (st.st_uid, st.st_gid) if exact else b""
     name = os.fsencode(rel)
@@ -145,13 +149,35 @@ def _context_entry(h: hashlib._Hash, cache: StatCache, context: BuildContext, re
     mode = b"%o" % normalised_mode(st.st_mode)
     name = os.fsencode(rel)
     if stat.S_ISLNK(st.st_mode):
+        if cache.witness is not None:
+            cache.witness.seen(context.root / where, st)
         frame(h, b"symlink", name, os.fsencode(context.readlink(where, st)), b"")
     elif stat.S_ISREG(st.st_mode):
+        if cache.witness is not None:
+            cache.witness.seen(context.root / where, st)
         digest = cache.file_digest(context.root / where, st,
                                    opener=lambda: context.open_file(where, st))
         frame(h, b"file", name, mode, b"", digest.encode())
     else:
         _entry(h, cache, rel, context.root / where, st, exact=False)
+
+
+def witness_path(witness: Witness, context: BuildContext, pattern: str,
+                 found: Sequence[ContextSource]) -> None:
+    """Tell ``witness`` what naming ``pattern`` read besides the sources' own entries: the
+    context, its ignore file and each directory on the way (literal and resolved). A glob
+    is a listing of its directory (its mtime covers it), only in the last component."""
+    parts = [p for p in pattern.split("/") if p not in ("", ".")]
+    if ".." in parts or "**" in pattern or any(has_glob(p) for p in parts[:-1]):
+        witness.incomplete(f"COPY source {pattern!r} is more than a path")
+        return
+    root = context.root
+    witness.look(root)
+    witness.look(root / ".acignore")
+    chains = [parts[:-1]] + [source.rel.split("/")[:-1] for source in found]
+    for chain in chains:
+        for i in range(1, len(chain) + 1):
+            witness.look(root.joinpath(*chain[:i]))
 
 
 def path_digest(path: Path, cache: StatCache) -> str:
@@ -160,11 +186,13 @@ def path_digest(path: Path, cache: StatCache) -> str:
         st = os.stat(path)
     except OSError as e:
         raise AcbuildError(f"{path}: cannot read: {e.strerror}") from None
+    root = os.fsdecode(os.path.abspath(path))
     if not stat.S_ISDIR(st.st_mode):
+        if cache.witness is not None:
+            cache.witness.seen(root, st, follow=True)
         return "sha256:" + cache.file_digest(path, st)
     h = hashlib.sha256()
-    root = os.fsdecode(os.path.abspath(path))
-    _entry(h, cache, ".", root, st, exact=True)
+    _entry(h, cache, ".", root, st, exact=True, follow=True)
     for rel, child in scan(path, ""):
         _entry(h, cache, rel, f"{root}/{rel}", child, exact=True)
     return "sha256:" + h.hexdigest()
@@ -172,9 +200,6 @@ def path_digest(path: Path, cache: StatCache) -> str:
 
 # ---- step keys ----------------------------------------------------------------------
 
-# Bump when anything that decides a step's result changes meaning (copy rules, snapshot
-# format): old entries then simply stop matching.
-FORMAT_VERSION = b"acbuild-py step cache 2"  # 2: WORKDIR makes its directory
 
 # Turns a name and labels into the local .aci a build would use (the trust chain's resolver).
 NameResolver = Callable[[str, tuple[tuple[str, str], ...]], Path]
@@ -196,6 +221,9 @@ def base_identity(base: BaseRef, stat_cache: StatCache, resolve_name: NameResolv
                   resolve_registry: Callable[[str], str] | None = None) -> str:
     """What a BEGIN starts from, by content: never by path or name alone (a docker://
     reference by the digest of the image manifest it names now)."""
+    if isinstance(base, ImageName | RegistryImage) and stat_cache.witness is not None:
+        # Only asking answers these: the store, or the registry, may hold a newer image.
+        stat_cache.witness.incomplete("a base is named: a newer image may have appeared")
     match base:
         case Scratch():
             return "scratch"
@@ -242,6 +270,10 @@ class _Keyer:
                     return None if key is None else b"stage:" + key.encode()
                 case ins.Copy(sources=sources):
                     found = [self.context.resolve(s, span=instruction.span) for s in sources]
+                    if self.stat_cache.witness is not None:
+                        for source, resolved in zip(sources, found, strict=True):
+                            witness_path(self.stat_cache.witness, self.context, source,
+                                         resolved)
                     return b"".join(
                         sources_digest(self.context, f, self.stat_cache).encode() + b"\n"
                         for f in found
@@ -253,11 +285,20 @@ class _Keyer:
         except (AcbuildError, OSError, StopIteration):
             return None
 
+    def witnessed(self, instruction: ins.Instruction, stage: Stage) -> bytes | None:
+        """``inputs``, with the warm record told when they are more than it has seen."""
+        extra = self.inputs(instruction, stage)
+        witness = self.stat_cache.witness
+        if witness is not None and isinstance(instruction, ins.Run) and (
+                extra != b"epoch:%d" % self.epoch):
+            witness.incomplete("a RUN reads more than the epoch")
+        return extra
+
     def stage(self, stage: Stage) -> Stage:
         parent: str | None = ""
         steps = []
         for step in stage.steps:
-            extra = self.inputs(step.instruction, stage) if parent is not None else None
+            extra = self.witnessed(step.instruction, stage) if parent is not None else None
             if parent is None or extra is None:
                 parent = None
             else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -34,7 +35,9 @@ class PlainReporter:
     def __init__(self, stream: TextIO | None = None, *, verbose: bool = False):
         self._out = stream or sys.stderr
         self._verbose = verbose
-        self._step: StepInfo | None = None
+        # The step each thread runs: stages build side by side, and a transfer is tagged
+        # with the step of the thread that reports it.
+        self._steps: dict[int, StepInfo] = {}
 
     def _line(self, text: str) -> None:
         # Step texts, RUN output, names in messages: none of it may drive the terminal.
@@ -46,7 +49,7 @@ class PlainReporter:
         return f"[{step.number}/{step.total}]"
 
     def step_started(self, step: StepInfo) -> None:
-        self._step = step
+        self._steps[threading.get_ident()] = step
         self._line(f"{self._tag(step)} {step.text}")
 
     def step_output(self, step: StepInfo, line: str) -> None:
@@ -54,14 +57,15 @@ class PlainReporter:
 
     def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False,
                       source: str | None = None) -> None:
-        self._step = None
+        self._steps.pop(threading.get_ident(), None)
         self._line(f"{self._tag(step)} CACHED" if cached
                    else f"{self._tag(step)} DONE {duration(seconds)}")
 
     def progress(self, what: str, done: int, total: int | None) -> None:
         # Plain logs stay short: one line when a known amount is complete, and only with -v.
         if self._verbose and total is not None and done >= total:
-            tag = f"{self._tag(self._step)} " if self._step else ""
+            step = self._steps.get(threading.get_ident())
+            tag = f"{self._tag(step)} " if step else ""
             self._line(f"{tag}{what} {human_size(done)}")
 
     def info(self, message: str) -> None:
@@ -88,14 +92,14 @@ class JsonReporter:
 
     def __init__(self, stream: TextIO | None = None):
         self._out = stream or sys.stderr
-        self._step: int | None = None
+        self._steps: dict[int, int] = {}  # thread -> the step it runs, as PlainReporter's
 
     def _emit(self, event: str, **fields: object) -> None:
         self._out.write(json_event(event, **fields) + "\n")
         self._out.flush()
 
     def step_started(self, step: StepInfo) -> None:
-        self._step = step.number
+        self._steps[threading.get_ident()] = step.number
         self._emit("step-started", step=step.number, total=step.total, text=step.text,
                    stage=step.stage)
 
@@ -104,13 +108,14 @@ class JsonReporter:
 
     def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False,
                       source: str | None = None) -> None:
-        self._step = None
+        self._steps.pop(threading.get_ident(), None)
         where = {"source": source or "local"} if cached else {}
         self._emit("step-finished", step=step.number, seconds=round(seconds, 3), cached=cached,
                    **where)
 
     def progress(self, what: str, done: int, total: int | None) -> None:
-        self._emit("progress", what=what, done=done, total=total, step=self._step)
+        self._emit("progress", what=what, done=done, total=total,
+                   step=self._steps.get(threading.get_ident()))
 
     def info(self, message: str) -> None:
         self._emit("info", message=message)

@@ -60,7 +60,8 @@ class TtyReporter:
         self._steps: list[_Step] = []  # drawn in the live area, oldest first
         self._committed = 0  # steps printed above the live area for want of room
         self._total = 0
-        self._bars: dict[str, _Bar] = {}
+        # Per thread: stages build side by side, each with its own transfers.
+        self._bars: dict[tuple[int, str], _Bar] = {}
         self._closed = False
         self._live = Live(console=self._console, get_renderable=self._render,
                           refresh_per_second=10, transient=False, redirect_stdout=False,
@@ -80,7 +81,7 @@ class TtyReporter:
     def step_output(self, step: StepInfo, line: str) -> None:
         shown = tty_line(line)
         with self._lock:
-            running = self._running()
+            running = self._find(step)
             if running is not None:
                 running.output.append(shown)
 
@@ -88,21 +89,24 @@ class TtyReporter:
                       source: str | None = None) -> None:
         # A step from a remote cache is CACHED like a local one; an info line named it.
         with self._lock:
-            running = self._running()
+            running = self._find(step)
             if running is not None:
                 running.seconds, running.cached = seconds, cached
-            self._bars.clear()
+            thread = threading.get_ident()
+            for key in [k for k in self._bars if k[0] == thread]:
+                del self._bars[key]
         self._start()
 
     def progress(self, what: str, done: int, total: int | None) -> None:
+        key = (threading.get_ident(), what)
         with self._lock:
-            bar = self._bars.get(what)
+            bar = self._bars.get(key)
             if bar is None:
-                bar = self._bars[what] = _Bar(what=what, done=done, total=total,
-                                              started=self._clock())
+                bar = self._bars[key] = _Bar(what=what, done=done, total=total,
+                                             started=self._clock())
             bar.done, bar.total = done, total
-            if total is not None and done >= total and self._running() is None:
-                del self._bars[what]  # a transfer outside a step leaves nothing behind
+            if total is not None and done >= total and not self._running():
+                del self._bars[key]  # a transfer outside a step leaves nothing behind
         self._start()
 
     def info(self, message: str) -> None:
@@ -133,16 +137,20 @@ class TtyReporter:
             return
         self._closed = True
         with self._lock:
+            # The step that failed, and those of other stages stopped because it did.
             failed = self._running()
-            if failed is not None:
-                failed.failed = True
-                failed.seconds = self._clock() - failed.started
+            for step in failed:
+                step.failed = True
+                step.seconds = self._clock() - step.started
             self._bars.clear()
         if self._live.is_started:
             self._live.refresh()
             self._live.stop()
-        if failed is not None and failed.output:
-            for line in failed.output:
+        for step in failed:
+            if len(failed) > 1 and step.output:
+                self._console.print(Text(f" => [{step.info.number}/{step.info.total}]",
+                                         style="red"))
+            for line in step.output:
                 self._console.print(Text(" => => # " + line, style="red"), overflow="fold")
 
     # -- drawing -------------------------------------------------------------------------------
@@ -155,9 +163,13 @@ class TtyReporter:
         # Above the live area while it runs; plain output before and after it.
         (self._live.console if self._live.is_started else self._console).print(text)
 
-    def _running(self) -> _Step | None:
-        last = self._steps[-1] if self._steps else None
-        return last if last is not None and last.seconds is None and not last.failed else None
+    def _running(self) -> list[_Step]:
+        return [s for s in self._steps if s.seconds is None and not s.failed]
+
+    def _find(self, info: StepInfo) -> _Step | None:
+        """The running step ``info`` describes (steps of several stages run at once)."""
+        return next((s for s in reversed(self._steps)
+                     if s.info == info and s.seconds is None and not s.failed), None)
 
     def _overflow(self) -> list[_Step]:
         """The oldest finished steps, taken out of the live area when it would not fit on
@@ -176,9 +188,14 @@ class TtyReporter:
             if self._steps:
                 lines.append(self._header(now))
             lines += [self._step_line(s, now) for s in self._steps]
-            running = self._running()
-            if running is not None:
-                for line in list(running.output)[-TAIL:]:
+            running = [s for s in self._running() if s.output]
+            # The screen keeps its height: several running steps share the tail's lines.
+            tail = max(TAIL // len(running), 2) if running else 0
+            for step in running:
+                if len(running) > 1:
+                    lines.append(Text(f" => [{step.info.number}/{step.info.total}]",
+                                      style="dim", no_wrap=True))
+                for line in list(step.output)[-tail:]:
                     lines.append(Text(" => => # " + line, style="dim", no_wrap=True,
                                       overflow="ellipsis"))
             lines += [self._bar_line(b, now) for b in self._bars.values()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +72,8 @@ def _docker_hint(hint: str) -> Callable[[click.Context, click.Parameter, Any], A
 @click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Keep the full output of RUN steps here.")
 @click.option("--no-cache", is_flag=True, help="Run every step; neither read nor fill the cache.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), metavar="N",
+              help="Build at most N independent stages at once (default: one a CPU).")
 @click.option("--check-repro", is_flag=True,
               help="Build twice without cache and fail (exit 1) if the images differ.")
 @push_option
@@ -97,6 +100,7 @@ def command(
     log_file: Path | None,
     no_cache: bool,
     cache_dir: Path | None,
+    jobs: int | None,
     check_repro: bool,
     push_to: Reference | None,
     cache_from: tuple[CacheRepo, ...],
@@ -105,13 +109,12 @@ def command(
 ) -> None:
     """Build the image an Acfile describes: PATH/Acfile, ./Acfile with no PATH, PATH itself
     when it is a file, or -f ACFILE (PATH is then the context directory)."""
-    import tempfile
+    import time
 
-    from acbuild.build.build import BuildOptions, build
-    from acbuild.build.repro import check_reproducible
-    from acbuild.fs.atomic import atomic_write, check_writable
-    from acbuild.trust.sign import remove_stale_signature
+    from acbuild.cache import warm
+    from acbuild.fs.atomic import check_writable
 
+    started = time.monotonic()
     acfile, context = resolve_acfile(path, acfile_file, context)
     if push_to is not None and output_format != "oci":
         raise click.UsageError("--push sends an OCI image: use it with --format oci")
@@ -128,6 +131,36 @@ def command(
                                "or name a file with -o FILE")
     if iidfile is not None:
         check_writable(iidfile)
+    warm_key = None
+    if not (no_cache or check_repro or to_stdout or sign_keys or log_file
+            or output_format != "aci" or cache_from or cache_to is not None):
+        # Everything that can change the image; any difference is only a miss.
+        warm_key = warm.invocation_key([
+            ("acfile", os.path.abspath(acfile)), ("output", output),
+            ("context", context and os.path.abspath(context)),
+            ("allow", [os.path.abspath(p) for p in allow_paths]), ("vars", variables),
+            ("var_files", [os.path.abspath(p) for p in var_files]), ("target", target),
+            ("compression", compression), ("trust", sorted(trust.items())),
+            ("gpg_home", gpg_home), ("passphrase_file", passphrase_file),
+            ("epoch", os.environ.get("SOURCE_DATE_EPOCH"))])
+        hit = warm.check(cache_dir or warm.default_cache_dir(os.environ), warm_key)
+        if hit is not None:
+            reporter = state().reporter()
+            reporter.detail(f"{hit.output} is up to date: nothing this build reads changed "
+                            "since it was written")
+            warm.replay(hit, reporter)
+            reporter.summary(warm.summary(
+                name=hit.name, version=hit.version, image_id=hit.image_id, size=hit.size,
+                uncompressed=hit.uncompressed_size, entries=hit.entries, signatures=(),
+                output=hit.output, seconds=time.monotonic() - started))
+            _finish(hit.image_id, iidfile, to_stdout)
+            return
+    import tempfile
+
+    from acbuild.build.build import BuildOptions, build
+    from acbuild.build.repro import check_reproducible
+    from acbuild.trust.sign import remove_stale_signature
+
     reporter = state().reporter()
     signer = make_signer(gpg_home, passphrase_file, reporter)
 
@@ -163,6 +196,8 @@ def command(
             transport=registries,
             refuse_signing="-o - streams the image, and a signature needs a file beside it: "
                            "use -o FILE" if to_stdout else None,
+            warm_key=warm_key,
+            jobs=jobs,
         )
         result = (check_reproducible(options, reporter) if check_repro
                   else build(options, reporter))
@@ -171,10 +206,16 @@ def command(
         if push_to is not None and registries is not None:
             pushed = push_fields(push(result.output, push_to, registries, reporter))
     summarise(result, reporter, pushed, kept=kept or push_to is None)
+    _finish(result.image_id, iidfile, to_stdout)
+
+
+def _finish(image_id: str, iidfile: Path | None, to_stdout: bool) -> None:
+    from acbuild.fs.atomic import atomic_write
+
     if iidfile is not None:
         with atomic_write(iidfile) as f:
-            f.write(result.image_id.encode())
-    say(result.image_id, err=to_stdout)
+            f.write(image_id.encode())
+    say(image_id, err=to_stdout)
 
 
 def _stream(image: Path) -> None:
@@ -187,19 +228,11 @@ def _stream(image: Path) -> None:
 
 def summarise(result: BuildResult, reporter: Reporter, pushed: tuple[Field, ...] = (), *,
               kept: bool = True) -> None:
+    from acbuild.cache.warm import summary
+
     version = next((lb.value for lb in result.manifest.labels if lb.name == "version"), None)
-    # Counted as inspect counts them: the entries below rootfs/ (the written total also has
-    # the manifest and rootfs/ itself).
-    entries = result.entries - 2 if result.entries else None
-    reporter.summary((
-        Field("name", "name", result.manifest.name),
-        Field("image_version", "version", version),
-        Field("image_id", "image ID", result.image_id),
-        Field("size", "compressed size", result.size, "bytes"),
-        Field("uncompressed_size", "uncompressed size", result.uncompressed_size, "bytes"),
-        Field("entries", "entries", entries),
-        Field("signatures", "signature", tuple(str(s) for s in result.signatures)),
-        Field("output", "output", str(result.output) if kept else None),
-        *pushed,
-        Field("seconds", "time", result.seconds, "seconds"),
-    ))
+    reporter.summary(summary(
+        name=result.manifest.name, version=version, image_id=result.image_id,
+        size=result.size, uncompressed=result.uncompressed_size, entries=result.entries,
+        signatures=tuple(str(s) for s in result.signatures),
+        output=result.output if kept else None, pushed=pushed, seconds=result.seconds))

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from acbuild.cache.cache import CacheStore, default_cache_dir
+from acbuild.cache.cache import CacheStore
+from acbuild.cache.warm import default_cache_dir
 from acbuild.cli.commands.common import Size, global_options
 from acbuild.cli.console import say
 from acbuild.cli.text import human_size

@@ -1,0 +1,310 @@
+"""The warm record: a no-op rebuild answered by stat, without rendering or parsing.
+
+After a build whose every input could be witnessed, the build cache keeps a record keyed by
+the invocation (Acfile path, variables, options, SOURCE_DATE_EPOCH, working directory, ...):
+the stat signature of each file, directory and symlink the build's keys were computed from
+(the Acfile, var files, base trees, COPY sources and the directories on their paths), the
+output's signature and SHA-256, and what the build reported. A later identical invocation
+whose every signature still matches is the same build: the image is already at the output.
+
+This module only imports the standard library and the lowest layers, so that the CLI can
+answer a no-op before it loads the template engine, the parser or the rest of the builder.
+
+What a hit trusts: a (dev, inode, mode, owner, size, mtime, ctime) signature taken when the
+file had settled (see ``settled``) — the stat cache's rule. Changing a file changes its ctime,
+which no user can set back. The output is checked the same way; when its signature was taken
+too soon after it was written, its SHA-256 is checked instead (and the record then updated).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import stat
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from acbuild import __version__
+from acbuild.fs.atomic import atomic_write
+from acbuild.report import Field, Reporter, StepInfo
+
+_FORMAT = 2
+# The step cache's format (statcache's keys start with it), kept here so the warm record's
+# key has it too. Bump when anything that decides a step's result changes meaning (copy
+# rules, snapshot format): old entries, and records, then simply stop matching.
+FORMAT_VERSION = b"acbuild-py step cache 2"  # 2: WORKDIR makes its directory
+# A change made after a stat must show in the signature: its times must be older than the
+# stat by more than the clock's tick and than an attribute cache may lag (NFS: 3 s).
+_MTIME_NS = 3_000_000_000
+# ctime on a filesystem with sub-second times: only a writer that also resets the mtime, in
+# the same clock tick as our stat, could go unseen. Builds that hardlink a base directory
+# change its files' ctimes (link, unlink): with the 3 s window every build in the next 3 s
+# would read the whole base again.
+_FINE_CTIME_NS = 100_000_000
+_ABSENT = "absent"
+Signature = tuple[int, ...]
+
+
+def default_cache_dir(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "acbuild-py" / "build-cache"
+
+
+def settled(st: os.stat_result, now_ns: int) -> bool:
+    """Whether a write after a stat taken at ``now_ns`` must change the signature it gave:
+    its mtime and ctime are clock ticks older than the stat (git's "racy clean" problem)."""
+    ctime_window = _MTIME_NS if st.st_ctime_ns % 1_000_000_000 == 0 else _FINE_CTIME_NS
+    return now_ns - st.st_mtime_ns > _MTIME_NS and now_ns - st.st_ctime_ns > ctime_window
+
+
+def signature(st: os.stat_result) -> Signature:
+    return (st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_size,
+            st.st_mtime_ns, st.st_ctime_ns)
+
+
+class Witness:
+    """Collects what a build's cache keys read. ``complete`` is False once something was
+    read that a signature cannot stand for (a name looked up in a store, a file that had
+    not settled, an input this module does not know): no record is then kept."""
+
+    def __init__(self) -> None:
+        self.started_ns = time.time_ns()
+        self.entries: dict[tuple[str, bool], Signature | str] = {}
+        self.why_not: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.why_not is None
+
+    def incomplete(self, why: str) -> None:
+        if self.why_not is None:
+            self.why_not = why
+
+    def seen(self, path: str | Path, st: os.stat_result, *, follow: bool = False) -> None:
+        """``path`` (absolute) had ``st`` (an lstat, or a stat with ``follow``)."""
+        if not settled(st, self.started_ns):
+            self.incomplete(f"{path} changed moments ago")
+        self.entries[os.fsdecode(path), follow] = signature(st)
+
+    def look(self, path: str | Path, *, follow: bool = False) -> None:
+        """Stat ``path`` now: its signature, or that it does not exist."""
+        name = os.fsdecode(path)
+        try:
+            st = os.stat(name) if follow else os.lstat(name)
+        except FileNotFoundError:
+            self.entries[name, follow] = _ABSENT
+            return
+        except OSError as e:
+            self.incomplete(f"{name}: {e.strerror}")
+            return
+        self.seen(name, st, follow=follow)
+
+
+def invocation_key(fields: Iterable[tuple[str, object]]) -> str:
+    """The key of one invocation of ``build``: every option that can change the image, with
+    this program's version and the host it runs on."""
+    doc = [["format", _FORMAT, FORMAT_VERSION.decode()], ["version", __version__],
+           ["platform", sys.platform, os.uname().machine],
+           ["cwd", os.getcwd()], *([k, v] for k, v in fields)]
+    raw = json.dumps(doc, sort_keys=True, default=str).encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WarmResult:
+    """What a hit reports: the steps (all cached), the image and where it is."""
+
+    steps: tuple[StepInfo, ...]
+    image_id: str
+    name: str
+    version: str | None
+    size: int
+    uncompressed_size: int
+    entries: int
+    output: Path
+
+
+def _record_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / "warm" / f"{key}.json"
+
+
+def store(cache_dir: Path, key: str, witness: Witness, result: WarmResult,
+          output_sha256: str) -> None:
+    """Keep the record of a build whose inputs ``witness`` saw; the output is stat'ed now."""
+    if not witness.complete:
+        return
+    now = time.time_ns()
+    try:
+        st = os.lstat(result.output)
+    except OSError:
+        return
+    body: dict[str, object] = {
+        "inputs": _by_directory(witness.entries),
+        "output": [os.fsdecode(result.output), list(signature(st)),
+                   settled(st, now), output_sha256],
+        "steps": [[s.number, s.total, s.text, s.stage] for s in result.steps],
+        "image": [result.image_id, result.name, result.version, result.size,
+                  result.uncompressed_size, result.entries],
+    }
+    _write(_record_path(cache_dir, key), body)
+
+
+def _by_directory(entries: dict[tuple[str, bool], Signature | str]
+                  ) -> dict[str, list[list[object]]]:
+    """{directory: [[name, follow, signature], ...]}: checked with one descriptor a
+    directory, so the kernel walks each path once, not once a file."""
+    grouped: dict[str, list[list[object]]] = {}
+    for (path, follow), sig in entries.items():
+        directory, name = os.path.split(path)
+        grouped.setdefault(directory, []).append([name, follow, sig])
+    return grouped
+
+
+def _write(path: Path, body: dict[str, object]) -> None:
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    with contextlib.suppress(OSError, ValueError):
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        with atomic_write(path) as f:
+            f.write(hashlib.sha256(raw).hexdigest().encode() + b"\n" + raw)
+    # Only a speed-up: a record that cannot be written is a full no-op next time.
+
+
+def _read(path: Path) -> Any:
+    """The record's body (JSON, checked by the code reading it); None when damaged."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    digest, _, raw = data.partition(b"\n")
+    if hashlib.sha256(raw).hexdigest().encode() != digest:
+        return None
+    with contextlib.suppress(ValueError):
+        body = json.loads(raw)
+        if isinstance(body, dict):
+            return body
+    return None
+
+
+def _private(directory: Path) -> bool:
+    """The cache directory is this user's and no one else may write it: a record planted
+    there would make a build report success without building."""
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return False
+    return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+            and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _inputs_unchanged(inputs: Any) -> bool:
+    stat_ = os.stat
+    for directory, items in inputs.items():
+        try:
+            fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            for name, follow, sig in items:
+                try:
+                    st = stat_(name, dir_fd=fd, follow_symlinks=follow)
+                except FileNotFoundError:
+                    if sig == _ABSENT:
+                        continue
+                    return False
+                except (OSError, TypeError, ValueError):
+                    return False
+                if sig == _ABSENT or signature(st) != tuple(sig):
+                    return False
+        finally:
+            os.close(fd)
+    return True
+
+
+def _output_unchanged(path: Path, output: Any) -> bool | None:
+    """True when the output is what was written; None when it is, but the record should be
+    updated (its signature had not settled and the content was hashed)."""
+    _, sig, was_settled, sha256 = output
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or signature(st) != tuple(sig):
+        return False
+    if was_settled:
+        return True
+    try:
+        with open(path, "rb") as f:
+            if hashlib.file_digest(f, "sha256").hexdigest() != sha256:
+                return False
+    except OSError:
+        return False
+    return None
+
+
+def check(cache_dir: Path, key: str) -> WarmResult | None:
+    """The recorded result when nothing the build read has changed and the output is still
+    the image it wrote (with no signature beside it); None otherwise."""
+    if not _private(cache_dir):
+        return None
+    path = _record_path(cache_dir, key)
+    body = _read(path)
+    if body is None:
+        return None
+    try:
+        inputs, output, steps, image = (body["inputs"], body["output"], body["steps"],
+                                        body["image"])
+        out = Path(output[0])
+        if not _inputs_unchanged(inputs):
+            return None
+        if os.path.lexists(str(out) + ".asc"):
+            return None  # a full build removes a stale signature: leave that to it
+        before = time.time_ns()  # settled is judged at the time of the first stat
+        unchanged = _output_unchanged(out, output)
+        if unchanged is False:
+            return None
+        if unchanged is None:
+            st = os.lstat(out)
+            if signature(st) == tuple(output[1]) and settled(st, before):
+                _write(path, {**body, "output": [output[0], list(signature(st)), True,
+                                                 output[3]]})
+        image_id, name, version, size, uncompressed, entries = image
+        return WarmResult(
+            steps=tuple(StepInfo(number=n, total=t, text=x, stage=s) for n, t, x, s in steps),
+            image_id=str(image_id), name=str(name),
+            version=None if version is None else str(version), size=int(size),
+            uncompressed_size=int(uncompressed), entries=int(entries), output=out)
+    except (KeyError, TypeError, ValueError, IndexError, OSError):
+        return None
+
+
+def replay(result: WarmResult, reporter: Reporter) -> None:
+    """Tell the reporter what a build that found everything cached tells it."""
+    for step in result.steps:
+        reporter.step_started(step)
+        reporter.step_finished(step, 0.0, cached=True)
+
+
+def summary(*, name: str, version: str | None, image_id: str, size: int, uncompressed: int,
+            entries: int, signatures: tuple[str, ...], output: Path | None,
+            seconds: float, pushed: tuple[Field, ...] = ()) -> tuple[Field, ...]:
+    """The closing table of a build (a full one and a warm hit say the same)."""
+    # Counted as inspect counts them: the entries below rootfs/ (the written total also has
+    # the manifest and rootfs/ itself).
+    return (
+        Field("name", "name", name),
+        Field("image_version", "version", version),
+        Field("image_id", "image ID", image_id),
+        Field("size", "compressed size", size, "bytes"),
+        Field("uncompressed_size", "uncompressed size", uncompressed, "bytes"),
+        Field("entries", "entries", entries - 2 if entries else None),
+        Field("signatures", "signature", signatures),
+        Field("output", "output", None if output is None else str(output)),
+        *pushed,
+        Field("seconds", "time", seconds, "seconds"),
+    )

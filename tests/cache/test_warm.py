@@ -1,0 +1,284 @@
+"""The warm record (acbuild.cache.warm): a no-op rebuild answered by stat, and never a stale
+answer — each input a build reads, changed, gives the image a fresh build gives."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import Result, acbuild
+
+HIT = "is up to date: nothing this build reads changed"
+ACFILE = """BEGIN ./base
+NAME example.com/warm
+LABEL version={{ version }}
+ENV GREETING="{{ greeting }}"
+COPY file.txt /etc/file.txt
+COPY src/ /src/
+COPY glob/*.txt /glob/
+"""
+
+
+def settle(root: Path) -> None:
+    """Make every file look written long ago, then wait out the ctime window: files changed
+    moments before a build are never trusted by stat (the racy-clean rule)."""
+    old = time.time() - 60
+    for path in [root, *root.rglob("*")]:
+        os.utime(path, (old, old), follow_symlinks=False)
+    time.sleep(0.25)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    ctx = tmp_path / "ctx"
+    (ctx / "base" / "etc").mkdir(parents=True)
+    (ctx / "base" / "etc" / "os-release").write_text("ID=warm\n")
+    (ctx / "src" / "sub").mkdir(parents=True)
+    (ctx / "src" / "a.c").write_text("int a;\n")
+    (ctx / "src" / "sub" / "b.c").write_text("int b;\n")
+    (ctx / "glob").mkdir()
+    (ctx / "glob" / "one.txt").write_text("one\n")
+    (ctx / "file.txt").write_text("file 1\n")
+    (ctx / "vars.toml").write_text('greeting = "hello"\n')
+    (ctx / "Acfile").write_text(ACFILE)
+    settle(ctx)
+    return tmp_path
+
+
+def build(project: Path, *extra: str, env: dict[str, str] | None = None,
+          cache: bool = True) -> Result:
+    ctx = project / "ctx"
+    args = ["-v", "build", ctx / "Acfile", "-o", project / "out.aci", "--var-file",
+            ctx / "vars.toml", "--var", "version=1", *extra]
+    args += ["--cache-dir", project / "cache"] if cache else ["--no-cache"]
+    r = acbuild(*args, cwd=project, env={"SOURCE_DATE_EPOCH": "1000000", **(env or {})})
+    assert r.code == 0, r.stderr
+    return r
+
+
+def warm_up(project: Path, *extra: str, env: dict[str, str] | None = None) -> str:
+    """Build until the warm record answers (the first build hardlinks context files, which
+    changes their ctimes: the second keeps a record of the settled state)."""
+    for _ in range(4):
+        r = build(project, *extra, env=env)
+        if HIT in r.stderr:
+            return r.stdout.strip()
+        time.sleep(0.15)
+    raise AssertionError(f"no warm hit after 4 builds:\n{r.stderr}")
+
+
+def same_size_edit(path: Path, text: str) -> None:
+    """Content changed, size and mtime kept: only the ctime tells."""
+    st = path.stat()
+    assert len(text.encode()) == st.st_size
+    path.write_text(text)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_noop_rebuild_is_answered_without_building(project: Path) -> None:
+    first = warm_up(project)
+    out = project / "out.aci"
+    before = out.stat()
+    r = build(project)
+    assert HIT in r.stderr and r.stdout.strip() == first
+    assert "[1/" in r.stderr and "CACHED" in r.stderr  # the steps are still reported
+    after = out.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert first == build(project, cache=False).stdout.strip()
+
+
+def _change_acfile(p: Path) -> None:
+    (p / "ctx" / "Acfile").write_text(ACFILE + "LABEL extra=1\n")
+
+
+def _change_var_file(p: Path) -> None:
+    same_size_edit(p / "ctx" / "vars.toml", 'greeting = "HELLO"\n')
+
+
+def _change_copied_file(p: Path) -> None:
+    same_size_edit(p / "ctx" / "file.txt", "file 2\n")
+
+
+def _change_file_deep_in_copied_dir(p: Path) -> None:
+    same_size_edit(p / "ctx" / "src" / "sub" / "b.c", "int c;\n")
+
+
+def _add_file_to_copied_dir(p: Path) -> None:
+    (p / "ctx" / "src" / "sub" / "new.c").write_text("int n;\n")
+
+
+def _add_file_matching_glob(p: Path) -> None:
+    (p / "ctx" / "glob" / "two.txt").write_text("two\n")
+
+
+def _change_base(p: Path) -> None:
+    same_size_edit(p / "ctx" / "base" / "etc" / "os-release", "ID=cold\n")
+
+
+def _chmod_copied_file(p: Path) -> None:
+    (p / "ctx" / "file.txt").chmod(0o755)
+
+
+def _ignore_a_copied_file(p: Path) -> None:
+    (p / "ctx" / ".acignore").write_text("src/a.c\n")
+
+
+def _swap_copied_file_for_symlink(p: Path) -> None:
+    f = p / "ctx" / "src" / "a.c"
+    f.unlink()
+    f.symlink_to("sub/b.c")
+
+
+MUTATIONS: dict[str, Callable[[Path], None]] = {
+    "acfile": _change_acfile,
+    "var-file": _change_var_file,
+    "copied-file": _change_copied_file,
+    "file-deep-in-dir": _change_file_deep_in_copied_dir,
+    "file-added-to-dir": _add_file_to_copied_dir,
+    "file-matching-glob": _add_file_matching_glob,
+    "base": _change_base,
+    "mode": _chmod_copied_file,
+    "acignore": _ignore_a_copied_file,
+    "symlink": _swap_copied_file_for_symlink,
+}
+
+
+@pytest.mark.parametrize("mutate", MUTATIONS.values(), ids=MUTATIONS.keys())
+def test_a_changed_input_is_never_a_stale_hit(project: Path,
+                                              mutate: Callable[[Path], None]) -> None:
+    first = warm_up(project)
+    mutate(project)
+    r = build(project)
+    assert HIT not in r.stderr
+    fresh = build(project, cache=False).stdout.strip()
+    assert r.stdout.strip() == fresh != first
+
+
+@pytest.mark.parametrize(("extra", "env"), [
+    (("--var", "version=2"), {}),
+    ((), {"SOURCE_DATE_EPOCH": "2000000"}),
+    (("--compression", "none"), {}),
+], ids=["var", "source-date-epoch", "compression"])
+def test_a_changed_option_or_epoch_is_never_a_stale_hit(
+        project: Path, extra: tuple[str, ...], env: dict[str, str]) -> None:
+    warm_up(project)
+    out = project / "out.aci"
+    first = out.read_bytes()
+    r = build(project, *extra, env=env)
+    assert HIT not in r.stderr
+    rebuilt = out.read_bytes()
+    build(project, *extra, env=env, cache=False)
+    assert rebuilt == out.read_bytes() != first  # the image ID ignores the compression
+
+
+def test_a_retargeted_context_symlink_is_not_the_same_context(project: Path) -> None:
+    ctx = project / "ctx"
+    other = project / "other"
+    shutil.copytree(ctx, other, symlinks=True)
+    (other / "file.txt").write_text("other\n")
+    link = project / "link"
+    link.symlink_to("ctx")
+    settle(project)
+    first = warm_up(project, "--context", str(link))
+    link.unlink()
+    link.symlink_to("other")
+    r = build(project, "--context", str(link))
+    assert HIT not in r.stderr and r.stdout.strip() != first
+
+
+def test_a_tampered_output_is_rebuilt(project: Path) -> None:
+    first = warm_up(project)
+    out = project / "out.aci"
+    data = bytearray(out.read_bytes())
+    data[-20] ^= 0xFF
+    st = out.stat()
+    out.write_bytes(bytes(data))
+    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime
+    r = build(project)
+    assert HIT not in r.stderr and r.stdout.strip() == first
+    assert out.read_bytes() != bytes(data)  # the image was written again
+    assert build(project, cache=False).stdout.strip() == first
+
+
+def test_an_output_replaced_by_another_file_is_rebuilt(project: Path) -> None:
+    first = warm_up(project)
+    out = project / "out.aci"
+    out.unlink()
+    out.write_bytes(b"not an image")
+    r = build(project)
+    assert HIT not in r.stderr and r.stdout.strip() == first
+    assert out.stat().st_size > 100
+
+
+def test_a_signature_beside_the_output_is_left_to_a_full_build(project: Path) -> None:
+    warm_up(project)
+    asc = project / "out.aci.asc"
+    asc.write_text("stale\n")
+    r = build(project)
+    assert HIT not in r.stderr
+    assert not asc.exists()  # removed as before: it signed another image
+
+
+def test_a_file_changed_moments_before_the_build_keeps_no_record(project: Path) -> None:
+    (project / "ctx" / "file.txt").write_text("fresh\n")  # mtime: now
+    for _ in range(2):
+        assert HIT not in build(project).stderr
+
+
+def test_a_record_in_a_cache_other_users_may_write_is_not_used(project: Path) -> None:
+    warm_up(project)
+    cache = project / "cache"
+    cache.chmod(0o777)
+    try:
+        r = acbuild("-v", "build", project / "ctx" / "Acfile", "-o", project / "out.aci",
+                    "--var-file", project / "ctx" / "vars.toml", "--var", "version=1",
+                    "--cache-dir", cache, cwd=project, env={"SOURCE_DATE_EPOCH": "1000000"})
+        assert HIT not in r.stderr
+    finally:
+        cache.chmod(0o700)
+
+
+def test_a_damaged_record_is_a_miss(project: Path) -> None:
+    first = warm_up(project)
+    for record in (project / "cache" / "warm").iterdir():
+        data = record.read_bytes()
+        record.write_bytes(data.replace(b'"image":["sha512-', b'"image":["sha512-0'))
+    r = build(project)
+    assert HIT not in r.stderr and r.stdout.strip() == first
+
+
+def test_a_noop_hit_does_not_load_the_template_engine_or_parser(project: Path) -> None:
+    warm_up(project)
+    ctx = project / "ctx"
+    code = (
+        "import sys\n"
+        "from acbuild.cli.main import main\n"
+        "try:\n"
+        f"    main(['-q', 'build', {str(ctx / 'Acfile')!r}, '-o', {str(project / 'out.aci')!r},"
+        f" '--var-file', {str(ctx / 'vars.toml')!r}, '--var', 'version=1', '--cache-dir',"
+        f" {str(project / 'cache')!r}])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "heavy = {'jinja2', 'lark', 'rich', 'gnupg', 'acbuild.build.build'} & set(sys.modules)\n"
+        "print(sorted(heavy))\n")
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True,
+                          text=True, env={**os.environ, "SOURCE_DATE_EPOCH": "1000000"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_record_key_changes_with_the_step_cache_format(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from acbuild.cache import warm
+
+    before = warm.invocation_key([("acfile", "/x/Acfile")])
+    monkeypatch.setattr(warm, "FORMAT_VERSION", b"acbuild-py step cache 99")
+    assert warm.invocation_key([("acfile", "/x/Acfile")]) != before
