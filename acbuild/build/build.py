@@ -70,6 +70,8 @@ class BuildOptions:
     sign: bool = True  # False: leave SIGN for later (--check-repro signs once it compared)
     refuse_signing: str | None = None  # why signing cannot be done (e.g. -o -), said at SIGN
     gpg_home: Path | None = None  # where the SIGN keys are; None: gpg's default
+    # --secret id=ID,src=FILE: what RUN --mount=type=secret,id=ID reads (never kept)
+    secrets: Mapping[str, Path] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -270,7 +272,9 @@ def _build_image(plan: Plan, options: BuildOptions, cache: BuildCache | None,
             plan,
             options=ExecuteOptions(context=context, work_dir=work, epoch=epoch,
                                    load_base=options.base_loader, log=log, log_path=log_path,
-                                   cache=cache),
+                                   cache=cache, secrets=options.secrets,
+                                   mount_cache=CacheStore(options.cache_dir or default_cache_dir(
+                                       options.environ)).mounts),
             reporter=reporter,
         )
         manifest = _final_manifest(stage, plan)

@@ -8,8 +8,8 @@ step cache, each stage resumes after its last cached step and stores the steps i
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -17,8 +17,10 @@ from acbuild.acfile.context import BuildContext
 from acbuild.acfile.instructions import Copy, Instruction, Run, Sign, Workdir
 from acbuild.build import manifest_edit
 from acbuild.build.copy import copy_instruction
+from acbuild.build.runmounts import MountInputs, prepared
 from acbuild.cache.buildcache import BuildCache, Resume, StageState, runs_after
 from acbuild.cache.cache import CorruptTree, StepRecord
+from acbuild.cache.mountcache import MountCache
 from acbuild.errors import AcbuildError, Span
 from acbuild.fs.securepath import ensure_dirs
 from acbuild.fs.staging import StagedRootfs, remove_tree
@@ -40,6 +42,8 @@ class ExecuteOptions:
     log: TextIO | None = None  # full output of every RUN step
     log_path: Path | None = None
     cache: BuildCache | None = None  # None: --no-cache
+    mount_cache: MountCache | None = None  # RUN --mount=type=cache (used with --no-cache too)
+    secrets: Mapping[str, Path] = field(default_factory=dict)  # --secret id=ID,src=FILE
 
 
 def step_info(step: Step, stage: Stage) -> StepInfo:
@@ -129,11 +133,11 @@ class _Executor:
                                  from_rootfs=source, reporter=self.reporter,
                                  link_epoch=options.epoch if shares else None)
             case Run():
-                run_step(instruction, RunContext(rootfs=result.rootfs, manifest=result.manifest,
-                                                 epoch=options.epoch, log=options.log,
-                                                 log_path=options.log_path,
-                                                 warned=self.warned_limits),
-                         self.reporter, info)
+                ctx = RunContext(rootfs=result.rootfs, manifest=result.manifest,
+                                 epoch=options.epoch, log=options.log,
+                                 log_path=options.log_path, warned=self.warned_limits)
+                with prepared(instruction, ctx, self._mount_inputs()) as ctx:
+                    run_step(instruction, ctx, self.reporter, info)
             case Sign():
                 pass  # signing happens once the image is written
             case Workdir(path=path):
@@ -144,6 +148,13 @@ class _Executor:
             case _:
                 return manifest_edit.apply(result.manifest, instruction)
         return result.manifest
+
+
+    def _mount_inputs(self) -> MountInputs:
+        return MountInputs(
+            context=self.options.context, cache=self.options.mount_cache,
+            secrets=self.options.secrets,
+            stage_root=lambda name: self.result(self.plan.stage_named(name).index).rootfs.root)
 
 
 def make_workdir(rootfs: StagedRootfs, path: str) -> None:

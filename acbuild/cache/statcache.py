@@ -187,8 +187,19 @@ def canonical(instruction: ins.Instruction) -> bytes:
         for f in dataclasses.fields(instruction)
         if f.name not in ("span", "text")
     }
+    if isinstance(instruction, ins.Run):
+        fields["mounts"] = [_mount_fields(m) for m in instruction.mounts]
     doc = [type(instruction).__name__, fields]
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _mount_fields(mount: ins.RunMount) -> dict[str, object]:
+    """A RUN --mount as it decides the step. A secret's source is left out (where the
+    secret is read from, like its content, does not make the step another one)."""
+    fields = dataclasses.asdict(mount)
+    if mount.kind == "secret":
+        del fields["source"]
+    return fields
 
 
 def base_identity(base: BaseRef, stat_cache: StatCache, resolve_name: NameResolver) -> str:
@@ -239,12 +250,26 @@ class _Keyer:
                         sources_digest(self.context, f, self.stat_cache).encode() + b"\n"
                         for f in found
                     )
-                case ins.Run():
-                    return b"epoch:%d" % self.epoch
+                case ins.Run(mounts=mounts):
+                    binds = [self.bind(m) for m in mounts if m.kind == "bind"]
+                    if None in binds:
+                        return None
+                    return b"epoch:%d" % self.epoch + b"".join(
+                        b"\nbind:" + b for b in binds if b is not None)
                 case _:
                     return b""
         except (AcbuildError, OSError, StopIteration):
             return None
+
+    def bind(self, mount: ins.RunMount) -> bytes | None:
+        """A bind mount's content: the stage's key, or the digest COPY would take of the
+        same context path (ignored files left out, as the mount hides them)."""
+        if mount.from_stage is not None:
+            key = self.last.get(self.plan.stage_named(mount.from_stage).index)
+            return None if key is None else b"stage:" + key.encode()
+        source = (mount.source or ".").lstrip("/") or "."
+        found = self.context.resolve(source)
+        return sources_digest(self.context, found, self.stat_cache).encode()
 
     def stage(self, stage: Stage) -> Stage:
         parent: str | None = ""

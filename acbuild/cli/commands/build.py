@@ -40,6 +40,26 @@ def _docker_hint(hint: str) -> Callable[[click.Context, click.Parameter, Any], A
     return callback
 
 
+def _secrets(ctx: click.Context, param: click.Parameter,
+             values: tuple[str, ...]) -> dict[str, Path]:
+    """--secret id=ID,src=FILE (docker build's form; source= too) to {ID: FILE}."""
+    from acbuild.acfile.runmount import SECRET_ID
+
+    found: dict[str, Path] = {}
+    for value in values:
+        fields = dict(part.partition("=")[::2] for part in value.split(","))
+        secret_id, src = fields.pop("id", ""), fields.pop("src", fields.pop("source", ""))
+        if fields or not secret_id or not src:
+            raise click.BadParameter(f"expected id=ID,src=FILE, got {value!r}", ctx, param)
+        if not SECRET_ID.fullmatch(secret_id):
+            raise click.BadParameter(f"invalid secret id {secret_id!r}: letters, digits, '_', "
+                                     "'.' and '-', not starting with '.' or '-'", ctx, param)
+        if secret_id in found:
+            raise click.BadParameter(f"secret {secret_id!r} given twice", ctx, param)
+        found[secret_id] = Path(src)
+    return found
+
+
 @click.command("build")
 @acfile_argument
 @click.option("--build-arg", multiple=True, hidden=True, expose_value=False,
@@ -59,6 +79,9 @@ def _docker_hint(hint: str) -> Callable[[click.Context, click.Parameter, Any], A
 @click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Keep the full output of RUN steps here.")
 @click.option("--no-cache", is_flag=True, help="Run every step; neither read nor fill the cache.")
+@click.option("--secret", "secrets", multiple=True, metavar="id=ID,src=FILE", callback=_secrets,
+              help="A file RUN --mount=type=secret,id=ID sees at /run/secrets/ID; never in "
+                   "the image, the cache or the log.")
 @click.option("--check-repro", is_flag=True,
               help="Build twice without cache and fail (exit 1) if the images differ.")
 @trust_options
@@ -83,6 +106,7 @@ def command(
     no_cache: bool,
     cache_dir: Path | None,
     check_repro: bool,
+    secrets: dict[str, Path],
     **trust: Any,
 ) -> None:
     """Build the image an Acfile describes: PATH/Acfile, ./Acfile with no PATH, PATH itself
@@ -127,6 +151,7 @@ def command(
             log_file=log_file,
             no_cache=no_cache,
             cache_dir=cache_dir,
+            secrets=secrets,
             refuse_signing="-o - streams the image, and a signature needs a file beside it: "
                            "use -o FILE" if to_stdout else None,
         )
