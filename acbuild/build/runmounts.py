@@ -25,6 +25,7 @@ from acbuild.acfile.context import (
     special_kind,
 )
 from acbuild.acfile.instructions import Run, RunMount
+from acbuild.acfile.runmount import SECRETS_DIR
 from acbuild.cache.mountcache import MountCache, Owner
 from acbuild.errors import AcbuildError, BuildError
 from acbuild.fs.beneath import ESCAPES, open_beneath
@@ -86,8 +87,12 @@ def _target(root: Path, target: str) -> str:
         rel = relpath_in(root, safe_join(root, target, follow_final=True))
     except PathError as e:
         raise BuildError(f"RUN --mount target '{target}': {e.message}") from None
-    if not rel:
-        raise BuildError(f"RUN --mount target '{target}' leads to '/' through a symlink")
+    top = rel.split("/")[0]
+    if not rel or top in ("proc", "dev") or rel == SECRETS_DIR.strip("/"):
+        where = "/" + (top if top in ("proc", "dev") else rel)
+        why = "the whole image" if not rel else "the sandbox's own"
+        raise BuildError(f"RUN --mount target '{target}' leads to '{where}' through a "
+                         f"symlink: {why}")
     return "/" + rel
 
 

@@ -281,9 +281,9 @@ def _prepare_bind(root_fd: int, bind: Bind, created: list[tuple[str, bool]],
 
 def _prepare_mount(root_fd: int, mount: TreeMount,
                    created: list[tuple[str, bool]]) -> dict[str, Any]:
-    rel = _rel(mount.target)
-    if rel.split("/")[0] == "dev":
-        raise SandboxError(f"cannot mount on '{mount.target}'")
+    rel = mount.target.strip("/")
+    if not rel or rel.split("/")[0] in ("proc", "dev") or ".." in rel.split("/"):
+        raise SandboxError(f"cannot mount on '{mount.target}': the sandbox's own")
     kind = "dir" if mount.is_dir else "file"
     _make(root_fd, rel, kind, created)
     return {"root": str(mount.root), "rel": mount.rel, "dev": mount.identity[0],
