@@ -56,6 +56,15 @@ def parse_mounts(line: Line, words: Sequence[Word]) -> tuple[ins.RunMount, ...] 
                       hint="each target takes one mount")
             ok = False
         seen.setdefault(mount.target, mount)
+    ids: set[str] = set()
+    for mount, word in mounts:
+        if mount.kind == "cache" and mount.cache_id in ids:
+            # One step holding one cache's lock twice would wait for itself (locked).
+            line.fail(word, f"two cache mounts of id {show(mount.cache_id)} in one RUN",
+                      hint="mount it once, or give the second its own id=")
+            ok = False
+        if mount.kind == "cache":
+            ids.add(mount.cache_id)
     for mount, word in mounts:
         outer = next((t for t in seen if t != mount.target and _below(mount.target, t)), None)
         if outer is not None:

@@ -75,6 +75,10 @@ def test_defaults_follow_buildkit() -> None:
     ("RUN --mount=type=cache,target=/a --mount=type=bind,target=/a/b make",
      "Acfile:1:42: error: --mount target '/a/b' lies inside the target of another --mount "
      "('/a')"),
+    ("RUN --mount=type=cache,target=/a,id=x --mount=type=cache,target=/b,id=x make",
+     "Acfile:1:47: error: two cache mounts of id 'x' in one RUN"),
+    ("RUN --mount=type=cache,target=/a --mount=type=cache,target=/b,id=/a make",
+     "Acfile:1:42: error: two cache mounts of id '/a' in one RUN"),
     ("RUN --mount=type=bind,target=/a,source=../x make",
      "Acfile:1:33: error: --mount source '../x' must be a path without '..'"),
     ("RUN --mount=type=bind,target=/a,rw make",
