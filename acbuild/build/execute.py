@@ -149,7 +149,6 @@ class _Executor:
                 return manifest_edit.apply(result.manifest, instruction)
         return result.manifest
 
-
     def _mount_inputs(self) -> MountInputs:
         return MountInputs(
             context=self.options.context, cache=self.options.mount_cache,
