@@ -152,7 +152,7 @@ class _Executor:
     def _mount_inputs(self) -> MountInputs:
         return MountInputs(
             context=self.options.context, cache=self.options.mount_cache,
-            secrets=self.options.secrets,
+            secrets=self.options.secrets, notice=self.reporter.info,
             stage_root=lambda name: self.result(self.plan.stage_named(name).index).rootfs.root)
 
 

@@ -46,6 +46,7 @@ class MountInputs:
     cache: MountCache | None  # None: the build has no cache directory
     secrets: Mapping[str, Path]  # --secret id=ID,src=FILE
     stage_root: Callable[[str], Path]  # a stage's rootfs by name (built when asked)
+    notice: Callable[[str], None] = lambda message: None  # e.g. waiting for a lock
 
 
 @contextlib.contextmanager
@@ -113,7 +114,9 @@ def _cache(mount: RunMount, target: str, inputs: MountInputs, instruction: Run,
     try:
         data = stack.enter_context(inputs.cache.use(
             mount.cache_id, mount.sharing,
-            Owner(uid=uid, gid=gid, mode=0o755 if mount.mode is None else mount.mode)))
+            Owner(uid=uid, gid=gid, mode=0o755 if mount.mode is None else mount.mode),
+            on_wait=lambda: inputs.notice(f"waiting for cache mount '{mount.cache_id}' "
+                                          f"(sharing={mount.sharing}): another step uses it")))
         st = os.lstat(data)
     except OSError as e:
         raise BuildError(f"cache mount '{mount.cache_id}': {e.strerror or e}") from None

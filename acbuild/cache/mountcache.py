@@ -16,7 +16,7 @@ import fcntl
 import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -54,8 +54,10 @@ class MountCache:
         return self.root / hashlib.sha256(cache_id.encode()).hexdigest()[:40]
 
     @contextlib.contextmanager
-    def use(self, cache_id: str, sharing: Sharing, owner: Owner) -> Iterator[Path]:
-        """The data directory for ``cache_id``, locked as ``sharing`` says until the end."""
+    def use(self, cache_id: str, sharing: Sharing, owner: Owner,
+            on_wait: Callable[[], None] | None = None) -> Iterator[Path]:
+        """The data directory for ``cache_id``, locked as ``sharing`` says until the end;
+        ``on_wait`` is called before waiting for another user to let go of it."""
         private_dir(self.root, what="cache mount directory")
         entry = self._entry(cache_id)
         entry.mkdir(mode=0o700, exist_ok=True)
@@ -63,7 +65,7 @@ class MountCache:
             with atomic_write(entry / "id") as f:
                 f.write(cache_id.encode())
         with contextlib.ExitStack() as stack:
-            number = self._lock(entry, sharing, stack)
+            number = self._lock(entry, sharing, stack, on_wait)
             data = entry / f"data.{number}"
             if not data.is_dir():
                 data.mkdir(mode=0o700)
@@ -74,14 +76,19 @@ class MountCache:
                 os.utime(entry)  # prune removes the least recently used first
             yield data
 
-    def _lock(self, entry: Path, sharing: Sharing, stack: contextlib.ExitStack) -> int:
+    def _lock(self, entry: Path, sharing: Sharing, stack: contextlib.ExitStack,
+              on_wait: Callable[[], None] | None) -> int:
         for number in range(MAX_PRIVATE if sharing == "private" else 1):
             f = stack.enter_context(open(entry / f"lock.{number}", "a"))  # noqa: SIM115
             mode = fcntl.LOCK_SH if sharing == "shared" else fcntl.LOCK_EX
             try:
-                fcntl.flock(f, mode | (fcntl.LOCK_NB if sharing == "private" else 0))
+                fcntl.flock(f, mode | fcntl.LOCK_NB)
             except BlockingIOError:
-                continue
+                if sharing == "private":
+                    continue
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(f, mode)
             stack.callback(fcntl.flock, f, fcntl.LOCK_UN)
             return number
         raise OSError(f"more than {MAX_PRIVATE} concurrent private users of one cache mount")

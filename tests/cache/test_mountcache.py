@@ -64,11 +64,17 @@ def test_locked_waits_for_the_holder(tmp_path: Path) -> None:
     ready.get(timeout=30)
     started = time.monotonic()
     ctx.Process(target=lambda: (time.sleep(0.5), release.set())).start()
-    with MountCache(tmp_path / "m").use("c", "locked", ROOT) as data:
+    told: list[float] = []
+    with MountCache(tmp_path / "m").use("c", "locked", ROOT,
+                                        on_wait=lambda: told.append(time.monotonic())) as data:
         waited = time.monotonic() - started
     proc.join(30)
     assert data.name == "data.0"
     assert waited >= 0.4  # blocked until the shared user left
+    assert len(told) == 1 and told[0] - started < 0.4  # said so before waiting
+    with MountCache(tmp_path / "m").use("c", "locked", ROOT, on_wait=lambda: told.append(0)):
+        pass
+    assert len(told) == 1  # free: no waiting, nothing said
 
 
 @pytest.mark.parametrize("cache_id", ["../../x", "/etc", "a/../../b", ".", "\u00e9"])
