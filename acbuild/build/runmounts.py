@@ -32,6 +32,7 @@ from acbuild.fs.beneath import ESCAPES, open_beneath
 from acbuild.fs.securepath import PathError, relpath_in, safe_join
 from acbuild.sandbox.runstep import RunContext, step_identity
 from acbuild.sandbox.sandbox import SecretFile, TreeMount
+from acbuild.sandbox.sandbox_init import MAX_SECRETS_BYTES
 
 MAX_SECRET = 1 << 20  # bytes of one secret (BuildKit allows 500 KiB)
 MAX_MASKS = 1000  # excluded entries one bind may hide
@@ -75,6 +76,9 @@ def prepared(instruction: Run, ctx: RunContext, inputs: MountInputs) -> Iterator
             except AcbuildError as e:
                 e.span = e.span or instruction.span
                 raise
+        if sum(os.fstat(x.fd).st_size for x in secrets) > MAX_SECRETS_BYTES:
+            raise BuildError(f"the secrets of one RUN take more than "
+                             f"{MAX_SECRETS_BYTES >> 20} MiB", span=instruction.span)
         yield RunContext(
             rootfs=ctx.rootfs, manifest=ctx.manifest, epoch=ctx.epoch, log=ctx.log,
             log_path=ctx.log_path, warned=ctx.warned, mounts=tuple(mounts),

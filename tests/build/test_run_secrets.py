@@ -237,3 +237,16 @@ def test_bad_secret_options(tmp_path: Path, value: str, why: str) -> None:
     got = acbuild("build", "--secret", value, tmp_path, env=env(tmp_path))
     assert got.code == 2
     assert why in got.stderr
+
+
+def test_the_secrets_of_one_step_are_bounded_together(ctx: Path, tmp_path: Path) -> None:
+    mounts = " ".join(f"--mount=type=secret,id=s{i}" for i in range(5))
+    (ctx / "Acfile").write_text(f"BEGIN ../rootfs\nNAME example.com/secret\nRUN {mounts} true\n")
+    args: list[str | Path] = []
+    for i in range(5):
+        (tmp_path / f"s{i}").write_bytes(b"x" * (900 << 10))
+        args += ["--secret", f"id=s{i},src={tmp_path / f's{i}'}"]
+    got = acbuild("build", "--allow-path", tmp_path, *args, ctx / "Acfile", "-o",
+                  tmp_path / "out.aci", env=env(tmp_path))
+    assert got.code == 1
+    assert "Acfile:3:1: error: the secrets of one RUN take more than 4 MiB" in got.stderr
