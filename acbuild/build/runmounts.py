@@ -9,6 +9,7 @@ secrets are read once into sealed memfds. Everything is released when the step e
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
@@ -79,10 +80,8 @@ def prepared(instruction: Run, ctx: RunContext, inputs: MountInputs) -> Iterator
         if sum(os.fstat(x.fd).st_size for x in secrets) > MAX_SECRETS_BYTES:
             raise BuildError(f"the secrets of one RUN take more than "
                              f"{MAX_SECRETS_BYTES >> 20} MiB", span=instruction.span)
-        yield RunContext(
-            rootfs=ctx.rootfs, manifest=ctx.manifest, epoch=ctx.epoch, log=ctx.log,
-            log_path=ctx.log_path, warned=ctx.warned, mounts=tuple(mounts),
-            secrets=tuple(secrets), redact=tuple(sorted(redact, key=len, reverse=True)))
+        yield dataclasses.replace(ctx, mounts=tuple(mounts), secrets=tuple(secrets),
+                                  redact=tuple(sorted(redact, key=len, reverse=True)))
 
 
 def _target(root: Path, target: str) -> str:
@@ -92,12 +91,14 @@ def _target(root: Path, target: str) -> str:
         rel = relpath_in(root, safe_join(root, target, follow_final=True))
     except PathError as e:
         raise BuildError(f"RUN --mount target '{target}': {e.message}") from None
+    secrets = SECRETS_DIR.strip("/")
     top = rel.split("/")[0]
-    if not rel or top in ("proc", "dev") or rel == SECRETS_DIR.strip("/"):
-        where = "/" + (top if top in ("proc", "dev") else rel)
-        why = "the whole image" if not rel else "the sandbox's own"
-        raise BuildError(f"RUN --mount target '{target}' leads to '{where}' through a "
-                         f"symlink: {why}")
+    where = None if not rel else "/" + top if top in ("proc", "dev") else \
+        SECRETS_DIR if rel == secrets or rel.startswith(secrets + "/") else ""
+    if where != "":
+        why = "the sandbox's own" if where else "the whole image"
+        raise BuildError(f"RUN --mount target '{target}' leads to '{where or '/'}' through "
+                         f"a symlink: {why}")
     return "/" + rel
 
 

@@ -240,6 +240,7 @@ def test_bind_from_a_stage_resolves_symlinks_inside_it(ctx: Path, tmp_path: Path
     ("/proc", "RUN --mount target '/x' leads to '/proc' through a symlink: the sandbox's own"),
     ("/dev/shm", "RUN --mount target '/x' leads to '/dev' through a symlink"),
     ("/", "RUN --mount target '/x' leads to '/' through a symlink: the whole image"),
+    ("/run/secrets/k", "RUN --mount target '/x' leads to '/run/secrets' through a symlink"),
 ])
 def test_a_target_through_an_image_symlink_cannot_reach_the_sandbox(
         ctx: Path, tmp_path: Path, link: str, message: str) -> None:
