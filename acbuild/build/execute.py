@@ -21,7 +21,7 @@ from acbuild.build.runmounts import MountInputs, prepared
 from acbuild.cache.buildcache import BuildCache, Resume, StageState, runs_after
 from acbuild.cache.cache import CorruptTree, StepRecord
 from acbuild.cache.mountcache import MountCache
-from acbuild.errors import AcbuildError, Span
+from acbuild.errors import AcbuildError, BuildError, Span
 from acbuild.fs.securepath import ensure_dirs
 from acbuild.fs.staging import StagedRootfs, remove_tree
 from acbuild.image.manifest import ImageManifest, default_manifest
@@ -115,6 +115,13 @@ class _Executor:
                     shares = not runs_after(stage.steps[number + 1 :])
                     state.manifest = self._apply(step.instruction, state, info, shares=shares)
             if cache is not None:
+                if not cache.bind_key_holds(self.plan, stage, number,
+                                            context=self.options.context,
+                                            epoch=self.options.epoch):
+                    raise BuildError("the build context changed while the build used it: "
+                                     "what this step's --mount=type=bind showed is not what "
+                                     "its cache key hashed", span=step.instruction.span,
+                                     hint="do not change the context during a build")
                 tree = cache.store_step(stage, number, state, tree)
         self.results[stage.index] = state
 

@@ -250,26 +250,14 @@ class _Keyer:
                         sources_digest(self.context, f, self.stat_cache).encode() + b"\n"
                         for f in found
                     )
-                case ins.Run(mounts=mounts):
-                    binds = [self.bind(m) for m in mounts if m.kind == "bind"]
-                    if None in binds:
-                        return None
-                    return b"epoch:%d" % self.epoch + b"".join(
-                        b"\nbind:" + b for b in binds if b is not None)
+                case ins.Run():
+                    return run_inputs(instruction, context=self.context, epoch=self.epoch,
+                                      stat_cache=self.stat_cache, stage_key=lambda name:
+                                      self.last.get(self.plan.stage_named(name).index))
                 case _:
                     return b""
         except (AcbuildError, OSError, StopIteration):
             return None
-
-    def bind(self, mount: ins.RunMount) -> bytes | None:
-        """A bind mount's content: the stage's key, or the digest COPY would take of the
-        same context path (ignored files left out, as the mount hides them)."""
-        if mount.from_stage is not None:
-            key = self.last.get(self.plan.stage_named(mount.from_stage).index)
-            return None if key is None else b"stage:" + key.encode()
-        source = (mount.source or ".").lstrip("/") or "."
-        found = self.context.resolve(source)
-        return sources_digest(self.context, found, self.stat_cache).encode()
 
     def stage(self, stage: Stage) -> Stage:
         parent: str | None = ""
@@ -279,10 +267,36 @@ class _Keyer:
             if parent is None or extra is None:
                 parent = None
             else:
-                parent = _digest(parent.encode(), canonical(step.instruction), extra)
+                parent = step_key(parent, step.instruction, extra)
             steps.append(dataclasses.replace(step, key=parent))
         self.last[stage.index] = parent
         return dataclasses.replace(stage, steps=tuple(steps))
+
+
+def run_inputs(instruction: ins.Run, *, context: BuildContext, epoch: int,
+               stat_cache: StatCache, stage_key: Callable[[str], str | None]) -> bytes | None:
+    """What a RUN reads from outside the chain: the epoch, and each bind mount's content:
+    the digest COPY would take of the same context path (ignored files left out, as the
+    mount hides them), or the key of its ``from=`` stage. Raises when a source cannot be
+    read; None when a stage has no key."""
+    binds: list[bytes] = []
+    for mount in instruction.mounts:
+        if mount.kind != "bind":
+            continue
+        if mount.from_stage is not None:
+            key = stage_key(mount.from_stage)
+            if key is None:
+                return None
+            binds.append(b"stage:" + key.encode())
+            continue
+        found = context.resolve((mount.source or ".").lstrip("/") or ".")
+        binds.append(sources_digest(context, found, stat_cache).encode())
+    return b"epoch:%d" % epoch + b"".join(b"\nbind:" + b for b in binds)
+
+
+def step_key(parent: str, instruction: ins.Instruction, inputs: bytes) -> str:
+    """A step's key from its parent's, the instruction and its inputs."""
+    return _digest(parent.encode(), canonical(instruction), inputs)
 
 
 def key_plan(plan: Plan, *, context: BuildContext, epoch: int,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -258,3 +260,36 @@ def test_a_target_through_a_symlink_lands_inside_the_image(ctx: Path, tmp_path: 
     assert got.code == 0, got.stderr
     assert output(got) == ["f"]
     assert "rootfs/usr/lib/cache/f" not in names(tmp_path / "out.aci")
+
+
+def test_a_source_edited_while_the_step_runs_poisons_no_cache(ctx: Path, tmp_path: Path) -> None:
+    """The step read 'one' under a key over 'one'; the file then changes in place (same
+    size, mtime put back): the build fails instead of storing the step and the image."""
+    (ctx / "src").mkdir()
+    (ctx / "src/a").write_text("one\n")
+    acfile = write(ctx, "--mount=type=bind,source=src,target=/src /bin/sh -c "
+                   "'cat /src/a; sleep 2; cat /src/a > /copied'")
+    env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "XDG_STATE_HOME": str(tmp_path / "state")}
+    proc = subprocess.Popen([sys.executable, "-m", "acbuild", "build", "--allow-path",
+                             str(tmp_path), str(acfile), "-o", str(tmp_path / "out.aci"),
+                             "--progress", "plain"], env=env, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.endswith("| one\n"):
+            st = os.stat(ctx / "src/a")
+            (ctx / "src/a").write_text("two\n")
+            os.utime(ctx / "src/a", ns=(st.st_atime_ns, st.st_mtime_ns))
+            break
+    rest = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(60) == 1, "".join(seen) + rest
+    assert "the build context changed while the build used it" in rest
+    assert not (tmp_path / "out.aci").exists()
+    (ctx / "src/a").write_text("one\n")  # back to what the key hashed: nothing cached
+    again = build(tmp_path, acfile)
+    assert again.code == 0, again.stderr
+    assert output(again) == ["one"]
