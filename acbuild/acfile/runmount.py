@@ -104,7 +104,7 @@ class _Fields:
             return self.fail(where, f"unknown --mount key {show(key)}{mean}")
         if name in self.values:
             return self.fail(where, f"--mount key {show(key)} given more than once")
-        if not sep and name not in ("required", "readonly"):
+        if (not sep and name not in ("required", "readonly")) or (sep and not value):
             return self.fail(where, f"--mount key {show(key)} needs a value: {key}=VALUE")
         if not check_controls(self.line, where, value):
             self.ok = False

@@ -102,6 +102,8 @@ def test_defaults_follow_buildkit() -> None:
      "Acfile:1:30: error: secret source '/home/me/.npmrc' must be a path in the build context"),
     ("RUN --mount=type=secret,id=t,required=maybe make",
      "Acfile:1:30: error: invalid required 'maybe': expected true or false"),
+    ("RUN --mount=type=cache,target=/a,id= make",
+     "Acfile:1:34: error: --mount key 'id' needs a value: id=VALUE"),
     ("RUN --mount=type=cache,,target=/a make",
      "Acfile:1:24: error: empty field in --mount (two commas?)"),
 ])
