@@ -134,8 +134,8 @@ def _parse(line: Line, word: Word) -> ins.RunMount | None:
         if name != "type" and name not in _KEYS[kind]:
             hint = ("a secret is always at /run/secrets/ID" if name == "target" else
                     f"type={kind} takes {', '.join(_KEYS[kind])}")
-            fields.fail(where, f"--mount key {show(where.value.partition('=')[0])} does not "
-                        f"apply to type={kind}", hint=hint)
+            fields.fail(where, f"--mount key {show(name)} does not apply to type={kind}",
+                        hint=hint)
     secret_id = _secret_id(fields) if kind == "secret" else None
     target = _target(fields, kind, secret_id)
     sharing = (fields.get("sharing") or "shared").lower()
