@@ -67,11 +67,11 @@ def test_locked_waits_for_the_holder(tmp_path: Path) -> None:
     told: list[float] = []
     with MountCache(tmp_path / "m").use("c", "locked", ROOT,
                                         on_wait=lambda: told.append(time.monotonic())) as data:
-        waited = time.monotonic() - started
+        entered = time.monotonic()
     proc.join(30)
     assert data.name == "data.0"
-    assert waited >= 0.4  # blocked until the shared user left
-    assert len(told) == 1 and told[0] - started < 0.4  # said so before waiting
+    assert entered - started >= 0.4  # blocked until the shared user left
+    assert len(told) == 1 and told[0] < entered  # and said so before it waited
     with MountCache(tmp_path / "m").use("c", "locked", ROOT, on_wait=lambda: told.append(0)):
         pass
     assert len(told) == 1  # free: no waiting, nothing said
