@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -62,19 +62,23 @@ def test_locked_waits_for_the_holder(tmp_path: Path) -> None:
     proc = ctx.Process(target=hold, args=(tmp_path / "m", "c", "shared", ready, release))
     proc.start()
     ready.get(timeout=30)
-    started = time.monotonic()
-    ctx.Process(target=lambda: (time.sleep(0.5), release.set())).start()
-    told: list[float] = []
-    with MountCache(tmp_path / "m").use("c", "locked", ROOT,
-                                        on_wait=lambda: told.append(time.monotonic())) as data:
-        entered = time.monotonic()
-    proc.join(30)
+    told: list[bool] = []
+
+    def on_wait() -> None:  # the holder lets go only once we said we wait
+        told.append(release.is_set())
+        threading.Timer(0.3, release.set).start()
+
+    try:
+        with MountCache(tmp_path / "m").use("c", "locked", ROOT, on_wait=on_wait) as data:
+            assert release.is_set()  # got it only after the shared user was told to leave
+    finally:
+        release.set()
+        proc.join(30)
     assert data.name == "data.0"
-    assert entered - started >= 0.4  # blocked until the shared user left
-    assert len(told) == 1 and told[0] < entered  # and said so before it waited
-    with MountCache(tmp_path / "m").use("c", "locked", ROOT, on_wait=lambda: told.append(0)):
+    assert told == [False]  # said so once, before waiting, while it was held
+    with MountCache(tmp_path / "m").use("c", "locked", ROOT, on_wait=lambda: told.append(True)):
         pass
-    assert len(told) == 1  # free: no waiting, nothing said
+    assert told == [False]  # free: no waiting, nothing said
 
 
 @pytest.mark.parametrize("cache_id", ["../../x", "/etc", "a/../../b", ".", "\u00e9"])
