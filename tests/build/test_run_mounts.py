@@ -268,7 +268,7 @@ def test_a_source_edited_while_the_step_runs_poisons_no_cache(ctx: Path, tmp_pat
     (ctx / "src").mkdir()
     (ctx / "src/a").write_text("one\n")
     acfile = write(ctx, "--mount=type=bind,source=src,target=/src /bin/sh -c "
-                   "'cat /src/a; sleep 2; cat /src/a > /copied'")
+                   "'cat /src/a; sleep 4; cat /src/a > /copied'")
     env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / "cache"),
            "XDG_STATE_HOME": str(tmp_path / "state")}
     proc = subprocess.Popen([sys.executable, "-m", "acbuild", "build", "--allow-path",
