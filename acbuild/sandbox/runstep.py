@@ -35,12 +35,9 @@ class RunContext:
     warned: set[str] = field(default_factory=set)
     mounts: tuple[TreeMount, ...] = ()  # RUN --mount=type=bind|cache, prepared and locked
     secrets: tuple[SecretFile, ...] = ()
-    # Text no output line may show (a secret's lines): replaced by *** before the reporter,
-    # the log and an error's last lines see it.
+    # Text no output line may show (a secret's lines): the sandbox replaces it with ***
+    # before the reporter, the log and an error's last lines see any of it.
     redact: tuple[str, ...] = ()
-
-
-REDACTED = "***"
 
 
 def step_identity(instruction: Run, ctx: RunContext) -> Identity:
@@ -85,6 +82,7 @@ def sandbox_spec(instruction: Run, ctx: RunContext) -> SandboxSpec:
         tmpfs_tmp=False,  # the image's /tmp, as in Docker: what RUN does there is kept
         mounts=ctx.mounts,
         secrets=ctx.secrets,
+        redact=ctx.redact,
     )
 
 
@@ -100,8 +98,6 @@ def run_step(instruction: Run, ctx: RunContext, reporter: Reporter, info: StepIn
     tail: deque[str] = deque(maxlen=RUN_TAIL_LINES)
 
     def on_output(line: str) -> None:
-        for text in ctx.redact:
-            line = line.replace(text, REDACTED)
         tail.append(line)
         if ctx.log is not None:
             ctx.log.write(f"[{info.number}/{info.total}] {line}\n")

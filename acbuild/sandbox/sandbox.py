@@ -41,6 +41,7 @@ from acbuild.sandbox.seccomp import filter_bpf
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Longer output lines are handed on in pieces of this many characters.
 MAX_LINE = 8192
+REDACTED = "***"  # what output shows instead of a secret
 # How long the helper gets to empty the namespace after being told to, before SIGKILL.
 KILL_GRACE = 5.0
 _INIT = Path(sandbox_init.__file__)
@@ -104,6 +105,7 @@ class SandboxSpec:
     binds: tuple[Bind, ...] = ()
     mounts: tuple[TreeMount, ...] = ()  # RUN --mount=type=bind|cache
     secrets: tuple[SecretFile, ...] = ()  # RUN --mount=type=secret, in /run/secrets
+    redact: tuple[str, ...] = ()  # texts the output never shows (REDACTED instead)
     stdin: bool = False  # connect the caller's stdin (for `acbuild-py run`), else /dev/null
     # A fresh tmpfs on /tmp (`acbuild-py run`). RUN steps use the image's own /tmp, as
     # Docker does: what they do there (mode, files, making /tmp at all) stays in the image.
@@ -150,7 +152,8 @@ def run_sandboxed(spec: SandboxSpec, on_output: Callable[[str], None]) -> Sandbo
             payload["nproc"] = nproc
             result = _Session(payload, spec.timeout, on_output, stdin=spec.stdin,
                               on_start=jail.add,
-                              pass_fds=tuple(s.fd for s in spec.secrets)).run()
+                              pass_fds=tuple(s.fd for s in spec.secrets),
+                              redact=spec.redact).run()
             unenforced = tuple(
                 name for name, value in (("pids", spec.limits.pids),
                                          ("memory", spec.limits.memory))
@@ -321,24 +324,36 @@ def _remove_created(rootfs: Path, created: list[tuple[str, bool]]) -> None:
 
 
 class _Lines:
-    """Turns a byte stream into lines: UTF-8 with replacement, long lines cut in pieces."""
+    """Turns a byte stream into lines: UTF-8 with replacement, long lines cut in pieces.
+    Each text of ``redact`` is replaced by REDACTED before any cut, so no piece holds a
+    part of one; a pending line keeps the longest one's length back until it is whole."""
 
-    def __init__(self, emit: Callable[[str], None]):
+    def __init__(self, emit: Callable[[str], None], redact: tuple[str, ...] = ()):
         self._emit = emit
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._pending = ""
+        self._redact = sorted(redact, key=len, reverse=True)
+        self._keep = max((len(r) for r in redact), default=1) - 1
 
     def feed(self, data: bytes, *, final: bool = False) -> None:
         text = self._pending + self._decoder.decode(data, final)
         *lines, self._pending = text.split("\n")
         for line in lines:
-            self._emit_line(line.removesuffix("\r"))
-        while len(self._pending) >= MAX_LINE:
+            self._emit_line(self._redacted(line.removesuffix("\r")))
+        while len(self._pending) >= MAX_LINE + self._keep:
+            self._pending = self._redacted(self._pending)
+            if len(self._pending) < MAX_LINE + self._keep:
+                break
             self._emit(self._pending[:MAX_LINE])
             self._pending = self._pending[MAX_LINE:]
         if final and self._pending:
-            self._emit_line(self._pending)
+            self._emit_line(self._redacted(self._pending))
             self._pending = ""
+
+    def _redacted(self, text: str) -> str:
+        for secret in self._redact:
+            text = text.replace(secret, REDACTED)
+        return text
 
     def _emit_line(self, line: str) -> None:
         for start in range(0, max(len(line), 1), MAX_LINE):
@@ -351,12 +366,12 @@ class _Session:
     def __init__(self, payload: dict[str, Any], timeout: float | None,
                  on_output: Callable[[str], None], *, stdin: bool = False,
                  on_start: Callable[[int], None] | None = None,
-                 pass_fds: tuple[int, ...] = ()):
+                 pass_fds: tuple[int, ...] = (), redact: tuple[str, ...] = ()):
         self._payload = payload
         self._pass_fds = pass_fds
         self._on_start = on_start
         self._timeout = timeout
-        self._lines = _Lines(on_output)
+        self._lines = _Lines(on_output, redact)
         self._stdin = stdin
         self._messages: dict[str, Any] = {}
         self._report = b""

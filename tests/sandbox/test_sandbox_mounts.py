@@ -90,3 +90,23 @@ def test_the_sandbox_refuses_its_own_places(root: Path, tmp_path: Path, target: 
     (tmp_path / "src").mkdir()
     with pytest.raises(SandboxError, match="cannot mount on"):
         run(root, "true", mounts=(tree(tmp_path / "src", target=target),))
+
+
+@pytest.mark.parametrize("before", [0, 8180, 8192 - 3, 8192 * 2 - 10])
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
+def test_a_secret_is_redacted_across_every_cut(before: int, chunk: int) -> None:
+    """However the output arrives and wherever the 8192-character cut falls, no piece
+    holds a part of the secret (the red team's RM-1: 8180 characters, then the secret)."""
+    from acbuild.sandbox.sandbox import _Lines
+
+    secret = "hunter2-s3cr3t-TOKEN-0192837465"
+    data = ("x" * before + secret + "y" * 5 + "\n" + secret).encode()
+    pieces: list[str] = []
+    lines = _Lines(pieces.append, (secret,))
+    for start in range(0, len(data), chunk):
+        lines.feed(data[start:start + chunk])
+    lines.feed(b"", final=True)
+    joined = "".join(pieces)
+    assert "hunter2" not in joined and "0192837465" not in joined and "TOKEN" not in joined
+    assert joined == "x" * before + "***" + "y" * 5 + "***"
+    assert all(len(p) <= 8192 for p in pieces)
