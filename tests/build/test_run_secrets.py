@@ -250,3 +250,16 @@ def test_the_secrets_of_one_step_are_bounded_together(ctx: Path, tmp_path: Path)
                   tmp_path / "out.aci", env=env(tmp_path))
     assert got.code == 1
     assert "Acfile:3:1: error: the secrets of one RUN take more than 4 MiB" in got.stderr
+
+
+def test_a_secret_across_the_line_cut_is_redacted(ctx: Path, tmp_path: Path) -> None:
+    """The red team's RM-1: 8180 characters, then the secret, so the 8192-character cut of
+    a long line falls inside it."""
+    acfile = write(ctx, "head -c 8180 /dev/zero | tr \"\\\\0\" x; cat /run/secrets/tok; exit 4")
+    log = tmp_path / "build.log"
+    got = build(tmp_path, acfile, "--progress", "plain", "--log-file", log)
+    assert got.code == 1
+    for where, text in (("the output", got.stderr), ("the log", log.read_text())):
+        for part in ("hunter2", "s3cr", "0192837465"):
+            assert part not in text, f"part of the secret in {where}"
+    assert "x***" in got.stderr
