@@ -59,6 +59,7 @@ def prepared(instruction: Run, ctx: RunContext, inputs: MountInputs) -> Iterator
         return
     with contextlib.ExitStack() as stack:
         mounts: list[TreeMount] = []
+        after: list[Callable[[], None]] = []  # checks once the step ran
         secrets: list[SecretFile] = []
         redact: set[str] = set()
         for mount in instruction.mounts:
@@ -73,7 +74,7 @@ def prepared(instruction: Run, ctx: RunContext, inputs: MountInputs) -> Iterator
                 if mount.kind == "cache":
                     mounts.append(_cache(mount, target, inputs, instruction, ctx, stack))
                 else:
-                    mounts.append(_bind(mount, target, inputs))
+                    mounts.append(_bind(mount, target, inputs, after))
             except AcbuildError as e:
                 e.span = e.span or instruction.span
                 raise
@@ -82,6 +83,12 @@ def prepared(instruction: Run, ctx: RunContext, inputs: MountInputs) -> Iterator
                              f"{MAX_SECRETS_BYTES >> 20} MiB", span=instruction.span)
         yield dataclasses.replace(ctx, mounts=tuple(mounts), secrets=tuple(secrets),
                                   redact=tuple(sorted(redact, key=len, reverse=True)))
+        try:
+            for check in after:
+                check()
+        except AcbuildError as e:
+            e.span = e.span or instruction.span
+            raise
 
 
 def _target(root: Path, target: str) -> str:
@@ -132,7 +139,8 @@ def _cache(mount: RunMount, target: str, inputs: MountInputs, instruction: Run,
 # -- bind -------------------------------------------------------------------------------------
 
 
-def _bind(mount: RunMount, target: str, inputs: MountInputs) -> TreeMount:
+def _bind(mount: RunMount, target: str, inputs: MountInputs,
+          after: list[Callable[[], None]]) -> TreeMount:
     source = (mount.source or ".").lstrip("/") or "."
     if mount.from_stage is not None:
         return _stage_bind(mount, source, target, inputs.stage_root(mount.from_stage))
@@ -150,18 +158,40 @@ def _bind(mount: RunMount, target: str, inputs: MountInputs) -> TreeMount:
         raise BuildError(f"RUN --mount source '{source}' is a symlink: name the file or "
                          "directory it points to")
     st = context.lstat(found.rel)
-    masks = _masks(context, found, source) if found.is_dir else ()
+    hidden = _excluded(context, found, source) if found.is_dir else {}
+    if len(hidden) > MAX_MASKS:
+        raise BuildError(f"RUN --mount source '{source}' has {len(hidden)} entries excluded "
+                         f"by {IGNORE_FILE}; a mount hides at most {MAX_MASKS}",
+                         hint="mount a narrower source")
+    if found.is_dir:
+        after.append(lambda: _still_hidden(context, found, source, hidden))
     return TreeMount(root=context.root, rel="" if found.rel == "." else found.rel,
                      identity=(st.st_dev, st.st_ino), is_dir=found.is_dir, target=target,
-                     masks=masks)
+                     masks=tuple((rel, stat.S_ISDIR(h.st_mode)) for rel, h in hidden.items()))
 
 
-def _masks(context: BuildContext, found: ContextSource,
-           source: str) -> tuple[tuple[str, bool], ...]:
-    """What the mount must hide (entries the ignore file excludes), refusing what it cannot
-    hide and what COPY refuses too (FIFOs, sockets, devices: a socket would let the RUN
-    talk to a host service)."""
-    masks: list[tuple[str, bool]] = []
+def _still_hidden(context: BuildContext, found: ContextSource, source: str,
+                  hidden: dict[str, os.stat_result]) -> None:
+    """The mount is a live view of the context: an excluded entry made (or swapped, which
+    takes the mask off it) while the step ran was visible to it. The step fails then, so
+    neither the image nor the cache gets what it may have taken."""
+    for rel, st in _excluded(context, found, source).items():
+        was = hidden.get(rel)
+        # ctime too: an inode number is reused at once after an unlink
+        if was is None or (was.st_dev, was.st_ino, was.st_ctime_ns) != \
+                (st.st_dev, st.st_ino, st.st_ctime_ns):
+            raise BuildError(f"'{rel}', which {IGNORE_FILE} excludes, appeared in the build "
+                             f"context while the step ran, where RUN --mount source "
+                             f"'{source}' showed it", hint="do not change the context during "
+                             "a build")
+
+
+def _excluded(context: BuildContext, found: ContextSource,
+              source: str) -> dict[str, os.stat_result]:
+    """What the mount must hide (entries the ignore file excludes, by path below the
+    source), refusing what it cannot hide and what COPY refuses too (FIFOs, sockets,
+    devices: a socket would let the RUN talk to a host service)."""
+    hidden: dict[str, os.stat_result] = {}
     for rel, st, ignored in context.walk_all(found):
         kind = special_kind(st.st_mode)
         if ignored and (kind or stat.S_ISLNK(st.st_mode)):
@@ -172,12 +202,8 @@ def _masks(context: BuildContext, found: ContextSource,
             raise BuildError(f"RUN --mount source '{source}' holds '{rel}', a {kind}; only "
                              "files, directories and symlinks can be mounted")
         if ignored:
-            masks.append((rel, stat.S_ISDIR(st.st_mode)))
-    if len(masks) > MAX_MASKS:
-        raise BuildError(f"RUN --mount source '{source}' has {len(masks)} entries excluded "
-                         f"by {IGNORE_FILE}; a mount hides at most {MAX_MASKS}",
-                         hint="mount a narrower source")
-    return tuple(masks)
+            hidden[rel] = st
+    return hidden
 
 
 def _stage_bind(mount: RunMount, source: str, target: str, root: Path) -> TreeMount:

@@ -293,3 +293,39 @@ def test_a_source_edited_while_the_step_runs_poisons_no_cache(ctx: Path, tmp_pat
     again = build(tmp_path, acfile)
     assert again.code == 0, again.stderr
     assert output(again) == ["one"]
+
+
+@pytest.mark.parametrize("cache", [(), ("--no-cache",)])
+def test_an_excluded_file_made_while_the_step_runs_fails_it(ctx: Path, tmp_path: Path,
+                                                            cache: tuple[str, ...]) -> None:
+    """The red team's RM-3: the bind is a live view; a file .acignore excludes that appears
+    during the step (or an excluded file swapped, which takes its mask off) was visible to
+    it, so the step fails and neither the image nor the cache keeps what it took."""
+    (ctx / ".acignore").write_text("*.env\n")
+    (ctx / "old.env").write_text("hidden\n")
+    acfile = write(ctx, "--mount=type=bind,target=/ctx /bin/sh -c "
+                   "'echo started; sleep 4; cat /ctx/*.env > /leak 2>&1; true'")
+    env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "XDG_STATE_HOME": str(tmp_path / "state")}
+    for change in ("new", "swap"):
+        proc = subprocess.Popen([sys.executable, "-m", "acbuild", "build", "--allow-path",
+                                 str(tmp_path), str(acfile), "-o", str(tmp_path / "out.aci"),
+                                 "--progress", "plain", *cache], env=env,
+                                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if line.endswith("| started\n"):
+                if change == "new":
+                    (ctx / "late.env").write_text("LATE-IGNORED-SECRET\n")
+                else:
+                    os.unlink(ctx / "old.env")
+                    (ctx / "old.env").write_text("SWAPPED-SECRET\n")
+                break
+        rest = proc.stderr.read()
+        proc.stderr.close()
+        assert proc.wait(60) == 1, rest
+        shown = "late.env" if change == "new" else "old.env"
+        assert f"'{shown}', which .acignore excludes, appeared in the build context while " \
+               "the step ran" in rest
+        assert not (tmp_path / "out.aci").exists()
+        (ctx / "late.env").unlink(missing_ok=True)
