@@ -62,7 +62,9 @@ def prepared(instruction: Run, ctx: RunContext, inputs: MountInputs) -> Iterator
         after: list[Callable[[], None]] = []  # checks once the step ran
         secrets: list[SecretFile] = []
         redact: set[str] = set()
-        for mount in instruction.mounts:
+        # Cache locks are taken in one order, by id, in every step of every build: two
+        # steps each holding one the other waits for cannot happen.
+        for mount in sorted(instruction.mounts, key=lambda m: (m.kind != "cache", m.cache_id)):
             try:
                 if mount.kind == "secret":
                     found = _secret(mount, inputs, instruction, ctx, stack)

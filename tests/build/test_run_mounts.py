@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -329,3 +330,50 @@ def test_an_excluded_file_made_while_the_step_runs_fails_it(ctx: Path, tmp_path:
                "the step ran" in rest
         assert not (tmp_path / "out.aci").exists()
         (ctx / "late.env").unlink(missing_ok=True)
+
+
+def test_locked_caches_taken_in_opposite_orders_do_not_deadlock(ctx: Path,
+                                                                tmp_path: Path) -> None:
+    """The red team's RM-2: while someone holds cache b, build A (a, b) and build B (b, a)
+    start; once b is free both must finish (locks are taken in one order, by id)."""
+    import threading
+
+    from acbuild.cache.mountcache import MountCache, Owner
+
+    env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "XDG_STATE_HOME": str(tmp_path / "state")}
+    mounts = MountCache(tmp_path / "cache/acbuild-py/build-cache/mounts")
+    procs = []
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with mounts.use("b", "locked", Owner(uid=os.geteuid(), gid=os.getegid())):
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(30)
+    try:
+        for name, order in (("a", "a b"), ("b", "b a")):
+            spec = " ".join(f"--mount=type=cache,target=/{i},id={i},sharing=locked"
+                            for i in order.split())
+            sub = ctx.parent / f"ctx-{name}"
+            sub.mkdir()
+            (sub / "Acfile").write_text(f"BEGIN ../rootfs\nNAME example.com/{name}\n"
+                                        f"RUN {spec} /bin/sh -c 'sleep 1'\n")
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "acbuild", "build", "--allow-path", str(tmp_path),
+                 str(sub / "Acfile"), "-o", str(tmp_path / f"{name}.aci")], env=env,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        time.sleep(3)  # both are now waiting: A holds a, B waits for b
+    finally:
+        release.set()
+        holder.join(30)
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+    finally:
+        for proc in procs:
+            proc.kill()
