@@ -295,6 +295,15 @@ class BuildContext:
             if not self.is_ignored(rel, is_dir=stat.S_ISDIR(st.st_mode)):
                 yield rel[len(prefix):], st
 
+    def walk_all(self, source: ContextSource) -> Iterator[tuple[str, os.stat_result, bool]]:
+        """As ``walk``, with the excluded entries too, flagged True (nothing below an
+        excluded directory): what a read-only mount of ``source`` must hide."""
+        if not source.is_dir or source.is_symlink:
+            return
+        prefix = "" if source.rel == "." else source.rel + "/"
+        for rel, st in self._scan_rel(source.rel, prefix, None):
+            yield rel[len(prefix):], st, self.is_ignored(rel, is_dir=stat.S_ISDIR(st.st_mode))
+
     def digest(self, sources: Sequence[ContextSource]) -> str:
         """sha256 over what COPY would take from ``sources``: paths, types, normalised modes,
         contents and link targets; mtimes, owners and the context's location left out."""

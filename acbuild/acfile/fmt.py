@@ -23,7 +23,8 @@ _KEYWORDS = frozenset(KEYWORDS.values())
 # Canonical option order; options an instruction reads only before its first positional
 # (COPY, RUN) stay in front, the others (PORT, MOUNT, DEPENDENCY) go after the positionals.
 _LEADING = {"COPY": ("from", "chown", "mode"),
-            "RUN": ("network", "env", "workdir", "user", "timeout", "pids", "memory")}
+            "RUN": ("network", "env", "workdir", "user", "timeout", "pids", "memory",
+                    "mount")}
 _TRAILING = {"PORT": ("count", "socket-activated"), "MOUNT": ("read-only",),
              "DEPENDENCY": ("image-id", "label", "size")}
 

@@ -60,6 +60,28 @@ class Copy(Located):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RunMount:
+    """One ``RUN --mount=``: a persistent cache directory, a read-only view of the context
+    (or of a stage), or a secret file. Only what the Acfile says; the host paths a cache or
+    a ``--secret`` lives at are the build's, never the instruction's."""
+
+    kind: Literal["cache", "bind", "secret"]
+    target: str  # absolute path in the sandbox; a secret's is /run/secrets/<id>
+    id: str | None = None  # cache: which directory (default: target); secret: its name
+    source: str | None = None  # bind: path in the context or stage; secret: context file
+    from_stage: str | None = None  # bind only
+    sharing: Literal["shared", "private", "locked"] = "shared"  # cache only
+    required: bool = False  # secret only: a build without it fails
+    mode: int | None = None  # cache: of the directory when made; secret: of the file
+    uid: int | None = None
+    gid: int | None = None
+
+    @property
+    def cache_id(self) -> str:
+        return self.id if self.id is not None else self.target
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Run(Located):
     argv: Argv
     network: Literal["none", "host"] = "none"
@@ -69,6 +91,7 @@ class Run(Located):
     timeout: float | None = None  # seconds, from --timeout=90s / 5m / 1h / 1.5
     pids: int | None = None  # --pids=N; None: the default, 0: no limit (--pids=max)
     memory: int | None = None  # bytes, --memory=2G; None: the default, 0: no limit
+    mounts: tuple[RunMount, ...] = ()  # --mount=type=cache|bind|secret,...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -29,6 +29,7 @@ from acbuild.acfile.parse_words import (
     strings,
     whole_number,
 )
+from acbuild.acfile.runmount import parse_mounts
 from acbuild.acfile.signkey import key_spec_problem
 from acbuild.errors import AcfileError
 from acbuild.image.manifest import canonical_json
@@ -48,6 +49,7 @@ _RUN_OPTIONS: dict[str, Kind] = {
     "timeout": "value",
     "pids": "value",
     "memory": "value",
+    "mount": "many",
 }
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)([kmgt]?)(?:i?b)?", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -150,7 +152,8 @@ def _run(line: Line, kw: Word, args: Sequence[Word]) -> ins.Instruction | None:
     pids_word, memory_word = one(options, "pids"), one(options, "memory")
     pids = _pids(line, pids_word) if pids_word else None
     memory = _memory(line, memory_word) if memory_word else None
-    if argv is None:
+    mounts = parse_mounts(line, options.get("mount", []))
+    if argv is None or mounts is None:
         return None
     workdir, user = one(options, "workdir"), one(options, "user")
     return ins.Run(
@@ -162,6 +165,7 @@ def _run(line: Line, kw: Word, args: Sequence[Word]) -> ins.Instruction | None:
         timeout=seconds,
         pids=pids,
         memory=memory,
+        mounts=mounts,
         **located(line, kw),
     )
 

@@ -84,6 +84,8 @@ class BuildOptions:
     # is one that a later identical invocation can answer by stat. None: keep none.
     warm_key: str | None = None
     jobs: int | None = None  # stages built at once; None: one a CPU
+    # --secret id=ID,src=FILE: what RUN --mount=type=secret,id=ID reads (never kept)
+    secrets: Mapping[str, Path] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -338,7 +340,10 @@ def _build_image(plan: Plan, options: BuildOptions, cache: BuildCache | None,
             plan,
             options=ExecuteOptions(context=context, work_dir=work, epoch=epoch,
                                    load_base=options.base_loader, log=log, log_path=log_path,
-                                   cache=cache, jobs=options.jobs or default_jobs()),
+                                   cache=cache, jobs=options.jobs or default_jobs(),
+                                   secrets=options.secrets,
+                                   mount_cache=CacheStore(options.cache_dir or default_cache_dir(
+                                       options.environ)).mounts),
             reporter=reporter,
         )
         manifest = _final_manifest(stage, plan)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -22,10 +22,12 @@ from acbuild.acfile.context import BuildContext
 from acbuild.acfile.instructions import Copy, Instruction, Run, Sign, Workdir
 from acbuild.build import manifest_edit
 from acbuild.build.copy import copy_instruction
+from acbuild.build.runmounts import MountInputs, prepared
 from acbuild.build.schedule import Cancelled, LockedReporter, run_stages, stage_needs
 from acbuild.cache.buildcache import BuildCache, Resume, StageState, runs_after
 from acbuild.cache.cache import CorruptTree, StepRecord
-from acbuild.errors import AcbuildError, Span
+from acbuild.cache.mountcache import MountCache
+from acbuild.errors import AcbuildError, BuildError, Span
 from acbuild.fs.securepath import ensure_dirs
 from acbuild.fs.staging import StagedRootfs, remove_tree
 from acbuild.image.manifest import ImageManifest, default_manifest
@@ -48,6 +50,8 @@ class ExecuteOptions:
     log_path: Path | None = None
     cache: BuildCache | None = None  # None: --no-cache
     jobs: int = 1  # stages built at once
+    mount_cache: MountCache | None = None  # RUN --mount=type=cache (used with --no-cache too)
+    secrets: Mapping[str, Path] = field(default_factory=dict)  # --secret id=ID,src=FILE
 
 
 def step_info(step: Step, stage: Stage) -> StepInfo:
@@ -131,6 +135,13 @@ class _Executor:
                     shares = not runs_after(stage.steps[number + 1 :])
                     state.manifest = self._apply(step.instruction, state, info, shares=shares)
             if cache is not None:
+                if not cache.bind_key_holds(self.plan, stage, number,
+                                            context=self.options.context,
+                                            epoch=self.options.epoch):
+                    raise BuildError("the build context changed while the build used it: "
+                                     "what this step's --mount=type=bind showed is not what "
+                                     "its cache key hashed", span=step.instruction.span,
+                                     hint="do not change the context during a build")
                 tree = cache.store_step(stage, number, state, tree)
         self.results[stage.index] = state
 
@@ -149,11 +160,11 @@ class _Executor:
                                  from_rootfs=source, reporter=self.reporter,
                                  link_epoch=options.epoch if shares else None)
             case Run():
-                run_step(instruction, RunContext(rootfs=result.rootfs, manifest=result.manifest,
-                                                 epoch=options.epoch, log=options.log,
-                                                 log_path=options.log_path,
-                                                 warned=self.warned_limits),
-                         self.reporter, info)
+                ctx = RunContext(rootfs=result.rootfs, manifest=result.manifest,
+                                 epoch=options.epoch, log=options.log,
+                                 log_path=options.log_path, warned=self.warned_limits)
+                with prepared(instruction, ctx, self._mount_inputs()) as ctx:
+                    run_step(instruction, ctx, self.reporter, info)
             case Sign():
                 pass  # signing happens once the image is written
             case Workdir(path=path):
@@ -164,6 +175,12 @@ class _Executor:
             case _:
                 return manifest_edit.apply(result.manifest, instruction)
         return result.manifest
+
+    def _mount_inputs(self) -> MountInputs:
+        return MountInputs(
+            context=self.options.context, cache=self.options.mount_cache,
+            secrets=self.options.secrets, notice=self.reporter.info,
+            stage_root=lambda name: self.result(self.plan.stage_named(name).index).rootfs.root)
 
 
 _NO_LOCK = contextlib.nullcontext()

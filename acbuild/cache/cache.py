@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from acbuild.cache.mountcache import MountCache
 from acbuild.cache.snapshot import KnownDigests, copy_tree_verified
 from acbuild.cache.statcache import StatCache
 from acbuild.cache.warm import Witness
@@ -110,6 +111,11 @@ class CacheStore:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    @property
+    def mounts(self) -> MountCache:
+        """The RUN --mount=type=cache directories: beside the steps, never in a key."""
+        return MountCache(self.root / "mounts")
 
     def stat_cache(self, context: Path, witness: Witness | None = None) -> StatCache:
         name = hashlib.sha256(os.fsencode(context)).hexdigest()[:32]
@@ -269,6 +275,8 @@ class CacheStore:
                     size = 0 if body is None else int(body.get("bytes", body.get("size", 0)))  # type: ignore[call-overload]
                     found.append(EntryInfo(kind=kind, key="sha256:" + child.name, size=size,
                                            last_used=child.stat().st_mtime))
+        found += [EntryInfo(kind="mount", key=m.id, size=m.size, last_used=m.last_used)
+                  for m in self.mounts.entries()]
         return sorted(found, key=lambda e: e.last_used, reverse=True)
 
     def prune(self, max_size: int) -> list[EntryInfo]:
@@ -280,9 +288,15 @@ class CacheStore:
                 total += entry.size
                 if total > max_size:
                     removed.append(entry)
+            mounts = {m.id: m for m in self.mounts.entries()}
+            done = []
             for entry in removed:
-                self.discard("steps" if entry.kind == "step" else "images", entry.key)
-            return removed
+                if entry.kind != "mount":
+                    self.discard("steps" if entry.kind == "step" else "images", entry.key)
+                elif entry.key in mounts and not self.mounts.remove(mounts[entry.key]):
+                    continue  # a RUN of a --no-cache build is using it: kept
+                done.append(entry)
+            return done
 
     def _clean_tmp(self) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -213,8 +213,19 @@ def canonical(instruction: ins.Instruction) -> bytes:
         for f in dataclasses.fields(instruction)
         if f.name not in ("span", "text")
     }
+    if isinstance(instruction, ins.Run):
+        fields["mounts"] = [_mount_fields(m) for m in instruction.mounts]
     doc = [type(instruction).__name__, fields]
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _mount_fields(mount: ins.RunMount) -> dict[str, object]:
+    """A RUN --mount as it decides the step. A secret's source is left out (where the
+    secret is read from, like its content, does not make the step another one)."""
+    fields = dataclasses.asdict(mount)
+    if mount.kind == "secret":
+        del fields["source"]
+    return fields
 
 
 def base_identity(base: BaseRef, stat_cache: StatCache, resolve_name: NameResolver,
@@ -279,7 +290,9 @@ class _Keyer:
                         for f in found
                     )
                 case ins.Run():
-                    return b"epoch:%d" % self.epoch
+                    return run_inputs(instruction, context=self.context, epoch=self.epoch,
+                                      stat_cache=self.stat_cache, stage_key=lambda name:
+                                      self.last.get(self.plan.stage_named(name).index))
                 case _:
                     return b""
         except (AcbuildError, OSError, StopIteration):
@@ -302,10 +315,36 @@ class _Keyer:
             if parent is None or extra is None:
                 parent = None
             else:
-                parent = _digest(parent.encode(), canonical(step.instruction), extra)
+                parent = step_key(parent, step.instruction, extra)
             steps.append(dataclasses.replace(step, key=parent))
         self.last[stage.index] = parent
         return dataclasses.replace(stage, steps=tuple(steps))
+
+
+def run_inputs(instruction: ins.Run, *, context: BuildContext, epoch: int,
+               stat_cache: StatCache, stage_key: Callable[[str], str | None]) -> bytes | None:
+    """What a RUN reads from outside the chain: the epoch, and each bind mount's content:
+    the digest COPY would take of the same context path (ignored files left out, as the
+    mount hides them), or the key of its ``from=`` stage. Raises when a source cannot be
+    read; None when a stage has no key."""
+    binds: list[bytes] = []
+    for mount in instruction.mounts:
+        if mount.kind != "bind":
+            continue
+        if mount.from_stage is not None:
+            key = stage_key(mount.from_stage)
+            if key is None:
+                return None
+            binds.append(b"stage:" + key.encode())
+            continue
+        found = context.resolve((mount.source or ".").lstrip("/") or ".")
+        binds.append(sources_digest(context, found, stat_cache).encode())
+    return b"epoch:%d" % epoch + b"".join(b"\nbind:" + b for b in binds)
+
+
+def step_key(parent: str, instruction: ins.Instruction, inputs: bytes) -> str:
+    """A step's key from its parent's, the instruction and its inputs."""
+    return _digest(parent.encode(), canonical(instruction), inputs)
 
 
 def key_plan(plan: Plan, *, context: BuildContext, epoch: int,

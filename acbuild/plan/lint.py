@@ -26,9 +26,10 @@ RULES: dict[str, str] = {
     "AC002": "BEGIN names an image without a version",
     "AC003": "DEPENDENCY without a version or image ID",
     "AC004": "RUN --network=host without a checksum check",
-    "AC005": "COPY of a path .acignore excludes",
+    "AC005": "COPY or RUN --mount of a path .acignore excludes",
     "AC006": "no version label",
     "AC007": "ENV value looks like a secret",
+    "AC008": "RUN --mount secret read from the build context",
 }
 
 _IGNORE = re.compile(r"^\s*#\s*acbuild:\s*ignore=([A-Za-z0-9, ]+)\s*$")
@@ -121,7 +122,7 @@ def _instruction_findings(instructions: Sequence[ins.Instruction], context: Path
             case ins.Dependency():
                 found += _dependency(i)
             case ins.Run():
-                found += _run(i)
+                found += _run(i) + (_mounts(i, ctx) if ctx is not None else [])
             case ins.Copy() if ctx is not None:
                 found += _copy(i, ctx)
             case ins.Env():
@@ -169,16 +170,30 @@ def _run(i: ins.Run) -> list[Finding]:
 def _copy(i: ins.Copy, ctx: BuildContext) -> list[Finding]:
     if i.from_stage is not None:
         return []
+    return [f for unsafe in i.sources if (f := _excluded(i, ctx, unsafe, "COPY")) is not None]
+
+
+def _excluded(i: ins.Located, ctx: BuildContext, unsafe: str, what: str) -> Finding | None:
+    rel = posixpath.normpath(unsafe.lstrip("/"))
+    if has_glob(unsafe) or rel.startswith(".."):
+        return None
+    if not ctx.is_ignored(rel, is_dir=(ctx.root / rel).is_dir()):
+        return None
+    return Finding(rule="AC005", span=i.span,
+                   message=f"{what} source {unsafe!r} is excluded by .acignore, so the build "
+                           "will fail")
+
+
+def _mounts(i: ins.Run, ctx: BuildContext) -> list[Finding]:
     found = []
-    for unsafe in i.sources:
-        rel = posixpath.normpath(unsafe.lstrip("/"))
-        if has_glob(unsafe) or rel.startswith(".."):
-            continue
-        is_dir = (ctx.root / rel).is_dir()
-        if ctx.is_ignored(rel, is_dir=is_dir):
-            found.append(Finding(rule="AC005", span=i.span,
-                                 message=f"COPY source {unsafe!r} is excluded by .acignore, "
-                                         "so the build will fail"))
+    for m in i.mounts:
+        if m.kind == "bind" and m.from_stage is None and m.source is not None:
+            found += [f for f in [_excluded(i, ctx, m.source, "RUN --mount")] if f]
+        elif m.kind == "secret" and m.source is not None:
+            found.append(Finding(rule="AC008", span=i.span, message=(
+                f"secret {m.id!r} is read from {m.source!r} in the build context, where a "
+                f"COPY can put it in the image too; keep it outside and build with "
+                f"--secret id={m.id},src=FILE")))
     return found
 
 

@@ -193,19 +193,31 @@ def _copy_sources(
     errors: list[AcbuildError],
 ) -> set[int]:
     needs: set[int] = set()
-    for i in body:
-        if not isinstance(i, ins.Copy) or i.from_stage is None:
+    for i, name, token in _stage_reads(body):
+        if name in earlier:
+            needs.add(earlier[name])
             continue
-        if i.from_stage in earlier:
-            needs.add(earlier[i.from_stage])
-            continue
-        if i.from_stage == begin.stage:
-            message = f"COPY --from={i.from_stage} names the stage it is in"
+        what = "COPY --from" if isinstance(i, ins.Copy) else "RUN --mount from"
+        if name == begin.stage:
+            message = f"{what}={name} names the stage it is in"
         else:
-            message = f"COPY --from={i.from_stage}: no earlier stage is named {i.from_stage!r}"
+            message = f"{what}={name}: no earlier stage is named {name!r}"
         hint = f"stages before this one: {', '.join(earlier)}" if earlier else None
-        errors.append(_error(i, f"--from={i.from_stage}", message, hint))
+        errors.append(_error(i, token, message, hint))
     return needs
+
+
+def _stage_reads(body: Sequence[ins.Instruction]) -> list[tuple[ins.Located, str, str]]:
+    """(instruction, stage name, the token naming it) for each COPY --from and each RUN
+    --mount from=: the stages a stage reads."""
+    found: list[tuple[ins.Located, str, str]] = []
+    for i in body:
+        if isinstance(i, ins.Copy) and i.from_stage is not None:
+            found.append((i, i.from_stage, f"--from={i.from_stage}"))
+        elif isinstance(i, ins.Run):
+            found += [(i, m.from_stage, f"from={m.from_stage}") for m in i.mounts
+                      if m.from_stage is not None]
+    return found
 
 
 def _target(drafts: list[_Draft], target: str | None, errors: list[AcbuildError]) -> _Draft | None:

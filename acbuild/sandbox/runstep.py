@@ -15,10 +15,10 @@ from acbuild.acfile.instructions import Run
 from acbuild.errors import AcbuildError, BuildError, SandboxError
 from acbuild.fs.staging import StagedRootfs
 from acbuild.image.manifest import ImageManifest
-from acbuild.image.users import resolve_user
+from acbuild.image.users import Identity, resolve_user
 from acbuild.report import Reporter, StepInfo
 from acbuild.sandbox.limits import DEFAULT_PIDS, Limits, default_memory
-from acbuild.sandbox.sandbox import SandboxSpec, run_sandboxed
+from acbuild.sandbox.sandbox import SandboxSpec, SecretFile, TreeMount, run_sandboxed
 from acbuild.signals import terminate_as_exit
 
 RUN_TAIL_LINES = 20
@@ -33,13 +33,16 @@ class RunContext:
     log_path: Path | None = None
     # Limits already reported as not enforceable here: each is warned about once a build.
     warned: set[str] = field(default_factory=set)
+    mounts: tuple[TreeMount, ...] = ()  # RUN --mount=type=bind|cache, prepared and locked
+    secrets: tuple[SecretFile, ...] = ()
+    # Text no output line may show (a secret's lines): the sandbox replaces it with ***
+    # before the reporter, the log and an error's last lines see any of it.
+    redact: tuple[str, ...] = ()
 
 
-def sandbox_spec(instruction: Run, ctx: RunContext) -> SandboxSpec:
-    """What the sandbox runs for this step: the image's app settings, then the step's own."""
+def step_identity(instruction: Run, ctx: RunContext) -> Identity:
+    """Whom the step runs as: RUN --user, else the image's USER and GROUP, else root."""
     app = ctx.manifest.app
-    env = {e.name: e.value for e in app.environment} if app else {}
-    env.update(instruction.env)
     user = instruction.user or (app.user if app else "0")
     group = None if instruction.user else (app.group if app else None)
     try:
@@ -54,6 +57,15 @@ def sandbox_spec(instruction: Run, ctx: RunContext) -> SandboxSpec:
             hint="build as root, or run this step with RUN --user=0 (USER sets the app's "
                  "user and applies to the RUN steps after it)",
         )
+    return identity
+
+
+def sandbox_spec(instruction: Run, ctx: RunContext) -> SandboxSpec:
+    """What the sandbox runs for this step: the image's app settings, then the step's own."""
+    app = ctx.manifest.app
+    env = {e.name: e.value for e in app.environment} if app else {}
+    env.update(instruction.env)
+    identity = step_identity(instruction, ctx)
     env.setdefault("HOME", identity.home)
     return SandboxSpec(
         rootfs=ctx.rootfs.root,
@@ -68,6 +80,9 @@ def sandbox_spec(instruction: Run, ctx: RunContext) -> SandboxSpec:
         source_date_epoch=ctx.epoch,
         limits=run_limits(instruction),
         tmpfs_tmp=False,  # the image's /tmp, as in Docker: what RUN does there is kept
+        mounts=ctx.mounts,
+        secrets=ctx.secrets,
+        redact=ctx.redact,
     )
 
 

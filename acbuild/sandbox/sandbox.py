@@ -41,6 +41,7 @@ from acbuild.sandbox.seccomp import filter_bpf
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Longer output lines are handed on in pieces of this many characters.
 MAX_LINE = 8192
+REDACTED = "***"  # what output shows instead of a secret
 # How long the helper gets to empty the namespace after being told to, before SIGKILL.
 KILL_GRACE = 5.0
 _INIT = Path(sandbox_init.__file__)
@@ -53,6 +54,36 @@ class Bind:
     source: Path
     target: str
     read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TreeMount:
+    """``rel`` of a tree the caller checked (the build context, a stage's rootfs, a cache
+    directory) mounted at ``target`` (relative to the rootfs, symlink-free). The helper
+    reopens it below ``root`` following no symlink, and mounts it only if it is still the
+    inode the caller saw: a swap between the check and the mount fails the step."""
+
+    root: Path
+    rel: str  # "" for the root itself
+    identity: tuple[int, int]  # (st_dev, st_ino) the caller checked
+    is_dir: bool
+    target: str
+    read_only: bool = True
+    # Below ``target``: (path, is_dir) hidden, directories under an empty read-only tmpfs,
+    # files under /dev/null (what the context's ignore file excludes).
+    masks: tuple[tuple[str, bool], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecretFile:
+    """A file of SECRETS_DIR: copied by the helper from ``fd`` (a sealed memfd the caller
+    owns and closes) into a tmpfs that exists only for the program's run."""
+
+    fd: int
+    name: str
+    mode: int = 0o400
+    uid: int = 0
+    gid: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +103,9 @@ class SandboxSpec:
     hostname: str = "acbuild"
     source_date_epoch: int = 315532800
     binds: tuple[Bind, ...] = ()
+    mounts: tuple[TreeMount, ...] = ()  # RUN --mount=type=bind|cache
+    secrets: tuple[SecretFile, ...] = ()  # RUN --mount=type=secret, in /run/secrets
+    redact: tuple[str, ...] = ()  # texts the output never shows (REDACTED instead)
     stdin: bool = False  # connect the caller's stdin (for `acbuild-py run`), else /dev/null
     # A fresh tmpfs on /tmp (`acbuild-py run`). RUN steps use the image's own /tmp, as
     # Docker does: what they do there (mode, files, making /tmp at all) stays in the image.
@@ -117,7 +151,9 @@ def run_sandboxed(spec: SandboxSpec, on_output: Callable[[str], None]) -> Sandbo
                 "pids" not in jail.enforced else None
             payload["nproc"] = nproc
             result = _Session(payload, spec.timeout, on_output, stdin=spec.stdin,
-                              on_start=jail.add).run()
+                              on_start=jail.add,
+                              pass_fds=tuple(s.fd for s in spec.secrets),
+                              redact=spec.redact).run()
             unenforced = tuple(
                 name for name, value in (("pids", spec.limits.pids),
                                          ("memory", spec.limits.memory))
@@ -188,6 +224,9 @@ def _prepare(spec: SandboxSpec, created: list[tuple[str, bool]]) -> dict[str, An
         host_files = _prepare_host_files(root_fd, created) if spec.network == "host" else []
         tmpfs = ("tmp", "dev") if spec.tmpfs_tmp else ("dev",)
         binds = [_prepare_bind(root_fd, b, created, tmpfs) for b in spec.binds]
+        mounts = [_prepare_mount(root_fd, m, created) for m in spec.mounts]
+        if spec.secrets:
+            _make(root_fd, sandbox_init.SECRETS_DIR, "dir", created)
     finally:
         os.close(root_fd)
     return {
@@ -196,7 +235,10 @@ def _prepare(spec: SandboxSpec, created: list[tuple[str, bool]]) -> dict[str, An
         "make_workdir": spec.make_workdir, "uid": spec.uid, "gid": spec.gid,
         "groups": list(spec.supplementary_gids), "set_groups": os.geteuid() == 0,
         "network": spec.network, "hostname": spec.hostname, "host_files": host_files,
-        "binds": binds, "seccomp": filter_bpf().hex(), "tmpfs_tmp": spec.tmpfs_tmp,
+        "binds": binds, "mounts": mounts,
+        "secrets": [{"fd": x.fd, "name": x.name, "mode": x.mode, "uid": x.uid, "gid": x.gid}
+                    for x in spec.secrets],
+        "seccomp": filter_bpf().hex(), "tmpfs_tmp": spec.tmpfs_tmp,
     }
 
 
@@ -240,6 +282,18 @@ def _prepare_bind(root_fd: int, bind: Bind, created: list[tuple[str, bool]],
             "create": in_tmpfs, "read_only": bind.read_only}
 
 
+def _prepare_mount(root_fd: int, mount: TreeMount,
+                   created: list[tuple[str, bool]]) -> dict[str, Any]:
+    rel = mount.target.strip("/")
+    if not rel or rel.split("/")[0] in ("proc", "dev") or ".." in rel.split("/"):
+        raise SandboxError(f"cannot mount on '{mount.target}': the sandbox's own")
+    kind = "dir" if mount.is_dir else "file"
+    _make(root_fd, rel, kind, created)
+    return {"root": str(mount.root), "rel": mount.rel, "dev": mount.identity[0],
+            "ino": mount.identity[1], "kind": kind, "target": rel,
+            "read_only": mount.read_only, "masks": [list(m) for m in mount.masks]}
+
+
 def _remove_created(rootfs: Path, created: list[tuple[str, bool]]) -> None:
     """Remove the mount points we made, newest first, if they are still empty: what the
     program put there (in a directory it created through a volume, say) stays."""
@@ -270,24 +324,36 @@ def _remove_created(rootfs: Path, created: list[tuple[str, bool]]) -> None:
 
 
 class _Lines:
-    """Turns a byte stream into lines: UTF-8 with replacement, long lines cut in pieces."""
+    """Turns a byte stream into lines: UTF-8 with replacement, long lines cut in pieces.
+    Each text of ``redact`` is replaced by REDACTED before any cut, so no piece holds a
+    part of one; a pending line keeps the longest one's length back until it is whole."""
 
-    def __init__(self, emit: Callable[[str], None]):
+    def __init__(self, emit: Callable[[str], None], redact: tuple[str, ...] = ()):
         self._emit = emit
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._pending = ""
+        self._redact = sorted(redact, key=len, reverse=True)
+        self._keep = max((len(r) for r in redact), default=1) - 1
 
     def feed(self, data: bytes, *, final: bool = False) -> None:
         text = self._pending + self._decoder.decode(data, final)
         *lines, self._pending = text.split("\n")
         for line in lines:
-            self._emit_line(line.removesuffix("\r"))
-        while len(self._pending) >= MAX_LINE:
+            self._emit_line(self._redacted(line.removesuffix("\r")))
+        while len(self._pending) >= MAX_LINE + self._keep:
+            self._pending = self._redacted(self._pending)
+            if len(self._pending) < MAX_LINE + self._keep:
+                break
             self._emit(self._pending[:MAX_LINE])
             self._pending = self._pending[MAX_LINE:]
         if final and self._pending:
-            self._emit_line(self._pending)
+            self._emit_line(self._redacted(self._pending))
             self._pending = ""
+
+    def _redacted(self, text: str) -> str:
+        for secret in self._redact:
+            text = text.replace(secret, REDACTED)
+        return text
 
     def _emit_line(self, line: str) -> None:
         for start in range(0, max(len(line), 1), MAX_LINE):
@@ -299,11 +365,13 @@ class _Session:
 
     def __init__(self, payload: dict[str, Any], timeout: float | None,
                  on_output: Callable[[str], None], *, stdin: bool = False,
-                 on_start: Callable[[int], None] | None = None):
+                 on_start: Callable[[int], None] | None = None,
+                 pass_fds: tuple[int, ...] = (), redact: tuple[str, ...] = ()):
         self._payload = payload
+        self._pass_fds = pass_fds
         self._on_start = on_start
         self._timeout = timeout
-        self._lines = _Lines(on_output)
+        self._lines = _Lines(on_output, redact)
         self._stdin = stdin
         self._messages: dict[str, Any] = {}
         self._report = b""
@@ -319,7 +387,8 @@ class _Session:
                     [sys.executable, "-I", "-S", str(_INIT), str(ctl_r), str(rep_w),
                      str(os.getpid())],
                     stdin=None if self._stdin else subprocess.DEVNULL, stdout=out_w,
-                    stderr=errors, pass_fds=(ctl_r, rep_w), start_new_session=True, env={},
+                    stderr=errors, pass_fds=(ctl_r, rep_w, *self._pass_fds),
+                    start_new_session=True, env={},
                 )
             except BaseException as e:
                 for fd in (rep_r, out_r, self._ctl_w):

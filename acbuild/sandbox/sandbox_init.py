@@ -74,6 +74,8 @@ DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 # Parts of the fresh procfs that reach beyond the namespaces; read-only, as in Docker.
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
 HOST_FILES = ("resolv.conf", "hosts")
+SECRETS_DIR = "run/secrets"  # RUN --mount=type=secret files, on a tmpfs of their own
+MAX_SECRETS_BYTES = 4 << 20
 # Host information procfs shows whatever the namespaces (the descriptions of the keys in
 # every keyring, kernel memory, timers): hidden under /dev/null, as Docker masks them.
 PROC_MASKED = ("keys", "key-users", "kcore", "timer_list", "sched_debug", "latency_stats")
@@ -267,6 +269,89 @@ def _bind(source: str, root_fd: int, rel: str, *, kind: str, create: bool,
         os.close(fd)
 
 
+def _tree_mount(root_fd: int, m: dict[str, Any]) -> None:
+    """A RUN --mount of a checked tree: reopened below its root with no symlink followed,
+    and mounted only if it is the inode the parent checked (nosuid, nodev, non-recursive,
+    so a mount inside the tree cannot bring anything else along)."""
+    tree = os.open(m["root"], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            source = open_beneath(tree, m["rel"], kind=m["kind"]) if m["rel"] else os.dup(tree)
+        except OSError as e:
+            raise OSError(e.errno, f"mount source /{m['rel']} changed since it was checked "
+                          f"({e.strerror})") from None
+    finally:
+        os.close(tree)
+    try:
+        st = os.fstat(source)
+        if (st.st_dev, st.st_ino) != (m["dev"], m["ino"]):
+            raise OSError(errno.ESTALE, f"mount source /{m['rel']} changed since it was "
+                          "checked")
+        target = open_beneath(root_fd, m["target"], kind=m["kind"])
+        try:
+            _mount(_fd_path(source), _fd_path(target), None, MS_BIND)
+        finally:
+            os.close(target)
+    finally:
+        os.close(source)
+    fd = open_beneath(root_fd, m["target"], kind=m["kind"])
+    try:
+        _remount(_fd_path(fd), MS_NOSUID | MS_NODEV | (MS_RDONLY if m["read_only"] else 0))
+    finally:
+        os.close(fd)
+    for rel, is_dir in m.get("masks", ()):
+        where, kind = f"{m['target']}/{rel}", "dir" if is_dir else "file"
+        fd = open_beneath(root_fd, where, kind=kind)
+        try:
+            if is_dir:
+                _mount("tmpfs", _fd_path(fd), "tmpfs",
+                       MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=755")
+            else:
+                _mount("/dev/null", _fd_path(fd), None, MS_BIND)
+        finally:
+            os.close(fd)
+        if not is_dir:  # re-opened: the bind now sits on top of the path
+            fd = os.open(_fd_path(root_fd) + "/" + where, os.O_PATH | os.O_CLOEXEC)
+            try:
+                _remount(_fd_path(fd), MS_RDONLY | MS_NOSUID | MS_NOEXEC)
+            finally:
+                os.close(fd)
+
+
+def _mount_secrets(root_fd: int, secrets: list[dict[str, Any]]) -> None:
+    """A tmpfs on /run/secrets holding each secret, read-only once written: it lives in
+    this mount namespace only, so nothing of it reaches the rootfs on disk."""
+    fd = open_beneath(root_fd, SECRETS_DIR, kind="dir")
+    try:
+        _mount("tmpfs", _fd_path(fd), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+               f"mode=755,size={MAX_SECRETS_BYTES + (64 << 10)}")
+    finally:
+        os.close(fd)
+    fd = open_beneath(root_fd, SECRETS_DIR, kind="dir")
+    try:
+        for secret in secrets:
+            _write_secret(fd, secret)
+        _remount_read_only(_fd_path(fd))
+    finally:
+        os.close(fd)
+
+
+def _write_secret(dir_fd: int, secret: dict[str, Any]) -> None:
+    out = os.open(secret["name"], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                  | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    try:
+        offset = 0
+        while chunk := os.pread(secret["fd"], 65536, offset):
+            offset += len(chunk)
+            if offset > MAX_SECRETS_BYTES:
+                raise OSError(errno.EFBIG, "a secret is too large")
+            os.write(out, chunk)
+        os.fchown(out, secret["uid"], secret["gid"])
+        os.fchmod(out, secret["mode"])
+    finally:
+        os.close(out)
+
+
 def _setup_root(spec: dict[str, Any]) -> None:
     root = spec["rootfs"]
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount may reach the host
@@ -285,6 +370,10 @@ def _setup_root(spec: dict[str, Any]) -> None:
         for b in spec["binds"]:
             _bind(b["source"], root_fd, b["target"], kind=b["kind"], create=b["create"],
                   read_only=b["read_only"])
+        for m in spec.get("mounts", ()):
+            _tree_mount(root_fd, m)
+        if spec.get("secrets"):
+            _mount_secrets(root_fd, spec["secrets"])
     finally:
         os.close(root_fd)
     os.chdir(root)
@@ -393,6 +482,8 @@ def _init_main(spec: dict[str, Any], report_fd: int, lifeline: int) -> None:
             _send(report_fd, {"exit": 0})
             os._exit(0)
         _setup_root(spec)
+        for secret in spec.get("secrets", ()):
+            os.close(secret["fd"])  # the program must not find it in /proc/1/fd
         _set_identity_of_namespace(spec["hostname"], spec["network"] == "none")
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         child = os.fork()
@@ -451,6 +542,8 @@ def main(argv: list[str]) -> int:
     if not line:
         return 1  # the parent gave up before sending the spec
     spec = json.loads(line)
+    for secret in spec.get("secrets", ()):
+        os.set_inheritable(secret["fd"], False)  # I needs it; the program never gets it
     spec["cap_last"] = _read_cap_last()
     try:
         flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS

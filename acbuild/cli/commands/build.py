@@ -53,6 +53,26 @@ def _docker_hint(hint: str) -> Callable[[click.Context, click.Parameter, Any], A
     return callback
 
 
+def _secrets(ctx: click.Context, param: click.Parameter,
+             values: tuple[str, ...]) -> dict[str, Path]:
+    """--secret id=ID,src=FILE (docker build's form; source= too) to {ID: FILE}."""
+    from acbuild.acfile.runmount import SECRET_ID
+
+    found: dict[str, Path] = {}
+    for value in values:
+        fields = dict(part.partition("=")[::2] for part in value.split(","))
+        secret_id, src = fields.pop("id", ""), fields.pop("src", fields.pop("source", ""))
+        if fields or not secret_id or not src:
+            raise click.BadParameter(f"expected id=ID,src=FILE, got {value!r}", ctx, param)
+        if not SECRET_ID.fullmatch(secret_id):
+            raise click.BadParameter(f"invalid secret id {secret_id!r}: letters, digits, '_', "
+                                     "'.' and '-', not starting with '.' or '-'", ctx, param)
+        if secret_id in found:
+            raise click.BadParameter(f"secret {secret_id!r} given twice", ctx, param)
+        found[secret_id] = Path(src)
+    return found
+
+
 @click.command("build")
 @acfile_argument
 @click.option("--build-arg", multiple=True, hidden=True, expose_value=False,
@@ -74,6 +94,9 @@ def _docker_hint(hint: str) -> Callable[[click.Context, click.Parameter, Any], A
 @click.option("--no-cache", is_flag=True, help="Run every step; neither read nor fill the cache.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), metavar="N",
               help="Build at most N independent stages at once (default: one a CPU).")
+@click.option("--secret", "secrets", multiple=True, metavar="id=ID,src=FILE", callback=_secrets,
+              help="A file RUN --mount=type=secret,id=ID sees at /run/secrets/ID; never in "
+                   "the image, the cache or the log.")
 @click.option("--check-repro", is_flag=True,
               help="Build twice without cache and fail (exit 1) if the images differ.")
 @push_option
@@ -105,6 +128,7 @@ def command(
     push_to: Reference | None,
     cache_from: tuple[CacheRepo, ...],
     cache_to: CacheRepo | None,
+    secrets: dict[str, Path],
     **trust: Any,
 ) -> None:
     """Build the image an Acfile describes: PATH/Acfile, ./Acfile with no PATH, PATH itself
@@ -132,8 +156,9 @@ def command(
     if iidfile is not None:
         check_writable(iidfile)
     warm_key = None
+    # A hit would skip a --cache-to export; a --secret file is no input a record stats.
     if not (no_cache or check_repro or to_stdout or sign_keys or log_file
-            or output_format != "aci" or cache_from or cache_to is not None):
+            or output_format != "aci" or cache_from or cache_to is not None or secrets):
         # Everything that can change the image; any difference is only a miss.
         warm_key = warm.invocation_key([
             ("acfile", os.path.abspath(acfile)), ("output", output),
@@ -194,6 +219,7 @@ def command(
             cache_from=cache_from,
             cache_to=cache_to,
             transport=registries,
+            secrets=secrets,
             refuse_signing="-o - streams the image, and a signature needs a file beside it: "
                            "use -o FILE" if to_stdout else None,
             warm_key=warm_key,

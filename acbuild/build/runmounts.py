@@ -1,0 +1,312 @@
+"""RUN --mount (execute stage): from the instruction's mounts to what the sandbox mounts.
+
+Bind sources are resolved as COPY resolves its sources (never out of the context, the
+ignore file's exclusions hidden under empty mounts) or inside a stage's rootfs with chroot
+semantics; cache directories are taken from the mount cache and locked for the step;
+secrets are read once into sealed memfds. Everything is released when the step ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import os
+import stat
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from acbuild.acfile.context import (
+    IGNORE_FILE,
+    BuildContext,
+    ContextSource,
+    has_glob,
+    special_kind,
+)
+from acbuild.acfile.instructions import Run, RunMount
+from acbuild.acfile.runmount import SECRETS_DIR
+from acbuild.cache.mountcache import MountCache, Owner
+from acbuild.errors import AcbuildError, BuildError
+from acbuild.fs.beneath import ESCAPES, open_beneath
+from acbuild.fs.securepath import PathError, relpath_in, safe_join
+from acbuild.sandbox.runstep import RunContext, step_identity
+from acbuild.sandbox.sandbox import SecretFile, TreeMount
+from acbuild.sandbox.sandbox_init import MAX_SECRETS_BYTES
+
+MAX_SECRET = 1 << 20  # bytes of one secret (BuildKit allows 500 KiB)
+MAX_MASKS = 1000  # excluded entries one bind may hide
+MIN_REDACTED = 4  # shorter lines of a secret are too common to hide from the output
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MountInputs:
+    """What a build supplies to its RUN mounts."""
+
+    context: BuildContext
+    cache: MountCache | None  # None: the build has no cache directory
+    secrets: Mapping[str, Path]  # --secret id=ID,src=FILE
+    stage_root: Callable[[str], Path]  # a stage's rootfs by name (built when asked)
+    notice: Callable[[str], None] = lambda message: None  # e.g. waiting for a lock
+
+
+@contextlib.contextmanager
+def prepared(instruction: Run, ctx: RunContext, inputs: MountInputs) -> Iterator[RunContext]:
+    """``ctx`` with the step's mounts, secrets and redactions, valid until the end."""
+    if not instruction.mounts:
+        yield ctx
+        return
+    with contextlib.ExitStack() as stack:
+        mounts: list[TreeMount] = []
+        after: list[Callable[[], None]] = []  # checks once the step ran
+        secrets: list[SecretFile] = []
+        redact: set[str] = set()
+        # Cache locks are taken in one order, by id, in every step of every build: two
+        # steps each holding one the other waits for cannot happen.
+        for mount in sorted(instruction.mounts, key=lambda m: (m.kind != "cache", m.cache_id)):
+            try:
+                if mount.kind == "secret":
+                    found = _secret(mount, inputs, instruction, ctx, stack)
+                    if found is not None:
+                        secrets.append(found[0])
+                        redact.update(found[1])
+                    continue
+                target = _target(ctx.rootfs.root, mount.target)
+                if mount.kind == "cache":
+                    mounts.append(_cache(mount, target, inputs, instruction, ctx, stack))
+                else:
+                    mounts.append(_bind(mount, target, inputs, after))
+            except AcbuildError as e:
+                e.span = e.span or instruction.span
+                raise
+        if sum(os.fstat(x.fd).st_size for x in secrets) > MAX_SECRETS_BYTES:
+            raise BuildError(f"the secrets of one RUN take more than "
+                             f"{MAX_SECRETS_BYTES >> 20} MiB", span=instruction.span)
+        yield dataclasses.replace(ctx, mounts=tuple(mounts), secrets=tuple(secrets),
+                                  redact=tuple(sorted(redact, key=len, reverse=True)))
+        try:
+            for check in after:
+                check()
+        except AcbuildError as e:
+            e.span = e.span or instruction.span
+            raise
+
+
+def _target(root: Path, target: str) -> str:
+    """The target with the image's symlinks resolved inside the rootfs (as Docker does):
+    the sandbox then makes and opens it refusing every symlink."""
+    try:
+        rel = relpath_in(root, safe_join(root, target, follow_final=True))
+    except PathError as e:
+        raise BuildError(f"RUN --mount target '{target}': {e.message}") from None
+    secrets = SECRETS_DIR.strip("/")
+    top = rel.split("/")[0]
+    where = None if not rel else "/" + top if top in ("proc", "dev") else \
+        SECRETS_DIR if rel == secrets or rel.startswith(secrets + "/") else ""
+    if where != "":
+        why = "the sandbox's own" if where else "the whole image"
+        raise BuildError(f"RUN --mount target '{target}' leads to '{where or '/'}' through "
+                         f"a symlink: {why}")
+    return "/" + rel
+
+
+# -- cache ------------------------------------------------------------------------------------
+
+
+def _cache(mount: RunMount, target: str, inputs: MountInputs, instruction: Run,
+           ctx: RunContext, stack: contextlib.ExitStack) -> TreeMount:
+    who = step_identity(instruction, ctx)
+    uid = who.uid if mount.uid is None else mount.uid
+    gid = who.gid if mount.gid is None else mount.gid
+    if not ctx.rootfs.privileged and (uid, gid) != (0, 0):
+        raise BuildError(f"RUN --mount=type=cache owned by {uid}:{gid} needs a build as root: "
+                         "a rootless build has only uid 0 inside")
+    if inputs.cache is None:
+        raise BuildError("RUN --mount=type=cache needs a cache directory, and this build "
+                         "has none")
+    try:
+        data = stack.enter_context(inputs.cache.use(
+            mount.cache_id, mount.sharing,
+            Owner(uid=uid, gid=gid, mode=0o755 if mount.mode is None else mount.mode),
+            on_wait=lambda: inputs.notice(f"waiting for cache mount '{mount.cache_id}' "
+                                          f"(sharing={mount.sharing}): another step uses it")))
+        st = os.lstat(data)
+    except OSError as e:
+        raise BuildError(f"cache mount '{mount.cache_id}': {e.strerror or e}") from None
+    return TreeMount(root=data.parent, rel=data.name, identity=(st.st_dev, st.st_ino),
+                     is_dir=True, target=target, read_only=False)
+
+
+# -- bind -------------------------------------------------------------------------------------
+
+
+def _bind(mount: RunMount, target: str, inputs: MountInputs,
+          after: list[Callable[[], None]]) -> TreeMount:
+    source = (mount.source or ".").lstrip("/") or "."
+    if mount.from_stage is not None:
+        return _stage_bind(mount, source, target, inputs.stage_root(mount.from_stage))
+    context = inputs.context
+    if has_glob(source):
+        raise BuildError(f"RUN --mount source '{mount.source}' is a glob; name one file or "
+                         "directory")
+    try:
+        (found,) = context.resolve(source)
+    except BuildError as e:
+        # The context's messages are COPY's; the rule is the same, the instruction is not.
+        raise BuildError(e.message.replace("COPY source", "RUN --mount source", 1),
+                         hint=e.hint) from None
+    if found.is_symlink:
+        raise BuildError(f"RUN --mount source '{source}' is a symlink: name the file or "
+                         "directory it points to")
+    st = context.lstat(found.rel)
+    hidden = _excluded(context, found, source) if found.is_dir else {}
+    if len(hidden) > MAX_MASKS:
+        raise BuildError(f"RUN --mount source '{source}' has {len(hidden)} entries excluded "
+                         f"by {IGNORE_FILE}; a mount hides at most {MAX_MASKS}",
+                         hint="mount a narrower source")
+    if found.is_dir:
+        after.append(lambda: _still_hidden(context, found, source, hidden))
+    return TreeMount(root=context.root, rel="" if found.rel == "." else found.rel,
+                     identity=(st.st_dev, st.st_ino), is_dir=found.is_dir, target=target,
+                     masks=tuple((rel, stat.S_ISDIR(h.st_mode)) for rel, h in hidden.items()))
+
+
+def _still_hidden(context: BuildContext, found: ContextSource, source: str,
+                  hidden: dict[str, os.stat_result]) -> None:
+    """The mount is a live view of the context: an excluded entry made (or swapped, which
+    takes the mask off it) while the step ran was visible to it. The step fails then, so
+    neither the image nor the cache gets what it may have taken."""
+    for rel, st in _excluded(context, found, source).items():
+        was = hidden.get(rel)
+        # ctime too: an inode number is reused at once after an unlink
+        if was is None or (was.st_dev, was.st_ino, was.st_ctime_ns) != \
+                (st.st_dev, st.st_ino, st.st_ctime_ns):
+            raise BuildError(f"'{rel}', which {IGNORE_FILE} excludes, appeared in the build "
+                             f"context while the step ran, where RUN --mount source "
+                             f"'{source}' showed it", hint="do not change the context during "
+                             "a build")
+
+
+def _excluded(context: BuildContext, found: ContextSource,
+              source: str) -> dict[str, os.stat_result]:
+    """What the mount must hide (entries the ignore file excludes, by path below the
+    source), refusing what it cannot hide and what COPY refuses too (FIFOs, sockets,
+    devices: a socket would let the RUN talk to a host service)."""
+    hidden: dict[str, os.stat_result] = {}
+    for rel, st, ignored in context.walk_all(found):
+        kind = special_kind(st.st_mode)
+        if ignored and (kind or stat.S_ISLNK(st.st_mode)):
+            raise BuildError(f"RUN --mount source '{source}' holds '{rel}', excluded by "
+                             f"{IGNORE_FILE}, which is a {kind or 'symlink'} a mount cannot "
+                             "hide", hint="remove it, or mount a directory without it")
+        if kind:
+            raise BuildError(f"RUN --mount source '{source}' holds '{rel}', a {kind}; only "
+                             "files, directories and symlinks can be mounted")
+        if ignored:
+            hidden[rel] = st
+    return hidden
+
+
+def _stage_bind(mount: RunMount, source: str, target: str, root: Path) -> TreeMount:
+    """A path of a stage's rootfs, its symlinks resolved inside that rootfs."""
+    try:
+        path = safe_join(root, source, follow_final=True)
+        st = os.lstat(path)
+        rel = relpath_in(root, path)
+    except (PathError, OSError) as e:
+        why = e.message if isinstance(e, PathError) else "not found"
+        raise BuildError(f"RUN --mount source '{mount.source}' in stage "
+                         f"'{mount.from_stage}': {why}") from None
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise BuildError(f"RUN --mount source '{mount.source}' in stage '{mount.from_stage}' "
+                         "is neither a file nor a directory")
+    return TreeMount(root=root, rel=rel, identity=(st.st_dev, st.st_ino),
+                     is_dir=stat.S_ISDIR(st.st_mode), target=target)
+
+
+# -- secrets ----------------------------------------------------------------------------------
+
+
+def _secret(mount: RunMount, inputs: MountInputs, instruction: Run, ctx: RunContext,
+            stack: contextlib.ExitStack) -> tuple[SecretFile, set[str]] | None:
+    """The secret as a sealed memfd, and the lines of it the output must not show; None
+    when no source is given and it is not required. No message ever quotes its content."""
+    assert mount.id is not None
+    given = inputs.secrets.get(mount.id)
+    if given is None and mount.source is None:
+        if not mount.required:
+            return None
+        raise BuildError(f"RUN needs secret '{mount.id}', and none is given",
+                         hint=f"build with --secret id={mount.id},src=FILE")
+    uid = 0 if mount.uid is None else mount.uid
+    gid = 0 if mount.gid is None else mount.gid
+    if not ctx.rootfs.privileged and (uid, gid) != (0, 0):
+        raise BuildError(f"secret '{mount.id}' owned by {uid}:{gid} needs a build as root: "
+                         "a rootless build has only uid 0 inside")
+    shown = str(given) if given is not None else f"{mount.source} (in the build context)"
+    fd = _open_secret(given, mount, inputs.context, shown)
+    try:
+        data = _read_bounded(fd, mount.id, shown)
+    finally:
+        os.close(fd)
+    memfd = os.memfd_create(f"secret-{mount.id}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    stack.callback(os.close, memfd)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(memfd, view):]
+    fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
+                | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+    text = data.decode(errors="replace")
+    lines = {line.strip() for line in (text, *text.splitlines())}
+    return (SecretFile(fd=memfd, name=mount.id, mode=0o400 if mount.mode is None else mount.mode,
+                       uid=uid, gid=gid),
+            {line for line in lines if len(line) >= MIN_REDACTED})
+
+
+def _open_secret(given: Path | None, mount: RunMount, context: BuildContext, shown: str) -> int:
+    """A descriptor on the secret's file: a --secret path as given (the command line is the
+    builder's own word); an Acfile's source= only beneath the context, no symlink followed
+    (an Acfile must not be able to read the builder's files). Non-blocking, so a FIFO
+    cannot hang the build; it must then be a regular file."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        if given is not None:
+            fd = os.open(given, flags)
+        else:
+            assert mount.source is not None
+            root = os.open(context.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fd = open_beneath(root, mount.source, flags)
+            finally:
+                os.close(root)
+    except ValueError:
+        raise BuildError(f"secret '{mount.id}': {shown} is outside the build context") from None
+    except OSError as e:
+        if given is None and e.errno in ESCAPES:
+            raise BuildError(f"secret '{mount.id}': {shown} is a symlink or lies below one",
+                             hint="name the file itself, or use --secret") from None
+        raise BuildError(f"secret '{mount.id}': cannot open {shown}: "
+                         f"{e.strerror or e}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BuildError(f"secret '{mount.id}': {shown} is not a regular file")
+    return fd
+
+
+def _read_bounded(fd: int, secret_id: str, shown: str) -> bytes:
+    chunks, total = [], 0
+    try:
+        while chunk := os.read(fd, 65536):
+            total += len(chunk)
+            if total > MAX_SECRET:
+                raise BuildError(f"secret '{secret_id}': {shown} is larger than "
+                                 f"{MAX_SECRET >> 10} KiB")
+            chunks.append(chunk)
+    except BlockingIOError:
+        raise BuildError(f"secret '{secret_id}': {shown} cannot be read now") from None
+    except OSError as e:
+        if e.errno == errno.EISDIR:
+            raise BuildError(f"secret '{secret_id}': {shown} is a directory") from None
+        raise BuildError(f"secret '{secret_id}': cannot read {shown}: {e.strerror}") from None
+    return b"".join(chunks)
