@@ -30,6 +30,7 @@ from acbuild.acfile.instructions import Copy
 from acbuild.errors import AcbuildError, BuildError, Span
 from acbuild.fs.securepath import ensure_dirs, relpath_in, safe_join
 from acbuild.fs.staging import DeviceNode, StagedRootfs
+from acbuild.image.basedir import materialize, prepare_path
 from acbuild.image.users import MAX_ID, numeric_id, resolve_group, resolve_user
 from acbuild.report import NullReporter, Reporter
 
@@ -79,6 +80,8 @@ def copy_instruction(instr: Copy, *, context: BuildContext, rootfs: StagedRootfs
     if not into_dir and (len(instr.sources) > 1 or any(has_glob(s) for s in instr.sources)):
         raise BuildError("COPY with several sources or a glob needs a destination ending "
                          f"in '/', not '{instr.dest}'", span=_token_span(span, instr.dest))
+    if from_rootfs is not None:
+        materialize(from_rootfs)  # its files are read by path below
     owner = parse_chown(instr.chown, rootfs, span) if instr.chown else None
     sources: list[_Source] = []
     for unsafe in instr.sources:
@@ -244,6 +247,9 @@ class _Writer:
 
     def place(self, base: str, entries: tuple[_Entry, ...]) -> None:
         root = self.rootfs.root
+        # What a base left in place has on the way must be there for the checks below;
+        # below ``base`` only this COPY's own directories are entered.
+        self._guard(f"/{base}", prepare_path, self.rootfs, base)
         parent = posixpath.dirname(base)
         if parent:
             self._guard(f"/{parent}", lambda: ensure_dirs(root, parent, mode=0o755,
@@ -465,6 +471,8 @@ def parse_chown(spec: str, rootfs: StagedRootfs, span: Span) -> tuple[int, int]:
     user, sep, group = spec.partition(":")
     if not user or (sep and not group):
         raise BuildError(f"COPY --chown='{spec}' must be uid[:gid]", span=at)
+    for db in ("etc/passwd", "etc/group"):
+        prepare_path(rootfs, db)
     try:
         if (number := numeric_id(user)) is not None:
             uid = number

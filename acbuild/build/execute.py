@@ -22,6 +22,7 @@ from acbuild.cache.cache import CorruptTree, StepRecord
 from acbuild.errors import AcbuildError, Span
 from acbuild.fs.securepath import ensure_dirs
 from acbuild.fs.staging import StagedRootfs, remove_tree
+from acbuild.image.basedir import prepare_path
 from acbuild.image.manifest import ImageManifest, default_manifest
 from acbuild.plan.plan import Plan, Stage, Step
 from acbuild.report import Reporter, StepInfo
@@ -148,6 +149,7 @@ class _Executor:
 
 def make_workdir(rootfs: StagedRootfs, path: str) -> None:
     """``mkdir -p`` of the working directory in the rootfs: new directories 0755, root's."""
+    prepare_path(rootfs, path.lstrip("/"))  # a base's file in the way is an error, as staged
     ensure_dirs(rootfs.root, path.lstrip("/"), mode=0o755,
                 on_create=lambda rel: rootfs.set_owner(rel, 0, 0))
 

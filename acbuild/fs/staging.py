@@ -9,6 +9,10 @@ base image's node with the major:minor of a host disk would otherwise be a door 
 disk for anyone who can reach the staging directory, and for the build's own RUN steps.
 They live only as records (``devices``), with their owner, and the finalizer writes them
 into the tar. FIFOs are harmless and are made on disk where the builder can.
+
+A base directory in a stage without RUN is not staged file by file: ``lower`` names it, the
+staged tree holds its directories, symlinks and other non-files, and the base's regular
+files are read from the base by the finalizer (see acbuild.image.basedir).
 """
 
 from __future__ import annotations
@@ -32,6 +36,21 @@ class DeviceNode:
     mode: int  # permission bits
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LowerTree:
+    """A base directory whose regular files are part of the rootfs without being staged.
+
+    ``dirs`` maps each staged directory made from a directory of ``source`` (same relative
+    path) to the identities ``(upper (dev, ino), lower (dev, ino))``: a regular file of
+    ``source`` is in the rootfs when the staged tree has nothing at its path and its parent
+    is still that staged directory. Anything else of ``source`` is staged.
+    """
+
+    source: Path
+    dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]]
+    max_bytes: int  # the limit on the base's file bytes, checked as they are read
+
+
 @dataclass(slots=True)
 class StagedRootfs:
     """A rootfs under construction. ``root`` is the directory that becomes ``rootfs/``.
@@ -43,6 +62,7 @@ class StagedRootfs:
     privileged: bool = field(default_factory=lambda: os.geteuid() == 0)
     owners: dict[str, tuple[int, int]] = field(default_factory=dict)
     devices: dict[str, DeviceNode] = field(default_factory=dict)
+    lower: LowerTree | None = None
 
     def set_owner(self, rel: str, uid: int, gid: int) -> None:
         """Give ``rel`` (already created, inside root, or a device record) an owner, on disk
