@@ -14,6 +14,7 @@ import errno
 import os
 import posixpath
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +30,8 @@ from acbuild.acfile.context import (
 from acbuild.acfile.instructions import Copy
 from acbuild.errors import AcbuildError, BuildError, Span
 from acbuild.fs.securepath import ensure_dirs, relpath_in, safe_join
-from acbuild.fs.staging import DeviceNode, StagedRootfs
-from acbuild.image.basedir import materialize, prepare_path
+from acbuild.fs.staging import DeviceNode, FileRef, StagedRootfs
+from acbuild.image.unstaged import materialize, prepare_path
 from acbuild.image.users import MAX_ID, numeric_id, resolve_group, resolve_user
 from acbuild.report import NullReporter, Reporter
 
@@ -291,12 +292,14 @@ class _Writer:
         return os.fspath(found), relpath_in(root, found), _lstat_mode(found)
 
     def _write(self, entry: _Entry, target: str) -> None:
+        refs = self.rootfs.refs
         if entry.kind == "dir":
             path, rel, mode = self._resolve(target, follow_final=True)
             if not stat.S_ISDIR(mode):
                 path, rel, mode = self._resolve(target, follow_final=False)
                 if mode:
                     os.unlink(path)
+                refs.pop(rel, None)
                 os.mkdir(path, 0o700)
             self._dirs[target] = (path, rel)
         else:
@@ -307,6 +310,9 @@ class _Writer:
                                  span=self.span, hint=None if entry.sub else hint)
             if mode:
                 os.unlink(path)
+            refs.pop(rel, None)
+            if self._referenced(entry, rel):
+                return
             if entry.kind == "symlink":
                 os.symlink(self._readlink(entry), path)
             elif entry.device is not None:
@@ -333,6 +339,23 @@ class _Writer:
         if entry.context_rel is not None and entry.seen is not None:
             return self.context.open_file(entry.context_rel, entry.seen)
         return os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def _referenced(self, entry: _Entry, rel: str) -> bool:
+        """Leave a context file where it is, as a reference the finalizer reads (see
+        acbuild.image.unstaged): when no RUN follows, nothing needs it on disk."""
+        seen = entry.seen
+        if (self.link_epoch is None or entry.kind != "file" or entry.context_rel is None
+                or seen is None):
+            return False
+        self.rootfs.devices.pop(rel, None)
+        self.rootfs.owners.pop(rel, None)
+        self.rootfs.refs[rel] = FileRef(
+            root=os.fspath(self.context.root), root_id=self.context.root_id,
+            rel=entry.context_rel, seen=(seen.st_dev, seen.st_ino, seen.st_size,
+                                         seen.st_mtime_ns),
+            mode=entry.mode, uid=entry.owner[0], gid=entry.owner[1], mtime=int(time.time()))
+        self.done += seen.st_size
+        return True
 
     def _linked(self, entry: _Entry, path: str) -> bool:
         """Hardlink a context file the image cannot tell from a copy; False: copy it."""

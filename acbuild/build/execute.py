@@ -22,8 +22,8 @@ from acbuild.cache.cache import CorruptTree, StepRecord
 from acbuild.errors import AcbuildError, Span
 from acbuild.fs.securepath import ensure_dirs
 from acbuild.fs.staging import StagedRootfs, remove_tree
-from acbuild.image.basedir import prepare_path
 from acbuild.image.manifest import ImageManifest, default_manifest
+from acbuild.image.unstaged import prepare_path
 from acbuild.plan.plan import Plan, Stage, Step
 from acbuild.report import Reporter, StepInfo
 from acbuild.sandbox.runstep import RunContext, run_step

@@ -25,7 +25,7 @@ from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
 from acbuild.fs.private import private_dir
 from acbuild.fs.staging import DeviceNode, StagedRootfs, remove_tree
-from acbuild.image.basedir import materialize
+from acbuild.image.unstaged import materialize
 
 _META = "meta.json"
 _CHUNK = 1 << 20

@@ -12,7 +12,8 @@ into the tar. FIFOs are harmless and are made on disk where the builder can.
 
 A base directory in a stage without RUN is not staged file by file: ``lower`` names it, the
 staged tree holds its directories, symlinks and other non-files, and the base's regular
-files are read from the base by the finalizer (see acbuild.image.basedir).
+files are read from the base by the finalizer (see acbuild.image.basedir). Likewise, a COPY
+from the build context followed by no RUN leaves ``refs``, files read from the context.
 """
 
 from __future__ import annotations
@@ -51,6 +52,22 @@ class LowerTree:
     max_bytes: int  # the limit on the base's file bytes, checked as they are read
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileRef:
+    """A file a COPY put in the rootfs without writing it: the finalizer reads its data from
+    the build context (through descriptors, the file checked to be the one the COPY saw) and
+    writes the entry with the mode, owner and mtime a copy would have had."""
+
+    root: str  # the build context
+    root_id: tuple[int, int]  # its (st_dev, st_ino)
+    rel: str  # the file in the context
+    seen: tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns) at the COPY
+    mode: int
+    uid: int
+    gid: int
+    mtime: int  # seconds: when the COPY ran, what a copy's mtime would be
+
+
 @dataclass(slots=True)
 class StagedRootfs:
     """A rootfs under construction. ``root`` is the directory that becomes ``rootfs/``.
@@ -63,6 +80,7 @@ class StagedRootfs:
     owners: dict[str, tuple[int, int]] = field(default_factory=dict)
     devices: dict[str, DeviceNode] = field(default_factory=dict)
     lower: LowerTree | None = None
+    refs: dict[str, FileRef] = field(default_factory=dict)  # COPY'd files, not on disk
 
     def set_owner(self, rel: str, uid: int, gid: int) -> None:
         """Give ``rel`` (already created, inside root, or a device record) an owner, on disk

@@ -23,9 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acbuild.errors import AcbuildError, ImageError
-from acbuild.fs.beneath import open_beneath
-from acbuild.fs.securepath import relpath_in, safe_join
+from acbuild.errors import ImageError
 from acbuild.fs.staging import LowerTree, StagedRootfs
 from acbuild.image.extract import RootfsWriter
 from acbuild.image.tarread import Limits
@@ -50,7 +48,7 @@ def copy_tree(
     as the copy would set them, and nothing ever changes a shared inode.
     """
     writer = RootfsWriter(rootfs, reporter=reporter)
-    state = _CopyState(writer=writer, rootfs=rootfs, limits=limits, link=link, defer=link,
+    state = CopyState(writer=writer, rootfs=rootfs, limits=limits, link=link, defer=link,
                        src=os.fsencode(src))
     try:
         fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -75,57 +73,11 @@ def copy_tree(
         reporter.progress("extract", state.done, None)
 
 
-def materialize(rootfs: StagedRootfs) -> None:
-    """Make every file of the lower tree a real entry of the staged tree (hardlinked, or
-    copied where the kernel refuses); afterwards the rootfs has no lower tree."""
-    lower = rootfs.lower
-    if lower is None:
-        return
-    with _filling(rootfs, lower) as (state, src, dest):
-        state.fill(src, "", dest, only=None)
-    rootfs.lower = None
-
-
-def prepare_path(rootfs: StagedRootfs, unsafe: str) -> None:
-    """Make the lower tree's files on the way to ``unsafe`` (resolved as securepath does,
-    its final symlink followed) real, so that resolving it sees what a staged copy of the
-    base would have: a file in the way of a directory, or the file a path names."""
-    lower = rootfs.lower
-    if lower is None:
-        return
-    for _ in range(len(unsafe.split("/")) + 1):
-        try:
-            found = relpath_in(rootfs.root, safe_join(rootfs.root, unsafe, follow_final=True))
-        except AcbuildError:
-            return  # a loop: the caller's own resolution reports it
-        parts = found.split("/") if found else []
-        root = os.fspath(rootfs.root)
-        missing = next((i for i in range(len(parts))
-                        if not os.path.lexists("/".join([root, *parts[: i + 1]]))), None)
-        if missing is None:
-            return  # every component is there
-        parent, name = "/".join(parts[:missing]), parts[missing]
-        if parent not in lower.dirs:
-            return  # below something the lower tree does not reach
-        with _filling(rootfs, lower) as (state, src, dest):
-            src_dir = open_beneath(src, parent, os.O_RDONLY | os.O_DIRECTORY) if parent else src
-            try:
-                dest_dir = (open_beneath(dest, parent, os.O_RDONLY | os.O_DIRECTORY)
-                            if parent else dest)
-                try:
-                    if not state.fill(src_dir, parent, dest_dir, only=name):
-                        return  # not a file of the lower tree either
-                finally:
-                    if parent:
-                        os.close(dest_dir)
-            finally:
-                if parent:
-                    os.close(src_dir)
-
-
 @contextlib.contextmanager
-def _filling(rootfs: StagedRootfs, lower: LowerTree) -> Iterator[tuple[_CopyState, int, int]]:
-    state = _CopyState(writer=RootfsWriter(rootfs), rootfs=rootfs, link=True, lower=lower,
+def filling(rootfs: StagedRootfs, lower: LowerTree) -> Iterator[tuple[CopyState, int, int]]:
+    """(copier, source root fd, staged root fd) for making lower files real: its
+    ``fill(src_fd, rel_dir, dest_fd, only=name or None)``."""
+    state = CopyState(writer=RootfsWriter(rootfs), rootfs=rootfs, link=True, lower=lower,
                        limits=Limits(max_total_bytes=lower.max_bytes),
                        src=os.fsencode(lower.source), dirs=lower.dirs)
     try:
@@ -154,7 +106,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(slots=True, kw_only=True)
-class _CopyState:
+class CopyState:
     writer: RootfsWriter
     rootfs: StagedRootfs
     limits: Limits

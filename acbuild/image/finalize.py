@@ -17,11 +17,11 @@ from typing import BinaryIO
 from acbuild.errors import AcbuildError, BuildError
 from acbuild.fs.atomic import atomic_write
 from acbuild.fs.staging import StagedRootfs
-from acbuild.image.basedir import materialize
 from acbuild.image.compression import COMPRESSIONS, Compressor, open_compressor
 from acbuild.image.rootwalk import RootWalker
 from acbuild.image.tarread import MAX_MTIME
 from acbuild.image.tarwrite import BLOCK, TarEntry, TarWriter
+from acbuild.image.unstaged import materialize
 from acbuild.report import Reporter
 
 # 1980-01-01T00:00:00Z: the earliest time a zip file can hold, the usual reproducible-builds

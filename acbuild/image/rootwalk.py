@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from acbuild.errors import BuildError, ImageError
 from acbuild.fs.staging import DeviceNode, StagedRootfs
 from acbuild.image.tarwrite import TarEntry
+from acbuild.image.unstaged import open_context_root, open_ref
 
 # Host policy, not image content: an SELinux label would make the image depend on the host.
 _SKIPPED_XATTRS = frozenset({"security.selinux"})
@@ -25,6 +26,7 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _UPPER = -1  # a child of the staged tree (its lstat is known)
 _UPPER_FILE = -2  # a regular file of the staged tree (opened, then described)
+_REF = -3  # a file a COPY left in the build context (rootfs.refs)
 # (rel, lstat or None, where: _UPPER, _UPPER_FILE or the lower directory's descriptor)
 Child = tuple[str, "os.stat_result | None", int]
 
@@ -74,6 +76,11 @@ class RootWalker:
             self.virtual.setdefault(parent, {})[base] = node
         self.lower = rootfs.lower
         self.lower_bytes = 0
+        self.refs: dict[str, list[str]] = {}
+        for rel in rootfs.refs:
+            parent, _, base = rel.rpartition("/")
+            self.refs.setdefault(parent, []).append(base)
+        self.contexts: dict[str, int] = {}  # build context -> its open descriptor
 
     def archive_name(self, rel: str) -> str:
         if not self.prefix:
@@ -124,6 +131,8 @@ class RootWalker:
                     os.close(fd)
             if lower_root >= 0:
                 os.close(lower_root)
+            for fd in self.contexts.values():
+                os.close(fd)
 
     def _lower_dir(self, rel: str, st: os.stat_result, parent: int, name: str) -> int:
         """The lower tree's directory merged into the staged directory ``rel`` (opened), or
@@ -164,6 +173,8 @@ class RootWalker:
                             found[item.name] = (None, lower_fd)
         except OSError as e:
             raise BuildError(f"cannot read {self.archive_name(rel) or '.'}: {e.strerror}") from None
+        for name in self.refs.get(rel, ()):
+            found[name] = (None, _REF)  # over a base's file of that name
         for name in self.virtual.get(rel, {}):
             found.setdefault(name, (None, _UPPER))
         names = sorted(found, key=os.fsencode)
@@ -175,6 +186,8 @@ class RootWalker:
         node = self.rootfs.devices.get(rel)
         if node is not None:
             return self._device_entry(name, rel, node, st), -1
+        if where == _REF:
+            return self._ref_entry(name, rel)
         if where != _UPPER:
             return self._file_entry(name, rel, where)
         assert st is not None
@@ -242,6 +255,16 @@ class RootWalker:
             os.close(fd)
             return entry, -1
         return entry, fd
+
+    def _ref_entry(self, name: str, rel: str) -> tuple[TarEntry, int]:
+        ref = self.rootfs.refs[rel]
+        root_fd = self.contexts.get(ref.root)
+        if root_fd is None:
+            root_fd = self.contexts[ref.root] = open_context_root(ref)
+        fd, st = open_ref(ref, root_fd)
+        # What a copy would be: the COPY's mode and owner, no xattrs, one link, its mtime.
+        return TarEntry(name=name, kind="file", mode=ref.mode, uid=ref.uid, gid=ref.gid,
+                        mtime=max(0, min(ref.mtime, self.epoch)), size=st.st_size), fd
 
     def _device_entry(self, name: str, rel: str, node: DeviceNode,
                       st: os.stat_result | None) -> TarEntry:
