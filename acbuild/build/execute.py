@@ -128,7 +128,7 @@ class _Executor:
                     source = self.result(self.plan.stage_named(from_stage).index).rootfs
                 copy_instruction(instruction, context=options.context, rootfs=result.rootfs,
                                  from_rootfs=source, reporter=self.reporter,
-                                 link_epoch=options.epoch if shares else None)
+                                 leave_refs=shares)
             case Run():
                 run_step(instruction, RunContext(rootfs=result.rootfs, manifest=result.manifest,
                                                  epoch=options.epoch, log=options.log,

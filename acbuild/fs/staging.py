@@ -22,9 +22,12 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from acbuild.errors import Span
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,7 +52,19 @@ class LowerTree:
 
     source: Path
     dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]]
+    # directory -> listing_signature of what the source directory held: a file or directory
+    # added, removed, renamed or swapped for another kind since is the base changing
+    listings: dict[str, tuple[int, int]]
     max_bytes: int  # the limit on the base's file bytes, checked as they are read
+
+
+def listing_signature(entries: Iterable[tuple[str, bool, bool]]) -> tuple[int, int]:
+    """(count, combined CRC) of a directory's (name, is_dir, is_file) entries, any order."""
+    count = combined = 0
+    for name, is_dir, is_file in entries:
+        count += 1
+        combined ^= zlib.crc32(b"%d%d" % (is_dir, is_file) + os.fsencode(name))
+    return count, combined
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +81,7 @@ class FileRef:
     uid: int
     gid: int
     mtime: int  # seconds: when the COPY ran, what a copy's mtime would be
+    span: Span | None = None  # the COPY, for errors found when the file is read
 
 
 @dataclass(slots=True)

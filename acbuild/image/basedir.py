@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from acbuild.errors import ImageError
-from acbuild.fs.staging import LowerTree, StagedRootfs
+from acbuild.fs.staging import LowerTree, StagedRootfs, listing_signature
 from acbuild.image.extract import RootfsWriter
 from acbuild.image.tarread import Limits
 from acbuild.report import Reporter
@@ -68,7 +68,7 @@ def copy_tree(
     writer.finish()
     if state.defer:
         rootfs.lower = LowerTree(source=Path(os.path.abspath(src)), dirs=state.dirs,
-                                 max_bytes=limits.max_total_bytes)
+                                 listings=state.listings, max_bytes=limits.max_total_bytes)
     if reporter is not None:
         reporter.progress("extract", state.done, None)
 
@@ -119,6 +119,7 @@ class CopyState:
     links: dict[tuple[int, int], str] = field(default_factory=dict)
     # staged directory -> (its identity, the identity of the source directory it was made of)
     dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=dict)
+    listings: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def walk(self, dir_fd: int, rel_dir: str, dest_fd: int, *, dirs: bool) -> None:
         """Copy the children of the open directory ``dir_fd`` (sorted, depth first) into
@@ -129,6 +130,8 @@ class CopyState:
             found = sorted(((e.name, e.is_dir(follow_symlinks=False),
                              e.is_file(follow_symlinks=False)) for e in it),
                            key=lambda item: os.fsencode(item[0]))
+        if self.defer and not dirs:
+            self.listings[rel_dir] = listing_signature(found)
         for name, is_dir, is_file in found:
             rel = f"{rel_dir}/{name}" if rel_dir else name
             if is_dir == dirs:
@@ -193,12 +196,16 @@ class CopyState:
                              f"{rel_dir or '.'!r} is not the directory it was")
         with os.scandir(src_fd) as it:
             found = sorted(((e.name, e.is_dir(follow_symlinks=False),
-                             e.is_file(follow_symlinks=False)) for e in it
-                            if only is None or e.name == only),
+                             e.is_file(follow_symlinks=False)) for e in it),
                            key=lambda item: os.fsencode(item[0]))
+        if listing_signature(found) != self.lower.listings.get(rel_dir):
+            raise ImageError(f"base directory {self.lower.source} changed during the build: "
+                             f"{rel_dir or '.'!r} does not hold what it did")
         filled = False
         with _writable(dest_fd):
             for name, is_dir, is_file in found:
+                if only is not None and name != only:
+                    continue
                 rel = f"{rel_dir}/{name}" if rel_dir else name
                 if is_dir and rel in self.lower.dirs and only is None:
                     self._fill_below(src_fd, name, rel, dest_fd)

@@ -15,7 +15,7 @@ import stat
 from collections.abc import Iterator
 
 from acbuild.errors import BuildError, ImageError
-from acbuild.fs.staging import DeviceNode, StagedRootfs
+from acbuild.fs.staging import DeviceNode, StagedRootfs, listing_signature
 from acbuild.image.tarwrite import TarEntry
 from acbuild.image.unstaged import open_context_root, open_ref
 
@@ -168,9 +168,15 @@ class RootWalker:
                         found[item.name] = (item.stat(follow_symlinks=False), _UPPER)
             if lower_fd >= 0:
                 with os.scandir(lower_fd) as it:
-                    for item in it:
-                        if item.name not in found and item.is_file(follow_symlinks=False):
-                            found[item.name] = (None, lower_fd)
+                    listed = [(item.name, item.is_dir(follow_symlinks=False),
+                               item.is_file(follow_symlinks=False)) for item in it]
+                assert self.lower is not None
+                if listing_signature(listed) != self.lower.listings.get(rel):
+                    raise BuildError(f"base directory {self.lower.source} changed during the "
+                                     f"build: {rel or '.'!r} does not hold what it did")
+                for name, _, is_file in listed:
+                    if is_file and name not in found:
+                        found[name] = (None, lower_fd)
         except OSError as e:
             raise BuildError(f"cannot read {self.archive_name(rel) or '.'}: {e.strerror}") from None
         for name in self.refs.get(rel, ()):

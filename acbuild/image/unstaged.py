@@ -100,7 +100,8 @@ def open_ref(ref: FileRef, root_fd: int) -> tuple[int, os.stat_result]:
     except OSError as e:
         if e.errno in ESCAPES or e.errno == errno.ENOENT:
             raise _changed(ref) from None
-        raise BuildError(f"cannot read '{ref.rel}' in the build context: {e.strerror}") from None
+        raise BuildError(f"cannot read '{ref.rel}' in the build context: {e.strerror}",
+                         span=ref.span) from None
     st = os.fstat(fd)
     if (not stat.S_ISREG(st.st_mode)
             or (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != ref.seen):
@@ -110,8 +111,10 @@ def open_ref(ref: FileRef, root_fd: int) -> tuple[int, os.stat_result]:
 
 
 def _changed(ref: FileRef) -> BuildError:
-    return BuildError(f"COPY source '{ref.rel}' changed during the build",
-                      hint="leave the build context alone while a build runs")
+    # The words a COPY reading the file itself would use (acbuild.acfile.context).
+    return BuildError(f"'{ref.rel}' in the build context changed while the build read it "
+                      "(replaced by a symlink or another file)", span=ref.span,
+                      hint="do not change the context during a build")
 
 
 def _materialize_ref(rootfs: StagedRootfs, rel: str) -> None:

@@ -146,8 +146,8 @@ def _full_snapshot(path: Path) -> dict[str, tuple[int, int, int, int, int, bytes
 def test_linked_base_directory_gives_the_same_image_as_a_copy(tmp_path: Path) -> None:
     """A base directory in a stage without RUN (``link``) is left in place: the image read
     through the lower tree, and after it is made real (hardlinks), is the copy's image."""
-    from acbuild.image.basedir import materialize
     from acbuild.image.finalize import write_aci
+    from acbuild.image.unstaged import materialize
 
     src = tmp_path / "src"
     (src / "bin").mkdir(parents=True)
