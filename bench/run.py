@@ -10,7 +10,7 @@ table gives medians and, for the ratios, the median of the per-round ratios. Wal
 time and peak RSS come from wait4 on the child (the whole process, start-up included).
 
     python bench/run.py [--runs 5] [--quick] [--trees mixed,small20k,small100k]
-                        [--buildah-runs 3] [--work DIR] [--json FILE]
+                        [--buildah-runs 2] [--work DIR] [--json FILE] [--baseline DIR]
 
 --quick: 3 rounds, the mixed and small20k trees, one buildah run (a smoke run, not for the
 performance note). buildah is slow (a vfs copy of every layer), so it runs --buildah-runs
@@ -97,8 +97,14 @@ def generate_small(root: Path, files: int) -> tuple[int, int]:
     return files, files * 1024
 
 
-def acbuild(*args: str | Path) -> list[str]:
-    return [sys.executable, "-m", "acbuild", "-q", "build", *map(str, args)]
+def acbuild(*args: str | Path, source: Path | None = None) -> list[str]:
+    """The CLI's build; ``source``: a directory holding another version's acbuild package."""
+    if source is None:
+        return [sys.executable, "-m", "acbuild", "-q", "build", *map(str, args)]
+    run = (f"import sys; sys.path.insert(0, {str(source)!r}); import acbuild; "
+           f"assert acbuild.__file__.startswith({str(source)!r}); "
+           "from acbuild.cli.main import main; sys.argv[0] = 'acbuild'; sys.exit(main())")
+    return [sys.executable, "-c", run, "-q", "build", *map(str, args)]
 
 
 def buildah(store: Path, *args: str) -> list[str]:
@@ -159,7 +165,8 @@ def paired(rows: dict[str, Row], jobs: dict[str, Job], runs: int,
         print(f"  round {r + 1}/{runs} done, load {os.getloadavg()[0]:.2f}", flush=True)
 
 
-def bench_tree(work: Path, tree_name: str, runs: int, buildah_runs: int) -> dict[str, Row]:
+def bench_tree(work: Path, tree_name: str, runs: int, buildah_runs: int,
+               baseline: Path | None) -> dict[str, Row]:
     ctx = prepare(work, tree_name)
     out = work / tree_name / "out"
     out.mkdir(exist_ok=True)
@@ -181,6 +188,10 @@ def bench_tree(work: Path, tree_name: str, runs: int, buildah_runs: int) -> dict
         cold["acbuild COPY --mode"] = (
             acbuild(ctx / "Acfile.copymode", "-o", out / "m.aci", "--no-cache"), out / "m.aci",
             None)
+    if baseline is not None:
+        cold["baseline BEGIN dir"] = (acbuild(ctx / "Acfile.begin", "-o", out / "x.aci",
+                                              "--no-cache", source=baseline),
+                                      out / "x.aci", None)
     cold.update({
         "tar | gzip -6": ([*sh, f"tar -C {tree} -cf - . | gzip -6 > {out}/g.tgz"],
                           out / "g.tgz", None),
@@ -274,11 +285,14 @@ def machine() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--buildah-runs", type=int, default=3)
+    parser.add_argument("--buildah-runs", type=int, default=2)
     parser.add_argument("--trees", default="mixed,small20k,small100k")
     parser.add_argument("--quick", action="store_true", help="3 rounds, two trees")
     parser.add_argument("--work", type=Path, help="work directory to use and keep")
     parser.add_argument("--json", type=Path, help="also write the samples here")
+    parser.add_argument("--baseline", type=Path,
+                        help="a directory holding an older acbuild package: its cold "
+                             "BEGIN dir build runs in the same rounds")
     args = parser.parse_args()
     runs, buildah_runs, trees = args.runs, args.buildah_runs, args.trees.split(",")
     if args.quick:
@@ -288,7 +302,7 @@ def main() -> int:
     load_start = os.getloadavg()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     try:
-        results = {t: bench_tree(work, t, runs, buildah_runs) for t in trees}
+        results = {t: bench_tree(work, t, runs, buildah_runs, args.baseline) for t in trees}
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections import deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -22,13 +24,14 @@ from acbuild.image.rootwalk import RootWalker
 from acbuild.image.tarread import MAX_MTIME
 from acbuild.image.tarwrite import BLOCK, TarEntry, TarWriter
 from acbuild.image.unstaged import materialize
-from acbuild.report import Reporter
+from acbuild.report import Reporter, SilentReporter
 
 # 1980-01-01T00:00:00Z: the earliest time a zip file can hold, the usual reproducible-builds
 # default; used when SOURCE_DATE_EPOCH is not set.
 DEFAULT_EPOCH = 315532800
 
 _PROGRESS_EVERY = 8 << 20
+_HASH_AHEAD = 8  # blocks (TarWriter's CHUNK each) waiting for the hash thread
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,11 +71,12 @@ def iter_rootfs_entries(
     """
     materialize(rootfs)
     cut = len(prefix) + 1 if prefix else 0
-    for entry, fd in RootWalker(rootfs, epoch, prefix).entries():
-        if fd < 0:
+    for entry, fd, data in RootWalker(rootfs, epoch, prefix).entries():
+        if fd >= 0:
+            os.close(fd)
+        elif data is None:
             yield entry, None
             continue
-        os.close(fd)
         yield entry, rootfs.root / entry.name[cut:]
 
 
@@ -80,7 +84,13 @@ def iter_rootfs_entries(
 
 
 class _HashingSink:
-    """The uncompressed tar goes through here: SHA-512 for the image ID, then compression."""
+    """The uncompressed tar goes through here: SHA-512 for the image ID, then compression.
+
+    The hash runs in a thread of its own (hashlib releases the GIL on large updates), in
+    the order the blocks come, so it overlaps the walk instead of adding to it. The blocks
+    are never changed once written (TarWriter's contract), so the thread may read them
+    later; at most _HASH_AHEAD are waiting.
+    """
 
     def __init__(self, compressor: Compressor, reporter: Reporter | None, total: int) -> None:
         self.sha = hashlib.sha512()
@@ -89,15 +99,35 @@ class _HashingSink:
         self._reporter = reporter
         self._total = total
         self._reported = 0
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="sha512")
+        self._hashing: deque[Future[None]] = deque()
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
-        self.sha.update(data)
+        self._hashing.append(self._hasher.submit(self.sha.update, data))
+        if len(self._hashing) > _HASH_AHEAD:
+            self._hashing.popleft().result()
         self._compressor.write(data)
         self.size += len(data)
         if self._reporter is not None and self.size - self._reported >= _PROGRESS_EVERY:
             self._reported = self.size
             self._reporter.progress("compress", self.size, max(self._total, self.size))
         return len(data)
+
+    def hexdigest(self) -> str:
+        """The digest of everything written; the thread is done afterwards."""
+        self.close()
+        return self.sha.hexdigest()
+
+    def close(self) -> None:
+        while self._hashing:
+            self._hashing.popleft().result()
+        self._hasher.shutdown(wait=True)
+
+
+def _silent_progress(reporter: Reporter) -> bool:
+    """Whether ``reporter`` ignores progress (as -q's does)."""
+    progress: object = getattr(type(reporter), "progress", None)
+    return progress is SilentReporter.progress
 
 
 def _estimate(rootfs: StagedRootfs) -> int:
@@ -135,15 +165,19 @@ def write_aci_stream(
         raise AcbuildError(
             f"unknown compression {compression!r}; expected one of {', '.join(COMPRESSIONS)}"
         )
+    if reporter is not None and _silent_progress(reporter):
+        reporter = None  # shows no progress: no need to walk the tree for a total
     total = _estimate(rootfs) + 2 * BLOCK + len(manifest_json) if reporter is not None else 0
     compressor = open_compressor(compression, out, threads=threads)
+    sink = _HashingSink(compressor, reporter, total)
     try:
-        sink = _HashingSink(compressor, reporter, total)
         writer = TarWriter(sink)
         writer.add(_manifest_entry(manifest_json, epoch), io.BytesIO(manifest_json))
         entries = 1
-        for entry, fd in RootWalker(rootfs, epoch, "rootfs").entries():
-            if fd < 0:
+        for entry, fd, data in RootWalker(rootfs, epoch, "rootfs").entries():
+            if data is not None:
+                writer.add_bytes(entry, data)
+            elif fd < 0:
                 writer.add(entry)
             else:
                 try:
@@ -155,6 +189,7 @@ def write_aci_stream(
             entries += 1
         writer.close()
     except BaseException:
+        sink.close()
         abort = getattr(compressor, "abort", None)
         if abort is not None:
             abort()
@@ -162,7 +197,7 @@ def write_aci_stream(
     compressor.close()
     if reporter is not None:
         reporter.progress("compress", sink.size, sink.size)
-    return "sha512-" + sink.sha.hexdigest(), sink.size, entries
+    return "sha512-" + sink.hexdigest(), sink.size, entries
 
 
 def write_aci(

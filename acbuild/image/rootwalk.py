@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from acbuild.errors import BuildError, ImageError
 from acbuild.fs.staging import DeviceNode, StagedRootfs, listing_signature
@@ -27,6 +29,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _UPPER = -1  # a child of the staged tree (its lstat is known)
 _UPPER_FILE = -2  # a regular file of the staged tree (opened, then described)
 _REF = -3  # a file a COPY left in the build context (rootfs.refs)
+_AHEAD = 64  # files loaded ahead of the writer
+_SMALL = 64 << 10  # files up to this size are read whole when loaded
 # (rel, lstat or None, where: _UPPER, _UPPER_FILE or the lower directory's descriptor)
 Child = tuple[str, "os.stat_result | None", int]
 
@@ -55,6 +59,52 @@ def xattrs_of(target: str | int, *, user_only: bool = False) -> tuple[tuple[str,
 def clamp(st: os.stat_result, epoch: int) -> int:
     # Floor to whole seconds; before 1970 cannot be written in a ustar field, so clamp to 0.
     return max(0, min(st.st_mtime_ns // 1_000_000_000, epoch))
+
+
+@dataclass(slots=True)
+class _Loaded:
+    """A file opened and described: its data read whole (``data``) or open (``fd``)."""
+
+    st: os.stat_result
+    xattrs: tuple[tuple[str, bytes], ...]
+    data: bytes | None
+    fd: int
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass(slots=True)
+class _Level:
+    """A directory being archived: its children, the next one, the files loaded ahead."""
+
+    children: list[Child]
+    lower_fd: int
+    pos: int = 0
+    submitted: int = 0
+    ahead: dict[int, Future[_Loaded]] = field(default_factory=dict)
+
+    def discard(self) -> None:
+        """After a failure: close what was opened ahead, and the lower directory."""
+        for future in self.ahead.values():
+            if not future.cancelled() and future.exception() is None:
+                future.result().discard()
+        self.ahead.clear()
+        if self.lower_fd >= 0:
+            os.close(self.lower_fd)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """``size`` bytes (fewer only if the file shrank: the writer reports it)."""
+    data = os.read(fd, size) if size else b""
+    while len(data) < size:
+        more = os.read(fd, size - len(data))
+        if not more:
+            break
+        data += more
+    return data
 
 
 class RootWalker:
@@ -87,7 +137,9 @@ class RootWalker:
             return rel
         return f"{self.prefix}/{rel}" if rel else self.prefix
 
-    def entries(self) -> Iterator[tuple[TarEntry, int]]:
+    def entries(self) -> Iterator[tuple[TarEntry, int, bytes | None]]:
+        """``(entry, fd, data)``: a regular file's data is ``data`` (small files, read
+        whole) or ``fd`` (open, for the caller to read ``entry.size`` bytes of and close)."""
         try:
             root_st = os.lstat(self.root)
         except OSError as e:
@@ -99,40 +151,65 @@ class RootWalker:
             except OSError as e:
                 raise BuildError(f"cannot read the base {self.lower.source}: "
                                  f"{e.strerror}") from None
-        # One level per directory being listed: its children and its lower descriptor.
-        stack: list[tuple[Iterator[Child], int]] = []
+        stack: list[_Level] = []
+        # Opening, describing and reading the next files is mostly system calls, which
+        # release the GIL: one thread does them ahead of the writer (the second core).
+        pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
         try:
+            for ref in self.rootfs.refs.values():
+                if ref.root not in self.contexts:
+                    self.contexts[ref.root] = open_context_root(ref)
             if self.prefix:
                 root = self.entry("", root_st, _UPPER)
                 assert root is not None
                 yield root
             lower_fd = self._lower_dir("", root_st, lower_root, "")
-            stack.append((iter(self.children("", lower_fd)), lower_fd))
+            stack.append(_Level(self.children("", lower_fd), lower_fd))
             while stack:
-                children, parent_lower = stack[-1]
-                for rel, st, where in children:
-                    produced = self.entry(rel, st, where)
+                level = stack[-1]
+                while level.pos < len(level.children):
+                    i = level.pos
+                    level.pos += 1
+                    self._prefetch(pool, level, stack)
+                    rel, st, where = level.children[i]
+                    future = level.ahead.pop(i, None)
+                    loaded = None if future is None else future.result()
+                    produced = self.entry(rel, st, where, loaded)
                     if produced is None:
                         continue
                     yield produced
                     if produced[0].kind == "dir":
                         assert st is not None
-                        lower_fd = self._lower_dir(rel, st, parent_lower,
+                        lower_fd = self._lower_dir(rel, st, level.lower_fd,
                                                    rel.rpartition("/")[2])
-                        stack.append((iter(self.children(rel, lower_fd)), lower_fd))
+                        stack.append(_Level(self.children(rel, lower_fd), lower_fd))
                         break
                 else:
                     stack.pop()
-                    if parent_lower >= 0:
-                        os.close(parent_lower)
+                    if level.lower_fd >= 0:
+                        os.close(level.lower_fd)
         finally:
-            for _, fd in stack:
-                if fd >= 0:
-                    os.close(fd)
+            pool.shutdown(wait=True, cancel_futures=True)
+            for level in stack:
+                level.discard()
             if lower_root >= 0:
                 os.close(lower_root)
             for fd in self.contexts.values():
                 os.close(fd)
+
+    def _prefetch(self, pool: ThreadPoolExecutor, level: _Level, stack: list[_Level]) -> None:
+        """Hand the files after the current one to the prefetch thread, at most _AHEAD
+        across all levels (a deep tree keeps its parents' look-ahead waiting)."""
+        level.submitted = max(level.submitted, level.pos)
+        waiting = sum(len(lv.ahead) for lv in stack)
+        while level.submitted < len(level.children) and waiting < _AHEAD:
+            j = level.submitted
+            level.submitted += 1
+            rel, _, where = level.children[j]
+            if where == _UPPER or rel in self.rootfs.devices:
+                continue
+            level.ahead[j] = pool.submit(self._load, rel, where)
+            waiting += 1
 
     def _lower_dir(self, rel: str, st: os.stat_result, parent: int, name: str) -> int:
         """The lower tree's directory merged into the staged directory ``rel`` (opened), or
@@ -186,16 +263,16 @@ class RootWalker:
         names = sorted(found, key=os.fsencode)
         return [(f"{rel}/{n}" if rel else n, *found[n]) for n in names]
 
-    def entry(self, rel: str, st: os.stat_result | None,
-              where: int) -> tuple[TarEntry, int] | None:
+    def entry(self, rel: str, st: os.stat_result | None, where: int,
+              loaded: _Loaded | None = None) -> tuple[TarEntry, int, bytes | None] | None:
         name = self.archive_name(rel)
         node = self.rootfs.devices.get(rel)
         if node is not None:
-            return self._device_entry(name, rel, node, st), -1
-        if where == _REF:
-            return self._ref_entry(name, rel)
+            if loaded is not None:
+                loaded.discard()
+            return self._device_entry(name, rel, node, st), -1, None
         if where != _UPPER:
-            return self._file_entry(name, rel, where)
+            return self._file_entry(name, rel, where, loaded)
         assert st is not None
         path = f"{self.root}/{rel}" if rel else self.root
         mode = st.st_mode
@@ -214,34 +291,66 @@ class RootWalker:
         elif stat.S_ISFIFO(mode):
             kind = "fifo"
         elif stat.S_ISREG(mode):  # listed as something else, a file by now: opened below
-            return self._file_entry(name, rel, _UPPER_FILE)
+            return self._file_entry(name, rel, _UPPER_FILE, None)
         else:
             return None  # sockets and anything else a tar cannot hold
         uid, gid = self.rootfs.owner(rel, st)
         return TarEntry(name=name, kind=kind, mode=stat.S_IMODE(mode), uid=uid, gid=gid,
                         mtime=clamp(st, self.epoch), linkname=linkname, devmajor=major,
-                        devminor=minor, xattrs=xattrs_of(path)), -1
+                        devminor=minor, xattrs=xattrs_of(path)), -1, None
 
-    def _file_entry(self, name: str, rel: str, where: int) -> tuple[TarEntry, int]:
-        lower = where >= 0
+    def _load(self, rel: str, where: int) -> _Loaded:
+        """Open a file to archive (checked to be a regular file, or the referenced one),
+        describe it, and read it whole when it is small. Runs in the prefetch thread."""
+        if where == _REF:
+            ref = self.rootfs.refs[rel]
+            fd, st = open_ref(ref, self.contexts[ref.root])
+            xattrs: tuple[tuple[str, bytes], ...] = ()  # a copy carries none
+        else:
+            name = self.archive_name(rel)
+            try:
+                if where >= 0:
+                    fd = os.open(rel.rpartition("/")[2], _FILE_FLAGS, dir_fd=where)
+                else:
+                    fd = os.open(f"{self.root}/{rel}", _FILE_FLAGS)
+            except OSError as e:
+                raise BuildError(f"cannot read {name}: {e.strerror}") from None
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise BuildError(f"{name} changed while the image was being written")
+                xattrs = xattrs_of(fd, user_only=where >= 0 and not self.rootfs.privileged)
+            except BaseException:
+                os.close(fd)
+                raise
+        if st.st_size > _SMALL:
+            return _Loaded(st, xattrs, None, fd)
         try:
-            if lower:
-                fd = os.open(rel.rpartition("/")[2], _FILE_FLAGS, dir_fd=where)
-            else:
-                fd = os.open(f"{self.root}/{rel}", _FILE_FLAGS)
+            data = _read_all(fd, st.st_size)
         except OSError as e:
-            raise BuildError(f"cannot read {name}: {e.strerror}") from None
+            raise BuildError(f"cannot read {self.archive_name(rel)}: {e.strerror}") from None
+        finally:
+            os.close(fd)
+        return _Loaded(st, xattrs, data, -1)
+
+    def _file_entry(self, name: str, rel: str, where: int,
+                    loaded: _Loaded | None) -> tuple[TarEntry, int, bytes | None]:
+        if loaded is None:
+            loaded = self._load(rel, where)
+        st = loaded.st
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise BuildError(f"{name} changed while the image was being written")
-            size, linkname = st.st_size, ""
-            kind = "file"
+            size, linkname, kind = st.st_size, "", "file"
+            if where == _REF:
+                # What a copy would be: the COPY's mode and owner, one link, its mtime.
+                ref = self.rootfs.refs[rel]
+                return TarEntry(name=name, kind="file", mode=ref.mode, uid=ref.uid,
+                                gid=ref.gid, mtime=max(0, min(ref.mtime, self.epoch)),
+                                size=size), loaded.fd, loaded.data
             if st.st_nlink > 1:
                 first = self.links.setdefault((st.st_dev, st.st_ino), name)
                 if first != name:
                     kind, size, linkname = "hardlink", 0, first
-            if lower and kind == "file":
+            if where >= 0 and kind == "file":
                 self.lower_bytes += size
                 assert self.lower is not None
                 if self.lower_bytes > self.lower.max_bytes:
@@ -249,28 +358,17 @@ class RootWalker:
                                      f"{self.lower.max_bytes} bytes",
                                      hint="raise the limit with --max-image-size")
             uid, gid = self.rootfs.owner(rel, st)
-            xattrs = () if kind == "hardlink" else xattrs_of(
-                fd, user_only=lower and not self.rootfs.privileged)
             entry = TarEntry(name=name, kind=kind, mode=stat.S_IMODE(st.st_mode), uid=uid,
                              gid=gid, mtime=clamp(st, self.epoch), size=size,
-                             linkname=linkname, xattrs=xattrs)
+                             linkname=linkname,
+                             xattrs=loaded.xattrs if kind == "file" else ())
         except BaseException:
-            os.close(fd)
+            loaded.discard()
             raise
         if kind == "hardlink":
-            os.close(fd)
-            return entry, -1
-        return entry, fd
-
-    def _ref_entry(self, name: str, rel: str) -> tuple[TarEntry, int]:
-        ref = self.rootfs.refs[rel]
-        root_fd = self.contexts.get(ref.root)
-        if root_fd is None:
-            root_fd = self.contexts[ref.root] = open_context_root(ref)
-        fd, st = open_ref(ref, root_fd)
-        # What a copy would be: the COPY's mode and owner, no xattrs, one link, its mtime.
-        return TarEntry(name=name, kind="file", mode=ref.mode, uid=ref.uid, gid=ref.gid,
-                        mtime=max(0, min(ref.mtime, self.epoch)), size=st.st_size), fd
+            loaded.discard()
+            return entry, -1, None
+        return entry, loaded.fd, loaded.data
 
     def _device_entry(self, name: str, rel: str, node: DeviceNode,
                       st: os.stat_result | None) -> TarEntry:

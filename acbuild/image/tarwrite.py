@@ -237,6 +237,16 @@ class TarWriter:
         else:
             self._copy(entry, readinto)
 
+    def add_bytes(self, entry: TarEntry, data: bytes) -> None:
+        """Like add(), the file's data given whole (exactly ``entry.size`` bytes)."""
+        if len(data) != entry.size:
+            raise ImageError(f"{entry.name}: data ended after {len(data)} of {entry.size} "
+                             "bytes (file changed while archiving?)")
+        self._put(encode_headers(entry))
+        if data:
+            self._put(data)
+            self._put(_padding(len(data)))
+
     def add_fd(self, entry: TarEntry, fd: int) -> None:
         """Like add(), reading the file data from an open file descriptor."""
         self._put(encode_headers(entry))
