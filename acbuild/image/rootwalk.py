@@ -169,8 +169,8 @@ class RootWalker:
                 level = stack[-1]
                 while level.pos < len(level.children):
                     i = level.pos
-                    level.pos += 1
                     self._prefetch(pool, level, stack)
+                    level.pos += 1
                     rel, st, where = level.children[i]
                     future = level.ahead.pop(i, None)
                     loaded = None if future is None else future.result()
@@ -198,11 +198,13 @@ class RootWalker:
                 os.close(fd)
 
     def _prefetch(self, pool: ThreadPoolExecutor, level: _Level, stack: list[_Level]) -> None:
-        """Hand the files after the current one to the prefetch thread, at most _AHEAD
-        across all levels (a deep tree keeps its parents' look-ahead waiting)."""
+        """Hand the current file and those after it to the prefetch thread, which opens
+        them one after the other in archive order; at most _AHEAD wait across all levels
+        (a deep tree keeps its parents' look-ahead waiting), the current one always goes."""
         level.submitted = max(level.submitted, level.pos)
         waiting = sum(len(lv.ahead) for lv in stack)
-        while level.submitted < len(level.children) and waiting < _AHEAD:
+        while level.submitted < len(level.children) and (
+                waiting < _AHEAD or level.submitted == level.pos):
             j = level.submitted
             level.submitted += 1
             rel, _, where = level.children[j]

@@ -182,3 +182,17 @@ def test_unstaged_image_is_the_staged_image(tmp_path: Path) -> None:
             ids.append(write_aci(rootfs, MANIFEST, out, epoch=1_000_000_000).image_id)
     assert len(set(ids)) == 1, ids
     assert os.listdir(tmp_path / "src/etc") == ["conf"]
+
+
+def test_a_failure_mid_way_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    """Files opened ahead of the writer (big ones stay open) are closed when it fails."""
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    for i in range(150):
+        (src / f"f{i:03}").write_bytes(b"x" * (70 << 10))  # above what is read whole
+    rootfs = StagedRootfs(root=tmp_path / "r")
+    rootfs.root.mkdir()
+    unpack_base(src, rootfs, link=True, limits=Limits(max_total_bytes=20 * (70 << 10)))
+    before = len(os.listdir("/proc/self/fd"))
+    assert "larger than the limit" in _written(rootfs, tmp_path)
+    assert len(os.listdir("/proc/self/fd")) == before
