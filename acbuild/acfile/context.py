@@ -101,6 +101,11 @@ class BuildContext:
         self._root_id = (st.st_dev, st.st_ino)
         self._spec = _read_ignore(self.root)
 
+    @property
+    def root_id(self) -> tuple[int, int]:
+        """(st_dev, st_ino) of the context directory when the build started."""
+        return self._root_id
+
     # -- reading through descriptors ------------------------------------------------------
 
     def _open_root(self) -> int:

@@ -4,7 +4,8 @@ Every source is resolved and checked before anything is written. Context files g
 git would give them (0755 or 0644) and owner 0:0; a stage's files keep their modes and owners.
 Symlinks inside a copied tree are copied verbatim; hardlinks become separate files. Every
 write goes through securepath, so a symlink in the rootfs never leads a write out of it.
-When no RUN follows, a context file the image cannot tell from its copy is hardlinked.
+When no RUN follows, context files are not copied at all: they stay references the finalizer
+streams from the context (see acbuild.image.unstaged).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import errno
 import os
 import posixpath
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,8 @@ from acbuild.acfile.context import (
 from acbuild.acfile.instructions import Copy
 from acbuild.errors import AcbuildError, BuildError, Span
 from acbuild.fs.securepath import ensure_dirs, relpath_in, safe_join
-from acbuild.fs.staging import DeviceNode, StagedRootfs
+from acbuild.fs.staging import DeviceNode, FileRef, StagedRootfs
+from acbuild.image.unstaged import materialize, prepare_path, ref_signature
 from acbuild.image.users import MAX_ID, numeric_id, resolve_group, resolve_user
 from acbuild.report import NullReporter, Reporter
 
@@ -65,13 +68,12 @@ class _Source:
 
 def copy_instruction(instr: Copy, *, context: BuildContext, rootfs: StagedRootfs,
                      from_rootfs: StagedRootfs | None = None,
-                     reporter: Reporter | None = None, link_epoch: int | None = None) -> None:
+                     reporter: Reporter | None = None, leave_refs: bool = False) -> None:
     """Apply one COPY to ``rootfs``.
 
-    ``link_epoch`` (only when nothing later can write into a file in place: no RUN follows)
-    lets a context file be hardlinked instead of copied when the image cannot tell the
-    difference: its own mode and owner are the ones COPY gives, it has no xattrs, no other
-    link, and an mtime not before the epoch (the finalizer clamps a copy's to the epoch).
+    ``leave_refs`` (only when nothing later can write into a file in place or read the
+    tree: no RUN follows) leaves each context file a reference instead of a copy; the
+    entry the image gets is the same (the COPY's mode and owner, no xattrs, one link).
     """
     reporter = reporter or NullReporter()
     span = instr.span
@@ -79,6 +81,12 @@ def copy_instruction(instr: Copy, *, context: BuildContext, rootfs: StagedRootfs
     if not into_dir and (len(instr.sources) > 1 or any(has_glob(s) for s in instr.sources)):
         raise BuildError("COPY with several sources or a glob needs a destination ending "
                          f"in '/', not '{instr.dest}'", span=_token_span(span, instr.dest))
+    if from_rootfs is not None:
+        try:
+            materialize(from_rootfs)  # its files are read by path below
+        except OSError as e:
+            raise BuildError(f"COPY --from={instr.from_stage}: cannot stage its files: "
+                             f"{e.strerror}", span=span) from None
     owner = parse_chown(instr.chown, rootfs, span) if instr.chown else None
     sources: list[_Source] = []
     for unsafe in instr.sources:
@@ -95,7 +103,7 @@ def copy_instruction(instr: Copy, *, context: BuildContext, rootfs: StagedRootfs
     dest = _dest_rel(instr.dest)
     writer = _Writer(rootfs=rootfs, reporter=reporter, span=span, context=context,
                      total=sum(e.size for s in sources for e in s.entries),
-                     link_epoch=link_epoch if from_rootfs is None else None)
+                     leave_refs=leave_refs and from_rootfs is None)
     for source in sources:
         base = posixpath.join(dest, source.name) if into_dir else dest
         writer.place(base, source.entries)
@@ -235,7 +243,7 @@ class _Writer:
     span: Span
     total: int
     context: BuildContext
-    link_epoch: int | None = None
+    leave_refs: bool = False
     done: int = 0
     _reported: int = 0
     # target -> (path, rel) of each directory this COPY made or entered: its entries (which
@@ -244,6 +252,9 @@ class _Writer:
 
     def place(self, base: str, entries: tuple[_Entry, ...]) -> None:
         root = self.rootfs.root
+        # What a base left in place has on the way must be there for the checks below;
+        # below ``base`` only this COPY's own directories are entered.
+        self._guard(f"/{base}", prepare_path, self.rootfs, base)
         parent = posixpath.dirname(base)
         if parent:
             self._guard(f"/{parent}", lambda: ensure_dirs(root, parent, mode=0o755,
@@ -285,12 +296,14 @@ class _Writer:
         return os.fspath(found), relpath_in(root, found), _lstat_mode(found)
 
     def _write(self, entry: _Entry, target: str) -> None:
+        refs = self.rootfs.refs
         if entry.kind == "dir":
             path, rel, mode = self._resolve(target, follow_final=True)
             if not stat.S_ISDIR(mode):
                 path, rel, mode = self._resolve(target, follow_final=False)
                 if mode:
                     os.unlink(path)
+                refs.pop(rel, None)
                 os.mkdir(path, 0o700)
             self._dirs[target] = (path, rel)
         else:
@@ -301,13 +314,13 @@ class _Writer:
                                  span=self.span, hint=None if entry.sub else hint)
             if mode:
                 os.unlink(path)
+            refs.pop(rel, None)
+            if self._referenced(entry, rel):
+                return
             if entry.kind == "symlink":
                 os.symlink(self._readlink(entry), path)
             elif entry.device is not None:
                 self._make_device(entry.device, rel, path)
-            elif self._linked(entry, path):
-                self._note_linked(rel, entry)
-                return
             else:
                 self._copy_file(entry, path, rel)
                 return
@@ -328,47 +341,22 @@ class _Writer:
             return self.context.open_file(entry.context_rel, entry.seen)
         return os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
 
-    def _linked(self, entry: _Entry, path: str) -> bool:
-        """Hardlink a context file the image cannot tell from a copy; False: copy it."""
-        if self.link_epoch is None or entry.context_rel is None or entry.seen is None:
+    def _referenced(self, entry: _Entry, rel: str) -> bool:
+        """Leave a context file where it is, as a reference the finalizer reads (see
+        acbuild.image.unstaged): when no RUN follows, nothing needs it on disk."""
+        seen = entry.seen
+        if (not self.leave_refs or entry.kind != "file" or entry.context_rel is None
+                or seen is None):
             return False
-        seen = (entry.seen.st_dev, entry.seen.st_ino)
-        parent, name = self.context.open_parent(entry.context_rel)
-        try:
-            st = os.lstat(name, dir_fd=parent)
-            if (st.st_dev, st.st_ino) != seen:
-                return False  # swapped since the scan: the copy path reports it
-            if not self._linkable(entry, st, 1) or _has_xattrs(parent, name):
-                return False
-            os.link(name, path, src_dir_fd=parent, follow_symlinks=False)
-        except OSError:
-            return False  # another filesystem, protected_hardlinks, ...: copy instead
-        finally:
-            os.close(parent)
-        now = os.lstat(path)
-        if (now.st_dev, now.st_ino) != seen or not self._linkable(entry, now, 2):
-            os.unlink(path)  # the source was swapped or changed meanwhile
-            return False
-        self.done += st.st_size
-        return True
-
-    def _linkable(self, entry: _Entry, st: os.stat_result, links: int) -> bool:
-        assert self.link_epoch is not None
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != links:
-            return False  # another link would make the finalizer write a tar hardlink
-        if stat.S_IMODE(st.st_mode) != entry.mode or st.st_mtime < self.link_epoch:
-            return False
-        # Without root the owner is only recorded; as root a chown would change the user's
-        # own file, so the file must already have the owner COPY gives.
-        return not self.rootfs.privileged or (st.st_uid, st.st_gid) == entry.owner
-
-    def _note_linked(self, rel: str, entry: _Entry) -> None:
-        """Records for a linked file; its inode is the user's and is never changed."""
         self.rootfs.devices.pop(rel, None)
-        if self.rootfs.privileged:
-            self.rootfs.owners.pop(rel, None)  # the file's own owner is the one wanted
-        else:
-            self.rootfs.set_owner(rel, *entry.owner)  # only recorded, nothing on disk
+        self.rootfs.owners.pop(rel, None)
+        self.rootfs.refs[rel] = FileRef(
+            root=os.fspath(self.context.root), root_id=self.context.root_id,
+            rel=entry.context_rel, seen=ref_signature(seen),
+            mode=entry.mode, uid=entry.owner[0], gid=entry.owner[1], mtime=int(time.time()),
+            span=self.span)
+        self.done += seen.st_size
+        return True
 
     def _make_device(self, node: DeviceNode, rel: str, path: str) -> None:
         if node.kind == "fifo" and self.rootfs.privileged:
@@ -439,22 +427,6 @@ def _lstat_mode(path: str | Path) -> int:
         return 0
 
 
-def _has_xattrs(parent: int, name: str) -> bool:
-    """Whether the file has xattrs a COPY would not carry (COPY carries none)."""
-    try:
-        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-    except OSError:
-        return True  # gone or swapped: not one to link
-    try:
-        # an O_PATH descriptor cannot be given to listxattr; its /proc name can
-        names = os.listxattr(f"/proc/self/fd/{fd}")
-    except OSError:
-        return False  # a filesystem without xattrs
-    finally:
-        os.close(fd)
-    return any(name != "security.selinux" for name in names)
-
-
 # -- --chown -------------------------------------------------------------------------------
 
 
@@ -465,6 +437,8 @@ def parse_chown(spec: str, rootfs: StagedRootfs, span: Span) -> tuple[int, int]:
     user, sep, group = spec.partition(":")
     if not user or (sep and not group):
         raise BuildError(f"COPY --chown='{spec}' must be uid[:gid]", span=at)
+    for db in ("etc/passwd", "etc/group"):
+        prepare_path(rootfs, db)
     try:
         if (number := numeric_id(user)) is not None:
             uid = number

@@ -31,6 +31,7 @@ from acbuild.errors import AcbuildError, BuildError, Span
 from acbuild.fs.securepath import ensure_dirs
 from acbuild.fs.staging import StagedRootfs, remove_tree
 from acbuild.image.manifest import ImageManifest, default_manifest
+from acbuild.image.unstaged import materialize, prepare_path
 from acbuild.plan.baseref import ImageName
 from acbuild.plan.plan import Plan, Stage, Step
 from acbuild.report import Reporter, StepInfo
@@ -88,6 +89,19 @@ class _Executor:
     def result(self, index: int) -> StageState:
         with self.restoring[index]:
             return self._result(index)
+
+    def staged(self, name: str) -> StageState:
+        """A finished stage that another reads by path (COPY --from, RUN --mount from=):
+        its unstaged files made real first, once, under its lock, since stages that read
+        it may run at the same time."""
+        index = self.plan.stage_named(name).index
+        with self.restoring[index]:
+            result = self._result(index)
+            try:
+                materialize(result.rootfs)
+            except OSError as e:
+                raise BuildError(f"stage '{name}': cannot stage its files: {e.strerror}") from None
+            return result
 
     def _result(self, index: int) -> StageState:
         if index not in self.results:
@@ -155,10 +169,10 @@ class _Executor:
             case Copy(from_stage=from_stage):
                 source = None
                 if from_stage is not None:
-                    source = self.result(self.plan.stage_named(from_stage).index).rootfs
+                    source = self.staged(from_stage).rootfs
                 copy_instruction(instruction, context=options.context, rootfs=result.rootfs,
                                  from_rootfs=source, reporter=self.reporter,
-                                 link_epoch=options.epoch if shares else None)
+                                 leave_refs=shares)
             case Run():
                 ctx = RunContext(rootfs=result.rootfs, manifest=result.manifest,
                                  epoch=options.epoch, log=options.log,
@@ -180,7 +194,7 @@ class _Executor:
         return MountInputs(
             context=self.options.context, cache=self.options.mount_cache,
             secrets=self.options.secrets, notice=self.reporter.info,
-            stage_root=lambda name: self.result(self.plan.stage_named(name).index).rootfs.root)
+            stage_root=lambda name: self.staged(name).rootfs.root)
 
 
 _NO_LOCK = contextlib.nullcontext()
@@ -188,6 +202,7 @@ _NO_LOCK = contextlib.nullcontext()
 
 def make_workdir(rootfs: StagedRootfs, path: str) -> None:
     """``mkdir -p`` of the working directory in the rootfs: new directories 0755, root's."""
+    prepare_path(rootfs, path.lstrip("/"))  # a base's file in the way is an error, as staged
     ensure_dirs(rootfs.root, path.lstrip("/"), mode=0o755,
                 on_create=lambda rel: rootfs.set_owner(rel, 0, 0))
 

@@ -17,9 +17,8 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from acbuild.acfile.instructions import Copy
 from acbuild.errors import BuildError, Span
-from acbuild.plan.plan import Plan, Stage
+from acbuild.plan.plan import Plan, Stage, stage_reads
 from acbuild.report import Field, Reporter, StepInfo
 from acbuild.signals import deferred
 
@@ -36,10 +35,10 @@ def default_jobs() -> int:
 
 
 def stage_needs(plan: Plan) -> dict[int, frozenset[int]]:
-    """Stage index -> the indexes of the stages its COPY --from read."""
+    """Stage index -> the indexes of the stages it reads (COPY --from, RUN --mount from=)."""
     return {stage.index: frozenset(
-        plan.stage_named(step.instruction.from_stage).index for step in stage.steps
-        if isinstance(step.instruction, Copy) and step.instruction.from_stage is not None)
+        plan.stage_named(name).index
+        for _, name, _ in stage_reads([step.instruction for step in stage.steps]))
         for stage in plan.stages}
 
 

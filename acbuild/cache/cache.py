@@ -27,6 +27,7 @@ from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
 from acbuild.fs.private import private_dir
 from acbuild.fs.staging import DeviceNode, StagedRootfs, remove_tree
+from acbuild.image.unstaged import materialize
 
 _META = "meta.json"
 _CHUNK = 1 << 20
@@ -171,6 +172,7 @@ class CacheStore:
             body: dict[str, object] = {"kind": "step", "manifest": manifest_json.decode(),
                                        "tree": tree or key}
             if rootfs is not None:
+                materialize(rootfs)  # a snapshot is of the staged tree alone
                 digest, size = copy_tree_verified(
                     rootfs.root, temp / "tree", link=link, known=known,
                     final=self._dir("steps", key) / "tree")

@@ -9,6 +9,11 @@ base image's node with the major:minor of a host disk would otherwise be a door 
 disk for anyone who can reach the staging directory, and for the build's own RUN steps.
 They live only as records (``devices``), with their owner, and the finalizer writes them
 into the tar. FIFOs are harmless and are made on disk where the builder can.
+
+A base directory in a stage without RUN is not staged file by file: ``lower`` names it, the
+staged tree holds its directories, symlinks and other non-files, and the base's regular
+files are read from the base by the finalizer (see acbuild.image.basedir). Likewise, a COPY
+from the build context followed by no RUN leaves ``refs``, files read from the context.
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from acbuild.errors import Span
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,6 +38,52 @@ class DeviceNode:
     major: int
     minor: int
     mode: int  # permission bits
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LowerTree:
+    """A base directory whose regular files are part of the rootfs without being staged.
+
+    ``dirs`` maps each staged directory made from a directory of ``source`` (same relative
+    path) to the identities ``(upper (dev, ino), lower (dev, ino))``: a regular file of
+    ``source`` is in the rootfs when the staged tree has nothing at its path and its parent
+    is still that staged directory. Anything else of ``source`` is staged.
+    """
+
+    source: Path
+    dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]]
+    # directory -> listing_signature of what the source directory held: a file or directory
+    # added, removed, renamed or swapped for another kind since is the base changing
+    listings: dict[str, tuple[int, int]]
+    max_bytes: int  # the limit on the base's file bytes, checked as they are read
+
+
+def listing_signature(entries: Iterable[tuple[str, bool, bool]]) -> tuple[int, int]:
+    """(count, combined CRC) of a directory's (name, is_dir, is_file) entries, any order."""
+    count = combined = 0
+    for name, is_dir, is_file in entries:
+        count += 1
+        combined ^= zlib.crc32(b"%d%d" % (is_dir, is_file) + os.fsencode(name))
+    return count, combined
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileRef:
+    """A file a COPY put in the rootfs without writing it: the finalizer reads its data from
+    the build context (through descriptors, the file checked to be the one the COPY saw) and
+    writes the entry with the mode, owner and mtime a copy would have had."""
+
+    root: str  # the build context
+    root_id: tuple[int, int]  # its (st_dev, st_ino)
+    rel: str  # the file in the context
+    # (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) at the COPY: the ctime too, since
+    # an edit in place can put the mtime back but never the ctime.
+    seen: tuple[int, int, int, int, int]
+    mode: int
+    uid: int
+    gid: int
+    mtime: int  # seconds: when the COPY ran, what a copy's mtime would be
+    span: Span | None = None  # the COPY, for errors found when the file is read
 
 
 @dataclass(slots=True)
@@ -43,6 +97,8 @@ class StagedRootfs:
     privileged: bool = field(default_factory=lambda: os.geteuid() == 0)
     owners: dict[str, tuple[int, int]] = field(default_factory=dict)
     devices: dict[str, DeviceNode] = field(default_factory=dict)
+    lower: LowerTree | None = None
+    refs: dict[str, FileRef] = field(default_factory=dict)  # COPY'd files, not on disk
 
     def set_owner(self, rel: str, uid: int, gid: int) -> None:
         """Give ``rel`` (already created, inside root, or a device record) an owner, on disk

@@ -9,20 +9,20 @@ verbatim and never followed.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import stat
 import tarfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from acbuild.errors import ImageError
 from acbuild.fs.staging import StagedRootfs
 from acbuild.image import compression, manifest
-from acbuild.image.extract import RootfsWriter, extract_tar
+from acbuild.image.basedir import copy_tree
+from acbuild.image.extract import extract_tar
 from acbuild.image.manifest import ImageManifest
 from acbuild.image.tarread import CHUNK, Limits, TarSource, archive_errors, clean_name, members
 from acbuild.report import Reporter
@@ -272,183 +272,3 @@ def unpack_base(
         copy_tree(path, rootfs, reporter=reporter, limits=limits, link=link)
         return None
     return _extract(path, rootfs, None, reporter, limits)
-
-
-def copy_tree(
-    src: Path,
-    rootfs: StagedRootfs,
-    *,
-    reporter: Reporter | None = None,
-    limits: Limits = Limits(),  # noqa: B008
-    link: bool = False,
-) -> None:
-    """Copy the rootfs directory ``src`` into ``rootfs``: symlinks verbatim, hardlinks kept,
-    owners kept (the unprivileged builder's own ids read as 0), nothing followed out.
-
-    ``link`` hardlinks regular files instead of copying them (copying where the kernel
-    refuses): only for a stage where nothing can write into a file in place (no RUN), since
-    the rootfs then shares inodes with ``src``. Owner, mode, mtime and xattrs come with the
-    inode, exactly as the copy would set them; nothing ever changes a shared inode.
-    """
-    writer = RootfsWriter(rootfs, reporter=reporter)
-    state = _CopyState(writer=writer, rootfs=rootfs, limits=limits, link=link,
-                       src=os.fsencode(src))
-    try:
-        fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as e:
-        raise ImageError(f"{src}: cannot read: {e.strerror}") from None
-    dest = os.open(rootfs.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        writer.root_dir(state.info("", os.fstat(fd), fd, None))
-        # Every directory first, then what goes in them: on ext4, filling each directory
-        # right after making it costs several times more per new file.
-        state.walk(fd, "", dest, dirs=True)
-        state.walk(fd, "", dest, dirs=False)
-    finally:
-        os.close(fd)
-        os.close(dest)
-    writer.finish()
-    if reporter is not None:
-        reporter.progress("extract", state.done, None)
-
-
-# Why os.link may refuse where a copy works: another filesystem, fs.protected_hardlinks,
-# too many links to the inode, a filesystem without hardlinks.
-_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP,
-                      errno.EEXIST})
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-@dataclass(slots=True, kw_only=True)
-class _CopyState:
-    writer: RootfsWriter
-    rootfs: StagedRootfs
-    limits: Limits
-    link: bool = False
-    src: bytes = b""
-    done: int = 0
-    count: int = 0
-    links: dict[tuple[int, int], str] = field(default_factory=dict)
-
-    def walk(self, dir_fd: int, rel_dir: str, dest_fd: int, *, dirs: bool) -> None:
-        """Copy the children of the open directory ``dir_fd`` (sorted, depth first) into
-        the open directory ``dest_fd`` (which this copy made: nothing there is followed):
-        the directories (``dirs``), or everything else below the directories made."""
-        with os.scandir(dir_fd) as it:
-            names = sorted((e.name for e in it), key=os.fsencode)
-        for name in names:
-            rel = f"{rel_dir}/{name}" if rel_dir else name
-            try:
-                st = os.lstat(name, dir_fd=dir_fd)
-            except FileNotFoundError:
-                continue  # vanished while we copied
-            is_dir = stat.S_ISDIR(st.st_mode)
-            if is_dir == dirs:
-                self.count += 1
-                if self.count > self.limits.max_entries:
-                    raise ImageError(
-                        f"base directory has more than {self.limits.max_entries} entries")
-            if is_dir:
-                self.directory(dir_fd, name, rel, st, dest_fd, make=dirs)
-            elif dirs:
-                continue
-            elif stat.S_ISREG(st.st_mode):
-                self.file(dir_fd, name, rel, st, dest_fd)
-            elif stat.S_ISLNK(st.st_mode):
-                target = os.readlink(name, dir_fd=dir_fd)
-                self.writer.other(rel, self.info(rel, st, None, target))
-            elif not stat.S_ISSOCK(st.st_mode):
-                self.writer.other(rel, self.info(rel, st, None, None))
-
-    def directory(self, dir_fd: int, name: str, rel: str, st: os.stat_result,
-                  dest_fd: int, *, make: bool) -> None:
-        child = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-        try:
-            if make:
-                self.writer.other(rel, self.info(rel, st, child, None))
-            try:
-                made = os.open(name, _DIR_FLAGS, dir_fd=dest_fd)
-            except FileNotFoundError:
-                raise ImageError(f"base directory changed while it was copied: {rel!r}") from None
-            try:
-                self.walk(child, rel, made, dirs=make)
-            finally:
-                os.close(made)
-        finally:
-            os.close(child)
-
-    def file(self, dir_fd: int, name: str, rel: str, st: os.stat_result, dest_fd: int) -> None:
-        if st.st_nlink > 1:
-            first = self.links.setdefault((st.st_dev, st.st_ino), rel)
-            if first != rel:
-                self.writer.hardlink(rel, first)
-                return
-        self.done += st.st_size
-        if self.done > self.limits.max_total_bytes:
-            raise ImageError(
-                f"image content is larger than the limit of {self.limits.max_total_bytes} bytes",
-                hint="raise the limit with --max-image-size",
-            )
-        if self.link and self._linked(dir_fd, name, rel, dest_fd):
-            return
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        with os.fdopen(fd, "rb") as data:
-            self.writer.file(rel, data, self.info(rel, st, data.fileno(), None))
-
-    def _linked(self, dir_fd: int, name: str, rel: str, dest_fd: int) -> bool:
-        """Hardlink the file; False when it must be copied instead."""
-        if not self.rootfs.privileged and not self._xattrs_kept(rel):
-            return False  # a copy drops what an unprivileged build cannot set; so must we
-        try:
-            os.link(name, name, src_dir_fd=dir_fd, dst_dir_fd=dest_fd, follow_symlinks=False)
-        except OSError as e:
-            if e.errno not in _NO_LINK:
-                raise ImageError(f"cannot extract {rel!r}: {e.strerror}") from None
-            if e.errno == errno.EXDEV:
-                self.link = False  # every other file is on the same filesystem
-            return False
-        return True
-
-    def _xattrs_kept(self, rel: str) -> bool:
-        """Whether a copy would keep every xattr of the file (only user.* without root)."""
-        try:
-            names = os.listxattr(self.src + b"/" + os.fsencode(rel), follow_symlinks=False)
-        except OSError:
-            return True  # a filesystem without xattrs
-        return all(n.startswith("user.") or n == "security.selinux" for n in names)
-
-    def info(
-        self, rel: str, st: os.stat_result, fd: int | None, link: str | None
-    ) -> tarfile.TarInfo:
-        """A TarInfo describing the source entry, so the writer treats it like a member."""
-        member = tarfile.TarInfo(rel or ".")
-        member.mode = stat.S_IMODE(st.st_mode)
-        member.mtime = st.st_mtime_ns / 1e9
-        uid, gid = st.st_uid, st.st_gid
-        if not self.rootfs.privileged:
-            uid = 0 if uid == os.geteuid() else uid
-            gid = 0 if gid == os.getegid() else gid
-        member.uid, member.gid = uid, gid
-        member.type = _TYPES.get(stat.S_IFMT(st.st_mode), tarfile.REGTYPE)
-        if link is not None:
-            member.linkname = link
-        if member.isdev():
-            member.devmajor, member.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-        if fd is not None:
-            headers: dict[str, str] = {}
-            with contextlib.suppress(OSError):
-                for key in os.listxattr(fd):
-                    value = os.getxattr(fd, key).decode("utf-8", "surrogateescape")
-                    headers[f"SCHILY.xattr.{key}"] = value
-            member.pax_headers = headers
-        return member
-
-
-_TYPES = {
-    stat.S_IFREG: tarfile.REGTYPE,
-    stat.S_IFDIR: tarfile.DIRTYPE,
-    stat.S_IFLNK: tarfile.SYMTYPE,
-    stat.S_IFCHR: tarfile.CHRTYPE,
-    stat.S_IFBLK: tarfile.BLKTYPE,
-    stat.S_IFIFO: tarfile.FIFOTYPE,
-}

@@ -9,27 +9,29 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import stat
+from collections import deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from acbuild.errors import AcbuildError, BuildError
 from acbuild.fs.atomic import atomic_write
-from acbuild.fs.staging import DeviceNode, StagedRootfs
+from acbuild.fs.staging import StagedRootfs
 from acbuild.image.compression import COMPRESSIONS, Compressor, open_compressor
+from acbuild.image.rootwalk import RootWalker
 from acbuild.image.tarread import MAX_MTIME
-from acbuild.image.tarwrite import BLOCK, TarEntry, TarWriter, add_file_at
-from acbuild.report import Reporter
+from acbuild.image.tarwrite import BLOCK, TarEntry, TarWriter
+from acbuild.image.unstaged import materialize
+from acbuild.report import Reporter, SilentReporter
 
 # 1980-01-01T00:00:00Z: the earliest time a zip file can hold, the usual reproducible-builds
 # default; used when SOURCE_DATE_EPOCH is not set.
 DEFAULT_EPOCH = 315532800
 
-# Host policy, not image content: an SELinux label would make the image depend on the host.
-_SKIPPED_XATTRS = frozenset({"security.selinux"})
 _PROGRESS_EVERY = 8 << 20
+_HASH_AHEAD = 8  # blocks (TarWriter's CHUNK each) waiting for the hash thread
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,141 +59,6 @@ def build_epoch(environ: Mapping[str, str]) -> int:
     return int(text)
 
 
-# --- walking the rootfs --------------------------------------------------------------
-
-
-def _xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return ()  # filesystem without xattrs
-    found: list[tuple[str, bytes]] = []
-    for name in names:
-        if name in _SKIPPED_XATTRS:
-            continue
-        try:
-            found.append((name, os.getxattr(path, name, follow_symlinks=False)))
-        except OSError:
-            continue  # e.g. trusted.* without CAP_SYS_ADMIN
-    return tuple(sorted(found, key=lambda item: os.fsencode(item[0])))
-
-
-def _device_entry(
-    rootfs: StagedRootfs,
-    name: str,
-    rel: str,
-    node: DeviceNode,
-    st: os.stat_result | None,
-    epoch: int,
-) -> TarEntry:
-    if st is not None:
-        uid, gid = rootfs.owner(rel, st)
-        mtime = _clamp(st, epoch)
-    else:
-        uid, gid = rootfs.owners.get(rel, (0, 0))
-        mtime = epoch
-    return TarEntry(
-        name=name,
-        kind=node.kind,
-        mode=node.mode & 0o7777,
-        uid=uid,
-        gid=gid,
-        mtime=mtime,
-        devmajor=node.major if node.kind != "fifo" else 0,
-        devminor=node.minor if node.kind != "fifo" else 0,
-    )
-
-
-def _clamp(st: os.stat_result, epoch: int) -> int:
-    # Floor to whole seconds; before 1970 cannot be written in a ustar field, so clamp to 0.
-    return max(0, min(st.st_mtime_ns // 1_000_000_000, epoch))
-
-
-class _Walker:
-    """Produces the entries of one rootfs; remembers inodes to emit hardlinks."""
-
-    def __init__(self, rootfs: StagedRootfs, epoch: int, prefix: str) -> None:
-        self.rootfs = rootfs
-        self.root = os.fspath(rootfs.root)  # str paths: no pathlib per entry
-        self.epoch = epoch
-        self.prefix = prefix
-        self.links: dict[tuple[int, int], str] = {}
-        self.virtual: dict[str, dict[str, DeviceNode]] = {}
-        for rel, node in rootfs.devices.items():
-            parent, _, base = rel.rpartition("/")
-            self.virtual.setdefault(parent, {})[base] = node
-
-    def archive_name(self, rel: str) -> str:
-        if not self.prefix:
-            return rel
-        return f"{self.prefix}/{rel}" if rel else self.prefix
-
-    def children(self, rel: str) -> list[tuple[str, os.stat_result | None]]:
-        """(relative path, lstat) of the children of directory ``rel``, sorted by name bytes."""
-        directory = self.rootfs.root / rel if rel else self.rootfs.root
-        found: dict[str, os.stat_result | None] = {}
-        try:
-            with os.scandir(directory) as it:
-                for item in it:
-                    found[item.name] = item.stat(follow_symlinks=False)
-        except OSError as e:
-            raise BuildError(f"cannot read {self.archive_name(rel) or '.'}: {e.strerror}") from None
-        for name in self.virtual.get(rel, {}):
-            found.setdefault(name, None)
-        names = sorted(found, key=os.fsencode)
-        return [(f"{rel}/{n}" if rel else n, found[n]) for n in names]
-
-    def entry(self, rel: str, st: os.stat_result | None) -> tuple[TarEntry, str | None] | None:
-        name = self.archive_name(rel)
-        node = self.rootfs.devices.get(rel)
-        if node is not None:
-            return _device_entry(self.rootfs, name, rel, node, st, self.epoch), None
-        assert st is not None
-        path = f"{self.root}/{rel}" if rel else self.root
-        kind, size, linkname, major, minor = self._kind(st, path)
-        if kind is None:
-            return None  # sockets and anything else a tar cannot hold
-        if kind == "file" and st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            first = self.links.setdefault(key, name)
-            if first != name:
-                kind, size, linkname = "hardlink", 0, first
-        uid, gid = self.rootfs.owner(rel, st)
-        entry = TarEntry(
-            name=name,
-            kind=kind,
-            mode=stat.S_IMODE(st.st_mode),
-            uid=uid,
-            gid=gid,
-            mtime=_clamp(st, self.epoch),
-            size=size,
-            linkname=linkname,
-            devmajor=major,
-            devminor=minor,
-            xattrs=_xattrs(path) if kind != "hardlink" else (),
-        )
-        return entry, (path if kind == "file" else None)
-
-    @staticmethod
-    def _kind(st: os.stat_result, path: str) -> tuple[str | None, int, str, int, int]:
-        mode = st.st_mode
-        if stat.S_ISREG(mode):
-            return "file", st.st_size, "", 0, 0
-        if stat.S_ISDIR(mode):
-            return "dir", 0, "", 0, 0
-        if stat.S_ISLNK(mode):
-            try:
-                return "symlink", 0, os.readlink(path), 0, 0
-            except OSError as e:
-                raise BuildError(f"cannot read symlink {path}: {e.strerror}") from None
-        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            kind = "chr" if stat.S_ISCHR(mode) else "blk"
-            return kind, 0, "", os.major(st.st_rdev), os.minor(st.st_rdev)
-        if stat.S_ISFIFO(mode):
-            return "fifo", 0, "", 0, 0
-        return None, 0, "", 0, 0
-
-
 def iter_rootfs_entries(
     rootfs: StagedRootfs, epoch: int, *, prefix: str = "rootfs"
 ) -> Iterator[tuple[TarEntry, Path | None]]:
@@ -199,42 +66,31 @@ def iter_rootfs_entries(
 
     Names are ``prefix/rel`` and the root itself is the entry ``prefix``; with ``prefix=""``
     names are relative and the root is left out (an OCI layer). Order: at every level,
-    children sorted by name bytes, each directory followed by its contents.
+    children sorted by name bytes, each directory followed by its contents. A lower tree is
+    made real first: every path is one in the staged tree.
     """
-    for entry, path in _entries(rootfs, epoch, prefix):
-        yield entry, None if path is None else Path(path)
-
-
-def _entries(rootfs: StagedRootfs, epoch: int,
-             prefix: str) -> Iterator[tuple[TarEntry, str | None]]:
-    walker = _Walker(rootfs, epoch, prefix)
-    if prefix:
-        try:
-            root_st = os.lstat(rootfs.root)
-        except OSError as e:
-            raise BuildError(f"cannot read the rootfs {rootfs.root}: {e.strerror}") from None
-        root = walker.entry("", root_st)
-        assert root is not None
-        yield root
-    stack = [iter(walker.children(""))]
-    while stack:
-        for rel, st in stack[-1]:
-            produced = walker.entry(rel, st)
-            if produced is None:
-                continue
-            yield produced
-            if produced[0].kind == "dir":
-                stack.append(iter(walker.children(rel)))
-                break
-        else:
-            stack.pop()
+    materialize(rootfs)
+    cut = len(prefix) + 1 if prefix else 0
+    for entry, fd, data in RootWalker(rootfs, epoch, prefix).entries():
+        if fd >= 0:
+            os.close(fd)
+        elif data is None:
+            yield entry, None
+            continue
+        yield entry, rootfs.root / entry.name[cut:]
 
 
 # --- writing -------------------------------------------------------------------------
 
 
 class _HashingSink:
-    """The uncompressed tar goes through here: SHA-512 for the image ID, then compression."""
+    """The uncompressed tar goes through here: SHA-512 for the image ID, then compression.
+
+    The hash runs in a thread of its own (hashlib releases the GIL on large updates), in
+    the order the blocks come, so it overlaps the walk instead of adding to it. The blocks
+    are never changed once written (TarWriter's contract), so the thread may read them
+    later; at most _HASH_AHEAD are waiting.
+    """
 
     def __init__(self, compressor: Compressor, reporter: Reporter | None, total: int) -> None:
         self.sha = hashlib.sha512()
@@ -243,15 +99,35 @@ class _HashingSink:
         self._reporter = reporter
         self._total = total
         self._reported = 0
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="sha512")
+        self._hashing: deque[Future[None]] = deque()
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
-        self.sha.update(data)
+        self._hashing.append(self._hasher.submit(self.sha.update, data))
+        if len(self._hashing) > _HASH_AHEAD:
+            self._hashing.popleft().result()
         self._compressor.write(data)
         self.size += len(data)
         if self._reporter is not None and self.size - self._reported >= _PROGRESS_EVERY:
             self._reported = self.size
             self._reporter.progress("compress", self.size, max(self._total, self.size))
         return len(data)
+
+    def hexdigest(self) -> str:
+        """The digest of everything written; the thread is done afterwards."""
+        self.close()
+        return self.sha.hexdigest()
+
+    def close(self) -> None:
+        while self._hashing:
+            self._hashing.popleft().result()
+        self._hasher.shutdown(wait=True)
+
+
+def _silent_progress(reporter: Reporter) -> bool:
+    """Whether ``reporter`` ignores progress (as -q's does)."""
+    progress: object = getattr(type(reporter), "progress", None)
+    return progress is SilentReporter.progress
 
 
 def _estimate(rootfs: StagedRootfs) -> int:
@@ -289,21 +165,31 @@ def write_aci_stream(
         raise AcbuildError(
             f"unknown compression {compression!r}; expected one of {', '.join(COMPRESSIONS)}"
         )
+    if reporter is not None and _silent_progress(reporter):
+        reporter = None  # shows no progress: no need to walk the tree for a total
     total = _estimate(rootfs) + 2 * BLOCK + len(manifest_json) if reporter is not None else 0
     compressor = open_compressor(compression, out, threads=threads)
+    sink = _HashingSink(compressor, reporter, total)
     try:
-        sink = _HashingSink(compressor, reporter, total)
         writer = TarWriter(sink)
         writer.add(_manifest_entry(manifest_json, epoch), io.BytesIO(manifest_json))
         entries = 1
-        for entry, source in _entries(rootfs, epoch, "rootfs"):
-            if source is None:
+        for entry, fd, data in RootWalker(rootfs, epoch, "rootfs").entries():
+            if data is not None:
+                writer.add_bytes(entry, data)
+            elif fd < 0:
                 writer.add(entry)
             else:
-                add_file_at(writer, entry, source, what="image")
+                try:
+                    writer.add_fd(entry, fd)
+                except OSError as e:
+                    raise BuildError(f"cannot read {entry.name}: {e.strerror}") from None
+                finally:
+                    os.close(fd)
             entries += 1
         writer.close()
     except BaseException:
+        sink.close()
         abort = getattr(compressor, "abort", None)
         if abort is not None:
             abort()
@@ -311,7 +197,7 @@ def write_aci_stream(
     compressor.close()
     if reporter is not None:
         reporter.progress("compress", sink.size, sink.size)
-    return "sha512-" + sink.sha.hexdigest(), sink.size, entries
+    return "sha512-" + sink.hexdigest(), sink.size, entries
 
 
 def write_aci(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -31,6 +32,9 @@ _MAX_OCTAL_8 = 0o7777777  # largest value of an 8-byte field (7 digits + NUL)
 _MAX_OCTAL_12 = 0o77777777777  # largest value of a 12-byte field (11 digits + NUL)
 # Fixed name for PAX headers: GNU tar's default embeds the pid, which is not reproducible.
 _PAX_NAME = b"././@PaxHeader"
+# os.fsencode's encoding, without its per-call overhead.
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
 
 
 class Sink(Protocol):
@@ -83,6 +87,11 @@ def _split_name(name: bytes) -> tuple[bytes, bytes] | None:
     return None
 
 
+_MAGIC = b"ustar\x0000" + b"\0" * 64  # uname and gname empty: owners are numeric only
+# The checksum counts its own field as eight spaces; the magic is the same in every header.
+_CHECKSUM_BASE = 8 * 32 + sum(_MAGIC)
+
+
 def _header(
     *,
     name: bytes,
@@ -97,27 +106,14 @@ def _header(
     devmajor: int,
     devminor: int,
 ) -> bytes:
-    head = b"".join(
-        (
-            name.ljust(100, b"\0"),
-            _octal(mode, 8),
-            _octal(uid, 8),
-            _octal(gid, 8),
-            _octal(size, 12),
-            _octal(mtime, 12),
-            b"        ",  # checksum placeholder: eight spaces, as the checksum is computed
-            typeflag,
-            linkname.ljust(100, b"\0"),
-            b"ustar\x0000",
-            b"\0" * 64,  # uname and gname: empty, owners are numeric only
-            _octal(devmajor, 8),
-            _octal(devminor, 8),
-            prefix.ljust(155, b"\0"),
-            b"\0" * 12,
-        )
-    )
-    checksum = b"%06o\0 " % sum(head)
-    return head[:148] + checksum + head[156:]
+    # Summed field by field: the zero padding adds nothing, and summing the few bytes that
+    # are not zero costs a fraction of summing all 512 (this runs once per file).
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
+    devices = b"%07o\0%07o\0" % (devmajor, devminor)
+    checksum = (_CHECKSUM_BASE + sum(name) + sum(numbers) + typeflag[0] + sum(linkname)
+                + sum(devices) + sum(prefix))
+    return b"".join((name.ljust(100, b"\0"), numbers, b"%06o\0 " % checksum, typeflag,
+                     linkname.ljust(100, b"\0"), _MAGIC, devices, prefix.ljust(167, b"\0")))
 
 
 def _fit(value: int, limit: int, key: bytes, pax: list[bytes]) -> int:
@@ -130,10 +126,19 @@ def _fit(value: int, limit: int, key: bytes, pax: list[bytes]) -> int:
 
 def encode_headers(entry: TarEntry) -> bytes:
     """The header block(s) of ``entry``: a PAX extended header first when one is needed."""
-    if entry.kind not in _TYPEFLAGS:
+    typeflag = _TYPEFLAGS.get(entry.kind)
+    if typeflag is None:
         raise ValueError(f"unknown tar entry kind {entry.kind!r}")
-    raw_name = os.fsencode(entry.name) + (b"/" if entry.kind == "dir" else b"")
-    raw_link = os.fsencode(entry.linkname)
+    raw_name = entry.name.encode(_FS_ENCODING, _FS_ERRORS) + (b"/" if entry.kind == "dir" else b"")
+    raw_link = entry.linkname.encode(_FS_ENCODING, _FS_ERRORS) if entry.linkname else b""
+    if (len(raw_name) <= 100 and len(raw_link) <= 100 and not entry.xattrs
+            and 0 <= entry.size <= _MAX_OCTAL_12 and 0 <= entry.mtime <= _MAX_OCTAL_12
+            and 0 <= entry.uid <= _MAX_OCTAL_8 and 0 <= entry.gid <= _MAX_OCTAL_8
+            and 0 <= entry.devmajor <= _MAX_OCTAL_8 and 0 <= entry.devminor <= _MAX_OCTAL_8):
+        # The common case, one ustar header; the same bytes the general path below gives.
+        return _header(name=raw_name, prefix=b"", mode=entry.mode & 0o7777, uid=entry.uid,
+                       gid=entry.gid, size=entry.size, mtime=entry.mtime, typeflag=typeflag,
+                       linkname=raw_link, devmajor=entry.devmajor, devminor=entry.devminor)
     pax: list[bytes] = []
     split = _split_name(raw_name)
     if split is None:
@@ -232,11 +237,33 @@ class TarWriter:
         else:
             self._copy(entry, readinto)
 
+    def add_bytes(self, entry: TarEntry, data: bytes) -> None:
+        """Like add(), the file's data given whole (exactly ``entry.size`` bytes)."""
+        if len(data) != entry.size:
+            raise ImageError(f"{entry.name}: data ended after {len(data)} of {entry.size} "
+                             "bytes (file changed while archiving?)")
+        self._put(encode_headers(entry))
+        if data:
+            self._put(data)
+            self._put(_padding(len(data)))
+
     def add_fd(self, entry: TarEntry, fd: int) -> None:
         """Like add(), reading the file data from an open file descriptor."""
         self._put(encode_headers(entry))
-        if entry.kind == "file" and entry.size:
-            self._copy(entry, lambda view: os.readv(fd, (view,)))
+        size = entry.size
+        if entry.kind != "file" or not size:
+            return
+        end = self._pos + size
+        if end <= CHUNK:
+            # A small file (most of them): one read straight into the buffer.
+            got = os.readv(fd, (memoryview(self._buf)[self._pos : end],))
+            self._pos += got
+            if got == size:
+                self._put(_padding(size))
+                return
+            self._copy(entry, lambda view: os.readv(fd, (view,)), done=got)
+            return
+        self._copy(entry, lambda view: os.readv(fd, (view,)))
 
     def close(self) -> None:
         """End the archive with two zero blocks and hand on what is buffered."""
@@ -246,8 +273,9 @@ class TarWriter:
         self._flush()
         self._closed = True
 
-    def _copy(self, entry: TarEntry, readinto: object) -> None:
-        remaining = entry.size
+    def _copy(self, entry: TarEntry, readinto: object, done: int = 0) -> None:
+        """Stream the rest of the entry's data; ``done`` bytes of it are buffered already."""
+        remaining = entry.size - done
         view = memoryview(self._buf)
         while remaining:
             if self._pos == CHUNK:

@@ -193,7 +193,7 @@ def _copy_sources(
     errors: list[AcbuildError],
 ) -> set[int]:
     needs: set[int] = set()
-    for i, name, token in _stage_reads(body):
+    for i, name, token in stage_reads(body):
         if name in earlier:
             needs.add(earlier[name])
             continue
@@ -207,7 +207,7 @@ def _copy_sources(
     return needs
 
 
-def _stage_reads(body: Sequence[ins.Instruction]) -> list[tuple[ins.Located, str, str]]:
+def stage_reads(body: Sequence[ins.Instruction]) -> list[tuple[ins.Located, str, str]]:
     """(instruction, stage name, the token naming it) for each COPY --from and each RUN
     --mount from=: the stages a stage reads."""
     found: list[tuple[ins.Located, str, str]] = []

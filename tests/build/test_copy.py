@@ -385,44 +385,60 @@ def _image_id(rootfs: StagedRootfs, epoch: int) -> str:
 
 
 @pytest.mark.parametrize("privileged", [True, False])
-def test_linking_context_files_gives_the_same_image(tmp_path: Path, privileged: bool) -> None:
+def test_referenced_context_files_give_the_same_image(tmp_path: Path, privileged: bool) -> None:
+    """When no RUN follows, COPY leaves context files where they are (references the
+    finalizer reads); the image is the copy's, before and after they are made real."""
+    from acbuild.image.unstaged import materialize
+
     ctx = make(tmp_path / "ctx", {"plain": "p", "group-w": "g", "linked": "l", "xattr": "x",
                                   "old": "o", "owned": "u", "d/exe": "e"})
-    (ctx / "group-w").chmod(0o664)  # COPY gives 0644: a link would show 0664
+    (ctx / "group-w").chmod(0o664)  # COPY gives 0644
     (ctx / "d/exe").chmod(0o755)
-    os.link(ctx / "linked", ctx / "linked2")  # a link would make a tar hardlink pair
+    os.link(ctx / "linked", ctx / "linked2")  # two names: two separate files in the image
     os.setxattr(ctx / "xattr", "user.k", b"v")  # COPY carries no xattrs
     os.utime(ctx / "old", (1000, 1000))  # before the epoch: a copy's mtime is later
     os.chown(ctx / "owned", 1000, 1000)  # COPY gives 0:0
     epoch = 2_000_000
     ids = []
-    for link_epoch in (None, epoch):
-        rootfs = StagedRootfs(root=tmp_path / f"r-{link_epoch}", privileged=privileged)
+    for leave in (False, True):
+        rootfs = StagedRootfs(root=tmp_path / f"r-{leave}", privileged=privileged)
         rootfs.root.mkdir()
-        do(ctx, rootfs, instr(".", dest="/"), link_epoch=link_epoch)
-        do(ctx, rootfs, instr("plain", dest="/again"), link_epoch=link_epoch)
-        linked = {p.name for p in rootfs.root.rglob("*") if p.is_file() and p.name != "again"
-                  and p.stat().st_ino == (ctx / p.relative_to(rootfs.root)).stat().st_ino}
-        expected = {"plain", "exe"} | ({"owned"} if not privileged else set())
-        assert linked == (expected if link_epoch else set())
-        assert (rootfs.root / "again").stat().st_ino != (ctx / "plain").stat().st_ino
+        do(ctx, rootfs, instr(".", dest="/"), leave_refs=leave)
+        do(ctx, rootfs, instr("plain", dest="/again"), leave_refs=leave)
+        do(ctx, rootfs, instr("owned", dest="/srv/m", mode=0o4750, chown="5:6"),
+           leave_refs=leave)
+        on_disk = {p.relative_to(rootfs.root).as_posix() for p in rootfs.root.rglob("*")
+                   if p.is_file()}
+        everything = {"plain", "group-w", "linked", "linked2", "xattr", "old", "owned",
+                      "d/exe", "again", "srv/m"}
+        assert on_disk == (set() if leave else everything)
+        assert set(rootfs.refs) == (everything if leave else set())
         # The image as the build writes it, mtimes clamped to the build's epoch: what COPY
         # makes (files copied, directories) carries the time it was made, so an epoch in the
         # future would show when each tree was built, not how.
         ids.append(_image_id(rootfs, epoch))
-    assert ids[0] == ids[1]
+        if leave:
+            materialize(rootfs)
+            assert rootfs.refs == {}
+            assert (rootfs.root / "srv/m").read_text() == "u"
+            assert mode(rootfs.root / "srv/m") == 0o4750
+            assert (rootfs.root / "linked").stat().st_ino != (ctx / "linked").stat().st_ino
+            ids.append(_image_id(rootfs, epoch))
+    assert len(set(ids)) == 1, ids
     assert os.getxattr(ctx / "xattr", "user.k") == b"v"
     assert (ctx / "owned").stat().st_uid == 1000 and mode(ctx / "group-w") == 0o664
 
 
-def test_linked_file_is_replaced_not_changed(tmp_path: Path) -> None:
+def test_referenced_file_is_replaced_not_changed(tmp_path: Path) -> None:
     ctx = make(tmp_path / "ctx", {"a.txt": "alpha", "b.txt": "beta"})
     rootfs = StagedRootfs(root=tmp_path / "r", privileged=True)
     rootfs.root.mkdir()
-    do(ctx, rootfs, instr("a.txt", dest="/x"), link_epoch=0)
-    assert (rootfs.root / "x").stat().st_ino == (ctx / "a.txt").stat().st_ino
-    do(ctx, rootfs, instr("b.txt", dest="/x", chown="7:7", mode=0o600), link_epoch=0)
-    assert (rootfs.root / "x").read_text() == "beta" and (rootfs.root / "x").stat().st_uid == 7
+    do(ctx, rootfs, instr("a.txt", dest="/x"), leave_refs=True)
+    assert rootfs.refs["x"].rel == "a.txt"
+    do(ctx, rootfs, instr("b.txt", dest="/x", chown="7:7", mode=0o600), leave_refs=True)
+    assert rootfs.refs["x"].rel == "b.txt" and rootfs.refs["x"].uid == 7
+    do(ctx, rootfs, instr("b.txt", dest="/x"))  # a copy (a RUN follows) replaces it
+    assert rootfs.refs == {} and (rootfs.root / "x").read_text() == "beta"
     assert (ctx / "a.txt").read_text() == "alpha" and mode(ctx / "a.txt") == 0o644
     assert (ctx / "a.txt").stat().st_uid == 0 and (ctx / "b.txt").stat().st_uid == 0
 

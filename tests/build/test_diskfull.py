@@ -51,11 +51,15 @@ def test_full_output_directory(project: Path, small_disk: Path, tmp_path: Path) 
 
 
 def test_full_tmpdir(project: Path, small_disk: Path, tmp_path: Path) -> None:
+    # The blob is only staged (in TMPDIR) when another stage copies from this one: a COPY
+    # followed by no RUN leaves it in the context until the image is written.
+    project.write_text("BEGIN scratch AS data\nCOPY blob /blob\nBEGIN scratch\n"
+                       "NAME example.com/full\nCOPY --from=data /blob /blob\n")
     r = acbuild("build", project, "-o", tmp_path / "out.aci", "--no-cache",
                 env={"TMPDIR": str(small_disk), "XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert r.code == 1
     assert "No space left on device" in clean(r.stderr)
-    assert "COPY to '/blob'" in r.stderr
+    assert "COPY --from=" in r.stderr and "Acfile:" in r.stderr
     assert os.listdir(small_disk / f"acbuild-py-{os.geteuid()}") == []
     assert not (tmp_path / "out.aci").exists()
 

@@ -236,6 +236,25 @@ def test_bind_from_a_stage_resolves_symlinks_inside_it(ctx: Path, tmp_path: Path
     assert "RUN --mount source '/nope' in stage 'tools': not found" in got.stderr
 
 
+@pytest.mark.parametrize("cache", [(), ("--no-cache",)])
+def test_bind_from_a_stage_without_run_shows_its_unstaged_files(ctx: Path, tmp_path: Path,
+                                                               cache: tuple[str, ...]) -> None:
+    # A stage with no RUN leaves its base's files and its COPYs unstaged (read by the
+    # finalizer); a bind of that stage must show them, from two stages built at once.
+    (ctx / "note").write_text("copied\n")
+    (ctx / "Acfile").write_text(
+        "BEGIN ../rootfs AS tools\nCOPY note /opt/note\n"
+        "BEGIN ../rootfs AS a\n"
+        "RUN --mount=type=bind,from=tools,target=/t "
+        "/bin/sh -c 'cat /t/opt/note; ls /t/bin/busybox'\n"
+        "BEGIN ../rootfs\nNAME example.com/mounts\n"
+        "RUN --mount=type=bind,from=tools,target=/t /bin/sh -c 'cat /t/opt/note'\n"
+        "COPY --from=a /etc/passwd /etc/passwd.a\nEXEC /bin/sh\n")
+    got = build(tmp_path, ctx / "Acfile", *cache)
+    assert got.code == 0, got.stderr
+    assert sorted(output(got)) == ["/t/bin/busybox", "copied", "copied"]
+
+
 # -- targets ----------------------------------------------------------------------------------
 
 

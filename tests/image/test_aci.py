@@ -163,7 +163,10 @@ def _full_snapshot(path: Path) -> dict[str, tuple[int, int, int, int, int, bytes
 
 
 def test_linked_base_directory_gives_the_same_image_as_a_copy(tmp_path: Path) -> None:
+    """A base directory in a stage without RUN (``link``) is left in place: the image read
+    through the lower tree, and after it is made real (hardlinks), is the copy's image."""
     from acbuild.image.finalize import write_aci
+    from acbuild.image.unstaged import materialize
 
     src = tmp_path / "src"
     (src / "bin").mkdir(parents=True)
@@ -177,7 +180,9 @@ def test_linked_base_directory_gives_the_same_image_as_a_copy(tmp_path: Path) ->
     (src / "etc/caps").write_text("caps\n")
     os.setxattr(src / "etc/caps", "trusted.k", b"v")  # kept only by a privileged build
     os.symlink("conf", src / "etc/link")
+    os.utime(src / "etc", (1_500_000_000, 1_500_000_000))  # before the epoch: kept
     before = _full_snapshot(src)
+    manifest = json.dumps(MINIMAL_MANIFEST).encode()
     for privileged in (True, False):
         ids = []
         for link in (False, True):
@@ -187,13 +192,19 @@ def test_linked_base_directory_gives_the_same_image_as_a_copy(tmp_path: Path) ->
             def same(rel: str, root: Path = rootfs.root) -> bool:
                 return (root / rel).stat().st_ino == (src / rel).stat().st_ino
 
+            out = tmp_path / f"{privileged}-{link}.aci"
+            if link:
+                assert rootfs.lower is not None
+                assert not (rootfs.root / "etc/conf").exists()  # not staged at all
+                assert (rootfs.root / "etc/link").is_symlink()  # symlinks are
+                ids.append(write_aci(rootfs, manifest, out, epoch=2_000_000_000).image_id)
+                materialize(rootfs)
+                assert rootfs.lower is None
             assert same("etc/conf") == link
             # Without root a copy drops trusted.*: such a file is copied, not linked.
             assert same("etc/caps") == (link and privileged)
-            out = tmp_path / f"{privileged}-{link}.aci"
-            manifest = json.dumps(MINIMAL_MANIFEST).encode()
             ids.append(write_aci(rootfs, manifest, out, epoch=2_000_000_000).image_id)
-        assert ids[0] == ids[1]
+        assert len(set(ids)) == 1, ids
     assert _full_snapshot(src) == before
 
 

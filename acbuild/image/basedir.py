@@ -1,0 +1,342 @@
+"""Base directories (execute stage): a `BEGIN <dir>` copied into the staged rootfs, or not.
+
+In a stage where something may write into a file in place (a RUN), the base is copied. In
+a stage without RUN nothing ever does, so the base's regular files need not be staged at
+all: the staged tree gets the base's directories, symlinks and other non-files, and the
+rootfs names the base as its ``lower`` tree, from which the finalizer reads the files
+(through directory descriptors, never following a symlink, each file checked to be the one
+listed). This saves linking every file in and unlinking it again (~20 µs a file). Whatever
+else needs the files as real entries of the staged tree makes them so first:
+``prepare_path`` for a path a COPY or WORKDIR resolves, ``materialize`` for all of them (a
+cache snapshot, a COPY --from reading the stage, an OCI export). Both hardlink the base's
+files (copying where the kernel refuses), as the staged copy always did in such a stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from acbuild.errors import ImageError
+from acbuild.fs.staging import LowerTree, StagedRootfs, listing_signature
+from acbuild.image.extract import RootfsWriter
+from acbuild.image.tarread import Limits
+from acbuild.report import Reporter
+
+
+def copy_tree(
+    src: Path,
+    rootfs: StagedRootfs,
+    *,
+    reporter: Reporter | None = None,
+    limits: Limits = Limits(),  # noqa: B008
+    link: bool = False,
+) -> None:
+    """Copy the rootfs directory ``src`` into ``rootfs``: symlinks verbatim, hardlinks kept,
+    owners kept (the unprivileged builder's own ids read as 0), nothing followed out.
+
+    ``link``: only for a stage where nothing can write into a file in place (no RUN). The
+    regular files are then not staged: ``rootfs.lower`` names ``src`` and they are read
+    from there (see the module's doc); when they must be made real, they are hardlinked,
+    sharing inodes with ``src``: owner, mode, mtime and xattrs come with the inode exactly
+    as the copy would set them, and nothing ever changes a shared inode.
+    """
+    writer = RootfsWriter(rootfs, reporter=reporter)
+    state = CopyState(writer=writer, rootfs=rootfs, limits=limits, link=link, defer=link,
+                       src=os.fsencode(src))
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ImageError(f"{src}: cannot read: {e.strerror}") from None
+    dest = os.open(rootfs.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        writer.root_dir(state.info("", os.fstat(fd), fd, None))
+        state.dirs[""] = (_identity(os.fstat(dest)), _identity(os.fstat(fd)))
+        # Every directory first, then what goes in them: on ext4, filling each directory
+        # right after making it costs several times more per new file.
+        state.walk(fd, "", dest, dirs=True)
+        state.walk(fd, "", dest, dirs=False)
+    finally:
+        os.close(fd)
+        os.close(dest)
+    writer.finish()
+    if state.defer:
+        rootfs.lower = LowerTree(source=Path(os.path.abspath(src)), dirs=state.dirs,
+                                 listings=state.listings, max_bytes=limits.max_total_bytes)
+    if reporter is not None:
+        reporter.progress("extract", state.done, None)
+
+
+@contextlib.contextmanager
+def filling(rootfs: StagedRootfs, lower: LowerTree) -> Iterator[tuple[CopyState, int, int]]:
+    """(copier, source root fd, staged root fd) for making lower files real: its
+    ``fill(src_fd, rel_dir, dest_fd, only=name or None)``."""
+    state = CopyState(writer=RootfsWriter(rootfs), rootfs=rootfs, link=True, lower=lower,
+                       limits=Limits(max_total_bytes=lower.max_bytes),
+                       src=os.fsencode(lower.source), dirs=lower.dirs)
+    try:
+        src = os.open(lower.source, _DIR_FLAGS)
+    except OSError as e:
+        raise ImageError(f"{lower.source}: cannot read: {e.strerror}") from None
+    try:
+        dest = os.open(rootfs.root, _DIR_FLAGS)
+        try:
+            yield state, src, dest
+        finally:
+            os.close(dest)
+    finally:
+        os.close(src)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+# Why os.link may refuse where a copy works: another filesystem, fs.protected_hardlinks,
+# too many links to the inode, a filesystem without hardlinks.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP,
+                      errno.EEXIST})
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(slots=True, kw_only=True)
+class CopyState:
+    writer: RootfsWriter
+    rootfs: StagedRootfs
+    limits: Limits
+    link: bool = False
+    defer: bool = False  # leave regular files in the source (rootfs.lower)
+    lower: LowerTree | None = None  # filling the staged tree from its lower tree
+    src: bytes = b""
+    done: int = 0
+    count: int = 0
+    links: dict[tuple[int, int], str] = field(default_factory=dict)
+    # staged directory -> (its identity, the identity of the source directory it was made of)
+    dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=dict)
+    listings: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def walk(self, dir_fd: int, rel_dir: str, dest_fd: int, *, dirs: bool) -> None:
+        """Copy the children of the open directory ``dir_fd`` (sorted, depth first) into
+        the open directory ``dest_fd`` (which this copy made: nothing there is followed):
+        the directories (``dirs``), or everything else below the directories made."""
+        with os.scandir(dir_fd) as it:
+            # The kinds from the directory entries (d_type): no stat for what is skipped.
+            found = sorted(((e.name, e.is_dir(follow_symlinks=False),
+                             e.is_file(follow_symlinks=False)) for e in it),
+                           key=lambda item: os.fsencode(item[0]))
+        if self.defer and not dirs:
+            self.listings[rel_dir] = listing_signature(found)
+        for name, is_dir, is_file in found:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            if is_dir == dirs:
+                self.count += 1
+                if self.count > self.limits.max_entries:
+                    raise ImageError(
+                        f"base directory has more than {self.limits.max_entries} entries")
+            if is_dir and not dirs:
+                self.directory(dir_fd, name, rel, None, dest_fd)
+                continue
+            if (is_dir != dirs) or (is_file and self.defer):
+                continue  # the other pass's, or a file left in the source
+            try:
+                st = os.lstat(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                continue  # vanished while we copied
+            if stat.S_ISDIR(st.st_mode):
+                self.directory(dir_fd, name, rel, st, dest_fd)
+            elif stat.S_ISREG(st.st_mode):
+                self.file(dir_fd, name, rel, st, dest_fd)
+            elif stat.S_ISLNK(st.st_mode):
+                target = os.readlink(name, dir_fd=dir_fd)
+                self.writer.other(rel, self.info(rel, st, None, target))
+            elif not stat.S_ISSOCK(st.st_mode):
+                self.writer.other(rel, self.info(rel, st, None, None))
+
+    def directory(self, dir_fd: int, name: str, rel: str, st: os.stat_result | None,
+                  dest_fd: int) -> None:
+        """``st``: the first pass, which makes the directory; None: the second."""
+        try:
+            child = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        except OSError as e:
+            raise ImageError(f"base directory changed while it was copied: {rel!r}"
+                             f" ({e.strerror})") from None
+        try:
+            if st is not None:
+                self.writer.other(rel, self.info(rel, st, child, None))
+            try:
+                made = os.open(name, _DIR_FLAGS, dir_fd=dest_fd)
+            except FileNotFoundError:
+                raise ImageError(f"base directory changed while it was copied: {rel!r}") from None
+            try:
+                if st is not None:
+                    self.dirs[rel] = (_identity(os.fstat(made)), _identity(os.fstat(child)))
+                self.walk(child, rel, made, dirs=st is not None)
+            finally:
+                os.close(made)
+        finally:
+            os.close(child)
+
+    def fill(self, src_fd: int, rel_dir: str, dest_fd: int, *, only: str | None) -> bool:
+        """Make the lower tree's files below ``rel_dir`` (or just ``only`` there) real in
+        the staged directory ``dest_fd``; whether any was. Directories the staged tree no
+        longer has from the lower tree are skipped; a source directory that is not the one
+        copied is an error."""
+        assert self.lower is not None
+        upper, source = self.lower.dirs[rel_dir]
+        if _identity(os.fstat(dest_fd)) != upper:
+            return False  # replaced in the staged tree: nothing below it is the base's
+        if _identity(os.fstat(src_fd)) != source:
+            raise ImageError(f"base directory {self.lower.source} changed during the build: "
+                             f"{rel_dir or '.'!r} is not the directory it was")
+        with os.scandir(src_fd) as it:
+            found = sorted(((e.name, e.is_dir(follow_symlinks=False),
+                             e.is_file(follow_symlinks=False)) for e in it),
+                           key=lambda item: os.fsencode(item[0]))
+        if listing_signature(found) != self.lower.listings.get(rel_dir):
+            raise ImageError(f"base directory {self.lower.source} changed during the build: "
+                             f"{rel_dir or '.'!r} does not hold what it did")
+        filled = False
+        with _writable(dest_fd):
+            for name, is_dir, is_file in found:
+                if only is not None and name != only:
+                    continue
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                if is_dir and rel in self.lower.dirs and only is None:
+                    self._fill_below(src_fd, name, rel, dest_fd)
+                    continue
+                if not is_file or rel in self.rootfs.devices or _exists(name, dest_fd):
+                    continue  # staged already, or replaced by what a later step put there
+                try:
+                    st = os.lstat(name, dir_fd=src_fd)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    self.file(src_fd, name, rel, st, dest_fd)
+                    filled = True
+        return filled
+
+    def _fill_below(self, src_fd: int, name: str, rel: str, dest_fd: int) -> None:
+        try:
+            made = os.open(name, _DIR_FLAGS, dir_fd=dest_fd)
+        except OSError:
+            return  # no longer a directory in the staged tree
+        try:
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=src_fd)
+            except OSError as e:
+                raise ImageError(f"base directory changed during the build: {rel!r} "
+                                 f"({e.strerror})") from None
+            try:
+                self.fill(child, rel, made, only=None)
+            finally:
+                os.close(child)
+        finally:
+            os.close(made)
+
+    def file(self, dir_fd: int, name: str, rel: str, st: os.stat_result, dest_fd: int) -> None:
+        if st.st_nlink > 1:
+            first = self.links.setdefault((st.st_dev, st.st_ino), rel)
+            if first != rel:
+                self.writer.hardlink(rel, first)
+                return
+        self.done += st.st_size
+        if self.done > self.limits.max_total_bytes:
+            raise ImageError(
+                f"image content is larger than the limit of {self.limits.max_total_bytes} bytes",
+                hint="raise the limit with --max-image-size",
+            )
+        if self.link and self._linked(dir_fd, name, rel, dest_fd):
+            return
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        with os.fdopen(fd, "rb") as data:
+            self.writer.file(rel, data, self.info(rel, st, data.fileno(), None))
+
+    def _linked(self, dir_fd: int, name: str, rel: str, dest_fd: int) -> bool:
+        """Hardlink the file; False when it must be copied instead."""
+        if not self.rootfs.privileged and not self._xattrs_kept(rel):
+            return False  # a copy drops what an unprivileged build cannot set; so must we
+        try:
+            os.link(name, name, src_dir_fd=dir_fd, dst_dir_fd=dest_fd, follow_symlinks=False)
+        except OSError as e:
+            if e.errno not in _NO_LINK:
+                raise ImageError(f"cannot extract {rel!r}: {e.strerror}") from None
+            if e.errno == errno.EXDEV:
+                self.link = False  # every other file is on the same filesystem
+            return False
+        return True
+
+    def _xattrs_kept(self, rel: str) -> bool:
+        """Whether a copy would keep every xattr of the file (only user.* without root)."""
+        try:
+            names = os.listxattr(self.src + b"/" + os.fsencode(rel), follow_symlinks=False)
+        except OSError:
+            return True  # a filesystem without xattrs
+        return all(n.startswith("user.") or n == "security.selinux" for n in names)
+
+    def info(
+        self, rel: str, st: os.stat_result, fd: int | None, link: str | None
+    ) -> tarfile.TarInfo:
+        """A TarInfo describing the source entry, so the writer treats it like a member."""
+        member = tarfile.TarInfo(rel or ".")
+        member.mode = stat.S_IMODE(st.st_mode)
+        member.mtime = st.st_mtime_ns / 1e9
+        uid, gid = st.st_uid, st.st_gid
+        if not self.rootfs.privileged:
+            uid = 0 if uid == os.geteuid() else uid
+            gid = 0 if gid == os.getegid() else gid
+        member.uid, member.gid = uid, gid
+        member.type = _TYPES.get(stat.S_IFMT(st.st_mode), tarfile.REGTYPE)
+        if link is not None:
+            member.linkname = link
+        if member.isdev():
+            member.devmajor, member.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        if fd is not None:
+            headers: dict[str, str] = {}
+            with contextlib.suppress(OSError):
+                for key in os.listxattr(fd):
+                    value = os.getxattr(fd, key).decode("utf-8", "surrogateescape")
+                    headers[f"SCHILY.xattr.{key}"] = value
+            member.pax_headers = headers
+        return member
+
+
+_TYPES = {
+    stat.S_IFREG: tarfile.REGTYPE,
+    stat.S_IFDIR: tarfile.DIRTYPE,
+    stat.S_IFLNK: tarfile.SYMTYPE,
+    stat.S_IFCHR: tarfile.CHRTYPE,
+    stat.S_IFBLK: tarfile.BLKTYPE,
+    stat.S_IFIFO: tarfile.FIFOTYPE,
+}
+
+
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _writable(fd: int) -> Iterator[None]:
+    """Files may be added to the directory ``fd`` (a base's 0555 one too, without root);
+    its mode and mtime are what they were before, afterwards."""
+    st = os.fstat(fd)
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o700 != 0o700 and os.geteuid() != 0:
+        os.fchmod(fd, mode | 0o700)
+    try:
+        yield
+    finally:
+        now = os.fstat(fd)
+        if stat.S_IMODE(now.st_mode) != mode:
+            os.fchmod(fd, mode)
+        if now.st_mtime_ns != st.st_mtime_ns:
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))

@@ -1,0 +1,387 @@
+"""Walking a staged rootfs in archive order (finalize stage), its lower tree merged in.
+
+Order: at every level, children sorted by name bytes, each directory followed by its
+contents. A regular file is opened as it is listed and described from the open descriptor
+(fstat, flistxattr): no separate lstat, and the data read is that of the file described.
+The lower tree's files (a base directory left in place, see acbuild.image.basedir) are
+opened through directory descriptors with O_NOFOLLOW, each directory checked to be the
+one the base was listed from: a swap makes the build fail, never leads it elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from acbuild.errors import BuildError, ImageError
+from acbuild.fs.staging import DeviceNode, StagedRootfs, listing_signature
+from acbuild.image.tarwrite import TarEntry
+from acbuild.image.unstaged import open_context_root, open_ref
+
+# Host policy, not image content: an SELinux label would make the image depend on the host.
+_SKIPPED_XATTRS = frozenset({"security.selinux"})
+# O_NONBLOCK: if a file was swapped for a FIFO since it was listed, open must not hang.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_UPPER = -1  # a child of the staged tree (its lstat is known)
+_UPPER_FILE = -2  # a regular file of the staged tree (opened, then described)
+_REF = -3  # a file a COPY left in the build context (rootfs.refs)
+_AHEAD = 64  # files loaded ahead of the writer
+_SMALL = 64 << 10  # files up to this size are read whole when loaded
+# (rel, lstat or None, where: _UPPER, _UPPER_FILE or the lower directory's descriptor)
+Child = tuple[str, "os.stat_result | None", int]
+
+
+def xattrs_of(target: str | int, *, user_only: bool = False) -> tuple[tuple[str, bytes], ...]:
+    """The xattrs of a path (not followed) or an open descriptor, sorted by name bytes;
+    ``user_only``: only user.* (what a copy made without root keeps)."""
+    try:
+        names = (os.listxattr(target) if isinstance(target, int)
+                 else os.listxattr(target, follow_symlinks=False))
+    except OSError:
+        return ()  # filesystem without xattrs
+    found: list[tuple[str, bytes]] = []
+    for name in names:
+        if name in _SKIPPED_XATTRS or (user_only and not name.startswith("user.")):
+            continue
+        try:
+            value = (os.getxattr(target, name) if isinstance(target, int)
+                     else os.getxattr(target, name, follow_symlinks=False))
+        except OSError:
+            continue  # e.g. trusted.* without CAP_SYS_ADMIN
+        found.append((name, value))
+    return tuple(sorted(found, key=lambda item: os.fsencode(item[0])))
+
+
+def clamp(st: os.stat_result, epoch: int) -> int:
+    # Floor to whole seconds; before 1970 cannot be written in a ustar field, so clamp to 0.
+    return max(0, min(st.st_mtime_ns // 1_000_000_000, epoch))
+
+
+@dataclass(slots=True)
+class _Loaded:
+    """A file opened and described: its data read whole (``data``) or open (``fd``)."""
+
+    st: os.stat_result
+    xattrs: tuple[tuple[str, bytes], ...]
+    data: bytes | None
+    fd: int
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass(slots=True)
+class _Level:
+    """A directory being archived: its children, the next one, the files loaded ahead."""
+
+    children: list[Child]
+    lower_fd: int
+    pos: int = 0
+    submitted: int = 0
+    ahead: dict[int, Future[_Loaded]] = field(default_factory=dict)
+
+    def discard(self) -> None:
+        """After a failure: close what was opened ahead, and the lower directory."""
+        for future in self.ahead.values():
+            if not future.cancelled() and future.exception() is None:
+                future.result().discard()
+        self.ahead.clear()
+        if self.lower_fd >= 0:
+            os.close(self.lower_fd)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """``size`` bytes (fewer only if the file shrank: the writer reports it)."""
+    data = os.read(fd, size) if size else b""
+    while len(data) < size:
+        more = os.read(fd, size - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+class RootWalker:
+    """Produces the entries of one rootfs; remembers inodes to emit hardlinks.
+
+    ``entries()`` yields ``(entry, fd)``: ``fd`` is an open descriptor of a regular file's
+    data (the caller reads ``entry.size`` bytes and closes it), else -1.
+    """
+
+    def __init__(self, rootfs: StagedRootfs, epoch: int, prefix: str) -> None:
+        self.rootfs = rootfs
+        self.root = os.fspath(rootfs.root)  # str paths: no pathlib per entry
+        self.epoch = epoch
+        self.prefix = prefix
+        self.links: dict[tuple[int, int], str] = {}
+        self.virtual: dict[str, dict[str, DeviceNode]] = {}
+        for rel, node in rootfs.devices.items():
+            parent, _, base = rel.rpartition("/")
+            self.virtual.setdefault(parent, {})[base] = node
+        self.lower = rootfs.lower
+        self.lower_bytes = 0
+        self.refs: dict[str, list[str]] = {}
+        for rel in rootfs.refs:
+            parent, _, base = rel.rpartition("/")
+            self.refs.setdefault(parent, []).append(base)
+        self.contexts: dict[str, int] = {}  # build context -> its open descriptor
+
+    def archive_name(self, rel: str) -> str:
+        if not self.prefix:
+            return rel
+        return f"{self.prefix}/{rel}" if rel else self.prefix
+
+    def entries(self) -> Iterator[tuple[TarEntry, int, bytes | None]]:
+        """``(entry, fd, data)``: a regular file's data is ``data`` (small files, read
+        whole) or ``fd`` (open, for the caller to read ``entry.size`` bytes of and close)."""
+        try:
+            root_st = os.lstat(self.root)
+        except OSError as e:
+            raise BuildError(f"cannot read the rootfs {self.root}: {e.strerror}") from None
+        lower_root = -1
+        if self.lower is not None:
+            try:
+                lower_root = os.open(self.lower.source, _DIR_FLAGS)
+            except OSError as e:
+                raise BuildError(f"cannot read the base {self.lower.source}: "
+                                 f"{e.strerror}") from None
+        stack: list[_Level] = []
+        # Opening, describing and reading the next files is mostly system calls, which
+        # release the GIL: one thread does them ahead of the writer (the second core).
+        pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+        try:
+            for ref in self.rootfs.refs.values():
+                if ref.root not in self.contexts:
+                    self.contexts[ref.root] = open_context_root(ref)
+            if self.prefix:
+                root = self.entry("", root_st, _UPPER)
+                assert root is not None
+                yield root
+            lower_fd = self._lower_dir("", root_st, lower_root, "")
+            stack.append(_Level(self.children("", lower_fd), lower_fd))
+            while stack:
+                level = stack[-1]
+                while level.pos < len(level.children):
+                    i = level.pos
+                    self._prefetch(pool, level, stack)
+                    level.pos += 1
+                    rel, st, where = level.children[i]
+                    future = level.ahead.pop(i, None)
+                    loaded = None if future is None else future.result()
+                    produced = self.entry(rel, st, where, loaded)
+                    if produced is None:
+                        continue
+                    yield produced
+                    if produced[0].kind == "dir":
+                        assert st is not None
+                        lower_fd = self._lower_dir(rel, st, level.lower_fd,
+                                                   rel.rpartition("/")[2])
+                        stack.append(_Level(self.children(rel, lower_fd), lower_fd))
+                        break
+                else:
+                    stack.pop()
+                    if level.lower_fd >= 0:
+                        os.close(level.lower_fd)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            for level in stack:
+                level.discard()
+            if lower_root >= 0:
+                os.close(lower_root)
+            for fd in self.contexts.values():
+                os.close(fd)
+
+    def _prefetch(self, pool: ThreadPoolExecutor, level: _Level, stack: list[_Level]) -> None:
+        """Hand the current file and those after it to the prefetch thread, which opens
+        them one after the other in archive order; at most _AHEAD wait across all levels
+        (a deep tree keeps its parents' look-ahead waiting), the current one always goes."""
+        level.submitted = max(level.submitted, level.pos)
+        waiting = sum(len(lv.ahead) for lv in stack)
+        while level.submitted < len(level.children) and (
+                waiting < _AHEAD or level.submitted == level.pos):
+            j = level.submitted
+            level.submitted += 1
+            rel, _, where = level.children[j]
+            if where == _UPPER or rel in self.rootfs.devices:
+                continue
+            level.ahead[j] = pool.submit(self._load, rel, where)
+            waiting += 1
+
+    def _lower_dir(self, rel: str, st: os.stat_result, parent: int, name: str) -> int:
+        """The lower tree's directory merged into the staged directory ``rel`` (opened), or
+        -1 when there is none: not one made from the base, or replaced since."""
+        lower = self.lower
+        if lower is None or parent < 0 or rel not in lower.dirs:
+            return -1
+        upper, source = lower.dirs[rel]
+        if (st.st_dev, st.st_ino) != upper:
+            return -1
+        try:
+            fd = os.dup(parent) if not rel else os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as e:
+            raise BuildError(f"base directory {lower.source} changed during the build: "
+                             f"cannot open {rel!r}: {e.strerror}") from None
+        found = os.fstat(fd)
+        if (found.st_dev, found.st_ino) != source:
+            os.close(fd)
+            raise BuildError(f"base directory {lower.source} changed during the build: "
+                             f"{rel or '.'!r} is not the directory it was")
+        return fd
+
+    def children(self, rel: str, lower_fd: int) -> list[Child]:
+        """The children of directory ``rel``, sorted by name bytes."""
+        directory = f"{self.root}/{rel}" if rel else self.root
+        found: dict[str, tuple[os.stat_result | None, int]] = {}
+        try:
+            with os.scandir(directory) as it:
+                for item in it:
+                    if item.is_file(follow_symlinks=False):
+                        found[item.name] = (None, _UPPER_FILE)
+                    else:
+                        found[item.name] = (item.stat(follow_symlinks=False), _UPPER)
+            if lower_fd >= 0:
+                with os.scandir(lower_fd) as it:
+                    listed = [(item.name, item.is_dir(follow_symlinks=False),
+                               item.is_file(follow_symlinks=False)) for item in it]
+                assert self.lower is not None
+                if listing_signature(listed) != self.lower.listings.get(rel):
+                    raise BuildError(f"base directory {self.lower.source} changed during the "
+                                     f"build: {rel or '.'!r} does not hold what it did")
+                for name, _, is_file in listed:
+                    if is_file and name not in found:
+                        found[name] = (None, lower_fd)
+        except OSError as e:
+            raise BuildError(f"cannot read {self.archive_name(rel) or '.'}: {e.strerror}") from None
+        for name in self.refs.get(rel, ()):
+            found[name] = (None, _REF)  # over a base's file of that name
+        for name in self.virtual.get(rel, {}):
+            found.setdefault(name, (None, _UPPER))
+        names = sorted(found, key=os.fsencode)
+        return [(f"{rel}/{n}" if rel else n, *found[n]) for n in names]
+
+    def entry(self, rel: str, st: os.stat_result | None, where: int,
+              loaded: _Loaded | None = None) -> tuple[TarEntry, int, bytes | None] | None:
+        name = self.archive_name(rel)
+        node = self.rootfs.devices.get(rel)
+        if node is not None:
+            if loaded is not None:
+                loaded.discard()
+            return self._device_entry(name, rel, node, st), -1, None
+        if where != _UPPER:
+            return self._file_entry(name, rel, where, loaded)
+        assert st is not None
+        path = f"{self.root}/{rel}" if rel else self.root
+        mode = st.st_mode
+        linkname, major, minor = "", 0, 0
+        if stat.S_ISDIR(mode):
+            kind = "dir"
+        elif stat.S_ISLNK(mode):
+            kind = "symlink"
+            try:
+                linkname = os.readlink(path)
+            except OSError as e:
+                raise BuildError(f"cannot read symlink {path}: {e.strerror}") from None
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            kind = "chr" if stat.S_ISCHR(mode) else "blk"
+            major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        elif stat.S_ISFIFO(mode):
+            kind = "fifo"
+        elif stat.S_ISREG(mode):  # listed as something else, a file by now: opened below
+            return self._file_entry(name, rel, _UPPER_FILE, None)
+        else:
+            return None  # sockets and anything else a tar cannot hold
+        uid, gid = self.rootfs.owner(rel, st)
+        return TarEntry(name=name, kind=kind, mode=stat.S_IMODE(mode), uid=uid, gid=gid,
+                        mtime=clamp(st, self.epoch), linkname=linkname, devmajor=major,
+                        devminor=minor, xattrs=xattrs_of(path)), -1, None
+
+    def _load(self, rel: str, where: int) -> _Loaded:
+        """Open a file to archive (checked to be a regular file, or the referenced one),
+        describe it, and read it whole when it is small. Runs in the prefetch thread."""
+        if where == _REF:
+            ref = self.rootfs.refs[rel]
+            fd, st = open_ref(ref, self.contexts[ref.root])
+            xattrs: tuple[tuple[str, bytes], ...] = ()  # a copy carries none
+        else:
+            name = self.archive_name(rel)
+            try:
+                if where >= 0:
+                    fd = os.open(rel.rpartition("/")[2], _FILE_FLAGS, dir_fd=where)
+                else:
+                    fd = os.open(f"{self.root}/{rel}", _FILE_FLAGS)
+            except OSError as e:
+                raise BuildError(f"cannot read {name}: {e.strerror}") from None
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise BuildError(f"{name} changed while the image was being written")
+                xattrs = xattrs_of(fd, user_only=where >= 0 and not self.rootfs.privileged)
+            except BaseException:
+                os.close(fd)
+                raise
+        if st.st_size > _SMALL:
+            return _Loaded(st, xattrs, None, fd)
+        try:
+            data = _read_all(fd, st.st_size)
+        except OSError as e:
+            raise BuildError(f"cannot read {self.archive_name(rel)}: {e.strerror}") from None
+        finally:
+            os.close(fd)
+        return _Loaded(st, xattrs, data, -1)
+
+    def _file_entry(self, name: str, rel: str, where: int,
+                    loaded: _Loaded | None) -> tuple[TarEntry, int, bytes | None]:
+        if loaded is None:
+            loaded = self._load(rel, where)
+        st = loaded.st
+        try:
+            size, linkname, kind = st.st_size, "", "file"
+            if where == _REF:
+                # What a copy would be: the COPY's mode and owner, one link, its mtime.
+                ref = self.rootfs.refs[rel]
+                return TarEntry(name=name, kind="file", mode=ref.mode, uid=ref.uid,
+                                gid=ref.gid, mtime=max(0, min(ref.mtime, self.epoch)),
+                                size=size), loaded.fd, loaded.data
+            if st.st_nlink > 1:
+                first = self.links.setdefault((st.st_dev, st.st_ino), name)
+                if first != name:
+                    kind, size, linkname = "hardlink", 0, first
+            if where >= 0 and kind == "file":
+                self.lower_bytes += size
+                assert self.lower is not None
+                if self.lower_bytes > self.lower.max_bytes:
+                    raise ImageError(f"image content is larger than the limit of "
+                                     f"{self.lower.max_bytes} bytes",
+                                     hint="raise the limit with --max-image-size")
+            uid, gid = self.rootfs.owner(rel, st)
+            entry = TarEntry(name=name, kind=kind, mode=stat.S_IMODE(st.st_mode), uid=uid,
+                             gid=gid, mtime=clamp(st, self.epoch), size=size,
+                             linkname=linkname,
+                             xattrs=loaded.xattrs if kind == "file" else ())
+        except BaseException:
+            loaded.discard()
+            raise
+        if kind == "hardlink":
+            loaded.discard()
+            return entry, -1, None
+        return entry, loaded.fd, loaded.data
+
+    def _device_entry(self, name: str, rel: str, node: DeviceNode,
+                      st: os.stat_result | None) -> TarEntry:
+        if st is not None:
+            uid, gid = self.rootfs.owner(rel, st)
+            mtime = clamp(st, self.epoch)
+        else:
+            uid, gid = self.rootfs.owners.get(rel, (0, 0))
+            mtime = self.epoch
+        return TarEntry(
+            name=name, kind=node.kind, mode=node.mode & 0o7777, uid=uid, gid=gid, mtime=mtime,
+            devmajor=node.major if node.kind != "fifo" else 0,
+            devminor=node.minor if node.kind != "fifo" else 0,
+        )
