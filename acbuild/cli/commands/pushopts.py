@@ -43,6 +43,8 @@ def _push_target(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 def _cache_repo(option: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if not value:  # not given: import no registry code (httpx loads rich)
+            return value
         from acbuild.cache.remote import parse_cache_ref
         from acbuild.errors import AcbuildError
 
