@@ -42,7 +42,8 @@ class PushResult:
 
 def _json_file(path: Path, what: str) -> Any:
     try:
-        data = path.read_bytes()[: _JSON_LIMIT + 1]
+        with path.open("rb") as f:
+            data = f.read(_JSON_LIMIT + 1)  # a hostile layout's file may be huge
     except OSError as e:
         raise RegistryError(f"cannot read {what}: {e.strerror or e}") from None
     if len(data) > _JSON_LIMIT:
