@@ -34,7 +34,7 @@ from acbuild.distribution.registry.upload import PushSession, Repository
 from acbuild.fs.staging import DeviceNode, StagedRootfs
 from acbuild.interop.export import MANIFEST_TYPE, Descriptor
 from acbuild.report import NullReporter
-from tests.support.registry import Registry, skip_without_registry, start_registry
+from tests.support.registry import Registry, empty_registry
 
 KEY = "sha256:" + hashlib.sha256(b"a step").hexdigest()
 OTHER = "sha256:" + hashlib.sha256(b"another step").hexdigest()
@@ -43,9 +43,7 @@ MANIFEST = b'{"acKind":"ImageManifest","acVersion":"0.8.11","name":"example.com/
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Registry]:
-    skip_without_registry()
-    with start_registry(tmp_path / "reg", "http") as reg:
-        yield reg
+    yield from empty_registry(tmp_path, "http")
 
 
 def session(reg: Registry) -> PushSession:

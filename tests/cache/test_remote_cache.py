@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import REPO
 from tests.support.busybox import make_busybox_rootfs
 from tests.support.cli import Result, acbuild
-from tests.support.registry import Registry, skip_without_registry, start_registry
+from tests.support.registry import Registry, empty_registry, skip_without_registry, start_registry
 from tests.support.sandboxrun import needs_sandbox
 from tests.support.terminal import run_in_terminal
 
@@ -37,9 +37,7 @@ STEPS = 7  # six instructions and WRITE
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Registry]:
-    skip_without_registry()
-    with start_registry(tmp_path / "reg", "http") as reg:
-        yield reg
+    yield from empty_registry(tmp_path, "http")
 
 
 @pytest.fixture

@@ -20,21 +20,17 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import Result, acbuild
-from tests.support.registry import Registry, skip_without_registry, start_registry
+from tests.support.registry import Registry, empty_registry
 
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Registry]:
-    skip_without_registry()
-    with start_registry(tmp_path / "reg", "http") as reg:
-        yield reg
+    yield from empty_registry(tmp_path, "http")
 
 
 @pytest.fixture
 def basic(tmp_path: Path) -> Iterator[Registry]:
-    skip_without_registry()
-    with start_registry(tmp_path / "reg", "basic") as reg:
-        yield reg
+    yield from empty_registry(tmp_path, "basic")
 
 
 @pytest.fixture
@@ -314,9 +310,7 @@ def test_a_hostile_upload_location_is_one_line(aci: Path, location: str) -> None
 
 @pytest.fixture
 def token(tmp_path: Path) -> Iterator[Registry]:
-    skip_without_registry()
-    with start_registry(tmp_path / "reg", "token") as reg:
-        yield reg
+    yield from empty_registry(tmp_path, "token")
 
 
 def test_push_and_share_the_cache_with_token_auth(token: Registry, aci: Path,

@@ -18,30 +18,24 @@ from acbuild.distribution.registry.push import push_layout
 from acbuild.distribution.registry.reference import RegistryError, parse_reference
 from acbuild.distribution.registry.transport import TransportOptions
 from acbuild.distribution.registry.upload import PushSession, Repository
-from tests.support.registry import Registry, skip_without_registry, start_registry
+from tests.support.registry import Registry, empty_registry
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Registry]:
-    skip_without_registry()
-    with start_registry(tmp_path / "reg", "http") as reg:
-        yield reg
+    yield from empty_registry(tmp_path, "http")
 
 
 @pytest.fixture
 def basic(tmp_path: Path) -> Iterator[Registry]:
-    skip_without_registry()
-    with start_registry(tmp_path / "reg", "basic") as reg:
-        yield reg
+    yield from empty_registry(tmp_path, "basic")
 
 
 @pytest.fixture
 def token(tmp_path: Path) -> Iterator[Registry]:
-    skip_without_registry()
-    with start_registry(tmp_path / "reg", "token") as reg:
-        yield reg
+    yield from empty_registry(tmp_path, "token")
 
 
 def session(reg: Registry, *, creds: bool = True) -> PushSession:

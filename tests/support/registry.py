@@ -533,6 +533,14 @@ def skip_without_registry() -> None:
         pytest.skip(reason)
 
 
+def empty_registry(tmp_path: Path, mode: Mode) -> Iterator[Registry]:
+    """A fixture's body: an empty registry in ``mode`` for one test (skipped, with the
+    reason, without docker-registry)."""
+    skip_without_registry()
+    with start_registry(tmp_path / "reg", mode) as reg:
+        yield reg
+
+
 @contextlib.contextmanager
 def registry_with_busybox(tmp_path: Path, mode: Mode, busybox: Path) -> Iterator[Registry]:
     """A registry in ``mode`` holding ``busybox`` (an OCI layout's image 1.36) as
