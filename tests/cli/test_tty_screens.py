@@ -28,6 +28,15 @@ needs_busybox = pytest.mark.skipif(not busybox_available(),
                                    reason="busybox-static is not installed")
 
 
+def _busybox_context(tmp_path: Path, acfile: str) -> Path:
+    """A context holding the static busybox and ``acfile``."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    shutil.copy2(BUSYBOX, ctx / "busybox")
+    (ctx / "Acfile").write_text(acfile)
+    return ctx
+
+
 def _folded(screen: Screen, columns: int, steps: int) -> list[str]:
     """The finished build's screen: the header, one line a step, no tail, no bars."""
     lines = [*screen.history, *screen.lines]
@@ -104,10 +113,8 @@ def test_a_20000_file_copy_leaves_no_bars(tmp_path: Path, columns: int) -> None:
 @needs_busybox
 @pytest.mark.parametrize("columns", WIDTHS)
 def test_a_failing_run_keeps_its_output_on_screen(tmp_path: Path, columns: int) -> None:
-    ctx = tmp_path / "ctx"
-    ctx.mkdir()
-    shutil.copy2(BUSYBOX, ctx / "busybox")
-    (ctx / "Acfile").write_text(
+    ctx = _busybox_context(
+        tmp_path,
         "BEGIN scratch\nNAME example.com/fails\nCOPY --mode=0755 busybox /bin/busybox\n"
         'RUN ["/bin/busybox", "sh", "-c", "echo about to fail; echo \\"\\u001b]0;owned\\u0007'
         'title\\"; exit 7"]\n')
@@ -127,10 +134,8 @@ def test_a_failing_run_keeps_its_output_on_screen(tmp_path: Path, columns: int) 
 @needs_busybox
 @pytest.mark.parametrize("columns", WIDTHS)
 def test_run_prints_only_the_app(tmp_path: Path, columns: int) -> None:
-    ctx = tmp_path / "ctx"
-    ctx.mkdir()
-    shutil.copy2(BUSYBOX, ctx / "busybox")
-    (ctx / "Acfile").write_text(
+    ctx = _busybox_context(
+        tmp_path,
         "BEGIN scratch\nNAME example.com/app\nLABEL version=1\n"
         "COPY --mode=0755 busybox /bin/busybox\n"
         'EXEC ["/bin/busybox", "echo", "hello from the app"]\n')
