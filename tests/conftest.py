@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,9 +35,33 @@ def hello_context(tmp_path: Path, hello_binary: Path) -> Path:
     return ctx
 
 
+def _mounted_beneath(path: Path) -> bool:
+    prefix = str(path) + "/"
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as info:
+        return any(line.split()[4].startswith(prefix) for line in info)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a test's directory, including read-only directories a build left behind; a
+    mount leaked beneath it is left alone, since removing through it would delete the mounted
+    tree's files."""
+    if _mounted_beneath(path):
+        return
+
+    def writable_and_retry(func: object, name: str, _exc: object) -> None:
+        parent = os.path.dirname(name)
+        os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | stat.S_IRWXU)
+        if os.path.isdir(name) and not os.path.islink(name):
+            shutil.rmtree(name, onerror=writable_and_retry)
+        else:
+            os.unlink(name)
+
+    shutil.rmtree(path, onerror=writable_and_retry)
+
+
 @pytest.fixture(autouse=True)
 def isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory,
-                       monkeypatch: pytest.MonkeyPatch) -> None:
+                       monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every test gets its own HOME and cache, state and config directories, as a fresh user
     would: builds cache by default, and nothing may leak between tests or into ~/.cache. The
     caller's GnuPG home, trust store, passphrase and epoch do not reach a test either."""
@@ -45,3 +72,7 @@ def isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory,
         monkeypatch.setenv(name, str(home / name.lower()))
     for name in ("GNUPGHOME", "ACBUILD_TRUST_STORE", "ACBUILD_PASSPHRASE", "SOURCE_DATE_EPOCH"):
         monkeypatch.delenv(name, raising=False)
+    yield
+    # Every test's builds fill these caches and stores; kept for the whole run (pytest's
+    # default) they came to gigabytes and once filled the CI machine's disk.
+    _remove_tree(home)
