@@ -61,15 +61,15 @@ def test_docker_config_env_moves_the_file(tmp_path: Path) -> None:
 def test_store_and_remove_keep_other_keys_and_mode_0600(tmp_path: Path) -> None:
     env = _env(tmp_path)
     path = tmp_path / "home/.docker/config.json"
-    _write(path, {"keep.example": {"auth": _b64("k:k")}}, credsStore="desktop")
+    _write(path, {"keep.example": {"auth": _b64("k:k")}}, psFormat="table")
     written = credentials.store("reg.example:5000", Credential(username="u", password="p"), env)
-    assert written == path
+    assert written == str(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     doc = json.loads(path.read_text())
-    assert doc["credsStore"] == "desktop" and "keep.example" in doc["auths"]
+    assert doc["psFormat"] == "table" and "keep.example" in doc["auths"]
     found = credentials.lookup("reg.example:5000", env)
     assert found is not None and found.password == "p"
-    assert credentials.remove("reg.example:5000", env) == (path,)
+    assert credentials.remove("reg.example:5000", env) == (str(path),)
     assert credentials.lookup("reg.example:5000", env) is None
     assert "keep.example" in json.loads(path.read_text())["auths"]
     assert credentials.remove("reg.example:5000", env) == ()

@@ -247,7 +247,9 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 class TokenServer:
     realm: str
     cert: Path  # the registry's rootcertbundle
-    requests: list[dict[str, str]] = field(default_factory=list)  # query + "authorization"
+    # an OAuth2 refresh token (docker's "identity token") it accepts for the user, by POST
+    refresh_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    requests: list[dict[str, str]] = field(default_factory=list)  # query/form + "authorization"
 
 
 def _token_keys(directory: Path) -> tuple[object, bytes, Path]:
@@ -276,7 +278,8 @@ def serve_tokens(directory: Path, username: str, password: str, *,
                  anonymous_pull: bool = False) -> Iterator[TokenServer]:
     """The Docker token protocol's server side: GET /token?service=…&scope=… with optional
     basic auth → {"token": JWT}. Wrong credentials get 401; no credentials get a pull-only
-    token when ``anonymous_pull``, else 401."""
+    token when ``anonymous_pull``, else 401. POST /token with the OAuth2 form
+    (grant_type=refresh_token) takes the server's refresh token for the user instead."""
     import jwt
 
     key, der, cert = _token_keys(directory)
@@ -290,8 +293,20 @@ def serve_tokens(directory: Path, username: str, password: str, *,
             server_box[0].requests.append(
                 {"path": url.path, "authorization": auth,
                  **{k: ",".join(v) for k, v in query.items()}})
-            user = _basic_user(auth, username, password)
-            if url.path != "/token" or user is False or (user is None and not anonymous_pull):
+            self._issue(url.path, _basic_user(auth, username, password), query)
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+            server_box[0].requests.append({"path": self.path, "method": "POST",
+                                           **{k: ",".join(v) for k, v in form.items()}})
+            good = form.get("grant_type") == ["refresh_token"] and \
+                form.get("refresh_token") == [server_box[0].refresh_token]
+            self._issue(self.path, username if good else False, form)
+
+        def _issue(self, path: str, user: str | bool | None,
+                   query: dict[str, list[str]]) -> None:
+            if path != "/token" or user is False or (user is None and not anonymous_pull):
                 self._send(401, {"errors": [{"code": "UNAUTHORIZED"}]})
                 return
             access = []

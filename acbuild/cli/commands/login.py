@@ -24,8 +24,8 @@ _PASSWORD_LIMIT = 64 << 10
 @global_options
 def command(registry: str, username: str | None, password_stdin: bool,
             insecure_registry: tuple[str, ...], ca_file: Path | None) -> None:
-    """Log in to REGISTRY (HOST[:PORT]): check the credentials with it, then save them in
-    ~/.docker/config.json (mode 0600) for pulls."""
+    """Log in to REGISTRY (HOST[:PORT]): check the credentials with it, then save them for
+    pulls in ~/.docker/config.json (mode 0600), or through the credential helper it names."""
     from acbuild.distribution.registry import credentials
     from acbuild.distribution.registry.credentials import Credential
     from acbuild.distribution.registry.reference import DOCKER_HUB, DOCKER_HUB_API, check_host
@@ -52,5 +52,5 @@ def command(registry: str, username: str | None, password_stdin: bool,
     api = DOCKER_HUB_API if host == DOCKER_HUB else host
     with Session(host, options, credential, api_host=api) as session:
         session.ping()
-    path = credentials.store(host, credential)
-    state().reporter().info(f"logged in to {host} as {username}; credentials saved in {path}")
+    where = credentials.store(host, credential)
+    state().reporter().info(f"logged in to {host} as {username}; credentials saved in {where}")

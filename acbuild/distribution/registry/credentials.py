@@ -2,9 +2,11 @@
 
 Read from ``$XDG_RUNTIME_DIR/containers/auth.json`` (podman, skopeo, buildah) first, then
 ``$DOCKER_CONFIG/config.json`` (default ``~/.docker/config.json``); each holds
-``{"auths": {"HOST": {"auth": base64("USER:PASSWORD")}}}``. ``login`` writes the docker file
-(mode 0600, atomically, other keys kept); ``logout`` removes the entry from both.
-Credential helpers (``credsStore``, ``credHelpers``) and identity tokens are not used.
+``{"auths": {"HOST": {"auth": base64("USER:PASSWORD")}}}`` or an ``identitytoken``, and may
+name credential helpers: ``credHelpers`` per registry, else ``credsStore`` for all, asked
+before the file's own entries, as docker does. ``login`` stores through the helper when one
+is named, else in the docker file (mode 0600, atomically, other keys kept); ``logout``
+removes the entry from both files and their helpers.
 A ``Credential`` never shows its password: not in repr, logs or error messages.
 """
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from acbuild.distribution.registry import credhelper
 from acbuild.distribution.registry.reference import DOCKER_HUB, RegistryError
 from acbuild.fs.atomic import atomic_write
 
@@ -26,6 +29,9 @@ _FILE_LIMIT = 4 << 20
 # How docker and podman spell Docker Hub's entry.
 _HUB_KEYS = ("docker.io", "https://index.docker.io/v1/", "index.docker.io",
              "registry-1.docker.io")
+# The user name docker's helpers and config give an identity token: the secret is then an
+# OAuth2 refresh token for the registry's token server, not a password.
+IDENTITY_TOKEN_USER = "<token>"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,6 +39,17 @@ class Credential:
     username: str
     password: str = field(repr=False)
     source: Path | None = None  # the file it came from, for messages
+    helper: str | None = None  # the credential helper that gave it
+
+    @property
+    def identity_token(self) -> bool:
+        return self.username == IDENTITY_TOKEN_USER
+
+    @property
+    def who(self) -> str:
+        """How messages name it: the user, never the secret."""
+        return "the stored identity token" if self.identity_token else \
+            f"user {self.username!r}"
 
     def __repr__(self) -> str:
         return f"Credential(username={self.username!r}, password=<hidden>)"
@@ -80,7 +97,25 @@ def _read(path: Path) -> dict[str, Any] | None:
         raise RegistryError(f"credentials file {path} is not valid JSON") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("auths", {}), dict):
         raise RegistryError(f"credentials file {path}: expected an object with \"auths\"")
+    if not isinstance(doc.get("credHelpers", {}), dict) or \
+            not isinstance(doc.get("credsStore", ""), str):
+        raise RegistryError(f"credentials file {path}: \"credHelpers\" must be an object "
+                            "and \"credsStore\" a string")
     return doc
+
+
+def _helper(doc: dict[str, Any], registry: str) -> str | None:
+    """The credential helper a config names for ``registry``: its own, else the store."""
+    helpers = doc.get("credHelpers", {})
+    for key in _keys(registry):
+        if isinstance(helpers.get(key), str) and helpers[key]:
+            return str(helpers[key])
+    return doc.get("credsStore") or None
+
+
+def _server(registry: str) -> str:
+    """The server URL docker hands a helper for ``registry``."""
+    return _HUB_KEYS[1] if registry == DOCKER_HUB else registry
 
 
 def _decode(entry: object, path: Path, key: str) -> Credential | None:
@@ -88,9 +123,11 @@ def _decode(entry: object, path: Path, key: str) -> Credential | None:
         raise RegistryError(f"credentials file {path}: the entry for {key!r} is not an object")
     if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
         return Credential(username=entry["username"], password=entry["password"], source=path)
+    if isinstance(token := entry.get("identitytoken"), str) and token:
+        return Credential(username=IDENTITY_TOKEN_USER, password=token, source=path)
     auth = entry.get("auth")
     if not auth:
-        return None  # e.g. only an identitytoken, or a helper's placeholder
+        return None  # e.g. a helper's placeholder
     try:
         user, colon, password = base64.b64decode(str(auth), validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError, ValueError):
@@ -104,10 +141,14 @@ def _decode(entry: object, path: Path, key: str) -> Credential | None:
 
 def lookup(registry: str, env: Mapping[str, str] | None = None) -> Credential | None:
     """The stored credential for ``registry`` (HOST[:PORT]), or None."""
+    env = os.environ if env is None else env
     for path in auth_files(env):
         doc = _read(path)
         if doc is None:
             continue
+        if (helper := _helper(doc, registry)) is not None and \
+                (got := credhelper.get(helper, _server(registry), env)) is not None:
+            return Credential(username=got[0], password=got[1], source=path, helper=helper)
         auths = doc.get("auths", {})
         for key in _keys(registry):
             if key in auths and (found := _decode(auths[key], path, key)) is not None:
@@ -115,10 +156,16 @@ def lookup(registry: str, env: Mapping[str, str] | None = None) -> Credential | 
     return None
 
 
-def store(registry: str, credential: Credential, env: Mapping[str, str] | None = None) -> Path:
-    """Save ``credential`` for ``registry`` in the docker config file; returns its path."""
+def store(registry: str, credential: Credential, env: Mapping[str, str] | None = None) -> str:
+    """Save ``credential`` for ``registry`` through the docker config's credential helper, or
+    in the file itself; returns where, for the user."""
+    env = os.environ if env is None else env
     path = docker_config(env)
     doc = _read(path) or {}
+    if (helper := _helper(doc, registry)) is not None:
+        credhelper.store(helper, _server(registry), credential.username, credential.password,
+                         env)
+        return f"the credential helper {credhelper.program(helper)} (named in {path})"
     auths = dict(doc.get("auths", {}))
     for key in _keys(registry):
         auths.pop(key, None)
@@ -126,23 +173,28 @@ def store(registry: str, credential: Credential, env: Mapping[str, str] | None =
     auths[_keys(registry)[0] if registry != DOCKER_HUB else _HUB_KEYS[1]] = {
         "auth": base64.b64encode(raw).decode()}
     _write(path, {**doc, "auths": auths})
-    return path
+    return str(path)
 
 
-def remove(registry: str, env: Mapping[str, str] | None = None) -> tuple[Path, ...]:
-    """Forget ``registry``'s credentials in every file; returns the files changed."""
+def remove(registry: str, env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """Forget ``registry``'s credentials in every file and the helpers they name; returns
+    where they were, for the user."""
+    env = os.environ if env is None else env
     changed = []
     for path in auth_files(env):
         doc = _read(path)
         if doc is None:
             continue
+        if (helper := _helper(doc, registry)) is not None and \
+                credhelper.erase(helper, _server(registry), env):
+            changed.append(f"the credential helper {credhelper.program(helper)}")
         auths = dict(doc.get("auths", {}))
         if not any(key in auths for key in _keys(registry)):
             continue
         for key in _keys(registry):
             auths.pop(key, None)
         _write(path, {**doc, "auths": auths})
-        changed.append(path)
+        changed.append(str(path))
     return tuple(changed)
 
 

@@ -225,7 +225,8 @@ class Session:
         """Meet a 401's challenge; False when there is nothing this session can do."""
         scheme, params = parse_challenge(header)
         if scheme == "basic":
-            if self.credential is None or self._basic:
+            # An identity token is only for a token server, not a password to send.
+            if self.credential is None or self.credential.identity_token or self._basic:
                 return False
             self._basic = True
             return True
@@ -258,13 +259,18 @@ class Session:
                      f"{netloc}")
         query = {k: v for k, v in (("service", params.get("service", "")),
                                    ("scope", scope or params.get("scope", ""))) if v}
-        url = realm + ("&" if "?" in realm else "?") + urlencode(query) if query else realm
-        headers = {"Authorization": _basic(credential)} if credential else {}
+        if credential is not None and credential.identity_token:
+            # The OAuth2 flow of the token spec: the refresh token, POSTed as a form.
+            request = self._client.build_request("POST", realm, data={
+                "grant_type": "refresh_token", "refresh_token": credential.password,
+                "client_id": "acbuild-py", **query})
+        else:
+            url = realm + ("&" if "?" in realm else "?") + urlencode(query) if query else realm
+            headers = {"Authorization": _basic(credential)} if credential else {}
+            request = self._client.build_request("GET", url, headers=headers)
         for attempt in range(self.options.retries + 1):
             try:
-                response = self._client.send(self._client.build_request("GET", url,
-                                                                        headers=headers),
-                                             stream=True)
+                response = self._client.send(request, stream=True)
             except _BAD_URL as e:
                 raise RegistryError(f"registry {self.host} asks for a token from an invalid "
                                     f"URL {escape(realm[:200])!r}: {_reason(e)}") from None
@@ -280,8 +286,7 @@ class Session:
                     self._pause(attempt, response.headers.get("retry-after"))
                     continue
                 if response.status_code in (401, 403):
-                    who = f"user {self.credential.username!r}" if self.credential else \
-                        "anonymous access"
+                    who = self.credential.who if self.credential else "anonymous access"
                     raise RegistryError(
                         f"the token server of {self.host} refused {who} "
                         f"(HTTP {response.status_code})",
@@ -313,8 +318,8 @@ class Session:
             return RegistryError(f"{self.host}: {what}: authentication required (HTTP 401) "
                                  "and no credentials are stored for it",
                                  hint=f"log in first: acbuild-py login {self.host}")
-        return RegistryError(f"{self.host}: {what}: the registry refused the credentials of "
-                             f"user {self.credential.username!r} (HTTP 401)",
+        return RegistryError(f"{self.host}: {what}: the registry refused the "
+                             f"credentials of {self.credential.who} (HTTP 401)",
                              hint=f"log in again: acbuild-py login {self.host}")
 
     def check(self, response: httpx.Response, what: str) -> None:
