@@ -112,6 +112,9 @@ class RegistryBases:
     def __init__(self, access: RegistryAccess) -> None:
         self.access = access
         self._digests: dict[str, Reference] = {}
+        # A resolution that failed while keying fails the same way when the step runs: asked
+        # again, a refusing registry or a hanging credential helper would cost its time twice.
+        self._failed: dict[str, RegistryError] = {}
         self._from_index: set[str] = set()  # references whose image an index chose
 
     def _pinned(self, text: str, reporter: Reporter) -> Reference:
@@ -119,13 +122,19 @@ class RegistryBases:
 
         if text in self._digests:
             return self._digests[text]
-        ref = parse_reference(text)
-        check_policy(ref, self.access, reporter)
-        with self.access.session(ref) as session:
-            digest, index = resolve_manifest(ref, session=session,
-                                             store=self.access.blob_store(),
-                                             platform=self.access.target_platform(),
-                                             reporter=reporter)
+        if text in self._failed:
+            raise self._failed[text]
+        try:
+            ref = parse_reference(text)
+            check_policy(ref, self.access, reporter)
+            with self.access.session(ref) as session:
+                digest, index = resolve_manifest(ref, session=session,
+                                                 store=self.access.blob_store(),
+                                                 platform=self.access.target_platform(),
+                                                 reporter=reporter)
+        except RegistryError as e:
+            self._failed[text] = e
+            raise
         if index is not None:
             self._from_index.add(text)
         pinned = Reference(registry=ref.registry, repository=ref.repository, tag=ref.tag,

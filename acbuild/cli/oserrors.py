@@ -25,12 +25,14 @@ def from_os_error(error: OSError) -> AcbuildError | None:
     if error.errno not in _ENVIRONMENT:
         return None
     reason = error.strerror or os.strerror(error.errno or 0)
-    if error.filename is None:
+    if not isinstance(error.filename, (str, bytes, os.PathLike)):
+        # None, or a descriptor (an OSError of os.scandir(fd), say): no path to name
         return AcbuildError(reason[:1].lower() + reason[1:])
     path = os.fsdecode(error.filename)
     if error.errno in (errno.ENOTDIR, errno.EEXIST) and (blocker := not_a_directory(path)):
         where = "" if blocker == path else f" (on the way to {path!r})"
         return AcbuildError(f"{blocker!r} is not a directory{where}",
                             hint="give a path whose parent directories are directories")
-    other = f" -> {os.fsdecode(error.filename2)!r}" if error.filename2 is not None else ""
+    other = f" -> {os.fsdecode(error.filename2)!r}" \
+        if isinstance(error.filename2, (str, bytes, os.PathLike)) else ""
     return AcbuildError(f"{path!r}{other}: {reason[:1].lower() + reason[1:]}")

@@ -58,6 +58,12 @@ def test_disk_full_and_permission_name_the_path() -> None:
     assert denied is not None and denied.message == "'/root/x': permission denied"
 
 
+def test_an_error_of_a_descriptor_is_a_message_not_a_second_error() -> None:
+    # os.scandir(fd) and friends put the descriptor where the file name goes
+    error = from_os_error(OSError(errno.ENOMEM, "Cannot allocate memory", 5))
+    assert error is not None and error.message == "cannot allocate memory"
+
+
 def test_errors_that_are_bugs_stay_internal() -> None:
     assert from_os_error(OSError(errno.EBADF, "Bad file descriptor")) is None
 

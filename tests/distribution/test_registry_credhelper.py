@@ -7,11 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from acbuild.distribution.registry import credentials
+from acbuild.distribution.registry import credentials, credhelper
 from acbuild.distribution.registry.reference import RegistryError
 from tests.support.cli import Result
 from tests.support.registry import Registry
@@ -134,6 +135,106 @@ def test_an_identity_token_in_the_file(tmp_path: Path) -> None:
     found = credentials.lookup("reg.example", env)
     assert found is not None and found.identity_token and found.password == "refresh-me"
     assert "refresh-me" not in repr(found) and found.who == "the stored identity token"
+
+
+def _own_helper(env: dict[str, str], script: str) -> None:
+    """Replace the fake helper with ``script`` (sh)."""
+    helper = Path(env["PATH"].split(":")[0]) / "docker-credential-fake"
+    helper.write_text("#!/bin/sh\n" + script)
+
+
+def test_deeply_nested_json_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    env = _setup(tmp_path, {"credsStore": "fake"})
+    _own_helper(env, "printf '%100000s' '' | tr ' ' '['\n")
+    with pytest.raises(RegistryError, match="printed no JSON credential"):
+        credentials.lookup("reg.example", env)
+    config = tmp_path / "home/.docker/config.json"
+    config.write_text('{"auths": ' + "[" * 100_000)
+    with pytest.raises(RegistryError, match="is not valid JSON"):
+        credentials.lookup("reg.example", env)
+
+
+def test_endless_output_is_cut_off_without_holding_it(tmp_path: Path) -> None:
+    env = _setup(tmp_path, {"credsStore": "fake"})
+    _own_helper(env, "exec yes\n")
+    start = time.monotonic()
+    with pytest.raises(RegistryError, match="printed more than 1 MiB"):
+        credentials.lookup("reg.example", env)
+    assert time.monotonic() - start < 10
+    # stderr without end, then failing: the reason is its first line, cut short
+    _own_helper(env, "yes 'locked keychain' | head -c 50000000 >&2; exit 1\n")
+    with pytest.raises(RegistryError) as raised:
+        credentials.lookup("reg.example", env)
+    assert "locked keychain" in str(raised.value) and len(str(raised.value)) < 400
+
+
+def test_a_failing_store_never_shows_the_secret_it_was_given(tmp_path: Path) -> None:
+    env = _setup(tmp_path, {"credsStore": "fake"})
+    _own_helper(env, 'in=$(cat); echo "store: cannot parse $in" >&2; exit 1\n')
+    with pytest.raises(RegistryError) as raised:
+        credentials.store("reg.example", credentials.Credential(
+            username="u", password='pa"ss\\word'), env)
+    assert "failed (store, exit 1)" in str(raised.value)
+    assert not any(window in str(raised.value) for window in ("pa\"s", "ss\\w", "word"))
+    # echoed as given: replaced in the reason, which is shown
+    _own_helper(env, 'cat >&2; exit 1\n')
+    with pytest.raises(RegistryError) as raised:
+        credentials.store("reg.example", credentials.Credential(username="u",
+                                                                password="hunter22"), env)
+    assert '"Secret": "***"' in str(raised.value) and "hunter" not in str(raised.value)
+
+
+def test_a_helper_that_hangs_is_stopped_with_what_it_started(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(credhelper, "_TIMEOUT", 1.0)
+    env = _setup(tmp_path, {"credsStore": "fake"})
+    pids = tmp_path / "pids"
+    _own_helper(env, f"sleep 300 & echo $! > {pids}; wait\n")
+    with pytest.raises(RegistryError, match="did not answer within"):
+        credentials.lookup("reg.example", env)
+    child = int(pids.read_text())
+    time.sleep(0.2)
+    assert not Path(f"/proc/{child}").exists() or \
+        Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
+
+
+def test_a_child_left_holding_the_pipe_does_not_delay_the_answer(tmp_path: Path) -> None:
+    env = _setup(tmp_path, {"credsStore": "fake"})
+    _own_helper(env, 'sleep 300 & echo \'{"Username": "u", "Secret": "s"}\'\n')
+    start = time.monotonic()
+    found = credentials.lookup("reg.example", env)
+    assert found is not None and found.password == "s"
+    assert time.monotonic() - start < 5
+
+
+def test_a_helper_in_the_current_directory_is_not_run(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    env = _setup(tmp_path, {"credsStore": "fake"})
+    ran = tmp_path / "ran"
+    _own_helper(env, f"touch {ran}\n")
+    bin_dir = env["PATH"].split(":")[0]
+    monkeypatch.chdir(bin_dir)  # a cloned repository shipping a "helper"
+    for path in ("/usr/bin:/bin:", ":/usr/bin", ".:/usr/bin", "bin:/usr/bin"):
+        with pytest.raises(RegistryError, match="not on PATH"):
+            credentials.lookup("reg.example", {**env, "PATH": path})
+    assert not ran.exists()
+
+
+def test_a_failed_lookup_is_asked_once_per_build(tmp_path: Path) -> None:
+    env = _setup(tmp_path, {"credHelpers": {"127.0.0.1:9": "fake"}})
+    calls = tmp_path / "calls"
+    _own_helper(env, f"echo call >> {calls}; echo 'keychain is locked' >&2; exit 1\n")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Acfile").write_text("BEGIN docker://127.0.0.1:9/x:1\nNAME example.com/x\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "acbuild", "build", str(ctx / "Acfile"), "-o",
+         str(tmp_path / "x.aci"), "--insecure-skip-verify", "--insecure-registry",
+         "127.0.0.1:9"], capture_output=True, text=True, timeout=120,
+        env={**os.environ, **env, "CI": "true"})
+    assert proc.returncode == 1, proc.stderr
+    assert "keychain is locked" in proc.stderr and "Traceback" not in proc.stderr
+    assert calls.read_text().count("call") == 1
 
 
 # ---- against the real registry ----------------------------------------------------------

@@ -92,7 +92,7 @@ def _read(path: Path) -> dict[str, Any] | None:
         raise RegistryError(f"credentials file {path} is larger than 4 MiB")
     try:
         doc = json.loads(data) if data.strip() else {}
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         # The parser's message can quote the file's text: a password, say. Name only the file.
         raise RegistryError(f"credentials file {path} is not valid JSON") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("auths", {}), dict):
