@@ -11,12 +11,10 @@ nothing it prints reaches a message unescaped, and its stdout never does.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import selectors
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Mapping
@@ -52,10 +50,13 @@ def _locate(helper: str, env: Mapping[str, str]) -> str:
 def _communicate(argv: list[str], stdin: bytes, env: Mapping[str, str]
                  ) -> tuple[int | None, bytes, bytes]:
     """(exit status or None on timeout, stdout up to the limit + 1, stderr's start). Reads
-    both pipes bounded, so a helper printing without end costs no memory; the helper runs in
-    a session of its own, and whatever of it is left is killed at the end."""
+    both pipes bounded, so a helper printing without end costs no memory. The helper stays in
+    the caller's session and process group, as docker runs it: a keychain that asks to be
+    unlocked opens the terminal, which a session or group of its own would lose or stop on.
+    So only the helper itself is killed when it overstays; a child it left holding the pipes
+    is waited for no longer than a moment."""
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=dict(env), start_new_session=True)
+                            stderr=subprocess.PIPE, env=dict(env))
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     out, err = bytearray(), bytearray()
     pending = memoryview(stdin)
@@ -94,8 +95,8 @@ def _communicate(argv: list[str], stdin: bytes, env: Mapping[str, str]
     except subprocess.TimeoutExpired:
         return None, bytes(out), bytes(err[:_REASON_LIMIT])
     finally:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
         proc.wait()
         for pipe in (proc.stdin, proc.stdout, proc.stderr):
             pipe.close()
