@@ -28,9 +28,9 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import httpx
 
 from acbuild import __version__
-from acbuild.distribution.discovery import _tls_context
 from acbuild.distribution.registry.credentials import Credential
 from acbuild.distribution.registry.reference import RegistryError, check_host
+from acbuild.distribution.tls import tls_context
 from acbuild.terminal import escape
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -89,7 +89,7 @@ class Session:
         self._tokens: dict[str, str] = {}
         self._basic = False
         self._client = httpx.Client(
-            verify=_tls_context(options.ca_file), trust_env=True, follow_redirects=False,
+            verify=tls_context(options.ca_file), trust_env=True, follow_redirects=False,
             timeout=httpx.Timeout(options.timeout, connect=min(options.timeout, 30.0)),
             headers={"User-Agent": f"acbuild-py/{__version__}", "Accept-Encoding": "identity"})
 
