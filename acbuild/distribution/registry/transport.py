@@ -21,7 +21,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -350,8 +350,10 @@ def _basic(credential: Credential) -> str:
     return "Basic " + base64.b64encode(raw).decode()
 
 
-def read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
-    """The whole body of a small document; more than ``limit`` bytes is an error."""
+def read_limited(response: httpx.Response, limit: int, what: str, *,
+                 each: Callable[[int], None] | None = None) -> bytes:
+    """The whole body of a small document; more than ``limit`` bytes is an error. ``each``
+    is told every chunk's size as it arrives (and may raise to stop: a deadline)."""
     length = response.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise RegistryError(f"{what} is {int(length)} bytes, more than the limit of "
@@ -364,6 +366,8 @@ def read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
             if total > limit:
                 raise RegistryError(f"{what} is more than the limit of {limit} bytes")
             chunks.append(chunk)
+            if each is not None:
+                each(len(chunk))
     except httpx.HTTPError as e:
         raise RegistryError(f"{what}: the transfer broke off: {reason(e)}") from None
     return b"".join(chunks)
