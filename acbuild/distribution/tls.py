@@ -10,8 +10,10 @@ once, so a bad one is reported before any work.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,8 @@ from acbuild.errors import FetchError
 
 
 class _SystemTrustOnUse(ssl.SSLContext):
-    """``create_default_context()``'s client settings (PROTOCOL_TLS_CLIENT: certificates
-    and host names checked), the system's CAs loaded by the first wrap."""
+    """``create_default_context()``'s client settings (see ``tls_context``), the system's
+    CAs loaded by the first wrap."""
 
     _loaded: bool
     _lock: threading.Lock
@@ -44,7 +46,13 @@ class _SystemTrustOnUse(ssl.SSLContext):
 
 def tls_context(ca_file: Path | None) -> ssl.SSLContext:
     """The system's CAs (loaded on first use), plus ``ca_file``."""
+    # What create_default_context() sets besides the CAs: PROTOCOL_TLS_CLIENT checks the
+    # certificate and the host name; 3.13 adds two strictness flags; SSLKEYLOGFILE.
     context = _SystemTrustOnUse(ssl.PROTOCOL_TLS_CLIENT)
+    if sys.version_info >= (3, 13):
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN | ssl.VERIFY_X509_STRICT
+    if (keylog := os.environ.get("SSLKEYLOGFILE")) and not sys.flags.ignore_environment:
+        context.keylog_filename = keylog
     context._loaded = False
     context._lock = threading.Lock()
     if ca_file is not None:
