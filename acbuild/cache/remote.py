@@ -7,8 +7,8 @@ the local cache, which snapshots and seals it as it does a step it ran itself. A
 with a remote entry (missing blob, wrong digest, not ours) is a miss with a warning; an
 unreachable or refusing registry is warned about once and not asked again in this build, and
 so is one too slow to be worth waiting for: each import has a budget (``ImportBudget``: 30 s
-plus its blobs at 512 KiB/s), since the per-read timeout alone never fires for a cache that
-trickles its answer a few bytes at a time.
+plus what it received at 512 KiB/s), since the per-read timeout alone never fires for a cache
+that trickles its answer a few bytes at a time.
 
 ``--cache-to registry://REGISTRY/REPO``: after the build, every step the local cache holds is
 pushed as an entry, unless the registry has its tag already (a key names its content).
@@ -99,9 +99,11 @@ def parse_cache_ref(text: str, option: str) -> CacheRepo:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ImportBudget:
-    """How long importing one entry may take: ``grace`` seconds, plus its config and layer
-    at ``min_rate`` bytes a second. Past it the cache is given up on for the build (the step
-    is built): a remote cache is a speed-up, and one slower than this is not one."""
+    """How long importing one entry may take: ``grace`` seconds, plus the time what has
+    arrived would take at ``min_rate`` bytes a second — the bytes received, never the sizes
+    the entry claims (a hostile entry could claim a huge layer and then trickle it). Past it
+    the cache is given up on for the build and the step is built: a remote cache is a
+    speed-up, and one slower than this is not one."""
 
     grace: float = 30.0
     min_rate: float = 512 << 10
@@ -118,18 +120,14 @@ class _Clock:
     def __init__(self, budget: ImportBudget) -> None:
         self.budget = budget
         self.started = time.monotonic()
-        self.until = self.started + budget.grace
         self.received = 0
-
-    def allow(self, size: int) -> None:
-        self.until += size / self.budget.min_rate
 
     def check(self, count: int = 0) -> None:
         self.received += count
-        now = time.monotonic()
-        if now > self.until:
+        elapsed = time.monotonic() - self.started
+        if elapsed > self.budget.grace + self.received / self.budget.min_rate:
             raise _TooSlow(f"it sent {self.received} bytes of a cache entry in "
-                           f"{now - self.started:.0f} s, too slowly to be worth waiting for")
+                           f"{elapsed:.0f} s, too slowly to be worth waiting for")
 
 
 class _ResponseReader(io.RawIOBase):
@@ -232,7 +230,6 @@ class RemoteCache:
             raise RemoteEntryError("its manifest is corrupt: it does not match the digest the "
                                    "registry gives it")
         entry = decode_manifest(raw, key)
-        clock.allow(entry.config.size + entry.layer.size)
         config = decode_config(self._small_blob(source, entry.config, clock), key)
         try:
             from_json_bytes(config.manifest_json)

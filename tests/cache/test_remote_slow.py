@@ -48,9 +48,10 @@ def store(where: Path) -> CacheStore:
     return s
 
 
-def serve_entry(server: Server, tmp_path: Path) -> str:
+def serve_entry(server: Server, tmp_path: Path, *, claim: int = 1) -> str:
     """A valid entry for KEY laid out as a registry serves it; returns its layer's path.
-    The tree is one file of 448 KiB of random bytes, so the gzip layer is 7 paced pieces."""
+    The tree is one file of 448 KiB of random bytes, so the gzip layer is 7 paced pieces.
+    ``claim``: the manifest says the layer is that many times its size (a lie)."""
     tree = tmp_path / "tree"
     tree.mkdir()
     (tree / "data").write_bytes(os.urandom(448 << 10))
@@ -65,7 +66,8 @@ def serve_entry(server: Server, tmp_path: Path) -> str:
     manifests.mkdir()
     (manifests / step_tag(KEY)).write_bytes(encode_manifest(KEY, EntryManifest(
         config=Descriptor(media_type=CONFIG_TYPE, digest=config_digest, size=len(config)),
-        layer=layer)))
+        layer=Descriptor(media_type=layer.media_type, digest=layer.digest,
+                         size=layer.size * claim))))
     return f"/v2/{REPO}/blobs/{layer.digest}"
 
 
@@ -81,17 +83,21 @@ def session(server: Server) -> PushSession:
     return PushSession(host, TransportOptions(insecure_registries=(host,), retries=0), None)
 
 
-def test_a_cache_that_trickles_an_entry_is_given_up_on(http_server: Server,
-                                                       tmp_path: Path) -> None:
-    layer_path = serve_entry(http_server, tmp_path)
-    budget = ImportBudget(grace=0.5, min_rate=1 << 20)  # about 0.9 s for this entry
+@pytest.mark.parametrize("claim", [1, 1000])
+def test_a_cache_that_trickles_an_entry_is_given_up_on(http_server: Server, tmp_path: Path,
+                                                       claim: int) -> None:
+    """``claim`` 1000: the entry says its layer is 1000 times bigger, which must buy no time
+    (the budget counts what arrives, not what the entry claims)."""
+    layer_path = serve_entry(http_server, tmp_path, claim=claim)
+    budget = ImportBudget(grace=0.5, min_rate=1 << 20)  # 0.5 s + 64 KiB a 1/16 s
     with session(http_server) as push:
-        # The entry is good: served at full speed, it is a hit.
-        fast, reporter = cache_of(http_server, store(tmp_path / "fast"), push, budget)
-        assert fast.fetch(KEY, "step 2") is not None
-        assert reporter.warnings == []
+        if claim == 1:  # the entry is good: served at full speed, it is a hit
+            fast, reporter = cache_of(http_server, store(tmp_path / "fast"), push, budget)
+            assert fast.fetch(KEY, "step 2") is not None
+            assert reporter.warnings == []
 
-        # Paced at 1 s a 64 KiB piece it would take about 7 s: given up on at about 1 s.
+        # Paced at 1 s a 64 KiB piece it would take about 7 s: given up on at the second
+        # piece (1 s; 0.5 s + 128 KiB at 1 MiB/s allowed).
         http_server.behaviour.paced[layer_path] = 1.0
         s = store(tmp_path / "slow")
         slow, reporter = cache_of(http_server, s, push, budget)
