@@ -5,7 +5,10 @@ looked up there (layout: ``remotelayout``), its blobs verified by digest as they
 its tree extracted by the image extractor (the same rules as any base image), then stored in
 the local cache, which snapshots and seals it as it does a step it ran itself. Anything wrong
 with a remote entry (missing blob, wrong digest, not ours) is a miss with a warning; an
-unreachable or refusing registry is warned about once and not asked again in this build.
+unreachable or refusing registry is warned about once and not asked again in this build, and
+so is one too slow to be worth waiting for: each import has a budget (``ImportBudget``: 30 s
+plus what it received at 512 KiB/s), since the per-read timeout alone never fires for a cache
+that trickles its answer a few bytes at a time.
 
 ``--cache-to registry://REGISTRY/REPO``: after the build, every step the local cache holds is
 pushed as an entry, unless the registry has its tag already (a key names its content).
@@ -20,7 +23,8 @@ import io
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,11 +97,48 @@ def parse_cache_ref(text: str, option: str) -> CacheRepo:
     return CacheRepo(registry=ref.registry, repository=ref.repository)
 
 
-class _ResponseReader(io.RawIOBase):
-    """A streamed response body as a file (what the digest readers and extractor take)."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImportBudget:
+    """How long importing one entry may take: ``grace`` seconds, plus the time what has
+    arrived would take at ``min_rate`` bytes a second — the bytes received, never the sizes
+    the entry claims (a hostile entry could claim a huge layer and then trickle it). Past it
+    the cache is given up on for the build and the step is built: a remote cache is a
+    speed-up, and one slower than this is not one."""
 
-    def __init__(self, response: httpx.Response) -> None:
-        self._chunks = response.iter_raw(CHUNK)
+    grace: float = 30.0
+    min_rate: float = 512 << 10
+
+
+class _TooSlow(Exception):
+    """An import ran out of its budget. Not an OSError nor an AcbuildError: what reads the
+    layer (decompressor, extractor) must let it through rather than call it a bad entry."""
+
+
+class _Clock:
+    """The deadline of one import, checked as each piece of the answer arrives."""
+
+    def __init__(self, budget: ImportBudget) -> None:
+        self.budget = budget
+        self.started = time.monotonic()
+        self.received = 0
+
+    def check(self, count: int = 0) -> None:
+        self.received += count
+        elapsed = time.monotonic() - self.started
+        if elapsed > self.budget.grace + self.received / self.budget.min_rate:
+            raise _TooSlow(f"it sent {self.received} bytes of a cache entry in "
+                           f"{elapsed:.0f} s, too slowly to be worth waiting for")
+
+
+class _ResponseReader(io.RawIOBase):
+    """A streamed response body as a file (what the digest readers and extractor take);
+    ``each`` is told every chunk's size as it arrives (and may stop the transfer)."""
+
+    def __init__(self, response: httpx.Response, each: Callable[[int], None]) -> None:
+        # As they arrive (iter_raw(CHUNK) would gather a whole CHUNK before ``each`` hears
+        # of any of it: a trickle would go unseen for as long as that takes)
+        self._chunks = response.iter_raw()
+        self._each = each
         self._left = b""
 
     def readable(self) -> bool:
@@ -109,6 +150,7 @@ class _ResponseReader(io.RawIOBase):
                 self._left = next(self._chunks, b"")
             except httpx.HTTPError as e:
                 raise OSError(f"the transfer broke off: {e}") from None
+            self._each(len(self._left))
         n = min(len(b), len(self._left))
         b[:n] = self._left[:n]
         self._left = self._left[n:]
@@ -129,9 +171,10 @@ class RemoteCache:
     def __init__(self, store: CacheStore, reporter: Reporter, *,
                  sources: Sequence[tuple[CacheRepo, Session]] = (),
                  destination: tuple[CacheRepo, PushSession] | None = None,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, budget: ImportBudget | None = None) -> None:
         self.store = store
         self.reporter = reporter
+        self.budget = budget or ImportBudget()
         self.limits = limits or Limits()  # what an entry's tree may make us do, as a base
         self.sources = [_Source(repo, session) for repo, session in sources]
         self.destination = destination
@@ -153,6 +196,10 @@ class RemoteCache:
             except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as e:
                 # what the entry names cannot even be asked for (httpx refuses the URL)
                 self._miss(source, what, f"it names something that cannot be fetched ({e})")
+            except _TooSlow as e:
+                source.alive = False
+                self.reporter.warning(f"{source.repo.url()}: {e}; building {what}, and not "
+                                      "using this cache for the rest of the build")
             except (AcbuildError, OSError) as e:
                 source.alive = False
                 message = e.message if isinstance(e, AcbuildError) else str(e)
@@ -168,6 +215,7 @@ class RemoteCache:
         repo, session = source.repo, source.session
         scope = f"repository:{repo.repository}:pull"
         tag = step_tag(key)
+        clock = _Clock(self.budget)
         with session.get(f"/v2/{repo.repository}/manifests/{tag}", scope=scope,
                          accept=MANIFEST_TYPE) as response:
             if response.status_code == 404:
@@ -175,14 +223,14 @@ class RemoteCache:
             session.check(response, f"cache entry {tag[:17]}…")
             sent_digest = response.headers.get("docker-content-digest")
             try:
-                raw = read_limited(response, DOCUMENT_LIMIT, "its manifest")
+                raw = read_limited(response, DOCUMENT_LIMIT, "its manifest", each=clock.check)
             except RegistryError as e:
                 raise RemoteEntryError(f"its manifest is not usable: {e.message}") from None
         if sent_digest is not None and sent_digest != "sha256:" + hashlib.sha256(raw).hexdigest():
             raise RemoteEntryError("its manifest is corrupt: it does not match the digest the "
                                    "registry gives it")
         entry = decode_manifest(raw, key)
-        config = decode_config(self._small_blob(source, entry.config), key)
+        config = decode_config(self._small_blob(source, entry.config, clock), key)
         try:
             from_json_bytes(config.manifest_json)
         except AcbuildError as e:
@@ -190,7 +238,7 @@ class RemoteCache:
         with self._temp() as work:
             rootfs = StagedRootfs(root=work / "rootfs")
             rootfs.root.mkdir(mode=0o755)
-            self._extract(source, entry, config, rootfs)
+            self._extract(source, entry, config, rootfs, clock)
             self.store.put_step(key, config.manifest_json, rootfs=rootfs, tree=None, link=True)
         return True
 
@@ -198,7 +246,7 @@ class RemoteCache:
         if response.status_code == 404:
             raise RemoteEntryError(f"it names blob {digest[:19]}, which the registry does not have")
 
-    def _small_blob(self, source: _Source, desc: Descriptor) -> bytes:
+    def _small_blob(self, source: _Source, desc: Descriptor, clock: _Clock) -> bytes:
         repo, session = source.repo, source.session
         if desc.size > DOCUMENT_LIMIT:
             raise RemoteEntryError(f"its config is {desc.size} bytes, more than the limit")
@@ -207,7 +255,7 @@ class RemoteCache:
             self._blob_missing(response, desc.digest)
             session.check(response, f"blob {desc.digest[:19]}")
             try:
-                data = read_limited(response, desc.size, "the entry's config")
+                data = read_limited(response, desc.size, "the entry's config", each=clock.check)
             except RegistryError as e:
                 raise RemoteEntryError(f"its config is corrupt: {e.message}") from None
         if "sha256:" + hashlib.sha256(data).hexdigest() != desc.digest:
@@ -215,14 +263,15 @@ class RemoteCache:
         return data
 
     def _extract(self, source: _Source, entry: EntryManifest, config: EntryConfig,
-                 rootfs: StagedRootfs) -> None:
+                 rootfs: StagedRootfs, clock: _Clock) -> None:
         repo, session = source.repo, source.session
         layer = entry.layer
         with session.get(f"/v2/{repo.repository}/blobs/{layer.digest}",
                          scope=f"repository:{repo.repository}:pull") as response:
             self._blob_missing(response, layer.digest)
             session.check(response, f"blob {layer.digest[:19]}")
-            blob = DigestReader(_ResponseReader(response), layer.digest)  # type: ignore[arg-type]
+            blob = DigestReader(_ResponseReader(response, clock.check),  # type: ignore[arg-type]
+                                layer.digest)
             try:
                 tar = DigestReader(open_decompressed(blob), config.diff_id)  # type: ignore[arg-type]
                 extract_tar(io.BufferedReader(EndedTar(tar), CHUNK), rootfs, prefix="",

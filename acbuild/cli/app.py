@@ -96,6 +96,10 @@ SUMMARIES = {
         'Print the steps of the Acfile (found as build finds it) with their cache keys, '
         'HIT or MISS; run nothing.'
     ),
+    "pull": (
+        'Pull IMAGE (docker://[REGISTRY/]NAME[:TAG|@DIGEST]) into the image store\'s blobs '
+        'and print the digest of its image manifest.'
+    ),
     "publish": 'Publish IMAGE and IMAGE.asc under --repo with an ac-discovery page.',
     "run": 'Run the app of IMAGE (a local .aci) with ARGS appended to its exec.',
     "sign": 'Sign IMAGE with a GnuPG key: writes IMAGE.asc.',

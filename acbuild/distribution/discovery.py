@@ -17,6 +17,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from acbuild.acfile.parse_words import split_image_reference
+from acbuild.distribution.tls import tls_context
 from acbuild.errors import AcfileError, FetchError
 from acbuild.image.manifest import host_os_arch
 from acbuild.image.manifest_rules import is_ac_identifier
@@ -216,7 +217,7 @@ def open_url(url: str, options: HttpOptions) -> http.client.HTTPResponse:
         raise FetchError(f"refusing to fetch {url}: only https is allowed",
                          hint="use --insecure for plain http")
     opener = urllib.request.build_opener(
-        urllib.request.HTTPSHandler(context=_tls_context(options.ca_file)),
+        urllib.request.HTTPSHandler(context=tls_context(options.ca_file)),
         _RedirectPolicy(options.insecure))
     request = urllib.request.Request(url, headers={"User-Agent": "acbuild-py"})
     try:
@@ -233,14 +234,3 @@ def open_url(url: str, options: HttpOptions) -> http.client.HTTPResponse:
                 hint="if you trust the CA that signed it, pass its certificate with --ca-file"
             ) from None
         raise FetchError(f"cannot fetch {url}: {reason}") from None
-
-
-def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
-    """The system's CAs, plus ``ca_file``: --ca-file adds a CA, it does not replace them."""
-    context = ssl.create_default_context()
-    if ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=ca_file)
-        except (OSError, ssl.SSLError) as e:
-            raise FetchError(f"cannot use CA file {ca_file}: {e}") from None
-    return context

@@ -20,8 +20,9 @@ from pathlib import Path
 from acbuild.errors import FetchError
 from acbuild.fs.atomic import atomic_write
 from acbuild.fs.private import private_dir
-from acbuild.image.manifest_rules import is_ac_identifier
-from acbuild.trust.names import check_image_name
+
+# The name rules (acbuild.image.manifest_rules, acbuild.trust.names) are imported by the
+# methods that check names: `pull` only locates the store, and its whole run is short.
 
 INDEX = "index.json"
 _INDEX_VERSION = 1
@@ -110,6 +111,8 @@ class ImageStore:
 
     def find(self, name: str, labels: tuple[tuple[str, str], ...]) -> Entry | None:
         """The newest stored image with this name carrying all these labels."""
+        from acbuild.trust.names import check_image_name
+
         check_image_name(name, "image store")
         hits = [e for e in self.entries() if e.matches(name, labels)
                 and self.aci_path(e.id).is_file()]
@@ -125,6 +128,8 @@ class ImageStore:
     def add(self, aci: Path, asc: Path | None, *, image_id: str, name: str,
             labels: tuple[tuple[str, str], ...]) -> Entry:
         """Move a verified download into the store (once, however many fetch it at a time)."""
+        from acbuild.trust.names import check_image_name
+
         check_image_name(name, "image store")
         with self.lock():
             target = self.aci_path(image_id)
@@ -180,6 +185,8 @@ class ImageStore:
 
 
 def _entry(doc: dict[str, object]) -> Entry:
+    from acbuild.image.manifest_rules import is_ac_identifier
+
     labels = doc["labels"]
     if not isinstance(labels, list):
         raise TypeError("labels is not a list")

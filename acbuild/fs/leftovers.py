@@ -13,8 +13,6 @@ import socket
 import zlib
 from pathlib import Path
 
-from acbuild.fs.staging import remove_at
-
 
 def _host() -> str:
     return f"{zlib.crc32(socket.gethostname().encode()):08x}"
@@ -44,6 +42,9 @@ def sweep(directory: Path, prefix: str, suffix: str = "") -> list[Path]:
     may write to, a name is no proof of who made it. Entries are examined and removed
     through a descriptor of ``directory`` and never followed (see ``remove_at``).
     """
+    from acbuild.fs.staging import remove_at  # only when something is left: every atomic
+    # write sweeps, and most find nothing
+
     pattern = re.compile(re.escape(prefix) + r"(\d+)-([0-9a-f]{8})\..*" + re.escape(suffix) + "$")
     removed: list[Path] = []
     host = _host()

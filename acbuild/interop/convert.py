@@ -283,23 +283,40 @@ def convert(options: ConvertOptions, reporter: Reporter | None = None, *,
     if source is None:
         source = open_source(options.kind, options.input, options.image)
     output = options.output or default_output(source)
-    epoch = conversion_epoch(source, os.environ) if options.epoch is None else options.epoch
-    if not output.parent.is_dir():
-        source.close()
-        raise ConvertError(f"cannot write {output}: no directory {output.parent}")
+    if options.squash:
+        return (convert_squashed(source, output, compression=options.compression,
+                                 epoch=options.epoch, reporter=reporter)[0],)
+    epoch = _epoch_for(source, output, options.epoch)
     with tempfile.TemporaryDirectory(prefix=".acbuild-convert-", dir=output.parent) as tmp:
-        if options.squash:
-            rootfs = StagedRootfs(root=Path(tmp) / "rootfs")
-            rootfs.root.mkdir()
-            manifest = convert_to_rootfs(source, rootfs, reporter=reporter)
-            return (write_aci(rootfs, to_json_bytes(manifest), output,
-                              compression=options.compression, epoch=epoch,
-                              reporter=reporter),)
         try:
             return _convert_layers(source, output, Path(tmp), options.compression, epoch,
                                    reporter)
         finally:
             source.close()
+
+
+def convert_squashed(source: ImageSource, output: Path, *, compression: str = "gzip",
+                     epoch: int | None = None, reporter: Reporter | None = None
+                     ) -> tuple[WrittenImage, ImageManifest]:
+    """Every layer of ``source`` squashed into one ACI at ``output``, and that ACI's
+    manifest: what `fetch` stores it under, without reading the image back. Closes
+    ``source``."""
+    epoch = _epoch_for(source, output, epoch)
+    with tempfile.TemporaryDirectory(prefix=".acbuild-convert-", dir=output.parent) as tmp:
+        rootfs = StagedRootfs(root=Path(tmp) / "rootfs")
+        rootfs.root.mkdir()
+        manifest = convert_to_rootfs(source, rootfs, reporter=reporter)
+        return write_aci(rootfs, to_json_bytes(manifest), output, compression=compression,
+                         epoch=epoch, reporter=reporter), manifest
+
+
+def _epoch_for(source: ImageSource, output: Path, epoch: int | None) -> int:
+    """The conversion's epoch, once ``output`` is known to be writable (else ``source`` is
+    closed and the error raised)."""
+    if not output.parent.is_dir():
+        source.close()
+        raise ConvertError(f"cannot write {output}: no directory {output.parent}")
+    return conversion_epoch(source, os.environ) if epoch is None else epoch
 
 
 def _chain_ids(layers: tuple[Layer, ...]) -> list[str]:

@@ -18,7 +18,8 @@ from typing import Any, BinaryIO, Literal
 
 from acbuild.errors import ConvertError, ImageError
 from acbuild.image.compression import open_decompressed
-from acbuild.image.manifest import host_os_arch, lone_surrogate
+from acbuild.image.manifest import lone_surrogate
+from acbuild.interop.hostplatform import host_platform
 from acbuild.interop.ociconfig import check_config
 from acbuild.interop.ocistream import (
     CHUNK,
@@ -54,8 +55,6 @@ MANIFEST_TYPES = frozenset({
 # JSON documents (index, manifest, config) are small; a larger one is hostile, not an image.
 JSON_LIMIT = 16 << 20
 _DIGEST = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
-_ARCHS = {"amd64": "amd64", "aarch64": "arm64", "i386": "386", "ppc64le": "ppc64le",
-          "s390x": "s390x", "armv7l": "arm", "armv6l": "arm"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -211,11 +210,6 @@ def diff_ids(config: Mapping[str, Any], count: int, what: str) -> list[str | Non
     for d in ids:
         blob_path(d, f"{what}: diff_id")
     return list(ids)
-
-
-def host_platform() -> tuple[str, str]:
-    os_name, arch = host_os_arch()
-    return os_name, _ARCHS.get(arch, arch)
 
 
 def open_source(kind: SourceKind, path: Path, ref: str | None) -> ImageSource:

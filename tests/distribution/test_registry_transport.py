@@ -21,6 +21,7 @@ from acbuild.distribution.registry.transport import (
 from tests.support.registry import (
     Registry,
     TamperProxy,
+    free_port,
     registry_with_busybox,
     tamper_proxy,
 )
@@ -295,3 +296,57 @@ def test_an_unusable_redirect_is_a_clean_error(proxy: TamperProxy, location: str
         pass
     assert "cannot reach" not in e.value.message  # not a transport failure, not retried
     assert len(proxy.tampering.requests) == 1
+
+
+def test_a_refused_connection_is_an_error_at_once_not_seconds_of_retries() -> None:
+    """Nothing listens there (a wrong port, a registry not started): the default retries
+    (4, backing off from 0.5 s) took about 7.5 s to say so."""
+    host = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with Session(host, TransportOptions(insecure_registries=(host,)), None) as s, \
+            pytest.raises(RegistryError) as e, s.get(MANIFEST, scope=SCOPE):
+        pass
+    assert time.monotonic() - started < 1.0
+    assert e.value.message == f"cannot reach http://{host}{MANIFEST}: connection refused"
+    assert e.value.hint is not None and host in e.value.hint
+
+
+def test_a_refusing_token_server_is_an_error_at_once(proxy: TamperProxy) -> None:
+    token_host = f"127.0.0.1:{free_port()}"
+    proxy.tampering.canned[MANIFEST] = (401, [(
+        "WWW-Authenticate", f'Bearer realm="http://{token_host}/token",service="x"')], b"")
+    options = TransportOptions(insecure_registries=(proxy.host, token_host))
+    started = time.monotonic()
+    with Session(proxy.host, options, None) as s, pytest.raises(RegistryError) as e, \
+            s.get(MANIFEST, scope=SCOPE):
+        pass
+    assert time.monotonic() - started < 1.0
+    assert e.value.message == f"cannot reach the token server of {proxy.host}: connection refused"
+
+
+def test_a_registry_that_answered_and_then_refuses_is_retried(http_registry: Registry) -> None:
+    """Once a host has answered, a refusal is a restart or a blip: backed off and retried
+    as before (0.05 + 0.1 s here), then the error."""
+    with tamper_proxy(http_registry) as front:
+        options = TransportOptions(insecure_registries=(front.host,), backoff=0.05, retries=2)
+        session = Session(front.host, options, None)
+        with session.get(MANIFEST, scope=SCOPE, accept=ACCEPT) as r:
+            session.check(r, "manifest")
+    with session, pytest.raises(RegistryError) as e:
+        started = time.monotonic()
+        with session.get(MANIFEST, scope=SCOPE, accept=ACCEPT):
+            pass
+    assert time.monotonic() - started >= 0.15
+    assert e.value.message.startswith(f"cannot reach http://{front.host}{MANIFEST}: ")
+    assert "connection refused" not in e.value.message  # the retried path's message
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_busy_registry_still_backs_off(proxy: TamperProxy, status: int) -> None:
+    proxy.tampering.canned[MANIFEST] = (status, [], b"")
+    options = TransportOptions(insecure_registries=(proxy.host,), backoff=0.05, retries=2)
+    started = time.monotonic()
+    with Session(proxy.host, options, None) as s, s.get(MANIFEST, scope=SCOPE) as r:
+        assert r.status_code == status
+    assert time.monotonic() - started >= 0.15
+    assert len(proxy.tampering.requests) == 3

@@ -80,7 +80,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(source.stat().st_size))
         self.end_headers()
-        with source.open("rb") as f:
+        with source.open("rb") as f, contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            # a client that gives up mid-transfer (a deadline) is not the server's error
             while chunk := f.read(64 << 10):
                 self.wfile.write(chunk)
                 self.wfile.flush()

@@ -4,7 +4,9 @@
   --insecure-registry (a token realm or a redirect target on plain http needs it too);
 - ``WWW-Authenticate: Bearer realm=…,service=…,scope=…`` → a token from the realm (with the
   user's basic credentials when there are any), cached per scope; ``Basic`` → credentials;
-- retries with exponential backoff (and Retry-After) on 429, 5xx and broken connections;
+- retries with exponential backoff (and Retry-After) on 429, 5xx and broken connections; a
+  host that refuses the connection before it has ever answered in this session is an error
+  at once (nothing listens there: a wrong port, a registry not started), not ~7 s of retries;
 - redirects followed by hand: the Authorization header goes only to the registry's own origin
   (blob GETs are sent on to object storage, which must not see the registry's credentials);
 - proxies from HTTPS_PROXY/HTTP_PROXY/NO_PROXY (httpx's trust_env), timeouts, streaming.
@@ -19,18 +21,24 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
+# httpx's __init__ also imports its own CLI (httpx._main, with click, rich and pygments)
+# whenever those are installed, as they are for acbuild-py: ~30 ms of a pull's start-up.
+# Hiding it (sys.modules["httpx._main"] = None before this import) would be process-wide
+# import state resting on httpx internals (a private module, an ImportError fallback), so
+# it is not done; see docs/performance.md.
 import httpx
 
 from acbuild import __version__
-from acbuild.distribution.discovery import _tls_context
 from acbuild.distribution.registry.credentials import Credential
+from acbuild.distribution.registry.failures import reason, refused, refused_error, tls_hint
 from acbuild.distribution.registry.reference import RegistryError, check_host
+from acbuild.distribution.tls import tls_context
 from acbuild.terminal import escape
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -88,8 +96,9 @@ class Session:
         self.base = f"{self.scheme}://{api}"
         self._tokens: dict[str, str] = {}
         self._basic = False
+        self._answered: set[tuple[str, str]] = set()  # origins that answered in this session
         self._client = httpx.Client(
-            verify=_tls_context(options.ca_file), trust_env=True, follow_redirects=False,
+            verify=tls_context(options.ca_file), trust_env=True, follow_redirects=False,
             timeout=httpx.Timeout(options.timeout, connect=min(options.timeout, 30.0)),
             headers={"User-Agent": f"acbuild-py/{__version__}", "Accept-Encoding": "identity"})
 
@@ -150,7 +159,7 @@ class Session:
                                              stream=True)
             except _BAD_URL as e:
                 raise RegistryError(f"{self.host}: cannot use the URL "
-                                    f"{escape(url[:200])!r}: {_reason(e)}") from None
+                                    f"{escape(url[:200])!r}: {reason(e)}") from None
             except httpx.RemoteProtocolError as e:
                 if "location header" in str(e):  # httpx parses every redirect's Location
                     raise RegistryError(f"{self._shown(url)} redirects to a URL that does not "
@@ -159,14 +168,17 @@ class Session:
                     self._pause(attempt, None, cancel)
                     attempt += 1
                     continue
-                raise RegistryError(f"cannot reach {self._shown(url)}: {_reason(e)}") from None
+                raise RegistryError(f"cannot reach {self._shown(url)}: {reason(e)}") from None
             except httpx.TransportError as e:
+                if self._never_answered(e, url):
+                    raise refused_error(self._shown(url), _origin(url)[1]) from None
                 if attempt < self.options.retries:
                     self._pause(attempt, None, cancel)
                     attempt += 1
                     continue
-                raise RegistryError(f"cannot reach {self._shown(url)}: {_reason(e)}",
-                                    hint=_tls_hint(e, url)) from None
+                raise RegistryError(f"cannot reach {self._shown(url)}: {reason(e)}",
+                                    hint=tls_hint(e, url)) from None
+            self._answered.add(_origin(url))
             status = response.status_code
             if status in _REDIRECTS:
                 location = response.headers.get("location", "")
@@ -190,6 +202,12 @@ class Session:
                 attempt += 1
                 continue
             return response
+
+    def _never_answered(self, e: httpx.TransportError, url: str) -> bool:
+        """A refused connection to a host that has not answered yet: nothing listens there,
+        and backing off would only delay the error. One that answered before and refuses
+        now (restarting) is retried like any broken connection."""
+        return refused(e) and _origin(url) not in self._answered
 
     def _pause(self, attempt: int, retry_after: str | None,
                cancel: threading.Event | None = None) -> None:
@@ -273,13 +291,16 @@ class Session:
                 response = self._client.send(request, stream=True)
             except _BAD_URL as e:
                 raise RegistryError(f"registry {self.host} asks for a token from an invalid "
-                                    f"URL {escape(realm[:200])!r}: {_reason(e)}") from None
+                                    f"URL {escape(realm[:200])!r}: {reason(e)}") from None
             except httpx.TransportError as e:
+                if self._never_answered(e, url):
+                    raise refused_error(f"the token server of {self.host}", netloc) from None
                 if attempt < self.options.retries:
                     self._pause(attempt, None)
                     continue
                 raise RegistryError(f"cannot reach the token server of {self.host} "
-                                    f"({netloc}): {_reason(e)}") from None
+                                    f"({netloc}): {reason(e)}") from None
+            self._answered.add(_origin(url))
             with contextlib.closing(response):
                 if (response.status_code == 429 or response.status_code >= 500) and \
                         attempt < self.options.retries:
@@ -339,8 +360,10 @@ def _basic(credential: Credential) -> str:
     return "Basic " + base64.b64encode(raw).decode()
 
 
-def read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
-    """The whole body of a small document; more than ``limit`` bytes is an error."""
+def read_limited(response: httpx.Response, limit: int, what: str, *,
+                 each: Callable[[int], None] | None = None) -> bytes:
+    """The whole body of a small document; more than ``limit`` bytes is an error. ``each``
+    is told every chunk's size as it arrives (and may raise to stop: a deadline)."""
     length = response.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise RegistryError(f"{what} is {int(length)} bytes, more than the limit of "
@@ -353,8 +376,10 @@ def read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
             if total > limit:
                 raise RegistryError(f"{what} is more than the limit of {limit} bytes")
             chunks.append(chunk)
+            if each is not None:
+                each(len(chunk))
     except httpx.HTTPError as e:
-        raise RegistryError(f"{what}: the transfer broke off: {_reason(e)}") from None
+        raise RegistryError(f"{what}: the transfer broke off: {reason(e)}") from None
     return b"".join(chunks)
 
 
@@ -383,18 +408,3 @@ def _registry_errors(response: httpx.Response) -> str:
              if isinstance(e, dict) and isinstance(e.get("code"), str)
              and _ERROR_CODE.fullmatch(e["code"])]
     return ", ".join(codes)
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e) or type(e).__name__
-    return escape(text.splitlines()[0][:300] if text else type(e).__name__)
-
-
-def _tls_hint(e: BaseException, url: str) -> str | None:
-    if "CERTIFICATE_VERIFY_FAILED" in str(e):
-        return ("if you trust the CA that signed its certificate, pass it with --ca-file; "
-                "a registry without TLS needs --insecure-registry HOST:PORT")
-    if "WRONG_VERSION_NUMBER" in str(e) or "record layer failure" in str(e):
-        host = urlsplit(url).netloc
-        return f"it does not speak TLS: for plain http use --insecure-registry {host}"
-    return None

@@ -20,8 +20,9 @@ from urllib.parse import urlencode, urljoin
 
 import httpx
 
+from acbuild.distribution.registry.failures import reason, refused_error, tls_hint
 from acbuild.distribution.registry.reference import RegistryError
-from acbuild.distribution.registry.transport import Session, _origin, _reason, _tls_hint
+from acbuild.distribution.registry.transport import Session, _origin
 
 CHUNK_SIZE = 32 << 20  # blobs above this go in PATCH chunks of this size
 _READ = 1 << 20
@@ -88,14 +89,17 @@ class PushSession(Session):
             except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as e:
                 # a URL the registry sent (an upload Location) that cannot be asked for
                 raise RegistryError(f"{self.host}: the registry sent a URL that cannot be "
-                                    f"used: {_reason(e)}") from None
+                                    f"used: {reason(e)}") from None
             except httpx.TransportError as e:
+                if self._never_answered(e, url):
+                    raise refused_error(self._shown(url), _origin(url)[1]) from None
                 if attempt < self.options.retries:
                     self._pause(attempt, None)
                     attempt += 1
                     continue
-                raise RegistryError(f"cannot reach {self._shown(url)}: {_reason(e)}",
-                                    hint=_tls_hint(e, url)) from None
+                raise RegistryError(f"cannot reach {self._shown(url)}: {reason(e)}",
+                                    hint=tls_hint(e, url)) from None
+            self._answered.add(_origin(url))
             status = response.status_code
             if status == 401 and not challenged:
                 challenged = True
