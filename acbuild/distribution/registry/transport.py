@@ -277,15 +277,21 @@ class Session:
                      f"{netloc}")
         query = {k: v for k, v in (("service", params.get("service", "")),
                                    ("scope", scope or params.get("scope", ""))) if v}
-        if credential is not None and credential.identity_token:
-            # The OAuth2 flow of the token spec: the refresh token, POSTed as a form.
-            request = self._client.build_request("POST", realm, data={
-                "grant_type": "refresh_token", "refresh_token": credential.password,
-                "client_id": "acbuild-py", **query})
-        else:
-            url = realm + ("&" if "?" in realm else "?") + urlencode(query) if query else realm
-            headers = {"Authorization": _basic(credential)} if credential else {}
-            request = self._client.build_request("GET", url, headers=headers)
+        try:
+            if credential is not None and credential.identity_token:
+                # The OAuth2 flow of the token spec: the refresh token, POSTed as a form.
+                url = realm
+                request = self._client.build_request("POST", url, data={
+                    "grant_type": "refresh_token", "refresh_token": credential.password,
+                    "client_id": "acbuild-py", **query})
+            else:
+                url = realm + ("&" if "?" in realm else "?") + urlencode(query) if query \
+                    else realm
+                headers = {"Authorization": _basic(credential)} if credential else {}
+                request = self._client.build_request("GET", url, headers=headers)
+        except _BAD_URL as e:
+            raise RegistryError(f"registry {self.host} asks for a token from an invalid "
+                                f"URL {escape(realm[:200])!r}: {reason(e)}") from None
         for attempt in range(self.options.retries + 1):
             try:
                 response = self._client.send(request, stream=True)
