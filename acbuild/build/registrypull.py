@@ -100,10 +100,10 @@ def image_name(ref: Reference) -> str:
 
 def as_source(pulled: PulledImage) -> ImageSource:
     from acbuild.interop.oci import source_from_manifest
-    from acbuild.interop.ocistream import DirStore
+    from acbuild.interop.ocistream import KeptBlobs
 
     ref = pulled.reference
-    return source_from_manifest("registry", Path(str(ref)), DirStore(pulled.store.root),
+    return source_from_manifest("registry", Path(str(ref)), KeptBlobs(pulled.store.root),
                                 pulled.manifest, repository=image_name(ref),
                                 tag=ref.tag or (ref.digest or "latest").replace(":", "-"))
 

@@ -113,14 +113,28 @@ class ImageSource:
         with raw:
             blob = DigestReader(raw, layer.digest, progress)
             try:
-                tar = DigestReader(open_decompressed(blob), layer.diff_id)  # type: ignore[arg-type]
-                yield io.BufferedReader(EndedTar(tar), CHUNK)
-                drain(tar)
-            except ImageError as e:
-                _blame_digest(layer, blob)
-                raise ConvertError(f"layer {layer.index} ({layer.short()}): {e.message}") from None
-            drain(blob)
-            _check(layer, blob, tar)
+                try:
+                    tar = DigestReader(open_decompressed(blob),  # type: ignore[arg-type]
+                                       layer.diff_id)
+                    yield io.BufferedReader(EndedTar(tar), CHUNK)
+                    drain(tar)
+                except ImageError as e:
+                    _blame_digest(layer, blob)
+                    raise ConvertError(f"layer {layer.index} ({layer.short()}): "
+                                       f"{e.message}") from None
+                drain(blob)
+                _check(layer, blob, tar)
+            except CorruptBlob as e:
+                if self.store.discard(layer.location):
+                    raise ConvertError(f"the stored copy of {e.message}",
+                                       hint="it is removed from the store: run the command "
+                                            "again to download it") from None
+                raise
+
+
+class CorruptBlob(ConvertError):
+    """A layer's blob is not the bytes its digest or size names (rather than an image whose
+    parts disagree): another copy of it may be good."""
 
 
 def _blame_digest(layer: Layer, blob: DigestReader) -> None:
@@ -129,7 +143,7 @@ def _blame_digest(layer: Layer, blob: DigestReader) -> None:
     with suppress(OSError, ImageError):
         drain(blob)
         if not blob.matches():
-            raise ConvertError(
+            raise CorruptBlob(
                 f"layer {layer.index} is corrupt: digest {blob.digest()}, "
                 f"expected {layer.digest}"
             )
@@ -137,11 +151,11 @@ def _blame_digest(layer: Layer, blob: DigestReader) -> None:
 
 def _check(layer: Layer, blob: DigestReader, tar: DigestReader) -> None:
     if not blob.matches():
-        raise ConvertError(
+        raise CorruptBlob(
             f"layer {layer.index} is corrupt: digest {blob.digest()}, expected {layer.digest}"
         )
     if layer.size is not None and blob.count != layer.size:
-        raise ConvertError(
+        raise CorruptBlob(
             f"layer {layer.index} is corrupt: {blob.count} bytes, manifest says {layer.size}"
         )
     if not tar.matches():

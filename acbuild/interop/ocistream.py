@@ -29,6 +29,11 @@ class BlobStore(Protocol):
 
     def close(self) -> None: ...
 
+    def discard(self, name: str) -> bool:
+        """Forget a blob found corrupt, if it is a copy this program keeps (True); a user's
+        own file is never touched."""
+        ...
+
 
 class DigestReader(io.RawIOBase):
     """Passes a stream through, hashing and counting what is read."""
@@ -175,6 +180,18 @@ class DirStore:
     def close(self) -> None:
         pass
 
+    def discard(self, name: str) -> bool:
+        return False  # the user's layout
+
+
+class KeptBlobs(DirStore):
+    """Blobs this program pulled and keeps (the image store's ``blobs/``): a copy found
+    corrupt is removed, so that the next use downloads it again instead of failing for ever."""
+
+    def discard(self, name: str) -> bool:
+        (self.root / name).unlink(missing_ok=True)
+        return True
+
 
 class _Window(io.RawIOBase):
     """``size`` bytes of a file from ``offset``: one member of an uncompressed tar."""
@@ -250,6 +267,9 @@ class TarStore:
             else:
                 raise ConvertError(f"{self.path}: member {name!r} is not a regular file")
         raise ConvertError(f"{self.path}: member {name!r}: too many links")
+
+    def discard(self, name: str) -> bool:
+        return False  # the user's archive
 
     def close(self) -> None:
         if self._tmp is not None:

@@ -305,6 +305,28 @@ def test_convert_and_fetch_docker(http_registry: Registry, tmp_path: Path) -> No
     assert len(http_registry.blob_gets()) == gets + 2  # pulled again after gc
 
 
+def test_a_corrupt_stored_layer_is_removed_and_pulled_again(http_registry: Registry,
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "busybox.aci"
+    args = ("convert", http_registry.ref("library/busybox:1.36"), "-o", out,
+            "--insecure-skip-verify", *access(http_registry))
+    assert cli(*args).code == 0
+    gets = len(http_registry.blob_gets())
+    blobs = Path(os.environ["XDG_CACHE_HOME"]) / "acbuild-py" / "images" / "blobs" / "sha256"
+    layer = max(blobs.iterdir(), key=lambda p: p.stat().st_size)  # busybox's one layer
+    data = bytearray(layer.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a bit flipped on disk: same size, same name
+    layer.write_bytes(bytes(data))
+    out.unlink()
+    error = one_line_error(cli(*args))
+    assert "the stored copy of layer 1 is corrupt" in error
+    assert not layer.exists() and not out.exists()
+    r = cli(*args)
+    assert r.code == 0, r.stderr
+    assert len(http_registry.blob_gets()) == gets + 1  # that layer, downloaded again
+    actool_validate(out)
+
+
 def test_tls_registry_needs_its_ca(tmp_path: Path, busybox_oci: Path) -> None:
     with registry_with_busybox(tmp_path, "tls", busybox_oci) as reg:
         r = cli("convert", reg.ref("library/busybox:1.36"), "-o", tmp_path / "x.aci",

@@ -112,6 +112,7 @@ def test_corrupt_layer_in_layout(tmp_path: Path) -> None:
         read_all("oci", root, None)
     assert e.value.message.startswith("layer 1 is corrupt: digest sha256:")
     assert e.value.message.endswith(f"expected {layer.digest}")
+    assert (root / layer.location).exists()  # the user's layout is never changed
 
 
 def test_corrupt_layer_in_docker_archive(tmp_path: Path) -> None:
