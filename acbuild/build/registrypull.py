@@ -201,7 +201,7 @@ def pull_to_store(text: str, access: RegistryAccess, reporter: Reporter) -> Pull
     with access.session(ref) as session:
         pulled = pull(ref, session=session, store=access.blob_store(),
                       platform=access.target_platform(), reporter=reporter,
-                      max_bytes=access.max_bytes)
+                      max_bytes=access.max_bytes, verify_stored=True)
     reporter.info(f"{ref.url()}: image {pulled.digest} ({len(pulled.layers)} layers, "
                   f"{pulled.transferred} blobs pulled)")
     return pulled

@@ -67,6 +67,22 @@ def test_pull_stores_the_image_and_prints_its_digest(http_registry: Registry,
     assert image_id(store / f"{stored}.aci") == stored
 
 
+def test_pull_mends_a_damaged_stored_blob(http_registry: Registry, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    ref = http_registry.ref("library/busybox:1.36")
+    assert cli("pull", ref, *access(http_registry), "--store", store).code == 0
+    pulled = len(http_registry.blob_gets())
+    layer = max((store / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+    data = bytearray(layer.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, same name, other bytes
+    layer.write_bytes(bytes(data))
+    r = cli("pull", ref, *access(http_registry), "--store", store, "--progress", "plain")
+    assert r.code == 0, r.stderr
+    assert "1 blobs pulled" in r.stderr
+    assert len(http_registry.blob_gets()) == pulled + 1
+    assert (layer.read_bytes()) != bytes(data)  # the good bytes again
+
+
 def test_pull_in_every_auth_mode(any_registry: Registry, tmp_path: Path) -> None:
     if any_registry.username is not None:
         r = cli("login", any_registry.host, "-u", any_registry.username, "--password-stdin",

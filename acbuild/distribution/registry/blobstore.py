@@ -9,6 +9,7 @@ file. A blob's mtime is refreshed on every use: ``gc --blobs --older-than DAYS``
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -55,6 +56,24 @@ class BlobStore:
         with contextlib.suppress(OSError):
             os.utime(path)
         return True
+
+    def has_intact(self, digest: str, size: int | None) -> bool:
+        """``has``, and its bytes still hash to ``digest``; a copy that does not (a disk
+        error, an edit) is removed, so that it is downloaded again."""
+        if not self.has(digest, size):
+            return False
+        h = hashlib.sha256()
+        path = self.path(digest)
+        try:
+            with path.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+        except OSError:
+            return False
+        if "sha256:" + h.hexdigest() == digest:
+            return True
+        path.unlink(missing_ok=True)
+        return False
 
     def blobs(self) -> list[Path]:
         directory = self.root / "blobs" / "sha256"

@@ -78,12 +78,14 @@ class PulledImage:
 
 def pull(ref: Reference, *, session: Session, store: BlobStore, platform: Platform,
          reporter: Reporter, max_bytes: int | None = None,
-         from_index: bool = False) -> PulledImage:
+         from_index: bool = False, verify_stored: bool = False) -> PulledImage:
     """``max_bytes``: refuse (before downloading) an image whose layers add up to more.
     ``from_index``: ``ref`` pins the image an index's entry for ``platform`` named (so its
-    config must be of that platform, as when the index is read here)."""
+    config must be of that platform, as when the index is read here). ``verify_stored``:
+    hash the blobs already stored too (re-downloading a damaged one), not just find them;
+    unpacking checks them anyway, so only a pull that unpacks nothing asks for it."""
     store.check()
-    puller = _Puller(ref, session, store, reporter)
+    puller = _Puller(ref, session, store, reporter, verify_stored=verify_stored)
     doc, digest, index_digest = puller.image_manifest(platform)
     config, layers = _parse_manifest(doc, ref)
     total = sum(layer.size for layer in layers)
@@ -116,11 +118,12 @@ def resolve_manifest(ref: Reference, *, session: Session, store: BlobStore,
 
 class _Puller:
     def __init__(self, ref: Reference, session: Session, store: BlobStore,
-                 reporter: Reporter) -> None:
+                 reporter: Reporter, *, verify_stored: bool = False) -> None:
         self.ref = ref
         self.session = session
         self.store = store
         self.reporter = reporter
+        self.stored = store.has_intact if verify_stored else store.has
         self.scope = f"repository:{ref.repository}:pull"
         self.prefix = f"/v2/{ref.repository}"
 
@@ -171,7 +174,7 @@ class _Puller:
 
     def blob(self, desc: Descriptor, what: str, limit: int | None) -> bool:
         """Make sure the blob is stored; True when it had to be downloaded."""
-        if self.store.has(desc.digest, desc.size):
+        if self.stored(desc.digest, desc.size):
             self.reporter.detail(f"{what} {desc.short()}: in the store")
             return False
         if limit is not None and desc.size > limit:
@@ -188,7 +191,7 @@ class _Puller:
         missing = []
         for n, layer in enumerate(layers, 1):
             what = f"layer {n}/{len(layers)}"
-            if self.store.has(layer.digest, layer.size):
+            if self.stored(layer.digest, layer.size):
                 self.reporter.detail(f"{what} {layer.short()}: in the store")
             else:
                 self.reporter.info(f"pulling {what} {layer.short()} ({layer.size} bytes)")
