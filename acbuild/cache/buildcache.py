@@ -188,12 +188,14 @@ class BuildCache:
         snapshot of its own. Not the image's last COPY or WORKDIR: a rebuild of the same
         Acfile takes the image itself, and one that changes a later manifest line redoes
         that step from the snapshot before it, which costs about what storing this one
-        would (a link or copy of every file) or less. A RUN
-        and a BEGIN are always kept (they may be costly to redo), and every step is kept
-        when a --cache-to registry is to receive them."""
+        would (a link or copy of every file) or less. A RUN,
+        a BEGIN and a COPY --from are always kept (they may be costly to redo: a COPY
+        --from restores the stage it reads), and every step is kept when a --cache-to
+        registry is to receive them."""
         step = stage.steps[number]
         if number == 0 or isinstance(step.instruction, Run) or (
-                self.remote is not None and self.remote.destination is not None):
+                isinstance(step.instruction, Copy) and step.instruction.from_stage is not None
+        ) or (self.remote is not None and self.remote.destination is not None):
             return True
         return any(isinstance(later.instruction, Copy | Run | Workdir)
                    for later in stage.steps[number + 1 :])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import os
 import stat
 import time
@@ -215,7 +216,7 @@ class _TreeCopier:
         else:
             fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             with open(fd, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").digest()
+                digest = _sha256_of(f)
                 after = os.fstat(fd)
             if (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns,
                     after.st_ctime_ns) == sig and settled(st, self.started_ns):
@@ -261,6 +262,10 @@ class _TreeCopier:
                 os.setxattr(dest, key, value, follow_symlinks=False)
             os.chmod(dest, stat.S_IMODE(st.st_mode))
         os.utime(dest, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _sha256_of(f: io.BufferedReader) -> bytes:
+    return hashlib.file_digest(f, "sha256").digest()
 
 
 def _make_dirs(src: bytes, dest: bytes) -> None:
