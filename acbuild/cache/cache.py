@@ -246,8 +246,9 @@ class CacheStore:
             if doc["digest"] != digest:
                 return {}
             return {os.fsencode(rel): (int(dev), int(ino), int(size), int(mtime), int(ctime),
-                                       bytes.fromhex(sha))
-                    for rel, (dev, ino, size, mtime, ctime, sha) in doc["files"].items()}
+                                       bytes.fromhex(sha), bytes.fromhex(xattrs))
+                    for rel, (dev, ino, size, mtime, ctime, sha, xattrs)
+                    in doc["files"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return {}
 
@@ -255,7 +256,8 @@ class CacheStore:
         """Keep ``signatures`` (all verified against ``digest`` just now) for the next
         restore; not synced: a lost or torn file only means the tree is read again."""
         payload = json.dumps({"digest": digest, "files": {
-            os.fsdecode(rel): [*sig[:5], sig[5].hex()] for rel, sig in signatures.items()}},
+            os.fsdecode(rel): [*sig[:5], sig[5].hex(), sig[6].hex()]
+            for rel, sig in signatures.items()}},
             separators=(",", ":")).encode()
         temp = where / f".{_SIGNATURES}.{os.getpid()}-{secrets.token_hex(4)}"
         try:

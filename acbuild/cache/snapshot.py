@@ -42,7 +42,7 @@ _SKIPPED_XATTRS = frozenset({"security.selinux"})
 # one, the stored digest no longer matches and the next restore's check discards the entry.
 KnownDigests = dict[tuple[int, int], tuple[int, int, bytes, bytes]]
 
-# rel -> (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns, sha256) of a snapshot's file,
+# rel -> (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns, sha256, xattrs) of a snapshot's file,
 # taken when its content was hashed and found to be what the snapshot's digest says, and only
 # once that stat had settled (acbuild.cache.warm.settled). Any later change to the inode (a
 # write, truncate, chmod, chown, xattr, utime, link or unlink) sets its ctime to the time of
@@ -50,7 +50,9 @@ KnownDigests = dict[tuple[int, int], tuple[int, int, bytes, bytes]]
 # inode or, if the number is reused, has a new ctime. So a file that still shows all five
 # holds the content that was hashed, and is not read again. Only the cache's own tree is
 # trusted this way: its directory is private to the user (acbuild.fs.private).
-FileSignatures = dict[bytes, tuple[int, int, int, int, int, bytes]]
+# The xattrs (as the digest frames them) are kept with it: a file that matches is not
+# listed for them either.
+FileSignatures = dict[bytes, tuple[int, int, int, int, int, bytes, bytes]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,10 +124,10 @@ class _TreeCopier:
         self.inodes: dict[tuple[int, int], bytes] = {}
         self.root = os.geteuid() == 0
 
-    def meta(self, kind: bytes, rel: bytes, src: bytes, st: os.stat_result) -> None:
-        xattrs = b"".join(
-            os.fsencode(k) + b"=" + v + b"\0" for k, v in _xattrs(src)
-        ) if kind != b"symlink" else b""
+    def meta(self, kind: bytes, rel: bytes, src: bytes, st: os.stat_result,
+             xattrs: bytes | None = None) -> None:
+        if xattrs is None:
+            xattrs = _xattr_field(src) if kind != b"symlink" else b""
         frame(self.h, kind, rel, b"%o:%d:%d" % (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid),
               xattrs)
 
@@ -182,11 +184,11 @@ class _TreeCopier:
                 if self.recorded is None:
                     os.link(self.dest_root + b"/" + first, dest)
                 return
+        if self.recorded is not None:
+            self._verified(src, rel, st)
+            return
         self.meta(b"file", rel, src, st)
         self.size += st.st_size
-        if self.recorded is not None:
-            frame(self.h, self._verified(src, rel, st))
-            return
         if self.link:
             digest = self._linked(src, dest, st)
             if digest is not None:
@@ -204,25 +206,30 @@ class _TreeCopier:
             where = self.final + dest[len(self.dest_root):] + b"\0%d" % st.st_ctime_ns
             self.known[(st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns, h.digest(), where)
 
-    def _verified(self, src: bytes, rel: bytes, st: os.stat_result) -> bytes:
-        """The digest of a file a lazy restore leaves in the snapshot: the recorded one when
-        its signature is unchanged, else read (and its signature kept once settled)."""
+    def _verified(self, src: bytes, rel: bytes, st: os.stat_result) -> None:
+        """A file a lazy restore leaves in the snapshot, hashed into the digest as a copy
+        would be: with the xattrs and digest recorded when its signature is unchanged (an
+        xattr set since changed the ctime too), else read, and its signature kept once
+        settled."""
         assert self.recorded is not None
         sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         seen = self.recorded.get(rel)
         if seen is not None and seen[:5] == sig:
-            digest = seen[5]
+            digest, xattrs = seen[5], seen[6]
             self.signatures[rel] = seen
         else:
+            xattrs = _xattr_field(src)
             fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             with open(fd, "rb") as f:
                 digest = _sha256_of(f)
                 after = os.fstat(fd)
             if (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns,
                     after.st_ctime_ns) == sig and settled(st, self.started_ns):
-                self.signatures[rel] = (*sig, digest)
+                self.signatures[rel] = (*sig, digest, xattrs)
+        self.meta(b"file", rel, src, st, xattrs)
+        self.size += st.st_size
+        frame(self.h, digest)
         self.known[(st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns, digest, b"")
-        return digest
 
     def _linked(self, src: bytes, dest: bytes, st: os.stat_result) -> bytes | None:
         """Link the file (or the cache's copy of it); its digest, or None to copy it."""
@@ -262,6 +269,11 @@ class _TreeCopier:
                 os.setxattr(dest, key, value, follow_symlinks=False)
             os.chmod(dest, stat.S_IMODE(st.st_mode))
         os.utime(dest, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _xattr_field(path: bytes) -> bytes:
+    """The xattrs of ``path`` as the digest frames them."""
+    return b"".join(os.fsencode(k) + b"=" + v + b"\0" for k, v in _xattrs(path))
 
 
 def _sha256_of(f: io.BufferedReader) -> bytes:

@@ -9,6 +9,7 @@ import os
 import stat
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -98,14 +99,31 @@ def test_a_lazy_restore_leaves_the_files_in_the_cache_and_reads_them_once(
     assert second.lower is not None and second.lower.listings == first.lower.listings
 
 
+def _edit_content(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.write(b"CONF")  # same size
+
+
+def _edit_xattr(path: Path) -> None:
+    try:
+        os.setxattr(path, "user.added", b"1")
+    except OSError:
+        pytest.skip("no user xattrs on this filesystem")
+
+
+def _edit_mode(path: Path) -> None:
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize("edit", [_edit_content, _edit_xattr, _edit_mode],
+                         ids=["content", "xattr", "mode"])
 def test_a_file_changed_in_the_cache_is_detected_though_its_size_and_mtime_are_kept(
-        tmp_path: Path) -> None:
+        tmp_path: Path, edit: Callable[[Path], None]) -> None:
     store, record = _stored(tmp_path)
     store.restore(record, tmp_path / "r1", link=True, lazy=True)  # signatures recorded
     victim = store.root / "steps" / ("ab" * 32) / "tree/etc/conf"
     before = victim.stat()
-    with open(victim, "r+b") as f:
-        f.write(b"CONF")  # same size
+    edit(victim)
     os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))  # same mtime: ctime moved
     with pytest.raises(CorruptTree):
         store.restore(record, tmp_path / "r2", link=True, lazy=True)
