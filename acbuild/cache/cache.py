@@ -39,6 +39,9 @@ from acbuild.image.unstaged import materialize
 
 _META = "meta.json"
 _SIGNATURES = "signatures"
+# Signatures older than this are not trusted: the tree is read (and hashed) again, so damage
+# on the disk below the filesystem, which moves no ctime, is found within that time.
+_SIGNATURES_TRUSTED_S = 7 * 86400
 _CHUNK = 1 << 20
 _STALE_TMP = 3600.0
 
@@ -210,7 +213,7 @@ class CacheStore:
         lower = None
         try:
             if lazy:
-                recorded = self._signatures(where, str(body["digest"]))
+                recorded, verified_at = self._signatures(where, str(body["digest"]))
                 tree = restore_lazily(where / "tree", root, recorded=recorded, known=verified)
                 digest: str | None = tree.digest
                 lower = LowerTree(source=Path(os.path.abspath(where / "tree")), dirs=tree.dirs,
@@ -223,7 +226,10 @@ class CacheStore:
             self.discard("steps", record.tree)
             raise CorruptTree(f"cache entry {record.tree} is damaged")
         if lazy and tree.signatures != recorded:
-            self._save_signatures(where, str(body["digest"]), tree.signatures)
+            # Kept with the time of the oldest full read: what was carried over from the
+            # file was verified then, not now.
+            self._save_signatures(where, str(body["digest"]), tree.signatures,
+                                  verified_at if recorded else time.time())
         if known is not None:
             known.update(verified)
         self._touch(self._dir("steps", record.tree))
@@ -234,28 +240,33 @@ class CacheStore:
             rootfs.devices[rel] = DeviceNode(kind=kind, major=major, minor=minor, mode=mode)
         return rootfs
 
-    def _signatures(self, where: Path, digest: str) -> FileSignatures:
-        """The signatures kept for the tree with ``digest`` in the entry ``where``; empty
-        when there are none, or the file is damaged or for another tree."""
+    def _signatures(self, where: Path, digest: str) -> tuple[FileSignatures, float]:
+        """The signatures kept for the tree with ``digest`` in the entry ``where``, and when
+        the tree was last read whole; none when there are none, they are older than
+        _SIGNATURES_TRUSTED_S, or the file is damaged or for another tree."""
         try:
             raw = (where / _SIGNATURES).read_bytes()
             check, _, payload = raw.partition(b"\n")
             if hashlib.sha256(payload).hexdigest().encode() != check:
-                return {}
+                return {}, 0.0
             doc = json.loads(payload)
-            if doc["digest"] != digest:
-                return {}
+            verified_at = float(doc["verified"])
+            if doc["digest"] != digest or not 0 <= time.time() - verified_at < \
+                    _SIGNATURES_TRUSTED_S:
+                return {}, 0.0
             return {os.fsencode(rel): (int(dev), int(ino), int(size), int(mtime), int(ctime),
                                        bytes.fromhex(sha), bytes.fromhex(xattrs))
                     for rel, (dev, ino, size, mtime, ctime, sha, xattrs)
-                    in doc["files"].items()}
+                    in doc["files"].items()}, verified_at
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return {}
+            return {}, 0.0
 
-    def _save_signatures(self, where: Path, digest: str, signatures: FileSignatures) -> None:
-        """Keep ``signatures`` (all verified against ``digest`` just now) for the next
-        restore; not synced: a lost or torn file only means the tree is read again."""
-        payload = json.dumps({"digest": digest, "files": {
+    def _save_signatures(self, where: Path, digest: str, signatures: FileSignatures,
+                         verified_at: float) -> None:
+        """Keep ``signatures`` (all verified against ``digest``, the oldest of them at
+        ``verified_at``) for the next restore; not synced: a lost or torn file only means
+        the tree is read again."""
+        payload = json.dumps({"digest": digest, "verified": verified_at, "files": {
             os.fsdecode(rel): [*sig[:5], sig[5].hex(), sig[6].hex()]
             for rel, sig in signatures.items()}},
             separators=(",", ":")).encode()

@@ -202,3 +202,23 @@ def test_incremental_rebuilds_from_the_cache_give_the_cold_build_image(
         assert t.getmember("rootfs/bin/tool2").islnk()
         assert t.getmember("rootfs/srv/deep/er/file").mode == 0o600
         assert t.getmember("rootfs/ro").mode == 0o555
+
+
+def test_signatures_expire_and_the_tree_is_read_whole_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from acbuild.cache import cache as cache_module
+
+    store, record = _stored(tmp_path)
+    store.restore(record, tmp_path / "r1", link=True, lazy=True)
+    victim = store.root / "steps" / ("ab" * 32) / "tree/etc/conf"
+    os.utime(victim, (OLD, OLD))  # its ctime moves: read again, the others are not
+    time.sleep(1.0)
+    read = _counting(monkeypatch)
+    store.restore(record, tmp_path / "r2", link=True, lazy=True)
+    assert read == [str(victim)]
+    # Past the trusted age, counted from the last whole read (over 1 s ago), not from the
+    # partial one just now, every file is read: damage below the filesystem moves no ctime.
+    monkeypatch.setattr(cache_module, "_SIGNATURES_TRUSTED_S", 0.9)
+    read.clear()
+    store.restore(record, tmp_path / "r3", link=True, lazy=True)
+    assert len(read) == 4  # bin/tool (and its second name), etc/conf, ro/inside, srv/…/file
