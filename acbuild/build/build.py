@@ -342,6 +342,8 @@ def _build_image(plan: Plan, options: BuildOptions, cache: BuildCache | None,
                                    load_base=options.base_loader, log=log, log_path=log_path,
                                    cache=cache, jobs=options.jobs or default_jobs(),
                                    secrets=options.secrets,
+                                   image_cached=cache is not None and final_image_key(
+                                       plan, options, epoch) is not None,
                                    mount_cache=CacheStore(options.cache_dir or default_cache_dir(
                                        options.environ)).mounts),
             reporter=reporter,

@@ -53,6 +53,9 @@ class ExecuteOptions:
     jobs: int = 1  # stages built at once
     mount_cache: MountCache | None = None  # RUN --mount=type=cache (used with --no-cache too)
     secrets: Mapping[str, Path] = field(default_factory=dict)  # --secret id=ID,src=FILE
+    # The target stage becomes an image the cache keeps whole: its last COPY or WORKDIR
+    # needs no snapshot (BuildCache.needs_snapshot).
+    image_cached: bool = False
 
 
 def step_info(step: Step, stage: Stage) -> StepInfo:
@@ -85,6 +88,10 @@ class _Executor:
         # A stage cached to its end is restored by the first stage that reads it.
         self.restoring = {stage.index: threading.Lock() for stage in plan.stages}
         self.fetching = threading.Lock()  # one name resolved at a time: one image store
+        read = {index for needs in stage_needs(plan).values() for index in needs}
+        # Only the image itself: a stage another one reads may be restored for that.
+        self.image_stage = plan.target.index if options.image_cached and \
+            plan.target.index not in read else None
 
     def result(self, index: int) -> StageState:
         with self.restoring[index]:
@@ -156,7 +163,8 @@ class _Executor:
                                      "what this step's --mount=type=bind showed is not what "
                                      "its cache key hashed", span=step.instruction.span,
                                      hint="do not change the context during a build")
-                tree = cache.store_step(stage, number, state, tree)
+                tree = cache.store_step(stage, number, state, tree,
+                                        image_cached=stage.index == self.image_stage)
         self.results[stage.index] = state
 
     # -- steps -------------------------------------------------------------------------------

@@ -152,22 +152,26 @@ class BuildCache:
         return Resume()
 
     def restore(self, record: StepRecord, root: Path, *, link: bool) -> StageState:
-        """Raises CorruptTree (the entry is discarded) when the snapshot is damaged."""
+        """Raises CorruptTree (the entry is discarded) when the snapshot is damaged. ``link``
+        (no RUN follows): the snapshot's files stay in the cache, the rootfs's lower tree."""
         known: KnownDigests = {}
-        rootfs = self.store.restore(record, root, link=link, known=known)
+        rootfs = self.store.restore(record, root, link=link, known=known, lazy=link)
         return StageState(rootfs=rootfs, manifest=from_json_bytes(record.manifest_json),
                           known=known)
 
     def store_step(self, stage: Stage, number: int, state: StageState,
-                   tree: str | None) -> str | None:
+                   tree: str | None, *, image_cached: bool = False) -> str | None:
         """Keep what step ``number`` produced; returns the key of the entry now holding the
-        rootfs (manifest-only steps point at the tree before them)."""
+        rootfs (manifest-only steps point at the tree before them). ``image_cached``: the
+        stage is the image, which the cache will hold whole (see ``needs_snapshot``)."""
         key = stage.steps[number].key
         if key is None:
             return None
         changes_rootfs = number == 0 or isinstance(stage.steps[number].instruction,
                                                    Copy | Run | Workdir)
         if not changes_rootfs and tree is None:
+            return None
+        if changes_rootfs and image_cached and not self.needs_snapshot(stage, number):
             return None
         try:
             self.store.put_step(key, to_json_bytes(state.manifest),
@@ -178,6 +182,23 @@ class BuildCache:
             self.reporter.warning(f"cannot store step {number + 1} in the cache: {e}")
             return None
         return key if changes_rootfs else tree
+
+    def needs_snapshot(self, stage: Stage, number: int) -> bool:
+        """Whether step ``number`` of a stage that becomes the image the cache holds needs a
+        snapshot of its own. Not the image's last COPY or WORKDIR: a rebuild of the same
+        Acfile takes the image itself, and one that changes a later manifest line redoes
+        that step from the snapshot before it, which costs about what storing this one
+        would (a link or copy of every file) or less. A RUN,
+        a BEGIN and a COPY --from are always kept (they may be costly to redo: a COPY
+        --from restores the stage it reads), and every step is kept when a --cache-to
+        registry is to receive them."""
+        step = stage.steps[number]
+        if number == 0 or isinstance(step.instruction, Run) or (
+                isinstance(step.instruction, Copy) and step.instruction.from_stage is not None
+        ) or (self.remote is not None and self.remote.destination is not None):
+            return True
+        return any(isinstance(later.instruction, Copy | Run | Workdir)
+                   for later in stage.steps[number + 1 :])
 
     def export_remote(self, plan: Plan) -> None:
         """Push every step of ``plan`` the local cache holds to the --cache-to registry."""

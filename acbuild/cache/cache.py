@@ -1,9 +1,12 @@
 """Step cache (execute stage): the store of step results and final images, by key.
 
 ``steps/<key>/`` holds meta.json (manifest, owners, devices, the digest of the tree) and, for
-rootfs steps, ``tree/``; ``images/<key>/`` a finished .aci. Entries are built in ``tmp/`` and
-renamed into place; a build holds a shared flock on ``lock``, ``prune`` an exclusive one.
-Every use verifies the stored checksum: a damaged entry is removed and rebuilt, never used.
+rootfs steps, ``tree/`` and, once a restore has hashed the tree, ``signatures`` (what lets
+the next restore skip reading the files whose inodes are unchanged, see
+acbuild.cache.snapshot.FileSignatures); ``images/<key>/`` a finished .aci. Entries are
+built in ``tmp/`` and renamed into place; a build holds a shared flock on ``lock``,
+``prune`` an exclusive one. Every use verifies the stored checksum (a tree's files by content
+or by unchanged signature): a damaged entry is removed and rebuilt, never used.
 """
 
 from __future__ import annotations
@@ -20,16 +23,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.cache.mountcache import MountCache
-from acbuild.cache.snapshot import KnownDigests, copy_tree_verified
+from acbuild.cache.snapshot import (
+    FileSignatures,
+    KnownDigests,
+    copy_tree_verified,
+    restore_lazily,
+)
 from acbuild.cache.statcache import StatCache
 from acbuild.cache.warm import Witness
 from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
 from acbuild.fs.private import private_dir
-from acbuild.fs.staging import DeviceNode, StagedRootfs, remove_tree
+from acbuild.fs.staging import DeviceNode, LowerTree, StagedRootfs, remove_tree
 from acbuild.image.unstaged import materialize
 
 _META = "meta.json"
+_SIGNATURES = "signatures"
+# Signatures older than this are not trusted: the tree is read (and hashed) again, so damage
+# on the disk below the filesystem, which moves no ctime, is found within that time.
+_SIGNATURES_TRUSTED_S = 7 * 86400
 _CHUNK = 1 << 20
 _STALE_TMP = 3600.0
 
@@ -187,31 +199,85 @@ class CacheStore:
         self._publish(temp, self._dir("steps", key))
 
     def restore(self, record: StepRecord, root: Path, *, link: bool,
-                known: KnownDigests | None = None) -> StagedRootfs:
+                known: KnownDigests | None = None, lazy: bool = False) -> StagedRootfs:
         """The rootfs of ``record`` rebuilt at ``root`` (which must not exist); raises
         CorruptTree (entry discarded) when the snapshot does not match its checksum.
-        ``known`` receives the digests of the files linked (every one of them is read)."""
-        body = _unseal(self._dir("steps", record.tree) / _META)
+        ``known`` receives the digests of the files linked (every one of them is read).
+        ``lazy`` (a stage no RUN follows): the files are not linked but left in the entry's
+        tree, the rootfs's lower tree; only files whose signature changed are read."""
+        where = self._dir("steps", record.tree)
+        body = _unseal(where / _META)
         if body is None or "digest" not in body:
             raise CorruptTree(f"cache entry {record.tree} is damaged")
+        verified: KnownDigests = {}
+        lower = None
         try:
-            verified: KnownDigests = {}
-            digest, _ = copy_tree_verified(self._dir("steps", record.tree) / "tree", root,
-                                           link=link, known=verified)
+            if lazy:
+                recorded, verified_at = self._signatures(where, str(body["digest"]))
+                tree = restore_lazily(where / "tree", root, recorded=recorded, known=verified)
+                digest: str | None = tree.digest
+                lower = LowerTree(source=Path(os.path.abspath(where / "tree")), dirs=tree.dirs,
+                                  listings=tree.listings, max_bytes=tree.size)
+            else:
+                digest, _ = copy_tree_verified(where / "tree", root, link=link, known=verified)
         except (OSError, CorruptTree):
             digest = None
         if digest != body["digest"]:
             self.discard("steps", record.tree)
             raise CorruptTree(f"cache entry {record.tree} is damaged")
+        if lazy and tree.signatures != recorded:
+            # Kept with the time of the oldest full read: what was carried over from the
+            # file was verified then, not now.
+            self._save_signatures(where, str(body["digest"]), tree.signatures,
+                                  verified_at if recorded else time.time())
         if known is not None:
             known.update(verified)
         self._touch(self._dir("steps", record.tree))
-        rootfs = StagedRootfs(root=root)
+        rootfs = StagedRootfs(root=root, lower=lower)
         for rel, uid, gid in body.get("owners", []):  # type: ignore[attr-defined]
             rootfs.owners[rel] = (uid, gid)
         for rel, kind, major, minor, mode in body.get("devices", []):  # type: ignore[attr-defined]
             rootfs.devices[rel] = DeviceNode(kind=kind, major=major, minor=minor, mode=mode)
         return rootfs
+
+    def _signatures(self, where: Path, digest: str) -> tuple[FileSignatures, float]:
+        """The signatures kept for the tree with ``digest`` in the entry ``where``, and when
+        the tree was last read whole; none when there are none, they are older than
+        _SIGNATURES_TRUSTED_S, or the file is damaged or for another tree."""
+        try:
+            raw = (where / _SIGNATURES).read_bytes()
+            check, _, payload = raw.partition(b"\n")
+            if hashlib.sha256(payload).hexdigest().encode() != check:
+                return {}, 0.0
+            doc = json.loads(payload)
+            verified_at = float(doc["verified"])
+            if doc["digest"] != digest or not 0 <= time.time() - verified_at < \
+                    _SIGNATURES_TRUSTED_S:
+                return {}, 0.0
+            return {os.fsencode(rel): (int(dev), int(ino), int(size), int(mtime), int(ctime),
+                                       bytes.fromhex(sha), bytes.fromhex(xattrs))
+                    for rel, (dev, ino, size, mtime, ctime, sha, xattrs)
+                    in doc["files"].items()}, verified_at
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}, 0.0
+
+    def _save_signatures(self, where: Path, digest: str, signatures: FileSignatures,
+                         verified_at: float) -> None:
+        """Keep ``signatures`` (all verified against ``digest``, the oldest of them at
+        ``verified_at``) for the next restore; not synced: a lost or torn file only means
+        the tree is read again."""
+        payload = json.dumps({"digest": digest, "verified": verified_at, "files": {
+            os.fsdecode(rel): [*sig[:5], sig[5].hex(), sig[6].hex()]
+            for rel, sig in signatures.items()}},
+            separators=(",", ":")).encode()
+        temp = where / f".{_SIGNATURES}.{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            with open(temp, "xb") as f:
+                f.write(hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+            os.replace(temp, where / _SIGNATURES)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
 
     # -- final images -----------------------------------------------------------------------
 

@@ -5,6 +5,13 @@ device nodes are records in the StagedRootfs (the cache stores them in meta.json
 holding one on disk is refused, never copied with mknod;
 files are hardlinked where nothing can write into them. The digest covers everything a
 restore must reproduce, so a damaged snapshot is found before it is used.
+
+A restore for a stage that no RUN follows need not copy or link the files at all
+(``restore_lazily``): the staged tree gets the snapshot's directories, symlinks and FIFOs,
+and the snapshot's own tree becomes the rootfs's lower tree, whose files the finalizer reads
+where they are (see acbuild.image.basedir). Its files are still verified against the digest:
+each one's content is hashed, unless its signature (device, inode, size, mtime, ctime) is
+the one recorded when it was last hashed — see ``FileSignatures``.
 """
 
 from __future__ import annotations
@@ -12,11 +19,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import os
 import stat
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.cache.statcache import frame
+from acbuild.cache.warm import settled
+from acbuild.fs.staging import listing_signature
 
 _CHUNK = 1 << 20
 # Host policy, not content (the finalizer skips it too); the cache's filesystem may add it.
@@ -29,6 +41,31 @@ _SKIPPED_XATTRS = frozenset({"security.selinux"})
 # Nothing in a stage without RUN writes into a file in place; should someone else change
 # one, the stored digest no longer matches and the next restore's check discards the entry.
 KnownDigests = dict[tuple[int, int], tuple[int, int, bytes, bytes]]
+
+# rel -> (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns, sha256, xattrs) of a snapshot's file,
+# taken when its content was hashed and found to be what the snapshot's digest says, and only
+# once that stat had settled (acbuild.cache.warm.settled). Any later change to the inode (a
+# write, truncate, chmod, chown, xattr, utime, link or unlink) sets its ctime to the time of
+# the change, which no unprivileged process can set back; a file put in its place is another
+# inode or, if the number is reused, has a new ctime. So a file that still shows all five
+# holds the content that was hashed, and is not read again. Only the cache's own tree is
+# trusted this way: its directory is private to the user (acbuild.fs.private).
+# The xattrs (as the digest frames them) are kept with it: a file that matches is not
+# listed for them either.
+FileSignatures = dict[bytes, tuple[int, int, int, int, int, bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LazyTree:
+    """What ``restore_lazily`` made: the staged tree's description of the snapshot as a
+    lower tree (acbuild.fs.staging.LowerTree's ``dirs`` and ``listings``), the snapshot's
+    digest and byte count, and the signatures of the files it verified."""
+
+    digest: str
+    size: int
+    dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]]
+    listings: dict[str, tuple[int, int]]
+    signatures: FileSignatures
 
 
 def copy_tree_verified(src: Path, dest: Path, *, link: bool, known: KnownDigests | None = None,
@@ -53,10 +90,32 @@ def copy_tree_verified(src: Path, dest: Path, *, link: bool, known: KnownDigests
     return "sha256:" + copier.h.hexdigest(), copier.size
 
 
+def restore_lazily(src: Path, dest: Path, *, recorded: FileSignatures,
+                   known: KnownDigests) -> LazyTree:
+    """Make the new directory ``dest`` the staged tree of the snapshot ``src`` without its
+    regular files (they stay in ``src``, the lower tree): directories, symlinks and FIFOs as
+    copy_tree_verified makes them. The digest is that of the whole snapshot; a file whose
+    signature is in ``recorded`` is taken to have the digest recorded with it, any other is
+    read. The digests of the files are added to ``known`` (a later snapshot links them)."""
+    copier = _TreeCopier(False, known, None, os.fsencode(dest), recorded=recorded)
+    st = os.lstat(src)
+    os.mkdir(dest, 0o700)
+    _make_dirs(os.fsencode(src), os.fsencode(dest))
+    copier.directory(os.fsencode(src), os.fsencode(dest), b"", st)
+    return LazyTree(digest="sha256:" + copier.h.hexdigest(), size=copier.size,
+                    dirs=copier.dirs, listings=copier.listings, signatures=copier.signatures)
+
+
 class _TreeCopier:
     def __init__(self, link: bool, known: KnownDigests, final: bytes | None,
-                 dest_root: bytes) -> None:
+                 dest_root: bytes, *, recorded: FileSignatures | None = None) -> None:
         self.link = link
+        # Not None: a lazy restore (regular files are left in the source, see restore_lazily)
+        self.recorded = recorded
+        self.signatures: FileSignatures = {}
+        self.dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
+        self.listings: dict[str, tuple[int, int]] = {}
+        self.started_ns = time.time_ns()
         self.known = known
         self.final = final  # None: a restore (every file is the cache's own: link it)
         self.dest_root = dest_root
@@ -65,17 +124,27 @@ class _TreeCopier:
         self.inodes: dict[tuple[int, int], bytes] = {}
         self.root = os.geteuid() == 0
 
-    def meta(self, kind: bytes, rel: bytes, src: bytes, st: os.stat_result) -> None:
-        xattrs = b"".join(
-            os.fsencode(k) + b"=" + v + b"\0" for k, v in _xattrs(src)
-        ) if kind != b"symlink" else b""
+    def meta(self, kind: bytes, rel: bytes, src: bytes, st: os.stat_result,
+             xattrs: bytes | None = None) -> None:
+        if xattrs is None:
+            xattrs = _xattr_field(src) if kind != b"symlink" else b""
         frame(self.h, kind, rel, b"%o:%d:%d" % (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid),
               xattrs)
 
     def directory(self, src: bytes, dest: bytes, rel: bytes, st: os.stat_result) -> None:
         self.meta(b"dir", rel, src, st)
         with os.scandir(src) as it:
-            names = sorted(e.name for e in it)
+            if self.recorded is None:
+                names = sorted(e.name for e in it)
+            else:
+                found = [(e.name, e.is_dir(follow_symlinks=False),
+                          e.is_file(follow_symlinks=False)) for e in it]
+                names = sorted(name for name, _, _ in found)
+                made = os.lstat(dest)
+                key = os.fsdecode(rel)
+                self.dirs[key] = ((made.st_dev, made.st_ino), (st.st_dev, st.st_ino))
+                self.listings[key] = listing_signature(
+                    (os.fsdecode(n), d, f) for n, d, f in found)
         for name in names:
             child = rel + b"/" + name if rel else name
             self.entry(src + b"/" + name, dest + b"/" + name, child)
@@ -112,8 +181,12 @@ class _TreeCopier:
             first = self.inodes.setdefault((st.st_dev, st.st_ino), rel)
             if first != rel:
                 frame(self.h, b"hardlink", rel, first)
-                os.link(self.dest_root + b"/" + first, dest)
+                if self.recorded is None:
+                    os.link(self.dest_root + b"/" + first, dest)
                 return
+        if self.recorded is not None:
+            self._verified(src, rel, st)
+            return
         self.meta(b"file", rel, src, st)
         self.size += st.st_size
         if self.link:
@@ -132,6 +205,31 @@ class _TreeCopier:
             # The cache's own copy of a shared file: later snapshots link that instead.
             where = self.final + dest[len(self.dest_root):] + b"\0%d" % st.st_ctime_ns
             self.known[(st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns, h.digest(), where)
+
+    def _verified(self, src: bytes, rel: bytes, st: os.stat_result) -> None:
+        """A file a lazy restore leaves in the snapshot, hashed into the digest as a copy
+        would be: with the xattrs and digest recorded when its signature is unchanged (an
+        xattr set since changed the ctime too), else read, and its signature kept once
+        settled."""
+        assert self.recorded is not None
+        sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        seen = self.recorded.get(rel)
+        if seen is not None and seen[:5] == sig:
+            digest, xattrs = seen[5], seen[6]
+            self.signatures[rel] = seen
+        else:
+            xattrs = _xattr_field(src)
+            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd, "rb") as f:
+                digest = _sha256_of(f)
+                after = os.fstat(fd)
+            if (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns,
+                    after.st_ctime_ns) == sig and settled(st, self.started_ns):
+                self.signatures[rel] = (*sig, digest, xattrs)
+        self.meta(b"file", rel, src, st, xattrs)
+        self.size += st.st_size
+        frame(self.h, digest)
+        self.known[(st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns, digest, b"")
 
     def _linked(self, src: bytes, dest: bytes, st: os.stat_result) -> bytes | None:
         """Link the file (or the cache's copy of it); its digest, or None to copy it."""
@@ -171,6 +269,15 @@ class _TreeCopier:
                 os.setxattr(dest, key, value, follow_symlinks=False)
             os.chmod(dest, stat.S_IMODE(st.st_mode))
         os.utime(dest, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _xattr_field(path: bytes) -> bytes:
+    """The xattrs of ``path`` as the digest frames them."""
+    return b"".join(os.fsencode(k) + b"=" + v + b"\0" for k, v in _xattrs(path))
+
+
+def _sha256_of(f: io.BufferedReader) -> bytes:
+    return hashlib.file_digest(f, "sha256").digest()
 
 
 def _make_dirs(src: bytes, dest: bytes) -> None:

@@ -47,9 +47,8 @@ _VERSION = 1
 
 def frame(h: hashlib._Hash, *fields: bytes) -> None:
     """Length-framed fields: no two different field lists hash the same bytes."""
-    for field in fields:
-        h.update(len(field).to_bytes(8, "big"))
-        h.update(field)
+    # One update of the joined frames (fields are small): the same bytes, fewer calls.
+    h.update(b"".join([len(field).to_bytes(8, "big") + field for field in fields]))
 
 
 class StatCache:

@@ -1,0 +1,224 @@
+"""Lazy restores of snapshot trees: the files stay in the cache (the rootfs's lower tree),
+verified by content the first time and by their recorded signature after that; and the
+image's last COPY keeps no snapshot of its own when the image is cached whole."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from acbuild.cache import snapshot
+from acbuild.cache.cache import CacheStore, CorruptTree, StepRecord
+from acbuild.fs.staging import StagedRootfs, remove_tree
+from tests.cache.test_cache import run
+
+OLD = 1_600_000_000  # an mtime long settled
+
+
+def _base(root: Path) -> None:
+    """A tree with what a lazy restore must keep: nested and read-only directories, an
+    empty one, inner hardlinks, a symlink, a FIFO, modes and mtimes."""
+    for rel, text, mode in (("etc/conf", "conf\n", 0o644), ("bin/tool", "tool\n", 0o755),
+                            ("srv/deep/er/file", "deep\n", 0o600),
+                            ("ro/inside", "inside\n", 0o444)):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        path.chmod(mode)
+    os.link(root / "bin/tool", root / "bin/tool2")
+    (root / "empty").mkdir()
+    (root / "bin/sh").symlink_to("tool")
+    os.mkfifo(root / "srv/pipe")
+    for path in sorted(root.rglob("*"), reverse=True):
+        os.utime(path, (OLD, OLD), follow_symlinks=False)
+    (root / "ro").chmod(0o555)
+    os.utime(root, (OLD, OLD))
+
+
+def _stored(tmp_path: Path) -> tuple[CacheStore, StepRecord]:
+    store = CacheStore(tmp_path / "cache")
+    with store.session():
+        rootfs = StagedRootfs(root=tmp_path / "staged")
+        rootfs.root.mkdir()
+        _base(rootfs.root)
+        store.put_step("sha256:" + "ab" * 32, b"{}", rootfs=rootfs, tree=None, link=False)
+        remove_tree(rootfs.root)
+    time.sleep(0.2)  # the cache's copies' ctimes settle (acbuild.cache.warm.settled)
+    record = store.step("sha256:" + "ab" * 32)
+    assert record is not None
+    return store, record
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if stat.S_ISREG(p.lstat().st_mode))
+
+
+def _no_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(f: io.BufferedReader) -> bytes:
+        raise AssertionError("a file with an unchanged signature was read")
+    monkeypatch.setattr(snapshot, "_sha256_of", refuse)
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the files the lazy restores read from now on."""
+    read: list[str] = []
+    real = snapshot._sha256_of
+
+    def counting(f: io.BufferedReader) -> bytes:
+        read.append(os.readlink(f"/proc/self/fd/{f.fileno()}"))
+        return real(f)
+    monkeypatch.setattr(snapshot, "_sha256_of", counting)
+    return read
+
+
+def test_a_lazy_restore_leaves_the_files_in_the_cache_and_reads_them_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, record = _stored(tmp_path)
+    tree = store.root / "steps" / ("ab" * 32) / "tree"
+    first = store.restore(record, tmp_path / "r1", link=True, lazy=True)
+    assert first.lower is not None and first.lower.source == tree.resolve()
+    assert _files(tmp_path / "r1") == []  # no file linked or copied into the work tree
+    assert sorted(p.name for p in (tmp_path / "r1").iterdir()) == sorted(
+        p.name for p in tree.iterdir())
+    assert os.readlink(tmp_path / "r1/bin/sh") == "tool"
+    assert stat.S_ISFIFO((tmp_path / "r1/srv/pipe").lstat().st_mode)
+    assert stat.S_IMODE((tmp_path / "r1/ro").stat().st_mode) == 0o555
+    assert (tmp_path / "r1/srv").stat().st_mtime == OLD
+    assert (store.root / "steps" / ("ab" * 32) / "signatures").is_file()
+    # The next restore reads no file: every signature is the one recorded.
+    _no_reading(monkeypatch)
+    second = store.restore(record, tmp_path / "r2", link=True, lazy=True)
+    assert second.lower is not None and second.lower.listings == first.lower.listings
+
+
+def _edit_content(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.write(b"CONF")  # same size
+
+
+def _edit_xattr(path: Path) -> None:
+    try:
+        os.setxattr(path, "user.added", b"1")
+    except OSError:
+        pytest.skip("no user xattrs on this filesystem")
+
+
+def _edit_mode(path: Path) -> None:
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize("edit", [_edit_content, _edit_xattr, _edit_mode],
+                         ids=["content", "xattr", "mode"])
+def test_a_file_changed_in_the_cache_is_detected_though_its_size_and_mtime_are_kept(
+        tmp_path: Path, edit: Callable[[Path], None]) -> None:
+    store, record = _stored(tmp_path)
+    store.restore(record, tmp_path / "r1", link=True, lazy=True)  # signatures recorded
+    victim = store.root / "steps" / ("ab" * 32) / "tree/etc/conf"
+    before = victim.stat()
+    edit(victim)
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))  # same mtime: ctime moved
+    with pytest.raises(CorruptTree):
+        store.restore(record, tmp_path / "r2", link=True, lazy=True)
+    assert store.step("sha256:" + "ab" * 32) is None  # discarded, never used
+
+
+def test_a_file_replaced_with_the_same_content_is_read_and_accepted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, record = _stored(tmp_path)
+    store.restore(record, tmp_path / "r1", link=True, lazy=True)
+    victim = store.root / "steps" / ("ab" * 32) / "tree/etc/conf"
+    copy = victim.with_name("conf.new")
+    copy.write_bytes(victim.read_bytes())
+    copy.chmod(0o644)
+    os.utime(copy, (OLD, OLD))
+    os.replace(copy, victim)  # another inode: its signature is not the recorded one
+    read = _counting(monkeypatch)
+    store.restore(record, tmp_path / "r2", link=True, lazy=True)
+    assert read == [str(victim)]  # only the replaced file was read again
+
+
+def test_a_damaged_signatures_file_only_means_reading_the_tree_again(
+        tmp_path: Path) -> None:
+    store, record = _stored(tmp_path)
+    store.restore(record, tmp_path / "r1", link=True, lazy=True)
+    signatures = store.root / "steps" / ("ab" * 32) / "signatures"
+    data = bytearray(signatures.read_bytes())
+    data[-5] ^= 0x01
+    signatures.write_bytes(bytes(data))
+    store.restore(record, tmp_path / "r2", link=True, lazy=True)  # read whole, no error
+    assert signatures.read_bytes() != bytes(data)  # and written again
+
+
+ONE_COPY = """\
+BEGIN ./base
+NAME example.com/lazy
+LABEL version=1
+COPY --mode=0600 small.txt /etc/conf
+EXEC {{ exec | default("/bin/tool") }}
+"""
+TWO_COPIES = ONE_COPY.replace("COPY --mode", "COPY small.txt /etc/small.txt\nCOPY --mode")
+
+
+@pytest.mark.parametrize("acfile_text", [ONE_COPY, TWO_COPIES], ids=["one-copy", "two-copies"])
+def test_incremental_rebuilds_from_the_cache_give_the_cold_build_image(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, acfile_text: str) -> None:
+    ctx = tmp_path / "ctx"
+    _base(ctx / "base")
+    (ctx / "Acfile").write_text(acfile_text)
+    acfile, cache = ctx / "Acfile", tmp_path / "cache"
+    read: list[str] = []
+    for number, exe in enumerate(["/bin/tool", "/bin/tool", "/bin/sh"]):
+        (ctx / "small.txt").write_text(f"small {number}\n")
+        built, rep = run(acfile, cache, tmp_path / f"{number}.aci", f"exec={exe}")
+        cold, _ = run(acfile, None, tmp_path / f"cold{number}.aci", f"exec={exe}")
+        assert built.image_id == cold.image_id
+        assert (tmp_path / f"{number}.aci").read_bytes() == \
+            (tmp_path / f"cold{number}.aci").read_bytes()
+        if number:
+            assert rep.cached() == [1, 2, 3]  # the COPYs ran, from a lazy restore
+        if number == 0:
+            time.sleep(0.2)  # the cache's copies settle: the next restore keeps signatures
+        if number == 1:
+            # The image's last COPY keeps no snapshot; a COPY before it does (one a build).
+            trees = list((cache / "steps").glob("*/tree"))
+            assert len(trees) == (1 if acfile_text == ONE_COPY else 3)
+            read = _counting(monkeypatch)  # from now on the signatures answer for the tree
+    if acfile_text == ONE_COPY:
+        # Only the file the COPY overwrote was read: staged over, its inode was touched.
+        assert [Path(p).relative_to(cache / "steps").parts[1:] for p in read] == [
+            ("tree", "etc", "conf")]
+    with tarfile.open(tmp_path / "2.aci") as t:
+        conf = t.extractfile("rootfs/etc/conf")
+        assert conf is not None and conf.read() == b"small 2\n"
+        assert t.getmember("rootfs/etc/conf").mode == 0o600
+        assert t.getmember("rootfs/bin/tool2").islnk()
+        assert t.getmember("rootfs/srv/deep/er/file").mode == 0o600
+        assert t.getmember("rootfs/ro").mode == 0o555
+
+
+def test_signatures_expire_and_the_tree_is_read_whole_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from acbuild.cache import cache as cache_module
+
+    store, record = _stored(tmp_path)
+    store.restore(record, tmp_path / "r1", link=True, lazy=True)
+    victim = store.root / "steps" / ("ab" * 32) / "tree/etc/conf"
+    os.utime(victim, (OLD, OLD))  # its ctime moves: read again, the others are not
+    time.sleep(1.0)
+    read = _counting(monkeypatch)
+    store.restore(record, tmp_path / "r2", link=True, lazy=True)
+    assert read == [str(victim)]
+    # Past the trusted age, counted from the last whole read (over 1 s ago), not from the
+    # partial one just now, every file is read: damage below the filesystem moves no ctime.
+    monkeypatch.setattr(cache_module, "_SIGNATURES_TRUSTED_S", 0.9)
+    read.clear()
+    store.restore(record, tmp_path / "r3", link=True, lazy=True)
+    assert len(read) == 4  # bin/tool (and its second name), etc/conf, ro/inside, srv/…/file
