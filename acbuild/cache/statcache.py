@@ -15,7 +15,7 @@ import os
 import posixpath
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from acbuild.acfile import instructions as ins
@@ -135,11 +135,25 @@ def sources_digest(context: BuildContext, sources: Sequence[ContextSource],
     paths, types, normalised modes, contents, link targets; not mtimes, owners or location."""
     h = hashlib.sha256()
     for source in sorted(sources, key=lambda s: s.rel):
-        frame(h, b"source", source.rel.encode())
-        _context_entry(h, cache, context, ".", source.rel, context.lstat(source.rel))
-        for rel, st in context.walk(source):
-            _context_entry(h, cache, context, rel, posixpath.join(source.rel, rel), st)
+        _source(h, cache, context, source, context.lstat(source.rel), context.walk(source))
     return "sha256:" + h.hexdigest()
+
+
+def listing_digest(context: BuildContext, source: ContextSource, top: os.stat_result,
+                   entries: Iterable[tuple[str, os.stat_result]], cache: StatCache) -> str:
+    """``sources_digest([source])`` over a listing taken before: ``top`` (the source's
+    lstat) and ``entries`` (what ``context.walk(source)`` gave), as a RUN --mount shows it."""
+    h = hashlib.sha256()
+    _source(h, cache, context, source, top, entries)
+    return "sha256:" + h.hexdigest()
+
+
+def _source(h: hashlib._Hash, cache: StatCache, context: BuildContext, source: ContextSource,
+            top: os.stat_result, entries: Iterable[tuple[str, os.stat_result]]) -> None:
+    frame(h, b"source", source.rel.encode())
+    _context_entry(h, cache, context, ".", source.rel, top)
+    for rel, st in entries:
+        _context_entry(h, cache, context, rel, posixpath.join(source.rel, rel), st)
 
 
 def _context_entry(h: hashlib._Hash, cache: StatCache, context: BuildContext, rel: str,
@@ -322,13 +336,15 @@ class _Keyer:
 
 
 def run_inputs(instruction: ins.Run, *, context: BuildContext, epoch: int,
-               stat_cache: StatCache, stage_key: Callable[[str], str | None]) -> bytes | None:
+               stat_cache: StatCache, stage_key: Callable[[str], str | None],
+               shown: Mapping[int, str] | None = None) -> bytes | None:
     """What a RUN reads from outside the chain: the epoch, and each bind mount's content:
     the digest COPY would take of the same context path (ignored files left out, as the
-    mount hides them), or the key of its ``from=`` stage. Raises when a source cannot be
-    read; None when a stage has no key."""
+    mount leaves them out), or the key of its ``from=`` stage. ``shown``: the digests of
+    the context binds, by the mount's position, as the step lists them (the context is
+    not read then). Raises when a source cannot be read; None when a stage has no key."""
     binds: list[bytes] = []
-    for mount in instruction.mounts:
+    for index, mount in enumerate(instruction.mounts):
         if mount.kind != "bind":
             continue
         if mount.from_stage is not None:
@@ -336,6 +352,9 @@ def run_inputs(instruction: ins.Run, *, context: BuildContext, epoch: int,
             if key is None:
                 return None
             binds.append(b"stage:" + key.encode())
+            continue
+        if shown is not None:
+            binds.append(shown[index].encode())
             continue
         found = context.resolve((mount.source or ".").lstrip("/") or ".")
         binds.append(sources_digest(context, found, stat_cache).encode())

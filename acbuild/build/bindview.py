@@ -1,0 +1,132 @@
+"""RUN --mount=type=bind of the build context (execute stage): a listing, not the directory.
+
+A bind of the context directory itself would be a live view: whatever appears in it while
+the step runs would show, a file the ignore rules exclude (an editor's ``.env.tmp``, a
+credential helper's short-lived file) as much as one the step key never hashed. So the
+source is listed once, when the step is prepared (what ``.acignore`` excludes left out, as
+the step key leaves it out), and the sandbox builds the mount from that listing only
+(sandbox.ViewEntry): its directories are the sandbox's own, so it cannot gain an entry.
+
+Each file is the context's own inode bound read-only, not a copy and not a hard link: no
+data is copied, and the context's files are not touched (a link changes a file's ctime and
+link count, so every stat cache, ours and git's index, would read every file again). A
+write into a listed file while the step runs would show through, so each listed file's
+signature is compared once the step ran, and a change fails the step: ctime cannot be set
+back, so no edit passes.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from acbuild.acfile.context import IGNORE_FILE, BuildContext, ContextSource, special_kind
+from acbuild.cache.statcache import StatCache, listing_digest
+from acbuild.errors import BuildError
+from acbuild.sandbox.sandbox import TreeMount, ViewEntry
+
+# Mounts the namespace starts with (a copy of the host's) and the sandbox's own, beside
+# the one mount per listed file: what fs.mount-max must leave room for.
+_MOUNT_HEADROOM = 200
+
+Signature = tuple[int, int, int, int, int]
+
+
+def signature(st: os.stat_result) -> Signature:
+    """What the stat cache keys a digest by: an edit changes ctime, which no one sets back."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContextView:
+    """One bind of a context path: the listing the step sees, and its mount."""
+
+    source: str  # as the instruction names it
+    found: ContextSource
+    top: os.stat_result  # the source itself
+    entries: tuple[tuple[str, os.stat_result], ...]  # below it, as BuildContext.walk lists
+    mount: TreeMount
+
+    @property
+    def files(self) -> int:
+        return sum(1 for _, st in self.entries if stat.S_ISREG(st.st_mode)) + \
+            (0 if self.found.is_dir else 1)
+
+    def digest(self, context: BuildContext, stat_cache: StatCache) -> str:
+        """The content digest the step key takes of this source, over this listing."""
+        return listing_digest(context, self.found, self.top, self.entries, stat_cache)
+
+    def check_unchanged(self, context: BuildContext) -> None:
+        """Once the step ran: every listed file is still the inode listed, unmodified (so
+        the step read what the listing, and the digest over it, says)."""
+        if not self.found.is_dir:
+            self._compare(self.found.rel, self.top, context.lstat(self.found.rel))
+            return
+        listed = {rel: st for rel, st in self.entries if stat.S_ISREG(st.st_mode)}
+        now = {rel: st for rel, st in context.walk(self.found) if rel in listed}
+        for rel, was in listed.items():
+            where = posixpath.join(self.found.rel, rel) if self.found.rel != "." else rel
+            self._compare(where, was, now.get(rel))
+
+    def _compare(self, where: str, was: os.stat_result, now: os.stat_result | None) -> None:
+        if now is not None and signature(now) == signature(was):
+            return
+        how = "was modified" if now is not None and (now.st_dev, now.st_ino) == \
+            (was.st_dev, was.st_ino) else "was removed or replaced"
+        raise BuildError(f"the build context changed while the step ran: '{where}', which "
+                         f"RUN --mount source '{self.source}' showed, {how}",
+                         hint="do not change the context during a build")
+
+
+def context_view(context: BuildContext, found: ContextSource, source: str,
+                 target: str) -> ContextView:
+    """The listing of ``found`` (a resolved, non-symlink context path) and its mount."""
+    top = context.lstat(found.rel)
+    root_rel = "" if found.rel == "." else found.rel
+    identity = (top.st_dev, top.st_ino)
+    if not found.is_dir:
+        return ContextView(source=source, found=found, top=top, entries=(),
+                           mount=TreeMount(root=context.root, rel=root_rel, identity=identity,
+                                           is_dir=False, target=target))
+    entries = tuple(context.walk(found))
+    view = []
+    for rel, st in entries:
+        if kind := special_kind(st.st_mode):
+            raise BuildError(f"RUN --mount source '{source}' holds '{rel}', a {kind}; only "
+                             "files, directories and symlinks can be mounted",
+                             hint=f"remove it, or exclude it in {IGNORE_FILE}")
+        if stat.S_ISLNK(st.st_mode):
+            where = posixpath.join(root_rel, rel) if root_rel else rel
+            view.append(ViewEntry(rel=rel, kind="symlink", link=context.readlink(where, st)))
+        else:
+            view.append(ViewEntry(rel=rel, kind="dir" if stat.S_ISDIR(st.st_mode) else "file",
+                                  identity=(st.st_dev, st.st_ino)))
+    return ContextView(source=source, found=found, top=top, entries=entries,
+                       mount=TreeMount(root=context.root, rel=root_rel, identity=identity,
+                                       is_dir=True, target=target, view=tuple(view)))
+
+
+def check_budget(views: Sequence[ContextView]) -> None:
+    """One mount per listed file: refuse a listing the kernel's fs.mount-max would cut off
+    half-way, with a message rather than a failing sandbox."""
+    total = sum(v.files for v in views)
+    budget = mount_budget()
+    if total > budget:
+        raise BuildError(f"RUN --mount source '{views[-1].source}': the bind mounts of this "
+                         f"RUN show {total} files, and this system allows at most {budget} "
+                         "(fs.mount-max)",
+                         hint=f"mount a narrower source, or exclude more in {IGNORE_FILE}")
+
+
+def mount_budget() -> int:
+    try:
+        with open("/proc/sys/fs/mount-max") as f:
+            limit = int(f.read())
+        with open("/proc/self/mounts", "rb") as f:
+            have = sum(1 for _ in f)
+    except (OSError, ValueError):
+        return 100_000 - _MOUNT_HEADROOM  # the kernel's default
+    return limit - have - _MOUNT_HEADROOM
