@@ -151,29 +151,32 @@ def listing_digest(context: BuildContext, source: ContextSource, top: os.stat_re
 def _source(h: hashlib._Hash, cache: StatCache, context: BuildContext, source: ContextSource,
             top: os.stat_result, entries: Iterable[tuple[str, os.stat_result]]) -> None:
     frame(h, b"source", source.rel.encode())
-    _context_entry(h, cache, context, ".", source.rel, top)
+    # Absolute paths as plain strings, normal already (the stat cache's keys): no pathlib
+    # per entry, which was most of the cost of a context of many small files.
+    here = os.fspath(context.root) + ("" if source.rel == "." else "/" + source.rel)
+    _context_entry(h, cache, context, ".", source.rel, here, top)
     for rel, st in entries:
-        _context_entry(h, cache, context, rel, posixpath.join(source.rel, rel), st)
+        _context_entry(h, cache, context, rel, posixpath.join(source.rel, rel),
+                       f"{here}/{rel}", st)
 
 
 def _context_entry(h: hashlib._Hash, cache: StatCache, context: BuildContext, rel: str,
-                   where: str, st: os.stat_result) -> None:
-    """``_entry`` for a context file: read through the context's descriptors, so what is
-    hashed is the inode the scan saw, never something a swapped symlink points at."""
-    mode = b"%o" % normalised_mode(st.st_mode)
+                   where: str, path: str, st: os.stat_result) -> None:
+    """``_entry`` for a context file (``where`` in the context, ``path`` absolute): read
+    through the context's descriptors, so what is hashed is the inode the scan saw, never
+    something a swapped symlink points at."""
     name = os.fsencode(rel)
     if stat.S_ISLNK(st.st_mode):
         if cache.witness is not None:
-            cache.witness.seen(context.root / where, st)
+            cache.witness.seen(path, st)
         frame(h, b"symlink", name, os.fsencode(context.readlink(where, st)), b"")
     elif stat.S_ISREG(st.st_mode):
         if cache.witness is not None:
-            cache.witness.seen(context.root / where, st)
-        digest = cache.file_digest(context.root / where, st,
-                                   opener=lambda: context.open_file(where, st))
-        frame(h, b"file", name, mode, b"", digest.encode())
+            cache.witness.seen(path, st)
+        digest = cache.file_digest(path, st, opener=lambda: context.open_file(where, st))
+        frame(h, b"file", name, b"%o" % normalised_mode(st.st_mode), b"", digest.encode())
     else:
-        _entry(h, cache, rel, context.root / where, st, exact=False)
+        _entry(h, cache, rel, path, st, exact=False)
 
 
 def witness_path(witness: Witness, context: BuildContext, pattern: str,

@@ -344,16 +344,17 @@ def _view_mount(root_fd: int, m: dict[str, Any], source: int) -> None:
                 raise OSError(e.errno, f"mount source /{m['rel']}/{rel} changed since it "
                               f"was checked ({e.strerror})") from None
             try:
-                _check_identity(fd, f"{m['rel']}/{rel}", dev, ino)
+                st = os.fstat(fd)
+                if st.st_ino != ino or st.st_dev != dev:
+                    _check_identity(fd, f"{m['rel']}/{rel}", dev, ino)
                 if kind == "dir":
                     os.mkdir(name, 0o700, dir_fd=dst_dir)
                     made = os.open(name, flags | os.O_DIRECTORY, dir_fd=dst_dir)
                     chain.append((rel, fd, made))
                     fd = -1
                 else:
-                    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                                     0o600, dir_fd=dst_dir))
-                    _mount(_fd_path(fd), f"{_fd_path(dst_dir)}/{name}", None, MS_BIND)
+                    os.mknod(name, stat.S_IFREG | 0o600, dir_fd=dst_dir)
+                    _bind_file(fd, dst_dir, name)
                     files.append(rel)
             finally:
                 if fd >= 0:
@@ -367,6 +368,15 @@ def _view_mount(root_fd: int, m: dict[str, Any], source: int) -> None:
             os.close(src_dir)
             os.close(dst_dir)
         os.close(top)
+
+
+def _bind_file(source: int, dir_fd: int, name: str) -> None:
+    # _mount without its per-call conveniences: a view binds one file per listed file.
+    target = b"/proc/self/fd/%d/" % dir_fd + os.fsencode(name)
+    if _LIBC.mount(b"/proc/self/fd/%d" % source, target, None, ctypes.c_ulong(MS_BIND),
+                   None) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {os.fsdecode(target)}: {os.strerror(err)}")
 
 
 def _close_view_dir(source: int, made: int) -> None:
