@@ -17,6 +17,7 @@ back, so no edit passes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import stat
@@ -61,24 +62,77 @@ class ContextView:
 
     def check_unchanged(self, context: BuildContext) -> None:
         """Once the step ran: every listed file is still the inode listed, unmodified (so
-        the step read what the listing, and the digest over it, says)."""
+        the step read what the listing, and the digest over it, says). Only the listed
+        names are looked at: what was made meanwhile was never shown, so it does not count."""
         if not self.found.is_dir:
-            self._compare(self.found.rel, self.top, context.lstat(self.found.rel))
+            self._compare(self.found.rel, self.top, _lstat(context, self.found.rel))
             return
-        listed = {rel: st for rel, st in self.entries if stat.S_ISREG(st.st_mode)}
-        now = {rel: st for rel, st in context.walk(self.found) if rel in listed}
-        for rel, was in listed.items():
-            where = posixpath.join(self.found.rel, rel) if self.found.rel != "." else rel
-            self._compare(where, was, now.get(rel))
+        try:
+            top = context.open_directory(self.found.rel)
+        except (BuildError, OSError):
+            raise self._changed(".", "was removed or replaced") from None
+        # Depth-first, as listed: the open directories are the chain to the current entry.
+        chain: list[tuple[str, int]] = [("", top)]
+        try:
+            for rel, was in self.entries:
+                parent, _, name = rel.rpartition("/")
+                while chain[-1][0] != parent:
+                    _close(chain.pop()[1])
+                if stat.S_ISDIR(was.st_mode):
+                    chain.append((rel, self._open_listed_dir(chain[-1][1], name, was)))
+                elif stat.S_ISREG(was.st_mode):
+                    now: os.stat_result | None = None
+                    if chain[-1][1] >= 0:
+                        with contextlib.suppress(OSError):
+                            now = os.lstat(name, dir_fd=chain[-1][1])
+                    self._compare(self._where(rel), was, now)
+        finally:
+            for _, fd in chain:
+                _close(fd)
+
+    @staticmethod
+    def _open_listed_dir(parent: int, name: str, was: os.stat_result) -> int:
+        """The directory listed as ``was``, or -1 when it is not there any more (which only
+        counts for the files listed below it: a directory itself is the sandbox's own)."""
+        if parent < 0:
+            return -1
+        try:
+            fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=parent)
+        except OSError:
+            return -1
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (was.st_dev, was.st_ino):
+            os.close(fd)
+            return -1
+        return fd
+
+    def _where(self, rel: str) -> str:
+        return rel if self.found.rel == "." else posixpath.join(self.found.rel, rel)
 
     def _compare(self, where: str, was: os.stat_result, now: os.stat_result | None) -> None:
         if now is not None and signature(now) == signature(was):
             return
         how = "was modified" if now is not None and (now.st_dev, now.st_ino) == \
             (was.st_dev, was.st_ino) else "was removed or replaced"
-        raise BuildError(f"the build context changed while the step ran: '{where}', which "
-                         f"RUN --mount source '{self.source}' showed, {how}",
-                         hint="do not change the context during a build")
+        raise self._changed(where, how)
+
+    def _changed(self, where: str, how: str) -> BuildError:
+        return BuildError(f"the build context changed while the step ran: '{where}', which "
+                          f"RUN --mount source '{self.source}' showed, {how}",
+                          hint="do not change the context during a build")
+
+
+def _close(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)
+
+
+def _lstat(context: BuildContext, rel: str) -> os.stat_result | None:
+    try:
+        return context.lstat(rel)
+    except (BuildError, OSError):
+        return None
 
 
 def context_view(context: BuildContext, found: ContextSource, source: str,

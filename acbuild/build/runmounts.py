@@ -189,7 +189,13 @@ def _context_bind(mount: RunMount, target: str, context: BuildContext) -> Contex
     if found.is_symlink:
         raise BuildError(f"RUN --mount source '{source}' is a symlink: name the file or "
                          "directory it points to")
-    return context_view(context, found, source, target)
+    try:
+        return context_view(context, found, source, target)
+    except OSError as e:  # an entry gone between listing and stat, a directory unreadable
+        where = f" ({os.fsdecode(e.filename)})" if e.filename else ""
+        raise BuildError(f"RUN --mount source '{source}': cannot list it{where}: "
+                         f"{e.strerror or e}", hint="do not change the context during a "
+                         "build") from None
 
 
 def _stage_bind(mount: RunMount, target: str, inputs: MountInputs) -> TreeMount:

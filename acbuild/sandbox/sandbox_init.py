@@ -341,12 +341,12 @@ def _view_mount(root_fd: int, m: dict[str, Any], source: int) -> None:
                 fd = os.open(name, flags | (os.O_DIRECTORY if kind == "dir" else 0),
                              dir_fd=src_dir)
             except OSError as e:
-                raise OSError(e.errno, f"mount source /{m['rel']}/{rel} changed since it "
-                              f"was checked ({e.strerror})") from None
+                raise OSError(e.errno, f"mount source {_below(m['rel'], rel)} changed since "
+                              f"it was checked ({e.strerror})") from None
             try:
                 st = os.fstat(fd)
                 if st.st_ino != ino or st.st_dev != dev:
-                    _check_identity(fd, f"{m['rel']}/{rel}", dev, ino)
+                    _check_identity(fd, _below(m["rel"], rel)[1:], dev, ino)
                 if kind == "dir":
                     os.mkdir(name, 0o700, dir_fd=dst_dir)
                     made = os.open(name, flags | os.O_DIRECTORY, dir_fd=dst_dir)
@@ -368,6 +368,10 @@ def _view_mount(root_fd: int, m: dict[str, Any], source: int) -> None:
             os.close(src_dir)
             os.close(dst_dir)
         os.close(top)
+
+
+def _below(rel: str, entry: str) -> str:
+    return f"/{rel}/{entry}" if rel else f"/{entry}"
 
 
 def _bind_file(source: int, dir_fd: int, name: str) -> None:

@@ -209,3 +209,35 @@ def test_the_view_shows_the_tree_as_it_is(ctx: Path, tmp_path: Path) -> None:
     code, out, text = build_while(tmp_path, acfile, lambda: None)
     assert code == 0, text
     assert out == ["6", "deep", "deep", "750", "755", "empty-dir", "ro", "ro"]
+
+
+def test_files_made_and_removed_beside_listed_ones_do_not_matter(ctx: Path,
+                                                                 tmp_path: Path) -> None:
+    """Only listed files are checked after the step: a tool churning through temporary
+    files in a bound (not excluded) directory neither shows them nor fails the step."""
+    (ctx / "work").mkdir()
+    (ctx / "work/kept").write_text("kept\n")
+
+    def churn() -> None:
+        for i in range(200):
+            (ctx / f"work/tmp{i}").write_text("x\n")
+            (ctx / f"work/sub{i}").mkdir()
+            (ctx / f"work/sub{i}").rmdir()
+            (ctx / f"work/tmp{i}").unlink()
+
+    acfile = write(ctx, "--mount=type=bind,target=/ctx /bin/sh -c "
+                   "'echo started; sleep 2; ls /ctx/work'")
+    code, out, text = build_while(tmp_path, acfile, churn)
+    assert code == 0, text
+    assert out == ["started", "kept"]
+
+
+def test_a_listed_file_removed_during_the_step_fails_it(ctx: Path, tmp_path: Path) -> None:
+    (ctx / "a").write_text("one\n")
+    acfile = write(ctx, "--mount=type=bind,target=/ctx /bin/sh -c "
+                   "'echo started; sleep 2; cat /ctx/a'")
+    code, out, text = build_while(tmp_path, acfile, lambda: (ctx / "a").unlink())
+    assert code == 1, text
+    assert out == ["started", "one"]  # the step still had the file it was shown
+    assert ("the build context changed while the step ran: 'a', which RUN --mount source "
+            "'.' showed, was removed or replaced") in text
