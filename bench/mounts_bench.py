@@ -18,7 +18,7 @@ cache whose RUN lists the bind (`find /ctx -type f | wc -l`) and then a plain RU
 time. It prints the two steps' times as the build reports them, their difference (what
 the bind costs a RUN) and the whole build, medians of --pairs builds:
 
-    python bench/mounts_bench.py --context-files 20000 [--pairs 5]
+    python bench/mounts_bench.py --context-files 20000 [--pairs 5] [--no-cache]
 
 Needs /usr/bin/busybox (Debian busybox-static) and a sandbox (user namespaces).
 """
@@ -120,7 +120,8 @@ BIND_ACFILE = ("BEGIN ../rootfs\nNAME example.com/bench-bind\nENV V={version}\n"
 _DONE = re.compile(r"^\[(\d+)/\d+\] DONE ([\d.]+)s$", re.M)
 
 
-def bind_build(top: Path, ctx: Path, version: int) -> tuple[float, float, float]:
+def bind_build(top: Path, ctx: Path, version: int,
+               extra: tuple[str, ...] = ()) -> tuple[float, float, float]:
     """(bind RUN step, plain RUN step, whole build) in seconds."""
     (ctx / "Acfile").write_text(BIND_ACFILE.format(version=version))
     env = {**os.environ, "XDG_CACHE_HOME": str(top / "cache"),
@@ -128,7 +129,8 @@ def bind_build(top: Path, ctx: Path, version: int) -> tuple[float, float, float]
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "acbuild", "build", "--progress", "plain",
                            "--allow-path", str(top), str(ctx / "Acfile"), "-o",
-                           str(top / "out.aci")], env=env, capture_output=True, text=True)
+                           str(top / "out.aci"), *extra], env=env, capture_output=True,
+                          text=True)
     seconds = time.monotonic() - started
     if proc.returncode != 0:
         sys.exit(f"build failed:\n{proc.stderr}")
@@ -136,7 +138,7 @@ def bind_build(top: Path, ctx: Path, version: int) -> tuple[float, float, float]
     return steps[4], steps[5], seconds
 
 
-def bind_main(files: int, pairs: int) -> None:
+def bind_main(files: int, pairs: int, extra: tuple[str, ...]) -> None:
     binds, plains, totals = [], [], []
     with tempfile.TemporaryDirectory(prefix="acbuild-bind-bench-") as tmp:
         top = Path(tmp)
@@ -144,9 +146,9 @@ def bind_main(files: int, pairs: int) -> None:
         ctx = top / "ctx"
         ctx.mkdir()
         context(ctx, files)
-        bind_build(top, ctx, 0)  # warms the stat cache and the page cache
+        bind_build(top, ctx, 0, extra)  # warms the stat cache and the page cache
         for run in range(pairs):
-            bind, plain, total = bind_build(top, ctx, run + 1)
+            bind, plain, total = bind_build(top, ctx, run + 1, extra)
             binds.append(bind)
             plains.append(plain)
             totals.append(total)
@@ -168,9 +170,11 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=5.0, help="ms per download")
     parser.add_argument("--context-files", type=int, default=0,
                         help="measure a bind of a context of this many files instead")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="with --context-files: build without the step cache")
     args = parser.parse_args()
     if args.context_files:
-        bind_main(args.context_files, args.pairs)
+        bind_main(args.context_files, args.pairs, ("--no-cache",) if args.no_cache else ())
         return
     firsts, seconds = [], []
     with tempfile.TemporaryDirectory(prefix="acbuild-mounts-bench-") as tmp:
