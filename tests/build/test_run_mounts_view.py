@@ -168,6 +168,22 @@ def test_a_bound_file_edited_in_place_during_the_step_fails_it(
     assert leak(tmp_path / "out.aci") == b"one\n"
 
 
+def test_a_bound_single_file_edited_in_place_fails_the_step(ctx: Path, tmp_path: Path) -> None:
+    (ctx / "go.mod").write_text("module one\n")
+    acfile = write(ctx, "--mount=type=bind,source=go.mod,target=/m/go.mod /bin/sh -c "
+                   "'echo started; sleep 2; cat /m/go.mod'")
+
+    def edit() -> None:
+        with open(ctx / "go.mod", "r+") as f:
+            f.write("module two\n")
+
+    code, out, text = build_while(tmp_path, acfile, edit, "--no-cache")
+    assert code == 1, text
+    assert out == ["started", "module two"]  # a write shows through: hence the failure
+    assert ("the build context changed while the step ran: 'go.mod', which RUN --mount "
+            "source 'go.mod' showed, was modified") in text
+
+
 def test_a_change_between_planning_and_the_step_stops_it_before_it_runs(
         ctx: Path, tmp_path: Path) -> None:
     """The key was taken when the build planned; the listing when the step starts. A file
