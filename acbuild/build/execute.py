@@ -189,7 +189,10 @@ class _Executor:
         return MountInputs(
             context=self.options.context, cache=self.options.mount_cache,
             secrets=self.options.secrets, notice=self.reporter.info,
-            stage_root=lambda name: self.staged(name).rootfs.root, key_check=key_check)
+            stage_root=lambda name: self.staged(name).rootfs.root, key_check=key_check,
+            written=tuple(p for p in (self.options.log_path, None if self.options.mount_cache
+                                      is None else self.options.mount_cache.root.parent)
+                          if p is not None))
 
     def _key_check(self, stage: Stage, number: int) -> KeyCheck | None:
         """For a cached RUN: its key, recomputed over what its context binds show, must be

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from acbuild.acfile.context import BuildContext, has_glob
+from acbuild.acfile.context import IGNORE_FILE, BuildContext, ContextSource, has_glob
 from acbuild.acfile.instructions import Run, RunMount
 from acbuild.acfile.runmount import SECRETS_DIR
 from acbuild.build.bindview import ContextView, check_budget, context_view
@@ -46,6 +46,9 @@ class MountInputs:
     stage_root: Callable[[str], Path]  # a stage's rootfs by name (built when asked)
     notice: Callable[[str], None] = lambda message: None  # e.g. waiting for a lock
     key_check: KeyCheck | None = None  # a cached step's: its key must cover what it shows
+    # What the build itself writes to while steps run (its log file, its cache directory):
+    # a bind must not show one, or every step would see the context change under it.
+    written: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,7 +89,8 @@ def prepared(instruction: Run, ctx: RunContext, inputs: MountInputs) -> Iterator
                 elif mount.from_stage is not None:
                     mounts.append(_stage_bind(mount, target, inputs))
                 else:
-                    views[index] = _context_bind(mount, target, inputs.context)
+                    views[index] = _context_bind(mount, target, inputs.context,
+                                                 inputs.written)
                     mounts.append(views[index].mount)
             except AcbuildError as e:
                 e.span = e.span or instruction.span
@@ -175,7 +179,8 @@ def _cache(mount: RunMount, target: str, inputs: MountInputs, instruction: Run,
 # -- bind -------------------------------------------------------------------------------------
 
 
-def _context_bind(mount: RunMount, target: str, context: BuildContext) -> ContextView:
+def _context_bind(mount: RunMount, target: str, context: BuildContext,
+                  written: tuple[Path, ...]) -> ContextView:
     source = (mount.source or ".").lstrip("/") or "."
     if has_glob(source):
         raise BuildError(f"RUN --mount source '{mount.source}' is a glob; name one file or "
@@ -189,6 +194,7 @@ def _context_bind(mount: RunMount, target: str, context: BuildContext) -> Contex
     if found.is_symlink:
         raise BuildError(f"RUN --mount source '{source}' is a symlink: name the file or "
                          "directory it points to")
+    _refuse_own(context, found, source, written)
     try:
         return context_view(context, found, source, target)
     except OSError as e:  # an entry gone between listing and stat, a directory unreadable
@@ -196,6 +202,23 @@ def _context_bind(mount: RunMount, target: str, context: BuildContext) -> Contex
         raise BuildError(f"RUN --mount source '{source}': cannot list it{where}: "
                          f"{e.strerror or e}", hint="do not change the context during a "
                          "build") from None
+
+
+def _refuse_own(context: BuildContext, found: ContextSource, source: str,
+                written: tuple[Path, ...]) -> None:
+    """A log file or cache directory of this build inside the source, not excluded: the
+    step key would hash it while the build keeps writing to it."""
+    top = context.root if found.rel == "." else context.root / found.rel
+    for path in written:
+        real = Path(os.path.realpath(path))
+        if real != top and not real.is_relative_to(top):
+            continue
+        rel = real.relative_to(context.root).as_posix()
+        if not context.is_ignored(rel, is_dir=real.is_dir()):
+            raise BuildError(f"RUN --mount source '{source}' holds '{rel}', which this build "
+                             "writes to while it runs (its log file or cache directory)",
+                             hint=f"exclude it in {IGNORE_FILE}, or put it outside the "
+                             "build context")
 
 
 def _stage_bind(mount: RunMount, target: str, inputs: MountInputs) -> TreeMount:

@@ -257,3 +257,24 @@ def test_a_listed_file_removed_during_the_step_fails_it(ctx: Path, tmp_path: Pat
     assert out == ["started", "one"]  # the step still had the file it was shown
     assert ("the build context changed while the step ran: 'a', which RUN --mount source "
             "'.' showed, was removed or replaced") in text
+
+
+def test_the_builds_own_log_or_cache_in_the_source_is_refused_unless_excluded(
+        ctx: Path, tmp_path: Path) -> None:
+    """The build writes its log and cache while steps run: bound, they would change under
+    every step (and a cache key that hashed them could never hold). Before, the build
+    failed with 'the build context changed', blaming the user for the builder's writes."""
+    (ctx / "a").write_text("one\n")
+    acfile = write(ctx, "--mount=type=bind,target=/ctx /bin/sh -c 'cat /ctx/a'")
+    for extra, name in ((("--log-file", str(ctx / "build.log")), "build.log"),
+                        (("--cache-dir", str(ctx / ".cache")), ".cache")):
+        code, out, text = build_while(tmp_path, acfile, lambda: None, *extra)
+        assert code == 1, text
+        assert (f"error: RUN --mount source '.' holds '{name}', which this build writes to "
+                "while it runs (its log file or cache directory)") in text
+        assert out == []
+    (ctx / ".acignore").write_text("build.log\n.cache/\n")
+    code, out, text = build_while(tmp_path, acfile, lambda: None, "--log-file",
+                                  str(ctx / "build.log"), "--cache-dir", str(ctx / ".cache"))
+    assert code == 0, text
+    assert out == ["one"]
