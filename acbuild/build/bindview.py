@@ -12,17 +12,21 @@ data is copied, and the context's files are not touched (a link changes a file's
 link count, so every stat cache, ours and git's index, would read every file again). A
 write into a listed file while the step runs would show through, so each listed file's
 signature is compared once the step ran, and a change fails the step: ctime cannot be set
-back, so no edit passes.
+back. A write through a shared mapping into an already dirty page changes no timestamp at
+all, so for a step the cache will keep, every listed file's content is also hashed again
+after it and compared with what the key hashed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import posixpath
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from acbuild.acfile.context import IGNORE_FILE, BuildContext, ContextSource, special_kind
 from acbuild.cache.statcache import StatCache, listing_digest
@@ -56,9 +60,43 @@ class ContextView:
         return sum(1 for _, st in self.entries if stat.S_ISREG(st.st_mode)) + \
             (0 if self.found.is_dir else 1)
 
-    def digest(self, context: BuildContext, stat_cache: StatCache) -> str:
-        """The content digest the step key takes of this source, over this listing."""
-        return listing_digest(context, self.found, self.top, self.entries, stat_cache)
+    def file_digests(self, context: BuildContext, stat_cache: StatCache) -> dict[str, str]:
+        """sha256 of each listed file (through the stat cache), by the absolute path the
+        stat cache knows it by: what ``digest`` is made of, and what ``check_content``
+        compares the files with once the step ran."""
+        return {path: stat_cache.file_digest(path, st, opener=_opener(context, where, st))
+                for path, where, st in self._files(context)}
+
+    def digest(self, context: BuildContext, digests: dict[str, str]) -> str:
+        """The content digest the step key takes of this source, over this listing, made
+        of ``digests`` (file_digests): exactly the contents the check compares with."""
+        return listing_digest(context, self.found, self.top, self.entries, _Pinned(digests))
+
+    def check_content(self, context: BuildContext, digests: dict[str, str]) -> None:
+        """Once the step ran, for a step the cache will keep: every listed file still holds
+        what the key hashed. A write through a shared mapping (a database's -shm file, a
+        tool's mmap) into a page already dirty changes neither mtime nor ctime, so the
+        signatures cannot tell; only the content can (a change undone before this check
+        stays unseen)."""
+        for path, where, st in self._files(context):
+            try:
+                with open(context.open_file(where, st), "rb") as f:
+                    now = hashlib.file_digest(f, "sha256").hexdigest()
+            except OSError:
+                now = None
+            if now != digests[path]:
+                raise self._changed(where, "holds other content than the step's key hashed "
+                                    "(written through a shared mapping, which changes no "
+                                    "timestamp?)")
+
+    def _files(self, context: BuildContext) -> list[tuple[str, str, os.stat_result]]:
+        """(absolute path as the stat cache keys it, path in the context, listed stat) of
+        each listed file, in listing order (statcache._source builds the same paths)."""
+        here = os.fspath(context.root) + ("" if self.found.rel == "." else "/" + self.found.rel)
+        if not self.found.is_dir:
+            return [(here, self.found.rel, self.top)]
+        return [(f"{here}/{rel}", self._where(rel), st) for rel, st in self.entries
+                if stat.S_ISREG(st.st_mode)]
 
     def check_unchanged(self, context: BuildContext) -> None:
         """Once the step ran: every listed file is still the inode listed, unmodified (so
@@ -121,6 +159,22 @@ class ContextView:
         return BuildError(f"the build context changed while the step ran: '{where}', which "
                           f"RUN --mount source '{self.source}' showed, {how}",
                           hint="do not change the context during a build")
+
+
+class _Pinned(StatCache):
+    """A stat cache that answers only with digests taken before, by path."""
+
+    def __init__(self, digests: dict[str, str]) -> None:
+        super().__init__(None)
+        self.digests = digests
+
+    def file_digest(self, path: Path | str, st: os.stat_result,
+                    opener: Callable[[], int] | None = None) -> str:
+        return self.digests[os.fspath(path)]
+
+
+def _opener(context: BuildContext, where: str, st: os.stat_result) -> Callable[[], int]:
+    return lambda: context.open_file(where, st)
 
 
 def _close(fd: int) -> None:

@@ -98,37 +98,44 @@ def prepared(instruction: Run, ctx: RunContext, inputs: MountInputs) -> Iterator
         if sum(os.fstat(x.fd).st_size for x in secrets) > MAX_SECRETS_BYTES:
             raise BuildError(f"the secrets of one RUN take more than "
                              f"{MAX_SECRETS_BYTES >> 20} MiB", span=instruction.span)
+        keyed: dict[int, dict[str, str]] = {}  # a cached step's: the file digests it keyed
         try:
             if views:
                 check_budget(list(views.values()))
-                _check_key(views, inputs)
+                keyed = _check_key(views, inputs)
         except AcbuildError as e:
             e.span = e.span or instruction.span
             raise
         yield dataclasses.replace(ctx, mounts=tuple(mounts), secrets=tuple(secrets),
                                   redact=tuple(sorted(redact, key=len, reverse=True)))
         try:
-            for view in views.values():
+            for index, view in views.items():
                 view.check_unchanged(inputs.context)
+                if index in keyed:
+                    view.check_content(inputs.context, keyed[index])
         except AcbuildError as e:
             e.span = e.span or instruction.span
             raise
 
 
-def _check_key(views: Mapping[int, ContextView], inputs: MountInputs) -> None:
+def _check_key(views: Mapping[int, ContextView],
+               inputs: MountInputs) -> dict[int, dict[str, str]]:
     """A cached step runs only on what its key hashed: the key was taken when the build
     planned (maybe minutes ago), the listing now. Checking the listing, rather than the
-    context once more after the step, also covers a file that came and went meanwhile."""
+    context once more after the step, also covers a file that came and went meanwhile.
+    Returns the file digests of each view (by the mount's position) the check used."""
     check = inputs.key_check
     if check is None:
-        return
-    shown = {index: view.digest(inputs.context, check.stat_cache)
+        return {}
+    keyed = {index: view.file_digests(inputs.context, check.stat_cache)
              for index, view in views.items()}
     check.stat_cache.save()
-    if not check.holds(shown):
+    if not check.holds({index: view.digest(inputs.context, keyed[index])
+                        for index, view in views.items()}):
         raise BuildError("the build context changed while the build used it: what this "
                          "step's --mount=type=bind shows is not what its cache key hashed",
                          hint="do not change the context during a build")
+    return keyed
 
 
 def _target(root: Path, target: str) -> str:

@@ -278,3 +278,36 @@ def test_the_builds_own_log_or_cache_in_the_source_is_refused_unless_excluded(
                                   str(ctx / "build.log"), "--cache-dir", str(ctx / ".cache"))
     assert code == 0, text
     assert out == ["one"]
+
+
+def test_a_bound_file_written_through_a_shared_mapping_during_the_step_fails_it(
+        ctx: Path, tmp_path: Path) -> None:
+    """The red team's BS-1: a store into an already dirty page of a MAP_SHARED mapping
+    changes no timestamp, so the signatures match; the content, hashed again after the
+    step, does not: nothing is kept, and the original content later builds as itself."""
+    import mmap
+
+    (ctx / "data").mkdir()
+    (ctx / "data/x").write_bytes(b"OLD-CONTENT\n")
+    acfile = write(ctx, "--mount=type=bind,source=data,target=/d /bin/sh -c "
+                   "'echo started; sleep 2; cat /d/x > /leak; cat /d/x'")
+    fd = os.open(ctx / "data/x", os.O_RDWR)
+    try:
+        with mmap.mmap(fd, 12) as mapped:
+            mapped[0:3] = b"OLD"  # dirties the page now: later stores change no timestamp
+            subprocess.run(["sleep", "1.5"], check=True)
+
+            def store() -> None:
+                mapped[0:3] = b"NEW"
+
+            code, out, text = build_while(tmp_path, acfile, store)
+            mapped[0:3] = b"OLD"
+    finally:
+        os.close(fd)
+    assert code == 1, text
+    assert out == ["started", "NEW-CONTENT"]
+    assert "the build context changed while the step ran: 'data/x'" in text
+    assert not (tmp_path / "out.aci").exists()
+    code, out, text = build_while(tmp_path, acfile, lambda: None)
+    assert code == 0, text
+    assert leak(tmp_path / "out.aci") == b"OLD-CONTENT\n"
