@@ -72,23 +72,6 @@ class ContextView:
         of ``digests`` (file_digests): exactly the contents the check compares with."""
         return listing_digest(context, self.found, self.top, self.entries, _Pinned(digests))
 
-    def check_content(self, context: BuildContext, digests: dict[str, str]) -> None:
-        """Once the step ran, for a step the cache will keep: every listed file still holds
-        what the key hashed. A write through a shared mapping (a database's -shm file, a
-        tool's mmap) into a page already dirty changes neither mtime nor ctime, so the
-        signatures cannot tell; only the content can (a change undone before this check
-        stays unseen)."""
-        for path, where, st in self._files(context):
-            try:
-                with open(context.open_file(where, st), "rb") as f:
-                    now = hashlib.file_digest(f, "sha256").hexdigest()
-            except OSError:
-                now = None
-            if now != digests[path]:
-                raise self._changed(where, "holds other content than the step's key hashed "
-                                    "(written through a shared mapping, which changes no "
-                                    "timestamp?)")
-
     def _files(self, context: BuildContext) -> list[tuple[str, str, os.stat_result]]:
         """(absolute path as the stat cache keys it, path in the context, listed stat) of
         each listed file, in listing order (statcache._source builds the same paths)."""
@@ -98,12 +81,26 @@ class ContextView:
         return [(f"{here}/{rel}", self._where(rel), st) for rel, st in self.entries
                 if stat.S_ISREG(st.st_mode)]
 
-    def check_unchanged(self, context: BuildContext) -> None:
+    def check_unchanged(self, context: BuildContext,
+                        digests: dict[str, str] | None = None) -> None:
         """Once the step ran: every listed file is still the inode listed, unmodified (so
         the step read what the listing, and the digest over it, says). Only the listed
-        names are looked at: what was made meanwhile was never shown, so it does not count."""
+        names are looked at: what was made meanwhile was never shown, so it does not count.
+
+        With ``digests`` (file_digests: a step the cache will keep), each file's content
+        too: a store through a shared mapping (a database's -shm file, a tool's mmap) into
+        a page already dirty changes neither mtime nor ctime, so the signature cannot tell;
+        the content can (a change undone before this check stays unseen)."""
+        here = os.fspath(context.root) + ("" if self.found.rel == "." else "/" + self.found.rel)
         if not self.found.is_dir:
-            self._compare(self.found.rel, self.top, _lstat(context, self.found.rel))
+            try:
+                holder, name = context.open_parent(self.found.rel)
+            except (BuildError, OSError):
+                raise self._changed(self.found.rel, "was removed or replaced") from None
+            try:
+                self._check_file(holder, name, self.found.rel, here, self.top, digests)
+            finally:
+                os.close(holder)
             return
         try:
             top = context.open_directory(self.found.rel)
@@ -119,14 +116,34 @@ class ContextView:
                 if stat.S_ISDIR(was.st_mode):
                     chain.append((rel, self._open_listed_dir(chain[-1][1], name, was)))
                 elif stat.S_ISREG(was.st_mode):
-                    now: os.stat_result | None = None
-                    if chain[-1][1] >= 0:
-                        with contextlib.suppress(OSError):
-                            now = os.lstat(name, dir_fd=chain[-1][1])
-                    self._compare(self._where(rel), was, now)
+                    self._check_file(chain[-1][1], name, self._where(rel), f"{here}/{rel}",
+                                     was, digests)
         finally:
             for _, fd in chain:
                 _close(fd)
+
+    def _check_file(self, parent: int, name: str, where: str, path: str, was: os.stat_result,
+                    digests: dict[str, str] | None) -> None:
+        fd = -1
+        if parent >= 0:
+            with contextlib.suppress(OSError):
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                             | os.O_CLOEXEC, dir_fd=parent)
+        if fd < 0:
+            self._compare(where, was, None)
+            return
+        with open(fd, "rb") as f:
+            self._compare(where, was, os.fstat(fd))  # a FIFO swapped in fails here
+            if digests is None:
+                return
+            try:
+                now = hashlib.file_digest(f, "sha256").hexdigest()
+            except OSError:
+                now = ""
+        if now != digests[path]:
+            raise self._changed(where, "holds other content than the step's key hashed "
+                                "(written through a shared mapping, which changes no "
+                                "timestamp?)")
 
     @staticmethod
     def _open_listed_dir(parent: int, name: str, was: os.stat_result) -> int:
@@ -180,13 +197,6 @@ def _opener(context: BuildContext, where: str, st: os.stat_result) -> Callable[[
 def _close(fd: int) -> None:
     if fd >= 0:
         os.close(fd)
-
-
-def _lstat(context: BuildContext, rel: str) -> os.stat_result | None:
-    try:
-        return context.lstat(rel)
-    except (BuildError, OSError):
-        return None
 
 
 def context_view(context: BuildContext, found: ContextSource, source: str,

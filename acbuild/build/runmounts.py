@@ -110,9 +110,7 @@ def prepared(instruction: Run, ctx: RunContext, inputs: MountInputs) -> Iterator
                                   redact=tuple(sorted(redact, key=len, reverse=True)))
         try:
             for index, view in views.items():
-                view.check_unchanged(inputs.context)
-                if index in keyed:
-                    view.check_content(inputs.context, keyed[index])
+                view.check_unchanged(inputs.context, keyed.get(index))
         except AcbuildError as e:
             e.span = e.span or instruction.span
             raise
