@@ -81,8 +81,8 @@ class ContextView:
         return [(f"{here}/{rel}", self._where(rel), st) for rel, st in self.entries
                 if stat.S_ISREG(st.st_mode)]
 
-    def check_unchanged(self, context: BuildContext,
-                        digests: dict[str, str] | None = None) -> None:
+    def check_unchanged(self, context: BuildContext, digests: dict[str, str] | None = None,
+                        stat_cache: StatCache | None = None) -> None:
         """Once the step ran: every listed file is still the inode listed, unmodified (so
         the step read what the listing, and the digest over it, says). Only the listed
         names are looked at: what was made meanwhile was never shown, so it does not count.
@@ -90,7 +90,9 @@ class ContextView:
         With ``digests`` (file_digests: a step the cache will keep), each file's content
         too: a store through a shared mapping (a database's -shm file, a tool's mmap) into
         a page already dirty changes neither mtime nor ctime, so the signature cannot tell;
-        the content can (a change undone before this check stays unseen)."""
+        the content can (a change undone before this check stays unseen). A file found so
+        loses its digest in ``stat_cache``: the key may have taken a stale one, remembered
+        by a build before the change, and would again next time."""
         here = os.fspath(context.root) + ("" if self.found.rel == "." else "/" + self.found.rel)
         if not self.found.is_dir:
             try:
@@ -98,7 +100,8 @@ class ContextView:
             except (BuildError, OSError):
                 raise self._changed(self.found.rel, "was removed or replaced") from None
             try:
-                self._check_file(holder, name, self.found.rel, here, self.top, digests)
+                self._check_file(holder, name, self.found.rel, here, self.top, digests,
+                                 stat_cache)
             finally:
                 os.close(holder)
             return
@@ -117,13 +120,13 @@ class ContextView:
                     chain.append((rel, self._open_listed_dir(chain[-1][1], name, was)))
                 elif stat.S_ISREG(was.st_mode):
                     self._check_file(chain[-1][1], name, self._where(rel), f"{here}/{rel}",
-                                     was, digests)
+                                     was, digests, stat_cache)
         finally:
             for _, fd in chain:
                 _close(fd)
 
     def _check_file(self, parent: int, name: str, where: str, path: str, was: os.stat_result,
-                    digests: dict[str, str] | None) -> None:
+                    digests: dict[str, str] | None, stat_cache: StatCache | None) -> None:
         fd = -1
         if parent >= 0:
             with contextlib.suppress(OSError):
@@ -141,9 +144,15 @@ class ContextView:
             except OSError:
                 now = ""
         if now != digests[path]:
-            raise self._changed(where, "holds other content than the step's key hashed "
-                                "(written through a shared mapping, which changes no "
-                                "timestamp?)")
+            if stat_cache is not None:
+                stat_cache.forget(path)
+                stat_cache.save()
+            raise BuildError(f"'{where}', which RUN --mount source '{self.source}' showed, "
+                             "holds other content than the step's key hashed, though its "
+                             "timestamps did not change (written through a shared mapping, "
+                             "while the step ran or since a build read it)",
+                             hint="build again once nothing writes to it: the next build "
+                             "reads it afresh")
 
     @staticmethod
     def _open_listed_dir(parent: int, name: str, was: os.stat_result) -> int:

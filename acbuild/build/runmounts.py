@@ -110,7 +110,8 @@ def prepared(instruction: Run, ctx: RunContext, inputs: MountInputs) -> Iterator
                                   redact=tuple(sorted(redact, key=len, reverse=True)))
         try:
             for index, view in views.items():
-                view.check_unchanged(inputs.context, keyed.get(index))
+                view.check_unchanged(inputs.context, keyed.get(index), None if
+                                     inputs.key_check is None else inputs.key_check.stat_cache)
         except AcbuildError as e:
             e.span = e.span or instruction.span
             raise

@@ -96,6 +96,13 @@ class StatCache:
             self._dirty = True
         return digest
 
+    def forget(self, path: str) -> None:
+        """Drop the digest remembered for the absolute ``path``: its content was found to
+        differ from it although its signature did not (a write through a shared mapping
+        changes no timestamp), so the next read must hash the file again."""
+        if self._entries.pop(path, None) is not None:
+            self._dirty = True
+
     def save(self) -> None:
         if self.path is None or not self._dirty:
             return

@@ -306,8 +306,44 @@ def test_a_bound_file_written_through_a_shared_mapping_during_the_step_fails_it(
         os.close(fd)
     assert code == 1, text
     assert out == ["started", "NEW-CONTENT"]
-    assert "the build context changed while the step ran: 'data/x'" in text
+    # (or "was modified", should writeback have cleaned the page and the store dated it)
+    assert "'data/x', which RUN --mount source 'data' showed, " in text
     assert not (tmp_path / "out.aci").exists()
     code, out, text = build_while(tmp_path, acfile, lambda: None)
     assert code == 0, text
     assert leak(tmp_path / "out.aci") == b"OLD-CONTENT\n"
+
+
+def test_a_mapping_write_between_builds_fails_one_build_not_every_one(ctx: Path,
+                                                                      tmp_path: Path) -> None:
+    """The red team's BS-3: changed through a mapping between builds, the file keeps its
+    signature, so the stat cache holds a stale digest and the key takes it. The step finds
+    the content differs, fails, and drops that digest: the next build hashes the file
+    afresh and builds what it holds."""
+    import mmap
+
+    (ctx / "data").mkdir()
+    (ctx / "data/x").write_bytes(b"OLD-CONTENT\n")
+    os.utime(ctx / "data/x", (1_500_000_000, 1_500_000_000))
+    fd = os.open(ctx / "data/x", os.O_RDWR)
+    try:
+        with mmap.mmap(fd, 12) as mapped:
+            mapped[0:3] = b"OLD"  # dirty now: later stores change no timestamp
+            subprocess.run(["sleep", "2.5"], check=True)  # settled: the stat cache keeps it
+            first = write(ctx, "--mount=type=bind,source=data,target=/d /bin/cp /d/x /leak")
+            code, _, text = build_while(tmp_path, first, lambda: None)
+            assert code == 0 and leak(tmp_path / "out.aci") == b"OLD-CONTENT\n", text
+            mapped[0:3] = b"NEW"
+            acfile = write(ctx, "--mount=type=bind,source=data,target=/d /bin/sh -c "
+                           "'cp /d/x /leak; true'")
+            code, _, text = build_while(tmp_path, acfile, lambda: None)
+            assert code == 1, text
+            assert ("error: 'data/x', which RUN --mount source 'data' showed, holds other "
+                    "content than the step's key hashed, though its timestamps did not "
+                    "change") in text
+            code, _, text = build_while(tmp_path, acfile, lambda: None)
+            assert code == 0, text
+            assert leak(tmp_path / "out.aci") == b"NEW-CONTENT\n"
+            mapped[0:3] = b"OLD"
+    finally:
+        os.close(fd)
