@@ -11,6 +11,15 @@ directory; the medians of the pairs are printed, with the machine's load average
 
     python bench/mounts_bench.py [--pairs 3] [--packages 2000] [--latency 5]
 
+With --context-files N it measures RUN --mount=type=bind of the whole build context
+instead: a context of N files (100 B to 8 KiB, 100 a directory), a build with a step
+cache whose RUN lists the bind (`find /ctx -type f | wc -l`) and then a plain RUN
+(`true`), the sandbox's own cost; an earlier ENV changes every build, so both run each
+time. It prints the two steps' times as the build reports them, their difference (what
+the bind costs a RUN) and the whole build, medians of --pairs builds:
+
+    python bench/mounts_bench.py --context-files 20000 [--pairs 5] [--no-cache]
+
 Needs /usr/bin/busybox (Debian busybox-static) and a sandbox (user namespaces).
 """
 
@@ -18,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -94,12 +105,77 @@ def build(top: Path, acfile_path: Path, cache: Path) -> float:
     return seconds
 
 
+def context(ctx: Path, files: int) -> None:
+    rnd = random.Random(1)
+    for i in range(files):
+        d = ctx / f"d{i // 100}"
+        if i % 100 == 0:
+            d.mkdir()
+        (d / f"f{i % 100}").write_bytes(rnd.randbytes(rnd.randint(100, 8000)))
+
+
+BIND_ACFILE = ("BEGIN ../rootfs\nNAME example.com/bench-bind\nENV V={version}\n"
+               "RUN --mount=type=bind,target=/ctx /bin/sh -c 'find /ctx -type f | wc -l'\n"
+               "RUN /bin/sh -c true\nEXEC /bin/sh\n")
+_DONE = re.compile(r"^\[(\d+)/\d+\] DONE ([\d.]+)s$", re.M)
+
+
+def bind_build(top: Path, ctx: Path, version: int,
+               extra: tuple[str, ...] = ()) -> tuple[float, float, float]:
+    """(bind RUN step, plain RUN step, whole build) in seconds."""
+    (ctx / "Acfile").write_text(BIND_ACFILE.format(version=version))
+    env = {**os.environ, "XDG_CACHE_HOME": str(top / "cache"),
+           "XDG_STATE_HOME": str(top / "state"), "CI": "true"}
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "acbuild", "build", "--progress", "plain",
+                           "--allow-path", str(top), str(ctx / "Acfile"), "-o",
+                           str(top / "out.aci"), *extra], env=env, capture_output=True,
+                          text=True)
+    seconds = time.monotonic() - started
+    if proc.returncode != 0:
+        sys.exit(f"build failed:\n{proc.stderr}")
+    steps = {int(n): float(t) for n, t in _DONE.findall(proc.stderr)}
+    return steps[4], steps[5], seconds
+
+
+def bind_main(files: int, pairs: int, extra: tuple[str, ...]) -> None:
+    binds, plains, totals = [], [], []
+    with tempfile.TemporaryDirectory(prefix="acbuild-bind-bench-") as tmp:
+        top = Path(tmp)
+        rootfs(top / "rootfs")
+        ctx = top / "ctx"
+        ctx.mkdir()
+        context(ctx, files)
+        bind_build(top, ctx, 0, extra)  # warms the stat cache and the page cache
+        for run in range(pairs):
+            bind, plain, total = bind_build(top, ctx, run + 1, extra)
+            binds.append(bind)
+            plains.append(plain)
+            totals.append(total)
+            print(f"build {run + 1}: bind RUN {bind:.2f} s, plain RUN {plain:.2f} s, "
+                  f"build {total:.2f} s", flush=True)
+    bind, plain = statistics.median(binds), statistics.median(plains)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"\n{files} context files, median of {pairs} builds (load average {load}):")
+    print(f"  RUN with the context bound: {bind:6.2f} s")
+    print(f"  plain RUN:                  {plain:6.2f} s")
+    print(f"  the bind's cost:            {bind - plain:6.2f} s")
+    print(f"  whole build:                {statistics.median(totals):6.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--packages", type=int, default=2000)
     parser.add_argument("--latency", type=float, default=5.0, help="ms per download")
+    parser.add_argument("--context-files", type=int, default=0,
+                        help="measure a bind of a context of this many files instead")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="with --context-files: build without the step cache")
     args = parser.parse_args()
+    if args.context_files:
+        bind_main(args.context_files, args.pairs, ("--no-cache",) if args.no_cache else ())
+        return
     firsts, seconds = [], []
     with tempfile.TemporaryDirectory(prefix="acbuild-mounts-bench-") as tmp:
         top = Path(tmp)

@@ -130,6 +130,14 @@ class BuildContext:
         os.set_blocking(fd, True)
         return fd
 
+    def open_directory(self, rel: str) -> int:
+        """A descriptor of the directory ``rel`` ("." for the context), opened beneath the
+        context without following symlinks; the caller closes it."""
+        if rel in ("", "."):
+            return self._open_root()
+        return self._beneath(rel, lambda root: open_beneath(root, rel,
+                                                            os.O_RDONLY | os.O_DIRECTORY))
+
     def open_parent(self, rel: str) -> tuple[int, str]:
         """(descriptor of the directory holding ``rel``, its name), opened beneath the
         context without following symlinks; the caller closes it."""

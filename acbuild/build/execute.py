@@ -22,11 +22,12 @@ from acbuild.acfile.context import BuildContext
 from acbuild.acfile.instructions import Copy, Instruction, Run, Sign, Workdir
 from acbuild.build import manifest_edit
 from acbuild.build.copy import copy_instruction
-from acbuild.build.runmounts import MountInputs, prepared
+from acbuild.build.runmounts import KeyCheck, MountInputs, prepared
 from acbuild.build.schedule import Cancelled, LockedReporter, run_stages, stage_needs
 from acbuild.cache.buildcache import BuildCache, Resume, StageState, runs_after
 from acbuild.cache.cache import CorruptTree, StepRecord
 from acbuild.cache.mountcache import MountCache
+from acbuild.cache.statcache import run_inputs, step_key
 from acbuild.errors import AcbuildError, BuildError, Span
 from acbuild.fs.securepath import ensure_dirs
 from acbuild.fs.staging import StagedRootfs, remove_tree
@@ -154,15 +155,9 @@ class _Executor:
                                                                 self.reporter)
                 else:
                     shares = not runs_after(stage.steps[number + 1 :])
-                    state.manifest = self._apply(step.instruction, state, info, shares=shares)
+                    state.manifest = self._apply(step.instruction, state, info, shares=shares,
+                                                 key_check=self._key_check(stage, number))
             if cache is not None:
-                if not cache.bind_key_holds(self.plan, stage, number,
-                                            context=self.options.context,
-                                            epoch=self.options.epoch):
-                    raise BuildError("the build context changed while the build used it: "
-                                     "what this step's --mount=type=bind showed is not what "
-                                     "its cache key hashed", span=step.instruction.span,
-                                     hint="do not change the context during a build")
                 tree = cache.store_step(stage, number, state, tree,
                                         image_cached=stage.index == self.image_stage)
         self.results[stage.index] = state
@@ -170,7 +165,7 @@ class _Executor:
     # -- steps -------------------------------------------------------------------------------
 
     def _apply(self, instruction: Instruction, result: StageState, info: StepInfo, *,
-               shares: bool) -> ImageManifest:
+               shares: bool, key_check: KeyCheck | None = None) -> ImageManifest:
         """``shares``: no RUN follows, so the rootfs may share inodes with the context."""
         options = self.options
         match instruction:
@@ -185,7 +180,7 @@ class _Executor:
                 ctx = RunContext(rootfs=result.rootfs, manifest=result.manifest,
                                  epoch=options.epoch, log=options.log,
                                  log_path=options.log_path, warned=self.warned_limits)
-                with prepared(instruction, ctx, self._mount_inputs()) as ctx:
+                with prepared(instruction, ctx, self._mount_inputs(key_check)) as ctx:
                     run_step(instruction, ctx, self.reporter, info)
             case Sign():
                 pass  # signing happens once the image is written
@@ -198,11 +193,33 @@ class _Executor:
                 return manifest_edit.apply(result.manifest, instruction)
         return result.manifest
 
-    def _mount_inputs(self) -> MountInputs:
+    def _mount_inputs(self, key_check: KeyCheck | None) -> MountInputs:
         return MountInputs(
             context=self.options.context, cache=self.options.mount_cache,
             secrets=self.options.secrets, notice=self.reporter.info,
-            stage_root=lambda name: self.staged(name).rootfs.root)
+            stage_root=lambda name: self.staged(name).rootfs.root, key_check=key_check,
+            written=tuple(p for p in (self.options.log_path, None if self.options.mount_cache
+                                      is None else self.options.mount_cache.root.parent)
+                          if p is not None))
+
+    def _key_check(self, stage: Stage, number: int) -> KeyCheck | None:
+        """For a cached RUN: its key, recomputed over what its context binds show, must be
+        the one it was planned with, or storing the step under that key would hand what
+        it made to the next build of content it never saw."""
+        step, cache = stage.steps[number], self.options.cache
+        run = step.instruction
+        parent = stage.steps[number - 1].key if number else None
+        if cache is None or step.key is None or parent is None or not isinstance(run, Run):
+            return None
+        stat_cache = cache.store.stat_cache(self.options.context.root)
+
+        def holds(shown: Mapping[int, str]) -> bool:
+            inputs = run_inputs(run, context=self.options.context, epoch=self.options.epoch,
+                                stat_cache=stat_cache, shown=shown,
+                                stage_key=lambda name: self.plan.stage_named(name).steps[-1].key)
+            return inputs is not None and step_key(parent, run, inputs) == step.key
+
+        return KeyCheck(stat_cache=stat_cache, holds=holds)
 
 
 _NO_LOCK = contextlib.nullcontext()

@@ -1,9 +1,10 @@
 """RUN --mount (execute stage): from the instruction's mounts to what the sandbox mounts.
 
-Bind sources are resolved as COPY resolves its sources (never out of the context, the
-ignore file's exclusions hidden under empty mounts) or inside a stage's rootfs with chroot
-semantics; cache directories are taken from the mount cache and locked for the step;
-secrets are read once into sealed memfds. Everything is released when the step ends.
+Bind sources are resolved as COPY resolves its sources (never out of the context) and shown
+as the listing taken now, without what the ignore file excludes (acbuild.build.bindview),
+or inside a stage's rootfs with chroot semantics; cache directories are taken from the
+mount cache and locked for the step; secrets are read once into sealed memfds. Everything
+is released when the step ends.
 """
 
 from __future__ import annotations
@@ -18,16 +19,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from acbuild.acfile.context import (
-    IGNORE_FILE,
-    BuildContext,
-    ContextSource,
-    has_glob,
-    special_kind,
-)
+from acbuild.acfile.context import IGNORE_FILE, BuildContext, ContextSource, has_glob
 from acbuild.acfile.instructions import Run, RunMount
 from acbuild.acfile.runmount import SECRETS_DIR
+from acbuild.build.bindview import ContextView, check_budget, context_view
 from acbuild.cache.mountcache import MountCache, Owner
+from acbuild.cache.statcache import StatCache
 from acbuild.errors import AcbuildError, BuildError
 from acbuild.fs.beneath import ESCAPES, open_beneath
 from acbuild.fs.securepath import PathError, relpath_in, safe_join
@@ -36,7 +33,6 @@ from acbuild.sandbox.sandbox import SecretFile, TreeMount
 from acbuild.sandbox.sandbox_init import MAX_SECRETS_BYTES
 
 MAX_SECRET = 1 << 20  # bytes of one secret (BuildKit allows 500 KiB)
-MAX_MASKS = 1000  # excluded entries one bind may hide
 MIN_REDACTED = 4  # shorter lines of a secret are too common to hide from the output
 
 
@@ -49,6 +45,20 @@ class MountInputs:
     secrets: Mapping[str, Path]  # --secret id=ID,src=FILE
     stage_root: Callable[[str], Path]  # a stage's rootfs by name (built when asked)
     notice: Callable[[str], None] = lambda message: None  # e.g. waiting for a lock
+    key_check: KeyCheck | None = None  # a cached step's: its key must cover what it shows
+    # What the build itself writes to while steps run (its log file, its cache directory):
+    # a bind must not show one, or every step would see the context change under it.
+    written: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyCheck:
+    """How a step with a cache key checks, before it runs, that the key hashed what its
+    context binds show: ``holds`` gets their digests, by the mount's position in the RUN
+    (statcache.run_inputs ``shown``)."""
+
+    stat_cache: StatCache
+    holds: Callable[[Mapping[int, str]], bool]
 
 
 @contextlib.contextmanager
@@ -59,12 +69,13 @@ def prepared(instruction: Run, ctx: RunContext, inputs: MountInputs) -> Iterator
         return
     with contextlib.ExitStack() as stack:
         mounts: list[TreeMount] = []
-        after: list[Callable[[], None]] = []  # checks once the step ran
+        views: dict[int, ContextView] = {}  # by the mount's position in the instruction
         secrets: list[SecretFile] = []
         redact: set[str] = set()
         # Cache locks are taken in one order, by id, in every step of every build: two
         # steps each holding one the other waits for cannot happen.
-        for mount in sorted(instruction.mounts, key=lambda m: (m.kind != "cache", m.cache_id)):
+        for index, mount in sorted(enumerate(instruction.mounts),
+                                   key=lambda m: (m[1].kind != "cache", m[1].cache_id)):
             try:
                 if mount.kind == "secret":
                     found = _secret(mount, inputs, instruction, ctx, stack)
@@ -75,22 +86,55 @@ def prepared(instruction: Run, ctx: RunContext, inputs: MountInputs) -> Iterator
                 target = _target(ctx.rootfs.root, mount.target)
                 if mount.kind == "cache":
                     mounts.append(_cache(mount, target, inputs, instruction, ctx, stack))
+                elif mount.from_stage is not None:
+                    mounts.append(_stage_bind(mount, target, inputs))
                 else:
-                    mounts.append(_bind(mount, target, inputs, after))
+                    views[index] = _context_bind(mount, target, inputs.context,
+                                                 inputs.written)
+                    mounts.append(views[index].mount)
             except AcbuildError as e:
                 e.span = e.span or instruction.span
                 raise
         if sum(os.fstat(x.fd).st_size for x in secrets) > MAX_SECRETS_BYTES:
             raise BuildError(f"the secrets of one RUN take more than "
                              f"{MAX_SECRETS_BYTES >> 20} MiB", span=instruction.span)
-        yield dataclasses.replace(ctx, mounts=tuple(mounts), secrets=tuple(secrets),
-                                  redact=tuple(sorted(redact, key=len, reverse=True)))
+        keyed: dict[int, dict[str, str]] = {}  # a cached step's: the file digests it keyed
         try:
-            for check in after:
-                check()
+            if views:
+                check_budget(list(views.values()))
+                keyed = _check_key(views, inputs)
         except AcbuildError as e:
             e.span = e.span or instruction.span
             raise
+        yield dataclasses.replace(ctx, mounts=tuple(mounts), secrets=tuple(secrets),
+                                  redact=tuple(sorted(redact, key=len, reverse=True)))
+        try:
+            for index, view in views.items():
+                view.check_unchanged(inputs.context, keyed.get(index), None if
+                                     inputs.key_check is None else inputs.key_check.stat_cache)
+        except AcbuildError as e:
+            e.span = e.span or instruction.span
+            raise
+
+
+def _check_key(views: Mapping[int, ContextView],
+               inputs: MountInputs) -> dict[int, dict[str, str]]:
+    """A cached step runs only on what its key hashed: the key was taken when the build
+    planned (maybe minutes ago), the listing now. Checking the listing, rather than the
+    context once more after the step, also covers a file that came and went meanwhile.
+    Returns the file digests of each view (by the mount's position) the check used."""
+    check = inputs.key_check
+    if check is None:
+        return {}
+    keyed = {index: view.file_digests(inputs.context, check.stat_cache)
+             for index, view in views.items()}
+    check.stat_cache.save()
+    if not check.holds({index: view.digest(inputs.context, keyed[index])
+                        for index, view in views.items()}):
+        raise BuildError("the build context changed while the build used it: what this "
+                         "step's --mount=type=bind shows is not what its cache key hashed",
+                         hint="do not change the context during a build")
+    return keyed
 
 
 def _target(root: Path, target: str) -> str:
@@ -141,12 +185,9 @@ def _cache(mount: RunMount, target: str, inputs: MountInputs, instruction: Run,
 # -- bind -------------------------------------------------------------------------------------
 
 
-def _bind(mount: RunMount, target: str, inputs: MountInputs,
-          after: list[Callable[[], None]]) -> TreeMount:
+def _context_bind(mount: RunMount, target: str, context: BuildContext,
+                  written: tuple[Path, ...]) -> ContextView:
     source = (mount.source or ".").lstrip("/") or "."
-    if mount.from_stage is not None:
-        return _stage_bind(mount, source, target, inputs.stage_root(mount.from_stage))
-    context = inputs.context
     if has_glob(source):
         raise BuildError(f"RUN --mount source '{mount.source}' is a glob; name one file or "
                          "directory")
@@ -159,57 +200,38 @@ def _bind(mount: RunMount, target: str, inputs: MountInputs,
     if found.is_symlink:
         raise BuildError(f"RUN --mount source '{source}' is a symlink: name the file or "
                          "directory it points to")
-    st = context.lstat(found.rel)
-    hidden = _excluded(context, found, source) if found.is_dir else {}
-    if len(hidden) > MAX_MASKS:
-        raise BuildError(f"RUN --mount source '{source}' has {len(hidden)} entries excluded "
-                         f"by {IGNORE_FILE}; a mount hides at most {MAX_MASKS}",
-                         hint="mount a narrower source")
-    if found.is_dir:
-        after.append(lambda: _still_hidden(context, found, source, hidden))
-    return TreeMount(root=context.root, rel="" if found.rel == "." else found.rel,
-                     identity=(st.st_dev, st.st_ino), is_dir=found.is_dir, target=target,
-                     masks=tuple((rel, stat.S_ISDIR(h.st_mode)) for rel, h in hidden.items()))
+    _refuse_own(context, found, source, written)
+    try:
+        return context_view(context, found, source, target)
+    except OSError as e:  # an entry gone between listing and stat, a directory unreadable
+        where = f" ({os.fsdecode(e.filename)})" if e.filename else ""
+        raise BuildError(f"RUN --mount source '{source}': cannot list it{where}: "
+                         f"{e.strerror or e}", hint="do not change the context during a "
+                         "build") from None
 
 
-def _still_hidden(context: BuildContext, found: ContextSource, source: str,
-                  hidden: dict[str, os.stat_result]) -> None:
-    """The mount is a live view of the context: an excluded entry made (or swapped, which
-    takes the mask off it) while the step ran was visible to it. The step fails then, so
-    neither the image nor the cache gets what it may have taken."""
-    for rel, st in _excluded(context, found, source).items():
-        was = hidden.get(rel)
-        # ctime too: an inode number is reused at once after an unlink
-        if was is None or (was.st_dev, was.st_ino, was.st_ctime_ns) != \
-                (st.st_dev, st.st_ino, st.st_ctime_ns):
-            raise BuildError(f"'{rel}', which {IGNORE_FILE} excludes, appeared in the build "
-                             f"context while the step ran, where RUN --mount source "
-                             f"'{source}' showed it", hint="do not change the context during "
-                             "a build")
+def _refuse_own(context: BuildContext, found: ContextSource, source: str,
+                written: tuple[Path, ...]) -> None:
+    """A log file or cache directory of this build inside the source, not excluded: the
+    step key would hash it while the build keeps writing to it."""
+    top = context.root if found.rel == "." else context.root / found.rel
+    for path in written:
+        real = Path(os.path.realpath(path))
+        if real != top and not real.is_relative_to(top):
+            continue
+        rel = real.relative_to(context.root).as_posix()
+        if not context.is_ignored(rel, is_dir=real.is_dir()):
+            raise BuildError(f"RUN --mount source '{source}' holds '{rel}', which this build "
+                             "writes to while it runs (its log file or cache directory)",
+                             hint=f"exclude it in {IGNORE_FILE}, or put it outside the "
+                             "build context")
 
 
-def _excluded(context: BuildContext, found: ContextSource,
-              source: str) -> dict[str, os.stat_result]:
-    """What the mount must hide (entries the ignore file excludes, by path below the
-    source), refusing what it cannot hide and what COPY refuses too (FIFOs, sockets,
-    devices: a socket would let the RUN talk to a host service)."""
-    hidden: dict[str, os.stat_result] = {}
-    for rel, st, ignored in context.walk_all(found):
-        kind = special_kind(st.st_mode)
-        if ignored and (kind or stat.S_ISLNK(st.st_mode)):
-            raise BuildError(f"RUN --mount source '{source}' holds '{rel}', excluded by "
-                             f"{IGNORE_FILE}, which is a {kind or 'symlink'} a mount cannot "
-                             "hide", hint="remove it, or mount a directory without it")
-        if kind:
-            raise BuildError(f"RUN --mount source '{source}' holds '{rel}', a {kind}; only "
-                             "files, directories and symlinks can be mounted")
-        if ignored:
-            hidden[rel] = st
-    return hidden
-
-
-def _stage_bind(mount: RunMount, source: str, target: str, root: Path) -> TreeMount:
+def _stage_bind(mount: RunMount, target: str, inputs: MountInputs) -> TreeMount:
     """A path of a stage's rootfs, its symlinks resolved inside that rootfs."""
+    assert mount.from_stage is not None
+    source = (mount.source or ".").lstrip("/") or "."
+    root = inputs.stage_root(mount.from_stage)
     try:
         path = safe_join(root, source, follow_final=True)
         st = os.lstat(path)

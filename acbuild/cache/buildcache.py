@@ -16,9 +16,8 @@ from acbuild.acfile.context import BuildContext
 from acbuild.acfile.instructions import Copy, Run, Workdir
 from acbuild.cache.cache import CacheStore, CorruptTree, ImageRecord, StepRecord
 from acbuild.cache.snapshot import KnownDigests
-from acbuild.cache.statcache import base_identity, image_key, key_plan, run_inputs, step_key
+from acbuild.cache.statcache import base_identity, image_key, key_plan
 from acbuild.cache.warm import Witness
-from acbuild.errors import AcbuildError
 from acbuild.fs.staging import StagedRootfs, remove_tree
 from acbuild.image.manifest import ImageManifest, from_json_bytes, to_json_bytes
 from acbuild.plan.baseref import BaseRef
@@ -90,28 +89,6 @@ class BuildCache:
                          stat_cache=stat_cache)
         stat_cache.save()
         return keyed
-
-    def bind_key_holds(self, plan: Plan, stage: Stage, number: int, *,
-                       context: BuildContext, epoch: int) -> bool:
-        """Whether RUN step ``number`` still has the key it was planned with, now that it
-        ran: what its bind mounts show is what the key hashed. False when the context
-        changed since (an edit during a long build): storing the step, or the image, under
-        the old key would hand the new content to the next build of the old one."""
-        step = stage.steps[number]
-        run = step.instruction
-        if step.key is None or number == 0 or not isinstance(run, Run) or \
-                not any(m.kind == "bind" for m in run.mounts):
-            return True
-        parent = stage.steps[number - 1].key
-        stat_cache = self.store.stat_cache(context.root)
-        try:
-            inputs = run_inputs(run, context=context, epoch=epoch, stat_cache=stat_cache,
-                                stage_key=lambda name: plan.stage_named(name).steps[-1].key)
-        except (AcbuildError, OSError):
-            return False
-        stat_cache.save()
-        return parent is not None and inputs is not None and \
-            step_key(parent, run, inputs) == step.key
 
     @staticmethod
     def image_key(plan: Plan, *, compression: str, output_format: str,

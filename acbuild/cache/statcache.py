@@ -15,7 +15,7 @@ import os
 import posixpath
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from acbuild.acfile import instructions as ins
@@ -95,6 +95,13 @@ class StatCache:
             self._dirty = True
         return digest
 
+    def forget(self, path: str) -> None:
+        """Drop the digest remembered for the absolute ``path``: its content was found to
+        differ from it although its signature did not (a write through a shared mapping
+        changes no timestamp), so the next read must hash the file again."""
+        if self._entries.pop(path, None) is not None:
+            self._dirty = True
+
     def save(self) -> None:
         if self.path is None or not self._dirty:
             return
@@ -134,31 +141,48 @@ def sources_digest(context: BuildContext, sources: Sequence[ContextSource],
     paths, types, normalised modes, contents, link targets; not mtimes, owners or location."""
     h = hashlib.sha256()
     for source in sorted(sources, key=lambda s: s.rel):
-        frame(h, b"source", source.rel.encode())
-        _context_entry(h, cache, context, ".", source.rel, context.lstat(source.rel))
-        for rel, st in context.walk(source):
-            _context_entry(h, cache, context, rel, posixpath.join(source.rel, rel), st)
+        _source(h, cache, context, source, context.lstat(source.rel), context.walk(source))
     return "sha256:" + h.hexdigest()
 
 
+def listing_digest(context: BuildContext, source: ContextSource, top: os.stat_result,
+                   entries: Iterable[tuple[str, os.stat_result]], cache: StatCache) -> str:
+    """``sources_digest([source])`` over a listing taken before: ``top`` (the source's
+    lstat) and ``entries`` (what ``context.walk(source)`` gave), as a RUN --mount shows it."""
+    h = hashlib.sha256()
+    _source(h, cache, context, source, top, entries)
+    return "sha256:" + h.hexdigest()
+
+
+def _source(h: hashlib._Hash, cache: StatCache, context: BuildContext, source: ContextSource,
+            top: os.stat_result, entries: Iterable[tuple[str, os.stat_result]]) -> None:
+    frame(h, b"source", source.rel.encode())
+    # Absolute paths as plain strings, normal already (the stat cache's keys): no pathlib
+    # per entry, which was most of the cost of a context of many small files.
+    here = os.fspath(context.root) + ("" if source.rel == "." else "/" + source.rel)
+    _context_entry(h, cache, context, ".", source.rel, here, top)
+    for rel, st in entries:
+        _context_entry(h, cache, context, rel, posixpath.join(source.rel, rel),
+                       f"{here}/{rel}", st)
+
+
 def _context_entry(h: hashlib._Hash, cache: StatCache, context: BuildContext, rel: str,
-                   where: str, st: os.stat_result) -> None:
-    """``_entry`` for a context file: read through the context's descriptors, so what is
-    hashed is the inode the scan saw, never something a swapped symlink points at."""
-    mode = b"%o" % normalised_mode(st.st_mode)
+                   where: str, path: str, st: os.stat_result) -> None:
+    """``_entry`` for a context file (``where`` in the context, ``path`` absolute): read
+    through the context's descriptors, so what is hashed is the inode the scan saw, never
+    something a swapped symlink points at."""
     name = os.fsencode(rel)
     if stat.S_ISLNK(st.st_mode):
         if cache.witness is not None:
-            cache.witness.seen(context.root / where, st)
+            cache.witness.seen(path, st)
         frame(h, b"symlink", name, os.fsencode(context.readlink(where, st)), b"")
     elif stat.S_ISREG(st.st_mode):
         if cache.witness is not None:
-            cache.witness.seen(context.root / where, st)
-        digest = cache.file_digest(context.root / where, st,
-                                   opener=lambda: context.open_file(where, st))
-        frame(h, b"file", name, mode, b"", digest.encode())
+            cache.witness.seen(path, st)
+        digest = cache.file_digest(path, st, opener=lambda: context.open_file(where, st))
+        frame(h, b"file", name, b"%o" % normalised_mode(st.st_mode), b"", digest.encode())
     else:
-        _entry(h, cache, rel, context.root / where, st, exact=False)
+        _entry(h, cache, rel, path, st, exact=False)
 
 
 def witness_path(witness: Witness, context: BuildContext, pattern: str,
@@ -321,13 +345,15 @@ class _Keyer:
 
 
 def run_inputs(instruction: ins.Run, *, context: BuildContext, epoch: int,
-               stat_cache: StatCache, stage_key: Callable[[str], str | None]) -> bytes | None:
+               stat_cache: StatCache, stage_key: Callable[[str], str | None],
+               shown: Mapping[int, str] | None = None) -> bytes | None:
     """What a RUN reads from outside the chain: the epoch, and each bind mount's content:
     the digest COPY would take of the same context path (ignored files left out, as the
-    mount hides them), or the key of its ``from=`` stage. Raises when a source cannot be
-    read; None when a stage has no key."""
+    mount leaves them out), or the key of its ``from=`` stage. ``shown``: the digests of
+    the context binds, by the mount's position, as the step lists them (the context is
+    not read then). Raises when a source cannot be read; None when a stage has no key."""
     binds: list[bytes] = []
-    for mount in instruction.mounts:
+    for index, mount in enumerate(instruction.mounts):
         if mount.kind != "bind":
             continue
         if mount.from_stage is not None:
@@ -335,6 +361,9 @@ def run_inputs(instruction: ins.Run, *, context: BuildContext, epoch: int,
             if key is None:
                 return None
             binds.append(b"stage:" + key.encode())
+            continue
+        if shown is not None:
+            binds.append(shown[index].encode())
             continue
         found = context.resolve((mount.source or ".").lstrip("/") or ".")
         binds.append(sources_digest(context, found, stat_cache).encode())

@@ -57,6 +57,21 @@ class Bind:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ViewEntry:
+    """One entry of a TreeMount's ``view``, in the order of a depth-first walk (a directory
+    before what it holds). The helper mounts a fresh tmpfs at the target, makes each
+    directory and symlink there itself, and binds each file there from the inode
+    ``identity`` names (reopened below the tree following no symlink, as the tree itself),
+    then makes all of it read-only. So nothing made in the tree afterwards appears in the
+    mount; a file changed in place does show the change (the caller checks for that)."""
+
+    rel: str
+    kind: Literal["dir", "file", "symlink"]
+    identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of a directory or file
+    link: str = ""  # a symlink's target, as listed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TreeMount:
     """``rel`` of a tree the caller checked (the build context, a stage's rootfs, a cache
     directory) mounted at ``target`` (relative to the rootfs, symlink-free). The helper
@@ -69,9 +84,9 @@ class TreeMount:
     is_dir: bool
     target: str
     read_only: bool = True
-    # Below ``target``: (path, is_dir) hidden, directories under an empty read-only tmpfs,
-    # files under /dev/null (what the context's ignore file excludes).
-    masks: tuple[tuple[str, bool], ...] = ()
+    # A directory shown as this listing only (``rel`` of each entry below the tree's
+    # ``rel``), not as a live view: see ViewEntry. None: the directory itself is mounted.
+    view: tuple[ViewEntry, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -291,7 +306,9 @@ def _prepare_mount(root_fd: int, mount: TreeMount,
     _make(root_fd, rel, kind, created)
     return {"root": str(mount.root), "rel": mount.rel, "dev": mount.identity[0],
             "ino": mount.identity[1], "kind": kind, "target": rel,
-            "read_only": mount.read_only, "masks": [list(m) for m in mount.masks]}
+            "read_only": mount.read_only,
+            "view": None if mount.view is None else
+            [[e.rel, e.kind, *e.identity, e.link] for e in mount.view]}
 
 
 def _remove_created(rootfs: Path, created: list[tuple[str, bool]]) -> None:

@@ -54,6 +54,10 @@ MS_PRIVATE = 0x40000
 MS_RELATIME = 0x200000
 MS_STRICTATIME = 0x1000000
 MNT_DETACH = 0x2
+# mount_setattr(2): the same syscall number on every architecture (new since Linux 5.1)
+SYS_MOUNT_SETATTR = 442
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
+AT_EMPTY_PATH, AT_RECURSIVE = 0x1000, 0x8000
 
 PR_SET_PDEATHSIG = 1
 PR_SET_SECCOMP = 22
@@ -283,10 +287,10 @@ def _tree_mount(root_fd: int, m: dict[str, Any]) -> None:
     finally:
         os.close(tree)
     try:
-        st = os.fstat(source)
-        if (st.st_dev, st.st_ino) != (m["dev"], m["ino"]):
-            raise OSError(errno.ESTALE, f"mount source /{m['rel']} changed since it was "
-                          "checked")
+        _check_identity(source, m["rel"], m["dev"], m["ino"])
+        if m.get("view") is not None:
+            _view_mount(root_fd, m, source)
+            return
         target = open_beneath(root_fd, m["target"], kind=m["kind"])
         try:
             _mount(_fd_path(source), _fd_path(target), None, MS_BIND)
@@ -299,23 +303,126 @@ def _tree_mount(root_fd: int, m: dict[str, Any]) -> None:
         _remount(_fd_path(fd), MS_NOSUID | MS_NODEV | (MS_RDONLY if m["read_only"] else 0))
     finally:
         os.close(fd)
-    for rel, is_dir in m.get("masks", ()):
-        where, kind = f"{m['target']}/{rel}", "dir" if is_dir else "file"
-        fd = open_beneath(root_fd, where, kind=kind)
+
+
+def _check_identity(fd: int, rel: str, dev: int, ino: int) -> None:
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (dev, ino):
+        raise OSError(errno.ESTALE, f"mount source /{rel} changed since it was checked")
+
+
+def _view_mount(root_fd: int, m: dict[str, Any], source: int) -> None:
+    """The listing ``m["view"]`` of the directory ``source`` (sandbox.ViewEntry): a fresh
+    tmpfs at the target with the listed directories and symlinks made here, each listed
+    file bound from the very inode listed, then all of it read-only. What the tree gains
+    later is not in it, whatever its name."""
+    target = open_beneath(root_fd, m["target"], kind="dir")
+    try:
+        _mount("tmpfs", _fd_path(target), "tmpfs", MS_NOSUID | MS_NODEV, "mode=700")
+    finally:
+        os.close(target)
+    top = open_beneath(root_fd, m["target"], kind="dir")  # the tmpfs now
+    files: list[str] = []
+    # The listing is depth-first: the directories open are the chain to the current entry.
+    chain: list[tuple[str, int, int]] = [("", source, top)]
+    try:
+        for rel, kind, dev, ino, link in m["view"]:
+            parent, _, name = rel.rpartition("/")
+            while chain[-1][0] != parent:
+                if len(chain) == 1:
+                    raise OSError(errno.EINVAL, f"mount listing out of order at /{rel}")
+                _close_view_dir(*chain.pop()[1:])
+            _, src_dir, dst_dir = chain[-1]
+            if kind == "symlink":
+                os.symlink(link, name, dir_fd=dst_dir)
+                continue
+            flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                fd = os.open(name, flags | (os.O_DIRECTORY if kind == "dir" else 0),
+                             dir_fd=src_dir)
+            except OSError as e:
+                raise OSError(e.errno, f"mount source {_below(m['rel'], rel)} changed since "
+                              f"it was checked ({e.strerror})") from None
+            try:
+                st = os.fstat(fd)
+                if st.st_ino != ino or st.st_dev != dev:
+                    _check_identity(fd, _below(m["rel"], rel)[1:], dev, ino)
+                if kind == "dir":
+                    os.mkdir(name, 0o700, dir_fd=dst_dir)
+                    made = os.open(name, flags | os.O_DIRECTORY, dir_fd=dst_dir)
+                    chain.append((rel, fd, made))
+                    fd = -1
+                else:
+                    os.mknod(name, stat.S_IFREG | 0o600, dir_fd=dst_dir)
+                    _bind_file(fd, dst_dir, name)
+                    files.append(rel)
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+        while len(chain) > 1:
+            _close_view_dir(*chain.pop()[1:])
+        _finish_view_dir(source, top)
+        _read_only_tree(top, files)
+    finally:
+        for _, src_dir, dst_dir in chain[1:]:
+            os.close(src_dir)
+            os.close(dst_dir)
+        os.close(top)
+
+
+def _below(rel: str, entry: str) -> str:
+    return f"/{rel}/{entry}" if rel else f"/{entry}"
+
+
+def _bind_file(source: int, dir_fd: int, name: str) -> None:
+    # _mount without its per-call conveniences: a view binds one file per listed file.
+    target = b"/proc/self/fd/%d/" % dir_fd + os.fsencode(name)
+    if _LIBC.mount(b"/proc/self/fd/%d" % source, target, None, ctypes.c_ulong(MS_BIND),
+                   None) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {os.fsdecode(target)}: {os.strerror(err)}")
+
+
+def _close_view_dir(source: int, made: int) -> None:
+    """A directory of a view is complete: it takes its source's owner and mode (after
+    everything in it was made, so a mode without write permission is no obstacle)."""
+    try:
+        _finish_view_dir(source, made)
+    finally:
+        os.close(source)
+        os.close(made)
+
+
+def _finish_view_dir(source: int, made: int) -> None:
+    st = os.fstat(source)
+    with contextlib.suppress(OSError):  # an owner the rootless namespace does not map
+        os.chown(_fd_path(made), st.st_uid, st.st_gid)
+    os.chmod(_fd_path(made), stat.S_IMODE(st.st_mode))
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = (("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64))
+
+
+def _read_only_tree(top: int, files: list[str]) -> None:
+    """The mount at ``top`` and every mount below it read-only, nosuid, nodev: one
+    mount_setattr(2) (Linux 5.12), else a remount of each."""
+    attr = _MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, 0, 0)
+    if _LIBC.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(top), b"",
+                     ctypes.c_uint(AT_EMPTY_PATH | AT_RECURSIVE), ctypes.byref(attr),
+                     ctypes.c_size_t(ctypes.sizeof(attr))) == 0:
+        return
+    err = ctypes.get_errno()
+    if err != errno.ENOSYS:
+        raise OSError(err, f"mount_setattr: {os.strerror(err)}")
+    for rel in files:
+        fd = open_beneath(top, rel, kind="file")
         try:
-            if is_dir:
-                _mount("tmpfs", _fd_path(fd), "tmpfs",
-                       MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=755")
-            else:
-                _mount("/dev/null", _fd_path(fd), None, MS_BIND)
+            _remount(_fd_path(fd), MS_RDONLY | MS_NOSUID | MS_NODEV)
         finally:
             os.close(fd)
-        if not is_dir:  # re-opened: the bind now sits on top of the path
-            fd = os.open(_fd_path(root_fd) + "/" + where, os.O_PATH | os.O_CLOEXEC)
-            try:
-                _remount(_fd_path(fd), MS_RDONLY | MS_NOSUID | MS_NOEXEC)
-            finally:
-                os.close(fd)
+    _remount(_fd_path(top), MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
 def _mount_secrets(root_fd: int, secrets: list[dict[str, Any]]) -> None:

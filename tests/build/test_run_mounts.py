@@ -142,17 +142,19 @@ def test_bind_content_is_part_of_the_step_key(ctx: Path, tmp_path: Path) -> None
     assert output(build(tmp_path, acfile))[0] == "two"
 
 
-def test_bind_hides_what_the_ignore_file_excludes(ctx: Path, tmp_path: Path) -> None:
+def test_bind_leaves_out_what_the_ignore_file_excludes(ctx: Path, tmp_path: Path) -> None:
     (ctx / "src/node_modules/pkg").mkdir(parents=True)
     (ctx / "src/node_modules/pkg/index.js").write_text("secret module\n")
     (ctx / "src/a").write_text("one\n")
     (ctx / "src/.env").write_text("API_KEY=abc\n")
-    (ctx / ".acignore").write_text("node_modules/\n.env\n")
+    (ctx / "src/.env.sock").symlink_to("/etc/passwd")  # excluded: absent, not refused
+    os.mkfifo(ctx / "src/node_modules/fifo")
+    (ctx / ".acignore").write_text("node_modules/\n.env*\n")
     acfile = write(ctx, "--mount=type=bind,source=src,target=/src /bin/sh -c "
-                   "'ls -A /src/node_modules | wc -l; wc -c < /src/.env; cat /src/a'")
+                   "'ls -A /src; cat /src/a'")
     got = build(tmp_path, acfile)
     assert got.code == 0, got.stderr
-    assert output(got) == ["0", "0", "one"]
+    assert output(got) == ["a", "one"]
     (ctx / "src/node_modules/pkg/index.js").write_text("changed\n")
     assert output(build(tmp_path, acfile)) == []  # ignored: no part of the key either
 
@@ -280,75 +282,6 @@ def test_a_target_through_a_symlink_lands_inside_the_image(ctx: Path, tmp_path: 
     assert got.code == 0, got.stderr
     assert output(got) == ["f"]
     assert "rootfs/usr/lib/cache/f" not in names(tmp_path / "out.aci")
-
-
-def test_a_source_edited_while_the_step_runs_poisons_no_cache(ctx: Path, tmp_path: Path) -> None:
-    """The step read 'one' under a key over 'one'; the file then changes in place (same
-    size, mtime put back): the build fails instead of storing the step and the image."""
-    (ctx / "src").mkdir()
-    (ctx / "src/a").write_text("one\n")
-    acfile = write(ctx, "--mount=type=bind,source=src,target=/src /bin/sh -c "
-                   "'cat /src/a; sleep 4; cat /src/a > /copied'")
-    env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / "cache"),
-           "XDG_STATE_HOME": str(tmp_path / "state")}
-    proc = subprocess.Popen([sys.executable, "-m", "acbuild", "build", "--allow-path",
-                             str(tmp_path), str(acfile), "-o", str(tmp_path / "out.aci"),
-                             "--progress", "plain"], env=env, stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True)
-    assert proc.stderr is not None
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if line.endswith("| one\n"):
-            st = os.stat(ctx / "src/a")
-            (ctx / "src/a").write_text("two\n")
-            os.utime(ctx / "src/a", ns=(st.st_atime_ns, st.st_mtime_ns))
-            break
-    rest = proc.stderr.read()
-    proc.stderr.close()
-    assert proc.wait(60) == 1, "".join(seen) + rest
-    assert "the build context changed while the build used it" in rest
-    assert not (tmp_path / "out.aci").exists()
-    (ctx / "src/a").write_text("one\n")  # back to what the key hashed: nothing cached
-    again = build(tmp_path, acfile)
-    assert again.code == 0, again.stderr
-    assert output(again) == ["one"]
-
-
-@pytest.mark.parametrize("cache", [(), ("--no-cache",)])
-def test_an_excluded_file_made_while_the_step_runs_fails_it(ctx: Path, tmp_path: Path,
-                                                            cache: tuple[str, ...]) -> None:
-    """The red team's RM-3: the bind is a live view; a file .acignore excludes that appears
-    during the step (or an excluded file swapped, which takes its mask off) was visible to
-    it, so the step fails and neither the image nor the cache keeps what it took."""
-    (ctx / ".acignore").write_text("*.env\n")
-    (ctx / "old.env").write_text("hidden\n")
-    acfile = write(ctx, "--mount=type=bind,target=/ctx /bin/sh -c "
-                   "'echo started; sleep 4; cat /ctx/*.env > /leak 2>&1; true'")
-    env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / "cache"),
-           "XDG_STATE_HOME": str(tmp_path / "state")}
-    for change in ("new", "swap"):
-        proc = subprocess.Popen([sys.executable, "-m", "acbuild", "build", "--allow-path",
-                                 str(tmp_path), str(acfile), "-o", str(tmp_path / "out.aci"),
-                                 "--progress", "plain", *cache], env=env,
-                                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if line.endswith("| started\n"):
-                if change == "new":
-                    (ctx / "late.env").write_text("LATE-IGNORED-SECRET\n")
-                else:
-                    os.unlink(ctx / "old.env")
-                    (ctx / "old.env").write_text("SWAPPED-SECRET\n")
-                break
-        rest = proc.stderr.read()
-        proc.stderr.close()
-        assert proc.wait(60) == 1, rest
-        shown = "late.env" if change == "new" else "old.env"
-        assert f"'{shown}', which .acignore excludes, appeared in the build context while " \
-               "the step ran" in rest
-        assert not (tmp_path / "out.aci").exists()
-        (ctx / "late.env").unlink(missing_ok=True)
 
 
 def test_locked_caches_taken_in_opposite_orders_do_not_deadlock(ctx: Path,

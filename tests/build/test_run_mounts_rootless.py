@@ -50,3 +50,24 @@ def test_cache_and_secret_mounts_rootless(nobody_env: tuple[str, dict[str, str]]
     assert refused.returncode == 1
     assert ("RUN --mount=type=cache owned by 1000:0 needs a build as root: a rootless build "
             "has only uid 0 inside") in refused.stderr
+
+
+def test_context_bind_rootless(nobody_env: tuple[str, dict[str, str]],  # noqa: F811
+                               shared_dir: Path) -> None:  # noqa: F811
+    """The view of the context in a user namespace that maps only the builder: its files
+    and directories show as uid 0's, read-only, what .acignore excludes absent."""
+    make_busybox_rootfs(shared_dir / "rootfs")
+    (shared_dir / "ctx/src/sub").mkdir(parents=True)
+    (shared_dir / "ctx/src/sub/f").write_text("rootless view\n")
+    (shared_dir / "ctx/src/sub").chmod(0o750)
+    (shared_dir / "ctx/src/.env").write_text("hidden\n")
+    (shared_dir / "ctx/.acignore").write_text(".env\n")
+    for path in (shared_dir, *shared_dir.rglob("*")):
+        os.lchown(path, 65534, 65534)
+    got = build_as_nobody(nobody_env, shared_dir,
+                          "--mount=type=bind,source=src,target=/s /bin/sh -c "
+                          "'cat /s/sub/f; ls -A /s; stat -c %u:%a /s/sub /s/sub/f; "
+                          "touch /s/new 2>/dev/null || echo ro'")
+    assert got.returncode == 0, got.stderr
+    lines = [x.split("| ", 1)[1] for x in got.stderr.splitlines() if "] | " in x]
+    assert lines == ["rootless view", "sub", "0:750", "0:644", "ro"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from acbuild.errors import SandboxError
-from acbuild.sandbox.sandbox import SecretFile, TreeMount
+from acbuild.sandbox.sandbox import SecretFile, TreeMount, ViewEntry
 from tests.support.busybox import make_busybox_rootfs
 from tests.support.sandboxrun import needs_sandbox, run
 
@@ -110,3 +110,53 @@ def test_a_secret_is_redacted_across_every_cut(before: int, chunk: int) -> None:
     assert "hunter2" not in joined and "0192837465" not in joined and "TOKEN" not in joined
     assert joined == "x" * before + "***" + "y" * 5 + "***"
     assert all(len(p) <= 8192 for p in pieces)
+
+
+def view(path: Path) -> TreeMount:
+    """A TreeMount view of ``path`` as bindview lists one (depth-first, names sorted)."""
+    entries = []
+    for rel in sorted((p.relative_to(path).as_posix() for p in path.rglob("*")),
+                      key=lambda r: r.split("/")):
+        st = os.lstat(path / rel)
+        kind = "symlink" if os.path.islink(path / rel) else \
+            "dir" if (path / rel).is_dir() else "file"
+        entries.append(ViewEntry(rel=rel, kind=kind, identity=(st.st_dev, st.st_ino),
+                                 link=os.readlink(path / rel) if kind == "symlink" else ""))
+    return tree(path, view=tuple(entries))
+
+
+def test_a_view_holds_only_what_was_listed(root: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d/f").write_text("listed\n")
+    (src / "l").symlink_to("d/f")
+    listed = view(src)
+    (src / "late").write_text("made after the listing\n")
+    (src / "d/late").mkdir()
+    result, lines = run(root, "find /m | sort; cat /m/l; grep ' /m' /proc/mounts | "
+                        "cut -d' ' -f2,4 | sed 's/,.*//' | sort -u", mounts=(listed,))
+    assert result.exit_status == 0, lines
+    assert lines == ["/m", "/m/d", "/m/d/f", "/m/l", "listed", "/m ro", "/m/d/f ro"]
+
+
+@pytest.mark.parametrize("swap", ["file", "dir", "symlink"])
+def test_a_view_entry_swapped_after_the_listing_is_not_mounted(root: Path, tmp_path: Path,
+                                                               swap: str) -> None:
+    """Between the listing and the mount, a listed file or directory replaced (by another
+    inode of the same name, or a symlink to the host's /etc): the step does not start."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d/f").write_text("listed\n")
+    listed = view(src)
+    if swap == "file":
+        os.rename(src / "d/f", src / "d/old")
+        (src / "d/f").write_text("other\n")
+    elif swap == "dir":
+        os.rename(src / "d", src / "old")
+        (src / "d").mkdir()
+        (src / "d/f").write_text("other\n")
+    else:
+        os.rename(src / "d", src / "old")
+        (src / "d").symlink_to("/etc")
+    with pytest.raises(SandboxError, match=r"mount source /d.* changed since it was checked"):
+        run(root, "true", mounts=(listed,))
