@@ -16,7 +16,7 @@ from typing import Literal
 from acbuild.acfile.instructions import Dependency, Run
 from acbuild.build import manifest_edit
 from acbuild.build.registrypull import RegistryBases
-from acbuild.errors import AcbuildError
+from acbuild.errors import AcbuildError, BuildError
 from acbuild.fs.staging import StagedRootfs
 from acbuild.image.aci import image_id, unpack_base, unpack_image
 from acbuild.image.manifest import ImageManifest, default_manifest
@@ -124,3 +124,22 @@ def pin_dependencies(plan: Plan, loader: BaseLoader, reporter: Reporter) -> Plan
         stages.append(dataclasses.replace(stage, steps=steps))
     target = next(s for s in stages if s.index == plan.target.index)
     return dataclasses.replace(plan, stages=tuple(stages), target=target)
+
+
+def check_output_place(plan: Plan, output: Path | None) -> None:
+    """The image must not be written inside a base directory (the current directory,
+    without -o): its files are read while the image is written, and the next build's base
+    would hold the last image. Said before any work, naming both paths."""
+    target = (output or Path(".")).absolute()
+    target = target.parent.resolve() / target.name if output is not None else target.resolve()
+    for stage in plan.stages:
+        base = stage.base
+        if not isinstance(base, LocalImage) or not base.path.is_dir():
+            continue
+        root = base.path.resolve()
+        if target == root or root in target.parents:
+            where = f"the output {output}" if output is not None else \
+                "the output (the current directory, without -o)"
+            raise BuildError(f"{where} is inside the base directory {base.path}",
+                             span=stage.begin.span,
+                             hint="write the image outside the base directory (-o PATH)")

@@ -22,7 +22,7 @@ from acbuild.acfile.instructions import Isolator, Run, Sign
 from acbuild.acfile.parse import parse_partly
 from acbuild.acfile.render import load_variables, render, unused_variables
 from acbuild.build import manifest_edit
-from acbuild.build.bases import BaseLoader, pin_dependencies
+from acbuild.build.bases import BaseLoader, check_output_place, pin_dependencies
 from acbuild.build.execute import ExecuteOptions, execute, reported_step, step_info
 from acbuild.build.noop import WarningCounter, check_plan, remember, witness_invocation
 from acbuild.build.rktcompat import rkt_warnings
@@ -159,6 +159,7 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
     signing = bool(plan.sign_keys and options.sign and options.signer is not None)
     # Writing the image, and signing it, are steps of their own after the last instruction.
     plan = _with_total(plan, plan.total_steps + 1 + signing)
+    check_output_place(plan, options.output)
     if options.output is not None and options.output_format != "oci":
         check_writable(options.output)  # before step 1, not after the work
     epoch = build_epoch(options.environ)

@@ -30,9 +30,10 @@ from acbuild.acfile.context import (
 )
 from acbuild.acfile.instructions import Copy
 from acbuild.errors import AcbuildError, BuildError, Span
+from acbuild.fs.keyed import signature
 from acbuild.fs.securepath import ensure_dirs, relpath_in, safe_join
 from acbuild.fs.staging import DeviceNode, FileRef, StagedRootfs
-from acbuild.image.unstaged import materialize, prepare_path, ref_signature
+from acbuild.image.unstaged import context_changed, materialize, prepare_path
 from acbuild.image.users import MAX_ID, numeric_id, resolve_group, resolve_user
 from acbuild.report import NullReporter, Reporter
 
@@ -348,15 +349,27 @@ class _Writer:
         if (not self.leave_refs or entry.kind != "file" or entry.context_rel is None
                 or seen is None):
             return False
+        self._keyed(entry, seen)
         self.rootfs.devices.pop(rel, None)
         self.rootfs.owners.pop(rel, None)
         self.rootfs.refs[rel] = FileRef(
             root=os.fspath(self.context.root), root_id=self.context.root_id,
-            rel=entry.context_rel, seen=ref_signature(seen),
+            rel=entry.context_rel, seen=signature(seen),
             mode=entry.mode, uid=entry.owner[0], gid=entry.owner[1], mtime=int(time.time()),
             span=self.span)
         self.done += seen.st_size
         return True
+
+    def _keyed(self, entry: _Entry, st: os.stat_result) -> None:
+        """A context file, as the COPY opened it: the one its scan saw and, with cache
+        keys, the one the key read (a file edited since fails the COPY: acbuild.fs.keyed)."""
+        if entry.context_rel is None or entry.seen is None:
+            return
+        keyed = self.rootfs.keyed
+        if signature(st) != signature(entry.seen) or (
+                keyed is not None and
+                not keyed.holds(os.fspath(self.context.root / entry.context_rel), st)):
+            raise context_changed(entry.context_rel, self.span)
 
     def _make_device(self, node: DeviceNode, rel: str, path: str) -> None:
         if node.kind == "fifo" and self.rootfs.privileged:
@@ -375,10 +388,14 @@ class _Writer:
             if not stat.S_ISREG(st.st_mode):
                 raise BuildError(f"COPY source '{entry.path}' changed while copying",
                                  span=self.span)
+            if entry.seen is not None:
+                self._keyed(entry, st)
             dst = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                           | os.O_CLOEXEC, 0o600)
             try:
                 self._stream(src, dst, st.st_size)
+                if entry.context_rel is not None and signature(os.fstat(src)) != signature(st):
+                    raise context_changed(entry.context_rel, self.span)  # while read
                 self.rootfs.devices.pop(rel, None)
                 # Owner before mode: chown clears setuid and setgid bits.
                 if self.rootfs.privileged:

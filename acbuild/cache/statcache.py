@@ -29,6 +29,7 @@ from acbuild.acfile.context import (
 from acbuild.cache.warm import FORMAT_VERSION, Witness, settled
 from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
+from acbuild.fs.keyed import KeyedFiles, listing_signature
 from acbuild.image.manifest import host_os_arch
 from acbuild.plan.baseref import (
     BaseRef,
@@ -55,11 +56,13 @@ def frame(h: hashlib._Hash, *fields: bytes) -> None:
 class StatCache:
     """Maps absolute path -> (dev, ino, size, mtime_ns, ctime_ns, sha256 hex).
 
-    ``witness``, when set, is told every entry a key reads (the warm record's inputs)."""
+    ``witness``, when set, is told every entry a key reads (the warm record's inputs);
+    ``keyed`` gets the signature of every entry of a base tree or the context a key read."""
 
     def __init__(self, path: Path | None, witness: Witness | None = None) -> None:
         self.path = path
         self.witness = witness
+        self.keyed = KeyedFiles()
         self._entries: dict[str, list[object]] = {}
         self._dirty = False
         if path is not None:
@@ -116,6 +119,7 @@ def _entry(h: hashlib._Hash, cache: StatCache, rel: str, path: Path | str,
     normalised as COPY does and owners left out (a context)."""
     if cache.witness is not None:
         cache.witness.seen(path, st, follow=follow)
+    cache.keyed.record(os.fspath(path), st)
     mode = b"%o" % (stat.S_IMODE(st.st_mode) if exact else normalised_mode(st.st_mode))
     owner = b"%d:%d" % (st.st_uid, st.st_gid) if exact else b""
     name = os.fsencode(rel)
@@ -148,6 +152,8 @@ def _context_entry(h: hashlib._Hash, cache: StatCache, context: BuildContext, re
     hashed is the inode the scan saw, never something a swapped symlink points at."""
     mode = b"%o" % normalised_mode(st.st_mode)
     name = os.fsencode(rel)
+    if not stat.S_ISDIR(st.st_mode):
+        cache.keyed.record(os.fspath(context.root / where), st)
     if stat.S_ISLNK(st.st_mode):
         if cache.witness is not None:
             cache.witness.seen(context.root / where, st)
@@ -193,8 +199,17 @@ def path_digest(path: Path, cache: StatCache) -> str:
         return "sha256:" + cache.file_digest(path, st)
     h = hashlib.sha256()
     _entry(h, cache, ".", root, st, exact=True, follow=True)
+    # Each directory's listing as the key saw it: the base's copy must list the same.
+    listings: dict[str, list[tuple[str, bool, bool]]] = {"": []}
     for rel, child in scan(path, ""):
         _entry(h, cache, rel, f"{root}/{rel}", child, exact=True)
+        parent, _, name = rel.rpartition("/")
+        is_dir = stat.S_ISDIR(child.st_mode)
+        listings[parent].append((name, is_dir, stat.S_ISREG(child.st_mode)))
+        if is_dir:
+            listings[rel] = []
+    for rel, found in listings.items():
+        cache.keyed.record_listing(f"{root}/{rel}" if rel else root, listing_signature(found))
     return "sha256:" + h.hexdigest()
 
 
@@ -354,7 +369,7 @@ def key_plan(plan: Plan, *, context: BuildContext, epoch: int,
     keyer = _Keyer(plan, context, epoch, identity, stat_cache)
     stages = tuple(keyer.stage(s) for s in plan.stages)
     target = next(s for s in stages if s.index == plan.target.index)
-    return dataclasses.replace(plan, stages=stages, target=target)
+    return dataclasses.replace(plan, stages=stages, target=target, keyed=stat_cache.keyed)
 
 
 def image_key(plan: Plan, *, compression: str, output_format: str, epoch: int) -> str | None:

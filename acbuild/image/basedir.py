@@ -9,7 +9,13 @@ listed). This saves linking every file in and unlinking it again (~20 µs a file
 else needs the files as real entries of the staged tree makes them so first:
 ``prepare_path`` for a path a COPY or WORKDIR resolves, ``materialize`` for all of them (a
 cache snapshot, a COPY --from reading the stage, an OCI export). Both hardlink the base's
-files (copying where the kernel refuses), as the staged copy always did in such a stage.
+files (copying where the kernel refuses), as the staged copy always did in such a stage;
+except when cache keys read the base: they are then copied, since a hardlink changes the
+file's ctime, and with it the signature the key recorded (see acbuild.fs.keyed).
+
+Every file is opened without following a symlink and without blocking (a FIFO swapped in
+cannot hang the build), checked on the descriptor to be the one listed (and the one the
+key read), and checked again once read: a file changed meanwhile fails the build.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from acbuild.errors import ImageError
-from acbuild.fs.staging import LowerTree, StagedRootfs, listing_signature
+from acbuild.fs.keyed import listing_signature, signature
+from acbuild.fs.staging import LowerTree, StagedRootfs
 from acbuild.image.extract import RootfsWriter
 from acbuild.image.tarread import Limits
 from acbuild.report import Reporter
@@ -49,13 +56,14 @@ def copy_tree(
     """
     writer = RootfsWriter(rootfs, reporter=reporter)
     state = CopyState(writer=writer, rootfs=rootfs, limits=limits, link=link, defer=link,
-                       src=os.fsencode(src))
+                       src=os.fsencode(src), base=os.path.abspath(src))
     try:
         fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         raise ImageError(f"{src}: cannot read: {e.strerror}") from None
     dest = os.open(rootfs.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
+        state.keyed_entry("", os.fstat(fd))
         writer.root_dir(state.info("", os.fstat(fd), fd, None))
         state.dirs[""] = (_identity(os.fstat(dest)), _identity(os.fstat(fd)))
         # Every directory first, then what goes in them: on ext4, filling each directory
@@ -77,9 +85,11 @@ def copy_tree(
 def filling(rootfs: StagedRootfs, lower: LowerTree) -> Iterator[tuple[CopyState, int, int]]:
     """(copier, source root fd, staged root fd) for making lower files real: its
     ``fill(src_fd, rel_dir, dest_fd, only=name or None)``."""
-    state = CopyState(writer=RootfsWriter(rootfs), rootfs=rootfs, link=True, lower=lower,
-                       limits=Limits(max_total_bytes=lower.max_bytes),
-                       src=os.fsencode(lower.source), dirs=lower.dirs)
+    # Hardlinked, unless keys read the base: a link would change the ctime they recorded.
+    state = CopyState(writer=RootfsWriter(rootfs), rootfs=rootfs, link=rootfs.keyed is None,
+                       lower=lower, limits=Limits(max_total_bytes=lower.max_bytes),
+                       src=os.fsencode(lower.source), base=os.fspath(lower.source),
+                       dirs=lower.dirs)
     try:
         src = os.open(lower.source, _DIR_FLAGS)
     except OSError as e:
@@ -98,11 +108,19 @@ def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+def base_changed(base: str | os.PathLike[str], rel: str, what: str) -> ImageError:
+    """The one error for a base directory that is not what it was."""
+    return ImageError(f"base directory {os.fspath(base)} changed during the build: {rel!r} "
+                      f"{what}", hint="do not change a base directory while a build uses it")
+
+
 # Why os.link may refuse where a copy works: another filesystem, fs.protected_hardlinks,
 # too many links to the inode, a filesystem without hardlinks.
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP,
                       errno.EEXIST})
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a file swapped for a FIFO since it was listed must not hang the open.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 
 
 @dataclass(slots=True, kw_only=True)
@@ -114,6 +132,7 @@ class CopyState:
     defer: bool = False  # leave regular files in the source (rootfs.lower)
     lower: LowerTree | None = None  # filling the staged tree from its lower tree
     src: bytes = b""
+    base: str = ""  # the source, absolute: what the keys named its entries after
     done: int = 0
     count: int = 0
     links: dict[tuple[int, int], str] = field(default_factory=dict)
@@ -132,6 +151,10 @@ class CopyState:
                            key=lambda item: os.fsencode(item[0]))
         if self.defer and not dirs:
             self.listings[rel_dir] = listing_signature(found)
+        keyed = self.rootfs.keyed
+        if dirs and keyed is not None and self.lower is None and \
+                keyed.listing(self._path(rel_dir)) != listing_signature(found):
+            raise self._changed(rel_dir or ".", "does not hold what the cache key listed")
         for name, is_dir, is_file in found:
             rel = f"{rel_dir}/{name}" if rel_dir else name
             if is_dir == dirs:
@@ -148,6 +171,8 @@ class CopyState:
                 st = os.lstat(name, dir_fd=dir_fd)
             except FileNotFoundError:
                 continue  # vanished while we copied
+            if not stat.S_ISREG(st.st_mode):
+                self.keyed_entry(rel, st)  # a file: checked on its descriptor
             if stat.S_ISDIR(st.st_mode):
                 self.directory(dir_fd, name, rel, st, dest_fd)
             elif stat.S_ISREG(st.st_mode):
@@ -253,9 +278,36 @@ class CopyState:
             )
         if self.link and self._linked(dir_fd, name, rel, dest_fd):
             return
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+        except OSError as e:
+            raise self._changed(rel, f"cannot be opened ({e.strerror})") from None
         with os.fdopen(fd, "rb") as data:
-            self.writer.file(rel, data, self.info(rel, st, data.fileno(), None))
+            found = os.fstat(fd)
+            if signature(found) != signature(st):
+                raise self._changed(rel, "was replaced while it was copied")
+            self._keyed_file(rel, found)
+            os.set_blocking(fd, True)
+            self.writer.file(rel, data, self.info(rel, found, fd, None))
+            if signature(os.fstat(fd)) != signature(found):
+                raise self._changed(rel, "changed while it was copied")
+
+    def keyed_entry(self, rel: str, st: os.stat_result) -> None:
+        """With cache keys: ``st`` of the entry ``rel`` must be what the key read."""
+        keyed = self.rootfs.keyed
+        if keyed is not None and not keyed.holds(self._path(rel), st):
+            raise self._changed(rel or ".", "is not what the cache key read")
+
+    def _keyed_file(self, rel: str, st: os.stat_result) -> None:
+        keyed = self.rootfs.keyed
+        if keyed is not None and not keyed.holds(self._path(rel), st):
+            raise self._changed(rel, "is not the file the cache key read")
+
+    def _path(self, rel: str) -> str:
+        return f"{self.base}/{rel}" if rel else self.base
+
+    def _changed(self, rel: str, what: str) -> ImageError:
+        return base_changed(self.base, rel, what)
 
     def _linked(self, dir_fd: int, name: str, rel: str, dest_fd: int) -> bool:
         """Hardlink the file; False when it must be copied instead."""

@@ -1,0 +1,79 @@
+"""What the cache keys read: every entry's signature, so that whatever reads the entry later
+(the base's copy, a COPY, the finalizer streaming a file the build left in place) can tell
+that it still reads what a key was computed over.
+
+A step key hashes a file's content; the image (and the cache entry stored under that key)
+is written from the file later, seconds or minutes later for a big base. In between, the
+user's file may be rewritten in place, renamed over, grown or shrunk. Each reader opens the
+file, compares the open descriptor's signature with the one recorded here when the key read
+it, reads, and compares again: a difference fails the build ("changed during the build")
+before anything is stored.
+
+Why signature equality is enough, without hashing the content again: the signature holds
+the ctime, and every change to an inode (a write, truncate, chmod, utime, link count)
+sets its ctime to the current time, which no unprivileged user can set back (utime sets the
+ctime to *now*). So a same-size rewrite with the mtime put back still shows a new ctime.
+The one gap is the clock's grain: a filesystem with coarse timestamps may give a change in
+the same tick as the previous one the same ctime. Linux's multigrain timestamps (ext4, xfs,
+btrfs, tmpfs since 6.13) close it once the ctime has been read, as the key's stat did; on
+other filesystems only a change within a tick of the file's previous one can slip through,
+the window the stat cache's ``settled`` rule is about.
+
+The builder must not change these ctimes itself between keying and reading (a hardlink
+changes the link count, hence the ctime): a keyed base is copied into the staged tree, never
+hardlinked (acbuild.image.basedir).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterable
+
+# (st_dev, st_ino, st_mode, st_size, st_mtime_ns, st_ctime_ns)
+Signature = tuple[int, int, int, int, int, int]
+
+
+def signature(st: os.stat_result) -> Signature:
+    return st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def listing_signature(entries: Iterable[tuple[str, bool, bool]]) -> tuple[int, int]:
+    """(count, combined CRC) of a directory's (name, is_dir, is_file) entries, any order."""
+    count = combined = 0
+    for name, is_dir, is_file in entries:
+        count += 1
+        combined ^= zlib.crc32(b"%d%d" % (is_dir, is_file) + os.fsencode(name))
+    return count, combined
+
+
+class KeyedFiles:
+    """Filled while the keys are computed (one per build), only read afterwards.
+
+    Entries are kept as the hash of their signature (one int per entry, not six): a
+    different signature with the same 64-bit hash would have to be hit by a ctime the
+    kernel picks; listings as what ``listing_signature`` gives for the directory."""
+
+    __slots__ = ("_entries", "_listings")
+
+    def __init__(self) -> None:
+        self._entries: dict[str, int] = {}
+        self._listings: dict[str, tuple[int, int]] = {}
+
+    def record(self, path: str, st: os.stat_result) -> None:
+        """``path``: absolute, normalised (os.path.abspath), as every reader names it."""
+        self._entries[path] = hash(signature(st))
+
+    def record_listing(self, path: str, listing: tuple[int, int]) -> None:
+        self._listings[path] = listing
+
+    def knows(self, path: str) -> bool:
+        return path in self._entries
+
+    def holds(self, path: str, st: os.stat_result) -> bool:
+        """Whether ``st`` is what the key read at ``path`` (False when it read nothing)."""
+        known = self._entries.get(path)
+        return known is not None and known == hash(signature(st))
+
+    def listing(self, path: str) -> tuple[int, int] | None:
+        return self._listings.get(path)
