@@ -30,7 +30,7 @@ from acbuild.acfile.context import (
 )
 from acbuild.acfile.instructions import Copy
 from acbuild.errors import AcbuildError, BuildError, Span
-from acbuild.fs.keyed import signature
+from acbuild.fs.keyed import listing_signature, signature
 from acbuild.fs.securepath import ensure_dirs, relpath_in, safe_join
 from acbuild.fs.staging import DeviceNode, FileRef, StagedRootfs
 from acbuild.image.unstaged import context_changed, materialize, prepare_path
@@ -93,7 +93,7 @@ def copy_instruction(instr: Copy, *, context: BuildContext, rootfs: StagedRootfs
     for unsafe in instr.sources:
         at = _token_span(span, unsafe)
         if from_rootfs is None:
-            sources.extend(_context_sources(unsafe, context, instr, owner, at))
+            sources.extend(_context_sources(unsafe, context, instr, owner, at, rootfs))
             continue
         try:
             sources.extend(_stage_sources(unsafe, from_rootfs, instr, owner, at))
@@ -115,7 +115,8 @@ def copy_instruction(instr: Copy, *, context: BuildContext, rootfs: StagedRootfs
 
 
 def _context_sources(unsafe: str, context: BuildContext, instr: Copy,
-                     owner: tuple[int, int] | None, span: Span) -> Iterator[_Source]:
+                     owner: tuple[int, int] | None, span: Span,
+                     rootfs: StagedRootfs) -> Iterator[_Source]:
     for source in context.resolve(unsafe, span=span):
         try:
             st = context.lstat(source.rel)
@@ -131,6 +132,12 @@ def _context_sources(unsafe: str, context: BuildContext, instr: Copy,
         except OSError as e:
             raise BuildError(f"COPY source '{unsafe}': {e.strerror}: '{e.filename}'",
                              span=span) from None
+        keyed = rootfs.keyed
+        if keyed is not None and source.is_dir and not source.is_symlink and keyed.source(
+                os.fspath(context.root / source.rel)) != listing_signature(
+                (e.sub, stat.S_ISDIR(e.seen.st_mode), stat.S_ISREG(e.seen.st_mode))
+                for e in entries[1:] if e.seen is not None):
+            raise context_changed(source.rel, span)  # an entry added or removed since the key
         yield _Source(name=source.name, entries=tuple(entries))
 
 
@@ -319,6 +326,8 @@ class _Writer:
             if self._referenced(entry, rel):
                 return
             if entry.kind == "symlink":
+                if entry.seen is not None:
+                    self._keyed(entry, entry.seen)
                 os.symlink(self._readlink(entry), path)
             elif entry.device is not None:
                 self._make_device(entry.device, rel, path)

@@ -141,8 +141,13 @@ def sources_digest(context: BuildContext, sources: Sequence[ContextSource],
     for source in sorted(sources, key=lambda s: s.rel):
         frame(h, b"source", source.rel.encode())
         _context_entry(h, cache, context, ".", source.rel, context.lstat(source.rel))
+        walked = []
         for rel, st in context.walk(source):
             _context_entry(h, cache, context, rel, posixpath.join(source.rel, rel), st)
+            walked.append((rel, stat.S_ISDIR(st.st_mode), stat.S_ISREG(st.st_mode)))
+        # What the walk listed: a COPY must copy the same entries, none removed since.
+        cache.keyed.record_source(os.fspath(context.root / source.rel),
+                                  listing_signature(walked))
     return "sha256:" + h.hexdigest()
 
 

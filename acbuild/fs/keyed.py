@@ -54,11 +54,12 @@ class KeyedFiles:
     different signature with the same 64-bit hash would have to be hit by a ctime the
     kernel picks; listings as what ``listing_signature`` gives for the directory."""
 
-    __slots__ = ("_entries", "_listings")
+    __slots__ = ("_entries", "_listings", "_sources")
 
     def __init__(self) -> None:
         self._entries: dict[str, int] = {}
         self._listings: dict[str, tuple[int, int]] = {}
+        self._sources: dict[str, tuple[int, int]] = {}
 
     def record(self, path: str, st: os.stat_result) -> None:
         """``path``: absolute, normalised (os.path.abspath), as every reader names it."""
@@ -67,8 +68,10 @@ class KeyedFiles:
     def record_listing(self, path: str, listing: tuple[int, int]) -> None:
         self._listings[path] = listing
 
-    def knows(self, path: str) -> bool:
-        return path in self._entries
+    def record_source(self, path: str, walked: tuple[int, int]) -> None:
+        """A context source (a directory COPY walks): ``listing_signature`` of every
+        (path below it, is_dir, is_file) the walk gave, ignored entries left out."""
+        self._sources[path] = walked
 
     def holds(self, path: str, st: os.stat_result) -> bool:
         """Whether ``st`` is what the key read at ``path`` (False when it read nothing)."""
@@ -77,3 +80,6 @@ class KeyedFiles:
 
     def listing(self, path: str) -> tuple[int, int] | None:
         return self._listings.get(path)
+
+    def source(self, path: str) -> tuple[int, int] | None:
+        return self._sources.get(path)

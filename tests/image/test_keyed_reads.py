@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tarfile
 import threading
 import time
@@ -292,3 +293,40 @@ def test_a_reference_changed_while_it_is_streamed_fails(tmp_path: Path) -> None:
     with pytest.raises(AcbuildError, match="'big' in the build context changed"):
         write_aci_stream(rootfs, MANIFEST, sink, compression="none", epoch=EPOCH)  # type: ignore[arg-type]
     assert sink.size > 0
+
+
+def _keyed_dir_copy(tmp_path: Path, change: object) -> None:
+    ctx = tmp_path / "ctx"
+    (ctx / "dir/sub").mkdir(parents=True)
+    (ctx / "dir/a").write_bytes(OLD)
+    (ctx / "dir/sub/b").write_bytes(OLD)
+    (ctx / "dir/link").symlink_to("a")
+    context = BuildContext(ctx)
+    cache = StatCache(None)
+    sources_digest(context, context.resolve("dir"), cache)
+    change()  # type: ignore[operator]
+    rootfs = StagedRootfs(root=tmp_path / "r", keyed=cache.keyed)
+    rootfs.root.mkdir()
+    copy_instruction(_copy("dir", "/d"), context=context, rootfs=rootfs, leave_refs=True)
+
+
+DIR_CHANGES = {
+    "a file removed": lambda d: (d / "sub/b").unlink(),
+    "a file added": lambda d: (d / "sub/c").write_bytes(OLD),
+    "a directory removed": lambda d: shutil.rmtree(d / "sub"),
+    "a symlink retargeted": lambda d: (
+        (d / "link").unlink(), (d / "link").symlink_to("sub/b")),
+}
+
+
+@pytest.mark.parametrize("change", sorted(DIR_CHANGES))
+def test_a_copied_directory_changed_between_its_key_and_the_copy_fails(
+        tmp_path: Path, change: str) -> None:
+    """What the key listed below a COPY source is what the COPY copies: nothing removed or
+    added since (a removal would otherwise leave the image short under the old key)."""
+    with pytest.raises(AcbuildError, match="in the build context changed"):
+        _keyed_dir_copy(tmp_path, lambda: DIR_CHANGES[change](tmp_path / "ctx/dir"))
+
+
+def test_an_unchanged_copied_directory_is_copied(tmp_path: Path) -> None:
+    _keyed_dir_copy(tmp_path, lambda: None)
