@@ -201,6 +201,7 @@ def path_digest(path: Path, cache: StatCache) -> str:
     if not stat.S_ISDIR(st.st_mode):
         if cache.witness is not None:
             cache.witness.seen(root, st, follow=True)
+        cache.keyed.record(root, st)
         return "sha256:" + cache.file_digest(path, st)
     h = hashlib.sha256()
     _entry(h, cache, ".", root, st, exact=True, follow=True)

@@ -178,3 +178,32 @@ def test_an_output_inside_the_base_directory_is_refused_up_front(tmp_path: Path,
     assert "changed during the build" not in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(os.listdir(ctx / "base/etc")) == ["conf", "other"]
+
+
+def _aci(tmp_path: Path, data: bytes, out: Path) -> None:
+    where = tmp_path / f"make-{out.name}"
+    where.mkdir(exist_ok=True)
+    (where / "f").write_bytes(data)
+    (where / "Acfile").write_text("BEGIN scratch\nNAME example.com/base\nCOPY f /f\n")
+    build(BuildOptions(acfile=where / "Acfile", output=out, no_cache=True,
+                       base_loader=base_loader(reporter=NullReporter()),
+                       environ={"SOURCE_DATE_EPOCH": "1000000"}), NullReporter())
+
+
+def test_a_base_image_replaced_after_keying_fails_the_build(tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    _aci(tmp_path, OLD, ctx / "base.aci")
+    _aci(tmp_path, NEW, tmp_path / "new.aci")
+    (ctx / "Acfile").write_text("BEGIN ./base.aci\nNAME example.com/cold\n")
+    out = tmp_path / "out.aci"
+
+    def replace() -> None:
+        os.replace(tmp_path / "new.aci", ctx / "base.aci")
+
+    with pytest.raises(AcbuildError, match="base.aci changed during the build"):
+        _build(ctx, out, _Editor("BEGIN", replace, at_start=True))
+    assert not out.exists()
+    _aci(tmp_path, OLD, ctx / "base.aci")
+    _build(ctx, out, NullReporter())
+    assert _member(out, "rootfs/f") == OLD
