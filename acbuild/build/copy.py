@@ -117,7 +117,13 @@ def copy_instruction(instr: Copy, *, context: BuildContext, rootfs: StagedRootfs
 def _context_sources(unsafe: str, context: BuildContext, instr: Copy,
                      owner: tuple[int, int] | None, span: Span,
                      rootfs: StagedRootfs) -> Iterator[_Source]:
-    for source in context.resolve(unsafe, span=span):
+    resolved = context.resolve(unsafe, span=span)
+    if rootfs.keyed is not None and not rootfs.keyed.names(
+            os.fspath(context.root), unsafe, (s.rel for s in resolved)):
+        raise BuildError(f"COPY source '{unsafe}' names other files than it did when the "
+                         "build computed its cache key: the context changed during the build",
+                         span=span, hint="do not change the context during a build")
+    for source in resolved:
         try:
             st = context.lstat(source.rel)
             entries = [_context_entry("", source.path, st, instr, owner, unsafe, span,

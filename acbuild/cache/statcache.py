@@ -302,6 +302,9 @@ class _Keyer:
                     return None if key is None else b"stage:" + key.encode()
                 case ins.Copy(sources=sources):
                     found = [self.context.resolve(s, span=instruction.span) for s in sources]
+                    for pattern, resolved in zip(sources, found, strict=True):
+                        self.stat_cache.keyed.record_pattern(
+                            os.fspath(self.context.root), pattern, (s.rel for s in resolved))
                     if self.stat_cache.witness is not None:
                         for source, resolved in zip(sources, found, strict=True):
                             witness_path(self.stat_cache.witness, self.context, source,

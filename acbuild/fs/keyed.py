@@ -78,6 +78,18 @@ class KeyedFiles:
         known = self._entries.get(path)
         return known is not None and known == hash(signature(st))
 
+    def record_pattern(self, root: str, pattern: str, found: Iterable[str]) -> None:
+        """What a COPY argument (a glob, say) named in the context ``root``: its sources."""
+        self._sources[f"{root}\0{pattern}"] = listing_signature(
+            (rel, False, False) for rel in found)
+
+    def names(self, root: str, pattern: str, found: Iterable[str]) -> bool:
+        """Whether ``pattern`` names the sources it named for the key (True if no key
+        resolved it)."""
+        known = self._sources.get(f"{root}\0{pattern}")
+        return known is None or known == listing_signature((rel, False, False)
+                                                           for rel in found)
+
     def listing(self, path: str) -> tuple[int, int] | None:
         return self._listings.get(path)
 

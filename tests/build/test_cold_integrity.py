@@ -207,3 +207,18 @@ def test_a_base_image_replaced_after_keying_fails_the_build(tmp_path: Path) -> N
     _aci(tmp_path, OLD, ctx / "base.aci")
     _build(ctx, out, NullReporter())
     assert _member(out, "rootfs/f") == OLD
+
+
+def test_a_glob_match_removed_after_keying_fails_the_build(tmp_path: Path) -> None:
+    """COPY *.txt: the files the key's glob matched are the files the COPY copies; one
+    removed in between would otherwise leave the image short under the old key."""
+    ctx = _context(tmp_path)
+    (ctx / "yyy.txt").write_bytes(OLD)
+    (ctx / "Acfile").write_text("BEGIN ./base\nNAME example.com/cold\nCOPY *.txt /t/\n")
+    out = tmp_path / "out.aci"
+    with pytest.raises(AcbuildError, match=r"COPY source '\*\.txt' names other files"):
+        _build(ctx, out, _Editor("BEGIN", (ctx / "yyy.txt").unlink))
+    assert not out.exists()
+    (ctx / "yyy.txt").write_bytes(OLD)
+    _build(ctx, out, NullReporter())
+    assert _member(out, "rootfs/t/yyy.txt") == OLD
