@@ -201,7 +201,7 @@ def test_a_base_image_replaced_after_keying_fails_the_build(tmp_path: Path) -> N
     def replace() -> None:
         os.replace(tmp_path / "new.aci", ctx / "base.aci")
 
-    with pytest.raises(AcbuildError, match="base.aci changed during the build"):
+    with pytest.raises(AcbuildError, match=r"base\.aci changed during the build"):
         _build(ctx, out, _Editor("BEGIN", replace, at_start=True))
     assert not out.exists()
     _aci(tmp_path, OLD, ctx / "base.aci")

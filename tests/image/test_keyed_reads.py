@@ -10,6 +10,7 @@ a file is being streamed (after its first MiB)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -330,3 +331,30 @@ def test_a_copied_directory_changed_between_its_key_and_the_copy_fails(
 
 def test_an_unchanged_copied_directory_is_copied(tmp_path: Path) -> None:
     _keyed_dir_copy(tmp_path, lambda: None)
+
+
+def test_a_keyed_base_copied_gives_the_image_a_linked_one_gives(tmp_path: Path) -> None:
+    """Made real by copies (keys) or by hardlinks (none): the same image, modes, xattrs,
+    inner hardlinks and mtimes (to the nanosecond the inode has) included."""
+    ids = []
+    for keyed in (True, False):
+        where = tmp_path / str(keyed)
+        where.mkdir()
+        src = where / "src"
+        (src / "bin").mkdir(parents=True)
+        (src / "bin/tool").write_bytes(b"#!/bin/sh\n")
+        (src / "bin/tool").chmod(0o755)
+        (src / "bin/alias").hardlink_to(src / "bin/tool")
+        (src / "data").write_bytes(b"d" * 100_000)
+        os.utime(src / "data", ns=(1_500_000_000_999_999_999, 1_500_000_000_999_999_999))
+        with contextlib.suppress(OSError):  # a filesystem without user xattrs
+            os.setxattr(src / "data", "user.note", b"kept")
+        cache = StatCache(None)
+        path_digest(src, cache)
+        rootfs = StagedRootfs(root=where / "r", keyed=cache.keyed if keyed else None)
+        rootfs.root.mkdir()
+        unpack_base(src, rootfs, link=True)
+        materialize(rootfs)
+        assert ((rootfs.root / "data").stat().st_ino == (src / "data").stat().st_ino) != keyed
+        ids.append(write_aci(rootfs, MANIFEST, where / "out.aci", epoch=2_000_000_000).image_id)
+    assert ids[0] == ids[1]
