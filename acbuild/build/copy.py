@@ -30,7 +30,7 @@ from acbuild.acfile.context import (
 )
 from acbuild.acfile.instructions import Copy
 from acbuild.errors import AcbuildError, BuildError, Span
-from acbuild.fs.keyed import listing_signature, signature
+from acbuild.fs.keyed import content_digest, listing_signature, signature
 from acbuild.fs.securepath import ensure_dirs, relpath_in, safe_join
 from acbuild.fs.staging import DeviceNode, FileRef, StagedRootfs
 from acbuild.image.unstaged import context_changed, materialize, prepare_path
@@ -369,11 +369,17 @@ class _Writer:
         self.rootfs.owners.pop(rel, None)
         self.rootfs.refs[rel] = FileRef(
             root=os.fspath(self.context.root), root_id=self.context.root_id,
-            rel=entry.context_rel, seen=signature(seen),
+            rel=entry.context_rel, seen=signature(seen), digest=self._digest(entry),
             mode=entry.mode, uid=entry.owner[0], gid=entry.owner[1], mtime=int(time.time()),
             span=self.span)
         self.done += seen.st_size
         return True
+
+    def _digest(self, entry: _Entry) -> bytes | None:
+        keyed = self.rootfs.keyed
+        if keyed is None or entry.context_rel is None:
+            return None
+        return keyed.digest(os.fspath(self.context.root / entry.context_rel))
 
     def _keyed(self, entry: _Entry, st: os.stat_result) -> None:
         """A context file, as the COPY opened it: the one its scan saw and, with cache
@@ -405,12 +411,15 @@ class _Writer:
                                  span=self.span)
             if entry.seen is not None:
                 self._keyed(entry, st)
-            dst = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            dst = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                           | os.O_CLOEXEC, 0o600)
             try:
                 self._stream(src, dst, st.st_size)
                 if entry.context_rel is not None and signature(os.fstat(src)) != signature(st):
                     raise context_changed(entry.context_rel, self.span)  # while read
+                expected = self._digest(entry)
+                if expected is not None and content_digest(dst) != expected:
+                    raise context_changed(entry.context_rel or "", self.span)  # a mmap write
                 self.rootfs.devices.pop(rel, None)
                 # Owner before mode: chown clears setuid and setgid bits.
                 if self.rootfs.privileged:

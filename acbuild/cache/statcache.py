@@ -128,7 +128,9 @@ def _entry(h: hashlib._Hash, cache: StatCache, rel: str, path: Path | str,
     elif stat.S_ISDIR(st.st_mode):
         frame(h, b"dir", name, mode, owner)
     elif stat.S_ISREG(st.st_mode):
-        frame(h, b"file", name, mode, owner, cache.file_digest(path, st).encode())
+        digest = cache.file_digest(path, st)
+        cache.keyed.record_digest(os.fspath(path), digest)
+        frame(h, b"file", name, mode, owner, digest.encode())
     else:
         frame(h, b"special", name, b"%o" % stat.S_IFMT(st.st_mode), b"%d" % st.st_rdev, owner)
 
@@ -168,6 +170,7 @@ def _context_entry(h: hashlib._Hash, cache: StatCache, context: BuildContext, re
             cache.witness.seen(context.root / where, st)
         digest = cache.file_digest(context.root / where, st,
                                    opener=lambda: context.open_file(where, st))
+        cache.keyed.record_digest(os.fspath(context.root / where), digest)
         frame(h, b"file", name, mode, b"", digest.encode())
     else:
         _entry(h, cache, rel, context.root / where, st, exact=False)

@@ -9,15 +9,17 @@ file, compares the open descriptor's signature with the one recorded here when t
 it, reads, and compares again: a difference fails the build ("changed during the build")
 before anything is stored.
 
-Why signature equality is enough, without hashing the content again: the signature holds
-the ctime, and every change to an inode (a write, truncate, chmod, utime, link count)
-sets its ctime to the current time, which no unprivileged user can set back (utime sets the
-ctime to *now*). So a same-size rewrite with the mtime put back still shows a new ctime.
-The one gap is the clock's grain: a filesystem with coarse timestamps may give a change in
-the same tick as the previous one the same ctime. Linux's multigrain timestamps (ext4, xfs,
-btrfs, tmpfs since 6.13) close it once the ctime has been read, as the key's stat did; on
-other filesystems only a change within a tick of the file's previous one can slip through,
-the window the stat cache's ``settled`` rule is about.
+The signature holds the ctime: every change through a system call (a write, truncate,
+chmod, utime, link count) sets it to the current time, which no unprivileged user can set
+back (utime sets the ctime to *now*), so a same-size rewrite with the mtime put back still
+shows a new ctime. Two changes can keep it, though: a store through a shared writable
+mmap into a page already dirty (no write fault, so no time update until writeback: LMDB,
+SQLite's -shm files), and, on a filesystem with coarse timestamps, a change in the same
+clock tick as the previous one (Linux's multigrain timestamps, since 6.13 on ext4, xfs,
+btrfs and tmpfs, close that one once the key's stat has read the ctime). So where the key
+hashed a file's content, the bytes the build takes are hashed too and compared with that
+digest (``digest``): the signature finds a swap or an edit before anything is read, the
+digest what no signature can.
 
 The builder must not change these ctimes itself between keying and reading (a hardlink
 changes the link count, hence the ctime): a keyed base is copied into the staged tree, never
@@ -26,6 +28,7 @@ hardlinked (acbuild.image.basedir).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zlib
 from collections.abc import Iterable
@@ -36,6 +39,16 @@ Signature = tuple[int, int, int, int, int, int]
 
 def signature(st: os.stat_result) -> Signature:
     return st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def content_digest(fd: int) -> bytes:
+    """sha256 of the whole file open at ``fd`` (pread: its offset is left alone)."""
+    h = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        h.update(chunk)
+        offset += len(chunk)
+    return h.digest()
 
 
 def listing_signature(entries: Iterable[tuple[str, bool, bool]]) -> tuple[int, int]:
@@ -54,16 +67,24 @@ class KeyedFiles:
     different signature with the same 64-bit hash would have to be hit by a ctime the
     kernel picks; listings as what ``listing_signature`` gives for the directory."""
 
-    __slots__ = ("_entries", "_listings", "_sources")
+    __slots__ = ("_digests", "_entries", "_listings", "_sources")
 
     def __init__(self) -> None:
         self._entries: dict[str, int] = {}
+        self._digests: dict[str, bytes] = {}  # regular files: the sha256 the key used
         self._listings: dict[str, tuple[int, int]] = {}
         self._sources: dict[str, tuple[int, int]] = {}
 
     def record(self, path: str, st: os.stat_result) -> None:
         """``path``: absolute, normalised (os.path.abspath), as every reader names it."""
         self._entries[path] = hash(signature(st))
+
+    def record_digest(self, path: str, hexdigest: str) -> None:
+        self._digests[path] = bytes.fromhex(hexdigest)
+
+    def digest(self, path: str) -> bytes | None:
+        """The sha256 of the content the key hashed for the file ``path``."""
+        return self._digests.get(path)
 
     def record_listing(self, path: str, listing: tuple[int, int]) -> None:
         self._listings[path] = listing

@@ -70,6 +70,7 @@ class FileRef:
     # acbuild.fs.keyed's signature at the COPY (the one its key read): the ctime too,
     # since an edit in place can put the mtime back but never the ctime.
     seen: Signature
+    digest: bytes | None  # the sha256 its key hashed (None: no key): the bytes read must match
     mode: int
     uid: int
     gid: int

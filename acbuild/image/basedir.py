@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from acbuild.errors import ImageError
-from acbuild.fs.keyed import listing_signature, signature
+from acbuild.fs.keyed import content_digest, listing_signature, signature
 from acbuild.fs.staging import LowerTree, StagedRootfs
 from acbuild.image.extract import RootfsWriter
 from acbuild.image.tarread import Limits
@@ -106,6 +106,11 @@ def filling(rootfs: StagedRootfs, lower: LowerTree) -> Iterator[tuple[CopyState,
 
 def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
+
+
+# A content digest differs although the signature held: a write through a shared mapping.
+CONTENT_CHANGED = ("does not hold what the cache key read (written through a memory map, "
+                   "which keeps its times?)")
 
 
 def base_changed(base: str | os.PathLike[str], rel: str, what: str) -> ImageError:
@@ -292,6 +297,7 @@ class CopyState:
                 self._copied(fd, found, name, rel, dest_fd)
             else:
                 self.writer.file(rel, data, self.info(rel, found, fd, None))
+                self._keyed_content(rel, None)
             if signature(os.fstat(fd)) != signature(found):
                 raise self._changed(rel, "changed while it was copied")
 
@@ -299,10 +305,11 @@ class CopyState:
         """A lower file made real by a copy (what a hardlink would give, as a new inode):
         data kernel-side, the owner (recorded without root), the xattrs a copy keeps, the
         mode and the exact mtime. ``dest_fd`` is a staged directory this build made."""
-        out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        out = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                       0o600, dir_fd=dest_fd)
         try:
             _copy_data(src, out, st.st_size)
+            self._keyed_content(rel, out)
             if self.rootfs.privileged:
                 os.fchown(out, st.st_uid, st.st_gid)  # before the mode: chown clears setuid
             else:
@@ -327,6 +334,23 @@ class CopyState:
         keyed = self.rootfs.keyed
         if keyed is not None and not keyed.holds(self._path(rel), st):
             raise self._changed(rel, "is not the file the cache key read")
+
+    def _keyed_content(self, rel: str, copy: int | None) -> None:
+        """With cache keys: the copy made of ``rel`` (open at ``copy``, else at its place in
+        the staged tree) holds what the key hashed. Its own inode, that no one else
+        writes: what it holds now is what the image and the cache get."""
+        keyed = self.rootfs.keyed
+        expected = None if keyed is None else keyed.digest(self._path(rel))
+        if expected is None:
+            return
+        fd = copy if copy is not None else os.open(
+            os.path.join(self.rootfs.root, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if content_digest(fd) != expected:
+                raise self._changed(rel, CONTENT_CHANGED)
+        finally:
+            if copy is None:
+                os.close(fd)
 
     def _path(self, rel: str) -> str:
         return f"{self.base}/{rel}" if rel else self.base

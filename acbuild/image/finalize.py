@@ -183,7 +183,7 @@ def write_aci_stream(
                 writer.add(entry)
             else:
                 try:
-                    writer.add_fd(entry, fd)
+                    writer.add_fd(entry, fd, walker.digest(fd))
                     walker.check(fd)  # what was read is what was opened (and keyed)
                 except OSError as e:
                     raise BuildError(f"cannot read {entry.name}: {e.strerror}") from None

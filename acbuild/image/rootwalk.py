@@ -15,6 +15,7 @@ grown or shrunk meanwhile fails the build rather than go into the image.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from acbuild.errors import AcbuildError, BuildError, ImageError
 from acbuild.fs.keyed import Signature, listing_signature, signature
 from acbuild.fs.staging import DeviceNode, StagedRootfs
-from acbuild.image.basedir import base_changed
+from acbuild.image.basedir import CONTENT_CHANGED, base_changed
 from acbuild.image.tarwrite import TarEntry
 from acbuild.image.unstaged import open_context_root, open_ref, ref_changed
 
@@ -141,15 +142,37 @@ class RootWalker:
         self.contexts: dict[str, int] = {}  # build context -> its open descriptor
         self.lower_prefix = "" if self.lower is None else os.fspath(self.lower.source) + "/"
         # descriptors handed out of a file from outside the staged tree -> what must hold
-        # once it is read: (rel, where, its signature when opened)
-        self.handed: dict[int, tuple[str, int, Signature]] = {}
+        # once it is read: (rel, where, its signature when opened, the digest of what is
+        # read and the one the key hashed, when it hashed one)
+        self.handed: dict[int, tuple[str, int, Signature, hashlib._Hash | None,
+                                     bytes | None]] = {}
+
+    def digest(self, fd: int) -> hashlib._Hash | None:
+        """What to hash the data read from ``fd`` into, for ``check`` (None: nothing)."""
+        handed = self.handed.get(fd)
+        return None if handed is None else handed[3]
 
     def check(self, fd: int) -> None:
-        """After the caller read ``fd``: the file did not change while it was read."""
-        expected = self.handed.get(fd)
-        if expected is not None:
-            rel, where, seen = expected
+        """After the caller read ``fd`` (through ``digest(fd)``): the file did not change
+        while it was read, and what was read is what the key hashed."""
+        handed = self.handed.get(fd)
+        if handed is not None:
+            rel, where, seen, got, expected = handed
             self._unchanged(fd, rel, where, seen)
+            if got is not None and got.digest() != expected:
+                raise self._changed(rel, where, CONTENT_CHANGED)
+
+    def _expected(self, rel: str, where: int) -> bytes | None:
+        """The sha256 the key hashed for a file from outside the staged tree, if any."""
+        if where == _REF:
+            return self.rootfs.refs[rel].digest
+        keyed = self.rootfs.keyed
+        return None if keyed is None else keyed.digest(self.lower_prefix + rel)
+
+    def _hand(self, fd: int, rel: str, where: int, st: os.stat_result) -> None:
+        expected = self._expected(rel, where)
+        self.handed[fd] = (rel, where, signature(st),
+                           None if expected is None else hashlib.sha256(), expected)
 
     def close(self, fd: int) -> None:
         self.handed.pop(fd, None)
@@ -368,6 +391,9 @@ class RootWalker:
             data = _read_all(fd, st.st_size)
             if where != _UPPER_FILE:  # from outside the staged tree: unchanged while read
                 self._unchanged(fd, rel, where, signature(st))
+                expected = self._expected(rel, where)
+                if expected is not None and hashlib.sha256(data).digest() != expected:
+                    raise self._changed(rel, where, CONTENT_CHANGED)
         except OSError as e:
             raise BuildError(f"cannot read {self.archive_name(rel)}: {e.strerror}") from None
         finally:
@@ -402,7 +428,7 @@ class RootWalker:
                 # What a copy would be: the COPY's mode and owner, one link, its mtime.
                 ref = self.rootfs.refs[rel]
                 if loaded.fd >= 0:
-                    self.handed[loaded.fd] = (rel, where, signature(st))
+                    self._hand(loaded.fd, rel, where, st)
                 return TarEntry(name=name, kind="file", mode=ref.mode, uid=ref.uid,
                                 gid=ref.gid, mtime=max(0, min(ref.mtime, self.epoch)),
                                 size=size), loaded.fd, loaded.data
@@ -429,7 +455,7 @@ class RootWalker:
             loaded.discard()
             return entry, -1, None
         if loaded.fd >= 0 and where != _UPPER_FILE:
-            self.handed[loaded.fd] = (rel, where, signature(st))
+            self._hand(loaded.fd, rel, where, st)
         return entry, loaded.fd, loaded.data
 
     def _device_entry(self, name: str, rel: str, node: DeviceNode,

@@ -22,7 +22,7 @@ import stat
 
 from acbuild.errors import AcbuildError, BuildError, Span
 from acbuild.fs.beneath import ESCAPES, open_beneath
-from acbuild.fs.keyed import Signature, signature
+from acbuild.fs.keyed import Signature, content_digest, signature
 from acbuild.fs.securepath import relpath_in, safe_join
 from acbuild.fs.staging import FileRef, StagedRootfs
 from acbuild.image.basedir import filling
@@ -145,7 +145,7 @@ def _materialize_ref(rootfs: StagedRootfs, rel: str) -> None:
             parent, _, name = rel.rpartition("/")
             where = open_beneath(top, parent, os.O_RDONLY | os.O_DIRECTORY) if parent else top
             try:
-                dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                dst = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                               | os.O_CLOEXEC, 0o600, dir_fd=where)
             finally:
                 if parent:
@@ -155,6 +155,10 @@ def _materialize_ref(rootfs: StagedRootfs, rel: str) -> None:
         try:
             _copy_data(src, dst, st.st_size)
             _unchanged(src, ref.seen, ref)
+            # The copy, our own inode, holds what the key hashed (a write through a shared
+            # mapping of the file changes no time the signature could show).
+            if ref.digest is not None and content_digest(dst) != ref.digest:
+                raise ref_changed(ref)
             # Owner before mode: chown clears setuid and setgid bits.
             if rootfs.privileged:
                 os.fchown(dst, ref.uid, ref.gid)

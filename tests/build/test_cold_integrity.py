@@ -222,3 +222,34 @@ def test_a_glob_match_removed_after_keying_fails_the_build(tmp_path: Path) -> No
     (ctx / "yyy.txt").write_bytes(OLD)
     _build(ctx, out, NullReporter())
     assert _member(out, "rootfs/t/yyy.txt") == OLD
+
+
+@pytest.mark.parametrize("rel", sorted(IN_IMAGE))
+def test_a_file_written_through_a_mapping_after_keying_poisons_no_cache(
+        tmp_path: Path, rel: str) -> None:
+    """Red-team CI-1: a store through a shared mapping into a dirty page changes no time,
+    so no signature shows it; the content digest does."""
+    import mmap
+
+    ctx = _context(tmp_path)
+    fd = os.open(ctx / rel, os.O_RDWR)
+    mapped = mmap.mmap(fd, 0, mmap.MAP_SHARED)
+    try:
+        mapped[0:1] = mapped[0:1]  # the page dirty now: later stores take no fault
+
+        def store() -> None:
+            before = (ctx / rel).stat()
+            mapped[: len(NEW)] = NEW
+            if (ctx / rel).stat().st_ctime_ns != before.st_ctime_ns:
+                pytest.skip("the page was written back meanwhile: the ctime changed")
+
+        out = tmp_path / "out.aci"
+        with pytest.raises(AcbuildError, match="changed"):
+            _build(ctx, out, _Editor("BEGIN", store))
+        assert not out.exists()
+        mapped[: len(OLD)] = OLD
+        _build(ctx, out, NullReporter())
+        assert _member(out, IN_IMAGE[rel]) == OLD
+    finally:
+        mapped.close()
+        os.close(fd)

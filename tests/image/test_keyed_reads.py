@@ -358,3 +358,130 @@ def test_a_keyed_base_copied_gives_the_image_a_linked_one_gives(tmp_path: Path) 
         assert ((rootfs.root / "data").stat().st_ino == (src / "data").stat().st_ino) != keyed
         ids.append(write_aci(rootfs, MANIFEST, where / "out.aci", epoch=2_000_000_000).image_id)
     assert ids[0] == ids[1]
+
+
+# -- CI-1: a write through a shared mapping changes no time: the content is checked --------
+
+
+class _Mapped:
+    """``path`` mapped shared and one byte stored (the page is dirty, the times updated);
+    ``store`` then writes through the map without a fault: no time changes."""
+
+    def __init__(self, path: Path) -> None:
+        import mmap
+
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR)
+        self.map = mmap.mmap(self.fd, 0, mmap.MAP_SHARED)
+        self.map[0:1] = self.map[0:1]
+
+    def store(self, data: bytes, offset: int = 0) -> None:
+        before = os.stat(self.path)
+        self.map[offset:offset + len(data)] = data
+        after = os.stat(self.path)
+        if (after.st_mtime_ns, after.st_ctime_ns) != (before.st_mtime_ns, before.st_ctime_ns):
+            pytest.skip("the page was written back meanwhile: the times changed")
+
+    def close(self) -> None:
+        self.map.close()
+        os.close(self.fd)
+
+
+def _mapped_base(tmp_path: Path, rel: str) -> tuple[_Mapped, StagedRootfs]:
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc/conf").write_bytes(OLD)
+    (src / "big").write_bytes(b"a" * BIG)
+    mapped = _Mapped(src / rel)
+    cache = StatCache(None)
+    path_digest(src, cache)
+    rootfs = StagedRootfs(root=tmp_path / "r", keyed=cache.keyed)
+    rootfs.root.mkdir()
+    unpack_base(src, rootfs, link=True)
+    return mapped, rootfs
+
+
+@pytest.mark.parametrize("rel", ["etc/conf", "big"])
+@pytest.mark.parametrize("reader", ["finalizer", "materialize"])
+def test_a_base_file_written_through_a_mapping_after_keying_fails(tmp_path: Path, rel: str,
+                                                                  reader: str) -> None:
+    mapped, rootfs = _mapped_base(tmp_path, rel)
+    try:
+        mapped.store(NEW if rel == "etc/conf" else b"b" * 16, offset=0)
+        if reader == "materialize":
+            with pytest.raises(AcbuildError, match="does not hold what the cache key read"):
+                materialize(rootfs)
+        else:
+            assert "does not hold what the cache key read" in _failure(rootfs, tmp_path)
+    finally:
+        mapped.close()
+
+
+def test_a_base_copied_for_a_run_stage_is_checked_on_content(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "conf").write_bytes(OLD)
+    mapped = _Mapped(src / "conf")
+    try:
+        cache = StatCache(None)
+        path_digest(src, cache)
+        mapped.store(NEW)
+        rootfs = StagedRootfs(root=tmp_path / "r", keyed=cache.keyed)
+        rootfs.root.mkdir()
+        with pytest.raises(AcbuildError, match="does not hold what the cache key read"):
+            unpack_base(src, rootfs, link=False)
+    finally:
+        mapped.close()
+
+
+@pytest.mark.parametrize("reader", ["finalizer small", "finalizer big", "materialize", "copy"])
+def test_a_context_file_written_through_a_mapping_after_keying_fails(tmp_path: Path,
+                                                                     reader: str) -> None:
+    name = "big" if reader == "finalizer big" else "a.txt"
+    mapped: list[_Mapped] = []
+    try:
+        if reader == "copy":  # mapped before the key, written after it, before the COPY
+            ctx = tmp_path / "ctx"
+            ctx.mkdir()
+            (ctx / "a.txt").write_bytes(OLD)
+            m = _Mapped(ctx / "a.txt")
+            mapped.append(m)
+            context = BuildContext(ctx)
+            cache = StatCache(None)
+            sources_digest(context, context.resolve("a.txt"), cache)
+            m.store(NEW)
+            rootfs = StagedRootfs(root=tmp_path / "r", keyed=cache.keyed)
+            rootfs.root.mkdir()
+            with pytest.raises(AcbuildError, match=r"'a\.txt' in the build context changed"):
+                copy_instruction(_copy("a.txt", "/a.txt"), context=context, rootfs=rootfs,
+                                 leave_refs=False)
+            return
+        ctx = tmp_path / "ctx"
+        ctx.mkdir()
+        (ctx / "a.txt").write_bytes(OLD)
+        (ctx / "big").write_bytes(b"a" * BIG)
+        m = _Mapped(ctx / name)
+        mapped.append(m)
+        _, rootfs = _keyed_refs_existing(tmp_path, ctx)
+        m.store(NEW if name == "a.txt" else b"b" * 16)
+        if reader == "materialize":
+            with pytest.raises(AcbuildError, match=f"'{name}' in the build context changed"):
+                materialize(rootfs)
+        else:
+            assert f"'{name}' in the build context changed" in _failure(rootfs, tmp_path)
+    finally:
+        for m in mapped:
+            m.close()
+
+
+def _keyed_refs_existing(tmp_path: Path, ctx: Path) -> tuple[Path, StagedRootfs]:
+    context = BuildContext(ctx)
+    cache = StatCache(None)
+    for source in ("a.txt", "big"):
+        sources_digest(context, context.resolve(source), cache)
+    rootfs = StagedRootfs(root=tmp_path / "r", keyed=cache.keyed)
+    rootfs.root.mkdir()
+    for source in ("a.txt", "big"):
+        copy_instruction(_copy(source, f"/{source}"), context=context, rootfs=rootfs,
+                         leave_refs=True)
+    return ctx, rootfs
