@@ -8,12 +8,13 @@ and verified by the trust chain.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from acbuild.acfile.instructions import Dependency, Run
+from acbuild.acfile.context import BuildContext
+from acbuild.acfile.instructions import Copy, Dependency, Run
 from acbuild.build import manifest_edit
 from acbuild.build.registrypull import RegistryBases
 from acbuild.errors import AcbuildError, BuildError
@@ -126,20 +127,52 @@ def pin_dependencies(plan: Plan, loader: BaseLoader, reporter: Reporter) -> Plan
     return dataclasses.replace(plan, stages=tuple(stages), target=target)
 
 
-def check_output_place(plan: Plan, output: Path | None) -> None:
-    """The image must not be written inside a base directory (the current directory,
-    without -o): its files are read while the image is written, and the next build's base
-    would hold the last image. Said before any work, naming both paths."""
-    target = (output or Path(".")).absolute()
-    target = target.parent.resolve() / target.name if output is not None else target.resolve()
+def check_own_files(plan: Plan, context: BuildContext,
+                    files: Sequence[tuple[str, Path]]) -> None:
+    """What the build writes while it runs (the image, its log, the step cache) must not be
+    inside what it reads: a base directory (all of it is read, as the image is written), or a
+    directory a COPY takes from the context (unless .acignore leaves the file out). There
+    every build would fail with "changed during the build", and the next build would read
+    the last one's files. Said before any work, naming both paths."""
+    for what, path in files:
+        target = path.absolute()
+        target = target.parent.resolve() / target.name
+        for stage in plan.stages:
+            base = stage.base
+            if not isinstance(base, LocalImage) or not base.path.is_dir():
+                continue
+            root = base.path.resolve()
+            if target == root or root in target.parents:
+                raise BuildError(f"{what} {path} is inside the base directory {base.path}",
+                                 span=stage.begin.span,
+                                 hint="write it outside the base directory")
+        if what != "the output":  # the image in the context is the next build's input
+            _outside_copied(plan, context, what, path, target)
+
+
+def _outside_copied(plan: Plan, context: BuildContext, what: str, path: Path,
+                    target: Path) -> None:
+    root = context.root.resolve()
+    if root not in target.parents:
+        return
+    rel = target.relative_to(root).as_posix()
+    if context.is_ignored(rel, is_dir=what == "the cache directory"):
+        return
     for stage in plan.stages:
-        base = stage.base
-        if not isinstance(base, LocalImage) or not base.path.is_dir():
-            continue
-        root = base.path.resolve()
-        if target == root or root in target.parents:
-            where = f"the output {output}" if output is not None else \
-                "the output (the current directory, without -o)"
-            raise BuildError(f"{where} is inside the base directory {base.path}",
-                             span=stage.begin.span,
-                             hint="write the image outside the base directory (-o PATH)")
+        for step in stage.steps:
+            copy = step.instruction
+            if not isinstance(copy, Copy) or copy.from_stage is not None:
+                continue
+            for pattern in copy.sources:
+                try:
+                    found = context.resolve(pattern)
+                except AcbuildError:
+                    continue  # the COPY itself reports it
+                for source in found:
+                    top = (context.root / source.rel).resolve()
+                    if source.is_dir and not source.is_symlink and (
+                            top == target or top in target.parents):
+                        raise BuildError(
+                            f"{what} {path} is inside COPY source '{pattern}', which the "
+                            "build copies", span=copy.span,
+                            hint="write it elsewhere, or leave it out in .acignore")

@@ -253,3 +253,32 @@ def test_a_file_written_through_a_mapping_after_keying_poisons_no_cache(
     finally:
         mapped.close()
         os.close(fd)
+
+
+@pytest.mark.parametrize(("flag", "what"), [("--log-file", "the log file"),
+                                            ("--cache-dir", "the cache directory")])
+@pytest.mark.parametrize("where", ["base", "copied"])
+def test_the_builds_own_files_inside_what_it_reads_are_refused_up_front(
+        tmp_path: Path, flag: str, what: str, where: str) -> None:
+    """Red-team CI-2: the log and the cache are written while the build reads the base and
+    the COPY sources; inside them every build failed with "changed during the build"."""
+    ctx = _context(tmp_path)
+    (ctx / "app").mkdir()
+    (ctx / "app/main").write_text("main\n")
+    (ctx / "Acfile").write_text("BEGIN ./base\nNAME example.com/cold\nCOPY app /app\n")
+    path = ctx / ("base/etc" if where == "base" else "app") / "own"
+    result = acbuild("build", ctx / "Acfile", "-o", tmp_path / "out.aci", flag, path)
+    assert result.code != 0
+    lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1, result.stderr
+    inside = (f"the base directory {ctx / 'base'}" if where == "base"
+              else "COPY source 'app', which the build copies")
+    assert lines[0].endswith(f"{what} {path} is inside {inside}"), result.stderr
+    assert not path.exists()
+    # Left out by .acignore, the copied directory's file is none of the build's business.
+    if where == "copied":
+        (ctx / ".acignore").write_text("app/own\n")
+        result = acbuild("build", ctx / "Acfile", "-o", tmp_path / "out.aci", flag, path)
+        assert result.code == 0, result.stderr
+        with tarfile.open(tmp_path / "out.aci") as t:
+            assert "rootfs/app/own" not in t.getnames()
