@@ -419,7 +419,29 @@ _TYPES = {
 
 def _copy_data(src: int, dst: int, size: int) -> None:
     """``size`` bytes, kernel-side where it can; fewer if the file shrank (the check after
-    the copy reports it)."""
+    the copy reports it). Holes stay holes: only the data extents are copied (a sparse
+    /var/log/lastlog may be tens of GiB long and hold a few KiB)."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(src, offset, os.SEEK_DATA)
+            end = min(os.lseek(src, start, os.SEEK_HOLE), size)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                break  # no data after offset: the rest is a hole
+            _copy_range(src, dst, size - offset)  # no SEEK_DATA here: every byte
+            return
+        if start >= size:
+            break
+        os.lseek(src, start, os.SEEK_SET)
+        os.lseek(dst, start, os.SEEK_SET)
+        _copy_range(src, dst, end - start)
+        offset = end
+    os.ftruncate(dst, size)
+
+
+def _copy_range(src: int, dst: int, size: int) -> None:
+    """``size`` bytes from each descriptor's offset on."""
     kernel = True
     while size > 0:
         if kernel:

@@ -485,3 +485,29 @@ def _keyed_refs_existing(tmp_path: Path, ctx: Path) -> tuple[Path, StagedRootfs]
         copy_instruction(_copy(source, f"/{source}"), context=context, rootfs=rootfs,
                          leave_refs=True)
     return ctx, rootfs
+
+
+def test_a_sparse_base_file_made_real_stays_sparse(tmp_path: Path) -> None:
+    """Red-team CI-3 (for the keyed copy): holes are not written out."""
+    src = tmp_path / "src"
+    src.mkdir()
+    with (src / "lastlog").open("wb") as f:
+        f.write(b"x" * 4096)
+        f.seek(256 << 20)
+        f.write(b"y" * 4096)
+    if (src / "lastlog").stat().st_blocks * 512 > 1 << 20:
+        pytest.skip("this filesystem does not keep holes")
+    cache = StatCache(None)
+    path_digest(src, cache)
+    rootfs = StagedRootfs(root=tmp_path / "r", keyed=cache.keyed)
+    rootfs.root.mkdir()
+    unpack_base(src, rootfs, link=True)
+    materialize(rootfs)
+    copy = rootfs.root / "lastlog"
+    assert copy.stat().st_ino != (src / "lastlog").stat().st_ino
+    assert copy.stat().st_size == (256 << 20) + 4096
+    assert copy.stat().st_blocks * 512 < 1 << 20
+    with copy.open("rb") as f:
+        assert f.read(4096) == b"x" * 4096
+        f.seek(256 << 20)
+        assert f.read() == b"y" * 4096
