@@ -287,24 +287,23 @@ class CopyState:
             fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
         except OSError as e:
             raise self._changed(rel, f"cannot be opened ({e.strerror})") from None
-        with os.fdopen(fd, "rb") as data:
+        try:
             found = os.fstat(fd)
             if signature(found) != signature(st):
                 raise self._changed(rel, "was replaced while it was copied")
             self._keyed_file(rel, found)
             os.set_blocking(fd, True)
-            if self.lower is not None:
-                self._copied(fd, found, name, rel, dest_fd)
-            else:
-                self.writer.file(rel, data, self.info(rel, found, fd, None))
-                self._keyed_content(rel, None)
+            self._copied(fd, found, name, rel, dest_fd)
             if signature(os.fstat(fd)) != signature(found):
                 raise self._changed(rel, "changed while it was copied")
+        finally:
+            os.close(fd)
 
     def _copied(self, src: int, st: os.stat_result, name: str, rel: str, dest_fd: int) -> None:
-        """A lower file made real by a copy (what a hardlink would give, as a new inode):
-        data kernel-side, the owner (recorded without root), the xattrs a copy keeps, the
-        mode and the exact mtime. ``dest_fd`` is a staged directory this build made."""
+        """A base's file copied into the staged tree (what a hardlink would give, as a new
+        inode): data kernel-side with its holes, the owner (recorded without root), the
+        xattrs a copy keeps, the mode and the exact mtime. ``dest_fd`` is a staged
+        directory this build made (nothing in it is followed)."""
         out = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                       0o600, dir_fd=dest_fd)
         try:
@@ -316,9 +315,14 @@ class CopyState:
                 self.rootfs.set_owner(rel, *self.rootfs.owner(rel, st))
             with contextlib.suppress(OSError):
                 for key in os.listxattr(src):
-                    if key != "security.selinux" and (self.rootfs.privileged
-                                                      or key.startswith("user.")):
-                        os.setxattr(out, key, os.getxattr(src, key))
+                    space = key.partition(".")[0]
+                    if key == "security.selinux":
+                        continue
+                    if not self.rootfs.privileged and space != "user":
+                        self.writer.warn_once(
+                            space, f"xattrs in the {space}.* namespace need root; not kept")
+                        continue
+                    os.setxattr(out, key, os.getxattr(src, key))
             os.fchmod(out, stat.S_IMODE(st.st_mode))
             os.utime(out, ns=(st.st_mtime_ns, st.st_mtime_ns))
         finally:
@@ -335,22 +339,14 @@ class CopyState:
         if keyed is not None and not keyed.holds(self._path(rel), st):
             raise self._changed(rel, "is not the file the cache key read")
 
-    def _keyed_content(self, rel: str, copy: int | None) -> None:
-        """With cache keys: the copy made of ``rel`` (open at ``copy``, else at its place in
-        the staged tree) holds what the key hashed. Its own inode, that no one else
-        writes: what it holds now is what the image and the cache get."""
+    def _keyed_content(self, rel: str, copy: int) -> None:
+        """With cache keys: the copy made of ``rel`` (open at ``copy``) holds what the key
+        hashed. Its own inode, that no one else writes: what it holds now is what the
+        image and the cache get."""
         keyed = self.rootfs.keyed
         expected = None if keyed is None else keyed.digest(self._path(rel))
-        if expected is None:
-            return
-        fd = copy if copy is not None else os.open(
-            os.path.join(self.rootfs.root, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            if content_digest(fd) != expected:
-                raise self._changed(rel, CONTENT_CHANGED)
-        finally:
-            if copy is None:
-                os.close(fd)
+        if expected is not None and content_digest(copy) != expected:
+            raise self._changed(rel, CONTENT_CHANGED)
 
     def _path(self, rel: str) -> str:
         return f"{self.base}/{rel}" if rel else self.base

@@ -511,3 +511,20 @@ def test_a_sparse_base_file_made_real_stays_sparse(tmp_path: Path) -> None:
         assert f.read(4096) == b"x" * 4096
         f.seek(256 << 20)
         assert f.read() == b"y" * 4096
+
+
+def test_a_sparse_base_file_copied_for_a_run_stage_stays_sparse(tmp_path: Path) -> None:
+    """Red-team CI-3: the copy a RUN stage needs keeps the holes too (keys or not)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    with (src / "lastlog").open("wb") as f:
+        f.seek(512 << 20)
+        f.write(b"y")
+    if (src / "lastlog").stat().st_blocks * 512 > 1 << 20:
+        pytest.skip("this filesystem does not keep holes")
+    rootfs = StagedRootfs(root=tmp_path / "r")
+    rootfs.root.mkdir()
+    unpack_base(src, rootfs, link=False)
+    copy = rootfs.root / "lastlog"
+    assert copy.stat().st_size == (512 << 20) + 1
+    assert copy.stat().st_blocks * 512 < 1 << 20
