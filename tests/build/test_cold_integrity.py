@@ -20,6 +20,7 @@ from acbuild.build.build import BuildOptions, build
 from acbuild.cli.commands.trustopts import base_loader
 from acbuild.errors import AcbuildError
 from acbuild.report import NullReporter, StepInfo
+from tests.support.busybox import busybox_available, make_busybox_rootfs
 from tests.support.cli import acbuild
 
 OLD = b"OLD-CONTENT\n"
@@ -282,3 +283,31 @@ def test_the_builds_own_files_inside_what_it_reads_are_refused_up_front(
         assert result.code == 0, result.stderr
         with tarfile.open(tmp_path / "out.aci") as t:
             assert "rootfs/app/own" not in t.getnames()
+
+
+@pytest.mark.skipif(not busybox_available(), reason="needs busybox-static")
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_sparse_base_file_stays_sparse_through_a_run_stage(tmp_path: Path,
+                                                             cache: bool) -> None:
+    """Red-team CI-3: BEGIN <dir> + RUN copies the base (and, with a cache, snapshots and
+    restores it); a sparse /var/log/lastlog of 512 MiB must not be written out."""
+    ctx = tmp_path / "ctx"
+    make_busybox_rootfs(ctx / "base")
+    (ctx / "base/var/log").mkdir(parents=True, exist_ok=True)
+    with (ctx / "base/var/log/lastlog").open("wb") as f:
+        f.truncate(512 << 20)
+    if (ctx / "base/var/log/lastlog").stat().st_blocks * 512 > 1 << 20:
+        pytest.skip("this filesystem does not keep holes")
+    (ctx / "Acfile").write_text("BEGIN ./base\nNAME example.com/sparse\n"
+                                "RUN /bin/sh -c 'du -k /var/log/lastlog > /du.txt'\n")
+    flags = ["--cache-dir", str(tmp_path / "cache")] if cache else ["--no-cache"]
+    for _ in range(2 if cache else 1):  # the second one restores the step's snapshot
+        out = tmp_path / "out.aci"
+        result = acbuild("build", ctx / "Acfile", "-o", out, *flags)
+        assert result.code == 0, result.stderr
+        kib = int(_member(out, "rootfs/du.txt").split()[0])
+        assert kib < 1024, f"lastlog took {kib} KiB in the RUN's rootfs"
+        (ctx / "Acfile").write_text((ctx / "Acfile").read_text() + "LABEL again=1\n")
+    if cache:
+        for path in (tmp_path / "cache").rglob("lastlog"):
+            assert path.stat().st_blocks * 512 < 1 << 20, path
