@@ -65,7 +65,8 @@ class KeyedFiles:
 
     Entries are kept as the hash of their signature (one int per entry, not six): a
     different signature with the same 64-bit hash would have to be hit by a ctime the
-    kernel picks; listings as what ``listing_signature`` gives for the directory."""
+    kernel picks; regular files also with the sha256 the key used (the stat cache's, or
+    read then); listings as what ``listing_signature`` gives for the directory."""
 
     __slots__ = ("_digests", "_entries", "_listings", "_sources")
 
