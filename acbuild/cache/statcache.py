@@ -205,7 +205,9 @@ def path_digest(path: Path, cache: StatCache) -> str:
         if cache.witness is not None:
             cache.witness.seen(root, st, follow=True)
         cache.keyed.record(root, st)
-        return "sha256:" + cache.file_digest(path, st)
+        digest = cache.file_digest(path, st)
+        cache.keyed.record_digest(root, digest)
+        return "sha256:" + digest
     h = hashlib.sha256()
     _entry(h, cache, ".", root, st, exact=True, follow=True)
     # Each directory's listing as the key saw it: the base's copy must list the same.

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import stat
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from acbuild.errors import ImageError
 from acbuild.fs.keyed import KeyedFiles, signature
@@ -75,11 +76,41 @@ def open_tar_measured(path: Path, keyed: KeyedFiles | None = None,
             # The decompressor reads ahead by a buffer: never more than the whole.
             return min(os.lseek(fd, 0, os.SEEK_CUR), info.st_size), info.st_size
 
+        expected = None if keyed is None else keyed.digest(os.path.abspath(path))
+        raw = _HashingRaw(f) if expected is not None else None
         with archive_errors():
-            stream = compression.open_decompressed(f)
+            stream = compression.open_decompressed(
+                f if raw is None else io.BufferedReader(raw))
         yield stream, position
         if keyed is not None and signature(os.fstat(f.fileno())) != signature(info):
             raise _changed(path)
+        # The bytes read are those the key hashed (a write through a shared mapping of the
+        # archive changes no time the signature could show).
+        if raw is not None and raw.rest_digest() != expected:
+            raise _changed(path)
+
+
+class _HashingRaw(io.RawIOBase):
+    """The archive's bytes as read, hashed (sha256, as the key hashed the file)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.h = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = self.f.readinto(b)  # type: ignore[attr-defined]
+        if n:
+            self.h.update(memoryview(b)[:n])
+        return n or 0
+
+    def rest_digest(self) -> bytes:
+        """The digest once the rest (past the archive's end) is read too."""
+        while chunk := self.f.read(1 << 20):
+            self.h.update(chunk)
+        return self.h.digest()
 
 
 def _changed(path: Path) -> ImageError:

@@ -311,3 +311,38 @@ def test_a_sparse_base_file_stays_sparse_through_a_run_stage(tmp_path: Path,
     if cache:
         for path in (tmp_path / "cache").rglob("lastlog"):
             assert path.stat().st_blocks * 512 < 1 << 20, path
+
+
+def test_a_base_image_written_through_a_mapping_after_keying_fails(tmp_path: Path) -> None:
+    """Red-team CI-1b: the archive's bytes as read are those the key hashed."""
+    import mmap
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    _aci(tmp_path, OLD, ctx / "base.aci")
+    _aci(tmp_path, NEW, tmp_path / "new.aci")
+    new = (tmp_path / "new.aci").read_bytes()
+    old = (ctx / "base.aci").read_bytes()
+    if len(new) != len(old):
+        pytest.skip("the two archives differ in size")
+    (ctx / "Acfile").write_text("BEGIN ./base.aci\nNAME example.com/cold\n")
+    fd = os.open(ctx / "base.aci", os.O_RDWR)
+    mapped = mmap.mmap(fd, 0, mmap.MAP_SHARED)
+    try:
+        mapped[:] = mapped[:]  # every page dirty: later stores take no fault
+
+        def store() -> None:
+            before = (ctx / "base.aci").stat()
+            mapped[:] = new
+            if (ctx / "base.aci").stat().st_ctime_ns != before.st_ctime_ns:
+                pytest.skip("the pages were written back meanwhile: the ctime changed")
+
+        out = tmp_path / "out.aci"
+        with pytest.raises(AcbuildError, match=r"base\.aci changed during the build"):
+            _build(ctx, out, _Editor("BEGIN", store, at_start=True))
+        mapped[:] = old
+        _build(ctx, out, NullReporter())
+        assert _member(out, "rootfs/f") == OLD
+    finally:
+        mapped.close()
+        os.close(fd)
