@@ -33,7 +33,12 @@ from acbuild.errors import AcbuildError, BuildError, Span
 from acbuild.fs.keyed import content_digest, listing_signature, signature
 from acbuild.fs.securepath import ensure_dirs, relpath_in, safe_join
 from acbuild.fs.staging import DeviceNode, FileRef, StagedRootfs
-from acbuild.image.unstaged import context_changed, materialize, prepare_path
+from acbuild.image.unstaged import (
+    content_changed,
+    context_changed,
+    materialize,
+    prepare_path,
+)
 from acbuild.image.users import MAX_ID, numeric_id, resolve_group, resolve_user
 from acbuild.report import NullReporter, Reporter
 
@@ -419,7 +424,7 @@ class _Writer:
                     raise context_changed(entry.context_rel, self.span)  # while read
                 expected = self._digest(entry)
                 if expected is not None and content_digest(dst) != expected:
-                    raise context_changed(entry.context_rel or "", self.span)  # a mmap write
+                    raise content_changed(entry.context_rel or "", self.span)
                 self.rootfs.devices.pop(rel, None)
                 # Owner before mode: chown clears setuid and setgid bits.
                 if self.rootfs.privileged:

@@ -109,14 +109,17 @@ def _identity(st: os.stat_result) -> tuple[int, int]:
 
 
 # A content digest differs although the signature held: a write through a shared mapping.
-CONTENT_CHANGED = ("does not hold what the cache key read (written through a memory map, "
-                   "which keeps its times?)")
+CONTENT_CHANGED = ("does not hold what the cache key read, although its times did not change "
+                   "(written through a shared mapping?)")
+# The stat cache may have keyed it by an old digest: a new ctime makes it read again.
+CONTENT_HINT = "if nothing changed it during the build, touch it and build again"
 
 
 def base_changed(base: str | os.PathLike[str], rel: str, what: str) -> ImageError:
     """The one error for a base directory that is not what it was."""
     return ImageError(f"base directory {os.fspath(base)} changed during the build: {rel!r} "
-                      f"{what}", hint="do not change a base directory while a build uses it")
+                      f"{what}", hint=CONTENT_HINT if what == CONTENT_CHANGED else
+                      "do not change a base directory while a build uses it")
 
 
 # Why os.link may refuse where a copy works: another filesystem, fs.protected_hardlinks,

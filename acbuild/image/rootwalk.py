@@ -27,7 +27,7 @@ from acbuild.fs.keyed import Signature, listing_signature, signature
 from acbuild.fs.staging import DeviceNode, StagedRootfs
 from acbuild.image.basedir import CONTENT_CHANGED, base_changed
 from acbuild.image.tarwrite import TarEntry
-from acbuild.image.unstaged import open_context_root, open_ref, ref_changed
+from acbuild.image.unstaged import content_changed, open_context_root, open_ref, ref_changed
 
 # Host policy, not image content: an SELinux label would make the image depend on the host.
 _SKIPPED_XATTRS = frozenset({"security.selinux"})
@@ -184,7 +184,9 @@ class RootWalker:
 
     def _changed(self, rel: str, where: int, what: str) -> AcbuildError:
         if where == _REF:
-            return ref_changed(self.rootfs.refs[rel])
+            ref = self.rootfs.refs[rel]
+            return content_changed(ref.rel, ref.span) if what == CONTENT_CHANGED else \
+                ref_changed(ref)
         assert self.lower is not None
         return base_changed(self.lower.source, rel, what)
 

@@ -25,7 +25,7 @@ from acbuild.fs.beneath import ESCAPES, open_beneath
 from acbuild.fs.keyed import Signature, content_digest, signature
 from acbuild.fs.securepath import relpath_in, safe_join
 from acbuild.fs.staging import FileRef, StagedRootfs
-from acbuild.image.basedir import filling
+from acbuild.image.basedir import CONTENT_HINT, filling
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 8 << 20
@@ -123,6 +123,13 @@ def context_changed(rel: str, span: Span | None) -> BuildError:
                       hint="do not change the context during a build")
 
 
+def content_changed(rel: str, span: Span | None) -> BuildError:
+    """A context file whose bytes are not those its key hashed, its signature the same."""
+    return BuildError(f"'{rel}' in the build context does not hold what the cache key read, "
+                      "although its times did not change (written through a shared mapping?)",
+                      span=span, hint=CONTENT_HINT)
+
+
 def _unchanged(fd: int, seen: Signature, ref: FileRef) -> None:
     """Once ``fd`` is read: it is still the file it was (no write while it was read)."""
     if signature(os.fstat(fd)) != seen:
@@ -158,7 +165,7 @@ def _materialize_ref(rootfs: StagedRootfs, rel: str) -> None:
             # The copy, our own inode, holds what the key hashed (a write through a shared
             # mapping of the file changes no time the signature could show).
             if ref.digest is not None and content_digest(dst) != ref.digest:
-                raise ref_changed(ref)
+                raise content_changed(ref.rel, ref.span)
             # Owner before mode: chown clears setuid and setgid bits.
             if rootfs.privileged:
                 os.fchown(dst, ref.uid, ref.gid)
