@@ -192,6 +192,18 @@ def bench_tree(work: Path, tree_name: str, runs: int, buildah_runs: int,
         cold["baseline BEGIN dir"] = (acbuild(ctx / "Acfile.begin", "-o", out / "x.aci",
                                               "--no-cache", source=baseline),
                                       out / "x.aci", None)
+        cold["baseline COPY"] = (acbuild(ctx / "Acfile.copy", "-o", out / "y.aci",
+                                         "--no-cache", source=baseline), out / "y.aci", None)
+        # Cold with a cache (an empty one each round): keys, snapshots, the image stored.
+        for who, source in (("acbuild", None), ("baseline", baseline)):
+            fresh = work / tree_name / f"cold-cache-{who}"
+
+            def empty(fresh: Path = fresh) -> None:
+                shutil.rmtree(fresh, ignore_errors=True)
+
+            cold[f"{who} BEGIN, cache"] = (
+                acbuild(ctx / "Acfile.begin", "-o", out / f"k-{who}.aci", "--cache-dir", fresh,
+                        source=source), out / f"k-{who}.aci", empty)
     cold.update({
         "tar | gzip -6": ([*sh, f"tar -C {tree} -cf - . | gzip -6 > {out}/g.tgz"],
                           out / "g.tgz", None),
@@ -268,6 +280,11 @@ def targets(results: dict[str, dict[str, Row]]) -> str:
             continue
         got = ratio(results[tree_name], name, peer)
         lines.append(f"  {what:<32} {got:5.2f}  {'met' if got <= limit else 'NOT met'}")
+    for tree_name, rows in results.items():
+        for name in ("BEGIN dir", "COPY", "BEGIN, cache"):
+            if f"baseline {name}" in rows:
+                got = ratio(rows, f"acbuild {name}", f"baseline {name}")
+                lines.append(f"  {f'{name} / baseline ({tree_name})':<32} {got:5.3f}")
     for tree_name, rows in results.items():
         got = rows["acbuild BEGIN dir"].size / rows["tar | gzip -6"].size
         lines.append(f"  {f'output <= 1.05x gzip -6 ({tree_name})':<32} {got:5.3f}  "

@@ -8,15 +8,16 @@ and verified by the trust chain.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from acbuild.acfile.instructions import Dependency, Run
+from acbuild.acfile.context import BuildContext
+from acbuild.acfile.instructions import Copy, Dependency, Run
 from acbuild.build import manifest_edit
 from acbuild.build.registrypull import RegistryBases
-from acbuild.errors import AcbuildError
+from acbuild.errors import AcbuildError, BuildError
 from acbuild.fs.staging import StagedRootfs
 from acbuild.image.aci import image_id, unpack_base, unpack_image
 from acbuild.image.manifest import ImageManifest, default_manifest
@@ -124,3 +125,54 @@ def pin_dependencies(plan: Plan, loader: BaseLoader, reporter: Reporter) -> Plan
         stages.append(dataclasses.replace(stage, steps=steps))
     target = next(s for s in stages if s.index == plan.target.index)
     return dataclasses.replace(plan, stages=tuple(stages), target=target)
+
+
+def check_own_files(plan: Plan, context: BuildContext,
+                    files: Sequence[tuple[str, Path]]) -> None:
+    """What the build writes while it runs (the image, its log, the step cache) must not be
+    inside what it reads: a base directory (all of it is read, as the image is written), or a
+    directory a COPY takes from the context (unless .acignore leaves the file out). There
+    every build would fail with "changed during the build", and the next build would read
+    the last one's files. Said before any work, naming both paths."""
+    for what, path in files:
+        target = path.absolute()
+        target = target.parent.resolve() / target.name
+        for stage in plan.stages:
+            base = stage.base
+            if not isinstance(base, LocalImage) or not base.path.is_dir():
+                continue
+            root = base.path.resolve()
+            if target == root or root in target.parents:
+                raise BuildError(f"{what} {path} is inside the base directory {base.path}",
+                                 span=stage.begin.span,
+                                 hint="write it outside the base directory")
+        if what != "the output":  # the image in the context is the next build's input
+            _outside_copied(plan, context, what, path, target)
+
+
+def _outside_copied(plan: Plan, context: BuildContext, what: str, path: Path,
+                    target: Path) -> None:
+    root = context.root.resolve()
+    if root not in target.parents:
+        return
+    rel = target.relative_to(root).as_posix()
+    if context.is_ignored(rel, is_dir=what == "the cache directory"):
+        return
+    for stage in plan.stages:
+        for step in stage.steps:
+            copy = step.instruction
+            if not isinstance(copy, Copy) or copy.from_stage is not None:
+                continue
+            for pattern in copy.sources:
+                try:
+                    found = context.resolve(pattern)
+                except AcbuildError:
+                    continue  # the COPY itself reports it
+                for source in found:
+                    top = (context.root / source.rel).resolve()
+                    if source.is_dir and not source.is_symlink and (
+                            top == target or top in target.parents):
+                        raise BuildError(
+                            f"{what} {path} is inside COPY source '{pattern}', which the "
+                            "build copies", span=copy.span,
+                            hint="write it elsewhere, or leave it out in .acignore")

@@ -22,7 +22,7 @@ from acbuild.acfile.instructions import Isolator, Run, Sign
 from acbuild.acfile.parse import parse_partly
 from acbuild.acfile.render import load_variables, render, unused_variables
 from acbuild.build import manifest_edit
-from acbuild.build.bases import BaseLoader, pin_dependencies
+from acbuild.build.bases import BaseLoader, check_own_files, pin_dependencies
 from acbuild.build.execute import ExecuteOptions, execute, reported_step, step_info
 from acbuild.build.noop import WarningCounter, check_plan, remember, witness_invocation
 from acbuild.build.rktcompat import rkt_warnings
@@ -159,10 +159,11 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
     signing = bool(plan.sign_keys and options.sign and options.signer is not None)
     # Writing the image, and signing it, are steps of their own after the last instruction.
     plan = _with_total(plan, plan.total_steps + 1 + signing)
+    context = build_context(options)
+    check_own_files(plan, context, _own_files(plan, options))
     if options.output is not None and options.output_format != "oci":
         check_writable(options.output)  # before step 1, not after the work
     epoch = build_epoch(options.environ)
-    context = build_context(options)
     cache = open_cache(options, reporter)
     with _session(cache), work_directory() as work, _remote(cache, options, reporter):
         if cache is not None:
@@ -191,6 +192,19 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
         _remember(plan, options, witness, cache, epoch, written)
     return dataclasses.replace(written, signatures=signatures,
                                seconds=time.monotonic() - started)
+
+
+def _own_files(plan: Plan, options: BuildOptions) -> list[tuple[str, Path]]:
+    """What the build writes while it runs; without -o, the image goes to the current
+    directory (its name is known only from the final manifest)."""
+    files = [("the output", options.output or Path.cwd())]
+    has_run = any(isinstance(s.instruction, Run) for st in plan.stages for s in st.steps)
+    if options.log_file is not None or has_run:
+        files.append(("the log file", options.log_file or default_log_path(options.environ)))
+    if not options.no_cache:
+        files.append(("the cache directory",
+                      options.cache_dir or default_cache_dir(options.environ)))
+    return files
 
 
 def _remember(plan: Plan, options: BuildOptions, witness: Witness, cache: BuildCache,

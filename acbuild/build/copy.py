@@ -30,9 +30,15 @@ from acbuild.acfile.context import (
 )
 from acbuild.acfile.instructions import Copy
 from acbuild.errors import AcbuildError, BuildError, Span
+from acbuild.fs.keyed import content_digest, listing_signature, signature
 from acbuild.fs.securepath import ensure_dirs, relpath_in, safe_join
 from acbuild.fs.staging import DeviceNode, FileRef, StagedRootfs
-from acbuild.image.unstaged import materialize, prepare_path, ref_signature
+from acbuild.image.unstaged import (
+    content_changed,
+    context_changed,
+    materialize,
+    prepare_path,
+)
 from acbuild.image.users import MAX_ID, numeric_id, resolve_group, resolve_user
 from acbuild.report import NullReporter, Reporter
 
@@ -92,7 +98,7 @@ def copy_instruction(instr: Copy, *, context: BuildContext, rootfs: StagedRootfs
     for unsafe in instr.sources:
         at = _token_span(span, unsafe)
         if from_rootfs is None:
-            sources.extend(_context_sources(unsafe, context, instr, owner, at))
+            sources.extend(_context_sources(unsafe, context, instr, owner, at, rootfs))
             continue
         try:
             sources.extend(_stage_sources(unsafe, from_rootfs, instr, owner, at))
@@ -114,8 +120,15 @@ def copy_instruction(instr: Copy, *, context: BuildContext, rootfs: StagedRootfs
 
 
 def _context_sources(unsafe: str, context: BuildContext, instr: Copy,
-                     owner: tuple[int, int] | None, span: Span) -> Iterator[_Source]:
-    for source in context.resolve(unsafe, span=span):
+                     owner: tuple[int, int] | None, span: Span,
+                     rootfs: StagedRootfs) -> Iterator[_Source]:
+    resolved = context.resolve(unsafe, span=span)
+    if rootfs.keyed is not None and not rootfs.keyed.names(
+            os.fspath(context.root), unsafe, (s.rel for s in resolved)):
+        raise BuildError(f"COPY source '{unsafe}' names other files than it did when the "
+                         "build computed its cache key: the context changed during the build",
+                         span=span, hint="do not change the context during a build")
+    for source in resolved:
         try:
             st = context.lstat(source.rel)
             entries = [_context_entry("", source.path, st, instr, owner, unsafe, span,
@@ -130,6 +143,12 @@ def _context_sources(unsafe: str, context: BuildContext, instr: Copy,
         except OSError as e:
             raise BuildError(f"COPY source '{unsafe}': {e.strerror}: '{e.filename}'",
                              span=span) from None
+        keyed = rootfs.keyed
+        if keyed is not None and source.is_dir and not source.is_symlink and keyed.source(
+                os.fspath(context.root / source.rel)) != listing_signature(
+                (e.sub, stat.S_ISDIR(e.seen.st_mode), stat.S_ISREG(e.seen.st_mode))
+                for e in entries[1:] if e.seen is not None):
+            raise context_changed(source.rel, span)  # an entry added or removed since the key
         yield _Source(name=source.name, entries=tuple(entries))
 
 
@@ -318,6 +337,8 @@ class _Writer:
             if self._referenced(entry, rel):
                 return
             if entry.kind == "symlink":
+                if entry.seen is not None:
+                    self._keyed(entry, entry.seen)
                 os.symlink(self._readlink(entry), path)
             elif entry.device is not None:
                 self._make_device(entry.device, rel, path)
@@ -348,15 +369,33 @@ class _Writer:
         if (not self.leave_refs or entry.kind != "file" or entry.context_rel is None
                 or seen is None):
             return False
+        self._keyed(entry, seen)
         self.rootfs.devices.pop(rel, None)
         self.rootfs.owners.pop(rel, None)
         self.rootfs.refs[rel] = FileRef(
             root=os.fspath(self.context.root), root_id=self.context.root_id,
-            rel=entry.context_rel, seen=ref_signature(seen),
+            rel=entry.context_rel, seen=signature(seen), digest=self._digest(entry),
             mode=entry.mode, uid=entry.owner[0], gid=entry.owner[1], mtime=int(time.time()),
             span=self.span)
         self.done += seen.st_size
         return True
+
+    def _digest(self, entry: _Entry) -> bytes | None:
+        keyed = self.rootfs.keyed
+        if keyed is None or entry.context_rel is None:
+            return None
+        return keyed.digest(os.fspath(self.context.root / entry.context_rel))
+
+    def _keyed(self, entry: _Entry, st: os.stat_result) -> None:
+        """A context file, as the COPY opened it: the one its scan saw and, with cache
+        keys, the one the key read (a file edited since fails the COPY: acbuild.fs.keyed)."""
+        if entry.context_rel is None or entry.seen is None:
+            return
+        keyed = self.rootfs.keyed
+        if signature(st) != signature(entry.seen) or (
+                keyed is not None and
+                not keyed.holds(os.fspath(self.context.root / entry.context_rel), st)):
+            raise context_changed(entry.context_rel, self.span)
 
     def _make_device(self, node: DeviceNode, rel: str, path: str) -> None:
         if node.kind == "fifo" and self.rootfs.privileged:
@@ -375,10 +414,17 @@ class _Writer:
             if not stat.S_ISREG(st.st_mode):
                 raise BuildError(f"COPY source '{entry.path}' changed while copying",
                                  span=self.span)
-            dst = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            if entry.seen is not None:
+                self._keyed(entry, st)
+            dst = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                           | os.O_CLOEXEC, 0o600)
             try:
                 self._stream(src, dst, st.st_size)
+                if entry.context_rel is not None and signature(os.fstat(src)) != signature(st):
+                    raise context_changed(entry.context_rel, self.span)  # while read
+                expected = self._digest(entry)
+                if expected is not None and content_digest(dst) != expected:
+                    raise content_changed(entry.context_rel or "", self.span)
                 self.rootfs.devices.pop(rel, None)
                 # Owner before mode: chown clears setuid and setgid bits.
                 if self.rootfs.privileged:

@@ -147,6 +147,9 @@ class _Executor:
         for number, step in enumerate(stage.steps[resume.cached :], resume.cached):
             if self.cancel.is_set():
                 raise Cancelled("stopped: another stage failed")
+            # What a keyed step takes from the user's directories must be what its key read
+            # (acbuild.fs.keyed); a step without a key (nor any after it) is not cached.
+            state.rootfs.keyed = self.plan.keyed if step.key is not None else None
             with reported_step(step_info(step, stage), self.reporter,
                                step.instruction.span) as info:
                 if number == 0:

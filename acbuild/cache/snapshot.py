@@ -28,9 +28,10 @@ from pathlib import Path
 
 from acbuild.cache.statcache import frame
 from acbuild.cache.warm import settled
-from acbuild.fs.staging import listing_signature
+from acbuild.fs.keyed import listing_signature
 
 _CHUNK = 1 << 20
+_ZEROS = bytes(_CHUNK)
 # Host policy, not content (the finalizer skips it too); the cache's filesystem may add it.
 _SKIPPED_XATTRS = frozenset({"security.selinux"})
 
@@ -198,7 +199,11 @@ class _TreeCopier:
         with open(src, "rb") as f, open(dest, "xb") as out:
             while chunk := f.read(_CHUNK):
                 h.update(chunk)
-                out.write(chunk)
+                if len(chunk) == _CHUNK and chunk == _ZEROS:
+                    out.seek(_CHUNK, os.SEEK_CUR)  # a hole (a sparse lastlog): not written
+                else:
+                    out.write(chunk)
+            out.truncate()  # the size, when the file ends in a hole
         frame(self.h, h.digest())
         self.finish(src, dest, st)
         if self.link and self.final is not None:

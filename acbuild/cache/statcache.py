@@ -29,6 +29,7 @@ from acbuild.acfile.context import (
 from acbuild.cache.warm import FORMAT_VERSION, Witness, settled
 from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
+from acbuild.fs.keyed import KeyedFiles, listing_signature
 from acbuild.image.manifest import host_os_arch
 from acbuild.plan.baseref import (
     BaseRef,
@@ -54,11 +55,13 @@ def frame(h: hashlib._Hash, *fields: bytes) -> None:
 class StatCache:
     """Maps absolute path -> (dev, ino, size, mtime_ns, ctime_ns, sha256 hex).
 
-    ``witness``, when set, is told every entry a key reads (the warm record's inputs)."""
+    ``witness``, when set, is told every entry a key reads (the warm record's inputs);
+    ``keyed`` gets the signature of every entry of a base tree or the context a key read."""
 
     def __init__(self, path: Path | None, witness: Witness | None = None) -> None:
         self.path = path
         self.witness = witness
+        self.keyed = KeyedFiles()
         self._entries: dict[str, list[object]] = {}
         self._dirty = False
         if path is not None:
@@ -122,6 +125,7 @@ def _entry(h: hashlib._Hash, cache: StatCache, rel: str, path: Path | str,
     normalised as COPY does and owners left out (a context)."""
     if cache.witness is not None:
         cache.witness.seen(path, st, follow=follow)
+    cache.keyed.record(os.fspath(path), st)
     mode = b"%o" % (stat.S_IMODE(st.st_mode) if exact else normalised_mode(st.st_mode))
     owner = b"%d:%d" % (st.st_uid, st.st_gid) if exact else b""
     name = os.fsencode(rel)
@@ -130,7 +134,9 @@ def _entry(h: hashlib._Hash, cache: StatCache, rel: str, path: Path | str,
     elif stat.S_ISDIR(st.st_mode):
         frame(h, b"dir", name, mode, owner)
     elif stat.S_ISREG(st.st_mode):
-        frame(h, b"file", name, mode, owner, cache.file_digest(path, st).encode())
+        digest = cache.file_digest(path, st)
+        cache.keyed.record_digest(os.fspath(path), digest)
+        frame(h, b"file", name, mode, owner, digest.encode())
     else:
         frame(h, b"special", name, b"%o" % stat.S_IFMT(st.st_mode), b"%d" % st.st_rdev, owner)
 
@@ -141,7 +147,11 @@ def sources_digest(context: BuildContext, sources: Sequence[ContextSource],
     paths, types, normalised modes, contents, link targets; not mtimes, owners or location."""
     h = hashlib.sha256()
     for source in sorted(sources, key=lambda s: s.rel):
-        _source(h, cache, context, source, context.lstat(source.rel), context.walk(source))
+        walked = _source(h, cache, context, source, context.lstat(source.rel),
+                         context.walk(source))
+        # What the walk listed: a COPY must copy the same entries, none removed since.
+        cache.keyed.record_source(os.fspath(context.root / source.rel),
+                                  listing_signature(walked))
     return "sha256:" + h.hexdigest()
 
 
@@ -155,15 +165,21 @@ def listing_digest(context: BuildContext, source: ContextSource, top: os.stat_re
 
 
 def _source(h: hashlib._Hash, cache: StatCache, context: BuildContext, source: ContextSource,
-            top: os.stat_result, entries: Iterable[tuple[str, os.stat_result]]) -> None:
+            top: os.stat_result, entries: Iterable[tuple[str, os.stat_result]]
+            ) -> list[tuple[str, bool, bool]]:
+    """Hash ``source``'s entries into ``h``; returns what was listed (name, is a directory,
+    is a regular file), for the record of what the key read."""
     frame(h, b"source", source.rel.encode())
     # Absolute paths as plain strings, normal already (the stat cache's keys): no pathlib
     # per entry, which was most of the cost of a context of many small files.
     here = os.fspath(context.root) + ("" if source.rel == "." else "/" + source.rel)
     _context_entry(h, cache, context, ".", source.rel, here, top)
+    walked = []
     for rel, st in entries:
         _context_entry(h, cache, context, rel, posixpath.join(source.rel, rel),
                        f"{here}/{rel}", st)
+        walked.append((rel, stat.S_ISDIR(st.st_mode), stat.S_ISREG(st.st_mode)))
+    return walked
 
 
 def _context_entry(h: hashlib._Hash, cache: StatCache, context: BuildContext, rel: str,
@@ -172,6 +188,8 @@ def _context_entry(h: hashlib._Hash, cache: StatCache, context: BuildContext, re
     through the context's descriptors, so what is hashed is the inode the scan saw, never
     something a swapped symlink points at."""
     name = os.fsencode(rel)
+    if not stat.S_ISDIR(st.st_mode):
+        cache.keyed.record(path, st)
     if stat.S_ISLNK(st.st_mode):
         if cache.witness is not None:
             cache.witness.seen(path, st)
@@ -180,6 +198,7 @@ def _context_entry(h: hashlib._Hash, cache: StatCache, context: BuildContext, re
         if cache.witness is not None:
             cache.witness.seen(path, st)
         digest = cache.file_digest(path, st, opener=lambda: context.open_file(where, st))
+        cache.keyed.record_digest(path, digest)
         frame(h, b"file", name, b"%o" % normalised_mode(st.st_mode), b"", digest.encode())
     else:
         _entry(h, cache, rel, path, st, exact=False)
@@ -213,11 +232,23 @@ def path_digest(path: Path, cache: StatCache) -> str:
     if not stat.S_ISDIR(st.st_mode):
         if cache.witness is not None:
             cache.witness.seen(root, st, follow=True)
-        return "sha256:" + cache.file_digest(path, st)
+        cache.keyed.record(root, st)
+        digest = cache.file_digest(path, st)
+        cache.keyed.record_digest(root, digest)
+        return "sha256:" + digest
     h = hashlib.sha256()
     _entry(h, cache, ".", root, st, exact=True, follow=True)
+    # Each directory's listing as the key saw it: the base's copy must list the same.
+    listings: dict[str, list[tuple[str, bool, bool]]] = {"": []}
     for rel, child in scan(path, ""):
         _entry(h, cache, rel, f"{root}/{rel}", child, exact=True)
+        parent, _, name = rel.rpartition("/")
+        is_dir = stat.S_ISDIR(child.st_mode)
+        listings[parent].append((name, is_dir, stat.S_ISREG(child.st_mode)))
+        if is_dir:
+            listings[rel] = []
+    for rel, found in listings.items():
+        cache.keyed.record_listing(f"{root}/{rel}" if rel else root, listing_signature(found))
     return "sha256:" + h.hexdigest()
 
 
@@ -304,6 +335,9 @@ class _Keyer:
                     return None if key is None else b"stage:" + key.encode()
                 case ins.Copy(sources=sources):
                     found = [self.context.resolve(s, span=instruction.span) for s in sources]
+                    for pattern, resolved in zip(sources, found, strict=True):
+                        self.stat_cache.keyed.record_pattern(
+                            os.fspath(self.context.root), pattern, (s.rel for s in resolved))
                     if self.stat_cache.witness is not None:
                         for source, resolved in zip(sources, found, strict=True):
                             witness_path(self.stat_cache.witness, self.context, source,
@@ -382,7 +416,7 @@ def key_plan(plan: Plan, *, context: BuildContext, epoch: int,
     keyer = _Keyer(plan, context, epoch, identity, stat_cache)
     stages = tuple(keyer.stage(s) for s in plan.stages)
     target = next(s for s in stages if s.index == plan.target.index)
-    return dataclasses.replace(plan, stages=stages, target=target)
+    return dataclasses.replace(plan, stages=stages, target=target, keyed=stat_cache.keyed)
 
 
 def image_key(plan: Plan, *, compression: str, output_format: str, epoch: int) -> str | None:

@@ -22,12 +22,12 @@ import contextlib
 import errno
 import os
 import stat
-import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from acbuild.errors import Span
+from acbuild.fs.keyed import KeyedFiles, Signature
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,15 +58,6 @@ class LowerTree:
     max_bytes: int  # the limit on the base's file bytes, checked as they are read
 
 
-def listing_signature(entries: Iterable[tuple[str, bool, bool]]) -> tuple[int, int]:
-    """(count, combined CRC) of a directory's (name, is_dir, is_file) entries, any order."""
-    count = combined = 0
-    for name, is_dir, is_file in entries:
-        count += 1
-        combined ^= zlib.crc32(b"%d%d" % (is_dir, is_file) + os.fsencode(name))
-    return count, combined
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FileRef:
     """A file a COPY put in the rootfs without writing it: the finalizer reads its data from
@@ -76,9 +67,10 @@ class FileRef:
     root: str  # the build context
     root_id: tuple[int, int]  # its (st_dev, st_ino)
     rel: str  # the file in the context
-    # (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) at the COPY: the ctime too, since
-    # an edit in place can put the mtime back but never the ctime.
-    seen: tuple[int, int, int, int, int]
+    # acbuild.fs.keyed's signature at the COPY (the one its key read): the ctime too,
+    # since an edit in place can put the mtime back but never the ctime.
+    seen: Signature
+    digest: bytes | None  # the sha256 its key hashed (None: no key): the bytes read must match
     mode: int
     uid: int
     gid: int
@@ -99,6 +91,9 @@ class StagedRootfs:
     devices: dict[str, DeviceNode] = field(default_factory=dict)
     lower: LowerTree | None = None
     refs: dict[str, FileRef] = field(default_factory=dict)  # COPY'd files, not on disk
+    # What the build's cache keys read (None: no keys, --no-cache): files the build takes
+    # from the user's directories must still be those (see acbuild.fs.keyed).
+    keyed: KeyedFiles | None = None
 
     def set_owner(self, rel: str, uid: int, gid: int) -> None:
         """Give ``rel`` (already created, inside root, or a device record) an owner, on disk

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import stat
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from acbuild.errors import ImageError
+from acbuild.fs.keyed import KeyedFiles, signature
 from acbuild.fs.staging import StagedRootfs
 from acbuild.image import compression, manifest
 from acbuild.image.basedir import copy_tree
@@ -50,9 +52,11 @@ def open_tar(path: Path) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def open_tar_measured(path: Path) -> Iterator[tuple[BinaryIO, Callable[[], tuple[int, int]]]]:
+def open_tar_measured(path: Path, keyed: KeyedFiles | None = None,
+                      ) -> Iterator[tuple[BinaryIO, Callable[[], tuple[int, int]]]]:
     """``open_tar``, and a function telling how far into the file (compressed bytes) the
-    reading is and the file's size: the one progress total known before the end."""
+    reading is and the file's size: the one progress total known before the end.
+    ``keyed``: the file must be the one the cache key read, opened and once read."""
     try:
         # O_NONBLOCK: a FIFO in an image's place must be refused, not wait for a writer.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -65,14 +69,56 @@ def open_tar_measured(path: Path) -> Iterator[tuple[BinaryIO, Callable[[], tuple
         info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise ImageError(f"{path}: not a regular file")
+        if keyed is not None and not keyed.holds(os.path.abspath(path), info):
+            raise _changed(path)
 
         def position() -> tuple[int, int]:
             # The decompressor reads ahead by a buffer: never more than the whole.
             return min(os.lseek(fd, 0, os.SEEK_CUR), info.st_size), info.st_size
 
+        expected = None if keyed is None else keyed.digest(os.path.abspath(path))
+        raw = _HashingRaw(f) if expected is not None else None
         with archive_errors():
-            stream = compression.open_decompressed(f)
+            stream = compression.open_decompressed(
+                f if raw is None else io.BufferedReader(raw))
         yield stream, position
+        if keyed is not None and signature(os.fstat(f.fileno())) != signature(info):
+            raise _changed(path)
+        # The bytes read are those the key hashed (a write through a shared mapping of the
+        # archive changes no time the signature could show).
+        if raw is not None and raw.rest_digest() != expected:
+            raise ImageError(f"{path} does not hold what the cache key read, although its "
+                             "times did not change (written through a shared mapping?)",
+                             hint="if nothing changed it during the build, touch it and "
+                                  "build again")
+
+
+class _HashingRaw(io.RawIOBase):
+    """The archive's bytes as read, hashed (sha256, as the key hashed the file)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.h = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = self.f.readinto(b)  # type: ignore[attr-defined]
+        if n:
+            self.h.update(memoryview(b)[:n])
+        return n or 0
+
+    def rest_digest(self) -> bytes:
+        """The digest once the rest (past the archive's end) is read too."""
+        while chunk := self.f.read(1 << 20):
+            self.h.update(chunk)
+        return self.h.digest()
+
+
+def _changed(path: Path) -> ImageError:
+    return ImageError(f"{path} changed during the build: it is not the file the cache key "
+                      "read", hint="do not change a base image while a build uses it")
 
 
 def read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int, what: str) -> bytes:
@@ -213,7 +259,8 @@ class _Hashing:
 def _extract(path: Path, rootfs: StagedRootfs, prefix: str | None,
              reporter: Reporter | None, limits: Limits,
              keep: Callable[[str], bool] | None = None,
-             expect_id: str | None = None) -> ImageManifest | None:
+             expect_id: str | None = None,
+             keyed: KeyedFiles | None = None) -> ImageManifest | None:
     """Extract the archive at ``path`` (entries under ``prefix``, or what its first entry
     says when None) and return the manifest beside them, if the archive has one."""
     reader = ManifestReader(path, limits)
@@ -221,7 +268,7 @@ def _extract(path: Path, rootfs: StagedRootfs, prefix: str | None,
     def outside(name: str, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         reader.offer(name, member, tar)
 
-    with open_tar_measured(path) as (stream, position):
+    with open_tar_measured(path, keyed) as (stream, position):
         hashing = _Hashing(stream)
 
         def progress() -> None:
@@ -271,4 +318,4 @@ def unpack_base(
     if stat.S_ISDIR(st.st_mode):
         copy_tree(path, rootfs, reporter=reporter, limits=limits, link=link)
         return None
-    return _extract(path, rootfs, None, reporter, limits)
+    return _extract(path, rootfs, None, reporter, limits, keyed=rootfs.keyed)

@@ -9,7 +9,13 @@ listed). This saves linking every file in and unlinking it again (~20 µs a file
 else needs the files as real entries of the staged tree makes them so first:
 ``prepare_path`` for a path a COPY or WORKDIR resolves, ``materialize`` for all of them (a
 cache snapshot, a COPY --from reading the stage, an OCI export). Both hardlink the base's
-files (copying where the kernel refuses), as the staged copy always did in such a stage.
+files (copying where the kernel refuses), as the staged copy always did in such a stage;
+except when cache keys read the base: they are then copied, since a hardlink changes the
+file's ctime, and with it the signature the key recorded (see acbuild.fs.keyed).
+
+Every file is opened without following a symlink and without blocking (a FIFO swapped in
+cannot hang the build), checked on the descriptor to be the one listed (and the one the
+key read), and checked again once read: a file changed meanwhile fails the build.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from acbuild.errors import ImageError
-from acbuild.fs.staging import LowerTree, StagedRootfs, listing_signature
+from acbuild.fs.keyed import content_digest, listing_signature, signature
+from acbuild.fs.staging import LowerTree, StagedRootfs
 from acbuild.image.extract import RootfsWriter
 from acbuild.image.tarread import Limits
 from acbuild.report import Reporter
@@ -49,13 +56,14 @@ def copy_tree(
     """
     writer = RootfsWriter(rootfs, reporter=reporter)
     state = CopyState(writer=writer, rootfs=rootfs, limits=limits, link=link, defer=link,
-                       src=os.fsencode(src))
+                       src=os.fsencode(src), base=os.path.abspath(src))
     try:
         fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         raise ImageError(f"{src}: cannot read: {e.strerror}") from None
     dest = os.open(rootfs.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
+        state.keyed_entry("", os.fstat(fd))
         writer.root_dir(state.info("", os.fstat(fd), fd, None))
         state.dirs[""] = (_identity(os.fstat(dest)), _identity(os.fstat(fd)))
         # Every directory first, then what goes in them: on ext4, filling each directory
@@ -77,9 +85,11 @@ def copy_tree(
 def filling(rootfs: StagedRootfs, lower: LowerTree) -> Iterator[tuple[CopyState, int, int]]:
     """(copier, source root fd, staged root fd) for making lower files real: its
     ``fill(src_fd, rel_dir, dest_fd, only=name or None)``."""
-    state = CopyState(writer=RootfsWriter(rootfs), rootfs=rootfs, link=True, lower=lower,
-                       limits=Limits(max_total_bytes=lower.max_bytes),
-                       src=os.fsencode(lower.source), dirs=lower.dirs)
+    # Hardlinked, unless keys read the base: a link would change the ctime they recorded.
+    state = CopyState(writer=RootfsWriter(rootfs), rootfs=rootfs, link=rootfs.keyed is None,
+                       lower=lower, limits=Limits(max_total_bytes=lower.max_bytes),
+                       src=os.fsencode(lower.source), base=os.fspath(lower.source),
+                       dirs=lower.dirs)
     try:
         src = os.open(lower.source, _DIR_FLAGS)
     except OSError as e:
@@ -98,11 +108,27 @@ def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+# A content digest differs although the signature held: a write through a shared mapping.
+CONTENT_CHANGED = ("does not hold what the cache key read, although its times did not change "
+                   "(written through a shared mapping?)")
+# The stat cache may have keyed it by an old digest: a new ctime makes it read again.
+CONTENT_HINT = "if nothing changed it during the build, touch it and build again"
+
+
+def base_changed(base: str | os.PathLike[str], rel: str, what: str) -> ImageError:
+    """The one error for a base directory that is not what it was."""
+    return ImageError(f"base directory {os.fspath(base)} changed during the build: {rel!r} "
+                      f"{what}", hint=CONTENT_HINT if what == CONTENT_CHANGED else
+                      "do not change a base directory while a build uses it")
+
+
 # Why os.link may refuse where a copy works: another filesystem, fs.protected_hardlinks,
 # too many links to the inode, a filesystem without hardlinks.
 _NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP,
                       errno.EEXIST})
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a file swapped for a FIFO since it was listed must not hang the open.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 
 
 @dataclass(slots=True, kw_only=True)
@@ -114,6 +140,7 @@ class CopyState:
     defer: bool = False  # leave regular files in the source (rootfs.lower)
     lower: LowerTree | None = None  # filling the staged tree from its lower tree
     src: bytes = b""
+    base: str = ""  # the source, absolute: what the keys named its entries after
     done: int = 0
     count: int = 0
     links: dict[tuple[int, int], str] = field(default_factory=dict)
@@ -132,6 +159,10 @@ class CopyState:
                            key=lambda item: os.fsencode(item[0]))
         if self.defer and not dirs:
             self.listings[rel_dir] = listing_signature(found)
+        keyed = self.rootfs.keyed
+        if dirs and keyed is not None and self.lower is None and \
+                keyed.listing(self._path(rel_dir)) != listing_signature(found):
+            raise self._changed(rel_dir or ".", "does not hold what the cache key listed")
         for name, is_dir, is_file in found:
             rel = f"{rel_dir}/{name}" if rel_dir else name
             if is_dir == dirs:
@@ -148,6 +179,8 @@ class CopyState:
                 st = os.lstat(name, dir_fd=dir_fd)
             except FileNotFoundError:
                 continue  # vanished while we copied
+            if not stat.S_ISREG(st.st_mode):
+                self.keyed_entry(rel, st)  # a file: checked on its descriptor
             if stat.S_ISDIR(st.st_mode):
                 self.directory(dir_fd, name, rel, st, dest_fd)
             elif stat.S_ISREG(st.st_mode):
@@ -253,9 +286,76 @@ class CopyState:
             )
         if self.link and self._linked(dir_fd, name, rel, dest_fd):
             return
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        with os.fdopen(fd, "rb") as data:
-            self.writer.file(rel, data, self.info(rel, st, data.fileno(), None))
+        try:
+            fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+        except OSError as e:
+            raise self._changed(rel, f"cannot be opened ({e.strerror})") from None
+        try:
+            found = os.fstat(fd)
+            if signature(found) != signature(st):
+                raise self._changed(rel, "was replaced while it was copied")
+            self._keyed_file(rel, found)
+            os.set_blocking(fd, True)
+            self._copied(fd, found, name, rel, dest_fd)
+            if signature(os.fstat(fd)) != signature(found):
+                raise self._changed(rel, "changed while it was copied")
+        finally:
+            os.close(fd)
+
+    def _copied(self, src: int, st: os.stat_result, name: str, rel: str, dest_fd: int) -> None:
+        """A base's file copied into the staged tree (what a hardlink would give, as a new
+        inode): data kernel-side with its holes, the owner (recorded without root), the
+        xattrs a copy keeps, the mode and the exact mtime. ``dest_fd`` is a staged
+        directory this build made (nothing in it is followed)."""
+        out = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600, dir_fd=dest_fd)
+        try:
+            _copy_data(src, out, st.st_size)
+            self._keyed_content(rel, out)
+            if self.rootfs.privileged:
+                os.fchown(out, st.st_uid, st.st_gid)  # before the mode: chown clears setuid
+            else:
+                self.rootfs.set_owner(rel, *self.rootfs.owner(rel, st))
+            with contextlib.suppress(OSError):
+                for key in os.listxattr(src):
+                    space = key.partition(".")[0]
+                    if key == "security.selinux":
+                        continue
+                    if not self.rootfs.privileged and space != "user":
+                        self.writer.warn_once(
+                            space, f"xattrs in the {space}.* namespace need root; not kept")
+                        continue
+                    os.setxattr(out, key, os.getxattr(src, key))
+            os.fchmod(out, stat.S_IMODE(st.st_mode))
+            os.utime(out, ns=(st.st_mtime_ns, st.st_mtime_ns))
+        finally:
+            os.close(out)
+
+    def keyed_entry(self, rel: str, st: os.stat_result) -> None:
+        """With cache keys: ``st`` of the entry ``rel`` must be what the key read."""
+        keyed = self.rootfs.keyed
+        if keyed is not None and not keyed.holds(self._path(rel), st):
+            raise self._changed(rel or ".", "is not what the cache key read")
+
+    def _keyed_file(self, rel: str, st: os.stat_result) -> None:
+        keyed = self.rootfs.keyed
+        if keyed is not None and not keyed.holds(self._path(rel), st):
+            raise self._changed(rel, "is not the file the cache key read")
+
+    def _keyed_content(self, rel: str, copy: int) -> None:
+        """With cache keys: the copy made of ``rel`` (open at ``copy``) holds what the key
+        hashed. Its own inode, that no one else writes: what it holds now is what the
+        image and the cache get."""
+        keyed = self.rootfs.keyed
+        expected = None if keyed is None else keyed.digest(self._path(rel))
+        if expected is not None and content_digest(copy) != expected:
+            raise self._changed(rel, CONTENT_CHANGED)
+
+    def _path(self, rel: str) -> str:
+        return f"{self.base}/{rel}" if rel else self.base
+
+    def _changed(self, rel: str, what: str) -> ImageError:
+        return base_changed(self.base, rel, what)
 
     def _linked(self, dir_fd: int, name: str, rel: str, dest_fd: int) -> bool:
         """Hardlink the file; False when it must be copied instead."""
@@ -314,6 +414,52 @@ _TYPES = {
     stat.S_IFBLK: tarfile.BLKTYPE,
     stat.S_IFIFO: tarfile.FIFOTYPE,
 }
+
+
+def _copy_data(src: int, dst: int, size: int) -> None:
+    """``size`` bytes, kernel-side where it can; fewer if the file shrank (the check after
+    the copy reports it). Holes stay holes: only the data extents are copied (a sparse
+    /var/log/lastlog may be tens of GiB long and hold a few KiB)."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(src, offset, os.SEEK_DATA)
+            end = min(os.lseek(src, start, os.SEEK_HOLE), size)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                break  # no data after offset: the rest is a hole
+            _copy_range(src, dst, size - offset)  # no SEEK_DATA here: every byte
+            return
+        if start >= size:
+            break
+        os.lseek(src, start, os.SEEK_SET)
+        os.lseek(dst, start, os.SEEK_SET)
+        _copy_range(src, dst, end - start)
+        offset = end
+    os.ftruncate(dst, size)
+
+
+def _copy_range(src: int, dst: int, size: int) -> None:
+    """``size`` bytes from each descriptor's offset on."""
+    kernel = True
+    while size > 0:
+        if kernel:
+            try:
+                n = os.copy_file_range(src, dst, min(size, 8 << 20))
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
+                                   errno.EPERM):
+                    raise
+                kernel = False
+                continue
+        else:
+            data = memoryview(os.read(src, min(size, 1 << 20)))
+            n = len(data)
+            while data:
+                data = data[os.write(dst, data):]
+        if n == 0:
+            return
+        size -= n
 
 
 def _exists(name: str, dir_fd: int) -> bool:

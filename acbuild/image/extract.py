@@ -342,6 +342,9 @@ class RootfsWriter:
             except OSError as e:
                 self._warn(space, f"cannot set {space}.* xattrs ({e.strerror}); not kept")
 
+    def warn_once(self, key: str, message: str) -> None:
+        self._warn(key, message)
+
     def _warn(self, key: str, message: str) -> None:
         if key not in self._warned and self.reporter is not None:
             self.reporter.warning(message)

@@ -71,9 +71,10 @@ def iter_rootfs_entries(
     """
     materialize(rootfs)
     cut = len(prefix) + 1 if prefix else 0
-    for entry, fd, data in RootWalker(rootfs, epoch, prefix).entries():
+    walker = RootWalker(rootfs, epoch, prefix)
+    for entry, fd, data in walker.entries():
         if fd >= 0:
-            os.close(fd)
+            walker.close(fd)
         elif data is None:
             yield entry, None
             continue
@@ -174,18 +175,20 @@ def write_aci_stream(
         writer = TarWriter(sink)
         writer.add(_manifest_entry(manifest_json, epoch), io.BytesIO(manifest_json))
         entries = 1
-        for entry, fd, data in RootWalker(rootfs, epoch, "rootfs").entries():
+        walker = RootWalker(rootfs, epoch, "rootfs")
+        for entry, fd, data in walker.entries():
             if data is not None:
                 writer.add_bytes(entry, data)
             elif fd < 0:
                 writer.add(entry)
             else:
                 try:
-                    writer.add_fd(entry, fd)
+                    writer.add_fd(entry, fd, walker.digest(fd))
+                    walker.check(fd)  # what was read is what was opened (and keyed)
                 except OSError as e:
                     raise BuildError(f"cannot read {entry.name}: {e.strerror}") from None
                 finally:
-                    os.close(fd)
+                    walker.close(fd)
             entries += 1
         writer.close()
     except BaseException:

@@ -6,20 +6,28 @@ contents. A regular file is opened as it is listed and described from the open d
 The lower tree's files (a base directory left in place, see acbuild.image.basedir) are
 opened through directory descriptors with O_NOFOLLOW, each directory checked to be the
 one the base was listed from: a swap makes the build fail, never leads it elsewhere.
+
+A file read from outside the staged tree (the base's, or a COPY's in the context) is
+checked on its descriptor before it is read (against what the cache key read, when keys
+were computed: acbuild.fs.keyed) and again once it is read (``close``): a file rewritten,
+grown or shrunk meanwhile fails the build rather than go into the image.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from acbuild.errors import BuildError, ImageError
-from acbuild.fs.staging import DeviceNode, StagedRootfs, listing_signature
+from acbuild.errors import AcbuildError, BuildError, ImageError
+from acbuild.fs.keyed import Signature, listing_signature, signature
+from acbuild.fs.staging import DeviceNode, StagedRootfs
+from acbuild.image.basedir import CONTENT_CHANGED, base_changed
 from acbuild.image.tarwrite import TarEntry
-from acbuild.image.unstaged import open_context_root, open_ref
+from acbuild.image.unstaged import content_changed, open_context_root, open_ref, ref_changed
 
 # Host policy, not image content: an SELinux label would make the image depend on the host.
 _SKIPPED_XATTRS = frozenset({"security.selinux"})
@@ -110,8 +118,9 @@ def _read_all(fd: int, size: int) -> bytes:
 class RootWalker:
     """Produces the entries of one rootfs; remembers inodes to emit hardlinks.
 
-    ``entries()`` yields ``(entry, fd)``: ``fd`` is an open descriptor of a regular file's
-    data (the caller reads ``entry.size`` bytes and closes it), else -1.
+    ``entries()`` yields ``(entry, fd, data)``: ``fd`` is an open descriptor of a regular
+    file's data (the caller reads ``entry.size`` bytes, then calls ``check(fd)`` and, in
+    any case, ``close(fd)``), else -1.
     """
 
     def __init__(self, rootfs: StagedRootfs, epoch: int, prefix: str) -> None:
@@ -131,6 +140,55 @@ class RootWalker:
             parent, _, base = rel.rpartition("/")
             self.refs.setdefault(parent, []).append(base)
         self.contexts: dict[str, int] = {}  # build context -> its open descriptor
+        self.lower_prefix = "" if self.lower is None else os.fspath(self.lower.source) + "/"
+        # descriptors handed out of a file from outside the staged tree -> what must hold
+        # once it is read: (rel, where, its signature when opened, the digest of what is
+        # read and the one the key hashed, when it hashed one)
+        self.handed: dict[int, tuple[str, int, Signature, hashlib._Hash | None,
+                                     bytes | None]] = {}
+
+    def digest(self, fd: int) -> hashlib._Hash | None:
+        """What to hash the data read from ``fd`` into, for ``check`` (None: nothing)."""
+        handed = self.handed.get(fd)
+        return None if handed is None else handed[3]
+
+    def check(self, fd: int) -> None:
+        """After the caller read ``fd`` (through ``digest(fd)``): the file did not change
+        while it was read, and what was read is what the key hashed."""
+        handed = self.handed.get(fd)
+        if handed is not None:
+            rel, where, seen, got, expected = handed
+            self._unchanged(fd, rel, where, seen)
+            if got is not None and got.digest() != expected:
+                raise self._changed(rel, where, CONTENT_CHANGED)
+
+    def _expected(self, rel: str, where: int) -> bytes | None:
+        """The sha256 the key hashed for a file from outside the staged tree, if any."""
+        if where == _REF:
+            return self.rootfs.refs[rel].digest
+        keyed = self.rootfs.keyed
+        return None if keyed is None else keyed.digest(self.lower_prefix + rel)
+
+    def _hand(self, fd: int, rel: str, where: int, st: os.stat_result) -> None:
+        expected = self._expected(rel, where)
+        self.handed[fd] = (rel, where, signature(st),
+                           None if expected is None else hashlib.sha256(), expected)
+
+    def close(self, fd: int) -> None:
+        self.handed.pop(fd, None)
+        os.close(fd)
+
+    def _unchanged(self, fd: int, rel: str, where: int, seen: Signature) -> None:
+        if signature(os.fstat(fd)) != seen:
+            raise self._changed(rel, where, "changed while it was read")
+
+    def _changed(self, rel: str, where: int, what: str) -> AcbuildError:
+        if where == _REF:
+            ref = self.rootfs.refs[rel]
+            return content_changed(ref.rel, ref.span) if what == CONTENT_CHANGED else \
+                ref_changed(ref)
+        assert self.lower is not None
+        return base_changed(self.lower.source, rel, what)
 
     def archive_name(self, rel: str) -> str:
         if not self.prefix:
@@ -308,20 +366,24 @@ class RootWalker:
             ref = self.rootfs.refs[rel]
             fd, st = open_ref(ref, self.contexts[ref.root])
             xattrs: tuple[tuple[str, bytes], ...] = ()  # a copy carries none
+        elif where >= 0:
+            fd, st = self._open_lower(rel, where)
+            try:
+                xattrs = xattrs_of(fd, user_only=not self.rootfs.privileged)
+            except BaseException:
+                os.close(fd)
+                raise
         else:
             name = self.archive_name(rel)
             try:
-                if where >= 0:
-                    fd = os.open(rel.rpartition("/")[2], _FILE_FLAGS, dir_fd=where)
-                else:
-                    fd = os.open(f"{self.root}/{rel}", _FILE_FLAGS)
+                fd = os.open(f"{self.root}/{rel}", _FILE_FLAGS)
             except OSError as e:
                 raise BuildError(f"cannot read {name}: {e.strerror}") from None
             try:
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):
                     raise BuildError(f"{name} changed while the image was being written")
-                xattrs = xattrs_of(fd, user_only=where >= 0 and not self.rootfs.privileged)
+                xattrs = xattrs_of(fd)
             except BaseException:
                 os.close(fd)
                 raise
@@ -329,11 +391,33 @@ class RootWalker:
             return _Loaded(st, xattrs, None, fd)
         try:
             data = _read_all(fd, st.st_size)
+            if where != _UPPER_FILE:  # from outside the staged tree: unchanged while read
+                self._unchanged(fd, rel, where, signature(st))
+                expected = self._expected(rel, where)
+                if expected is not None and hashlib.sha256(data).digest() != expected:
+                    raise self._changed(rel, where, CONTENT_CHANGED)
         except OSError as e:
             raise BuildError(f"cannot read {self.archive_name(rel)}: {e.strerror}") from None
         finally:
             os.close(fd)
         return _Loaded(st, xattrs, data, -1)
+
+    def _open_lower(self, rel: str, where: int) -> tuple[int, os.stat_result]:
+        """A base's file, opened in its directory ``where``: a regular file still, and
+        with cache keys the very one the key read (signatures: see acbuild.fs.keyed)."""
+        try:
+            fd = os.open(rel.rpartition("/")[2], _FILE_FLAGS, dir_fd=where)
+        except OSError as e:
+            raise self._changed(rel, where, f"cannot be opened ({e.strerror})") from None
+        st = os.fstat(fd)
+        keyed = self.rootfs.keyed
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise self._changed(rel, where, "is no longer a regular file")
+        if keyed is not None and not keyed.holds(self.lower_prefix + rel, st):
+            os.close(fd)
+            raise self._changed(rel, where, "is not the file the cache key read")
+        return fd, st
 
     def _file_entry(self, name: str, rel: str, where: int,
                     loaded: _Loaded | None) -> tuple[TarEntry, int, bytes | None]:
@@ -345,6 +429,8 @@ class RootWalker:
             if where == _REF:
                 # What a copy would be: the COPY's mode and owner, one link, its mtime.
                 ref = self.rootfs.refs[rel]
+                if loaded.fd >= 0:
+                    self._hand(loaded.fd, rel, where, st)
                 return TarEntry(name=name, kind="file", mode=ref.mode, uid=ref.uid,
                                 gid=ref.gid, mtime=max(0, min(ref.mtime, self.epoch)),
                                 size=size), loaded.fd, loaded.data
@@ -370,6 +456,8 @@ class RootWalker:
         if kind == "hardlink":
             loaded.discard()
             return entry, -1, None
+        if loaded.fd >= 0 and where != _UPPER_FILE:
+            self._hand(loaded.fd, rel, where, st)
         return entry, loaded.fd, loaded.data
 
     def _device_entry(self, name: str, rel: str, node: DeviceNode,

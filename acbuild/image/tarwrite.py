@@ -6,6 +6,7 @@ stream buffering cost more than compressing. Output is handed on in whole blocks
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import sys
@@ -247,23 +248,31 @@ class TarWriter:
             self._put(data)
             self._put(_padding(len(data)))
 
-    def add_fd(self, entry: TarEntry, fd: int) -> None:
-        """Like add(), reading the file data from an open file descriptor."""
+    def add_fd(self, entry: TarEntry, fd: int, digest: hashlib._Hash | None = None) -> None:
+        """Like add(), reading the file data from an open file descriptor; ``digest`` is
+        updated with every byte read (what went into the archive)."""
         self._put(encode_headers(entry))
         size = entry.size
         if entry.kind != "file" or not size:
             return
+
+        def read(view: memoryview) -> int:
+            got = os.readv(fd, (view,))
+            if digest is not None:
+                digest.update(view[:got])
+            return got
+
         end = self._pos + size
         if end <= CHUNK:
             # A small file (most of them): one read straight into the buffer.
-            got = os.readv(fd, (memoryview(self._buf)[self._pos : end],))
+            got = read(memoryview(self._buf)[self._pos : end])
             self._pos += got
             if got == size:
                 self._put(_padding(size))
                 return
-            self._copy(entry, lambda view: os.readv(fd, (view,)), done=got)
+            self._copy(entry, read, done=got)
             return
-        self._copy(entry, lambda view: os.readv(fd, (view,)))
+        self._copy(entry, read)
 
     def close(self) -> None:
         """End the archive with two zero blocks and hand on what is buffered."""

@@ -9,7 +9,9 @@ staged tree makes them so first: ``prepare_path`` for a path a COPY or WORKDIR r
 all of them (a cache snapshot, a COPY --from reading the stage, an OCI export).
 
 A reference is opened beneath the context through descriptors (no symlink followed) and
-must still be the file the COPY saw: same inode, size and mtime, else the build fails.
+must still be the file the COPY saw, which the COPY checked to be the one its cache key
+read: the same signature (inode, mode, size, mtime and ctime: see acbuild.fs.keyed) when
+opened and again once read, else the build fails.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import errno
 import os
 import stat
 
-from acbuild.errors import AcbuildError, BuildError
+from acbuild.errors import AcbuildError, BuildError, Span
 from acbuild.fs.beneath import ESCAPES, open_beneath
+from acbuild.fs.keyed import Signature, content_digest, signature
 from acbuild.fs.securepath import relpath_in, safe_join
 from acbuild.fs.staging import FileRef, StagedRootfs
-from acbuild.image.basedir import filling
+from acbuild.image.basedir import CONTENT_HINT, filling
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 8 << 20
@@ -93,32 +96,44 @@ def open_context_root(ref: FileRef) -> int:
     return fd
 
 
-def ref_signature(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    """What a referenced file must still show when it is read: any write since changes it."""
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
 def open_ref(ref: FileRef, root_fd: int) -> tuple[int, os.stat_result]:
     """The referenced file opened beneath its context, checked to be the one the COPY saw."""
     try:
         fd = open_beneath(root_fd, ref.rel, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as e:
         if e.errno in ESCAPES or e.errno == errno.ENOENT:
-            raise _changed(ref) from None
+            raise ref_changed(ref) from None
         raise BuildError(f"cannot read '{ref.rel}' in the build context: {e.strerror}",
                          span=ref.span) from None
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or ref_signature(st) != ref.seen:
+    if not stat.S_ISREG(st.st_mode) or signature(st) != ref.seen:
         os.close(fd)
-        raise _changed(ref)
+        raise ref_changed(ref)
     return fd, st
 
 
-def _changed(ref: FileRef) -> BuildError:
+def ref_changed(ref: FileRef) -> BuildError:
+    return context_changed(ref.rel, ref.span)
+
+
+def context_changed(rel: str, span: Span | None) -> BuildError:
     # The words a COPY reading the file itself would use (acbuild.acfile.context).
-    return BuildError(f"'{ref.rel}' in the build context changed while the build read it "
-                      "(replaced by a symlink or another file)", span=ref.span,
+    return BuildError(f"'{rel}' in the build context changed while the build read it "
+                      "(rewritten, or replaced by a symlink or another file)", span=span,
                       hint="do not change the context during a build")
+
+
+def content_changed(rel: str, span: Span | None) -> BuildError:
+    """A context file whose bytes are not those its key hashed, its signature the same."""
+    return BuildError(f"'{rel}' in the build context does not hold what the cache key read, "
+                      "although its times did not change (written through a shared mapping?)",
+                      span=span, hint=CONTENT_HINT)
+
+
+def _unchanged(fd: int, seen: Signature, ref: FileRef) -> None:
+    """Once ``fd`` is read: it is still the file it was (no write while it was read)."""
+    if signature(os.fstat(fd)) != seen:
+        raise ref_changed(ref)
 
 
 def _materialize_ref(rootfs: StagedRootfs, rel: str) -> None:
@@ -137,7 +152,7 @@ def _materialize_ref(rootfs: StagedRootfs, rel: str) -> None:
             parent, _, name = rel.rpartition("/")
             where = open_beneath(top, parent, os.O_RDONLY | os.O_DIRECTORY) if parent else top
             try:
-                dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                dst = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                               | os.O_CLOEXEC, 0o600, dir_fd=where)
             finally:
                 if parent:
@@ -146,6 +161,11 @@ def _materialize_ref(rootfs: StagedRootfs, rel: str) -> None:
             os.close(top)
         try:
             _copy_data(src, dst, st.st_size)
+            _unchanged(src, ref.seen, ref)
+            # The copy, our own inode, holds what the key hashed (a write through a shared
+            # mapping of the file changes no time the signature could show).
+            if ref.digest is not None and content_digest(dst) != ref.digest:
+                raise content_changed(ref.rel, ref.span)
             # Owner before mode: chown clears setuid and setgid bits.
             if rootfs.privileged:
                 os.fchown(dst, ref.uid, ref.gid)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from acbuild.acfile import instructions as ins
 from acbuild.acfile.parse_args import CHOWN
 from acbuild.errors import AcbuildError, AcfileError, Span, raise_all
+from acbuild.fs.keyed import KeyedFiles
 from acbuild.image import manifest_rules as appc
 from acbuild.image.manifest import host_os_arch
 
@@ -52,6 +53,8 @@ class Plan:
     target: Stage
     sign_keys: tuple[str, ...]
     total_steps: int
+    # What the cache keys read, once they are computed (acbuild.fs.keyed); None without.
+    keyed: KeyedFiles | None = field(default=None, compare=False)
 
     def stage_named(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)

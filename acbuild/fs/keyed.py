@@ -1,0 +1,119 @@
+"""What the cache keys read: every entry's signature, so that whatever reads the entry later
+(the base's copy, a COPY, the finalizer streaming a file the build left in place) can tell
+that it still reads what a key was computed over.
+
+A step key hashes a file's content; the image (and the cache entry stored under that key)
+is written from the file later, seconds or minutes later for a big base. In between, the
+user's file may be rewritten in place, renamed over, grown or shrunk. Each reader opens the
+file, compares the open descriptor's signature with the one recorded here when the key read
+it, reads, and compares again: a difference fails the build ("changed during the build")
+before anything is stored.
+
+The signature holds the ctime: every change through a system call (a write, truncate,
+chmod, utime, link count) sets it to the current time, which no unprivileged user can set
+back (utime sets the ctime to *now*), so a same-size rewrite with the mtime put back still
+shows a new ctime. Two changes can keep it, though: a store through a shared writable
+mmap into a page already dirty (no write fault, so no time update until writeback: LMDB,
+SQLite's -shm files), and, on a filesystem with coarse timestamps, a change in the same
+clock tick as the previous one (Linux's multigrain timestamps, since 6.13 on ext4, xfs,
+btrfs and tmpfs, close that one once the key's stat has read the ctime). So where the key
+hashed a file's content, the bytes the build takes are hashed too and compared with that
+digest (``digest``): the signature finds a swap or an edit before anything is read, the
+digest what no signature can.
+
+The builder must not change these ctimes itself between keying and reading (a hardlink
+changes the link count, hence the ctime): a keyed base is copied into the staged tree, never
+hardlinked (acbuild.image.basedir).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zlib
+from collections.abc import Iterable
+
+# (st_dev, st_ino, st_mode, st_size, st_mtime_ns, st_ctime_ns)
+Signature = tuple[int, int, int, int, int, int]
+
+
+def signature(st: os.stat_result) -> Signature:
+    return st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def content_digest(fd: int) -> bytes:
+    """sha256 of the whole file open at ``fd`` (pread: its offset is left alone)."""
+    h = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        h.update(chunk)
+        offset += len(chunk)
+    return h.digest()
+
+
+def listing_signature(entries: Iterable[tuple[str, bool, bool]]) -> tuple[int, int]:
+    """(count, combined CRC) of a directory's (name, is_dir, is_file) entries, any order."""
+    count = combined = 0
+    for name, is_dir, is_file in entries:
+        count += 1
+        combined ^= zlib.crc32(b"%d%d" % (is_dir, is_file) + os.fsencode(name))
+    return count, combined
+
+
+class KeyedFiles:
+    """Filled while the keys are computed (one per build), only read afterwards.
+
+    Entries are kept as the hash of their signature (one int per entry, not six): a
+    different signature with the same 64-bit hash would have to be hit by a ctime the
+    kernel picks; regular files also with the sha256 the key used (the stat cache's, or
+    read then); listings as what ``listing_signature`` gives for the directory."""
+
+    __slots__ = ("_digests", "_entries", "_listings", "_sources")
+
+    def __init__(self) -> None:
+        self._entries: dict[str, int] = {}
+        self._digests: dict[str, bytes] = {}  # regular files: the sha256 the key used
+        self._listings: dict[str, tuple[int, int]] = {}
+        self._sources: dict[str, tuple[int, int]] = {}
+
+    def record(self, path: str, st: os.stat_result) -> None:
+        """``path``: absolute, normalised (os.path.abspath), as every reader names it."""
+        self._entries[path] = hash(signature(st))
+
+    def record_digest(self, path: str, hexdigest: str) -> None:
+        self._digests[path] = bytes.fromhex(hexdigest)
+
+    def digest(self, path: str) -> bytes | None:
+        """The sha256 of the content the key hashed for the file ``path``."""
+        return self._digests.get(path)
+
+    def record_listing(self, path: str, listing: tuple[int, int]) -> None:
+        self._listings[path] = listing
+
+    def record_source(self, path: str, walked: tuple[int, int]) -> None:
+        """A context source (a directory COPY walks): ``listing_signature`` of every
+        (path below it, is_dir, is_file) the walk gave, ignored entries left out."""
+        self._sources[path] = walked
+
+    def holds(self, path: str, st: os.stat_result) -> bool:
+        """Whether ``st`` is what the key read at ``path`` (False when it read nothing)."""
+        known = self._entries.get(path)
+        return known is not None and known == hash(signature(st))
+
+    def record_pattern(self, root: str, pattern: str, found: Iterable[str]) -> None:
+        """What a COPY argument (a glob, say) named in the context ``root``: its sources."""
+        self._sources[f"{root}\0{pattern}"] = listing_signature(
+            (rel, False, False) for rel in found)
+
+    def names(self, root: str, pattern: str, found: Iterable[str]) -> bool:
+        """Whether ``pattern`` names the sources it named for the key (True if no key
+        resolved it)."""
+        known = self._sources.get(f"{root}\0{pattern}")
+        return known is None or known == listing_signature((rel, False, False)
+                                                           for rel in found)
+
+    def listing(self, path: str) -> tuple[int, int] | None:
+        return self._listings.get(path)
+
+    def source(self, path: str) -> tuple[int, int] | None:
+        return self._sources.get(path)
