@@ -217,7 +217,8 @@ class CacheStore:
                 tree = restore_lazily(where / "tree", root, recorded=recorded, known=verified)
                 digest: str | None = tree.digest
                 lower = LowerTree(source=Path(os.path.abspath(where / "tree")), dirs=tree.dirs,
-                                  listings=tree.listings, max_bytes=tree.size)
+                                  listings=tree.listings, max_bytes=tree.size,
+                                  user_files=False)
             else:
                 digest, _ = copy_tree_verified(where / "tree", root, link=link, known=verified)
         except (OSError, CorruptTree):

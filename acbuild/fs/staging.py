@@ -56,6 +56,10 @@ class LowerTree:
     # added, removed, renamed or swapped for another kind since is the base changing
     listings: dict[str, tuple[int, int]]
     max_bytes: int  # the limit on the base's file bytes, checked as they are read
+    # Whether its files are the user's, read by the cache keys and so checked against what
+    # they read (acbuild.fs.keyed); the cache's own snapshot tree is not: its files were
+    # checked against the entry's recorded signatures and digest when it was restored.
+    user_files: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

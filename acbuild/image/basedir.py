@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from acbuild.errors import ImageError
-from acbuild.fs.keyed import content_digest, listing_signature, signature
+from acbuild.fs.keyed import KeyedFiles, content_digest, listing_signature, signature
 from acbuild.fs.staging import LowerTree, StagedRootfs
 from acbuild.image.extract import RootfsWriter
 from acbuild.image.tarread import Limits
@@ -86,7 +86,8 @@ def filling(rootfs: StagedRootfs, lower: LowerTree) -> Iterator[tuple[CopyState,
     """(copier, source root fd, staged root fd) for making lower files real: its
     ``fill(src_fd, rel_dir, dest_fd, only=name or None)``."""
     # Hardlinked, unless keys read the base: a link would change the ctime they recorded.
-    state = CopyState(writer=RootfsWriter(rootfs), rootfs=rootfs, link=rootfs.keyed is None,
+    state = CopyState(writer=RootfsWriter(rootfs), rootfs=rootfs,
+                      link=rootfs.keyed is None or not lower.user_files,
                        lower=lower, limits=Limits(max_total_bytes=lower.max_bytes),
                        src=os.fsencode(lower.source), base=os.fspath(lower.source),
                        dirs=lower.dirs)
@@ -148,6 +149,14 @@ class CopyState:
     dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=dict)
     listings: dict[str, tuple[int, int]] = field(default_factory=dict)
 
+    @property
+    def keyed(self) -> KeyedFiles | None:
+        """What the cache keys read of the source, when it is the user's (the cache's own
+        snapshot tree as a lower tree was checked when it was restored)."""
+        if self.lower is not None and not self.lower.user_files:
+            return None
+        return self.rootfs.keyed
+
     def walk(self, dir_fd: int, rel_dir: str, dest_fd: int, *, dirs: bool) -> None:
         """Copy the children of the open directory ``dir_fd`` (sorted, depth first) into
         the open directory ``dest_fd`` (which this copy made: nothing there is followed):
@@ -159,7 +168,7 @@ class CopyState:
                            key=lambda item: os.fsencode(item[0]))
         if self.defer and not dirs:
             self.listings[rel_dir] = listing_signature(found)
-        keyed = self.rootfs.keyed
+        keyed = self.keyed
         if dirs and keyed is not None and self.lower is None and \
                 keyed.listing(self._path(rel_dir)) != listing_signature(found):
             raise self._changed(rel_dir or ".", "does not hold what the cache key listed")
@@ -333,12 +342,12 @@ class CopyState:
 
     def keyed_entry(self, rel: str, st: os.stat_result) -> None:
         """With cache keys: ``st`` of the entry ``rel`` must be what the key read."""
-        keyed = self.rootfs.keyed
+        keyed = self.keyed
         if keyed is not None and not keyed.holds(self._path(rel), st):
             raise self._changed(rel or ".", "is not what the cache key read")
 
     def _keyed_file(self, rel: str, st: os.stat_result) -> None:
-        keyed = self.rootfs.keyed
+        keyed = self.keyed
         if keyed is not None and not keyed.holds(self._path(rel), st):
             raise self._changed(rel, "is not the file the cache key read")
 
@@ -346,7 +355,7 @@ class CopyState:
         """With cache keys: the copy made of ``rel`` (open at ``copy``) holds what the key
         hashed. Its own inode, that no one else writes: what it holds now is what the
         image and the cache get."""
-        keyed = self.rootfs.keyed
+        keyed = self.keyed
         expected = None if keyed is None else keyed.digest(self._path(rel))
         if expected is not None and content_digest(copy) != expected:
             raise self._changed(rel, CONTENT_CHANGED)

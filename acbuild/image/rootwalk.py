@@ -141,6 +141,9 @@ class RootWalker:
             self.refs.setdefault(parent, []).append(base)
         self.contexts: dict[str, int] = {}  # build context -> its open descriptor
         self.lower_prefix = "" if self.lower is None else os.fspath(self.lower.source) + "/"
+        # what the keys read of the lower tree's files, when they are the user's
+        self.lower_keyed = self.rootfs.keyed if self.lower is not None and \
+            self.lower.user_files else None
         # descriptors handed out of a file from outside the staged tree -> what must hold
         # once it is read: (rel, where, its signature when opened, the digest of what is
         # read and the one the key hashed, when it hashed one)
@@ -166,7 +169,7 @@ class RootWalker:
         """The sha256 the key hashed for a file from outside the staged tree, if any."""
         if where == _REF:
             return self.rootfs.refs[rel].digest
-        keyed = self.rootfs.keyed
+        keyed = self.lower_keyed
         return None if keyed is None else keyed.digest(self.lower_prefix + rel)
 
     def _hand(self, fd: int, rel: str, where: int, st: os.stat_result) -> None:
@@ -410,7 +413,7 @@ class RootWalker:
         except OSError as e:
             raise self._changed(rel, where, f"cannot be opened ({e.strerror})") from None
         st = os.fstat(fd)
-        keyed = self.rootfs.keyed
+        keyed = self.lower_keyed
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise self._changed(rel, where, "is no longer a regular file")
