@@ -39,18 +39,10 @@ def cli(*args: str | Path, stdin: str | None = None, cwd: Path | None = None) ->
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def access(reg: Registry) -> list[str]:
-    """Options reaching ``reg`` (and its token server, on plain http)."""
-    args = reg.cli_args()
-    if reg.token_server is not None:
-        args += ["--insecure-registry", reg.token_server.realm.split("/")[2]]
-    return args
-
-
 def login(reg: Registry) -> None:
     if reg.username is None:
         return
-    r = cli("login", reg.host, "-u", reg.username, "--password-stdin", *access(reg),
+    r = cli("login", reg.host, "-u", reg.username, "--password-stdin", *reg.reach_args(),
             stdin=f"{reg.password}\n")
     assert r.code == 0, r.stderr
 
@@ -84,7 +76,7 @@ def test_begin_docker_with_run_in_every_mode(any_registry: Registry, tmp_path: P
                  "RUN /bin/sh -c 'echo built on a pulled base > /etc/motd'",
                  "EXEC /bin/cat /etc/motd")
     image = tmp_path / "app.aci"
-    r = cli("build", ctx, "-o", image, "--insecure-skip-verify", *access(any_registry))
+    r = cli("build", ctx, "-o", image, "--insecure-skip-verify", *any_registry.reach_args())
     assert r.code == 0, r.stderr
     assert "is not verified" in r.stderr
     actool_validate(image)
@@ -96,7 +88,7 @@ def test_begin_docker_with_run_in_every_mode(any_registry: Registry, tmp_path: P
 
     # --no-cache runs every step again, but the layers come from the store.
     r = cli("build", ctx, "-o", image, "--insecure-skip-verify", "--no-cache",
-            *access(any_registry))
+            *any_registry.reach_args())
     assert r.code == 0, r.stderr
     assert len(any_registry.blob_gets()) == pulled
     if any_registry.password:
@@ -112,9 +104,9 @@ def test_password_is_nowhere_after_a_build(basic_registry: Registry, tmp_path: P
                  "EXEC /bin/true")
     image = tmp_path / "app.aci"
     r = cli("--debug", "build", ctx, "-o", image, "--insecure-skip-verify",
-            *access(basic_registry))
+            *basic_registry.reach_args())
     assert r.code == 0, r.stderr
-    p = cli("plan", ctx, "--insecure-skip-verify", *access(basic_registry))
+    p = cli("plan", ctx, "--insecure-skip-verify", *basic_registry.reach_args())
     assert p.code == 0, p.stderr
     secret = (basic_registry.password or "").encode()
     assert secret and secret not in (r.stderr + r.stdout + p.stdout + p.stderr).encode()
@@ -130,7 +122,7 @@ def test_password_is_nowhere_after_a_build(basic_registry: Registry, tmp_path: P
 def test_unpinned_reference_is_refused_without_skip_verify(http_registry: Registry,
                                                            tmp_path: Path) -> None:
     ctx = acfile(tmp_path, http_registry.ref("library/busybox:1.36"), "EXEC /bin/true")
-    r = cli("build", ctx, "-o", tmp_path / "x.aci", *access(http_registry))
+    r = cli("build", ctx, "-o", tmp_path / "x.aci", *http_registry.reach_args())
     line = one_line_error(r)
     assert "carries no signature" in line and "pinned by digest" in line
     assert "--insecure-skip-verify" in r.stderr
@@ -141,7 +133,7 @@ def test_pinned_by_digest_is_verification(http_registry: Registry, busybox_oci: 
                                           tmp_path: Path) -> None:
     digest = http_registry.push(f"oci:{busybox_oci}:1.36", "library/busybox:pinned")
     ctx = acfile(tmp_path, http_registry.ref(f"library/busybox@{digest}"), "EXEC /bin/true")
-    r = cli("build", ctx, "-o", tmp_path / "x.aci", *access(http_registry))
+    r = cli("build", ctx, "-o", tmp_path / "x.aci", *http_registry.reach_args())
     assert r.code == 0, r.stderr
     assert "pinned by digest" in r.stderr and "verification" in r.stderr
     assert "warning" not in r.stderr.split("[1/")[0]
@@ -150,7 +142,7 @@ def test_pinned_by_digest_is_verification(http_registry: Registry, busybox_oci: 
 def test_401_without_credentials(basic_registry: Registry, tmp_path: Path) -> None:
     ctx = acfile(tmp_path, basic_registry.ref("library/busybox:1.36"), "EXEC /bin/true")
     r = cli("build", ctx, "-o", tmp_path / "x.aci", "--insecure-skip-verify",
-            *access(basic_registry))
+            *basic_registry.reach_args())
     line = one_line_error(r)
     assert "authentication required" in line
     assert f"acbuild-py login {basic_registry.host}" in r.stderr
@@ -159,7 +151,7 @@ def test_401_without_credentials(basic_registry: Registry, tmp_path: Path) -> No
 def test_unknown_tag(http_registry: Registry, tmp_path: Path) -> None:
     ctx = acfile(tmp_path, http_registry.ref("library/busybox:0.0"), "EXEC /bin/true")
     r = cli("build", ctx, "-o", tmp_path / "x.aci", "--insecure-skip-verify",
-            *access(http_registry))
+            *http_registry.reach_args())
     assert "no such image" in one_line_error(r)
 
 
@@ -217,7 +209,7 @@ def test_layer_climbing_out_is_refused(http_registry: Registry, tmp_path: Path) 
     ref = _hostile_layer(tmp_path, http_registry,
                          Tar().dir("etc").file("../../../tmp/evil", b"x"), "climb")
     r = cli("convert", ref, "-o", tmp_path / "x.aci", "--insecure-skip-verify",
-            *access(http_registry))
+            *http_registry.reach_args())
     assert "points outside the image" in one_line_error(r)
     assert not (tmp_path / "x.aci").exists()
     assert not Path("/tmp/evil").exists()
@@ -229,7 +221,7 @@ def test_absolute_paths_and_devices_stay_inside(http_registry: Registry,
            .dir("dev").device("dev/sda", "blk", 8, 0).device("dev/null", "chr", 1, 3))
     ref = _hostile_layer(tmp_path, http_registry, tar, "devices")
     out = tmp_path / "x.aci"
-    r = cli("convert", ref, "-o", out, "--insecure-skip-verify", *access(http_registry))
+    r = cli("convert", ref, "-o", out, "--insecure-skip-verify", *http_registry.reach_args())
     assert r.code == 0, r.stderr
     with tarfile.open(out) as t:
         names = {m.name: m for m in t}
@@ -264,12 +256,12 @@ def test_build_picks_the_host_platform_and_platform_overrides(
         http_registry: Registry, multi: str, tmp_path: Path) -> None:
     ctx = acfile(tmp_path, multi, "EXEC /bin/true")
     host = tmp_path / "host.aci"
-    r = cli("build", ctx, "-o", host, "--insecure-skip-verify", *access(http_registry))
+    r = cli("build", ctx, "-o", host, "--insecure-skip-verify", *http_registry.reach_args())
     assert r.code == 0, r.stderr
     assert _platform_file(host) == b"linux/amd64\n"
     arm = tmp_path / "arm.aci"
     r = cli("build", ctx, "-o", arm, "--insecure-skip-verify", "--platform", "linux/arm64",
-            *access(http_registry))
+            *http_registry.reach_args())
     assert r.code == 0, r.stderr
     assert _platform_file(arm) == b"linux/arm64\n"
     with tarfile.open(arm) as t:
@@ -282,12 +274,12 @@ def test_build_picks_the_host_platform_and_platform_overrides(
 def test_convert_and_fetch_docker(http_registry: Registry, tmp_path: Path) -> None:
     out = tmp_path / "busybox.aci"
     r = cli("convert", http_registry.ref("library/busybox:1.36"), "-o", out,
-            "--insecure-skip-verify", *access(http_registry))
+            "--insecure-skip-verify", *http_registry.reach_args())
     assert r.code == 0, r.stderr
     actool_validate(out)
     gets = len(http_registry.blob_gets())
     r = cli("fetch", http_registry.ref("library/busybox:1.36"), "--insecure-skip-verify",
-            *access(http_registry))
+            *http_registry.reach_args())
     assert r.code == 0, r.stderr
     image_id = r.stdout.strip()
     assert image_id.startswith("sha512-")
@@ -300,7 +292,7 @@ def test_convert_and_fetch_docker(http_registry: Registry, tmp_path: Path) -> No
     blobs = Path(os.environ["XDG_CACHE_HOME"]) / "acbuild-py" / "images" / "blobs"
     assert not blobs.exists()
     r = cli("convert", http_registry.ref("library/busybox:1.36"), "-o", out,
-            "--insecure-skip-verify", *access(http_registry))
+            "--insecure-skip-verify", *http_registry.reach_args())
     assert r.code == 0, r.stderr
     assert len(http_registry.blob_gets()) == gets + 2  # pulled again after gc
 
@@ -309,7 +301,7 @@ def test_a_corrupt_stored_layer_is_removed_and_pulled_again(http_registry: Regis
                                                              tmp_path: Path) -> None:
     out = tmp_path / "busybox.aci"
     args = ("convert", http_registry.ref("library/busybox:1.36"), "-o", out,
-            "--insecure-skip-verify", *access(http_registry))
+            "--insecure-skip-verify", *http_registry.reach_args())
     assert cli(*args).code == 0
     gets = len(http_registry.blob_gets())
     blobs = Path(os.environ["XDG_CACHE_HOME"]) / "acbuild-py" / "images" / "blobs" / "sha256"
@@ -357,7 +349,7 @@ def test_max_image_size_refuses_big_layers_before_downloading(http_registry: Reg
                                                               tmp_path: Path) -> None:
     ctx = acfile(tmp_path, http_registry.ref("library/busybox:1.36"), "EXEC /bin/true")
     r = cli("build", ctx, "-o", tmp_path / "x.aci", "--insecure-skip-verify",
-            "--max-image-size", "100K", *access(http_registry))
+            "--max-image-size", "100K", *http_registry.reach_args())
     assert "more than the limit of 102400 (--max-image-size)" in one_line_error(r)
     assert http_registry.blob_gets() == []
 
@@ -367,7 +359,7 @@ def test_docker_schema_2_image_converts(http_registry: Registry, busybox_oci: Pa
     http_registry.push(f"oci:{busybox_oci}:1.36", "library/busybox:v2s2", fmt="v2s2")
     out = tmp_path / "v2s2.aci"
     r = cli("convert", http_registry.ref("library/busybox:v2s2"), "-o", out,
-            "--insecure-skip-verify", *access(http_registry))
+            "--insecure-skip-verify", *http_registry.reach_args())
     assert r.code == 0, r.stderr
     actool_validate(out)
     assert aci_tree(out)["bin/busybox"][0] == "file"

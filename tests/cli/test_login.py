@@ -26,13 +26,6 @@ def cli(*args: str | Path, stdin: str | None = None) -> Result:
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def _reach(reg: Registry) -> list[str]:
-    args = reg.cli_args()
-    if reg.token_server is not None:
-        args += ["--insecure-registry", reg.token_server.realm.split("/")[2]]
-    return args
-
-
 def _config() -> Path:
     return Path(os.environ["HOME"]) / ".docker" / "config.json"
 
@@ -41,7 +34,7 @@ def _config() -> Path:
 def test_login_checks_saves_and_logout_removes(mode: str, basic_registry: Registry,
                                                token_registry: Registry) -> None:
     reg = basic_registry if mode == "basic" else token_registry
-    r = cli("login", reg.host, "-u", "alice", "--password-stdin", *_reach(reg),
+    r = cli("login", reg.host, "-u", "alice", "--password-stdin", *reg.reach_args(),
             stdin=f"{reg.password}\n")
     assert r.code == 0, r.stderr
     assert f"logged in to {reg.host} as alice" in r.stderr
@@ -62,7 +55,7 @@ def test_wrong_password_is_refused_and_not_saved(mode: str, basic_registry: Regi
                                                  token_registry: Registry) -> None:
     reg = basic_registry if mode == "basic" else token_registry
     secret = "not-the-password-42"
-    r = cli("login", reg.host, "-u", "alice", "--password-stdin", *_reach(reg),
+    r = cli("login", reg.host, "-u", "alice", "--password-stdin", *reg.reach_args(),
             stdin=secret + "\n")
     assert r.code == 1, r.stderr
     assert "refused" in r.stderr and "Traceback" not in r.stderr
@@ -71,7 +64,7 @@ def test_wrong_password_is_refused_and_not_saved(mode: str, basic_registry: Regi
 
 
 def test_login_without_a_terminal_needs_password_stdin(basic_registry: Registry) -> None:
-    r = cli("login", basic_registry.host, "-u", "alice", *_reach(basic_registry), stdin="")
+    r = cli("login", basic_registry.host, "-u", "alice", *basic_registry.reach_args(), stdin="")
     assert r.code == 2 and "--password-stdin" in r.stderr
 
 

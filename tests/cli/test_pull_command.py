@@ -26,13 +26,6 @@ def cli(*args: str | Path, stdin: str | None = None) -> Result:
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def access(reg: Registry) -> list[str]:
-    args = reg.cli_args()
-    if reg.token_server is not None:
-        args += ["--insecure-registry", reg.token_server.realm.split("/")[2]]
-    return args
-
-
 def stored_blobs(store: Path) -> set[str]:
     return {p.name for p in (store / "blobs" / "sha256").iterdir()}
 
@@ -41,7 +34,7 @@ def test_pull_stores_the_image_and_prints_its_digest(http_registry: Registry,
                                                      tmp_path: Path) -> None:
     store = tmp_path / "store"
     ref = http_registry.ref("library/busybox:1.36")
-    r = cli("pull", ref, *access(http_registry), "--store", store, "--progress", "plain")
+    r = cli("pull", ref, *http_registry.reach_args(), "--store", store, "--progress", "plain")
     assert r.code == 0, r.stderr
     digest = r.stdout.strip()
     inspected = subprocess.run(
@@ -52,7 +45,7 @@ def test_pull_stores_the_image_and_prints_its_digest(http_registry: Registry,
     assert {d.split(":", 1)[1] for d in pulled} <= stored_blobs(store)
     assert "not verified" not in r.stderr  # nothing is used yet: no signature rule
 
-    again = cli("pull", ref, *access(http_registry), "--store", store, "--progress", "plain")
+    again = cli("pull", ref, *http_registry.reach_args(), "--store", store, "--progress", "plain")
     assert again.code == 0 and again.stdout.strip() == digest
     assert "0 blobs pulled" in again.stderr
     assert http_registry.blob_gets() == pulled
@@ -60,7 +53,7 @@ def test_pull_stores_the_image_and_prints_its_digest(http_registry: Registry,
     # What the digest is for: pinning. fetch of the pinned image needs no
     # --insecure-skip-verify and transfers no layer; what it prints is the ACI's image ID.
     pinned = http_registry.ref(f"library/busybox@{digest}")
-    fetched = cli("fetch", pinned, *access(http_registry), "--store", store)
+    fetched = cli("fetch", pinned, *http_registry.reach_args(), "--store", store)
     assert fetched.code == 0, fetched.stderr
     assert http_registry.blob_gets() == pulled
     stored = fetched.stdout.strip()
@@ -70,13 +63,13 @@ def test_pull_stores_the_image_and_prints_its_digest(http_registry: Registry,
 def test_pull_mends_a_damaged_stored_blob(http_registry: Registry, tmp_path: Path) -> None:
     store = tmp_path / "store"
     ref = http_registry.ref("library/busybox:1.36")
-    assert cli("pull", ref, *access(http_registry), "--store", store).code == 0
+    assert cli("pull", ref, *http_registry.reach_args(), "--store", store).code == 0
     pulled = len(http_registry.blob_gets())
     layer = max((store / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
     data = bytearray(layer.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, same name, other bytes
     layer.write_bytes(bytes(data))
-    r = cli("pull", ref, *access(http_registry), "--store", store, "--progress", "plain")
+    r = cli("pull", ref, *http_registry.reach_args(), "--store", store, "--progress", "plain")
     assert r.code == 0, r.stderr
     assert "1 blobs pulled" in r.stderr
     assert len(http_registry.blob_gets()) == pulled + 1
@@ -86,9 +79,9 @@ def test_pull_mends_a_damaged_stored_blob(http_registry: Registry, tmp_path: Pat
 def test_pull_in_every_auth_mode(any_registry: Registry, tmp_path: Path) -> None:
     if any_registry.username is not None:
         r = cli("login", any_registry.host, "-u", any_registry.username, "--password-stdin",
-                *access(any_registry), stdin=f"{any_registry.password}\n")
+                *any_registry.reach_args(), stdin=f"{any_registry.password}\n")
         assert r.code == 0, r.stderr
-    r = cli("pull", any_registry.ref("library/busybox:1.36"), *access(any_registry),
+    r = cli("pull", any_registry.ref("library/busybox:1.36"), *any_registry.reach_args(),
             "--store", tmp_path / "store")
     assert r.code == 0, r.stderr
     assert r.stdout.startswith("sha256:") and len(r.stdout.strip()) == 71

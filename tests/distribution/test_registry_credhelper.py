@@ -250,11 +250,9 @@ def test_a_failed_lookup_is_asked_once_per_build(tmp_path: Path) -> None:
 
 
 def _convert(reg: Registry, tmp_path: Path, env: dict[str, str]) -> Result:
-    realm_host = reg.token_server.realm.split("/")[2] if reg.token_server else reg.host
     proc = subprocess.run(
         [sys.executable, "-m", "acbuild", "convert", reg.ref("library/busybox:1.36"),
-         "-o", str(tmp_path / "out.aci"), "--insecure-skip-verify", "--insecure-registry",
-         reg.host, "--insecure-registry", realm_host],
+         "-o", str(tmp_path / "out.aci"), "--insecure-skip-verify", *reg.reach_args()],
         capture_output=True, text=True, timeout=300, env={**os.environ, **env, "CI": "true"})
     return Result(proc.returncode, proc.stdout, proc.stderr)
 

@@ -102,6 +102,13 @@ class Registry:
         """The acbuild-py options that reach this registry (not the credentials)."""
         return ["--ca-file", str(self.ca)] if self.ca else ["--insecure-registry", self.host]
 
+    def reach_args(self) -> list[str]:
+        """``cli_args`` and, for a token server on plain http, the option that reaches it."""
+        args = self.cli_args()
+        if self.token_server is not None:
+            args += ["--insecure-registry", self.token_server.realm.split("/")[2]]
+        return args
+
     def ref(self, name: str) -> str:
         """``docker://HOST:PORT/NAME``."""
         return f"docker://{self.host}/{name}"
