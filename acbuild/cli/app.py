@@ -85,11 +85,12 @@ SUMMARIES = {
     ),
     "login": (
         'Log in to REGISTRY (HOST[:PORT]): check the credentials with it, then save them '
-        'in ~/.docker/config.json (mode 0600) for pulls.'
+        'for pulls in ~/.docker/config.json (mode 0600), or through the credential helper '
+        'it names.'
     ),
     "logout": (
-        'Forget the credentials saved for REGISTRY (HOST[:PORT]) in ~/.docker/config.json '
-        'and $XDG_RUNTIME_DIR/containers/auth.json.'
+        'Forget the credentials saved for REGISTRY (HOST[:PORT]) in ~/.docker/config.json, '
+        '$XDG_RUNTIME_DIR/containers/auth.json and the credential helpers they name.'
     ),
     "manifest": 'Print the manifest of IMAGE.',
     "plan": (
