@@ -11,7 +11,6 @@ streams from the context (see acbuild.image.unstaged).
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
 import posixpath
 import stat
@@ -30,6 +29,7 @@ from acbuild.acfile.context import (
 )
 from acbuild.acfile.instructions import Copy
 from acbuild.errors import AcbuildError, BuildError, Span
+from acbuild.fs.copyrange import copy_range
 from acbuild.fs.keyed import content_digest, listing_signature, signature
 from acbuild.fs.securepath import ensure_dirs, relpath_in, safe_join
 from acbuild.fs.staging import DeviceNode, FileRef, StagedRootfs
@@ -44,7 +44,6 @@ from acbuild.report import NullReporter, Reporter
 
 __all__ = ["copy_instruction", "normalised_mode", "parse_chown"]
 
-_CHUNK = 1 << 20
 _PROGRESS_EVERY = 8 << 20
 _NODE_KINDS = {stat.S_IFCHR: "chr", stat.S_IFBLK: "blk", stat.S_IFIFO: "fifo"}
 
@@ -440,31 +439,13 @@ class _Writer:
 
     def _stream(self, src: int, dst: int, size: int) -> None:
         """``size`` bytes (what fstat saw; less if the file shrank meanwhile)."""
-        kernel = True
-        while size > 0:
-            n = 0
-            if kernel:
-                try:
-                    n = os.copy_file_range(src, dst, _CHUNK * 8)
-                except OSError as e:
-                    if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL,
-                                       errno.EOPNOTSUPP, errno.EPERM):
-                        raise
-                    kernel = False
-            if not kernel:
-                data = os.read(src, _CHUNK)
-                n = len(data)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(dst, view):]
-            if n == 0:
-                return
-            size -= n
-            self.done += n
-            if self.done - self._reported >= _PROGRESS_EVERY:
-                self._reported = self.done
-                self.reporter.progress("copy", self.done, self.total)
+        copy_range(src, dst, size, self._copied)
 
+    def _copied(self, n: int) -> None:
+        self.done += n
+        if self.done - self._reported >= _PROGRESS_EVERY:
+            self._reported = self.done
+            self.reporter.progress("copy", self.done, self.total)
 
 def _lstat_mode(path: str | Path) -> int:
     try:

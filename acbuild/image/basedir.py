@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from acbuild.errors import ImageError
+from acbuild.fs.copyrange import copy_range
 from acbuild.fs.keyed import KeyedFiles, content_digest, listing_signature, signature
 from acbuild.fs.staging import LowerTree, StagedRootfs
 from acbuild.image.extract import RootfsWriter
@@ -437,38 +438,15 @@ def _copy_data(src: int, dst: int, size: int) -> None:
         except OSError as e:
             if e.errno == errno.ENXIO:
                 break  # no data after offset: the rest is a hole
-            _copy_range(src, dst, size - offset)  # no SEEK_DATA here: every byte
+            copy_range(src, dst, size - offset)  # no SEEK_DATA here: every byte
             return
         if start >= size:
             break
         os.lseek(src, start, os.SEEK_SET)
         os.lseek(dst, start, os.SEEK_SET)
-        _copy_range(src, dst, end - start)
+        copy_range(src, dst, end - start)
         offset = end
     os.ftruncate(dst, size)
-
-
-def _copy_range(src: int, dst: int, size: int) -> None:
-    """``size`` bytes from each descriptor's offset on."""
-    kernel = True
-    while size > 0:
-        if kernel:
-            try:
-                n = os.copy_file_range(src, dst, min(size, 8 << 20))
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
-                                   errno.EPERM):
-                    raise
-                kernel = False
-                continue
-        else:
-            data = memoryview(os.read(src, min(size, 1 << 20)))
-            n = len(data)
-            while data:
-                data = data[os.write(dst, data):]
-        if n == 0:
-            return
-        size -= n
 
 
 def _exists(name: str, dir_fd: int) -> bool:
