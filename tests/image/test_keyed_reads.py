@@ -266,18 +266,7 @@ def _keyed_refs(tmp_path: Path, change: object = None) -> tuple[Path, StagedRoot
     (ctx / "big").write_bytes(b"a" * BIG)
     for path in (ctx / "a.txt", ctx / "big"):
         _settled(path)
-    context = BuildContext(ctx)
-    cache = StatCache(None)
-    for source in ("a.txt", "big"):
-        sources_digest(context, context.resolve(source), cache)
-    if change is not None:
-        change()  # type: ignore[operator]
-    rootfs = StagedRootfs(root=tmp_path / "r", keyed=cache.keyed)
-    rootfs.root.mkdir()
-    for source in ("a.txt", "big"):
-        copy_instruction(_copy(source, f"/{source}"), context=context, rootfs=rootfs,
-                         leave_refs=True)
-    return ctx, rootfs
+    return _keyed_refs_existing(tmp_path, ctx, change)
 
 
 @pytest.mark.parametrize("change", sorted(CHANGES))
@@ -476,11 +465,15 @@ def test_a_context_file_written_through_a_mapping_after_keying_fails(tmp_path: P
             m.close()
 
 
-def _keyed_refs_existing(tmp_path: Path, ctx: Path) -> tuple[Path, StagedRootfs]:
+def _keyed_refs_existing(tmp_path: Path, ctx: Path,
+                         change: object = None) -> tuple[Path, StagedRootfs]:
+    """Key a.txt and big of ``ctx``, run ``change``, then COPY both as references."""
     context = BuildContext(ctx)
     cache = StatCache(None)
     for source in ("a.txt", "big"):
         sources_digest(context, context.resolve(source), cache)
+    if change is not None:
+        change()  # type: ignore[operator]
     rootfs = StagedRootfs(root=tmp_path / "r", keyed=cache.keyed)
     rootfs.root.mkdir()
     for source in ("a.txt", "big"):
