@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -350,3 +351,34 @@ def test_a_busy_registry_still_backs_off(proxy: TamperProxy, status: int) -> Non
         assert r.status_code == status
     assert time.monotonic() - started >= 0.15
     assert len(proxy.tampering.requests) == 3
+
+
+@pytest.mark.parametrize("mode", ["basic", "token"])
+def test_parallel_first_requests_all_meet_one_challenge(mode: str,
+                                                        request: pytest.FixtureRequest) -> None:
+    """A pull's first requests go out together (config and layers), all before the session
+    has met any challenge: each 401 must lead to a retry with the one answer, not be taken
+    for refused credentials because another thread answered first."""
+    reg: Registry = request.getfixturevalue(f"{mode}_registry")
+    if reg.token_server is not None:
+        reg.token_server.requests.clear()
+    barrier = threading.Barrier(6)
+    outcomes: list[object] = []
+
+    with _session(reg) as s:
+        def fetch() -> None:
+            barrier.wait()
+            try:
+                with s.get(MANIFEST, scope=SCOPE, accept=ACCEPT) as r:
+                    outcomes.append(r.status_code)
+            except RegistryError as e:
+                outcomes.append(str(e))
+
+        threads = [threading.Thread(target=fetch) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert outcomes == [200] * 6
+    if reg.token_server is not None:
+        assert len(reg.token_server.requests) == 1  # one token for them all

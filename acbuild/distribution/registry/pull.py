@@ -92,10 +92,9 @@ def pull(ref: Reference, *, session: Session, store: BlobStore, platform: Platfo
     if max_bytes is not None and total > max_bytes:
         raise RegistryError(f"{ref}: its layers are {total} bytes, more than the limit of "
                             f"{max_bytes} (--max-image-size)")
-    transferred = int(puller.blob(config, "config", CONFIG_LIMIT))
-    _check_platform(store, config, platform, ref,
-                    chosen=from_index or index_digest is not None, reporter=reporter)
-    transferred += puller.layers(layers)
+    transferred = puller.blobs(config, layers, lambda: _check_platform(
+        store, config, platform, ref, chosen=from_index or index_digest is not None,
+        reporter=reporter))
     return PulledImage(reference=ref, digest=digest, index_digest=index_digest, manifest=doc,
                        config=config, layers=layers, store=store, transferred=transferred)
 
@@ -172,30 +171,28 @@ class _Puller:
             with atomic_write(self.store.path(digest), mode=0o644) as f:
                 f.write(data)
 
-    def blob(self, desc: Descriptor, what: str, limit: int | None) -> bool:
-        """Make sure the blob is stored; True when it had to be downloaded."""
-        if self.stored(desc.digest, desc.size):
-            self.reporter.detail(f"{what} {desc.short()}: in the store")
-            return False
-        if limit is not None and desc.size > limit:
-            raise RegistryError(f"{self.ref}: {what} is {desc.size} bytes, more than "
-                                f"{limit >> 20} MiB")
-        self.reporter.info(f"pulling {what} {desc.short()} ({desc.size} bytes)")
-        self.download(desc, what, self.reporter.progress, threading.Event())
-        return True
-
-    def layers(self, layers: tuple[Descriptor, ...]) -> int:
-        """Download the layers the store lacks, up to PARALLEL at a time (as skopeo does:
-        hashing, writing and the network overlap); returns how many were downloaded. Only
-        this thread talks to the reporter; the first failure stops the others."""
+    def blobs(self, config: Descriptor, layers: tuple[Descriptor, ...],
+              config_stored: Callable[[], None]) -> int:
+        """Download the config and the layers the store lacks, up to PARALLEL at a time (as
+        skopeo does: hashing, writing and the network overlap); returns how many were
+        downloaded. The config goes first, with the layers rather than before them (a round
+        trip less), and ``config_stored`` runs once it is in the store, before anything
+        else is waited for: it may refuse the image, which stops the layers. Only this thread
+        talks to the reporter; the first failure stops the others."""
+        if config.size > CONFIG_LIMIT:
+            raise RegistryError(f"{self.ref}: config is {config.size} bytes, more than "
+                                f"{CONFIG_LIMIT >> 20} MiB")
+        wanted = [("config", config)] + [(f"layer {n}/{len(layers)}", layer)
+                                         for n, layer in enumerate(layers, 1)]
         missing = []
-        for n, layer in enumerate(layers, 1):
-            what = f"layer {n}/{len(layers)}"
-            if self.stored(layer.digest, layer.size):
-                self.reporter.detail(f"{what} {layer.short()}: in the store")
+        for what, desc in wanted:
+            if self.stored(desc.digest, desc.size):
+                self.reporter.detail(f"{what} {desc.short()}: in the store")
             else:
-                self.reporter.info(f"pulling {what} {layer.short()} ({layer.size} bytes)")
-                missing.append((what, layer))
+                self.reporter.info(f"pulling {what} {desc.short()} ({desc.size} bytes)")
+                missing.append((what, desc))
+        if not missing or missing[0][1] is not config:
+            config_stored()
         if not missing:
             return 0
         events: queue.SimpleQueue[tuple[str, int, int | None]] = queue.SimpleQueue()
@@ -210,12 +207,18 @@ class _Puller:
 
         with ThreadPoolExecutor(max_workers=min(PARALLEL, len(missing)),
                                 thread_name_prefix="pull") as pool:
-            pending = {pool.submit(self.download, layer, what, progress, stop)
-                       for what, layer in missing}
+            futures = [pool.submit(self.download, desc, what, progress, stop)
+                       for what, desc in missing]
+            config_future = futures[0] if missing[0][1] is config else None
+            pending = set(futures)
             try:
                 while pending:
                     done, pending = wait(pending, timeout=0.1, return_when=FIRST_EXCEPTION)
                     drain()
+                    if config_future in done:
+                        config_future.result()
+                        config_stored()
+                        config_future = None
                     for future in done:
                         future.result()
             except BaseException:

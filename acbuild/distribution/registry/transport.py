@@ -96,6 +96,7 @@ class Session:
         self.base = f"{self.scheme}://{api}"
         self._tokens: dict[str, str] = {}
         self._basic = False
+        self._auth_lock = threading.Lock()  # one answer to a challenge, for every thread
         self._answered: set[tuple[str, str]] = set()  # origins that answered in this session
         self._client = httpx.Client(
             verify=tls_context(options.ca_file), trust_env=True, follow_redirects=False,
@@ -191,7 +192,8 @@ class Session:
                 continue
             if status == 401 and _origin(url) == own and not challenged:
                 challenged = True
-                if self._authenticate(response.headers.get("www-authenticate", ""), scope):
+                if self._authenticate(response.headers.get("www-authenticate", ""), scope,
+                                      sent.get("Authorization")):
                     response.close()
                     continue
                 return response
@@ -239,20 +241,27 @@ class Session:
 
     # ---- authentication ------------------------------------------------------------------
 
-    def _authenticate(self, header: str, scope: str) -> bool:
-        """Meet a 401's challenge; False when there is nothing this session can do."""
-        scheme, params = parse_challenge(header)
-        if scheme == "basic":
-            # An identity token is only for a token server, not a password to send.
-            if self.credential is None or self.credential.identity_token or self._basic:
+    def _authenticate(self, header: str, scope: str, sent: str | None) -> bool:
+        """Meet a 401's challenge to a request that carried ``sent`` (an Authorization or
+        None); False when there is nothing this session can do. Requests run in parallel
+        (a pull's layers): the first 401 is met once, and a request that was sent before
+        that answer retries with it instead of taking its 401 for refused credentials."""
+        with self._auth_lock:
+            current = self._auth_header(scope)
+            if current is not None and current != sent:
+                return True
+            scheme, params = parse_challenge(header)
+            if scheme == "basic":
+                # An identity token is only for a token server, not a password to send.
+                if self.credential is None or self.credential.identity_token or self._basic:
+                    return False
+                self._basic = True
+                return True
+            if scheme != "bearer" or "realm" not in params:
                 return False
-            self._basic = True
+            token = self._fetch_token(params, scope)
+            self._tokens[scope] = token
             return True
-        if scheme != "bearer" or "realm" not in params:
-            return False
-        token = self._fetch_token(params, scope)
-        self._tokens[scope] = token
-        return True
 
     def _fetch_token(self, params: dict[str, str], scope: str) -> str:
         realm = params["realm"]

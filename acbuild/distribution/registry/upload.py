@@ -105,7 +105,7 @@ class PushSession(Session):
                 challenged = True
                 try:
                     met = self._authenticate(response.headers.get("www-authenticate", ""),
-                                             scope)
+                                             scope, sent.get("Authorization"))
                 except BaseException:
                     response.close()
                     raise
