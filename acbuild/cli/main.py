@@ -17,6 +17,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"acbuild-py, version {__version__}")
         code = 0
     else:
+        # httpx's package init imports its own command-line client whenever click, rich and
+        # pygments are installed, as they are here: rich's console, progress and syntax
+        # modules and pygments' lexers, ~35 ms of every registry verb's start, for a client
+        # this process never runs. A None entry is Python's way to make that import fail,
+        # and httpx expects it to fail (it then defines a stub in its place). Set here, not
+        # where httpx is imported: the process is acbuild-py's own, not a library user's.
+        sys.modules.setdefault("httpx._main", None)
         from acbuild.cli.app import run
 
         code = run(args)

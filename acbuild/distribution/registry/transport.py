@@ -27,12 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
-# httpx's __init__ also imports its own CLI (httpx._main, with click, rich and pygments)
-# whenever those are installed, as they are for acbuild-py: ~30 ms of a pull's start-up.
-# Hiding it (sys.modules["httpx._main"] = None before this import) would be process-wide
-# import state resting on httpx internals (a private module, an ImportError fallback), so
-# it is not done; see docs/performance.md.
-import httpx
+import httpx  # acbuild-py's entry point keeps httpx's own CLI from loading: cli/main.py
 
 from acbuild import __version__
 from acbuild.distribution.registry.credentials import Credential
