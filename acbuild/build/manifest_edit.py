@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import TypeVar
 
 from acbuild.acfile import instructions as ins
+from acbuild.image.hostarch import host_os_arch
 from acbuild.image.manifest import (
     App,
     Dependency,
@@ -20,7 +21,6 @@ from acbuild.image.manifest import (
     MountPoint,
     NameValue,
     Port,
-    host_os_arch,
 )
 from acbuild.image.manifest_rules import AC_VERSION
 

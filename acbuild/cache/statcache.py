@@ -30,7 +30,7 @@ from acbuild.cache.warm import FORMAT_VERSION, Witness, settled
 from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
 from acbuild.fs.keyed import KeyedFiles, listing_signature
-from acbuild.image.manifest import host_os_arch
+from acbuild.image.hostarch import host_os_arch
 from acbuild.plan.baseref import (
     BaseRef,
     DockerArchive,

@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # this process never runs. A None entry is Python's way to make that import fail,
         # and httpx expects it to fail (it then defines a stub in its place). Set here, not
         # where httpx is imported: the process is acbuild-py's own, not a library user's.
-        sys.modules.setdefault("httpx._main", None)
+        sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]  # typeshed omits None
         from acbuild.cli.app import run
 
         code = run(args)

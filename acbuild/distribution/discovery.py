@@ -19,7 +19,7 @@ from pathlib import Path
 from acbuild.acfile.parse_words import split_image_reference
 from acbuild.distribution.tls import tls_context
 from acbuild.errors import AcfileError, FetchError
-from acbuild.image.manifest import host_os_arch
+from acbuild.image.hostarch import host_os_arch
 from acbuild.image.manifest_rules import is_ac_identifier
 
 TIMEOUT = 30.0

@@ -42,9 +42,6 @@ def sweep(directory: Path, prefix: str, suffix: str = "") -> list[Path]:
     may write to, a name is no proof of who made it. Entries are examined and removed
     through a descriptor of ``directory`` and never followed (see ``remove_at``).
     """
-    from acbuild.fs.staging import remove_at  # only when something is left: every atomic
-    # write sweeps, and most find nothing
-
     pattern = re.compile(re.escape(prefix) + r"(\d+)-([0-9a-f]{8})\..*" + re.escape(suffix) + "$")
     removed: list[Path] = []
     host = _host()
@@ -60,6 +57,10 @@ def sweep(directory: Path, prefix: str, suffix: str = "") -> list[Path]:
             try:
                 if os.lstat(name, dir_fd=fd).st_uid != os.geteuid():
                     continue
+                # Imported only when something is left: every atomic write sweeps, and
+                # almost all find nothing.
+                from acbuild.fs.staging import remove_at
+
                 remove_at(fd, name)
             except OSError:
                 continue

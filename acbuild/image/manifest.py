@@ -7,7 +7,6 @@ manifest read from an image. Keys the model does not know are kept at every leve
 from __future__ import annotations
 
 import json
-import platform
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,30 +102,6 @@ class ImageManifest:
 def default_manifest() -> ImageManifest:
     """The start of a scratch build: no name yet (NAME sets it), no os/arch (finish adds them)."""
     return ImageManifest(name="")
-
-
-_MACHINES = {
-    "x86_64": "amd64",
-    "amd64": "amd64",
-    "aarch64": "aarch64",
-    "arm64": "aarch64",
-    "i386": "i386",
-    "i486": "i386",
-    "i586": "i386",
-    "i686": "i386",
-}
-
-
-def host_os_arch() -> tuple[str, str]:
-    """The host as AppC names its os and arch (``linux``/``amd64``, ``darwin``/``x86_64``...)."""
-    os_name = platform.system().lower()
-    machine = platform.machine().lower()
-    arch = _MACHINES.get(machine, machine)
-    if os_name == "darwin" and arch == "amd64":
-        arch = "x86_64"  # AppC keeps the kernel's name for macOS
-    if os_name == "freebsd" and machine.startswith("arm"):
-        arch = "arm"
-    return os_name, arch
 
 
 # ---- JSON -----------------------------------------------------------------------------------

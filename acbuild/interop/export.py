@@ -22,7 +22,8 @@ from acbuild.fs.atomic import atomic_write
 from acbuild.fs.staging import StagedRootfs
 from acbuild.image.compression import open_compressor
 from acbuild.image.finalize import iter_rootfs_entries
-from acbuild.image.manifest import App, ImageManifest, host_os_arch
+from acbuild.image.hostarch import host_os_arch
+from acbuild.image.manifest import App, ImageManifest
 from acbuild.image.tarwrite import TarEntry, TarWriter, add_file_at
 from acbuild.report import Reporter
 

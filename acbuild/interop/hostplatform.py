@@ -3,7 +3,7 @@ what `pull` needs to choose from an index, without the rest of the OCI reader.""
 
 from __future__ import annotations
 
-from acbuild.image.manifest import host_os_arch
+from acbuild.image.hostarch import host_os_arch
 
 _ARCHS = {"amd64": "amd64", "aarch64": "arm64", "i386": "386", "ppc64le": "ppc64le",
           "s390x": "s390x", "armv7l": "arm", "armv6l": "arm"}

@@ -16,7 +16,7 @@ from acbuild.acfile.parse_args import CHOWN
 from acbuild.errors import AcbuildError, AcfileError, Span, raise_all
 from acbuild.fs.keyed import KeyedFiles
 from acbuild.image import manifest_rules as appc
-from acbuild.image.manifest import host_os_arch
+from acbuild.image.hostarch import host_os_arch
 
 # Base references moved to acbuild.plan.baseref; these names stay importable from here.
 from acbuild.plan.baseref import BaseRef, Scratch, confine, parse_base

@@ -15,7 +15,7 @@ from acbuild.distribution.discovery import (
     template_values,
 )
 from acbuild.errors import FetchError
-from acbuild.image.manifest import host_os_arch
+from acbuild.image.hostarch import host_os_arch
 from tests.support.httpserver import Server
 
 pytest_plugins = ("tests.support.fetchhelp",)  # http_server

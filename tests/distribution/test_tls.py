@@ -14,7 +14,7 @@ from acbuild.distribution.discovery import HttpOptions, discover, parse_ref
 from acbuild.distribution.publish import publish
 from acbuild.errors import FetchError
 from acbuild.image import aci
-from acbuild.image.manifest import host_os_arch
+from acbuild.image.hostarch import host_os_arch
 from acbuild.report import NullReporter
 from acbuild.trust.sign import sign_image
 from acbuild.trust.truststore import TrustStore

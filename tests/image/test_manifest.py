@@ -176,27 +176,6 @@ def test_reading_rejects_wrong_types_naming_the_field(data: bytes, message: str)
 # ---- host and defaults --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("system", "machine", "expected"),
-    [
-        ("Linux", "x86_64", ("linux", "amd64")),
-        ("Linux", "aarch64", ("linux", "aarch64")),
-        ("Linux", "i686", ("linux", "i386")),
-        ("Linux", "armv7l", ("linux", "armv7l")),
-        ("Linux", "ppc64le", ("linux", "ppc64le")),
-        ("Linux", "s390x", ("linux", "s390x")),
-        ("Darwin", "x86_64", ("darwin", "x86_64")),
-        ("FreeBSD", "amd64", ("freebsd", "amd64")),
-    ],
-)
-def test_host_os_arch(
-    monkeypatch: pytest.MonkeyPatch, system: str, machine: str, expected: tuple[str, str]
-) -> None:
-    monkeypatch.setattr(appc.platform, "system", lambda: system)
-    monkeypatch.setattr(appc.platform, "machine", lambda: machine)
-    assert appc.host_os_arch() == expected
-
-
 def test_default_manifest_has_no_name_and_no_labels() -> None:
     m = appc.default_manifest()
     assert (m.name, m.labels, m.app) == ("", (), None)
