@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -330,3 +331,39 @@ def test_a_content_encoding_bomb_stops_at_the_manifests_size(proxy: TamperProxy,
                                     gzip.compress(b" " * (64 << 20)))
     with pytest.raises(RegistryError, match="sent more than the 2 bytes"):
         _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
+
+
+def test_a_lying_index_entry_is_refused_before_any_layer_is_read(proxy: TamperProxy,
+                                                                   tmp_path: Path) -> None:
+    """The config is asked for with the layers, but the platform check comes first: a
+    config that arrives late must not leave the layers time to download (red-team RT-2)."""
+    config = json.dumps({"architecture": "arm64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    layer = gzip.compress(b"x" * (4 << 20), mtime=0)
+    layer_digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    base = "/v2/library/busybox"
+
+    def late() -> tuple[int, list[tuple[str, str]], bytes]:
+        time.sleep(1.0)
+        return 200, [], config
+
+    proxy.tampering.canned[f"{base}/blobs/{config_digest}"] = late
+    proxy.tampering.canned[f"{base}/blobs/{layer_digest}"] = (200, [], layer)
+    image = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                   "digest": config_digest, "size": len(config)},
+                        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                    "digest": layer_digest, "size": len(layer)}]}).encode()
+    image_digest = "sha256:" + hashlib.sha256(image).hexdigest()
+    proxy.tampering.canned[f"{base}/manifests/{image_digest}"] = (200, [], image)
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": [{"mediaType": OCI_MANIFEST, "digest": image_digest,
+                            "size": len(image),
+                            "platform": {"os": "linux", "architecture": "amd64"}}]}
+    proxy.tampering.canned[f"{base}/manifests/1.36"] = (200, [], json.dumps(index).encode())
+    store = BlobStore(tmp_path / "s")
+    with pytest.raises(RegistryError, match="entry for linux/amd64 is an image for linux/arm64"):
+        _pull(proxy.host, "library/busybox:1.36", store)
+    assert not store.path(layer_digest).exists()
+    assert _leftovers(store) == []

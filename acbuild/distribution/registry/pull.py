@@ -175,10 +175,11 @@ class _Puller:
               config_stored: Callable[[], None]) -> int:
         """Download the config and the layers the store lacks, up to PARALLEL at a time (as
         skopeo does: hashing, writing and the network overlap); returns how many were
-        downloaded. The config goes first, with the layers rather than before them (a round
-        trip less), and ``config_stored`` runs once it is in the store, before anything
-        else is waited for: it may refuse the image, which stops the layers. Only this thread
-        talks to the reporter; the first failure stops the others."""
+        downloaded. The config is asked for with the layers rather than before them (a round
+        trip less), but no layer's body is read until ``config_stored`` has run on it (in
+        this thread, as soon as the config is in the store): it may refuse the image, which
+        then costs no layer's transfer. Only this thread talks to the reporter; the first
+        failure stops the others."""
         if config.size > CONFIG_LIMIT:
             raise RegistryError(f"{self.ref}: config is {config.size} bytes, more than "
                                 f"{CONFIG_LIMIT >> 20} MiB")
@@ -197,6 +198,9 @@ class _Puller:
             return 0
         events: queue.SimpleQueue[tuple[str, int, int | None]] = queue.SimpleQueue()
         stop = threading.Event()
+        checked = threading.Event()
+        if missing[0][1] is not config:
+            checked.set()
 
         def progress(what: str, done: int, total: int | None) -> None:
             events.put((what, done, total))
@@ -207,7 +211,8 @@ class _Puller:
 
         with ThreadPoolExecutor(max_workers=min(PARALLEL, len(missing)),
                                 thread_name_prefix="pull") as pool:
-            futures = [pool.submit(self.download, desc, what, progress, stop)
+            futures = [pool.submit(self.download, desc, what, progress, stop,
+                                   None if desc is config else checked)
                        for what, desc in missing]
             config_future = futures[0] if missing[0][1] is config else None
             pending = set(futures)
@@ -218,6 +223,7 @@ class _Puller:
                     if config_future in done:
                         config_future.result()
                         config_stored()
+                        checked.set()
                         config_future = None
                     for future in done:
                         future.result()
@@ -231,8 +237,10 @@ class _Puller:
 
     def download(self, desc: Descriptor, what: str,
                  progress: Callable[[str, int, int | None], None],
-                 stop: threading.Event) -> None:
-        """GET the blob into the store through the digest check (any thread)."""
+                 stop: threading.Event, gate: threading.Event | None = None) -> None:
+        """GET the blob into the store through the digest check (any thread); with a
+        ``gate``, its body is read only once the gate is open (and not at all if ``stop``
+        is set first)."""
         shown = f"{self.ref}: {what} ({desc.short()})"
         with self.session.get(f"{self.prefix}/blobs/{desc.digest}", scope=self.scope,
                               cancel=stop) as response:
@@ -245,6 +253,9 @@ class _Puller:
                     and not encoded:
                 raise RegistryError(f"{shown}: the registry sends {int(length)} bytes, but the "
                                     f"manifest says {desc.size}")
+            while gate is not None and not gate.wait(0.05):
+                if stop.is_set():
+                    raise RegistryError(f"{shown}: stopped")
             with atomic_write(self.store.path(desc.digest), mode=0o644) as f:
                 _stream(response, f, desc, shown, lambda done: progress(f"pull {what}", done,
                                                                           desc.size), stop)
