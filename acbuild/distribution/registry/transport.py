@@ -188,7 +188,7 @@ class Session:
             if status == 401 and _origin(url) == own and not challenged:
                 challenged = True
                 if self._authenticate(response.headers.get("www-authenticate", ""), scope,
-                                      sent.get("Authorization")):
+                                      sent.get("Authorization"), cancel):
                     response.close()
                     continue
                 return response
@@ -236,12 +236,18 @@ class Session:
 
     # ---- authentication ------------------------------------------------------------------
 
-    def _authenticate(self, header: str, scope: str, sent: str | None) -> bool:
+    def _authenticate(self, header: str, scope: str, sent: str | None,
+                      cancel: threading.Event | None = None) -> bool:
         """Meet a 401's challenge to a request that carried ``sent`` (an Authorization or
         None); False when there is nothing this session can do. Requests run in parallel
         (a pull's layers): the first 401 is met once, and a request that was sent before
-        that answer retries with it instead of taking its 401 for refused credentials."""
-        with self._auth_lock:
+        that answer retries with it instead of taking its 401 for refused credentials.
+        ``cancel`` ends the wait for another thread's answer, and the token request's
+        retries and reading (Ctrl-C while a token server trickles)."""
+        while not self._auth_lock.acquire(timeout=0.1):
+            if cancel is not None and cancel.is_set():
+                raise RegistryError(f"{self.host}: stopped")
+        try:
             current = self._auth_header(scope)
             if current is not None and current != sent:
                 return True
@@ -254,11 +260,14 @@ class Session:
                 return True
             if scheme != "bearer" or "realm" not in params:
                 return False
-            token = self._fetch_token(params, scope)
+            token = self._fetch_token(params, scope, cancel)
             self._tokens[scope] = token
             return True
+        finally:
+            self._auth_lock.release()
 
-    def _fetch_token(self, params: dict[str, str], scope: str) -> str:
+    def _fetch_token(self, params: dict[str, str], scope: str,
+                     cancel: threading.Event | None = None) -> str:
         realm = params["realm"]
         scheme, netloc = _origin(realm)
         if scheme not in ("http", "https") or not netloc:
@@ -296,7 +305,12 @@ class Session:
         except _BAD_URL as e:
             raise RegistryError(f"registry {self.host} asks for a token from an invalid "
                                 f"URL {escape(realm[:200])!r}: {reason(e)}") from None
+        def stopped(_: int) -> None:
+            if cancel is not None and cancel.is_set():
+                raise RegistryError(f"the token server of {self.host}: stopped")
+
         for attempt in range(self.options.retries + 1):
+            stopped(0)
             try:
                 response = self._client.send(request, stream=True)
             except _BAD_URL as e:
@@ -306,7 +320,7 @@ class Session:
                 if self._never_answered(e, url):
                     raise refused_error(f"the token server of {self.host}", netloc) from None
                 if attempt < self.options.retries:
-                    self._pause(attempt, None)
+                    self._pause(attempt, None, cancel)
                     continue
                 raise RegistryError(f"cannot reach the token server of {self.host} "
                                     f"({netloc}): {reason(e)}") from None
@@ -314,7 +328,7 @@ class Session:
             with contextlib.closing(response):
                 if (response.status_code == 429 or response.status_code >= 500) and \
                         attempt < self.options.retries:
-                    self._pause(attempt, response.headers.get("retry-after"))
+                    self._pause(attempt, response.headers.get("retry-after"), cancel)
                     continue
                 if response.status_code in (401, 403):
                     who = self.credential.who if self.credential else "anonymous access"
@@ -326,8 +340,8 @@ class Session:
                 if response.status_code != 200:
                     raise RegistryError(f"the token server of {self.host} answered HTTP "
                                         f"{response.status_code}")
-                doc = _json(read_limited(response, _TOKEN_LIMIT, "token response"),
-                            f"the token server of {self.host}")
+                doc = _json(read_limited(response, _TOKEN_LIMIT, "token response",
+                                         each=stopped), f"the token server of {self.host}")
             token = doc.get("token") or doc.get("access_token")
             if not isinstance(token, str) or not token or not token.isascii() or \
                     any(c in token for c in "\r\n "):
