@@ -92,6 +92,7 @@ class Session:
         self._tokens: dict[str, str] = {}
         self._basic = False
         self._auth_lock = threading.Lock()  # one answer to a challenge, for every thread
+        self._token_failed: dict[str, RegistryError] = {}  # scope -> why no token came
         self._answered: set[tuple[str, str]] = set()  # origins that answered in this session
         self._client = httpx.Client(
             verify=tls_context(options.ca_file), trust_env=True, follow_redirects=False,
@@ -260,7 +261,15 @@ class Session:
                 return True
             if scheme != "bearer" or "realm" not in params:
                 return False
-            token = self._fetch_token(params, scope, cancel)
+            if (failed := self._token_failed.get(scope)) is not None:
+                # Another request's answer failed already: the same error, not the token
+                # server's retries again for each waiting thread.
+                raise RegistryError(failed.message, hint=failed.hint)
+            try:
+                token = self._fetch_token(params, scope, cancel)
+            except RegistryError as e:
+                self._token_failed[scope] = e
+                raise
             self._tokens[scope] = token
             return True
         finally:
