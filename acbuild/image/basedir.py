@@ -357,8 +357,8 @@ class CopyState:
         hashed. Its own inode, that no one else writes: what it holds now is what the
         image and the cache get."""
         keyed = self.keyed
-        expected = None if keyed is None else keyed.digest(self._path(rel))
-        if expected is not None and content_digest(copy) != expected:
+        if keyed is not None and keyed.digest(self._path(rel)) is not None and \
+                not keyed.content_is(self._path(rel), content_digest(copy)):
             raise self._changed(rel, CONTENT_CHANGED)
 
     def _path(self, rel: str) -> str:
