@@ -25,6 +25,7 @@ import io
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -128,44 +129,57 @@ class _TooSlow(Exception):
 
 class _Clock:
     """What one cache's imports have cost the build, against its budget; a deadline of its
-    session (``Session.within``) while an import runs, checked too as each piece arrives."""
+    session (``Session.within``) while an import runs, checked too as each piece arrives.
+    Stages run in threads: the cost is the wall-clock time during which at least one
+    import was talking to the cache (two at once cost the build the time once)."""
 
     def __init__(self, budget: ImportBudget) -> None:
         self.budget = budget
-        self.spent = 0.0  # in the imports that have ended
+        self._lock = threading.Lock()
+        self._spent = 0.0  # while imports ran, up to ``_busy_since``
+        self._running = 0
+        self._busy_since = 0.0
         self.received = 0
         self.lookups = 0
-        self._since: float | None = None  # when the running import began
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
-        self.lookups += 1
-        self._since = time.monotonic()
+        with self._lock:
+            self.lookups += 1
+            self._running += 1
+            if self._running == 1:
+                self._busy_since = time.monotonic()
         try:
             yield
         finally:
-            self.spent += time.monotonic() - self._since
-            self._since = None
+            with self._lock:
+                self._running -= 1
+                if self._running == 0:
+                    self._spent += time.monotonic() - self._busy_since
 
     def _allowed(self) -> float:
         return (self.budget.grace + self.lookups * self.budget.per_lookup
                 + self.received / self.budget.min_rate)
 
-    def _elapsed(self) -> float:
-        running = 0.0 if self._since is None else time.monotonic() - self._since
-        return self.spent + running
+    def _elapsed(self, now: float) -> float:
+        return self._spent + (now - self._busy_since if self._running else 0.0)
 
     def at(self) -> float:
-        return time.monotonic() + self._allowed() - self._elapsed()
+        now = time.monotonic()
+        with self._lock:
+            return now + self._allowed() - self._elapsed(now)
 
     def error(self) -> Exception:
-        return _TooSlow(f"it sent {self.received} bytes of cache entries in "
-                        f"{self._elapsed():.0f} s ({self.lookups} looked up), too slowly to be "
-                        "worth waiting for")
+        with self._lock:
+            spent = self._elapsed(time.monotonic())
+            return _TooSlow(f"it sent {self.received} bytes of cache entries in {spent:.0f} s "
+                            f"({self.lookups} looked up), too slowly to be worth waiting for")
 
     def check(self, count: int = 0) -> None:
-        self.received += count
-        if self._elapsed() > self._allowed():
+        with self._lock:
+            self.received += count
+            over = self._elapsed(time.monotonic()) > self._allowed()
+        if over:
             raise self.error()
 
 
