@@ -29,6 +29,7 @@ from acbuild.distribution.registry.upload import PushSession
 from acbuild.fs.staging import StagedRootfs
 from acbuild.interop.export import Descriptor, write_layer
 from acbuild.report import NullReporter
+from tests.support.cli import acbuild
 from tests.support.httpserver import Server, serve_tmp
 from tests.support.trickle import Answer, TrickleServer, answer, padded, trickle_server
 
@@ -245,3 +246,25 @@ def test_a_registry_that_stalls_a_request_gives_the_cache_up(
         assert cache.fetch(KEY, "step 2") is None
         given_up(cache, trickle, reporter, s, tmp_path, started, within=3.0,
                  says=f"registry {trickle.host}: GET ")
+
+
+def test_a_build_whose_cache_trickles_builds_after_the_lookup_limit(
+        trickle: TrickleServer, hello_context: Path, tmp_path: Path) -> None:
+    """End to end: every answer's headers trickled (75 s each, every byte on time). The
+    first lookup gives up at the 15 s a lookup's answer may take, the cache is dropped
+    with one warning naming it and what timed out, and the build goes on without it."""
+    trickle.otherwise = padded(404, pad=1500, head_pause=0.05)
+    started = time.monotonic()
+    r = acbuild("build", hello_context / "Acfile", "-o", tmp_path / "h.aci", "--progress=plain",
+                "--insecure-registry", trickle.host,
+                "--cache-from", f"registry://{trickle.host}/{REPO}",
+                env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert r.code == 0, r.stderr
+    assert time.monotonic() - started < LOOKUP + 20
+    assert "Traceback" not in r.stderr
+    (warning,) = [line for line in r.stderr.splitlines() if "warning:" in line]
+    assert (f"registry://{trickle.host}/{REPO}: registry {trickle.host}: GET "
+            f"http://{trickle.host}/v2/{REPO}/manifests/step-") in warning
+    assert ("timed out: no complete answer (status line and headers) within 15 s; not using "
+            "this cache for the rest of the build") in warning
+    assert len(trickle.requests) == 1

@@ -51,6 +51,7 @@ def padded(status: int, headers: Sequence[tuple[str, str]] = (), body: bytes = b
 class TrickleServer:
     port: int
     answers: dict[str, Answer] = field(default_factory=dict)  # path (no query) -> answer
+    otherwise: Answer | None = None  # for any other path (None: a 404 at once)
     requests: list[str] = field(default_factory=list)  # "METHOD TARGET" of each request
     stopping: threading.Event = field(default_factory=threading.Event)
 
@@ -96,7 +97,7 @@ def trickle_server() -> Iterator[TrickleServer]:
                     return
                 method, target = head.split(b"\r\n", 1)[0].decode().split(" ")[:2]
                 server.requests.append(f"{method} {target}")
-                got = server.answers.get(target.split("?", 1)[0])
+                got = server.answers.get(target.split("?", 1)[0], server.otherwise)
                 if got is None:
                     got = answer(404, body=b'{"errors":[{"code":"NOT_FOUND"}]}')
                 _send(server, sock, got.head, got.head_piece, got.head_pause)
