@@ -383,7 +383,10 @@ class _Writer:
         keyed = self.rootfs.keyed
         if keyed is None or entry.context_rel is None:
             return None
-        return keyed.digest(os.fspath(self.context.root / entry.context_rel))
+        return keyed.digest(self._keyed_path(entry))
+
+    def _keyed_path(self, entry: _Entry) -> str:
+        return os.fspath(self.context.root / (entry.context_rel or ""))
 
     def _keyed(self, entry: _Entry, st: os.stat_result) -> None:
         """A context file, as the COPY opened it: the one its scan saw and, with cache
@@ -421,8 +424,9 @@ class _Writer:
                 self._stream(src, dst, st.st_size)
                 if entry.context_rel is not None and signature(os.fstat(src)) != signature(st):
                     raise context_changed(entry.context_rel, self.span)  # while read
-                expected = self._digest(entry)
-                if expected is not None and content_digest(dst) != expected:
+                keyed = self.rootfs.keyed
+                if self._digest(entry) is not None and keyed is not None and \
+                        not keyed.content_is(self._keyed_path(entry), content_digest(dst)):
                     raise content_changed(entry.context_rel or "", self.span)
                 self.rootfs.devices.pop(rel, None)
                 # Owner before mode: chown clears setuid and setgid bits.

@@ -6,9 +6,11 @@ its tree extracted by the image extractor (the same rules as any base image), th
 the local cache, which snapshots and seals it as it does a step it ran itself. Anything wrong
 with a remote entry (missing blob, wrong digest, not ours) is a miss with a warning; an
 unreachable or refusing registry is warned about once and not asked again in this build, and
-so is one too slow to be worth waiting for: each import has a budget (``ImportBudget``: 30 s
-plus what it received at 512 KiB/s), since the per-read timeout alone never fires for a cache
-that trickles its answer a few bytes at a time.
+so is one too slow to be worth waiting for: each cache has a budget over the build
+(``ImportBudget``: 30 s, plus 1 s a lookup, plus what it sent at 512 KiB/s), run as a
+wall-clock deadline under every socket operation of its requests (``Session.within``), since
+a per-read timeout never fires for a cache that trickles its answer a byte at a time; and so
+is one that stalls a request past the session's own limits (``TimedOut``).
 
 ``--cache-to registry://REGISTRY/REPO``: after the build, every step the local cache holds is
 pushed as an entry, unless the registry has its tag already (a key names its content).
@@ -23,6 +25,7 @@ import io
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,7 +53,12 @@ from acbuild.distribution.registry.reference import (
     RegistryError,
     parse_reference,
 )
-from acbuild.distribution.registry.transport import Session, TransportOptions, read_limited
+from acbuild.distribution.registry.transport import (
+    Session,
+    TimedOut,
+    TransportOptions,
+    read_limited,
+)
 from acbuild.distribution.registry.upload import PushSession, Repository
 from acbuild.errors import AcbuildError
 from acbuild.fs.staging import StagedRootfs, remove_tree
@@ -99,35 +107,80 @@ def parse_cache_ref(text: str, option: str) -> CacheRepo:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ImportBudget:
-    """How long importing one entry may take: ``grace`` seconds, plus the time what has
+    """How long one --cache-from may keep a build waiting, over the whole build: ``grace``
+    seconds, plus ``per_lookup`` seconds a step looked up in it, plus the time what has
     arrived would take at ``min_rate`` bytes a second — the bytes received, never the sizes
-    the entry claims (a hostile entry could claim a huge layer and then trickle it). Past it
-    the cache is given up on for the build and the step is built: a remote cache is a
-    speed-up, and one slower than this is not one."""
+    the entry claims (a hostile entry could claim a huge layer and then trickle it). It is a
+    wall-clock deadline under every socket operation of the imports (connect, headers,
+    body), so a trickle cannot outlast it. Past it the cache is given up on for the build and
+    the step is built: a remote cache is a speed-up, and one slower than this is not one.
+    Counted over the build, not per import: many lookups each just under a per-import limit
+    would add up without bound."""
 
     grace: float = 30.0
+    per_lookup: float = 1.0
     min_rate: float = 512 << 10
 
 
 class _TooSlow(Exception):
-    """An import ran out of its budget. Not an OSError nor an AcbuildError: what reads the
+    """A cache ran out of its budget. Not an OSError nor an AcbuildError: what reads the
     layer (decompressor, extractor) must let it through rather than call it a bad entry."""
 
 
 class _Clock:
-    """The deadline of one import, checked as each piece of the answer arrives."""
+    """What one cache's imports have cost the build, against its budget; a deadline of its
+    session (``Session.within``) while an import runs, checked too as each piece arrives.
+    Stages run in threads: the cost is the wall-clock time during which at least one
+    import was talking to the cache (two at once cost the build the time once)."""
 
     def __init__(self, budget: ImportBudget) -> None:
         self.budget = budget
-        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._spent = 0.0  # while imports ran, up to ``_busy_since``
+        self._running = 0
+        self._busy_since = 0.0
         self.received = 0
+        self.lookups = 0
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        with self._lock:
+            self.lookups += 1
+            self._running += 1
+            if self._running == 1:
+                self._busy_since = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+                if self._running == 0:
+                    self._spent += time.monotonic() - self._busy_since
+
+    def _allowed(self) -> float:
+        return (self.budget.grace + self.lookups * self.budget.per_lookup
+                + self.received / self.budget.min_rate)
+
+    def _elapsed(self, now: float) -> float:
+        return self._spent + (now - self._busy_since if self._running else 0.0)
+
+    def at(self) -> float:
+        now = time.monotonic()
+        with self._lock:
+            return now + self._allowed() - self._elapsed(now)
+
+    def error(self) -> Exception:
+        with self._lock:
+            spent = self._elapsed(time.monotonic())
+            return _TooSlow(f"it sent {self.received} bytes of cache entries in {spent:.0f} s "
+                            f"({self.lookups} looked up), too slowly to be worth waiting for")
 
     def check(self, count: int = 0) -> None:
-        self.received += count
-        elapsed = time.monotonic() - self.started
-        if elapsed > self.budget.grace + self.received / self.budget.min_rate:
-            raise _TooSlow(f"it sent {self.received} bytes of a cache entry in "
-                           f"{elapsed:.0f} s, too slowly to be worth waiting for")
+        with self._lock:
+            self.received += count
+            over = self._elapsed(time.monotonic()) > self._allowed()
+        if over:
+            raise self.error()
 
 
 class _ResponseReader(io.RawIOBase):
@@ -161,6 +214,7 @@ class _ResponseReader(io.RawIOBase):
 class _Source:
     repo: CacheRepo
     session: Session
+    clock: _Clock
     alive: bool = True
 
 
@@ -176,7 +230,8 @@ class RemoteCache:
         self.reporter = reporter
         self.budget = budget or ImportBudget()
         self.limits = limits or Limits()  # what an entry's tree may make us do, as a base
-        self.sources = [_Source(repo, session) for repo, session in sources]
+        self.sources = [_Source(repo, session, _Clock(self.budget))
+                        for repo, session in sources]
         self.destination = destination
 
     # ---- import ---------------------------------------------------------------------------
@@ -212,18 +267,34 @@ class RemoteCache:
                               f"{escape(message)}; it is a miss, building the step")
 
     def _import(self, source: _Source, key: str) -> bool:
+        with self._temp() as work:
+            rootfs = StagedRootfs(root=work / "rootfs")
+            rootfs.root.mkdir(mode=0o755)
+            # The budget runs while the cache is talked to (the layer is unpacked as it
+            # streams), not while the local cache stores the tree.
+            with source.clock.running(), source.session.within(source.clock):
+                config = self._download(source, key, rootfs, source.clock)
+            if config is None:
+                return False
+            self.store.put_step(key, config.manifest_json, rootfs=rootfs, tree=None, link=True)
+        return True
+
+    def _download(self, source: _Source, key: str, rootfs: StagedRootfs,
+                  clock: _Clock) -> EntryConfig | None:
+        """The entry of ``key`` unpacked into ``rootfs``: its config, or None (no entry)."""
         repo, session = source.repo, source.session
         scope = f"repository:{repo.repository}:pull"
         tag = step_tag(key)
-        clock = _Clock(self.budget)
         with session.get(f"/v2/{repo.repository}/manifests/{tag}", scope=scope,
                          accept=MANIFEST_TYPE) as response:
             if response.status_code == 404:
-                return False
+                return None
             session.check(response, f"cache entry {tag[:17]}…")
             sent_digest = response.headers.get("docker-content-digest")
             try:
                 raw = read_limited(response, DOCUMENT_LIMIT, "its manifest", each=clock.check)
+            except TimedOut:
+                raise
             except RegistryError as e:
                 raise RemoteEntryError(f"its manifest is not usable: {e.message}") from None
         if sent_digest is not None and sent_digest != "sha256:" + hashlib.sha256(raw).hexdigest():
@@ -235,12 +306,8 @@ class RemoteCache:
             from_json_bytes(config.manifest_json)
         except AcbuildError as e:
             raise RemoteEntryError(f"its image manifest is not valid: {e.message}") from None
-        with self._temp() as work:
-            rootfs = StagedRootfs(root=work / "rootfs")
-            rootfs.root.mkdir(mode=0o755)
-            self._extract(source, entry, config, rootfs, clock)
-            self.store.put_step(key, config.manifest_json, rootfs=rootfs, tree=None, link=True)
-        return True
+        self._extract(source, entry, config, rootfs, clock)
+        return config
 
     def _blob_missing(self, response: httpx.Response, digest: str) -> None:
         if response.status_code == 404:
@@ -256,6 +323,8 @@ class RemoteCache:
             session.check(response, f"blob {desc.digest[:19]}")
             try:
                 data = read_limited(response, desc.size, "the entry's config", each=clock.check)
+            except TimedOut:
+                raise
             except RegistryError as e:
                 raise RemoteEntryError(f"its config is corrupt: {e.message}") from None
         if "sha256:" + hashlib.sha256(data).hexdigest() != desc.digest:
@@ -278,6 +347,8 @@ class RemoteCache:
                             limits=self.limits)
                 drain(tar)
                 drain(blob)
+            except TimedOut:  # the registry stalled: not a bad entry, a cache to give up on
+                raise
             except (AcbuildError, OSError) as e:
                 with contextlib.suppress(AcbuildError, OSError):
                     drain(blob)  # a wrong digest is the better explanation

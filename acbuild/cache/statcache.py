@@ -61,7 +61,7 @@ class StatCache:
     def __init__(self, path: Path | None, witness: Witness | None = None) -> None:
         self.path = path
         self.witness = witness
-        self.keyed = KeyedFiles()
+        self.keyed = KeyedFiles(on_stale=self._stale)
         self._entries: dict[str, list[object]] = {}
         self._dirty = False
         if path is not None:
@@ -104,6 +104,13 @@ class StatCache:
         changes no timestamp), so the next read must hash the file again."""
         if self._entries.pop(path, None) is not None:
             self._dirty = True
+
+    def _stale(self, path: str) -> None:
+        """A reader found the bytes of ``path`` are not the digest the key took (from
+        here, or just read): forgotten at once and saved, since the build is failing
+        and may not get to save it."""
+        self.forget(path)
+        self.save()
 
     def save(self) -> None:
         if self.path is None or not self._dirty:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 # (st_dev, st_ino, st_mode, st_size, st_mtime_ns, st_ctime_ns)
 Signature = tuple[int, int, int, int, int, int]
@@ -66,11 +66,15 @@ class KeyedFiles:
     Entries are kept as the hash of their signature (one int per entry, not six): a
     different signature with the same 64-bit hash would have to be hit by a ctime the
     kernel picks; regular files also with the sha256 the key used (the stat cache's, or
-    read then); listings as what ``listing_signature`` gives for the directory."""
+    read then); listings as what ``listing_signature`` gives for the directory.
 
-    __slots__ = ("_digests", "_entries", "_listings", "_sources")
+    ``on_stale`` is told the path of a file whose bytes were found not to be the digest
+    the key used (``content_is``): the stat cache that gave the digest drops it."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_digests", "_entries", "_listings", "_on_stale", "_sources")
+
+    def __init__(self, on_stale: Callable[[str], None] | None = None) -> None:
+        self._on_stale = on_stale
         self._entries: dict[str, int] = {}
         self._digests: dict[str, bytes] = {}  # regular files: the sha256 the key used
         self._listings: dict[str, tuple[int, int]] = {}
@@ -86,6 +90,26 @@ class KeyedFiles:
     def digest(self, path: str) -> bytes | None:
         """The sha256 of the content the key hashed for the file ``path``."""
         return self._digests.get(path)
+
+    def content_is(self, path: str, got: bytes) -> bool:
+        """Whether ``got``, the sha256 of the bytes a reader took of the file ``path``, is
+        the one the key hashed (True when it hashed none). Every reader that compares
+        asks here, so that a mismatch also drops the digest the stat cache remembered:
+        the file's signature did not change (a write through a shared mapping), so that
+        stale digest would key every later build too, and each would fail the same way.
+        This build still fails (what it keyed is not what it read); the next hashes the
+        file afresh."""
+        expected = self._digests.get(path)
+        if expected is None or expected == got:
+            return True
+        self.stale(path)
+        return False
+
+    def stale(self, path: str) -> None:
+        """A reader that compared by itself (with a copy of ``digest(path)``, as a COPY's
+        FileRef holds) found the bytes of ``path`` differ: as in ``content_is``."""
+        if self._on_stale is not None:
+            self._on_stale(path)
 
     def record_listing(self, path: str, listing: tuple[int, int]) -> None:
         self._listings[path] = listing

@@ -23,7 +23,7 @@ from acbuild.errors import ImageError
 from acbuild.fs.keyed import KeyedFiles, signature
 from acbuild.fs.staging import StagedRootfs
 from acbuild.image import compression, manifest
-from acbuild.image.basedir import copy_tree
+from acbuild.image.basedir import CONTENT_HINT, copy_tree
 from acbuild.image.extract import extract_tar
 from acbuild.image.manifest import ImageManifest
 from acbuild.image.tarread import CHUNK, Limits, TarSource, archive_errors, clean_name, members
@@ -86,11 +86,11 @@ def open_tar_measured(path: Path, keyed: KeyedFiles | None = None,
             raise _changed(path)
         # The bytes read are those the key hashed (a write through a shared mapping of the
         # archive changes no time the signature could show).
-        if raw is not None and raw.rest_digest() != expected:
+        if raw is not None and keyed is not None and \
+                not keyed.content_is(os.path.abspath(path), raw.rest_digest()):
             raise ImageError(f"{path} does not hold what the cache key read, although its "
                              "times did not change (written through a shared mapping?)",
-                             hint="if nothing changed it during the build, touch it and "
-                                  "build again")
+                             hint=CONTENT_HINT)
 
 
 class _HashingRaw(io.RawIOBase):

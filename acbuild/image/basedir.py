@@ -114,7 +114,8 @@ def _identity(st: os.stat_result) -> tuple[int, int]:
 CONTENT_CHANGED = ("does not hold what the cache key read, although its times did not change "
                    "(written through a shared mapping?)")
 # The stat cache may have keyed it by an old digest: a new ctime makes it read again.
-CONTENT_HINT = "if nothing changed it during the build, touch it and build again"
+# the stat cache has dropped the stale digest (acbuild.fs.keyed.KeyedFiles.content_is)
+CONTENT_HINT = "build again once nothing writes to it: the next build reads it afresh"
 
 
 def base_changed(base: str | os.PathLike[str], rel: str, what: str) -> ImageError:
@@ -357,8 +358,8 @@ class CopyState:
         hashed. Its own inode, that no one else writes: what it holds now is what the
         image and the cache get."""
         keyed = self.keyed
-        expected = None if keyed is None else keyed.digest(self._path(rel))
-        if expected is not None and content_digest(copy) != expected:
+        if keyed is not None and keyed.digest(self._path(rel)) is not None and \
+                not keyed.content_is(self._path(rel), content_digest(copy)):
             raise self._changed(rel, CONTENT_CHANGED)
 
     def _path(self, rel: str) -> str:

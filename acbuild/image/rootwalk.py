@@ -188,9 +188,13 @@ class RootWalker:
     def _changed(self, rel: str, where: int, what: str) -> AcbuildError:
         if where == _REF:
             ref = self.rootfs.refs[rel]
+            if what == CONTENT_CHANGED and self.rootfs.keyed is not None:
+                self.rootfs.keyed.stale(os.path.join(ref.root, ref.rel))  # the next build rehashes
             return content_changed(ref.rel, ref.span) if what == CONTENT_CHANGED else \
                 ref_changed(ref)
         assert self.lower is not None
+        if what == CONTENT_CHANGED and self.lower_keyed is not None:
+            self.lower_keyed.stale(self.lower_prefix + rel)
         return base_changed(self.lower.source, rel, what)
 
     def archive_name(self, rel: str) -> str:

@@ -165,6 +165,8 @@ def _materialize_ref(rootfs: StagedRootfs, rel: str) -> None:
             # The copy, our own inode, holds what the key hashed (a write through a shared
             # mapping of the file changes no time the signature could show).
             if ref.digest is not None and content_digest(dst) != ref.digest:
+                if rootfs.keyed is not None:  # the next build hashes it afresh
+                    rootfs.keyed.stale(os.path.join(ref.root, ref.rel))
                 raise content_changed(ref.rel, ref.span)
             # Owner before mode: chown clears setuid and setgid bits.
             if rootfs.privileged:

@@ -9,7 +9,12 @@
   at once (nothing listens there: a wrong port, a registry not started), not ~7 s of retries;
 - redirects followed by hand: the Authorization header goes only to the registry's own origin
   (blob GETs are sent on to object storage, which must not see the registry's credentials);
-- proxies from HTTPS_PROXY/HTTP_PROXY/NO_PROXY (httpx's trust_env), timeouts, streaming.
+- proxies from HTTPS_PROXY/HTTP_PROXY/NO_PROXY (httpx's trust_env), timeouts, streaming;
+- wall-clock deadlines (``deadline``), since a per-read timeout never fires for a server that
+  trickles: each request must have its whole answer's head (connect, redirects, token,
+  retries, status line and headers) within ``timeout`` seconds, and then at least
+  ``PROGRESS_BYTES`` of its body in every ``timeout`` seconds; a caller may run a deadline
+  of its own over several requests (``Session.within``: the remote cache's budget).
 Nothing here puts a credential or token into a message.
 """
 
@@ -31,6 +36,7 @@ import httpx  # acbuild-py's entry point keeps httpx's own CLI from loading: cli
 
 from acbuild import __version__
 from acbuild.distribution.registry.credentials import Credential
+from acbuild.distribution.registry.deadline import Deadline, Watch, watched_client
 from acbuild.distribution.registry.failures import reason, refused, refused_error, tls_hint
 from acbuild.distribution.registry.reference import RegistryError, check_host
 from acbuild.distribution.tls import tls_context
@@ -40,6 +46,9 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TOKEN_LIMIT = 1 << 20
 _ERROR_LIMIT = 64 << 10
 _RETRY_AFTER_CAP = 10.0
+# A body that sends less than this in ``timeout`` seconds is stalled (a slow one that keeps
+# sending may go on: the count is of body bytes, not of chunk framing or headers).
+PROGRESS_BYTES = 16 << 10
 _ERROR_CODE = re.compile(r"[A-Z][A-Z_]{0,39}")
 # What httpx raises for a URL it cannot use (not a transport failure: never retried).
 _BAD_URL = (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError, UnicodeError)
@@ -49,7 +58,9 @@ _BAD_URL = (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError, UnicodeErro
 class TransportOptions:
     insecure_registries: tuple[str, ...] = ()  # HOST:PORT reached over plain http
     ca_file: Path | None = None  # a CA trusted besides the system's
-    timeout: float = 60.0  # seconds without progress (connect, read, write)
+    # seconds: for each request's answer up to its headers (connect, redirects, token,
+    # retries included), and for each PROGRESS_BYTES of its body
+    timeout: float = 60.0
     retries: int = 4
     backoff: float = 0.5  # seconds before the first retry, doubled for each next one
     max_redirects: int = 5
@@ -94,8 +105,10 @@ class Session:
         self._auth_lock = threading.Lock()  # one answer to a challenge, for every thread
         self._token_failed: dict[str, RegistryError] = {}  # scope -> why no token came
         self._answered: set[tuple[str, str]] = set()  # origins that answered in this session
-        self._client = httpx.Client(
-            verify=tls_context(options.ca_file), trust_env=True, follow_redirects=False,
+        self._watch = Watch()
+        self._client = watched_client(
+            self._watch, verify=tls_context(options.ca_file), trust_env=True,
+            follow_redirects=False,
             timeout=httpx.Timeout(options.timeout, connect=min(options.timeout, 30.0)),
             headers={"User-Agent": f"acbuild-py/{__version__}", "Accept-Encoding": "identity"})
 
@@ -110,6 +123,27 @@ class Session:
 
     # ---- requests ------------------------------------------------------------------------
 
+    def within(self, deadline: Deadline) -> contextlib.AbstractContextManager[None]:
+        """Bound this thread's requests of this session by ``deadline`` too, until the block
+        ends; past it, what is being sent or read fails with ``deadline.error()``."""
+        return self._watch.running(deadline)
+
+    @contextlib.contextmanager
+    def _streamed(self, response: httpx.Response, what: str) -> Iterator[httpx.Response]:
+        """``response`` with its body held to PROGRESS_BYTES a ``timeout``, closed after."""
+        body = _Body(response.stream, self, what)
+        response.stream = body
+        try:
+            with self._watch.running(body):
+                yield response
+        finally:
+            response.close()
+
+    def _timed_out(self) -> None:
+        """After a transport error: raise the error of a deadline that has passed."""
+        if (passed := self._watch.expired()) is not None:
+            raise passed.error() from None
+
     @contextlib.contextmanager
     def get(self, path: str, *, scope: str, accept: str | None = None,
             method: str = "GET", cancel: threading.Event | None = None
@@ -118,11 +152,12 @@ class Session:
         under /v2/, with the token for ``scope`` (``repository:NAME:pull``). ``cancel``, once
         set, ends the retries (another thread's Ctrl-C)."""
         headers = {"Accept": accept} if accept else {}
-        response = self._send(method, f"{self.base}{path}", scope, headers, cancel)
-        try:
+        url = f"{self.base}{path}"
+        head = _Head(self, method, url)
+        with self._watch.running(head):
+            response = self._send(method, url, scope, headers, cancel, head)
+        with self._streamed(response, f"{method} {self._shown(head.url)}"):
             yield response
-        finally:
-            response.close()
 
     def ping(self) -> None:
         """GET /v2/ with credentials: checks they are accepted (login)."""
@@ -139,7 +174,7 @@ class Session:
         return None
 
     def _send(self, method: str, url: str, scope: str, headers: Mapping[str, str],
-              cancel: threading.Event | None = None) -> httpx.Response:
+              cancel: threading.Event | None, head: _Head) -> httpx.Response:
         own = _origin(url)
         challenged = False
         hops = 0
@@ -157,24 +192,15 @@ class Session:
             except _BAD_URL as e:
                 raise RegistryError(f"{self.host}: cannot use the URL "
                                     f"{escape(url[:200])!r}: {reason(e)}") from None
-            except httpx.RemoteProtocolError as e:
-                if "location header" in str(e):  # httpx parses every redirect's Location
+            except httpx.TransportError as e:
+                self._timed_out()
+                if isinstance(e, httpx.RemoteProtocolError) and "location header" in str(e):
+                    # httpx parses every redirect's Location
                     raise RegistryError(f"{self._shown(url)} redirects to a URL that does not "
                                         "parse") from None
-                if attempt < self.options.retries:
-                    self._pause(attempt, None, cancel)
-                    attempt += 1
-                    continue
-                raise RegistryError(f"cannot reach {self._shown(url)}: {reason(e)}") from None
-            except httpx.TransportError as e:
-                if self._never_answered(e, url):
-                    raise refused_error(self._shown(url), _origin(url)[1]) from None
-                if attempt < self.options.retries:
-                    self._pause(attempt, None, cancel)
-                    attempt += 1
-                    continue
-                raise RegistryError(f"cannot reach {self._shown(url)}: {reason(e)}",
-                                    hint=tls_hint(e, url)) from None
+                self._retry_or_raise(e, url, attempt, cancel)
+                attempt += 1
+                continue
             self._answered.add(_origin(url))
             status = response.status_code
             if status in _REDIRECTS:
@@ -185,11 +211,15 @@ class Session:
                     raise RegistryError(f"{self._shown(url)}: more than "
                                         f"{self.options.max_redirects} redirects")
                 url = self._redirect_target(url, location)
+                head.url = url
                 continue
             if status == 401 and _origin(url) == own and not challenged:
                 challenged = True
-                if self._authenticate(response.headers.get("www-authenticate", ""), scope,
-                                      sent.get("Authorization"), cancel):
+                head.doing = " asking for a token"
+                met = self._authenticate(response.headers.get("www-authenticate", ""), scope,
+                                         sent.get("Authorization"), cancel)
+                head.doing = ""
+                if met:
                     response.close()
                     continue
                 return response
@@ -200,6 +230,15 @@ class Session:
                 attempt += 1
                 continue
             return response
+
+    def _retry_or_raise(self, e: httpx.TransportError, url: str, attempt: int,
+                        cancel: threading.Event | None) -> None:
+        if self._never_answered(e, url):
+            raise refused_error(self._shown(url), _origin(url)[1]) from None
+        if attempt >= self.options.retries:
+            raise RegistryError(f"cannot reach {self._shown(url)}: {reason(e)}",
+                                hint=tls_hint(e, url)) from None
+        self._pause(attempt, None, cancel)
 
     def _never_answered(self, e: httpx.TransportError, url: str) -> bool:
         """A refused connection to a host that has not answered yet: nothing listens there,
@@ -248,6 +287,7 @@ class Session:
         while not self._auth_lock.acquire(timeout=0.1):
             if cancel is not None and cancel.is_set():
                 raise RegistryError(f"{self.host}: stopped")
+            self._timed_out()  # this request's deadline runs while another thread asks
         try:
             current = self._auth_header(scope)
             if current is not None and current != sent:
@@ -326,6 +366,7 @@ class Session:
                 raise RegistryError(f"registry {self.host} asks for a token from an invalid "
                                     f"URL {escape(realm[:200])!r}: {reason(e)}") from None
             except httpx.TransportError as e:
+                self._timed_out()
                 if self._never_answered(e, url):
                     raise refused_error(f"the token server of {self.host}", netloc) from None
                 if attempt < self.options.retries:
@@ -349,8 +390,12 @@ class Session:
                 if response.status_code != 200:
                     raise RegistryError(f"the token server of {self.host} answered HTTP "
                                         f"{response.status_code}")
-                doc = _json(read_limited(response, _TOKEN_LIMIT, "token response",
-                                         each=stopped), f"the token server of {self.host}")
+                try:
+                    data = read_limited(response, _TOKEN_LIMIT, "token response", each=stopped)
+                except RegistryError:
+                    self._timed_out()
+                    raise
+                doc = _json(data, f"the token server of {self.host}")
             token = doc.get("token") or doc.get("access_token")
             if not isinstance(token, str) or not token or not token.isascii() or \
                     any(c in token for c in "\r\n "):
@@ -386,6 +431,90 @@ class Session:
         detail = _registry_errors(response)
         raise RegistryError(f"{self.host}: {what}: HTTP {status}"
                             + (f" ({detail})" if detail else ""))
+
+
+class TimedOut(RegistryError):
+    """A registry that let a deadline pass: it answered too slowly, or stalled mid-body."""
+
+
+class _Head:
+    """The deadline of a request's answer up to its headers (redirects, the token, retries
+    included): whatever trickles, a request has an answer or an error in ``timeout`` s."""
+
+    def __init__(self, session: Session, method: str, url: str) -> None:
+        self._session = session
+        self._method = method
+        self.url = url  # where it is (a redirect moves it)
+        self.doing = ""  # or " asking for a token"
+        self._at = time.monotonic() + session.options.timeout
+
+    def at(self) -> float:
+        return self._at
+
+    def error(self) -> Exception:
+        return TimedOut(f"registry {escape(self._session.host)}: {self._method} "
+                        f"{self._session._shown(self.url)}: timed out{self.doing}: no complete "
+                        f"answer (status line and headers) within "
+                        f"{self._session.options.timeout:g} s")
+
+
+class Sending:
+    """The deadline of a request with a body (an upload) up to its answer's headers: the
+    body may take as long as it keeps going out, the answer then ``timeout`` seconds."""
+
+    def __init__(self, session: Session, method: str, url: str) -> None:
+        self._session = session
+        self._what = f"{method} {session._shown(url)}"
+        self._started = time.monotonic()
+
+    def at(self) -> float:
+        return max(self._started, self._session._watch.last_write()) + \
+            self._session.options.timeout
+
+    def error(self) -> Exception:
+        return TimedOut(f"registry {escape(self._session.host)}: {self._what}: timed out: "
+                        f"nothing sent nor answered (status line and headers) in "
+                        f"{self._session.options.timeout:g} s")
+
+
+class _Body(httpx.SyncByteStream):
+    """A response body that must keep coming: PROGRESS_BYTES in every ``timeout`` seconds
+    (the deadline moves on with each PROGRESS_BYTES that arrive)."""
+
+    def __init__(self, inner: httpx.SyncByteStream | httpx.AsyncByteStream, session: Session,
+                 what: str) -> None:
+        assert isinstance(inner, httpx.SyncByteStream)
+        self._inner = inner
+        self._session = session
+        self._what = what
+        self._mark = time.monotonic()
+        self._since = 0
+        self.received = 0
+
+    def at(self) -> float:
+        return self._mark + self._session.options.timeout
+
+    def error(self) -> Exception:
+        return TimedOut(f"registry {escape(self._session.host)}: {self._what}: timed out: "
+                        f"less than {PROGRESS_BYTES >> 10} KiB of the body arrived in "
+                        f"{self._session.options.timeout:g} s ({self.received} bytes "
+                        "in all)")
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._inner:
+                self.received += len(chunk)
+                self._since += len(chunk)
+                if self._since >= PROGRESS_BYTES:
+                    self._mark = time.monotonic()
+                    self._since = 0
+                yield chunk
+        except httpx.TransportError:
+            self._session._timed_out()
+            raise
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def _basic(credential: Credential) -> str:

@@ -22,7 +22,7 @@ import httpx
 
 from acbuild.distribution.registry.failures import reason, refused_error, tls_hint
 from acbuild.distribution.registry.reference import RegistryError
-from acbuild.distribution.registry.transport import Session, _origin
+from acbuild.distribution.registry.transport import Sending, Session, _origin
 
 CHUNK_SIZE = 32 << 20  # blobs above this go in PATCH chunks of this size
 _READ = 1 << 20
@@ -67,11 +67,10 @@ class PushSession(Session):
              body: Body | None = None) -> Iterator[httpx.Response]:
         """The response to ``method url`` (streamed; closed when the block ends). A redirect
         is returned as it is: following it would send the body somewhere else."""
-        response = self._send_body(method, url, scope, headers, body)
-        try:
+        with self._watch.running(Sending(self, method, url)):
+            response = self._send_body(method, url, scope, headers, body)
+        with self._streamed(response, f"{method} {self._shown(url)}"):
             yield response
-        finally:
-            response.close()
 
     def _send_body(self, method: str, url: str, scope: str, headers: Mapping[str, str],
                    body: Body | None) -> httpx.Response:
@@ -91,6 +90,7 @@ class PushSession(Session):
                 raise RegistryError(f"{self.host}: the registry sent a URL that cannot be "
                                     f"used: {reason(e)}") from None
             except httpx.TransportError as e:
+                self._timed_out()
                 if self._never_answered(e, url):
                     raise refused_error(self._shown(url), _origin(url)[1]) from None
                 if attempt < self.options.retries:

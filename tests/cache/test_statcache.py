@@ -1,0 +1,171 @@
+"""The stat cache against a file written through a shared mapping between two builds
+(red-team CI-4): a store into an already dirty page changes no time, so the file keeps its
+signature and the stat cache its digest of the old content. The next build keys with that
+stale digest, reads the new bytes and fails (what it keyed is not what it read); each place
+that finds the mismatch drops the stale digest, so the build after that hashes the file
+afresh and builds what it holds, instead of every later build failing until the user
+touches the file. Real builds: a COPY source left in place (read by the finalizer, or made
+a real file for a COPY --from) or copied (a RUN follows), a local base archive, a file of a
+local base directory."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from acbuild.build.build import BuildOptions, build
+from acbuild.cli.commands.trustopts import base_loader
+from acbuild.errors import AcbuildError
+from acbuild.report import NullReporter
+from tests.support.busybox import make_busybox_rootfs
+from tests.support.sandboxrun import needs_sandbox
+
+OLD = b"OLD-CONTENT\n"
+NEW = b"NEW-CONTENT\n"
+SETTLED = 1_500_000_000
+HINT = "build again once nothing writes to it: the next build reads it afresh"
+
+
+def run_build(ctx: Path, acfile: str, out: Path) -> None:
+    (ctx / "Acfile").write_text(acfile)
+    build(BuildOptions(acfile=ctx / "Acfile", output=out,
+                       base_loader=base_loader(reporter=NullReporter()),
+                       cache_dir=ctx.parent / "cache",
+                       environ={"SOURCE_DATE_EPOCH": "1000000"}), NullReporter())
+
+
+def member(aci: Path, name: str) -> bytes:
+    with tarfile.open(aci) as t:
+        f = t.extractfile(name)
+        assert f is not None
+        return f.read()
+
+
+def make_aci(tmp_path: Path, data: bytes, out: Path) -> None:
+    where = tmp_path / f"make-{out.name}"
+    where.mkdir()
+    (where / "f").write_bytes(data)
+    (where / "Acfile").write_text("BEGIN scratch\nNAME example.com/base\nCOPY f /f\n")
+    build(BuildOptions(acfile=where / "Acfile", output=out, no_cache=True,
+                       base_loader=base_loader(reporter=NullReporter()),
+                       environ={"SOURCE_DATE_EPOCH": "1000000"}), NullReporter())
+
+
+@dataclass(frozen=True, slots=True)
+class Mapped:
+    """A file mapped MAP_SHARED with its pages already dirty: later stores take no write
+    fault, so they change no timestamp (until writeback cleans the pages)."""
+
+    path: Path
+    map: mmap.mmap
+
+    def store(self, data: bytes) -> None:
+        before = self.path.stat()
+        self.map[: len(data)] = data
+        after = self.path.stat()
+        if (after.st_mtime_ns, after.st_ctime_ns) != (before.st_mtime_ns, before.st_ctime_ns):
+            pytest.skip("the pages were written back meanwhile: the store dated the file")
+
+
+@pytest.fixture
+def mapped() -> Iterator[list[Mapped]]:
+    made: list[Mapped] = []
+    yield made
+    for m in made:
+        m.map.close()
+
+
+def map_settled(path: Path, made: list[Mapped]) -> Mapped:
+    """``path`` mapped and dirtied, then dated back and left to settle, so the stat cache
+    remembers its digest (it skips a file changed in the last moments)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        m = mmap.mmap(fd, 0, mmap.MAP_SHARED)
+    finally:
+        os.close(fd)
+    made.append(Mapped(path, m))
+    m[:] = m[:]  # every page dirty
+    os.utime(path, (SETTLED, SETTLED))
+    time.sleep(0.3)  # the ctime settles (fine-grained timestamps)
+    if time.time_ns() - path.stat().st_ctime_ns < 200_000_000:
+        time.sleep(3.2)  # a coarse clock: whole seconds
+    return made[-1]
+
+
+# name: (the file mapped, the first Acfile, the second (its reading step not a hit), member)
+CASES = {
+    "COPY source left in place": (
+        "zzz.txt", "BEGIN scratch\nNAME example.com/s\nCOPY zzz.txt /zzz\n",
+        "BEGIN scratch\nNAME example.com/t\nCOPY zzz.txt /zzz\n", "rootfs/zzz"),
+    "COPY source another stage copies from": (
+        "zzz.txt", "BEGIN scratch AS s\nCOPY zzz.txt /zzz\n"
+                   "BEGIN scratch\nNAME example.com/s\nCOPY --from=s /zzz /zzz\n",
+        "BEGIN scratch AS s\nENV X=1\nCOPY zzz.txt /zzz\n"
+        "BEGIN scratch\nNAME example.com/s\nCOPY --from=s /zzz /zzz\n", "rootfs/zzz"),
+    "local base archive": (
+        "base.aci", "BEGIN ./base.aci\nNAME example.com/s\n",
+        "BEGIN ./base.aci AS again\nNAME example.com/s\n", "rootfs/f"),
+    "local base directory": (
+        "base/etc/conf", "BEGIN ./base\nNAME example.com/s\n",
+        "BEGIN ./base AS again\nNAME example.com/s\n", "rootfs/etc/conf"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_mapping_write_between_builds_fails_one_build_not_every_one(
+        tmp_path: Path, mapped: list[Mapped], case: str) -> None:
+    rel, first, second, name = CASES[case]
+    ctx = tmp_path / "ctx"
+    (ctx / "base/etc").mkdir(parents=True)
+    (ctx / "base/etc/conf").write_bytes(OLD)
+    (ctx / "zzz.txt").write_bytes(OLD)
+    make_aci(tmp_path, OLD, ctx / "base.aci")
+    make_aci(tmp_path, NEW, tmp_path / "new.aci")
+    new = NEW if rel != "base.aci" else (tmp_path / "new.aci").read_bytes()
+    if len(new) != (ctx / rel).stat().st_size:
+        pytest.skip("the two archives differ in size")
+    target = map_settled(ctx / rel, mapped)
+    out = tmp_path / "out.aci"
+    run_build(ctx, first, out)
+    assert member(out, name) == OLD
+    target.store(new)
+    out.unlink()
+    with pytest.raises(AcbuildError) as e:
+        run_build(ctx, second, out)
+    assert "does not hold what the cache key read, although its times did not change" in \
+        e.value.message, e.value.message
+    assert e.value.hint == HINT  # no touch needed: true now
+    assert not out.exists()
+    run_build(ctx, second, out)  # hashed afresh: no touch needed
+    assert member(out, name) == NEW
+
+
+@needs_sandbox
+def test_a_copied_source_written_through_a_mapping_between_builds(
+        tmp_path: Path, mapped: list[Mapped]) -> None:
+    """A RUN after the COPY: the file is copied into the rootfs (acbuild.build.copy), and the
+    copy is what is compared."""
+    ctx = tmp_path / "ctx"
+    make_busybox_rootfs(ctx / "bb")
+    (ctx / "zzz.txt").write_bytes(OLD)
+    target = map_settled(ctx / "zzz.txt", mapped)
+    out = tmp_path / "out.aci"
+    acfile = "BEGIN ./bb\nNAME example.com/s\nCOPY zzz.txt /{}\nRUN /bin/cp /{} /copied\n"
+    run_build(ctx, acfile.format("a", "a"), out)
+    assert member(out, "rootfs/copied") == OLD
+    target.store(NEW)
+    out.unlink()
+    with pytest.raises(AcbuildError) as e:
+        run_build(ctx, acfile.format("b", "b"), out)
+    assert "'zzz.txt' in the build context does not hold what the cache key read" in \
+        e.value.message, e.value.message
+    assert e.value.hint == HINT
+    run_build(ctx, acfile.format("b", "b"), out)
+    assert member(out, "rootfs/copied") == NEW
