@@ -7,6 +7,7 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from tests.support.registry import (
     registry_with_busybox,
     tamper_proxy,
 )
+from tests.support.trickle import Answer, TrickleServer, answer, trickle_server
 
 pytest_plugins = ("tests.support.registryfixtures",)
 
@@ -385,3 +387,67 @@ def test_parallel_first_requests_all_meet_one_challenge(mode: str,
     assert outcomes == [200] * 6
     if reg.token_server is not None:
         assert len(reg.token_server.requests) == 1  # one token for them all
+
+
+def _challenging(registry: TrickleServer, tokens: TrickleServer, token: Answer) -> Session:
+    """A session to ``registry``, whose manifest asks for a token from ``tokens``."""
+    registry.answers[MANIFEST] = answer(401, [(
+        "WWW-Authenticate", f'Bearer realm="{tokens.url}/token",service="x"')])
+    tokens.answers["/token"] = token
+    options = TransportOptions(insecure_registries=(registry.host, tokens.host), retries=2,
+                               backoff=0.01)
+    return Session(registry.host, options, None)
+
+
+def _in_threads(n: int, work: Callable[[], None]) -> list[threading.Thread]:
+    threads = [threading.Thread(target=work) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def test_stopping_ends_the_threads_that_wait_on_a_trickling_token_server() -> None:
+    """Red-team RT-1: one thread asks a token server that trickles its answer (50 s, each
+    byte on time), the others wait for that answer; stopping must end them all at once."""
+    with trickle_server() as registry, trickle_server() as tokens:
+        cancel = threading.Event()
+        errors: list[str] = []
+        trickled = answer(200, body=b'{"token": "' + b"a" * 1000 + b'"}', body_pause=0.05)
+        with _challenging(registry, tokens, trickled) as s:
+            def fetch() -> None:
+                try:
+                    with s.get(MANIFEST, scope=SCOPE, cancel=cancel):
+                        pass
+                except RegistryError as e:
+                    errors.append(e.message)
+
+            threads = _in_threads(4, fetch)
+            time.sleep(0.5)
+            cancel.set()
+            stopped = time.monotonic()
+            for t in threads:
+                t.join(timeout=10)
+            assert time.monotonic() - stopped < 1.0
+        assert len(errors) == 4 and all(m.endswith("stopped") for m in errors), errors
+        assert len(tokens.requests) == 1
+
+
+def test_a_failed_token_request_is_not_repeated_by_each_waiting_thread() -> None:
+    """Red-team RT-4: a token server answering 503 was asked retries + 1 times by each of a
+    pull's threads in turn; the threads that waited get the first one's error."""
+    with trickle_server() as registry, trickle_server() as tokens:
+        errors: list[str] = []
+        barrier = threading.Barrier(4)
+        with _challenging(registry, tokens, answer(503)) as s:
+            def fetch() -> None:
+                barrier.wait()
+                try:
+                    with s.get(MANIFEST, scope=SCOPE):
+                        pass
+                except RegistryError as e:
+                    errors.append(e.message)
+
+            for t in _in_threads(4, fetch):
+                t.join(timeout=30)
+        assert errors == [f"the token server of {registry.host} answered HTTP 503"] * 4
+        assert len(tokens.requests) == 3  # one thread's first try and its 2 retries

@@ -304,7 +304,7 @@ class Session:
             if (failed := self._token_failed.get(scope)) is not None:
                 # Another request's answer failed already: the same error, not the token
                 # server's retries again for each waiting thread.
-                raise RegistryError(failed.message, hint=failed.hint)
+                raise type(failed)(failed.message, hint=failed.hint)
             try:
                 token = self._fetch_token(params, scope, cancel)
             except RegistryError as e:
