@@ -146,8 +146,15 @@ class RegistryBases:
         return pinned
 
     def identity(self, text: str, reporter: Reporter) -> str:
-        """What a cache key names this base by: its image manifest's digest."""
-        return self._pinned(text, reporter).digest or ""
+        """What a cache key names this base by: its image manifest's digest, and when an
+        index chose it, the platform it was chosen for. An index is trusted only as far as
+        the image's own config agrees with the entry, which the pull checks: without the
+        platform, a step built from the image for the platform it really is would answer a
+        build for another platform whose index lies about it, and skip that check."""
+        digest = self._pinned(text, reporter).digest or ""
+        if text in self._from_index:
+            return f"{digest}@{self.access.target_platform()}"
+        return digest
 
     def pull(self, text: str, reporter: Reporter) -> PulledImage:
         from acbuild.distribution.registry.pull import PulledImage, pull

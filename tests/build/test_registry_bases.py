@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -447,21 +447,47 @@ def test_interrupt_during_a_trickling_layer_stops_at_once(proxy: TamperProxy, tm
     _no_leftovers()
 
 
-def test_an_index_entry_that_lies_about_its_platform(proxy: TamperProxy,
-                                                     tmp_path: Path) -> None:
-    """Red-team RP-5: the amd64 entry of an index pointing at an arm64 image."""
+def _arm64_image_in_an_index(proxy: TamperProxy) -> Callable[[str], None]:
+    """library/busybox:1.36 as an index with one entry, for the architecture a call of the
+    result says, naming an (empty) arm64 image."""
     _config_and_layers(proxy, [], architecture="arm64")
     child = proxy.tampering.canned.pop("/v2/library/busybox/manifests/1.36")
     body = child[2]
     assert isinstance(body, bytes)
     digest = "sha256:" + hashlib.sha256(body).hexdigest()
     proxy.tampering.canned[f"/v2/library/busybox/manifests/{digest}"] = child
-    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-             "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                            "digest": digest, "size": len(body),
-                            "platform": {"os": "linux", "architecture": "amd64"}}]}
-    proxy.tampering.canned["/v2/library/busybox/manifests/1.36"] = (
-        200, [], json.dumps(index).encode())
+
+    def entry_for(architecture: str) -> None:
+        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                 "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                "digest": digest, "size": len(body),
+                                "platform": {"os": "linux", "architecture": architecture}}]}
+        proxy.tampering.canned["/v2/library/busybox/manifests/1.36"] = (
+            200, [], json.dumps(index).encode())
+
+    return entry_for
+
+
+def test_an_index_entry_that_lies_about_its_platform(proxy: TamperProxy,
+                                                     tmp_path: Path) -> None:
+    """Red-team RP-5: the amd64 entry of an index pointing at an arm64 image."""
+    _arm64_image_in_an_index(proxy)("amd64")
     r = cli("convert", proxy.ref("library/busybox:1.36"), "-o", tmp_path / "x.aci",
             "--insecure-skip-verify", "--insecure-registry", proxy.host)
     assert "entry for linux/amd64 is an image for linux/arm64" in one_line_error(r)
+
+
+def test_a_lying_index_entry_is_refused_although_the_image_is_cached(
+        proxy: TamperProxy, tmp_path: Path) -> None:
+    """Red-team RT-8: once a build for arm64 had cached the image's steps, the same image
+    offered by an index as amd64 was built from the cache, with no pull to refuse it."""
+    entry_for = _arm64_image_in_an_index(proxy)
+    ctx = acfile(tmp_path, proxy.ref("library/busybox:1.36"))
+    reach = ("--insecure-skip-verify", "--insecure-registry", proxy.host)
+    entry_for("arm64")
+    r = cli("build", ctx, "-o", tmp_path / "arm.aci", "--platform", "linux/arm64", *reach)
+    assert r.code == 0, r.stderr
+    entry_for("amd64")
+    r = cli("build", ctx, "-o", tmp_path / "lie.aci", "--platform", "linux/amd64", *reach)
+    assert "entry for linux/amd64 is an image for linux/arm64" in one_line_error(r)
+    assert not (tmp_path / "lie.aci").exists()
