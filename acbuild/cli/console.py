@@ -55,6 +55,9 @@ class PlainReporter:
     def step_output(self, step: StepInfo, line: str) -> None:
         self._line(f"{self._tag(step)} | {line}")
 
+    def step_partial(self, step: StepInfo, text: str) -> None:
+        pass  # a log keeps whole lines; this one arrives with step_output
+
     def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False,
                       source: str | None = None) -> None:
         self._steps.pop(threading.get_ident(), None)
@@ -105,6 +108,9 @@ class JsonReporter:
 
     def step_output(self, step: StepInfo, line: str) -> None:
         self._emit("step-output", step=step.number, line=line)
+
+    def step_partial(self, step: StepInfo, text: str) -> None:
+        pass  # the line comes whole as step-output
 
     def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False,
                       source: str | None = None) -> None:

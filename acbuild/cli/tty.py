@@ -39,6 +39,7 @@ class _Step:
     cached: bool = False
     failed: bool = False
     output: deque[str] = field(default_factory=lambda: deque(maxlen=KEEP))
+    partial: str = ""  # the unfinished last line, as the terminal would show it now
 
 
 @dataclass(slots=True)
@@ -84,6 +85,14 @@ class TtyReporter:
             running = self._find(step)
             if running is not None:
                 running.output.append(shown)
+                running.partial = ""
+
+    def step_partial(self, step: StepInfo, text: str) -> None:
+        shown = tty_line(text)
+        with self._lock:
+            running = self._find(step)
+            if running is not None:
+                running.partial = shown
 
     def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False,
                       source: str | None = None) -> None:
@@ -188,14 +197,15 @@ class TtyReporter:
             if self._steps:
                 lines.append(self._header(now))
             lines += [self._step_line(s, now) for s in self._steps]
-            running = [s for s in self._running() if s.output]
+            running = [s for s in self._running() if s.output or s.partial]
             # The screen keeps its height: several running steps share the tail's lines.
             tail = max(TAIL // len(running), 2) if running else 0
             for step in running:
                 if len(running) > 1:
                     lines.append(Text(f" => [{step.info.number}/{step.info.total}]",
                                       style="dim", no_wrap=True))
-                for line in list(step.output)[-tail:]:
+                shown = [*step.output, step.partial] if step.partial else list(step.output)
+                for line in shown[-tail:]:
                     lines.append(Text(" => => # " + line, style="dim", no_wrap=True,
                                       overflow="ellipsis"))
             lines += [self._bar_line(b, now) for b in self._bars.values()]

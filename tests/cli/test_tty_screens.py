@@ -94,6 +94,31 @@ def test_busybox_app_shows_a_bounded_tail_while_running(tmp_path: Path, columns:
     _folded(screen, columns, 13)
 
 
+@needs_busybox
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_a_progress_bar_redrawn_with_cr_shows_its_latest_state_while_it_runs(
+        tmp_path: Path, columns: int) -> None:
+    # A download bar as curl or pip draw it: no newline until the end, \r before each state.
+    ctx = _busybox_context(
+        tmp_path,
+        "BEGIN scratch\nNAME example.com/bar\nCOPY --mode=0755 busybox /bin/busybox\n"
+        'RUN ["/bin/busybox", "sh", "-c", "for i in 10 20 30 40 50 60 70 80 90; do '
+        'printf \\"\\\\rdownloading $i%%\\"; sleep 0.25; done; echo; echo fetched"]\n')
+    tails: list[str] = []
+
+    def watch(rows: list[str]) -> None:
+        tails.extend(row for row in rows if row.startswith(" => => # "))
+
+    screen = run_in_terminal("build", ctx / "Acfile", "-o", tmp_path / "bar.aci",
+                             columns=columns, watch=watch)
+    assert screen.code == 0, screen.text
+    states = {row for row in tails if "downloading" in row}
+    assert any(re.fullmatch(r" => => # downloading [1-8]0%", row) for row in states), \
+        f"the bar was not shown while it ran: {sorted(set(tails))}"
+    assert all(row.count("downloading") == 1 for row in states), sorted(states)
+    _folded(screen, columns, 5)
+
+
 @pytest.mark.parametrize("columns", WIDTHS)
 def test_a_20000_file_copy_leaves_no_bars(tmp_path: Path, columns: int) -> None:
     ctx = tmp_path / "ctx"
