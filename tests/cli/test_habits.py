@@ -70,6 +70,12 @@ def test_malformed_var_is_a_usage_error(tmp_path: Path) -> None:
         r = acbuild(verb, "--var", "novalue", cwd=_ctx(tmp_path / verb))
         assert r.code == 2, (verb, r.stderr)
         assert "'novalue' is not KEY=VALUE" in r.stderr
+    for bad, why in (("=x", "'' is not a valid variable name"),
+                     ("a b=x", "'a b' is not a valid variable name"),
+                     ("v=\x1b[2J", "holds the control character")):
+        r = acbuild("build", "--var", bad, cwd=_ctx(tmp_path / "names" / str(len(why))))
+        assert r.code == 2, (bad, r.code, r.stderr)
+        assert "Invalid value for '--var'" in r.stderr and why in r.stderr, r.stderr
 
 
 def test_unused_var_is_warned_about(tmp_path: Path) -> None:
