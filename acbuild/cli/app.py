@@ -167,6 +167,10 @@ def _coloured(text: str, mode: str) -> str:
     return _ERROR.sub(lambda m: f"{m[1]}\x1b[1;31m{m[2]}:\x1b[0m", text) if colour else text
 
 
+def _stopped(how: str, mode: str) -> str:
+    return json_event("error", message=how, hint=None) if mode == "json" else how
+
+
 def run(args: list[str]) -> int:
     """Run the verb ``args`` name; returns the exit status."""
     # The click context is gone by the time an error reaches us, so read argv itself.
@@ -190,10 +194,10 @@ def run(args: list[str]) -> int:
             click.echo(escape_lines(shown.getvalue().rstrip("\n")), err=True)
         return EXIT_USAGE if usage else EXIT_ERROR
     except (click.Abort, KeyboardInterrupt):
-        click.echo("interrupted", err=True)
+        click.echo(_stopped("interrupted", mode), err=True)
         return EXIT_SIGINT
     except Terminated:
-        click.echo("terminated", err=True)
+        click.echo(_stopped("terminated", mode), err=True)
         return EXIT_SIGTERM
     except SystemExit as e:  # verbs that end with sys.exit(status), e.g. run
         return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_ERROR)

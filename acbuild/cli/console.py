@@ -144,6 +144,10 @@ class QuietReporter(SilentReporter, PlainReporter):
     """-q: nothing but warnings (PlainReporter's)."""
 
 
+class QuietJsonReporter(SilentReporter, JsonReporter):
+    """-q with --progress=json: nothing but warnings, as JSON events."""
+
+
 def say(text: str, *, err: bool = False) -> None:
     """Print one line of a verb's result with whatever came from an image escaped."""
     click.echo(safe(text), err=err)
@@ -151,7 +155,7 @@ def say(text: str, *, err: bool = False) -> None:
 
 def make_reporter(mode: str, *, quiet: bool = False, verbose: bool = False) -> Reporter:
     if quiet:
-        return QuietReporter()
+        return QuietJsonReporter() if mode == "json" else QuietReporter()
     if mode == "json":
         return JsonReporter()
     if mode == "tty":
