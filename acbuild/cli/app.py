@@ -21,6 +21,7 @@ import click
 
 from acbuild import __version__
 from acbuild.cli import commands
+from acbuild.cli.charset import ascii_terminals
 from acbuild.cli.commands.common import global_options
 from acbuild.cli.console import json_event, progress_mode, render_error
 from acbuild.cli.oserrors import from_os_error
@@ -176,6 +177,7 @@ def run(args: list[str]) -> int:
     # The click context is gone by the time an error reaches us, so read argv itself.
     debug = "--debug" in args
     mode = progress_mode(args)
+    ascii_terminals()
     install_sigterm_handler()
     try:
         # standalone_mode=False returns a verb's exit code instead of raising it.

@@ -174,6 +174,25 @@ def test_run_prints_only_the_app(tmp_path: Path, columns: int) -> None:
     assert screen.lines == ()  # warm: nothing of its own on the terminal
 
 
+@pytest.mark.parametrize("env", [{"LC_ALL": "C"}, {"LANG": "C"}, {"LANG": "en_US.ISO-8859-1"},
+                                 {"TERM": "dumb"}])
+def test_a_terminal_without_utf8_gets_ascii_only(tmp_path: Path, env: dict[str, str]) -> None:
+    ctx = tmp_path / "ctx"
+    (ctx / "caf\u00e9").mkdir(parents=True)
+    (ctx / "caf\u00e9" / "na\u00efve").write_text("x")
+    (ctx / "Acfile").write_text("BEGIN scratch\nNAME example.com/ascii\n"
+                                f"COPY caf\u00e9 /srv/{'long-' * 16}caf\u00e9\n")
+    utf8 = run_in_terminal("build", ctx / "Acfile", "-o", tmp_path / "u.aci")
+    assert utf8.code == 0, utf8.text
+    assert "\u2026" in utf8.text and "caf\u00e9" in utf8.text  # what ASCII must do without
+    for verb, expect in ((("build", ctx / "Acfile", "-o", tmp_path / "a.aci"), "caf\\xe9"),
+                         (("inspect", tmp_path / "u.aci"), "`-- na\\xefve"),
+                         (("build", "--tag", "x"), "version=... lines")):
+        screen = run_in_terminal(*verb, env=env, stdout_tty=True)
+        assert screen.raw.isascii(), (verb, {c for c in screen.raw.decode() if ord(c) > 127})
+        assert expect in screen.text, screen.text
+
+
 def test_errors_are_red_on_a_colour_terminal_only(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "Acfile"
     red = run_in_terminal("build", "-f", missing)
