@@ -209,3 +209,26 @@ def test_an_interrupted_build_ends_its_stream_with_an_error_event(tmp_path: Path
             assert proc.wait(timeout=60) == code
         events = _events(log.read_text())
         assert events[-1]["event"] == "error" and events[-1]["message"] == message
+
+
+def test_writing_a_copy_only_image_has_a_true_total(tmp_path: Path) -> None:
+    """The files a COPY leaves in the context (not staged) count in the write's total: the
+    bar of such an image once said 100% from its first byte."""
+    import random
+
+    ctx = tmp_path / "ctx"
+    (ctx / "data").mkdir(parents=True)
+    for i in range(4):
+        (ctx / "data" / f"blob{i}").write_bytes(random.Random(i).randbytes(8 << 20))
+    (ctx / "Acfile").write_text("BEGIN scratch\nNAME example.com/j\nCOPY data/ /data/\n")
+    r = acbuild("build", "--progress=json", "--no-cache", "--compression", "none", ctx,
+                "-o", tmp_path / "x.aci")
+    assert r.code == 0, r.stderr
+    writes = [e for e in _events(r.stderr) if e["event"] == "progress"
+              and e["what"] == "compress"]
+    assert len(writes) >= 3
+    final = writes[-1]["done"]
+    assert isinstance(final, int)
+    for event in writes[:-1]:
+        assert isinstance(event["total"], int) and isinstance(event["done"], int)
+        assert event["done"] < event["total"] and event["total"] >= final * 0.9, event
