@@ -158,7 +158,7 @@ def cli() -> None:
     """Build, sign, verify and run App Container (AppC) images from an Acfile."""
 
 
-_ERROR = re.compile(r"^(\S*?)(error|warning):", re.M)
+_ERROR = re.compile(r"^(\S*?)(error|warning|Error):", re.M)  # click's usage errors: Error:
 
 
 def _coloured(text: str, mode: str) -> str:
@@ -193,7 +193,7 @@ def run(args: list[str]) -> int:
             # Usage errors quote option values and paths (a file name from a glob may hold ESC).
             shown = io.StringIO()
             e.show(file=shown)
-            click.echo(escape_lines(shown.getvalue().rstrip("\n")), err=True)
+            click.echo(_coloured(escape_lines(shown.getvalue().rstrip("\n")), mode), err=True)
         return EXIT_USAGE if usage else EXIT_ERROR
     except (click.Abort, KeyboardInterrupt):
         click.echo(_stopped("interrupted", mode), err=True)

@@ -201,6 +201,10 @@ def test_errors_are_red_on_a_colour_terminal_only(tmp_path: Path) -> None:
     assert any(line.startswith("error: Acfile not found") for line in red.lines), red.lines
     plain = run_in_terminal("build", "-f", missing, env={"NO_COLOR": "1"})
     assert plain.code == 1 and b"\x1b[" not in plain.raw.replace(b"\x1b[?25", b"")
+    usage = run_in_terminal("biuld")
+    assert usage.code == 2 and b"\x1b[1;31mError:\x1b[0m No such command 'biuld'" in usage.raw
+    usage = run_in_terminal("biuld", env={"NO_COLOR": "1"})
+    assert usage.code == 2 and b"\x1b[" not in usage.raw.replace(b"\x1b[?25", b"")
 
 
 @pytest.mark.parametrize("columns", WIDTHS)
