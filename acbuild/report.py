@@ -41,6 +41,10 @@ class Reporter(Protocol):
     def step_output(self, step: StepInfo, line: str) -> None:
         """One line of a RUN step's output (without the newline)."""
 
+    def step_partial(self, step: StepInfo, text: str) -> None:
+        """The unfinished last line of a RUN step's output as it stands (a progress bar that
+        a program redraws with ``\\r``); the step's next step_output is that line whole."""
+
     def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False,
                       source: str | None = None) -> None:
         """``source``: where a cached step came from, e.g. ``registry://host/repo`` (None:
@@ -68,6 +72,9 @@ class SilentReporter:
         pass
 
     def step_output(self, step: StepInfo, line: str) -> None:
+        pass
+
+    def step_partial(self, step: StepInfo, text: str) -> None:
         pass
 
     def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False,

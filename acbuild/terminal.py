@@ -70,6 +70,25 @@ def _put(cells: list[str], column: int, cell: str) -> int:
     return column + 1
 
 
+# What the program itself draws, in the ASCII a terminal without UTF-8 shows.
+_ASCII_GLYPHS = str.maketrans({
+    "\u2026": "...", "\u2014": "-", "\u2013": "-", "\u2192": "->", "\u2018": "'",
+    "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u00d7": "x", "\u2501": "-",
+    "\u2578": "-", "\u257a": "-", "\u2500": "-", "\u2502": "|", "\u251c": "|",
+    "\u2514": "`",
+})
+
+
+def to_ascii(text: str) -> str:
+    """``text`` for a terminal that shows ASCII only: the program's own glyphs (``…``, bars,
+    tree lines) as ASCII look-alikes, any other character beyond ASCII escaped Python-style
+    (``\\xe9``), so nothing is lost and nothing shows as mojibake."""
+    if text.isascii():
+        return text
+    text = text.translate(_ASCII_GLYPHS)
+    return "".join(ch if ch.isascii() else _escape_char(ch) for ch in text)
+
+
 # json.dumps escapes C0 but, with ensure_ascii=False, leaves DEL, C1, bidi controls and lone
 # surrogates as they are; \u escapes keep the JSON valid and mean the same string.
 _UNSAFE_IN_JSON = re.compile(r"[^\x00-\x7e]")

@@ -70,3 +70,12 @@ def test_error_messages_escape_what_they_quote_and_keep_the_caret_under_it() -> 
     assert source == "    LABEL \\x1b[31m=x"
     assert carets == "          ^^^^^^"  # under "\x1b[3", escaped
     assert hint == "    hint: try\\x9bthis"
+
+
+def test_to_ascii_keeps_ascii_draws_glyphs_and_escapes_the_rest() -> None:
+    from acbuild.terminal import to_ascii
+
+    assert to_ascii("plain [1/2] text") == "plain [1/2] text"
+    assert to_ascii("version=\u2026 lines \u2501\u2501 \u251c\u2500\u2500 a \u2192 b") == \
+        "version=... lines -- |-- a -> b"
+    assert to_ascii("caf\u00e9 \u6f22 \U0001f600") == "caf\\xe9 \\u6f22 \\U0001f600"

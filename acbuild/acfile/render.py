@@ -23,9 +23,9 @@ from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
 from acbuild.acfile.confine import LimitExceeded, Limits, run_confined
+from acbuild.acfile.variables import checked_name, checked_value, parse_var
 from acbuild.errors import AcfileError, Span
 
-_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TEMPLATE_NAME = "<template>"  # jinja's code name for templates made by from_string
 _TAG = re.compile(r"\{[{%#].*?(?:[}%#]\}|$)")
 # Private-use characters never appear in a sane Acfile; one absent from the input delimits
@@ -52,36 +52,9 @@ def load_variables(var_args: Sequence[str], var_files: Sequence[Path]) -> dict[s
     for path in var_files:
         variables.update(_load_var_file(path))
     for arg in var_args:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise AcfileError(f"--var {arg!r} must be KEY=VALUE")
-        variables[_checked_name(key, f"--var {arg!r}")] = _checked_value(value, key, "--var")
+        key, value = parse_var(arg)
+        variables[key] = value
     return variables
-
-
-# Values end up in words: a NUL or an escape sequence would pass into paths, the manifest
-# and terminals. Newlines and tabs are text a template may lay out.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def _checked_value(value: str, key: str, where: str) -> str:
-    if found := _CONTROL.search(value):
-        raise AcfileError(f"{where}: variable {key!r} holds the control character {found[0]!r}",
-                          hint="variables hold printable text")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise AcfileError(f"{where}: variable {key!r} is not valid UTF-8 text") from None
-    return value
-
-
-def _checked_name(key: str, where: str) -> str:
-    if not _VARIABLE_NAME.fullmatch(key):
-        raise AcfileError(
-            f"{where}: {key!r} is not a valid variable name (letters, digits and _, "
-            "not starting with a digit)"
-        )
-    return key
 
 
 def _load_var_file(path: Path) -> dict[str, str]:
@@ -92,7 +65,7 @@ def _load_var_file(path: Path) -> dict[str, str]:
         raise AcfileError(f"cannot read variable file {str(path)!r}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise _toml_error(path, e) from None
-    return {_checked_name(k, str(path)): _scalar(path, k, v) for k, v in data.items()}
+    return {checked_name(k, str(path)): _scalar(path, k, v) for k, v in data.items()}
 
 
 def _toml_error(path: Path, e: tomllib.TOMLDecodeError) -> AcfileError:
@@ -110,7 +83,7 @@ def _scalar(path: Path, key: str, value: object) -> str:
         case bool():
             return "true" if value else "false"
         case str() | int() | float():
-            return _checked_value(str(value), key, str(path))
+            return checked_value(str(value), key, str(path))
     raise AcfileError(
         f"{path}: variable {key!r} must be a string, number or boolean, "
         f"not a {type(value).__name__}"

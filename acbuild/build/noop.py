@@ -32,6 +32,9 @@ class WarningCounter:
     def step_output(self, step: StepInfo, line: str) -> None:
         self.inner.step_output(step, line)
 
+    def step_partial(self, step: StepInfo, text: str) -> None:
+        self.inner.step_partial(step, text)
+
     def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False,
                       source: str | None = None) -> None:
         self.inner.step_finished(step, seconds, cached=cached, source=source)

@@ -137,6 +137,10 @@ class LockedReporter:
         with self._lock:
             self.inner.step_output(step, line)
 
+    def step_partial(self, step: StepInfo, text: str) -> None:
+        with self._lock:
+            self.inner.step_partial(step, text)
+
     def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False,
                       source: str | None = None) -> None:
         with self._lock:

@@ -21,6 +21,7 @@ import click
 
 from acbuild import __version__
 from acbuild.cli import commands
+from acbuild.cli.charset import ascii_terminals
 from acbuild.cli.commands.common import global_options
 from acbuild.cli.console import json_event, progress_mode, render_error
 from acbuild.cli.oserrors import from_os_error
@@ -157,7 +158,7 @@ def cli() -> None:
     """Build, sign, verify and run App Container (AppC) images from an Acfile."""
 
 
-_ERROR = re.compile(r"^(\S*?)(error|warning):", re.M)
+_ERROR = re.compile(r"^(\S*?)(error|warning|Error):", re.M)  # click's usage errors: Error:
 
 
 def _coloured(text: str, mode: str) -> str:
@@ -167,11 +168,16 @@ def _coloured(text: str, mode: str) -> str:
     return _ERROR.sub(lambda m: f"{m[1]}\x1b[1;31m{m[2]}:\x1b[0m", text) if colour else text
 
 
+def _stopped(how: str, mode: str) -> str:
+    return json_event("error", message=how, hint=None) if mode == "json" else how
+
+
 def run(args: list[str]) -> int:
     """Run the verb ``args`` name; returns the exit status."""
     # The click context is gone by the time an error reaches us, so read argv itself.
     debug = "--debug" in args
     mode = progress_mode(args)
+    ascii_terminals()
     install_sigterm_handler()
     try:
         # standalone_mode=False returns a verb's exit code instead of raising it.
@@ -187,13 +193,13 @@ def run(args: list[str]) -> int:
             # Usage errors quote option values and paths (a file name from a glob may hold ESC).
             shown = io.StringIO()
             e.show(file=shown)
-            click.echo(escape_lines(shown.getvalue().rstrip("\n")), err=True)
+            click.echo(_coloured(escape_lines(shown.getvalue().rstrip("\n")), mode), err=True)
         return EXIT_USAGE if usage else EXIT_ERROR
     except (click.Abort, KeyboardInterrupt):
-        click.echo("interrupted", err=True)
+        click.echo(_stopped("interrupted", mode), err=True)
         return EXIT_SIGINT
     except Terminated:
-        click.echo("terminated", err=True)
+        click.echo(_stopped("terminated", mode), err=True)
         return EXIT_SIGTERM
     except SystemExit as e:  # verbs that end with sys.exit(status), e.g. run
         return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_ERROR)

@@ -55,6 +55,9 @@ class PlainReporter:
     def step_output(self, step: StepInfo, line: str) -> None:
         self._line(f"{self._tag(step)} | {line}")
 
+    def step_partial(self, step: StepInfo, text: str) -> None:
+        pass  # a log keeps whole lines; this one arrives with step_output
+
     def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False,
                       source: str | None = None) -> None:
         self._steps.pop(threading.get_ident(), None)
@@ -106,6 +109,9 @@ class JsonReporter:
     def step_output(self, step: StepInfo, line: str) -> None:
         self._emit("step-output", step=step.number, line=line)
 
+    def step_partial(self, step: StepInfo, text: str) -> None:
+        pass  # the line comes whole as step-output
+
     def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False,
                       source: str | None = None) -> None:
         self._steps.pop(threading.get_ident(), None)
@@ -138,6 +144,10 @@ class QuietReporter(SilentReporter, PlainReporter):
     """-q: nothing but warnings (PlainReporter's)."""
 
 
+class QuietJsonReporter(SilentReporter, JsonReporter):
+    """-q with --progress=json: nothing but warnings, as JSON events."""
+
+
 def say(text: str, *, err: bool = False) -> None:
     """Print one line of a verb's result with whatever came from an image escaped."""
     click.echo(safe(text), err=err)
@@ -145,7 +155,7 @@ def say(text: str, *, err: bool = False) -> None:
 
 def make_reporter(mode: str, *, quiet: bool = False, verbose: bool = False) -> Reporter:
     if quiet:
-        return QuietReporter()
+        return QuietJsonReporter() if mode == "json" else QuietReporter()
     if mode == "json":
         return JsonReporter()
     if mode == "tty":

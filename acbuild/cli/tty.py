@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -25,7 +26,7 @@ from rich.text import Text
 from acbuild.cli.text import duration, human_size, value_text
 from acbuild.errors import Span
 from acbuild.report import Field, StepInfo
-from acbuild.terminal import escape, tty_line
+from acbuild.terminal import escape, to_ascii, tty_line
 
 TAIL = 6  # lines of a running step's output on screen
 KEEP = 200  # lines of it kept to show when the step fails (the log file has them all)
@@ -39,6 +40,7 @@ class _Step:
     cached: bool = False
     failed: bool = False
     output: deque[str] = field(default_factory=lambda: deque(maxlen=KEEP))
+    partial: str = ""  # the unfinished last line, as the terminal would show it now
 
 
 @dataclass(slots=True)
@@ -53,6 +55,10 @@ class TtyReporter:
     def __init__(self, *, verbose: bool = False, console: Console | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._console = console or Console(stderr=True, highlight=False, emoji=False)
+        # A terminal without UTF-8 (cli.charset): text made ASCII before rich measures it,
+        # and lines cut rather than ended with an ellipsis.
+        self._ascii = not self._console.encoding.startswith("utf")
+        self._cut: Literal["crop", "ellipsis"] = "crop" if self._ascii else "ellipsis"
         self._verbose = verbose
         self._clock = clock
         self._started = clock()
@@ -79,11 +85,19 @@ class TtyReporter:
         self._start()
 
     def step_output(self, step: StepInfo, line: str) -> None:
-        shown = tty_line(line)
+        shown = self._safe(tty_line(line))
         with self._lock:
             running = self._find(step)
             if running is not None:
                 running.output.append(shown)
+                running.partial = ""
+
+    def step_partial(self, step: StepInfo, text: str) -> None:
+        shown = self._safe(tty_line(text))
+        with self._lock:
+            running = self._find(step)
+            if running is not None:
+                running.partial = shown
 
     def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False,
                       source: str | None = None) -> None:
@@ -110,16 +124,16 @@ class TtyReporter:
         self._start()
 
     def info(self, message: str) -> None:
-        self._print(Text(escape(message)))
+        self._print(Text(self._safe(escape(message))))
 
     def detail(self, message: str) -> None:
         if self._verbose:
-            self._print(Text(escape(message), style="dim"))
+            self._print(Text(self._safe(escape(message)), style="dim"))
 
     def warning(self, message: str, span: Span | None = None) -> None:
         where = f"{span.file}:{span.line}:{span.column}: " if span else ""
-        self._print(Text.assemble((f"{escape(where)}warning:", "yellow"),
-                                  " " + escape(message)))
+        self._print(Text.assemble((f"{self._safe(escape(where))}warning:", "yellow"),
+                                  " " + self._safe(escape(message))))
 
     def summary(self, fields: tuple[Field, ...]) -> None:
         self.close()
@@ -127,7 +141,7 @@ class TtyReporter:
         table.add_column(style="bold")
         table.add_column(overflow="fold")
         for f in fields:
-            table.add_row(Text(f.label), Text(escape(value_text(f))))
+            table.add_row(Text(f.label), Text(self._safe(escape(value_text(f)))))
         self._console.print(table)
 
     def close(self) -> None:
@@ -154,6 +168,9 @@ class TtyReporter:
                 self._console.print(Text(" => => # " + line, style="red"), overflow="fold")
 
     # -- drawing -------------------------------------------------------------------------------
+
+    def _safe(self, text: str) -> str:
+        return to_ascii(text) if self._ascii else text
 
     def _start(self) -> None:
         if not self._live.is_started and not self._closed:
@@ -188,16 +205,17 @@ class TtyReporter:
             if self._steps:
                 lines.append(self._header(now))
             lines += [self._step_line(s, now) for s in self._steps]
-            running = [s for s in self._running() if s.output]
+            running = [s for s in self._running() if s.output or s.partial]
             # The screen keeps its height: several running steps share the tail's lines.
             tail = max(TAIL // len(running), 2) if running else 0
             for step in running:
                 if len(running) > 1:
                     lines.append(Text(f" => [{step.info.number}/{step.info.total}]",
                                       style="dim", no_wrap=True))
-                for line in list(step.output)[-tail:]:
+                shown = [*step.output, step.partial] if step.partial else list(step.output)
+                for line in shown[-tail:]:
                     lines.append(Text(" => => # " + line, style="dim", no_wrap=True,
-                                      overflow="ellipsis"))
+                                      overflow=self._cut))
             lines += [self._bar_line(b, now) for b in self._bars.values()]
             return Group(*lines)
 
@@ -211,7 +229,7 @@ class TtyReporter:
 
     def _step_line(self, step: _Step, now: float) -> Table:
         grid = Table.grid(expand=True)
-        grid.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
+        grid.add_column(no_wrap=True, overflow=self._cut, ratio=1)
         grid.add_column(justify="right", no_wrap=True, width=8)
         tag = f"[{step.info.number}/{step.info.total}]"
         text = Text(" => ")
@@ -220,7 +238,8 @@ class TtyReporter:
         elif step.cached:
             text.append("CACHED ", style="cyan")
         text.append(tag + " ", style="blue")
-        text.append(escape(step.info.text), style="bold" if step.seconds is None else "")
+        text.append(self._safe(escape(step.info.text)),
+                    style="bold" if step.seconds is None else "")
         seconds = step.seconds if step.seconds is not None else now - step.started
         grid.add_row(text, Text(duration(seconds), style="dim" if step.seconds is not None
                                 else "yellow"))

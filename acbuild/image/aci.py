@@ -78,9 +78,12 @@ def open_tar_measured(path: Path, keyed: KeyedFiles | None = None,
 
         expected = None if keyed is None else keyed.digest(os.path.abspath(path))
         raw = _HashingRaw(f) if expected is not None else None
-        with archive_errors():
-            stream = compression.open_decompressed(
-                f if raw is None else io.BufferedReader(raw))
+        try:
+            with archive_errors():
+                stream = compression.open_decompressed(
+                    f if raw is None else io.BufferedReader(raw))
+        except ImageError as e:  # "not a tar archive": which file is not
+            raise ImageError(f"{path}: {e.message}", hint=e.hint) from None
         yield stream, position
         if keyed is not None and signature(os.fstat(f.fileno())) != signature(info):
             raise _changed(path)

@@ -132,15 +132,19 @@ def _silent_progress(reporter: Reporter) -> bool:
 
 
 def _estimate(rootfs: StagedRootfs) -> int:
-    """Roughly the tar's size, for progress: file sizes plus a header per entry."""
-    total = 0
-    for _dirpath, dirs, files in os.walk(rootfs.root):
-        total += BLOCK * (len(dirs) + len(files) + 1)
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(_dirpath, name)).st_size
-            except OSError:
-                continue
+    """Roughly the tar's size, for progress: file sizes plus a header per entry, the files
+    a COPY left in the context and a base directory's unstaged ones included (without them
+    the bar of a COPY-only image sat at 100% while it was written)."""
+    roots = [rootfs.root] if rootfs.lower is None else [rootfs.root, rootfs.lower.source]
+    total = sum(BLOCK + ref.seen[3] for ref in rootfs.refs.values())
+    for root in roots:
+        for _dirpath, dirs, files in os.walk(root):
+            total += BLOCK * (len(dirs) + len(files) + 1)
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(_dirpath, name)).st_size
+                except OSError:
+                    continue
     return total
 
 

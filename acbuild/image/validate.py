@@ -138,6 +138,7 @@ def check_image(path: Path, *, limits: Limits = Limits()) -> Report:  # noqa: B0
                 layout.entry(member, tar)
     except ImageError as e:
         # the archive cannot be read to its end: report that and what is certain
-        return Report([*early, *layout.problems, e.message], [])
+        # (each problem is shown after the image's name already)
+        return Report([*early, *layout.problems, e.message.removeprefix(f"{path}: ")], [])
     problems = [*early, *layout.finish()]
     return Report(problems, layout.warnings)

@@ -106,7 +106,8 @@ def run_step(instruction: Run, ctx: RunContext, reporter: Reporter, info: StepIn
     try:
         # SIGTERM unwinds like Ctrl-C, so the sandbox and the work directory are cleaned up.
         with terminate_as_exit():
-            outcome = run_sandboxed(spec, on_output)
+            outcome = run_sandboxed(spec, on_output,
+                                    on_partial=lambda text: reporter.step_partial(info, text))
     except SandboxError as e:
         e.span = e.span or instruction.span  # the missing program is this line's fault
         raise

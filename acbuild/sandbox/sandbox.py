@@ -153,9 +153,11 @@ def sandbox_available() -> str | None:
     return None
 
 
-def run_sandboxed(spec: SandboxSpec, on_output: Callable[[str], None]) -> SandboxResult:
+def run_sandboxed(spec: SandboxSpec, on_output: Callable[[str], None], *,
+                  on_partial: Callable[[str], None] | None = None) -> SandboxResult:
     """Run ``spec.argv`` in the sandbox, handing each output line (stdout and stderr merged,
-    without the newline) to ``on_output`` as it comes."""
+    without the newline) to ``on_output`` as it comes, and an unfinished last line (a
+    progress bar redrawn with ``\\r``) to ``on_partial`` each time more of it arrives."""
     _check_spec(spec)
     created: list[tuple[str, bool]] = []
     try:
@@ -166,7 +168,7 @@ def run_sandboxed(spec: SandboxSpec, on_output: Callable[[str], None]) -> Sandbo
                 "pids" not in jail.enforced else None
             payload["nproc"] = nproc
             result = _Session(payload, spec.timeout, on_output, stdin=spec.stdin,
-                              on_start=jail.add,
+                              on_start=jail.add, on_partial=on_partial,
                               pass_fds=tuple(s.fd for s in spec.secrets),
                               redact=spec.redact).run()
             unenforced = tuple(
@@ -343,10 +345,16 @@ def _remove_created(rootfs: Path, created: list[tuple[str, bool]]) -> None:
 class _Lines:
     """Turns a byte stream into lines: UTF-8 with replacement, long lines cut in pieces.
     Each text of ``redact`` is replaced by REDACTED before any cut, so no piece holds a
-    part of one; a pending line keeps the longest one's length back until it is whole."""
+    part of one; a pending line keeps the longest one's length back until it is whole.
 
-    def __init__(self, emit: Callable[[str], None], redact: tuple[str, ...] = ()):
+    ``partial`` sees the pending line each time it grows: a program that redraws a progress
+    bar with ``\\r`` writes no newline for minutes. Not while redacting, where the pending
+    line may end in the first part of a secret."""
+
+    def __init__(self, emit: Callable[[str], None], redact: tuple[str, ...] = (),
+                 partial: Callable[[str], None] | None = None):
         self._emit = emit
+        self._partial = partial if not redact else None
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._pending = ""
         self._redact = sorted(redact, key=len, reverse=True)
@@ -366,6 +374,8 @@ class _Lines:
         if final and self._pending:
             self._emit_line(self._redacted(self._pending))
             self._pending = ""
+        elif self._partial is not None and self._pending and data:
+            self._partial(self._pending)
 
     def _redacted(self, text: str) -> str:
         for secret in self._redact:
@@ -383,12 +393,13 @@ class _Session:
     def __init__(self, payload: dict[str, Any], timeout: float | None,
                  on_output: Callable[[str], None], *, stdin: bool = False,
                  on_start: Callable[[int], None] | None = None,
+                 on_partial: Callable[[str], None] | None = None,
                  pass_fds: tuple[int, ...] = (), redact: tuple[str, ...] = ()):
         self._payload = payload
         self._pass_fds = pass_fds
         self._on_start = on_start
         self._timeout = timeout
-        self._lines = _Lines(on_output, redact)
+        self._lines = _Lines(on_output, redact, on_partial)
         self._stdin = stdin
         self._messages: dict[str, Any] = {}
         self._report = b""

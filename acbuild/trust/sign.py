@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from acbuild.errors import TrustError
 from acbuild.fs.atomic import atomic_write
@@ -104,17 +107,42 @@ def sign_image(
     asc = signature_path(image)
     asc.unlink(missing_ok=True)
     with image.open("rb") as f:
-        # passphrase given: python-gnupg feeds it on a pipe with --pinentry-mode loopback.
-        result = gpg.sign_file(
-            f, keyid=check_fingerprint(info.fingerprint), passphrase=passphrase, detach=True,
-            binary=False,
-            extra_args=["--pinentry-mode", "loopback"] if passphrase is not None else None,
-        )
+        size = os.fstat(f.fileno()).st_size
+        counted = _Counting(f)
+        # python-gnupg reads the image in a thread of its own; the bar is reported from
+        # this one (the step's), where reporters expect a step's transfers.
+        with ThreadPoolExecutor(1, thread_name_prefix="gpg-sign") as pool:
+            # passphrase given: python-gnupg feeds it on a pipe with --pinentry-mode loopback.
+            job = pool.submit(
+                gpg.sign_file, counted, keyid=check_fingerprint(info.fingerprint),
+                passphrase=passphrase, detach=True, binary=False,
+                extra_args=["--pinentry-mode", "loopback"] if passphrase is not None else None,
+            )
+            while True:
+                try:
+                    result = job.result(timeout=0.1)
+                    break
+                except FutureTimeout:
+                    reporter.progress("sign", min(counted.done, size), size)
+        reporter.progress("sign", size, size)
     _check_signed(result, info)
     with atomic_write(asc, mode=0o644) as out:
         out.write(result.data)
     reporter.info(f"signed {image.name} with {info.fingerprint} ({info.uid})")
     return SignResult(signature=asc, fingerprint=info.fingerprint, uid=info.uid)
+
+
+class _Counting:
+    """A binary file read through this counts the bytes read (from another thread)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.done = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self.done += len(data)
+        return data
 
 
 def _check_signed(result: object, info: KeyInfo) -> None:

@@ -219,3 +219,35 @@ def test_tty_mode_shows_step_text_verbatim(tmp_path: Path) -> None:
     assert code == 0, text
     assert "ENV ROW=app:x:1000 MARK=[bold]" in text
     assert "\u274c" not in text
+
+
+def test_acbuild_progress_chooses_the_style_and_progress_wins(hello_context: Path,
+                                                              tmp_path: Path) -> None:
+    from tests.support.terminal import run_in_terminal
+
+    acfile, out = hello_context / "Acfile", tmp_path / "h.aci"
+    r = acbuild("build", acfile, "-o", out, env={"ACBUILD_PROGRESS": "json"})
+    assert r.code == 0 and all(line.startswith("{") for line in r.stderr.splitlines())
+    r = acbuild("build", acfile, "-o", out, "--progress=plain",
+                env={"ACBUILD_PROGRESS": "json"})
+    assert r.code == 0 and "[1/8] BEGIN scratch" in r.stderr.splitlines()
+    screen = run_in_terminal("build", acfile, "-o", out, env={"ACBUILD_PROGRESS": "plain"})
+    lines = [*screen.history, *screen.lines]
+    assert screen.code == 0 and "[1/8] BEGIN scratch" in lines
+    assert not any(line.startswith("[+] Building") for line in lines)
+    assert b"\x1b[" not in screen.raw.replace(b"\x1b[?25", b"")
+
+
+def test_the_summary_counts_the_entries_inspect_counts(hello_context: Path,
+                                                       tmp_path: Path) -> None:
+    (hello_context / "etc").mkdir()
+    (hello_context / "etc" / "motd").write_text("hi\n")
+    acfile = hello_context / "Acfile"
+    acfile.write_text(acfile.read_text() + "COPY etc /etc\n")
+    out = tmp_path / "h.aci"
+    r = acbuild("build", "--progress=plain", acfile, "-o", out)
+    assert r.code == 0, r.stderr
+    built = next(line.split()[-1] for line in r.stderr.splitlines()
+                 if line.startswith("entries "))
+    shown = acbuild("inspect", "--no-files", out).stdout
+    assert f", {built} entries in all" in shown, (built, shown)

@@ -70,6 +70,12 @@ def test_malformed_var_is_a_usage_error(tmp_path: Path) -> None:
         r = acbuild(verb, "--var", "novalue", cwd=_ctx(tmp_path / verb))
         assert r.code == 2, (verb, r.stderr)
         assert "'novalue' is not KEY=VALUE" in r.stderr
+    for bad, why in (("=x", "'' is not a valid variable name"),
+                     ("a b=x", "'a b' is not a valid variable name"),
+                     ("v=\x1b[2J", "holds the control character")):
+        r = acbuild("build", "--var", bad, cwd=_ctx(tmp_path / "names" / str(len(why))))
+        assert r.code == 2, (bad, r.code, r.stderr)
+        assert "Invalid value for '--var'" in r.stderr and why in r.stderr, r.stderr
 
 
 def test_unused_var_is_warned_about(tmp_path: Path) -> None:
@@ -112,6 +118,14 @@ def _prune_on_a_terminal(cache: Path, answer: bytes) -> tuple[int, bytes]:
     while b"[y/N]" not in seen:
         seen += os.read(leader, 1024)
     os.write(leader, answer + b"\n")
+    while True:
+        try:
+            data = os.read(leader, 1024)
+        except OSError:  # EIO: the program closed the terminal
+            break
+        if not data:
+            break
+        seen += data
     code = proc.wait(timeout=60)
     os.close(leader)
     return code, seen
@@ -121,6 +135,8 @@ def test_cache_prune_without_a_size_asks_on_a_terminal(tmp_path: Path) -> None:
     cache = _fill_cache(tmp_path)
     code, prompt = _prune_on_a_terminal(cache, b"n")
     assert b"Remove every entry of the step cache?" in prompt
-    assert code != 0 and _entries(cache) > 0
+    # Declining is an answer, not an interrupt (exit 130, "interrupted").
+    assert code == 1 and b"nothing removed: the user declined" in prompt, prompt
+    assert b"interrupted" not in prompt and _entries(cache) > 0
     code, _ = _prune_on_a_terminal(cache, b"y")
     assert code == 0 and _entries(cache) == 0

@@ -72,3 +72,14 @@ def test_ids_no_user_can_have_are_errors(tmp_path: Path, line: str) -> None:
     assert r.code == 1, r.stderr
     assert "out of range" in r.stderr and "internal error" not in r.stderr
     assert not (tmp_path / "x.aci").exists()
+
+
+def test_a_file_that_is_no_archive_is_named_once_by_every_verb(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.aci"
+    junk.write_text("not an image\n")
+    for verb in (("inspect", junk), ("manifest", junk), ("diff", junk, junk),
+                 ("validate", junk), ("run", junk)):
+        r = acbuild(*verb)
+        assert r.code != 0, verb
+        assert f"{junk}: not a tar archive" in r.stderr, (verb, r.stderr)
+        assert r.stderr.count(str(junk)) == 1, (verb, r.stderr)

@@ -94,6 +94,31 @@ def test_busybox_app_shows_a_bounded_tail_while_running(tmp_path: Path, columns:
     _folded(screen, columns, 13)
 
 
+@needs_busybox
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_a_progress_bar_redrawn_with_cr_shows_its_latest_state_while_it_runs(
+        tmp_path: Path, columns: int) -> None:
+    # A download bar as curl or pip draw it: no newline until the end, \r before each state.
+    ctx = _busybox_context(
+        tmp_path,
+        "BEGIN scratch\nNAME example.com/bar\nCOPY --mode=0755 busybox /bin/busybox\n"
+        'RUN ["/bin/busybox", "sh", "-c", "for i in 10 20 30 40 50 60 70 80 90; do '
+        'printf \\"\\\\rdownloading $i%%\\"; sleep 0.25; done; echo; echo fetched"]\n')
+    tails: list[str] = []
+
+    def watch(rows: list[str]) -> None:
+        tails.extend(row for row in rows if row.startswith(" => => # "))
+
+    screen = run_in_terminal("build", ctx / "Acfile", "-o", tmp_path / "bar.aci",
+                             columns=columns, watch=watch)
+    assert screen.code == 0, screen.text
+    states = {row for row in tails if "downloading" in row}
+    assert any(re.fullmatch(r" => => # downloading [1-8]0%", row) for row in states), \
+        f"the bar was not shown while it ran: {sorted(set(tails))}"
+    assert all(row.count("downloading") == 1 for row in states), sorted(states)
+    _folded(screen, columns, 5)
+
+
 @pytest.mark.parametrize("columns", WIDTHS)
 def test_a_20000_file_copy_leaves_no_bars(tmp_path: Path, columns: int) -> None:
     ctx = tmp_path / "ctx"
@@ -149,6 +174,25 @@ def test_run_prints_only_the_app(tmp_path: Path, columns: int) -> None:
     assert screen.lines == ()  # warm: nothing of its own on the terminal
 
 
+@pytest.mark.parametrize("env", [{"LC_ALL": "C"}, {"LANG": "C"}, {"LANG": "en_US.ISO-8859-1"},
+                                 {"TERM": "dumb"}])
+def test_a_terminal_without_utf8_gets_ascii_only(tmp_path: Path, env: dict[str, str]) -> None:
+    ctx = tmp_path / "ctx"
+    (ctx / "caf\u00e9").mkdir(parents=True)
+    (ctx / "caf\u00e9" / "na\u00efve").write_text("x")
+    (ctx / "Acfile").write_text("BEGIN scratch\nNAME example.com/ascii\n"
+                                f"COPY caf\u00e9 /srv/{'long-' * 16}caf\u00e9\n")
+    utf8 = run_in_terminal("build", ctx / "Acfile", "-o", tmp_path / "u.aci")
+    assert utf8.code == 0, utf8.text
+    assert "\u2026" in utf8.text and "caf\u00e9" in utf8.text  # what ASCII must do without
+    for verb, expect in ((("build", ctx / "Acfile", "-o", tmp_path / "a.aci"), "caf\\xe9"),
+                         (("inspect", tmp_path / "u.aci"), "`-- na\\xefve"),
+                         (("build", "--tag", "x"), "version=... lines")):
+        screen = run_in_terminal(*verb, env=env, stdout_tty=True)
+        assert screen.raw.isascii(), (verb, {c for c in screen.raw.decode() if ord(c) > 127})
+        assert expect in screen.text, screen.text
+
+
 def test_errors_are_red_on_a_colour_terminal_only(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "Acfile"
     red = run_in_terminal("build", "-f", missing)
@@ -157,6 +201,10 @@ def test_errors_are_red_on_a_colour_terminal_only(tmp_path: Path) -> None:
     assert any(line.startswith("error: Acfile not found") for line in red.lines), red.lines
     plain = run_in_terminal("build", "-f", missing, env={"NO_COLOR": "1"})
     assert plain.code == 1 and b"\x1b[" not in plain.raw.replace(b"\x1b[?25", b"")
+    usage = run_in_terminal("biuld")
+    assert usage.code == 2 and b"\x1b[1;31mError:\x1b[0m No such command 'biuld'" in usage.raw
+    usage = run_in_terminal("biuld", env={"NO_COLOR": "1"})
+    assert usage.code == 2 and b"\x1b[" not in usage.raw.replace(b"\x1b[?25", b"")
 
 
 @pytest.mark.parametrize("columns", WIDTHS)

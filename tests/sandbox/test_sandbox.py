@@ -528,3 +528,22 @@ def test_rootless_interrupt(nobody_python: str, nobody_rootfs: Path) -> None:
     out, _ = proc.communicate(timeout=10)
     assert (out, proc.returncode) == ("interrupted\n", 0)
     assert_nothing_left(nobody_rootfs, before, b"4247.")
+
+
+def test_an_unfinished_line_is_handed_on_as_it_grows_but_never_while_redacting() -> None:
+    """A progress bar redrawn with \r has no newline for as long as it runs: each chunk
+    of it reaches ``partial``; the line itself still comes whole, once."""
+    from acbuild.sandbox.sandbox import _Lines
+
+    lines: list[str] = []
+    partial: list[str] = []
+    splitter = _Lines(lines.append, partial=partial.append)
+    for chunk in (b"\rget 10%", b"\rget 50%", b"\rget 100%\nnext", b" line\n"):
+        splitter.feed(chunk)
+    splitter.feed(b"", final=True)
+    assert partial == ["\rget 10%", "\rget 10%\rget 50%", "next"]
+    assert lines == ["\rget 10%\rget 50%\rget 100%", "next line"]
+    hidden: list[str] = []
+    redacting = _Lines(lines.append, ("s3cret",), partial=hidden.append)
+    redacting.feed(b"\rtoken s3c")
+    assert hidden == []

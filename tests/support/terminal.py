@@ -35,16 +35,20 @@ class Screen:
 def run_in_terminal(*args: str | Path, columns: int = 80, rows: int = 24,
                     cwd: Path | None = None, env: Mapping[str, str] | None = None,
                     timeout: float = 300,
-                    watch: Callable[[list[str]], None] | None = None) -> Screen:
-    """``watch`` sees the screen's rows after every chunk the program writes."""
+                    watch: Callable[[list[str]], None] | None = None,
+                    stdout_tty: bool = False) -> Screen:
+    """``watch`` sees the screen's rows after every chunk the program writes; stdout is a
+    pipe unless ``stdout_tty`` (then the result is on the screen and ``stdout`` empty)."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-    full_env = {k: v for k, v in os.environ.items() if k not in ("CI", "NO_COLOR")}
+    # A UTF-8 terminal unless ``env`` says otherwise, whatever the locale tests run under.
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("CI", "NO_COLOR", "LC_ALL", "LC_CTYPE", "PYTHONUTF8")}
     full_env.update({"TERM": "xterm-256color", "COLUMNS": str(columns), "LINES": str(rows),
-                     **(env or {})})
+                     "LANG": "C.UTF-8", **(env or {})})
     proc = subprocess.Popen([sys.executable, "-m", "acbuild", *map(str, args)], cwd=cwd,
                             env=full_env, stdin=follower, stderr=follower,
-                            stdout=subprocess.PIPE)
+                            stdout=follower if stdout_tty else subprocess.PIPE)
     os.close(follower)
     screen = pyte.HistoryScreen(columns, rows, history=10000)
     stream = pyte.ByteStream(screen)
@@ -68,9 +72,10 @@ def run_in_terminal(*args: str | Path, columns: int = 80, rows: int = 24,
         if time.monotonic() > deadline:
             proc.kill()
             raise TimeoutError(f"acbuild-py {args} did not finish in {timeout} s")
-    assert proc.stdout is not None
-    with proc.stdout:
-        stdout = proc.stdout.read()
+    stdout = b""
+    if proc.stdout is not None:
+        with proc.stdout:
+            stdout = proc.stdout.read()
     code = proc.wait()
     os.close(leader)
     history = tuple("".join(c.data for c in row.values()).rstrip() if isinstance(row, dict)

@@ -113,3 +113,25 @@ def test_read_passphrase(tmp_path: Path) -> None:
     assert read_passphrase(None, {}) is None
     with pytest.raises(TrustError, match="cannot read passphrase file"):
         read_passphrase(tmp_path / "missing", {})
+
+
+def test_signing_reports_a_byte_bar_from_the_callers_thread(gpgkeys: Keys, image: Path) -> None:
+    """Signing is a step of its own with a bar; reporters tag a transfer with the step of
+    the thread that reports it, so the bar comes from the caller's thread, not gpg's."""
+    import threading
+
+    class Bars(NullReporter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[tuple[str, int, int | None, int]] = []
+
+        def progress(self, what: str, done: int, total: int | None) -> None:
+            self.seen.append((what, done, total, threading.get_ident()))
+
+    bars = Bars()
+    sign_image(image, "alice@example.com", gpg_home=gpgkeys.home, reporter=bars)
+    size = image.stat().st_size
+    assert bars.seen and bars.seen[-1][:3] == ("sign", size, size)
+    assert {thread for *_, thread in bars.seen} == {threading.get_ident()}
+    assert all(what == "sign" and total == size and done <= size
+               for what, done, total, _ in bars.seen)

@@ -14,6 +14,7 @@ from acbuild.cache.warm import default_cache_dir
 from acbuild.cli.commands.common import Size, global_options
 from acbuild.cli.console import say
 from acbuild.cli.text import human_size
+from acbuild.errors import AcbuildError
 
 
 def _store(cache_dir: Path | None) -> CacheStore:
@@ -26,6 +27,7 @@ _cache_dir = click.option(
 
 
 @click.group("cache")
+@global_options
 def command() -> None:
     """Inspect and prune the build step cache."""
 
@@ -57,7 +59,8 @@ def prune(max_size: int | None, everything: bool, cache_dir: Path | None) -> Non
             if not sys.stdin.isatty():
                 raise click.UsageError("this would remove the whole cache: pass --all to do "
                                        "that, or --max-size SIZE to keep the newest entries")
-            click.confirm("Remove every entry of the step cache?", abort=True, err=True)
+            if not click.confirm("Remove every entry of the step cache?", err=True):
+                raise AcbuildError("nothing removed: the user declined")
         max_size = 0
     removed = _store(cache_dir).prune(max_size)
     say(f"removed {len(removed)} entries, {human_size(sum(e.size for e in removed))}")

@@ -134,9 +134,18 @@ def variable_options() -> list[Callable[[F], F]]:
 
 def _var_pair(ctx: click.Context, param: click.Parameter,
               value: tuple[str, ...]) -> tuple[str, ...]:
+    """Each --var checked as the build will read it: a bad one is a usage error (exit 2)."""
+    from acbuild.acfile.variables import parse_var
+    from acbuild.errors import AcfileError
+
     for arg in value:
         if "=" not in arg:
             raise click.BadParameter(f"{arg!r} is not KEY=VALUE", ctx=ctx, param=param)
+        try:
+            parse_var(arg)
+        except AcfileError as e:
+            raise click.BadParameter(e.message.removeprefix(f"--var {arg!r}: "), ctx=ctx,
+                                     param=param) from None
     return value
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from acbuild.cli.commands.common import global_options
+from acbuild.cli.console import say
 from acbuild.cli.text import human_size
 from acbuild.distribution.imagestore import Entry, ImageStore
 
@@ -16,18 +17,23 @@ _store_dir = click.option("--store", "store_dir", type=click.Path(path_type=Path
 _SHORT = len("sha512-") + 12
 
 
+_full = click.option("--full", is_flag=True, help="Print whole image IDs.")
+
+
 @click.group("images", invoke_without_command=True)
+@_full
 @_store_dir
+@global_options
 @click.pass_context
-def command(ctx: click.Context, store_dir: Path | None) -> None:
+def command(ctx: click.Context, full: bool, store_dir: Path | None) -> None:
     """List (the default) and remove the images in the local image store: what fetch and
     BEGIN NAME keep."""
     if ctx.invoked_subcommand is None:
-        ctx.invoke(list_images, full=False, store_dir=store_dir)
+        ctx.invoke(list_images, full=full, store_dir=store_dir)
 
 
 @command.command("list")
-@click.option("--full", is_flag=True, help="Print whole image IDs.")
+@_full
 @_store_dir
 @global_options
 def list_images(full: bool, store_dir: Path | None) -> None:
@@ -39,7 +45,7 @@ def list_images(full: bool, store_dir: Path | None) -> None:
     for e in entries:
         image_id = e.id if full else e.id[:_SHORT]
         stored = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.added))
-        click.echo(f"{image_id}  {e.name:<{width}}  {_version(e):<10}  {human_size(e.size):>10}"
+        say(f"{image_id}  {e.name:<{width}}  {_version(e):<10}  {human_size(e.size):>10}"
                    f"  {'yes' if e.signed else 'no ':<6}  {stored}")
 
 
@@ -54,7 +60,7 @@ def remove(images: tuple[str, ...], store_dir: Path | None) -> None:
     entries = store.entries()
     chosen = {e.id: e for ref in images for e in _matching(ref, entries)}
     for entry in store.remove(sorted(chosen)):
-        click.echo(f"removed {entry.id} ({entry.name}:{_version(entry)})")
+        say(f"removed {entry.id} ({entry.name}:{_version(entry)})")
 
 
 def _matching(ref: str, entries: tuple[Entry, ...]) -> list[Entry]:

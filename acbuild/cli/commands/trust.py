@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from acbuild.cli.commands.common import global_options, state
-from acbuild.cli.console import say
+from acbuild.cli.console import json_event, say
 from acbuild.distribution.discovery import parse_ref
 from acbuild.distribution.fetch import FetchOptions, fetch_keys
 from acbuild.errors import TrustError
@@ -57,7 +57,12 @@ def command(keyfiles: tuple[Path, ...], prefix: str | None, root: bool, list_: b
     scope = "every image (root)" if root else f"images under {prefix}"
     for data in blobs:
         for info in scan_keys(data):
-            say(f"key {info.fingerprint}  {info.uid}", err=True)
+            # What the question is about, so shown even with -q (an event in JSON logs).
+            shown = f"key {info.fingerprint}  {info.uid}"
+            if state().resolved_progress() == "json":
+                click.echo(json_event("info", message=shown), err=True)
+            else:
+                say(shown, err=True)
         for fingerprint, problem in rkt_problems(data):
             # acbuild-py verifies with gpg and accepts it; images signed with it fail in rkt.
             state().reporter().warning(f"rkt cannot use key {fingerprint}: {problem}")
