@@ -226,3 +226,14 @@ def test_an_upload_whose_answer_trickles_times_out(server: TrickleServer) -> Non
     assert e.value.message == (
         f"registry {server.host}: PUT {server.url}/v2/ci/cache/manifests/v1: timed out: "
         "nothing sent nor answered (status line and headers) in 1 s")
+
+
+def test_a_retry_pause_ends_at_the_deadline(server: TrickleServer) -> None:
+    """Red-team RT-5: a 503 asking for Retry-After: 10 made the client sleep the 10 s,
+    although the head had 1 s; the pause counts against the head's time."""
+    server.answers[PATH] = answer(503, [("Retry-After", "10")])
+    started = time.monotonic()
+    with session(server) as s, pytest.raises(TimedOut) as e:
+        fetch(s)
+    assert time.monotonic() - started < TIMEOUT + 1.0
+    assert "within 1 s" in e.value.message

@@ -64,6 +64,10 @@ class Watch:
         passed = [d for d in self._running() if d.at() <= now]
         return min(passed, key=lambda d: d.at()) if passed else None
 
+    def earliest(self) -> Deadline | None:
+        """The running deadline that comes first, if any runs."""
+        return min(self._running(), key=lambda d: d.at(), default=None)
+
     def clamp(self, timeout: float | None, timed_out: type[Exception]) -> float | None:
         """``timeout`` cut to what is left of the earliest running deadline; raises
         ``timed_out`` when none is left."""

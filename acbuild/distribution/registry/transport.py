@@ -251,10 +251,18 @@ class Session:
         wait = self.options.backoff * (2 ** attempt)
         if retry_after is not None and retry_after.strip().isdigit():
             wait = min(float(retry_after), _RETRY_AFTER_CAP)
+        # A pause is no socket operation, so no deadline cuts it short by itself: one that
+        # would end past a running deadline ends at it, with that deadline's error.
+        first = self._watch.earliest()
+        late = first is not None and time.monotonic() + wait >= first.at()
+        if first is not None and late:
+            wait = max(0.0, first.at() - time.monotonic())
         if cancel is None:
             time.sleep(wait)
         elif cancel.wait(wait):
             raise RegistryError("stopped")
+        if first is not None and late:
+            raise first.error()
 
     def _redirect_target(self, url: str, location: str) -> str:
         if not location:
