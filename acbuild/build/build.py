@@ -35,7 +35,7 @@ from acbuild.fs.atomic import check_writable
 from acbuild.fs.leftovers import owner_tag, sweep
 from acbuild.fs.private import create_private_file, private_dir, user_temp_root
 from acbuild.fs.staging import remove_tree
-from acbuild.image.finalize import build_epoch, write_aci
+from acbuild.image.finalize import Tee, build_epoch, write_aci
 from acbuild.image.manifest import ImageManifest, from_json_bytes, to_json_bytes
 from acbuild.image.manifest_rules import problems
 from acbuild.plan.plan import Plan, check_instructions, make_plan
@@ -364,15 +364,23 @@ def _build_image(plan: Plan, options: BuildOptions, cache: BuildCache | None,
         )
         manifest = _final_manifest(stage, plan)
         output = options.output or default_output(manifest, options.output_format)
-        with reported_step(_write_step(plan, output), reporter):
-            image_id, size, uncompressed, entries = _write(
-                stage, manifest, output, options, epoch, reporter
-            )
-    key = final_image_key(plan, options, epoch)
-    if cache is not None and key is not None:
-        cache.store_image(output, ImageRecord(key=key, image_id=image_id, size=size,
-                                              uncompressed_size=uncompressed, entries=entries,
-                                              manifest_json=to_json_bytes(manifest)))
+        key = final_image_key(plan, options, epoch) if cache is not None else None
+        # An .aci goes into the cache as it is written: one pass, never read back.
+        teed = cache is not None and options.output_format == "aci"
+        with cache.image_draft(key) if cache is not None and teed else \
+                contextlib.nullcontext(None) as draft:
+            with reported_step(_write_step(plan, output), reporter):
+                image_id, size, uncompressed, entries = _write(
+                    stage, manifest, output, options, epoch, reporter,
+                    tee=None if draft is None else draft.write)
+            record = None if key is None else ImageRecord(
+                key=key, image_id=image_id, size=size, uncompressed_size=uncompressed,
+                entries=entries, manifest_json=to_json_bytes(manifest))
+            if cache is not None and record is not None:
+                if draft is not None:
+                    cache.commit_image(draft, record)
+                elif not teed:
+                    cache.store_image(output, record)
     return BuildResult(image_id=image_id, output=output, manifest=manifest, size=size,
                        uncompressed_size=uncompressed, entries=entries, signatures=(),
                        seconds=0.0)
@@ -404,13 +412,15 @@ def default_output(manifest: ImageManifest, output_format: OutputFormat) -> Path
 
 def _write(
     stage: StageState, manifest: ImageManifest, output: Path, options: BuildOptions,
-    epoch: int, reporter: Reporter,
+    epoch: int, reporter: Reporter, *, tee: Tee | None = None,
 ) -> tuple[str, int, int, int]:
+    """Write the image; an .aci's compressed bytes are also given to ``tee``."""
     if options.output_format == "aci":
         if options.remove_stale_signature is not None:
             options.remove_stale_signature(output)
         written = write_aci(stage.rootfs, to_json_bytes(manifest), output,
-                            compression=options.compression, epoch=epoch, reporter=reporter)
+                            compression=options.compression, epoch=epoch, reporter=reporter,
+                            tee=tee)
         return written.image_id, written.size, written.uncompressed_size, written.entries
     from acbuild.interop.export import export_oci
 

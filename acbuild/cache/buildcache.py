@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING
 
 from acbuild.acfile.context import BuildContext
 from acbuild.acfile.instructions import Copy, Run, Workdir
-from acbuild.cache.cache import CacheStore, CorruptTree, ImageRecord, StepRecord
+from acbuild.cache.cache import (
+    CacheStore,
+    CorruptTree,
+    ImageDraft,
+    ImageRecord,
+    StepRecord,
+)
 from acbuild.cache.snapshot import KnownDigests
 from acbuild.cache.statcache import base_identity, image_key, key_plan
 from acbuild.cache.warm import Witness
@@ -202,6 +208,27 @@ class BuildCache:
             return True
         self.reporter.warning(f"cache entry {record.key} is damaged; building the image again")
         return False
+
+    @contextlib.contextmanager
+    def image_draft(self, key: str | None) -> Iterator[ImageDraft | None]:
+        """Where the finalizer also writes the image for the cache (None: it is cached
+        already, or cannot be, warned); see ``commit_image``."""
+        if key is None:
+            yield None
+            return
+        with contextlib.ExitStack() as stack:
+            try:
+                draft = stack.enter_context(self.store.image_draft(key))
+            except OSError as e:
+                self.reporter.warning(f"cannot store the image in the cache: {e}")
+                draft = None
+            yield draft
+
+    def commit_image(self, draft: ImageDraft, record: ImageRecord) -> None:
+        try:
+            draft.commit(record)
+        except OSError as e:
+            self.reporter.warning(f"cannot store the image in the cache: {e}")
 
     def store_image(self, image: Path, record: ImageRecord) -> None:
         try:

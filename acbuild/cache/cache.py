@@ -18,7 +18,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -307,6 +307,26 @@ class CacheStore:
             raise
         self._publish(temp, self._dir("images", key))
 
+    @contextlib.contextmanager
+    def image_draft(self, key: str) -> Iterator[ImageDraft | None]:
+        """An entry for the image of ``key``, written alongside the output (None when the
+        cache has it already); removed unless ``ImageDraft.commit`` published it."""
+        if self._dir("images", key).exists():
+            yield None
+            return
+        temp = self._temp()
+        try:
+            draft = ImageDraft(key, temp, self._dir("images", key), self._publish)
+        except BaseException:
+            remove_tree(temp, ignore_errors=True)
+            raise
+        try:
+            yield draft
+        finally:
+            draft.close()
+            if not draft.published:
+                remove_tree(temp, ignore_errors=True)
+
     def image_sha256(self, key: str) -> str | None:
         body = _unseal(self._dir("images", key) / _META)
         return None if body is None else str(body.get("sha256"))
@@ -372,6 +392,60 @@ class CacheStore:
             for child in os.scandir(self.root / "tmp"):
                 if time.time() - child.stat(follow_symlinks=False).st_mtime > _STALE_TMP:
                     remove_tree(Path(child.path), ignore_errors=True)
+
+
+class ImageDraft:
+    """The cache's copy of a final image, fed the compressed bytes as the finalizer writes
+    them to the output (``write``: the tee), so the image is written once more but never
+    read back, and hashed once. What is hashed is what this process wrote, not what is at
+    the output's path afterwards. A write that fails (a full cache disk) only means the
+    image is not cached: nothing more is written and ``commit`` publishes nothing."""
+
+    def __init__(self, key: str, temp: Path, final: Path,
+                 publish: Callable[[Path, Path], None]) -> None:
+        self.key = key
+        self.published = False
+        self.error: OSError | None = None
+        self._temp = temp
+        self._final = final
+        self._publish = publish
+        self._sha = hashlib.sha256()
+        self._size = 0
+        self._file = open(temp / "image.aci", "xb")  # noqa: SIM115 - closed by close()
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> None:
+        if self.error is not None:
+            return
+        try:
+            self._file.write(data)
+        except OSError as e:
+            self.error = e
+            return
+        self._sha.update(data)
+        self._size += len(data)
+
+    def close(self) -> None:
+        if not self._file.closed:
+            try:
+                self._file.close()
+            except OSError as e:
+                self.error = self.error or e
+
+    def commit(self, record: ImageRecord) -> None:
+        """Publish the entry: ``record`` describes the output, every byte of which went
+        through ``write``. Raises the OSError a write met, if one did."""
+        self.close()
+        if self.error is not None:
+            raise self.error
+        if self._size != record.size or record.key != self.key:
+            return  # not the bytes of that output: never stored as them
+        (self._temp / _META).write_bytes(_seal({
+            "kind": "image", "image_id": record.image_id, "size": record.size,
+            "uncompressed": record.uncompressed_size, "entries": record.entries,
+            "manifest": record.manifest_json.decode(), "sha256": self._sha.hexdigest(),
+        }))
+        self._publish(self._temp, self._final)
+        self.published = True
 
 
 def _copy_hashing(src: Path, dest: Path) -> str:

@@ -42,6 +42,14 @@ class Compressor(Protocol):
     def close(self) -> None: ...
 
 
+class Output(Protocol):
+    """Where a compressor writes: a binary file, or anything writing like one."""
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 def sniff(head: bytes) -> str:
     """The format of an archive from its first bytes (at least 262 to recognise plain tar)."""
     for magic, kind in _MAGICS:
@@ -60,7 +68,7 @@ def default_threads() -> int:
 
 
 def open_compressor(
-    kind: str, out: BinaryIO, *, level: int | None = None, threads: int | None = None
+    kind: str, out: Output, *, level: int | None = None, threads: int | None = None
 ) -> Compressor:
     """A writer compressing into ``out``; close() finishes the stream but leaves ``out`` open.
 
@@ -78,7 +86,7 @@ def open_compressor(
 
 
 class _Passthrough:
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: Output) -> None:
         self._out = out
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
@@ -92,7 +100,7 @@ class _Passthrough:
 class _OneShot:
     """xz and bzip2 through their incremental compressors, single-threaded."""
 
-    def __init__(self, out: BinaryIO, engine: lzma.LZMACompressor | bz2.BZ2Compressor) -> None:
+    def __init__(self, out: Output, engine: lzma.LZMACompressor | bz2.BZ2Compressor) -> None:
         self._out = out
         self._engine: lzma.LZMACompressor | bz2.BZ2Compressor | None = engine
 
@@ -127,7 +135,7 @@ class ParallelGzipWriter:
     written in order by whichever thread calls write()/close().
     """
 
-    def __init__(self, out: BinaryIO, *, level: int = 6, threads: int | None = None) -> None:
+    def __init__(self, out: Output, *, level: int = 6, threads: int | None = None) -> None:
         self._out = out
         self._level = level
         self._threads = threads or default_threads()

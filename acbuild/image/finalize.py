@@ -10,7 +10,7 @@ import hashlib
 import io
 import os
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import BinaryIO
 from acbuild.errors import AcbuildError, BuildError
 from acbuild.fs.atomic import atomic_write
 from acbuild.fs.staging import StagedRootfs
-from acbuild.image.compression import COMPRESSIONS, Compressor, open_compressor
+from acbuild.image.compression import COMPRESSIONS, Compressor, Output, open_compressor
 from acbuild.image.rootwalk import RootWalker
 from acbuild.image.tarread import MAX_MTIME
 from acbuild.image.tarwrite import BLOCK, TarEntry, TarWriter
@@ -29,6 +29,9 @@ from acbuild.report import Reporter, SilentReporter
 # 1980-01-01T00:00:00Z: the earliest time a zip file can hold, the usual reproducible-builds
 # default; used when SOURCE_DATE_EPOCH is not set.
 DEFAULT_EPOCH = 315532800
+
+# Given every compressed byte of the image as it is written, in order (the cache's copy).
+Tee = Callable[[bytes | bytearray | memoryview], object]
 
 _PROGRESS_EVERY = 8 << 20
 _HASH_AHEAD = 8  # blocks (TarWriter's CHUNK each) waiting for the hash thread
@@ -155,10 +158,26 @@ def _manifest_entry(manifest_json: bytes, epoch: int) -> TarEntry:
     )
 
 
+class _Tee:
+    """The compressed stream to the output and to a second writer."""
+
+    def __init__(self, out: BinaryIO, tee: Tee) -> None:
+        self._out = out
+        self._tee = tee
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        written = self._out.write(data)
+        self._tee(data)
+        return written
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
 def write_aci_stream(
     rootfs: StagedRootfs,
     manifest_json: bytes,
-    out: BinaryIO,
+    out: Output,
     *,
     compression: str,
     epoch: int,
@@ -216,13 +235,16 @@ def write_aci(
     epoch: int,
     reporter: Reporter | None = None,
     threads: int | None = None,
+    tee: Tee | None = None,
 ) -> WrittenImage:
-    """Write the ACI to ``output`` atomically; a failure leaves any previous file as it was."""
+    """Write the ACI to ``output`` atomically; a failure leaves any previous file as it was.
+    ``tee`` is given every compressed byte written, in order (the cache's copy)."""
     output = Path(output)
     try:
         with atomic_write(output) as out:
             image_id, uncompressed, entries = write_aci_stream(
-                rootfs, manifest_json, out, compression=compression, epoch=epoch,
+                rootfs, manifest_json, out if tee is None else _Tee(out, tee),
+                compression=compression, epoch=epoch,
                 reporter=reporter, threads=threads,
             )
             out.flush()

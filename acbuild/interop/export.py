@@ -99,7 +99,7 @@ def write_layer(
     temp = blobs / ".layer.tmp"
     with temp.open("wb") as f:
         out = _Counting(f)
-        compressor = open_compressor("gzip", out)  # type: ignore[arg-type]  # it only calls write()
+        compressor = open_compressor("gzip", out)
         sink = _DiffSink(compressor)
         writer = TarWriter(sink)
         for entry, path in iter_rootfs_entries(rootfs, epoch, prefix=""):

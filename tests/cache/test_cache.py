@@ -3,6 +3,7 @@ final images, concurrency and damaged entries."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from acbuild.acfile.context import BuildContext
 from acbuild.build.build import BuildOptions, BuildResult, build, key_steps, load_plan
 from acbuild.cache.buildcache import BuildCache
-from acbuild.cache.cache import CacheStore
+from acbuild.cache.cache import CacheStore, ImageRecord
 from acbuild.cli.commands.trustopts import base_loader
 from acbuild.report import NullReporter, StepInfo
 from tests.support.busybox import busybox_available, make_busybox_rootfs
@@ -190,6 +191,56 @@ def test_damaged_entries_are_detected_and_rebuilt(tmp_path: Path) -> None:
         meta.write_bytes(meta.read_bytes()[:10])
     fourth, rep4 = run(acfile, cache, tmp_path / "4.aci", "version=3")
     assert rep4.cached() == [] and fourth.manifest.name == "example.com/cached"
+
+
+def _record(key: str, size: int) -> ImageRecord:
+    return ImageRecord(key=key, image_id="sha512-" + "0" * 128, size=size,
+                       uncompressed_size=size, entries=1, manifest_json=b"{}")
+
+
+def test_the_image_entry_is_what_was_written_and_only_a_whole_one_is_kept(
+        tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "cache")
+    key, data = "sha256:" + "ab" * 32, os.urandom(3 << 20)
+    with store.session():
+        # A write that stops half-way (the finalizer failed): no entry, nothing left over.
+        with pytest.raises(RuntimeError), store.image_draft(key) as draft:
+            assert draft is not None
+            draft.write(data[:1000])
+            raise RuntimeError("the build failed")
+        assert store.image(key) is None and not list((tmp_path / "cache" / "tmp").iterdir())
+        # A size other than the output's: not published as that output.
+        with store.image_draft(key) as draft:
+            assert draft is not None
+            draft.write(data[:1000])
+            draft.commit(_record(key, len(data)))
+        assert store.image(key) is None
+        with store.image_draft(key) as draft:
+            assert draft is not None
+            for i in range(0, len(data), 4096):
+                draft.write(memoryview(data)[i:i + 4096])
+            draft.commit(_record(key, len(data)))
+        record = store.image(key)
+        assert record is not None and store.image_sha256(key) == hashlib.sha256(data).hexdigest()
+        with store.image_draft(key) as draft:
+            assert draft is None  # cached already
+        assert store.copy_image(record, tmp_path / "out.aci")
+        assert (tmp_path / "out.aci").read_bytes() == data
+        assert not list((tmp_path / "cache" / "tmp").iterdir())
+
+
+def test_a_build_stores_the_bytes_of_its_output(tmp_path: Path) -> None:
+    acfile = make_context(tmp_path / "ctx")
+    cache = tmp_path / "cache"
+    first, _ = run(acfile, cache, tmp_path / "1.aci")
+    stored = next((cache / "images").glob("*/image.aci"))
+    assert stored.read_bytes() == (tmp_path / "1.aci").read_bytes()
+    assert stored.stat().st_ino != (tmp_path / "1.aci").stat().st_ino
+    # The output edited afterwards: the cache's copy is its own (a later build gets the image).
+    (tmp_path / "1.aci").write_bytes(b"edited")
+    second, rep = run(acfile, cache, tmp_path / "2.aci")
+    assert rep.cached()[-1] == len(rep.finished) and second.image_id == first.image_id
+    assert (tmp_path / "2.aci").read_bytes() == stored.read_bytes()
 
 
 @needs_busybox
