@@ -24,8 +24,11 @@ from pathlib import Path
 
 from acbuild.cache.mountcache import MountCache
 from acbuild.cache.snapshot import (
+    NO_SIGNATURES,
+    EntrySignatures,
     FileSignatures,
     KnownDigests,
+    TreeSignatures,
     copy_tree_verified,
     restore_lazily,
 )
@@ -214,7 +217,8 @@ class CacheStore:
         try:
             if lazy:
                 recorded, verified_at = self._signatures(where, str(body["digest"]))
-                tree = restore_lazily(where / "tree", root, recorded=recorded, known=verified)
+                tree = restore_lazily(where / "tree", root, recorded=recorded,
+                                      digest=str(body["digest"]), known=verified)
                 digest: str | None = tree.digest
                 lower = LowerTree(source=Path(os.path.abspath(where / "tree")), dirs=tree.dirs,
                                   listings=tree.listings, max_bytes=tree.size,
@@ -230,7 +234,7 @@ class CacheStore:
             # Kept with the time of the oldest full read: what was carried over from the
             # file was verified then, not now.
             self._save_signatures(where, str(body["digest"]), tree.signatures,
-                                  verified_at if recorded else time.time())
+                                  verified_at if recorded.files else time.time())
         if known is not None:
             known.update(verified)
         self._touch(self._dir("steps", record.tree))
@@ -241,7 +245,7 @@ class CacheStore:
             rootfs.devices[rel] = DeviceNode(kind=kind, major=major, minor=minor, mode=mode)
         return rootfs
 
-    def _signatures(self, where: Path, digest: str) -> tuple[FileSignatures, float]:
+    def _signatures(self, where: Path, digest: str) -> tuple[TreeSignatures, float]:
         """The signatures kept for the tree with ``digest`` in the entry ``where``, and when
         the tree was last read whole; none when there are none, they are older than
         _SIGNATURES_TRUSTED_S, or the file is damaged or for another tree."""
@@ -249,27 +253,38 @@ class CacheStore:
             raw = (where / _SIGNATURES).read_bytes()
             check, _, payload = raw.partition(b"\n")
             if hashlib.sha256(payload).hexdigest().encode() != check:
-                return {}, 0.0
+                return NO_SIGNATURES, 0.0
             doc = json.loads(payload)
             verified_at = float(doc["verified"])
             if doc["digest"] != digest or not 0 <= time.time() - verified_at < \
                     _SIGNATURES_TRUSTED_S:
-                return {}, 0.0
-            return {os.fsencode(rel): (int(dev), int(ino), int(size), int(mtime), int(ctime),
-                                       bytes.fromhex(sha), bytes.fromhex(xattrs))
-                    for rel, (dev, ino, size, mtime, ctime, sha, xattrs)
-                    in doc["files"].items()}, verified_at
+                return NO_SIGNATURES, 0.0
+            # The numbers are not converted: the payload's checksum matched, and one that
+            # is not an int never equals an lstat's (the file is then read).
+            files: FileSignatures = {
+                os.fsencode(rel): (dev, ino, size, mtime, ctime, bytes.fromhex(sha),
+                                   bytes.fromhex(xattrs))
+                for rel, (dev, ino, size, mtime, ctime, sha, xattrs) in doc["files"].items()}
+            entries: EntrySignatures = {
+                os.fsencode(rel): (dev, ino, size, mtime, ctime)
+                for rel, (dev, ino, size, mtime, ctime) in doc.get("entries", {}).items()}
+            listings = {str(rel): (int(count), int(crc))
+                        for rel, (count, crc) in doc.get("listings", {}).items()}
+            return TreeSignatures(files=files, entries=entries, listings=listings), verified_at
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return {}, 0.0
+            return NO_SIGNATURES, 0.0
 
-    def _save_signatures(self, where: Path, digest: str, signatures: FileSignatures,
+    def _save_signatures(self, where: Path, digest: str, signatures: TreeSignatures,
                          verified_at: float) -> None:
         """Keep ``signatures`` (all verified against ``digest``, the oldest of them at
         ``verified_at``) for the next restore; not synced: a lost or torn file only means
         the tree is read again."""
         payload = json.dumps({"digest": digest, "verified": verified_at, "files": {
             os.fsdecode(rel): [*sig[:5], sig[5].hex(), sig[6].hex()]
-            for rel, sig in signatures.items()}},
+            for rel, sig in signatures.files.items()},
+            "entries": {os.fsdecode(rel): list(sig)
+                        for rel, sig in signatures.entries.items()},
+            "listings": {rel: list(listing) for rel, listing in signatures.listings.items()}},
             separators=(",", ":")).encode()
         temp = where / f".{_SIGNATURES}.{os.getpid()}-{secrets.token_hex(4)}"
         try:

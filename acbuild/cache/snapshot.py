@@ -29,6 +29,7 @@ from pathlib import Path
 from acbuild.cache.statcache import frame
 from acbuild.cache.warm import settled
 from acbuild.fs.keyed import listing_signature
+from acbuild.fs.staging import remove_tree
 
 _CHUNK = 1 << 20
 _ZEROS = bytes(_CHUNK)
@@ -55,6 +56,38 @@ KnownDigests = dict[tuple[int, int], tuple[int, int, bytes, bytes]]
 # listed for them either.
 FileSignatures = dict[bytes, tuple[int, int, int, int, int, bytes, bytes]]
 
+# rel -> (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) of every other entry of the tree
+# (directories, the root b"" included, symlinks, FIFOs, a regular file's further names),
+# taken as FileSignatures are: settled, in a walk whose digest matched.
+EntrySignatures = dict[bytes, tuple[int, int, int, int, int]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TreeSignatures:
+    """What a restore kept of a snapshot it verified. When every entry of the tree still
+    shows the signature recorded for it, and the tree has no entry the record lacks, the
+    tree is the one that was hashed — each name, kind, mode, owner, xattr, link count,
+    content and symlink target unchanged (any change to one moves its inode's ctime; an
+    entry added, removed or renamed moves its directory's) — so its digest is the one
+    checked then and nothing is hashed (``restore_lazily``'s quick walk). ``listings``: each
+    directory's listing_signature, by relative path (str), as the lower tree needs it."""
+
+    files: FileSignatures
+    entries: EntrySignatures
+    listings: dict[str, tuple[int, int]]
+
+    def complete(self) -> bool:
+        """Whether the record can stand for a whole tree: its root is in it, and no name is
+        both a file's first link and another entry (the quick walk counts names)."""
+        return b"" in self.entries and not (self.entries.keys() & self.files.keys())
+
+
+NO_SIGNATURES = TreeSignatures(files={}, entries={}, listings={})
+
+
+class _Changed(Exception):
+    """The tree is not the one recorded: the full walk decides."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LazyTree:
@@ -66,7 +99,7 @@ class LazyTree:
     size: int
     dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]]
     listings: dict[str, tuple[int, int]]
-    signatures: FileSignatures
+    signatures: TreeSignatures
 
 
 def copy_tree_verified(src: Path, dest: Path, *, link: bool, known: KnownDigests | None = None,
@@ -91,20 +124,38 @@ def copy_tree_verified(src: Path, dest: Path, *, link: bool, known: KnownDigests
     return "sha256:" + copier.h.hexdigest(), copier.size
 
 
-def restore_lazily(src: Path, dest: Path, *, recorded: FileSignatures,
+def restore_lazily(src: Path, dest: Path, *, recorded: TreeSignatures, digest: str,
                    known: KnownDigests) -> LazyTree:
     """Make the new directory ``dest`` the staged tree of the snapshot ``src`` without its
     regular files (they stay in ``src``, the lower tree): directories, symlinks and FIFOs as
-    copy_tree_verified makes them. The digest is that of the whole snapshot; a file whose
-    signature is in ``recorded`` is taken to have the digest recorded with it, any other is
-    read. The digests of the files are added to ``known`` (a later snapshot links them)."""
-    copier = _TreeCopier(False, known, None, os.fsencode(dest), recorded=recorded)
+    copy_tree_verified makes them. The digest is that of the whole snapshot: ``digest`` (the
+    one ``recorded`` was verified against) when every entry shows its recorded signature
+    (see TreeSignatures), else hashed, where a file whose signature is recorded is taken
+    to have the digest recorded with it and any other is read. The digests of the files
+    are added to ``known`` (a later snapshot links them)."""
     st = os.lstat(src)
+    if recorded.complete():
+        quick = _TreeCopier(False, {}, None, os.fsencode(dest), recorded=recorded.files)
+        os.mkdir(dest, 0o700)
+        try:
+            _make_dirs(os.fsencode(src), os.fsencode(dest))
+            seen = quick.unchanged(os.fsencode(src), os.fsencode(dest), b"", st, recorded)
+            if seen == len(recorded.files) + len(recorded.entries):
+                known.update(quick.known)
+                return LazyTree(digest=digest, size=quick.size, dirs=quick.dirs,
+                                listings=quick.listings, signatures=recorded)
+        except _Changed:
+            pass
+        remove_tree(dest)
+    copier = _TreeCopier(False, known, None, os.fsencode(dest), recorded=recorded.files)
     os.mkdir(dest, 0o700)
     _make_dirs(os.fsencode(src), os.fsencode(dest))
     copier.directory(os.fsencode(src), os.fsencode(dest), b"", st)
     return LazyTree(digest="sha256:" + copier.h.hexdigest(), size=copier.size,
-                    dirs=copier.dirs, listings=copier.listings, signatures=copier.signatures)
+                    dirs=copier.dirs, listings=copier.listings,
+                    signatures=TreeSignatures(files=copier.signatures,
+                                              entries=copier.entries,
+                                              listings=copier.listings))
 
 
 class _TreeCopier:
@@ -114,6 +165,7 @@ class _TreeCopier:
         # Not None: a lazy restore (regular files are left in the source, see restore_lazily)
         self.recorded = recorded
         self.signatures: FileSignatures = {}
+        self.entries: EntrySignatures = {}
         self.dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
         self.listings: dict[str, tuple[int, int]] = {}
         self.started_ns = time.time_ns()
@@ -134,6 +186,7 @@ class _TreeCopier:
 
     def directory(self, src: bytes, dest: bytes, rel: bytes, st: os.stat_result) -> None:
         self.meta(b"dir", rel, src, st)
+        self._record(rel, st)
         with os.scandir(src) as it:
             if self.recorded is None:
                 names = sorted(e.name for e in it)
@@ -166,7 +219,9 @@ class _TreeCopier:
             self.meta(b"symlink", rel, src, st)
             os.symlink(target, dest)
             self.finish(src, dest, st)
+            self._record(rel, st)
         elif stat.S_ISFIFO(mode):
+            self._record(rel, st)
             self.meta(b"node", rel, src, st)
             frame(self.h, b"%o" % stat.S_IFMT(mode), b"%d" % st.st_rdev)
             os.mkfifo(dest, stat.S_IMODE(mode))
@@ -184,6 +239,7 @@ class _TreeCopier:
                 frame(self.h, b"hardlink", rel, first)
                 if self.recorded is None:
                     os.link(self.dest_root + b"/" + first, dest)
+                self._record(rel, st)
                 return
         if self.recorded is not None:
             self._verified(src, rel, st)
@@ -210,6 +266,64 @@ class _TreeCopier:
             # The cache's own copy of a shared file: later snapshots link that instead.
             where = self.final + dest[len(self.dest_root):] + b"\0%d" % st.st_ctime_ns
             self.known[(st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns, h.digest(), where)
+
+    def _record(self, rel: bytes, st: os.stat_result) -> None:
+        """A lazy restore's signature of an entry other than a file's first link (taken
+        before its listing or target was read: a change after moves the ctime past it)."""
+        if self.recorded is not None and settled(st, self.started_ns):
+            self.entries[rel] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                 st.st_ctime_ns)
+
+    def unchanged(self, src: bytes, dest: bytes, rel: bytes, st: os.stat_result,
+                  recorded: TreeSignatures) -> int:
+        """The quick walk of a lazy restore below the directory ``src`` (lstat ``st``):
+        every entry's signature compared with ``recorded``'s, the staged directories,
+        symlinks and FIFOs made as ``directory`` makes them, nothing hashed. Raises _Changed
+        at the first entry that differs or is not recorded; returns the entries seen (the
+        caller compares the count with the record's, so none is missing)."""
+        files, entries = recorded.files, recorded.entries
+        key = os.fsdecode(rel)
+        listing = recorded.listings.get(key)
+        if listing is None or entries.get(rel) != (st.st_dev, st.st_ino, st.st_size,
+                                                   st.st_mtime_ns, st.st_ctime_ns):
+            raise _Changed
+        made = os.lstat(dest)
+        self.dirs[key] = ((made.st_dev, made.st_ino), (st.st_dev, st.st_ino))
+        self.listings[key] = listing
+        with os.scandir(src) as it:
+            children = [e.name for e in it]
+        seen = 1
+        for name in children:
+            path, child = src + b"/" + name, rel + b"/" + name if rel else name
+            cst = os.lstat(path)
+            sig = (cst.st_dev, cst.st_ino, cst.st_size, cst.st_mtime_ns, cst.st_ctime_ns)
+            mode = cst.st_mode
+            if stat.S_ISDIR(mode):
+                seen += self.unchanged(path, dest + b"/" + name, child, cst, recorded)
+                continue
+            seen += 1
+            if stat.S_ISREG(mode):
+                first = files.get(child)
+                if first is not None and first[:5] == sig:
+                    self.size += cst.st_size
+                    self.known[(cst.st_dev, cst.st_ino)] = (cst.st_size, cst.st_mtime_ns,
+                                                            first[5], b"")
+                elif first is not None or entries.get(child) != sig:
+                    raise _Changed
+            elif entries.get(child) != sig:
+                raise _Changed
+            elif stat.S_ISLNK(mode):
+                os.symlink(os.readlink(path), dest + b"/" + name)
+                self.finish(path, dest + b"/" + name, cst)
+            elif stat.S_ISFIFO(mode):
+                os.mkfifo(dest + b"/" + name, stat.S_IMODE(mode))
+                self.finish(path, dest + b"/" + name, cst)
+            else:
+                raise _Changed  # a device node or socket: the full walk says what it is
+        self.finish(src, dest, st)
+        if os.lstat(src).st_ctime_ns != st.st_ctime_ns:
+            raise _Changed  # changed while it was read
+        return seen
 
     def _verified(self, src: bytes, rel: bytes, st: os.stat_result) -> None:
         """A file a lazy restore leaves in the snapshot, hashed into the digest as a copy

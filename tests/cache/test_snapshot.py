@@ -4,7 +4,9 @@ image's last COPY keeps no snapshot of its own when the image is cached whole.""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import stat
 import tarfile
@@ -97,6 +99,101 @@ def test_a_lazy_restore_leaves_the_files_in_the_cache_and_reads_them_once(
     _no_reading(monkeypatch)
     second = store.restore(record, tmp_path / "r2", link=True, lazy=True)
     assert second.lower is not None and second.lower.listings == first.lower.listings
+
+
+def _staged(root: Path) -> list[tuple[str, int, int, int, str]]:
+    """What a restore made in the work tree: names, modes, owners, mtimes, link targets."""
+    return sorted((str(p.relative_to(root)), p.lstat().st_mode, p.lstat().st_uid,
+                   p.lstat().st_mtime_ns, os.readlink(p) if p.is_symlink() else "")
+                  for p in root.rglob("*"))
+
+
+def _no_full_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object) -> None:
+        raise AssertionError("the tree was walked and hashed")
+    monkeypatch.setattr(snapshot._TreeCopier, "directory", refuse)
+
+
+def test_an_unchanged_tree_is_restored_by_its_signatures_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, record = _stored(tmp_path)
+    first = store.restore(record, tmp_path / "r1", link=True, lazy=True)  # hashed, recorded
+    known: snapshot.KnownDigests = {}
+    with monkeypatch.context() as m:
+        _no_full_walk(m)
+        second = store.restore(record, tmp_path / "r2", link=True, lazy=True, known=known)
+    assert first.lower is not None and second.lower is not None
+    assert second.lower.listings == first.lower.listings
+    assert second.lower.max_bytes == first.lower.max_bytes
+    assert sorted(second.lower.dirs) == sorted(first.lower.dirs)
+    assert _staged(tmp_path / "r2") == _staged(tmp_path / "r1")
+    tree = store.root / "steps" / ("ab" * 32) / "tree"
+    tool = (tree / "bin/tool").stat()
+    assert known[(tool.st_dev, tool.st_ino)][2] == hashlib.sha256(b"tool\n").digest()
+
+
+def _add_file(tree: Path) -> None:
+    (tree / "srv/new").write_text("new\n")
+
+
+def _remove_file(tree: Path) -> None:
+    (tree / "srv/deep/er/file").unlink()
+
+
+def _rename_file(tree: Path) -> None:
+    os.rename(tree / "etc/conf", tree / "etc/conf2")
+
+
+def _retarget_symlink(tree: Path) -> None:
+    (tree / "bin/sh").unlink()
+    (tree / "bin/sh").symlink_to("tool2")
+    os.utime(tree / "bin/sh", (OLD, OLD), follow_symlinks=False)
+
+
+def _chmod_fifo(tree: Path) -> None:
+    (tree / "srv/pipe").chmod(0o600)
+
+
+def _chmod_directory(tree: Path) -> None:
+    (tree / "srv/deep").chmod(0o700)
+
+
+def _unlink_second_name(tree: Path) -> None:
+    (tree / "bin/tool2").unlink()
+
+
+@pytest.mark.parametrize("edit", [_add_file, _remove_file, _rename_file, _retarget_symlink,
+                                  _chmod_fifo, _chmod_directory, _unlink_second_name],
+                         ids=["add", "remove", "rename", "symlink", "fifo-mode", "dir-mode",
+                              "hardlink"])
+def test_a_tree_changed_in_the_cache_is_hashed_again_and_refused(
+        tmp_path: Path, edit: Callable[[Path], None]) -> None:
+    store, record = _stored(tmp_path)
+    store.restore(record, tmp_path / "r1", link=True, lazy=True)
+    tree = store.root / "steps" / ("ab" * 32) / "tree"
+    edit(tree)
+    with pytest.raises(CorruptTree):
+        store.restore(record, tmp_path / "r2", link=True, lazy=True)
+    assert store.step("sha256:" + "ab" * 32) is None
+
+
+def test_signatures_of_files_alone_mean_one_full_walk_and_then_the_quick_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signatures file without the other entries' (as an older version wrote it): its
+    files are not read again, the walk hashes the tree, and records the rest."""
+    store, record = _stored(tmp_path)
+    store.restore(record, tmp_path / "r1", link=True, lazy=True)
+    where = store.root / "steps" / ("ab" * 32)
+    _, _, payload = (where / "signatures").read_bytes().partition(b"\n")
+    doc = json.loads(payload)
+    del doc["entries"], doc["listings"]
+    payload = json.dumps(doc).encode()
+    (where / "signatures").write_bytes(hashlib.sha256(payload).hexdigest().encode() + b"\n"
+                                       + payload)
+    _no_reading(monkeypatch)
+    store.restore(record, tmp_path / "r2", link=True, lazy=True)
+    _no_full_walk(monkeypatch)
+    store.restore(record, tmp_path / "r3", link=True, lazy=True)
 
 
 def _edit_content(path: Path) -> None:
