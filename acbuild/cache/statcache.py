@@ -52,6 +52,14 @@ def frame(h: hashlib._Hash, *fields: bytes) -> None:
     h.update(b"".join([len(field).to_bytes(8, "big") + field for field in fields]))
 
 
+def _framed(*fields: bytes) -> bytes:
+    """The bytes ``frame`` hashes for ``fields``."""
+    return b"".join([len(field).to_bytes(8, "big") + field for field in fields])
+
+
+_FILE = _framed(b"file")
+
+
 class StatCache:
     """Maps absolute path -> (dev, ino, size, mtime_ns, ctime_ns, sha256 hex).
 
@@ -247,8 +255,27 @@ def path_digest(path: Path, cache: StatCache) -> str:
     _entry(h, cache, ".", root, st, exact=True, follow=True)
     # Each directory's listing as the key saw it: the base's copy must list the same.
     listings: dict[str, list[tuple[str, bool, bool]]] = {"": []}
+    witness, keyed = cache.witness, cache.keyed
+    # A regular file is _entry's case inlined (most of a base; the same frames, the same
+    # records), with the framed mode and owner of each (mode, uid, gid) made once.
+    framed: dict[tuple[int, int, int], bytes] = {}
     for rel, child in scan(path, ""):
-        _entry(h, cache, rel, f"{root}/{rel}", child, exact=True)
+        full = f"{root}/{rel}"
+        if stat.S_ISREG(child.st_mode):
+            if witness is not None:
+                witness.seen(full, child)
+            keyed.record(full, child)
+            digest = cache.file_digest(full, child)
+            keyed.record_digest(full, digest)
+            how = (stat.S_IMODE(child.st_mode), child.st_uid, child.st_gid)
+            rest = framed.get(how)
+            if rest is None:
+                rest = framed[how] = _framed(b"%o" % how[0], b"%d:%d" % how[1:])
+            encoded, content = os.fsencode(rel), digest.encode()
+            h.update(b"".join((_FILE, len(encoded).to_bytes(8, "big"), encoded, rest,
+                               len(content).to_bytes(8, "big"), content)))
+        else:
+            _entry(h, cache, rel, full, child, exact=True)
         parent, _, name = rel.rpartition("/")
         is_dir = stat.S_ISDIR(child.st_mode)
         listings[parent].append((name, is_dir, stat.S_ISREG(child.st_mode)))

@@ -6,12 +6,15 @@ that finds the mismatch drops the stale digest, so the build after that hashes t
 afresh and builds what it holds, instead of every later build failing until the user
 touches the file. Real builds: a COPY source left in place (read by the finalizer, or made
 a real file for a COPY --from) or copied (a RUN follows), a local base archive, a file of a
-local base directory."""
+local base directory. And base-tree keys: path_digest's walk frames each entry as _entry
+does."""
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
+import stat
 import tarfile
 import time
 from collections.abc import Iterator
@@ -20,7 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from acbuild.acfile.context import scan
 from acbuild.build.build import BuildOptions, build
+from acbuild.cache import statcache
+from acbuild.cache.statcache import StatCache, path_digest
+from acbuild.cache.warm import Witness
 from acbuild.cli.commands.trustopts import base_loader
 from acbuild.errors import AcbuildError
 from acbuild.report import NullReporter
@@ -169,3 +176,46 @@ def test_a_copied_source_written_through_a_mapping_between_builds(
     assert e.value.hint == HINT
     run_build(ctx, acfile.format("b", "b"), out)
     assert member(out, "rootfs/copied") == NEW
+
+
+def _tree(root: Path) -> None:
+    for rel, mode in (("a", 0o644), ("b", 0o755), ("d/c", 0o600), ("d/e/f", 0o4755),
+                      ("d/é\udcff", 0o640)):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rel.encode("utf-8", "surrogateescape") * 3)
+        path.chmod(mode)
+    if os.geteuid() == 0:
+        os.chown(root / "d/c", 1000, 1000)
+    os.link(root / "a", root / "d/a2")
+    (root / "d/link").symlink_to("../a")
+    os.mkfifo(root / "d/pipe")
+
+
+def _reference(path: Path, cache: StatCache) -> str:
+    """Every entry through _entry, as the walk did before its file case was inlined."""
+    h = hashlib.sha256()
+    root = os.fsdecode(os.path.abspath(path))
+    statcache._entry(h, cache, ".", root, os.stat(path), exact=True, follow=True)
+    for rel, child in scan(path, ""):
+        statcache._entry(h, cache, rel, f"{root}/{rel}", child, exact=True)
+    return "sha256:" + h.hexdigest()
+
+
+def test_a_base_tree_is_keyed_entry_by_entry_as_entry_frames_it(tmp_path: Path) -> None:
+    _tree(tmp_path / "base")
+    walked = StatCache(None, Witness())
+    expected = StatCache(None, Witness())
+    assert path_digest(tmp_path / "base", walked) == _reference(tmp_path / "base", expected)
+    # The same records of what the key read: the warm record's and the integrity checks'.
+    assert walked.witness is not None and expected.witness is not None
+    assert walked.witness.entries == expected.witness.entries
+    for p in (tmp_path / "base").rglob("*"):
+        st = p.lstat()
+        assert walked.keyed.holds(str(p), st)
+        if stat.S_ISREG(st.st_mode):
+            assert walked.keyed.digest(str(p)) == expected.keyed.digest(str(p)) is not None
+    # A mode or an owner is in the key.
+    before = path_digest(tmp_path / "base", StatCache(None))
+    (tmp_path / "base/d/c").chmod(0o640)
+    assert path_digest(tmp_path / "base", StatCache(None)) != before
