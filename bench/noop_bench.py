@@ -7,11 +7,13 @@ Prints medians of --runs runs (wall time of the whole process, start-up included
     same no-op within 3 s of the image being written (the output is then hashed, not
     trusted by stat);
   - a rebuild after changing small.txt, read only by the last COPY, next to the time of
-    that build's final write (the WRITE step, from --progress=json);
+    that build's final write (the WRITE step, from --progress=json); with --baseline, the
+    same rebuilds of another version's code (its own cache) in the same rounds, alternating
+    which goes first;
   - two independent stages with a 3 s RUN each and a last stage copying from both, with
     the default --jobs and with -j 1.
 
-    python bench/noop_bench.py [--runs 5] [--work DIR] [--skip-tree]
+    python bench/noop_bench.py [--runs 5] [--work DIR] [--skip-tree] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -53,8 +55,14 @@ def wall(argv: list[str], env: dict[str, str] | None = None,
     return took, err
 
 
-def cli(*args: str | Path) -> list[str]:
-    return [sys.executable, "-m", "acbuild", *map(str, args)]
+def cli(*args: str | Path, source: Path | None = None) -> list[str]:
+    """The CLI; ``source``: a directory holding another version's acbuild package."""
+    if source is None:
+        return [sys.executable, "-m", "acbuild", *map(str, args)]
+    run = (f"import sys; sys.path.insert(0, {str(source)!r}); import acbuild; "
+           f"assert acbuild.__file__.startswith({str(source)!r}); "
+           "from acbuild.cli.main import main; sys.argv[0] = 'acbuild'; sys.exit(main())")
+    return [sys.executable, "-c", run, *map(str, args)]
 
 
 def median_of(runs: int, argv: list[str], name: str) -> float:
@@ -98,7 +106,7 @@ def hello(work: Path) -> list[str]:
                "--cache-dir", work / "cache")
 
 
-def tree(work: Path) -> tuple[Path, list[str]]:
+def tree(work: Path, source: Path | None = None, who: str = "") -> tuple[Path, list[str]]:
     ctx = work / "ctx"
     if not (ctx / "tree").exists():
         files, size = generate(ctx / "tree")
@@ -106,26 +114,36 @@ def tree(work: Path) -> tuple[Path, list[str]]:
     (ctx / "small.txt").write_text("small 0\n")
     (ctx / "Acfile").write_text("BEGIN ./tree\nNAME example.com/bench\nLABEL version=1\n"
                                 "COPY small.txt /etc/small.txt\n")
-    return ctx, cli("-q", "build", ctx / "Acfile", "-o", work / "tree.aci",
-                    "--cache-dir", work / "cache")
+    return ctx, cli("-q", "build", ctx / "Acfile", "-o", work / f"tree{who}.aci",
+                    "--cache-dir", work / f"cache{who}", source=source)
 
 
-def one_changed(runs: int, ctx: Path, build: list[str]) -> tuple[float, float]:
-    """(median wall, median final-write seconds) of rebuilds after small.txt changed."""
-    logged = [a for a in build if a != "-q"]
-    logged[logged.index("build"):logged.index("build")] = ["--progress", "json"]
-    walls, writes = [], []
-    for _ in range(runs):
-        # Never seen before, so never in the cache: the last COPY and the write run.
-        (ctx / "small.txt").write_text(f"small {time.time_ns()}\n")
-        took, log = wall(logged, name="one file changed, 20,000 files")
-        events = [json.loads(line) for line in log.splitlines()]
-        write_step = next(e["step"] for e in events if e["event"] == "step-started"
-                          and e["text"].startswith("WRITE "))
-        writes.append(next(e["seconds"] for e in events if e["event"] == "step-finished"
-                           and e["step"] == write_step))
-        walls.append(took)
-    return statistics.median(walls), statistics.median(writes)
+ONE_CHANGED = "one file changed, 20,000 files"
+
+
+def one_changed(runs: int, ctx: Path,
+                builds: dict[str, list[str]]) -> dict[str, tuple[float, float]]:
+    """Per build (a prefix for its rows: "" or "baseline: "), the median wall and median
+    final-write seconds of rebuilds after small.txt changed; one of each build a round,
+    the order alternating."""
+    walls: dict[str, list[float]] = {who: [] for who in builds}
+    writes: dict[str, list[float]] = {who: [] for who in builds}
+    for r in range(runs):
+        for who in list(builds) if r % 2 == 0 else list(reversed(builds)):
+            logged = [a for a in builds[who] if a != "-q"]
+            logged[logged.index("build"):logged.index("build")] = ["--progress", "json"]
+            # Never seen before, so never in the cache: the last COPY and the write run.
+            (ctx / "small.txt").write_text(f"small {time.time_ns()}\n")
+            took, log = wall(logged, name=who + ONE_CHANGED)
+            events = [json.loads(line) for line in log.splitlines()]
+            write_step = next(e["step"] for e in events if e["event"] == "step-started"
+                              and e["text"].startswith("WRITE "))
+            writes[who].append(next(e["seconds"] for e in events
+                                    if e["event"] == "step-finished"
+                                    and e["step"] == write_step))
+            walls[who].append(took)
+    return {who: (statistics.median(walls[who]), statistics.median(writes[who]))
+            for who in builds}
 
 
 def stages(work: Path) -> Path:
@@ -157,6 +175,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--work", type=Path, help="work directory to use and keep")
     parser.add_argument("--skip-tree", action="store_true", help="skip the 20,000-file tree")
+    parser.add_argument("--baseline", type=Path,
+                        help="a directory holding an older acbuild package: its rebuilds "
+                             "after one changed file run in the same rounds")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="acbuild-noop-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -178,10 +199,15 @@ def main() -> int:
         if not args.skip_tree:
             name = "no-op, 20,000 files, output < 3 s old"
             rows.append((name, fresh_noop(runs, build, name)))
-            took, write = one_changed(runs, ctx, build)
-            rows += [("one file changed, 20,000 files", took),
-                     ("  of which the final write", write),
-                     ("  the rest (target: <= 0.2 s)", took - write)]
+            builds = {"": build}
+            if args.baseline is not None:
+                builds["baseline: "] = tree(work, args.baseline, "-baseline")[1]
+                warm_up(builds["baseline: "])
+                time.sleep(SETTLE)
+            for who, (took, write) in one_changed(runs, ctx, builds).items():
+                rows += [(who + ONE_CHANGED, took),
+                         (who + "  of which the final write", write),
+                         (who + "  the rest (target: <= 0.2 s)", took - write)]
         acfile = stages(work)
         name = "two 3 s stages, default --jobs"
         rows.append((name, median_of(runs, cli("-q", "build", acfile, "-o", work / "p.aci",
