@@ -312,17 +312,19 @@ class _TreeCopier:
                     raise _Changed
             elif entries.get(child) != sig:
                 raise _Changed
-            elif stat.S_ISLNK(mode):
-                os.symlink(os.readlink(path), dest + b"/" + name)
-                self.finish(path, dest + b"/" + name, cst)
-            elif stat.S_ISFIFO(mode):
-                os.mkfifo(dest + b"/" + name, stat.S_IMODE(mode))
-                self.finish(path, dest + b"/" + name, cst)
             else:
-                raise _Changed  # a device node or socket: the full walk says what it is
+                if stat.S_ISLNK(mode):
+                    os.symlink(os.readlink(path), dest + b"/" + name)
+                elif stat.S_ISFIFO(mode):
+                    os.mkfifo(dest + b"/" + name, stat.S_IMODE(mode))
+                else:
+                    raise _Changed  # a device node or socket: the full walk says what it is
+                self.finish(path, dest + b"/" + name, cst)
+                if os.lstat(path).st_ctime_ns != cst.st_ctime_ns:
+                    raise _Changed  # changed while its target or xattrs were read
         self.finish(src, dest, st)
         if os.lstat(src).st_ctime_ns != st.st_ctime_ns:
-            raise _Changed  # changed while it was read
+            raise _Changed  # changed while its listing or xattrs were read
         return seen
 
     def _verified(self, src: bytes, rel: bytes, st: os.stat_result) -> None:
