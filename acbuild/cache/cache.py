@@ -259,8 +259,8 @@ class CacheStore:
             if doc["digest"] != digest or not 0 <= time.time() - verified_at < \
                     _SIGNATURES_TRUSTED_S:
                 return NO_SIGNATURES, 0.0
-            # The numbers are not converted: the payload's checksum matched, and one that
-            # is not an int never equals an lstat's (the file is then read).
+            # The numbers are taken as they are: the payload's checksum matched, so they
+            # are the ints written; one damaged otherwise only fails to match an lstat's.
             files: FileSignatures = {
                 os.fsencode(rel): (dev, ino, size, mtime, ctime, bytes.fromhex(sha),
                                    bytes.fromhex(xattrs))
