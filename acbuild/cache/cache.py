@@ -36,6 +36,7 @@ from acbuild.cache.statcache import StatCache
 from acbuild.cache.warm import Witness
 from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
+from acbuild.fs.leftovers import owner_tag, sweep
 from acbuild.fs.private import private_dir
 from acbuild.fs.staging import DeviceNode, LowerTree, StagedRootfs, remove_tree
 from acbuild.image.unstaged import materialize
@@ -121,6 +122,9 @@ class CacheStore:
         self.check()
         for sub in ("steps", "images", "tmp"):
             (self.root / sub).mkdir(mode=0o700, exist_ok=True)
+        # What a killed build was writing (a step's tree, an image of 100s of MB): its
+        # process is gone, so nothing can still use it; prune's age rule catches the rest.
+        sweep(self.root / "tmp", "")
         with open(self.root / "lock", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             try:
@@ -138,7 +142,7 @@ class CacheStore:
         return StatCache(self.root / "stat" / f"{name}.json", witness)
 
     def _temp(self) -> Path:
-        path = self.root / "tmp" / f"{os.getpid()}-{secrets.token_hex(6)}"
+        path = self.root / "tmp" / f"{owner_tag()}.{secrets.token_hex(6)}"
         path.mkdir(parents=True)
         return path
 

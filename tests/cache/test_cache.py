@@ -18,6 +18,7 @@ from acbuild.build.build import BuildOptions, BuildResult, build, key_steps, loa
 from acbuild.cache.buildcache import BuildCache
 from acbuild.cache.cache import CacheStore, ImageRecord
 from acbuild.cli.commands.trustopts import base_loader
+from acbuild.fs.leftovers import owner_tag
 from acbuild.report import NullReporter, StepInfo
 from tests.support.busybox import busybox_available, make_busybox_rootfs
 from tests.support.cli import acbuild
@@ -395,3 +396,22 @@ def test_stat_cache_remembers_a_file_whose_only_recent_change_is_its_ctime(
     stats.save()
     remembered = StatCache(tmp_path / "stat.json")._entries
     assert str(old) in remembered and str(fresh) not in remembered  # fresh: mtime too recent
+
+
+def test_what_a_killed_build_was_writing_is_removed_by_the_next(tmp_path: Path) -> None:
+    """A build killed while it wrote a step's tree or an image (SIGKILL: no cleanup) left it
+    in tmp/ until prune's age rule; the next build's session removes it, and only it."""
+    store = CacheStore(tmp_path / "cache")
+    with store.session():
+        pass
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = owner_tag().split("-", 1)[1]
+    killed = tmp_path / "cache" / "tmp" / f"{dead.pid}-{host}.0123456789ab"
+    (killed / "tree").mkdir(parents=True)
+    (killed / "image.aci").write_bytes(b"x" * 1000)
+    alive = tmp_path / "cache" / "tmp" / f"{owner_tag()}.0123456789ab"
+    alive.mkdir()
+    with store.session():
+        assert not killed.exists()
+        assert alive.exists()
