@@ -278,10 +278,12 @@ class _Writer:
     _fresh: set[str] = field(default_factory=set)
     # A reference's mtime: when the COPY ran, as a copy's would be (clamped to the epoch).
     _now: int = field(default_factory=lambda: int(time.time()))
+    _context_root: str = ""  # the context as a string, made once (pathlib's costs a call)
 
     def place(self, base: str, entries: tuple[_Entry, ...]) -> None:
         root = self.rootfs.root
         self._fresh.clear()
+        self._context_root = os.fspath(self.context.root)
         # What a base left in place has on the way must be there for the checks below;
         # below ``base`` only this COPY's own directories are entered.
         self._guard(f"/{base}", prepare_path, self.rootfs, base)
@@ -390,7 +392,7 @@ class _Writer:
         self.rootfs.devices.pop(rel, None)
         self.rootfs.owners.pop(rel, None)
         self.rootfs.refs[rel] = FileRef(
-            root=os.fspath(self.context.root), root_id=self.context.root_id,
+            root=self._context_root, root_id=self.context.root_id,
             rel=entry.context_rel, seen=signature(seen), digest=self._digest(entry),
             mode=entry.mode, uid=entry.owner[0], gid=entry.owner[1], mtime=self._now,
             span=self.span)
