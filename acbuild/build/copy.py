@@ -386,8 +386,7 @@ class _Writer:
             return False
         # ``seen`` is the scan's own lstat, so only the key's side of ``_keyed`` can differ.
         keyed = self.rootfs.keyed
-        if keyed is not None and not keyed.holds(
-                os.fspath(self.context.root / entry.context_rel), seen):
+        if keyed is not None and not keyed.holds(self._keyed_path(entry), seen):
             raise context_changed(entry.context_rel, self.span)
         self.rootfs.devices.pop(rel, None)
         self.rootfs.owners.pop(rel, None)
