@@ -10,7 +10,6 @@ streams from the context (see acbuild.image.unstaged).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import posixpath
 import stat
@@ -53,7 +52,7 @@ class _Entry:
     """One thing to create: ``sub`` is its path below the source's place ("" for the source)."""
 
     sub: str
-    path: Path
+    path: str
     kind: str  # "dir", "file", "symlink" or "device" (devices and fifos, --from only)
     mode: int
     owner: tuple[int, int]
@@ -130,11 +129,13 @@ def _context_sources(unsafe: str, context: BuildContext, instr: Copy,
     for source in resolved:
         try:
             st = context.lstat(source.rel)
-            entries = [_context_entry("", source.path, st, instr, owner, unsafe, span,
-                                      source.rel)]
+            top = os.fspath(source.path)
+            entries = [_context_entry("", top, st, instr, owner, unsafe, span, source.rel)]
+            # Strings, not pathlib: this runs once per file of the tree.
+            at = source.rel if not source.rel or source.rel.endswith("/") else source.rel + "/"
             for rel, sub_st in context.walk(source):
-                shown = posixpath.join(source.rel, rel)
-                entries.append(_context_entry(rel, source.path / rel, sub_st, instr, owner,
+                shown = at + rel
+                entries.append(_context_entry(rel, f"{top}/{rel}", sub_st, instr, owner,
                                               shown, span, shown))
         except BuildError as e:
             e.span = e.span or span
@@ -151,14 +152,14 @@ def _context_sources(unsafe: str, context: BuildContext, instr: Copy,
         yield _Source(name=source.name, entries=tuple(entries))
 
 
-def _context_entry(sub: str, path: Path, st: os.stat_result, instr: Copy,
+def _context_entry(sub: str, path: str, st: os.stat_result, instr: Copy,
                    owner: tuple[int, int] | None, shown: str, span: Span,
                    context_rel: str) -> _Entry:
     mode = normalised_mode(st.st_mode)
     if stat.S_ISREG(st.st_mode) and instr.mode is not None:
         mode = instr.mode
-    entry = _entry(sub, path, st, mode, owner or (0, 0), shown, span)
-    return dataclasses.replace(entry, context_rel=context_rel, seen=st)
+    return _entry(sub, path, st, mode, owner or (0, 0), shown, span,
+                  context_rel=context_rel, seen=st)
 
 
 def _stage_sources(unsafe: str, from_rootfs: StagedRootfs, instr: Copy,
@@ -177,7 +178,7 @@ def _stage_sources(unsafe: str, from_rootfs: StagedRootfs, instr: Copy,
         # Devices an unprivileged stage could not make exist only as records.
         prefix = top + "/" if top else ""
         entries.extend(
-            _Entry(sub=rel[len(prefix):], path=root / rel, kind="device", mode=node.mode,
+            _Entry(sub=rel[len(prefix):], path=os.fspath(root / rel), kind="device", mode=node.mode,
                    owner=owner or from_rootfs.owners.get(rel, (0, 0)), device=node)
             for rel, node in sorted(from_rootfs.devices.items())
             if rel == top or rel.startswith(prefix))
@@ -224,12 +225,15 @@ def _stage_entry(sub: str, path: Path, st: os.stat_result, from_rootfs: StagedRo
     if kind is not None:
         node = DeviceNode(kind=_NODE_KINDS[stat.S_IFMT(st.st_mode)], major=os.major(st.st_rdev),
                           minor=os.minor(st.st_rdev), mode=mode)
-        return _Entry(sub=sub, path=path, kind="device", mode=mode, owner=owner, device=node)
-    return _entry(sub, path, st, mode, owner, "/" + relpath_in(from_rootfs.root, path), span)
+        return _Entry(sub=sub, path=os.fspath(path), kind="device", mode=mode, owner=owner,
+                      device=node)
+    return _entry(sub, os.fspath(path), st, mode, owner,
+                  "/" + relpath_in(from_rootfs.root, path), span)
 
 
-def _entry(sub: str, path: Path, st: os.stat_result, mode: int, owner: tuple[int, int],
-           shown: str, span: Span) -> _Entry:
+def _entry(sub: str, path: str, st: os.stat_result, mode: int, owner: tuple[int, int],
+           shown: str, span: Span, *, context_rel: str | None = None,
+           seen: os.stat_result | None = None) -> _Entry:
     if stat.S_ISDIR(st.st_mode):
         kind = "dir"
     elif stat.S_ISREG(st.st_mode):
@@ -242,7 +246,7 @@ def _entry(sub: str, path: Path, st: os.stat_result, mode: int, owner: tuple[int
                          "directories and symlinks can be copied", span=span,
                          hint=".acignore it, or leave it out of the sources")
     return _Entry(sub=sub, path=path, kind=kind, mode=mode, owner=owner,
-                  size=st.st_size if kind == "file" else 0)
+                  size=st.st_size if kind == "file" else 0, context_rel=context_rel, seen=seen)
 
 
 # -- destination ---------------------------------------------------------------------------
@@ -267,9 +271,19 @@ class _Writer:
     # target -> (path, rel) of each directory this COPY made or entered: its entries (which
     # come parents first) are placed below it without resolving the whole path again
     _dirs: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # The directories of ``_dirs`` that the current ``place`` made (mkdir), which hold
+    # only what it put there: the names of one source are unique, and the staged tree is
+    # the build's own (private, no RUN going on), so a name to be placed in one is free
+    # without an lstat to see it. Reset for each source: a second one may name the same.
+    _fresh: set[str] = field(default_factory=set)
+    # A reference's mtime: when the COPY ran, as a copy's would be (clamped to the epoch).
+    _now: int = field(default_factory=lambda: int(time.time()))
+    _context_root: str = ""  # the context as a string, made once (pathlib's costs a call)
 
     def place(self, base: str, entries: tuple[_Entry, ...]) -> None:
         root = self.rootfs.root
+        self._fresh.clear()
+        self._context_root = os.fspath(self.context.root)
         # What a base left in place has on the way must be there for the checks below;
         # below ``base`` only this COPY's own directories are entered.
         self._guard(f"/{base}", prepare_path, self.rootfs, base)
@@ -281,7 +295,8 @@ class _Writer:
         # after making it costs several times more per file than making them all first.
         for dirs in (True, False):
             for entry in entries:
-                target = posixpath.join(base, entry.sub) if entry.sub else base
+                sub = entry.sub
+                target = (f"{base}/{sub}" if base else sub) if sub else base
                 if target and (entry.kind == "dir") == dirs:  # the root keeps its own mode
                     self._guard(f"/{target}", self._write, entry, target)
 
@@ -306,7 +321,7 @@ class _Writer:
         known = self._dirs.get(parent)
         if known is not None:
             path = f"{known[0]}/{name}"
-            mode = _lstat_mode(path)
+            mode = 0 if parent in self._fresh else _lstat_mode(path)
             if not (follow_final and stat.S_ISLNK(mode)):
                 return path, f"{known[1]}/{name}" if known[1] else name, mode
         root = self.rootfs.root
@@ -323,6 +338,7 @@ class _Writer:
                     os.unlink(path)
                 refs.pop(rel, None)
                 os.mkdir(path, 0o700)
+                self._fresh.add(target)
             self._dirs[target] = (path, rel)
         else:
             path, rel, mode = self._resolve(target, follow_final=False)
@@ -368,13 +384,16 @@ class _Writer:
         if (not self.leave_refs or entry.kind != "file" or entry.context_rel is None
                 or seen is None):
             return False
-        self._keyed(entry, seen)
+        # ``seen`` is the scan's own lstat, so only the key's side of ``_keyed`` can differ.
+        keyed = self.rootfs.keyed
+        if keyed is not None and not keyed.holds(self._keyed_path(entry), seen):
+            raise context_changed(entry.context_rel, self.span)
         self.rootfs.devices.pop(rel, None)
         self.rootfs.owners.pop(rel, None)
         self.rootfs.refs[rel] = FileRef(
-            root=os.fspath(self.context.root), root_id=self.context.root_id,
+            root=self._context_root, root_id=self.context.root_id,
             rel=entry.context_rel, seen=signature(seen), digest=self._digest(entry),
-            mode=entry.mode, uid=entry.owner[0], gid=entry.owner[1], mtime=int(time.time()),
+            mode=entry.mode, uid=entry.owner[0], gid=entry.owner[1], mtime=self._now,
             span=self.span)
         self.done += seen.st_size
         return True

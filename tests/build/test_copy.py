@@ -449,3 +449,21 @@ def test_copy_below_a_recorded_device_replaces_it(tmp_path: Path, ctx: Path,
     do(ctx, rootfs, instr("a.txt", dest="/x/a.txt"))
     assert rootfs.devices == {}
     assert (rootfs.root / "x/a.txt").is_file()
+
+
+@pytest.mark.parametrize("leave_refs", [False, True])
+def test_second_source_overwrites_the_first_in_a_directory_the_first_made(
+        tmp_path: Path, rootfs: StagedRootfs, leave_refs: bool) -> None:
+    # The first source makes /dst and its subdirectory (names it can place without looking);
+    # the second puts the same names there again and must replace them, as a copy over
+    # anything else would.
+    ctx = make(tmp_path / "two", {"a/d/x": "from a", "a/d/sub/y": "from a",
+                                  "b/d/x": "from b", "b/d/sub/y": "from b"})
+    do(ctx, rootfs, instr("a/d", "b/d", dest="/dst/"), leave_refs=leave_refs)
+    if leave_refs:
+        assert {rel: ref.rel for rel, ref in rootfs.refs.items()} == {
+            "dst/d/x": "b/d/x", "dst/d/sub/y": "b/d/sub/y"}
+    else:
+        assert tree(rootfs.root) == {
+            "dst": ("dir", 0o755), "dst/d": ("dir", 0o755), "dst/d/sub": ("dir", 0o755),
+            "dst/d/x": ("from b", 0o644), "dst/d/sub/y": ("from b", 0o644)}
