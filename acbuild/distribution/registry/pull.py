@@ -192,15 +192,15 @@ class _Puller:
             else:
                 self.reporter.info(f"pulling {what} {desc.short()} ({desc.size} bytes)")
                 missing.append((what, desc))
-        if not missing or missing[0][1] is not config:
+        fetching_config = bool(missing) and missing[0][1] is config
+        checked = threading.Event()  # open: the layers' bodies may be read
+        if not fetching_config:
             config_stored()
+            checked.set()
         if not missing:
             return 0
         events: queue.SimpleQueue[tuple[str, int, int | None]] = queue.SimpleQueue()
         stop = threading.Event()
-        checked = threading.Event()
-        if missing[0][1] is not config:
-            checked.set()
 
         def progress(what: str, done: int, total: int | None) -> None:
             events.put((what, done, total))
@@ -214,7 +214,7 @@ class _Puller:
             futures = [pool.submit(self.download, desc, what, progress, stop,
                                    None if desc is config else checked)
                        for what, desc in missing]
-            config_future = futures[0] if missing[0][1] is config else None
+            config_future = futures[0] if fetching_config else None
             pending = set(futures)
             try:
                 while pending:
