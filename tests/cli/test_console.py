@@ -8,7 +8,6 @@ import json
 import os
 import pty
 import re
-import select
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from acbuild.cli.tty import TtyReporter
 from acbuild.errors import AcfileError, ErrorGroup, Span
 from acbuild.report import Field, NullReporter, Reporter, StepInfo
 from tests.support.cli import acbuild
+from tests.support.terminal import read_until_closed
 
 ID = re.compile(r"sha512-[0-9a-f]{128}")
 STEP = StepInfo(number=3, total=9, text="COPY hello /bin/hello")
@@ -178,21 +178,9 @@ def run_in_pty(args: list[str], cwd: Path) -> tuple[int, str]:
     proc = subprocess.Popen([sys.executable, "-m", "acbuild", *args], cwd=cwd, env=env,
                             stdin=follower, stdout=follower, stderr=follower)
     os.close(follower)
-    chunks = []
-    while True:
-        ready, _, _ = select.select([leader], [], [], 120)
-        if not ready:
-            proc.kill()
-            break
-        try:
-            data = os.read(leader, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
+    seen = read_until_closed(leader, proc)
     os.close(leader)
-    return proc.wait(timeout=60), b"".join(chunks).decode(errors="replace")
+    return proc.wait(timeout=60), seen.decode(errors="replace")
 
 
 def test_tty_mode_renders_under_a_terminal(hello_context: Path, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from tests.support.cli import acbuild
+from tests.support.terminal import read_until_closed
 
 ACFILE = "BEGIN scratch\nNAME example.com/habit\nLABEL version={{ v }}\n"
 
@@ -118,14 +119,7 @@ def _prune_on_a_terminal(cache: Path, answer: bytes) -> tuple[int, bytes]:
     while b"[y/N]" not in seen:
         seen += os.read(leader, 1024)
     os.write(leader, answer + b"\n")
-    while True:
-        try:
-            data = os.read(leader, 1024)
-        except OSError:  # EIO: the program closed the terminal
-            break
-        if not data:
-            break
-        seen += data
+    seen += read_until_closed(leader, proc)
     code = proc.wait(timeout=60)
     os.close(leader)
     return code, seen

@@ -86,3 +86,23 @@ def run_in_terminal(*args: str | Path, columns: int = 80, rows: int = 24,
         lines.pop()
     return Screen(code=code, lines=tuple(lines), history=history, raw=bytes(raw),
                   stdout=stdout)
+
+
+def read_until_closed(leader: int, proc: subprocess.Popen[bytes], *,
+                      timeout: float = 120.0) -> bytes:
+    """All a program writes to its terminal (``leader``, the pty's other side) until it
+    closes it; ``proc`` is killed if it writes nothing for ``timeout`` seconds."""
+    chunks = []
+    while True:
+        ready, _, _ = select.select([leader], [], [], timeout)
+        if not ready:
+            proc.kill()
+            break
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the program closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
