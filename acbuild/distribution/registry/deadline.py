@@ -86,7 +86,7 @@ class _Stream(httpcore.NetworkStream):
         self._watch = watch
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, self._watch.clamp(timeout, httpcore.ReadTimeout))
+        return self._inner.read(max(max_bytes, 1 << 20), self._watch.clamp(timeout, httpcore.ReadTimeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._inner.write(buffer, self._watch.clamp(timeout, httpcore.WriteTimeout))
