@@ -10,7 +10,6 @@ config and layer — or --insecure-skip-verify is given.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +183,8 @@ class RegistryBases:
 def fetch_to_store(text: str, access: RegistryAccess, reporter: Reporter) -> Entry:
     """``fetch docker://…``: pull, convert (squashed, docker2aci's mapping) and keep the ACI
     in the image store, unsigned."""
+    import tempfile
+
     from acbuild.interop.convert import convert_squashed
 
     store = ImageStore.locate(access.store_dir, access.environ)

@@ -10,7 +10,6 @@ import os
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -206,6 +205,8 @@ def render_error(error: BaseException, mode: str, *, debug: bool = False) -> str
     Anything that is not an AcbuildError is an internal error; its traceback is included
     only with ``debug``.
     """
+    import traceback  # a failure's path only: every verb's start would pay for it
+
     if mode != "json":
         if isinstance(error, AcbuildError):
             return error.render()

@@ -3,6 +3,7 @@ click app (``acbuild.cli.app``), and exits with its status."""
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 from collections.abc import Sequence
@@ -31,4 +32,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # while it shuts down (exit -15 for a build that succeeded).
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
+    # The interpreter's shutdown ends with a garbage collection over every object the imports
+    # made (~100,000 for a registry verb): 30-40 ms of a 0.4 s pull, to free memory the exit
+    # frees anyway. Frozen objects are left out of it; everything else of the shutdown (atexit
+    # handlers, flushing, joining threads) happens as usual.
+    gc.freeze()
     sys.exit(code)
