@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finalize_bench import _corpus
+from installed import as_installed
 from run import Sample, acbuild, generate_small, machine, measure
 
 MIB = 1 << 20
@@ -79,6 +80,7 @@ def main() -> int:
     parser.add_argument("--skip-10g", action="store_true")
     parser.add_argument("--work", type=Path)
     args = parser.parse_args()
+    as_installed()
     work = Path(tempfile.mkdtemp(prefix="acbuild-curve-", dir=args.work))
     load_start = os.getloadavg()
     results: list[tuple[str, str, int, Sample]] = []  # (name, unit, amount, sample)

@@ -40,6 +40,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from installed import as_installed
+
 BUSYBOX = Path("/usr/bin/busybox")
 INSTALL = (
     "/bin/sh -c 'mkdir -p /opt/pkgs; i=0; while [ $i -lt {n} ]; do "
@@ -173,6 +175,7 @@ def main() -> None:
     parser.add_argument("--no-cache", action="store_true",
                         help="with --context-files: build without the step cache")
     args = parser.parse_args()
+    as_installed()
     if args.context_files:
         bind_main(args.context_files, args.pairs, ("--no-cache",) if args.no_cache else ())
         return

@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finalize_bench import generate  # the finalizer bench's own generator
+from installed import as_installed
 
 REPO = Path(__file__).resolve().parents[1]
 SETTLE = 3.2  # the warm record trusts an output's stat once it is this old (seconds)
@@ -181,6 +182,7 @@ def main() -> int:
                         help="a directory holding an older acbuild package: its rebuilds "
                              "after one changed file run in the same rounds")
     args = parser.parse_args()
+    as_installed(*([args.baseline] if args.baseline else []))
     work = args.work or Path(tempfile.mkdtemp(prefix="acbuild-noop-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     runs = args.runs

@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finalize_bench import _corpus, generate  # the finalizer bench's own generator
+from installed import as_installed
 
 MANIFEST = ('{"acKind":"ImageManifest","acVersion":"0.8.11","name":"example.com/bench",'
             '"labels":[{"name":"os","value":"linux"},{"name":"arch","value":"amd64"}]}')
@@ -321,6 +322,7 @@ def main() -> int:
                         help="a directory holding an older acbuild package: its cold "
                              "BEGIN dir build runs in the same rounds")
     args = parser.parse_args()
+    as_installed(*([args.baseline] if args.baseline else []))
     runs, buildah_runs, trees = args.runs, args.buildah_runs, args.trees.split(",")
     if args.quick:
         runs, buildah_runs, trees = 3, 1, ["mixed", "small20k"]

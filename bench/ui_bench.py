@@ -26,6 +26,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from installed import as_installed
+
 ACBUILD = [sys.executable, "-m", "acbuild"]
 
 
@@ -96,6 +98,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--lines", type=int, default=50_000)
     args = parser.parse_args()
+    as_installed()
     with tempfile.TemporaryDirectory(prefix="acbuild-ui-bench-") as tmp:
         draw = drawing(args.runs, args.lines, Path(tmp))
     print(f"drawing: a RUN printing {args.lines} lines, CPU seconds (median of {args.runs})")
