@@ -19,6 +19,8 @@ from typing import Any, Protocol
 import httpcore
 import httpx
 
+READ_BYTES = 1 << 20
+
 
 class Deadline(Protocol):
     """A point in ``time.monotonic()`` that may move while it runs (a budget that grows
@@ -86,7 +88,10 @@ class _Stream(httpcore.NetworkStream):
         self._watch = watch
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max(max_bytes, 1 << 20), self._watch.clamp(timeout, httpcore.ReadTimeout))
+        # httpcore asks for 64 KiB a read; what the socket holds is taken at once (up to
+        # 1 MiB), so a layer passes through h11, httpcore and httpx in 16 times fewer pieces.
+        return self._inner.read(max(max_bytes, READ_BYTES),
+                                self._watch.clamp(timeout, httpcore.ReadTimeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._inner.write(buffer, self._watch.clamp(timeout, httpcore.WriteTimeout))
