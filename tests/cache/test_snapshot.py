@@ -9,6 +9,8 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Callable
@@ -16,10 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from acbuild.build.build import build
 from acbuild.cache import snapshot
 from acbuild.cache.cache import CacheStore, CorruptTree, StepRecord
+from acbuild.errors import AcbuildError
 from acbuild.fs.staging import StagedRootfs, remove_tree
-from tests.cache.test_cache import run
+from acbuild.report import StepInfo
+from tests.cache.test_cache import Recorder, options, run
 
 OLD = 1_600_000_000  # an mtime long settled
 
@@ -319,3 +324,73 @@ def test_signatures_expire_and_the_tree_is_read_whole_again(
     read.clear()
     store.restore(record, tmp_path / "r3", link=True, lazy=True)
     assert len(read) == 4  # bin/tool (and its second name), etc/conf, ro/inside, srv/…/file
+
+
+class _Attacker(Recorder):
+    """Another process with write access to the cache (a tool, another build of the same
+    user): when the build starts the step ``at`` (the lazy restore is done, the finalizer
+    not yet begun), it rewrites the cached ``bin/tool`` in place, same size."""
+
+    def __init__(self, cache: Path, at: int) -> None:
+        super().__init__()
+        self.cache, self.at = cache, at
+        self.edited: list[Path] = []
+
+    def step_started(self, step: StepInfo) -> None:
+        if step.number != self.at:
+            return
+        for path in sorted(self.cache.glob("steps/*/tree/bin/tool")):
+            subprocess.run([sys.executable, "-c",
+                            "import sys; open(sys.argv[1], 'r+b').write(b'EVIL\\n')",
+                            str(path)], check=True)
+            self.edited.append(path)
+
+
+LAST_COPY = """\
+BEGIN ./base
+NAME example.com/lazy
+COPY small.txt /etc/small.txt
+COPY last.txt /etc/last.txt
+EXEC /bin/tool
+"""
+
+
+THEN_TWO = LAST_COPY.replace("COPY last.txt", "COPY small.txt /etc/again.txt\nCOPY last.txt")
+
+
+@pytest.mark.parametrize("acfile_text", [LAST_COPY, THEN_TWO], ids=["one-copy", "two-copies"])
+def test_a_cache_entry_edited_after_its_lazy_restore_fails_the_build_and_is_rebuilt(
+        tmp_path: Path, acfile_text: str) -> None:
+    """With two COPYs after the restore, the first is stored (a snapshot linking the entry's
+    files, made real first) before the edit: it goes with the entry."""
+    ctx = tmp_path / "ctx"
+    _base(ctx / "base")
+    (ctx / "Acfile").write_text(acfile_text)
+    (ctx / "small.txt").write_text("small\n")
+    (ctx / "last.txt").write_text("last 1\n")
+    acfile, cache, out = ctx / "Acfile", tmp_path / "cache", tmp_path / "out.aci"
+    run(acfile, cache, tmp_path / "first.aci")
+    (ctx / "small.txt").write_text("small 2\n")  # steps 1-2 are restored, the COPYs run
+    last = 4 if acfile_text == LAST_COPY else 5
+    attacker = _Attacker(cache, at=last)
+    before = set(cache.glob("steps/*"))
+    with pytest.raises(AcbuildError) as failed:
+        build(options(acfile, cache, out), attacker)
+    assert attacker.edited and attacker.cached() == [1, 2]
+    message = failed.value.message
+    assert "\n" not in message and "cache entry sha256:" in message
+    assert "'bin/tool'" in message and "discarded" in message
+    assert not out.exists()
+    # No entry this build stored holds the edited file (a snapshot stored after the restore
+    # links its inode). Older ones may (the cache links inodes across entries): their next
+    # restore finds it, as the rebuild below shows.
+    assert [p for p in cache.glob("steps/*/tree/bin/tool")
+            if p.parents[2] not in before and p.read_bytes() != b"tool\n"] == []
+    # Nothing of it stays cached: the next build rebuilds from the base, as a cold one does.
+    _, rep = run(acfile, cache, out)
+    run(acfile, None, tmp_path / "cold.aci")
+    assert rep.cached() == []
+    assert out.read_bytes() == (tmp_path / "cold.aci").read_bytes()
+    with tarfile.open(out) as t:
+        tool = t.extractfile("rootfs/bin/tool")
+        assert tool is not None and tool.read() == b"tool\n"
