@@ -26,6 +26,7 @@ from acbuild.errors import AcbuildError
 from acbuild.fs.staging import StagedRootfs, remove_tree
 from acbuild.image.finalize import write_aci, write_aci_stream
 from acbuild.image.unstaged import materialize
+from acbuild.interop.export import write_layer
 
 MANIFEST = b'{"acKind":"ImageManifest","acVersion":"0.8.11","name":"example.com/x"}'
 KEY = "sha256:" + "cd" * 32
@@ -221,3 +222,23 @@ def test_an_entry_file_made_real_by_materialize_is_still_checked(tmp_path: Path,
     assert rootfs.lower is None and (rootfs.root / "etc/conf").stat().st_nlink > 1
     _rewrite(tree / "etc/conf", NEW)  # the staged link is the same inode
     _fails(rootfs, tmp_path, store, "etc/conf")
+
+
+@pytest.mark.parametrize("rel", ["etc/conf", "big"])
+def test_an_oci_layer_of_an_entry_written_through_a_mapping_fails(tmp_path: Path,
+                                                                  rel: str) -> None:
+    """The OCI export writes its layer from the same walk (it made the lower files real and
+    read the big ones again by path: unchecked)."""
+    store, record, tree = _entry(tmp_path)
+    mapped = _Mapped(tree / rel)
+    try:
+        with store.session():
+            rootfs = store.restore(record, tmp_path / "r", link=True, lazy=True)
+        mapped.store(NEW if rel == "etc/conf" else b"b" * 16)
+        blobs = tmp_path / "blobs"
+        blobs.mkdir()
+        with pytest.raises(AcbuildError, match=f"cache entry {KEY} changed .*{rel}"):
+            write_layer(rootfs, blobs, EPOCH, None)
+        assert store.step(KEY) is None
+    finally:
+        mapped.close()
