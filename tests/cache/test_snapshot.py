@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import mmap
 import os
 import stat
 import subprocess
@@ -394,3 +395,64 @@ def test_a_cache_entry_edited_after_its_lazy_restore_fails_the_build_and_is_rebu
     with tarfile.open(out) as t:
         tool = t.extractfile("rootfs/bin/tool")
         assert tool is not None and tool.read() == b"tool\n"
+
+
+
+FROM_STAGE = """\
+BEGIN ./base AS build
+COPY small.txt /etc/small.txt
+COPY last.txt /etc/last.txt
+BEGIN scratch
+NAME example.com/two
+COPY --from=build /bin/tool /tool
+"""
+
+
+class _MappingAttacker(Recorder):
+    """Holds the cached ``bin/tool`` mapped shared and dirty (from before the build: the
+    restore reads it and finds it intact); when the build starts step ``at`` (after the
+    lazy restore), stores through the map: no timestamp moves."""
+
+    def __init__(self, path: Path, at: int) -> None:
+        super().__init__()
+        self.fd = os.open(path, os.O_RDWR)
+        self.map = mmap.mmap(self.fd, 0, mmap.MAP_SHARED)
+        self.map[0:1] = self.map[0:1]
+        self.at, self.path, self.stored = at, path, False
+
+    def step_started(self, step: StepInfo) -> None:
+        if step.number == self.at:
+            before = os.stat(self.path)
+            self.map[0:4] = b"EVIL"
+            self.stored = os.stat(self.path).st_ctime_ns == before.st_ctime_ns
+
+    def close(self) -> None:
+        self.map.close()
+        os.close(self.fd)
+
+
+def test_a_cache_entry_written_through_a_mapping_before_a_copy_from_fails_the_build(
+        tmp_path: Path) -> None:
+    """COPY --from of a stage restored lazily copies the entry's files (made real as
+    hardlinks of its inodes, which its snapshot links again without reading them): what
+    it copies must be what the restore verified."""
+    ctx = tmp_path / "ctx"
+    _base(ctx / "base")
+    (ctx / "Acfile").write_text(FROM_STAGE)
+    (ctx / "small.txt").write_text("small\n")
+    (ctx / "last.txt").write_text("last 1\n")
+    acfile, cache, out = ctx / "Acfile", tmp_path / "cache", tmp_path / "out.aci"
+    run(acfile, cache, tmp_path / "first.aci")
+    (ctx / "last.txt").write_text("last 2\n")  # stage build restores step 2, runs step 3
+    attacker = _MappingAttacker(sorted(cache.glob("steps/*/tree/bin/tool"))[0], at=3)
+    try:
+        with pytest.raises(AcbuildError) as failed:
+            build(options(acfile, cache, out), attacker)
+        if not attacker.stored:
+            pytest.skip("the page was written back meanwhile: the times changed")
+    finally:
+        attacker.close()
+    assert 3 not in attacker.cached()  # stage build: step 2 restored, step 3 ran
+    assert "cache entry sha256:" in failed.value.message
+    assert "'bin/tool'" in failed.value.message
+    assert not out.exists()
