@@ -385,9 +385,12 @@ class CopyState:
         cached = self.cached
         if cached is None:
             return
-        st = os.stat(name, dir_fd=dest_fd, follow_symlinks=False)
-        path = f"/proc/self/fd/{dest_fd}/{name}"
-        if not cached.holds(st, xattr_field(_xattr_pairs(path))):
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dest_fd)  # the link this build just made
+        try:
+            held = cached.holds(os.fstat(fd), xattr_field(_xattr_pairs(fd)))
+        finally:
+            os.close(fd)
+        if not held:
             os.unlink(name, dir_fd=dest_fd)
             raise self._changed(rel, "is not the file the entry held")
 
@@ -446,20 +449,18 @@ class CopyState:
         return member
 
 
-def _xattr_pairs(target: int | str) -> list[tuple[str, bytes]]:
-    """Every readable xattr of an open file or a path (not followed) but the SELinux
-    label, as a snapshot keeps them."""
+def _xattr_pairs(fd: int) -> list[tuple[str, bytes]]:
+    """Every readable xattr of an open file but the SELinux label, as a snapshot keeps
+    them."""
     try:
-        names = os.listxattr(target) if isinstance(target, int) else \
-            os.listxattr(target, follow_symlinks=False)
+        names = os.listxattr(fd)
     except OSError:
         return []
     found = []
     for key in names:
         if key != "security.selinux":
             with contextlib.suppress(OSError):
-                found.append((key, os.getxattr(target, key) if isinstance(target, int) else
-                              os.getxattr(target, key, follow_symlinks=False)))
+                found.append((key, os.getxattr(fd, key)))
     return found
 
 
