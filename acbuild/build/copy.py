@@ -479,7 +479,7 @@ class _Writer:
     def _cache_changed(self, cached: CacheFiles, entry: _Entry, what: str) -> BuildError:
         rel = os.path.relpath(entry.path, self.source_root)
         error = cached.changed(rel, what)
-        return BuildError(error.message, span=self.span, hint=error.hint)
+        return BuildError(error.message, span=self.span)
 
     def _stream(self, src: int, dst: int, size: int) -> None:
         """``size`` bytes (what fstat saw; less if the file shrank meanwhile)."""

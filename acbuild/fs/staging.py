@@ -110,8 +110,7 @@ class CacheFiles:
         (and what was stored from it) is discarded first, so the next build rebuilds."""
         self.discard_all()
         return ImageError(f"cache entry {self.entry} changed during the build: {rel or '.'!r} "
-                          f"{what}; the entry is discarded",
-                          hint="build again: the step is rebuilt")
+                          f"{what}; the entry is discarded (the next build rebuilds the step)")
 
     def discard_all(self) -> None:
         for key in (self.entry, *self.stored):
