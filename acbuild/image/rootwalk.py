@@ -180,8 +180,8 @@ class RootWalker:
         if where == _REF:
             return self.rootfs.refs[rel].digest
         if self._from_cache(where, st):
-            assert self.rootfs.cached is not None
-            return self.rootfs.cached.expected(st)
+            cached = self.rootfs.cached  # None: _cache_holds refuses the file first
+            return None if cached is None else cached.expected(st)
         keyed = self.lower_keyed
         return None if keyed is None or where == _UPPER_FILE else \
             keyed.digest(self.lower_prefix + rel)
