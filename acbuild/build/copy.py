@@ -31,7 +31,8 @@ from acbuild.errors import AcbuildError, BuildError, Span
 from acbuild.fs.copyrange import copy_range
 from acbuild.fs.keyed import content_digest, listing_signature, signature
 from acbuild.fs.securepath import ensure_dirs, relpath_in, safe_join
-from acbuild.fs.staging import DeviceNode, FileRef, StagedRootfs
+from acbuild.fs.staging import CacheFiles, DeviceNode, FileRef, StagedRootfs, xattr_field
+from acbuild.image.rootwalk import xattrs_of
 from acbuild.image.unstaged import (
     content_changed,
     context_changed,
@@ -107,7 +108,9 @@ def copy_instruction(instr: Copy, *, context: BuildContext, rootfs: StagedRootfs
     dest = _dest_rel(instr.dest)
     writer = _Writer(rootfs=rootfs, reporter=reporter, span=span, context=context,
                      total=sum(e.size for s in sources for e in s.entries),
-                     leave_refs=leave_refs and from_rootfs is None)
+                     leave_refs=leave_refs and from_rootfs is None,
+                     source_cache=None if from_rootfs is None else from_rootfs.cached,
+                     source_root="" if from_rootfs is None else os.fspath(from_rootfs.root))
     for source in sources:
         base = posixpath.join(dest, source.name) if into_dir else dest
         writer.place(base, source.entries)
@@ -266,6 +269,10 @@ class _Writer:
     total: int
     context: BuildContext
     leave_refs: bool = False
+    # The COPY --from stage's cache entry, when it was restored lazily: its files (made
+    # real as hardlinks of the entry's inodes) must hold what the restore verified.
+    source_cache: CacheFiles | None = None
+    source_root: str = ""  # the COPY --from stage's staged tree
     done: int = 0
     _reported: int = 0
     # target -> (path, rel) of each directory this COPY made or entered: its entries (which
@@ -437,6 +444,11 @@ class _Writer:
                                  span=self.span)
             if entry.seen is not None:
                 self._keyed(entry, st)
+            cached = self.source_cache
+            expected = None if cached is None else cached.expected(st)
+            if cached is not None and expected is not None and \
+                    not cached.holds(st, xattr_field(xattrs_of(src))):
+                raise self._cache_changed(cached, entry, "is not the file the entry held")
             dst = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                           | os.O_CLOEXEC, 0o600)
             try:
@@ -447,6 +459,10 @@ class _Writer:
                 if self._digest(entry) is not None and keyed is not None and \
                         not keyed.content_is(self._keyed_path(entry), content_digest(dst)):
                     raise content_changed(entry.context_rel or "", self.span)
+                if cached is not None and expected is not None and \
+                        content_digest(dst) != expected:  # the copy: this build's own inode
+                    raise self._cache_changed(cached, entry,
+                                              "does not hold the bytes the entry recorded")
                 self.rootfs.devices.pop(rel, None)
                 # Owner before mode: chown clears setuid and setgid bits.
                 if self.rootfs.privileged:
@@ -459,6 +475,11 @@ class _Writer:
                 os.close(dst)
         finally:
             os.close(src)
+
+    def _cache_changed(self, cached: CacheFiles, entry: _Entry, what: str) -> BuildError:
+        rel = os.path.relpath(entry.path, self.source_root)
+        error = cached.changed(rel, what)
+        return BuildError(error.message, span=self.span)
 
     def _stream(self, src: int, dst: int, size: int) -> None:
         """``size`` bytes (what fstat saw; less if the file shrank meanwhile)."""

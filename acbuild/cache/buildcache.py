@@ -164,6 +164,11 @@ class BuildCache:
         except OSError as e:
             self.reporter.warning(f"cannot store step {number + 1} in the cache: {e}")
             return None
+        cached = state.rootfs.cached
+        if cached is not None and changes_rootfs:
+            # Its snapshot may link the restored entry's inodes, not yet read for the
+            # image: should one prove changed, this entry goes with the restored one.
+            cached.stored.append(key)
         return key if changes_rootfs else tree
 
     def needs_snapshot(self, stage: Stage, number: int) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -38,7 +39,7 @@ from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
 from acbuild.fs.leftovers import owner_tag, sweep
 from acbuild.fs.private import private_dir
-from acbuild.fs.staging import DeviceNode, LowerTree, StagedRootfs, remove_tree
+from acbuild.fs.staging import CacheFiles, DeviceNode, LowerTree, StagedRootfs, remove_tree
 from acbuild.image.unstaged import materialize
 
 _META = "meta.json"
@@ -243,6 +244,11 @@ class CacheStore:
             known.update(verified)
         self._touch(self._dir("steps", record.tree))
         rootfs = StagedRootfs(root=root, lower=lower)
+        if lazy:
+            # The files stay the entry's, writable by its owner: whatever takes their bytes
+            # later compares them with what was verified here (see CacheFiles).
+            rootfs.cached = CacheFiles(entry=record.tree, files=tree.files,
+                                       discard=functools.partial(self.discard, "steps"))
         for rel, uid, gid in body.get("owners", []):  # type: ignore[attr-defined]
             rootfs.owners[rel] = (uid, gid)
         for rel, kind, major, minor, mode in body.get("devices", []):  # type: ignore[attr-defined]

@@ -29,7 +29,7 @@ from pathlib import Path
 from acbuild.cache.statcache import frame
 from acbuild.cache.warm import settled
 from acbuild.fs.keyed import listing_signature
-from acbuild.fs.staging import remove_tree
+from acbuild.fs.staging import CachedFile, remove_tree, xattr_field
 
 _CHUNK = 1 << 20
 _ZEROS = bytes(_CHUNK)
@@ -100,6 +100,9 @@ class LazyTree:
     dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]]
     listings: dict[str, tuple[int, int]]
     signatures: TreeSignatures
+    # inode -> what was verified of the file (acbuild.fs.staging.CacheFiles: every later
+    # reader of the lower tree compares with it)
+    files: dict[tuple[int, int], CachedFile]
 
 
 def copy_tree_verified(src: Path, dest: Path, *, link: bool, known: KnownDigests | None = None,
@@ -143,7 +146,8 @@ def restore_lazily(src: Path, dest: Path, *, recorded: TreeSignatures, digest: s
             if seen == len(recorded.files) + len(recorded.entries):
                 known.update(quick.known)
                 return LazyTree(digest=digest, size=quick.size, dirs=quick.dirs,
-                                listings=quick.listings, signatures=recorded)
+                                listings=quick.listings, signatures=recorded,
+                                files=quick.files)
         except _Changed:
             pass
         remove_tree(dest)
@@ -155,7 +159,8 @@ def restore_lazily(src: Path, dest: Path, *, recorded: TreeSignatures, digest: s
                     dirs=copier.dirs, listings=copier.listings,
                     signatures=TreeSignatures(files=copier.signatures,
                                               entries=copier.entries,
-                                              listings=copier.listings))
+                                              listings=copier.listings),
+                    files=copier.files)
 
 
 class _TreeCopier:
@@ -165,6 +170,7 @@ class _TreeCopier:
         # Not None: a lazy restore (regular files are left in the source, see restore_lazily)
         self.recorded = recorded
         self.signatures: FileSignatures = {}
+        self.files: dict[tuple[int, int], CachedFile] = {}  # a lazy restore's, by inode
         self.entries: EntrySignatures = {}
         self.dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
         self.listings: dict[str, tuple[int, int]] = {}
@@ -308,6 +314,7 @@ class _TreeCopier:
                     self.size += cst.st_size
                     self.known[(cst.st_dev, cst.st_ino)] = (cst.st_size, cst.st_mtime_ns,
                                                             first[5], b"")
+                    self.files[(cst.st_dev, cst.st_ino)] = _cached(cst, first[6], first[5])
                 elif first is not None or entries.get(child) != sig:
                     raise _Changed
             elif entries.get(child) != sig:
@@ -351,6 +358,7 @@ class _TreeCopier:
         self.size += st.st_size
         frame(self.h, digest)
         self.known[(st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns, digest, b"")
+        self.files[(st.st_dev, st.st_ino)] = _cached(st, xattrs, digest)
 
     def _linked(self, src: bytes, dest: bytes, st: os.stat_result) -> bytes | None:
         """Link the file (or the cache's copy of it); its digest, or None to copy it."""
@@ -394,7 +402,11 @@ class _TreeCopier:
 
 def _xattr_field(path: bytes) -> bytes:
     """The xattrs of ``path`` as the digest frames them."""
-    return b"".join(os.fsencode(k) + b"=" + v + b"\0" for k, v in _xattrs(path))
+    return xattr_field(_xattrs(path))
+
+
+def _cached(st: os.stat_result, xattrs: bytes, digest: bytes) -> CachedFile:
+    return st.st_size, st.st_mtime_ns, st.st_mode, st.st_uid, st.st_gid, xattrs, digest
 
 
 def _sha256_of(f: io.BufferedReader) -> bytes:

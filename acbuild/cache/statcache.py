@@ -9,6 +9,7 @@ modified in the last seconds are not remembered (git's "racy clean" problem).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -64,26 +65,28 @@ class StatCache:
     """Maps absolute path -> (dev, ino, size, mtime_ns, ctime_ns, sha256 hex).
 
     ``witness``, when set, is told every entry a key reads (the warm record's inputs);
-    ``keyed`` gets the signature of every entry of a base tree or the context a key read."""
+    ``keyed`` gets the signature of every entry of a base tree or the context a key read.
+
+    Builds sharing a cache share the file: each save merges this build's changes (the
+    digests it added, the ones it forgot) into what is on disk then, under a lock, rather
+    than write back what it loaded. Writing back would lose the other build's digests, and
+    put back a digest the other had forgotten as stale (see ``forget``): one whose file's
+    signature still matches, so a later key would again be computed over content the file
+    no longer holds."""
 
     def __init__(self, path: Path | None, witness: Witness | None = None) -> None:
         self.path = path
         self.witness = witness
         self.keyed = KeyedFiles(on_stale=self._stale)
         self._entries: dict[str, list[object]] = {}
-        self._dirty = False
+        self._added: dict[str, list[object]] = {}  # since the last save
+        self._forgotten: set[str] = set()  # since the last save
         if path is not None:
-            self._load(path)
+            self._entries = _read(path)
 
-    def _load(self, path: Path) -> None:
-        try:
-            doc = json.loads(path.read_bytes())
-        except (OSError, ValueError):
-            return  # missing or damaged: start empty, the digests are recomputed
-        if isinstance(doc, dict) and doc.get("version") == _VERSION:
-            entries = doc.get("entries")
-            if isinstance(entries, dict):
-                self._entries = entries
+    @property
+    def _dirty(self) -> bool:
+        return bool(self._added or self._forgotten)
 
     def file_digest(self, path: Path | str, st: os.stat_result,
                     opener: Callable[[], int] | None = None) -> str:
@@ -102,16 +105,17 @@ class StatCache:
         except OSError as e:
             raise AcbuildError(f"cannot read {path}: {e.strerror}") from None
         if settled(st, time.time_ns()):
-            self._entries[key] = [*sig, digest]
-            self._dirty = True
+            self._entries[key] = self._added[key] = [*sig, digest]
+            self._forgotten.discard(key)
         return digest
 
     def forget(self, path: str) -> None:
         """Drop the digest remembered for the absolute ``path``: its content was found to
         differ from it although its signature did not (a write through a shared mapping
         changes no timestamp), so the next read must hash the file again."""
-        if self._entries.pop(path, None) is not None:
-            self._dirty = True
+        self._added.pop(path, None)
+        self._entries.pop(path, None)
+        self._forgotten.add(path)  # also from the file, whoever saved it there
 
     def _stale(self, path: str) -> None:
         """A reader found the bytes of ``path`` are not the digest the key took (from
@@ -121,17 +125,46 @@ class StatCache:
         self.save()
 
     def save(self) -> None:
+        """Merge this build's changes into the file (re-read under its lock: another
+        build may have saved since this one loaded), written to a temp file and renamed."""
         if self.path is None or not self._dirty:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps({"version": _VERSION, "entries": self._entries},
-                          separators=(",", ":")).encode()
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = os.open(self.path.with_name(self.path.name + ".lock"),
+                           os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return  # only a speed-up; the next build reads the files again
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            entries = _read(self.path)
+            for path in self._forgotten:
+                entries.pop(path, None)
+            entries.update(self._added)
+            data = json.dumps({"version": _VERSION, "entries": entries},
+                              separators=(",", ":")).encode()
             with atomic_write(self.path) as f:
                 f.write(data)
-        except AcbuildError:
-            pass  # only a speed-up; the next build reads the files again
-        self._dirty = False
+        except (OSError, AcbuildError):
+            return  # only a speed-up (kept for the next save); the files are read again
+        finally:
+            os.close(lock)  # releases the lock
+        self._added.clear()
+        self._forgotten.clear()
+
+
+def _read(path: Path) -> dict[str, list[object]]:
+    """The entries of the stat cache file ``path``; none when it is missing or damaged (the
+    digests are recomputed)."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    if isinstance(doc, dict) and doc.get("version") == _VERSION:
+        entries = doc.get("entries")
+        if isinstance(entries, dict):
+            return entries
+    return {}
 
 
 def _entry(h: hashlib._Hash, cache: StatCache, rel: str, path: Path | str,

@@ -22,11 +22,11 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acbuild.errors import Span
+from acbuild.errors import ImageError, Span
 from acbuild.fs.keyed import KeyedFiles, Signature
 
 
@@ -57,9 +57,64 @@ class LowerTree:
     listings: dict[str, tuple[int, int]]
     max_bytes: int  # the limit on the base's file bytes, checked as they are read
     # Whether its files are the user's, read by the cache keys and so checked against what
-    # they read (acbuild.fs.keyed); the cache's own snapshot tree is not: its files were
-    # checked against the entry's recorded signatures and digest when it was restored.
+    # they read (acbuild.fs.keyed); else the cache's own snapshot tree, whose files are
+    # checked against what its restore verified (the rootfs's ``cached``: CacheFiles).
     user_files: bool = True
+
+
+# What a restore verified of a cache entry's file, by inode: (st_size, st_mtime_ns, st_mode,
+# st_uid, st_gid, its xattrs as acbuild.cache.snapshot frames them, sha256 of its content).
+# No ctime: linking the inode (materialize, a later snapshot) moves it; every field the
+# image takes from the file is compared itself instead.
+CachedFile = tuple[int, int, int, int, int, bytes, bytes]
+
+
+def xattr_field(pairs: Iterable[tuple[str, bytes]]) -> bytes:
+    """(name, value) xattrs framed as a snapshot's digest frames them (sorted by name)."""
+    return b"".join(os.fsencode(k) + b"=" + v + b"\0" for k, v in sorted(pairs))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheFiles:
+    """The files of a cache entry's tree that a lazily restored rootfs uses in place (its
+    lower tree, and the hardlinks ``materialize`` makes of them), as the restore verified
+    them against the entry's digest: ``files`` maps each inode (st_dev, st_ino) to what was
+    verified of it (CachedFile).
+
+    The entry stays writable by its owner after that check (another build, a tool, a write
+    through a shared mapping that moves no timestamp), so whatever takes bytes from these
+    inodes for the image compares them with the digest as it reads them; a file of the
+    entry that is not one of these inodes is refused. A mismatch fails the build and
+    ``discard_all`` takes the entry out of use, with every entry this build stored from the
+    rootfs since (``stored``): they may share the changed inode."""
+
+    entry: str  # the entry's key, for errors
+    files: Mapping[tuple[int, int], CachedFile]
+    discard: Callable[[str], None]  # one entry, by key
+    stored: list[str] = field(default_factory=list)
+
+    def expected(self, st: os.stat_result) -> bytes | None:
+        """The sha256 the restore verified for the inode ``st``, if it is the entry's."""
+        known = self.files.get((st.st_dev, st.st_ino))
+        return None if known is None else known[6]
+
+    def holds(self, st: os.stat_result, xattrs: bytes) -> bool:
+        """Whether ``st`` (with ``xattrs``, framed by ``xattr_field``) is one of the entry's
+        verified inodes, with the size, mtime, mode, owner and xattrs verified."""
+        known = self.files.get((st.st_dev, st.st_ino))
+        return known is not None and known[:6] == (st.st_size, st.st_mtime_ns, st.st_mode,
+                                                   st.st_uid, st.st_gid, xattrs)
+
+    def changed(self, rel: str, what: str) -> ImageError:
+        """The one error for a file of the entry that is not what was verified; the entry
+        (and what was stored from it) is discarded first, so the next build rebuilds."""
+        self.discard_all()
+        return ImageError(f"cache entry {self.entry} changed during the build: {rel or '.'!r} "
+                          f"{what}; the entry is discarded (the next build rebuilds the step)")
+
+    def discard_all(self) -> None:
+        for key in (self.entry, *self.stored):
+            self.discard(key)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,6 +153,9 @@ class StagedRootfs:
     # What the build's cache keys read (None: no keys, --no-cache): files the build takes
     # from the user's directories must still be those (see acbuild.fs.keyed).
     keyed: KeyedFiles | None = None
+    # A lazy restore's cache entry, whose files the rootfs uses in place (see CacheFiles);
+    # kept once they are made real (hardlinks of the same inodes).
+    cached: CacheFiles | None = None
 
     def set_owner(self, rel: str, uid: int, gid: int) -> None:
         """Give ``rel`` (already created, inside root, or a device record) an owner, on disk

@@ -32,7 +32,7 @@ from pathlib import Path
 from acbuild.errors import ImageError
 from acbuild.fs.copyrange import copy_range
 from acbuild.fs.keyed import KeyedFiles, content_digest, listing_signature, signature
-from acbuild.fs.staging import LowerTree, StagedRootfs
+from acbuild.fs.staging import CacheFiles, LowerTree, StagedRootfs, xattr_field
 from acbuild.image.extract import RootfsWriter
 from acbuild.image.tarread import Limits
 from acbuild.report import Reporter
@@ -236,15 +236,13 @@ class CopyState:
         if _identity(os.fstat(dest_fd)) != upper:
             return False  # replaced in the staged tree: nothing below it is the base's
         if _identity(os.fstat(src_fd)) != source:
-            raise ImageError(f"base directory {self.lower.source} changed during the build: "
-                             f"{rel_dir or '.'!r} is not the directory it was")
+            raise self._changed(rel_dir or ".", "is not the directory it was")
         with os.scandir(src_fd) as it:
             found = sorted(((e.name, e.is_dir(follow_symlinks=False),
                              e.is_file(follow_symlinks=False)) for e in it),
                            key=lambda item: os.fsencode(item[0]))
         if listing_signature(found) != self.lower.listings.get(rel_dir):
-            raise ImageError(f"base directory {self.lower.source} changed during the build: "
-                             f"{rel_dir or '.'!r} does not hold what it did")
+            raise self._changed(rel_dir or ".", "does not hold what it did")
         filled = False
         with _writable(dest_fd):
             for name, is_dir, is_file in found:
@@ -274,8 +272,7 @@ class CopyState:
             try:
                 child = os.open(name, _DIR_FLAGS, dir_fd=src_fd)
             except OSError as e:
-                raise ImageError(f"base directory changed during the build: {rel!r} "
-                                 f"({e.strerror})") from None
+                raise self._changed(rel, f"cannot be opened ({e.strerror})") from None
             try:
                 self.fill(child, rel, made, only=None)
             finally:
@@ -296,6 +293,7 @@ class CopyState:
                 hint="raise the limit with --max-image-size",
             )
         if self.link and self._linked(dir_fd, name, rel, dest_fd):
+            self._cache_link(name, rel, dest_fd)
             return
         try:
             fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
@@ -306,6 +304,9 @@ class CopyState:
             if signature(found) != signature(st):
                 raise self._changed(rel, "was replaced while it was copied")
             self._keyed_file(rel, found)
+            cached = self.cached
+            if cached is not None and not cached.holds(found, xattr_field(_xattr_pairs(fd))):
+                raise self._changed(rel, "is not the file the entry held")
             os.set_blocking(fd, True)
             self._copied(fd, found, name, rel, dest_fd)
             if signature(os.fstat(fd)) != signature(found):
@@ -322,7 +323,7 @@ class CopyState:
                       0o600, dir_fd=dest_fd)
         try:
             _copy_data(src, out, st.st_size)
-            self._keyed_content(rel, out)
+            self._keyed_content(rel, out, st)
             if self.rootfs.privileged:
                 os.fchown(out, st.st_uid, st.st_gid)  # before the mode: chown clears setuid
             else:
@@ -353,10 +354,14 @@ class CopyState:
         if keyed is not None and not keyed.holds(self._path(rel), st):
             raise self._changed(rel, "is not the file the cache key read")
 
-    def _keyed_content(self, rel: str, copy: int) -> None:
+    def _keyed_content(self, rel: str, copy: int, st: os.stat_result) -> None:
         """With cache keys: the copy made of ``rel`` (open at ``copy``) holds what the key
         hashed. Its own inode, that no one else writes: what it holds now is what the
-        image and the cache get."""
+        image and the cache get. Likewise for a copy of a cache entry's file (``st``): what
+        its restore verified (a copy is made only where the kernel refuses a link)."""
+        cached = self.cached
+        if cached is not None and content_digest(copy) != cached.expected(st):
+            raise self._changed(rel, "does not hold the bytes the entry recorded")
         keyed = self.keyed
         if keyed is not None and keyed.digest(self._path(rel)) is not None and \
                 not keyed.content_is(self._path(rel), content_digest(copy)):
@@ -365,7 +370,34 @@ class CopyState:
     def _path(self, rel: str) -> str:
         return f"{self.base}/{rel}" if rel else self.base
 
+    @property
+    def cached(self) -> CacheFiles | None:
+        """The cache entry whose files these are, when the lower tree is one's (the
+        rootfs's record of what its restore verified)."""
+        if self.lower is None or self.lower.user_files:
+            return None
+        return self.rootfs.cached
+
+    def _cache_link(self, name: str, rel: str, dest_fd: int) -> None:
+        """A cache entry's file just linked into the staged tree: the inode must be one
+        the restore verified (a file renamed over it since is not), with what was verified
+        of it; its content is compared when the finalizer reads it (acbuild.image.rootwalk)."""
+        cached = self.cached
+        if cached is None:
+            return
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dest_fd)  # the link this build just made
+        try:
+            held = cached.holds(os.fstat(fd), xattr_field(_xattr_pairs(fd)))
+        finally:
+            os.close(fd)
+        if not held:
+            os.unlink(name, dir_fd=dest_fd)
+            raise self._changed(rel, "is not the file the entry held")
+
     def _changed(self, rel: str, what: str) -> ImageError:
+        if self.lower is not None and not self.lower.user_files and \
+                self.rootfs.cached is not None:
+            return self.rootfs.cached.changed(rel, what)
         return base_changed(self.base, rel, what)
 
     def _linked(self, dir_fd: int, name: str, rel: str, dest_fd: int) -> bool:
@@ -415,6 +447,21 @@ class CopyState:
                     headers[f"SCHILY.xattr.{key}"] = value
             member.pax_headers = headers
         return member
+
+
+def _xattr_pairs(fd: int) -> list[tuple[str, bytes]]:
+    """Every readable xattr of an open file but the SELinux label, as a snapshot keeps
+    them."""
+    try:
+        names = os.listxattr(fd)
+    except OSError:
+        return []
+    found = []
+    for key in names:
+        if key != "security.selinux":
+            with contextlib.suppress(OSError):
+                found.append((key, os.getxattr(fd, key)))
+    return found
 
 
 _TYPES = {

@@ -87,6 +87,34 @@ def iter_rootfs_entries(
 # --- writing -------------------------------------------------------------------------
 
 
+def write_rootfs(writer: TarWriter, rootfs: StagedRootfs, epoch: int, prefix: str,
+                 progress: Callable[[], None] | None = None) -> int:
+    """Every entry of the rootfs into ``writer`` in archive order (names as for
+    ``iter_rootfs_entries``), each file's data from the descriptor the walk opened and
+    checked, hashed as it is written where it must match a digest (a cache key's, a cache
+    entry's: see acbuild.image.rootwalk); the number of entries. ``progress`` runs after
+    each."""
+    entries = 0
+    walker = RootWalker(rootfs, epoch, prefix)
+    for entry, fd, data in walker.entries():
+        if data is not None:
+            writer.add_bytes(entry, data)
+        elif fd < 0:
+            writer.add(entry)
+        else:
+            try:
+                writer.add_fd(entry, fd, walker.digest(fd))
+                walker.check(fd)  # what was read is what was opened (and keyed)
+            except OSError as e:
+                raise BuildError(f"cannot read {entry.name}: {e.strerror}") from None
+            finally:
+                walker.close(fd)
+        entries += 1
+        if progress is not None:
+            progress()
+    return entries
+
+
 class _HashingSink:
     """The uncompressed tar goes through here: SHA-512 for the image ID, then compression.
 
@@ -197,22 +225,7 @@ def write_aci_stream(
     try:
         writer = TarWriter(sink)
         writer.add(_manifest_entry(manifest_json, epoch), io.BytesIO(manifest_json))
-        entries = 1
-        walker = RootWalker(rootfs, epoch, "rootfs")
-        for entry, fd, data in walker.entries():
-            if data is not None:
-                writer.add_bytes(entry, data)
-            elif fd < 0:
-                writer.add(entry)
-            else:
-                try:
-                    writer.add_fd(entry, fd, walker.digest(fd))
-                    walker.check(fd)  # what was read is what was opened (and keyed)
-                except OSError as e:
-                    raise BuildError(f"cannot read {entry.name}: {e.strerror}") from None
-                finally:
-                    walker.close(fd)
-            entries += 1
+        entries = 1 + write_rootfs(writer, rootfs, epoch, "rootfs")
         writer.close()
     except BaseException:
         sink.close()

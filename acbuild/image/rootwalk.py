@@ -11,6 +11,12 @@ A file read from outside the staged tree (the base's, or a COPY's in the context
 checked on its descriptor before it is read (against what the cache key read, when keys
 were computed: acbuild.fs.keyed) and again once it is read (``close``): a file rewritten,
 grown or shrunk meanwhile fails the build rather than go into the image.
+
+A lazily restored rootfs's files are a cache entry's (its lower tree, or hardlinks of those
+inodes made since: acbuild.fs.staging.CacheFiles). Each must be one of the inodes the
+restore verified, and the bytes taken from it are hashed as they are written and compared
+with the sha256 verified for it: an edit since the restore, even one through a shared
+mapping that moves no timestamp, fails the build and discards the entry.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from dataclasses import dataclass, field
 
 from acbuild.errors import AcbuildError, BuildError, ImageError
 from acbuild.fs.keyed import Signature, listing_signature, signature
-from acbuild.fs.staging import DeviceNode, StagedRootfs
+from acbuild.fs.staging import DeviceNode, StagedRootfs, xattr_field
 from acbuild.image.basedir import CONTENT_CHANGED, base_changed
 from acbuild.image.tarwrite import TarEntry
 from acbuild.image.unstaged import content_changed, open_context_root, open_ref, ref_changed
@@ -37,6 +43,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _UPPER = -1  # a child of the staged tree (its lstat is known)
 _UPPER_FILE = -2  # a regular file of the staged tree (opened, then described)
 _REF = -3  # a file a COPY left in the build context (rootfs.refs)
+_ENTRY_CHANGED = "does not hold the bytes the entry recorded"
 _AHEAD = 64  # files loaded ahead of the writer
 _SMALL = 64 << 10  # files up to this size are read whole when loaded
 # (rel, lstat or None, where: _UPPER, _UPPER_FILE or the lower directory's descriptor)
@@ -144,6 +151,8 @@ class RootWalker:
         # what the keys read of the lower tree's files, when they are the user's
         self.lower_keyed = self.rootfs.keyed if self.lower is not None and \
             self.lower.user_files else None
+        # the lower tree is a cache entry's (its files are checked against ``cached``)
+        self.lower_cached = self.lower is not None and not self.lower.user_files
         # descriptors handed out of a file from outside the staged tree -> what must hold
         # once it is read: (rel, where, its signature when opened, the digest of what is
         # read and the one the key hashed, when it hashed one)
@@ -165,15 +174,28 @@ class RootWalker:
             if got is not None and got.digest() != expected:
                 raise self._changed(rel, where, CONTENT_CHANGED)
 
-    def _expected(self, rel: str, where: int) -> bytes | None:
-        """The sha256 the key hashed for a file from outside the staged tree, if any."""
+    def _expected(self, rel: str, where: int, st: os.stat_result) -> bytes | None:
+        """The sha256 a file must hold: the one the key hashed for a file from outside the
+        staged tree, or the one the restore verified for a cache entry's inode; if any."""
         if where == _REF:
             return self.rootfs.refs[rel].digest
+        if self._from_cache(where, st):
+            cached = self.rootfs.cached  # None: _cache_holds refuses the file first
+            return None if cached is None else cached.expected(st)
         keyed = self.lower_keyed
-        return None if keyed is None else keyed.digest(self.lower_prefix + rel)
+        return None if keyed is None or where == _UPPER_FILE else \
+            keyed.digest(self.lower_prefix + rel)
+
+    def _from_cache(self, where: int, st: os.stat_result) -> bool:
+        """Whether the file is a cache entry's: in its lower tree, or a staged hardlink of
+        one of its inodes (made real by materialize)."""
+        if where >= 0:
+            return self.lower_cached
+        cached = self.rootfs.cached
+        return where == _UPPER_FILE and cached is not None and cached.expected(st) is not None
 
     def _hand(self, fd: int, rel: str, where: int, st: os.stat_result) -> None:
-        expected = self._expected(rel, where)
+        expected = self._expected(rel, where, st)
         self.handed[fd] = (rel, where, signature(st),
                            None if expected is None else hashlib.sha256(), expected)
 
@@ -186,6 +208,12 @@ class RootWalker:
             raise self._changed(rel, where, "changed while it was read")
 
     def _changed(self, rel: str, where: int, what: str) -> AcbuildError:
+        if where == _UPPER_FILE or (where >= 0 and self.lower_cached):
+            cached = self.rootfs.cached
+            if cached is None:  # a cache lower tree without its record: nothing vouches
+                assert self.lower is not None
+                return base_changed(self.lower.source, rel, what)
+            return cached.changed(rel, _ENTRY_CHANGED if what == CONTENT_CHANGED else what)
         if where == _REF:
             ref = self.rootfs.refs[rel]
             if what == CONTENT_CHANGED and self.rootfs.keyed is not None:
@@ -214,6 +242,8 @@ class RootWalker:
             try:
                 lower_root = os.open(self.lower.source, _DIR_FLAGS)
             except OSError as e:
+                if self.lower_cached:
+                    raise self._lower_changed("", f"cannot be opened ({e.strerror})") from None
                 raise BuildError(f"cannot read the base {self.lower.source}: "
                                  f"{e.strerror}") from None
         stack: list[_Level] = []
@@ -290,14 +320,23 @@ class RootWalker:
         try:
             fd = os.dup(parent) if not rel else os.open(name, _DIR_FLAGS, dir_fd=parent)
         except OSError as e:
+            if self.lower_cached:
+                raise self._lower_changed(rel, f"cannot be opened ({e.strerror})") from None
             raise BuildError(f"base directory {lower.source} changed during the build: "
                              f"cannot open {rel!r}: {e.strerror}") from None
         found = os.fstat(fd)
         if (found.st_dev, found.st_ino) != source:
             os.close(fd)
-            raise BuildError(f"base directory {lower.source} changed during the build: "
-                             f"{rel or '.'!r} is not the directory it was")
+            raise self._lower_changed(rel, "is not the directory it was")
         return fd
+
+    def _lower_changed(self, rel: str, what: str) -> AcbuildError:
+        """A directory of the lower tree that is not the one listed."""
+        assert self.lower is not None
+        if self.lower_cached and self.rootfs.cached is not None:
+            return self.rootfs.cached.changed(rel, what)
+        return BuildError(f"base directory {self.lower.source} changed during the build: "
+                          f"{rel or '.'!r} {what}")
 
     def children(self, rel: str, lower_fd: int) -> list[Child]:
         """The children of directory ``rel``, sorted by name bytes."""
@@ -316,8 +355,7 @@ class RootWalker:
                                item.is_file(follow_symlinks=False)) for item in it]
                 assert self.lower is not None
                 if listing_signature(listed) != self.lower.listings.get(rel):
-                    raise BuildError(f"base directory {self.lower.source} changed during the "
-                                     f"build: {rel or '.'!r} does not hold what it did")
+                    raise self._lower_changed(rel, "does not hold what it did")
                 for name, _, is_file in listed:
                     if is_file and name not in found:
                         found[name] = (None, lower_fd)
@@ -376,7 +414,13 @@ class RootWalker:
         elif where >= 0:
             fd, st = self._open_lower(rel, where)
             try:
-                xattrs = xattrs_of(fd, user_only=not self.rootfs.privileged)
+                if self.lower_cached:
+                    every = xattrs_of(fd)
+                    self._cache_holds(rel, where, st, every)
+                    xattrs = every if self.rootfs.privileged else tuple(
+                        x for x in every if x[0].startswith("user."))
+                else:
+                    xattrs = xattrs_of(fd, user_only=not self.rootfs.privileged)
             except BaseException:
                 os.close(fd)
                 raise
@@ -391,6 +435,8 @@ class RootWalker:
                 if not stat.S_ISREG(st.st_mode):
                     raise BuildError(f"{name} changed while the image was being written")
                 xattrs = xattrs_of(fd)
+                if self._from_cache(where, st):  # a hardlink of a cache entry's file
+                    self._cache_holds(rel, where, st, xattrs)
             except BaseException:
                 os.close(fd)
                 raise
@@ -398,9 +444,10 @@ class RootWalker:
             return _Loaded(st, xattrs, None, fd)
         try:
             data = _read_all(fd, st.st_size)
-            if where != _UPPER_FILE:  # from outside the staged tree: unchanged while read
+            # from outside the staged tree, or a cache entry's: unchanged while read
+            if where != _UPPER_FILE or self._from_cache(where, st):
                 self._unchanged(fd, rel, where, signature(st))
-                expected = self._expected(rel, where)
+                expected = self._expected(rel, where, st)
                 if expected is not None and hashlib.sha256(data).digest() != expected:
                     raise self._changed(rel, where, CONTENT_CHANGED)
         except OSError as e:
@@ -411,7 +458,9 @@ class RootWalker:
 
     def _open_lower(self, rel: str, where: int) -> tuple[int, os.stat_result]:
         """A base's file, opened in its directory ``where``: a regular file still, and
-        with cache keys the very one the key read (signatures: see acbuild.fs.keyed)."""
+        with cache keys the very one the key read (signatures: see acbuild.fs.keyed); a
+        cache entry's, one of the inodes its restore verified (a file renamed over it
+        since, or grown or shrunk, is not)."""
         try:
             fd = os.open(rel.rpartition("/")[2], _FILE_FLAGS, dir_fd=where)
         except OSError as e:
@@ -425,6 +474,14 @@ class RootWalker:
             os.close(fd)
             raise self._changed(rel, where, "is not the file the cache key read")
         return fd, st
+
+    def _cache_holds(self, rel: str, where: int, st: os.stat_result,
+                     xattrs: tuple[tuple[str, bytes], ...]) -> None:
+        """A cache entry's file shows what its restore verified (all but the content,
+        which is compared as it is read)."""
+        cached = self.rootfs.cached
+        if cached is None or not cached.holds(st, xattr_field(xattrs)):
+            raise self._changed(rel, where, "is not the file the entry held")
 
     def _file_entry(self, name: str, rel: str, where: int,
                     loaded: _Loaded | None) -> tuple[TarEntry, int, bytes | None]:
@@ -463,7 +520,7 @@ class RootWalker:
         if kind == "hardlink":
             loaded.discard()
             return entry, -1, None
-        if loaded.fd >= 0 and where != _UPPER_FILE:
+        if loaded.fd >= 0 and (where != _UPPER_FILE or self._from_cache(where, st)):
             self._hand(loaded.fd, rel, where, st)
         return entry, loaded.fd, loaded.data
 

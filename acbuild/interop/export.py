@@ -21,7 +21,7 @@ from acbuild.errors import BuildError
 from acbuild.fs.atomic import atomic_write
 from acbuild.fs.staging import StagedRootfs
 from acbuild.image.compression import open_compressor
-from acbuild.image.finalize import iter_rootfs_entries
+from acbuild.image.finalize import write_rootfs
 from acbuild.image.hostarch import host_os_arch
 from acbuild.image.manifest import App, ImageManifest
 from acbuild.image.tarwrite import TarEntry, TarWriter, add_file_at
@@ -102,10 +102,8 @@ def write_layer(
         compressor = open_compressor("gzip", out)
         sink = _DiffSink(compressor)
         writer = TarWriter(sink)
-        for entry, path in iter_rootfs_entries(rootfs, epoch, prefix=""):
-            _add(writer, entry, path)
-            if reporter is not None:
-                reporter.progress("layer", writer.offset, None)
+        write_rootfs(writer, rootfs, epoch, "", None if reporter is None else
+                     lambda: reporter.progress("layer", writer.offset, None))
         writer.close()
         compressor.close()
     digest = f"sha256:{out.hash.hexdigest()}"

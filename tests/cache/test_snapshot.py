@@ -7,8 +7,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import mmap
 import os
 import stat
+import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Callable
@@ -16,10 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from acbuild.build.build import build
 from acbuild.cache import snapshot
 from acbuild.cache.cache import CacheStore, CorruptTree, StepRecord
+from acbuild.errors import AcbuildError
 from acbuild.fs.staging import StagedRootfs, remove_tree
-from tests.cache.test_cache import run
+from acbuild.report import StepInfo
+from tests.cache.test_cache import Recorder, options, run
 
 OLD = 1_600_000_000  # an mtime long settled
 
@@ -319,3 +325,134 @@ def test_signatures_expire_and_the_tree_is_read_whole_again(
     read.clear()
     store.restore(record, tmp_path / "r3", link=True, lazy=True)
     assert len(read) == 4  # bin/tool (and its second name), etc/conf, ro/inside, srv/…/file
+
+
+class _Attacker(Recorder):
+    """Another process with write access to the cache (a tool, another build of the same
+    user): when the build starts the step ``at`` (the lazy restore is done, the finalizer
+    not yet begun), it rewrites the cached ``bin/tool`` in place, same size."""
+
+    def __init__(self, cache: Path, at: int) -> None:
+        super().__init__()
+        self.cache, self.at = cache, at
+        self.edited: list[Path] = []
+
+    def step_started(self, step: StepInfo) -> None:
+        if step.number != self.at:
+            return
+        for path in sorted(self.cache.glob("steps/*/tree/bin/tool")):
+            subprocess.run([sys.executable, "-c",
+                            "import sys; open(sys.argv[1], 'r+b').write(b'EVIL\\n')",
+                            str(path)], check=True)
+            self.edited.append(path)
+
+
+LAST_COPY = """\
+BEGIN ./base
+NAME example.com/lazy
+COPY small.txt /etc/small.txt
+COPY last.txt /etc/last.txt
+EXEC /bin/tool
+"""
+
+
+THEN_TWO = LAST_COPY.replace("COPY last.txt", "COPY small.txt /etc/again.txt\nCOPY last.txt")
+
+
+@pytest.mark.parametrize("acfile_text", [LAST_COPY, THEN_TWO], ids=["one-copy", "two-copies"])
+def test_a_cache_entry_edited_after_its_lazy_restore_fails_the_build_and_is_rebuilt(
+        tmp_path: Path, acfile_text: str) -> None:
+    """With two COPYs after the restore, the first is stored (a snapshot linking the entry's
+    files, made real first) before the edit: it goes with the entry."""
+    ctx = tmp_path / "ctx"
+    _base(ctx / "base")
+    (ctx / "Acfile").write_text(acfile_text)
+    (ctx / "small.txt").write_text("small\n")
+    (ctx / "last.txt").write_text("last 1\n")
+    acfile, cache, out = ctx / "Acfile", tmp_path / "cache", tmp_path / "out.aci"
+    run(acfile, cache, tmp_path / "first.aci")
+    (ctx / "small.txt").write_text("small 2\n")  # steps 1-2 are restored, the COPYs run
+    last = 4 if acfile_text == LAST_COPY else 5
+    attacker = _Attacker(cache, at=last)
+    before = set(cache.glob("steps/*"))
+    with pytest.raises(AcbuildError) as failed:
+        build(options(acfile, cache, out), attacker)
+    assert attacker.edited and attacker.cached() == [1, 2]
+    message = failed.value.message
+    assert "\n" not in message and "cache entry sha256:" in message
+    assert "'bin/tool'" in message and "discarded" in message
+    assert not out.exists()
+    # No entry this build stored holds the edited file (a snapshot stored after the restore
+    # links its inode). Older ones may (the cache links inodes across entries): their next
+    # restore finds it, as the rebuild below shows.
+    assert [p for p in cache.glob("steps/*/tree/bin/tool")
+            if p.parents[2] not in before and p.read_bytes() != b"tool\n"] == []
+    # Nothing of it stays cached: the next build rebuilds from the base, as a cold one does.
+    _, rep = run(acfile, cache, out)
+    run(acfile, None, tmp_path / "cold.aci")
+    assert rep.cached() == []
+    assert out.read_bytes() == (tmp_path / "cold.aci").read_bytes()
+    with tarfile.open(out) as t:
+        tool = t.extractfile("rootfs/bin/tool")
+        assert tool is not None and tool.read() == b"tool\n"
+
+
+
+FROM_STAGE = """\
+BEGIN ./base AS build
+COPY small.txt /etc/small.txt
+COPY last.txt /etc/last.txt
+BEGIN scratch
+NAME example.com/two
+COPY --from=build /bin/tool /tool
+"""
+
+
+class _MappingAttacker(Recorder):
+    """Holds the cached ``bin/tool`` mapped shared and dirty (from before the build: the
+    restore reads it and finds it intact); when the build starts step ``at`` (after the
+    lazy restore), stores through the map: no timestamp moves."""
+
+    def __init__(self, path: Path, at: int) -> None:
+        super().__init__()
+        self.fd = os.open(path, os.O_RDWR)
+        self.map = mmap.mmap(self.fd, 0, mmap.MAP_SHARED)
+        self.map[0:1] = self.map[0:1]
+        self.at, self.path, self.stored = at, path, False
+
+    def step_started(self, step: StepInfo) -> None:
+        if step.number == self.at:
+            before = os.stat(self.path)
+            self.map[0:4] = b"EVIL"
+            self.stored = os.stat(self.path).st_ctime_ns == before.st_ctime_ns
+
+    def close(self) -> None:
+        self.map.close()
+        os.close(self.fd)
+
+
+def test_a_cache_entry_written_through_a_mapping_before_a_copy_from_fails_the_build(
+        tmp_path: Path) -> None:
+    """COPY --from of a stage restored lazily copies the entry's files (made real as
+    hardlinks of its inodes, which its snapshot links again without reading them): what
+    it copies must be what the restore verified."""
+    ctx = tmp_path / "ctx"
+    _base(ctx / "base")
+    (ctx / "Acfile").write_text(FROM_STAGE)
+    (ctx / "small.txt").write_text("small\n")
+    (ctx / "last.txt").write_text("last 1\n")
+    acfile, cache, out = ctx / "Acfile", tmp_path / "cache", tmp_path / "out.aci"
+    run(acfile, cache, tmp_path / "first.aci")
+    (ctx / "last.txt").write_text("last 2\n")  # stage build restores step 2, runs step 3
+    attacker = _MappingAttacker(sorted(cache.glob("steps/*/tree/bin/tool"))[0], at=3)
+    try:
+        with pytest.raises(AcbuildError) as failed:
+            build(options(acfile, cache, out), attacker)
+        if not attacker.stored:
+            pytest.skip("the page was written back meanwhile: the times changed")
+    finally:
+        attacker.close()
+    assert 3 not in attacker.cached()  # stage build: step 2 restored, step 3 ran
+    assert "cache entry sha256:" in failed.value.message
+    assert "'bin/tool'" in failed.value.message
+    assert not out.exists()

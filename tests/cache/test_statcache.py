@@ -12,6 +12,7 @@ does."""
 from __future__ import annotations
 
 import hashlib
+import json
 import mmap
 import os
 import stat
@@ -219,3 +220,53 @@ def test_a_base_tree_is_keyed_entry_by_entry_as_entry_frames_it(tmp_path: Path) 
     before = path_digest(tmp_path / "base", StatCache(None))
     (tmp_path / "base/d/c").chmod(0o640)
     assert path_digest(tmp_path / "base", StatCache(None)) != before
+
+
+@pytest.fixture
+def all_settled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file counts as settled (these tests are about saving, not racy files)."""
+    monkeypatch.setattr(statcache, "settled", lambda st, now: True)
+
+
+def _file(path: Path, data: bytes) -> os.stat_result:
+    path.write_bytes(data)
+    return path.stat()
+
+
+def _remembered(where: Path) -> set[str]:
+    return set(json.loads(where.read_bytes())["entries"])
+
+
+@pytest.mark.usefixtures("all_settled")
+def test_two_builds_saving_one_stat_cache_keep_each_others_digests(tmp_path: Path) -> None:
+    """RT-6: two builds sharing the cache load the file, each hashes its own files and
+    saves: neither loses what the other remembered."""
+    where = tmp_path / "stat" / "ctx.json"
+    a_file, b_file = tmp_path / "a", tmp_path / "b"
+    a_st, b_st = _file(a_file, b"a\n"), _file(b_file, b"b\n")
+    first, second = StatCache(where), StatCache(where)
+    first.file_digest(str(a_file), a_st)
+    second.file_digest(str(b_file), b_st)
+    first.save()
+    second.save()
+    assert _remembered(where) == {str(a_file), str(b_file)}
+
+
+@pytest.mark.usefixtures("all_settled")
+def test_a_digest_one_build_forgot_as_stale_is_not_put_back_by_another(tmp_path: Path) -> None:
+    """A digest forgotten as stale (the file was written through a shared mapping: its
+    signature still matches) must stay forgotten when a build that loaded it earlier saves:
+    put back, it would key the next build on content the file no longer holds — and an
+    image cached under that key would be taken for the new content without a read."""
+    where = tmp_path / "stat" / "ctx.json"
+    x_file, y_file = tmp_path / "x", tmp_path / "y"
+    x_st, y_st = _file(x_file, b"x\n"), _file(y_file, b"y\n")
+    earlier = StatCache(where)
+    earlier.file_digest(str(x_file), x_st)
+    earlier.save()
+    forgetting, other = StatCache(where), StatCache(where)  # both load x's digest
+    forgetting.forget(str(x_file))
+    forgetting.save()
+    other.file_digest(str(y_file), y_st)
+    other.save()
+    assert _remembered(where) == {str(y_file)}

@@ -1,0 +1,244 @@
+"""Red-team RT-10/RT-3: a lazily restored rootfs leaves its files in the cache entry's tree
+(its lower tree), and the finalizer streams them from there. Whatever the entry's owner
+does to such a file after the restore verified it (an edit in place, a write through a
+shared mapping that moves no timestamp, a rename over it, a chmod, a directory swapped for
+a symlink) must fail the image with one error naming the entry and the file, write no
+image, and discard the entry, so that the next build rebuilds the step.
+
+The entry is a real one (CacheStore.put_step, then a lazy restore); the changes are made by
+this process as another build or a tool would, at fixed points: after the restore, before
+the finalizer, or from the sink the image goes to while the big file is being streamed."""
+
+from __future__ import annotations
+
+import io
+import mmap
+import os
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from acbuild.cache.cache import CacheStore, StepRecord
+from acbuild.errors import AcbuildError
+from acbuild.fs.staging import StagedRootfs, remove_tree
+from acbuild.image.finalize import write_aci, write_aci_stream
+from acbuild.image.unstaged import materialize
+from acbuild.interop.export import write_layer
+
+MANIFEST = b'{"acKind":"ImageManifest","acVersion":"0.8.11","name":"example.com/x"}'
+KEY = "sha256:" + "cd" * 32
+OLD = b"OLD-CONTENT\n"
+NEW = b"NEW-CONTENT\n"  # same size
+BIG = 4 << 20  # streamed from its descriptor over several 1 MiB chunks, not read whole
+EPOCH = 1_000_000_000
+
+
+def _entry(tmp_path: Path) -> tuple[CacheStore, StepRecord, Path]:
+    """A cache entry holding etc/conf, big and a hardlink; its tree's path."""
+    store = CacheStore(tmp_path / "cache")
+    rootfs = StagedRootfs(root=tmp_path / "staged")
+    (rootfs.root / "etc").mkdir(parents=True)
+    (rootfs.root / "etc/conf").write_bytes(OLD)
+    (rootfs.root / "big").write_bytes(b"a" * BIG)
+    os.link(rootfs.root / "etc/conf", rootfs.root / "etc/conf2")
+    with store.session():
+        store.put_step(KEY, b"{}", rootfs=rootfs, tree=None, link=False)
+    remove_tree(rootfs.root)
+    record = store.step(KEY)
+    assert record is not None
+    return store, record, store.root / "steps" / ("cd" * 32) / "tree"
+
+
+def _restored(tmp_path: Path, name: str = "r") -> tuple[CacheStore, StagedRootfs, Path]:
+    store, record, tree = _entry(tmp_path)
+    with store.session():
+        rootfs = store.restore(record, tmp_path / name, link=True, lazy=True)
+    assert rootfs.lower is not None  # the files stay in the entry
+    return store, rootfs, tree
+
+
+def _fails(rootfs: StagedRootfs, tmp_path: Path, store: CacheStore, rel: str) -> str:
+    out = tmp_path / "out.aci"
+    with pytest.raises(AcbuildError) as failed:
+        write_aci(rootfs, MANIFEST, out, epoch=EPOCH, compression="none")
+    message = failed.value.message
+    assert "\n" not in message
+    assert f"cache entry {KEY}" in message and repr(rel) in message
+    assert not out.exists()
+    assert store.step(KEY) is None  # discarded: the next build rebuilds the step
+    return message
+
+
+def test_an_unchanged_entry_is_streamed(tmp_path: Path) -> None:
+    store, rootfs, _ = _restored(tmp_path)
+    out = tmp_path / "out.aci"
+    write_aci(rootfs, MANIFEST, out, epoch=EPOCH, compression="none")
+    with tarfile.open(out) as t:
+        conf = t.extractfile("rootfs/etc/conf")
+        assert conf is not None and conf.read() == OLD
+        assert t.getmember("rootfs/etc/conf2").islnk()
+    assert store.step(KEY) is not None
+
+
+def _rewrite(path: Path, data: bytes) -> None:
+    with open(path, "r+b") as f:  # in place: the same inode, the same size
+        f.write(data)
+
+
+def _rename_over(path: Path, data: bytes) -> None:
+    path.with_name(".new").write_bytes(data)
+    os.utime(path.with_name(".new"), ns=(path.stat().st_mtime_ns,) * 2)
+    os.rename(path.with_name(".new"), path)
+
+
+@pytest.mark.parametrize("change", ["in place", "renamed over", "chmod"])
+@pytest.mark.parametrize("rel", ["etc/conf", "big"])
+def test_an_entry_file_changed_after_the_restore_fails_and_discards_the_entry(
+        tmp_path: Path, change: str, rel: str) -> None:
+    store, rootfs, tree = _restored(tmp_path)
+    data = NEW if rel == "etc/conf" else b"b" * BIG
+    if change == "in place":
+        _rewrite(tree / rel, data)
+    elif change == "renamed over":
+        _rename_over(tree / rel, data)
+    else:
+        (tree / rel).chmod(0o4755)
+    _fails(rootfs, tmp_path, store, rel)
+
+
+class _Mapped:
+    """``path`` mapped shared and one byte stored (the page is dirty, the times updated);
+    ``store`` then writes through the map without a fault: no time changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR)
+        self.map = mmap.mmap(self.fd, 0, mmap.MAP_SHARED)
+        self.map[0:1] = self.map[0:1]
+
+    def store(self, data: bytes) -> None:
+        before = os.stat(self.path)
+        self.map[0:len(data)] = data
+        after = os.stat(self.path)
+        if (after.st_mtime_ns, after.st_ctime_ns) != (before.st_mtime_ns, before.st_ctime_ns):
+            pytest.skip("the page was written back meanwhile: the times changed")
+
+    def close(self) -> None:
+        self.map.close()
+        os.close(self.fd)
+
+
+@pytest.mark.parametrize("rel", ["etc/conf", "big"])
+def test_an_entry_file_written_through_a_mapping_after_the_restore_fails(
+        tmp_path: Path, rel: str) -> None:
+    store, record, tree = _entry(tmp_path)
+    # Mapped (and dirtied) before the restore: the restore reads it whole and finds it
+    # intact; the store after it moves neither the mtime nor the ctime.
+    mapped = _Mapped(tree / rel)
+    try:
+        with store.session():
+            rootfs = store.restore(record, tmp_path / "r", link=True, lazy=True)
+        before = os.stat(tree / rel)
+        mapped.store(NEW if rel == "etc/conf" else b"b" * 16)
+        assert os.stat(tree / rel).st_ctime_ns == before.st_ctime_ns
+        assert "does not hold the bytes the entry recorded" in _fails(rootfs, tmp_path,
+                                                                      store, rel)
+    finally:
+        mapped.close()
+
+
+def test_a_directory_of_the_entry_swapped_for_a_symlink_fails(tmp_path: Path) -> None:
+    store, rootfs, tree = _restored(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "conf").write_bytes(NEW)
+    (elsewhere / "conf2").write_bytes(NEW)
+    os.rename(tree / "etc", tmp_path / "etc-aside")
+    os.symlink(elsewhere, tree / "etc")
+    _fails(rootfs, tmp_path, store, ".")  # the entry's root no longer lists a directory
+
+
+def test_a_directory_of_the_entry_swapped_for_another_fails(tmp_path: Path) -> None:
+    store, rootfs, tree = _restored(tmp_path)
+    os.rename(tree / "etc", tmp_path / "etc-aside")
+    (tree / "etc").mkdir()
+    (tree / "etc/conf").write_bytes(NEW)
+    os.link(tree / "etc/conf", tree / "etc/conf2")
+    _fails(rootfs, tmp_path, store, "etc")
+
+
+class _EditingSink(io.RawIOBase):
+    """Where the image goes; at the first write (the tar's first MiB: the big file is being
+    streamed) ``edit`` runs once."""
+
+    def __init__(self, edit: Callable[[], None]) -> None:
+        self.edit = edit
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: object) -> int:
+        n = len(data)  # type: ignore[arg-type]
+        if self.size == 0:
+            self.edit()
+        self.size += n
+        return n
+
+
+def test_an_entry_file_written_through_a_mapping_while_it_is_streamed_fails(
+        tmp_path: Path) -> None:
+    store, rootfs, tree = _restored(tmp_path)
+    mapped = _Mapped(tree / "big")  # the ctime moves now, after the restore, before the open
+    time.sleep(0.01)
+    try:
+        # The file is open and being read: its signature when opened is this one; the
+        # store at the end of it (not yet read) moves no timestamp.
+        sink = _EditingSink(lambda: mapped.map.__setitem__(slice(BIG - 4, BIG), b"EVIL"))
+        with pytest.raises(AcbuildError) as failed:
+            write_aci_stream(rootfs, MANIFEST, sink, compression="none", epoch=EPOCH)
+        assert f"cache entry {KEY}" in failed.value.message
+        assert store.step(KEY) is None
+    finally:
+        mapped.close()
+
+
+@pytest.mark.parametrize("change", ["in place", "renamed over"])
+def test_an_entry_file_made_real_by_materialize_is_still_checked(tmp_path: Path,
+                                                                 change: str) -> None:
+    """A later step's snapshot (or a COPY --from) makes the lower files real first, as
+    hardlinks of the entry's inodes: a change before or after that is still found."""
+    store, rootfs, tree = _restored(tmp_path)
+    if change == "renamed over":  # before: the link would be of the new file
+        _rename_over(tree / "etc/conf", NEW)
+        with pytest.raises(AcbuildError, match=f"cache entry {KEY} changed"):
+            materialize(rootfs)
+        assert store.step(KEY) is None
+        return
+    materialize(rootfs)
+    assert rootfs.lower is None and (rootfs.root / "etc/conf").stat().st_nlink > 1
+    _rewrite(tree / "etc/conf", NEW)  # the staged link is the same inode
+    _fails(rootfs, tmp_path, store, "etc/conf")
+
+
+@pytest.mark.parametrize("rel", ["etc/conf", "big"])
+def test_an_oci_layer_of_an_entry_written_through_a_mapping_fails(tmp_path: Path,
+                                                                  rel: str) -> None:
+    """The OCI export writes its layer from the same walk (it made the lower files real and
+    read the big ones again by path: unchecked)."""
+    store, record, tree = _entry(tmp_path)
+    mapped = _Mapped(tree / rel)
+    try:
+        with store.session():
+            rootfs = store.restore(record, tmp_path / "r", link=True, lazy=True)
+        mapped.store(NEW if rel == "etc/conf" else b"b" * 16)
+        blobs = tmp_path / "blobs"
+        blobs.mkdir()
+        with pytest.raises(AcbuildError, match=f"cache entry {KEY} changed .*{rel}"):
+            write_layer(rootfs, blobs, EPOCH, None)
+        assert store.step(KEY) is None
+    finally:
+        mapped.close()
