@@ -5,21 +5,26 @@ arrives well within the read timeout, which therefore never fires on its own."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from acbuild.distribution.registry.blobstore import BlobStore
+from acbuild.distribution.registry.credentials import IDENTITY_TOKEN_USER, Credential
 from acbuild.distribution.registry.platform import Platform
 from acbuild.distribution.registry.pull import pull
 from acbuild.distribution.registry.reference import RegistryError, parse_reference
 from acbuild.distribution.registry.transport import (
     PROGRESS_BYTES,
     Session,
+    Stopped,
     TimedOut,
     TransportOptions,
 )
@@ -237,3 +242,157 @@ def test_a_retry_pause_ends_at_the_deadline(server: TrickleServer) -> None:
         fetch(s)
     assert time.monotonic() - started < TIMEOUT + 1.0
     assert "within 1 s" in e.value.message
+
+
+# ---- stops: Ctrl-C or another stage's failure ends a blocked request within a slice -------
+
+
+@contextlib.contextmanager
+def silent_server(*, reads: bool = True) -> Iterator[str]:
+    """HOST:PORT of a server that accepts connections and never answers (``reads``: it
+    reads what is sent; else it reads nothing, so a big request fills the buffers)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.05)
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)
+            if reads:
+                threading.Thread(target=_drain, args=(conn, done), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+def _drain(conn: socket.socket, done: threading.Event) -> None:
+    conn.settimeout(0.05)
+    while not done.is_set():
+        try:
+            if not conn.recv(1 << 16):
+                return
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+
+
+def _stopped_in_time(work: Callable[[], object], stop: threading.Event) -> str:
+    """Run ``work`` in a thread, set ``stop`` once it blocks; its error's message, which
+    must come within a second."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as e:  # the test says which
+            errors.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(0.5)
+    assert thread.is_alive(), errors
+    stop.set()
+    stopped = time.monotonic()
+    thread.join(timeout=10)
+    took = time.monotonic() - stopped
+    assert not thread.is_alive()
+    assert took < 1.0, took
+    (error,) = errors
+    assert isinstance(error, Stopped), repr(error)
+    return error.message
+
+
+SLOW = 30.0  # a timeout no stop test comes near: each would wait it out without the stop
+
+
+@pytest.mark.parametrize(("where", "how"), [
+    *((where, how) for where in ("registry-head", "registry-silent", "token-head",
+                                 "token-post", "tls-handshake")
+      for how in ("cancel", "session")),
+    ("upload", "session"),  # an upload has no cancel of its own
+])
+def test_a_stop_ends_a_blocked_request_at_once(where: str, how: str, server: TrickleServer,
+                                               other: TrickleServer) -> None:
+    """Red-team RT-1, RT-11: a registry or token server that trickles its headers, or holds
+    the connection silent, held a pull's thread until the 60 s head deadline, however its
+    pull or build was stopped; so did a TLS handshake with a silent server and an upload
+    to one that stopped reading. Either stop, the request's ``cancel`` or the session's
+    ``stop``, ends each within a slice."""
+    stop = threading.Event()
+    silent = contextlib.ExitStack()
+    host = server.host
+    insecure: tuple[str, ...] = (server.host, other.host)
+    credential = None
+    trickled = padded(200, body=b"{}", pad=3000, head_pause=0.05)
+    with silent:
+        if where == "registry-head":
+            server.answers[PATH] = trickled
+        elif where in ("registry-silent", "upload"):
+            host = silent.enter_context(silent_server(reads=where != "upload"))
+            insecure = (host,)
+        elif where == "tls-handshake":
+            host = silent.enter_context(silent_server())
+            insecure = ()
+        else:
+            server.answers[PATH] = answer(401, [(
+                "WWW-Authenticate", f'Bearer realm="{other.url}/token",service="s"')])
+            other.answers["/token"] = trickled
+            if where == "token-post":  # the refresh-token flow: a POST of a form
+                credential = Credential(username=IDENTITY_TOKEN_USER, password="refresh")
+        options = TransportOptions(insecure_registries=insecure, timeout=SLOW, retries=2,
+                                   backoff=0.01)
+        cancel = stop if how == "cancel" else None
+        with PushSession(host, options, credential,
+                         stop=stop if how == "session" else None) as s:
+            if where == "upload":
+                body = b"u" * (64 << 20)  # far more than the socket buffers hold
+
+                def work() -> None:
+                    with s.send("PUT", f"{s.base}/v2/x/blobs/uploads/1", scope="",
+                                headers={"Content-Length": str(len(body))},
+                                body=lambda: iter((body,))):
+                        pass
+            else:
+                def work() -> None:
+                    with s.get(PATH, scope=SCOPE, cancel=cancel) as response:
+                        response.read()
+
+            message = _stopped_in_time(work, stop)
+    assert message.endswith("stopped"), message
+    if where == "token-post":
+        assert other.requests == ["POST /token"]
+
+
+def test_a_stop_set_before_a_retry_pause_ends_it(server: TrickleServer) -> None:
+    """The session's stop ends a retry's back-off too (a 503 asking for 10 s)."""
+    server.answers[PATH] = answer(503, [("Retry-After", "10")])
+    stop = threading.Event()
+    options = TransportOptions(insecure_registries=(server.host,), timeout=SLOW, retries=3)
+    with Session(server.host, options, None, stop=stop) as s:
+        _stopped_in_time(lambda: fetch(s), stop)
+    assert len(server.requests) == 1
+
+
+def test_a_stop_does_not_cut_a_slow_answer_that_keeps_coming(server: TrickleServer) -> None:
+    """The slices only look at the stops: an answer whose headers take longer than a slice
+    (a byte every 10 ms, about 0.7 s in all) is read whole."""
+    server.answers[PATH] = answer(200, body=b"{}", head_pause=0.01)
+    options = TransportOptions(insecure_registries=(server.host,), timeout=SLOW)
+    with Session(server.host, options, None, stop=threading.Event()) as s:
+        assert fetch(s) == b"{}"

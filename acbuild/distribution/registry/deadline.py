@@ -5,19 +5,35 @@ timeout, never lets a per-read timeout fire. So every socket operation of a Sess
 (connect, TLS handshake, each write and read) waits at most until the earliest deadline its
 thread has running (httpx's sync I/O runs in the caller's thread): a blocked read returns
 at the deadline, httpx raises a timeout, and the Session turns it into that deadline's error.
+
+A stop (``Stop``: Ctrl-C, another stage's failure) is a deadline too, one that has passed
+once its event is set. Since no clock says when that happens, a blocked read, write or TLS
+handshake waits in slices of at most ``SLICE`` seconds and looks at the deadlines between
+them: a slice that ends with nothing passed just waits again. Retrying is safe: a recv, a
+send or a handshake step that timed out consumed nothing (OpenSSL keeps a partial record or
+handshake, and a send is retried with the same bytes, as it requires). A connect is not
+sliced (it cannot be resumed): it has its own limit, at most 30 s.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
+import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol, TypeVar
 
 import httpcore
 import httpx
+from httpcore._backends.sync import SyncStream  # the sockets slices are waited on
+
+SLICE = 0.2  # seconds a blocked socket operation waits before it looks at its stops again
+
+_T = TypeVar("_T")
 
 READ_BYTES = 1 << 20
 
@@ -31,15 +47,32 @@ class Deadline(Protocol):
     def error(self) -> Exception: ...
 
 
-class Watch:
-    """The deadlines running in each thread, for one Session's connections."""
+class Stop:
+    """A deadline without a time: passed once ``event`` is set (Ctrl-C, a failure
+    elsewhere), then failing with ``error()``."""
 
-    def __init__(self) -> None:
+    def __init__(self, event: threading.Event, error: Callable[[], Exception]) -> None:
+        self._event = event
+        self._error = error
+
+    def at(self) -> float:
+        return -math.inf if self._event.is_set() else math.inf
+
+    def error(self) -> Exception:
+        return self._error()
+
+
+class Watch:
+    """The deadlines running in each thread, for one Session's connections; ``always``
+    run in every thread (a build-wide Stop)."""
+
+    def __init__(self, always: tuple[Deadline, ...] = ()) -> None:
         self._local = threading.local()
+        self._always = always
 
     def _running(self) -> tuple[Deadline, ...]:
         running: tuple[Deadline, ...] = getattr(self._local, "running", ())
-        return running
+        return (*self._always, *running)
 
     @contextlib.contextmanager
     def running(self, deadline: Deadline) -> Iterator[None]:
@@ -79,7 +112,56 @@ class Watch:
         left = min(d.at() for d in running) - time.monotonic()
         if left <= 0:
             raise timed_out("deadline passed")
+        if math.isinf(left):  # only Stops that are not set
+            return timeout
         return left if timeout is None else min(timeout, left)
+
+    def sliced(self, op: Callable[[float], _T], timeout: float | None,
+               timed_out: type[Exception]) -> _T:
+        """``op(seconds)``, which raises ``timed_out`` when nothing happened in that time
+        and may then be called again, run in SLICEs until it returns, ``timeout`` passes
+        or a running deadline does (a Stop set meanwhile included)."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = self.clamp(None if end is None else end - time.monotonic(), timed_out)
+            if left is not None and left <= 0:
+                raise timed_out("timed out")
+            try:
+                return op(SLICE if left is None else min(SLICE, left))
+            except timed_out:
+                if left is not None and left <= SLICE:
+                    raise
+
+    def pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` unless a running deadline passes first (then raise its error):
+        a pause between retries is no socket operation."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if (passed := self.expired()) is not None:
+                raise passed.error()
+            time.sleep(min(SLICE, left))
+        if (passed := self.expired()) is not None:
+            raise passed.error()
+
+
+def _send(sock: socket.socket, data: memoryview, timeout: float) -> int:
+    try:
+        sock.settimeout(timeout)
+        return sock.send(data)
+    except TimeoutError:
+        raise httpcore.WriteTimeout("timed out") from None
+    except OSError as e:
+        raise httpcore.WriteError(str(e)) from e
+
+
+def _handshake(sock: ssl.SSLSocket, timeout: float) -> None:
+    try:
+        sock.settimeout(timeout)
+        sock.do_handshake()
+    except TimeoutError:
+        raise httpcore.ConnectTimeout("timed out") from None
+    except OSError as e:
+        raise httpcore.ConnectError(str(e)) from e
 
 
 class _Stream(httpcore.NetworkStream):
@@ -87,24 +169,60 @@ class _Stream(httpcore.NetworkStream):
         self._inner = inner
         self._watch = watch
 
+    def _socket(self) -> socket.socket | None:
+        """The socket of httpcore's own stream (plain or TLS); None for another kind (TLS in
+        TLS through an https proxy), whose operations are bounded but not sliced."""
+        if not isinstance(self._inner, SyncStream):
+            return None
+        sock = self._inner.get_extra_info("socket")
+        return sock if isinstance(sock, socket.socket) else None
+
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         # httpcore asks for 64 KiB a read; what the socket holds is taken at once (up to
         # 1 MiB), so a layer passes through h11, httpcore and httpx in 16 times fewer pieces.
-        return self._inner.read(max(max_bytes, READ_BYTES),
-                                self._watch.clamp(timeout, httpcore.ReadTimeout))
+        # httpcore's read is a settimeout and one recv (of any stream): safe to repeat.
+        size = max(max_bytes, READ_BYTES)
+        return self._watch.sliced(lambda t: self._inner.read(size, t), timeout,
+                                  httpcore.ReadTimeout)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, self._watch.clamp(timeout, httpcore.WriteTimeout))
-        self._watch.wrote()
+        sock = self._socket()
+        if sock is None:
+            self._inner.write(buffer, self._watch.clamp(timeout, httpcore.WriteTimeout))
+            self._watch.wrote()
+            return
+        # httpcore's write loops over send and loses count when one times out, so the loop
+        # is here: a send that timed out sent nothing and is repeated with the same bytes.
+        data = memoryview(buffer)
+        while data:
+            sent = self._watch.sliced(functools.partial(_send, sock, data), timeout,
+                                      httpcore.WriteTimeout)
+            data = data[sent:]
+            self._watch.wrote()
 
     def close(self) -> None:
         self._inner.close()
 
     def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                   timeout: float | None = None) -> httpcore.NetworkStream:
-        inner = self._inner.start_tls(ssl_context, server_hostname,
-                                      self._watch.clamp(timeout, httpcore.ConnectTimeout))
-        return _Stream(inner, self._watch)
+        sock = self._socket()
+        if sock is None or isinstance(sock, ssl.SSLSocket):
+            inner = self._inner.start_tls(ssl_context, server_hostname,
+                                          self._watch.clamp(timeout, httpcore.ConnectTimeout))
+            return _Stream(inner, self._watch)
+        # As httpcore's start_tls, but with the handshake in steps that can be resumed.
+        try:
+            tls = ssl_context.wrap_socket(sock, server_hostname=server_hostname,
+                                          do_handshake_on_connect=False)
+        except OSError as e:
+            sock.close()
+            raise httpcore.ConnectError(str(e)) from e
+        try:
+            self._watch.sliced(lambda t: _handshake(tls, t), timeout, httpcore.ConnectTimeout)
+        except BaseException:
+            tls.close()
+            raise
+        return _Stream(SyncStream(tls), self._watch)
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)

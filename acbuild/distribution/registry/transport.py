@@ -14,7 +14,10 @@
   trickles: each request must have its whole answer's head (connect, redirects, token,
   retries, status line and headers) within ``timeout`` seconds, and then at least
   ``PROGRESS_BYTES`` of its body in every ``timeout`` seconds; a caller may run a deadline
-  of its own over several requests (``Session.within``: the remote cache's budget).
+  of its own over several requests (``Session.within``: the remote cache's budget);
+- stops: a request's ``cancel`` event, and the session's ``stop`` (the build's: Ctrl-C,
+  another stage's failure), end whatever it is doing within ``deadline.SLICE`` seconds,
+  a trickling or silent answer's head, a token request or an upload included.
 Nothing here puts a credential or token into a message.
 """
 
@@ -36,7 +39,7 @@ import httpx  # acbuild-py's entry point keeps httpx's own CLI from loading: cli
 
 from acbuild import __version__
 from acbuild.distribution.registry.credentials import Credential
-from acbuild.distribution.registry.deadline import Deadline, Watch, watched_client
+from acbuild.distribution.registry.deadline import Deadline, Stop, Watch, watched_client
 from acbuild.distribution.registry.failures import reason, refused, refused_error, tls_hint
 from acbuild.distribution.registry.reference import RegistryError, check_host
 from acbuild.distribution.tls import tls_context
@@ -90,10 +93,11 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 
 class Session:
     """Requests to one registry (``host`` as named: HOST[:PORT]; ``api_host`` where its API
-    is). Use as a context manager; it holds a connection pool."""
+    is). Use as a context manager; it holds a connection pool. ``stop``, once set, ends
+    every request of every thread (RegistryError "stopped")."""
 
     def __init__(self, host: str, options: TransportOptions, credential: Credential | None,
-                 *, api_host: str | None = None) -> None:
+                 *, api_host: str | None = None, stop: threading.Event | None = None) -> None:
         self.host = host
         self.options = options
         self.credential = credential
@@ -105,7 +109,7 @@ class Session:
         self._auth_lock = threading.Lock()  # one answer to a challenge, for every thread
         self._token_failed: dict[str, RegistryError] = {}  # scope -> why no token came
         self._answered: set[tuple[str, str]] = set()  # origins that answered in this session
-        self._watch = Watch()
+        self._watch = Watch(() if stop is None else (self._stop(stop),))
         self._client = watched_client(
             self._watch, verify=tls_context(options.ca_file), trust_env=True,
             follow_redirects=False,
@@ -127,6 +131,9 @@ class Session:
         """Bound this thread's requests of this session by ``deadline`` too, until the block
         ends; past it, what is being sent or read fails with ``deadline.error()``."""
         return self._watch.running(deadline)
+
+    def _stop(self, event: threading.Event) -> Stop:
+        return Stop(event, lambda: Stopped(f"{escape(self.host)}: stopped"))
 
     @contextlib.contextmanager
     def _streamed(self, response: httpx.Response, what: str) -> Iterator[httpx.Response]:
@@ -154,10 +161,13 @@ class Session:
         headers = {"Accept": accept} if accept else {}
         url = f"{self.base}{path}"
         head = _Head(self, method, url)
-        with self._watch.running(head):
-            response = self._send(method, url, scope, headers, cancel, head)
-        with self._streamed(response, f"{method} {self._shown(head.url)}"):
-            yield response
+        with contextlib.ExitStack() as stack:
+            if cancel is not None:  # the head's socket operations and the body's
+                stack.enter_context(self._watch.running(self._stop(cancel)))
+            with self._watch.running(head):
+                response = self._send(method, url, scope, headers, cancel, head)
+            with self._streamed(response, f"{method} {self._shown(head.url)}"):
+                yield response
 
     def ping(self) -> None:
         """GET /v2/ with credentials: checks they are accepted (login)."""
@@ -257,9 +267,10 @@ class Session:
         late = first is not None and time.monotonic() + wait >= first.at()
         if first is not None and late:
             wait = max(0.0, first.at() - time.monotonic())
-        if cancel is None:
-            time.sleep(wait)
-        elif cancel.wait(wait):
+        if cancel is not None and cancel.wait(0):
+            raise RegistryError("stopped")
+        self._watch.pause(wait)  # a stop set meanwhile ends it
+        if cancel is not None and cancel.is_set():
             raise RegistryError("stopped")
         if first is not None and late:
             raise first.error()
@@ -443,6 +454,11 @@ class Session:
 
 class TimedOut(RegistryError):
     """A registry that let a deadline pass: it answered too slowly, or stalled mid-body."""
+
+
+class Stopped(RegistryError):
+    """A request ended by a stop (Ctrl-C, SIGTERM, another stage's failure): not the
+    registry's fault, and not worth a message of its own (the cause has one)."""
 
 
 class _Head:
