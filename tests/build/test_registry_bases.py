@@ -28,6 +28,7 @@ from tests.support.registry import (
     registry_with_busybox,
 )
 from tests.support.sandboxrun import needs_sandbox
+from tests.support.trickle import TrickleServer, answer, padded, trickle_server
 
 pytest_plugins = ("tests.support.registryfixtures",)
 
@@ -444,6 +445,61 @@ def test_interrupt_during_a_trickling_layer_stops_at_once(proxy: TamperProxy, tm
     assert time.monotonic() - started < 5
     assert proc.returncode in (130, 143), err
     assert "Traceback" not in err
+    _no_leftovers()
+
+
+def _trickling_config(server: TrickleServer) -> str:
+    """library/slow:1 on ``server``: a manifest answered at once, whose config's answer
+    trickles its headers a byte at a time (150 s; each byte on time); the config's path."""
+    config = b'{"architecture": "amd64", "os": "linux"}'
+    digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": digest, "size": len(config)}, "layers": []}
+    server.answers["/v2/library/slow/manifests/1"] = answer(200, body=json.dumps(
+        manifest).encode())
+    path = f"/v2/library/slow/blobs/{digest}"
+    server.answers[path] = padded(200, body=config, pad=3000, head_pause=0.05)
+    return path
+
+
+def _interrupted(proc: subprocess.Popen[str], sig: int, started: Callable[[], bool]) -> str:
+    """Send ``sig`` once ``started()``; the process must end at once, as interrupted."""
+    deadline = time.monotonic() + 30
+    while not started() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the blocked read
+    proc.send_signal(sig)
+    sent = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    took = time.monotonic() - sent
+    assert took < 1.5, (took, err)
+    assert proc.returncode == (130 if sig == signal.SIGINT else 143), err
+    assert err.rstrip().endswith("interrupted" if sig == signal.SIGINT else "terminated"), err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(("verb", "sig"), [("pull", signal.SIGINT), ("fetch", signal.SIGTERM),
+                                           ("build", signal.SIGINT)])
+def test_interrupt_while_a_registry_trickles_its_headers_stops_at_once(
+        tmp_path: Path, verb: str, sig: int) -> None:
+    """Red-team RT-1: Ctrl-C while a blob's answer trickled its headers (in a pull's
+    thread) was acted on only at the 60 s head deadline."""
+    with trickle_server() as server:
+        path = _trickling_config(server)
+        ref = f"docker://{server.host}/library/slow:1"
+        out = tmp_path / "out.aci"
+        args = {"pull": ["pull", ref], "fetch": ["fetch", ref, "--insecure-skip-verify"],
+                "build": ["build", acfile(tmp_path, ref), "-o", out, "--insecure-skip-verify"]}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "acbuild", *map(str, args[verb]), "--insecure-registry",
+             server.host], stderr=subprocess.PIPE, text=True, env={**os.environ, "CI": "true"})
+        _interrupted(proc, sig, lambda: f"GET {path}" in server.requests)
+    assert not out.exists()
     _no_leftovers()
 
 
