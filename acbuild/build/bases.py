@@ -8,6 +8,7 @@ and verified by the trust chain.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,10 @@ class BaseLoader:
     verify_local: LocalVerifier
     limits: Limits = field(default_factory=Limits)  # what a base archive may make us do
     registry: RegistryBases | None = None  # docker:// bases; None: refused
+    # Set when the build this loader serves stops (Ctrl-C, SIGTERM, a failed stage): its
+    # stages stop between steps, and its registry requests (pulls, the remote cache) at once.
+    # ``registry`` must have been made with it.
+    stop: threading.Event = field(default_factory=threading.Event)
 
     def __call__(self, stage: Stage, rootfs: StagedRootfs, reporter: Reporter) -> ImageManifest:
         return self.load(stage.base, rootfs, reporter, link=shares_files(stage))

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -165,7 +166,8 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
         check_writable(options.output)  # before step 1, not after the work
     epoch = build_epoch(options.environ)
     cache = open_cache(options, reporter)
-    with _session(cache), work_directory() as work, _remote(cache, options, reporter):
+    with _stopping(options.base_loader.stop), _session(cache), work_directory() as work, \
+            _remote(cache, options, reporter):
         if cache is not None:
             plan = key_steps(plan, options, cache, context, epoch, reporter, witness)
         written = _cached_image(plan, options, cache, epoch, reporter)
@@ -286,12 +288,24 @@ def _remote(cache: BuildCache | None, options: BuildOptions,
     with open_remote(cache.store, reporter, sources=options.cache_from,
                      destination=options.cache_to,
                      transport=options.transport or TransportOptions(),
-                     environ=options.environ, limits=options.base_loader.limits) as remote:
+                     environ=options.environ, limits=options.base_loader.limits,
+                     stop=options.base_loader.stop) as remote:
         cache.remote = remote
         try:
             yield
         finally:
             cache.remote = None
+
+
+@contextmanager
+def _stopping(stop: threading.Event) -> Iterator[None]:
+    """``stop`` set when the build fails or is interrupted in this thread: whatever another
+    thread still does for it (a stage, a registry request) ends too, before the cleanup."""
+    try:
+        yield
+    except BaseException:
+        stop.set()
+        raise
 
 
 @contextmanager
@@ -355,7 +369,7 @@ def _build_image(plan: Plan, options: BuildOptions, cache: BuildCache | None,
             options=ExecuteOptions(context=context, work_dir=work, epoch=epoch,
                                    load_base=options.base_loader, log=log, log_path=log_path,
                                    cache=cache, jobs=options.jobs or default_jobs(),
-                                   secrets=options.secrets,
+                                   secrets=options.secrets, cancel=options.base_loader.stop,
                                    image_cached=cache is not None and final_image_key(
                                        plan, options, epoch) is not None,
                                    mount_cache=CacheStore(options.cache_dir or default_cache_dir(

@@ -57,6 +57,9 @@ class ExecuteOptions:
     # The target stage becomes an image the cache keeps whole: its last COPY or WORKDIR
     # needs no snapshot (BuildCache.needs_snapshot).
     image_cached: bool = False
+    # Set on Ctrl-C, SIGTERM or a failed stage: the other stages stop (the build's stop,
+    # which its registry sessions observe too: BaseLoader.stop).
+    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 def step_info(step: Step, stage: Stage) -> StepInfo:
@@ -85,7 +88,7 @@ class _Executor:
         self.results: dict[int, StageState] = {}
         self.deferred: dict[int, tuple[StepRecord, Path]] = {}  # cached to the end, not restored
         self.warned_limits: set[str] = set()  # RUN limits reported as unenforced
-        self.cancel = threading.Event()  # set when a stage failed: the others stop
+        self.cancel = options.cancel
         # A stage cached to its end is restored by the first stage that reads it.
         self.restoring = {stage.index: threading.Lock() for stage in plan.stages}
         self.fetching = threading.Lock()  # one name resolved at a time: one image store

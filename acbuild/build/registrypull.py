@@ -10,6 +10,7 @@ config and layer — or --insecure-skip-verify is given.
 from __future__ import annotations
 
 import os
+import threading  # loaded anyway: acbuild.signals
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,12 +65,13 @@ class RegistryAccess:
     def blob_store(self) -> BlobStore:
         return BlobStore(ImageStore.locate(self.store_dir, self.environ).root)
 
-    def session(self, ref: Reference) -> Session:
+    def session(self, ref: Reference, stop: threading.Event | None = None) -> Session:
+        """``stop``, once set, ends the session's requests (Session)."""
         from acbuild.distribution.registry.transport import Session
 
         env = os.environ if self.environ is None else self.environ
         return Session(ref.registry, self.transport(), credentials.lookup(ref.registry, env),
-                       api_host=ref.api_host)
+                       api_host=ref.api_host, stop=stop)
 
 
 def check_policy(ref: Reference, access: RegistryAccess, reporter: Reporter) -> None:
@@ -109,10 +111,12 @@ def as_source(pulled: PulledImage) -> ImageSource:
 
 class RegistryBases:
     """Resolves and pulls docker:// bases for one build: the digest a reference is keyed by
-    is the one pulled, even if the tag moves in between."""
+    is the one pulled, even if the tag moves in between. ``stop``: the build's (BaseLoader.stop),
+    which ends every request of its pulls, in any thread, once set."""
 
-    def __init__(self, access: RegistryAccess) -> None:
+    def __init__(self, access: RegistryAccess, stop: threading.Event | None = None) -> None:
         self.access = access
+        self._stop = stop
         self._digests: dict[str, Reference] = {}
         # A resolution that failed while keying fails the same way when the step runs: asked
         # again, a refusing registry or a hanging credential helper would cost its time twice.
@@ -129,7 +133,7 @@ class RegistryBases:
         try:
             ref = parse_reference(text)
             check_policy(ref, self.access, reporter)
-            with self.access.session(ref) as session:
+            with self.access.session(ref, self._stop) as session:
                 digest, index = resolve_manifest(ref, session=session,
                                                  store=self.access.blob_store(),
                                                  platform=self.access.target_platform(),
@@ -159,7 +163,7 @@ class RegistryBases:
         from acbuild.distribution.registry.pull import PulledImage, pull
 
         ref = self._pinned(text, reporter)
-        with self.access.session(ref) as session:
+        with self.access.session(ref, self._stop) as session:
             pulled = pull(ref, session=session, store=self.access.blob_store(),
                           platform=self.access.target_platform(), reporter=reporter,
                           max_bytes=self.access.max_bytes, from_index=text in self._from_index)

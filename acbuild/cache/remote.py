@@ -55,6 +55,7 @@ from acbuild.distribution.registry.reference import (
 )
 from acbuild.distribution.registry.transport import (
     Session,
+    Stopped,
     TimedOut,
     TransportOptions,
     read_limited,
@@ -246,6 +247,8 @@ class RemoteCache:
                 if self._import(source, key):
                     self.reporter.info(f"{what} imported from {source.repo.url()}")
                     return source.repo.url()
+            except Stopped:
+                raise  # the build stops: no cache to give up on
             except RemoteEntryError as e:
                 self._miss(source, what, e.message)
             except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as e:
@@ -293,7 +296,7 @@ class RemoteCache:
             sent_digest = response.headers.get("docker-content-digest")
             try:
                 raw = read_limited(response, DOCUMENT_LIMIT, "its manifest", each=clock.check)
-            except TimedOut:
+            except (TimedOut, Stopped):
                 raise
             except RegistryError as e:
                 raise RemoteEntryError(f"its manifest is not usable: {e.message}") from None
@@ -323,7 +326,7 @@ class RemoteCache:
             session.check(response, f"blob {desc.digest[:19]}")
             try:
                 data = read_limited(response, desc.size, "the entry's config", each=clock.check)
-            except TimedOut:
+            except (TimedOut, Stopped):
                 raise
             except RegistryError as e:
                 raise RemoteEntryError(f"its config is corrupt: {e.message}") from None
@@ -347,7 +350,7 @@ class RemoteCache:
                             limits=self.limits)
                 drain(tar)
                 drain(blob)
-            except TimedOut:  # the registry stalled: not a bad entry, a cache to give up on
+            except (TimedOut, Stopped):  # a registry that stalled: no bad entry
                 raise
             except (AcbuildError, OSError) as e:
                 with contextlib.suppress(AcbuildError, OSError):
@@ -432,10 +435,11 @@ class RemoteCache:
 @contextlib.contextmanager
 def open_remote(store: CacheStore, reporter: Reporter, *, sources: Sequence[CacheRepo],
                 destination: CacheRepo | None, transport: TransportOptions,
-                environ: Mapping[str, str],
-                limits: Limits | None = None) -> Iterator[RemoteCache | None]:
+                environ: Mapping[str, str], limits: Limits | None = None,
+                stop: threading.Event | None = None) -> Iterator[RemoteCache | None]:
     """The RemoteCache of --cache-from/--cache-to with a session to each registry (the
-    user's stored credentials, if any), closed when the block ends; None without either."""
+    user's stored credentials, if any), closed when the block ends; None without either.
+    ``stop`` (the build's), once set, ends their requests in every thread."""
     if not sources and destination is None:
         yield None
         return
@@ -443,7 +447,7 @@ def open_remote(store: CacheStore, reporter: Reporter, *, sources: Sequence[Cach
         def session(repo: CacheRepo, options: TransportOptions) -> PushSession:
             api = DOCKER_HUB_API if repo.registry == DOCKER_HUB else repo.registry
             made = PushSession(repo.registry, options, lookup(repo.registry, environ),
-                               api_host=api)
+                               api_host=api, stop=stop)
             stack.callback(made.close)
             return made
 

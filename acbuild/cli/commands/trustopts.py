@@ -7,6 +7,7 @@ that --help stays quick.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -199,8 +200,10 @@ def base_loader(*, reporter: Reporter, max_image_size: int | None = None,
         verify_local(path, TrustStore.locate(options.trust_store), rep)
 
     limits = Limits() if max_image_size is None else Limits(max_total_bytes=max_image_size)
+    stop = threading.Event()  # the build's: its stages and its pulls observe one event
     registry = RegistryBases(registry_access(
         insecure_registry=insecure_registry, platform=platform, ca_file=options.ca_file,
-        insecure_skip_verify=options.skip_verify, max_image_size=limits.max_total_bytes))
+        insecure_skip_verify=options.skip_verify, max_image_size=limits.max_total_bytes),
+        stop)
     return BaseLoader(resolve_name=resolve, verify_local=verify, limits=limits,
-                      registry=registry)
+                      registry=registry, stop=stop)
