@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import socket
 import threading
 import time
@@ -396,3 +397,33 @@ def test_a_stop_does_not_cut_a_slow_answer_that_keeps_coming(server: TrickleServ
     options = TransportOptions(insecure_registries=(server.host,), timeout=SLOW)
     with Session(server.host, options, None, stop=threading.Event()) as s:
         assert fetch(s) == b"{}"
+
+
+def test_a_gated_layer_does_not_time_out_while_a_slow_config_keeps_coming(
+        server: TrickleServer, tmp_path: Path) -> None:
+    """Red-team RT-9: a layer's body waits (its head arrived) until the config is checked;
+    its PROGRESS_BYTES a timeout ran from the head's arrival, so a config that took longer
+    than the timeout, while it kept coming, failed the layer. It runs from the first read."""
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "pad": "p" * (48 << 10)}).encode()
+    layer = os.urandom(1 << 20)
+    digests = ["sha256:" + hashlib.sha256(blob).hexdigest() for blob in (config, layer)]
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": digests[0], "size": len(config)},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                            "digest": digests[1], "size": len(layer)}]}
+    server.answers[PATH] = answer(200, body=json.dumps(manifest).encode())
+    # 4 KiB every 0.15 s: 27 KiB/s, more than PROGRESS_BYTES a second, for about 1.8 s.
+    server.answers[f"/v2/library/busybox/blobs/{digests[0]}"] = answer(
+        200, body=config, body_pause=0.15, body_piece=4 << 10)
+    # In pieces of 1 KiB (about 0.5 MB/s): what arrives with the head is less than
+    # PROGRESS_BYTES, so the layer's body is read from the socket after the gate opens.
+    server.answers[f"/v2/library/busybox/blobs/{digests[1]}"] = answer(
+        200, body=layer, body_pause=0.002, body_piece=1 << 10)
+    store = BlobStore(tmp_path / "s")
+    started = time.monotonic()
+    pull_from(server.host, store)
+    assert time.monotonic() - started > 1.5 * TIMEOUT  # the config took longer than it
+    assert all(store.has(d, None) for d in digests)
+    assert leftovers(store) == []

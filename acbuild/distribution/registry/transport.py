@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import re
 import threading
 import time
@@ -511,11 +512,15 @@ class _Body(httpx.SyncByteStream):
         self._inner = inner
         self._session = session
         self._what = what
-        self._mark = time.monotonic()
+        # The clock starts when the body is first read, not when the head arrived: a pull
+        # holds a layer's body until the config is checked, and a slow config is no stall.
+        self._mark: float | None = None
         self._since = 0
         self.received = 0
 
     def at(self) -> float:
+        if self._mark is None:
+            return math.inf
         return self._mark + self._session.options.timeout
 
     def error(self) -> Exception:
@@ -525,6 +530,7 @@ class _Body(httpx.SyncByteStream):
                         "in all)")
 
     def __iter__(self) -> Iterator[bytes]:
+        self._mark = time.monotonic()
         try:
             for chunk in self._inner:
                 self.received += len(chunk)
