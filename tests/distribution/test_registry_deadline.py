@@ -281,6 +281,16 @@ def silent_server(*, reads: bool = True) -> Iterator[str]:
             conn.close()
 
 
+@contextlib.contextmanager
+def unconnectable() -> Iterator[str]:
+    """HOST:PORT where a connect hangs: a listener whose queue of connections not yet
+    accepted is full (Linux then ignores a SYN, as a host that drops it)."""
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as listener:
+        address = listener.getsockname()
+        with socket.create_connection(address, timeout=1):  # fills the queue
+            yield f"127.0.0.1:{address[1]}"
+
+
 def _drain(conn: socket.socket, done: threading.Event) -> None:
     conn.settimeout(0.05)
     while not done.is_set():
@@ -323,7 +333,7 @@ SLOW = 30.0  # a timeout no stop test comes near: each would wait it out without
 
 
 @pytest.mark.parametrize(("where", "how"), [
-    *((where, how) for where in ("registry-head", "registry-silent", "token-head",
+    *((where, how) for where in ("connect", "registry-head", "registry-silent", "token-head",
                                  "token-post", "tls-handshake")
       for how in ("cancel", "session")),
     ("upload", "session"),  # an upload has no cancel of its own
@@ -332,9 +342,9 @@ def test_a_stop_ends_a_blocked_request_at_once(where: str, how: str, server: Tri
                                                other: TrickleServer) -> None:
     """Red-team RT-1, RT-11: a registry or token server that trickles its headers, or holds
     the connection silent, held a pull's thread until the 60 s head deadline, however its
-    pull or build was stopped; so did a TLS handshake with a silent server and an upload
-    to one that stopped reading. Either stop, the request's ``cancel`` or the session's
-    ``stop``, ends each within a slice."""
+    pull or build was stopped; so did a TLS handshake with a silent server, an upload to
+    one that stopped reading, and a connect to a host that drops it (30 s). Either stop,
+    the request's ``cancel`` or the session's ``stop``, ends each within a slice."""
     stop = threading.Event()
     silent = contextlib.ExitStack()
     host = server.host
@@ -346,6 +356,9 @@ def test_a_stop_ends_a_blocked_request_at_once(where: str, how: str, server: Tri
             server.answers[PATH] = trickled
         elif where in ("registry-silent", "upload"):
             host = silent.enter_context(silent_server(reads=where != "upload"))
+            insecure = (host,)
+        elif where == "connect":
+            host = silent.enter_context(unconnectable())
             insecure = (host,)
         elif where == "tls-handshake":
             host = silent.enter_context(silent_server())

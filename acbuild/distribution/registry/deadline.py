@@ -11,15 +11,18 @@ once its event is set. Since no clock says when that happens, a blocked read, wr
 handshake waits in slices of at most ``SLICE`` seconds and looks at the deadlines between
 them: a slice that ends with nothing passed just waits again. Retrying is safe: a recv, a
 send or a handshake step that timed out consumed nothing (OpenSSL keeps a partial record or
-handshake, and a send is retried with the same bytes, as it requires). A connect is not
-sliced (it cannot be resumed): it has its own limit, at most 30 s.
+handshake, and a send is retried with the same bytes, as it requires); a connect is made
+non-blocking and waited for in slices. Only the name lookup before it cannot be cut short.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import math
+import os
+import select
 import socket
 import ssl
 import threading
@@ -29,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 
 import httpcore
 import httpx
-from httpcore._backends.sync import SyncStream  # the sockets slices are waited on
+from httpcore._backends.sync import SyncBackend, SyncStream  # the sockets slices wait on
 
 SLICE = 0.2  # seconds a blocked socket operation waits before it looks at its stops again
 
@@ -228,14 +231,61 @@ class _Stream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
+def _connected(sock: socket.socket, timeout: float) -> None:
+    """Wait up to ``timeout`` for a non-blocking connect of ``sock`` to end."""
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    if not poller.poll(timeout * 1000):
+        raise httpcore.ConnectTimeout("timed out")
+
+
 class _Backend(httpcore.NetworkBackend):
     def __init__(self, inner: httpcore.NetworkBackend, watch: Watch) -> None:
         self._inner = inner
         self._watch = watch
 
+    def _connect(self, host: str, port: int, timeout: float | None,
+                 socket_options: Iterable[Any]) -> httpcore.NetworkStream:
+        """As httpcore's SyncBackend (socket.create_connection: each address in turn while
+        they fail), the wait for each in slices; running out of ``timeout`` ends it."""
+        try:
+            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as e:
+            raise httpcore.ConnectError(str(e)) from e
+        failure: OSError = OSError(errno.EADDRNOTAVAIL, f"{host}: no address")
+        for family, kind, proto, _, address in addresses:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                code = sock.connect_ex(address)
+                if code == errno.EINPROGRESS:
+                    self._watch.sliced(functools.partial(_connected, sock), timeout,
+                                       httpcore.ConnectTimeout)
+                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    raise OSError(code, os.strerror(code))  # ConnectionRefusedError, …
+                sock.setblocking(True)
+                for option in socket_options:
+                    sock.setsockopt(*option)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return SyncStream(sock)
+            except OSError as e:
+                sock.close()
+                failure = e
+            except BaseException:
+                sock.close()
+                raise
+        try:  # raised from the OSError, as httpcore's map_exceptions does: its pool drops
+            raise failure  # the cause, and refused() finds ECONNREFUSED in the context
+        except OSError as e:
+            raise httpcore.ConnectError(str(e)) from e
+
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                     local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        if isinstance(self._inner, SyncBackend) and local_address is None:
+            return _Stream(self._connect(host, port, timeout, socket_options or ()),
+                           self._watch)
         stream = self._inner.connect_tcp(host, port,
                                          self._watch.clamp(timeout, httpcore.ConnectTimeout),
                                          local_address, socket_options)
