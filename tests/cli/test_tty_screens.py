@@ -154,7 +154,7 @@ def test_a_failing_run_keeps_its_output_on_screen(tmp_path: Path, columns: int) 
     assert b"\x1b]0;owned" not in screen.raw
     # The error line starts with the Acfile's path, so where the terminal wraps it depends on
     # the length of the test's temporary directory.
-    assert "RUN failed with exit status 7" in text.replace("\n", "")
+    assert "RUN failed with exit status 7" in " ".join(text.split())
     assert not (tmp_path / "x.aci").exists()
 
 
