@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.gpghelp import Keys, make_keys
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "Acfiles"
 
@@ -24,6 +26,13 @@ def hello_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def gpgkeys() -> Iterator[Keys]:
+    """Throwaway GnuPG keys (tests.support.gpghelp), made once: a few seconds each time.
+    Tests sign and verify with them and never change the key rings."""
+    yield from make_keys()
 
 
 @pytest.fixture

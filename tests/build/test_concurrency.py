@@ -17,15 +17,10 @@ from acbuild.trust.sign import sign_image
 from acbuild.trust.truststore import TrustStore
 from tests.support.busybox import busybox_available, make_busybox_rootfs
 from tests.support.cli import actool_validate
-from tests.support.gpghelp import Keys, make_aci, make_keys
+from tests.support.gpghelp import Keys, make_aci
 from tests.support.httpserver import Server, serve_tmp
 
 pytestmark = pytest.mark.skipif(not busybox_available(), reason="needs busybox-static")
-
-
-@pytest.fixture(scope="module")
-def gpgkeys() -> Iterator[Keys]:
-    yield from make_keys()
 
 
 @pytest.fixture

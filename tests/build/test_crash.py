@@ -28,11 +28,6 @@ pytestmark = pytest.mark.skipif(not busybox_available(), reason="needs busybox-s
 
 
 @pytest.fixture(scope="module")
-def gpgkeys() -> object:
-    yield from gpghelp.make_keys()
-
-
-@pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, gpgkeys: gpghelp.Keys) -> Path:
     """A build that extracts a base, copies 16 MiB, runs a command, compresses and signs."""
     where = tmp_path_factory.mktemp("crash")

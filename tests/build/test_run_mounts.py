@@ -284,6 +284,23 @@ def test_a_target_through_a_symlink_lands_inside_the_image(ctx: Path, tmp_path: 
     assert "rootfs/usr/lib/cache/f" not in names(tmp_path / "out.aci")
 
 
+def _blocked_flocks(root: Path, wanted: int, timeout: float) -> int:
+    """How many flocks /proc/locks shows waiting on the lock files below ``root``, once there
+    are ``wanted`` of them (or the timeout passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        inodes = {str(p.stat().st_ino) for p in root.glob("*/lock.*")}
+        blocked = 0
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 6 and fields[1] == "->" and fields[2] == "FLOCK" \
+                    and fields[6].rsplit(":", 1)[-1] in inodes:
+                blocked += 1
+        if blocked >= wanted or time.monotonic() > deadline:
+            return blocked
+        time.sleep(0.02)
+
+
 def test_locked_caches_taken_in_opposite_orders_do_not_deadlock(ctx: Path,
                                                                 tmp_path: Path) -> None:
     """The red team's RM-2: while someone holds cache b, build A (a, b) and build B (b, a)
@@ -318,7 +335,8 @@ def test_locked_caches_taken_in_opposite_orders_do_not_deadlock(ctx: Path,
                 [sys.executable, "-m", "acbuild", "build", "--allow-path", str(tmp_path),
                  str(sub / "Acfile"), "-o", str(tmp_path / f"{name}.aci")], env=env,
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-        time.sleep(3)  # both are now waiting: A holds a, B waits for b
+        waiting = _blocked_flocks(mounts.root, 2, timeout=60)
+        assert waiting >= 2  # both builds now wait: with one order, one for a, one for b
     finally:
         release.set()
         holder.join(30)

@@ -15,15 +15,19 @@ from pathlib import Path
 import pytest
 
 from tests.support.busybox import make_busybox_rootfs
+from tests.support.gate import Gate
 from tests.support.sandboxrun import needs_sandbox
 
 pytestmark = needs_sandbox
 
 CACHES = [pytest.param((), id="cache"), pytest.param(("--no-cache",), id="no-cache")]
-# Looks for /ctx/NAME for about 3 s and copies it out when it shows up.
-POLL = ("/bin/sh -c 'echo started; i=0; while [ $i -lt 15 ]; do "
-        "test -e /ctx/{name} && cp /ctx/{name} /leak; sleep 0.2; i=$((i+1)); done; "
-        "cat /leak 2>/dev/null || echo absent'")
+
+
+def poll(name: str, made: Gate, looked: Gate) -> str:
+    """A step that, once /ctx/NAME was made (``made`` opened), copies it out if it is there,
+    and says at the end whether it was."""
+    return (f"/bin/sh -c 'echo started; {made.cmd}; test -e /ctx/{name} && cp /ctx/{name} "
+            f"/leak; {looked.cmd}; cat /leak 2>/dev/null || echo absent'")
 
 
 @pytest.fixture
@@ -73,12 +77,22 @@ def leak(image: Path) -> bytes | None:
         return member.read() if member is not None else None
 
 
-def come_and_go(path: Path, text: str) -> Callable[[], None]:
+def come_and_go(path: Path, text: str, made: Gate, looked: Gate) -> Callable[[], None]:
+    """The file is there while the ``poll`` step looks for it, and gone before it ends."""
     def change() -> None:
         path.write_text(text)
-        subprocess.run(["sleep", "1"], check=True)  # the RUN polls every 0.2 s
+        made.open()
+        looked.reached()
         path.unlink()
+        looked.open()
     return change
+
+
+def in_turn(*actions: Callable[[], object]) -> Callable[[], None]:
+    def run() -> None:
+        for action in actions:
+            action()
+    return run
 
 
 @pytest.mark.parametrize("cache", CACHES)
@@ -87,9 +101,11 @@ def test_an_excluded_file_that_comes_and_goes_is_never_seen(ctx: Path, tmp_path:
     """The red team's RM-3b: with a live bind the step copied it (rc 0, secret in the
     image); the view holds only what was listed when the step started."""
     (ctx / ".acignore").write_text("*.env\n")
-    acfile = write(ctx, "--mount=type=bind,target=/ctx " + POLL.format(name="late.env"))
+    made, looked = Gate(), Gate()
+    acfile = write(ctx, "--mount=type=bind,target=/ctx " + poll("late.env", made, looked))
     code, out, text = build_while(tmp_path, acfile,
-                                  come_and_go(ctx / "late.env", "LATE-IGNORED-SECRET\n"),
+                                  come_and_go(ctx / "late.env", "LATE-IGNORED-SECRET\n",
+                                              made, looked),
                                   *cache)
     assert code == 0, text
     assert out == ["started", "absent"]
@@ -101,8 +117,10 @@ def test_a_file_that_comes_and_goes_is_not_seen_so_the_cached_step_is_right(
         ctx: Path, tmp_path: Path) -> None:
     """A non-excluded file made and removed during the step: a live bind showed it, and the
     step was cached under a key (taken before and after) that never hashed it."""
-    acfile = write(ctx, "--mount=type=bind,target=/ctx " + POLL.format(name="new.txt"))
-    code, out, text = build_while(tmp_path, acfile, come_and_go(ctx / "new.txt", "NEW\n"))
+    made, looked = Gate(), Gate()
+    acfile = write(ctx, "--mount=type=bind,target=/ctx " + poll("new.txt", made, looked))
+    code, out, text = build_while(tmp_path, acfile,
+                                  come_and_go(ctx / "new.txt", "NEW\n", made, looked))
     assert code == 0, text
     assert out == ["started", "absent"]
     assert leak(tmp_path / "out.aci") is None
@@ -120,15 +138,19 @@ def test_git_activity_in_an_excluded_directory_does_not_fail_the_step(ctx: Path,
     (ctx / "hello").write_text("ok\n")
     (ctx / ".acignore").write_text(".git\n")
 
+    gate = Gate()
+
     def churn() -> None:
         for _ in range(5):
             (ctx / ".git/index.lock").write_text("lock\n")
             (ctx / ".git/index.lock").unlink()
         (ctx / ".git/objects/new").write_text("x\n")
         (ctx / ".git/HEAD").unlink()
+        gate.open()
 
     acfile = write(ctx, "--mount=type=bind,target=/ctx /bin/sh -c "
-                   "'echo started; sleep 2; test -e /ctx/.git || echo no-git; cat /ctx/hello'")
+                   f"'echo started; {gate.cmd}; test -e /ctx/.git || echo no-git; "
+                   "cat /ctx/hello'")
     code, out, text = build_while(tmp_path, acfile, churn)
     assert code == 0, text
     assert out == ["started", "no-git", "ok"]
@@ -144,16 +166,21 @@ def test_a_bound_file_edited_in_place_during_the_step_fails_it(
     cached what the step made from 'two' under the key of 'one')."""
     (ctx / "src").mkdir()
     (ctx / "src/a").write_text("one\n")
+    edited, copied = Gate(), Gate()
     acfile = write(ctx, "--mount=type=bind,source=src,target=/src /bin/sh -c "
-                   "'cat /src/a; echo started; sleep 1.5; cat /src/a > /leak; sleep 1.5'")
+                   f"'cat /src/a; echo started; {edited.cmd}; cat /src/a > /leak; "
+                   f"{copied.cmd}'")
 
     def edit() -> None:
         st = os.stat(ctx / "src/a")
-        for text in ("two\n", "one\n") if change == "reverted" else ("two\n",):
+        for text, gate in [("two\n", edited), ("one\n", copied)][
+                :2 if change == "reverted" else 1]:
             with open(ctx / "src/a", "r+") as f:  # in place: same inode
                 f.write(text)
             os.utime(ctx / "src/a", ns=(st.st_atime_ns, st.st_mtime_ns))
-            subprocess.run(["sleep", "2"], check=True)
+            gate.open()  # the step read 'two'; then (reverted) it ends on 'one' again
+        if change == "kept":
+            copied.open()
 
     code, out, text = build_while(tmp_path, acfile, edit, *cache)
     assert code == 1, text
@@ -162,7 +189,7 @@ def test_a_bound_file_edited_in_place_during_the_step_fails_it(
     assert "Traceback" not in text
     assert not (tmp_path / "out.aci").exists()
     (ctx / "src/a").write_text("one\n")
-    code, out, text = build_while(tmp_path, acfile, lambda: None)
+    code, out, text = build_while(tmp_path, acfile, in_turn(edited.open, copied.open))
     assert code == 0, text
     assert out[0] == "one"  # nothing was cached from the failed step
     assert leak(tmp_path / "out.aci") == b"one\n"
@@ -170,12 +197,14 @@ def test_a_bound_file_edited_in_place_during_the_step_fails_it(
 
 def test_a_bound_single_file_edited_in_place_fails_the_step(ctx: Path, tmp_path: Path) -> None:
     (ctx / "go.mod").write_text("module one\n")
+    gate = Gate()
     acfile = write(ctx, "--mount=type=bind,source=go.mod,target=/m/go.mod /bin/sh -c "
-                   "'echo started; sleep 2; cat /m/go.mod'")
+                   f"'echo started; {gate.cmd}; cat /m/go.mod'")
 
     def edit() -> None:
         with open(ctx / "go.mod", "r+") as f:
             f.write("module two\n")
+        gate.open()
 
     code, out, text = build_while(tmp_path, acfile, edit, "--no-cache")
     assert code == 1, text
@@ -191,12 +220,14 @@ def test_a_change_between_planning_and_the_step_stops_it_before_it_runs(
     run on content its key never hashed."""
     (ctx / "src").mkdir()
     (ctx / "src/a").write_text("one\n")
+    gate = Gate()
     (ctx / "Acfile").write_text(
         "BEGIN ../rootfs\nNAME example.com/view\n"
-        "RUN /bin/sh -c 'echo started; sleep 2'\n"
+        f"RUN /bin/sh -c 'echo started; {gate.cmd}'\n"
         "RUN --mount=type=bind,source=src,target=/src /bin/sh -c 'echo saw $(cat /src/a)'\n")
     code, out, text = build_while(tmp_path, ctx / "Acfile",
-                                  lambda: (ctx / "src/a").write_text("two\n"))
+                                  in_turn(lambda: (ctx / "src/a").write_text("two\n"),
+                                          gate.open))
     assert code == 1, text
     assert out == ["started"]  # the second RUN never ran
     assert ("error: the build context changed while the build used it: what this step's "
@@ -234,15 +265,18 @@ def test_files_made_and_removed_beside_listed_ones_do_not_matter(ctx: Path,
     (ctx / "work").mkdir()
     (ctx / "work/kept").write_text("kept\n")
 
+    gate = Gate()
+
     def churn() -> None:
         for i in range(200):
             (ctx / f"work/tmp{i}").write_text("x\n")
             (ctx / f"work/sub{i}").mkdir()
             (ctx / f"work/sub{i}").rmdir()
             (ctx / f"work/tmp{i}").unlink()
+        gate.open()
 
     acfile = write(ctx, "--mount=type=bind,target=/ctx /bin/sh -c "
-                   "'echo started; sleep 2; ls /ctx/work'")
+                   f"'echo started; {gate.cmd}; ls /ctx/work'")
     code, out, text = build_while(tmp_path, acfile, churn)
     assert code == 0, text
     assert out == ["started", "kept"]
@@ -250,9 +284,11 @@ def test_files_made_and_removed_beside_listed_ones_do_not_matter(ctx: Path,
 
 def test_a_listed_file_removed_during_the_step_fails_it(ctx: Path, tmp_path: Path) -> None:
     (ctx / "a").write_text("one\n")
+    gate = Gate()
     acfile = write(ctx, "--mount=type=bind,target=/ctx /bin/sh -c "
-                   "'echo started; sleep 2; cat /ctx/a'")
-    code, out, text = build_while(tmp_path, acfile, lambda: (ctx / "a").unlink())
+                   f"'echo started; {gate.cmd}; cat /ctx/a'")
+    code, out, text = build_while(tmp_path, acfile,
+                                  in_turn((ctx / "a").unlink, gate.open))
     assert code == 1, text
     assert out == ["started", "one"]  # the step still had the file it was shown
     assert ("the build context changed while the step ran: 'a', which RUN --mount source "
@@ -289,8 +325,9 @@ def test_a_bound_file_written_through_a_shared_mapping_during_the_step_fails_it(
 
     (ctx / "data").mkdir()
     (ctx / "data/x").write_bytes(b"OLD-CONTENT\n")
+    gate = Gate()
     acfile = write(ctx, "--mount=type=bind,source=data,target=/d /bin/sh -c "
-                   "'echo started; sleep 2; cat /d/x > /leak; cat /d/x'")
+                   f"'echo started; {gate.cmd}; cat /d/x > /leak; cat /d/x'")
     fd = os.open(ctx / "data/x", os.O_RDWR)
     try:
         with mmap.mmap(fd, 12) as mapped:
@@ -299,6 +336,7 @@ def test_a_bound_file_written_through_a_shared_mapping_during_the_step_fails_it(
 
             def store() -> None:
                 mapped[0:3] = b"NEW"
+                gate.open()
 
             code, out, text = build_while(tmp_path, acfile, store)
             mapped[0:3] = b"OLD"
@@ -309,7 +347,7 @@ def test_a_bound_file_written_through_a_shared_mapping_during_the_step_fails_it(
     # (or "was modified", should writeback have cleaned the page and the store dated it)
     assert "'data/x', which RUN --mount source 'data' showed, " in text
     assert not (tmp_path / "out.aci").exists()
-    code, out, text = build_while(tmp_path, acfile, lambda: None)
+    code, out, text = build_while(tmp_path, acfile, gate.open)
     assert code == 0, text
     assert leak(tmp_path / "out.aci") == b"OLD-CONTENT\n"
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from acbuild.cache.cache import CacheStore
-from acbuild.cache.remote import CacheRepo, ImportBudget, RemoteCache
+from acbuild.cache.remote import CacheRepo, ImportBudget, RemoteCache, open_remote
 from acbuild.cache.remotelayout import (
     CONFIG_TYPE,
     EntryConfig,
@@ -29,7 +31,6 @@ from acbuild.distribution.registry.upload import PushSession
 from acbuild.fs.staging import StagedRootfs
 from acbuild.interop.export import Descriptor, write_layer
 from acbuild.report import NullReporter
-from tests.support.cli import acbuild
 from tests.support.httpserver import Server, serve_tmp
 from tests.support.trickle import Answer, TrickleServer, answer, padded, trickle_server
 
@@ -248,23 +249,46 @@ def test_a_registry_that_stalls_a_request_gives_the_cache_up(
                  says=f"registry {trickle.host}: GET ")
 
 
+# The CLI with the lookup limit at 2 s, so the build below need not wait out 15 of them
+# (test_a_cache_from_lookup_is_held_to_15_s checks the real limit where it is applied).
+SHORT_LOOKUPS = ("import sys; import acbuild.cache.remote as r; r._LOOKUP_TIMEOUT = 2.0; "
+                 "from acbuild.cli.main import main; sys.argv[0] = 'acbuild-py'; main()")
+
+
 def test_a_build_whose_cache_trickles_builds_after_the_lookup_limit(
         trickle: TrickleServer, hello_context: Path, tmp_path: Path) -> None:
     """End to end: every answer's headers trickled (75 s each, every byte on time). The
-    first lookup gives up at the 15 s a lookup's answer may take, the cache is dropped
+    first lookup gives up at the time a lookup's answer may take, the cache is dropped
     with one warning naming it and what timed out, and the build goes on without it."""
     trickle.otherwise = padded(404, pad=1500, head_pause=0.05)
     started = time.monotonic()
-    r = acbuild("build", hello_context / "Acfile", "-o", tmp_path / "h.aci", "--progress=plain",
-                "--insecure-registry", trickle.host,
-                "--cache-from", f"registry://{trickle.host}/{REPO}",
-                env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
-    assert r.code == 0, r.stderr
-    assert time.monotonic() - started < LOOKUP + 20
-    assert "Traceback" not in r.stderr
-    (warning,) = [line for line in r.stderr.splitlines() if "warning:" in line]
+    proc = subprocess.run(
+        [sys.executable, "-c", SHORT_LOOKUPS, "build", str(hello_context / "Acfile"),
+         "-o", str(tmp_path / "h.aci"), "--progress=plain", "--insecure-registry", trickle.host,
+         "--cache-from", f"registry://{trickle.host}/{REPO}"],
+        env={**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started < 2.0 + 20
+    assert "Traceback" not in proc.stderr
+    (warning,) = [line for line in proc.stderr.splitlines() if "warning:" in line]
     assert (f"registry://{trickle.host}/{REPO}: registry {trickle.host}: GET "
             f"http://{trickle.host}/v2/{REPO}/manifests/step-") in warning
-    assert ("timed out: no complete answer (status line and headers) within 15 s; not using "
+    assert ("timed out: no complete answer (status line and headers) within 2 s; not using "
             "this cache for the rest of the build") in warning
     assert len(trickle.requests) == 1
+
+
+def test_a_cache_from_lookup_is_held_to_15_s(tmp_path: Path) -> None:
+    """What --cache-from's sessions get: each answer within 15 s and one retry at most (not
+    the 60 s and the retries a push depends on), while --cache-to's session keeps them."""
+    transport = TransportOptions()
+    assert transport.timeout > 15 and transport.retries > 1  # what a push may take
+    with open_remote(store(tmp_path / "c"), NullReporter(),
+                     sources=[CacheRepo(registry="127.0.0.1:1", repository=REPO)],
+                     destination=CacheRepo(registry="127.0.0.1:2", repository=REPO),
+                     transport=transport, environ={}) as cache:
+        assert cache is not None and cache.destination is not None
+        (source,) = cache.sources
+        assert (source.session.options.timeout, source.session.options.retries) == (15.0, 1)
+        assert cache.destination[1].options == transport

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,14 +11,9 @@ import pytest
 from acbuild.sandbox.sandbox import sandbox_available
 from tests.support.cli import acbuild
 from tests.support.gohelp import MAIN, go_environ, go_missing, write_module
-from tests.support.gpghelp import Keys, make_keys
+from tests.support.gpghelp import Keys
 
 pytestmark = pytest.mark.skipif(go_missing() is not None, reason=str(go_missing()))
-
-
-@pytest.fixture(scope="module")
-def gpgkeys() -> Iterator[Keys]:
-    yield from make_keys()
 
 
 def test_go_is_a_verb() -> None:

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import http.server
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import EXAMPLES
 from tests.support.cli import Result, acbuild
 from tests.support.registry import Registry, empty_registry
 
@@ -33,11 +35,21 @@ def basic(tmp_path: Path) -> Iterator[Registry]:
     yield from empty_registry(tmp_path, "basic")
 
 
-@pytest.fixture
-def aci(hello_context: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "hello.aci"
-    r = acbuild("build", hello_context / "Acfile", "-o", out, "-q")
+@pytest.fixture(scope="module")
+def aci(tmp_path_factory: pytest.TempPathFactory, hello_binary: Path) -> Path:
+    """The hello example, built once for the module (in its own cache and state, not the
+    caller's): the tests only read it, and it is read-only so that one cannot change it."""
+    where = tmp_path_factory.mktemp("hello-aci")
+    ctx = where / "hello"
+    shutil.copytree(EXAMPLES / "hello", ctx)
+    shutil.copy2(hello_binary, ctx / "hello")
+    out = where / "hello.aci"
+    r = acbuild("build", ctx / "Acfile", "-o", out, "-q",
+                env={"HOME": str(where), "XDG_CACHE_HOME": str(where / "cache"),
+                     "XDG_STATE_HOME": str(where / "state"),
+                     "XDG_CONFIG_HOME": str(where / "config")})
     assert r.code == 0, r.stderr
+    out.chmod(0o444)
     return out
 
 

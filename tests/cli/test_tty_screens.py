@@ -119,16 +119,23 @@ def test_a_progress_bar_redrawn_with_cr_shows_its_latest_state_while_it_runs(
     _folded(screen, columns, 5)
 
 
-@pytest.mark.parametrize("columns", WIDTHS)
-def test_a_20000_file_copy_leaves_no_bars(tmp_path: Path, columns: int) -> None:
-    ctx = tmp_path / "ctx"
+@pytest.fixture(scope="module")
+def many_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A context whose Acfile copies 20000 files; made once, the builds only read it."""
+    ctx = tmp_path_factory.mktemp("many") / "ctx"
     tree = ctx / "tree"
     for d in range(100):
         (tree / f"d{d:03}").mkdir(parents=True)
         for f in range(200):
             (tree / f"d{d:03}" / f"f{f:03}").write_bytes(b"x" * 64)
     (ctx / "Acfile").write_text("BEGIN scratch\nNAME example.com/many\nCOPY tree/ /srv/\n")
-    screen = run_in_terminal("build", ctx / "Acfile", "-o", tmp_path / "many.aci",
+    return ctx
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_a_20000_file_copy_leaves_no_bars(many_files: Path, tmp_path: Path,
+                                          columns: int) -> None:
+    screen = run_in_terminal("build", many_files / "Acfile", "-o", tmp_path / "many.aci",
                              columns=columns)
     assert screen.code == 0, screen.text
     _folded(screen, columns, 4)

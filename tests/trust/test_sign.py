@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,12 +10,7 @@ import pytest
 from acbuild.errors import TrustError
 from acbuild.report import NullReporter
 from acbuild.trust.sign import read_passphrase, remove_stale_signature, sign_image, signature_path
-from tests.support.gpghelp import PASSPHRASE, Keys, make_aci, make_keys
-
-
-@pytest.fixture(scope="session")
-def gpgkeys() -> Iterator[Keys]:
-    yield from make_keys()
+from tests.support.gpghelp import PASSPHRASE, Keys, make_aci
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,12 +9,7 @@ import pytest
 from acbuild.errors import TrustError
 from acbuild.trust.gpg import scan_keys
 from acbuild.trust.truststore import TrustStore, check_prefix, default_location, prefix_matches
-from tests.support.gpghelp import Keys, make_keys
-
-
-@pytest.fixture(scope="session")
-def gpgkeys() -> Iterator[Keys]:
-    yield from make_keys()
+from tests.support.gpghelp import Keys
 
 
 @pytest.mark.parametrize(
