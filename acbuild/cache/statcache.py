@@ -204,7 +204,7 @@ def _merge(entries: dict[str, list[object]], tombstones: list[Tombstone],
             entries[path] = entry
     for path, *sig in graves:
         known = entries.get(path)
-        if known is not None and known[:5] == sig:
+        if isinstance(known, list) and known[:5] == sig:
             del entries[path]  # remembered before the tombstone reached the file
     kept = [t for t in graves if not _outlived(t, entries.get(t[0]))]
     return entries, kept[-_TOMBSTONES:]
@@ -214,7 +214,7 @@ def _outlived(tombstone: Tombstone, entry: list[object] | None) -> bool:
     """Whether the path is remembered under a later signature of the tombstone's inode:
     its ctime has moved on, and a ctime never goes back (the clock aside), so the buried
     signature cannot be the file's again."""
-    if entry is None:
+    if not isinstance(entry, list) or len(entry) < 5:
         return False
     dev, ino, ctime = entry[0], entry[1], entry[4]
     return (dev, ino) == tombstone[1:3] and isinstance(ctime, int) and ctime > tombstone[5]
