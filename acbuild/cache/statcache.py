@@ -8,6 +8,7 @@ modified in the last seconds are not remembered (git's "racy clean" problem).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -44,7 +45,7 @@ from acbuild.plan.baseref import (
 )
 from acbuild.plan.plan import Plan, Stage
 
-_VERSION = 1
+_VERSION = 2  # 2: tombstones
 
 
 def frame(h: hashlib._Hash, *fields: bytes) -> None:
@@ -67,12 +68,20 @@ class StatCache:
     ``witness``, when set, is told every entry a key reads (the warm record's inputs);
     ``keyed`` gets the signature of every entry of a base tree or the context a key read.
 
-    Builds sharing a cache share the file: each save merges this build's changes (the
-    digests it added, the ones it forgot) into what is on disk then, under a lock, rather
-    than write back what it loaded. Writing back would lose the other build's digests, and
-    put back a digest the other had forgotten as stale (see ``forget``): one whose file's
-    signature still matches, so a later key would again be computed over content the file
-    no longer holds."""
+    Builds sharing a cache share the file: each save merges this build's changes into what
+    is on disk then, under a lock, rather than write back what it loaded (which would lose
+    the other build's digests).
+
+    A digest found stale (see ``forget``: the file's signature still matches, its content
+    does not, as after a write through a shared mapping) leaves a tombstone of that exact
+    (path, signature) in the file: that signature has been seen holding two contents, so
+    no digest taken under it is trusted again, whoever took it and whenever. A concurrent
+    build that hashed the file before the write, under the same signature, saves its
+    digest after the drop; the merge refuses it because the tombstone is on disk, not
+    because of when either build ran (the order of saves, or of hashes, decides nothing).
+    A tombstone ends when the path is remembered under a later signature of the same
+    inode (a ctime never goes back, so the old signature cannot come back), or when
+    ``_TOMBSTONES`` newer ones push it out."""
 
     def __init__(self, path: Path | None, witness: Witness | None = None) -> None:
         self.path = path
@@ -80,13 +89,16 @@ class StatCache:
         self.keyed = KeyedFiles(on_stale=self._stale)
         self._entries: dict[str, list[object]] = {}
         self._added: dict[str, list[object]] = {}  # since the last save
-        self._forgotten: set[str] = set()  # since the last save
+        self._forgotten: set[str] = set()  # since the last save, no signature known
+        self._buried: list[Tombstone] = []  # since the last save
+        self._tombstones: set[Tombstone] = set()  # loaded and buried
         if path is not None:
-            self._entries = _read(path)
+            self._entries, tombstones = _read(path)
+            self._tombstones.update(tombstones)
 
     @property
     def _dirty(self) -> bool:
-        return bool(self._added or self._forgotten)
+        return bool(self._added or self._forgotten or self._buried)
 
     def file_digest(self, path: Path | str, st: os.stat_result,
                     opener: Callable[[], int] | None = None) -> str:
@@ -104,7 +116,7 @@ class StatCache:
                 digest = hashlib.file_digest(f, "sha256").hexdigest()
         except OSError as e:
             raise AcbuildError(f"cannot read {path}: {e.strerror}") from None
-        if settled(st, time.time_ns()):
+        if settled(st, time.time_ns()) and (key, *sig) not in self._tombstones:
             self._entries[key] = self._added[key] = [*sig, digest]
             self._forgotten.discard(key)
         return digest
@@ -112,10 +124,25 @@ class StatCache:
     def forget(self, path: str) -> None:
         """Drop the digest remembered for the absolute ``path``: its content was found to
         differ from it although its signature did not (a write through a shared mapping
-        changes no timestamp), so the next read must hash the file again."""
+        changes no timestamp), so the next read must hash the file again. The signature
+        is buried: the one the digest was remembered under, and the file's own now when
+        it is the one the key read (a digest hashed afresh, not yet remembered)."""
         self._added.pop(path, None)
-        self._entries.pop(path, None)
-        self._forgotten.add(path)  # also from the file, whoever saved it there
+        known = self._entries.pop(path, None)
+        found: set[Tombstone] = set()
+        if known is not None and _is_entry(known):
+            found.add((path, *known[:5]))  # type: ignore[arg-type]
+        with contextlib.suppress(OSError):
+            st = os.stat(path)  # as the key took it: a base archive may be named by a link
+            if self.keyed.holds(path, st):
+                found.add((path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                           st.st_ctime_ns))
+        if not found:
+            # Nothing says under which signature: drop the path's digest from the file.
+            self._forgotten.add(path)
+        for tombstone in found:
+            self._buried.append(tombstone)
+            self._tombstones.add(tombstone)
 
     def _stale(self, path: str) -> None:
         """A reader found the bytes of ``path`` are not the digest the key took (from
@@ -137,11 +164,11 @@ class StatCache:
             return  # only a speed-up; the next build reads the files again
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            entries = _read(self.path)
-            for path in self._forgotten:
-                entries.pop(path, None)
-            entries.update(self._added)
-            data = json.dumps({"version": _VERSION, "entries": entries},
+            entries, tombstones = _read(self.path)
+            entries, tombstones = _merge(entries, tombstones, self._added, self._forgotten,
+                                         self._buried)
+            data = json.dumps({"version": _VERSION, "entries": entries,
+                               "tombstones": [list(t) for t in tombstones]},
                               separators=(",", ":")).encode()
             with atomic_write(self.path) as f:
                 f.write(data)
@@ -149,22 +176,78 @@ class StatCache:
             return  # only a speed-up (kept for the next save); the files are read again
         finally:
             os.close(lock)  # releases the lock
+        self._tombstones.update(tombstones)
         self._added.clear()
         self._forgotten.clear()
+        self._buried.clear()
 
 
-def _read(path: Path) -> dict[str, list[object]]:
-    """The entries of the stat cache file ``path``; none when it is missing or damaged (the
-    digests are recomputed)."""
+# (path, dev, ino, size, mtime_ns, ctime_ns): a signature under which a path held two contents.
+Tombstone = tuple[str, int, int, int, int, int]
+# Tombstones kept (oldest dropped first): a file of them stays small, and pushing out a live
+# one takes this many stale digests found after it.
+_TOMBSTONES = 4096
+
+
+def _merge(entries: dict[str, list[object]], tombstones: list[Tombstone],
+           added: Mapping[str, list[object]], forgotten: Iterable[str],
+           buried: Iterable[Tombstone]) -> tuple[dict[str, list[object]], list[Tombstone]]:
+    """The file's entries and tombstones with one build's changes: its tombstones win over
+    any digest for the same (path, signature), on disk or added (by the build that buried
+    it or one that hashed the file before it was found stale)."""
+    graves = dict.fromkeys(tombstones)
+    graves.update(dict.fromkeys(buried))
+    for path in forgotten:
+        entries.pop(path, None)
+    for path, entry in added.items():
+        if (path, *entry[:5]) not in graves:
+            entries[path] = entry
+    for path, *sig in graves:
+        known = entries.get(path)
+        if isinstance(known, list) and known[:5] == sig:
+            del entries[path]  # remembered before the tombstone reached the file
+    kept = [t for t in graves if not _outlived(t, entries.get(t[0]))]
+    return entries, kept[-_TOMBSTONES:]
+
+
+def _outlived(tombstone: Tombstone, entry: list[object] | None) -> bool:
+    """Whether the path is remembered under a later signature of the tombstone's inode:
+    its ctime has moved on, and a ctime never goes back (the clock aside), so the buried
+    signature cannot be the file's again."""
+    if not isinstance(entry, list) or len(entry) < 5:
+        return False
+    dev, ino, ctime = entry[0], entry[1], entry[4]
+    return (dev, ino) == tombstone[1:3] and isinstance(ctime, int) and ctime > tombstone[5]
+
+
+def _is_entry(value: object) -> bool:
+    return (isinstance(value, list) and len(value) == 6
+            and all(type(v) is int for v in value[:5]) and isinstance(value[5], str))
+
+
+def _read(path: Path) -> tuple[dict[str, list[object]], list[Tombstone]]:
+    """The entries and tombstones of the stat cache file ``path``; none when it is missing
+    or damaged (the digests are recomputed)."""
     try:
         doc = json.loads(path.read_bytes())
     except (OSError, ValueError):
-        return {}
-    if isinstance(doc, dict) and doc.get("version") == _VERSION:
-        entries = doc.get("entries")
-        if isinstance(entries, dict):
-            return entries
-    return {}
+        return {}, []
+    if not isinstance(doc, dict) or doc.get("version") != _VERSION:
+        return {}, []
+    entries, tombstones = doc.get("entries"), doc.get("tombstones")
+    if not isinstance(entries, dict) or not isinstance(tombstones, list):
+        return {}, []
+    graves: list[Tombstone] = []
+    for t in tombstones:
+        if not (isinstance(t, list) and len(t) == 6 and isinstance(t[0], str)
+                and all(type(v) is int for v in t[1:])):
+            return {}, []  # damaged: as a damaged file, its digests dropped with it
+        graves.append((t[0], t[1], t[2], t[3], t[4], t[5]))
+    for name, *sig in graves:
+        known = entries.get(name)
+        if isinstance(known, list) and known[:5] == sig:
+            del entries[name]  # never trusted, even in a file no merge of ours wrote
+    return entries, graves
 
 
 def _entry(h: hashlib._Hash, cache: StatCache, rel: str, path: Path | str,

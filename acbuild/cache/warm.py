@@ -11,9 +11,12 @@ This module only imports the standard library and the lowest layers, so that the
 answer a no-op before it loads the template engine, the parser or the rest of the builder.
 
 What a hit trusts: a (dev, inode, mode, owner, size, mtime, ctime) signature taken when the
-file had settled (see ``settled``) — the stat cache's rule. Changing a file changes its ctime,
-which no user can set back. The output is checked the same way; when its signature was taken
-too soon after it was written, its SHA-256 is checked instead (and the record then updated).
+file had settled (see ``settled``) — the stat cache's rule. Changing a file through a system
+call changes its ctime, which no user can set back; a store through a shared writable mapping
+into a page already dirty changes none, so an input written that way is trusted unchanged
+(as the stat cache trusts it). The output is first checked by its SHA-256, and its signature
+trusted from then on only if it had settled before a flush that write-protects every mapping
+of it (``_output_unchanged``): a store after that moves its ctime.
 """
 
 from __future__ import annotations
@@ -139,15 +142,15 @@ def store(cache_dir: Path, key: str, witness: Witness, result: WarmResult,
     """Keep the record of a build whose inputs ``witness`` saw; the output is stat'ed now."""
     if not witness.complete:
         return
-    now = time.time_ns()
     try:
         st = os.lstat(result.output)
     except OSError:
         return
     body: dict[str, object] = {
         "inputs": _by_directory(witness.entries),
-        "output": [os.fsdecode(result.output), list(signature(st)),
-                   settled(st, now), output_sha256],
+        # Never trusted by stat at once, even settled (an output left in place): a shared
+        # mapping of it may be writable without a fault; see _output_unchanged.
+        "output": [os.fsdecode(result.output), list(signature(st)), False, output_sha256],
         "steps": [[s.number, s.total, s.text, s.stage] for s in result.steps],
         "image": [result.image_id, result.name, result.version, result.size,
                   result.uncompressed_size, result.entries],
@@ -227,24 +230,44 @@ def _inputs_unchanged(inputs: Any) -> bool:
 
 
 def _output_unchanged(path: Path, output: Any) -> bool | None:
-    """True when the output is what was written; None when it is, but the record should be
-    updated (its signature had not settled and the content was hashed)."""
+    """True when the output is what was written; None when it is, and the record may now
+    trust its signature (it was hashed, after a flush, and had settled before it).
+
+    A store through a shared writable mapping moves no time while the page is dirty and
+    writable: a mapping made before the signature was taken could change the output
+    unseen. Flushing it (fdatasync) writes every dirty page back and write-protects every
+    mapping of it, so each later store faults, which sets the ctime: a signature settled
+    before the flush then changes with any store after it. (Only where the filesystem
+    writes back: tmpfs never write-protects a mapping, see docs/security.md.)"""
     _, sig, was_settled, sha256 = output
+    if was_settled:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        return stat.S_ISREG(st.st_mode) and signature(st) == tuple(sig)
+    before = time.time_ns()  # settled is judged before the flush
     try:
-        st = os.lstat(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return False
-    if not stat.S_ISREG(st.st_mode) or signature(st) != tuple(sig):
-        return False
-    if was_settled:
-        return True
-    try:
-        with open(path, "rb") as f:
+    with open(fd, "rb") as f:
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or signature(st) != tuple(sig):
+                return False
+            try:
+                os.fdatasync(fd)
+                flushed = True
+            except OSError:
+                flushed = False  # still a hit, after the hash; never trusted by stat
             if hashlib.file_digest(f, "sha256").hexdigest() != sha256:
                 return False
-    except OSError:
-        return False
-    return None
+            if signature(os.fstat(fd)) != tuple(sig):
+                return False
+        except OSError:
+            return False
+    return None if flushed and settled(st, before) else True
 
 
 def check(cache_dir: Path, key: str) -> WarmResult | None:
@@ -264,15 +287,11 @@ def check(cache_dir: Path, key: str) -> WarmResult | None:
             return None
         if os.path.lexists(str(out) + ".asc"):
             return None  # a full build removes a stale signature: leave that to it
-        before = time.time_ns()  # settled is judged at the time of the first stat
         unchanged = _output_unchanged(out, output)
         if unchanged is False:
             return None
         if unchanged is None:
-            st = os.lstat(out)
-            if signature(st) == tuple(output[1]) and settled(st, before):
-                _write(path, {**body, "output": [output[0], list(signature(st)), True,
-                                                 output[3]]})
+            _write(path, {**body, "output": [output[0], output[1], True, output[3]]})
         image_id, name, version, size, uncompressed, entries = image
         return WarmResult(
             steps=tuple(StepInfo(number=n, total=t, text=x, stage=s) for n, t, x, s in steps),

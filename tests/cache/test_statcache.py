@@ -270,3 +270,125 @@ def test_a_digest_one_build_forgot_as_stale_is_not_put_back_by_another(tmp_path:
     other.file_digest(str(y_file), y_st)
     other.save()
     assert _remembered(where) == {str(y_file)}
+
+
+def _tombstones(where: Path) -> list[list[object]]:
+    tombstones: list[list[object]] = json.loads(where.read_bytes())["tombstones"]
+    return tombstones
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _found_stale(where: Path, path: Path, st: os.stat_result, now: bytes) -> None:
+    """A build keys ``path`` (as ``st``) from the stat cache, and its reader finds ``now``."""
+    build = StatCache(where)
+    build.keyed.record(str(path), st)
+    build.keyed.record_digest(str(path), build.file_digest(str(path), st))
+    assert not build.keyed.content_is(str(path), bytes.fromhex(_sha(now)))
+
+
+@pytest.mark.usefixtures("all_settled")
+def test_a_digest_found_stale_is_not_put_back_by_a_build_that_hashed_the_file_before(
+        tmp_path: Path) -> None:
+    """RC-2: build B' hashes p (ONE) and saves late; meanwhile p is written through a shared
+    mapping (TWO, same signature) and build A finds the digest stale. B' saving after A
+    must not put ONE back under that signature, or the next build keys p as ONE (and takes
+    an image cached for ONE) while p holds TWO. Whatever the order of hashes and saves."""
+    where = tmp_path / "stat" / "ctx.json"
+    p = tmp_path / "p"
+    st = _file(p, b"ONE\n")
+    late = StatCache(where)
+    assert late.file_digest(str(p), st) == _sha(b"ONE\n")  # B' keys p, saves later
+    first = StatCache(where)
+    first.file_digest(str(p), st)
+    first.save()  # B
+    p.write_bytes(b"TWO\n")  # stands for the mapping's store: ``st`` is still its signature
+    _found_stale(where, p, st, b"TWO\n")  # A: forgets and saves at once
+    late.save()
+    assert str(p) not in _remembered(where)
+    assert StatCache(where).file_digest(str(p), st) == _sha(b"TWO\n")
+
+
+@pytest.mark.usefixtures("all_settled")
+def test_a_signature_found_holding_two_contents_is_never_remembered_again(
+        tmp_path: Path) -> None:
+    where = tmp_path / "stat" / "ctx.json"
+    p = tmp_path / "p"
+    st = _file(p, b"ONE\n")
+    _found_stale(where, p, st, b"TWO\n")  # remembered under ``st``, found stale
+    again = StatCache(where)
+    assert again.file_digest(str(p), st) == _sha(b"ONE\n")  # hashed, not remembered
+    again.save()
+    assert str(p) not in _remembered(where)
+    assert _tombstones(where) == [[str(p), st.st_dev, st.st_ino, st.st_size,
+                                   st.st_mtime_ns, st.st_ctime_ns]]
+
+
+def test_a_digest_hashed_afresh_and_found_stale_buries_the_signature_the_key_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Too recent to be remembered when the key hashed it, the file is still buried under
+    the signature the key read: once settled, that signature's digest is not trusted."""
+    where = tmp_path / "stat" / "ctx.json"
+    p = tmp_path / "p"
+    st = _file(p, b"ONE\n")
+    monkeypatch.setattr(statcache, "settled", lambda st, now: False)
+    build = StatCache(where)
+    build.keyed.record(str(p), st)
+    build.keyed.record_digest(str(p), build.file_digest(str(p), st))
+    assert not build.keyed.content_is(str(p), bytes.fromhex(_sha(b"TWO\n")))
+    monkeypatch.setattr(statcache, "settled", lambda st, now: True)
+    later = StatCache(where)
+    later.file_digest(str(p), p.stat())
+    later.save()
+    assert str(p) not in _remembered(where)
+
+
+@pytest.mark.usefixtures("all_settled")
+def test_a_tombstone_ends_when_its_file_changes_and_only_the_newest_are_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    where = tmp_path / "stat" / "ctx.json"
+    p = tmp_path / "p"
+    st = _file(p, b"ONE\n")
+    _found_stale(where, p, st, b"TWO\n")
+    time.sleep(0.01)
+    changed = _file(p, b"THREE\n")  # a plain write: the same inode, a later ctime
+    assert changed.st_ino == st.st_ino and changed.st_ctime_ns > st.st_ctime_ns
+    build = StatCache(where)
+    build.file_digest(str(p), changed)
+    build.save()
+    assert _remembered(where) == {str(p)}
+    assert _tombstones(where) == []
+    monkeypatch.setattr(statcache, "_TOMBSTONES", 3)
+    for i in range(5):
+        q = tmp_path / f"q{i}"
+        _found_stale(where, q, _file(q, b"ONE\n"), b"TWO\n")
+    assert [t[0] for t in _tombstones(where)] == [str(tmp_path / f"q{i}") for i in (2, 3, 4)]
+
+
+def test_a_concurrent_build_does_not_put_back_a_digest_a_build_found_stale(
+        tmp_path: Path, mapped: list[Mapped]) -> None:
+    """RC-2 with real builds: B' (the stat cache of a build keying the same context) hashed
+    p.txt before the mapping's store and saves after build A found its digest stale; the
+    next build copies what p.txt holds, not the image cached for the old content."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    p = ctx / "p.txt"
+    p.write_bytes(OLD)
+    target = map_settled(p, mapped)
+    acfile = "BEGIN scratch\nNAME example.com/s\nCOPY p.txt /p\n"
+    out = tmp_path / "out.aci"
+    run_build(ctx, acfile, tmp_path / "first.aci")  # makes the cache: its stat file known
+    [stat_file] = (tmp_path / "cache" / "stat").glob("*.json")
+    stat_file.unlink()
+    late = StatCache(stat_file)
+    late.file_digest(p.resolve(), p.stat())  # B' loads nothing, hashes p.txt now (OLD)
+    run_build(ctx, acfile, out)  # B: p.txt's digest remembered (the image cached before)
+    target.store(NEW)
+    out.unlink()
+    with pytest.raises(AcbuildError):  # A: another image, its finalizer reads p.txt
+        run_build(ctx, acfile.replace("example.com/s", "example.com/a"), out)
+    late.save()
+    run_build(ctx, acfile, out)
+    assert member(out, "rootfs/p") == NEW

@@ -3,6 +3,8 @@ answer — each input a build reads, changed, gives the image a fresh build give
 
 from __future__ import annotations
 
+import hashlib
+import mmap
 import os
 import shutil
 import time
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from acbuild.cache import warm
 from tests.support.cli import Result, acbuild
 
 HIT = "is up to date: nothing this build reads changed"
@@ -282,3 +285,45 @@ def test_the_record_key_changes_with_the_step_cache_format(
     before = warm.invocation_key([("acfile", "/x/Acfile")])
     monkeypatch.setattr(warm, "FORMAT_VERSION", b"acbuild-py step cache 99")
     assert warm.invocation_key([("acfile", "/x/Acfile")]) != before
+
+
+def _filesystem(path: Path) -> str:
+    """The type of the filesystem ``path`` is on (the longest mount point above it)."""
+    best, kind = "", ""
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        point, fstype = line.split()[1:3]
+        if (str(path) + "/").startswith(point.rstrip("/") + "/") and len(point) >= len(best):
+            best, kind = point, fstype
+    return kind
+
+
+def _result(out: Path) -> warm.WarmResult:
+    return warm.WarmResult(steps=(), image_id="sha512-x", name="example.com/w", version=None,
+                           size=1, uncompressed_size=1, entries=1, output=out)
+
+
+def test_an_output_written_through_a_mapping_made_before_its_record_is_no_hit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RC-8: a mapping of the output made, and its page dirtied, before the record's
+    signature was taken lets later stores change the output without moving a time. The
+    record trusts that signature only after a flush (which write-protects the mapping):
+    a store then moves the ctime, and the next identical build is no hit."""
+    if _filesystem(tmp_path) in ("tmpfs", "ramfs"):
+        pytest.skip("tmpfs never write-protects a mapping (the documented limit)")
+    monkeypatch.setattr(warm, "settled", lambda st, now: True)  # no 3 s waits
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    out = tmp_path / "out.aci"
+    out.write_bytes(b"IMAGE" * 4096)
+    fd = os.open(out, os.O_RDWR)
+    mapping = mmap.mmap(fd, 0, mmap.MAP_SHARED)
+    os.close(fd)
+    try:
+        mapping[:5] = b"IMAGE"  # faults now: the page is dirty and writable
+        warm.store(cache, "k", warm.Witness(), _result(out),
+                   hashlib.sha256(out.read_bytes()).hexdigest())
+        assert warm.check(cache, "k") is not None  # hashed: still the image
+        mapping[:5] = b"EVIL!"
+        assert warm.check(cache, "k") is None, "vouched for bytes the output lacks"
+    finally:
+        mapping.close()
