@@ -28,7 +28,7 @@ from pathlib import Path
 
 from acbuild.cache.statcache import frame
 from acbuild.cache.warm import settled
-from acbuild.fs.keyed import listing_signature
+from acbuild.fs.keyed import Listing, listing_signature
 from acbuild.fs.staging import CachedFile, remove_tree, xattr_field
 
 _CHUNK = 1 << 20
@@ -74,7 +74,7 @@ class TreeSignatures:
 
     files: FileSignatures
     entries: EntrySignatures
-    listings: dict[str, tuple[int, int]]
+    listings: dict[str, Listing]
 
     def complete(self) -> bool:
         """Whether the record can stand for a whole tree: its root is in it, and no name is
@@ -98,7 +98,7 @@ class LazyTree:
     digest: str
     size: int
     dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]]
-    listings: dict[str, tuple[int, int]]
+    listings: dict[str, Listing]
     signatures: TreeSignatures
     # inode -> what was verified of the file (acbuild.fs.staging.CacheFiles: every later
     # reader of the lower tree compares with it)
@@ -173,7 +173,7 @@ class _TreeCopier:
         self.files: dict[tuple[int, int], CachedFile] = {}  # a lazy restore's, by inode
         self.entries: EntrySignatures = {}
         self.dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
-        self.listings: dict[str, tuple[int, int]] = {}
+        self.listings: dict[str, Listing] = {}
         self.started_ns = time.time_ns()
         self.known = known
         self.final = final  # None: a restore (every file is the cache's own: link it)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from acbuild.errors import ImageError, Span
-from acbuild.fs.keyed import KeyedFiles, Signature
+from acbuild.fs.keyed import KeyedFiles, Listing, Signature
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,7 +54,7 @@ class LowerTree:
     dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]]
     # directory -> listing_signature of what the source directory held: a file or directory
     # added, removed, renamed or swapped for another kind since is the base changing
-    listings: dict[str, tuple[int, int]]
+    listings: dict[str, Listing]
     max_bytes: int  # the limit on the base's file bytes, checked as they are read
     # Whether its files are the user's, read by the cache keys and so checked against what
     # they read (acbuild.fs.keyed); else the cache's own snapshot tree, whose files are

@@ -31,7 +31,14 @@ from pathlib import Path
 
 from acbuild.errors import ImageError
 from acbuild.fs.copyrange import copy_range
-from acbuild.fs.keyed import KeyedFiles, content_digest, listing_signature, signature
+from acbuild.fs.keyed import (
+    KeyedFiles,
+    Listing,
+    Signature,
+    content_digest,
+    listing_signature,
+    signature,
+)
 from acbuild.fs.staging import CacheFiles, LowerTree, StagedRootfs, xattr_field
 from acbuild.image.extract import RootfsWriter
 from acbuild.image.tarread import Limits
@@ -149,7 +156,7 @@ class CopyState:
     links: dict[tuple[int, int], str] = field(default_factory=dict)
     # staged directory -> (its identity, the identity of the source directory it was made of)
     dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=dict)
-    listings: dict[str, tuple[int, int]] = field(default_factory=dict)
+    listings: dict[str, Listing] = field(default_factory=dict)
 
     @property
     def keyed(self) -> KeyedFiles | None:
