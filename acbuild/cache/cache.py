@@ -250,7 +250,7 @@ class CacheStore:
         if lazy:
             # The files stay the entry's, writable by its owner: whatever takes their bytes
             # later compares them with what was verified here (see CacheFiles).
-            rootfs.cached = CacheFiles(entry=record.tree, files=tree.files,
+            rootfs.cached = CacheFiles(entry=record.tree, paths=tree.paths, files=tree.files,
                                        discard=functools.partial(self.discard, "steps"))
         for rel, uid, gid in body.get("owners", []):  # type: ignore[attr-defined]
             rootfs.owners[rel] = (uid, gid)

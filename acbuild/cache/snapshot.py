@@ -100,8 +100,10 @@ class LazyTree:
     dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]]
     listings: dict[str, Listing]
     signatures: TreeSignatures
-    # inode -> what was verified of the file (acbuild.fs.staging.CacheFiles: every later
-    # reader of the lower tree compares with it)
+    # path of every name of a regular file -> its inode, and inode -> what was verified of
+    # the file (acbuild.fs.staging.CacheFiles: every later reader of the lower tree
+    # compares with them)
+    paths: dict[str, tuple[int, int]]
     files: dict[tuple[int, int], CachedFile]
 
 
@@ -147,7 +149,7 @@ def restore_lazily(src: Path, dest: Path, *, recorded: TreeSignatures, digest: s
                 known.update(quick.known)
                 return LazyTree(digest=digest, size=quick.size, dirs=quick.dirs,
                                 listings=quick.listings, signatures=recorded,
-                                files=quick.files)
+                                paths=quick.paths, files=quick.files)
         except _Changed:
             pass
         remove_tree(dest)
@@ -160,7 +162,7 @@ def restore_lazily(src: Path, dest: Path, *, recorded: TreeSignatures, digest: s
                     signatures=TreeSignatures(files=copier.signatures,
                                               entries=copier.entries,
                                               listings=copier.listings),
-                    files=copier.files)
+                    paths=copier.paths, files=copier.files)
 
 
 class _TreeCopier:
@@ -170,7 +172,9 @@ class _TreeCopier:
         # Not None: a lazy restore (regular files are left in the source, see restore_lazily)
         self.recorded = recorded
         self.signatures: FileSignatures = {}
-        self.files: dict[tuple[int, int], CachedFile] = {}  # a lazy restore's, by inode
+        # a lazy restore's: each regular file's path -> its inode -> what was verified
+        self.paths: dict[str, tuple[int, int]] = {}
+        self.files: dict[tuple[int, int], CachedFile] = {}
         self.entries: EntrySignatures = {}
         self.dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
         self.listings: dict[str, Listing] = {}
@@ -246,6 +250,8 @@ class _TreeCopier:
                 frame(self.h, b"hardlink", rel, first)
                 if self.recorded is None:
                     os.link(self.dest_root + b"/" + first, dest)
+                else:
+                    self.paths[os.fsdecode(rel)] = (st.st_dev, st.st_ino)
                 self._record(rel, st)
                 return
         if self.recorded is not None:
@@ -319,6 +325,8 @@ class _TreeCopier:
                     self.files[(cst.st_dev, cst.st_ino)] = _cached(cst, first[6], first[5])
                 elif first is not None or entries.get(child) != sig:
                     raise _Changed
+                # a further name of a file is recorded with its inode: the one linked there
+                self.paths[os.fsdecode(child)] = (cst.st_dev, cst.st_ino)
             elif entries.get(child) != sig:
                 raise _Changed
             else:
@@ -360,6 +368,7 @@ class _TreeCopier:
         self.size += st.st_size
         frame(self.h, digest)
         self.known[(st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns, digest, b"")
+        self.paths[os.fsdecode(rel)] = (st.st_dev, st.st_ino)
         self.files[(st.st_dev, st.st_ino)] = _cached(st, xattrs, digest)
 
     def _linked(self, src: bytes, dest: bytes, st: os.stat_result) -> bytes | None:

@@ -291,6 +291,10 @@ class CopyState:
         if st.st_nlink > 1:
             first = self.links.setdefault((st.st_dev, st.st_ino), rel)
             if first != rel:
+                cached = self.cached
+                if cached is not None and cached.expected(rel, st) is None:
+                    # a name linked to another of the entry's files since it was verified
+                    raise self._changed(rel, "is not the file the entry held")
                 self.writer.hardlink(rel, first)
                 return
         self.done += st.st_size
@@ -312,7 +316,8 @@ class CopyState:
                 raise self._changed(rel, "was replaced while it was copied")
             self._keyed_file(rel, found)
             cached = self.cached
-            if cached is not None and not cached.holds(found, xattr_field(_xattr_pairs(fd))):
+            if cached is not None and \
+                    not cached.holds(rel, found, xattr_field(_xattr_pairs(fd))):
                 raise self._changed(rel, "is not the file the entry held")
             os.set_blocking(fd, True)
             self._copied(fd, found, name, rel, dest_fd)
@@ -367,7 +372,7 @@ class CopyState:
         image and the cache get. Likewise for a copy of a cache entry's file (``st``): what
         its restore verified (a copy is made only where the kernel refuses a link)."""
         cached = self.cached
-        if cached is not None and content_digest(copy) != cached.expected(st):
+        if cached is not None and content_digest(copy) != cached.expected(rel, st):
             raise self._changed(rel, "does not hold the bytes the entry recorded")
         keyed = self.keyed
         if keyed is not None and keyed.digest(self._path(rel)) is not None and \
@@ -394,7 +399,7 @@ class CopyState:
             return
         fd = os.open(name, _FILE_FLAGS, dir_fd=dest_fd)  # the link this build just made
         try:
-            held = cached.holds(os.fstat(fd), xattr_field(_xattr_pairs(fd)))
+            held = cached.holds(rel, os.fstat(fd), xattr_field(_xattr_pairs(fd)))
         finally:
             os.close(fd)
         if not held:

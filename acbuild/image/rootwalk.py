@@ -181,7 +181,7 @@ class RootWalker:
             return self.rootfs.refs[rel].digest
         if self._from_cache(where, st):
             cached = self.rootfs.cached  # None: _cache_holds refuses the file first
-            return None if cached is None else cached.expected(st)
+            return None if cached is None else cached.expected(rel, st)
         keyed = self.lower_keyed
         return None if keyed is None or where == _UPPER_FILE else \
             keyed.digest(self.lower_prefix + rel)
@@ -192,7 +192,7 @@ class RootWalker:
         if where >= 0:
             return self.lower_cached
         cached = self.rootfs.cached
-        return where == _UPPER_FILE and cached is not None and cached.expected(st) is not None
+        return where == _UPPER_FILE and cached is not None and cached.ours(st)
 
     def _hand(self, fd: int, rel: str, where: int, st: os.stat_result) -> None:
         expected = self._expected(rel, where, st)
@@ -480,7 +480,7 @@ class RootWalker:
         """A cache entry's file shows what its restore verified (all but the content,
         which is compared as it is read)."""
         cached = self.rootfs.cached
-        if cached is None or not cached.holds(st, xattr_field(xattrs)):
+        if cached is None or not cached.holds(rel, st, xattr_field(xattrs)):
             raise self._changed(rel, where, "is not the file the entry held")
 
     def _file_entry(self, name: str, rel: str, where: int,
