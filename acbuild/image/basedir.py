@@ -312,7 +312,7 @@ class CopyState:
             raise self._changed(rel, f"cannot be opened ({e.strerror})") from None
         try:
             found = os.fstat(fd)
-            if signature(found) != signature(st):
+            if self._signature(found) != self._signature(st):
                 raise self._changed(rel, "was replaced while it was copied")
             self._keyed_file(rel, found)
             cached = self.cached
@@ -321,10 +321,19 @@ class CopyState:
                 raise self._changed(rel, "is not the file the entry held")
             os.set_blocking(fd, True)
             self._copied(fd, found, name, rel, dest_fd)
-            if signature(os.fstat(fd)) != signature(found):
+            if self._signature(os.fstat(fd)) != self._signature(found):
                 raise self._changed(rel, "changed while it was copied")
         finally:
             os.close(fd)
+
+    def _signature(self, st: os.stat_result) -> Signature:
+        """What must not change while a file is copied: its signature; a cache entry's
+        file, all of it but the ctime, which another build's link of the inode moves (its
+        content is compared with the verified digest, the rest when it is opened)."""
+        sig = signature(st)
+        if self.cached is not None:
+            return sig[0], sig[1], sig[2], sig[3], sig[4], 0
+        return sig
 
     def _copied(self, src: int, st: os.stat_result, name: str, rel: str, dest_fd: int) -> None:
         """A base's file copied into the staged tree (what a hardlink would give, as a new

@@ -196,15 +196,26 @@ class RootWalker:
 
     def _hand(self, fd: int, rel: str, where: int, st: os.stat_result) -> None:
         expected = self._expected(rel, where, st)
-        self.handed[fd] = (rel, where, signature(st),
+        self.handed[fd] = (rel, where, self._signature(where, st),
                            None if expected is None else hashlib.sha256(), expected)
 
     def close(self, fd: int) -> None:
         self.handed.pop(fd, None)
         os.close(fd)
 
+    def _signature(self, where: int, st: os.stat_result) -> Signature:
+        """What must not change while a file is read: its signature (acbuild.fs.keyed);
+        a cache entry's file, all of it but the ctime. Another build sharing the cache
+        links the entry's inodes (materialize, a snapshot), which moves the ctime (and the
+        link count) and nothing the image takes; the content is hashed as it is read and
+        compared with the verified digest, the rest was compared when it was opened."""
+        sig = signature(st)
+        if self._from_cache(where, st):
+            return sig[0], sig[1], sig[2], sig[3], sig[4], 0
+        return sig
+
     def _unchanged(self, fd: int, rel: str, where: int, seen: Signature) -> None:
-        if signature(os.fstat(fd)) != seen:
+        if self._signature(where, os.fstat(fd)) != seen:
             raise self._changed(rel, where, "changed while it was read")
 
     def _changed(self, rel: str, where: int, what: str) -> AcbuildError:
@@ -446,7 +457,7 @@ class RootWalker:
             data = _read_all(fd, st.st_size)
             # from outside the staged tree, or a cache entry's: unchanged while read
             if where != _UPPER_FILE or self._from_cache(where, st):
-                self._unchanged(fd, rel, where, signature(st))
+                self._unchanged(fd, rel, where, self._signature(where, st))
                 expected = self._expected(rel, where, st)
                 if expected is not None and hashlib.sha256(data).digest() != expected:
                     raise self._changed(rel, where, CONTENT_CHANGED)

@@ -320,3 +320,17 @@ def test_an_entry_file_renamed_to_a_name_of_the_same_crc32_fails(tmp_path: Path)
     os.rename(tree / "bin/good", tree / "bin" / forged)
     assert "does not hold what it did" in _fails(rootfs, tmp_path, store, "bin")
 
+
+def test_another_build_linking_an_entry_file_while_it_is_streamed_is_no_change(
+        tmp_path: Path) -> None:
+    """Red-team RC-9: builds sharing the cache link its inodes (materialize, snapshots),
+    which moves their ctime and link count, and nothing the image takes: the image is
+    written and the entry kept."""
+    store, rootfs, tree = _restored(tmp_path)
+    before = os.stat(tree / "big")
+    time.sleep(0.01)
+    sink = _EditingSink(lambda: os.link(tree / "big", tmp_path / "linked-elsewhere"))
+    write_aci_stream(rootfs, MANIFEST, sink, compression="none", epoch=EPOCH)
+    after = os.stat(tree / "big")
+    assert after.st_ctime_ns != before.st_ctime_ns and after.st_nlink == before.st_nlink + 1
+    assert store.step(KEY) is not None
