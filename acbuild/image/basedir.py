@@ -400,9 +400,10 @@ class CopyState:
         return self.rootfs.cached
 
     def _cache_link(self, name: str, rel: str, dest_fd: int) -> None:
-        """A cache entry's file just linked into the staged tree: the inode must be one
-        the restore verified (a file renamed over it since is not), with what was verified
-        of it; its content is compared when the finalizer reads it (acbuild.image.rootwalk)."""
+        """A cache entry's file just linked into the staged tree: the inode must be the one
+        the restore verified at ``rel`` (a file renamed over it since is not), with what was
+        verified of it; its content is compared when the finalizer reads it
+        (acbuild.image.rootwalk)."""
         cached = self.cached
         if cached is None:
             return

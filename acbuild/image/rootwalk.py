@@ -13,10 +13,10 @@ were computed: acbuild.fs.keyed) and again once it is read (``close``): a file r
 grown or shrunk meanwhile fails the build rather than go into the image.
 
 A lazily restored rootfs's files are a cache entry's (its lower tree, or hardlinks of those
-inodes made since: acbuild.fs.staging.CacheFiles). Each must be one of the inodes the
-restore verified, and the bytes taken from it are hashed as they are written and compared
-with the sha256 verified for it: an edit since the restore, even one through a shared
-mapping that moves no timestamp, fails the build and discards the entry.
+inodes made since: acbuild.fs.staging.CacheFiles). Each must be, at its path, the inode
+the restore verified at that path, and the bytes taken from it are hashed as they are
+written and compared with the sha256 verified for it: an edit since the restore, even one
+through a shared mapping that moves no timestamp, fails the build and discards the entry.
 """
 
 from __future__ import annotations
