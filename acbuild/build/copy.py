@@ -444,11 +444,15 @@ class _Writer:
                                  span=self.span)
             if entry.seen is not None:
                 self._keyed(entry, st)
+            # A file of the --from stage that is one of its cache entry's inodes must be
+            # the inode the entry had at its path, as verified (its bytes compared below).
             cached = self.source_cache
-            expected = None if cached is None else cached.expected(st)
-            if cached is not None and expected is not None and \
-                    not cached.holds(st, xattr_field(xattrs_of(src))):
-                raise self._cache_changed(cached, entry, "is not the file the entry held")
+            expected = None
+            if cached is not None and cached.ours(st):
+                from_rel = os.path.relpath(entry.path, self.source_root)
+                if not cached.holds(from_rel, st, xattr_field(xattrs_of(src))):
+                    raise self._cache_changed(cached, entry, "is not the file the entry held")
+                expected = cached.expected(from_rel, st)
             dst = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                           | os.O_CLOEXEC, 0o600)
             try:

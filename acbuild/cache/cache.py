@@ -44,6 +44,9 @@ from acbuild.image.unstaged import materialize
 
 _META = "meta.json"
 _SIGNATURES = "signatures"
+# What the signatures file holds: 2, directory listings as BLAKE2b digests (1 had a count
+# and an XOR of CRC32s, which a chosen name can match); a file of another format is unread.
+_SIGNATURES_FORMAT = 2
 # Signatures older than this are not trusted: the tree is read (and hashed) again, so damage
 # on the disk below the filesystem, which moves no ctime, is found within that time.
 _SIGNATURES_TRUSTED_S = 7 * 86400
@@ -247,7 +250,7 @@ class CacheStore:
         if lazy:
             # The files stay the entry's, writable by its owner: whatever takes their bytes
             # later compares them with what was verified here (see CacheFiles).
-            rootfs.cached = CacheFiles(entry=record.tree, files=tree.files,
+            rootfs.cached = CacheFiles(entry=record.tree, paths=tree.paths, files=tree.files,
                                        discard=functools.partial(self.discard, "steps"))
         for rel, uid, gid in body.get("owners", []):  # type: ignore[attr-defined]
             rootfs.owners[rel] = (uid, gid)
@@ -266,8 +269,8 @@ class CacheStore:
                 return NO_SIGNATURES, 0.0
             doc = json.loads(payload)
             verified_at = float(doc["verified"])
-            if doc["digest"] != digest or not 0 <= time.time() - verified_at < \
-                    _SIGNATURES_TRUSTED_S:
+            if doc.get("format") != _SIGNATURES_FORMAT or doc["digest"] != digest or \
+                    not 0 <= time.time() - verified_at < _SIGNATURES_TRUSTED_S:
                 return NO_SIGNATURES, 0.0
             # The numbers are taken as they are: the payload's checksum matched, so they
             # are the ints written; one damaged otherwise only fails to match an lstat's.
@@ -278,8 +281,8 @@ class CacheStore:
             entries: EntrySignatures = {
                 os.fsencode(rel): (dev, ino, size, mtime, ctime)
                 for rel, (dev, ino, size, mtime, ctime) in doc.get("entries", {}).items()}
-            listings = {str(rel): (int(count), int(crc))
-                        for rel, (count, crc) in doc.get("listings", {}).items()}
+            listings = {str(rel): bytes.fromhex(listing)
+                        for rel, listing in doc.get("listings", {}).items()}
             return TreeSignatures(files=files, entries=entries, listings=listings), verified_at
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return NO_SIGNATURES, 0.0
@@ -289,12 +292,13 @@ class CacheStore:
         """Keep ``signatures`` (all verified against ``digest``, the oldest of them at
         ``verified_at``) for the next restore; not synced: a lost or torn file only means
         the tree is read again."""
-        payload = json.dumps({"digest": digest, "verified": verified_at, "files": {
+        payload = json.dumps({
+            "format": _SIGNATURES_FORMAT, "digest": digest, "verified": verified_at, "files": {
             os.fsdecode(rel): [*sig[:5], sig[5].hex(), sig[6].hex()]
             for rel, sig in signatures.files.items()},
             "entries": {os.fsdecode(rel): list(sig)
                         for rel, sig in signatures.entries.items()},
-            "listings": {rel: list(listing) for rel, listing in signatures.listings.items()}},
+            "listings": {rel: listing.hex() for rel, listing in signatures.listings.items()}},
             separators=(",", ":")).encode()
         temp = where / f".{_SIGNATURES}.{os.getpid()}-{secrets.token_hex(4)}"
         try:

@@ -417,16 +417,27 @@ class RemoteCache:
     def _pack(self, record: StepRecord, work: Path,
               number: int) -> tuple[Descriptor, str, Path] | None:
         """The tree of ``record`` as a tar+gzip blob in ``work/blobs``; None (warned) when the
-        local entry turns out damaged."""
+        local entry turns out damaged, or changes while it is packed.
+
+        Restored lazily: the entry's files are verified against its digest and stay where
+        they are, and the layer is written from the checked walk (write_rootfs), which takes
+        each file's bytes from the descriptor it checked against what the restore verified
+        at that path, hashing them as they go into the layer. A file rewritten between the
+        restore and the pack is a mismatch, never a pushed layer."""
         root = work / f"tree-{number}"
         try:
-            rootfs = self.store.restore(record, root, link=True)
+            rootfs = self.store.restore(record, root, link=False, lazy=True)
         except CorruptTree as e:
             self.reporter.warning(f"{e.message}; not exporting it")
             shutil.rmtree(root, ignore_errors=True)
             return None
         try:
             layer, diff_id = write_layer(rootfs, work / "blobs", _KEEP_MTIMES, None)
+        except AcbuildError as e:  # the entry changed since its restore (it is discarded)
+            self.reporter.warning(f"{e.message}; not exporting it")
+            with contextlib.suppress(OSError):
+                os.unlink(work / "blobs" / ".layer.tmp")
+            return None
         finally:
             remove_tree(root, ignore_errors=True)
         return layer, diff_id, work / "blobs" / layer.digest.split(":", 1)[1]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from acbuild.cache.statcache import frame
 from acbuild.cache.warm import settled
-from acbuild.fs.keyed import listing_signature
+from acbuild.fs.keyed import Listing, listing_signature
 from acbuild.fs.staging import CachedFile, remove_tree, xattr_field
 
 _CHUNK = 1 << 20
@@ -74,7 +74,7 @@ class TreeSignatures:
 
     files: FileSignatures
     entries: EntrySignatures
-    listings: dict[str, tuple[int, int]]
+    listings: dict[str, Listing]
 
     def complete(self) -> bool:
         """Whether the record can stand for a whole tree: its root is in it, and no name is
@@ -98,10 +98,12 @@ class LazyTree:
     digest: str
     size: int
     dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]]
-    listings: dict[str, tuple[int, int]]
+    listings: dict[str, Listing]
     signatures: TreeSignatures
-    # inode -> what was verified of the file (acbuild.fs.staging.CacheFiles: every later
-    # reader of the lower tree compares with it)
+    # path of every name of a regular file -> its inode, and inode -> what was verified of
+    # the file (acbuild.fs.staging.CacheFiles: every later reader of the lower tree
+    # compares with them)
+    paths: dict[str, tuple[int, int]]
     files: dict[tuple[int, int], CachedFile]
 
 
@@ -147,7 +149,7 @@ def restore_lazily(src: Path, dest: Path, *, recorded: TreeSignatures, digest: s
                 known.update(quick.known)
                 return LazyTree(digest=digest, size=quick.size, dirs=quick.dirs,
                                 listings=quick.listings, signatures=recorded,
-                                files=quick.files)
+                                paths=quick.paths, files=quick.files)
         except _Changed:
             pass
         remove_tree(dest)
@@ -160,7 +162,7 @@ def restore_lazily(src: Path, dest: Path, *, recorded: TreeSignatures, digest: s
                     signatures=TreeSignatures(files=copier.signatures,
                                               entries=copier.entries,
                                               listings=copier.listings),
-                    files=copier.files)
+                    paths=copier.paths, files=copier.files)
 
 
 class _TreeCopier:
@@ -170,10 +172,12 @@ class _TreeCopier:
         # Not None: a lazy restore (regular files are left in the source, see restore_lazily)
         self.recorded = recorded
         self.signatures: FileSignatures = {}
-        self.files: dict[tuple[int, int], CachedFile] = {}  # a lazy restore's, by inode
+        # a lazy restore's: each regular file's path -> its inode -> what was verified
+        self.paths: dict[str, tuple[int, int]] = {}
+        self.files: dict[tuple[int, int], CachedFile] = {}
         self.entries: EntrySignatures = {}
         self.dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
-        self.listings: dict[str, tuple[int, int]] = {}
+        self.listings: dict[str, Listing] = {}
         self.started_ns = time.time_ns()
         self.known = known
         self.final = final  # None: a restore (every file is the cache's own: link it)
@@ -183,15 +187,15 @@ class _TreeCopier:
         self.inodes: dict[tuple[int, int], bytes] = {}
         self.root = os.geteuid() == 0
 
-    def meta(self, kind: bytes, rel: bytes, src: bytes, st: os.stat_result,
-             xattrs: bytes | None = None) -> None:
-        if xattrs is None:
-            xattrs = _xattr_field(src) if kind != b"symlink" else b""
+    def meta(self, kind: bytes, rel: bytes, st: os.stat_result, xattrs: bytes) -> None:
         frame(self.h, kind, rel, b"%o:%d:%d" % (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid),
               xattrs)
 
     def directory(self, src: bytes, dest: bytes, rel: bytes, st: os.stat_result) -> None:
-        self.meta(b"dir", rel, src, st)
+        # Read once: the xattrs hashed are the ones set on the copy (a second read, after
+        # the children, would take whatever was set in between).
+        pairs = _xattrs(src)
+        self.meta(b"dir", rel, st, xattr_field(pairs))
         self._record(rel, st)
         with os.scandir(src) as it:
             if self.recorded is None:
@@ -208,7 +212,7 @@ class _TreeCopier:
         for name in names:
             child = rel + b"/" + name if rel else name
             self.entry(src + b"/" + name, dest + b"/" + name, child)
-        self.finish(src, dest, st)
+        self.finish(dest, st, pairs)
 
     def entry(self, src: bytes, dest: bytes, rel: bytes) -> None:
         st = os.lstat(src)
@@ -222,16 +226,17 @@ class _TreeCopier:
         elif stat.S_ISLNK(mode):
             target = os.readlink(src)
             frame(self.h, b"symlink", rel, target)
-            self.meta(b"symlink", rel, src, st)
+            self.meta(b"symlink", rel, st, b"")
             os.symlink(target, dest)
-            self.finish(src, dest, st)
+            self.finish(dest, st, [])
             self._record(rel, st)
         elif stat.S_ISFIFO(mode):
             self._record(rel, st)
-            self.meta(b"node", rel, src, st)
+            pairs = _xattrs(src)
+            self.meta(b"node", rel, st, xattr_field(pairs))
             frame(self.h, b"%o" % stat.S_IFMT(mode), b"%d" % st.st_rdev)
             os.mkfifo(dest, stat.S_IMODE(mode))
-            self.finish(src, dest, st)
+            self.finish(dest, st, pairs)
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             # Devices live as records in the StagedRootfs (see acbuild.fs.staging), never on
             # disk: one here came from elsewhere (an old cache) and is not made on the host.
@@ -245,12 +250,15 @@ class _TreeCopier:
                 frame(self.h, b"hardlink", rel, first)
                 if self.recorded is None:
                     os.link(self.dest_root + b"/" + first, dest)
+                else:
+                    self.paths[os.fsdecode(rel)] = (st.st_dev, st.st_ino)
                 self._record(rel, st)
                 return
         if self.recorded is not None:
             self._verified(src, rel, st)
             return
-        self.meta(b"file", rel, src, st)
+        pairs = _xattrs(src)
+        self.meta(b"file", rel, st, xattr_field(pairs))
         self.size += st.st_size
         if self.link:
             digest = self._linked(src, dest, st)
@@ -267,7 +275,7 @@ class _TreeCopier:
                     out.write(chunk)
             out.truncate()  # the size, when the file ends in a hole
         frame(self.h, h.digest())
-        self.finish(src, dest, st)
+        self.finish(dest, st, pairs)
         if self.link and self.final is not None:
             # The cache's own copy of a shared file: later snapshots link that instead.
             where = self.final + dest[len(self.dest_root):] + b"\0%d" % st.st_ctime_ns
@@ -317,6 +325,8 @@ class _TreeCopier:
                     self.files[(cst.st_dev, cst.st_ino)] = _cached(cst, first[6], first[5])
                 elif first is not None or entries.get(child) != sig:
                     raise _Changed
+                # a further name of a file is recorded with its inode: the one linked there
+                self.paths[os.fsdecode(child)] = (cst.st_dev, cst.st_ino)
             elif entries.get(child) != sig:
                 raise _Changed
             else:
@@ -326,10 +336,10 @@ class _TreeCopier:
                     os.mkfifo(dest + b"/" + name, stat.S_IMODE(mode))
                 else:
                     raise _Changed  # a device node or socket: the full walk says what it is
-                self.finish(path, dest + b"/" + name, cst)
+                self.finish(dest + b"/" + name, cst, _xattrs(path))
                 if os.lstat(path).st_ctime_ns != cst.st_ctime_ns:
                     raise _Changed  # changed while its target or xattrs were read
-        self.finish(src, dest, st)
+        self.finish(dest, st, _xattrs(src))
         if os.lstat(src).st_ctime_ns != st.st_ctime_ns:
             raise _Changed  # changed while its listing or xattrs were read
         return seen
@@ -354,10 +364,11 @@ class _TreeCopier:
             if (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns,
                     after.st_ctime_ns) == sig and settled(st, self.started_ns):
                 self.signatures[rel] = (*sig, digest, xattrs)
-        self.meta(b"file", rel, src, st, xattrs)
+        self.meta(b"file", rel, st, xattrs)
         self.size += st.st_size
         frame(self.h, digest)
         self.known[(st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns, digest, b"")
+        self.paths[os.fsdecode(rel)] = (st.st_dev, st.st_ino)
         self.files[(st.st_dev, st.st_ino)] = _cached(st, xattrs, digest)
 
     def _linked(self, src: bytes, dest: bytes, st: os.stat_result) -> bytes | None:
@@ -388,13 +399,14 @@ class _TreeCopier:
         self.known[(st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns, digest, b"")
         return digest
 
-    def finish(self, src: bytes, dest: bytes, st: os.stat_result) -> None:
-        """Owner, xattrs, mode and times of a created entry, in an order that keeps them."""
+    def finish(self, dest: bytes, st: os.stat_result, pairs: list[tuple[str, bytes]]) -> None:
+        """Owner, xattrs (``pairs``, as read for the digest: the same bytes), mode and
+        times of a created entry, in an order that keeps them."""
         is_link = stat.S_ISLNK(st.st_mode)
         if self.root:
             os.lchown(dest, st.st_uid, st.st_gid)
         if not is_link:
-            for key, value in _xattrs(src):
+            for key, value in pairs:
                 os.setxattr(dest, key, value, follow_symlinks=False)
             os.chmod(dest, stat.S_IMODE(st.st_mode))
         os.utime(dest, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import zlib
 from collections.abc import Callable, Iterable
 
 # (st_dev, st_ino, st_mode, st_size, st_mtime_ns, st_ctime_ns)
@@ -51,13 +50,18 @@ def content_digest(fd: int) -> bytes:
     return h.digest()
 
 
-def listing_signature(entries: Iterable[tuple[str, bool, bool]]) -> tuple[int, int]:
-    """(count, combined CRC) of a directory's (name, is_dir, is_file) entries, any order."""
-    count = combined = 0
-    for name, is_dir, is_file in entries:
-        count += 1
-        combined ^= zlib.crc32(b"%d%d" % (is_dir, is_file) + os.fsencode(name))
-    return count, combined
+# What listing_signature gives: a 32-byte BLAKE2b digest.
+Listing = bytes
+
+
+def listing_signature(entries: Iterable[tuple[str, bool, bool]]) -> Listing:
+    """A digest of a directory's (name, is_dir, is_file) entries, in any order: BLAKE2b of
+    the sorted entries, each its kind and its name, NUL-ended (no name holds a NUL). A
+    collision-resistant hash, not a checksum: a directory found with the same digest holds
+    the same names of the same kinds (a CRC can be matched by a name made for it)."""
+    framed = sorted(b"%d%d" % (is_dir, is_file) + os.fsencode(name) + b"\0"
+                    for name, is_dir, is_file in entries)
+    return hashlib.blake2b(b"".join(framed), digest_size=32).digest()
 
 
 class KeyedFiles:
@@ -77,8 +81,8 @@ class KeyedFiles:
         self._on_stale = on_stale
         self._entries: dict[str, int] = {}
         self._digests: dict[str, bytes] = {}  # regular files: the sha256 the key used
-        self._listings: dict[str, tuple[int, int]] = {}
-        self._sources: dict[str, tuple[int, int]] = {}
+        self._listings: dict[str, Listing] = {}
+        self._sources: dict[str, Listing] = {}
 
     def record(self, path: str, st: os.stat_result) -> None:
         """``path``: absolute, normalised (os.path.abspath), as every reader names it."""
@@ -111,10 +115,10 @@ class KeyedFiles:
         if self._on_stale is not None:
             self._on_stale(path)
 
-    def record_listing(self, path: str, listing: tuple[int, int]) -> None:
+    def record_listing(self, path: str, listing: Listing) -> None:
         self._listings[path] = listing
 
-    def record_source(self, path: str, walked: tuple[int, int]) -> None:
+    def record_source(self, path: str, walked: Listing) -> None:
         """A context source (a directory COPY walks): ``listing_signature`` of every
         (path below it, is_dir, is_file) the walk gave, ignored entries left out."""
         self._sources[path] = walked
@@ -136,8 +140,8 @@ class KeyedFiles:
         return known is None or known == listing_signature((rel, False, False)
                                                            for rel in found)
 
-    def listing(self, path: str) -> tuple[int, int] | None:
+    def listing(self, path: str) -> Listing | None:
         return self._listings.get(path)
 
-    def source(self, path: str) -> tuple[int, int] | None:
+    def source(self, path: str) -> Listing | None:
         return self._sources.get(path)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from acbuild.errors import ImageError, Span
-from acbuild.fs.keyed import KeyedFiles, Signature
+from acbuild.fs.keyed import KeyedFiles, Listing, Signature
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,7 +54,7 @@ class LowerTree:
     dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]]
     # directory -> listing_signature of what the source directory held: a file or directory
     # added, removed, renamed or swapped for another kind since is the base changing
-    listings: dict[str, tuple[int, int]]
+    listings: dict[str, Listing]
     max_bytes: int  # the limit on the base's file bytes, checked as they are read
     # Whether its files are the user's, read by the cache keys and so checked against what
     # they read (acbuild.fs.keyed); else the cache's own snapshot tree, whose files are
@@ -78,30 +78,45 @@ def xattr_field(pairs: Iterable[tuple[str, bytes]]) -> bytes:
 class CacheFiles:
     """The files of a cache entry's tree that a lazily restored rootfs uses in place (its
     lower tree, and the hardlinks ``materialize`` makes of them), as the restore verified
-    them against the entry's digest: ``files`` maps each inode (st_dev, st_ino) to what was
-    verified of it (CachedFile).
+    them against the entry's digest: ``paths`` maps the relative path of every name of a
+    regular file (each hardlink's too) to the inode (st_dev, st_ino) that was there, and
+    ``files`` each of those inodes to what was verified of it (CachedFile).
+
+    What is verified is the path: a file of the entry found at ``rel`` must be the inode
+    that was at ``rel``, with that inode's verified fields and content. So two files of
+    equal metadata swapped by name, or a name re-pointed at another of the entry's inodes
+    (a hardlink made or broken), are refused: the link structure is the recorded one.
 
     The entry stays writable by its owner after that check (another build, a tool, a write
     through a shared mapping that moves no timestamp), so whatever takes bytes from these
-    inodes for the image compares them with the digest as it reads them; a file of the
-    entry that is not one of these inodes is refused. A mismatch fails the build and
-    ``discard_all`` takes the entry out of use, with every entry this build stored from the
-    rootfs since (``stored``): they may share the changed inode."""
+    inodes for the image compares them with the digest as it reads them. A mismatch fails
+    the build and ``discard_all`` takes the entry out of use, with every entry this build
+    stored from the rootfs since (``stored``): they may share the changed inode."""
 
     entry: str  # the entry's key, for errors
+    paths: Mapping[str, tuple[int, int]]
     files: Mapping[tuple[int, int], CachedFile]
     discard: Callable[[str], None]  # one entry, by key
     stored: list[str] = field(default_factory=list)
 
-    def expected(self, st: os.stat_result) -> bytes | None:
-        """The sha256 the restore verified for the inode ``st``, if it is the entry's."""
-        known = self.files.get((st.st_dev, st.st_ino))
+    def ours(self, st: os.stat_result) -> bool:
+        """Whether ``st`` is one of the entry's inodes (at whatever path)."""
+        return (st.st_dev, st.st_ino) in self.files
+
+    def expected(self, rel: str, st: os.stat_result) -> bytes | None:
+        """The sha256 the restore verified for the file at ``rel``, if ``st`` is the inode
+        that was there."""
+        inode = (st.st_dev, st.st_ino)
+        known = self.files.get(inode) if self.paths.get(rel) == inode else None
         return None if known is None else known[6]
 
-    def holds(self, st: os.stat_result, xattrs: bytes) -> bool:
-        """Whether ``st`` (with ``xattrs``, framed by ``xattr_field``) is one of the entry's
-        verified inodes, with the size, mtime, mode, owner and xattrs verified."""
-        known = self.files.get((st.st_dev, st.st_ino))
+    def holds(self, rel: str, st: os.stat_result, xattrs: bytes) -> bool:
+        """Whether ``st`` (with ``xattrs``, framed by ``xattr_field``) is the inode the
+        restore verified at ``rel``, with the size, mtime, mode, owner and xattrs
+        verified. Nothing another honest build changes is compared (its links of the
+        inode move the ctime and the link count)."""
+        inode = (st.st_dev, st.st_ino)
+        known = self.files.get(inode) if self.paths.get(rel) == inode else None
         return known is not None and known[:6] == (st.st_size, st.st_mtime_ns, st.st_mode,
                                                    st.st_uid, st.st_gid, xattrs)
 

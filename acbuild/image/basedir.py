@@ -31,7 +31,14 @@ from pathlib import Path
 
 from acbuild.errors import ImageError
 from acbuild.fs.copyrange import copy_range
-from acbuild.fs.keyed import KeyedFiles, content_digest, listing_signature, signature
+from acbuild.fs.keyed import (
+    KeyedFiles,
+    Listing,
+    Signature,
+    content_digest,
+    listing_signature,
+    signature,
+)
 from acbuild.fs.staging import CacheFiles, LowerTree, StagedRootfs, xattr_field
 from acbuild.image.extract import RootfsWriter
 from acbuild.image.tarread import Limits
@@ -149,7 +156,7 @@ class CopyState:
     links: dict[tuple[int, int], str] = field(default_factory=dict)
     # staged directory -> (its identity, the identity of the source directory it was made of)
     dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=dict)
-    listings: dict[str, tuple[int, int]] = field(default_factory=dict)
+    listings: dict[str, Listing] = field(default_factory=dict)
 
     @property
     def keyed(self) -> KeyedFiles | None:
@@ -284,6 +291,10 @@ class CopyState:
         if st.st_nlink > 1:
             first = self.links.setdefault((st.st_dev, st.st_ino), rel)
             if first != rel:
+                cached = self.cached
+                if cached is not None and cached.expected(rel, st) is None:
+                    # a name linked to another of the entry's files since it was verified
+                    raise self._changed(rel, "is not the file the entry held")
                 self.writer.hardlink(rel, first)
                 return
         self.done += st.st_size
@@ -301,18 +312,28 @@ class CopyState:
             raise self._changed(rel, f"cannot be opened ({e.strerror})") from None
         try:
             found = os.fstat(fd)
-            if signature(found) != signature(st):
+            if self._signature(found) != self._signature(st):
                 raise self._changed(rel, "was replaced while it was copied")
             self._keyed_file(rel, found)
             cached = self.cached
-            if cached is not None and not cached.holds(found, xattr_field(_xattr_pairs(fd))):
+            if cached is not None and \
+                    not cached.holds(rel, found, xattr_field(_xattr_pairs(fd))):
                 raise self._changed(rel, "is not the file the entry held")
             os.set_blocking(fd, True)
             self._copied(fd, found, name, rel, dest_fd)
-            if signature(os.fstat(fd)) != signature(found):
+            if self._signature(os.fstat(fd)) != self._signature(found):
                 raise self._changed(rel, "changed while it was copied")
         finally:
             os.close(fd)
+
+    def _signature(self, st: os.stat_result) -> Signature:
+        """What must not change while a file is copied: its signature; a cache entry's
+        file, all of it but the ctime, which another build's link of the inode moves (its
+        content is compared with the verified digest, the rest when it is opened)."""
+        sig = signature(st)
+        if self.cached is not None:
+            return sig[0], sig[1], sig[2], sig[3], sig[4], 0
+        return sig
 
     def _copied(self, src: int, st: os.stat_result, name: str, rel: str, dest_fd: int) -> None:
         """A base's file copied into the staged tree (what a hardlink would give, as a new
@@ -360,7 +381,7 @@ class CopyState:
         image and the cache get. Likewise for a copy of a cache entry's file (``st``): what
         its restore verified (a copy is made only where the kernel refuses a link)."""
         cached = self.cached
-        if cached is not None and content_digest(copy) != cached.expected(st):
+        if cached is not None and content_digest(copy) != cached.expected(rel, st):
             raise self._changed(rel, "does not hold the bytes the entry recorded")
         keyed = self.keyed
         if keyed is not None and keyed.digest(self._path(rel)) is not None and \
@@ -379,15 +400,16 @@ class CopyState:
         return self.rootfs.cached
 
     def _cache_link(self, name: str, rel: str, dest_fd: int) -> None:
-        """A cache entry's file just linked into the staged tree: the inode must be one
-        the restore verified (a file renamed over it since is not), with what was verified
-        of it; its content is compared when the finalizer reads it (acbuild.image.rootwalk)."""
+        """A cache entry's file just linked into the staged tree: the inode must be the one
+        the restore verified at ``rel`` (a file renamed over it since is not), with what was
+        verified of it; its content is compared when the finalizer reads it
+        (acbuild.image.rootwalk)."""
         cached = self.cached
         if cached is None:
             return
         fd = os.open(name, _FILE_FLAGS, dir_fd=dest_fd)  # the link this build just made
         try:
-            held = cached.holds(os.fstat(fd), xattr_field(_xattr_pairs(fd)))
+            held = cached.holds(rel, os.fstat(fd), xattr_field(_xattr_pairs(fd)))
         finally:
             os.close(fd)
         if not held:

@@ -13,10 +13,10 @@ were computed: acbuild.fs.keyed) and again once it is read (``close``): a file r
 grown or shrunk meanwhile fails the build rather than go into the image.
 
 A lazily restored rootfs's files are a cache entry's (its lower tree, or hardlinks of those
-inodes made since: acbuild.fs.staging.CacheFiles). Each must be one of the inodes the
-restore verified, and the bytes taken from it are hashed as they are written and compared
-with the sha256 verified for it: an edit since the restore, even one through a shared
-mapping that moves no timestamp, fails the build and discards the entry.
+inodes made since: acbuild.fs.staging.CacheFiles). Each must be, at its path, the inode
+the restore verified at that path, and the bytes taken from it are hashed as they are
+written and compared with the sha256 verified for it: an edit since the restore, even one
+through a shared mapping that moves no timestamp, fails the build and discards the entry.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ class RootWalker:
             return self.rootfs.refs[rel].digest
         if self._from_cache(where, st):
             cached = self.rootfs.cached  # None: _cache_holds refuses the file first
-            return None if cached is None else cached.expected(st)
+            return None if cached is None else cached.expected(rel, st)
         keyed = self.lower_keyed
         return None if keyed is None or where == _UPPER_FILE else \
             keyed.digest(self.lower_prefix + rel)
@@ -192,19 +192,30 @@ class RootWalker:
         if where >= 0:
             return self.lower_cached
         cached = self.rootfs.cached
-        return where == _UPPER_FILE and cached is not None and cached.expected(st) is not None
+        return where == _UPPER_FILE and cached is not None and cached.ours(st)
 
     def _hand(self, fd: int, rel: str, where: int, st: os.stat_result) -> None:
         expected = self._expected(rel, where, st)
-        self.handed[fd] = (rel, where, signature(st),
+        self.handed[fd] = (rel, where, self._signature(where, st),
                            None if expected is None else hashlib.sha256(), expected)
 
     def close(self, fd: int) -> None:
         self.handed.pop(fd, None)
         os.close(fd)
 
+    def _signature(self, where: int, st: os.stat_result) -> Signature:
+        """What must not change while a file is read: its signature (acbuild.fs.keyed);
+        a cache entry's file, all of it but the ctime. Another build sharing the cache
+        links the entry's inodes (materialize, a snapshot), which moves the ctime (and the
+        link count) and nothing the image takes; the content is hashed as it is read and
+        compared with the verified digest, the rest was compared when it was opened."""
+        sig = signature(st)
+        if self._from_cache(where, st):
+            return sig[0], sig[1], sig[2], sig[3], sig[4], 0
+        return sig
+
     def _unchanged(self, fd: int, rel: str, where: int, seen: Signature) -> None:
-        if signature(os.fstat(fd)) != seen:
+        if self._signature(where, os.fstat(fd)) != seen:
             raise self._changed(rel, where, "changed while it was read")
 
     def _changed(self, rel: str, where: int, what: str) -> AcbuildError:
@@ -446,7 +457,7 @@ class RootWalker:
             data = _read_all(fd, st.st_size)
             # from outside the staged tree, or a cache entry's: unchanged while read
             if where != _UPPER_FILE or self._from_cache(where, st):
-                self._unchanged(fd, rel, where, signature(st))
+                self._unchanged(fd, rel, where, self._signature(where, st))
                 expected = self._expected(rel, where, st)
                 if expected is not None and hashlib.sha256(data).digest() != expected:
                     raise self._changed(rel, where, CONTENT_CHANGED)
@@ -480,7 +491,7 @@ class RootWalker:
         """A cache entry's file shows what its restore verified (all but the content,
         which is compared as it is read)."""
         cached = self.rootfs.cached
-        if cached is None or not cached.holds(st, xattr_field(xattrs)):
+        if cached is None or not cached.holds(rel, st, xattr_field(xattrs)):
             raise self._changed(rel, where, "is not the file the entry held")
 
     def _file_entry(self, name: str, rel: str, where: int,

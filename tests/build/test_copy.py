@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 import stat
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from acbuild.acfile.context import BuildContext
 from acbuild.acfile.instructions import Copy
+from acbuild.build.build import build
 from acbuild.build.copy import copy_instruction
-from acbuild.errors import BuildError, Span
+from acbuild.errors import AcbuildError, BuildError, Span
 from acbuild.fs.staging import DeviceNode, StagedRootfs
-from acbuild.report import NullReporter
+from acbuild.report import NullReporter, StepInfo
 from tests.acfile.test_context import make
+from tests.cache.test_cache import Recorder, options, run
 
 
 def instr(*sources: str, dest: str, **options: object) -> Copy:
@@ -467,3 +470,47 @@ def test_second_source_overwrites_the_first_in_a_directory_the_first_made(
         assert tree(rootfs.root) == {
             "dst": ("dir", 0o755), "dst/d": ("dir", 0o755), "dst/d/sub": ("dir", 0o755),
             "dst/d/x": ("from b", 0o644), "dst/d/sub/y": ("from b", 0o644)}
+
+
+class _Swapper(Recorder):
+    """When the build starts step ``at`` (the stage's lazy restore done), swaps the cache
+    entry's bin/good and bin/evil by name, as any process of the user could."""
+
+    def __init__(self, cache: Path, at: int) -> None:
+        super().__init__()
+        self.cache, self.at = cache, at
+
+    def step_started(self, step: StepInfo) -> None:
+        if step.number == self.at:
+            for d in self.cache.glob("steps/*/tree/bin"):
+                os.rename(d / "good", d / "t")
+                os.rename(d / "evil", d / "good")
+                os.rename(d / "t", d / "evil")
+
+
+def test_copy_from_a_stage_whose_cache_entry_files_were_swapped_fails(tmp_path: Path) -> None:
+    """Red-team RC-1 (rc1c): two files of the entry alike in size, mode and mtime, swapped
+    by name after the stage's lazy restore: each is still a verified inode, not the one
+    verified at its path. The COPY --from (and the stage's snapshot before it) must refuse
+    it: it copied EVIL to /good, and the stage's new entry kept the swap."""
+    ctx = tmp_path / "ctx"
+    (ctx / "base" / "bin").mkdir(parents=True)
+    for name, text in (("good", "GOOD\n"), ("evil", "EVIL\n")):
+        (ctx / "base" / "bin" / name).write_text(text)
+        os.utime(ctx / "base" / "bin" / name, (1_600_000_000, 1_600_000_000))
+    (ctx / "Acfile").write_text(
+        "BEGIN ./base AS build\nCOPY small.txt /etc/small.txt\nCOPY last.txt /etc/last.txt\n"
+        "BEGIN scratch\nNAME example.com/two\nCOPY --from=build /bin/good /good\n")
+    (ctx / "small.txt").write_text("small\n")
+    (ctx / "last.txt").write_text("last 1\n")
+    acfile, cache, out = ctx / "Acfile", tmp_path / "cache", tmp_path / "out.aci"
+    run(acfile, cache, tmp_path / "first.aci")
+    (ctx / "last.txt").write_text("last 2\n")  # stage build: step 2 restored, step 3 runs
+    with pytest.raises(AcbuildError) as failed:
+        build(options(acfile, cache, out), _Swapper(cache, at=3))
+    assert "cache entry sha256:" in failed.value.message and "\n" not in failed.value.message
+    assert not out.exists()
+    run(acfile, cache, out)  # the entry is discarded: rebuilt, the right bytes
+    with tarfile.open(out) as t:
+        good = t.extractfile("rootfs/good")
+        assert good is not None and good.read() == b"GOOD\n"

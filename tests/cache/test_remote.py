@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from acbuild.cache import remote as remote_module
 from acbuild.cache.cache import CacheStore, StepRecord
 from acbuild.cache.remote import CacheRepo, RemoteCache, parse_cache_ref
 from acbuild.cache.remotelayout import (
@@ -248,3 +249,32 @@ def test_an_entry_naming_a_digest_with_a_newline_is_a_miss(tmp_path: Path) -> No
     assert len(reporter.warnings) == 2
     assert "the cache entry of step 3: its config has no valid sha256 digest" in \
         reporter.warnings[0]
+
+
+def test_an_entry_rewritten_after_the_export_restored_it_is_not_pushed(
+        registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red-team RC-7: the export restored the entry (hashing its files), then packed the
+    layer by reading them again by path: a file rewritten in between (its mtime put back)
+    was pushed under the step's key. The layer is now written from the checked walk: the
+    mismatch is a warning, the entry is not exported, and the local one is discarded."""
+    one, two = store(tmp_path / "one"), store(tmp_path / "two")
+    one.put_step(KEY, MANIFEST, rootfs=sample_rootfs(tmp_path / "rootfs"), tree=None,
+                 link=False)
+    victim = one.root / "steps" / KEY.split(":")[1] / "tree" / "data" / "owned"
+    real = remote_module.write_layer
+
+    def rewrite_then_pack(rootfs: StagedRootfs, *args: object) -> tuple[Descriptor, str]:
+        mtime = victim.stat().st_mtime_ns
+        with open(victim, "r+b") as f:
+            f.write(b"EVIL")  # same size
+        os.utime(victim, ns=(mtime, mtime))
+        return real(rootfs, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(remote_module, "write_layer", rewrite_then_pack)
+    with session(registry) as push:
+        exporter, reporter = remote(one, registry, push, to=True, frm=False)
+        assert exporter.export([KEY]) == (0, 0)
+        assert len(reporter.warnings) == 1 and "not exporting it" in reporter.warnings[0]
+        importer, _ = remote(two, registry, push)
+        assert importer.fetch(KEY, "step 3") is None
+    assert one.step(KEY) is None  # discarded: the next build rebuilds it

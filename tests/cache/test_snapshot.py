@@ -456,3 +456,31 @@ def test_a_cache_entry_written_through_a_mapping_before_a_copy_from_fails_the_bu
     assert "cache entry sha256:" in failed.value.message
     assert "'bin/tool'" in failed.value.message
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("lazy", "rel"), [(True, "srv"), (False, "srv"), (False, "etc/conf")])
+def test_an_xattr_set_after_the_restore_read_them_is_not_on_the_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lazy: bool, rel: str) -> None:
+    """Red-team RC-6: the restore hashed an entry's xattrs, then (after a directory's
+    children, or a file's content) read them again to set them on the copy: an xattr set
+    in between was in the staged tree (and the image) under the digest of the old ones.
+    Read once, the copy carries the xattrs that were hashed."""
+    store, record = _stored(tmp_path)
+    target = os.fsencode(store.root / "steps" / ("ab" * 32) / "tree" / rel)
+    read = snapshot._xattrs
+    seen = []
+
+    def then_set(path: bytes) -> list[tuple[str, bytes]]:
+        found = read(path)
+        if path == target and not seen:
+            seen.append(path)
+            try:
+                os.setxattr(path, "user.evil", b"injected")
+            except OSError:
+                pytest.skip("no user xattrs on this filesystem")
+        return found
+
+    monkeypatch.setattr(snapshot, "_xattrs", then_set)
+    rootfs = store.restore(record, tmp_path / "r", link=False, lazy=lazy)
+    assert seen
+    assert "user.evil" not in os.listxattr(rootfs.root / rel)

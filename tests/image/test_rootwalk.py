@@ -16,6 +16,7 @@ import mmap
 import os
 import tarfile
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from acbuild.fs.staging import StagedRootfs, remove_tree
 from acbuild.image.finalize import write_aci, write_aci_stream
 from acbuild.image.unstaged import materialize
 from acbuild.interop.export import write_layer
+from tests.support.crcforge import forge
 
 MANIFEST = b'{"acKind":"ImageManifest","acVersion":"0.8.11","name":"example.com/x"}'
 KEY = "sha256:" + "cd" * 32
@@ -242,3 +244,93 @@ def test_an_oci_layer_of_an_entry_written_through_a_mapping_fails(tmp_path: Path
         assert store.step(KEY) is None
     finally:
         mapped.close()
+
+
+# ---- red-team RC-1, RC-4, RC-9: what is verified is each path, not each inode --------
+
+
+def _twins(tmp_path: Path) -> tuple[CacheStore, StagedRootfs, Path]:
+    """A lazily restored entry whose files look alike: equal size, mode, owner and mtime,
+    different bytes (bin/good, bin/evil; srv/f, opt/f), and bin/a = bin/b one inode beside
+    bin/c."""
+    store = CacheStore(tmp_path / "cache")
+    staged = StagedRootfs(root=tmp_path / "staged")
+    for rel, data in (("bin/good", b"GOOD\n"), ("bin/evil", b"EVIL\n"), ("srv/f", b"SRV1\n"),
+                      ("opt/f", b"OPT1\n"), ("bin/a", b"AAAA\n"), ("bin/c", b"CCCC\n")):
+        (staged.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (staged.root / rel).write_bytes(data)
+        os.utime(staged.root / rel, ns=(EPOCH * 10**9,) * 2)
+    os.link(staged.root / "bin/a", staged.root / "bin/b")
+    with store.session():
+        store.put_step(KEY, b"{}", rootfs=staged, tree=None, link=False)
+    remove_tree(staged.root)
+    record = store.step(KEY)
+    assert record is not None
+    with store.session():
+        rootfs = store.restore(record, tmp_path / "r", link=True, lazy=True)
+    return store, rootfs, store.root / "steps" / ("cd" * 32) / "tree"
+
+
+def _swap(a: Path, b: Path) -> None:
+    os.rename(a, a.with_name(".t"))
+    os.rename(b, a)
+    os.rename(a.with_name(".t"), b)
+
+
+def _relink(source: Path, name: Path) -> None:
+    os.link(source, name.with_name(".t"))
+    os.rename(name.with_name(".t"), name)
+
+
+_MOVES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "swap two alike files": (lambda t: _swap(t / "bin/good", t / "bin/evil"), "bin/evil"),
+    "swap across directories": (lambda t: _swap(t / "opt/f", t / "srv/f"), "opt/f"),
+    "a hardlink re-pointed": (lambda t: _relink(t / "bin/c", t / "bin/b"), "bin/b"),
+    "a hardlink made": (lambda t: _relink(t / "bin/evil", t / "bin/good"), "bin/good"),
+}
+
+
+@pytest.mark.parametrize("move", sorted(_MOVES))
+def test_an_entry_file_moved_to_another_path_fails(tmp_path: Path, move: str) -> None:
+    """Each inode is still one the restore verified, with its verified metadata and bytes,
+    but not the one that was at that path: the image would hold the wrong bytes there."""
+    store, rootfs, tree = _twins(tmp_path)
+    edit, rel = _MOVES[move]
+    edit(tree)
+    assert "is not the file the entry held" in _fails(rootfs, tmp_path, store, rel)
+
+
+@pytest.mark.parametrize("move", sorted(_MOVES))
+def test_an_entry_file_moved_is_found_by_materialize(tmp_path: Path, move: str) -> None:
+    """A later step's snapshot, or a COPY --from, makes the lower files real first: the
+    links it makes are checked by path too (else the swap went into a new entry)."""
+    store, rootfs, tree = _twins(tmp_path)
+    edit, rel = _MOVES[move]
+    edit(tree)
+    with pytest.raises(AcbuildError, match=f"cache entry {KEY} changed during the build: "
+                                           f"'{rel}' is not the file the entry held"):
+        materialize(rootfs)
+    assert store.step(KEY) is None
+
+
+def test_an_entry_file_renamed_to_a_name_of_the_same_crc32_fails(tmp_path: Path) -> None:
+    """Red-team RC-4: the listing check was a CRC, matched by a name forged for it."""
+    store, rootfs, tree = _twins(tmp_path)
+    forged = forge(b"01", b"evil-", zlib.crc32(b"01good")).decode()
+    os.rename(tree / "bin/good", tree / "bin" / forged)
+    assert "does not hold what it did" in _fails(rootfs, tmp_path, store, "bin")
+
+
+def test_another_build_linking_an_entry_file_while_it_is_streamed_is_no_change(
+        tmp_path: Path) -> None:
+    """Red-team RC-9: builds sharing the cache link its inodes (materialize, snapshots),
+    which moves their ctime and link count, and nothing the image takes: the image is
+    written and the entry kept."""
+    store, rootfs, tree = _restored(tmp_path)
+    before = os.stat(tree / "big")
+    time.sleep(0.01)
+    sink = _EditingSink(lambda: os.link(tree / "big", tmp_path / "linked-elsewhere"))
+    write_aci_stream(rootfs, MANIFEST, sink, compression="none", epoch=EPOCH)
+    after = os.stat(tree / "big")
+    assert after.st_ctime_ns != before.st_ctime_ns and after.st_nlink == before.st_nlink + 1
+    assert store.step(KEY) is not None
