@@ -7,6 +7,15 @@ acbuild.cache.snapshot.FileSignatures); ``images/<key>/`` a finished .aci. Entri
 built in ``tmp/`` and renamed into place; a build holds a shared flock on ``lock``,
 ``prune`` an exclusive one. Every use verifies the stored checksum (a tree's files by content
 or by unchanged signature): a damaged entry is removed and rebuilt, never used.
+
+The directory is opened once (acbuild.fs.private.open_private_dir: no symlink or directory
+of another user on its path) and what deletes (prune, the tmp/ sweep, discard) or serves an
+entry as an output works through that descriptor, so re-pointing a name after the check
+leads nowhere. It must carry CACHEDIR.TAG (https://bford.info/cachedir/), written when the
+cache is made in a new or empty directory: any other directory is refused before anything
+is created or deleted in it. Each process holds a shared flock on ``locks/<owner tag>``
+while it has the cache open: what is in tmp/ under that tag is in progress until the lock
+can be taken, whatever PID namespace the sweeper is in.
 """
 
 from __future__ import annotations
@@ -18,7 +27,9 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +48,17 @@ from acbuild.cache.statcache import StatCache
 from acbuild.cache.warm import Witness
 from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
-from acbuild.fs.leftovers import owner_tag, sweep
-from acbuild.fs.private import private_dir
-from acbuild.fs.staging import CacheFiles, DeviceNode, LowerTree, StagedRootfs, remove_tree
+from acbuild.fs.beneath import open_beneath
+from acbuild.fs.leftovers import owner_tag, tag_of
+from acbuild.fs.private import UnsafeDirectory, open_private_dir
+from acbuild.fs.staging import (
+    CacheFiles,
+    DeviceNode,
+    LowerTree,
+    StagedRootfs,
+    remove_at,
+    remove_tree,
+)
 from acbuild.image.unstaged import materialize
 
 _META = "meta.json"
@@ -52,6 +71,13 @@ _SIGNATURES_FORMAT = 2
 _SIGNATURES_TRUSTED_S = 7 * 86400
 _CHUNK = 1 << 20
 _STALE_TMP = 3600.0
+_TAG = "CACHEDIR.TAG"
+_TAG_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+_TAG_TEXT = _TAG_SIGNATURE + (b"\n# This file is a cache directory tag created by acbuild-py.\n"
+                              b"# For information about cache directory tags, see:\n"
+                              b"#\thttps://bford.info/cachedir/\n")
+_SUBDIRS = ("steps", "images", "tmp", "locks")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class CorruptTree(AcbuildError):
@@ -93,29 +119,179 @@ def _seal(body: dict[str, object]) -> bytes:
                       sort_keys=True, separators=(",", ":")).encode()
 
 
+def _read_at(dir_fd: int, rel: str) -> bytes:
+    """The bytes of ``rel`` below ``dir_fd``, no symlink followed on the way."""
+    fd = open_beneath(dir_fd, rel, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise IsADirectoryError(rel)
+        return f.read()
+
+
+def _unseal_at(dir_fd: int, rel: str) -> dict[str, object] | None:
+    try:
+        return _unseal_bytes(_read_at(dir_fd, rel))
+    except OSError:
+        return None
+
+
 def _unseal(path: Path) -> dict[str, object] | None:
     """The body of a meta.json whose checksum matches; None when missing or damaged."""
     try:
-        doc = json.loads(path.read_bytes())
+        return _unseal_bytes(path.read_bytes())
+    except OSError:
+        return None
+
+
+def _unseal_bytes(raw_doc: bytes) -> dict[str, object] | None:
+    try:
+        doc = json.loads(raw_doc)
         body = doc["body"]
         raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
         if hashlib.sha256(raw).hexdigest() == doc["sha256"] and isinstance(body, dict):
             return body
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         pass
     return None
+
+
+class NotACache(AcbuildError):
+    """A directory given as the cache that the cache did not make."""
+
+
+def _claim(fd: int, root: Path) -> None:
+    """Refuse ``fd`` unless it is an acbuild-py cache (its CACHEDIR.TAG) or empty (then it
+    becomes one): prune and the sweep delete what they find in it, and a build adds its
+    directories, so a directory with anything else in it (``/``, a home) is never used."""
+    for _ in range(50):
+        try:
+            if _read_at(fd, _TAG).startswith(_TAG_SIGNATURE):
+                return
+            break  # someone else's file of that name: not ours
+        except FileNotFoundError:
+            pass
+        except OSError:
+            break
+        others = [n for n in os.listdir(fd) if not n.startswith(f".{_TAG}.")]
+        if others:
+            break
+        # Written aside and linked into place: a concurrent build never reads half a tag.
+        temp = f".{_TAG}.{owner_tag()}.{secrets.token_hex(4)}"
+        out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600, dir_fd=fd)
+        try:
+            os.write(out, _TAG_TEXT)
+        finally:
+            os.close(out)
+        try:
+            os.link(temp, _TAG, src_dir_fd=fd, dst_dir_fd=fd)
+        except FileExistsError:
+            pass  # a concurrent build tagged it: read again
+        finally:
+            os.unlink(temp, dir_fd=fd)
+        time.sleep(0.01)
+    raise NotACache(
+        f"step cache {root} is not an acbuild-py cache (it is not empty and has no {_TAG}); "
+        "refusing to use it, or to prune anything in it",
+        hint="choose a new or empty directory for --cache-dir (or $XDG_CACHE_HOME)")
+
+
+def _hold_owner(locks: int, tag: str) -> int:
+    """A shared flock on ``locks/<tag>.lock``, held until the descriptor is closed: while it
+    is, the sweep leaves what is in tmp/ under ``tag`` alone."""
+    name = f"{tag}.lock"
+    while True:
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=locks)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        # A sweeper unlinks a lock file it holds exclusively; one taken after that is on a
+        # file no one else can find: take the one now at the name.
+        try:
+            same = os.stat(name, dir_fd=locks, follow_symlinks=False).st_ino == \
+                os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+def _owner_gone(locks: int, tag: str, owners: dict[str, int | None]) -> bool:
+    """Whether no process holds the owner lock of ``tag`` (in any PID namespace: flock is
+    the kernel's); when so, the lock is kept taken in ``owners`` (its descriptor, -1 for
+    no lock file) so the owner's tag cannot be reused until the sweep is done."""
+    if tag not in owners:
+        try:
+            fd = os.open(f"{tag}.lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=locks)
+        except FileNotFoundError:
+            owners[tag] = -1  # never locked (or its lock already swept): no one holds it
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            owners[tag] = None
+            return False
+        owners[tag] = fd
+    return owners[tag] is not None
+
+
+def _close_all(*fds: int) -> None:
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
 
 
 class CacheStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._fd: int | None = None
 
     # -- layout and locking -----------------------------------------------------------------
 
     def check(self) -> None:
         """Make the cache directory, or refuse one another user could write into: a planted
         entry would be copied into images as if this build had made it."""
-        private_dir(self.root, what="step cache")
+        self._root_fd()
+
+    def _root_fd(self) -> int:
+        """The cache directory, opened and checked once; every later use goes through it."""
+        if self._fd is not None:
+            return self._fd
+        fd = open_private_dir(self.root, what="step cache")
+        held = -1
+        try:
+            _claim(fd, self.root)
+            for sub in _SUBDIRS:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(sub, 0o700, dir_fd=fd)
+            with self._opened_at(fd, "locks") as locks:
+                held = _hold_owner(locks, owner_tag())
+        except OSError as e:
+            os.close(fd)
+            raise UnsafeDirectory(f"cannot use step cache {self.root}: {e.strerror}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        weakref.finalize(self, _close_all, fd, held)
+        self._fd = fd
+        return fd
+
+    @contextlib.contextmanager
+    def _opened_at(self, fd: int, sub: str) -> Iterator[int]:
+        try:
+            at = os.open(sub, _DIR_FLAGS, dir_fd=fd)
+        except OSError as e:
+            raise UnsafeDirectory(
+                f"step cache {self.root}: {sub}/ cannot be opened ({e.strerror})",
+                hint="it must be a directory, not a symlink") from None
+        try:
+            yield at
+        finally:
+            os.close(at)
+
+    def _opened(self, sub: str) -> contextlib.AbstractContextManager[int]:
+        return self._opened_at(self._root_fd(), sub)
 
     def _dir(self, kind: str, key: str) -> Path:
         return self.root / kind / _hex(key)
@@ -123,18 +299,46 @@ class CacheStore:
     @contextlib.contextmanager
     def session(self, *, exclusive: bool = False) -> Iterator[None]:
         """Held for a whole build (shared) or a prune (exclusive)."""
-        self.check()
-        for sub in ("steps", "images", "tmp"):
-            (self.root / sub).mkdir(mode=0o700, exist_ok=True)
+        fd = self._root_fd()
         # What a killed build was writing (a step's tree, an image of 100s of MB): its
-        # process is gone, so nothing can still use it; prune's age rule catches the rest.
-        sweep(self.root / "tmp", "")
-        with open(self.root / "lock", "a") as f:
+        # owner's lock is free, so nothing can still use it.
+        self._sweep_tmp(stale_after=None)
+        lock = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                       dir_fd=fd)
+        with open(lock, "rb") as f:
             fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             try:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _sweep_tmp(self, *, stale_after: float | None) -> None:
+        """Remove from tmp/ what a process of this host that no longer holds its owner lock
+        left (its tmp/<tag>.* entries), and, with ``stale_after``, any other entry (another
+        host's, or not tagged) unchanged for that long; then the free lock files."""
+        with self._opened("tmp") as tmp, self._opened("locks") as locks:
+            owners: dict[str, int | None] = {}
+            try:
+                for name in os.listdir(tmp):
+                    tag = tag_of(name)
+                    with contextlib.suppress(OSError):
+                        if tag is None:
+                            age = time.time() - os.lstat(name, dir_fd=tmp).st_mtime
+                            if stale_after is None or age <= stale_after:
+                                continue
+                        elif not _owner_gone(locks, tag, owners):
+                            continue
+                        remove_at(tmp, name, ignore_errors=True)
+                for name in os.listdir(locks):
+                    if name.endswith(".lock"):
+                        with contextlib.suppress(OSError):
+                            _owner_gone(locks, name[:-len(".lock")], owners)
+            finally:
+                for tag, fd in owners.items():
+                    if fd is not None and fd >= 0:
+                        with contextlib.suppress(OSError):
+                            os.unlink(f"{tag}.lock", dir_fd=locks)
+                        os.close(fd)
 
     @property
     def mounts(self) -> MountCache:
@@ -145,10 +349,13 @@ class CacheStore:
         name = hashlib.sha256(os.fsencode(context)).hexdigest()[:32]
         return StatCache(self.root / "stat" / f"{name}.json", witness)
 
-    def _temp(self) -> Path:
-        path = self.root / "tmp" / f"{owner_tag()}.{secrets.token_hex(6)}"
-        path.mkdir(parents=True)
-        return path
+    def temp_dir(self, label: str = "") -> Path:
+        """A new directory (0700) in tmp/, under this process's owner tag: the sweep leaves
+        it alone while this store is open, and removes it once its owner is gone."""
+        name = f"{owner_tag()}.{label}{secrets.token_hex(6)}"
+        with self._opened("tmp") as tmp:
+            os.mkdir(name, 0o700, dir_fd=tmp)
+        return self.root / "tmp" / name
 
     def _publish(self, temp: Path, final: Path) -> None:
         """Rename a finished entry into place; a concurrent build that got there first wins."""
@@ -159,11 +366,11 @@ class CacheStore:
 
     def discard(self, kind: str, key: str) -> None:
         """Take a damaged entry out of use at once (rename), then delete it."""
-        path = self._dir(kind, key)
-        trash = self.root / "tmp" / f"bad-{secrets.token_hex(6)}"
-        with contextlib.suppress(OSError):
-            os.rename(path, trash)
-            remove_tree(trash, ignore_errors=True)
+        trash = f"{owner_tag()}.bad-{secrets.token_hex(6)}"
+        with self._opened(kind) as where, self._opened("tmp") as tmp, \
+                contextlib.suppress(OSError):
+            os.rename(_hex(key), trash, src_dir_fd=where, dst_dir_fd=tmp)
+            remove_at(tmp, trash, ignore_errors=True)
 
     def _touch(self, path: Path) -> None:
         with contextlib.suppress(OSError):
@@ -171,14 +378,17 @@ class CacheStore:
 
     # -- steps ------------------------------------------------------------------------------
 
+    def _meta(self, kind: str, key: str) -> dict[str, object] | None:
+        return _unseal_at(self._root_fd(), f"{kind}/{_hex(key)}/{_META}")
+
     def step(self, key: str) -> StepRecord | None:
-        body = _unseal(self._dir("steps", key) / _META)
+        body = self._meta("steps", key)
         if body is None or body.get("kind") != "step":
             if self._dir("steps", key).exists():
                 self.discard("steps", key)
             return None
         tree = str(body["tree"])
-        if tree != key and _unseal(self._dir("steps", tree) / _META) is None:
+        if tree != key and self._meta("steps", tree) is None:
             return None  # its tree was pruned: the step runs again
         self._touch(self._dir("steps", key))
         return StepRecord(key=key, manifest_json=str(body["manifest"]).encode(), tree=tree)
@@ -190,7 +400,7 @@ class CacheStore:
         ``known``: digests of linked files already read (used, and added to)."""
         if self._dir("steps", key).exists():
             return
-        temp = self._temp()
+        temp = self.temp_dir()
         try:
             body: dict[str, object] = {"kind": "step", "manifest": manifest_json.decode(),
                                        "tree": tree or key}
@@ -312,7 +522,7 @@ class CacheStore:
     # -- final images -----------------------------------------------------------------------
 
     def image(self, key: str) -> ImageRecord | None:
-        body = _unseal(self._dir("images", key) / _META)
+        body = self._meta("images", key)
         if body is None:
             return None
         return ImageRecord(key=key, image_id=str(body["image_id"]), size=int(body["size"]),  # type: ignore[call-overload]
@@ -323,7 +533,7 @@ class CacheStore:
     def put_image(self, key: str, image: Path, record: ImageRecord) -> None:
         if self._dir("images", key).exists():
             return
-        temp = self._temp()
+        temp = self.temp_dir()
         try:
             digest = _copy_hashing(image, temp / "image.aci")
             (temp / _META).write_bytes(_seal({
@@ -343,7 +553,7 @@ class CacheStore:
         if self._dir("images", key).exists():
             yield None
             return
-        temp = self._temp()
+        temp = self.temp_dir()
         try:
             draft = ImageDraft(key, temp, self._dir("images", key), self._publish)
         except BaseException:
@@ -357,25 +567,35 @@ class CacheStore:
                 remove_tree(temp, ignore_errors=True)
 
     def image_sha256(self, key: str) -> str | None:
-        body = _unseal(self._dir("images", key) / _META)
+        body = self._meta("images", key)
         return None if body is None else str(body.get("sha256"))
 
     def copy_image(self, record: ImageRecord, output: Path) -> bool:
         """Copy a cached image to ``output`` atomically, verifying it on the way; False (and
         the entry discarded, ``output`` untouched) when it is damaged."""
         where = self._dir("images", record.key)
-        body = _unseal(where / _META)
+        body = self._meta("images", record.key)
         if body is None:
             return False
         try:
-            with atomic_write(output) as out, open(where / "image.aci", "rb") as src:
+            # Through the cache's descriptor, no symlink followed: what is served is the
+            # entry of this cache, whatever its path names now.
+            src_fd = open_beneath(self._root_fd(), f"images/{_hex(record.key)}/image.aci",
+                                  os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            self.discard("images", record.key)
+            return False
+        try:
+            with open(src_fd, "rb") as src, atomic_write(output) as out:
+                if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+                    raise CorruptTree(f"cache entry {record.key} is damaged")
                 h = hashlib.sha256()
                 while chunk := src.read(_CHUNK):
                     h.update(chunk)
                     out.write(chunk)
                 if h.hexdigest() != body["sha256"] or out.tell() != record.size:
                     raise CorruptTree(f"cache entry {record.key} is damaged")
-        except (CorruptTree, FileNotFoundError):
+        except CorruptTree:
             self.discard("images", record.key)
             return False
         self._touch(where)
@@ -384,15 +604,16 @@ class CacheStore:
     # -- listing and pruning ----------------------------------------------------------------
 
     def entries(self) -> list[EntryInfo]:
-        self.check()
         found = []
         for kind, sub in (("step", "steps"), ("image", "images")):
-            with contextlib.suppress(FileNotFoundError):
-                for child in os.scandir(self.root / sub):
-                    body = _unseal(Path(child.path) / _META)
+            with self._opened(sub) as where:
+                for name in os.listdir(where):
+                    body = _unseal_at(where, f"{name}/{_META}")
                     size = 0 if body is None else int(body.get("bytes", body.get("size", 0)))  # type: ignore[call-overload]
-                    found.append(EntryInfo(kind=kind, key="sha256:" + child.name, size=size,
-                                           last_used=child.stat().st_mtime))
+                    with contextlib.suppress(OSError):
+                        found.append(EntryInfo(
+                            kind=kind, key="sha256:" + name, size=size,
+                            last_used=os.lstat(name, dir_fd=where).st_mtime))
         found += [EntryInfo(kind="mount", key=m.id, size=m.size, last_used=m.last_used)
                   for m in self.mounts.entries()]
         return sorted(found, key=lambda e: e.last_used, reverse=True)
@@ -400,7 +621,7 @@ class CacheStore:
     def prune(self, max_size: int) -> list[EntryInfo]:
         """Remove least recently used entries until the rest fit in ``max_size`` bytes."""
         with self.session(exclusive=True):
-            self._clean_tmp()
+            self._sweep_tmp(stale_after=_STALE_TMP)
             kept, removed, total = self.entries(), [], 0
             for entry in kept:
                 total += entry.size
@@ -415,12 +636,6 @@ class CacheStore:
                     continue  # a RUN of a --no-cache build is using it: kept
                 done.append(entry)
             return done
-
-    def _clean_tmp(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            for child in os.scandir(self.root / "tmp"):
-                if time.time() - child.stat(follow_symlinks=False).st_mtime > _STALE_TMP:
-                    remove_tree(Path(child.path), ignore_errors=True)
 
 
 class ImageDraft:

@@ -24,7 +24,6 @@ import hashlib
 import io
 import os
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -369,8 +368,8 @@ class RemoteCache:
     @contextlib.contextmanager
     def _temp(self) -> Iterator[Path]:
         """A directory in the cache's tmp/ (same filesystem: trees are linked, not copied;
-        what a killed build leaves there is swept by ``cache prune``)."""
-        path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-remote-", dir=self.store.root / "tmp"))
+        under its owner tag, so what a killed build leaves is swept at the next session)."""
+        path = self.store.temp_dir("remote-")
         try:
             yield path
         finally:

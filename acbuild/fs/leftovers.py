@@ -68,3 +68,12 @@ def sweep(directory: Path, prefix: str, suffix: str = "") -> list[Path]:
     finally:
         os.close(fd)
     return removed
+
+
+def tag_of(name: str) -> str | None:
+    """The owner tag a name made by a process on this host starts with; None for any
+    other name (another machine's on a shared directory, or not one of ours)."""
+    found = re.match(r"(\d+-[0-9a-f]{8})\.", name)
+    if found is None or not found[1].endswith("-" + _host()):
+        return None
+    return found[1]

@@ -121,3 +121,105 @@ def create_private_file(path: Path, *, what: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+_PATH_STEP = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# The kernel's limit for symlinks met in one resolution (MAXSYMLINKS).
+_MAX_LINKS = 40
+
+
+def _trusted(st: os.stat_result) -> bool:
+    return st.st_uid in (0, os.geteuid())
+
+
+def open_private_dir(path: Path, *, what: str) -> int:
+    """A descriptor (O_RDONLY) of ``path`` as a directory private to this user, made (0700,
+    parents too) if missing; for a directory that is then used only through it.
+
+    Resolved one component at a time from ``/``, nothing followed by the kernel, as ssh's
+    StrictModes reasons: every symlink and directory met must belong to this user or root
+    (anyone else could re-point or rename it), and a directory on the way that others may
+    write must be sticky (then they cannot rename what is in it). The directory reached is
+    opened with O_NOFOLLOW and checked through that descriptor: ours, no one else may write
+    it. What the path names later no longer matters to whoever holds the descriptor.
+    """
+    shown = Path(os.path.abspath(path))
+    prefix = f"{what} {path}"
+    hint = f"use a directory of your own for the {what} (mode 0700), or fix this one's owner"
+    todo = [p for p in reversed(os.fspath(shown).split("/")) if p not in ("", ".")]
+    fd = os.open("/", _PATH_STEP & ~os.O_NOFOLLOW)
+    here = Path("/")
+    links = 0
+    try:
+        while todo:
+            part = todo.pop()
+            if part == "..":
+                up = os.open("..", _PATH_STEP, dir_fd=fd)
+                os.close(fd)
+                fd, here = up, here.parent
+                continue
+            at = here / part
+            try:
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(part, 0o700, dir_fd=fd)
+                except FileExistsError:
+                    pass  # made meanwhile: judged like any other
+                except OSError as e:
+                    raise UnsafeDirectory(f"cannot create {prefix}: {reason(e, at)}") from None
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            if not _trusted(st):
+                link = stat.S_ISLNK(st.st_mode)
+                kind = "a symlink" if link else "a directory"
+                where = (" is a symlink that" if link else "") if at == shown else \
+                    f": {at} is {kind} that"
+                raise UnsafeDirectory(
+                    f"{prefix}{where} belongs to uid {st.st_uid}, not to you "
+                    f"(uid {os.geteuid()}) or root", hint=hint)
+            if stat.S_ISLNK(st.st_mode):
+                links += 1
+                if links > _MAX_LINKS:
+                    raise UnsafeDirectory(f"{prefix}: too many levels of symbolic links")
+                target = os.readlink(part, dir_fd=fd)
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd, here = os.open("/", _PATH_STEP & ~os.O_NOFOLLOW), Path("/")
+                todo += [p for p in reversed(target.split("/")) if p not in ("", ".")]
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                raise UnsafeDirectory(f"{prefix}: {at} is not a directory")
+            step = os.open(part, _PATH_STEP, dir_fd=fd)
+            os.close(fd)
+            fd, here = step, at
+            opened = os.fstat(fd)
+            if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+                raise UnsafeDirectory(f"{prefix}: {at} was replaced while it was opened")
+            if todo and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) \
+                    and not st.st_mode & stat.S_ISVTX:
+                raise UnsafeDirectory(
+                    f"{prefix}: {at} is writable by other users (mode "
+                    f"{stat.S_IMODE(st.st_mode):04o}), who could replace what is in it",
+                    hint=hint)
+        final = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+    except UnsafeDirectory:
+        os.close(fd)
+        raise
+    except OSError as e:
+        os.close(fd)
+        raise UnsafeDirectory(f"cannot open {prefix}: {e.strerror}") from None
+    os.close(fd)
+    try:
+        st = os.fstat(final)
+        if st.st_uid != os.geteuid():
+            raise UnsafeDirectory(
+                f"{prefix} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})",
+                hint=hint)
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise UnsafeDirectory(
+                f"{prefix} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})",
+                hint=f"chmod go-w {path}, or {hint}")
+    except BaseException:
+        os.close(final)
+        raise
+    return final

@@ -1,0 +1,267 @@
+"""The cache directory itself: reached only through what this user or root controls, opened
+once and used through that descriptor, never a directory the cache did not make, and its
+tmp/ swept only of what no live build holds (red team RC-3, RC-10).
+
+Attacks by a second user are made for real as `nobody` (tests run as root); the other PID
+namespace is a real one (`unshare --pid --fork`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import acbuild.cache.cache as cache_module
+from acbuild.cache.cache import CacheStore, ImageRecord, NotACache
+from acbuild.fs.leftovers import owner_tag
+from acbuild.fs.private import UnsafeDirectory
+from tests.support.cli import acbuild
+from tests.support.otheruser import NOBODY, as_nobody, need_root, shared_directory
+
+KEY = "sha256:" + "ab" * 32
+HOUR_AGO = time.time() - 2 * 3600
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    yield from shared_directory()
+
+
+def put_image(store: CacheStore, where: Path, data: bytes, key: str = KEY) -> ImageRecord:
+    aci = where / "image.aci"
+    aci.write_bytes(data)
+    record = ImageRecord(key=key, image_id="sha512-x", size=len(data), uncompressed_size=1,
+                         entries=1, manifest_json=b"{}")
+    store.put_image(key, aci, record)
+    return record
+
+
+def made_cache(where: Path) -> CacheStore:
+    store = CacheStore(where)
+    with store.session():
+        pass
+    return store
+
+
+# -- RC-3: what the cache directory may be ---------------------------------------------------
+
+def test_a_symlink_another_user_owns_is_refused_even_to_our_own_cache(
+        shared: Path, tmp_path: Path) -> None:
+    """The link's target is ours, but its owner can re-point it at any moment after a check:
+    the link is refused, not judged by its target."""
+    ours = made_cache(tmp_path / "cache").root
+    link = shared / "build-cache"
+    as_nobody(lambda: link.symlink_to(ours))
+    with pytest.raises(UnsafeDirectory) as e:
+        CacheStore(link).check()
+    assert e.value.message == (f"step cache {link} is a symlink that belongs to uid {NOBODY}, "
+                               "not to you (uid 0) or root")
+    r = acbuild("cache", "prune", "--all", "--cache-dir", link)
+    assert r.code == 1 and "is a symlink that belongs to uid" in r.stderr, r.stderr
+
+
+def test_a_directory_another_user_owns_on_the_path_is_refused(shared: Path) -> None:
+    """`nobody` owns a directory above the cache: they can rename the cache away and put a
+    directory of theirs in its place."""
+    theirs = shared / "theirs"
+    as_nobody(lambda: theirs.mkdir(0o755) or theirs.chmod(0o777))
+    with pytest.raises(UnsafeDirectory) as e:
+        CacheStore(theirs / "cache").check()
+    assert f": {theirs} is a directory that belongs to uid {NOBODY}" in e.value.message
+    assert not (theirs / "cache").exists()
+
+
+def test_a_symlink_of_ours_or_roots_is_followed(tmp_path: Path) -> None:
+    made_cache(tmp_path / "real")
+    (tmp_path / "link").symlink_to("real")
+    store = CacheStore(tmp_path / "link")
+    record = put_image(store, tmp_path, b"image bytes")
+    assert store.image(KEY) == record
+    assert (tmp_path / "real" / "images" / ("ab" * 32)).is_dir()
+
+
+def test_the_cache_is_used_through_the_directory_it_opened(tmp_path: Path) -> None:
+    """Re-pointing the name after the cache was opened changes nothing: the entry served is
+    the opened cache's, and prune deletes in it, not in what the name now leads to."""
+    made_cache(tmp_path / "real")
+    forged_store = made_cache(tmp_path / "forged")
+    put_image(forged_store, tmp_path, b"EVIL payload")
+    (tmp_path / "link").symlink_to("real")
+    store = CacheStore(tmp_path / "link")
+    record = put_image(store, tmp_path, b"genuine app!")
+    (tmp_path / "link").unlink()
+    (tmp_path / "link").symlink_to("forged")
+
+    assert store.copy_image(record, tmp_path / "out.aci")
+    assert (tmp_path / "out.aci").read_bytes() == b"genuine app!"
+    (tmp_path / "forged" / "tmp" / "old").mkdir()
+    os.utime(tmp_path / "forged" / "tmp" / "old", (HOUR_AGO, HOUR_AGO))
+    assert [e.kind for e in store.prune(0)] == ["image"]
+    assert not list((tmp_path / "real" / "images").iterdir())
+    assert (tmp_path / "forged" / "images" / ("ab" * 32) / "image.aci").read_bytes() == \
+        b"EVIL payload"
+    assert (tmp_path / "forged" / "tmp" / "old").exists()
+
+
+def fake_root(where: Path) -> Path:
+    """A stand-in for "/": root's, 0755, with a shared tmp/ holding other users' old files."""
+    where.mkdir(0o755)
+    (where / "bin").mkdir()
+    (where / "tmp").mkdir()
+    (where / "tmp").chmod(0o1777)
+    (where / "tmp" / "alice-report.txt").write_text("alice's\n")
+    (where / "tmp" / "root-socket-dir").mkdir()
+    for child in (where / "tmp").iterdir():
+        os.utime(child, (HOUR_AGO, HOUR_AGO))
+    return where
+
+
+@pytest.mark.parametrize("how", ["link", "directly"])
+def test_a_directory_that_is_not_a_cache_is_never_pruned_or_used(tmp_path: Path,
+                                                                  how: str) -> None:
+    """`--cache-dir` naming (or linking to) a directory the cache did not make, like "/":
+    one clear error, nothing deleted in it, nothing made in it."""
+    root = fake_root(tmp_path / "root")
+    given = root
+    if how == "link":
+        given = tmp_path / "build-cache"
+        given.symlink_to(root)
+    before = sorted(p.name for p in root.rglob("*"))
+    r = acbuild("cache", "prune", "--all", "--cache-dir", given)
+    assert r.code == 1, r.stderr
+    assert r.stderr.startswith(f"error: step cache {given} is not an acbuild-py cache (it is "
+                               "not empty and has no CACHEDIR.TAG); refusing to use it, or to "
+                               "prune anything in it\n"), r.stderr
+    assert "Traceback" not in r.stderr
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Acfile").write_text("BEGIN scratch\nNAME example.com/n\n")
+    r = acbuild("build", tmp_path / "ctx" / "Acfile", "-o", tmp_path / "x.aci",
+                "--cache-dir", given)
+    assert r.code == 1 and "is not an acbuild-py cache" in r.stderr, r.stderr
+    assert sorted(p.name for p in root.rglob("*")) == before
+
+
+def test_a_new_or_empty_directory_becomes_a_tagged_cache(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir(0o700)
+    for where in (tmp_path / "new" / "cache", tmp_path / "empty"):
+        made_cache(where)
+        assert (where / "CACHEDIR.TAG").read_bytes().startswith(
+            b"Signature: 8a477f597d28d172789f06886806bc55")
+        made_cache(where)  # and stays usable
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "CACHEDIR.TAG").write_text("not a tag\n")
+    with pytest.raises(NotACache):
+        CacheStore(tmp_path / "other").check()
+
+
+def test_subdirectories_are_never_followed(tmp_path: Path) -> None:
+    store = made_cache(tmp_path / "cache")
+    shutil.rmtree(tmp_path / "cache" / "tmp")
+    fake_root(tmp_path / "elsewhere")
+    (tmp_path / "cache" / "tmp").symlink_to(tmp_path / "elsewhere" / "tmp")
+    with pytest.raises(UnsafeDirectory) as e:
+        store.prune(0)
+    assert e.value.message.startswith(f"step cache {tmp_path / 'cache'}: tmp/ cannot be opened")
+    assert len(list((tmp_path / "elsewhere" / "tmp").iterdir())) == 2
+
+
+def test_entries_are_private_to_their_owner(tmp_path: Path) -> None:
+    """0700: the cache root is, but another user should not need its mode to be kept out."""
+    store = made_cache(tmp_path / "cache")
+    put_image(store, tmp_path, b"image")
+    with store.image_draft("sha256:" + "cd" * 32) as draft:
+        assert draft is not None
+        drafts = list((tmp_path / "cache" / "tmp").iterdir())
+        assert [stat.S_IMODE(d.stat().st_mode) for d in drafts] == [0o700]
+    for d in (tmp_path / "cache" / "images" / ("ab" * 32), tmp_path / "cache" / "locks"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+
+
+# -- RC-10: the tmp/ sweep goes by the owner's lock, not its pid ------------------------------
+
+_SESSION = """
+import sys
+from pathlib import Path
+from acbuild.cache.cache import CacheStore
+with CacheStore(Path(sys.argv[1])).session():
+    pass
+"""
+
+
+def test_a_build_in_another_pid_namespace_leaves_a_live_builds_entries(tmp_path: Path) -> None:
+    """Seen from another PID namespace on this host every pid of this one is dead: the
+    owner lock, which the kernel shares across namespaces, is what keeps them."""
+    need_root()
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare")
+    store = made_cache(tmp_path / "cache")
+    with store.session(), store.image_draft(KEY) as draft:
+        assert draft is not None
+        live = list((tmp_path / "cache" / "tmp").iterdir())
+        assert len(live) == 1
+        r = subprocess.run(["unshare", "--pid", "--fork", sys.executable, "-c", _SESSION,
+                            tmp_path / "cache"], capture_output=True, text=True,
+                           cwd=Path(__file__).parents[2], check=False)
+        assert r.returncode == 0, r.stderr
+        assert list((tmp_path / "cache" / "tmp").iterdir()) == live
+
+
+def _killed_while(tmp_path: Path, work: str) -> None:
+    """A child (its own pid, so its own owner tag) dies mid-``work``, no cleanup run."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            store = CacheStore(tmp_path / "cache")
+            if work == "discard":
+                cache_module.remove_at = lambda *a, **k: os._exit(0)  # type: ignore[assignment]
+                store.discard("images", KEY)
+            elif work == "import":
+                from acbuild.cache.remote import RemoteCache
+                from acbuild.report import NullReporter
+
+                with RemoteCache(store, NullReporter())._temp():
+                    os._exit(0)
+            else:
+                with store.image_draft("sha256:" + "ef" * 32):
+                    os._exit(0)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.parametrize("work", ["draft", "discard", "import"])
+def test_what_a_killed_build_left_is_swept_by_the_next_session(tmp_path: Path,
+                                                               work: str) -> None:
+    """An image draft, the trash of a discard (tmp/<tag>.bad-*), a --cache-from import's
+    tree (tmp/<tag>.remote-*): each under its owner's tag, gone once its lock is free."""
+    store = made_cache(tmp_path / "cache")
+    put_image(store, tmp_path, b"image")
+    _killed_while(tmp_path, work)
+    left = [p.name for p in (tmp_path / "cache" / "tmp").iterdir()]
+    assert len(left) == 1, left
+    with store.session():
+        assert not list((tmp_path / "cache" / "tmp").iterdir())
+    assert [p.name for p in (tmp_path / "cache" / "locks").iterdir()] == \
+        [f"{owner_tag()}.lock"]  # the dead owner's lock file is swept too
+
+
+def test_prune_keeps_a_live_builds_entries_whatever_their_age(tmp_path: Path) -> None:
+    store = made_cache(tmp_path / "cache")
+    with store.image_draft(KEY) as draft:
+        assert draft is not None
+        (live,) = (tmp_path / "cache" / "tmp").iterdir()
+        os.utime(live, (HOUR_AGO, HOUR_AGO))
+        untagged = tmp_path / "cache" / "tmp" / "from-elsewhere"
+        untagged.mkdir()
+        os.utime(untagged, (HOUR_AGO, HOUR_AGO))
+        CacheStore(tmp_path / "cache").prune(0)
+        assert list((tmp_path / "cache" / "tmp").iterdir()) == [live]
