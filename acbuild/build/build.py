@@ -33,7 +33,7 @@ from acbuild.cache.cache import CacheStore, ImageRecord
 from acbuild.cache.warm import Witness, default_cache_dir
 from acbuild.errors import AcfileError, BuildError, Span, TrustError, raise_all
 from acbuild.fs.atomic import check_writable
-from acbuild.fs.leftovers import owner_tag, sweep
+from acbuild.fs.leftovers import hold, owner_tag, sweep
 from acbuild.fs.private import create_private_file, private_dir, user_temp_root
 from acbuild.fs.staging import remove_tree
 from acbuild.image.finalize import Tee, build_epoch, write_aci
@@ -481,9 +481,18 @@ def work_directory() -> Iterator[Path]:
     """
     top = user_temp_root()
     sweep(top, "acbuild-")
-    path = Path(tempfile.mkdtemp(prefix=f"acbuild-{owner_tag()}.", dir=top))
+    while True:
+        path = Path(tempfile.mkdtemp(prefix=f"acbuild-{owner_tag()}.", dir=top))
+        try:
+            held = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # swept before it was held (from another PID namespace)
+        if hold(held):  # in use: never swept, from any PID namespace, while this runs
+            break
+        os.close(held)
     try:
         yield path
     finally:
         with deferred():  # Ctrl-C or SIGTERM now would leave half the tree behind
             remove_tree(path)
+            os.close(held)

@@ -6,6 +6,7 @@ output untouched and no temporary file behind.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from acbuild.errors import AcbuildError
-from acbuild.fs.leftovers import owner_tag, sweep
+from acbuild.fs.leftovers import hold, owner_tag, sweep
 from acbuild.fs.reasons import reason
 
 
@@ -29,11 +30,14 @@ def _create_temp(path: Path, mode: int | None = None) -> tuple[int, Path]:
         try:
             # 0o666 through the kernel's umask: the mode a plain open() would give
             # (mkstemp would give 0600).
-            return os.open(temp, flags, 0o666 if mode is None else mode & 0o777), temp
+            fd = os.open(temp, flags, 0o666 if mode is None else mode & 0o777)
         except FileExistsError:
             continue
         except OSError as e:
             raise AcbuildError(f"cannot write {path}: {reason(e, path)}") from None
+        if hold(fd):
+            return fd, temp
+        os.close(fd)  # swept before it was held (from another PID namespace): another
     raise AcbuildError(f"cannot write {path}: no free temporary name")  # pragma: no cover
 
 
@@ -113,6 +117,7 @@ def atomic_write_at(dir_fd: int, name: str, *, mode: int = 0o644,
         fd = os.open(temp, flags, mode, dir_fd=dir_fd)
     except OSError as e:
         raise AcbuildError(f"cannot write {shown}: {reason(e, shown)}") from None
+    fcntl.flock(fd, fcntl.LOCK_SH)  # in use (acbuild.fs.leftovers.hold)
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as f:
             yield f

@@ -3,14 +3,23 @@ later run can remove what a killed one (SIGKILL, power loss) could not.
 
 Only entries made on this host by a process that no longer exists are removed: a live
 build's temporary files, or another machine's on a shared directory, are never touched.
+"No longer exists" is two answers: no process of that pid in the sweeper's PID namespace,
+and no flock on the entry, which its maker holds from creation to removal (``hold``). The
+pid alone is wrong from another PID namespace on the same host (unshare -p, a container
+sharing the hostname), where every pid of this one looks dead; a flock is the kernel's,
+seen the same from every namespace.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
 import re
 import socket
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -21,6 +30,35 @@ def _host() -> str:
 def owner_tag() -> str:
     """``<pid>-<host hash>``: who made a temporary name."""
     return f"{os.getpid()}-{_host()}"
+
+
+def hold(fd: int) -> bool:
+    """Mark the temporary entry open at ``fd`` (a file or directory just made) as in use
+    until ``fd`` is closed. False when a sweep removed it before the lock was taken: make
+    another."""
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return os.fstat(fd).st_nlink > 0
+
+
+@contextlib.contextmanager
+def _unless_held(dir_fd: int, name: str) -> Iterator[bool]:
+    """Whether no process holds ``name`` (see ``hold``); while True, an exclusive flock on
+    it is kept, so its maker cannot start using it while it is being removed."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except OSError as e:
+        yield e.errno == errno.ELOOP  # a symlink: nothing holds it, it is only unlinked
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def _alive(pid: int) -> bool:
@@ -61,7 +99,10 @@ def sweep(directory: Path, prefix: str, suffix: str = "") -> list[Path]:
                 # almost all find nothing.
                 from acbuild.fs.staging import remove_at
 
-                remove_at(fd, name)
+                with _unless_held(fd, name) as free:
+                    if not free:
+                        continue
+                    remove_at(fd, name)
             except OSError:
                 continue
             removed.append(directory / name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,3 +121,26 @@ def test_a_per_user_temporary_root_planted_by_another_user_is_refused(
         user_temp_root()
     assert str(mine) in e.value.message
     assert e.value.hint
+
+
+_SWEEP_ELSEWHERE = """
+import sys
+from pathlib import Path
+from acbuild.fs.leftovers import sweep
+print(len(sweep(Path(sys.argv[1]), "acbuild-")), len(sweep(Path(sys.argv[2]), ".o.aci.", ".tmp")))
+"""
+
+
+def test_a_sweep_from_another_pid_namespace_leaves_live_entries(tmp_path: Path) -> None:
+    """There every pid of this namespace looks dead (red team RC-10): the entry's flock,
+    held by its maker, is what keeps a live build's work directory and temporary output."""
+    if os.geteuid() != 0:
+        pytest.skip("unshare --pid needs root")
+    elsewhere = ["unshare", "--pid", "--fork", sys.executable, "-c", _SWEEP_ELSEWHERE]
+    with work_directory() as work, atomic_write(tmp_path / "o.aci") as f:
+        f.write(b"half")
+        r = subprocess.run([*elsewhere, work.parent, tmp_path], capture_output=True,
+                           text=True, cwd=Path(__file__).parents[2], check=False)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["0", "0"]
+        assert work.is_dir() and len(list(tmp_path.iterdir())) == 1
