@@ -35,6 +35,8 @@ from typing import Any
 
 from acbuild import __version__
 from acbuild.fs.atomic import atomic_write
+from acbuild.fs.beneath import open_beneath
+from acbuild.fs.private import UnsafeDirectory, open_private_dir
 from acbuild.report import Field, Reporter, StepInfo
 
 _FORMAT = 2
@@ -178,12 +180,23 @@ def _write(path: Path, body: dict[str, object]) -> None:
     # Only a speed-up: a record that cannot be written is a full no-op next time.
 
 
-def _read(path: Path) -> Any:
-    """The record's body (JSON, checked by the code reading it); None when damaged."""
+def _read(cache_dir: Path, key: str) -> Any:
+    """The record's body (JSON, checked by the code reading it); None when damaged, or
+    when the cache directory is not one only this user (or root) controls, path included
+    (a record planted there would make a build report success without building): read
+    through the directory opened and checked, no symlink followed below it."""
     try:
-        data = path.read_bytes()
-    except OSError:
+        top = open_private_dir(cache_dir, what="step cache", create=False)
+    except UnsafeDirectory:
         return None
+    try:
+        fd = open_beneath(top, f"warm/{key}.json", os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            data = f.read() if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else b""
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(top)
     digest, _, raw = data.partition(b"\n")
     if hashlib.sha256(raw).hexdigest().encode() != digest:
         return None
@@ -192,17 +205,6 @@ def _read(path: Path) -> Any:
         if isinstance(body, dict):
             return body
     return None
-
-
-def _private(directory: Path) -> bool:
-    """The cache directory is this user's and no one else may write it: a record planted
-    there would make a build report success without building."""
-    try:
-        st = os.stat(directory)
-    except OSError:
-        return False
-    return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
-            and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
 
 
 def _inputs_unchanged(inputs: Any) -> bool:
@@ -273,10 +275,7 @@ def _output_unchanged(path: Path, output: Any) -> bool | None:
 def check(cache_dir: Path, key: str) -> WarmResult | None:
     """The recorded result when nothing the build read has changed and the output is still
     the image it wrote (with no signature beside it); None otherwise."""
-    if not _private(cache_dir):
-        return None
-    path = _record_path(cache_dir, key)
-    body = _read(path)
+    body = _read(cache_dir, key)
     if body is None:
         return None
     try:
@@ -291,7 +290,8 @@ def check(cache_dir: Path, key: str) -> WarmResult | None:
         if unchanged is False:
             return None
         if unchanged is None:
-            _write(path, {**body, "output": [output[0], output[1], True, output[3]]})
+            _write(_record_path(cache_dir, key),
+                   {**body, "output": [output[0], output[1], True, output[3]]})
         image_id, name, version, size, uncompressed, entries = image
         return WarmResult(
             steps=tuple(StepInfo(number=n, total=t, text=x, stage=s) for n, t, x, s in steps),

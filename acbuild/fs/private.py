@@ -132,9 +132,9 @@ def _trusted(st: os.stat_result) -> bool:
     return st.st_uid in (0, os.geteuid())
 
 
-def open_private_dir(path: Path, *, what: str) -> int:
+def open_private_dir(path: Path, *, what: str, create: bool = True) -> int:
     """A descriptor (O_RDONLY) of ``path`` as a directory private to this user, made (0700,
-    parents too) if missing; for a directory that is then used only through it.
+    parents too) if missing and ``create``; for a directory then used only through it.
 
     Resolved one component at a time from ``/``, nothing followed by the kernel, as ssh's
     StrictModes reasons: every symlink and directory met must belong to this user or root
@@ -162,6 +162,8 @@ def open_private_dir(path: Path, *, what: str) -> int:
             try:
                 st = os.stat(part, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
+                if not create:
+                    raise UnsafeDirectory(f"{prefix}: {at} does not exist") from None
                 try:
                     os.mkdir(part, 0o700, dir_fd=fd)
                 except FileExistsError:

@@ -3,6 +3,7 @@ answer — each input a build reads, changed, gives the image a fresh build give
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import mmap
 import os
@@ -327,3 +328,21 @@ def test_an_output_written_through_a_mapping_made_before_its_record_is_no_hit(
         assert warm.check(cache, "k") is None, "vouched for bytes the output lacks"
     finally:
         mapping.close()
+
+
+def test_a_record_is_never_read_through_another_users_symlink(project: Path) -> None:
+    """The record answers only from a cache directory no one else controls, its path
+    included: through a link `nobody` owns (and could re-point at records of theirs after
+    a check) there is no hit, and the build refuses the cache as the step cache does."""
+    from tests.support.otheruser import as_nobody, shared_directory
+
+    warm_up(project)
+    for shared in shared_directory():
+        link = shared / "build-cache"
+        as_nobody(functools.partial(link.symlink_to, project / "cache"))
+        ctx = project / "ctx"
+        r = acbuild("-v", "build", ctx / "Acfile", "-o", project / "out.aci", "--var-file",
+                    ctx / "vars.toml", "--var", "version=1", "--cache-dir", link,
+                    cwd=project, env={"SOURCE_DATE_EPOCH": "1000000"})
+        assert HIT not in r.stderr
+        assert r.code == 1 and f"step cache {link} is a symlink that belongs to uid" in r.stderr
