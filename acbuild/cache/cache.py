@@ -73,9 +73,10 @@ _CHUNK = 1 << 20
 _STALE_TMP = 3600.0
 _TAG = "CACHEDIR.TAG"
 _TAG_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
-_TAG_TEXT = _TAG_SIGNATURE + (b"\n# This file is a cache directory tag created by acbuild-py.\n"
-                              b"# For information about cache directory tags, see:\n"
-                              b"#\thttps://bford.info/cachedir/\n")
+# Ours, not just any tool's (a Rust target/ has one too): the signature and our line.
+_TAG_OURS = _TAG_SIGNATURE + b"\n# This file is a cache directory tag created by acbuild-py.\n"
+_TAG_TEXT = _TAG_OURS + (b"# For information about cache directory tags, see:\n"
+                         b"#\thttps://bford.info/cachedir/\n")
 _SUBDIRS = ("steps", "images", "tmp", "locks")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -165,7 +166,7 @@ def _claim(fd: int, root: Path) -> None:
     directories, so a directory with anything else in it (``/``, a home) is never used."""
     for _ in range(50):
         try:
-            if _read_at(fd, _TAG).startswith(_TAG_SIGNATURE):
+            if _read_at(fd, _TAG).startswith(_TAG_OURS):
                 return
             break  # someone else's file of that name: not ours
         except FileNotFoundError:
@@ -191,7 +192,8 @@ def _claim(fd: int, root: Path) -> None:
             os.unlink(temp, dir_fd=fd)
         time.sleep(0.01)
     raise NotACache(
-        f"step cache {root} is not an acbuild-py cache (it is not empty and has no {_TAG}); "
+        f"step cache {root} is not an acbuild-py cache (it is not empty and has no "
+        f"acbuild-py {_TAG}); "
         "refusing to use it, or to prune anything in it",
         hint="choose a new or empty directory for --cache-dir (or $XDG_CACHE_HOME)")
 

@@ -138,8 +138,8 @@ def test_a_directory_that_is_not_a_cache_is_never_pruned_or_used(tmp_path: Path,
     r = acbuild("cache", "prune", "--all", "--cache-dir", given)
     assert r.code == 1, r.stderr
     assert r.stderr.startswith(f"error: step cache {given} is not an acbuild-py cache (it is "
-                               "not empty and has no CACHEDIR.TAG); refusing to use it, or to "
-                               "prune anything in it\n"), r.stderr
+                               "not empty and has no acbuild-py CACHEDIR.TAG); refusing to use "
+                               "it, or to prune anything in it\n"), r.stderr
     assert "Traceback" not in r.stderr
     (tmp_path / "ctx").mkdir()
     (tmp_path / "ctx" / "Acfile").write_text("BEGIN scratch\nNAME example.com/n\n")
@@ -156,10 +156,13 @@ def test_a_new_or_empty_directory_becomes_a_tagged_cache(tmp_path: Path) -> None
         assert (where / "CACHEDIR.TAG").read_bytes().startswith(
             b"Signature: 8a477f597d28d172789f06886806bc55")
         made_cache(where)  # and stays usable
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "CACHEDIR.TAG").write_text("not a tag\n")
-    with pytest.raises(NotACache):
-        CacheStore(tmp_path / "other").check()
+    for text in ("not a tag\n", "Signature: 8a477f597d28d172789f06886806bc55\n"
+                 "# This file is a cache directory tag created by cargo.\n"):
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other" / "CACHEDIR.TAG").write_text(text)
+        with pytest.raises(NotACache):  # not ours: another tool's cache is not emptied
+            CacheStore(tmp_path / "other").check()
+        shutil.rmtree(tmp_path / "other")
 
 
 def test_subdirectories_are_never_followed(tmp_path: Path) -> None:
