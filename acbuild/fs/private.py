@@ -10,7 +10,9 @@ others may write to it. Only the directory itself is checked, not its parents: a
 from __future__ import annotations
 
 import errno
+import grp
 import os
+import pwd
 import stat
 import tempfile
 from pathlib import Path
@@ -132,6 +134,24 @@ def _trusted(st: os.stat_result) -> bool:
     return st.st_uid in (0, os.geteuid())
 
 
+def _others_may_write(st: os.stat_result) -> bool:
+    """Whether someone else may rename what is in this directory: others may write it, or
+    its group may and that group is not this user's own (a user private group, where a
+    umask of 002 makes ~/.cache 0775, is as the user alone: Debian's sshd reasons so)."""
+    if st.st_mode & stat.S_ISVTX or not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return False
+    if st.st_mode & stat.S_IWOTH:
+        return True
+    try:
+        user = pwd.getpwuid(os.geteuid())
+        group = grp.getgrgid(st.st_gid)
+    except KeyError:
+        return True
+    return not (st.st_uid == os.geteuid() and group.gr_gid == user.pw_gid
+                and group.gr_name == user.pw_name
+                and all(m == user.pw_name for m in group.gr_mem))
+
+
 def open_private_dir(path: Path, *, what: str, create: bool = True) -> int:
     """A descriptor (O_RDONLY) of ``path`` as a directory private to this user, made (0700,
     parents too) if missing and ``create``; for a directory then used only through it.
@@ -197,8 +217,7 @@ def open_private_dir(path: Path, *, what: str, create: bool = True) -> int:
             opened = os.fstat(fd)
             if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
                 raise UnsafeDirectory(f"{prefix}: {at} was replaced while it was opened")
-            if todo and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) \
-                    and not st.st_mode & stat.S_ISVTX:
+            if todo and _others_may_write(st):
                 raise UnsafeDirectory(
                     f"{prefix}: {at} is writable by other users (mode "
                     f"{stat.S_IMODE(st.st_mode):04o}), who could replace what is in it",
