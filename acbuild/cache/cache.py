@@ -345,7 +345,7 @@ class CacheStore:
     @property
     def mounts(self) -> MountCache:
         """The RUN --mount=type=cache directories: beside the steps, never in a key."""
-        return MountCache(self.root / "mounts")
+        return MountCache(self.root / "mounts", prepare=self.check)
 
     def stat_cache(self, context: Path, witness: Witness | None = None) -> StatCache:
         name = hashlib.sha256(os.fsencode(context)).hexdigest()[:32]

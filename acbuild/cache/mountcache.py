@@ -47,8 +47,10 @@ class Owner:
 
 
 class MountCache:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, prepare: Callable[[], None] | None = None) -> None:
         self.root = root
+        # Run before mounts/ is made: the step cache checks (and tags) the directory it is in.
+        self._prepare = prepare
 
     def _entry(self, cache_id: str) -> Path:
         return self.root / hashlib.sha256(cache_id.encode()).hexdigest()[:40]
@@ -58,6 +60,8 @@ class MountCache:
             on_wait: Callable[[], None] | None = None) -> Iterator[Path]:
         """The data directory for ``cache_id``, locked as ``sharing`` says until the end;
         ``on_wait`` is called before waiting for another user to let go of it."""
+        if self._prepare is not None:
+            self._prepare()
         private_dir(self.root, what="cache mount directory")
         entry = self._entry(cache_id)
         entry.mkdir(mode=0o700, exist_ok=True)

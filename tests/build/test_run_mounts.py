@@ -307,11 +307,12 @@ def test_locked_caches_taken_in_opposite_orders_do_not_deadlock(ctx: Path,
     start; once b is free both must finish (locks are taken in one order, by id)."""
     import threading
 
-    from acbuild.cache.mountcache import MountCache, Owner
+    from acbuild.cache.cache import CacheStore
+    from acbuild.cache.mountcache import Owner
 
     env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / "cache"),
            "XDG_STATE_HOME": str(tmp_path / "state")}
-    mounts = MountCache(tmp_path / "cache/acbuild-py/build-cache/mounts")
+    mounts = CacheStore(tmp_path / "cache/acbuild-py/build-cache").mounts
     procs = []
     held, release = threading.Event(), threading.Event()
 

@@ -268,3 +268,15 @@ def test_prune_keeps_a_live_builds_entries_whatever_their_age(tmp_path: Path) ->
         os.utime(untagged, (HOUR_AGO, HOUR_AGO))
         CacheStore(tmp_path / "cache").prune(0)
         assert list((tmp_path / "cache" / "tmp").iterdir()) == [live]
+
+
+def test_a_cache_mount_used_first_makes_a_tagged_cache(tmp_path: Path) -> None:
+    """A RUN --mount=type=cache (also in a --no-cache build) may be the first to use the
+    directory: it is made a cache then, so a later cached build does not refuse it."""
+    from acbuild.cache.mountcache import Owner
+
+    with CacheStore(tmp_path / "cache").mounts.use("id", "shared",
+                                                   Owner(uid=os.geteuid(), gid=os.getegid())):
+        pass
+    assert (tmp_path / "cache" / "CACHEDIR.TAG").is_file()
+    made_cache(tmp_path / "cache")
