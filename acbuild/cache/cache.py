@@ -195,7 +195,8 @@ def _claim(fd: int, root: Path) -> None:
         f"step cache {root} is not an acbuild-py cache (it is not empty and has no "
         f"acbuild-py {_TAG}); "
         "refusing to use it, or to prune anything in it",
-        hint="choose a new or empty directory for --cache-dir (or $XDG_CACHE_HOME)")
+        hint="choose a new or empty directory for --cache-dir (or $XDG_CACHE_HOME); a cache "
+             "made before acbuild-py tagged its caches is to be removed by hand")
 
 
 def _hold_owner(locks: int, tag: str) -> int:
