@@ -280,3 +280,16 @@ def test_a_cache_mount_used_first_makes_a_tagged_cache(tmp_path: Path) -> None:
         pass
     assert (tmp_path / "cache" / "CACHEDIR.TAG").is_file()
     made_cache(tmp_path / "cache")
+
+
+def test_another_user_keeps_a_cache_of_their_own_in_a_shared_directory(shared: Path) -> None:
+    """The rules are the same for a user who is not root: theirs, through root's sticky
+    directory, is usable (and made private and tagged)."""
+    def use() -> None:
+        store = made_cache(shared / "mine" / "cache")
+        with store.image_draft(KEY) as draft:
+            assert draft is not None
+        assert (shared / "mine" / "cache" / "CACHEDIR.TAG").is_file()
+
+    as_nobody(use)
+    assert os.stat(shared / "mine" / "cache").st_uid == NOBODY
