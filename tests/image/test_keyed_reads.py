@@ -338,6 +338,10 @@ def test_a_keyed_base_copied_gives_the_image_a_linked_one_gives(tmp_path: Path) 
         os.utime(src / "data", ns=(1_500_000_000_999_999_999, 1_500_000_000_999_999_999))
         with contextlib.suppress(OSError):  # a filesystem without user xattrs
             os.setxattr(src / "data", "user.note", b"kept")
+        # The other mtimes fixed too: the two trees are made at different moments, and a
+        # second boundary between them would give their images different times.
+        for made in (src / "bin/tool", src / "bin", src):
+            os.utime(made, (1_400_000_000, 1_400_000_000))
         cache = StatCache(None)
         path_digest(src, cache)
         rootfs = StagedRootfs(root=where / "r", keyed=cache.keyed if keyed else None)
