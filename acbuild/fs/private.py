@@ -56,16 +56,21 @@ def check_private(path: Path, *, what: str) -> os.stat_result:
         st = os.fstat(fd)
     finally:
         os.close(fd)
-    hint = f"use a directory of your own for the {what} (mode 0700), or fix this one's owner"
+    _own_and_private(st, f"{what} {path}", path, hint=f"use a directory of your own for the "
+                     f"{what} (mode 0700), or fix this one's owner")
+    return st
+
+
+def _own_and_private(st: os.stat_result, shown: str, path: Path, *, hint: str) -> None:
+    """Refuse the directory ``st`` (named ``shown``) unless this user owns it and only they
+    may write it."""
     if st.st_uid != os.geteuid():
         raise UnsafeDirectory(
-            f"{what} {path} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})",
-            hint=hint)
+            f"{shown} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})", hint=hint)
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise UnsafeDirectory(
-            f"{what} {path} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})",
+            f"{shown} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})",
             hint=f"chmod go-w {path}, or {hint}")
-    return st
 
 
 def user_temp_root() -> Path:
@@ -232,15 +237,7 @@ def open_private_dir(path: Path, *, what: str, create: bool = True) -> int:
         raise UnsafeDirectory(f"cannot open {prefix}: {e.strerror}") from None
     os.close(fd)
     try:
-        st = os.fstat(final)
-        if st.st_uid != os.geteuid():
-            raise UnsafeDirectory(
-                f"{prefix} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})",
-                hint=hint)
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise UnsafeDirectory(
-                f"{prefix} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})",
-                hint=f"chmod go-w {path}, or {hint}")
+        _own_and_private(os.fstat(final), prefix, Path(path), hint=hint)
     except BaseException:
         os.close(final)
         raise

@@ -33,6 +33,7 @@ from acbuild.image.extract import RootfsWriter
 from acbuild.image.finalize import write_aci, write_aci_stream
 from acbuild.image.tarread import Limits
 from acbuild.image.unstaged import materialize
+from tests.support.mapped import Mapped
 
 MANIFEST = b'{"acKind":"ImageManifest","acVersion":"0.8.11","name":"example.com/x"}'
 OLD = b"OLD-CONTENT\n"
@@ -356,36 +357,14 @@ def test_a_keyed_base_copied_gives_the_image_a_linked_one_gives(tmp_path: Path) 
 # -- CI-1: a write through a shared mapping changes no time: the content is checked --------
 
 
-class _Mapped:
-    """``path`` mapped shared and one byte stored (the page is dirty, the times updated);
-    ``store`` then writes through the map without a fault: no time changes."""
-
-    def __init__(self, path: Path) -> None:
-        import mmap
-
-        self.path = path
-        self.fd = os.open(path, os.O_RDWR)
-        self.map = mmap.mmap(self.fd, 0, mmap.MAP_SHARED)
-        self.map[0:1] = self.map[0:1]
-
-    def store(self, data: bytes, offset: int = 0) -> None:
-        before = os.stat(self.path)
-        self.map[offset:offset + len(data)] = data
-        after = os.stat(self.path)
-        if (after.st_mtime_ns, after.st_ctime_ns) != (before.st_mtime_ns, before.st_ctime_ns):
-            pytest.skip("the page was written back meanwhile: the times changed")
-
-    def close(self) -> None:
-        self.map.close()
-        os.close(self.fd)
 
 
-def _mapped_base(tmp_path: Path, rel: str) -> tuple[_Mapped, StagedRootfs]:
+def _mapped_base(tmp_path: Path, rel: str) -> tuple[Mapped, StagedRootfs]:
     src = tmp_path / "src"
     (src / "etc").mkdir(parents=True)
     (src / "etc/conf").write_bytes(OLD)
     (src / "big").write_bytes(b"a" * BIG)
-    mapped = _Mapped(src / rel)
+    mapped = Mapped(src / rel)
     cache = StatCache(None)
     path_digest(src, cache)
     rootfs = StagedRootfs(root=tmp_path / "r", keyed=cache.keyed)
@@ -414,7 +393,7 @@ def test_a_base_copied_for_a_run_stage_is_checked_on_content(tmp_path: Path) -> 
     src = tmp_path / "src"
     src.mkdir()
     (src / "conf").write_bytes(OLD)
-    mapped = _Mapped(src / "conf")
+    mapped = Mapped(src / "conf")
     try:
         cache = StatCache(None)
         path_digest(src, cache)
@@ -431,13 +410,13 @@ def test_a_base_copied_for_a_run_stage_is_checked_on_content(tmp_path: Path) -> 
 def test_a_context_file_written_through_a_mapping_after_keying_fails(tmp_path: Path,
                                                                      reader: str) -> None:
     name = "big" if reader == "finalizer big" else "a.txt"
-    mapped: list[_Mapped] = []
+    mapped: list[Mapped] = []
     try:
         if reader == "copy":  # mapped before the key, written after it, before the COPY
             ctx = tmp_path / "ctx"
             ctx.mkdir()
             (ctx / "a.txt").write_bytes(OLD)
-            m = _Mapped(ctx / "a.txt")
+            m = Mapped(ctx / "a.txt")
             mapped.append(m)
             context = BuildContext(ctx)
             cache = StatCache(None)
@@ -454,7 +433,7 @@ def test_a_context_file_written_through_a_mapping_after_keying_fails(tmp_path: P
         ctx.mkdir()
         (ctx / "a.txt").write_bytes(OLD)
         (ctx / "big").write_bytes(b"a" * BIG)
-        m = _Mapped(ctx / name)
+        m = Mapped(ctx / name)
         mapped.append(m)
         _, rootfs = _keyed_refs_existing(tmp_path, ctx)
         m.store(NEW if name == "a.txt" else b"b" * 16)

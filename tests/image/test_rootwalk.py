@@ -12,7 +12,6 @@ the finalizer, or from the sink the image goes to while the big file is being st
 from __future__ import annotations
 
 import io
-import mmap
 import os
 import tarfile
 import time
@@ -29,6 +28,7 @@ from acbuild.image.finalize import write_aci, write_aci_stream
 from acbuild.image.unstaged import materialize
 from acbuild.interop.export import write_layer
 from tests.support.crcforge import forge
+from tests.support.mapped import Mapped
 
 MANIFEST = b'{"acKind":"ImageManifest","acVersion":"0.8.11","name":"example.com/x"}'
 KEY = "sha256:" + "cd" * 32
@@ -111,26 +111,6 @@ def test_an_entry_file_changed_after_the_restore_fails_and_discards_the_entry(
     _fails(rootfs, tmp_path, store, rel)
 
 
-class _Mapped:
-    """``path`` mapped shared and one byte stored (the page is dirty, the times updated);
-    ``store`` then writes through the map without a fault: no time changes."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd = os.open(path, os.O_RDWR)
-        self.map = mmap.mmap(self.fd, 0, mmap.MAP_SHARED)
-        self.map[0:1] = self.map[0:1]
-
-    def store(self, data: bytes) -> None:
-        before = os.stat(self.path)
-        self.map[0:len(data)] = data
-        after = os.stat(self.path)
-        if (after.st_mtime_ns, after.st_ctime_ns) != (before.st_mtime_ns, before.st_ctime_ns):
-            pytest.skip("the page was written back meanwhile: the times changed")
-
-    def close(self) -> None:
-        self.map.close()
-        os.close(self.fd)
 
 
 @pytest.mark.parametrize("rel", ["etc/conf", "big"])
@@ -139,7 +119,7 @@ def test_an_entry_file_written_through_a_mapping_after_the_restore_fails(
     store, record, tree = _entry(tmp_path)
     # Mapped (and dirtied) before the restore: the restore reads it whole and finds it
     # intact; the store after it moves neither the mtime nor the ctime.
-    mapped = _Mapped(tree / rel)
+    mapped = Mapped(tree / rel)
     try:
         with store.session():
             rootfs = store.restore(record, tmp_path / "r", link=True, lazy=True)
@@ -194,7 +174,7 @@ class _EditingSink(io.RawIOBase):
 def test_an_entry_file_written_through_a_mapping_while_it_is_streamed_fails(
         tmp_path: Path) -> None:
     store, rootfs, tree = _restored(tmp_path)
-    mapped = _Mapped(tree / "big")  # the ctime moves now, after the restore, before the open
+    mapped = Mapped(tree / "big")  # the ctime moves now, after the restore, before the open
     time.sleep(0.01)
     try:
         # The file is open and being read: its signature when opened is this one; the
@@ -232,7 +212,7 @@ def test_an_oci_layer_of_an_entry_written_through_a_mapping_fails(tmp_path: Path
     """The OCI export writes its layer from the same walk (it made the lower files real and
     read the big ones again by path: unchecked)."""
     store, record, tree = _entry(tmp_path)
-    mapped = _Mapped(tree / rel)
+    mapped = Mapped(tree / rel)
     try:
         with store.session():
             rootfs = store.restore(record, tmp_path / "r", link=True, lazy=True)
