@@ -15,10 +15,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from acbuild.distribution.registry.blobstore import BlobStore
 from acbuild.distribution.registry.credentials import IDENTITY_TOKEN_USER, Credential
+from acbuild.distribution.registry.deadline import Watch, watched_client
 from acbuild.distribution.registry.platform import Platform
 from acbuild.distribution.registry.pull import pull
 from acbuild.distribution.registry.reference import RegistryError, parse_reference
@@ -440,3 +442,43 @@ def test_a_gated_layer_does_not_time_out_while_a_slow_config_keeps_coming(
     assert time.monotonic() - started > 1.5 * TIMEOUT  # the config took longer than it
     assert all(store.has(d, None) for d in digests)
     assert leftovers(store) == []
+
+
+def test_a_first_address_that_drops_connects_is_passed_over_for_the_next(
+        server: TrickleServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RR-1: a name whose first address drops SYNs (127.0.0.2:P, a listener whose queue is
+    full) and whose second answers (127.0.0.1:P) is reached on the second once the first's
+    connect timeout passes, as socket.create_connection does."""
+    server.answers[PATH] = answer(200, body=b"{}")
+    real = socket.getaddrinfo
+
+    def resolve(host: object, port: object, *args: object, **kwargs: object) -> object:
+        if host != "two.test":
+            return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, server.port))
+                for ip in ("127.0.0.2", "127.0.0.1")]
+
+    with socket.create_server(("127.0.0.2", server.port), backlog=0) as hole, \
+            socket.create_connection(hole.getsockname(), timeout=1):  # fills its queue
+        monkeypatch.setattr(socket, "getaddrinfo", resolve)
+        started = time.monotonic()
+        with watched_client(Watch(), trust_env=False,
+                            timeout=httpx.Timeout(5, connect=0.5)) as client:
+            response = client.get(f"http://two.test:{server.port}{PATH}")
+        took = time.monotonic() - started
+    assert response.status_code == 200
+    assert 0.4 < took < 2.5
+
+
+def test_every_address_timing_out_is_a_connect_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with unconnectable() as first, unconnectable() as second:
+        addresses = [(socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                      ("127.0.0.1", int(a.rsplit(":", 1)[1]))) for a in (first, second)]
+        monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: addresses)
+        started = time.monotonic()
+        with watched_client(Watch(), trust_env=False,
+                            timeout=httpx.Timeout(5, connect=0.3)) as client, \
+                pytest.raises(httpx.ConnectTimeout):
+            client.get("http://two.test:1/")
+    assert 0.5 < time.monotonic() - started < 2.0

@@ -259,8 +259,7 @@ class _Backend(httpcore.NetworkBackend):
                 sock.setblocking(False)
                 code = sock.connect_ex(address)
                 if code == errno.EINPROGRESS:
-                    self._watch.sliced(functools.partial(_connected, sock), timeout,
-                                       httpcore.ConnectTimeout)
+                    self._wait_connected(sock, timeout)
                     code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if code:
                     raise OSError(code, os.strerror(code))  # ConnectionRefusedError, …
@@ -275,10 +274,26 @@ class _Backend(httpcore.NetworkBackend):
             except BaseException:
                 sock.close()
                 raise
+        if isinstance(failure, TimeoutError):  # the last address timed out: say so
+            raise httpcore.ConnectTimeout("timed out")
         try:  # raised from the OSError, as httpcore's map_exceptions does: its pool drops
             raise failure  # the cause, and refused() finds ECONNREFUSED in the context
         except OSError as e:
             raise httpcore.ConnectError(str(e)) from e
+
+    def _wait_connected(self, sock: socket.socket, timeout: float | None) -> None:
+        """Wait for ``sock``'s connect; its own ``timeout`` running out is a failure of this
+        address (TimeoutError, so the next one is tried, as socket.create_connection does),
+        a running deadline passing (a Stop included) ends the whole connect."""
+        try:
+            self._watch.sliced(functools.partial(_connected, sock), timeout,
+                               httpcore.ConnectTimeout)
+        except httpcore.ConnectTimeout:
+            earliest = self._watch.earliest()
+            if timeout is None or self._watch.expired() is not None or (
+                    earliest is not None and earliest.at() <= time.monotonic() + SLICE / 10):
+                raise
+            raise TimeoutError(errno.ETIMEDOUT, "timed out") from None
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                     local_address: str | None = None,
