@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from acbuild.distribution.registry.transport import (
 )
 from acbuild.distribution.registry.upload import PushSession, Repository
 from acbuild.report import NullReporter
+from tests.support.httpserver import TlsFiles, make_tls
 from tests.support.registry import TamperProxy
 from tests.support.trickle import TrickleServer, answer, padded, trickle_server
 
@@ -482,3 +484,73 @@ def test_every_address_timing_out_is_a_connect_timeout(
                 pytest.raises(httpx.ConnectTimeout):
             client.get("http://two.test:1/")
     assert 0.5 < time.monotonic() - started < 2.0
+
+
+@contextlib.contextmanager
+def slow_reader_tls(tls: TlsFiles, *, piece: int, pause: float) -> Iterator[str]:
+    """HOST:PORT of an HTTPS server that reads a request's body ``piece`` bytes every
+    ``pause`` seconds (a small receive buffer, so the client's sends wait), then answers
+    201."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls.cert, tls.key)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError), context.wrap_socket(
+                listener.accept()[0], server_side=True) as conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(1)
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            while length > 0:
+                want = min(piece, length)
+                while want > 0:  # a TLS recv gives one record (16 KiB) at most
+                    got = len(conn.recv(want))
+                    want, length = want - got, length - got
+                time.sleep(pause)
+            conn.sendall(b"HTTP/1.1 201 X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        thread.join(timeout=10)
+
+
+class _SinceLastWrite:
+    """As transport.Sending: ``seconds`` after the watch's last write (or its start)."""
+
+    def __init__(self, watch: Watch, seconds: float) -> None:
+        self._watch, self._seconds, self._started = watch, seconds, time.monotonic()
+
+    def at(self) -> float:
+        return max(self._started, self._watch.last_write()) + self._seconds
+
+    def error(self) -> Exception:
+        return TimeoutError("nothing sent")
+
+
+def test_a_slow_tls_upload_that_keeps_going_out_is_not_timed_out(tmp_path: Path) -> None:
+    """RR-2: a 1 MiB body piece over TLS at ~800 KiB/s through a small send buffer (as on a
+    slow link) takes 1.3 s to go out, more than the 0.6 s allowed since the last write;
+    it goes out in sends small enough to mark progress at the rate it really leaves."""
+    tls = make_tls(tmp_path / "tls")
+    watch = Watch()
+    transport = httpx.HTTPTransport(verify=ssl.create_default_context(cafile=tls.ca),
+                                    socket_options=[(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                                     16384)])
+    with slow_reader_tls(tls, piece=20 * 1024, pause=0.025) as host, \
+            watched_client(watch, transport=transport, trust_env=False) as client, \
+            watch.running(_SinceLastWrite(watch, 0.6)):
+        started = time.monotonic()
+        response = client.put(f"https://{host}/upload", content=iter((os.urandom(1 << 20),)),
+                              headers={"Content-Length": str(1 << 20)})
+        took = time.monotonic() - started
+    assert response.status_code == 201
+    assert 0.8 < took < 4.0

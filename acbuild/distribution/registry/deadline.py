@@ -39,6 +39,10 @@ SLICE = 0.2  # seconds a blocked socket operation waits before it looks at its s
 _T = TypeVar("_T")
 
 READ_BYTES = 1 << 20
+# Bytes handed to one send: a send completes only when the kernel's buffer took all of it
+# (a TLS send never partly), and progress is marked per completed send, so a piece this
+# small marks an upload's progress at the rate it really goes out, not once a MiB (RR-2).
+WRITE_BYTES = 1 << 16
 
 
 class Deadline(Protocol):
@@ -190,16 +194,18 @@ class _Stream(httpcore.NetworkStream):
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         sock = self._socket()
+        data = memoryview(buffer)
         if sock is None:
-            self._inner.write(buffer, self._watch.clamp(timeout, httpcore.WriteTimeout))
-            self._watch.wrote()
+            for start in range(0, len(data), WRITE_BYTES):
+                self._inner.write(bytes(data[start:start + WRITE_BYTES]),
+                                  self._watch.clamp(timeout, httpcore.WriteTimeout))
+                self._watch.wrote()
             return
         # httpcore's write loops over send and loses count when one times out, so the loop
         # is here: a send that timed out sent nothing and is repeated with the same bytes.
-        data = memoryview(buffer)
         while data:
-            sent = self._watch.sliced(functools.partial(_send, sock, data), timeout,
-                                      httpcore.WriteTimeout)
+            sent = self._watch.sliced(functools.partial(_send, sock, data[:WRITE_BYTES]),
+                                      timeout, httpcore.WriteTimeout)
             data = data[sent:]
             self._watch.wrote()
 
