@@ -233,6 +233,7 @@ class RemoteCache:
         self.sources = [_Source(repo, session, _Clock(self.budget))
                         for repo, session in sources]
         self.destination = destination
+        self._giving_up = threading.Lock()  # stages import in threads
 
     # ---- import ---------------------------------------------------------------------------
 
@@ -254,15 +255,22 @@ class RemoteCache:
                 # what the entry names cannot even be asked for (httpx refuses the URL)
                 self._miss(source, what, f"it names something that cannot be fetched ({e})")
             except _TooSlow as e:
-                source.alive = False
-                self.reporter.warning(f"{source.repo.url()}: {e}; building {what}, and not "
+                self._give_up(source, f"{source.repo.url()}: {e}; building {what}, and not "
                                       "using this cache for the rest of the build")
             except (AcbuildError, OSError) as e:
-                source.alive = False
                 message = e.message if isinstance(e, AcbuildError) else str(e)
-                self.reporter.warning(f"{source.repo.url()}: {message}; not using this cache "
+                self._give_up(source, f"{source.repo.url()}: {message}; not using this cache "
                                       "for the rest of the build")
         return None
+
+    def _give_up(self, source: _Source, warning: str) -> None:
+        """Stop asking ``source``, with ``warning``, unless another stage's import gave it
+        up already (both were asking when it failed): the build hears of it once."""
+        with self._giving_up:
+            if not source.alive:
+                return
+            source.alive = False
+        self.reporter.warning(warning)
 
     def _miss(self, source: _Source, what: str, message: str) -> None:
         self.reporter.warning(f"{source.repo.url()}: the cache entry of {what}: "

@@ -6,10 +6,12 @@ it gives the cache up for the build, once."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -292,3 +294,26 @@ def test_a_cache_from_lookup_is_held_to_15_s(tmp_path: Path) -> None:
         (source,) = cache.sources
         assert (source.session.options.timeout, source.session.options.retries) == (15.0, 1)
         assert cache.destination[1].options == transport
+
+
+def test_a_cache_that_fails_two_stages_at_once_is_warned_about_once(
+        trickle: TrickleServer, tmp_path: Path) -> None:
+    """RR-7: stages look up in threads (build -j 2); both lookups time out together, and the
+    cache is given up with one warning, not one per stage."""
+    for key in (KEY, OTHER):
+        trickle.answers[manifest_path(key)] = padded(404, pad=1500, head_pause=0.05)
+    s = store(tmp_path / "c")
+    with session(trickle, timeout=1.0) as push:
+        cache, reporter = cache_of(trickle, s, push, ImportBudget(grace=30.0))
+        together = threading.Barrier(2)
+
+        def look_up(key: str, what: str) -> str | None:
+            together.wait()
+            return cache.fetch(key, what)
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            found = list(pool.map(look_up, (KEY, OTHER), ("step 2", "step 3")))
+    assert found == [None, None]
+    assert len(trickle.requests) == 2  # both were asking when it failed
+    (warning,) = reporter.warnings
+    assert "not using this cache for the rest of the build" in warning

@@ -10,15 +10,18 @@ import hashlib
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from acbuild.distribution.registry.blobstore import BlobStore
 from acbuild.distribution.registry.credentials import IDENTITY_TOKEN_USER, Credential
+from acbuild.distribution.registry.deadline import Watch, watched_client
 from acbuild.distribution.registry.platform import Platform
 from acbuild.distribution.registry.pull import pull
 from acbuild.distribution.registry.reference import RegistryError, parse_reference
@@ -31,6 +34,7 @@ from acbuild.distribution.registry.transport import (
 )
 from acbuild.distribution.registry.upload import PushSession, Repository
 from acbuild.report import NullReporter
+from tests.support.httpserver import TlsFiles, make_tls
 from tests.support.registry import TamperProxy
 from tests.support.trickle import TrickleServer, answer, padded, trickle_server
 
@@ -440,3 +444,113 @@ def test_a_gated_layer_does_not_time_out_while_a_slow_config_keeps_coming(
     assert time.monotonic() - started > 1.5 * TIMEOUT  # the config took longer than it
     assert all(store.has(d, None) for d in digests)
     assert leftovers(store) == []
+
+
+def test_a_first_address_that_drops_connects_is_passed_over_for_the_next(
+        server: TrickleServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RR-1: a name whose first address drops SYNs (127.0.0.2:P, a listener whose queue is
+    full) and whose second answers (127.0.0.1:P) is reached on the second once the first's
+    connect timeout passes, as socket.create_connection does."""
+    server.answers[PATH] = answer(200, body=b"{}")
+    real = socket.getaddrinfo
+
+    def resolve(host: object, port: object, *args: object, **kwargs: object) -> object:
+        if host != "two.test":
+            return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, server.port))
+                for ip in ("127.0.0.2", "127.0.0.1")]
+
+    with socket.create_server(("127.0.0.2", server.port), backlog=0) as hole, \
+            socket.create_connection(hole.getsockname(), timeout=1):  # fills its queue
+        monkeypatch.setattr(socket, "getaddrinfo", resolve)
+        started = time.monotonic()
+        with watched_client(Watch(), trust_env=False,
+                            timeout=httpx.Timeout(5, connect=0.5)) as client:
+            response = client.get(f"http://two.test:{server.port}{PATH}")
+        took = time.monotonic() - started
+    assert response.status_code == 200
+    assert 0.4 < took < 2.5
+
+
+def test_every_address_timing_out_is_a_connect_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with unconnectable() as first, unconnectable() as second:
+        addresses = [(socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                      ("127.0.0.1", int(a.rsplit(":", 1)[1]))) for a in (first, second)]
+        monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: addresses)
+        started = time.monotonic()
+        with watched_client(Watch(), trust_env=False,
+                            timeout=httpx.Timeout(5, connect=0.3)) as client, \
+                pytest.raises(httpx.ConnectTimeout):
+            client.get("http://two.test:1/")
+    assert 0.5 < time.monotonic() - started < 2.0
+
+
+@contextlib.contextmanager
+def slow_reader_tls(tls: TlsFiles, *, piece: int, pause: float) -> Iterator[str]:
+    """HOST:PORT of an HTTPS server that reads a request's body ``piece`` bytes every
+    ``pause`` seconds (a small receive buffer, so the client's sends wait), then answers
+    201."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls.cert, tls.key)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError), context.wrap_socket(
+                listener.accept()[0], server_side=True) as conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(1)
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            while length > 0:
+                want = min(piece, length)
+                while want > 0:  # a TLS recv gives one record (16 KiB) at most
+                    got = len(conn.recv(want))
+                    want, length = want - got, length - got
+                time.sleep(pause)
+            conn.sendall(b"HTTP/1.1 201 X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        thread.join(timeout=10)
+
+
+class _SinceLastWrite:
+    """As transport.Sending: ``seconds`` after the watch's last write (or its start)."""
+
+    def __init__(self, watch: Watch, seconds: float) -> None:
+        self._watch, self._seconds, self._started = watch, seconds, time.monotonic()
+
+    def at(self) -> float:
+        return max(self._started, self._watch.last_write()) + self._seconds
+
+    def error(self) -> Exception:
+        return TimeoutError("nothing sent")
+
+
+def test_a_slow_tls_upload_that_keeps_going_out_is_not_timed_out(tmp_path: Path) -> None:
+    """RR-2: a 1 MiB body piece over TLS at ~800 KiB/s through a small send buffer (as on a
+    slow link) takes 1.3 s to go out, more than the 0.6 s allowed since the last write;
+    it goes out in sends small enough to mark progress at the rate it really leaves."""
+    tls = make_tls(tmp_path / "tls")
+    watch = Watch()
+    transport = httpx.HTTPTransport(verify=ssl.create_default_context(cafile=tls.ca),
+                                    socket_options=[(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                                     16384)])
+    with slow_reader_tls(tls, piece=20 * 1024, pause=0.025) as host, \
+            watched_client(watch, transport=transport, trust_env=False) as client, \
+            watch.running(_SinceLastWrite(watch, 0.6)):
+        started = time.monotonic()
+        response = client.put(f"https://{host}/upload", content=iter((os.urandom(1 << 20),)),
+                              headers={"Content-Length": str(1 << 20)})
+        took = time.monotonic() - started
+    assert response.status_code == 201
+    assert 0.8 < took < 4.0

@@ -39,6 +39,10 @@ SLICE = 0.2  # seconds a blocked socket operation waits before it looks at its s
 _T = TypeVar("_T")
 
 READ_BYTES = 1 << 20
+# Bytes handed to one send: a send completes only when the kernel's buffer took all of it
+# (a TLS send never partly), and progress is marked per completed send, so a piece this
+# small marks an upload's progress at the rate it really goes out, not once a MiB (RR-2).
+WRITE_BYTES = 1 << 16
 
 
 class Deadline(Protocol):
@@ -190,16 +194,18 @@ class _Stream(httpcore.NetworkStream):
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         sock = self._socket()
+        data = memoryview(buffer)
         if sock is None:
-            self._inner.write(buffer, self._watch.clamp(timeout, httpcore.WriteTimeout))
-            self._watch.wrote()
+            for start in range(0, len(data), WRITE_BYTES):
+                self._inner.write(bytes(data[start:start + WRITE_BYTES]),
+                                  self._watch.clamp(timeout, httpcore.WriteTimeout))
+                self._watch.wrote()
             return
         # httpcore's write loops over send and loses count when one times out, so the loop
         # is here: a send that timed out sent nothing and is repeated with the same bytes.
-        data = memoryview(buffer)
         while data:
-            sent = self._watch.sliced(functools.partial(_send, sock, data), timeout,
-                                      httpcore.WriteTimeout)
+            sent = self._watch.sliced(functools.partial(_send, sock, data[:WRITE_BYTES]),
+                                      timeout, httpcore.WriteTimeout)
             data = data[sent:]
             self._watch.wrote()
 
@@ -259,8 +265,7 @@ class _Backend(httpcore.NetworkBackend):
                 sock.setblocking(False)
                 code = sock.connect_ex(address)
                 if code == errno.EINPROGRESS:
-                    self._watch.sliced(functools.partial(_connected, sock), timeout,
-                                       httpcore.ConnectTimeout)
+                    self._wait_connected(sock, timeout)
                     code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if code:
                     raise OSError(code, os.strerror(code))  # ConnectionRefusedError, …
@@ -275,10 +280,26 @@ class _Backend(httpcore.NetworkBackend):
             except BaseException:
                 sock.close()
                 raise
+        if isinstance(failure, TimeoutError):  # the last address timed out: say so
+            raise httpcore.ConnectTimeout("timed out")
         try:  # raised from the OSError, as httpcore's map_exceptions does: its pool drops
             raise failure  # the cause, and refused() finds ECONNREFUSED in the context
         except OSError as e:
             raise httpcore.ConnectError(str(e)) from e
+
+    def _wait_connected(self, sock: socket.socket, timeout: float | None) -> None:
+        """Wait for ``sock``'s connect; its own ``timeout`` running out is a failure of this
+        address (TimeoutError, so the next one is tried, as socket.create_connection does),
+        a running deadline passing (a Stop included) ends the whole connect."""
+        try:
+            self._watch.sliced(functools.partial(_connected, sock), timeout,
+                               httpcore.ConnectTimeout)
+        except httpcore.ConnectTimeout:
+            earliest = self._watch.earliest()
+            if timeout is None or self._watch.expired() is not None or (
+                    earliest is not None and earliest.at() <= time.monotonic() + SLICE / 10):
+                raise
+            raise TimeoutError(errno.ETIMEDOUT, "timed out") from None
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                     local_address: str | None = None,

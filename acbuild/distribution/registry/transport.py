@@ -42,6 +42,7 @@ from acbuild import __version__
 from acbuild.distribution.registry.credentials import Credential
 from acbuild.distribution.registry.deadline import Deadline, Stop, Watch, watched_client
 from acbuild.distribution.registry.failures import reason, refused, refused_error, tls_hint
+from acbuild.distribution.registry.proxyenv import proxy_error
 from acbuild.distribution.registry.reference import RegistryError, check_host
 from acbuild.distribution.tls import tls_context
 from acbuild.terminal import escape
@@ -111,11 +112,16 @@ class Session:
         self._token_failed: dict[str, RegistryError] = {}  # scope -> why no token came
         self._answered: set[tuple[str, str]] = set()  # origins that answered in this session
         self._watch = Watch(() if stop is None else (self._stop(stop),))
-        self._client = watched_client(
-            self._watch, verify=tls_context(options.ca_file), trust_env=True,
-            follow_redirects=False,
-            timeout=httpx.Timeout(options.timeout, connect=min(options.timeout, 30.0)),
-            headers={"User-Agent": f"acbuild-py/{__version__}", "Accept-Encoding": "identity"})
+        verify = tls_context(options.ca_file)
+        try:  # trust_env makes a transport for each proxy variable here, and may fail
+            self._client = watched_client(
+                self._watch, verify=verify, trust_env=True,
+                follow_redirects=False,
+                timeout=httpx.Timeout(options.timeout, connect=min(options.timeout, 30.0)),
+                headers={"User-Agent": f"acbuild-py/{__version__}",
+                         "Accept-Encoding": "identity"})
+        except (ImportError, ValueError, httpx.InvalidURL) as e:
+            raise proxy_error(e) from None
 
     def __enter__(self) -> Session:
         return self
