@@ -273,8 +273,9 @@ def nobody_env() -> Iterator[tuple[str, dict[str, str]]]:
         env = {"PYTHONPATH": f"{site}:{REPO}", "PATH": os.environ["PATH"], "CI": "true",
                "HOME": "/nonexistent", "XDG_STATE_HOME": str(top / "state"),
                "XDG_CACHE_HOME": str(top / "state")}
-        (top / "state").mkdir(mode=0o777)
-        (top / "state").chmod(0o777)
+        # nobody's own (a world-writable one is refused on a cache's path, as it should be)
+        (top / "state").mkdir(mode=0o700)
+        os.chown(top / "state", 65534, 65534)
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         for python in (sys.executable, f"/usr/bin/python{version}", "/usr/bin/python3"):
             # The sandbox helper is started from sys.executable: nobody must reach it too.
