@@ -359,17 +359,24 @@ EXEC /bin/tool
 THEN_TWO = LAST_COPY.replace("COPY last.txt", "COPY small.txt /etc/again.txt\nCOPY last.txt")
 
 
+def _lazy_context(tmp_path: Path, acfile_text: str) -> tuple[Path, Path, Path]:
+    """A context at tmp_path/ctx building ``acfile_text`` on the base tree, with small.txt
+    and last.txt; (its Acfile, a cache dir, an output path)."""
+    ctx = tmp_path / "ctx"
+    _base(ctx / "base")
+    (ctx / "Acfile").write_text(acfile_text)
+    (ctx / "small.txt").write_text("small\n")
+    (ctx / "last.txt").write_text("last 1\n")
+    return ctx / "Acfile", tmp_path / "cache", tmp_path / "out.aci"
+
+
 @pytest.mark.parametrize("acfile_text", [LAST_COPY, THEN_TWO], ids=["one-copy", "two-copies"])
 def test_a_cache_entry_edited_after_its_lazy_restore_fails_the_build_and_is_rebuilt(
         tmp_path: Path, acfile_text: str) -> None:
     """With two COPYs after the restore, the first is stored (a snapshot linking the entry's
     files, made real first) before the edit: it goes with the entry."""
     ctx = tmp_path / "ctx"
-    _base(ctx / "base")
-    (ctx / "Acfile").write_text(acfile_text)
-    (ctx / "small.txt").write_text("small\n")
-    (ctx / "last.txt").write_text("last 1\n")
-    acfile, cache, out = ctx / "Acfile", tmp_path / "cache", tmp_path / "out.aci"
+    acfile, cache, out = _lazy_context(tmp_path, acfile_text)
     run(acfile, cache, tmp_path / "first.aci")
     (ctx / "small.txt").write_text("small 2\n")  # steps 1-2 are restored, the COPYs run
     last = 4 if acfile_text == LAST_COPY else 5
@@ -437,11 +444,7 @@ def test_a_cache_entry_written_through_a_mapping_before_a_copy_from_fails_the_bu
     hardlinks of its inodes, which its snapshot links again without reading them): what
     it copies must be what the restore verified."""
     ctx = tmp_path / "ctx"
-    _base(ctx / "base")
-    (ctx / "Acfile").write_text(FROM_STAGE)
-    (ctx / "small.txt").write_text("small\n")
-    (ctx / "last.txt").write_text("last 1\n")
-    acfile, cache, out = ctx / "Acfile", tmp_path / "cache", tmp_path / "out.aci"
+    acfile, cache, out = _lazy_context(tmp_path, FROM_STAGE)
     run(acfile, cache, tmp_path / "first.aci")
     (ctx / "last.txt").write_text("last 2\n")  # stage build restores step 2, runs step 3
     attacker = _MappingAttacker(sorted(cache.glob("steps/*/tree/bin/tool"))[0], at=3)

@@ -46,12 +46,17 @@ def _entry(tmp_path: Path) -> tuple[CacheStore, StepRecord, Path]:
     (rootfs.root / "etc/conf").write_bytes(OLD)
     (rootfs.root / "big").write_bytes(b"a" * BIG)
     os.link(rootfs.root / "etc/conf", rootfs.root / "etc/conf2")
+    return store, _stored(store, rootfs), store.root / "steps" / ("cd" * 32) / "tree"
+
+
+def _stored(store: CacheStore, staged: StagedRootfs) -> StepRecord:
+    """``staged`` put in ``store`` as step KEY and removed: only the entry holds it now."""
     with store.session():
-        store.put_step(KEY, b"{}", rootfs=rootfs, tree=None, link=False)
-    remove_tree(rootfs.root)
+        store.put_step(KEY, b"{}", rootfs=staged, tree=None, link=False)
+    remove_tree(staged.root)
     record = store.step(KEY)
     assert record is not None
-    return store, record, store.root / "steps" / ("cd" * 32) / "tree"
+    return record
 
 
 def _restored(tmp_path: Path, name: str = "r") -> tuple[CacheStore, StagedRootfs, Path]:
@@ -241,11 +246,7 @@ def _twins(tmp_path: Path) -> tuple[CacheStore, StagedRootfs, Path]:
         (staged.root / rel).write_bytes(data)
         os.utime(staged.root / rel, ns=(EPOCH * 10**9,) * 2)
     os.link(staged.root / "bin/a", staged.root / "bin/b")
-    with store.session():
-        store.put_step(KEY, b"{}", rootfs=staged, tree=None, link=False)
-    remove_tree(staged.root)
-    record = store.step(KEY)
-    assert record is not None
+    record = _stored(store, staged)
     with store.session():
         rootfs = store.restore(record, tmp_path / "r", link=True, lazy=True)
     return store, rootfs, store.root / "steps" / ("cd" * 32) / "tree"
