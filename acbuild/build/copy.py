@@ -31,8 +31,7 @@ from acbuild.errors import AcbuildError, BuildError, Span
 from acbuild.fs.copyrange import copy_range
 from acbuild.fs.keyed import content_digest, listing_signature, signature
 from acbuild.fs.securepath import ensure_dirs, relpath_in, safe_join
-from acbuild.fs.staging import CacheFiles, DeviceNode, FileRef, StagedRootfs, xattr_field
-from acbuild.image.rootwalk import xattrs_of
+from acbuild.fs.staging import CacheFiles, DeviceNode, FileRef, StagedRootfs, xattr_field, xattrs_of
 from acbuild.image.unstaged import (
     content_changed,
     context_changed,

@@ -16,25 +16,23 @@ the one recorded when it was last hashed — see ``FileSignatures``.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import io
 import os
 import stat
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.cache.statcache import frame
 from acbuild.cache.warm import settled
 from acbuild.fs.keyed import Listing, listing_signature
-from acbuild.fs.staging import CachedFile, remove_tree, xattr_field
+from acbuild.fs.staging import CachedFile, remove_tree, xattr_field, xattrs_of
 
 _CHUNK = 1 << 20
 _ZEROS = bytes(_CHUNK)
-# Host policy, not content (the finalizer skips it too); the cache's filesystem may add it.
-_SKIPPED_XATTRS = frozenset({"security.selinux"})
 
 # (dev, ino) -> (size, mtime_ns, sha256, where) of files a linked snapshot or restore has
 # read: a later snapshot of the same rootfs links them again without reading them, from
@@ -194,7 +192,7 @@ class _TreeCopier:
     def directory(self, src: bytes, dest: bytes, rel: bytes, st: os.stat_result) -> None:
         # Read once: the xattrs hashed are the ones set on the copy (a second read, after
         # the children, would take whatever was set in between).
-        pairs = _xattrs(src)
+        pairs = xattrs_of(src)
         self.meta(b"dir", rel, st, xattr_field(pairs))
         self._record(rel, st)
         with os.scandir(src) as it:
@@ -232,7 +230,7 @@ class _TreeCopier:
             self._record(rel, st)
         elif stat.S_ISFIFO(mode):
             self._record(rel, st)
-            pairs = _xattrs(src)
+            pairs = xattrs_of(src)
             self.meta(b"node", rel, st, xattr_field(pairs))
             frame(self.h, b"%o" % stat.S_IFMT(mode), b"%d" % st.st_rdev)
             os.mkfifo(dest, stat.S_IMODE(mode))
@@ -257,7 +255,7 @@ class _TreeCopier:
         if self.recorded is not None:
             self._verified(src, rel, st)
             return
-        pairs = _xattrs(src)
+        pairs = xattrs_of(src)
         self.meta(b"file", rel, st, xattr_field(pairs))
         self.size += st.st_size
         if self.link:
@@ -336,10 +334,10 @@ class _TreeCopier:
                     os.mkfifo(dest + b"/" + name, stat.S_IMODE(mode))
                 else:
                     raise _Changed  # a device node or socket: the full walk says what it is
-                self.finish(dest + b"/" + name, cst, _xattrs(path))
+                self.finish(dest + b"/" + name, cst, xattrs_of(path))
                 if os.lstat(path).st_ctime_ns != cst.st_ctime_ns:
                     raise _Changed  # changed while its target or xattrs were read
-        self.finish(dest, st, _xattrs(src))
+        self.finish(dest, st, xattrs_of(src))
         if os.lstat(src).st_ctime_ns != st.st_ctime_ns:
             raise _Changed  # changed while its listing or xattrs were read
         return seen
@@ -399,7 +397,7 @@ class _TreeCopier:
         self.known[(st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns, digest, b"")
         return digest
 
-    def finish(self, dest: bytes, st: os.stat_result, pairs: list[tuple[str, bytes]]) -> None:
+    def finish(self, dest: bytes, st: os.stat_result, pairs: Iterable[tuple[str, bytes]]) -> None:
         """Owner, xattrs (``pairs``, as read for the digest: the same bytes), mode and
         times of a created entry, in an order that keeps them."""
         is_link = stat.S_ISLNK(st.st_mode)
@@ -414,7 +412,7 @@ class _TreeCopier:
 
 def _xattr_field(path: bytes) -> bytes:
     """The xattrs of ``path`` as the digest frames them."""
-    return xattr_field(_xattrs(path))
+    return xattr_field(xattrs_of(path))
 
 
 def _cached(st: os.stat_result, xattrs: bytes, digest: bytes) -> CachedFile:
@@ -432,16 +430,3 @@ def _make_dirs(src: bytes, dest: bytes) -> None:
     for name in names:
         os.mkdir(dest + b"/" + name, 0o700)
         _make_dirs(src + b"/" + name, dest + b"/" + name)
-
-
-def _xattrs(path: bytes) -> list[tuple[str, bytes]]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return []
-    found = []
-    for name in sorted(names):
-        if name not in _SKIPPED_XATTRS:
-            with contextlib.suppress(OSError):
-                found.append((name, os.getxattr(path, name, follow_symlinks=False)))
-    return found

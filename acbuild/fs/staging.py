@@ -69,6 +69,32 @@ class LowerTree:
 CachedFile = tuple[int, int, int, int, int, bytes, bytes]
 
 
+# Host policy, not image content: an SELinux label would make the image depend on the host.
+_SKIPPED_XATTRS = frozenset({"security.selinux"})
+
+
+def xattrs_of(target: str | bytes | int, *,
+              user_only: bool = False) -> tuple[tuple[str, bytes], ...]:
+    """The xattrs of a path (not followed) or an open descriptor, sorted by name bytes;
+    ``user_only``: only user.* (what a copy made without root keeps)."""
+    try:
+        names = (os.listxattr(target) if isinstance(target, int)
+                 else os.listxattr(target, follow_symlinks=False))
+    except OSError:
+        return ()  # filesystem without xattrs
+    found: list[tuple[str, bytes]] = []
+    for name in names:
+        if name in _SKIPPED_XATTRS or (user_only and not name.startswith("user.")):
+            continue
+        try:
+            value = (os.getxattr(target, name) if isinstance(target, int)
+                     else os.getxattr(target, name, follow_symlinks=False))
+        except OSError:
+            continue  # e.g. trusted.* without CAP_SYS_ADMIN
+        found.append((name, value))
+    return tuple(sorted(found, key=lambda item: os.fsencode(item[0])))
+
+
 def xattr_field(pairs: Iterable[tuple[str, bytes]]) -> bytes:
     """(name, value) xattrs framed as a snapshot's digest frames them (sorted by name)."""
     return b"".join(os.fsencode(k) + b"=" + v + b"\0" for k, v in sorted(pairs))

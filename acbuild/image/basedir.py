@@ -39,7 +39,7 @@ from acbuild.fs.keyed import (
     listing_signature,
     signature,
 )
-from acbuild.fs.staging import CacheFiles, LowerTree, StagedRootfs, xattr_field
+from acbuild.fs.staging import CacheFiles, LowerTree, StagedRootfs, xattr_field, xattrs_of
 from acbuild.image.extract import RootfsWriter
 from acbuild.image.tarread import Limits
 from acbuild.report import Reporter
@@ -317,7 +317,7 @@ class CopyState:
             self._keyed_file(rel, found)
             cached = self.cached
             if cached is not None and \
-                    not cached.holds(rel, found, xattr_field(_xattr_pairs(fd))):
+                    not cached.holds(rel, found, xattr_field(xattrs_of(fd))):
                 raise self._changed(rel, "is not the file the entry held")
             os.set_blocking(fd, True)
             self._copied(fd, found, name, rel, dest_fd)
@@ -409,7 +409,7 @@ class CopyState:
             return
         fd = os.open(name, _FILE_FLAGS, dir_fd=dest_fd)  # the link this build just made
         try:
-            held = cached.holds(rel, os.fstat(fd), xattr_field(_xattr_pairs(fd)))
+            held = cached.holds(rel, os.fstat(fd), xattr_field(xattrs_of(fd)))
         finally:
             os.close(fd)
         if not held:
@@ -469,21 +469,6 @@ class CopyState:
                     headers[f"SCHILY.xattr.{key}"] = value
             member.pax_headers = headers
         return member
-
-
-def _xattr_pairs(fd: int) -> list[tuple[str, bytes]]:
-    """Every readable xattr of an open file but the SELinux label, as a snapshot keeps
-    them."""
-    try:
-        names = os.listxattr(fd)
-    except OSError:
-        return []
-    found = []
-    for key in names:
-        if key != "security.selinux":
-            with contextlib.suppress(OSError):
-                found.append((key, os.getxattr(fd, key)))
-    return found
 
 
 _TYPES = {

@@ -30,13 +30,11 @@ from dataclasses import dataclass, field
 
 from acbuild.errors import AcbuildError, BuildError, ImageError
 from acbuild.fs.keyed import Signature, listing_signature, signature
-from acbuild.fs.staging import DeviceNode, StagedRootfs, xattr_field
+from acbuild.fs.staging import DeviceNode, StagedRootfs, xattr_field, xattrs_of
 from acbuild.image.basedir import CONTENT_CHANGED, base_changed
 from acbuild.image.tarwrite import TarEntry
 from acbuild.image.unstaged import content_changed, open_context_root, open_ref, ref_changed
 
-# Host policy, not image content: an SELinux label would make the image depend on the host.
-_SKIPPED_XATTRS = frozenset({"security.selinux"})
 # O_NONBLOCK: if a file was swapped for a FIFO since it was listed, open must not hang.
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -48,27 +46,6 @@ _AHEAD = 64  # files loaded ahead of the writer
 _SMALL = 64 << 10  # files up to this size are read whole when loaded
 # (rel, lstat or None, where: _UPPER, _UPPER_FILE or the lower directory's descriptor)
 Child = tuple[str, "os.stat_result | None", int]
-
-
-def xattrs_of(target: str | int, *, user_only: bool = False) -> tuple[tuple[str, bytes], ...]:
-    """The xattrs of a path (not followed) or an open descriptor, sorted by name bytes;
-    ``user_only``: only user.* (what a copy made without root keeps)."""
-    try:
-        names = (os.listxattr(target) if isinstance(target, int)
-                 else os.listxattr(target, follow_symlinks=False))
-    except OSError:
-        return ()  # filesystem without xattrs
-    found: list[tuple[str, bytes]] = []
-    for name in names:
-        if name in _SKIPPED_XATTRS or (user_only and not name.startswith("user.")):
-            continue
-        try:
-            value = (os.getxattr(target, name) if isinstance(target, int)
-                     else os.getxattr(target, name, follow_symlinks=False))
-        except OSError:
-            continue  # e.g. trusted.* without CAP_SYS_ADMIN
-        found.append((name, value))
-    return tuple(sorted(found, key=lambda item: os.fsencode(item[0])))
 
 
 def clamp(st: os.stat_result, epoch: int) -> int:

@@ -470,10 +470,10 @@ def test_an_xattr_set_after_the_restore_read_them_is_not_on_the_copy(
     Read once, the copy carries the xattrs that were hashed."""
     store, record = _stored(tmp_path)
     target = os.fsencode(store.root / "steps" / ("ab" * 32) / "tree" / rel)
-    read = snapshot._xattrs
+    read = snapshot.xattrs_of
     seen = []
 
-    def then_set(path: bytes) -> list[tuple[str, bytes]]:
+    def then_set(path: bytes) -> tuple[tuple[str, bytes], ...]:
         found = read(path)
         if path == target and not seen:
             seen.append(path)
@@ -483,7 +483,7 @@ def test_an_xattr_set_after_the_restore_read_them_is_not_on_the_copy(
                 pytest.skip("no user xattrs on this filesystem")
         return found
 
-    monkeypatch.setattr(snapshot, "_xattrs", then_set)
+    monkeypatch.setattr(snapshot, "xattrs_of", then_set)
     rootfs = store.restore(record, tmp_path / "r", link=False, lazy=lazy)
     assert seen
     assert "user.evil" not in os.listxattr(rootfs.root / rel)
