@@ -40,6 +40,13 @@ def signature(st: os.stat_result) -> Signature:
     return st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
+def shared_signature(st: os.stat_result) -> Signature:
+    """``signature`` without the ctime (0): what must not change of a cache entry's file,
+    whose inode other builds sharing the cache link (which moves its ctime and link count,
+    and nothing an image takes)."""
+    return st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, 0
+
+
 def content_digest(fd: int) -> bytes:
     """sha256 of the whole file open at ``fd`` (pread: its offset is left alone)."""
     h = hashlib.sha256()

@@ -37,6 +37,7 @@ from acbuild.fs.keyed import (
     Signature,
     content_digest,
     listing_signature,
+    shared_signature,
     signature,
 )
 from acbuild.fs.staging import CacheFiles, LowerTree, StagedRootfs, xattr_field, xattrs_of
@@ -328,12 +329,9 @@ class CopyState:
 
     def _signature(self, st: os.stat_result) -> Signature:
         """What must not change while a file is copied: its signature; a cache entry's
-        file, all of it but the ctime, which another build's link of the inode moves (its
-        content is compared with the verified digest, the rest when it is opened)."""
-        sig = signature(st)
-        if self.cached is not None:
-            return sig[0], sig[1], sig[2], sig[3], sig[4], 0
-        return sig
+        file, its shared_signature (its content is compared with the verified digest, the
+        rest when it is opened)."""
+        return signature(st) if self.cached is None else shared_signature(st)
 
     def _copied(self, src: int, st: os.stat_result, name: str, rel: str, dest_fd: int) -> None:
         """A base's file copied into the staged tree (what a hardlink would give, as a new

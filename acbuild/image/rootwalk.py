@@ -29,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from acbuild.errors import AcbuildError, BuildError, ImageError
-from acbuild.fs.keyed import Signature, listing_signature, signature
+from acbuild.fs.keyed import Signature, listing_signature, shared_signature, signature
 from acbuild.fs.staging import DeviceNode, StagedRootfs, xattr_field, xattrs_of
 from acbuild.image.basedir import CONTENT_CHANGED, base_changed
 from acbuild.image.tarwrite import TarEntry
@@ -186,10 +186,7 @@ class RootWalker:
         links the entry's inodes (materialize, a snapshot), which moves the ctime (and the
         link count) and nothing the image takes; the content is hashed as it is read and
         compared with the verified digest, the rest was compared when it was opened."""
-        sig = signature(st)
-        if self._from_cache(where, st):
-            return sig[0], sig[1], sig[2], sig[3], sig[4], 0
-        return sig
+        return shared_signature(st) if self._from_cache(where, st) else signature(st)
 
     def _unchanged(self, fd: int, rel: str, where: int, seen: Signature) -> None:
         if self._signature(where, os.fstat(fd)) != seen:
