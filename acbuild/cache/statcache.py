@@ -107,7 +107,7 @@ class StatCache:
         # An absolute str comes from path_digest, already normal: no abspath per file.
         key = path if isinstance(path, str) and path[:1] == "/" else os.fsdecode(
             os.path.abspath(path))
-        sig = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        sig = _signature(st)
         known = self._entries.get(key)
         if known is not None and known[:5] == sig and isinstance(known[5], str):
             return known[5]
@@ -135,8 +135,7 @@ class StatCache:
         with contextlib.suppress(OSError):
             st = os.stat(path)  # as the key took it: a base archive may be named by a link
             if self.keyed.holds(path, st):
-                found.add((path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                           st.st_ctime_ns))
+                found.add((path, *_signature(st)))  # type: ignore[arg-type]
         if not found:
             # Nothing says under which signature: drop the path's digest from the file.
             self._forgotten.add(path)
@@ -202,10 +201,7 @@ def _merge(entries: dict[str, list[object]], tombstones: list[Tombstone],
     for path, entry in added.items():
         if (path, *entry[:5]) not in graves:
             entries[path] = entry
-    for path, *sig in graves:
-        known = entries.get(path)
-        if isinstance(known, list) and known[:5] == sig:
-            del entries[path]  # remembered before the tombstone reached the file
+    _drop_buried(entries, graves)  # remembered before the tombstone reached the file
     kept = [t for t in graves if not _outlived(t, entries.get(t[0]))]
     return entries, kept[-_TOMBSTONES:]
 
@@ -218,6 +214,19 @@ def _outlived(tombstone: Tombstone, entry: list[object] | None) -> bool:
         return False
     dev, ino, ctime = entry[0], entry[1], entry[4]
     return (dev, ino) == tombstone[1:3] and isinstance(ctime, int) and ctime > tombstone[5]
+
+
+def _signature(st: os.stat_result) -> list[int]:
+    """What an entry's digest is remembered under: (dev, ino, size, mtime_ns, ctime_ns)."""
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _drop_buried(entries: dict[str, list[object]], graves: Iterable[Tombstone]) -> None:
+    """Remove from ``entries`` every digest remembered under a buried signature."""
+    for path, *sig in graves:
+        known = entries.get(path)
+        if isinstance(known, list) and known[:5] == sig:
+            del entries[path]
 
 
 def _is_entry(value: object) -> bool:
@@ -243,10 +252,7 @@ def _read(path: Path) -> tuple[dict[str, list[object]], list[Tombstone]]:
                 and all(type(v) is int for v in t[1:])):
             return {}, []  # damaged: as a damaged file, its digests dropped with it
         graves.append((t[0], t[1], t[2], t[3], t[4], t[5]))
-    for name, *sig in graves:
-        known = entries.get(name)
-        if isinstance(known, list) and known[:5] == sig:
-            del entries[name]  # never trusted, even in a file no merge of ours wrote
+    _drop_buried(entries, graves)  # never trusted, even in a file no merge of ours wrote
     return entries, graves
 
 
