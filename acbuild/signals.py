@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import TypeVar
+
+T = TypeVar("T")
 
 EXIT_SIGTERM = 128 + int(signal.SIGTERM)
 
@@ -69,3 +72,23 @@ def deferred() -> Iterator[None]:
             signal.signal(held, handler)
         for signum in dict.fromkeys(pending):
             os.kill(os.getpid(), signum)  # to whatever handles it now: raise, or the default
+
+
+@contextmanager
+def owned(make: Callable[[], T], remove: Callable[[T], None]) -> Iterator[T]:
+    """What ``make()`` returns (a temporary file or directory), given to ``remove`` however
+    the block ends.
+
+    Both run with SIGINT and SIGTERM held: a signal can be raised as an exception between
+    any two bytecodes, so one that came after the entry was made but before a ``try`` owned
+    it would leave it behind for good. Here the entry is owned before the signal is raised.
+    """
+    made: list[T] = []
+    try:
+        with deferred():
+            made.append(make())
+        yield made[0]
+    finally:
+        if made:
+            with deferred():
+                remove(made[0])

@@ -41,7 +41,7 @@ from acbuild.image.manifest import ImageManifest, from_json_bytes, to_json_bytes
 from acbuild.image.manifest_rules import problems
 from acbuild.plan.plan import Plan, check_instructions, make_plan
 from acbuild.report import Reporter, StepInfo
-from acbuild.signals import deferred
+from acbuild.signals import deferred, owned
 from acbuild.trust.rktkeys import check_signing_key
 
 if TYPE_CHECKING:  # httpx and the registry code load only for a build that uses a registry
@@ -481,18 +481,21 @@ def work_directory() -> Iterator[Path]:
     """
     top = user_temp_root()
     sweep(top, "acbuild-")
-    while True:
-        path = Path(tempfile.mkdtemp(prefix=f"acbuild-{owner_tag()}.", dir=top))
-        try:
-            held = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue  # swept before it was held (from another PID namespace)
-        if hold(held):  # in use: never swept, from any PID namespace, while this runs
-            break
-        os.close(held)
-    try:
-        yield path
-    finally:
-        with deferred():  # Ctrl-C or SIGTERM now would leave half the tree behind
-            remove_tree(path)
+
+    def make() -> tuple[Path, int]:
+        while True:
+            path = Path(tempfile.mkdtemp(prefix=f"acbuild-{owner_tag()}.", dir=top))
+            try:
+                held = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # swept before it was held (from another PID namespace)
+            if hold(held):  # in use: never swept, from any PID namespace, while this runs
+                return path, held
             os.close(held)
+
+    def remove(made: tuple[Path, int]) -> None:
+        remove_tree(made[0])
+        os.close(made[1])
+
+    with owned(make, remove) as (path, _held):
+        yield path

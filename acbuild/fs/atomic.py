@@ -10,13 +10,14 @@ import fcntl
 import os
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
 from acbuild.errors import AcbuildError
 from acbuild.fs.leftovers import hold, owner_tag, sweep
 from acbuild.fs.reasons import reason
+from acbuild.signals import owned
 
 
 def _create_temp(path: Path, mode: int | None = None) -> tuple[int, Path]:
@@ -55,9 +56,8 @@ def check_writable(path: Path) -> None:
     if path.is_dir():
         raise AcbuildError(f"cannot write {path}: it is a directory",
                            hint=f"name the file, e.g. -o {path / 'image.aci'}")
-    fd, temp = _create_temp(path)
-    os.close(fd)
-    os.unlink(temp)
+    with _temporary(path, None):
+        pass
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -78,16 +78,28 @@ def atomic_write(path: Path, *, mode: int | None = None) -> Iterator[BinaryIO]:
     KeyboardInterrupt included, the temporary file is removed and the exception re-raised.
     """
     path = Path(path)
-    fd, temp = _create_temp(path, mode)
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-            yield f
-            _commit(f, temp, path, mode)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(temp)
-        raise
+    with _temporary(path, mode) as (f, temp):
+        yield f
+        _commit(f, temp, path, mode)
     _fsync_dir(path.parent)
+
+
+def _temporary(path: Path, mode: int | None) -> AbstractContextManager[tuple[BinaryIO, Path]]:
+    """A new temporary file beside ``path``, removed when the block ends unless it was
+    renamed into place by then, whenever an interrupt comes."""
+    def make() -> tuple[BinaryIO, Path]:
+        fd, temp = _create_temp(path, mode)
+        return os.fdopen(fd, "wb", buffering=1 << 20), temp
+
+    return owned(make, _discard)
+
+
+def _discard(made: tuple[BinaryIO, Path]) -> None:
+    f, temp = made
+    with suppress(OSError):  # a failed write's buffer may not flush: the file goes anyway
+        f.close()
+    with suppress(FileNotFoundError):  # renamed into place
+        os.unlink(temp)
 
 
 def _commit(f: BinaryIO, temp: Path, path: Path, mode: int | None) -> None:
@@ -113,24 +125,29 @@ def atomic_write_at(dir_fd: int, name: str, *, mode: int = 0o644,
         raise AcbuildError(f"cannot write {shown}: not a plain file name")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     temp = f".{name}.{owner_tag()}.{secrets.token_hex(6)}.tmp"
-    try:
-        fd = os.open(temp, flags, mode, dir_fd=dir_fd)
-    except OSError as e:
-        raise AcbuildError(f"cannot write {shown}: {reason(e, shown)}") from None
-    fcntl.flock(fd, fcntl.LOCK_SH)  # in use (acbuild.fs.leftovers.hold)
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-            yield f
-            try:
-                f.flush()
-                os.fchmod(f.fileno(), mode)
-                os.fsync(f.fileno())
-                os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            except OSError as e:
-                raise AcbuildError(f"cannot write {shown}: {e.strerror or e}") from None
-    except BaseException:
+
+    def make() -> BinaryIO:
+        try:
+            fd = os.open(temp, flags, mode, dir_fd=dir_fd)
+        except OSError as e:
+            raise AcbuildError(f"cannot write {shown}: {reason(e, shown)}") from None
+        fcntl.flock(fd, fcntl.LOCK_SH)  # in use (acbuild.fs.leftovers.hold)
+        return os.fdopen(fd, "wb", buffering=1 << 20)
+
+    def discard(f: BinaryIO) -> None:
         with suppress(OSError):
+            f.close()
+        with suppress(FileNotFoundError):  # renamed into place
             os.unlink(temp, dir_fd=dir_fd)
-        raise
+
+    with owned(make, discard) as f:
+        yield f
+        try:
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+            os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as e:
+            raise AcbuildError(f"cannot write {shown}: {e.strerror or e}") from None
     with suppress(OSError):
         os.fsync(dir_fd)

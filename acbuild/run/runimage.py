@@ -29,6 +29,7 @@ from acbuild.image.users import resolve_user
 from acbuild.report import Reporter
 from acbuild.run.render_deps import Node, Renderer
 from acbuild.sandbox.sandbox import Bind, SandboxResult, SandboxSpec, run_sandboxed
+from acbuild.signals import owned
 from acbuild.trust.truststore import TrustStore
 
 Network = Literal["none", "host"]
@@ -126,8 +127,8 @@ def rendered_rootfs(options: RunOptions, cache: Path,
 
 def _render_into_cache(renderer: Renderer, tree: Node, entry: Path) -> None:
     entry.parent.mkdir(mode=0o700, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
-    try:
+    with owned(lambda: Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent)),
+               _remove_if_there) as temp:
         (temp / "rootfs").mkdir(mode=0o755)
         renderer.render(tree, StagedRootfs(root=temp / "rootfs"))
         (temp / "manifest").write_bytes(manifest.to_json_bytes(tree.manifest))
@@ -137,20 +138,20 @@ def _render_into_cache(renderer: Renderer, tree: Node, entry: Path) -> None:
             if not (entry / "manifest").is_file():
                 raise
             # Another run rendered the same image meanwhile: its copy is as good as ours.
-    finally:
-        if temp.exists():
-            remove_tree(temp)
+
+
+def _remove_if_there(temp: Path) -> None:
+    if temp.exists():  # not when renamed into place
+        remove_tree(temp)
 
 
 @contextmanager
 def _scratch(cache: Path) -> Iterator[Path]:
     """A private directory for one run's rootfs copy (beside the cache, for reflinks)."""
     (cache / "run").mkdir(mode=0o700, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="run-", dir=cache / "run"))
-    try:
+    with owned(lambda: Path(tempfile.mkdtemp(prefix="run-", dir=cache / "run")),
+               remove_tree) as path:
         yield path
-    finally:
-        remove_tree(path)
 
 
 def _copy_tree(source: Path, dest: Path) -> None:

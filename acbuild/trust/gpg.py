@@ -21,6 +21,7 @@ import gnupg  # type: ignore[import-untyped]  # python-gnupg ships no type hints
 
 from acbuild.acfile.signkey import hex_key_id, key_spec_problem
 from acbuild.errors import TrustError
+from acbuild.signals import owned
 
 # python-gnupg logs every status line it does not know at WARNING; we read them ourselves.
 logging.getLogger("gnupg").setLevel(logging.ERROR)
@@ -146,13 +147,14 @@ def gpg_path(path: Path) -> str:
 def temporary_keyring() -> Iterator[gnupg.GPG]:
     """A fresh, empty GnuPG home that is removed (and its agent stopped) afterwards."""
     # A short path under the system temp dir: gpg-agent's socket path has a length limit.
-    home = Path(tempfile.mkdtemp(prefix="acbuild-gpg-"))
-    try:
+    with owned(lambda: Path(tempfile.mkdtemp(prefix="acbuild-gpg-")), _remove_keyring) as home:
         home.chmod(0o700)
         yield open_gpg(home)
-    finally:
-        stop_agent(home)
-        shutil.rmtree(home, ignore_errors=True)
+
+
+def _remove_keyring(home: Path) -> None:
+    stop_agent(home)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def stop_agent(home: Path) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import signal
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from acbuild.errors import AcbuildError
-from acbuild.fs.atomic import atomic_write
+from acbuild.fs import atomic
+from acbuild.fs.atomic import atomic_write, atomic_write_at, check_writable
 
 
 @pytest.fixture
@@ -93,3 +96,40 @@ def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(AcbuildError) as info, atomic_write(target):
         pass
     assert info.value.message == f"cannot write {target}: No such file or directory"
+
+
+def _signal_while_held(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> None:
+    """SIGINT arrives the moment the temporary entry is locked as in use: after it exists,
+    before any ``try`` of the writer's could own it, were it not made with signals held."""
+    real = getattr(module, name)
+
+    def interrupted(*args: object) -> object:
+        result = real(*args)
+        os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(module, name, interrupted)
+
+
+def test_an_interrupt_while_the_temporary_file_is_made_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _signal_while_held(monkeypatch, atomic, "hold")
+    with pytest.raises(KeyboardInterrupt), atomic_write(tmp_path / "out.aci") as f:
+        f.write(b"never")
+    with pytest.raises(KeyboardInterrupt):
+        check_writable(tmp_path / "out.aci")
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_interrupt_while_the_temporary_file_is_made_at_a_directory_fd_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _signal_while_held(monkeypatch, fcntl, "flock")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(KeyboardInterrupt), atomic_write_at(fd, "stats") as f:
+            f.write(b"never")
+    finally:
+        os.close(fd)
+    assert os.listdir(tmp_path) == []

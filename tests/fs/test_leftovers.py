@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from acbuild.build import build
 from acbuild.build.build import work_directory
+from acbuild.fs import leftovers
 from acbuild.fs.atomic import atomic_write
 from acbuild.fs.leftovers import owner_tag, sweep
 from acbuild.fs.private import UnsafeDirectory, user_temp_root
@@ -144,3 +147,19 @@ def test_a_sweep_from_another_pid_namespace_leaves_live_entries(tmp_path: Path) 
         assert r.returncode == 0, r.stderr
         assert r.stdout.split() == ["0", "0"]
         assert work.is_dir() and len(list(tmp_path.iterdir())) == 1
+
+
+def test_an_interrupt_while_the_work_directory_is_made_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    real = leftovers.hold
+
+    def interrupted(fd: int) -> bool:
+        held = real(fd)
+        os.kill(os.getpid(), signal.SIGINT)  # after the directory exists and is held
+        return held
+
+    monkeypatch.setattr(build, "hold", interrupted)
+    with pytest.raises(KeyboardInterrupt), work_directory():
+        pytest.fail("the block runs only when no signal is pending")
+    assert list((tmp_path / f"acbuild-py-{os.geteuid()}").iterdir()) == []
