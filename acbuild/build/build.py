@@ -28,6 +28,7 @@ from acbuild.build.execute import ExecuteOptions, execute, reported_step, step_i
 from acbuild.build.noop import WarningCounter, check_plan, remember, witness_invocation
 from acbuild.build.rktcompat import rkt_warnings
 from acbuild.build.schedule import default_jobs
+from acbuild.build.signing import Signer, UnsignedImage
 from acbuild.cache.buildcache import BuildCache, StageState
 from acbuild.cache.cache import CacheStore, ImageRecord
 from acbuild.cache.warm import Witness, default_cache_dir
@@ -41,7 +42,7 @@ from acbuild.image.manifest import ImageManifest, from_json_bytes, to_json_bytes
 from acbuild.image.manifest_rules import problems
 from acbuild.plan.plan import Plan, check_instructions, make_plan
 from acbuild.report import Reporter, StepInfo
-from acbuild.signals import deferred, owned
+from acbuild.signals import owned
 from acbuild.trust.rktkeys import check_signing_key
 
 if TYPE_CHECKING:  # httpx and the registry code load only for a build that uses a registry
@@ -49,8 +50,6 @@ if TYPE_CHECKING:  # httpx and the registry code load only for a build that uses
     from acbuild.distribution.registry.transport import TransportOptions
 
 OutputFormat = Literal["aci", "oci", "oci-archive"]
-# Signs the image at the path with the key; returns the signature's path.
-Signer = Callable[[Path, str], Path]
 # Removes IMAGE.asc before IMAGE is replaced, so no stale signature survives a rebuild.
 StaleSignatureRemover = Callable[[Path], None]
 
@@ -166,32 +165,32 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
         check_writable(options.output)  # before step 1, not after the work
     epoch = build_epoch(options.environ)
     cache = open_cache(options, reporter)
-    with _stopping(options.base_loader.stop), _session(cache), work_directory() as work, \
-            _remote(cache, options, reporter):
-        if cache is not None:
-            plan = key_steps(plan, options, cache, context, epoch, reporter, witness)
-        written = _cached_image(plan, options, cache, epoch, reporter)
-        if written is None:
-            written = _build_image(plan, options, cache, context, epoch, work, reporter)
-        if cache is not None:
-            cache.export_remote(plan)
-    for warning in rkt_warnings(written.manifest):
-        reporter.warning(warning, plan.target.begin.span)
-    signatures: tuple[Path, ...] = ()
-    if signing:
-        info = StepInfo(number=plan.total_steps, total=plan.total_steps,
-                        text=f"SIGN {written.output}")
-        with reported_step(info, reporter, _sign_span(plan)):
-            try:
-                signatures = _sign(plan, written.output, options)
-            except BaseException:
-                # A signed image was asked for: an unsigned one (or half its signatures)
-                # must not be left where the next job would take it for the result.
-                with deferred():
-                    _remove_output(written.output, options)
-                raise
-    elif witness is not None and cache is not None and not counter.warnings:
-        _remember(plan, options, witness, cache, epoch, written)
+    with owned(UnsignedImage, UnsignedImage.discard) as unsigned:
+        signed = unsigned if signing else None
+        with _stopping(options.base_loader.stop), _session(cache), work_directory() as work, \
+                _remote(cache, options, reporter):
+            if cache is not None:
+                plan = key_steps(plan, options, cache, context, epoch, reporter, witness)
+            written = _cached_image(plan, options, cache, epoch, reporter, signed)
+            if written is None:
+                written = _build_image(plan, options, cache, context, epoch, work, reporter,
+                                       signed)
+            if cache is not None:
+                cache.export_remote(plan)
+        for warning in rkt_warnings(written.manifest):
+            reporter.warning(warning, plan.target.begin.span)
+        signatures: tuple[Path, ...] = ()
+        if signed is not None:
+            assert options.signer is not None
+            info = StepInfo(number=plan.total_steps, total=plan.total_steps,
+                            text=f"SIGN {written.output}")
+            with reported_step(info, reporter, _sign_span(plan)):
+                # A signed image was asked for: until its signature is there it stays
+                # hidden, and a failure leaves the previous image and signature as they were.
+                signatures = tuple(signed.publish(options.signer, key)
+                                   for key in plan.sign_keys)
+        elif witness is not None and cache is not None and not counter.warnings:
+            _remember(plan, options, witness, cache, epoch, written)
     return dataclasses.replace(written, signatures=signatures,
                                seconds=time.monotonic() - started)
 
@@ -223,13 +222,6 @@ def _remember(plan: Plan, options: BuildOptions, witness: Witness, cache: BuildC
              name=written.manifest.name, version=version, size=written.size,
              uncompressed_size=written.uncompressed_size, entries=written.entries,
              output=written.output)
-
-
-def _remove_output(output: Path, options: BuildOptions) -> None:
-    if options.remove_stale_signature is not None:
-        options.remove_stale_signature(output)
-    with contextlib.suppress(FileNotFoundError):
-        output.unlink()
 
 
 def _with_total(plan: Plan, total: int) -> Plan:
@@ -338,16 +330,14 @@ def final_image_key(plan: Plan, options: BuildOptions, epoch: int) -> str | None
 
 
 def _cached_image(plan: Plan, options: BuildOptions, cache: BuildCache | None, epoch: int,
-                  reporter: Reporter) -> BuildResult | None:
+                  reporter: Reporter, signed: UnsignedImage | None) -> BuildResult | None:
     """The whole image from the cache, copied (and verified) to the output; None on a miss."""
     record = cache.image(final_image_key(plan, options, epoch)) if cache is not None else None
     if cache is None or record is None:
         return None
     manifest = from_json_bytes(record.manifest_json)
     output = options.output or default_output(manifest, options.output_format)
-    if options.remove_stale_signature is not None:
-        options.remove_stale_signature(output)
-    if not cache.copy_image(record, output):
+    if not cache.copy_image(record, _written_to(output, options, signed)):
         return None
     for stage in plan.stages:
         for step in stage.steps:
@@ -362,7 +352,7 @@ def _cached_image(plan: Plan, options: BuildOptions, cache: BuildCache | None, e
 
 def _build_image(plan: Plan, options: BuildOptions, cache: BuildCache | None,
                  context: BuildContext, epoch: int, work: Path,
-                 reporter: Reporter) -> BuildResult:
+                 reporter: Reporter, signed: UnsignedImage | None) -> BuildResult:
     with _run_log(plan, options) as (log, log_path):
         stage = execute(
             plan,
@@ -378,6 +368,8 @@ def _build_image(plan: Plan, options: BuildOptions, cache: BuildCache | None,
         )
         manifest = _final_manifest(stage, plan)
         output = options.output or default_output(manifest, options.output_format)
+        target = _written_to(output, options, signed) if options.output_format == "aci" \
+            else output
         key = final_image_key(plan, options, epoch) if cache is not None else None
         # An .aci goes into the cache as it is written: one pass, never read back.
         teed = cache is not None and options.output_format == "aci"
@@ -385,7 +377,7 @@ def _build_image(plan: Plan, options: BuildOptions, cache: BuildCache | None,
                 contextlib.nullcontext(None) as draft:
             with reported_step(_write_step(plan, output), reporter):
                 image_id, size, uncompressed, entries = _write(
-                    stage, manifest, output, options, epoch, reporter,
+                    stage, manifest, target, options, epoch, reporter,
                     tee=None if draft is None else draft.write)
             record = None if key is None else ImageRecord(
                 key=key, image_id=image_id, size=size, uncompressed_size=uncompressed,
@@ -394,7 +386,7 @@ def _build_image(plan: Plan, options: BuildOptions, cache: BuildCache | None,
                 if draft is not None:
                     cache.commit_image(draft, record)
                 elif not teed:
-                    cache.store_image(output, record)
+                    cache.store_image(target, record)
     return BuildResult(image_id=image_id, output=output, manifest=manifest, size=size,
                        uncompressed_size=uncompressed, entries=entries, signatures=(),
                        seconds=0.0)
@@ -415,6 +407,17 @@ def _final_manifest(stage: StageState, plan: Plan) -> ImageManifest:
     return manifest
 
 
+def _written_to(output: Path, options: BuildOptions, signed: UnsignedImage | None) -> Path:
+    """Where the .aci for ``output`` is written: a signing build's to a hidden name until its
+    signature is there; any other's in place, after the signature of the image it replaces
+    is removed (no signature outlives the bytes it signed)."""
+    if signed is not None:
+        return signed.path_for(output)
+    if options.remove_stale_signature is not None:
+        options.remove_stale_signature(output)
+    return output
+
+
 def default_output(manifest: ImageManifest, output_format: OutputFormat) -> Path:
     stem = manifest.name.rsplit("/", 1)[-1]
     version = next((label.value for label in manifest.labels if label.name == "version"), None)
@@ -430,8 +433,6 @@ def _write(
 ) -> tuple[str, int, int, int]:
     """Write the image; an .aci's compressed bytes are also given to ``tee``."""
     if options.output_format == "aci":
-        if options.remove_stale_signature is not None:
-            options.remove_stale_signature(output)
         written = write_aci(stage.rootfs, to_json_bytes(manifest), output,
                             compression=options.compression, epoch=epoch, reporter=reporter,
                             tee=tee)
@@ -442,12 +443,6 @@ def _write(
                         archive=options.output_format == "oci-archive", epoch=epoch,
                         reporter=reporter)
     return digest, 0, 0, 0
-
-
-def _sign(plan: Plan, output: Path, options: BuildOptions) -> tuple[Path, ...]:
-    if not plan.sign_keys or options.signer is None:
-        return ()
-    return tuple(options.signer(output, key) for key in plan.sign_keys)
 
 
 def default_log_path(environ: Mapping[str, str]) -> Path:

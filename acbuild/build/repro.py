@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from acbuild.build.build import BuildOptions, BuildResult, _sign, build, load_plan
+from acbuild.build.build import BuildOptions, BuildResult, build, load_plan
 from acbuild.errors import BuildError
 from acbuild.report import Reporter
 
@@ -54,8 +54,21 @@ def check_reproducible(options: BuildOptions, reporter: Reporter) -> BuildResult
             message, hint = _explain(first, second)
             raise BuildError(message, hint=hint)
     reporter.info("the build is reproducible: both builds gave " + first.image_id)
-    signatures = _sign(load_plan(options), first.output, options) if options.sign else ()
+    signatures = _sign(options, first.output) if options.sign else ()
     return dataclasses.replace(first, signatures=signatures)
+
+
+def _sign(options: BuildOptions, image: Path) -> tuple[Path, ...]:
+    """Sign the first build's image where it is (it was written, unsigned, before the
+    second build could say whether to sign it)."""
+    from acbuild.trust.sign import signature_path
+
+    if options.signer is None:
+        return ()
+    keys = load_plan(options).sign_keys
+    for key in keys:
+        options.signer(image, key, signature_path(image), image)
+    return tuple(signature_path(image) for _ in keys)
 
 
 def _bytes_differ(a: Path, b: Path) -> bool:

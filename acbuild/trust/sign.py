@@ -96,15 +96,19 @@ def sign_image(
     gpg_home: Path | None = None,
     passphrase: str | None = None,
     reporter: Reporter,
+    signature: Path | None = None,
+    shown: Path | None = None,
 ) -> SignResult:
-    """Write ``IMAGE.asc``, a detached armored signature over the image bytes, atomically."""
+    """Write ``IMAGE.asc`` (or ``signature``), a detached armored signature over the image
+    bytes, atomically. ``shown``: the image's name in the log (when ``image`` is the hidden
+    name a build writes it to)."""
     if not image.is_file():
         raise TrustError(f"cannot sign {image}: no such file")
     if passphrase is not None and any(c in passphrase for c in "\n\r\0"):
         raise TrustError("the passphrase must be a single line without NUL characters")
     info = find_secret_key(key, gpg_home)
     gpg = open_gpg(gpg_home)
-    asc = signature_path(image)
+    asc = signature_path(image) if signature is None else signature
     asc.unlink(missing_ok=True)
     with image.open("rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -128,7 +132,7 @@ def sign_image(
     _check_signed(result, info)
     with atomic_write(asc, mode=0o644) as out:
         out.write(result.data)
-    reporter.info(f"signed {image.name} with {info.fingerprint} ({info.uid})")
+    reporter.info(f"signed {(shown or image).name} with {info.fingerprint} ({info.uid})")
     return SignResult(signature=asc, fingerprint=info.fingerprint, uid=info.uid)
 
 

@@ -135,13 +135,10 @@ def test_sigkill_at_random_points_never_leaves_a_partial_image(
         time.sleep(delay)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        # the old image or nothing, and its signature only next to the same bytes
+        # the old image or nothing, and never without its signature
         if out.exists():
             assert out.read_bytes() == good_bytes, f"kill {i} at {delay:.2f}s: image changed"
-        sig = out.parent / (out.name + ".asc")
-        if sig.exists():
-            assert out.exists(), f"kill {i}: a signature without its image"
-            gpghelp.gpg(gpgkeys.home, "--verify", str(sig), str(out))  # raises if stale
+            assert_signed(out, gpgkeys, f"kill {i} at {delay:.2f}s")
         assert not sandbox_processes(), f"kill {i}: sandbox left running"
         assert not mounts_below(tmp_path), f"kill {i}: mounts left"
     r = acbuild("build", project / "ctx" / "Acfile", "-o", out, "--allow-path", project,
@@ -151,9 +148,34 @@ def test_sigkill_at_random_points_never_leaves_a_partial_image(
     assert image_id(r.stdout) == image_id(clean.stdout)
     assert out.read_bytes() == good_bytes
     actool_validate(out)
-    # Temporary names a SIGKILL leaves are never swept (atomic.py has no cleanup): only
-    # check they are hidden dot-files that no reader takes for the image.
-    assert all(n.startswith(f".{out.name}.") for n in leftovers(out))
+    # What a SIGKILL leaves are hidden names that no reader takes for the image.
+    assert all(n.startswith((f".{out.name}.", f"..{out.name}.")) for n in leftovers(out))
+
+
+def assert_signed(out: Path, gpgkeys: gpghelp.Keys, when: str) -> None:
+    sig = out.parent / (out.name + ".asc")
+    assert sig.exists(), f"{when}: an image without its signature"
+    gpghelp.gpg(gpgkeys.home, "--verify", str(sig), str(out))  # raises if stale
+
+
+def test_a_signing_build_killed_as_its_image_appears_leaves_it_signed(
+    project: Path, gpgkeys: gpghelp.Keys, tmp_path: Path
+) -> None:
+    """The image appears at the output only with its signature beside it: a SIGKILL the
+    instant it appears (a CI timeout's kill -9) cannot leave it unsigned."""
+    env = environment(tmp_path, gpgkeys)
+    out = tmp_path / "out" / "signed.aci"
+    out.parent.mkdir()
+    for _ in range(3):
+        out.unlink(missing_ok=True)
+        proc = start_build(project, out, env, "--no-cache")
+        while not out.exists() and proc.poll() is None:
+            pass  # a busy wait: the kill must come within microseconds of the rename
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        assert out.exists(), "the build ended before the image appeared"
+        assert_signed(out, gpgkeys, "killed as the image appeared")
+        assert not sandbox_processes()
 
 
 def interrupted(project: Path, tmp_path: Path, gpgkeys: gpghelp.Keys, sig: int,

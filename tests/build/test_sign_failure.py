@@ -1,5 +1,5 @@
-"""A build asked to sign whose signing fails leaves nothing at its output: no unsigned image
-that the next job would take for the result, no stale signature."""
+"""A build asked to sign whose signing fails leaves its output as it was: no unsigned image
+that the next job would take for the result, no stale signature, no temporary file."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from tests.support.cli import acbuild
 from tests.support.gpghelp import _make_key, kill_agent
 
 
-def test_a_failed_signature_leaves_no_image_and_no_signature(tmp_path: Path) -> None:
+def test_a_failed_signature_leaves_the_previous_image_and_signature_as_they_were(
+        tmp_path: Path) -> None:
     home = Path(tempfile.mkdtemp(prefix="acb-sf-"))  # short: gpg-agent's socket path
     try:
         home.chmod(0o700)
@@ -29,7 +30,10 @@ def test_a_failed_signature_leaves_no_image_and_no_signature(tmp_path: Path) -> 
                     "--passphrase-file", tmp_path / "wrong", "--progress=plain")
         assert r.code == 1, r.stderr
         assert "[4/5] WRITE" in r.stderr and "[5/5] SIGN" in r.stderr  # it got that far
-        assert not out.exists() and not (tmp_path / "signed.aci.asc").exists()
+        assert out.read_bytes() == b"an older image"
+        assert (tmp_path / "signed.aci.asc").read_bytes() == b"its old signature"
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "ctx", "signed.aci", "signed.aci.asc", "wrong"]
         assert "Traceback" not in r.stderr
     finally:
         kill_agent(home)

@@ -21,6 +21,7 @@ from acbuild.report import Reporter
 if TYPE_CHECKING:
     from acbuild.build.bases import BaseLoader
     from acbuild.build.registrypull import RegistryAccess
+    from acbuild.build.signing import Signer
     from acbuild.distribution.fetch import FetchOptions, PullPolicy
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,15 +61,15 @@ def signing_options(what: str) -> Callable[[F], F]:
 
 
 def make_signer(gpg_home: Path | None, passphrase_file: Path | None,
-                reporter: Reporter) -> Callable[[Path, str], Path]:
+                reporter: Reporter) -> Signer:
     """What signs an image for build and go: --gpg-home and --passphrase-file applied."""
     from acbuild.trust.sign import read_passphrase, sign_image
 
     passphrase = read_passphrase(passphrase_file)
 
-    def signer(image: Path, key: str) -> Path:
-        return sign_image(image, key, gpg_home=gpg_home, passphrase=passphrase,
-                          reporter=reporter).signature
+    def signer(image: Path, key: str, signature: Path, shown: Path) -> None:
+        sign_image(image, key, gpg_home=gpg_home, passphrase=passphrase, reporter=reporter,
+                   signature=signature, shown=shown)
 
     return signer
 
