@@ -73,10 +73,10 @@ class PushSession(Session):
             yield response
 
     def _unlimited_io(self) -> httpx.Timeout:
-        """No per-send or per-read limit: a send into a full buffer waits until the registry
-        acknowledged a third of it (MiBs, minutes of a slow uplink), and the answer is due
-        only once it acknowledged the last byte; ``Sending`` bounds both, then the body's
-        deadline the answer's body."""
+        """No per-send or per-read limit: a send into a full buffer waits until the system
+        has room again, about a third of it acknowledged (MiBs: minutes of a slow uplink),
+        and the answer is due only once the registry acknowledged the last byte; ``Sending``
+        bounds both, then the body's deadline the answer's body."""
         return httpx.Timeout(None, connect=min(self.options.timeout, 30.0),
                              pool=self.options.timeout)
 
