@@ -6,6 +6,7 @@ terminal, plain lines in CI, JSON for machines). NullReporter is for tests and l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -106,3 +107,45 @@ class NullReporter(SilentReporter):
 
     def warning(self, message: str, span: Span | None = None) -> None:
         self.warnings.append(message)
+
+
+class HeldReporter:
+    """Keeps what it is told until ``tell`` passes it on, in the order it came: work done
+    ahead in another thread reports when its result is used, as if it had been done then."""
+
+    def __init__(self) -> None:
+        self._held: list[Callable[[Reporter], None]] = []
+
+    def tell(self, reporter: Reporter) -> None:
+        for event in self._held:
+            event(reporter)
+        self._held.clear()
+
+    def step_started(self, step: StepInfo) -> None:
+        self._held.append(lambda r: r.step_started(step))
+
+    def step_output(self, step: StepInfo, line: str) -> None:
+        self._held.append(lambda r: r.step_output(step, line))
+
+    def step_partial(self, step: StepInfo, text: str) -> None:
+        self._held.append(lambda r: r.step_partial(step, text))
+
+    def step_finished(self, step: StepInfo, seconds: float, *, cached: bool = False,
+                      source: str | None = None) -> None:
+        self._held.append(lambda r: r.step_finished(step, seconds, cached=cached,
+                                                    source=source))
+
+    def progress(self, what: str, done: int, total: int | None) -> None:
+        self._held.append(lambda r: r.progress(what, done, total))
+
+    def info(self, message: str) -> None:
+        self._held.append(lambda r: r.info(message))
+
+    def detail(self, message: str) -> None:
+        self._held.append(lambda r: r.detail(message))
+
+    def warning(self, message: str, span: Span | None = None) -> None:
+        self._held.append(lambda r: r.warning(message, span))
+
+    def summary(self, fields: tuple[Field, ...]) -> None:
+        self._held.append(lambda r: r.summary(fields))

@@ -40,6 +40,7 @@ from acbuild.fs.staging import remove_tree
 from acbuild.image.finalize import Tee, build_epoch, write_aci
 from acbuild.image.manifest import ImageManifest, from_json_bytes, to_json_bytes
 from acbuild.image.manifest_rules import problems
+from acbuild.plan.baseref import RegistryImage
 from acbuild.plan.plan import Plan, check_instructions, make_plan
 from acbuild.report import Reporter, StepInfo
 from acbuild.signals import owned
@@ -320,6 +321,9 @@ def key_steps(plan: Plan, options: BuildOptions, cache: BuildCache, context: Bui
     def resolve_registry(text: str) -> str:
         return loader.registries().identity(text, reporter)
 
+    if loader.registry is not None:
+        loader.registry.resolve_ahead(
+            [s.base.reference for s in plan.stages if isinstance(s.base, RegistryImage)])
     return cache.key(plan, context=context, epoch=epoch, resolve=resolve,
                      resolve_registry=resolve_registry, witness=witness)
 

@@ -9,9 +9,11 @@ config and layer — or --insecure-skip-verify is given.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading  # loaded anyway: acbuild.signals
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +28,8 @@ from acbuild.distribution.registry.reference import (
     RegistryError,
     parse_reference,
 )
-from acbuild.report import Reporter
+from acbuild.report import HeldReporter, Reporter
+from acbuild.signals import deferred
 
 if TYPE_CHECKING:  # the HTTP client is imported when a docker:// image is pulled, not by
     # every build that imports this module; the converter when one is converted, not by
@@ -34,6 +37,11 @@ if TYPE_CHECKING:  # the HTTP client is imported when a docker:// image is pulle
     from acbuild.distribution.registry.pull import PulledImage
     from acbuild.distribution.registry.transport import Session, TransportOptions
     from acbuild.interop.oci import ImageSource
+
+
+# Tags resolved at once ahead of a build's keys: waits on registries, not work for the CPUs
+# that -j counts, so -j 1 has them too; few, since each may start a credential helper.
+AHEAD = 4
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,10 +130,45 @@ class RegistryBases:
         # again, a refusing registry or a hanging credential helper would cost its time twice.
         self._failed: dict[str, RegistryError] = {}
         self._from_index: set[str] = set()  # references whose image an index chose
+        self._held: dict[str, HeldReporter] = {}  # what a resolution ahead said, untold
+
+    def resolve_ahead(self, texts: Sequence[str]) -> None:
+        """Resolve ``texts`` (docker:// references), AHEAD at a time: the keys need every
+        base's digest before any stage starts, and one after another each resolution
+        waited for the one before (a registry that withholds its answer: 60 s each, RR-6).
+        What each says, and how it failed, is held until ``identity`` or ``pull`` asks for
+        it: the output, and the error a stage reports, are as if it were resolved then.
+        Without a stop (nothing could end the threads on Ctrl-C), nothing is done ahead."""
+        todo = [t for t in dict.fromkeys(texts) if t not in self._digests and
+                t not in self._failed and t not in self._held]
+        if self._stop is None or len(todo) <= 1:
+            return
+        pool = ThreadPoolExecutor(max_workers=min(AHEAD, len(todo)),
+                                  thread_name_prefix="acbuild-resolve")
+        try:
+            wait([pool.submit(self._ahead, text) for text in todo])
+        except BaseException:
+            # Ctrl-C or SIGTERM in this thread: end the requests before the stack unwinds
+            # (a second signal waits until they have ended).
+            self._stop.set()
+            with deferred():
+                pool.shutdown(wait=True)
+            raise
+        pool.shutdown(wait=True)
+
+    def _ahead(self, text: str) -> None:
+        """Another error than a RegistryError is not kept: asked again, it is raised then
+        (and what was said before it, said again)."""
+        held = HeldReporter()
+        with contextlib.suppress(RegistryError):  # kept in _failed, raised when asked
+            self._pinned(text, held)
+        self._held[text] = held
 
     def _pinned(self, text: str, reporter: Reporter) -> Reference:
         from acbuild.distribution.registry.pull import resolve_manifest
 
+        if (held := self._held.pop(text, None)) is not None:
+            held.tell(reporter)
         if text in self._digests:
             return self._digests[text]
         if text in self._failed:

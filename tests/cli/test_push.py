@@ -11,10 +11,13 @@ import gzip
 import hashlib
 import http.server
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -285,6 +288,74 @@ def refusing_registry(location: str = "/v2/team/x/blobs/uploads/u1") -> Iterator
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def stalling_registry() -> Iterator[tuple[str, threading.Event]]:
+    """A registry (on 127.0.0.1) that starts uploads and then neither reads a blob's body
+    nor answers it, as one whose disk hangs; the event is set once a blob's PUT came."""
+    put = threading.Event()
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self, status: int, **headers: str) -> None:
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_HEAD(self) -> None:
+            self._answer(404)
+
+        def do_POST(self) -> None:
+            self._answer(202, Location="/v2/team/x/blobs/uploads/u1")
+
+        def do_PUT(self) -> None:
+            put.set()
+            release.wait(60)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}", put
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_ctrl_c_ends_a_stalled_upload_at_once(aci: Path, tmp_path: Path) -> None:
+    """RR-2: an upload waits for the registry to acknowledge its body and then for the
+    answer, with no per-send or per-read limit of its own; Ctrl-C still ends it at once."""
+    temp = tmp_path / "tmpdir"
+    temp.mkdir()
+    with stalling_registry() as (host, put):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "acbuild", "export", str(aci), "--push",
+             f"docker://{host}/team/x:1", "--insecure-registry", host],
+            stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "CI": "true", "TMPDIR": str(temp)})
+        try:
+            assert put.wait(60)
+            time.sleep(0.5)  # into the blocked wait
+            proc.send_signal(signal.SIGINT)
+            sent = time.monotonic()
+            _, err = proc.communicate(timeout=20)
+            took = time.monotonic() - sent
+        finally:
+            proc.kill()
+    assert took < 1.5, (took, err)
+    assert proc.returncode == 130, err
+    assert err.rstrip().endswith("interrupted"), err
+    assert "Traceback" not in err
+    assert list(temp.iterdir()) == []
 
 
 def test_a_refused_manifest_is_one_line(aci: Path, tmp_path: Path) -> None:

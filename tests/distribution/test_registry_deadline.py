@@ -487,20 +487,24 @@ def test_every_address_timing_out_is_a_connect_timeout(
 
 
 @contextlib.contextmanager
-def slow_reader_tls(tls: TlsFiles, *, piece: int, pause: float) -> Iterator[str]:
-    """HOST:PORT of an HTTPS server that reads a request's body ``piece`` bytes every
-    ``pause`` seconds (a small receive buffer, so the client's sends wait), then answers
-    201."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tls.cert, tls.key)
+def slow_reader(tls: TlsFiles | None, *, piece: int, pause: float) -> Iterator[str]:
+    """HOST:PORT of an HTTP (``tls``: HTTPS) server that reads a request's body ``piece``
+    bytes every ``pause`` seconds (a small receive buffer, so what it has not read is
+    not acknowledged either: a slow link), then answers 201."""
+    context = None
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls.cert, tls.key)
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
 
     def serve() -> None:
-        with contextlib.suppress(OSError), context.wrap_socket(
-                listener.accept()[0], server_side=True) as conn:
+        accepted = listener.accept()[0]
+        with contextlib.suppress(OSError), (
+                accepted if context is None else
+                context.wrap_socket(accepted, server_side=True)) as conn:
             head = b""
             while b"\r\n\r\n" not in head:
                 head += conn.recv(1)
@@ -524,13 +528,14 @@ def slow_reader_tls(tls: TlsFiles, *, piece: int, pause: float) -> Iterator[str]
 
 
 class _SinceLastWrite:
-    """As transport.Sending: ``seconds`` after the watch's last write (or its start)."""
+    """As transport.Sending: ``seconds`` after the peer last acknowledged more of what was
+    written (or the start)."""
 
     def __init__(self, watch: Watch, seconds: float) -> None:
         self._watch, self._seconds, self._started = watch, seconds, time.monotonic()
 
     def at(self) -> float:
-        return max(self._started, self._watch.last_write()) + self._seconds
+        return max(self._started, self._watch.progress()) + self._seconds
 
     def error(self) -> Exception:
         return TimeoutError("nothing sent")
@@ -545,7 +550,7 @@ def test_a_slow_tls_upload_that_keeps_going_out_is_not_timed_out(tmp_path: Path)
     transport = httpx.HTTPTransport(verify=ssl.create_default_context(cafile=tls.ca),
                                     socket_options=[(socket.SOL_SOCKET, socket.SO_SNDBUF,
                                                      16384)])
-    with slow_reader_tls(tls, piece=20 * 1024, pause=0.025) as host, \
+    with slow_reader(tls, piece=20 * 1024, pause=0.025) as host, \
             watched_client(watch, transport=transport, trust_env=False) as client, \
             watch.running(_SinceLastWrite(watch, 0.6)):
         started = time.monotonic()
@@ -554,3 +559,43 @@ def test_a_slow_tls_upload_that_keeps_going_out_is_not_timed_out(tmp_path: Path)
         took = time.monotonic() - started
     assert response.status_code == 201
     assert 0.8 < took < 4.0
+
+
+def _put(s: PushSession, body: bytes) -> int:
+    with s.send("PUT", f"{s.base}/v2/x/blobs/uploads/1", scope="",
+                headers={"Content-Length": str(len(body))},
+                body=lambda: iter((body,))) as response:
+        return response.status_code
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_an_upload_slower_than_the_socket_buffers_is_not_timed_out(scheme: str,
+                                                                   tmp_path: Path) -> None:
+    """RR-2: the 2 s limit counted from when the last piece was handed to the kernel, which
+    takes MiBs (4 on loopback) at once; at 32 KiB/s the registry was still receiving when
+    "nothing sent" failed the push. Now it counts what the registry acknowledged: 192 KiB,
+    six times the server's receive buffer, take 6 s and go through."""
+    tls = make_tls(tmp_path / "tls") if scheme == "https" else None
+    with slow_reader(tls, piece=16 << 10, pause=0.5) as host:
+        options = TransportOptions(insecure_registries=(host,) if tls is None else (),
+                                   ca_file=None if tls is None else tls.ca, timeout=2.0,
+                                   retries=0)
+        with PushSession(host, options, None) as s:
+            started = time.monotonic()
+            assert _put(s, os.urandom(192 << 10)) == 201
+    assert 4.0 < time.monotonic() - started < 10.0
+
+
+def test_an_upload_the_registry_stops_reading_times_out_at_the_limit() -> None:
+    """Nothing read, so nothing acknowledged once the buffers are full: the one-line error
+    at the limit after the last acknowledgement."""
+    with silent_server(reads=False) as host:
+        options = TransportOptions(insecure_registries=(host,), timeout=TIMEOUT, retries=0)
+        with PushSession(host, options, None) as s, pytest.raises(TimedOut) as e:
+            started = time.monotonic()
+            _put(s, b"u" * (64 << 20))
+        took = time.monotonic() - started
+    assert TIMEOUT - 0.1 < took < TIMEOUT + 1.0
+    assert e.value.message == (f"registry {host}: PUT http://{host}/v2/x/blobs/uploads/1: "
+                               "timed out: nothing sent nor answered (status line and "
+                               "headers) in 1 s")

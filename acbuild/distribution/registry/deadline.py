@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import math
 import os
 import select
 import socket
 import ssl
+import struct
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -39,10 +42,52 @@ SLICE = 0.2  # seconds a blocked socket operation waits before it looks at its s
 _T = TypeVar("_T")
 
 READ_BYTES = 1 << 20
-# Bytes handed to one send: a send completes only when the kernel's buffer took all of it
-# (a TLS send never partly), and progress is marked per completed send, so a piece this
-# small marks an upload's progress at the rate it really goes out, not once a MiB (RR-2).
+# Bytes handed to one send: a TLS send that timed out is repeated with the same bytes while
+# OpenSSL holds the records it made of them, so a piece stays small.
 WRITE_BYTES = 1 << 16
+
+
+def _unacknowledged(sock: socket.socket) -> int:
+    """Bytes of ``sock``'s send queue its peer has not acknowledged yet (Linux SIOCOUTQ;
+    through TLS, the records' bytes); OSError when it cannot be known (a closed socket)."""
+    queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+    count: int = struct.unpack("i", queued)[0]
+    return count
+
+
+class _Outgoing:
+    """What one thread's writes handed to one socket and how much of it the peer has
+    acknowledged: a slow link hides behind the kernel's send buffer (some MiB, a minute and
+    more of a slow uplink), so progress is what the peer took, not what the kernel did
+    (RR-2). ``blind``: the queue cannot be read, so a handed-over write counts instead."""
+
+    def __init__(self, sock: socket.socket | None) -> None:
+        self.sock = sock
+        self.at = time.monotonic()
+        self.acked = 0
+        try:
+            # what was queued before (an earlier request on the connection) counts as handed
+            self.handed = 0 if sock is None else _unacknowledged(sock)
+            self.blind = sock is None
+        except (OSError, ValueError):
+            self.handed, self.blind = 0, True
+
+    def wrote(self, count: int) -> None:
+        self.handed += count
+        if self.blind:
+            self.at = time.monotonic()
+
+    def progress(self) -> float:
+        """When the peer last acknowledged bytes it had not before."""
+        if self.blind or self.sock is None:
+            return self.at
+        try:
+            acked = self.handed - _unacknowledged(self.sock)
+        except (OSError, ValueError):  # closed: nothing more will be acknowledged
+            return self.at
+        if acked > self.acked:
+            self.acked, self.at = acked, time.monotonic()
+        return self.at
 
 
 class Deadline(Protocol):
@@ -91,14 +136,20 @@ class Watch:
         finally:
             self._local.running = before
 
-    def wrote(self) -> None:
-        """A write of this thread's went out (an upload's body makes progress)."""
-        self._local.wrote_at = time.monotonic()
+    def wrote(self, sock: socket.socket | None, count: int) -> None:
+        """This thread handed ``count`` bytes to ``sock`` (None: a stream whose socket
+        cannot be seen, whose writes count as progress once they return)."""
+        outgoing: _Outgoing | None = getattr(self._local, "outgoing", None)
+        if outgoing is None or outgoing.sock is not sock:
+            outgoing = self._local.outgoing = _Outgoing(sock)
+        outgoing.wrote(count)
 
-    def last_write(self) -> float:
-        """When this thread's last write went out (0.0: none yet)."""
-        wrote_at: float = getattr(self._local, "wrote_at", 0.0)
-        return wrote_at
+    def progress(self) -> float:
+        """When the peer of this thread's last written socket last acknowledged more of
+        what it was sent (0.0: nothing written yet). Polled by a deadline's ``at``, so at
+        every slice of a blocked send or of the wait for the answer after it."""
+        outgoing: _Outgoing | None = getattr(self._local, "outgoing", None)
+        return 0.0 if outgoing is None else outgoing.progress()
 
     def expired(self) -> Deadline | None:
         """The running deadline that passed first, if any has."""
@@ -197,9 +248,9 @@ class _Stream(httpcore.NetworkStream):
         data = memoryview(buffer)
         if sock is None:
             for start in range(0, len(data), WRITE_BYTES):
-                self._inner.write(bytes(data[start:start + WRITE_BYTES]),
-                                  self._watch.clamp(timeout, httpcore.WriteTimeout))
-                self._watch.wrote()
+                piece = bytes(data[start:start + WRITE_BYTES])
+                self._inner.write(piece, self._watch.clamp(timeout, httpcore.WriteTimeout))
+                self._watch.wrote(None, len(piece))
             return
         # httpcore's write loops over send and loses count when one times out, so the loop
         # is here: a send that timed out sent nothing and is repeated with the same bytes.
@@ -207,7 +258,7 @@ class _Stream(httpcore.NetworkStream):
             sent = self._watch.sliced(functools.partial(_send, sock, data[:WRITE_BYTES]),
                                       timeout, httpcore.WriteTimeout)
             data = data[sent:]
-            self._watch.wrote()
+            self._watch.wrote(sock, sent)
 
     def close(self) -> None:
         self._inner.close()

@@ -491,7 +491,8 @@ class _Head:
 
 class Sending:
     """The deadline of a request with a body (an upload) up to its answer's headers: the
-    body may take as long as it keeps going out, the answer then ``timeout`` seconds."""
+    body may take as long as the registry keeps acknowledging more of it, the answer is
+    then due ``timeout`` seconds after it acknowledged the last of it."""
 
     def __init__(self, session: Session, method: str, url: str) -> None:
         self._session = session
@@ -499,7 +500,7 @@ class Sending:
         self._started = time.monotonic()
 
     def at(self) -> float:
-        return max(self._started, self._session._watch.last_write()) + \
+        return max(self._started, self._session._watch.progress()) + \
             self._session.options.timeout
 
     def error(self) -> Exception:

@@ -72,6 +72,14 @@ class PushSession(Session):
         with self._streamed(response, f"{method} {self._shown(url)}"):
             yield response
 
+    def _unlimited_io(self) -> httpx.Timeout:
+        """No per-send or per-read limit: a send into a full buffer waits until the system
+        has room again, about a third of it acknowledged (MiBs: minutes of a slow uplink),
+        and the answer is due only once the registry acknowledged the last byte; ``Sending``
+        bounds both, then the body's deadline the answer's body."""
+        return httpx.Timeout(None, connect=min(self.options.timeout, 30.0),
+                             pool=self.options.timeout)
+
     def _send_body(self, method: str, url: str, scope: str, headers: Mapping[str, str],
                    body: Body | None) -> httpx.Response:
         own = _origin(self.base)  # credentials go to the registry only
@@ -83,7 +91,8 @@ class PushSession(Session):
                 sent["Authorization"] = auth
             try:
                 request = self._client.build_request(
-                    method, url, headers=sent, content=None if body is None else body())
+                    method, url, headers=sent, content=None if body is None else body(),
+                    timeout=self._unlimited_io())
                 response = self._client.send(request, stream=True)
             except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError) as e:
                 # a URL the registry sent (an upload Location) that cannot be asked for
