@@ -34,8 +34,15 @@ from acbuild.distribution.registry.transport import (
 )
 from acbuild.distribution.registry.upload import PushSession, Repository
 from acbuild.report import NullReporter
+from tests.support.cli import acbuild
 from tests.support.httpserver import TlsFiles, make_tls
-from tests.support.registry import TamperProxy
+from tests.support.registry import (
+    Registry,
+    TamperProxy,
+    env_without_proxy,
+    registry_with_busybox,
+)
+from tests.support.tlsproxy import TlsProxy, tls_proxy
 from tests.support.trickle import TrickleServer, answer, padded, trickle_server
 
 pytest_plugins = ("tests.support.registryfixtures",)
@@ -554,3 +561,29 @@ def test_a_slow_tls_upload_that_keeps_going_out_is_not_timed_out(tmp_path: Path)
         took = time.monotonic() - started
     assert response.status_code == 201
     assert 0.8 < took < 4.0
+
+
+# ---- an https:// proxy ----------------------------------------------------------------
+
+
+def _cas(tmp_path: Path, reg: Registry, proxy: TlsProxy) -> Path:
+    """One --ca-file holding both CAs, the registry's and the proxy's."""
+    assert reg.ca is not None
+    bundle = tmp_path / "cas.pem"
+    bundle.write_bytes(reg.ca.read_bytes() + proxy.ca.read_bytes())
+    return bundle
+
+
+def test_a_pull_through_an_https_proxy_works(tmp_path: Path, busybox_oci: Path) -> None:
+    """The registry's TLS inside the https proxy's: a real pull, end to end, one --ca-file
+    holding both CAs (the proxy's and the registry's)."""
+    with registry_with_busybox(tmp_path, "tls", busybox_oci) as reg, \
+            tls_proxy(tmp_path / "proxy") as proxy:
+        bundle = _cas(tmp_path, reg, proxy)
+        r = acbuild("pull", reg.ref("library/busybox:1.36"), "--ca-file", bundle,
+                    env={**env_without_proxy(), "HTTPS_PROXY": proxy.url})
+        assert r.code == 0, r.stderr
+        assert set(proxy.connects) == {reg.host}
+    r = acbuild("pull", reg.ref("library/busybox:1.36"), "--ca-file", bundle,
+                env=env_without_proxy())
+    assert r.code != 0  # the registry is gone: what the first pull got came through it

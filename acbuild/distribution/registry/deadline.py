@@ -330,7 +330,8 @@ def watched_client(watch: Watch, **options: Any) -> httpx.Client:
     httpx has no option for a network backend, and building its transports by hand would
     mean redoing its proxy selection (HTTPS_PROXY, NO_PROXY); so the backend of each pool it
     made is wrapped. The pools read it only when they open a connection, and none is open
-    yet. A future httpx that moves these attributes fails here, loudly, not open."""
+    yet. A future httpx that moves these attributes fails here, loudly, not open.
+    An https:// proxy's certificate is checked with ``verify`` too."""
     client = httpx.Client(**options)
     transports = [client._transport, *client._mounts.values()]
     for transport in transports:
@@ -343,4 +344,9 @@ def watched_client(watch: Watch, **options: Any) -> httpx.Client:
             raise AssertionError(f"httpx {httpx.__version__}: cannot bound the time of its "
                                  "connections (no network backend found)")
         pool._network_backend = _Backend(backend, watch)  # type: ignore[union-attr]
+        if isinstance(pool, httpcore.HTTPProxy) and pool._proxy_ssl_context is None and \
+                isinstance(verify := options.get("verify"), ssl.SSLContext):
+            # An https:// proxy's certificate is checked against the CAs the registries'
+            # are (the system's, --ca-file's), not httpcore's own bundle.
+            pool._proxy_ssl_context = verify
     return client
