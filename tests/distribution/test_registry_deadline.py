@@ -9,8 +9,11 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +37,7 @@ from acbuild.distribution.registry.transport import (
 )
 from acbuild.distribution.registry.upload import PushSession, Repository
 from acbuild.report import NullReporter
-from tests.support.cli import acbuild
+from tests.support.cli import acbuild, interrupted, no_partial_blobs
 from tests.support.httpserver import TlsFiles, make_tls
 from tests.support.registry import (
     Registry,
@@ -563,7 +566,45 @@ def test_a_slow_tls_upload_that_keeps_going_out_is_not_timed_out(tmp_path: Path)
     assert 0.8 < took < 4.0
 
 
-# ---- an https:// proxy ----------------------------------------------------------------
+# ---- stops through an https:// proxy (RR-4) ---------------------------------------------
+
+
+def _proxied(monkeypatch: pytest.MonkeyPatch, proxy: TlsProxy) -> None:
+    for name in [k for k in os.environ if k.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+
+
+def test_a_stop_ends_a_handshake_withheld_inside_an_https_proxy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RR-4: the registry's TLS inside an https proxy's TLS (TLS in TLS) waited without
+    slices: a handshake the far end withholds held a pull's thread for the 30 s connect
+    limit, however it was stopped. The proxy's certificate is checked with --ca-file's CA."""
+    with tls_proxy(tmp_path / "proxy", tunnels=0) as proxy:
+        _proxied(monkeypatch, proxy)
+        stop = threading.Event()
+        options = TransportOptions(ca_file=proxy.ca, timeout=SLOW, retries=2, backoff=0.01)
+        with Session("registry.example.test", options, None, stop=stop) as s:
+            message = _stopped_in_time(lambda: fetch(s), stop)
+        assert proxy.connects == ["registry.example.test:443"]
+    assert message == "registry.example.test: stopped"
+
+
+def _cli(*args: str | Path, env: dict[str, str], prefix: tuple[str, ...] = ()
+         ) -> subprocess.Popen[str]:
+    return subprocess.Popen([*prefix, sys.executable, "-m", "acbuild", *map(str, args)],
+                            stderr=subprocess.PIPE, text=True,
+                            env={**env, "CI": "true"}, cwd=Path(__file__).parents[2])
+
+
+def _verb(verb: str, ref: str, tmp_path: Path, *reach: str | Path) -> list[str | Path]:
+    """The command line of ``verb`` (pull, or a build whose BEGIN is ``ref``)."""
+    if verb == "pull":
+        return ["pull", ref, *reach]
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Acfile").write_text(f"BEGIN {ref}\nNAME example.com/x\nLABEL version=1.0.0\n")
+    return ["build", ctx, "-o", tmp_path / "out.aci", "--insecure-skip-verify", *reach]
 
 
 def _cas(tmp_path: Path, reg: Registry, proxy: TlsProxy) -> Path:
@@ -572,6 +613,23 @@ def _cas(tmp_path: Path, reg: Registry, proxy: TlsProxy) -> Path:
     bundle = tmp_path / "cas.pem"
     bundle.write_bytes(reg.ca.read_bytes() + proxy.ca.read_bytes())
     return bundle
+
+
+@pytest.mark.parametrize("verb", ["pull", "build"])
+def test_an_interrupt_ends_a_handshake_withheld_inside_an_https_proxy(
+        tmp_path: Path, busybox_oci: Path, verb: str) -> None:
+    """RR-4 through the CLI: the proxy tunnels the first connection (the tag's manifest, in
+    the main thread, where a signal cuts a blocked recv short anyway) and withholds the
+    next one's TLS handshake (a blob, or the build stage's pull, in a thread of its own).
+    Ctrl-C a second into it ends the command at once, as interrupted, leaving nothing."""
+    with registry_with_busybox(tmp_path, "tls", busybox_oci) as reg, \
+            tls_proxy(tmp_path / "proxy", tunnels=1) as proxy:
+        env = {**env_without_proxy(), "HTTPS_PROXY": proxy.url}
+        proc = _cli(*_verb(verb, reg.ref("library/busybox:1.36"), tmp_path,
+                           "--ca-file", _cas(tmp_path, reg, proxy)), env=env)
+        interrupted(proc, signal.SIGINT, lambda: len(proxy.connects) > 1, settle=1.0)
+    assert not (tmp_path / "out.aci").exists()
+    no_partial_blobs()
 
 
 def test_a_pull_through_an_https_proxy_works(tmp_path: Path, busybox_oci: Path) -> None:
