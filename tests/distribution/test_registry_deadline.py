@@ -9,6 +9,8 @@ import contextlib
 import hashlib
 import json
 import os
+import random
+import shutil
 import signal
 import socket
 import ssl
@@ -566,7 +568,7 @@ def test_a_slow_tls_upload_that_keeps_going_out_is_not_timed_out(tmp_path: Path)
     assert 0.8 < took < 4.0
 
 
-# ---- stops through an https:// proxy (RR-4) ---------------------------------------------
+# ---- stops through an https:// proxy (RR-4) and while a name is looked up (RR-3) ----------
 
 
 def _proxied(monkeypatch: pytest.MonkeyPatch, proxy: TlsProxy) -> None:
@@ -645,3 +647,118 @@ def test_a_pull_through_an_https_proxy_works(tmp_path: Path, busybox_oci: Path) 
     r = acbuild("pull", reg.ref("library/busybox:1.36"), "--ca-file", bundle,
                 env=env_without_proxy())
     assert r.code != 0  # the registry is gone: what the first pull got came through it
+
+
+@contextlib.contextmanager
+def silent_nameserver() -> Iterator[tuple[str, threading.Event]]:
+    """A loopback address whose UDP port 53 takes DNS queries and never answers (a resolver
+    waits its timeout for each), and an event set once a query came."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(50):  # another test run's may hold one
+        address = f"127.53.{random.randrange(256)}.{random.randrange(1, 255)}"
+        try:
+            sock.bind((address, 53))
+            break
+        except OSError:
+            continue
+    else:
+        pytest.skip("no loopback address free for a nameserver")
+    asked = threading.Event()
+    done = threading.Event()
+    sock.settimeout(0.05)
+
+    def listen() -> None:
+        while not done.is_set():
+            try:
+                sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            asked.set()
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    try:
+        yield address, asked
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        sock.close()
+
+
+def _resolving_with(nameserver: str, tmp_path: Path) -> tuple[str, ...]:
+    """The prefix of a command run in a mount namespace of its own whose resolv.conf names
+    ``nameserver`` alone (5 s a try, 2 tries) and whose nsswitch.conf asks DNS alone (so
+    /etc/hosts cannot answer)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare (a mount namespace)")
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {nameserver}\noptions timeout:5 attempts:2\n")
+    nsswitch = tmp_path / "nsswitch.conf"
+    nsswitch.write_text("hosts: dns\n")
+    return ("unshare", "--mount", "sh", "-c",
+            'mount --bind "$1" /etc/resolv.conf && mount --bind "$2" /etc/nsswitch.conf'
+            ' && shift 2 && exec "$@"', "sh", str(resolv), str(nsswitch))
+
+
+@pytest.mark.parametrize(("verb", "sig"), [("pull", signal.SIGINT), ("build", signal.SIGINT),
+                                           ("pull", signal.SIGTERM)])
+def test_an_interrupt_ends_a_name_lookup_a_nameserver_never_answers(
+        tmp_path: Path, verb: str, sig: int) -> None:
+    """RR-3: the C resolver's wait for a nameserver (5 s a try, 2 tries here) sees no
+    signal: Ctrl-C while a registry's name was looked up took effect ~10 s later, in the
+    main thread too. Here the command's only nameserver never answers."""
+    with silent_nameserver() as (nameserver, asked):
+        proc = _cli(*_verb(verb, "docker://registry.example.test/x:1", tmp_path),
+                    env=env_without_proxy(), prefix=_resolving_with(nameserver, tmp_path))
+        interrupted(proc, sig, asked.is_set, settle=1.0)
+        assert asked.is_set()
+    assert not (tmp_path / "out.aci").exists()
+    no_partial_blobs()
+
+
+_LOOK_UP = """
+import sys, time
+from acbuild.distribution.registry.transport import Session, TimedOut, TransportOptions
+started = time.monotonic()
+try:
+    with Session("registry.example.test", TransportOptions(timeout=1.0), None) as s:
+        s.get("/v2/", scope="").__enter__()
+except TimedOut as e:
+    print(e.message)
+print(round(time.monotonic() - started, 2))
+"""
+
+
+def test_a_name_lookup_counts_in_the_answers_limit(tmp_path: Path) -> None:
+    """RR-3: a lookup no nameserver answers is cut off at the request's limit (1 s here),
+    not after the resolver's 10 s."""
+    with silent_nameserver() as (nameserver, asked):
+        r = subprocess.run([*_resolving_with(nameserver, tmp_path), sys.executable, "-c",
+                            _LOOK_UP], capture_output=True, text=True, timeout=60,
+                           env=env_without_proxy(), cwd=Path(__file__).parents[2])
+        assert asked.is_set()
+    assert r.returncode == 0, r.stderr
+    message, took = r.stdout.splitlines()
+    assert message == ("registry registry.example.test: GET https://registry.example.test/v2/: "
+                       "timed out: no complete answer (status line and headers) within 1 s")
+    assert float(took) < 2.0, took
+
+
+def test_a_numeric_host_is_connected_to_without_a_lookup_thread(
+        server: TrickleServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """127.0.0.1 is its own address: no thread is started to look it up."""
+    server.answers[PATH] = answer(200, body=b"{}")
+    started: list[str] = []
+    real = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        real(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with watched_client(Watch(), trust_env=False) as client:
+        assert client.get(f"{server.url}{PATH}").status_code == 200
+        assert client.get(f"http://localhost:{server.port}{PATH}").status_code == 200
+    assert [n for n in started if n.startswith("lookup")] == ["lookup localhost"]

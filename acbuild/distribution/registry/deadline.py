@@ -14,7 +14,8 @@ timed out consumed nothing, a send sent nothing and is retried with the same byt
 runs in memory buffers over the plain socket's stream (``_Tls``), which keep a partial
 record or handshake, so its waits are that stream's, the same directly, through an http://
 proxy's CONNECT and as TLS inside an https:// proxy's TLS. A connect is made non-blocking
-and waited for in slices. Only the name lookup before it cannot be cut short.
+and waited for in slices; the name lookup before it runs in a thread of its own, whose end
+is waited for so.
 """
 
 from __future__ import annotations
@@ -328,6 +329,37 @@ def _connected(sock: socket.socket, timeout: float) -> None:
         raise httpcore.ConnectTimeout("timed out")
 
 
+_Address = tuple[socket.AddressFamily, socket.SocketKind, int, str, Any]
+
+
+def _lookup_apart(host: str, port: int) -> Callable[[float], list[_Address]]:
+    """getaddrinfo of ``host`` begun in a daemon thread; a wait of some seconds for it, which
+    raises ConnectTimeout if it has not ended by then (and may be called again), else
+    returns its addresses or raises its error."""
+    done = threading.Event()
+    found: list[_Address] = []
+    failed: list[Exception] = []
+
+    def look_up() -> None:
+        try:
+            found.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except Exception as e:  # raised again in the thread that waits
+            failed.append(e)
+        finally:
+            done.set()
+
+    threading.Thread(target=look_up, name=f"lookup {host}", daemon=True).start()
+
+    def wait(seconds: float) -> list[_Address]:
+        if not done.wait(seconds):
+            raise httpcore.ConnectTimeout("timed out looking the name up")
+        if failed:
+            raise failed[0]
+        return found
+
+    return wait
+
+
 class _Backend(httpcore.NetworkBackend):
     def __init__(self, inner: httpcore.NetworkBackend, watch: Watch) -> None:
         self._inner = inner
@@ -338,7 +370,7 @@ class _Backend(httpcore.NetworkBackend):
         """As httpcore's SyncBackend (socket.create_connection: each address in turn while
         they fail), the wait for each in slices; running out of ``timeout`` ends it."""
         try:
-            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            addresses = self._lookup(host, port, timeout)
         except OSError as e:
             raise httpcore.ConnectError(str(e)) from e
         failure: OSError = OSError(errno.EADDRNOTAVAIL, f"{host}: no address")
@@ -369,6 +401,20 @@ class _Backend(httpcore.NetworkBackend):
             raise failure  # the cause, and refused() finds ECONNREFUSED in the context
         except OSError as e:
             raise httpcore.ConnectError(str(e)) from e
+
+    def _lookup(self, host: str, port: int, timeout: float | None) -> list[_Address]:
+        """``host``'s addresses. A name is looked up in a thread of its own, waited for in
+        slices within ``timeout`` (the connect's limit) and the running deadlines: the C
+        resolver waits for a silent nameserver (about 10 s each) and no signal cuts it short,
+        in the main thread neither. A lookup given up on ends by itself, unread. A numeric
+        address is its own answer, at once, with no thread."""
+        try:
+            return list(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                           flags=socket.AI_NUMERICHOST))
+        except socket.gaierror as e:
+            if e.errno != socket.EAI_NONAME:
+                raise
+        return self._watch.sliced(_lookup_apart(host, port), timeout, httpcore.ConnectTimeout)
 
     def _wait_connected(self, sock: socket.socket, timeout: float | None) -> None:
         """Wait for ``sock``'s connect; its own ``timeout`` running out is a failure of this
