@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import Result, acbuild, actool_validate
+from tests.support.cli import Result, acbuild, actool_validate, interrupted, no_partial_blobs
 from tests.support.hostile import Tar
 from tests.support.ocifixtures import Config, aci_tree, directory, file, make_layout, raw_layout
 from tests.support.registry import (
@@ -62,12 +62,6 @@ def one_line_error(r: Result) -> str:
     errors = [line for line in r.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1, r.stderr
     return errors[0]
-
-
-def _no_leftovers() -> None:
-    blobs = Path(os.environ["XDG_CACHE_HOME"]) / "acbuild-py" / "images" / "blobs" / "sha256"
-    if blobs.exists():
-        assert [p.name for p in blobs.iterdir() if p.name.startswith(".")] == []
 
 
 @needs_sandbox
@@ -174,7 +168,7 @@ def test_corrupt_layer_fails_cleanly(proxy: TamperProxy, busybox_oci: Path,
             proxy.host)
     assert "digest mismatch" in one_line_error(r)
     assert not out.exists()
-    _no_leftovers()
+    no_partial_blobs()
 
 
 def test_truncated_layer_fails_cleanly(proxy: TamperProxy, busybox_oci: Path,
@@ -188,7 +182,7 @@ def test_truncated_layer_fails_cleanly(proxy: TamperProxy, busybox_oci: Path,
     line = one_line_error(r)
     assert "broke off" in line or "truncated" in line
     assert not (tmp_path / "x.aci").exists()
-    _no_leftovers()
+    no_partial_blobs()
 
 
 def test_oversized_manifest_fails_cleanly(proxy: TamperProxy, tmp_path: Path) -> None:
@@ -445,7 +439,7 @@ def test_interrupt_during_a_trickling_layer_stops_at_once(proxy: TamperProxy, tm
     assert time.monotonic() - started < 5
     assert proc.returncode in (130, 143), err
     assert "Traceback" not in err
-    _no_leftovers()
+    no_partial_blobs()
 
 
 def _trickling_config(server: TrickleServer) -> str:
@@ -463,26 +457,6 @@ def _trickling_config(server: TrickleServer) -> str:
     return path
 
 
-def _interrupted(proc: subprocess.Popen[str], sig: int, started: Callable[[], bool]) -> str:
-    """Send ``sig`` once ``started()``; the process must end at once, as interrupted."""
-    deadline = time.monotonic() + 30
-    while not started() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # into the blocked read
-    proc.send_signal(sig)
-    sent = time.monotonic()
-    try:
-        _, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-    took = time.monotonic() - sent
-    assert took < 1.5, (took, err)
-    assert proc.returncode == (130 if sig == signal.SIGINT else 143), err
-    assert err.rstrip().endswith("interrupted" if sig == signal.SIGINT else "terminated"), err
-    assert "Traceback" not in err
-    return err
-
-
 @pytest.mark.parametrize(("verb", "sig"), [("pull", signal.SIGINT), ("fetch", signal.SIGTERM),
                                            ("build", signal.SIGINT)])
 def test_interrupt_while_a_registry_trickles_its_headers_stops_at_once(
@@ -498,9 +472,9 @@ def test_interrupt_while_a_registry_trickles_its_headers_stops_at_once(
         proc = subprocess.Popen(
             [sys.executable, "-m", "acbuild", *map(str, args[verb]), "--insecure-registry",
              server.host], stderr=subprocess.PIPE, text=True, env={**os.environ, "CI": "true"})
-        _interrupted(proc, sig, lambda: f"GET {path}" in server.requests)
+        interrupted(proc, sig, lambda: f"GET {path}" in server.requests)
     assert not out.exists()
-    _no_leftovers()
+    no_partial_blobs()
 
 
 def _arm64_image_in_an_index(proxy: TamperProxy) -> Callable[[str], None]:

@@ -9,8 +9,13 @@ import contextlib
 import hashlib
 import json
 import os
+import random
+import shutil
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,8 +39,15 @@ from acbuild.distribution.registry.transport import (
 )
 from acbuild.distribution.registry.upload import PushSession, Repository
 from acbuild.report import NullReporter
+from tests.support.cli import acbuild, interrupted, no_partial_blobs
 from tests.support.httpserver import TlsFiles, make_tls
-from tests.support.registry import TamperProxy
+from tests.support.registry import (
+    Registry,
+    TamperProxy,
+    env_without_proxy,
+    registry_with_busybox,
+)
+from tests.support.tlsproxy import TlsProxy, tls_proxy
 from tests.support.trickle import TrickleServer, answer, padded, trickle_server
 
 pytest_plugins = ("tests.support.registryfixtures",)
@@ -599,3 +611,199 @@ def test_an_upload_the_registry_stops_reading_times_out_at_the_limit() -> None:
     assert e.value.message == (f"registry {host}: PUT http://{host}/v2/x/blobs/uploads/1: "
                                "timed out: nothing sent nor answered (status line and "
                                "headers) in 1 s")
+
+
+# ---- stops through an https:// proxy (RR-4) and while a name is looked up (RR-3) ----------
+
+
+def _proxied(monkeypatch: pytest.MonkeyPatch, proxy: TlsProxy) -> None:
+    for name in [k for k in os.environ if k.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+
+
+def test_a_stop_ends_a_handshake_withheld_inside_an_https_proxy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RR-4: the registry's TLS inside an https proxy's TLS (TLS in TLS) waited without
+    slices: a handshake the far end withholds held a pull's thread for the 30 s connect
+    limit, however it was stopped. The proxy's certificate is checked with --ca-file's CA."""
+    with tls_proxy(tmp_path / "proxy", tunnels=0) as proxy:
+        _proxied(monkeypatch, proxy)
+        stop = threading.Event()
+        options = TransportOptions(ca_file=proxy.ca, timeout=SLOW, retries=2, backoff=0.01)
+        with Session("registry.example.test", options, None, stop=stop) as s:
+            message = _stopped_in_time(lambda: fetch(s), stop)
+        assert proxy.connects == ["registry.example.test:443"]
+    assert message == "registry.example.test: stopped"
+
+
+def _cli(*args: str | Path, env: dict[str, str], prefix: tuple[str, ...] = ()
+         ) -> subprocess.Popen[str]:
+    return subprocess.Popen([*prefix, sys.executable, "-m", "acbuild", *map(str, args)],
+                            stderr=subprocess.PIPE, text=True,
+                            env={**env, "CI": "true"}, cwd=Path(__file__).parents[2])
+
+
+def _verb(verb: str, ref: str, tmp_path: Path, *reach: str | Path) -> list[str | Path]:
+    """The command line of ``verb`` (pull, or a build whose BEGIN is ``ref``)."""
+    if verb == "pull":
+        return ["pull", ref, *reach]
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Acfile").write_text(f"BEGIN {ref}\nNAME example.com/x\nLABEL version=1.0.0\n")
+    return ["build", ctx, "-o", tmp_path / "out.aci", "--insecure-skip-verify", *reach]
+
+
+def _cas(tmp_path: Path, reg: Registry, proxy: TlsProxy) -> Path:
+    """One --ca-file holding both CAs, the registry's and the proxy's."""
+    assert reg.ca is not None
+    bundle = tmp_path / "cas.pem"
+    bundle.write_bytes(reg.ca.read_bytes() + proxy.ca.read_bytes())
+    return bundle
+
+
+@pytest.mark.parametrize("verb", ["pull", "build"])
+def test_an_interrupt_ends_a_handshake_withheld_inside_an_https_proxy(
+        tmp_path: Path, busybox_oci: Path, verb: str) -> None:
+    """RR-4 through the CLI: the proxy tunnels the first connection (the tag's manifest, in
+    the main thread, where a signal cuts a blocked recv short anyway) and withholds the
+    next one's TLS handshake (a blob, or the build stage's pull, in a thread of its own).
+    Ctrl-C a second into it ends the command at once, as interrupted, leaving nothing."""
+    with registry_with_busybox(tmp_path, "tls", busybox_oci) as reg, \
+            tls_proxy(tmp_path / "proxy", tunnels=1) as proxy:
+        env = {**env_without_proxy(), "HTTPS_PROXY": proxy.url}
+        proc = _cli(*_verb(verb, reg.ref("library/busybox:1.36"), tmp_path,
+                           "--ca-file", _cas(tmp_path, reg, proxy)), env=env)
+        interrupted(proc, signal.SIGINT, lambda: len(proxy.connects) > 1, settle=1.0)
+    assert not (tmp_path / "out.aci").exists()
+    no_partial_blobs()
+
+
+def test_a_pull_through_an_https_proxy_works(tmp_path: Path, busybox_oci: Path) -> None:
+    """The registry's TLS inside the https proxy's: a real pull, end to end, one --ca-file
+    holding both CAs (the proxy's and the registry's)."""
+    with registry_with_busybox(tmp_path, "tls", busybox_oci) as reg, \
+            tls_proxy(tmp_path / "proxy") as proxy:
+        bundle = _cas(tmp_path, reg, proxy)
+        r = acbuild("pull", reg.ref("library/busybox:1.36"), "--ca-file", bundle,
+                    env={**env_without_proxy(), "HTTPS_PROXY": proxy.url})
+        assert r.code == 0, r.stderr
+        assert set(proxy.connects) == {reg.host}
+    r = acbuild("pull", reg.ref("library/busybox:1.36"), "--ca-file", bundle,
+                env=env_without_proxy())
+    assert r.code != 0  # the registry is gone: what the first pull got came through it
+
+
+@contextlib.contextmanager
+def silent_nameserver() -> Iterator[tuple[str, threading.Event]]:
+    """A loopback address whose UDP port 53 takes DNS queries and never answers (a resolver
+    waits its timeout for each), and an event set once a query came."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(50):  # another test run's may hold one
+        address = f"127.53.{random.randrange(256)}.{random.randrange(1, 255)}"
+        try:
+            sock.bind((address, 53))
+            break
+        except OSError:
+            continue
+    else:
+        pytest.skip("no loopback address free for a nameserver")
+    asked = threading.Event()
+    done = threading.Event()
+    sock.settimeout(0.05)
+
+    def listen() -> None:
+        while not done.is_set():
+            try:
+                sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            asked.set()
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    try:
+        yield address, asked
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        sock.close()
+
+
+def _resolving_with(nameserver: str, tmp_path: Path) -> tuple[str, ...]:
+    """The prefix of a command run in a mount namespace of its own whose resolv.conf names
+    ``nameserver`` alone (5 s a try, 2 tries) and whose nsswitch.conf asks DNS alone (so
+    /etc/hosts cannot answer)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare (a mount namespace)")
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {nameserver}\noptions timeout:5 attempts:2\n")
+    nsswitch = tmp_path / "nsswitch.conf"
+    nsswitch.write_text("hosts: dns\n")
+    return ("unshare", "--mount", "sh", "-c",
+            'mount --bind "$1" /etc/resolv.conf && mount --bind "$2" /etc/nsswitch.conf'
+            ' && shift 2 && exec "$@"', "sh", str(resolv), str(nsswitch))
+
+
+@pytest.mark.parametrize(("verb", "sig"), [("pull", signal.SIGINT), ("build", signal.SIGINT),
+                                           ("pull", signal.SIGTERM)])
+def test_an_interrupt_ends_a_name_lookup_a_nameserver_never_answers(
+        tmp_path: Path, verb: str, sig: int) -> None:
+    """RR-3: the C resolver's wait for a nameserver (5 s a try, 2 tries here) sees no
+    signal: Ctrl-C while a registry's name was looked up took effect ~10 s later, in the
+    main thread too. Here the command's only nameserver never answers."""
+    with silent_nameserver() as (nameserver, asked):
+        proc = _cli(*_verb(verb, "docker://registry.example.test/x:1", tmp_path),
+                    env=env_without_proxy(), prefix=_resolving_with(nameserver, tmp_path))
+        interrupted(proc, sig, asked.is_set, settle=1.0)
+        assert asked.is_set()
+    assert not (tmp_path / "out.aci").exists()
+    no_partial_blobs()
+
+
+_LOOK_UP = """
+import sys, time
+from acbuild.distribution.registry.transport import Session, TimedOut, TransportOptions
+started = time.monotonic()
+try:
+    with Session("registry.example.test", TransportOptions(timeout=1.0), None) as s:
+        s.get("/v2/", scope="").__enter__()
+except TimedOut as e:
+    print(e.message)
+print(round(time.monotonic() - started, 2))
+"""
+
+
+def test_a_name_lookup_counts_in_the_answers_limit(tmp_path: Path) -> None:
+    """RR-3: a lookup no nameserver answers is cut off at the request's limit (1 s here),
+    not after the resolver's 10 s."""
+    with silent_nameserver() as (nameserver, asked):
+        r = subprocess.run([*_resolving_with(nameserver, tmp_path), sys.executable, "-c",
+                            _LOOK_UP], capture_output=True, text=True, timeout=60,
+                           env=env_without_proxy(), cwd=Path(__file__).parents[2])
+        assert asked.is_set()
+    assert r.returncode == 0, r.stderr
+    message, took = r.stdout.splitlines()
+    assert message == ("registry registry.example.test: GET https://registry.example.test/v2/: "
+                       "timed out: no complete answer (status line and headers) within 1 s")
+    assert float(took) < 2.0, took
+
+
+def test_a_numeric_host_is_connected_to_without_a_lookup_thread(
+        server: TrickleServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """127.0.0.1 is its own address: no thread is started to look it up."""
+    server.answers[PATH] = answer(200, body=b"{}")
+    started: list[str] = []
+    real = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        real(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with watched_client(Watch(), trust_env=False) as client:
+        assert client.get(f"{server.url}{PATH}").status_code == 200
+        assert client.get(f"http://localhost:{server.port}{PATH}").status_code == 200
+    assert [n for n in started if n.startswith("lookup")] == ["lookup localhost"]

@@ -9,10 +9,13 @@ at the deadline, httpx raises a timeout, and the Session turns it into that dead
 A stop (``Stop``: Ctrl-C, another stage's failure) is a deadline too, one that has passed
 once its event is set. Since no clock says when that happens, a blocked read, write or TLS
 handshake waits in slices of at most ``SLICE`` seconds and looks at the deadlines between
-them: a slice that ends with nothing passed just waits again. Retrying is safe: a recv, a
-send or a handshake step that timed out consumed nothing (OpenSSL keeps a partial record or
-handshake, and a send is retried with the same bytes, as it requires); a connect is made
-non-blocking and waited for in slices. Only the name lookup before it cannot be cut short.
+them: a slice that ends with nothing passed just waits again. Retrying is safe: a recv that
+timed out consumed nothing, a send sent nothing and is retried with the same bytes; TLS
+runs in memory buffers over the plain socket's stream (``_Tls``), which keep a partial
+record or handshake, so its waits are that stream's, the same directly, through an http://
+proxy's CONNECT and as TLS inside an https:// proxy's TLS. A connect is made non-blocking
+and waited for in slices; the name lookup before it runs in a thread of its own, whose end
+is waited for so.
 """
 
 from __future__ import annotations
@@ -212,24 +215,16 @@ def _send(sock: socket.socket, data: memoryview, timeout: float) -> int:
         raise httpcore.WriteError(str(e)) from e
 
 
-def _handshake(sock: ssl.SSLSocket, timeout: float) -> None:
-    try:
-        sock.settimeout(timeout)
-        sock.do_handshake()
-    except TimeoutError:
-        raise httpcore.ConnectTimeout("timed out") from None
-    except OSError as e:
-        raise httpcore.ConnectError(str(e)) from e
-
-
 class _Stream(httpcore.NetworkStream):
+    """httpcore's stream of a plain socket (or another backend's stream), its waits sliced;
+    TLS over it is a ``_Tls``, whose waits are this stream's."""
+
     def __init__(self, inner: httpcore.NetworkStream, watch: Watch) -> None:
         self._inner = inner
         self._watch = watch
 
     def _socket(self) -> socket.socket | None:
-        """The socket of httpcore's own stream (plain or TLS); None for another kind (TLS in
-        TLS through an https proxy), whose operations are bounded but not sliced."""
+        """The socket of httpcore's own stream; None for another backend's."""
         if not isinstance(self._inner, SyncStream):
             return None
         sock = self._inner.get_extra_info("socket")
@@ -265,27 +260,116 @@ class _Stream(httpcore.NetworkStream):
 
     def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                   timeout: float | None = None) -> httpcore.NetworkStream:
-        sock = self._socket()
-        if sock is None or isinstance(sock, ssl.SSLSocket):
+        if self._socket() is None:
             inner = self._inner.start_tls(ssl_context, server_hostname,
                                           self._watch.clamp(timeout, httpcore.ConnectTimeout))
             return _Stream(inner, self._watch)
-        # As httpcore's start_tls, but with the handshake in steps that can be resumed.
-        try:
-            tls = ssl_context.wrap_socket(sock, server_hostname=server_hostname,
-                                          do_handshake_on_connect=False)
-        except OSError as e:
-            sock.close()
-            raise httpcore.ConnectError(str(e)) from e
-        try:
-            self._watch.sliced(lambda t: _handshake(tls, t), timeout, httpcore.ConnectTimeout)
-        except BaseException:
-            tls.close()
-            raise
-        return _Stream(SyncStream(tls), self._watch)
+        return _Tls.over(self, ssl_context, server_hostname, timeout)
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
+
+
+class _Tls(httpcore.NetworkStream):
+    """TLS in memory buffers over ``lower``: a ``_Stream`` (the registry's TLS, or an https
+    proxy's) or another ``_Tls`` (the registry's TLS inside an https proxy's, which
+    httpcore's SSLSocket cannot carry). Every wait is a read or write of ``lower``, so, at
+    the bottom, of the plain socket's ``_Stream``: sliced, its stops looked at between
+    slices, the same for a registry reached directly, through an http:// proxy's CONNECT
+    or through an https:// one. OpenSSL keeps what arrived of a record or a handshake in
+    the incoming buffer, so a read of ``lower`` that times out loses nothing."""
+
+    def __init__(self, lower: httpcore.NetworkStream, tls: ssl.SSLObject,
+                 incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> None:
+        self._lower = lower
+        self._tls = tls
+        self._incoming = incoming
+        self._outgoing = outgoing
+
+    @classmethod
+    def over(cls, lower: httpcore.NetworkStream, ssl_context: ssl.SSLContext,
+             server_hostname: str | None, timeout: float | None) -> _Tls:
+        """TLS over ``lower``, its handshake done within ``timeout`` (``lower`` closed if
+        it fails)."""
+        end = None if timeout is None else time.monotonic() + timeout
+        try:
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            stream = cls(lower, ssl_context.wrap_bio(incoming, outgoing,
+                                                     server_hostname=server_hostname),
+                         incoming, outgoing)
+            stream._io(stream._tls.do_handshake,
+                       lambda: None if end is None else max(0.0, end - time.monotonic()))
+        except (httpcore.ReadTimeout, httpcore.WriteTimeout):
+            lower.close()
+            raise httpcore.ConnectTimeout("timed out") from None
+        except (httpcore.ReadError, httpcore.WriteError, OSError, ValueError) as e:
+            lower.close()
+            raise httpcore.ConnectError(str(e)) from e
+        except BaseException:
+            lower.close()
+            raise
+        return stream
+
+    def _io(self, op: Callable[[], _T], timeout: Callable[[], float | None]) -> _T:
+        """``op()`` on the TLS object, what it wants read taken from ``lower`` and what it
+        made sent, each within ``timeout()``."""
+        while True:
+            try:
+                result = op()
+            except ssl.SSLWantReadError:
+                self._flush(timeout())
+                data = self._lower.read(READ_BYTES, timeout())
+                if data:
+                    self._incoming.write(data)
+                else:
+                    self._incoming.write_eof()
+                continue
+            self._flush(timeout())
+            return result
+
+    def _flush(self, timeout: float | None) -> None:
+        if self._outgoing.pending:
+            self._lower.write(self._outgoing.read(), timeout)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        size = max(max_bytes, READ_BYTES)
+        try:
+            data = self._io(functools.partial(self._tls.read, size), lambda: timeout)
+            pieces = [data]
+            while data and (left := size - sum(map(len, pieces))) > 0 and \
+                    self._incoming.pending:  # more records already here: no wait for them
+                try:
+                    data = self._tls.read(left)
+                except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                    break
+                pieces.append(data)
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return b""  # closed, with or without a close_notify (as SSLSocket.recv)
+        except ssl.SSLError as e:
+            raise httpcore.ReadError(str(e)) from e
+        return b"".join(pieces)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        # In pieces, so ``lower`` sends each as it is made and marks progress at that rate.
+        data = memoryview(buffer)
+        for start in range(0, len(data), WRITE_BYTES):
+            try:
+                self._io(functools.partial(self._tls.write, data[start:start + WRITE_BYTES]),
+                         lambda: timeout)
+            except ssl.SSLError as e:
+                raise httpcore.WriteError(str(e)) from e
+
+    def close(self) -> None:
+        self._lower.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _Tls.over(self, ssl_context, server_hostname, timeout)
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "ssl_object":
+            return self._tls
+        return self._lower.get_extra_info(info)  # the socket, its addresses, is_readable
 
 
 def _connected(sock: socket.socket, timeout: float) -> None:
@@ -294,6 +378,37 @@ def _connected(sock: socket.socket, timeout: float) -> None:
     poller.register(sock, select.POLLOUT)
     if not poller.poll(timeout * 1000):
         raise httpcore.ConnectTimeout("timed out")
+
+
+_Address = tuple[socket.AddressFamily, socket.SocketKind, int, str, Any]
+
+
+def _lookup_apart(host: str, port: int) -> Callable[[float], list[_Address]]:
+    """getaddrinfo of ``host`` begun in a daemon thread; a wait of some seconds for it, which
+    raises ConnectTimeout if it has not ended by then (and may be called again), else
+    returns its addresses or raises its error."""
+    done = threading.Event()
+    found: list[_Address] = []
+    failed: list[Exception] = []
+
+    def look_up() -> None:
+        try:
+            found.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except Exception as e:  # raised again in the thread that waits
+            failed.append(e)
+        finally:
+            done.set()
+
+    threading.Thread(target=look_up, name=f"lookup {host}", daemon=True).start()
+
+    def wait(seconds: float) -> list[_Address]:
+        if not done.wait(seconds):
+            raise httpcore.ConnectTimeout("timed out looking the name up")
+        if failed:
+            raise failed[0]
+        return found
+
+    return wait
 
 
 class _Backend(httpcore.NetworkBackend):
@@ -306,7 +421,7 @@ class _Backend(httpcore.NetworkBackend):
         """As httpcore's SyncBackend (socket.create_connection: each address in turn while
         they fail), the wait for each in slices; running out of ``timeout`` ends it."""
         try:
-            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            addresses = self._lookup(host, port, timeout)
         except OSError as e:
             raise httpcore.ConnectError(str(e)) from e
         failure: OSError = OSError(errno.EADDRNOTAVAIL, f"{host}: no address")
@@ -337,6 +452,20 @@ class _Backend(httpcore.NetworkBackend):
             raise failure  # the cause, and refused() finds ECONNREFUSED in the context
         except OSError as e:
             raise httpcore.ConnectError(str(e)) from e
+
+    def _lookup(self, host: str, port: int, timeout: float | None) -> list[_Address]:
+        """``host``'s addresses. A name is looked up in a thread of its own, waited for in
+        slices within ``timeout`` (the connect's limit) and the running deadlines: the C
+        resolver waits for a silent nameserver (about 10 s each) and no signal cuts it short,
+        in the main thread neither. A lookup given up on ends by itself, unread. A numeric
+        address is its own answer, at once, with no thread."""
+        try:
+            return list(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                           flags=socket.AI_NUMERICHOST))
+        except socket.gaierror as e:
+            if e.errno != socket.EAI_NONAME:
+                raise
+        return self._watch.sliced(_lookup_apart(host, port), timeout, httpcore.ConnectTimeout)
 
     def _wait_connected(self, sock: socket.socket, timeout: float | None) -> None:
         """Wait for ``sock``'s connect; its own ``timeout`` running out is a failure of this
@@ -381,7 +510,8 @@ def watched_client(watch: Watch, **options: Any) -> httpx.Client:
     httpx has no option for a network backend, and building its transports by hand would
     mean redoing its proxy selection (HTTPS_PROXY, NO_PROXY); so the backend of each pool it
     made is wrapped. The pools read it only when they open a connection, and none is open
-    yet. A future httpx that moves these attributes fails here, loudly, not open."""
+    yet. A future httpx that moves these attributes fails here, loudly, not open.
+    An https:// proxy's certificate is checked with ``verify`` too."""
     client = httpx.Client(**options)
     transports = [client._transport, *client._mounts.values()]
     for transport in transports:
@@ -394,4 +524,9 @@ def watched_client(watch: Watch, **options: Any) -> httpx.Client:
             raise AssertionError(f"httpx {httpx.__version__}: cannot bound the time of its "
                                  "connections (no network backend found)")
         pool._network_backend = _Backend(backend, watch)  # type: ignore[union-attr]
+        if isinstance(pool, httpcore.HTTPProxy) and pool._proxy_ssl_context is None and \
+                isinstance(verify := options.get("verify"), ssl.SSLContext):
+            # An https:// proxy's certificate is checked against the CAs the registries'
+            # are (the system's, --ca-file's), not httpcore's own bundle.
+            pool._proxy_ssl_context = verify
     return client
