@@ -244,43 +244,37 @@ def test_a_push_to_another_repository_mounts_the_blobs(registry: Registry, aci: 
     assert "sha256:" + hashlib.sha256(raw).hexdigest() == second.stdout.strip()
 
 
+class _Uploads(http.server.BaseHTTPRequestHandler):
+    """A registry's upload endpoints (on 127.0.0.1): no blob is there yet (HEAD 404), an
+    upload starts at ``location`` (POST 202); what a PUT gets is the subclass's."""
+
+    protocol_version = "HTTP/1.1"
+    location = "/v2/team/x/blobs/uploads/u1"
+
+    def _answer(self, status: int, body: bytes = b"", **headers: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k.replace("_", "-"), v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self._answer(404)
+
+    def do_POST(self) -> None:
+        self._answer(202, Location=self.location)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 @contextlib.contextmanager
-def refusing_registry(location: str = "/v2/team/x/blobs/uploads/u1") -> Iterator[str]:
-    """A registry (on 127.0.0.1) that takes every blob and refuses every manifest, as one
-    with a policy on manifests (or a full disk) does: 400 MANIFEST_INVALID. Its uploads go
-    to ``location``."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _answer(self, status: int, body: bytes = b"", **headers: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(length)
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k.replace("_", "-"), v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_HEAD(self) -> None:
-            self._answer(404)
-
-        def do_POST(self) -> None:
-            self._answer(202, Location=location)
-
-        def do_PUT(self) -> None:
-            if "/manifests/" in self.path:
-                self._answer(400, b'{"errors": [{"code": "MANIFEST_INVALID", "message": '
-                                  b'"\\u001b[31mno"}]}')
-            else:
-                self._answer(201)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+def _serving(handler: type[_Uploads]) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -291,44 +285,41 @@ def refusing_registry(location: str = "/v2/team/x/blobs/uploads/u1") -> Iterator
 
 
 @contextlib.contextmanager
+def refusing_registry(location: str = _Uploads.location) -> Iterator[str]:
+    """A registry that takes every blob and refuses every manifest, as one with a policy
+    on manifests (or a full disk) does: 400 MANIFEST_INVALID. Its uploads go to
+    ``location``."""
+
+    class Handler(_Uploads):
+        def do_PUT(self) -> None:
+            if "/manifests/" in self.path:
+                self._answer(400, b'{"errors": [{"code": "MANIFEST_INVALID", "message": '
+                                  b'"\\u001b[31mno"}]}')
+            else:
+                self._answer(201)
+
+    Handler.location = location
+    with _serving(Handler) as host:
+        yield host
+
+
+@contextlib.contextmanager
 def stalling_registry() -> Iterator[tuple[str, threading.Event]]:
-    """A registry (on 127.0.0.1) that starts uploads and then neither reads a blob's body
-    nor answers it, as one whose disk hangs; the event is set once a blob's PUT came."""
+    """A registry that starts uploads and then neither reads a blob's body nor answers it,
+    as one whose disk hangs; the event is set once a blob's PUT came."""
     put = threading.Event()
     release = threading.Event()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _answer(self, status: int, **headers: str) -> None:
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def do_HEAD(self) -> None:
-            self._answer(404)
-
-        def do_POST(self) -> None:
-            self._answer(202, Location="/v2/team/x/blobs/uploads/u1")
-
+    class Handler(_Uploads):
         def do_PUT(self) -> None:
             put.set()
             release.wait(60)
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}", put
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
+    with _serving(Handler) as host:
+        try:
+            yield host, put
+        finally:
+            release.set()  # before the server joins its handlers
 
 
 def test_ctrl_c_ends_a_stalled_upload_at_once(aci: Path, tmp_path: Path) -> None:
