@@ -31,6 +31,7 @@ from acbuild.acfile.context import (
 from acbuild.cache.warm import FORMAT_VERSION, Witness, settled
 from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
+from acbuild.fs.framing import frame, framed
 from acbuild.fs.keyed import KeyedFiles, listing_signature
 from acbuild.image.hostarch import host_os_arch
 from acbuild.plan.baseref import (
@@ -48,18 +49,7 @@ from acbuild.plan.plan import Plan, Stage
 _VERSION = 2  # 2: tombstones
 
 
-def frame(h: hashlib._Hash, *fields: bytes) -> None:
-    """Length-framed fields: no two different field lists hash the same bytes."""
-    # One update of the joined frames (fields are small): the same bytes, fewer calls.
-    h.update(b"".join([len(field).to_bytes(8, "big") + field for field in fields]))
-
-
-def _framed(*fields: bytes) -> bytes:
-    """The bytes ``frame`` hashes for ``fields``."""
-    return b"".join([len(field).to_bytes(8, "big") + field for field in fields])
-
-
-_FILE = _framed(b"file")
+_FILE = framed(b"file")
 
 
 class StatCache:
@@ -380,7 +370,7 @@ def path_digest(path: Path, cache: StatCache) -> str:
     witness, keyed = cache.witness, cache.keyed
     # A regular file is _entry's case inlined (most of a base; the same frames, the same
     # records), with the framed mode and owner of each (mode, uid, gid) made once.
-    framed: dict[tuple[int, int, int], bytes] = {}
+    frames: dict[tuple[int, int, int], bytes] = {}
     for rel, child in scan(path, ""):
         full = f"{root}/{rel}"
         if stat.S_ISREG(child.st_mode):
@@ -390,9 +380,9 @@ def path_digest(path: Path, cache: StatCache) -> str:
             digest = cache.file_digest(full, child)
             keyed.record_digest(full, digest)
             how = (stat.S_IMODE(child.st_mode), child.st_uid, child.st_gid)
-            rest = framed.get(how)
+            rest = frames.get(how)
             if rest is None:
-                rest = framed[how] = _framed(b"%o" % how[0], b"%d:%d" % how[1:])
+                rest = frames[how] = framed(b"%o" % how[0], b"%d:%d" % how[1:])
             encoded, content = os.fsencode(rel), digest.encode()
             h.update(b"".join((_FILE, len(encoded).to_bytes(8, "big"), encoded, rest,
                                len(content).to_bytes(8, "big"), content)))
