@@ -117,6 +117,16 @@ class StatCache:
             self._forgotten.discard(key)
         return digest
 
+    def base_file(self, path: str, st: os.stat_result) -> tuple[str, str]:
+        """A base tree's file (``path`` absolute and normal): ``file_digest`` and
+        ``file_xattrs``, from one look-up when both are remembered (most of a base)."""
+        known = self._entries.get(path)
+        if known is not None and len(known) == 7 and known[:5] == _signature(st):
+            digest, xattrs = known[5], known[6]
+            if isinstance(digest, str) and isinstance(xattrs, str):
+                return digest, xattrs
+        return self.file_digest(path, st), self.file_xattrs(path, st)
+
     def file_xattrs(self, path: str, st: os.stat_result) -> str:
         """A base file's xattrs as its key hashes them: "" for none, else the sha256 hex of
         their ``xattr_field`` (every xattr but the SELinux label: what the base's copy and
@@ -302,9 +312,12 @@ def _entry(h: hashlib._Hash, cache: StatCache, rel: str, path: str, st: os.stat_
         xattrs = () if epoch is None else (xattrs_digest(xattrs_of(path)).encode(),)
         frame(h, b"dir", name, mode, owner, *image, *xattrs)
     elif stat.S_ISREG(st.st_mode):
-        digest = cache.file_digest(path, st)
+        if epoch is None:
+            digest, xattrs = cache.file_digest(path, st), ()
+        else:
+            digest, found = cache.base_file(path, st)
+            xattrs = (found.encode(),)
         cache.keyed.record_digest(path, digest)
-        xattrs = () if epoch is None else (cache.file_xattrs(path, st).encode(),)
         frame(h, b"file", name, mode, owner, digest.encode(), *image, *xattrs)
     else:
         # A node's permission bits reach the image as well (a FIFO's, a device record's).
@@ -441,7 +454,7 @@ def path_digest(path: Path, cache: StatCache, *, epoch: int) -> str:
             if witness is not None:
                 witness.seen(full, child)
             keyed.record(full, child)
-            digest = cache.file_digest(full, child)
+            digest, held = cache.base_file(full, child)
             keyed.record_digest(full, digest)
             how = (stat.S_IMODE(child.st_mode), child.st_uid, child.st_gid)
             rest = frames.get(how)
@@ -451,8 +464,7 @@ def path_digest(path: Path, cache: StatCache, *, epoch: int) -> str:
             mtime = mtimes.get(when)
             if mtime is None:
                 mtime = mtimes[when] = framed(b"%d" % when)
-            encoded, content = os.fsencode(rel), digest.encode()
-            xattrs = cache.file_xattrs(full, child).encode()
+            encoded, content, xattrs = os.fsencode(rel), digest.encode(), held.encode()
             h.update(b"".join((_FILE, len(encoded).to_bytes(8, "big"), encoded, rest,
                                len(content).to_bytes(8, "big"), content, mtime,
                                len(xattrs).to_bytes(8, "big"), xattrs)))
