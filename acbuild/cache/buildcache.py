@@ -89,7 +89,7 @@ class BuildCache:
         stat_cache = self.store.stat_cache(context.root, witness)
 
         def identity(base: BaseRef) -> str:
-            return base_identity(base, stat_cache, resolve, resolve_registry)
+            return base_identity(base, stat_cache, resolve, resolve_registry, epoch=epoch)
 
         keyed = key_plan(plan, context=context, epoch=epoch, identity=identity,
                          stat_cache=stat_cache)

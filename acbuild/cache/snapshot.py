@@ -26,8 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from acbuild.cache.statcache import frame
 from acbuild.cache.warm import settled
+from acbuild.fs.framing import frame
 from acbuild.fs.keyed import Listing, listing_signature
 from acbuild.fs.staging import CachedFile, remove_tree, xattr_field, xattrs_of
 

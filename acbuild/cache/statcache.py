@@ -1,9 +1,10 @@
 """Step cache keys (execute stage): every step's key, from content digests of its inputs.
 
 A step's key hashes its parent's key, the instruction without its place in the file, and the
-inputs it reads (base identity, COPY content, RUN's epoch). File digests are remembered by
-stat: a file whose (device, inode, size, mtime, ctime) is unchanged is not read again; files
-modified in the last seconds are not remembered (git's "racy clean" problem).
+inputs it reads (base identity, COPY content, RUN's epoch). File digests (and a base file's
+xattrs) are remembered by stat: a file whose (device, inode, size, mtime, ctime) is
+unchanged is not read again; files modified in the last seconds are not remembered (git's
+"racy clean" problem).
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ from acbuild.acfile.context import (
 from acbuild.cache.warm import FORMAT_VERSION, Witness, settled
 from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
+from acbuild.fs.framing import frame, framed
 from acbuild.fs.keyed import KeyedFiles, listing_signature
+from acbuild.fs.staging import xattr_field, xattrs_of
 from acbuild.image.hostarch import host_os_arch
+from acbuild.image.rootwalk import clamp
 from acbuild.plan.baseref import (
     BaseRef,
     DockerArchive,
@@ -45,25 +49,17 @@ from acbuild.plan.baseref import (
 )
 from acbuild.plan.plan import Plan, Stage
 
-_VERSION = 2  # 2: tombstones
+_VERSION = 3  # 2: tombstones; 3: a base file's xattrs with its digest
 
 
-def frame(h: hashlib._Hash, *fields: bytes) -> None:
-    """Length-framed fields: no two different field lists hash the same bytes."""
-    # One update of the joined frames (fields are small): the same bytes, fewer calls.
-    h.update(b"".join([len(field).to_bytes(8, "big") + field for field in fields]))
-
-
-def _framed(*fields: bytes) -> bytes:
-    """The bytes ``frame`` hashes for ``fields``."""
-    return b"".join([len(field).to_bytes(8, "big") + field for field in fields])
-
-
-_FILE = _framed(b"file")
+_FILE = framed(b"file")
 
 
 class StatCache:
-    """Maps absolute path -> (dev, ino, size, mtime_ns, ctime_ns, sha256 hex).
+    """Maps absolute path -> (dev, ino, size, mtime_ns, ctime_ns, sha256 hex, xattrs), the
+    xattrs as ``file_xattrs`` gives them (None until a base tree's key asks: a COPY takes
+    none). They are remembered under the same signature as the content: every change of
+    an xattr sets the ctime, so a changed xattr never hides behind a remembered one.
 
     ``witness``, when set, is told every entry a key reads (the warm record's inputs);
     ``keyed`` gets the signature of every entry of a base tree or the context a key read.
@@ -117,9 +113,37 @@ class StatCache:
         except OSError as e:
             raise AcbuildError(f"cannot read {path}: {e.strerror}") from None
         if settled(st, time.time_ns()) and (key, *sig) not in self._tombstones:
-            self._entries[key] = self._added[key] = [*sig, digest]
+            self._entries[key] = self._added[key] = [*sig, digest, None]
             self._forgotten.discard(key)
         return digest
+
+    def base_file(self, path: str, st: os.stat_result) -> tuple[str, str]:
+        """A base tree's file (``path`` absolute and normal): ``file_digest`` and
+        ``file_xattrs``, from one look-up when both are remembered (most of a base)."""
+        known = self._entries.get(path)
+        if known is not None and len(known) == 7 and known[:5] == _signature(st):
+            digest, xattrs = known[5], known[6]
+            if isinstance(digest, str) and isinstance(xattrs, str):
+                return digest, xattrs
+        return self.file_digest(path, st), self.file_xattrs(path, st)
+
+    def file_xattrs(self, path: str, st: os.stat_result) -> str:
+        """A base file's xattrs as its key hashes them: "" for none, else the sha256 hex of
+        their ``xattr_field`` (every xattr but the SELinux label: what the base's copy and
+        the finalizer take). ``path``: absolute and normal, asked right after
+        ``file_digest(path, st)``, whose entry (when it remembered one) keeps them too."""
+        known = self._entries.get(path)
+        if known is not None and (len(known) != 7 or known[:5] != _signature(st)):
+            known = None  # remembered under another signature (or not as a file's entry)
+        if known is not None and isinstance(known[6], str):
+            return known[6]
+        found = xattrs_digest(xattrs_of(path))
+        # Read after ``st`` was taken: an xattr set in between moved the ctime past it, so
+        # no later stat shows ``st`` again (and this build's copy finds the file changed).
+        if known is not None:
+            known[6] = found
+            self._added[path] = known
+        return found
 
     def forget(self, path: str) -> None:
         """Drop the digest remembered for the absolute ``path``: its content was found to
@@ -230,8 +254,9 @@ def _drop_buried(entries: dict[str, list[object]], graves: Iterable[Tombstone]) 
 
 
 def _is_entry(value: object) -> bool:
-    return (isinstance(value, list) and len(value) == 6
-            and all(type(v) is int for v in value[:5]) and isinstance(value[5], str))
+    return (isinstance(value, list) and len(value) == 7
+            and all(type(v) is int for v in value[:5]) and isinstance(value[5], str)
+            and (value[6] is None or isinstance(value[6], str)))
 
 
 def _read(path: Path) -> tuple[dict[str, list[object]], list[Tombstone]]:
@@ -256,26 +281,64 @@ def _read(path: Path) -> tuple[dict[str, list[object]], list[Tombstone]]:
     return entries, graves
 
 
-def _entry(h: hashlib._Hash, cache: StatCache, rel: str, path: Path | str,
-           st: os.stat_result, *, exact: bool, follow: bool = False) -> None:
-    """One entry: ``exact`` keeps full modes and owners (a base tree), else modes are
-    normalised as COPY does and owners left out (a context)."""
+def xattrs_digest(pairs: Sequence[tuple[str, bytes]]) -> str:
+    """How a base tree's key hashes an entry's xattrs: "" for none, else the sha256 hex of
+    their ``xattr_field``."""
+    return hashlib.sha256(xattr_field(pairs)).hexdigest() if pairs else ""
+
+
+def _mtime(st: os.stat_result, epoch: int) -> bytes:
+    """An entry's mtime as the image records it (the finalizer clamps it to ``epoch``)."""
+    return b"%d" % clamp(st, epoch)
+
+
+def _entry(h: hashlib._Hash, cache: StatCache, rel: str, path: str, st: os.stat_result, *,
+           epoch: int | None, follow: bool = False) -> None:
+    """One entry. ``epoch`` None: a context's (modes normalised as COPY does, owners left
+    out: COPY takes neither); else a base tree's, with all the image takes of it: the exact
+    mode and owner, the mtime (clamped to ``epoch`` as the finalizer does) and, for a file
+    or directory, the xattrs (symlinks and nodes are made without them)."""
     if cache.witness is not None:
         cache.witness.seen(path, st, follow=follow)
-    cache.keyed.record(os.fspath(path), st)
+    cache.keyed.record(path, st)
+    exact = epoch is not None
     mode = b"%o" % (stat.S_IMODE(st.st_mode) if exact else normalised_mode(st.st_mode))
     owner = b"%d:%d" % (st.st_uid, st.st_gid) if exact else b""
+    image = () if epoch is None else (_mtime(st, epoch),)
     name = os.fsencode(rel)
     if stat.S_ISLNK(st.st_mode):
-        frame(h, b"symlink", name, os.fsencode(os.readlink(path)), owner)
+        frame(h, b"symlink", name, os.fsencode(os.readlink(path)), owner, *image)
     elif stat.S_ISDIR(st.st_mode):
-        frame(h, b"dir", name, mode, owner)
+        xattrs = () if epoch is None else (xattrs_digest(xattrs_of(path)).encode(),)
+        frame(h, b"dir", name, mode, owner, *image, *xattrs)
     elif stat.S_ISREG(st.st_mode):
-        digest = cache.file_digest(path, st)
-        cache.keyed.record_digest(os.fspath(path), digest)
-        frame(h, b"file", name, mode, owner, digest.encode())
+        if epoch is None:
+            digest, xattrs = cache.file_digest(path, st), ()
+        else:
+            digest, found = cache.base_file(path, st)
+            xattrs = (found.encode(),)
+        cache.keyed.record_digest(path, digest)
+        frame(h, b"file", name, mode, owner, digest.encode(), *image, *xattrs)
     else:
-        frame(h, b"special", name, b"%o" % stat.S_IFMT(st.st_mode), b"%d" % st.st_rdev, owner)
+        # A node's permission bits reach the image as well (a FIFO's, a device record's).
+        frame(h, b"special", name, b"%o" % stat.S_IFMT(st.st_mode), b"%d" % st.st_rdev, owner,
+              *(() if epoch is None else (mode, *image)))
+
+
+def _archive_order(rel: str) -> tuple[bytes, ...]:
+    """Where the finalizer writes ``rel``: each directory's children sorted by name bytes,
+    each directory followed by its contents."""
+    return tuple(os.fsencode(part) for part in rel.split("/"))
+
+
+def hardlinks(h: hashlib._Hash, inodes: Mapping[tuple[int, int], Sequence[str]]) -> None:
+    """A base tree's hardlinks, as the image holds them: each inode's names (``inodes``:
+    (dev, ino) -> the names of a regular file in the tree) in archive order, every one
+    after the first written as a link to it; inodes in the order of their first names."""
+    groups = sorted((sorted(names, key=_archive_order) for names in inodes.values()
+                     if len(names) > 1), key=lambda names: _archive_order(names[0]))
+    for names in groups:
+        frame(h, b"hardlink", *(os.fsencode(name) for name in names))
 
 
 def sources_digest(context: BuildContext, sources: Sequence[ContextSource],
@@ -338,7 +401,7 @@ def _context_entry(h: hashlib._Hash, cache: StatCache, context: BuildContext, re
         cache.keyed.record_digest(path, digest)
         frame(h, b"file", name, b"%o" % normalised_mode(st.st_mode), b"", digest.encode())
     else:
-        _entry(h, cache, rel, path, st, exact=False)
+        _entry(h, cache, rel, path, st, epoch=None)
 
 
 def witness_path(witness: Witness, context: BuildContext, pattern: str,
@@ -359,8 +422,9 @@ def witness_path(witness: Witness, context: BuildContext, pattern: str,
             witness.look(root.joinpath(*chain[:i]))
 
 
-def path_digest(path: Path, cache: StatCache) -> str:
-    """A base on disk: the hash of a file, or of a whole tree with exact modes and owners."""
+def path_digest(path: Path, cache: StatCache, *, epoch: int) -> str:
+    """A base on disk: the hash of a file, or of a whole tree with all the image takes of
+    each entry (see ``_entry``; mtimes clamped to ``epoch``) and its hardlinks."""
     try:
         st = os.stat(path)
     except OSError as e:
@@ -374,35 +438,46 @@ def path_digest(path: Path, cache: StatCache) -> str:
         cache.keyed.record_digest(root, digest)
         return "sha256:" + digest
     h = hashlib.sha256()
-    _entry(h, cache, ".", root, st, exact=True, follow=True)
+    _entry(h, cache, ".", root, st, epoch=epoch, follow=True)
     # Each directory's listing as the key saw it: the base's copy must list the same.
     listings: dict[str, list[tuple[str, bool, bool]]] = {"": []}
+    inodes: dict[tuple[int, int], list[str]] = {}  # of files with more than one link
     witness, keyed = cache.witness, cache.keyed
     # A regular file is _entry's case inlined (most of a base; the same frames, the same
-    # records), with the framed mode and owner of each (mode, uid, gid) made once.
-    framed: dict[tuple[int, int, int], bytes] = {}
+    # records), with the framed mode and owner of each (mode, uid, gid) made once, and of
+    # each clamped mtime (most are the epoch).
+    frames: dict[tuple[int, int, int], bytes] = {}
+    mtimes: dict[int, bytes] = {}
     for rel, child in scan(path, ""):
         full = f"{root}/{rel}"
         if stat.S_ISREG(child.st_mode):
             if witness is not None:
                 witness.seen(full, child)
             keyed.record(full, child)
-            digest = cache.file_digest(full, child)
+            digest, held = cache.base_file(full, child)
             keyed.record_digest(full, digest)
             how = (stat.S_IMODE(child.st_mode), child.st_uid, child.st_gid)
-            rest = framed.get(how)
+            rest = frames.get(how)
             if rest is None:
-                rest = framed[how] = _framed(b"%o" % how[0], b"%d:%d" % how[1:])
-            encoded, content = os.fsencode(rel), digest.encode()
+                rest = frames[how] = framed(b"%o" % how[0], b"%d:%d" % how[1:])
+            when = clamp(child, epoch)
+            mtime = mtimes.get(when)
+            if mtime is None:
+                mtime = mtimes[when] = framed(b"%d" % when)
+            encoded, content, xattrs = os.fsencode(rel), digest.encode(), held.encode()
             h.update(b"".join((_FILE, len(encoded).to_bytes(8, "big"), encoded, rest,
-                               len(content).to_bytes(8, "big"), content)))
+                               len(content).to_bytes(8, "big"), content, mtime,
+                               len(xattrs).to_bytes(8, "big"), xattrs)))
+            if child.st_nlink > 1:
+                inodes.setdefault((child.st_dev, child.st_ino), []).append(rel)
         else:
-            _entry(h, cache, rel, full, child, exact=True)
+            _entry(h, cache, rel, full, child, epoch=epoch)
         parent, _, name = rel.rpartition("/")
         is_dir = stat.S_ISDIR(child.st_mode)
         listings[parent].append((name, is_dir, stat.S_ISREG(child.st_mode)))
         if is_dir:
             listings[rel] = []
+    hardlinks(h, inodes)
     for rel, found in listings.items():
         cache.keyed.record_listing(f"{root}/{rel}" if rel else root, listing_signature(found))
     return "sha256:" + h.hexdigest()
@@ -439,9 +514,11 @@ def _mount_fields(mount: ins.RunMount) -> dict[str, object]:
 
 
 def base_identity(base: BaseRef, stat_cache: StatCache, resolve_name: NameResolver,
-                  resolve_registry: Callable[[str], str] | None = None) -> str:
+                  resolve_registry: Callable[[str], str] | None = None, *,
+                  epoch: int) -> str:
     """What a BEGIN starts from, by content: never by path or name alone (a docker://
-    reference by the digest of the image manifest it names now)."""
+    reference by the digest of the image manifest it names now). ``epoch``: the build's,
+    to which the image clamps a base directory's mtimes (an archive holds its own)."""
     if isinstance(base, ImageName | RegistryImage) and stat_cache.witness is not None:
         # Only asking answers these: the store, or the registry, may hold a newer image.
         stat_cache.witness.incomplete("a base is named: a newer image may have appeared")
@@ -449,14 +526,14 @@ def base_identity(base: BaseRef, stat_cache: StatCache, resolve_name: NameResolv
         case Scratch():
             return "scratch"
         case LocalImage(path=path):
-            return "local:" + path_digest(path, stat_cache)
+            return "local:" + path_digest(path, stat_cache, epoch=epoch)
         case DockerArchive(path=path, ref=ref) | OciLayout(path=path, ref=ref) | OciArchive(
             path=path, ref=ref
         ):
             kind = type(base).__name__
-            return f"{kind}:{ref or ''}:" + path_digest(path, stat_cache)
+            return f"{kind}:{ref or ''}:" + path_digest(path, stat_cache, epoch=epoch)
         case ImageName(name=name, labels=labels):
-            return "image:" + path_digest(resolve_name(name, labels), stat_cache)
+            return "image:" + path_digest(resolve_name(name, labels), stat_cache, epoch=epoch)
         case RegistryImage(reference=text):
             if resolve_registry is None:
                 raise AcbuildError(f"{text}: no registry access to resolve it")

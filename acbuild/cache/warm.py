@@ -43,7 +43,9 @@ _FORMAT = 2
 # The step cache's format (statcache's keys start with it), kept here so the warm record's
 # key has it too. Bump when anything that decides a step's result changes meaning (copy
 # rules, snapshot format): old entries, and records, then simply stop matching.
-FORMAT_VERSION = b"acbuild-py step cache 2"  # 2: WORKDIR makes its directory
+# 2: WORKDIR makes its directory; 3: xattrs are length-framed (snapshot digests changed);
+# 4: a base directory's key has its xattrs, hardlinks, clamped mtimes and nodes' modes
+FORMAT_VERSION = b"acbuild-py step cache 4"
 # A change made after a stat must show in the signature: its times must be older than the
 # stat by more than the clock's tick and than an attribute cache may lag (NFS: 3 s).
 _MTIME_NS = 3_000_000_000

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from acbuild.errors import ImageError, Span
+from acbuild.fs.framing import framed
 from acbuild.fs.keyed import KeyedFiles, Listing, Signature
 
 
@@ -96,8 +97,12 @@ def xattrs_of(target: str | bytes | int, *,
 
 
 def xattr_field(pairs: Iterable[tuple[str, bytes]]) -> bytes:
-    """(name, value) xattrs framed as a snapshot's digest frames them (sorted by name)."""
-    return b"".join(os.fsencode(k) + b"=" + v + b"\0" for k, v in sorted(pairs))
+    """(name, value) xattrs as one field, sorted by name bytes: what the snapshot's digest,
+    a cache entry's verified files (CacheFiles) and a base directory's key hash or compare.
+    Each name and value length-framed: values are binary (security.capability holds NULs),
+    so {user.a: b"v\\0user.b=w"} and {user.a: b"v", user.b: b"w"} must not be one field."""
+    encoded = sorted((os.fsencode(k), v) for k, v in pairs)
+    return framed(*(part for pair in encoded for part in pair))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

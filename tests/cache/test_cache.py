@@ -130,8 +130,17 @@ def test_changed_option_or_variable_misses(tmp_path: Path, variable: str, first:
     assert after[first] != before[first]
 
 
-def test_epoch_changes_run_steps_only(tmp_path: Path) -> None:
+def test_epoch_changes_run_steps_and_a_base_directory(tmp_path: Path) -> None:
+    """RUN sees the epoch; the image clamps a base directory's mtimes to it (red-team RK-7:
+    a cached BEGIN <dir> from another epoch carried mtimes a fresh build clamps). An
+    archive base holds its own mtimes: only the RUN misses."""
     acfile = make_context(tmp_path / "ctx")
+    before = keys(acfile, tmp_path / "cache")
+    after = keys(acfile, tmp_path / "cache", epoch="1700000000")
+    assert all(a != b for a, b in zip(after, before, strict=True))
+    with tarfile.open(tmp_path / "ctx/base.tar", "w") as t:
+        t.add(tmp_path / "ctx/base", ".")
+    acfile.write_text(ACFILE.replace("BEGIN ./base", "BEGIN ./base.tar"))
     before = keys(acfile, tmp_path / "cache")
     after = keys(acfile, tmp_path / "cache", epoch="1700000000")
     assert after[:4] == before[:4] and after[4] != before[4]  # step 5 is the RUN

@@ -487,3 +487,82 @@ def test_an_xattr_set_after_the_restore_read_them_is_not_on_the_copy(
     rootfs = store.restore(record, tmp_path / "r", link=False, lazy=lazy)
     assert seen
     assert "user.evil" not in os.listxattr(rootfs.root / rel)
+
+
+# Red-team RK-8: two xattr sets that name=value NUL frames made one.
+_ONE = {"user.a": b"v\0user.b=w"}
+_TWO = {"user.a": b"v", "user.b": b"w"}
+_SWAP = """
+import os, sys
+import acbuild.cache.cache as cache
+from acbuild.cli.main import main
+real = cache.CacheStore.restore
+def restore(self, record, root, *, link, known=None, lazy=False):
+    rootfs = real(self, record, root, link=link, known=known, lazy=lazy)
+    if lazy:  # verified, not yet read for the image: another process of the user swaps
+        path = str(self._dir("steps", record.tree) / "tree/f")
+        os.removexattr(path, "user.a")
+        os.setxattr(path, "user.a", b"v")
+        os.setxattr(path, "user.b", b"w")
+    return rootfs
+cache.CacheStore.restore = restore
+sys.argv = ["acbuild-py", *sys.argv[1:]]
+sys.exit(main())
+"""
+
+
+def _framing_context(where: Path) -> Path:
+    (where / "base").mkdir(parents=True)
+    (where / "base/f").write_bytes(b"data\n")
+    try:
+        for name, value in _ONE.items():
+            os.setxattr(where / "base/f", name, value)
+    except OSError:
+        pytest.skip("no user xattrs on this filesystem")
+    (where / "Acfile").write_text("BEGIN ./base\nNAME example.com/rk8\nLABEL v={{ v }}\n")
+    return where / "Acfile"
+
+
+def _xattrs(aci: Path) -> dict[str, str]:
+    with tarfile.open(aci) as t:
+        return {k: v for k, v in t.getmember("rootfs/f").pax_headers.items() if "xattr" in k}
+
+
+def _cli(*args: str | Path, script: str | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "acbuild"] if script is None else \
+        [sys.executable, "-c", script]
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "SOURCE_DATE_EPOCH": "1000000000"}, timeout=300)
+
+
+def test_an_entry_file_given_the_other_xattr_set_after_its_restore_fails_the_build(
+        tmp_path: Path) -> None:
+    acfile = _framing_context(tmp_path / "ctx")
+    common = ("-q", "build", acfile, "--cache-dir", tmp_path / "cache", "--compression",
+              "none")
+    assert _cli(*common, "--var", "v=1", "-o", tmp_path / "one.aci").returncode == 0
+    time.sleep(1)
+    done = _cli(*common, "--var", "v=2", "-o", tmp_path / "two.aci", script=_SWAP)
+    assert done.returncode != 0, _xattrs(tmp_path / "two.aci")
+    assert "changed during the build: 'f' is not the file the entry held" in done.stderr
+    assert not (tmp_path / "two.aci").exists()
+
+
+def test_an_entry_file_given_the_other_xattr_set_is_not_what_its_digest_says(
+        tmp_path: Path) -> None:
+    """Between builds: the ctime moved, so the restore walks the entry; its digest frames
+    the xattrs, so the entry is found damaged and the step rebuilt from the base."""
+    acfile = _framing_context(tmp_path / "ctx")
+    common = ("-q", "build", acfile, "--cache-dir", tmp_path / "cache", "--compression",
+              "none")
+    assert _cli(*common, "--var", "v=1", "-o", tmp_path / "one.aci").returncode == 0
+    entries = list((tmp_path / "cache").glob("**/steps/*/tree/f"))
+    assert entries
+    for entry in entries:
+        os.removexattr(entry, "user.a")
+        for name, value in _TWO.items():
+            os.setxattr(entry, name, value)
+    done = _cli(*common, "--var", "v=2", "-o", tmp_path / "two.aci")
+    assert done.returncode == 0, done.stderr
+    assert _xattrs(tmp_path / "two.aci") == _xattrs(tmp_path / "one.aci") == {
+        "SCHILY.xattr.user.a": "v\0user.b=w"}

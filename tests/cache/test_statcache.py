@@ -191,15 +191,26 @@ def _tree(root: Path) -> None:
     os.link(root / "a", root / "d/a2")
     (root / "d/link").symlink_to("../a")
     os.mkfifo(root / "d/pipe")
+    os.setxattr(root / "b", "user.x", b"1\0y")  # a base file's and directory's xattrs,
+    os.setxattr(root / "d/e", "user.y", b"2")  # and an mtime the image keeps (the epoch's
+    os.utime(root / "d/c", (500, 500))  # below it)
+
+
+EPOCH = 1_000_000_000
 
 
 def _reference(path: Path, cache: StatCache) -> str:
-    """Every entry through _entry, as the walk did before its file case was inlined."""
+    """Every entry through _entry, as the walk did before its file case was inlined, then
+    the hardlinks."""
     h = hashlib.sha256()
     root = os.fsdecode(os.path.abspath(path))
-    statcache._entry(h, cache, ".", root, os.stat(path), exact=True, follow=True)
+    statcache._entry(h, cache, ".", root, os.stat(path), epoch=EPOCH, follow=True)
+    inodes: dict[tuple[int, int], list[str]] = {}
     for rel, child in scan(path, ""):
-        statcache._entry(h, cache, rel, f"{root}/{rel}", child, exact=True)
+        statcache._entry(h, cache, rel, f"{root}/{rel}", child, epoch=EPOCH)
+        if stat.S_ISREG(child.st_mode):
+            inodes.setdefault((child.st_dev, child.st_ino), []).append(rel)
+    statcache.hardlinks(h, inodes)
     return "sha256:" + h.hexdigest()
 
 
@@ -207,7 +218,8 @@ def test_a_base_tree_is_keyed_entry_by_entry_as_entry_frames_it(tmp_path: Path) 
     _tree(tmp_path / "base")
     walked = StatCache(None, Witness())
     expected = StatCache(None, Witness())
-    assert path_digest(tmp_path / "base", walked) == _reference(tmp_path / "base", expected)
+    base = tmp_path / "base"
+    assert path_digest(base, walked, epoch=EPOCH) == _reference(base, expected)
     # The same records of what the key read: the warm record's and the integrity checks'.
     assert walked.witness is not None and expected.witness is not None
     assert walked.witness.entries == expected.witness.entries
@@ -217,9 +229,9 @@ def test_a_base_tree_is_keyed_entry_by_entry_as_entry_frames_it(tmp_path: Path) 
         if stat.S_ISREG(st.st_mode):
             assert walked.keyed.digest(str(p)) == expected.keyed.digest(str(p)) is not None
     # A mode or an owner is in the key.
-    before = path_digest(tmp_path / "base", StatCache(None))
+    before = path_digest(tmp_path / "base", StatCache(None), epoch=EPOCH)
     (tmp_path / "base/d/c").chmod(0o640)
-    assert path_digest(tmp_path / "base", StatCache(None)) != before
+    assert path_digest(tmp_path / "base", StatCache(None), epoch=EPOCH) != before
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""StagedRootfs ownership records and removing staged trees."""
+"""StagedRootfs ownership records, removing staged trees, and how xattrs are framed."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from acbuild.fs.staging import StagedRootfs, remove_tree
+from acbuild.fs.staging import CacheFiles, StagedRootfs, remove_tree, xattr_field
 from tests.support import fanotify
 
 
@@ -115,3 +115,41 @@ def test_remove_tree_of_a_very_deep_tree(tmp_path: Path) -> None:
     finally:
         # pytest's own cleanup (shutil.rmtree) cannot remove such a tree: never leave one
         subprocess.run(["rm", "-rf", "--", str(tree)], check=True)
+
+
+# Red-team RK-8: as name=value NUL frames, these two sets were one field.
+ONE = (("user.a", b"v\0user.b=w"),)
+TWO = (("user.a", b"v"), ("user.b", b"w"))
+
+
+@pytest.mark.parametrize(("left", "right"), [
+    (ONE, TWO),
+    ((("user.a", b"v=w"),), (("user.a=v", b"w"),)),  # the separator moved into the name
+    ((("user.a", b""),), ()),  # an empty value is still an xattr
+    ((("user.a", b"\0"),), (("user.a", b""), ("user.\0", b""))),
+])
+def test_different_xattr_sets_are_different_fields(
+        left: tuple[tuple[str, bytes], ...], right: tuple[tuple[str, bytes], ...]) -> None:
+    assert xattr_field(left) != xattr_field(right)
+
+
+def test_an_xattr_field_is_the_sorted_set() -> None:
+    pairs = [("user.b", b"2"), ("security.capability", b"\1\0\0\2"), ("user.a", b"1")]
+    assert xattr_field(pairs) == xattr_field(reversed(pairs)) == xattr_field(sorted(pairs))
+    assert xattr_field(()) == b""
+
+
+def test_a_cache_entry_file_with_the_other_xattr_set_is_not_the_one_verified(
+        tmp_path: Path) -> None:
+    """CacheFiles.holds compares the framed xattrs: RK-8's swap of one set for the other
+    (nothing else about the file changes but its ctime, which is not compared) is refused."""
+    path = tmp_path / "f"
+    path.write_bytes(b"data")
+    st = path.stat()
+    inode = (st.st_dev, st.st_ino)
+    verified = (st.st_size, st.st_mtime_ns, st.st_mode, st.st_uid, st.st_gid,
+                xattr_field(ONE), b"")
+    files = CacheFiles(entry="k", paths={"f": inode}, files={inode: verified},
+                       discard=lambda key: None)
+    assert files.holds("f", st, xattr_field(ONE))
+    assert not files.holds("f", st, xattr_field(TWO))
