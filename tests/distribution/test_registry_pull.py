@@ -367,3 +367,17 @@ def test_a_lying_index_entry_is_refused_before_any_layer_is_read(proxy: TamperPr
         _pull(proxy.host, "library/busybox:1.36", store)
     assert not store.path(layer_digest).exists()
     assert _leftovers(store) == []
+
+
+def test_the_layers_go_on_as_soon_as_the_config_is_checked(http_registry: Registry,
+                                                           tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The layers' bodies wait for the config's platform check, which the main thread runs
+    when it sees the config's download end: it must be woken by that, not find it at its next
+    look at the progress (which held every pull up by that interval, ~0.1 s)."""
+    monkeypatch.setattr("acbuild.distribution.registry.pull._DRAIN", 30.0)
+    start = time.monotonic()
+    pulled = _pull(http_registry.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
+    assert pulled.transferred == 2
+    assert time.monotonic() - start < 10.0
