@@ -381,3 +381,38 @@ def test_the_layers_go_on_as_soon_as_the_config_is_checked(http_registry: Regist
     pulled = _pull(http_registry.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
     assert pulled.transferred == 2
     assert time.monotonic() - start < 10.0
+
+
+def test_the_config_does_not_hold_up_a_layers_request(proxy: TamperProxy,
+                                                      tmp_path: Path) -> None:
+    """With as many layers as downloads run at a time, the config gets a thread of its own:
+    every layer's request goes out while the config is on its way, none waits for it."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    base = "/v2/library/busybox"
+    layers = []
+    for n in range(4):  # pull.PARALLEL
+        layer = gzip.compress(f"layer {n}".encode(), mtime=0)
+        digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+        proxy.tampering.canned[f"{base}/blobs/{digest}"] = (200, [], layer)
+        layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                       "digest": digest, "size": len(layer)})
+    seen: list[int] = []
+
+    def late() -> tuple[int, list[tuple[str, str]], bytes]:
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and len(proxy.tampering.blob_gets()) < 5:
+            time.sleep(0.01)
+        seen.append(len(proxy.tampering.blob_gets()) - 1)  # the layers' GETs (not this one)
+        return 200, [], config
+
+    proxy.tampering.canned[f"{base}/blobs/{config_digest}"] = late
+    image = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                   "digest": config_digest, "size": len(config)},
+                        "layers": layers}).encode()
+    proxy.tampering.canned[f"{base}/manifests/1.36"] = (200, [], image)
+    pulled = _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
+    assert pulled.transferred == 5
+    assert seen == [4]

@@ -174,13 +174,13 @@ class _Puller:
 
     def blobs(self, config: Descriptor, layers: tuple[Descriptor, ...],
               config_stored: Callable[[], None]) -> int:
-        """Download the config and the layers the store lacks, up to PARALLEL at a time (as
-        skopeo does: hashing, writing and the network overlap); returns how many were
-        downloaded. The config is asked for with the layers rather than before them (a round
-        trip less), but no layer's body is read until ``config_stored`` has run on it (in
-        this thread, as soon as the config is in the store): it may refuse the image, which
-        then costs no layer's transfer. Only this thread talks to the reporter; the first
-        failure stops the others."""
+        """Download the config and the layers the store lacks, up to PARALLEL layers at a time
+        (as skopeo does: hashing, writing and the network overlap) besides the config;
+        returns how many were downloaded. The config is asked for with the layers rather
+        than before them (a round trip less), but no layer's body is read until
+        ``config_stored`` has run on it (in this thread, as soon as the config is in the
+        store): it may refuse the image, which then costs no layer's transfer. Only this
+        thread talks to the reporter; the first failure stops the others."""
         if config.size > CONFIG_LIMIT:
             raise RegistryError(f"{self.ref}: config is {config.size} bytes, more than "
                                 f"{CONFIG_LIMIT >> 20} MiB")
@@ -210,8 +210,9 @@ class _Puller:
             while not events.empty():
                 self.reporter.progress(*events.get())
 
-        with ThreadPoolExecutor(max_workers=min(PARALLEL, len(missing)),
-                                thread_name_prefix="pull") as pool:
+        # The config has a thread of its own: no layer's request waits for it to arrive.
+        workers = min(PARALLEL, len(missing) - fetching_config) + fetching_config
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pull") as pool:
             futures = [pool.submit(self.download, desc, what, progress, stop,
                                    None if desc is config else checked)
                        for what, desc in missing]
