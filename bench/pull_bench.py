@@ -14,6 +14,11 @@ order rotated every round, so all see the same machine load — and prints the m
   (/opt/oracles/bin), which does the same conversion (it squashes the layers into one gzip
   ACI), and against skopeo for scale.
 
+Besides the medians of wall time, each contender's median CPU time (user + system, its
+children's included) and its paired ratio to skopeo: the median of the per-round ratios,
+which a busy moment weighs on less than the ratio of medians, since both runs of a round
+see about the same load. ``--only pull`` times skopeo and ``pull`` alone (quicker rounds).
+
 acbuild-py runs as a user has it after the README's ``pip install .``: a regular install of
 this checkout into a venv of the bench's own (its dependencies from the same index pip uses),
 bytecode compiled, and the children run without PYTHONDONTWRITEBYTECODE. The development
@@ -21,7 +26,7 @@ venv's editable install would add its import finder (~8 ms), and a tree without 
 ~40 ms of compiling on every run; neither is what an installed acbuild-py pays. With
 --editable the venv running the bench is used instead (quicker to start, for a smoke run).
 
-    python bench/pull_bench.py [--runs 5] [--mb 100] [--editable]
+    python bench/pull_bench.py [--runs 5] [--mb 100] [--editable] [--only pull]
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import io
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -115,13 +121,20 @@ def installed(venv: Path, env: dict[str, str]) -> str:
     return str(venv / "bin" / "acbuild-py")
 
 
-def timed(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> float:
-    start = time.perf_counter()
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(argv: list[str], env: dict[str, str], cwd: Path | None = None
+          ) -> tuple[float, float]:
+    """(wall, CPU) seconds of one run: CPU of the waited-for child and its children."""
+    cpu, start = _cpu(), time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=cwd, timeout=600)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{argv[0]} failed: {proc.stderr.strip()}")
-    return elapsed
+    return elapsed, _cpu() - cpu
 
 
 def main() -> None:
@@ -130,13 +143,16 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=100, help="uncompressed image size")
     parser.add_argument("--editable", action="store_true",
                         help="run the bench's own venv's acbuild-py, not a regular install")
+    parser.add_argument("--only", choices=["pull"], help="time skopeo and pull alone")
     args = parser.parse_args()
     if (reason := registry_missing()) is not None:
         raise SystemExit(reason)
     env = {k: v for k, v in os.environ.items()
            if "proxy" not in k.lower() and k != "PYTHONDONTWRITEBYTECODE"}
-    names = ["skopeo", "pull", "fetch"] + (["docker2aci"] if DOCKER2ACI.exists() else [])
+    names = ["skopeo", "pull"] if args.only else (
+        ["skopeo", "pull", "fetch"] + (["docker2aci"] if DOCKER2ACI.exists() else []))
     results: dict[str, list[float]] = {k: [] for k in names}
+    cpus: dict[str, list[float]] = {k: [] for k in names}
     load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="pull-bench-") as tmp:
         work = Path(tmp)
@@ -165,14 +181,17 @@ def main() -> None:
                     else:  # docker2aci writes its ACI into the working directory
                         dest.mkdir()
                         argv, cwd = [str(DOCKER2ACI), "-insecure-allow-http", ref], dest
-                    results[what].append(timed(argv, env, cwd))
+                    wall, cpu = timed(argv, env, cwd)
+                    results[what].append(wall)
+                    cpus[what].append(cpu)
                     shutil.rmtree(dest, ignore_errors=True)
                 load.append(os.getloadavg()[0])
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"image: {LAYERS} gzip layers, {size / 1e6:.1f} MB of blobs; {args.runs} rounds; "
           f"1-min load average {min(load):.2f}-{max(load):.2f} "
           f"(median {statistics.median(load):.2f})")
-    print(f"{'contender':<46}{'median wall':>12}{'vs skopeo':>11}{'vs docker2aci':>15}")
+    print(f"{'contender':<46}{'median wall':>12}{'vs skopeo':>11}{'paired':>8}{'CPU':>8}"
+          f"{'vs docker2aci':>15}")
     rows = (("skopeo copy docker:// oci:", "skopeo"),
             ("acbuild-py pull (blob store, verified)", "pull"),
             ("docker2aci docker:// (pull + convert)", "docker2aci"),
@@ -181,7 +200,10 @@ def main() -> None:
         if key not in med:
             continue
         d2a = f"{med[key] / med['docker2aci']:>14.2f}x" if "docker2aci" in med else ""
-        print(f"{label:<46}{med[key]:>11.2f}s{med[key] / med['skopeo']:>10.2f}x{d2a}")
+        paired = statistics.median(t / s for t, s in zip(results[key], results["skopeo"],
+                                                         strict=True))
+        print(f"{label:<46}{med[key]:>11.2f}s{med[key] / med['skopeo']:>10.2f}x"
+              f"{paired:>7.2f}x{statistics.median(cpus[key]):>7.2f}s{d2a}")
     print("all runs (s): " + "; ".join(f"{k} " + " ".join(f"{t:.2f}" for t in v)
                                        for k, v in results.items()))
 

@@ -367,3 +367,91 @@ def test_a_lying_index_entry_is_refused_before_any_layer_is_read(proxy: TamperPr
         _pull(proxy.host, "library/busybox:1.36", store)
     assert not store.path(layer_digest).exists()
     assert _leftovers(store) == []
+
+
+def test_the_layers_go_on_as_soon_as_the_config_is_checked(http_registry: Registry,
+                                                           tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The layers' bodies wait for the config's platform check, which the main thread runs
+    when it sees the config's download end: it must be woken by that, not find it at its next
+    look at the progress (which held every pull up by that interval, ~0.1 s)."""
+    monkeypatch.setattr("acbuild.distribution.registry.pull._DRAIN", 30.0)
+    start = time.monotonic()
+    pulled = _pull(http_registry.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
+    assert pulled.transferred == 2
+    assert time.monotonic() - start < 10.0
+
+
+def test_the_config_does_not_hold_up_a_layers_request(proxy: TamperProxy,
+                                                      tmp_path: Path) -> None:
+    """With as many layers as downloads run at a time, the config gets a thread of its own:
+    every layer's request goes out while the config is on its way, none waits for it."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    base = "/v2/library/busybox"
+    layers = []
+    for n in range(4):  # pull.PARALLEL
+        layer = gzip.compress(f"layer {n}".encode(), mtime=0)
+        digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+        proxy.tampering.canned[f"{base}/blobs/{digest}"] = (200, [], layer)
+        layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                       "digest": digest, "size": len(layer)})
+    seen: list[int] = []
+
+    def late() -> tuple[int, list[tuple[str, str]], bytes]:
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and len(proxy.tampering.blob_gets()) < 5:
+            time.sleep(0.01)
+        seen.append(len(proxy.tampering.blob_gets()) - 1)  # the layers' GETs (not this one)
+        return 200, [], config
+
+    proxy.tampering.canned[f"{base}/blobs/{config_digest}"] = late
+    image = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                   "digest": config_digest, "size": len(config)},
+                        "layers": layers}).encode()
+    proxy.tampering.canned[f"{base}/manifests/1.36"] = (200, [], image)
+    pulled = _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
+    assert pulled.transferred == 5
+    assert seen == [4]
+
+
+def test_the_manifest_and_config_are_stored_while_the_layers_stream(proxy: TamperProxy,
+                                                                    tmp_path: Path) -> None:
+    """Storing a manifest or config means syncing it (ms each, far more on a busy disk), so
+    it is done while the layers stream, not before their requests go out; a pull that
+    returns has stored them all."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    layer = gzip.compress(b"layer", mtime=0)
+    layer_digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    image = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                   "digest": config_digest, "size": len(config)},
+                        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                    "digest": layer_digest, "size": len(layer)}]}).encode()
+    image_digest = "sha256:" + hashlib.sha256(image).hexdigest()
+    store = BlobStore(tmp_path / "s")
+    base = "/v2/library/busybox"
+    stored_when_asked: list[bool] = []
+
+    def late_config() -> tuple[int, list[tuple[str, str]], bytes]:
+        time.sleep(0.3)  # the layer's request comes first
+        return 200, [], config
+
+    def the_layer() -> tuple[int, list[tuple[str, str]], bytes]:
+        stored_when_asked.append(store.path(image_digest).exists())
+        return 200, [], layer
+
+    proxy.tampering.canned[f"{base}/manifests/1.36"] = (200, [], image)
+    proxy.tampering.canned[f"{base}/blobs/{config_digest}"] = late_config
+    proxy.tampering.canned[f"{base}/blobs/{layer_digest}"] = the_layer
+    pulled = _pull(proxy.host, "library/busybox:1.36", store)
+    assert stored_when_asked == [False]
+    assert pulled.digest == image_digest
+    for digest in (image_digest, config_digest, layer_digest):
+        assert store.path(digest).is_file()
+    assert _leftovers(store) == []

@@ -9,12 +9,14 @@ at all when it is pinned by digest). Layers download in parallel, as skopeo's do
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -50,6 +52,7 @@ LAYER_TYPES = frozenset({
 })
 _PROGRESS_STEP = 8 << 20
 PARALLEL = 4  # layers downloaded at a time
+_DRAIN = 0.1  # seconds between the main thread's looks at the downloads' progress
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,8 +95,8 @@ def pull(ref: Reference, *, session: Session, store: BlobStore, platform: Platfo
     if max_bytes is not None and total > max_bytes:
         raise RegistryError(f"{ref}: its layers are {total} bytes, more than the limit of "
                             f"{max_bytes} (--max-image-size)")
-    transferred = puller.blobs(config, layers, lambda: _check_platform(
-        store, config, platform, ref, chosen=from_index or index_digest is not None,
+    transferred = puller.blobs(config, layers, lambda data: _check_platform(
+        data, platform, ref, chosen=from_index or index_digest is not None,
         reporter=reporter))
     return PulledImage(reference=ref, digest=digest, index_digest=index_digest, manifest=doc,
                        config=config, layers=layers, store=store, transferred=transferred)
@@ -111,7 +114,9 @@ def resolve_manifest(ref: Reference, *, session: Session, store: BlobStore,
                      platform: Platform, reporter: Reporter) -> tuple[str, str | None]:
     """resolve, and the digest of the index the platform's image was chosen from (or None)."""
     store.check()
-    _, digest, index_digest = _Puller(ref, session, store, reporter).image_manifest(platform)
+    puller = _Puller(ref, session, store, reporter)
+    _, digest, index_digest = puller.image_manifest(platform)
+    puller.save()
     return digest, index_digest
 
 
@@ -125,6 +130,9 @@ class _Puller:
         self.stored = store.has_intact if verify_stored else store.has
         self.scope = f"repository:{ref.repository}:pull"
         self.prefix = f"/v2/{ref.repository}"
+        # Verified manifests and config not yet in the store: written (and synced) while the
+        # layers stream, not before them (save).
+        self._unsaved: list[tuple[str, bytes]] = []
 
     def image_manifest(self, platform: Platform) -> tuple[dict[str, Any], str, str | None]:
         doc, digest = self.manifest(self.ref.manifest_ref)
@@ -163,23 +171,30 @@ class _Puller:
             raise RegistryError(f"{self.ref}: the manifest's digest is {digest}, but the "
                                 f"registry says {escape(claimed[:80])}")
         doc = _decode_manifest(data, self.ref)
-        self._save(digest, data)
+        self._unsaved.append((digest, data))
         return doc, digest
 
-    def _save(self, digest: str, data: bytes) -> None:
-        if not self.store.has(digest, len(data)):
-            with atomic_write(self.store.path(digest), mode=0o644) as f:
-                f.write(data)
+    def save(self) -> None:
+        """Store the verified manifests and config kept in memory so far. Each is synced
+        before its rename (a crash leaves it whole or absent), so a pull that returned has
+        them on disk; writing them here rather than as each arrives keeps their syncs (ms
+        each, tens of ms on a disk others keep busy) out of the way to the layers."""
+        while self._unsaved:
+            digest, data = self._unsaved.pop(0)
+            if not self.store.has(digest, len(data)):
+                with atomic_write(self.store.path(digest), mode=0o644) as f:
+                    f.write(data)
 
     def blobs(self, config: Descriptor, layers: tuple[Descriptor, ...],
-              config_stored: Callable[[], None]) -> int:
-        """Download the config and the layers the store lacks, up to PARALLEL at a time (as
-        skopeo does: hashing, writing and the network overlap); returns how many were
-        downloaded. The config is asked for with the layers rather than before them (a round
-        trip less), but no layer's body is read until ``config_stored`` has run on it (in
-        this thread, as soon as the config is in the store): it may refuse the image, which
-        then costs no layer's transfer. Only this thread talks to the reporter; the first
-        failure stops the others."""
+              check_config: Callable[[bytes | None], None]) -> int:
+        """Download the config and the layers the store lacks, up to PARALLEL layers at a time
+        (as skopeo does: hashing, writing and the network overlap) besides the config;
+        returns how many were downloaded. The config is asked for with the layers rather
+        than before them (a round trip less), but no layer's body is read until
+        ``check_config`` has run on its bytes (None: unreadable) in this thread, as soon as
+        they are verified: it may refuse the image, which then costs no layer's transfer
+        (and stores nothing). Only this thread talks to the reporter and writes the
+        manifests and the config; the first failure stops the others."""
         if config.size > CONFIG_LIMIT:
             raise RegistryError(f"{self.ref}: config is {config.size} bytes, more than "
                                 f"{CONFIG_LIMIT >> 20} MiB")
@@ -195,8 +210,12 @@ class _Puller:
         fetching_config = bool(missing) and missing[0][1] is config
         checked = threading.Event()  # open: the layers' bodies may be read
         if not fetching_config:
-            config_stored()
+            try:
+                check_config(self.store.path(config.digest).read_bytes())
+            except OSError:
+                check_config(None)
             checked.set()
+            self.save()
         if not missing:
             return 0
         events: queue.SimpleQueue[tuple[str, int, int | None]] = queue.SimpleQueue()
@@ -209,21 +228,29 @@ class _Puller:
             while not events.empty():
                 self.reporter.progress(*events.get())
 
-        with ThreadPoolExecutor(max_workers=min(PARALLEL, len(missing)),
-                                thread_name_prefix="pull") as pool:
-            futures = [pool.submit(self.download, desc, what, progress, stop,
-                                   None if desc is config else checked)
-                       for what, desc in missing]
+        # The config has a thread of its own: no layer's request waits for it to arrive.
+        workers = min(PARALLEL, len(missing) - fetching_config) + fetching_config
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pull") as pool:
+            futures: list[Future[Any]] = (
+                [pool.submit(self.fetch_config, config, progress, stop)] if fetching_config
+                else [])
+            futures += [pool.submit(self.download, desc, what, progress, stop, checked)
+                        for what, desc in missing if desc is not config]
             config_future = futures[0] if fetching_config else None
             pending = set(futures)
             try:
                 while pending:
-                    done, pending = wait(pending, timeout=0.1, return_when=FIRST_EXCEPTION)
+                    # Woken by every download that ends, not just a failed one: the layers'
+                    # bodies wait for the config's check, which runs only here (waking on
+                    # failures alone held every layer up to _DRAIN seconds, ~0.1 s a pull).
+                    done, pending = wait(pending, timeout=_DRAIN, return_when=FIRST_COMPLETED)
                     drain()
                     if config_future in done:
-                        config_future.result()
-                        config_stored()
+                        data = config_future.result()
+                        check_config(data)
                         checked.set()
+                        self._unsaved.append((config.digest, data))
+                        self.save()
                         config_future = None
                     for future in done:
                         future.result()
@@ -235,12 +262,24 @@ class _Puller:
         drain()
         return len(missing)
 
+    def fetch_config(self, desc: Descriptor,
+                     progress: Callable[[str, int, int | None], None],
+                     stop: threading.Event) -> bytes:
+        """The config's bytes (at most CONFIG_LIMIT) through the digest check, returned rather
+        than stored: the main thread checks them before any layer's body is read, then stores
+        them while the layers stream."""
+        body = io.BytesIO()
+        self.download(desc, "config", progress, stop, into=lambda: contextlib.nullcontext(body))
+        return body.getvalue()
+
     def download(self, desc: Descriptor, what: str,
                  progress: Callable[[str, int, int | None], None],
-                 stop: threading.Event, gate: threading.Event | None = None) -> None:
-        """GET the blob into the store through the digest check (any thread); with a
-        ``gate``, its body is read only once the gate is open (and not at all if ``stop``
-        is set first)."""
+                 stop: threading.Event, gate: threading.Event | None = None,
+                 into: Callable[[], contextlib.AbstractContextManager[BinaryIO]] | None = None,
+                 ) -> None:
+        """GET the blob through the digest check into the store (or ``into()``), in any
+        thread; with a ``gate``, its body is read only once the gate is open (and not at all
+        if ``stop`` is set first)."""
         shown = f"{self.ref}: {what} ({desc.short()})"
         with self.session.get(f"{self.prefix}/blobs/{desc.digest}", scope=self.scope,
                               cancel=stop) as response:
@@ -256,7 +295,8 @@ class _Puller:
             while gate is not None and not gate.wait(0.05):
                 if stop.is_set():
                     raise RegistryError(f"{shown}: stopped")
-            with atomic_write(self.store.path(desc.digest), mode=0o644) as f:
+            with (atomic_write(self.store.path(desc.digest), mode=0o644) if into is None
+                  else into()) as f:
                 _stream(response, f, desc, shown, lambda done: progress(f"pull {what}", done,
                                                                           desc.size), stop)
 
@@ -292,15 +332,17 @@ def _stream(response: httpx.Response, f: BinaryIO, desc: Descriptor, shown: str,
     progress(done)
 
 
-def _check_platform(store: BlobStore, config: Descriptor, platform: Platform,
-                    ref: Reference, *, chosen: bool, reporter: Reporter) -> None:
-    """The image's own config must be the platform an index entry said it was (an index
-    that lies is refused); an image named directly may be of another platform: a warning,
-    since a RUN on it would fail far from the cause."""
-    try:
-        doc = json.loads(store.path(config.digest).read_bytes())
-    except (OSError, ValueError, RecursionError):
+def _check_platform(data: bytes | None, platform: Platform, ref: Reference, *,
+                    chosen: bool, reporter: Reporter) -> None:
+    """The image's own config (``data``; None: unreadable) must be the platform an index
+    entry said it was (an index that lies is refused); an image named directly may be of
+    another platform: a warning, since a RUN on it would fail far from the cause."""
+    if data is None:
         return  # the converter reads the config again and says what is wrong with it
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        return  # as above
     if not isinstance(doc, dict):
         return
     have = Platform(os=str(doc.get("os") or "?"), architecture=str(doc.get("architecture")
