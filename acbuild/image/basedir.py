@@ -35,6 +35,7 @@ from acbuild.fs.keyed import (
     KeyedFiles,
     Listing,
     Signature,
+    by_name_bytes,
     content_digest,
     listing_signature,
     shared_signature,
@@ -114,6 +115,10 @@ def filling(rootfs: StagedRootfs, lower: LowerTree) -> Iterator[tuple[CopyState,
         os.close(src)
 
 
+def _name(item: tuple[str, bool, bool]) -> str:
+    return item[0]
+
+
 def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
@@ -173,27 +178,29 @@ class CopyState:
         the directories (``dirs``), or everything else below the directories made."""
         with os.scandir(dir_fd) as it:
             # The kinds from the directory entries (d_type): no stat for what is skipped.
-            found = sorted(((e.name, e.is_dir(follow_symlinks=False),
-                             e.is_file(follow_symlinks=False)) for e in it),
-                           key=lambda item: os.fsencode(item[0]))
+            found = by_name_bytes(((e.name, e.is_dir(follow_symlinks=False),
+                                    e.is_file(follow_symlinks=False)) for e in it), _name)
         if self.defer and not dirs:
             self.listings[rel_dir] = listing_signature(found)
         keyed = self.keyed
         if dirs and keyed is not None and self.lower is None and \
                 keyed.listing(self._path(rel_dir)) != listing_signature(found):
             raise self._changed(rel_dir or ".", "does not hold what the cache key listed")
+        defer = self.defer
         for name, is_dir, is_file in found:
-            rel = f"{rel_dir}/{name}" if rel_dir else name
             if is_dir == dirs:
                 self.count += 1
                 if self.count > self.limits.max_entries:
                     raise ImageError(
                         f"base directory has more than {self.limits.max_entries} entries")
+            elif not is_dir:
+                continue  # the directories' pass: the other pass's
+            if is_file and defer:
+                continue  # a file left in the source
+            rel = f"{rel_dir}/{name}" if rel_dir else name
             if is_dir and not dirs:
                 self.directory(dir_fd, name, rel, None, dest_fd)
                 continue
-            if (is_dir != dirs) or (is_file and self.defer):
-                continue  # the other pass's, or a file left in the source
             try:
                 st = os.lstat(name, dir_fd=dir_fd)
             except FileNotFoundError:
@@ -246,9 +253,8 @@ class CopyState:
         if _identity(os.fstat(src_fd)) != source:
             raise self._changed(rel_dir or ".", "is not the directory it was")
         with os.scandir(src_fd) as it:
-            found = sorted(((e.name, e.is_dir(follow_symlinks=False),
-                             e.is_file(follow_symlinks=False)) for e in it),
-                           key=lambda item: os.fsencode(item[0]))
+            found = by_name_bytes(((e.name, e.is_dir(follow_symlinks=False),
+                                    e.is_file(follow_symlinks=False)) for e in it), _name)
         if listing_signature(found) != self.lower.listings.get(rel_dir):
             raise self._changed(rel_dir or ".", "does not hold what it did")
         filled = False
