@@ -163,6 +163,9 @@ class CopyState:
     # staged directory -> (its identity, the identity of the source directory it was made of)
     dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=dict)
     listings: dict[str, Listing] = field(default_factory=dict)
+    # a deferred directory -> its entries but its files (left in the source), listed in the
+    # first pass for the second: no second listing of every file
+    held: dict[str, list[tuple[str, bool, bool]]] = field(default_factory=dict)
 
     @property
     def keyed(self) -> KeyedFiles | None:
@@ -176,27 +179,30 @@ class CopyState:
         """Copy the children of the open directory ``dir_fd`` (sorted, depth first) into
         the open directory ``dest_fd`` (which this copy made: nothing there is followed):
         the directories (``dirs``), or everything else below the directories made."""
-        with os.scandir(dir_fd) as it:
-            # The kinds from the directory entries (d_type): no stat for what is skipped.
-            found = by_name_bytes(((e.name, e.is_dir(follow_symlinks=False),
-                                    e.is_file(follow_symlinks=False)) for e in it), _name)
-        if self.defer and not dirs:
-            self.listings[rel_dir] = listing_signature(found)
+        if dirs or not self.defer:
+            with os.scandir(dir_fd) as it:
+                # The kinds from the directory entries (d_type): no stat for what is skipped.
+                found = by_name_bytes(((e.name, e.is_dir(follow_symlinks=False),
+                                        e.is_file(follow_symlinks=False)) for e in it), _name)
+        else:
+            held = self.held.pop(rel_dir, None)
+            if held is None:  # not a directory when the first pass came to it
+                raise ImageError(f"base directory changed while it was copied: {rel_dir!r}")
+            found = held
         keyed = self.keyed
         if dirs and keyed is not None and self.lower is None and \
                 keyed.listing(self._path(rel_dir)) != listing_signature(found):
             raise self._changed(rel_dir or ".", "does not hold what the cache key listed")
-        defer = self.defer
-        for name, is_dir, is_file in found:
+        if dirs and self.defer:
+            self.listings[rel_dir] = listing_signature(found)
+            held = [item for item in found if not item[2]]
+            self.held[rel_dir] = held
+            self._counted(len(found) - len(held))  # the files, which no pass visits
+        for name, is_dir, _ in found:
             if is_dir == dirs:
-                self.count += 1
-                if self.count > self.limits.max_entries:
-                    raise ImageError(
-                        f"base directory has more than {self.limits.max_entries} entries")
+                self._counted(1)
             elif not is_dir:
                 continue  # the directories' pass: the other pass's
-            if is_file and defer:
-                continue  # a file left in the source
             rel = f"{rel_dir}/{name}" if rel_dir else name
             if is_dir and not dirs:
                 self.directory(dir_fd, name, rel, None, dest_fd)
@@ -216,6 +222,11 @@ class CopyState:
                 self.writer.other(rel, self.info(rel, st, None, target))
             elif not stat.S_ISSOCK(st.st_mode):
                 self.writer.other(rel, self.info(rel, st, None, None))
+
+    def _counted(self, entries: int) -> None:
+        self.count += entries
+        if self.count > self.limits.max_entries:
+            raise ImageError(f"base directory has more than {self.limits.max_entries} entries")
 
     def directory(self, dir_fd: int, name: str, rel: str, st: os.stat_result | None,
                   dest_fd: int) -> None:
