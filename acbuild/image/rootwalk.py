@@ -86,9 +86,9 @@ class _Level:
             os.close(self.lower_fd)
 
 
-def _read_all(fd: int, size: int) -> bytes:
-    """``size`` bytes (fewer only if the file shrank: the writer reports it)."""
-    data = os.read(fd, size) if size else b""
+def _read_rest(fd: int, size: int, data: bytes) -> bytes:
+    """``data``, the start of a file, with what follows it up to ``size`` bytes (fewer
+    only if the file shrank: the writer reports it)."""
     while len(data) < size:
         more = os.read(fd, size - len(data))
         if not more:
@@ -240,13 +240,16 @@ class RootWalker:
                 yield root
             lower_fd = self._lower_dir("", root_st, lower_root, "")
             stack.append(_Level(self.children("", lower_fd), lower_fd))
-            entry = self.entry
+            entry, file_entry, devices = self.entry, self._file_entry, self.rootfs.devices
             while stack:
                 level = stack[-1]
                 children = level.children
                 while level.pos < len(children):
                     rel, st, where = children[level.pos]
                     level.pos += 1
+                    if where != _UPPER and rel not in devices:  # most entries: a file
+                        yield file_entry(self.archive_name(rel), rel, where)
+                        continue
                     produced = entry(rel, st, where)
                     if produced is None:
                         continue
@@ -400,10 +403,13 @@ class RootWalker:
             except BaseException:
                 os.close(fd)
                 raise
-        if st.st_size > _SMALL:
+        size = st.st_size
+        if size > _SMALL:
             return _Loaded(st, xattrs, None, fd)
         try:
-            data = _read_all(fd, st.st_size)
+            data = os.read(fd, size) if size else b""
+            if len(data) < size:
+                data = _read_rest(fd, size, data)
             # from outside the staged tree, or a cache entry's: unchanged while read
             if where != _UPPER_FILE or self._from_cache(where, st):
                 self._unchanged(fd, rel, where, self._signature(where, st))
