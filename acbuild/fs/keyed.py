@@ -31,9 +31,11 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 # (st_dev, st_ino, st_mode, st_size, st_mtime_ns, st_ctime_ns)
 Signature = tuple[int, int, int, int, int, int]
+_T = TypeVar("_T")
 
 
 def signature(st: os.stat_result) -> Signature:
@@ -61,14 +63,34 @@ def content_digest(fd: int) -> bytes:
 Listing = bytes
 
 
+def by_name_bytes(items: Iterable[_T], name: Callable[[_T], str]) -> list[_T]:
+    """``items`` sorted by ``name(item)`` as bytes (os.fsencode), the order of archives and
+    listings. When every name is ASCII (nearly always) the strings sort in that same order,
+    and no name is encoded; otherwise (UTF-8 or surrogate-escaped bytes) they are."""
+    items = list(items)
+    if "".join(map(name, items)).isascii():
+        return sorted(items, key=name)
+    return sorted(items, key=lambda item: os.fsencode(name(item)))
+
+
 def listing_signature(entries: Iterable[tuple[str, bool, bool]]) -> Listing:
     """A digest of a directory's (name, is_dir, is_file) entries, in any order: BLAKE2b of
     the sorted entries, each its kind and its name, NUL-ended (no name holds a NUL). A
     collision-resistant hash, not a checksum: a directory found with the same digest holds
     the same names of the same kinds (a CRC can be matched by a name made for it)."""
-    framed = sorted(b"%d%d" % (is_dir, is_file) + os.fsencode(name) + b"\0"
-                    for name, is_dir, is_file in entries)
-    return hashlib.blake2b(b"".join(framed), digest_size=32).digest()
+    kinds: dict[tuple[bool, bool], list[str]] = {}
+    for name, is_dir, is_file in entries:
+        kinds.setdefault((is_dir, is_file), []).append(name)
+    framing = {kind: f"{kind[0]:d}{kind[1]:d}" for kind in kinds}
+    if not "".join("".join(names) for names in kinds.values()).isascii():
+        framed = sorted(framing[kind].encode() + os.fsencode(name) + b"\0"
+                        for kind, names in kinds.items() for name in names)
+        return hashlib.blake2b(b"".join(framed), digest_size=32).digest()
+    # ASCII names: the framed entries sort by kind, then by name (no name holds a NUL, so
+    # the NUL ending one sorts it before any longer name it begins): framed a kind at a time.
+    text = "".join(framing[kind] + ("\0" + framing[kind]).join(sorted(names)) + "\0"
+                   for kind, names in sorted(kinds.items()))
+    return hashlib.blake2b(text.encode(), digest_size=32).digest()
 
 
 class KeyedFiles:

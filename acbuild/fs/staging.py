@@ -83,6 +83,8 @@ def xattrs_of(target: str | bytes | int, *,
                  else os.listxattr(target, follow_symlinks=False))
     except OSError:
         return ()  # filesystem without xattrs
+    if not names:
+        return ()  # most files
     found: list[tuple[str, bytes]] = []
     for name in names:
         if name in _SKIPPED_XATTRS or (user_only and not name.startswith("user.")):

@@ -35,6 +35,7 @@ from acbuild.fs.keyed import (
     KeyedFiles,
     Listing,
     Signature,
+    by_name_bytes,
     content_digest,
     listing_signature,
     shared_signature,
@@ -114,6 +115,10 @@ def filling(rootfs: StagedRootfs, lower: LowerTree) -> Iterator[tuple[CopyState,
         os.close(src)
 
 
+def _name(item: tuple[str, bool, bool]) -> str:
+    return item[0]
+
+
 def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
@@ -158,6 +163,9 @@ class CopyState:
     # staged directory -> (its identity, the identity of the source directory it was made of)
     dirs: dict[str, tuple[tuple[int, int], tuple[int, int]]] = field(default_factory=dict)
     listings: dict[str, Listing] = field(default_factory=dict)
+    # a deferred directory -> its entries but its files (left in the source), listed in the
+    # first pass for the second: no second listing of every file
+    held: dict[str, list[tuple[str, bool, bool]]] = field(default_factory=dict)
 
     @property
     def keyed(self) -> KeyedFiles | None:
@@ -171,29 +179,34 @@ class CopyState:
         """Copy the children of the open directory ``dir_fd`` (sorted, depth first) into
         the open directory ``dest_fd`` (which this copy made: nothing there is followed):
         the directories (``dirs``), or everything else below the directories made."""
-        with os.scandir(dir_fd) as it:
-            # The kinds from the directory entries (d_type): no stat for what is skipped.
-            found = sorted(((e.name, e.is_dir(follow_symlinks=False),
-                             e.is_file(follow_symlinks=False)) for e in it),
-                           key=lambda item: os.fsencode(item[0]))
-        if self.defer and not dirs:
-            self.listings[rel_dir] = listing_signature(found)
+        if dirs or not self.defer:
+            with os.scandir(dir_fd) as it:
+                # The kinds from the directory entries (d_type): no stat for what is skipped.
+                found = by_name_bytes(((e.name, e.is_dir(follow_symlinks=False),
+                                        e.is_file(follow_symlinks=False)) for e in it), _name)
+        else:
+            held = self.held.pop(rel_dir, None)
+            if held is None:  # not a directory when the first pass came to it
+                raise ImageError(f"base directory changed while it was copied: {rel_dir!r}")
+            found = held
         keyed = self.keyed
         if dirs and keyed is not None and self.lower is None and \
                 keyed.listing(self._path(rel_dir)) != listing_signature(found):
             raise self._changed(rel_dir or ".", "does not hold what the cache key listed")
-        for name, is_dir, is_file in found:
-            rel = f"{rel_dir}/{name}" if rel_dir else name
+        if dirs and self.defer:
+            self.listings[rel_dir] = listing_signature(found)
+            held = [item for item in found if not item[2]]
+            self.held[rel_dir] = held
+            self._counted(len(found) - len(held))  # the files, which no pass visits
+        for name, is_dir, _ in found:
             if is_dir == dirs:
-                self.count += 1
-                if self.count > self.limits.max_entries:
-                    raise ImageError(
-                        f"base directory has more than {self.limits.max_entries} entries")
+                self._counted(1)
+            elif not is_dir:
+                continue  # the directories' pass: the other pass's
+            rel = f"{rel_dir}/{name}" if rel_dir else name
             if is_dir and not dirs:
                 self.directory(dir_fd, name, rel, None, dest_fd)
                 continue
-            if (is_dir != dirs) or (is_file and self.defer):
-                continue  # the other pass's, or a file left in the source
             try:
                 st = os.lstat(name, dir_fd=dir_fd)
             except FileNotFoundError:
@@ -209,6 +222,11 @@ class CopyState:
                 self.writer.other(rel, self.info(rel, st, None, target))
             elif not stat.S_ISSOCK(st.st_mode):
                 self.writer.other(rel, self.info(rel, st, None, None))
+
+    def _counted(self, entries: int) -> None:
+        self.count += entries
+        if self.count > self.limits.max_entries:
+            raise ImageError(f"base directory has more than {self.limits.max_entries} entries")
 
     def directory(self, dir_fd: int, name: str, rel: str, st: os.stat_result | None,
                   dest_fd: int) -> None:
@@ -246,9 +264,8 @@ class CopyState:
         if _identity(os.fstat(src_fd)) != source:
             raise self._changed(rel_dir or ".", "is not the directory it was")
         with os.scandir(src_fd) as it:
-            found = sorted(((e.name, e.is_dir(follow_symlinks=False),
-                             e.is_file(follow_symlinks=False)) for e in it),
-                           key=lambda item: os.fsencode(item[0]))
+            found = by_name_bytes(((e.name, e.is_dir(follow_symlinks=False),
+                                    e.is_file(follow_symlinks=False)) for e in it), _name)
         if listing_signature(found) != self.lower.listings.get(rel_dir):
             raise self._changed(rel_dir or ".", "does not hold what it did")
         filled = False

@@ -25,11 +25,16 @@ import hashlib
 import os
 import stat
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from acbuild.errors import AcbuildError, BuildError, ImageError
-from acbuild.fs.keyed import Signature, listing_signature, shared_signature, signature
+from acbuild.fs.keyed import (
+    Signature,
+    by_name_bytes,
+    listing_signature,
+    shared_signature,
+    signature,
+)
 from acbuild.fs.staging import DeviceNode, StagedRootfs, xattr_field, xattrs_of
 from acbuild.image.basedir import CONTENT_CHANGED, base_changed
 from acbuild.image.tarwrite import TarEntry
@@ -42,7 +47,6 @@ _UPPER = -1  # a child of the staged tree (its lstat is known)
 _UPPER_FILE = -2  # a regular file of the staged tree (opened, then described)
 _REF = -3  # a file a COPY left in the build context (rootfs.refs)
 _ENTRY_CHANGED = "does not hold the bytes the entry recorded"
-_AHEAD = 64  # files loaded ahead of the writer
 _SMALL = 64 << 10  # files up to this size are read whole when loaded
 # (rel, lstat or None, where: _UPPER, _UPPER_FILE or the lower directory's descriptor)
 Child = tuple[str, "os.stat_result | None", int]
@@ -70,27 +74,21 @@ class _Loaded:
 
 @dataclass(slots=True)
 class _Level:
-    """A directory being archived: its children, the next one, the files loaded ahead."""
+    """A directory being archived: its children and the next one."""
 
     children: list[Child]
     lower_fd: int
     pos: int = 0
-    submitted: int = 0
-    ahead: dict[int, Future[_Loaded]] = field(default_factory=dict)
 
     def discard(self) -> None:
-        """After a failure: close what was opened ahead, and the lower directory."""
-        for future in self.ahead.values():
-            if not future.cancelled() and future.exception() is None:
-                future.result().discard()
-        self.ahead.clear()
+        """After a failure: close the lower directory."""
         if self.lower_fd >= 0:
             os.close(self.lower_fd)
 
 
-def _read_all(fd: int, size: int) -> bytes:
-    """``size`` bytes (fewer only if the file shrank: the writer reports it)."""
-    data = os.read(fd, size) if size else b""
+def _read_rest(fd: int, size: int, data: bytes) -> bytes:
+    """``data``, the start of a file, with what follows it up to ``size`` bytes (fewer
+    only if the file shrank: the writer reports it)."""
     while len(data) < size:
         more = os.read(fd, size - len(data))
         if not more:
@@ -232,9 +230,6 @@ class RootWalker:
                 raise BuildError(f"cannot read the base {self.lower.source}: "
                                  f"{e.strerror}") from None
         stack: list[_Level] = []
-        # Opening, describing and reading the next files is mostly system calls, which
-        # release the GIL: one thread does them ahead of the writer (the second core).
-        pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
         try:
             for ref in self.rootfs.refs.values():
                 if ref.root not in self.contexts:
@@ -245,16 +240,17 @@ class RootWalker:
                 yield root
             lower_fd = self._lower_dir("", root_st, lower_root, "")
             stack.append(_Level(self.children("", lower_fd), lower_fd))
+            entry, file_entry, devices = self.entry, self._file_entry, self.rootfs.devices
             while stack:
                 level = stack[-1]
-                while level.pos < len(level.children):
-                    i = level.pos
-                    self._prefetch(pool, level, stack)
+                children = level.children
+                while level.pos < len(children):
+                    rel, st, where = children[level.pos]
                     level.pos += 1
-                    rel, st, where = level.children[i]
-                    future = level.ahead.pop(i, None)
-                    loaded = None if future is None else future.result()
-                    produced = self.entry(rel, st, where, loaded)
+                    if where != _UPPER and rel not in devices:  # most entries: a file
+                        yield file_entry(self.archive_name(rel), rel, where)
+                        continue
+                    produced = entry(rel, st, where)
                     if produced is None:
                         continue
                     yield produced
@@ -269,29 +265,12 @@ class RootWalker:
                     if level.lower_fd >= 0:
                         os.close(level.lower_fd)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
             for level in stack:
                 level.discard()
             if lower_root >= 0:
                 os.close(lower_root)
             for fd in self.contexts.values():
                 os.close(fd)
-
-    def _prefetch(self, pool: ThreadPoolExecutor, level: _Level, stack: list[_Level]) -> None:
-        """Hand the current file and those after it to the prefetch thread, which opens
-        them one after the other in archive order; at most _AHEAD wait across all levels
-        (a deep tree keeps its parents' look-ahead waiting), the current one always goes."""
-        level.submitted = max(level.submitted, level.pos)
-        waiting = sum(len(lv.ahead) for lv in stack)
-        while level.submitted < len(level.children) and (
-                waiting < _AHEAD or level.submitted == level.pos):
-            j = level.submitted
-            level.submitted += 1
-            rel, _, where = level.children[j]
-            if where == _UPPER or rel in self.rootfs.devices:
-                continue
-            level.ahead[j] = pool.submit(self._load, rel, where)
-            waiting += 1
 
     def _lower_dir(self, rel: str, st: os.stat_result, parent: int, name: str) -> int:
         """The lower tree's directory merged into the staged directory ``rel`` (opened), or
@@ -350,19 +329,18 @@ class RootWalker:
             found[name] = (None, _REF)  # over a base's file of that name
         for name in self.virtual.get(rel, {}):
             found.setdefault(name, (None, _UPPER))
-        names = sorted(found, key=os.fsencode)
-        return [(f"{rel}/{n}" if rel else n, *found[n]) for n in names]
+        if not rel:
+            return [(n, *found[n]) for n in by_name_bytes(found, str)]
+        return [(f"{rel}/{n}", *found[n]) for n in by_name_bytes(found, str)]
 
-    def entry(self, rel: str, st: os.stat_result | None, where: int,
-              loaded: _Loaded | None = None) -> tuple[TarEntry, int, bytes | None] | None:
+    def entry(self, rel: str, st: os.stat_result | None,
+              where: int) -> tuple[TarEntry, int, bytes | None] | None:
         name = self.archive_name(rel)
         node = self.rootfs.devices.get(rel)
         if node is not None:
-            if loaded is not None:
-                loaded.discard()
             return self._device_entry(name, rel, node, st), -1, None
         if where != _UPPER:
-            return self._file_entry(name, rel, where, loaded)
+            return self._file_entry(name, rel, where)
         assert st is not None
         path = f"{self.root}/{rel}" if rel else self.root
         mode = st.st_mode
@@ -381,7 +359,7 @@ class RootWalker:
         elif stat.S_ISFIFO(mode):
             kind = "fifo"
         elif stat.S_ISREG(mode):  # listed as something else, a file by now: opened below
-            return self._file_entry(name, rel, _UPPER_FILE, None)
+            return self._file_entry(name, rel, _UPPER_FILE)
         else:
             return None  # sockets and anything else a tar cannot hold
         uid, gid = self.rootfs.owner(rel, st)
@@ -391,7 +369,7 @@ class RootWalker:
 
     def _load(self, rel: str, where: int) -> _Loaded:
         """Open a file to archive (checked to be a regular file, or the referenced one),
-        describe it, and read it whole when it is small. Runs in the prefetch thread."""
+        describe it, and read it whole when it is small."""
         if where == _REF:
             ref = self.rootfs.refs[rel]
             fd, st = open_ref(ref, self.contexts[ref.root])
@@ -425,10 +403,13 @@ class RootWalker:
             except BaseException:
                 os.close(fd)
                 raise
-        if st.st_size > _SMALL:
+        size = st.st_size
+        if size > _SMALL:
             return _Loaded(st, xattrs, None, fd)
         try:
-            data = _read_all(fd, st.st_size)
+            data = os.read(fd, size) if size else b""
+            if len(data) < size:
+                data = _read_rest(fd, size, data)
             # from outside the staged tree, or a cache entry's: unchanged while read
             if where != _UPPER_FILE or self._from_cache(where, st):
                 self._unchanged(fd, rel, where, self._signature(where, st))
@@ -468,10 +449,9 @@ class RootWalker:
         if cached is None or not cached.holds(rel, st, xattr_field(xattrs)):
             raise self._changed(rel, where, "is not the file the entry held")
 
-    def _file_entry(self, name: str, rel: str, where: int,
-                    loaded: _Loaded | None) -> tuple[TarEntry, int, bytes | None]:
-        if loaded is None:
-            loaded = self._load(rel, where)
+    def _file_entry(self, name: str, rel: str,
+                    where: int) -> tuple[TarEntry, int, bytes | None]:
+        loaded = self._load(rel, where)
         st = loaded.st
         try:
             size, linkname, kind = st.st_size, "", "file"

@@ -117,6 +117,22 @@ def _header(
                      linkname.ljust(100, b"\0"), _MAGIC, devices, prefix.ljust(167, b"\0")))
 
 
+_NO_DEVICES = b"%07o\0%07o\0" % (0, 0)
+# What follows the checksum in a regular file's ustar header: its typeflag, no linkname, the
+# magic, no device numbers, no prefix.
+_FILE_TAIL = b"0" + b"\0" * 100 + _MAGIC + _NO_DEVICES + b"\0" * 167
+_FILE_CHECKSUM_BASE = _CHECKSUM_BASE + _TYPEFLAGS["file"][0] + sum(_NO_DEVICES)
+
+
+def _file_header(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int) -> bytes:
+    """``_header`` of a regular file whose name and numbers fit (the caller checked): the
+    same bytes, with the fields every such header shares laid out once."""
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
+    return b"".join((name.ljust(100, b"\0"), numbers,
+                     b"%06o\0 " % (_FILE_CHECKSUM_BASE + sum(name) + sum(numbers)),
+                     _FILE_TAIL))
+
+
 def _fit(value: int, limit: int, key: bytes, pax: list[bytes]) -> int:
     """The value for a numeric field, or 0 with a PAX record when it does not fit."""
     if 0 <= value <= limit:
@@ -131,6 +147,13 @@ def encode_headers(entry: TarEntry) -> bytes:
     if typeflag is None:
         raise ValueError(f"unknown tar entry kind {entry.kind!r}")
     raw_name = entry.name.encode(_FS_ENCODING, _FS_ERRORS) + (b"/" if entry.kind == "dir" else b"")
+    if (typeflag == b"0" and len(raw_name) <= 100 and not entry.xattrs
+            and 0 <= entry.size <= _MAX_OCTAL_12 and 0 <= entry.mtime <= _MAX_OCTAL_12
+            and 0 <= entry.uid <= _MAX_OCTAL_8 and 0 <= entry.gid <= _MAX_OCTAL_8
+            and not entry.linkname and not entry.devmajor and not entry.devminor):
+        # Most entries: a regular file whose header is one ustar block.
+        return _file_header(raw_name, entry.mode & 0o7777, entry.uid, entry.gid, entry.size,
+                            entry.mtime)
     raw_link = entry.linkname.encode(_FS_ENCODING, _FS_ERRORS) if entry.linkname else b""
     if (len(raw_name) <= 100 and len(raw_link) <= 100 and not entry.xattrs
             and 0 <= entry.size <= _MAX_OCTAL_12 and 0 <= entry.mtime <= _MAX_OCTAL_12
@@ -215,6 +238,8 @@ class TarWriter:
 
     def __init__(self, out: Sink) -> None:
         self._out = out
+        # Zeros past ``_pos``: each block is a fresh buffer, written from the start on, so
+        # padding need not be written where the buffer has room for it.
         self._buf = bytearray(CHUNK)
         self._pos = 0
         self._flushed = 0
@@ -243,7 +268,17 @@ class TarWriter:
         if len(data) != entry.size:
             raise ImageError(f"{entry.name}: data ended after {len(data)} of {entry.size} "
                              "bytes (file changed while archiving?)")
-        self._put(encode_headers(entry))
+        header = encode_headers(entry)
+        pos = self._pos
+        end = pos + len(header) + len(data)
+        if end <= CHUNK:
+            # Straight into the buffer; the padding is there already (see _buf).
+            buf = self._buf
+            buf[pos : pos + len(header)] = header
+            buf[pos + len(header) : end] = data
+            self._pos = end + (-end % BLOCK)  # at most CHUNK: CHUNK is a multiple of BLOCK
+            return
+        self._put(header)
         if data:
             self._put(data)
             self._put(_padding(len(data)))

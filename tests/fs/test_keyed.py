@@ -3,10 +3,21 @@ entries" (a cache entry's lower directories, a user's base directories, a COPY's
 
 from __future__ import annotations
 
+import hashlib
+import os
 import zlib
 
-from acbuild.fs.keyed import listing_signature
+from hypothesis import given
+from hypothesis import strategies as st
+
+from acbuild.fs.keyed import by_name_bytes, listing_signature
 from tests.support.crcforge import forge
+
+# Names as a directory listing gives them: ASCII, other UTF-8, and undecodable bytes (as
+# surrogate escapes, which sort by code point before characters they follow as bytes).
+_NAMES = st.lists(st.text(st.sampled_from(["a", "b", "Z", "0", "~", ".", "é", "\u0800",
+                                           "\ue000", "\udc80", "\udcff"]),
+                          min_size=1, max_size=4), unique=True, max_size=12)
 
 
 def test_a_name_forged_to_the_same_crc32_is_another_listing() -> None:
@@ -28,3 +39,25 @@ def test_the_listing_is_of_names_and_kinds_in_any_order() -> None:
     # names are framed: "ab" + "c" is not "a" + "bc"
     assert listing_signature([("ab", False, True), ("c", False, True)]) != \
         listing_signature([("a", False, True), ("bc", False, True)])
+
+
+@given(names=_NAMES, kinds=st.lists(st.sampled_from([(False, True), (True, False),
+                                                     (False, False)]), min_size=12,
+                                    max_size=12))
+def test_the_listing_is_the_digest_of_the_sorted_framed_entries(
+        names: list[str], kinds: list[tuple[bool, bool]]) -> None:
+    """What the docstring defines (cache entries store these digests: a faster encoding
+    must give the same bytes), ASCII names or not."""
+    entries = [(name, *kind) for name, kind in zip(names, kinds, strict=False)]
+    framed = sorted(b"%d%d" % (is_dir, is_file) + os.fsencode(name) + b"\0"
+                    for name, is_dir, is_file in entries)
+    assert listing_signature(entries) == hashlib.blake2b(b"".join(framed),
+                                                         digest_size=32).digest()
+
+
+@given(names=_NAMES)
+def test_names_sort_by_their_bytes(names: list[str]) -> None:
+    assert by_name_bytes(names, str) == sorted(names, key=os.fsencode)
+    pairs = [(name, len(name)) for name in names]
+    assert by_name_bytes(pairs, lambda pair: pair[0]) == \
+        sorted(pairs, key=lambda pair: os.fsencode(pair[0]))

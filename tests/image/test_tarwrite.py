@@ -150,6 +150,22 @@ def test_data_larger_than_a_chunk_streams_across_blocks() -> None:
         assert extracted is not None and extracted.read() == data
 
 
+def test_small_files_given_whole_are_the_stream_add_writes() -> None:
+    """add_bytes puts a file's header and data straight into the buffer and leaves the
+    padding to the buffer's zeros; across chunk boundaries, after a file that was streamed
+    and with sizes on and off a block, the bytes are those of add()."""
+    items = [(_entry(f"d/f{i:05}", size=size), bytes([i % 251 + 1]) * size)
+             for i, size in enumerate([0, 1, 511, 512, 513, 1024, 3000] * 400)]
+    items.insert(700, (_entry("big", size=CHUNK + 7), b"\x07" * (CHUNK + 7)))
+    out = io.BytesIO()
+    writer = TarWriter(out)
+    for entry, data in items:
+        writer.add_bytes(entry, data)
+    writer.close()
+    assert len(out.getvalue()) > 2 * CHUNK
+    assert out.getvalue() == _write(*items)
+
+
 def test_short_data_is_an_error() -> None:
     writer = TarWriter(io.BytesIO())
     with pytest.raises(ImageError) as info:
