@@ -34,7 +34,7 @@ from acbuild.cache.warm import Witness, default_cache_dir
 from acbuild.errors import AcfileError, BuildError, Span, TrustError, raise_all
 from acbuild.fs.atomic import check_writable
 from acbuild.fs.leftovers import hold, owner_tag, sweep
-from acbuild.fs.private import create_private_file, private_dir, user_temp_root
+from acbuild.fs.private import create_private_file, open_private_dir, user_temp_root
 from acbuild.fs.staging import remove_tree
 from acbuild.image.finalize import Tee, build_epoch, write_aci
 from acbuild.image.manifest import ImageManifest, from_json_bytes, to_json_bytes
@@ -165,16 +165,18 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
     if options.output is not None and options.output_format != "oci":
         check_writable(options.output)  # before step 1, not after the work
     epoch = build_epoch(options.environ)
-    cache = open_cache(options, reporter)
-    with _stopping(options.base_loader.stop), _session(cache), work_directory() as work, \
-            _remote(cache, options, reporter):
-        if cache is not None:
-            plan = key_steps(plan, options, cache, context, epoch, reporter, witness)
-        written = _cached_image(plan, options, cache, epoch, reporter)
-        if written is None:
-            written = _build_image(plan, options, cache, context, epoch, work, reporter)
-        if cache is not None:
-            cache.export_remote(plan)
+    with _log_directory(plan, options) as logs:
+        cache = open_cache(options, reporter)
+        with _stopping(options.base_loader.stop), _session(cache), work_directory() as work, \
+                _remote(cache, options, reporter):
+            if cache is not None:
+                plan = key_steps(plan, options, cache, context, epoch, reporter, witness)
+            written = _cached_image(plan, options, cache, epoch, reporter)
+            if written is None:
+                written = _build_image(plan, options, cache, context, epoch, work, logs,
+                                       reporter)
+            if cache is not None:
+                cache.export_remote(plan)
     for warning in rkt_warnings(written.manifest):
         reporter.warning(warning, plan.target.begin.span)
     signatures: tuple[Path, ...] = ()
@@ -361,9 +363,9 @@ def _cached_image(plan: Plan, options: BuildOptions, cache: BuildCache | None, e
 
 
 def _build_image(plan: Plan, options: BuildOptions, cache: BuildCache | None,
-                 context: BuildContext, epoch: int, work: Path,
+                 context: BuildContext, epoch: int, work: Path, logs: LogPlace | None,
                  reporter: Reporter) -> BuildResult:
-    with _run_log(plan, options) as (log, log_path):
+    with _run_log(logs) as (log, log_path):
         stage = execute(
             plan,
             options=ExecuteOptions(context=context, work_dir=work, epoch=epoch,
@@ -456,20 +458,45 @@ def default_log_path(environ: Mapping[str, str]) -> Path:
     return Path(state) / "acbuild-py" / "logs" / f"build-{stamp}-{os.getpid()}.log"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogPlace:
+    """Where the log file goes: its directory, opened (and checked) before the build does
+    any work, and the path that names the file in messages."""
+
+    dir_fd: int
+    path: Path
+
+
 @contextmanager
-def _run_log(plan: Plan, options: BuildOptions) -> Iterator[tuple[TextIO | None, Path | None]]:
-    """The full output of RUN steps, kept in a file whose path a failure message names."""
+def _log_directory(plan: Plan, options: BuildOptions) -> Iterator[LogPlace | None]:
+    """The log file's directory, reached one component at a time (open_private_dir):
+    a symlink or directory of another user on the way, as a planted ``$SHARED/logs ->
+    /etc``, is refused, never followed to truncate a file outside what was named. A
+    --log-file may be in a directory shared with others (root's sticky /tmp); the default
+    one is made, and must be, private."""
     has_run = any(isinstance(s.instruction, Run) for st in plan.stages for s in st.steps)
     if not has_run and options.log_file is None:
+        yield None
+        return
+    path = options.log_file or default_log_path(options.environ)
+    what = "log file directory" if options.log_file is not None else "log directory"
+    given = options.log_file is not None
+    fd = open_private_dir(path.parent, what=what, create=not given, shared=given)
+    try:
+        yield LogPlace(dir_fd=fd, path=path)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _run_log(logs: LogPlace | None) -> Iterator[tuple[TextIO | None, Path | None]]:
+    """The full output of RUN steps, kept in a file whose path a failure message names."""
+    if logs is None:
         yield None, None
         return
-    path = options.log_file
-    if path is None:
-        path = default_log_path(options.environ)
-        private_dir(path.parent, what="log directory")
-    fd = create_private_file(path, what="log file")
+    fd = create_private_file(logs.path, what="log file", dir_fd=logs.dir_fd)
     with open(fd, "w", encoding="utf-8", errors="replace") as log:
-        yield log, path
+        yield log, logs.path
 
 
 @contextmanager
