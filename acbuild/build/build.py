@@ -30,6 +30,7 @@ from acbuild.build.rktcompat import rkt_warnings
 from acbuild.build.schedule import default_jobs
 from acbuild.cache.buildcache import BuildCache, StageState
 from acbuild.cache.cache import CacheStore, ImageRecord
+from acbuild.cache.mountcache import MountCache
 from acbuild.cache.warm import Witness, default_cache_dir
 from acbuild.errors import AcfileError, BuildError, Span, TrustError, raise_all
 from acbuild.fs.atomic import check_writable
@@ -218,7 +219,8 @@ def _remember(plan: Plan, options: BuildOptions, witness: Witness, cache: BuildC
         return
     steps = tuple(step_info(step, stage) for stage in plan.stages for step in stage.steps)
     version = next((lb.value for lb in written.manifest.labels if lb.name == "version"), None)
-    remember(cache_dir=options.cache_dir or default_cache_dir(options.environ),
+    # Through the descriptor of the cache that was checked, not by its path again.
+    remember(cache_dir=cache.store.opened_path(),
              key=options.warm_key, witness=witness, cache=cache,
              image_key=final_image_key(plan, options, epoch),
              steps=(*steps, _write_step(plan, written.output)), image_id=written.image_id,
@@ -374,8 +376,7 @@ def _build_image(plan: Plan, options: BuildOptions, cache: BuildCache | None,
                                    secrets=options.secrets, cancel=options.base_loader.stop,
                                    image_cached=cache is not None and final_image_key(
                                        plan, options, epoch) is not None,
-                                   mount_cache=CacheStore(options.cache_dir or default_cache_dir(
-                                       options.environ)).mounts),
+                                   mount_cache=_mount_cache(cache, options)),
             reporter=reporter,
         )
         manifest = _final_manifest(stage, plan)
@@ -456,6 +457,14 @@ def default_log_path(environ: Mapping[str, str]) -> Path:
     state = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     return Path(state) / "acbuild-py" / "logs" / f"build-{stamp}-{os.getpid()}.log"
+
+
+def _mount_cache(cache: BuildCache | None, options: BuildOptions) -> MountCache:
+    """The cache mounts: in the step cache the build opened (one directory, checked once),
+    else (--no-cache) in the one it would use."""
+    if cache is not None:
+        return cache.store.mounts
+    return CacheStore(options.cache_dir or default_cache_dir(options.environ)).mounts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
