@@ -65,13 +65,16 @@ class MountCache:
         self._top = top
         self.shown = shown
 
-    @contextlib.contextmanager
-    def _opened(self, sub: str) -> Iterator[int]:
+    def _open(self, sub: str) -> int:
         """``sub`` of the cache directory (made 0700 if missing), opened with O_NOFOLLOW."""
         top = self._top()
         with contextlib.suppress(FileExistsError):
             os.mkdir(sub, 0o700, dir_fd=top)
-        fd = os.open(sub, _DIR_FLAGS, dir_fd=top)
+        return os.open(sub, _DIR_FLAGS, dir_fd=top)
+
+    @contextlib.contextmanager
+    def _opened(self, sub: str) -> Iterator[int]:
+        fd = self._open(sub)
         try:
             yield fd
         finally:
@@ -81,18 +84,21 @@ class MountCache:
     def _mounts(self) -> Iterator[int]:
         shown = self.shown / "mounts"
         try:
-            with self._opened("mounts") as fd:
-                st = os.fstat(fd)
-                if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-                    raise UnsafeDirectory(
-                        f"cache mount directory {shown} is not private to you (uid "
-                        f"{st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})",
-                        hint=f"remove {shown}: it is made again, mode 0700")
-                yield fd
+            fd = self._open("mounts")
         except OSError as e:
             raise UnsafeDirectory(f"cannot open cache mount directory {shown}: "
                                   f"{e.strerror}", hint="it must be a directory, not a "
                                   "symlink") from None
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                raise UnsafeDirectory(
+                    f"cache mount directory {shown} is not private to you (uid "
+                    f"{st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})",
+                    hint=f"remove {shown}: it is made again, mode 0700")
+            yield fd
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _entry(cache_id: str) -> str:
