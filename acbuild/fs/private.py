@@ -220,8 +220,9 @@ def open_private_dir(path: Path, *, what: str, create: bool = True,
                 todo += [p for p in reversed(target.split("/")) if p not in ("", ".")]
                 continue
             if not stat.S_ISDIR(st.st_mode):
-                raise UnsafeDirectory(f"{prefix} is not a directory" if at == shown else
-                                      f"{prefix}: {str(at)!r} is not a directory")
+                # quoted, as every message names the file in the way (acbuild.errors)
+                raise UnsafeDirectory(f"{what} {str(at)!r} is not a directory" if at == shown
+                                      else f"{prefix}: {str(at)!r} is not a directory")
             step = os.open(part, _PATH_STEP, dir_fd=fd)
             os.close(fd)
             fd, here = step, at
