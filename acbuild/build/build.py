@@ -31,11 +31,12 @@ from acbuild.build.schedule import default_jobs
 from acbuild.build.signing import Signer, UnsignedImage
 from acbuild.cache.buildcache import BuildCache, StageState
 from acbuild.cache.cache import CacheStore, ImageRecord
+from acbuild.cache.mountcache import MountCache
 from acbuild.cache.warm import Witness, default_cache_dir
 from acbuild.errors import AcfileError, BuildError, Span, TrustError, raise_all
 from acbuild.fs.atomic import check_writable
 from acbuild.fs.leftovers import hold, owner_tag, sweep
-from acbuild.fs.private import create_private_file, private_dir, user_temp_root
+from acbuild.fs.private import create_private_file, open_private_dir, user_temp_root
 from acbuild.fs.staging import remove_tree
 from acbuild.image.finalize import Tee, build_epoch, write_aci
 from acbuild.image.manifest import ImageManifest, from_json_bytes, to_json_bytes
@@ -165,8 +166,9 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
     if options.output is not None and options.output_format != "oci":
         check_writable(options.output)  # before step 1, not after the work
     epoch = build_epoch(options.environ)
-    cache = open_cache(options, reporter)
-    with owned(UnsignedImage, UnsignedImage.discard) as unsigned:
+    with _log_directory(plan, options) as logs, \
+            owned(UnsignedImage, UnsignedImage.discard) as unsigned:
+        cache = open_cache(options, reporter)
         signed = unsigned if signing else None
         with _stopping(options.base_loader.stop), _session(cache), work_directory() as work, \
                 _remote(cache, options, reporter):
@@ -174,8 +176,8 @@ def build(options: BuildOptions, reporter: Reporter) -> BuildResult:
                 plan = key_steps(plan, options, cache, context, epoch, reporter, witness)
             written = _cached_image(plan, options, cache, epoch, reporter, signed)
             if written is None:
-                written = _build_image(plan, options, cache, context, epoch, work, reporter,
-                                       signed)
+                written = _build_image(plan, options, cache, context, epoch, work, logs,
+                                       reporter, signed)
             if cache is not None:
                 cache.export_remote(plan)
         for warning in rkt_warnings(written.manifest):
@@ -216,7 +218,8 @@ def _remember(plan: Plan, options: BuildOptions, witness: Witness, cache: BuildC
         return
     steps = tuple(step_info(step, stage) for stage in plan.stages for step in stage.steps)
     version = next((lb.value for lb in written.manifest.labels if lb.name == "version"), None)
-    remember(cache_dir=options.cache_dir or default_cache_dir(options.environ),
+    # Through the descriptor of the cache that was checked, not by its path again.
+    remember(cache_dir=cache.store.opened_path(),
              key=options.warm_key, witness=witness, cache=cache,
              image_key=final_image_key(plan, options, epoch),
              steps=(*steps, _write_step(plan, written.output)), image_id=written.image_id,
@@ -355,9 +358,9 @@ def _cached_image(plan: Plan, options: BuildOptions, cache: BuildCache | None, e
 
 
 def _build_image(plan: Plan, options: BuildOptions, cache: BuildCache | None,
-                 context: BuildContext, epoch: int, work: Path,
+                 context: BuildContext, epoch: int, work: Path, logs: LogPlace | None,
                  reporter: Reporter, signed: UnsignedImage | None) -> BuildResult:
-    with _run_log(plan, options) as (log, log_path):
+    with _run_log(logs) as (log, log_path):
         stage = execute(
             plan,
             options=ExecuteOptions(context=context, work_dir=work, epoch=epoch,
@@ -366,8 +369,7 @@ def _build_image(plan: Plan, options: BuildOptions, cache: BuildCache | None,
                                    secrets=options.secrets, cancel=options.base_loader.stop,
                                    image_cached=cache is not None and final_image_key(
                                        plan, options, epoch) is not None,
-                                   mount_cache=CacheStore(options.cache_dir or default_cache_dir(
-                                       options.environ)).mounts),
+                                   mount_cache=_mount_cache(cache, options)),
             reporter=reporter,
         )
         manifest = _final_manifest(stage, plan)
@@ -455,20 +457,53 @@ def default_log_path(environ: Mapping[str, str]) -> Path:
     return Path(state) / "acbuild-py" / "logs" / f"build-{stamp}-{os.getpid()}.log"
 
 
+def _mount_cache(cache: BuildCache | None, options: BuildOptions) -> MountCache:
+    """The cache mounts: in the step cache the build opened (one directory, checked once),
+    else (--no-cache) in the one it would use."""
+    if cache is not None:
+        return cache.store.mounts
+    return CacheStore(options.cache_dir or default_cache_dir(options.environ)).mounts
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogPlace:
+    """Where the log file goes: its directory, opened (and checked) before the build does
+    any work, and the path that names the file in messages."""
+
+    dir_fd: int
+    path: Path
+
+
 @contextmanager
-def _run_log(plan: Plan, options: BuildOptions) -> Iterator[tuple[TextIO | None, Path | None]]:
-    """The full output of RUN steps, kept in a file whose path a failure message names."""
+def _log_directory(plan: Plan, options: BuildOptions) -> Iterator[LogPlace | None]:
+    """The log file's directory, reached one component at a time (open_private_dir):
+    a symlink or directory of another user on the way, as a planted ``$SHARED/logs ->
+    /etc``, is refused, never followed to truncate a file outside what was named. A
+    --log-file may be in a directory shared with others (root's sticky /tmp); the default
+    one is made, and must be, private."""
     has_run = any(isinstance(s.instruction, Run) for st in plan.stages for s in st.steps)
     if not has_run and options.log_file is None:
+        yield None
+        return
+    path = options.log_file or default_log_path(options.environ)
+    what = "log file directory" if options.log_file is not None else "log directory"
+    given = options.log_file is not None
+    fd = open_private_dir(path.parent, what=what, create=not given, shared=given)
+    try:
+        yield LogPlace(dir_fd=fd, path=path)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _run_log(logs: LogPlace | None) -> Iterator[tuple[TextIO | None, Path | None]]:
+    """The full output of RUN steps, kept in a file whose path a failure message names."""
+    if logs is None:
         yield None, None
         return
-    path = options.log_file
-    if path is None:
-        path = default_log_path(options.environ)
-        private_dir(path.parent, what="log directory")
-    fd = create_private_file(path, what="log file")
+    fd = create_private_file(logs.path, what="log file", dir_fd=logs.dir_fd)
     with open(fd, "w", encoding="utf-8", errors="replace") as log:
-        yield log, path
+        yield log, logs.path
 
 
 @contextmanager

@@ -205,7 +205,7 @@ class _Executor:
             secrets=self.options.secrets, notice=self.reporter.info,
             stage_root=lambda name: self.staged(name).rootfs.root, key_check=key_check,
             written=tuple(p for p in (self.options.log_path, None if self.options.mount_cache
-                                      is None else self.options.mount_cache.root.parent)
+                                      is None else self.options.mount_cache.shown)
                           if p is not None))
 
     def _key_check(self, stage: Stage, number: int) -> KeyCheck | None:

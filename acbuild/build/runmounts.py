@@ -176,9 +176,12 @@ def _cache(mount: RunMount, target: str, inputs: MountInputs, instruction: Run,
             on_wait=lambda: inputs.notice(f"waiting for cache mount '{mount.cache_id}' "
                                           f"(sharing={mount.sharing}): another step uses it")))
         st = os.lstat(data)
+        # The helper (another process) reopens it by this real path, and mounts it only if
+        # it is still the inode seen here through the cache's descriptor.
+        real = Path(os.path.realpath(data))
     except OSError as e:
         raise BuildError(f"cache mount '{mount.cache_id}': {e.strerror or e}") from None
-    return TreeMount(root=data.parent, rel=data.name, identity=(st.st_dev, st.st_ino),
+    return TreeMount(root=real.parent, rel=real.name, identity=(st.st_dev, st.st_ino),
                      is_dir=True, target=target, read_only=False)
 
 

@@ -9,13 +9,15 @@ built in ``tmp/`` and renamed into place; a build holds a shared flock on ``lock
 or by unchanged signature): a damaged entry is removed and rebuilt, never used.
 
 The directory is opened once (acbuild.fs.private.open_private_dir: no symlink or directory
-of another user on its path) and what deletes (prune, the tmp/ sweep, discard) or serves an
-entry as an output works through that descriptor, so re-pointing a name after the check
-leads nowhere. It must carry CACHEDIR.TAG (https://bford.info/cachedir/), written when the
-cache is made in a new or empty directory: any other directory is refused before anything
-is created or deleted in it. Each process holds a shared flock on ``locks/<owner tag>``
-while it has the cache open: what is in tmp/ under that tag is in progress until the lock
-can be taken, whatever PID namespace the sweeper is in.
+of another user on its path) and everything after works through that descriptor: *at calls
+where they serve (prune, the tmp/ sweep, discard, meta.json, the image served as an output,
+the cache mounts), else /proc/self/fd/N of it (a restore's or a snapshot's tree, publishing
+an entry, the stat cache), so re-pointing or renaming a name after the check leads nowhere.
+It must carry CACHEDIR.TAG (https://bford.info/cachedir/), written when the cache is made
+in a new or empty directory: any other directory is refused before anything is created or
+deleted in it. Each process holds a shared flock on ``locks/<owner tag>`` while it has the
+cache open: what is in tmp/ under that tag is in progress until the lock can be taken,
+whatever PID namespace the sweeper is in.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from acbuild.cache.statcache import StatCache
 from acbuild.cache.warm import Witness
 from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
-from acbuild.fs.beneath import open_beneath
+from acbuild.fs.beneath import fd_path, open_beneath
 from acbuild.fs.leftovers import owner_tag, tag_of
 from acbuild.fs.private import UnsafeDirectory, open_private_dir
 from acbuild.fs.staging import (
@@ -252,10 +254,17 @@ class CacheStore:
 
     # -- layout and locking -----------------------------------------------------------------
 
-    def check(self) -> None:
+    def check(self) -> int:
         """Make the cache directory, or refuse one another user could write into: a planted
-        entry would be copied into images as if this build had made it."""
-        self._root_fd()
+        entry would be copied into images as if this build had made it. Its descriptor."""
+        return self._root_fd()
+
+    def opened_path(self) -> Path:
+        """The cache directory as a path through its descriptor, for what takes a path (a
+        snapshot's copy, a rename of a whole entry, the warm record): whatever ``root``
+        names now, it leads into the directory that was checked. Valid while this store
+        is."""
+        return fd_path(self._root_fd())
 
     def _root_fd(self) -> int:
         """The cache directory, opened and checked once; every later use goes through it."""
@@ -264,6 +273,10 @@ class CacheStore:
         fd = open_private_dir(self.root, what="step cache")
         held = -1
         try:
+            seen, held_st = os.stat(fd_path(fd)), os.fstat(fd)
+            if (seen.st_dev, seen.st_ino) != (held_st.st_dev, held_st.st_ino):
+                raise UnsafeDirectory(f"cannot use step cache {self.root}: /proc is not "
+                                      "this process's", hint="mount /proc")
             _claim(fd, self.root)
             for sub in _SUBDIRS:
                 with contextlib.suppress(FileExistsError):
@@ -297,7 +310,7 @@ class CacheStore:
         return self._opened_at(self._root_fd(), sub)
 
     def _dir(self, kind: str, key: str) -> Path:
-        return self.root / kind / _hex(key)
+        return self.opened_path() / kind / _hex(key)
 
     @contextlib.contextmanager
     def session(self, *, exclusive: bool = False) -> Iterator[None]:
@@ -346,11 +359,15 @@ class CacheStore:
     @property
     def mounts(self) -> MountCache:
         """The RUN --mount=type=cache directories: beside the steps, never in a key."""
-        return MountCache(self.root / "mounts", prepare=self.check)
+        return MountCache(self.check, self.root)
 
     def stat_cache(self, context: Path, witness: Witness | None = None) -> StatCache:
         name = hashlib.sha256(os.fsencode(context)).hexdigest()[:32]
-        return StatCache(self.root / "stat" / f"{name}.json", witness)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir("stat", 0o700, dir_fd=self._root_fd())
+        with self._opened("stat") as at:
+            os.fchmod(at, 0o700)  # one an older acbuild-py made 0755
+        return StatCache(self.opened_path() / "stat" / f"{name}.json", witness)
 
     def temp_dir(self, label: str = "") -> Path:
         """A new directory (0700) in tmp/, under this process's owner tag: the sweep leaves
@@ -358,7 +375,7 @@ class CacheStore:
         name = f"{owner_tag()}.{label}{secrets.token_hex(6)}"
         with self._opened("tmp") as tmp:
             os.mkdir(name, 0o700, dir_fd=tmp)
-        return self.root / "tmp" / name
+        return self.opened_path() / "tmp" / name
 
     def _publish(self, temp: Path, final: Path) -> None:
         """Rename a finished entry into place; a concurrent build that got there first wins."""

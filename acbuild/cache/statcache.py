@@ -193,7 +193,7 @@ class StatCache:
             data = json.dumps({"version": _VERSION, "entries": entries,
                                "tombstones": [list(t) for t in tombstones]},
                               separators=(",", ":")).encode()
-            with atomic_write(self.path) as f:
+            with atomic_write(self.path, mode=0o600) as f:
                 f.write(data)
         except (OSError, AcbuildError):
             return  # only a speed-up (kept for the next save); the files are read again

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from pathlib import Path
 
 _SYS_OPENAT2 = 437  # the same number on every architecture (new syscalls are unified)
 _RESOLVE_NO_MAGICLINKS = 0x02
@@ -92,3 +93,10 @@ def parent_beneath(dir_fd: int, rel: str) -> tuple[int, str]:
         raise ValueError("the tree itself has no parent in it")
     parent = open_beneath(dir_fd, "/".join(parts[:-1]), os.O_PATH | os.O_DIRECTORY)
     return parent, parts[-1]
+
+
+def fd_path(fd: int) -> Path:
+    """A path that names the directory ``fd`` holds, whatever its own path names now: for
+    a function that takes a path (or hands one to the kernel) where an ``*at`` call cannot
+    serve. Valid in this process while ``fd`` stays open."""
+    return Path(f"/proc/self/fd/{fd}")

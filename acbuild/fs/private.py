@@ -96,15 +96,17 @@ def user_temp_root() -> Path:
     return root
 
 
-def create_private_file(path: Path, *, what: str) -> int:
+def create_private_file(path: Path, *, what: str, dir_fd: int | None = None) -> int:
     """``path`` opened for writing (truncated), mode 0600; a write-only descriptor.
 
     Never through a symlink at ``path``, and never a file someone else owns: one planted
-    in a shared directory would otherwise receive (or expose) what we write.
+    in a shared directory would otherwise receive (or expose) what we write. With
+    ``dir_fd`` (the directory of ``path``, from open_private_dir): ``path.name`` in it,
+    so nothing on the way to the directory is looked up again.
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(path, flags, 0o600)
+        fd = os.open(path if dir_fd is None else path.name, flags, 0o600, dir_fd=dir_fd)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise UnsafeDirectory(f"{what} {path} is a symlink; refusing to write through it",
@@ -157,9 +159,12 @@ def _others_may_write(st: os.stat_result) -> bool:
                 and all(m == user.pw_name for m in group.gr_mem))
 
 
-def open_private_dir(path: Path, *, what: str, create: bool = True) -> int:
+def open_private_dir(path: Path, *, what: str, create: bool = True,
+                     shared: bool = False) -> int:
     """A descriptor (O_RDONLY) of ``path`` as a directory private to this user, made (0700,
     parents too) if missing and ``create``; for a directory then used only through it.
+    ``shared`` (where a --log-file goes, /tmp say): the directory reached may be root's,
+    and others may write it if it is sticky; the walk to it is the same.
 
     Resolved one component at a time from ``/``, nothing followed by the kernel, as ssh's
     StrictModes reasons: every symlink and directory met must belong to this user or root
@@ -215,8 +220,9 @@ def open_private_dir(path: Path, *, what: str, create: bool = True) -> int:
                 todo += [p for p in reversed(target.split("/")) if p not in ("", ".")]
                 continue
             if not stat.S_ISDIR(st.st_mode):
-                raise UnsafeDirectory(f"{prefix} is not a directory" if at == shown else
-                                      f"{prefix}: {str(at)!r} is not a directory")
+                # quoted, as every message names the file in the way (acbuild.errors)
+                raise UnsafeDirectory(f"{what} {str(at)!r} is not a directory" if at == shown
+                                      else f"{prefix}: {str(at)!r} is not a directory")
             step = os.open(part, _PATH_STEP, dir_fd=fd)
             os.close(fd)
             fd, here = step, at
@@ -237,7 +243,13 @@ def open_private_dir(path: Path, *, what: str, create: bool = True) -> int:
         raise UnsafeDirectory(f"cannot open {prefix}: {e.strerror}") from None
     os.close(fd)
     try:
-        _own_and_private(os.fstat(final), prefix, Path(path), hint=hint)
+        st = os.fstat(final)
+        if not shared:
+            _own_and_private(st, prefix, Path(path), hint=hint)
+        elif _others_may_write(st):
+            raise UnsafeDirectory(f"{prefix} is writable by other users (mode "
+                                  f"{stat.S_IMODE(st.st_mode):04o}) and not sticky, who "
+                                  "could replace what is in it", hint=hint)
     except BaseException:
         os.close(final)
         raise

@@ -17,6 +17,7 @@ import pytest
 
 from tests.support.busybox import make_busybox_rootfs
 from tests.support.cli import Result, acbuild
+from tests.support.repoint import acbuild_repointed
 from tests.support.sandboxrun import IS_ROOT, needs_sandbox
 
 pytestmark = needs_sandbox
@@ -69,6 +70,27 @@ def test_cache_persists_and_stays_out_of_the_image(ctx: Path, tmp_path: Path) ->
     assert output(again) == ["runs=2"]
     nocache = build(tmp_path, write(ctx, COUNT, first="ENV V=3"), "--no-cache")
     assert output(nocache) == ["runs=3"]  # a cache mount is not the step cache
+
+
+def test_cache_mount_goes_into_the_cache_opened_not_where_its_path_leads_now(
+        ctx: Path, tmp_path: Path) -> None:
+    """RK-4: the --cache-dir symlink re-pointed the instant after the cache was opened, to
+    another program's directory that has a mounts/: the RUN's cache mount is made, and
+    written, in the opened cache; nothing is made in the other directory."""
+    real, other = tmp_path / "real", tmp_path / "other"
+    real.mkdir()
+    (other / "mounts").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(real)
+    acfile = write(ctx, "--mount=type=cache,id=c1,target=/c /bin/sh -c 'echo hi > /c/x'")
+    r = acbuild_repointed(tmp_path / "link", other, "build", "--allow-path", tmp_path, acfile,
+                          "-o", tmp_path / "o.aci",
+                          "--cache-dir", tmp_path / "link",
+                          env={"XDG_STATE_HOME": str(tmp_path / "state")})
+    assert r.code == 0, r.stderr
+    assert os.readlink(tmp_path / "link") == str(other)  # the race was won
+    assert list(other.rglob("*")) == [other / "mounts"]
+    (entry,) = (real / "mounts").iterdir()
+    assert (entry / "data.0" / "x").read_text() == "hi\n"
 
 
 def test_cache_content_is_no_part_of_the_step_key(ctx: Path, tmp_path: Path) -> None:
@@ -336,7 +358,7 @@ def test_locked_caches_taken_in_opposite_orders_do_not_deadlock(ctx: Path,
                 [sys.executable, "-m", "acbuild", "build", "--allow-path", str(tmp_path),
                  str(sub / "Acfile"), "-o", str(tmp_path / f"{name}.aci")], env=env,
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-        waiting = _blocked_flocks(mounts.root, 2, timeout=60)
+        waiting = _blocked_flocks(mounts.shown / "mounts", 2, timeout=60)
         assert waiting >= 2  # both builds now wait: with one order, one for a, one for b
     finally:
         release.set()

@@ -11,6 +11,7 @@ from pathlib import Path
 from acbuild.acfile.context import BuildContext
 from acbuild.acfile.parse import parse_text
 from acbuild.build.runmounts import MountInputs, prepared
+from acbuild.cache.cache import CacheStore
 from acbuild.cache.mountcache import MountCache, Owner, Sharing
 from acbuild.fs.staging import StagedRootfs
 from acbuild.image.manifest import default_manifest
@@ -19,7 +20,8 @@ from acbuild.sandbox.runstep import RunContext
 
 class Recording(MountCache):
     def __init__(self, root: Path) -> None:
-        super().__init__(root)
+        store = CacheStore(root)
+        super().__init__(store.check, root)
         self.order: list[str] = []
 
     @contextlib.contextmanager
@@ -36,7 +38,7 @@ def test_cache_locks_are_taken_by_id(tmp_path: Path) -> None:
                         "--mount=type=cache,target=/x,id=c,sharing=locked true")
     (tmp_path / "root").mkdir()
     (tmp_path / "ctx").mkdir()
-    cache = Recording(tmp_path / "mounts")
+    cache = Recording(tmp_path / "cache")
     ctx = RunContext(rootfs=StagedRootfs(root=tmp_path / "root"), manifest=default_manifest(),
                      epoch=0)
     inputs = MountInputs(context=BuildContext(tmp_path / "ctx"), cache=cache, secrets={},

@@ -8,11 +8,13 @@ namespace is a real one (`unshare --pid --fork`).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,7 @@ from acbuild.fs.leftovers import owner_tag
 from acbuild.fs.private import UnsafeDirectory
 from tests.support.cli import acbuild
 from tests.support.otheruser import NOBODY, as_nobody, need_root, shared_directory
+from tests.support.repoint import acbuild_repointed
 
 KEY = "sha256:" + "ab" * 32
 HOUR_AGO = time.time() - 2 * 3600
@@ -186,6 +189,104 @@ def test_entries_are_private_to_their_owner(tmp_path: Path) -> None:
         assert [stat.S_IMODE(d.stat().st_mode) for d in drafts] == [0o700]
     for d in (tmp_path / "cache" / "images" / ("ab" * 32), tmp_path / "cache" / "locks"):
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+
+
+# -- RK-4: after the open, nothing by path ------------------------------------------------
+
+def not_a_cache(where: Path) -> Path:
+    """Another program's directory (no CACHEDIR.TAG) that happens to have what a cache has."""
+    (where / "mounts" / "db").mkdir(parents=True)
+    (where / "mounts" / "db" / "data").write_text("precious\n")
+    for sub in ("tmp", "stat", "steps", "images"):
+        (where / sub).mkdir()
+    return where
+
+
+def test_prune_repointed_after_the_open_deletes_only_in_the_cache(tmp_path: Path) -> None:
+    """`cache prune --all` with the --cache-dir symlink re-pointed the instant after the
+    cache was opened: the cache mounts it removes are the opened cache's."""
+    from acbuild.cache.mountcache import Owner
+
+    with made_cache(tmp_path / "real").mounts.use("c1", "shared", Owner(
+            uid=os.geteuid(), gid=os.getegid())) as data:
+        (data / "x").write_text("hi\n")
+    other = not_a_cache(tmp_path / "other")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    r = acbuild_repointed(tmp_path / "link", other, "cache", "prune", "--all",
+                          "--cache-dir", tmp_path / "link")
+    assert r.code == 0, r.stderr
+    assert os.readlink(tmp_path / "link") == str(other)  # the race was won
+    assert (other / "mounts" / "db" / "data").read_text() == "precious\n"
+    assert sorted(p.name for p in other.rglob("*")) == [
+        "data", "db", "images", "mounts", "stat", "steps", "tmp"]
+    assert list((tmp_path / "real" / "mounts").iterdir()) == []
+    assert list((tmp_path / "real" / "tmp").iterdir()) == []
+
+
+def test_a_build_repointed_after_the_open_takes_and_leaves_nothing_elsewhere(
+        tmp_path: Path) -> None:
+    """A build with the link re-pointed the instant after the open, to a copy of the cache
+    whose step entry was altered and resealed (the seal is a plain SHA-256, the tree digest
+    the cache's own function): the image holds the opened cache's files, and what the build
+    stores goes into the opened cache, none of it into the other directory."""
+    from acbuild.cache.snapshot import copy_tree_verified
+
+    (tmp_path / "ctx" / "base").mkdir(parents=True)
+    (tmp_path / "ctx" / "base" / "f1").write_text("genuine\n")
+    (tmp_path / "ctx" / "Acfile").write_text("BEGIN ./base\nNAME example.com/rk4\n"
+                                             "LABEL v={{ v }}\n")
+    for made in (tmp_path / "ctx" / "base" / "f1", tmp_path / "ctx" / "base",
+                 tmp_path / "ctx" / "Acfile", tmp_path / "ctx"):
+        os.utime(made, (HOUR_AGO, HOUR_AGO))  # settled: the build keeps a warm record too
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    build = ["build", tmp_path / "ctx" / "Acfile", "--cache-dir", tmp_path / "link",
+             "--compression", "none"]
+    r = acbuild(*build, "--var", "v=1", "-o", tmp_path / "one.aci")
+    assert r.code == 0, r.stderr
+    planted = tmp_path / "planted"
+    (tmp_path / "scratch").mkdir()
+    shutil.copytree(tmp_path / "real", planted, symlinks=True)
+    shutil.rmtree(planted / "images")
+    (planted / "images").mkdir()
+    for entry in (planted / "steps").iterdir():
+        body = json.loads((entry / "meta.json").read_bytes())["body"]
+        if (entry / "tree").is_dir():
+            (entry / "tree" / "f1").write_text("PLANTED\n")
+            (entry / "signatures").unlink(missing_ok=True)
+            body["digest"], body["bytes"] = copy_tree_verified(
+                entry / "tree", tmp_path / "scratch" / entry.name, link=False)
+        (entry / "meta.json").write_bytes(cache_module._seal(body))
+    time.sleep(1.1)  # as the red team did (rk9_planted_entry.sh): the planted files settle
+    before = sorted(str(p.relative_to(planted)) for p in planted.rglob("*"))
+    r = acbuild_repointed(tmp_path / "link", planted, *build, "--var", "v=2",
+                          "-o", tmp_path / "two.aci")
+    assert r.code == 0, r.stderr
+    assert os.readlink(tmp_path / "link") == str(planted)
+    with tarfile.open(tmp_path / "two.aci") as aci:
+        f1 = aci.extractfile("rootfs/f1")
+        assert f1 is not None and f1.read() == b"genuine\n"
+    assert sorted(str(p.relative_to(planted)) for p in planted.rglob("*")
+                  if not p.is_relative_to(planted / "locks")) == \
+        [p for p in before if not p.startswith("locks")]
+    assert len(list((tmp_path / "real" / "images").iterdir())) == 2
+    assert len(list((tmp_path / "real" / "warm").iterdir())) == 2
+
+
+def test_the_stat_cache_is_private_like_the_entries(tmp_path: Path) -> None:
+    """stat/ (what a build remembers of the context's files) is 0700, its files 0600."""
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "data").write_text("x\n")
+    (tmp_path / "ctx" / "Acfile").write_text("BEGIN scratch\nNAME example.com/s\n"
+                                             "COPY data /data\n")
+    os.utime(tmp_path / "ctx" / "data", (HOUR_AGO, HOUR_AGO))
+    time.sleep(0.2)  # a file changed within the last moments is not remembered
+    r = acbuild("build", tmp_path / "ctx" / "Acfile", "-o", tmp_path / "x.aci",
+                "--cache-dir", tmp_path / "cache")
+    assert r.code == 0, r.stderr
+    assert stat.S_IMODE((tmp_path / "cache" / "stat").stat().st_mode) == 0o700
+    files = list((tmp_path / "cache" / "stat").iterdir())
+    assert files and {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o600}
 
 
 # -- RC-10: the tmp/ sweep goes by the owner's lock, not its pid ------------------------------

@@ -156,8 +156,78 @@ def test_default_log_directory_another_user_controls_is_refused(
     r = acbuild("build", "--no-cache", tmp_path / "Acfile", "-o", tmp_path / "x.aci",
                 env={"XDG_STATE_HOME": str(state)})
     assert r.code == 1, r.stderr
-    assert f"log directory {logs} belongs to uid {NOBODY}" in r.stderr
+    assert f"log directory {logs}: {state} is a directory that belongs to uid {NOBODY}" \
+        in r.stderr
     assert os.listdir(logs) == []
+
+
+def victim_directory(where: Path) -> Path:
+    """A directory of root's that the user never named (it stands for /etc): 0755, with a
+    root file of the log's name in it."""
+    where.mkdir(0o755)
+    (where / "build.log").write_text("root data that must survive\n")
+    return where
+
+
+def test_log_file_through_a_directory_symlink_another_user_planted_is_refused(
+        project: Path, shared: Path, tmp_path: Path) -> None:
+    """RK-2: `--log-file $SHARED/logs/build.log` where `nobody` made `$SHARED/logs` a
+    symlink to a directory of root's: the file there is neither truncated nor chmod-ed,
+    and the build stops before any work, saying why."""
+    victim = victim_directory(tmp_path / "victim")
+    as_nobody(lambda: (shared / "logs").symlink_to(victim))
+    r = acbuild("build", "--no-cache", project, "-o", tmp_path / "x.aci",
+                "--log-file", shared / "logs" / "build.log")
+    assert r.code == 1, r.stderr
+    assert r.stderr.startswith(
+        f"error: log file directory {shared / 'logs'} is a symlink that belongs to uid "
+        f"{NOBODY}, not to you (uid 0) or root\n    hint: "), r.stderr
+    assert len(r.stderr.splitlines()) == 2 and "Traceback" not in r.stderr
+    assert (victim / "build.log").read_text() == "root data that must survive\n"
+    assert stat.S_IMODE((victim / "build.log").stat().st_mode) == 0o644
+    assert not (tmp_path / "x.aci").exists()
+
+
+def test_log_file_below_a_directory_another_user_may_write_is_refused(
+        project: Path, shared: Path, tmp_path: Path) -> None:
+    """`nobody` could rename `$SHARED/theirs/logs` away and put a symlink in its place
+    between any check and the open: the walk refuses their directory on the way."""
+    theirs = shared / "theirs"
+    as_nobody(lambda: theirs.mkdir(0o755) or (theirs / "logs").mkdir(0o777))
+    r = acbuild("build", "--no-cache", project, "-o", tmp_path / "x.aci",
+                "--log-file", theirs / "logs" / "build.log")
+    assert r.code == 1, r.stderr
+    assert f"log file directory {theirs / 'logs'}: {theirs} is a directory that belongs " \
+        f"to uid {NOBODY}" in r.stderr, r.stderr
+    assert os.listdir(theirs / "logs") == []
+
+
+def test_log_file_in_a_shared_sticky_directory_is_written(
+        project: Path, shared: Path, tmp_path: Path) -> None:
+    """A sticky directory of root's (/tmp) is where a --log-file may well go: no one else
+    can rename what is ours in it."""
+    r = acbuild("build", "--no-cache", project, "-o", tmp_path / "x.aci",
+                "--log-file", shared / "build.log")
+    assert r.code == 0, r.stderr
+    assert stat.S_IMODE((shared / "build.log").stat().st_mode) == 0o600
+
+
+def test_default_log_directory_through_a_symlink_another_user_planted_is_refused(
+        shared: Path, tmp_path: Path) -> None:
+    """$XDG_STATE_HOME shared (root's, sticky), `nobody` plants its `acbuild-py` as a
+    symlink to a directory of root's: the default logs/ is not made in it, nor a log."""
+    if not busybox_available():
+        pytest.skip("busybox-static is not installed")
+    make_busybox_rootfs(tmp_path / "rootfs")
+    (tmp_path / "Acfile").write_text("BEGIN ./rootfs\nNAME example.com/log\nRUN /bin/true\n")
+    victim = victim_directory(tmp_path / "victim")
+    as_nobody(lambda: (shared / "acbuild-py").symlink_to(victim))
+    r = acbuild("build", "--no-cache", tmp_path / "Acfile", "-o", tmp_path / "x.aci",
+                env={"XDG_STATE_HOME": str(shared)})
+    assert r.code == 1, r.stderr
+    assert f": {shared / 'acbuild-py'} is a symlink that belongs to uid {NOBODY}" in r.stderr
+    assert sorted(os.listdir(victim)) == ["build.log"]
+    assert not (tmp_path / "x.aci").exists()
 
 
 @pytest.mark.parametrize("kind", ["symlink", "theirs"])
