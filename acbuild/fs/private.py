@@ -141,20 +141,29 @@ def _trusted(st: os.stat_result) -> bool:
 
 def _others_may_write(st: os.stat_result) -> bool:
     """Whether someone else may rename what is in this directory: others may write it, or
-    its group may and that group is not this user's own (a user private group, where a
+    its group may and that group is not this user's alone (a user private group, where a
     umask of 002 makes ~/.cache 0775, is as the user alone: Debian's sshd reasons so)."""
     if st.st_mode & stat.S_ISVTX or not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return False
     if st.st_mode & stat.S_IWOTH:
         return True
-    try:
-        user = pwd.getpwuid(os.geteuid())
-        group = grp.getgrgid(st.st_gid)
-    except KeyError:
-        return True
-    return not (st.st_uid == os.geteuid() and group.gr_gid == user.pw_gid
-                and group.gr_name == user.pw_name
-                and all(m == user.pw_name for m in group.gr_mem))
+    return not _group_is_yours_alone(st.st_gid)
+
+
+def _group_is_yours_alone(gid: int) -> bool:
+    """Whether the group ``gid`` is one this user has and, as far as the user databases
+    tell, nobody else: no other user has it as primary gid, and no group entry of that gid
+    lists anyone else. The kernel grants a group's access by a process's gids, and a user
+    whose primary group it is is never listed in gr_mem (RHEL's ``operator`` has gid 0), so
+    gr_mem alone would hand the directory to them."""
+    me = os.geteuid()
+    users = pwd.getpwall()
+    names = {u.pw_name for u in users if u.pw_uid == me}
+    if any(u.pw_gid == gid and u.pw_uid != me for u in users):
+        return False
+    listed = {m for g in grp.getgrall() if g.gr_gid == gid for m in g.gr_mem}
+    ours = any(u.pw_gid == gid for u in users if u.pw_uid == me) or bool(listed & names)
+    return ours and listed <= names
 
 
 def open_private_dir(path: Path, *, what: str, create: bool = True) -> int:
@@ -242,3 +251,4 @@ def open_private_dir(path: Path, *, what: str, create: bool = True) -> int:
         os.close(final)
         raise
     return final
+

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from acbuild.fs.private import UnsafeDirectory, open_private_dir
-from tests.support.otheruser import NOBODY, need_root
+from tests.support.otheruser import NOBODY, need_root, shared_directory, with_user_database
 
 
 def opened(path: Path, **kw: bool) -> Path:
@@ -34,7 +35,6 @@ def test_made_when_missing_and_reached_through_links_of_ours(tmp_path: Path) -> 
 
 @pytest.mark.parametrize(("mode", "gid", "ok"), [
     (0o1777, 0, True),       # sticky, like /tmp: others cannot rename what is ours in it
-    (0o775, 0, True),        # group-writable by this user's own group (root's, here)
     (0o775, NOBODY, False),  # group-writable by a group of others
     (0o777, 0, False),       # anyone may rename the cache away
 ])
@@ -63,3 +63,57 @@ def test_a_symlink_of_another_user_is_refused_wherever_it_is(tmp_path: Path) -> 
     assert e.value.message == (f"step cache {tmp_path / 'theirs' / 'cache'}: "
                                f"{tmp_path / 'theirs'} is a symlink that belongs to uid "
                                f"{NOBODY}, not to you (uid 0) or root")
+
+
+# open_private_dir on argv[1] by the calling user: "ok", or the error's message.
+_OPEN = """
+import os, sys
+from acbuild.fs.private import UnsafeDirectory, open_private_dir
+try:
+    os.close(open_private_dir(sys.argv[1], what="step cache"))
+    print("ok")
+except UnsafeDirectory as e:
+    print(e.message)
+"""
+OPERATOR = "operator:x:11:0:operator:/root:/sbin/nologin\n"  # RHEL's: primary gid 0
+
+
+@pytest.mark.parametrize(("passwd", "group", "ok"), [
+    ("", "", True),                      # root's own group, no one else in it
+    (OPERATOR, "", False),               # someone's primary group: never listed in gr_mem
+    ("", "wheel:x:0:nobody\n", False),   # listed in another entry of the same gid
+])
+def test_a_group_writable_directory_is_private_only_if_the_group_is_yours_alone(
+        tmp_path: Path, passwd: str, group: str, ok: bool) -> None:
+    need_root()
+    ci = tmp_path / "ci"
+    ci.mkdir(mode=0o775)
+    os.chown(ci, 0, 0)
+    ci.chmod(0o775)  # root:root 0775, like a /srv/ci
+    r = with_user_database(tmp_path, [sys.executable, "-c", _OPEN, str(ci / "cache")],
+                           passwd=passwd, group=group)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "ok\n" if ok else r.stdout.startswith(
+        f"step cache {ci / 'cache'}: {ci} is writable by other users (mode 0775)")
+
+
+@pytest.mark.parametrize(("passwd", "group", "ok"), [
+    ("", "", True),                                   # Debian's user private group
+    ("bob:x:4243:4242::/:/bin/false\n", "", False),   # bob's primary group too
+    ("", "staff:x:4242:bob\n", False),                # bob listed under that gid
+])
+def test_a_users_private_group(tmp_path: Path, passwd: str, group: str, ok: bool) -> None:
+    for shared in shared_directory():  # that alice can reach
+        _alice_opens(tmp_path, shared / "home", passwd, group, ok)
+
+
+def _alice_opens(tmp_path: Path, home: Path, passwd: str, group: str, ok: bool) -> None:
+    home.mkdir()
+    os.chown(home, 4242, 4242)
+    home.chmod(0o775)  # alice's umask 002
+    r = with_user_database(
+        tmp_path, ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups",
+                   sys.executable, "-c", _OPEN, str(home / ".cache")],
+        passwd="alice:x:4242:4242::/:/bin/false\n" + passwd, group="alice:x:4242:\n" + group)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "ok\n" if ok else "is writable by other users" in r.stdout, r.stdout
