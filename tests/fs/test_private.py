@@ -117,3 +117,48 @@ def _alice_opens(tmp_path: Path, home: Path, passwd: str, group: str, ok: bool) 
         passwd="alice:x:4242:4242::/:/bin/false\n" + passwd, group="alice:x:4242:\n" + group)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "ok\n" if ok else "is writable by other users" in r.stdout, r.stdout
+
+
+# The real CLI; the instant the step cache has been opened, the user argv[1] (uid:gid) moves
+# the cache directory argv[2] away and makes one of their own in its place.
+_MOVE_AFTER_OPEN = """
+import os, subprocess, sys
+who, cache = sys.argv[1].split(":"), sys.argv[2]
+sys.argv = ["acbuild-py", *sys.argv[3:]]
+import acbuild.cache.cache as store
+real = store.open_private_dir
+def opened(*a, **kw):
+    fd = real(*a, **kw)
+    subprocess.run(["setpriv", f"--reuid={who[0]}", f"--regid={who[1]}", "--clear-groups",
+                    "sh", "-c", f"mv {cache} {cache}.old && mkdir {cache}"], check=True)
+    return fd
+store.open_private_dir = opened
+from acbuild.cli.main import main
+sys.exit(main())
+"""
+
+
+def test_a_user_whose_primary_group_is_roots_cannot_move_the_cache_under_a_build(
+        tmp_path: Path) -> None:
+    for shared in shared_directory():  # that operator can reach
+        ci = shared / "ci"
+        ci.mkdir()
+        ci.chmod(0o775)  # root:root 0775, like a /srv/ci
+        (ci / "probe").mkdir()
+        # the premise: operator (uid 11, gid 0, in no group's member list) may rename here
+        moved = with_user_database(tmp_path, ["setpriv", "--reuid=11", "--regid=0",
+                                              "--clear-groups", "mv", str(ci / "probe"),
+                                              str(ci / "moved")], passwd=OPERATOR)
+        assert moved.returncode == 0 and (ci / "moved").is_dir(), moved.stderr
+        (tmp_path / "ctx" / "base").mkdir(parents=True)
+        (tmp_path / "ctx" / "base" / "f1").write_text("genuine\n")
+        (tmp_path / "ctx" / "Acfile").write_text("BEGIN ./base\nNAME example.com/rk9\n")
+        r = with_user_database(
+            tmp_path, [sys.executable, "-c", _MOVE_AFTER_OPEN, "11:0", str(ci / "cache"),
+                       "build", str(tmp_path / "ctx" / "Acfile"), "--cache-dir",
+                       str(ci / "cache"), "-o", str(tmp_path / "out.aci")], passwd=OPERATOR)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.splitlines()[0] == (
+            f"error: step cache {ci / 'cache'}: {ci} is writable by other users (mode 0775), "
+            "who could replace what is in it")
+        assert not (ci / "cache.old").exists() and not (tmp_path / "out.aci").exists()
