@@ -252,3 +252,46 @@ def open_private_dir(path: Path, *, what: str, create: bool = True) -> int:
         raise
     return final
 
+
+_SUBDIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_private_subdir(dir_fd: int, name: str, *, what: str, shown: Path) -> int:
+    """A descriptor (O_RDONLY) of the directory ``name`` in the private directory ``dir_fd``,
+    made 0700 if missing; refused as find_private_subdir refuses it."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=dir_fd)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise UnsafeDirectory(f"cannot create {what} {shown}: {e.strerror}") from None
+    fd = find_private_subdir(dir_fd, name, what=what, shown=shown)
+    if fd is None:
+        raise UnsafeDirectory(f"{what} {shown} vanished while it was opened")
+    return fd
+
+
+def find_private_subdir(dir_fd: int, name: str, *, what: str, shown: Path) -> int | None:
+    """A descriptor (O_RDONLY) of the directory ``name`` in the private directory ``dir_fd``;
+    None when there is none.
+
+    Never through a symlink, and refused unless it is this user's and only they may write
+    it, as its parent was: what is found there was made by this user (or root), not planted.
+    ``shown`` is its path in errors.
+    """
+    hint = f"remove {shown}; it is made again"
+    try:
+        fd = os.open(name, _SUBDIR, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafeDirectory(f"{what} {shown} is not a directory (a symlink?)",
+                                  hint=hint) from None
+        raise UnsafeDirectory(f"cannot open {what} {shown}: {e.strerror}") from None
+    try:
+        _own_and_private(os.fstat(fd), f"{what} {shown}", shown, hint=hint)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
