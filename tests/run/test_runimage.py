@@ -299,3 +299,17 @@ def test_a_rendered_entry_is_used_only_if_it_is_yours(
         f"error: rendered rootfs {entry} is not a directory (a symlink?)")
     entry.unlink()
     assert run(tmp_path, app).stdout == "genuine image\n"  # rendered again
+
+
+def test_the_app_holds_no_descriptor_of_the_cache(tmp_path: Path, images: Path) -> None:
+    """The sandbox reaches the rootfs through a descriptor of the scratch directory: one the
+    app inherited would be a way out of the rootfs (PID 1's it may list but not follow)."""
+    app = image(tmp_path, images, "EXEC /bin/sh -c 'for f in /proc/self/fd/* /proc/1/fd/*; "
+                                  "do echo $f $(readlink $f); done'\n")
+    r = run(tmp_path, app)
+    assert r.code == 0, r.stderr
+    held = dict(line.partition(" ")[::2] for line in r.stdout.splitlines())
+    # (the glob's own directory descriptor is gone by the time readlink runs: no target)
+    own = sorted(f for f, target in held.items() if f.startswith("/proc/self/fd/") and target)
+    assert own == [f"/proc/self/fd/{n}" for n in (0, 1, 2)], r.stdout
+    assert not [t for t in held.values() if "/" in t and not t.startswith("/dev/")], r.stdout
