@@ -143,20 +143,29 @@ def _trusted(st: os.stat_result) -> bool:
 
 def _others_may_write(st: os.stat_result) -> bool:
     """Whether someone else may rename what is in this directory: others may write it, or
-    its group may and that group is not this user's own (a user private group, where a
+    its group may and that group is not this user's alone (a user private group, where a
     umask of 002 makes ~/.cache 0775, is as the user alone: Debian's sshd reasons so)."""
     if st.st_mode & stat.S_ISVTX or not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return False
     if st.st_mode & stat.S_IWOTH:
         return True
-    try:
-        user = pwd.getpwuid(os.geteuid())
-        group = grp.getgrgid(st.st_gid)
-    except KeyError:
-        return True
-    return not (st.st_uid == os.geteuid() and group.gr_gid == user.pw_gid
-                and group.gr_name == user.pw_name
-                and all(m == user.pw_name for m in group.gr_mem))
+    return not _group_is_yours_alone(st.st_gid)
+
+
+def _group_is_yours_alone(gid: int) -> bool:
+    """Whether the group ``gid`` is one this user has and, as far as the user databases
+    tell, nobody else: no other user has it as primary gid, and no group entry of that gid
+    lists anyone else. The kernel grants a group's access by a process's gids, and a user
+    whose primary group it is is never listed in gr_mem (RHEL's ``operator`` has gid 0), so
+    gr_mem alone would hand the directory to them."""
+    me = os.geteuid()
+    users = pwd.getpwall()
+    names = {u.pw_name for u in users if u.pw_uid == me}
+    if any(u.pw_gid == gid and u.pw_uid != me for u in users):
+        return False
+    listed = {m for g in grp.getgrall() if g.gr_gid == gid for m in g.gr_mem}
+    ours = any(u.pw_gid == gid for u in users if u.pw_uid == me) or bool(listed & names)
+    return ours and listed <= names
 
 
 def open_private_dir(path: Path, *, what: str, create: bool = True,
@@ -254,3 +263,47 @@ def open_private_dir(path: Path, *, what: str, create: bool = True,
         os.close(final)
         raise
     return final
+
+
+_SUBDIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_private_subdir(dir_fd: int, name: str, *, what: str, shown: Path) -> int:
+    """A descriptor (O_RDONLY) of the directory ``name`` in the private directory ``dir_fd``,
+    made 0700 if missing; refused as find_private_subdir refuses it."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=dir_fd)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise UnsafeDirectory(f"cannot create {what} {shown}: {e.strerror}") from None
+    fd = find_private_subdir(dir_fd, name, what=what, shown=shown)
+    if fd is None:
+        raise UnsafeDirectory(f"{what} {shown} vanished while it was opened")
+    return fd
+
+
+def find_private_subdir(dir_fd: int, name: str, *, what: str, shown: Path) -> int | None:
+    """A descriptor (O_RDONLY) of the directory ``name`` in the private directory ``dir_fd``;
+    None when there is none.
+
+    Never through a symlink, and refused unless it is this user's and only they may write
+    it, as its parent was: what is found there was made by this user (or root), not planted.
+    ``shown`` is its path in errors.
+    """
+    hint = f"remove {shown}; it is made again"
+    try:
+        fd = os.open(name, _SUBDIR, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafeDirectory(f"{what} {shown} is not a directory (a symlink?)",
+                                  hint=hint) from None
+        raise UnsafeDirectory(f"cannot open {what} {shown}: {e.strerror}") from None
+    try:
+        _own_and_private(os.fstat(fd), f"{what} {shown}", shown, hint=hint)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -2,16 +2,21 @@
 
 Every manifest is validated and every dependency resolved through the trust chain first
 (render_deps). The rendered tree is unpacked once into a cache keyed by every resolved image
-ID, atomically (a temporary directory renamed into place), and never written to again: each
-run works on a throw-away copy (``cp -a --reflink=auto``, cheap on btrfs/XFS), so whatever
-the app writes is gone when it exits. Pre-start and post-stop handlers run on the same copy.
+ID, atomically (a temporary directory renamed into place), and never written to again. The
+cache is opened once (open_private_dir) and everything after goes through that descriptor:
+the entry is found, made, copied and run by descriptor (``/proc/self/fd/N`` paths for cp and
+the sandbox), so a path re-pointed after the check leads nowhere. Each run works on a
+throw-away copy (``cp -a --reflink=auto``, cheap on btrfs/XFS), so whatever the app writes
+is gone when it exits. Pre-start and post-stop handlers run on the same copy.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import secrets
+import stat
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -20,8 +25,8 @@ from typing import Literal
 
 from acbuild.distribution.fetch import FetchOptions, verify_local
 from acbuild.errors import AcbuildError, SandboxError
-from acbuild.fs.private import private_dir
-from acbuild.fs.staging import StagedRootfs, remove_tree
+from acbuild.fs.private import find_private_subdir, open_private_dir, open_private_subdir
+from acbuild.fs.staging import StagedRootfs, remove_at
 from acbuild.image import manifest
 from acbuild.image.manifest import App, ImageManifest
 from acbuild.image.manifest_rules import AC_NAME_RULE, is_ac_name
@@ -85,85 +90,188 @@ def run_image(options: RunOptions, reporter: Reporter, on_output: Callable[[str]
     # The image the user names may be unsigned (it is their file); IMAGE.asc, when there,
     # must verify.
     verify_local(options.image, TrustStore.locate(options.fetch.trust_store), reporter)
-    # Rendered rootfs trees are run as they are: no one else may write where they live.
-    cache = private_dir(cache_root(options.environ), what="run cache")
+    # Rendered rootfs trees are run as they are: no one else may write where they live, nor
+    # steer the path to them. The cache is opened once and used only through that
+    # descriptor: re-pointing its path afterwards changes nothing here.
+    where = cache_root(options.environ)
+    cache = open_private_dir(where, what="run cache")
+    try:
+        return _run_cached(RunCache(fd=cache, shown=where), options, reporter, on_output)
+    finally:
+        os.close(cache)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunCache:
+    """The run cache directory, open (``fd``, owned by the caller); ``shown`` in messages."""
+
+    fd: int
+    shown: Path
+
+
+def _run_cached(cache: RunCache, options: RunOptions, reporter: Reporter,
+                on_output: Callable[[str], None]) -> int:
     rendered, image_manifest = rendered_rootfs(options, cache, reporter)
-    app = image_manifest.app or App()
-    argv = (*app.exec, *options.args)
-    if not argv:
-        raise SandboxError(f"{options.image}: the image has no app to run (no EXEC)",
-                           hint="give a command after --: acbuild-py run IMAGE -- /bin/sh")
-    with _scratch(cache) as scratch:
-        root = scratch / "rootfs"
-        _copy_tree(rendered, root)
-        base = _spec(root, image_manifest, app, options, scratch)
-        for handler in _handlers(app, "pre-start"):
-            status = _run(base, handler, on_output)
-            if status.exit_status != 0:
-                raise SandboxError(f"pre-start handler {list(handler)} failed with exit status "
-                                   f"{status.exit_status}; the app was not started")
-        try:
-            return _run(base, argv, on_output).exit_status
-        finally:
-            for handler in _handlers(app, "post-stop"):
+    try:
+        app = image_manifest.app or App()
+        argv = (*app.exec, *options.args)
+        if not argv:
+            raise SandboxError(f"{options.image}: the image has no app to run (no EXEC)",
+                               hint="give a command after --: acbuild-py run IMAGE -- /bin/sh")
+        with _scratch(cache) as scratch:
+            _copy_tree(rendered, scratch)
+            base = _spec(scratch, image_manifest, app, options)
+            for handler in _handlers(app, "pre-start"):
                 status = _run(base, handler, on_output)
                 if status.exit_status != 0:
-                    reporter.warning(f"post-stop handler {list(handler)} failed with exit "
-                                     f"status {status.exit_status}")
+                    raise SandboxError(f"pre-start handler {list(handler)} failed with exit "
+                                       f"status {status.exit_status}; the app was not started")
+            try:
+                return _run(base, argv, on_output).exit_status
+            finally:
+                for handler in _handlers(app, "post-stop"):
+                    status = _run(base, handler, on_output)
+                    if status.exit_status != 0:
+                        reporter.warning(f"post-stop handler {list(handler)} failed with exit "
+                                         f"status {status.exit_status}")
+    finally:
+        os.close(rendered)
 
 
-def rendered_rootfs(options: RunOptions, cache: Path,
-                    reporter: Reporter) -> tuple[Path, ImageManifest]:
-    """The cached, rendered rootfs of the image and its manifest; made when missing."""
+def fd_path(fd: int, rel: str = "") -> Path:
+    """``rel`` below the directory open at ``fd``, as a path this process (or a child that
+    inherits ``fd``) resolves through the descriptor, never through a name outside it."""
+    return Path(f"/proc/self/fd/{fd}/{rel}" if rel else f"/proc/self/fd/{fd}")
+
+
+def rendered_rootfs(options: RunOptions, cache: RunCache,
+                    reporter: Reporter) -> tuple[int, ImageManifest]:
+    """A descriptor of the cached, rendered rootfs of the image (the caller closes it) and
+    its manifest; rendered when missing.
+
+    A rendered entry is trusted because of where it is, not checked against the images:
+    found only below the run cache's descriptor, never through a symlink, and only if it
+    and its rootfs/ are this user's and writable by no one else (so it was made by this
+    user or root). Hashing a whole rootfs on every run would cost what the cache saves.
+    """
     renderer = Renderer(fetch=options.fetch, reporter=reporter)
     tree = renderer.resolve(options.image)
-    entry = cache / "rootfs" / tree.cache_key()
-    if not (entry / "manifest").is_file():
-        _render_into_cache(renderer, tree, entry)
-    else:
-        reporter.detail(f"using cached rootfs {entry}")
-    return entry / "rootfs", tree.manifest
+    key = tree.cache_key()
+    entries = open_private_subdir(cache.fd, "rootfs", what="run cache directory",
+                                  shown=cache.shown / "rootfs")
+    try:
+        shown = cache.shown / "rootfs" / key
+        found = _open_entry(entries, key, shown)
+        if found is None:
+            _render_into_cache(renderer, tree, entries, key)
+            found = _open_entry(entries, key, shown)
+            if found is None:
+                raise SandboxError(f"the rendered rootfs {shown} vanished after it was made")
+        else:
+            reporter.detail(f"using cached rootfs {shown}")
+    finally:
+        os.close(entries)
+    return found, tree.manifest
 
 
-def _render_into_cache(renderer: Renderer, tree: Node, entry: Path) -> None:
-    entry.parent.mkdir(mode=0o700, exist_ok=True)
-    with owned(lambda: Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent)),
-               _remove_if_there) as temp:
-        (temp / "rootfs").mkdir(mode=0o755)
-        renderer.render(tree, StagedRootfs(root=temp / "rootfs"))
-        (temp / "manifest").write_bytes(manifest.to_json_bytes(tree.manifest))
+def _open_entry(entries: int, key: str, shown: Path) -> int | None:
+    """The rendered entry ``key``'s rootfs/, opened and checked; None when there is none."""
+    entry = find_private_subdir(entries, key, what="rendered rootfs", shown=shown)
+    if entry is None:
+        return None
+    try:
         try:
-            os.rename(temp, entry)
-        except OSError:
-            if not (entry / "manifest").is_file():
+            meta = os.open(_MANIFEST, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                           dir_fd=entry)
+        except OSError as e:
+            raise SandboxError(f"rendered rootfs {shown} has no manifest ({e.strerror})",
+                               hint=f"remove {shown}; it is rendered again") from None
+        try:
+            st = os.fstat(meta)
+        finally:
+            os.close(meta)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise SandboxError(f"rendered rootfs {shown}: its manifest is not a file of yours",
+                               hint=f"remove {shown}; it is rendered again")
+        rootfs = find_private_subdir(entry, "rootfs", what="rendered rootfs",
+                                     shown=shown / "rootfs")
+        if rootfs is None:
+            raise SandboxError(f"rendered rootfs {shown} has no rootfs/",
+                               hint=f"remove {shown}; it is rendered again")
+        return rootfs
+    finally:
+        os.close(entry)
+
+
+_MANIFEST = "manifest"
+_ENTRY_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _render_into_cache(renderer: Renderer, tree: Node, entries: int, key: str) -> None:
+    """Render into a new directory in ``entries`` and rename it to ``key`` there."""
+    name = f".tmp-{secrets.token_hex(8)}"
+    with owned(lambda: _new_dir(entries, name), lambda fd: _drop(entries, name, fd)) as temp:
+        os.mkdir("rootfs", 0o755, dir_fd=temp)
+        renderer.render(tree, StagedRootfs(root=fd_path(temp, "rootfs")))
+        out = os.open(_MANIFEST, _ENTRY_FILE, 0o644, dir_fd=temp)
+        with open(out, "wb") as f:
+            f.write(manifest.to_json_bytes(tree.manifest))
+        try:
+            os.rename(name, key, src_dir_fd=entries, dst_dir_fd=entries)
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise
-            # Another run rendered the same image meanwhile: its copy is as good as ours.
+            # Another run rendered the same image meanwhile: its copy is as good as ours
+            # (and is checked like any entry found).
 
 
-def _remove_if_there(temp: Path) -> None:
-    if temp.exists():  # not when renamed into place
-        remove_tree(temp)
+def _new_dir(parent: int, name: str) -> int:
+    """A new directory ``name`` (0700) in ``parent``, opened."""
+    os.mkdir(name, 0o700, dir_fd=parent)
+    try:
+        return os.open(name, _DIR, dir_fd=parent)
+    except BaseException:
+        os.rmdir(name, dir_fd=parent)
+        raise
+
+
+def _drop(parent: int, name: str, fd: int) -> None:
+    """Close ``fd`` and remove ``name`` from ``parent`` if it is still there (a temporary
+    directory not renamed into place)."""
+    os.close(fd)
+    remove_at(parent, name)
 
 
 @contextmanager
-def _scratch(cache: Path) -> Iterator[Path]:
-    """A private directory for one run's rootfs copy (beside the cache, for reflinks)."""
-    (cache / "run").mkdir(mode=0o700, exist_ok=True)
-    with owned(lambda: Path(tempfile.mkdtemp(prefix="run-", dir=cache / "run")),
-               remove_tree) as path:
-        yield path
+def _scratch(cache: RunCache) -> Iterator[int]:
+    """A private directory for one run's rootfs copy (beside the cache, for reflinks),
+    open; removed afterwards."""
+    runs = open_private_subdir(cache.fd, "run", what="run cache directory",
+                               shown=cache.shown / "run")
+    try:
+        name = f"run-{secrets.token_hex(8)}"
+        with owned(lambda: _new_dir(runs, name), lambda fd: _drop(runs, name, fd)) as path:
+            yield path
+    finally:
+        os.close(runs)
 
 
-def _copy_tree(source: Path, dest: Path) -> None:
-    proc = subprocess.run(["cp", "-a", "--reflink=auto", "--", str(source), str(dest)],
-                          capture_output=True, text=True)
+def _copy_tree(source: int, scratch: int) -> None:
+    """The rootfs open at ``source`` copied to ``rootfs`` in ``scratch``. cp is handed both
+    descriptors and names nothing but paths through them (``/.``: the directory itself,
+    not the magic link, which -a would copy as a symlink)."""
+    proc = subprocess.run(["cp", "-a", "--reflink=auto", "--", f"{fd_path(source)}/.",
+                           str(fd_path(scratch, "rootfs"))],
+                          capture_output=True, text=True, pass_fds=(source, scratch))
     if proc.returncode != 0:
         detail = proc.stderr.strip().splitlines()[-1:] or ["cp failed"]
-        raise SandboxError(f"cannot copy the cached rootfs {source}: {detail[0]}")
+        raise SandboxError(f"cannot copy the cached rootfs: {detail[0]}")
 
 
-def _spec(root: Path, image: ImageManifest, app: App, options: RunOptions,
-          scratch: Path) -> SandboxSpec:
+def _spec(scratch: int, image: ImageManifest, app: App, options: RunOptions) -> SandboxSpec:
+    """What the sandbox runs: ``rootfs`` in the scratch directory open at ``scratch``,
+    named through that descriptor (the helper inherits it), as are the empty volumes."""
+    root = fd_path(scratch, "rootfs")
     try:
         identity = resolve_user(root, app.user, app.group)
     except AcbuildError as e:
@@ -180,7 +288,7 @@ def _spec(root: Path, image: ImageManifest, app: App, options: RunOptions,
         workdir=app.working_directory or "/", uid=identity.uid, gid=identity.gid,
         supplementary_gids=app.supplementary_gids, network=options.network,
         hostname=_hostname(image.name), binds=_binds(app, options, scratch),
-        stdin=options.stdin,
+        stdin=options.stdin, dir_fd=scratch,
     )
 
 
@@ -198,7 +306,7 @@ def _check_volumes(volumes: tuple[Volume, ...]) -> None:
         seen.add(v.name)
 
 
-def _binds(app: App, options: RunOptions, scratch: Path) -> tuple[Bind, ...]:
+def _binds(app: App, options: RunOptions, scratch: int) -> tuple[Bind, ...]:
     given = {v.name: v for v in options.volumes}
     known = {mp.name for mp in app.mount_points}
     for name in given:
@@ -222,14 +330,15 @@ def _binds(app: App, options: RunOptions, scratch: Path) -> tuple[Bind, ...]:
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def empty_volume(scratch: Path, name: str) -> Path:
-    """A new empty directory ``scratch/volumes/NAME``, made relative to directory fds with
-    O_NOFOLLOW one checked component at a time: NAME is one ACName (never ``..`` nor a
-    path), a symlink planted on the way is an error, and an existing one (a duplicate mount
-    point) is refused rather than shared."""
+def empty_volume(scratch: int, name: str) -> Path:
+    """A new empty directory ``volumes/NAME`` in the directory open at ``scratch``, made
+    relative to directory fds with O_NOFOLLOW one checked component at a time: NAME is one
+    ACName (never ``..`` nor a path), a symlink planted on the way is an error, and an
+    existing one (a duplicate mount point) is refused rather than shared. Its path is named
+    through ``scratch`` (see fd_path)."""
     if not is_ac_name(name):
         raise SandboxError(f"mount point name {name!r} is not an ACName ({AC_NAME_RULE})")
-    fd = os.open(scratch, _DIR)
+    fd = os.dup(scratch)
     try:
         for part, exist_ok in (("volumes", True), (name, False)):
             try:
@@ -240,14 +349,15 @@ def empty_volume(scratch: Path, name: str) -> Path:
             try:
                 child = os.open(part, _DIR, dir_fd=fd)
             except OSError as e:
-                raise SandboxError(f"cannot make the volume for mount point {name!r}: "
-                                   f"{scratch / part} is not a plain directory "
+                shown = f"volumes/{name}" if part == name else "volumes"
+                raise SandboxError(f"cannot make the volume for mount point {name!r}: the "
+                                   f"run's {shown} is not a plain directory "
                                    f"({e.strerror})") from None
             os.close(fd)
             fd = child
     finally:
         os.close(fd)
-    return scratch / "volumes" / name
+    return fd_path(scratch, f"volumes/{name}")
 
 
 def _handlers(app: App, event: str) -> tuple[tuple[str, ...], ...]:

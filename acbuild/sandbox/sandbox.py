@@ -127,6 +127,11 @@ class SandboxSpec:
     tmpfs_tmp: bool = True
     # processes and memory (RUN steps have defaults; run has none); frozen, so one is shared
     limits: Limits = Limits()  # noqa: RUF009
+    # A directory the caller holds open (`run`'s scratch directory) that ``rootfs`` and bind
+    # sources may be named through, as /proc/self/fd/N/...: the helper inherits it under the
+    # same number and reaches those paths through it, not by a name someone could re-point
+    # meanwhile; it is closed before the program starts.
+    dir_fd: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -169,7 +174,7 @@ def run_sandboxed(spec: SandboxSpec, on_output: Callable[[str], None], *,
             payload["nproc"] = nproc
             result = _Session(payload, spec.timeout, on_output, stdin=spec.stdin,
                               on_start=jail.add, on_partial=on_partial,
-                              pass_fds=tuple(s.fd for s in spec.secrets),
+                              pass_fds=(*(s.fd for s in spec.secrets), *_fds(spec.dir_fd)),
                               redact=spec.redact).run()
             unenforced = tuple(
                 name for name, value in (("pids", spec.limits.pids),
@@ -240,14 +245,14 @@ def _prepare(spec: SandboxSpec, created: list[tuple[str, bool]]) -> dict[str, An
             _make(root_fd, name, "dir", created)
         host_files = _prepare_host_files(root_fd, created) if spec.network == "host" else []
         tmpfs = ("tmp", "dev") if spec.tmpfs_tmp else ("dev",)
-        binds = [_prepare_bind(root_fd, b, created, tmpfs) for b in spec.binds]
+        binds = [_prepare_bind(root_fd, b, created, tmpfs, spec.dir_fd) for b in spec.binds]
         mounts = [_prepare_mount(root_fd, m, created) for m in spec.mounts]
         if spec.secrets:
             _make(root_fd, sandbox_init.SECRETS_DIR, "dir", created)
     finally:
         os.close(root_fd)
     return {
-        "rootfs": str(spec.rootfs.resolve()), "argv": list(spec.argv),
+        "rootfs": _for_helper(spec.rootfs, spec.dir_fd), "argv": list(spec.argv),
         "env": _environment(spec), "workdir": spec.workdir,
         "make_workdir": spec.make_workdir, "uid": spec.uid, "gid": spec.gid,
         "groups": list(spec.supplementary_gids), "set_groups": os.geteuid() == 0,
@@ -256,7 +261,20 @@ def _prepare(spec: SandboxSpec, created: list[tuple[str, bool]]) -> dict[str, An
         "secrets": [{"fd": x.fd, "name": x.name, "mode": x.mode, "uid": x.uid, "gid": x.gid}
                     for x in spec.secrets],
         "seccomp": filter_bpf().hex(), "tmpfs_tmp": spec.tmpfs_tmp,
+        "dir_fd": spec.dir_fd,
     }
+
+
+def _fds(fd: int | None) -> tuple[int, ...]:
+    return () if fd is None else (fd,)
+
+
+def _for_helper(path: Path, dir_fd: int | None) -> str:
+    """``path`` as the helper is to reach it: through ``dir_fd`` when it is named so
+    (resolving it would put back the names the descriptor is there to avoid), else resolved."""
+    if dir_fd is not None and path.parts[:5] == ("/", "proc", "self", "fd", str(dir_fd)):
+        return str(path)
+    return str(path.resolve())
 
 
 def _make(root_fd: int, rel: str, kind: str, created: list[tuple[str, bool]]) -> None:
@@ -285,7 +303,7 @@ def _prepare_host_files(root_fd: int, created: list[tuple[str, bool]]) -> list[s
 
 
 def _prepare_bind(root_fd: int, bind: Bind, created: list[tuple[str, bool]],
-                  tmpfs: tuple[str, ...]) -> dict[str, Any]:
+                  tmpfs: tuple[str, ...], dir_fd: int | None) -> dict[str, Any]:
     try:
         kind = "dir" if stat.S_ISDIR(os.stat(bind.source).st_mode) else "file"
     except OSError as e:
@@ -295,7 +313,7 @@ def _prepare_bind(root_fd: int, bind: Bind, created: list[tuple[str, bool]],
     in_tmpfs = rel.split("/")[0] in tmpfs and "/" in rel
     if not in_tmpfs:
         _make(root_fd, rel, kind, created)
-    return {"source": str(bind.source.resolve()), "target": rel, "kind": kind,
+    return {"source": _for_helper(bind.source, dir_fd), "target": rel, "kind": kind,
             "create": in_tmpfs, "read_only": bind.read_only}
 
 

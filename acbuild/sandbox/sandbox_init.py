@@ -589,8 +589,8 @@ def _init_main(spec: dict[str, Any], report_fd: int, lifeline: int) -> None:
             _send(report_fd, {"exit": 0})
             os._exit(0)
         _setup_root(spec)
-        for secret in spec.get("secrets", ()):
-            os.close(secret["fd"])  # the program must not find it in /proc/1/fd
+        for fd in _held(spec):
+            os.close(fd)  # the program must not find it in /proc/1/fd (a directory's: a way out)
         _set_identity_of_namespace(spec["hostname"], spec["network"] == "none")
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         child = os.fork()
@@ -606,6 +606,12 @@ def _init_main(spec: dict[str, Any], report_fd: int, lifeline: int) -> None:
         _send(report_fd, {"error": _describe(e)})
         os._exit(125)
     os._exit(0)
+
+
+def _held(spec: dict[str, Any]) -> list[int]:
+    """The descriptors the parent passed for I alone: secrets, the directory of the rootfs."""
+    held = [x["fd"] for x in spec.get("secrets", ())]
+    return held if spec.get("dir_fd") is None else [*held, spec["dir_fd"]]
 
 
 def _probe() -> None:
@@ -649,14 +655,24 @@ def main(argv: list[str]) -> int:
     if not line:
         return 1  # the parent gave up before sending the spec
     spec = json.loads(line)
-    for secret in spec.get("secrets", ()):
-        os.set_inheritable(secret["fd"], False)  # I needs it; the program never gets it
+    for fd in _held(spec):
+        os.set_inheritable(fd, False)  # I needs it; the program never gets it
     spec["cap_last"] = _read_cap_last()
+    dir_fd = spec.get("dir_fd")
     try:
+        if dir_fd is not None:
+            # unshare moves the working directory into the new mount namespace: through it,
+            # the descriptor's directory there (a mount on the old one's would be EINVAL).
+            os.fchdir(dir_fd)
         flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
         if spec.get("network", "none") == "none":
             flags |= CLONE_NEWNET
         _check(_LIBC.unshare(flags), "unshare")
+        if dir_fd is not None:
+            here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            os.dup2(here, dir_fd, inheritable=False)
+            os.close(here)
+            os.chdir("/")
     except OSError as e:
         _send(report_fd, {"error": _describe(e)})
         return 125

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -94,23 +95,29 @@ def test_the_whole_manifest_is_validated(tmp_path: Path, busybox: Path) -> None:
 def test_a_symlink_planted_in_the_scratch_dir_is_not_followed(tmp_path: Path) -> None:
     from acbuild.run.runimage import empty_volume  # the fix's routine
 
-    scratch, outside = tmp_path / "scratch", tmp_path / "outside"
-    scratch.mkdir()
+    where, outside = tmp_path / "scratch", tmp_path / "outside"
+    where.mkdir()
     outside.mkdir()
-    (scratch / "volumes").symlink_to(outside)
-    with pytest.raises(SandboxError, match="is not a plain directory"):
-        empty_volume(scratch, "data")
-    assert list(outside.iterdir()) == []
-    (scratch / "volumes").unlink()
-    (scratch / "volumes").mkdir()
-    (scratch / "volumes" / "data").symlink_to(outside)
-    with pytest.raises(SandboxError, match="listed twice"):
-        empty_volume(scratch, "data")
-    for bad in ("..", "../x", "a/b", ".", "Data"):
-        with pytest.raises(SandboxError, match="not an ACName"):
-            empty_volume(scratch, bad)
-    assert list(outside.iterdir()) == []
-    assert empty_volume(scratch, "logs") == scratch / "volumes" / "logs"
+    scratch = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        (where / "volumes").symlink_to(outside)
+        with pytest.raises(SandboxError, match="is not a plain directory"):
+            empty_volume(scratch, "data")
+        assert list(outside.iterdir()) == []
+        (where / "volumes").unlink()
+        (where / "volumes").mkdir()
+        (where / "volumes" / "data").symlink_to(outside)
+        with pytest.raises(SandboxError, match="listed twice"):
+            empty_volume(scratch, "data")
+        for bad in ("..", "../x", "a/b", ".", "Data"):
+            with pytest.raises(SandboxError, match="not an ACName"):
+                empty_volume(scratch, bad)
+        assert list(outside.iterdir()) == []
+        made = empty_volume(scratch, "logs")  # named through the descriptor, for the helper
+        assert made == Path(f"/proc/self/fd/{scratch}/volumes/logs")
+        assert made.resolve() == where / "volumes" / "logs" and made.is_dir()
+    finally:
+        os.close(scratch)
 
 
 def make_pair(tmp_path: Path, text: str) -> tuple[Path, Path]:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from acbuild.image.aci import image_id
 from acbuild.sandbox.sandbox import sandbox_available
 from tests.support.busybox import busybox_available, make_busybox_rootfs
 from tests.support.cli import Result, acbuild
+from tests.support.otheruser import NOBODY, as_nobody, shared_directory
 
 _reason = sandbox_available() if busybox_available() else "busybox-static is not installed"
 pytestmark = pytest.mark.skipif(_reason is not None, reason=f"no sandbox: {_reason}")
@@ -195,3 +197,119 @@ def _cmdlines() -> list[Path]:
         if entry.name.isdigit() and (entry / "cmdline").exists():
             found.append(entry / "cmdline")
     return found
+
+
+# -- the rendered-rootfs cache and other local users (RK-10) -------------------------------
+
+# The real CLI; right after the image is hashed (the seconds a large image takes), the
+# symlink argv[1] is re-pointed at argv[2], as a racing `ln -sfn` would.
+_REPOINT_AFTER_HASH = """
+import os, sys
+link, target = sys.argv[1], sys.argv[2]
+sys.argv = ["acbuild-py", *sys.argv[3:]]
+from acbuild.run.render_deps import Renderer
+resolve = Renderer.resolve
+def resolved(self, image):
+    node = resolve(self, image)
+    os.symlink(target, link + ".new")
+    os.replace(link + ".new", link)
+    return node
+Renderer.resolve = resolved
+from acbuild.cli.main import main
+sys.exit(main())
+"""
+
+
+def planted_entry(tmp_path: Path, app: Path, where: Path) -> str:
+    """Another user's copy of ``app``'s rendered entry at ``where/rootfs/<key>`` whose
+    /bin/echo says PLANTED (the key is computable by anyone who can read the image); the
+    key."""
+    probe = tmp_path / "probe"
+    assert run(probe, app).code == 0
+    [entry] = (probe / "cache" / "acbuild-py" / "rootfs").iterdir()
+    planted = where / "rootfs" / entry.name
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", str(entry), str(planted)], check=True)
+    echo = planted / "rootfs" / "bin" / "echo"
+    echo.unlink()
+    echo.write_text("#!/bin/sh\necho PLANTED rootfs ran as uid $(id -u)\n")
+    echo.chmod(0o755)
+    subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(where)], check=True)
+    return entry.name
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    yield from shared_directory()
+
+
+def test_a_cache_path_through_another_users_directory_is_refused(
+        tmp_path: Path, images: Path, shared: Path) -> None:
+    app = image(tmp_path, images, "EXEC /bin/echo genuine image\n")
+    xdg, victim = shared / "xdg", tmp_path / "victim"  # victim: any root-owned 0755 dir
+    victim.mkdir(mode=0o755)
+
+    def plant() -> None:
+        xdg.mkdir()
+        (xdg / "acbuild-py").symlink_to(victim)
+    as_nobody(plant)
+    r = acbuild("run", "--no-stdin", app, env={"XDG_CACHE_HOME": str(xdg)}, timeout=60)
+    assert (r.code, r.stdout) == (1, "")
+    assert r.stderr.splitlines()[0] == (
+        f"error: run cache {xdg}/acbuild-py: {xdg} is a directory that belongs to uid "
+        f"{NOBODY}, not to you (uid 0) or root")
+    assert list(victim.iterdir()) == []
+
+
+def test_the_cache_path_re_pointed_while_the_image_is_hashed_changes_nothing(
+        tmp_path: Path, images: Path, shared: Path) -> None:
+    app = image(tmp_path, images, "EXEC /bin/echo genuine image\n")
+    evil = shared / "evil"
+    key = planted_entry(tmp_path, app, evil / "acbuild-py")
+    real, link = tmp_path / "real", tmp_path / "xdg"
+    real.mkdir(mode=0o700)
+    link.symlink_to(real)  # root's own: accepted when the cache is opened
+    proc = subprocess.run(
+        [sys.executable, "-c", _REPOINT_AFTER_HASH, str(link), str(evil), "run",
+         "--no-stdin", str(app)],
+        env={**os.environ, "CI": "true", "XDG_CACHE_HOME": str(link)},
+        capture_output=True, text=True, timeout=60)
+    assert os.readlink(link) == str(evil)  # the swap happened
+    assert (proc.returncode, proc.stdout) == (0, "genuine image\n"), proc.stderr
+    assert (real / "acbuild-py" / "rootfs" / key / "manifest").is_file()
+    assert sorted(p.name for p in (evil / "acbuild-py").iterdir()) == ["rootfs"]
+
+
+def test_a_rendered_entry_is_used_only_if_it_is_yours(
+        tmp_path: Path, images: Path, shared: Path) -> None:
+    app = image(tmp_path, images, "EXEC /bin/echo genuine image\n")
+    key = planted_entry(tmp_path, app, shared / "evil")
+    assert run(tmp_path, app).stdout == "genuine image\n"
+    entry = tmp_path / "cache" / "acbuild-py" / "rootfs" / key
+    os.lchown(entry, NOBODY, NOBODY)
+    r = run(tmp_path, app)
+    assert (r.code, r.stdout) == (1, "")
+    assert r.stderr.splitlines()[0] == (
+        f"error: rendered rootfs {entry} belongs to uid {NOBODY}, not to you (uid 0)")
+    subprocess.run(["rm", "-rf", str(entry)], check=True)
+    entry.symlink_to(shared / "evil" / "rootfs" / key)  # a planted entry, by a symlink
+    r = run(tmp_path, app)
+    assert (r.code, r.stdout) == (1, "")
+    assert r.stderr.splitlines()[0] == (
+        f"error: rendered rootfs {entry} is not a directory (a symlink?)")
+    entry.unlink()
+    assert run(tmp_path, app).stdout == "genuine image\n"  # rendered again
+
+
+def test_the_app_holds_no_descriptor_of_the_cache(tmp_path: Path, images: Path) -> None:
+    """The sandbox reaches the rootfs through a descriptor of the scratch directory: one the
+    app inherited would be a way out of the rootfs (PID 1's it may list but not follow)."""
+    app = image(tmp_path, images, "EXEC /bin/sh -c 'for f in /proc/self/fd/* /proc/1/fd/*; "
+                                  "do echo $f $(readlink $f); done'\n")
+    r = run(tmp_path, app)
+    assert r.code == 0, r.stderr
+    held = dict(line.partition(" ")[::2] for line in r.stdout.splitlines())
+    # (the glob's own directory descriptor is gone by the time readlink runs: no target)
+    own = sorted(f for f, target in held.items() if f.startswith("/proc/self/fd/") and target)
+    assert own == [f"/proc/self/fd/{n}" for n in (0, 1, 2)], r.stdout
+    assert not [t for t in held.values() if "/" in t and not t.startswith("/dev/")], r.stdout

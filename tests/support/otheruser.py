@@ -7,6 +7,7 @@ owning a cache directory someone else is told to use.
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
@@ -58,3 +59,24 @@ def shared_directory() -> Iterator[Path]:
         yield top
     finally:
         remove_tree(top, ignore_errors=True)
+
+
+# A user database of our own: no host's extra users (RHEL's operator) change what a test sees.
+BASE_PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
+BASE_GROUP = "root:x:0:\nnogroup:x:65534:\n"
+
+
+def with_user_database(where: Path, argv: list[str], *, passwd: str = "",
+                       group: str = "") -> subprocess.CompletedProcess[str]:
+    """``argv`` run in a private mount namespace whose /etc/passwd and /etc/group are
+    BASE_PASSWD and BASE_GROUP plus ``passwd`` and ``group`` (lines): the real NSS lookups
+    then know users this host lacks, such as one whose primary group is root's. The files
+    are written in ``where``."""
+    need_root()
+    (where / "passwd").write_text(BASE_PASSWD + passwd)
+    (where / "group").write_text(BASE_GROUP + group)
+    script = 'mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && shift 2 && ' \
+             'exec "$@"'
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           script, "sh", str(where / "passwd"), str(where / "group"), *argv],
+                          capture_output=True, text=True, timeout=120)
