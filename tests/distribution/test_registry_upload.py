@@ -4,10 +4,13 @@ registry's own refusals as one-line errors. Pulled back with skopeo to compare d
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
 import json
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -200,3 +203,58 @@ def test_an_unreachable_registry_is_one_line(tmp_path: Path) -> None:
             pytest.raises(RegistryError, match="cannot reach") as caught:
         Repository(s, "x/y").push_blob(path, digest, 10)
     assert "\n" not in caught.value.message
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """A server on 127.0.0.1 that answers HEAD with 404 (no such blob) and every other
+    request with ``status`` and a Location of ``location`` (when set), draining bodies, and
+    records ``METHOD path`` of each."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[str]
+    status = 200
+    location = ""
+
+    def _any(self) -> None:
+        self.seen.append(f"{self.command} {self.path}")
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.send_response(404 if self.command == "HEAD" else self.status)
+        if self.location:
+            self.send_header("Location", self.location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _recording(**fields: object) -> Iterator[tuple[str, list[str]]]:
+    seen: list[str] = []
+    handler = type("Handler", (_Recorder,), {"seen": seen, **fields})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_mount_answered_with_a_location_elsewhere_sends_nothing_there(tmp_path: Path) -> None:
+    """RG-6: a registry answering the mount with 202 and a Location on another host made
+    the push send a DELETE there (any host, port, path and query the registry chose)."""
+    path, digest = blob(tmp_path, 1000)
+    with _recording() as (victim, hit), \
+            _recording(status=202, location=f"http://{victim}/containers/db?force=1") \
+            as (host, seen):
+        options = TransportOptions(insecure_registries=(host,), retries=0)
+        with PushSession(host, options, None) as s, pytest.raises(RegistryError):
+            # it sends the upload that follows elsewhere too: refused, as before
+            Repository(s, "team/app").push_blob(path, digest, 1000, mount_from=["team/other"])
+    assert hit == []
+    assert any("mount=" in line for line in seen)

@@ -200,13 +200,22 @@ class Repository:
                 return True
             location = response.headers.get("location") if response.status_code == 202 else None
         if location:
-            self._cancel(urljoin(self._url(""), location))
+            self._cancel(location)
         return False
 
     def _cancel(self, location: str) -> None:
-        """Best effort: an abandoned upload session expires on its own anyway."""
+        """Best effort: an abandoned upload session expires on its own anyway. Only on the
+        registry itself: a Location elsewhere would make this a DELETE sent wherever the
+        registry chose (an intranet service, a metadata endpoint), so none is sent there."""
+        try:
+            url = urljoin(self._url(""), location)
+            elsewhere = _origin(url) != _origin(self.session.base)
+        except ValueError:
+            return
+        if elsewhere:
+            return
         with contextlib.suppress(RegistryError), \
-                self.session.send("DELETE", location, scope=self.scope, headers={}):
+                self.session.send("DELETE", url, scope=self.scope, headers={}):
             pass
 
     def _start(self) -> str:
