@@ -20,7 +20,7 @@ from typing import Literal
 
 from acbuild.distribution.fetch import FetchOptions, verify_local
 from acbuild.errors import AcbuildError, SandboxError
-from acbuild.fs.private import private_dir
+from acbuild.fs.private import open_private_dir
 from acbuild.fs.staging import StagedRootfs, remove_tree
 from acbuild.image import manifest
 from acbuild.image.manifest import App, ImageManifest
@@ -85,8 +85,11 @@ def run_image(options: RunOptions, reporter: Reporter, on_output: Callable[[str]
     # The image the user names may be unsigned (it is their file); IMAGE.asc, when there,
     # must verify.
     verify_local(options.image, TrustStore.locate(options.fetch.trust_store), reporter)
-    # Rendered rootfs trees are run as they are: no one else may write where they live.
-    cache = private_dir(cache_root(options.environ), what="run cache")
+    # Rendered rootfs trees are run as they are: no one else may write where they live,
+    # nor steer the path to them (resolved as the step cache's: no symlink or directory of
+    # another user on the way), so only you or root could re-point it after this.
+    cache = cache_root(options.environ)
+    os.close(open_private_dir(cache, what="run cache"))
     rendered, image_manifest = rendered_rootfs(options, cache, reporter)
     app = image_manifest.app or App()
     argv = (*app.exec, *options.args)
