@@ -230,13 +230,11 @@ class RegistryBases:
 def fetch_to_store(text: str, access: RegistryAccess, reporter: Reporter) -> Entry:
     """``fetch docker://…``: pull, convert (squashed, docker2aci's mapping) and keep the ACI
     in the image store, unsigned."""
-    import tempfile
-
     from acbuild.interop.convert import convert_squashed
 
     store = ImageStore.locate(access.store_dir, access.environ)
     source = RegistryBases(access).open_source(text, reporter)
-    with tempfile.TemporaryDirectory(dir=store.temp_dir()) as tmp:
+    with store.temp() as tmp:
         # The finalizer's image ID and the manifest it was given: reading the ACI back
         # (aci.scan: decompress and hash it all again) cost ~0.3 s a 100 MB image.
         written, manifest = convert_squashed(source, Path(tmp) / "image.aci",

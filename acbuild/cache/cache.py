@@ -52,7 +52,7 @@ from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
 from acbuild.fs.beneath import fd_path, open_beneath
 from acbuild.fs.leftovers import owner_tag, tag_of
-from acbuild.fs.private import UnsafeDirectory, open_private_dir
+from acbuild.fs.private import UnsafeDirectory, claim_tagged, open_private_dir
 from acbuild.fs.staging import (
     CacheFiles,
     DeviceNode,
@@ -166,33 +166,8 @@ def _claim(fd: int, root: Path) -> None:
     """Refuse ``fd`` unless it is an acbuild-py cache (its CACHEDIR.TAG) or empty (then it
     becomes one): prune and the sweep delete what they find in it, and a build adds its
     directories, so a directory with anything else in it (``/``, a home) is never used."""
-    for _ in range(50):
-        try:
-            if _read_at(fd, _TAG).startswith(_TAG_OURS):
-                return
-            break  # someone else's file of that name: not ours
-        except FileNotFoundError:
-            pass
-        except OSError:
-            break
-        others = [n for n in os.listdir(fd) if not n.startswith(f".{_TAG}.")]
-        if others:
-            break
-        # Written aside and linked into place: a concurrent build never reads half a tag.
-        temp = f".{_TAG}.{owner_tag()}.{secrets.token_hex(4)}"
-        out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                      0o600, dir_fd=fd)
-        try:
-            os.write(out, _TAG_TEXT)
-        finally:
-            os.close(out)
-        try:
-            os.link(temp, _TAG, src_dir_fd=fd, dst_dir_fd=fd)
-        except FileExistsError:
-            pass  # a concurrent build tagged it: read again
-        finally:
-            os.unlink(temp, dir_fd=fd)
-        time.sleep(0.01)
+    if claim_tagged(fd, ours=_TAG_OURS, text=_TAG_TEXT):
+        return
     raise NotACache(
         f"step cache {root} is not an acbuild-py cache (it is not empty and has no "
         f"acbuild-py {_TAG}); "

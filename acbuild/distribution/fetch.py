@@ -156,7 +156,7 @@ def _check_stored(store: ImageStore, entry: Entry, *, options: FetchOptions,
 def _fetch_url(url: str, ref: ImageRef | None, *, options: FetchOptions, reporter: Reporter,
                asc_url: str | None = None) -> FetchResult:
     store = ImageStore.locate(options.store_dir)
-    with tempfile.TemporaryDirectory(dir=store.temp_dir()) as tmp:
+    with store.temp() as tmp:
         aci_tmp, asc_tmp = Path(tmp) / "image.aci", Path(tmp) / "image.aci.asc"
         download(url, aci_tmp, options=options, reporter=reporter)
         asc_url = asc_url or url + ".asc"
@@ -189,7 +189,7 @@ def _fetch_path(path: Path, *, options: FetchOptions, reporter: Reporter) -> Fet
     if not path.is_file():
         raise FetchError(f"{path}: no such image file")
     store = ImageStore.locate(options.store_dir)
-    with tempfile.TemporaryDirectory(dir=store.temp_dir()) as tmp:
+    with store.temp() as tmp:
         copy, asc = Path(tmp) / "image.aci", Path(tmp) / "image.aci.asc"
         shutil.copyfile(path, copy)
         has_asc = _copy_signature(signature_path(path), asc)

@@ -18,6 +18,7 @@ import fcntl
 import os
 import re
 import socket
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,34 +81,51 @@ def sweep(directory: Path, prefix: str, suffix: str = "") -> list[Path]:
     may write to, a name is no proof of who made it. Entries are examined and removed
     through a descriptor of ``directory`` and never followed (see ``remove_at``).
     """
-    pattern = re.compile(re.escape(prefix) + r"(\d+)-([0-9a-f]{8})\..*" + re.escape(suffix) + "$")
-    removed: list[Path] = []
-    host = _host()
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
-        return removed
+        return []
     try:
-        for name in os.listdir(fd):
-            found = pattern.match(name)
-            if found is None or found[2] != host or _alive(int(found[1])):
-                continue
-            try:
-                if os.lstat(name, dir_fd=fd).st_uid != os.geteuid():
-                    continue
-                # Imported only when something is left: every atomic write sweeps, and
-                # almost all find nothing.
-                from acbuild.fs.staging import remove_at
-
-                with _unless_held(fd, name) as free:
-                    if not free:
-                        continue
-                    remove_at(fd, name)
-            except OSError:
-                continue
-            removed.append(directory / name)
+        return [directory / name for name in sweep_at(fd, prefix, suffix)]
     finally:
         os.close(fd)
+
+
+def sweep_at(dir_fd: int, prefix: str, suffix: str = "", *,
+             others_after: float | None = None) -> list[str]:
+    """``sweep`` in the directory open at ``dir_fd``; the names removed. With
+    ``others_after``, also any other entry (not named by this host's owner tag: another
+    machine's, or an older version's) that nobody holds and that is unchanged for that
+    many seconds."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)-([0-9a-f]{8})\..*" + re.escape(suffix) + "$")
+    removed: list[str] = []
+    host = _host()
+    for name in os.listdir(dir_fd):
+        found = pattern.match(name)
+        try:
+            if found is not None and found[2] == host:
+                if _alive(int(found[1])):
+                    continue
+                st = os.lstat(name, dir_fd=dir_fd)
+            elif others_after is not None and name.startswith(prefix):
+                st = os.lstat(name, dir_fd=dir_fd)
+                if time.time() - st.st_mtime <= others_after:
+                    continue
+            else:
+                continue
+            if st.st_uid != os.geteuid():
+                continue
+            # Imported only when something is left: every atomic write sweeps, and
+            # almost all find nothing.
+            from acbuild.fs.staging import remove_at
+
+            with _unless_held(dir_fd, name) as free:
+                if not free:
+                    continue
+                remove_at(dir_fd, name)
+        except OSError:
+            continue
+        removed.append(name)
     return removed
 
 

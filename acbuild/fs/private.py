@@ -15,9 +15,11 @@ import os
 import pwd
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 from acbuild.errors import AcbuildError
+from acbuild.fs.leftovers import owner_tag
 from acbuild.fs.reasons import reason
 
 
@@ -307,3 +309,50 @@ def find_private_subdir(dir_fd: int, name: str, *, what: str, shown: Path) -> in
         os.close(fd)
         raise
     return fd
+
+
+# https://bford.info/cachedir/: backup tools skip a directory carrying this file.
+CACHEDIR_TAG = "CACHEDIR.TAG"
+CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+_TAG_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _tag_at(fd: int) -> bytes:
+    tag = os.open(CACHEDIR_TAG, _TAG_READ, dir_fd=fd)
+    with open(tag, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise IsADirectoryError(CACHEDIR_TAG)
+        return f.read(4096)
+
+
+def claim_tagged(fd: int, *, ours: bytes, text: bytes) -> bool:
+    """Whether the directory open at ``fd`` is ours: its CACHEDIR.TAG starts with ``ours``,
+    or it was empty and now carries ``text`` (which starts with ``ours``). Whatever deletes
+    what it finds in a cache or store (prune, gc, a sweep) must never be let loose in a
+    directory with anything else in it (``/``, a home, another program's)."""
+    for _ in range(50):
+        try:
+            # someone else's file of that name is not ours
+            return _tag_at(fd).startswith(ours)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+        if [n for n in os.listdir(fd) if not n.startswith(f".{CACHEDIR_TAG}.")]:
+            return False
+        # Written aside and linked into place: a concurrent process never reads half a tag.
+        temp = f".{CACHEDIR_TAG}.{owner_tag()}.{os.urandom(4).hex()}"
+        out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600, dir_fd=fd)
+        try:
+            os.write(out, text)
+        finally:
+            os.close(out)
+        try:
+            os.link(temp, CACHEDIR_TAG, src_dir_fd=fd, dst_dir_fd=fd)
+        except FileExistsError:
+            pass  # a concurrent process tagged it: read again
+        finally:
+            os.unlink(temp, dir_fd=fd)
+        time.sleep(0.01)
+    return False

@@ -157,7 +157,7 @@ def test_verify_local(gpgkeys: Keys, tmp_path: Path, options: FetchOptions) -> N
 
 
 def test_gc(tmp_path: Path) -> None:
-    store = ImageStore(tmp_path)
+    store = ImageStore(tmp_path / "store")
     for i in range(3):
         aci = make_aci(tmp_path / f"a{i}.aci", "a.com/x", payload=str(i).encode())
         store.add(aci, None, image_id=f"sha512-{str(i) * 128}", name="a.com/x", labels=())

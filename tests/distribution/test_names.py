@@ -125,7 +125,7 @@ def test_store_takes_only_identifiers_and_image_ids(tmp_path: Path) -> None:
         store.add(image, None, image_id="sha512-" + "0" * 128, name="../x", labels=())
     with pytest.raises(AcbuildError, match="not an ACIdentifier"):
         store.find("example.com/../x", ())
-    (store.root).mkdir(parents=True, exist_ok=True)
+    store.check()
     (store.root / "index.json").write_text(
         '{"version": 1, "images": [{"id": "../../etc/passwd", "name": "x", "labels": [],'
         ' "size": 1, "added": 1, "signed": true}]}')

@@ -183,10 +183,12 @@ def pull_from(host: str, store: BlobStore, *, timeout: float = TIMEOUT) -> None:
 
 
 def leftovers(store: BlobStore) -> list[str]:
-    """Files in the store that are not whole, verified blobs (temp files included)."""
+    """Files in the store that are not whole, verified blobs (temp files included); the
+    store's own CACHEDIR.TAG is not one."""
     out = []
     for p in store.root.rglob("*"):
-        if p.is_file() and hashlib.sha256(p.read_bytes()).hexdigest() != p.name:
+        if p.is_file() and p != store.root / "CACHEDIR.TAG" and \
+                hashlib.sha256(p.read_bytes()).hexdigest() != p.name:
             out.append(str(p.relative_to(store.root)))
     return out
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from acbuild.distribution.registry import pushmemory
 from acbuild.distribution.registry.pushmemory import PushMemory, memory_path
+from tests.support.otheruser import as_nobody, shared_directory
 
 A = "sha256:" + "a" * 64
 B = "sha256:" + "b" * 64
@@ -53,3 +55,19 @@ def test_lives_in_the_user_cache() -> None:
     assert memory_path({"XDG_CACHE_HOME": "/c", "HOME": "/h"}) == \
         Path("/c/acbuild-py/pushed-blobs.json")
     assert memory_path({"HOME": "/h"}) == Path("/h/.cache/acbuild-py/pushed-blobs.json")
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    yield from shared_directory()
+
+
+def test_not_written_through_another_users_symlink(shared: Path, tmp_path: Path) -> None:
+    """$XDG_CACHE_HOME/acbuild-py planted by `nobody` as a link to a root-owned directory."""
+    var = tmp_path / "var"
+    var.mkdir(0o755)
+    as_nobody(lambda: (shared / "acbuild-py").symlink_to(var))
+    memory = PushMemory.load(shared / "acbuild-py" / "pushed-blobs.json")
+    memory.remember("r.example:5000", "team/a", [A])
+    memory.save()  # a hint not kept, never an error
+    assert list(var.iterdir()) == []

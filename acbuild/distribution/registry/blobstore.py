@@ -12,13 +12,13 @@ import contextlib
 import hashlib
 import os
 import re
-import shutil
 import stat
 import time
 from pathlib import Path
 
 from acbuild.distribution.registry.reference import DIGEST, RegistryError
-from acbuild.fs.private import private_dir
+from acbuild.distribution.storedir import StoreDir
+from acbuild.fs.staging import remove_at
 
 _HEX = re.compile(r"[a-f0-9]{64}")
 
@@ -26,13 +26,15 @@ _HEX = re.compile(r"[a-f0-9]{64}")
 class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root  # an OCI-layout-like directory: blobs live under root/blobs/sha256
+        # The image store's directory, checked and tagged as it is (a planted blob would be
+        # trusted, and gc --blobs deletes what it finds there).
+        self._dir = StoreDir(root, what="blob store")
 
     def check(self) -> Path:
-        """The blob directory, made private to this user (a planted blob would be trusted)."""
-        private_dir(self.root, what="blob store")
-        directory = self.root / "blobs" / "sha256"
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return directory
+        """The blob directory, made private to this user."""
+        with self._dir.opened("blobs", "sha256"):
+            pass
+        return self.root / "blobs" / "sha256"
 
     def path(self, digest: str) -> Path:
         if not DIGEST.fullmatch(digest):
@@ -75,28 +77,29 @@ class BlobStore:
         path.unlink(missing_ok=True)
         return False
 
-    def blobs(self) -> list[Path]:
-        directory = self.root / "blobs" / "sha256"
-        try:
-            return [directory / n for n in os.listdir(directory) if _HEX.fullmatch(n)]
-        except FileNotFoundError:
-            return []
-
     def gc(self, *, older_than_days: float | None = None, now: float | None = None
            ) -> tuple[int, int]:
-        """Remove blobs (all, or those unused for DAYS); returns (count, bytes) removed."""
+        """Remove blobs (all, or those unused for DAYS); returns (count, bytes) removed.
+        Through the store's descriptor: nothing outside it is looked at or removed."""
         now = time.time() if now is None else now
         count = size = 0
-        for path in self.blobs():
-            try:
-                st = os.lstat(path)
-                if older_than_days is not None and st.st_mtime >= now - older_than_days * 86400:
-                    continue
-                os.unlink(path)
-            except OSError:
-                continue
-            count += 1
-            size += st.st_size
+        try:
+            with self._dir.opened("blobs", "sha256", create=False) as directory:
+                for name in os.listdir(directory):
+                    if not _HEX.fullmatch(name):
+                        continue
+                    try:
+                        st = os.lstat(name, dir_fd=directory)
+                        if older_than_days is not None and \
+                                st.st_mtime >= now - older_than_days * 86400:
+                            continue
+                        os.unlink(name, dir_fd=directory)
+                    except OSError:
+                        continue
+                    count += 1
+                    size += st.st_size
+        except FileNotFoundError:
+            pass
         if older_than_days is None:
-            shutil.rmtree(self.root / "blobs", ignore_errors=True)
+            remove_at(self._dir.fd(), "blobs", ignore_errors=True)
         return count, size

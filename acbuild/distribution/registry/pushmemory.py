@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 from acbuild.distribution.registry.reference import DIGEST
 from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
-from acbuild.fs.private import private_dir
+from acbuild.fs.private import open_private_dir
 
 LIMIT = 4096  # blobs remembered per registry
 _FILE_LIMIT = 16 << 20
@@ -68,7 +69,9 @@ class PushMemory:
 
     def save(self) -> None:
         with contextlib.suppress(OSError, AcbuildError):
-            private_dir(self.path.parent, what="cache directory")
+            # Resolved as the stores are: a symlink another user planted at (or on the way
+            # to) $XDG_CACHE_HOME/acbuild-py would have root write it in their target.
+            os.close(open_private_dir(self.path.parent, what="cache directory"))
             with atomic_write(self.path, mode=0o600) as f:
                 f.write(json.dumps({"version": 1, "registries": self.registries},
                                    sort_keys=True).encode())
