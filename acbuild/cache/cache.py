@@ -49,9 +49,9 @@ from acbuild.cache.snapshot import (
 from acbuild.cache.statcache import StatCache
 from acbuild.cache.warm import Witness
 from acbuild.errors import AcbuildError
-from acbuild.fs.atomic import atomic_write
+from acbuild.fs.atomic import atomic_write, atomic_write_at
 from acbuild.fs.beneath import fd_path, open_beneath
-from acbuild.fs.leftovers import owner_tag, tag_of
+from acbuild.fs.leftovers import owner_tag, sweep_at, tag_of
 from acbuild.fs.private import UnsafeDirectory, claim_tagged, open_private_dir
 from acbuild.fs.staging import (
     CacheFiles,
@@ -495,8 +495,8 @@ class CacheStore:
     def _save_signatures(self, where: Path, digest: str, signatures: TreeSignatures,
                          verified_at: float) -> None:
         """Keep ``signatures`` (all verified against ``digest``, the oldest of them at
-        ``verified_at``) for the next restore; not synced: a lost or torn file only means
-        the tree is read again."""
+        ``verified_at``) for the next restore; a file that cannot be written only means the
+        tree is read again."""
         payload = json.dumps({
             "format": _SIGNATURES_FORMAT, "digest": digest, "verified": verified_at, "files": {
             os.fsdecode(rel): [*sig[:5], sig[5].hex(), sig[6].hex()]
@@ -505,14 +505,16 @@ class CacheStore:
                         for rel, sig in signatures.entries.items()},
             "listings": {rel: listing.hex() for rel, listing in signatures.listings.items()}},
             separators=(",", ":")).encode()
-        temp = where / f".{_SIGNATURES}.{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            with open(temp, "xb") as f:
-                f.write(hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
-            os.replace(temp, where / _SIGNATURES)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
+        # Written aside under an owner tag and held (atomic_write_at, signals held while it is
+        # made and removed), so what an interrupted or killed build left is swept here.
+        with contextlib.suppress(OSError, AcbuildError):
+            fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                sweep_at(fd, f".{_SIGNATURES}.", ".tmp")
+                with atomic_write_at(fd, _SIGNATURES, mode=0o600) as f:
+                    f.write(hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+            finally:
+                os.close(fd)
 
     # -- final images -----------------------------------------------------------------------
 

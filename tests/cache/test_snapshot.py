@@ -4,11 +4,13 @@ image's last COPY keeps no snapshot of its own when the image is cached whole.""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
 import mmap
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from acbuild.build.build import build
 from acbuild.cache import snapshot
 from acbuild.cache.cache import CacheStore, CorruptTree, StepRecord
 from acbuild.errors import AcbuildError
+from acbuild.fs.leftovers import owner_tag
 from acbuild.fs.staging import StagedRootfs, remove_tree
 from acbuild.report import StepInfo
 from tests.cache.test_cache import Recorder, options, run
@@ -326,6 +329,32 @@ def test_signatures_expire_and_the_tree_is_read_whole_again(
     read.clear()
     store.restore(record, tmp_path / "r3", link=True, lazy=True)
     assert len(read) == 4  # bin/tool (and its second name), etc/conf, ro/inside, srv/…/file
+
+
+def test_what_an_interrupted_or_killed_save_of_the_signatures_left_is_removed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RK-3: the signatures file was written aside under a name no sweep knew and removed
+    only on OSError, so a Ctrl-C, SIGTERM or SIGKILL during it left it in the entry."""
+    store, record = _stored(tmp_path)
+    entry = store.root / "steps" / ("ab" * 32)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = owner_tag().split("-")[1]
+    killed = entry / f".signatures.{dead.pid}-{host}.0123456789ab.tmp"  # a SIGKILL's
+    killed.write_bytes(b"half")
+    real = fcntl.flock
+
+    def interrupted(fd: int, op: int) -> None:  # SIGINT the moment the temp file is held
+        real(fd, op)
+        if op == fcntl.LOCK_SH:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(fcntl, "flock", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.restore(record, tmp_path / "r1", link=True, lazy=True)
+    monkeypatch.setattr(fcntl, "flock", real)
+    assert not killed.exists()
+    assert [p.name for p in entry.iterdir() if p.name.startswith(".signatures.")] == []
 
 
 class _Attacker(Recorder):
