@@ -338,7 +338,10 @@ def claim_tagged(fd: int, *, ours: bytes, text: bytes) -> bool:
             pass
         except OSError:
             return False
-        if [n for n in os.listdir(fd) if not n.startswith(f".{CACHEDIR_TAG}.")]:
+        others = [n for n in os.listdir(fd) if not n.startswith(f".{CACHEDIR_TAG}.")]
+        if CACHEDIR_TAG in others:
+            continue  # a concurrent process tagged it since the read (and then filled it)
+        if others:
             return False
         # Written aside and linked into place: a concurrent process never reads half a tag.
         temp = f".{CACHEDIR_TAG}.{owner_tag()}.{os.urandom(4).hex()}"
