@@ -17,7 +17,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from acbuild.acfile.parse_words import split_image_reference
-from acbuild.distribution.tls import tls_context
+from acbuild.distribution.tls import tls_context, untrusted
 from acbuild.errors import AcfileError, FetchError
 from acbuild.image.hostarch import host_os_arch
 from acbuild.image.manifest_rules import is_ac_identifier
@@ -227,10 +227,6 @@ def open_url(url: str, options: HttpOptions) -> http.client.HTTPResponse:
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         if isinstance(reason, ssl.SSLCertVerificationError):
-            host = urllib.parse.urlsplit(url).hostname
-            raise FetchError(
-                f"cannot fetch {url}: the certificate of {host} is not trusted "
-                f"({reason.verify_message})",
-                hint="if you trust the CA that signed it, pass its certificate with --ca-file"
-            ) from None
+            said, hint = untrusted(urllib.parse.urlsplit(url).hostname or "", reason)
+            raise FetchError(f"cannot fetch {url}: {said}", hint=hint) from None
         raise FetchError(f"cannot fetch {url}: {reason}") from None

@@ -53,6 +53,9 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
         context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN | ssl.VERIFY_X509_STRICT
     if (keylog := os.environ.get("SSLKEYLOGFILE")) and not sys.flags.ignore_environment:
         context.keylog_filename = keylog
+    # A certificate without subjectAltName is not matched by its subject's CN (RG-1), as
+    # Go (skopeo, docker) and browsers refuse it; CPython would still accept it.
+    context.hostname_checks_common_name = False
     context._loaded = False
     context._lock = threading.Lock()
     if ca_file is not None:
@@ -61,3 +64,28 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
         except (OSError, ssl.SSLError) as e:
             raise FetchError(f"cannot use CA file {ca_file}: {e}") from None
     return context
+
+
+# OpenSSL's X509_V_ERR_* codes the advice depends on (ssl has no names for them)
+_NOT_YET_VALID, _EXPIRED = 9, 10
+_NAME_MISMATCH = frozenset({62, 64})  # a host name, an IP address
+
+
+def untrusted(host: str, error: ssl.SSLCertVerificationError, *,
+              whose: str = "") -> tuple[str, str]:
+    """What to say of ``host``'s certificate that failed verification, and the hint: what
+    would fix it, without nudging towards trusting a certificate that may be an attacker's
+    (a wrong name is not fixed by a CA, nor by turning TLS off). ``whose``, if given, says
+    whose certificate it is when not the server's named in the rest of the error (a
+    proxy's)."""
+    said = f"the certificate of {host}{whose} is not trusted ({error.verify_message})"
+    if error.verify_code in _NAME_MISMATCH:
+        hint = (f"it is a certificate for another name than {host}: check the name; if it "
+                "is right, whoever answered is not the server you named")
+    elif error.verify_code in (_EXPIRED, _NOT_YET_VALID):
+        hint = ("it is outside its validity period: check this machine's clock, else the "
+                "server's certificate must be renewed")
+    else:
+        hint = ("if you trust the CA that signed it, pass its certificate with --ca-file (a "
+                "certificate you did not expect can mean another is answering for the server)")
+    return said, hint

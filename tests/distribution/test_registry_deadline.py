@@ -26,12 +26,16 @@ import pytest
 
 from acbuild.distribution.registry.blobstore import BlobStore
 from acbuild.distribution.registry.credentials import IDENTITY_TOKEN_USER, Credential
-from acbuild.distribution.registry.deadline import Watch, watched_client
+from acbuild.distribution.registry.deadline import (
+    FORWARD_RATE,
+    PROGRESS_BYTES,
+    Watch,
+    watched_client,
+)
 from acbuild.distribution.registry.platform import Platform
 from acbuild.distribution.registry.pull import pull
 from acbuild.distribution.registry.reference import RegistryError, parse_reference
 from acbuild.distribution.registry.transport import (
-    PROGRESS_BYTES,
     Session,
     Stopped,
     TimedOut,
@@ -249,7 +253,8 @@ def test_an_upload_whose_answer_trickles_times_out(server: TrickleServer) -> Non
     assert time.monotonic() - started < TIMEOUT + 1.5
     assert e.value.message == (
         f"registry {server.host}: PUT {server.url}/v2/ci/cache/manifests/v1: timed out: "
-        "nothing sent nor answered (status line and headers) in 1 s")
+        "no answer (status line and headers) in 1 s after the registry acknowledged the "
+        "whole body")
 
 
 def test_a_retry_pause_ends_at_the_deadline(server: TrickleServer) -> None:
@@ -267,10 +272,15 @@ def test_a_retry_pause_ends_at_the_deadline(server: TrickleServer) -> None:
 
 
 @contextlib.contextmanager
-def silent_server(*, reads: bool = True) -> Iterator[str]:
+def silent_server(*, reads: bool = True, rcvbuf: int | None = None) -> Iterator[str]:
     """HOST:PORT of a server that accepts connections and never answers (``reads``: it
-    reads what is sent; else it reads nothing, so a big request fills the buffers)."""
-    listener = socket.create_server(("127.0.0.1", 0))
+    reads what is sent; else it reads nothing, so a big request fills the buffers, of
+    ``rcvbuf`` bytes if given)."""
+    listener = socket.socket()
+    if rcvbuf is not None:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
     held: list[socket.socket] = []
     done = threading.Event()
 
@@ -500,17 +510,47 @@ def test_every_address_timing_out_is_a_connect_timeout(
     assert 0.5 < time.monotonic() - started < 2.0
 
 
+def test_a_slow_name_lookup_counts_in_the_first_address_connect_limit(
+        server: TrickleServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RG-3: a lookup of 1 s, then a first address that drops connects: it had a connect
+    limit of its own on top (1.5 s), so with a slow nameserver the second address came too
+    late for the answer's limit. The lookup is now part of the first address's limit."""
+    server.answers[PATH] = answer(200, body=b"{}")
+    real = socket.getaddrinfo
+
+    def resolve(host: object, port: object, *args: object, **kwargs: object) -> object:
+        if host != "slow.test":
+            return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
+        if int(kwargs.get("flags", 0)) & socket.AI_NUMERICHOST:  # type: ignore[call-overload]
+            raise socket.gaierror(socket.EAI_NONAME, "not numeric")
+        time.sleep(1.0)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, server.port))
+                for ip in ("127.0.0.2", "127.0.0.1")]
+
+    with socket.create_server(("127.0.0.2", server.port), backlog=0) as hole, \
+            socket.create_connection(hole.getsockname(), timeout=1):  # fills its queue
+        monkeypatch.setattr(socket, "getaddrinfo", resolve)
+        started = time.monotonic()
+        with watched_client(Watch(), trust_env=False,
+                            timeout=httpx.Timeout(5, connect=1.5)) as client:
+            response = client.get(f"http://slow.test:{server.port}{PATH}")
+        took = time.monotonic() - started
+    assert response.status_code == 200
+    assert 1.3 < took < 2.2
+
+
 @contextlib.contextmanager
-def slow_reader(tls: TlsFiles | None, *, piece: int, pause: float) -> Iterator[str]:
+def slow_reader(tls: TlsFiles | None, *, piece: int, pause: float,
+                rcvbuf: int = 16384) -> Iterator[str]:
     """HOST:PORT of an HTTP (``tls``: HTTPS) server that reads a request's body ``piece``
-    bytes every ``pause`` seconds (a small receive buffer, so what it has not read is
-    not acknowledged either: a slow link), then answers 201."""
+    bytes every ``pause`` seconds (a small receive buffer, ``rcvbuf``, so what it has not
+    read is not acknowledged either: a slow link), then answers 201."""
     context = None
     if tls is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(tls.cert, tls.key)
     listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
 
@@ -527,7 +567,8 @@ def slow_reader(tls: TlsFiles | None, *, piece: int, pause: float) -> Iterator[s
             while length > 0:
                 want = min(piece, length)
                 while want > 0:  # a TLS recv gives one record (16 KiB) at most
-                    got = len(conn.recv(want))
+                    if not (got := len(conn.recv(want))):
+                        return  # the client gave up
                     want, length = want - got, length - got
                 time.sleep(pause)
             conn.sendall(b"HTTP/1.1 201 X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -602,17 +643,103 @@ def test_an_upload_slower_than_the_socket_buffers_is_not_timed_out(scheme: str,
 
 def test_an_upload_the_registry_stops_reading_times_out_at_the_limit() -> None:
     """Nothing read, so nothing acknowledged once the buffers are full: the one-line error
-    at the limit after the last acknowledgement."""
-    with silent_server(reads=False) as host:
+    at the limit after the last acknowledgement (and the half second its 16 KiB of buffer,
+    acknowledged at once, take at FORWARD_RATE)."""
+    with silent_server(reads=False, rcvbuf=8192) as host:
         options = TransportOptions(insecure_registries=(host,), timeout=TIMEOUT, retries=0)
         with PushSession(host, options, None) as s, pytest.raises(TimedOut) as e:
             started = time.monotonic()
             _put(s, b"u" * (64 << 20))
         took = time.monotonic() - started
-    assert TIMEOUT - 0.1 < took < TIMEOUT + 1.0
+    assert TIMEOUT - 0.1 < took < TIMEOUT + 1.5
     assert e.value.message == (f"registry {host}: PUT http://{host}/v2/x/blobs/uploads/1: "
-                               "timed out: nothing sent nor answered (status line and "
-                               "headers) in 1 s")
+                               "timed out: the registry acknowledged less than 16 KiB of the "
+                               "body in 1 s")
+
+
+def _stopped_after(seconds: float) -> tuple[threading.Event, threading.Timer]:
+    """A stop set ``seconds`` from now: it ends a test whose limit failed to (a Stopped,
+    not a hang)."""
+    stop = threading.Event()
+    timer = threading.Timer(seconds, stop.set)
+    timer.daemon = True
+    timer.start()
+    return stop, timer
+
+
+def test_an_upload_acknowledged_a_little_at_a_time_times_out() -> None:
+    """RG-2: a registry whose window opens ~1 KiB at a time, many times within the limit,
+    held a push for as long as it liked (any acknowledgement was progress). What moves the
+    limit on is PROGRESS_BYTES acknowledged, as for a download's body."""
+    stop, timer = _stopped_after(8.0)
+    with slow_reader(None, piece=1024, pause=0.2, rcvbuf=2048) as host:
+        options = TransportOptions(insecure_registries=(host,), timeout=TIMEOUT, retries=0)
+        with PushSession(host, options, None, stop=stop) as s, \
+                pytest.raises(TimedOut) as e:
+            started = time.monotonic()
+            _put(s, os.urandom(1 << 20))
+        took = time.monotonic() - started
+    timer.cancel()
+    assert TIMEOUT - 0.1 < took < TIMEOUT + 1.5
+    assert e.value.message == (f"registry {host}: PUT http://{host}/v2/x/blobs/uploads/1: "
+                               "timed out: the registry acknowledged less than 16 KiB of the "
+                               "body in 1 s")
+
+
+@contextlib.contextmanager
+def forwarding(hold: float) -> Iterator[str]:
+    """HOST:PORT of a server that takes a request's whole body at once and answers 201
+    ``hold`` seconds later: a proxy that acknowledges everything and passes it on to the
+    registry over a slow link."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError), listener.accept()[0] as conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(1 << 16)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            while len(body) < length:
+                body += conn.recv(1 << 20)
+            time.sleep(hold)
+            conn.sendall(b"HTTP/1.1 201 X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        thread.join(timeout=10)
+
+
+def test_an_upload_through_a_proxy_that_takes_it_at_once_waits_for_the_link_beyond() -> None:
+    """RG-5: a proxy acknowledged the whole body in a moment and took longer than the limit
+    to pass it on, so the push failed while the registry was still receiving. The answer
+    also has the time the body takes at FORWARD_RATE: 256 KiB, 8 s."""
+    with forwarding(hold=2.5) as host:
+        options = TransportOptions(insecure_registries=(host,), timeout=TIMEOUT, retries=0)
+        with PushSession(host, options, None) as s:
+            started = time.monotonic()
+            assert _put(s, os.urandom(256 << 10)) == 201
+    assert 2.4 < time.monotonic() - started < 5.0
+
+
+def test_an_upload_whose_whole_body_was_taken_and_never_answered_times_out() -> None:
+    """That wait is bounded by the body's size: 64 KiB at FORWARD_RATE is 2 s, then the
+    limit."""
+    with silent_server(reads=True) as host:
+        options = TransportOptions(insecure_registries=(host,), timeout=TIMEOUT, retries=0)
+        with PushSession(host, options, None) as s, pytest.raises(TimedOut) as e:
+            started = time.monotonic()
+            _put(s, os.urandom(FORWARD_RATE * 2))
+        took = time.monotonic() - started
+    assert 2.9 < took < 4.5
+    assert e.value.message == (f"registry {host}: PUT http://{host}/v2/x/blobs/uploads/1: "
+                               "timed out: no answer (status line and headers) in 3 s after "
+                               "the registry acknowledged the whole body")
 
 
 # ---- stops through an https:// proxy (RR-4) and while a name is looked up (RR-3) ----------

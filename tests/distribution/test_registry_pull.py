@@ -383,21 +383,37 @@ def test_the_layers_go_on_as_soon_as_the_config_is_checked(http_registry: Regist
     assert time.monotonic() - start < 10.0
 
 
+BASE = "/v2/library/busybox"
+
+
+def _can_image(proxy: TamperProxy, layers: list[bytes]) -> tuple[bytes, str, list[str], str]:
+    """An OCI image of gzip ``layers``, its blobs and manifest canned at the proxy under
+    library/busybox:1.36 (a test may replace an answer with a callable): its config, the
+    config's digest, the layers' and the manifest's."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    digests = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
+    for layer, digest in zip(layers, digests, strict=True):
+        proxy.tampering.canned[f"{BASE}/blobs/{digest}"] = (200, [], layer)
+    proxy.tampering.canned[f"{BASE}/blobs/{config_digest}"] = (200, [], config)
+    image = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                   "digest": config_digest, "size": len(config)},
+                        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                    "digest": digest, "size": len(layer)}
+                                   for layer, digest in zip(layers, digests, strict=True)]
+                        }).encode()
+    proxy.tampering.canned[f"{BASE}/manifests/1.36"] = (200, [], image)
+    return config, config_digest, digests, "sha256:" + hashlib.sha256(image).hexdigest()
+
+
 def test_the_config_does_not_hold_up_a_layers_request(proxy: TamperProxy,
                                                       tmp_path: Path) -> None:
     """With as many layers as downloads run at a time, the config gets a thread of its own:
     every layer's request goes out while the config is on its way, none waits for it."""
-    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
-    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    base = "/v2/library/busybox"
-    layers = []
-    for n in range(4):  # pull.PARALLEL
-        layer = gzip.compress(f"layer {n}".encode(), mtime=0)
-        digest = "sha256:" + hashlib.sha256(layer).hexdigest()
-        proxy.tampering.canned[f"{base}/blobs/{digest}"] = (200, [], layer)
-        layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                       "digest": digest, "size": len(layer)})
+    layers = [gzip.compress(f"layer {n}".encode(), mtime=0) for n in range(4)]  # PARALLEL
+    config, config_digest, _, _ = _can_image(proxy, layers)
     seen: list[int] = []
 
     def late() -> tuple[int, list[tuple[str, str]], bytes]:
@@ -407,12 +423,7 @@ def test_the_config_does_not_hold_up_a_layers_request(proxy: TamperProxy,
         seen.append(len(proxy.tampering.blob_gets()) - 1)  # the layers' GETs (not this one)
         return 200, [], config
 
-    proxy.tampering.canned[f"{base}/blobs/{config_digest}"] = late
-    image = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                   "digest": config_digest, "size": len(config)},
-                        "layers": layers}).encode()
-    proxy.tampering.canned[f"{base}/manifests/1.36"] = (200, [], image)
+    proxy.tampering.canned[f"{BASE}/blobs/{config_digest}"] = late
     pulled = _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
     assert pulled.transferred == 5
     assert seen == [4]
@@ -423,19 +434,9 @@ def test_the_manifest_and_config_are_stored_while_the_layers_stream(proxy: Tampe
     """Storing a manifest or config means syncing it (ms each, far more on a busy disk), so
     it is done while the layers stream, not before their requests go out; a pull that
     returns has stored them all."""
-    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
-    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
     layer = gzip.compress(b"layer", mtime=0)
-    layer_digest = "sha256:" + hashlib.sha256(layer).hexdigest()
-    image = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                   "digest": config_digest, "size": len(config)},
-                        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                                    "digest": layer_digest, "size": len(layer)}]}).encode()
-    image_digest = "sha256:" + hashlib.sha256(image).hexdigest()
+    config, config_digest, (layer_digest,), image_digest = _can_image(proxy, [layer])
     store = BlobStore(tmp_path / "s")
-    base = "/v2/library/busybox"
     stored_when_asked: list[bool] = []
 
     def late_config() -> tuple[int, list[tuple[str, str]], bytes]:
@@ -446,9 +447,8 @@ def test_the_manifest_and_config_are_stored_while_the_layers_stream(proxy: Tampe
         stored_when_asked.append(store.path(image_digest).exists())
         return 200, [], layer
 
-    proxy.tampering.canned[f"{base}/manifests/1.36"] = (200, [], image)
-    proxy.tampering.canned[f"{base}/blobs/{config_digest}"] = late_config
-    proxy.tampering.canned[f"{base}/blobs/{layer_digest}"] = the_layer
+    proxy.tampering.canned[f"{BASE}/blobs/{config_digest}"] = late_config
+    proxy.tampering.canned[f"{BASE}/blobs/{layer_digest}"] = the_layer
     pulled = _pull(proxy.host, "library/busybox:1.36", store)
     assert stored_when_asked == [False]
     assert pulled.digest == image_digest

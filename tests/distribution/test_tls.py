@@ -75,7 +75,8 @@ def test_untrusted_certificate_is_one_clear_error(published: Server) -> None:
     assert r.stderr.splitlines() == [
         f"error: cannot fetch https://localhost:{published.port}/app?ac-discovery=1: the "
         "certificate of localhost is not trusted (unable to get local issuer certificate)",
-        "    hint: if you trust the CA that signed it, pass its certificate with --ca-file",
+        "    hint: if you trust the CA that signed it, pass its certificate with --ca-file (a "
+        "certificate you did not expect can mean another is answering for the server)",
     ]
     assert published.behaviour.requests == []  # no request got past the handshake
 

@@ -82,3 +82,15 @@ def test_a_handshake_trusts_the_ca_file_and_nothing_else(tls: TlsFiles, trusted:
             with pytest.raises(ssl.SSLCertVerificationError):
                 context.wrap_socket(raw, server_hostname="localhost")
     thread.join(timeout=10)
+
+
+def test_a_certificate_named_only_by_its_common_name_is_refused(tmp_path: Path) -> None:
+    """RG-1: a certificate of the trusted CA without subjectAltName, CN=localhost, passed
+    for localhost (CPython still matches the CN); Go, which skopeo and docker use, and
+    browsers refuse it."""
+    cn_only = make_tls(tmp_path / "cn", hosts=("localhost",), san=False)
+    listener, thread = _serve_once(cn_only)
+    with listener, socket.create_connection(listener.getsockname()) as raw, \
+            pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"):
+        tls_context(cn_only.ca).wrap_socket(raw, server_hostname="localhost")
+    thread.join(timeout=10)

@@ -101,8 +101,10 @@ class TlsFiles:
 
 
 def make_tls(directory: Path, *, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
-             ca_name: str = "acbuild-py test CA") -> TlsFiles:
-    """A fresh CA and a server certificate it signed for ``hosts``, written to ``directory``."""
+             ca_name: str = "acbuild-py test CA", san: bool = True) -> TlsFiles:
+    """A fresh CA and a server certificate it signed for ``hosts``, written to ``directory``
+    (not ``san``: named only by its subject's CN, ``hosts[0]``, as certificates were before
+    subjectAltName)."""
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
@@ -117,15 +119,16 @@ def make_tls(directory: Path, *, hosts: tuple[str, ...] = ("localhost", "127.0.0
     names = [x509.IPAddress(ipaddress.ip_address(h)) if h[0].isdigit() else x509.DNSName(h)
              for h in hosts]
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
-    cert = (
+    builder = (
         _cert_builder(subject, ca_subject, key.public_key(), now)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.KeyUsage(**_usage(digital_signature=True)), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
                        critical=False)
-        .sign(ca_key, hashes.SHA256())
     )
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
     files = TlsFiles(ca=directory / "ca.pem", cert=directory / "server.pem",
                      key=directory / "server.key")
     files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))

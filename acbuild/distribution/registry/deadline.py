@@ -34,6 +34,7 @@ import termios
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import httpcore
@@ -43,6 +44,13 @@ from httpcore._backends.sync import SyncBackend, SyncStream  # the sockets slice
 SLICE = 0.2  # seconds a blocked socket operation waits before it looks at its stops again
 
 _T = TypeVar("_T")
+
+# A body that moves less than this in a ``timeout`` is stalled: a download's (the count is
+# of body bytes, not of chunk framing or headers), an upload's (what the peer acknowledged).
+PROGRESS_BYTES = 16 << 10
+# Bytes a second a link beyond the registry's end of an upload's connection (a proxy that
+# took the body at once) is assumed to pass on at least: 256 kbit/s, a slow uplink's rate.
+FORWARD_RATE = 32 << 10
 
 READ_BYTES = 1 << 20
 # Bytes handed to one send: a TLS send that timed out is repeated with the same bytes while
@@ -62,12 +70,21 @@ class _Outgoing:
     """What one thread's writes handed to one socket and how much of it the peer has
     acknowledged: a slow link hides behind the kernel's send buffer (some MiB, a minute and
     more of a slow uplink), so progress is what the peer took, not what the kernel did
-    (RR-2). ``blind``: the queue cannot be read, so a handed-over write counts instead."""
+    (RR-2). It counts in steps of PROGRESS_BYTES (or the last of what was handed), as a
+    download's body does: a peer that acknowledges a few bytes at a time would otherwise hold
+    an upload for days (RG-2).
+
+    What the peer acknowledged may not have reached the registry: a proxy takes a body as
+    fast as it is sent and passes it on as fast as the link beyond it goes, and the registry
+    answers once it has the last byte (RG-5). So each step also moves ``drained``: when a
+    link beyond the peer that passes on FORWARD_RATE would have passed on all of it.
+    ``blind``: the queue cannot be read, so a handed-over write counts instead."""
 
     def __init__(self, sock: socket.socket | None) -> None:
         self.sock = sock
-        self.at = time.monotonic()
-        self.acked = 0
+        self.at = self.drained = time.monotonic()
+        self.counted = 0  # acknowledged as of ``at``
+        self.whole = False  # and it was all that had been handed
         try:
             # what was queued before (an earlier request on the connection) counts as handed
             self.handed = 0 if sock is None else _unacknowledged(sock)
@@ -77,20 +94,35 @@ class _Outgoing:
 
     def wrote(self, count: int) -> None:
         self.handed += count
+        self.whole = False
         if self.blind:
-            self.at = time.monotonic()
+            self._step(self.handed)
+
+    def _step(self, acked: int) -> None:
+        now = time.monotonic()
+        self.drained = max(self.drained, now) + (acked - self.counted) / FORWARD_RATE
+        self.at, self.counted, self.whole = now, acked, acked == self.handed
 
     def progress(self) -> float:
-        """When the peer last acknowledged bytes it had not before."""
-        if self.blind or self.sock is None:
-            return self.at
-        try:
-            acked = self.handed - _unacknowledged(self.sock)
-        except (OSError, ValueError):  # closed: nothing more will be acknowledged
-            return self.at
-        if acked > self.acked:
-            self.acked, self.at = acked, time.monotonic()
-        return self.at
+        """Until when the upload counts as moving: the peer's last step of
+        acknowledgement, or the time what it acknowledged takes beyond it, if later."""
+        if not self.blind and self.sock is not None:
+            try:
+                acked = self.handed - _unacknowledged(self.sock)
+            except (OSError, ValueError):  # closed: nothing more will be acknowledged
+                acked = self.counted
+            if acked - self.counted >= PROGRESS_BYTES or \
+                    (acked == self.handed and acked > self.counted):
+                self._step(acked)
+        return max(self.at, self.drained)
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledged:
+    """How far the peer of a thread's upload got: ``whole``: all it was handed, at ``at``."""
+
+    whole: bool
+    at: float
 
 
 class Deadline(Protocol):
@@ -147,12 +179,24 @@ class Watch:
             outgoing = self._local.outgoing = _Outgoing(sock)
         outgoing.wrote(count)
 
+    def sending(self) -> None:
+        """A new request body begins in this thread: what an earlier one sent on the same
+        connection was answered, so none of it is still on its way."""
+        outgoing: _Outgoing | None = getattr(self._local, "outgoing", None)
+        if outgoing is not None:
+            outgoing.drained = time.monotonic()
+
     def progress(self) -> float:
-        """When the peer of this thread's last written socket last acknowledged more of
-        what it was sent (0.0: nothing written yet). Polled by a deadline's ``at``, so at
-        every slice of a blocked send or of the wait for the answer after it."""
+        """Until when this thread's upload counts as moving (``_Outgoing.progress``; 0.0:
+        nothing written yet). Polled by a deadline's ``at``, so at every slice of a blocked
+        send or of the wait for the answer after it."""
         outgoing: _Outgoing | None = getattr(self._local, "outgoing", None)
         return 0.0 if outgoing is None else outgoing.progress()
+
+    def acknowledged(self) -> Acknowledged | None:
+        """How far the peer of this thread's upload got (None: nothing written yet)."""
+        outgoing: _Outgoing | None = getattr(self._local, "outgoing", None)
+        return None if outgoing is None else Acknowledged(outgoing.whole, outgoing.at)
 
     def expired(self) -> Deadline | None:
         """The running deadline that passed first, if any has."""
@@ -270,6 +314,16 @@ class _Stream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
+class CertificateRefused(httpcore.ConnectError):
+    """``host``'s certificate failed verification (``error``): the registry's, or an
+    https:// proxy's, whose name it is then. Asking again cannot change it."""
+
+    def __init__(self, host: str, error: ssl.SSLCertVerificationError) -> None:
+        super().__init__(str(error))
+        self.host = host
+        self.error = error
+
+
 class _Tls(httpcore.NetworkStream):
     """TLS in memory buffers over ``lower``: a ``_Stream`` (the registry's TLS, or an https
     proxy's) or another ``_Tls`` (the registry's TLS inside an https proxy's, which
@@ -302,6 +356,9 @@ class _Tls(httpcore.NetworkStream):
         except (httpcore.ReadTimeout, httpcore.WriteTimeout):
             lower.close()
             raise httpcore.ConnectTimeout("timed out") from None
+        except ssl.SSLCertVerificationError as e:
+            lower.close()
+            raise CertificateRefused(server_hostname or "", e) from e
         except (httpcore.ReadError, httpcore.WriteError, OSError, ValueError) as e:
             lower.close()
             raise httpcore.ConnectError(str(e)) from e
@@ -419,19 +476,25 @@ class _Backend(httpcore.NetworkBackend):
     def _connect(self, host: str, port: int, timeout: float | None,
                  socket_options: Iterable[Any]) -> httpcore.NetworkStream:
         """As httpcore's SyncBackend (socket.create_connection: each address in turn while
-        they fail), the wait for each in slices; running out of ``timeout`` ends it."""
+        they fail), the wait for each in slices; running out of ``timeout`` ends it. Each
+        address has ``timeout``, the first less the name lookup's time (RG-3): a slow lookup
+        must not keep the next address from being tried within the answer's limit."""
+        started = time.monotonic()
         try:
             addresses = self._lookup(host, port, timeout)
         except OSError as e:
             raise httpcore.ConnectError(str(e)) from e
         failure: OSError = OSError(errno.EADDRNOTAVAIL, f"{host}: no address")
-        for family, kind, proto, _, address in addresses:
+        for index, (family, kind, proto, _, address) in enumerate(addresses):
+            limit = timeout
+            if timeout is not None and index == 0:
+                limit = max(0.0, started + timeout - time.monotonic())
             sock = socket.socket(family, kind, proto)
             try:
                 sock.setblocking(False)
                 code = sock.connect_ex(address)
                 if code == errno.EINPROGRESS:
-                    self._wait_connected(sock, timeout)
+                    self._wait_connected(sock, limit)
                     code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if code:
                     raise OSError(code, os.strerror(code))  # ConnectionRefusedError, …

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
+import httpx
+
+from acbuild.distribution.registry.deadline import CertificateRefused
 from acbuild.distribution.registry.reference import RegistryError
+from acbuild.distribution.tls import untrusted
 from acbuild.terminal import escape
 
 
@@ -13,17 +19,26 @@ def reason(e: BaseException) -> str:
     return escape(text.splitlines()[0][:300] if text else type(e).__name__)
 
 
-def refused(e: BaseException) -> bool:
-    """Whether ``e`` is (caused by) ECONNREFUSED: httpx wraps httpcore's error, which wraps
-    the OSError."""
+def _causes(e: BaseException) -> Iterator[BaseException]:
+    """``e`` and what it was raised from: httpx wraps httpcore's error, which wraps the
+    OSError or SSLError."""
     cause: BaseException | None = e
     for _ in range(8):
         if cause is None:
-            return False
-        if isinstance(cause, ConnectionRefusedError):
-            return True
+            return
+        yield cause
         cause = cause.__cause__ or cause.__context__
-    return False
+
+
+def refused(e: BaseException) -> bool:
+    """Whether ``e`` is (caused by) ECONNREFUSED."""
+    return any(isinstance(cause, ConnectionRefusedError) for cause in _causes(e))
+
+
+def certificate_refused(e: BaseException) -> CertificateRefused | None:
+    """The certificate that failed verification in ``e``, if one did: a failure that
+    asking again cannot change, so never retried."""
+    return next((c for c in _causes(e) if isinstance(c, CertificateRefused)), None)
 
 
 def refused_error(what: str, netloc: str) -> RegistryError:
@@ -32,11 +47,28 @@ def refused_error(what: str, netloc: str) -> RegistryError:
                               "the environment names): is it running, and is the port right?")
 
 
-def tls_hint(e: BaseException, url: str) -> str | None:
-    if "CERTIFICATE_VERIFY_FAILED" in str(e):
-        return ("if you trust the CA that signed its certificate, pass it with --ca-file; "
-                "a registry without TLS needs --insecure-registry HOST:PORT")
-    if "WRONG_VERSION_NUMBER" in str(e) or "record layer failure" in str(e):
+def unreachable(e: BaseException, shown: str, url: str) -> RegistryError:
+    """The error of a request to ``url`` (``shown``: as the user may see it) that failed
+    for good with the transport error ``e``."""
+    host = (urlsplit(url).hostname or "").lower()
+    if (certificate := certificate_refused(e)) is not None:
+        whose = "" if certificate.host.lower() == host else \
+            " (the https:// proxy the environment names)"
+        said, hint = untrusted(escape(certificate.host), certificate.error, whose=whose)
+        return RegistryError(f"cannot reach {shown}: {escape(said)}", hint=hint)
+    return RegistryError(f"cannot reach {shown}: {reason(e)}", hint=_tls_hint(e, url))
+
+
+def _tls_hint(e: BaseException, url: str) -> str | None:
+    broken = next((c for c in _causes(e) if isinstance(c, ssl.SSLError)), None)
+    if broken is None:
+        return None
+    text = str(broken)
+    if isinstance(e, httpx.ConnectError) and (
+            "WRONG_VERSION_NUMBER" in text or "record layer failure" in text):
         host = urlsplit(url).netloc
-        return f"it does not speak TLS: for plain http use --insecure-registry {host}"
+        return f"it does not speak TLS: for plain http use --insecure-registry {escape(host)}"
+    if not isinstance(e, httpx.ConnectError):  # after a handshake that succeeded
+        return ("its TLS stream broke after a good handshake: a faulty link, or something "
+                "on the path altering what it sends")
     return None

@@ -40,8 +40,20 @@ import httpx  # acbuild-py's entry point keeps httpx's own CLI from loading: cli
 
 from acbuild import __version__
 from acbuild.distribution.registry.credentials import Credential
-from acbuild.distribution.registry.deadline import Deadline, Stop, Watch, watched_client
-from acbuild.distribution.registry.failures import reason, refused, refused_error, tls_hint
+from acbuild.distribution.registry.deadline import (
+    PROGRESS_BYTES,
+    Deadline,
+    Stop,
+    Watch,
+    watched_client,
+)
+from acbuild.distribution.registry.failures import (
+    certificate_refused,
+    reason,
+    refused,
+    refused_error,
+    unreachable,
+)
 from acbuild.distribution.registry.proxyenv import proxy_error
 from acbuild.distribution.registry.reference import RegistryError, check_host
 from acbuild.distribution.tls import tls_context
@@ -51,9 +63,6 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TOKEN_LIMIT = 1 << 20
 _ERROR_LIMIT = 64 << 10
 _RETRY_AFTER_CAP = 10.0
-# A body that sends less than this in ``timeout`` seconds is stalled (a slow one that keeps
-# sending may go on: the count is of body bytes, not of chunk framing or headers).
-PROGRESS_BYTES = 16 << 10
 _ERROR_CODE = re.compile(r"[A-Z][A-Z_]{0,39}")
 # What httpx raises for a URL it cannot use (not a transport failure: never retried).
 _BAD_URL = (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError, UnicodeError)
@@ -252,9 +261,8 @@ class Session:
                         cancel: threading.Event | None) -> None:
         if self._never_answered(e, url):
             raise refused_error(self._shown(url), _origin(url)[1]) from None
-        if attempt >= self.options.retries:
-            raise RegistryError(f"cannot reach {self._shown(url)}: {reason(e)}",
-                                hint=tls_hint(e, url)) from None
+        if attempt >= self.options.retries or certificate_refused(e) is not None:
+            raise unreachable(e, self._shown(url), url) from None
         self._pause(attempt, None, cancel)
 
     def _never_answered(self, e: httpx.TransportError, url: str) -> bool:
@@ -395,6 +403,9 @@ class Session:
                 self._timed_out()
                 if self._never_answered(e, url):
                     raise refused_error(f"the token server of {self.host}", netloc) from None
+                if certificate_refused(e) is not None:
+                    raise unreachable(e, f"the token server of {self.host} ({netloc})",
+                                      url) from None
                 if attempt < self.options.retries:
                     self._pause(attempt, None, cancel)
                     continue
@@ -491,22 +502,35 @@ class _Head:
 
 class Sending:
     """The deadline of a request with a body (an upload) up to its answer's headers: the
-    body may take as long as the registry keeps acknowledging more of it, the answer is
-    then due ``timeout`` seconds after it acknowledged the last of it."""
+    body may take as long as the registry keeps acknowledging PROGRESS_BYTES more of it in
+    every ``timeout``; the answer is then due ``timeout`` seconds after it acknowledged the
+    last of it, or after a link beyond it taking FORWARD_RATE would have passed the body on,
+    if that is later (``deadline._Outgoing``)."""
 
     def __init__(self, session: Session, method: str, url: str) -> None:
         self._session = session
         self._what = f"{method} {session._shown(url)}"
         self._started = time.monotonic()
+        session._watch.sending()
 
     def at(self) -> float:
         return max(self._started, self._session._watch.progress()) + \
             self._session.options.timeout
 
     def error(self) -> Exception:
+        timeout = self._session.options.timeout
+        acknowledged = self._session._watch.acknowledged()
+        if acknowledged is None:
+            why = f"nothing sent nor answered (status line and headers) in {timeout:g} s"
+        elif acknowledged.whole:
+            waited = max(timeout, time.monotonic() - acknowledged.at)
+            why = (f"no answer (status line and headers) in {waited:.0f} s after the "
+                   "registry acknowledged the whole body")
+        else:
+            why = (f"the registry acknowledged less than {PROGRESS_BYTES >> 10} KiB of the "
+                   f"body in {timeout:g} s")
         return TimedOut(f"registry {escape(self._session.host)}: {self._what}: timed out: "
-                        f"nothing sent nor answered (status line and headers) in "
-                        f"{self._session.options.timeout:g} s")
+                        f"{why}")
 
 
 class _Body(httpx.SyncByteStream):

@@ -20,7 +20,7 @@ from urllib.parse import urlencode, urljoin
 
 import httpx
 
-from acbuild.distribution.registry.failures import reason, refused_error, tls_hint
+from acbuild.distribution.registry.failures import reason
 from acbuild.distribution.registry.reference import RegistryError
 from acbuild.distribution.registry.transport import Sending, Session, _origin
 
@@ -100,14 +100,9 @@ class PushSession(Session):
                                     f"used: {reason(e)}") from None
             except httpx.TransportError as e:
                 self._timed_out()
-                if self._never_answered(e, url):
-                    raise refused_error(self._shown(url), _origin(url)[1]) from None
-                if attempt < self.options.retries:
-                    self._pause(attempt, None)
-                    attempt += 1
-                    continue
-                raise RegistryError(f"cannot reach {self._shown(url)}: {reason(e)}",
-                                    hint=tls_hint(e, url)) from None
+                self._retry_or_raise(e, url, attempt, None)
+                attempt += 1
+                continue
             self._answered.add(_origin(url))
             status = response.status_code
             if status == 401 and not challenged:
