@@ -52,7 +52,7 @@ from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write, atomic_write_at
 from acbuild.fs.beneath import fd_path, open_beneath
 from acbuild.fs.leftovers import owner_tag, sweep_at, tag_of
-from acbuild.fs.private import UnsafeDirectory, claim_tagged, open_private_dir
+from acbuild.fs.private import UnsafeDirectory, open_claimed_dir
 from acbuild.fs.staging import (
     CacheFiles,
     DeviceNode,
@@ -162,13 +162,11 @@ class NotACache(AcbuildError):
     """A directory given as the cache that the cache did not make."""
 
 
-def _claim(fd: int, root: Path) -> None:
-    """Refuse ``fd`` unless it is an acbuild-py cache (its CACHEDIR.TAG) or empty (then it
-    becomes one): prune and the sweep delete what they find in it, and a build adds its
-    directories, so a directory with anything else in it (``/``, a home) is never used."""
-    if claim_tagged(fd, ours=_TAG_OURS, text=_TAG_TEXT):
-        return
-    raise NotACache(
+def _not_a_cache(root: Path) -> NotACache:
+    """Prune and the sweep delete what they find in a cache, and a build adds its
+    directories, so a directory with anything else in it (``/``, a home) is never used: only
+    an acbuild-py cache (its CACHEDIR.TAG) or an empty directory (which becomes one)."""
+    return NotACache(
         f"step cache {root} is not an acbuild-py cache (it is not empty and has no "
         f"acbuild-py {_TAG}); "
         "refusing to use it, or to prune anything in it",
@@ -245,28 +243,25 @@ class CacheStore:
         """The cache directory, opened and checked once; every later use goes through it."""
         if self._fd is not None:
             return self._fd
-        fd = open_private_dir(self.root, what="step cache")
-        held = -1
-        try:
-            seen, held_st = os.stat(fd_path(fd)), os.fstat(fd)
-            if (seen.st_dev, seen.st_ino) != (held_st.st_dev, held_st.st_ino):
-                raise UnsafeDirectory(f"cannot use step cache {self.root}: /proc is not "
-                                      "this process's", hint="mount /proc")
-            _claim(fd, self.root)
-            for sub in _SUBDIRS:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(sub, 0o700, dir_fd=fd)
-            with self._opened_at(fd, "locks") as locks:
-                held = _hold_owner(locks, owner_tag())
-        except OSError as e:
-            os.close(fd)
-            raise UnsafeDirectory(f"cannot use step cache {self.root}: {e.strerror}") from None
-        except BaseException:
-            os.close(fd)
-            raise
+        fd, held = open_claimed_dir(self.root, what="step cache", ours=_TAG_OURS,
+                                    text=_TAG_TEXT, refused=functools.partial(
+                                        _not_a_cache, self.root), then=self._prepare)
         weakref.finalize(self, _close_all, fd, held)
         self._fd = fd
         return fd
+
+    def _prepare(self, fd: int) -> int:
+        """The claimed cache at ``fd`` made ready: its subdirectories, and this process's
+        owner lock (the descriptor holding it)."""
+        seen, held_st = os.stat(fd_path(fd)), os.fstat(fd)
+        if (seen.st_dev, seen.st_ino) != (held_st.st_dev, held_st.st_ino):
+            raise UnsafeDirectory(f"cannot use step cache {self.root}: /proc is not "
+                                  "this process's", hint="mount /proc")
+        for sub in _SUBDIRS:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(sub, 0o700, dir_fd=fd)
+        with self._opened_at(fd, "locks") as locks:
+            return _hold_owner(locks, owner_tag())
 
     @contextlib.contextmanager
     def _opened_at(self, fd: int, sub: str) -> Iterator[int]:

@@ -20,8 +20,7 @@ from acbuild.fs.private import (
     CACHEDIR_SIGNATURE,
     CACHEDIR_TAG,
     UnsafeDirectory,
-    claim_tagged,
-    open_private_dir,
+    open_claimed_dir,
 )
 
 # Not the step cache's tag: the store's gc and the cache's prune each trust what they find
@@ -44,25 +43,20 @@ class StoreDir:
     def fd(self) -> int:
         if self._fd is not None:
             return self._fd
-        fd = open_private_dir(self.root, what=self.what)
-        try:
-            if not claim_tagged(fd, ours=_OURS, text=_TEXT):
-                raise UnsafeDirectory(
-                    f"{self.what} {self.root} is not an acbuild-py image store (it is not "
-                    f"empty and has no acbuild-py {CACHEDIR_TAG}); refusing to use it, or to "
-                    "remove anything in it",
-                    hint="choose a new or empty directory for --store (or $XDG_CACHE_HOME); "
-                         "a store made before acbuild-py tagged its stores is to be removed "
-                         "by hand (its images are fetched again)")
-        except OSError as e:
-            os.close(fd)
-            raise UnsafeDirectory(f"cannot use {self.what} {self.root}: {e.strerror}") from None
-        except BaseException:
-            os.close(fd)
-            raise
+        fd, _ = open_claimed_dir(self.root, what=self.what, ours=_OURS, text=_TEXT,
+                                 refused=self._refused, then=lambda fd: None)
         weakref.finalize(self, os.close, fd)
         self._fd = fd
         return fd
+
+    def _refused(self) -> UnsafeDirectory:
+        return UnsafeDirectory(
+            f"{self.what} {self.root} is not an acbuild-py image store (it is not empty and "
+            f"has no acbuild-py {CACHEDIR_TAG}); refusing to use it, or to remove anything "
+            "in it",
+            hint="choose a new or empty directory for --store (or $XDG_CACHE_HOME); a store "
+                 "made before acbuild-py tagged its stores is to be removed by hand (its "
+                 "images are fetched again)")
 
     @contextlib.contextmanager
     def opened(self, *parts: str, create: bool = True) -> Iterator[int]:

@@ -16,11 +16,15 @@ import pwd
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from acbuild.errors import AcbuildError
 from acbuild.fs.leftovers import owner_tag
 from acbuild.fs.reasons import reason
+
+_T = TypeVar("_T")
 
 
 class UnsafeDirectory(AcbuildError):
@@ -359,3 +363,23 @@ def claim_tagged(fd: int, *, ours: bytes, text: bytes) -> bool:
             os.unlink(temp, dir_fd=fd)
         time.sleep(0.01)
     return False
+
+
+def open_claimed_dir(path: Path, *, what: str, ours: bytes, text: bytes,
+                     refused: Callable[[], AcbuildError],
+                     then: Callable[[int], _T]) -> tuple[int, _T]:
+    """``path`` opened as ``open_private_dir`` does, claimed as ours (``claim_tagged``: else
+    ``refused()`` is raised) and prepared by ``then(fd)``: the descriptor, for the caller to
+    keep, and what ``then`` gave. Closed again if any of it fails; an OSError is an
+    UnsafeDirectory naming ``what``."""
+    fd = open_private_dir(path, what=what)
+    try:
+        if not claim_tagged(fd, ours=ours, text=text):
+            raise refused()
+        return fd, then(fd)
+    except OSError as e:
+        os.close(fd)
+        raise UnsafeDirectory(f"cannot use {what} {path}: {e.strerror}") from None
+    except BaseException:
+        os.close(fd)
+        raise

@@ -126,13 +126,15 @@ import os, subprocess, sys
 who, cache = sys.argv[1].split(":"), sys.argv[2]
 sys.argv = ["acbuild-py", *sys.argv[3:]]
 import acbuild.cache.cache as store
-real = store.open_private_dir
-def opened(*a, **kw):
-    fd = real(*a, **kw)
-    subprocess.run(["setpriv", f"--reuid={who[0]}", f"--regid={who[1]}", "--clear-groups",
-                    "sh", "-c", f"mv {cache} {cache}.old && mkdir {cache}"], check=True)
-    return fd
-store.open_private_dir = opened
+real = store.open_claimed_dir
+def opened(*a, then, **kw):
+    def moved(fd):
+        subprocess.run(["setpriv", f"--reuid={who[0]}", f"--regid={who[1]}",
+                        "--clear-groups", "sh", "-c", f"mv {cache} {cache}.old && mkdir {cache}"],
+                       check=True)
+        return then(fd)
+    return real(*a, then=moved, **kw)
+store.open_claimed_dir = opened
 from acbuild.cli.main import main
 sys.exit(main())
 """

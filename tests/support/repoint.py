@@ -1,5 +1,5 @@
 """The real CLI with a race won at the exact instant: the step cache's path is re-pointed
-just after the cache was opened and checked by descriptor (``open_private_dir`` returned),
+just after the cache was opened, checked and claimed by descriptor (in ``open_claimed_dir``),
 as a racing ``ln -sfn`` would, so what the command then does by path, not through that
 descriptor, happens in the other directory. As the red team's repoint_after_open.py."""
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +32,17 @@ def _main() -> int:  # pragma: no cover - runs in the subprocess
     import acbuild.cache.cache as cache
     from acbuild.cli.main import main
 
-    real = cache.open_private_dir  # type: ignore[attr-defined]
+    real = cache.open_claimed_dir  # type: ignore[attr-defined]
 
-    def opened(*a: Any, **kw: Any) -> int:
-        fd: int = real(*a, **kw)
-        os.symlink(target, link + ".new")
-        os.replace(link + ".new", link)
-        return fd
+    def opened(*a: Any, then: Callable[[int], Any], **kw: Any) -> Any:
+        def repointed(fd: int) -> Any:  # opened and claimed: the race is won here
+            os.symlink(target, link + ".new")
+            os.replace(link + ".new", link)
+            return then(fd)
 
-    cache.open_private_dir = opened  # type: ignore[attr-defined]
+        return real(*a, then=repointed, **kw)
+
+    cache.open_claimed_dir = opened  # type: ignore[attr-defined]
     main(args)
     return 0
 
