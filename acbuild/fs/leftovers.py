@@ -41,6 +41,30 @@ def hold(fd: int) -> bool:
     return os.fstat(fd).st_nlink > 0
 
 
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def new_held_dir(parent: int, prefix: str) -> tuple[str, int]:
+    """A new directory (0700) in the directory open at ``parent``, named after this process
+    (``<prefix><owner tag>.<random>``), opened and held (``hold``) until that descriptor is
+    closed: what a sweep of ``prefix`` there removes once its maker is gone (SIGKILL), and
+    never while it runs, from any PID namespace. Its name and descriptor."""
+    while True:
+        name = f"{prefix}{owner_tag()}.{os.urandom(4).hex()}"
+        os.mkdir(name, 0o700, dir_fd=parent)
+        try:
+            fd = os.open(name, _DIR, dir_fd=parent)
+        except FileNotFoundError:
+            continue  # swept before it was opened (from another PID namespace)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.rmdir(name, dir_fd=parent)
+            raise
+        if hold(fd):
+            return name, fd
+        os.close(fd)  # swept before it was held: make another
+
+
 @contextlib.contextmanager
 def _unless_held(dir_fd: int, name: str) -> Iterator[bool]:
     """Whether no process holds ``name`` (see ``hold``); while True, an exclusive flock on

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
@@ -25,6 +24,7 @@ from typing import Literal
 
 from acbuild.distribution.fetch import FetchOptions, verify_local
 from acbuild.errors import AcbuildError, SandboxError
+from acbuild.fs.leftovers import new_held_dir, sweep_at
 from acbuild.fs.private import find_private_subdir, open_private_dir, open_private_subdir
 from acbuild.fs.staging import StagedRootfs, remove_at
 from acbuild.image import manifest
@@ -207,10 +207,32 @@ _MANIFEST = "manifest"
 _ENTRY_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+# What a run makes in the cache and removes when it ends; a killed run's (SIGKILL) is removed
+# by the next (fs.leftovers), and an untagged one (another host's, an older version's) once
+# nothing has changed in it for a day.
+_RENDERING, _RUNNING = ".tmp-", "run-"
+_UNTAGGED_AFTER = 24 * 3600.0
+
+
+def _new_dir(parent: int, prefix: str) -> tuple[str, int]:
+    """A new held directory (fs.leftovers.new_held_dir) in ``parent``, after what killed runs
+    left there is swept."""
+    sweep_at(parent, prefix, others_after=_UNTAGGED_AFTER)
+    return new_held_dir(parent, prefix)
+
+
+def _drop(parent: int, made: tuple[str, int]) -> None:
+    """Close the descriptor and remove the name from ``parent`` if it is still there (a
+    temporary directory not renamed into place)."""
+    name, fd = made
+    os.close(fd)
+    remove_at(parent, name)
+
+
 def _render_into_cache(renderer: Renderer, tree: Node, entries: int, key: str) -> None:
     """Render into a new directory in ``entries`` and rename it to ``key`` there."""
-    name = f".tmp-{secrets.token_hex(8)}"
-    with owned(lambda: _new_dir(entries, name), lambda fd: _drop(entries, name, fd)) as temp:
+    with owned(lambda: _new_dir(entries, _RENDERING),
+               lambda made: _drop(entries, made)) as (name, temp):
         os.mkdir("rootfs", 0o755, dir_fd=temp)
         renderer.render(tree, StagedRootfs(root=fd_path(temp, "rootfs")))
         out = os.open(_MANIFEST, _ENTRY_FILE, 0o644, dir_fd=temp)
@@ -225,23 +247,6 @@ def _render_into_cache(renderer: Renderer, tree: Node, entries: int, key: str) -
             # (and is checked like any entry found).
 
 
-def _new_dir(parent: int, name: str) -> int:
-    """A new directory ``name`` (0700) in ``parent``, opened."""
-    os.mkdir(name, 0o700, dir_fd=parent)
-    try:
-        return os.open(name, _DIR, dir_fd=parent)
-    except BaseException:
-        os.rmdir(name, dir_fd=parent)
-        raise
-
-
-def _drop(parent: int, name: str, fd: int) -> None:
-    """Close ``fd`` and remove ``name`` from ``parent`` if it is still there (a temporary
-    directory not renamed into place)."""
-    os.close(fd)
-    remove_at(parent, name)
-
-
 @contextmanager
 def _scratch(cache: RunCache) -> Iterator[int]:
     """A private directory for one run's rootfs copy (beside the cache, for reflinks),
@@ -249,8 +254,8 @@ def _scratch(cache: RunCache) -> Iterator[int]:
     runs = open_private_subdir(cache.fd, "run", what="run cache directory",
                                shown=cache.shown / "run")
     try:
-        name = f"run-{secrets.token_hex(8)}"
-        with owned(lambda: _new_dir(runs, name), lambda fd: _drop(runs, name, fd)) as path:
+        with owned(lambda: _new_dir(runs, _RUNNING),
+                   lambda made: _drop(runs, made)) as (_, path):
             yield path
     finally:
         os.close(runs)

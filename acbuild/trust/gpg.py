@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ import gnupg  # type: ignore[import-untyped]  # python-gnupg ships no type hints
 
 from acbuild.acfile.signkey import hex_key_id, key_spec_problem
 from acbuild.errors import TrustError
+from acbuild.fs.leftovers import new_held_dir, sweep_at
+from acbuild.fs.private import user_temp_root
 from acbuild.signals import owned
 
 # python-gnupg logs every status line it does not know at WARNING; we read them ourselves.
@@ -143,18 +144,35 @@ def gpg_path(path: Path) -> str:
     return os.path.abspath(path)
 
 
+_HOME_PREFIX = "acbuild-gpg-"
+
+
 @contextlib.contextmanager
 def temporary_keyring() -> Iterator[gnupg.GPG]:
     """A fresh, empty GnuPG home that is removed (and its agent stopped) afterwards."""
-    # A short path under the system temp dir: gpg-agent's socket path has a length limit.
-    with owned(lambda: Path(tempfile.mkdtemp(prefix="acbuild-gpg-")), _remove_keyring) as home:
-        home.chmod(0o700)
+    with owned(_new_home, _remove_keyring) as (home, _held):
         yield open_gpg(home)
 
 
-def _remove_keyring(home: Path) -> None:
+def _new_home() -> tuple[Path, int]:
+    """A new home in this user's temporary directory (a short path: gpg-agent's socket path
+    has a length limit), named after this process and held while it is used, so the next
+    one removes what a killed process (SIGKILL) left (fs.leftovers)."""
+    root = user_temp_root()
+    parent = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        sweep_at(parent, _HOME_PREFIX)
+        name, held = new_held_dir(parent, _HOME_PREFIX)
+    finally:
+        os.close(parent)
+    return root / name, held
+
+
+def _remove_keyring(made: tuple[Path, int]) -> None:
+    home, held = made
     stop_agent(home)
     shutil.rmtree(home, ignore_errors=True)
+    os.close(held)
 
 
 def stop_agent(home: Path) -> None:

@@ -191,6 +191,36 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, images: Path, signum: in
         time.sleep(0.05)
 
 
+def test_what_a_killed_run_left_is_removed_by_the_next(tmp_path: Path, images: Path) -> None:
+    """SIGKILL leaves the run's scratch copy of the rootfs (hundreds of MB for a real
+    image), and a render that was killed its half-made entry: each is named after its
+    process and held while it lives, so the next run removes them, and nothing live."""
+    from acbuild.fs.leftovers import owner_tag
+
+    app = image(tmp_path, images, "EXEC /bin/sh -c 'echo started; exec sleep 4262.9'\n")
+    env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    with subprocess.Popen([sys.executable, "-m", "acbuild", "run", "--no-stdin", app],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          env=env) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "started\n"
+        proc.kill()
+    runs = tmp_path / "cache" / "acbuild-py" / "run"
+    assert [p.name.split(".")[0] for p in runs.iterdir()] == [f"run-{proc.pid}-" +
+                                                             owner_tag().split("-")[1]]
+    rendered = tmp_path / "cache" / "acbuild-py" / "rootfs"
+    half = rendered / f".tmp-{proc.pid}-{owner_tag().split('-')[1]}.0badc0de"
+    (half / "rootfs" / "bin").mkdir(parents=True)
+    quick = image(tmp_path, images, "EXEC /bin/true\n", name="quick")  # a new entry: rendered
+    assert run(tmp_path, quick).code == 0
+    assert list(runs.iterdir()) == []
+    assert not half.exists()
+    deadline = time.monotonic() + 10
+    while any(b"4262.9" in p.read_bytes() for p in _cmdlines()):
+        assert time.monotonic() < deadline, "the app outlived its killed acbuild-py run"
+        time.sleep(0.05)
+
+
 def _cmdlines() -> list[Path]:
     found = []
     for entry in Path("/proc").iterdir():
