@@ -144,7 +144,7 @@ def gpg_path(path: Path) -> str:
     return os.path.abspath(path)
 
 
-_HOME_PREFIX = "acbuild-gpg-"
+_HOME_PREFIX = "gpg-"  # short: gpg-agent's sockets may be made in the home (108 bytes a path)
 
 
 @contextlib.contextmanager
