@@ -446,7 +446,7 @@ def test_a_gated_layer_does_not_time_out_while_a_slow_config_keeps_coming(
     its PROGRESS_BYTES a timeout ran from the head's arrival, so a config that took longer
     than the timeout, while it kept coming, failed the layer. It runs from the first read."""
     config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "pad": "p" * (48 << 10)}).encode()
+                         "pad": "p" * (96 << 10)}).encode()
     layer = os.urandom(1 << 20)
     digests = ["sha256:" + hashlib.sha256(blob).hexdigest() for blob in (config, layer)]
     manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -455,9 +455,10 @@ def test_a_gated_layer_does_not_time_out_while_a_slow_config_keeps_coming(
                 "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
                             "digest": digests[1], "size": len(layer)}]}
     server.answers[PATH] = answer(200, body=json.dumps(manifest).encode())
-    # 4 KiB every 0.15 s: 27 KiB/s, more than PROGRESS_BYTES a second, for about 1.8 s.
+    # 8 KiB every 0.15 s: 53 KiB/s, for about 1.8 s; more than three times PROGRESS_BYTES a
+    # second, so a loaded machine that stretches the pauses does not make it a stall.
     server.answers[f"/v2/library/busybox/blobs/{digests[0]}"] = answer(
-        200, body=config, body_pause=0.15, body_piece=4 << 10)
+        200, body=config, body_pause=0.15, body_piece=8 << 10)
     # In pieces of 1 KiB (about 0.5 MB/s): what arrives with the head is less than
     # PROGRESS_BYTES, so the layer's body is read from the socket after the gate opens.
     server.answers[f"/v2/library/busybox/blobs/{digests[1]}"] = answer(
