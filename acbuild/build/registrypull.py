@@ -112,7 +112,8 @@ def as_source(pulled: PulledImage) -> ImageSource:
     from acbuild.interop.ocistream import KeptBlobs
 
     ref = pulled.reference
-    return source_from_manifest("registry", Path(str(ref)), KeptBlobs(pulled.store.root),
+    return source_from_manifest("registry", Path(str(ref)), KeptBlobs(pulled.store.root,
+                                                                      holder=pulled.store),
                                 pulled.manifest, repository=image_name(ref),
                                 tag=ref.tag or (ref.digest or "latest").replace(":", "-"))
 

@@ -1,25 +1,29 @@
 """Build, signing: a signing build's image stays under a hidden name until its signature is
 beside it.
 
-The image is written to a temporary name in the output's directory and signed there; only
-then are the two put in place: the previous image removed, the signature renamed to
+The image is written into a hidden directory beside the output and signed there; only then
+are the two put in place: the previous image removed, the signature renamed to
 ``IMAGE.asc``, the image to ``IMAGE``. A build killed at any instant, SIGKILL included
 (where no cleanup runs), leaves the previous image with its signature or the new pair, and
 at worst, for the instant between the renames, a signature with no image beside it: never
 an image without the signature asked for, nor one beside a signature of other bytes. A
 failed signature leaves the previous pair as it was.
+
+The hidden directory is named after its build and held (a flock) from its making to its
+removal (acbuild.fs.leftovers), so what a killed build left is swept by the next build or
+write of that output, and a live build's never, from whatever PID namespace (RT4-2: a bare
+hidden file was unheld between its writing and its signing).
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
 from acbuild.errors import AcbuildError
-from acbuild.fs.leftovers import hold, owner_tag, sweep
+from acbuild.fs.leftovers import new_held_dir, sweep_at
 from acbuild.fs.reasons import reason
 from acbuild.signals import deferred
 
@@ -34,28 +38,32 @@ class UnsignedImage:
 
     def __init__(self) -> None:
         self._output: Path | None = None
-        self._hidden: list[Path] = []
-        self._held: int | None = None
+        self._parent: int | None = None  # the output's directory
+        self._hidden: tuple[str, int] | None = None  # the held directory there, its fd
 
     def path_for(self, output: Path) -> Path:
         """The hidden name the image is written to instead of ``output``."""
-        # What killed signing builds left: hidden images and signatures, and the writers'
-        # temporary files of those.
-        for prefix in (f".{output.name}.", f".{output.name}.asc."):
-            sweep(output.parent, prefix, ".tmp")
-            sweep(output.parent, "." + prefix, ".tmp")
+        try:
+            self._parent = os.open(output.parent,
+                                   os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            # what killed signing builds left: hidden directories, and older builds' files
+            for prefix in (f".{output.name}.", f"..{output.name}.", f".{output.name}.asc."):
+                sweep_at(self._parent, prefix, ".tmp")
+            self._hidden = new_held_dir(self._parent, f".{output.name}.", ".tmp")
+        except OSError as e:
+            raise AcbuildError(f"cannot write {output}: {reason(e, output)}") from None
         self._output = output
-        return self._hide(output)
+        return output.parent / self._hidden[0] / output.name
 
     def publish(self, signer: Signer, key: str) -> Path:
         """Sign the written image and put it and its signature in place; the signature's
         path."""
         from acbuild.trust.sign import signature_path  # gpg's modules: signing builds only
 
-        assert self._output is not None and self._hidden, "path_for first"
-        image, output = self._hidden[0], self._output
-        self._hold(image)
-        signature = self._hide(signature_path(output))
+        assert self._output is not None and self._hidden is not None, "path_for first"
+        output, hidden = self._output, self._output.parent / self._hidden[0]
+        image = hidden / output.name
+        signature = hidden / signature_path(output).name
         signer(image, key, signature, output)
         try:
             with deferred():  # a Ctrl-C does not part the pair (a SIGKILL can: see above)
@@ -65,7 +73,7 @@ class UnsignedImage:
                 os.replace(image, output)
         except OSError as e:
             raise AcbuildError(f"cannot write {output}: {reason(e, output)}") from None
-        self._hidden.clear()
+        self.discard()
         with suppress(OSError):
             fd = os.open(output.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
@@ -75,24 +83,16 @@ class UnsignedImage:
         return signature_path(output)
 
     def discard(self) -> None:
-        for path in self._hidden:
-            with suppress(FileNotFoundError):
-                os.unlink(path)
-        if self._held is not None:
-            os.close(self._held)
+        """Remove the hidden directory with whatever is still in it."""
+        if self._hidden is not None:
+            from acbuild.fs.staging import remove_at
 
-    def _hide(self, path: Path) -> Path:
-        hidden = path.with_name(f".{path.name}.{owner_tag()}.{secrets.token_hex(6)}.tmp")
-        self._hidden.append(hidden)
-        return hidden
-
-    def _hold(self, image: Path) -> None:
-        # In use, as the writer's temporary file was: a sweep from another PID namespace,
-        # where this pid looks dead, leaves it alone.
-        try:
-            self._held = os.open(image, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as e:
-            raise AcbuildError(f"cannot sign {image}: {reason(e, image)}") from None
-        if not hold(self._held):
-            raise AcbuildError(f"cannot sign {self._output}: its image was removed while "
-                               "it was being written (another build of the same output?)")
+            name, held = self._hidden
+            assert self._parent is not None
+            with suppress(OSError):
+                remove_at(self._parent, name)
+            os.close(held)
+            self._hidden = None
+        if self._parent is not None:
+            os.close(self._parent)
+            self._parent = None

@@ -44,13 +44,13 @@ def hold(fd: int) -> bool:
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def new_held_dir(parent: int, prefix: str) -> tuple[str, int]:
+def new_held_dir(parent: int, prefix: str, suffix: str = "") -> tuple[str, int]:
     """A new directory (0700) in the directory open at ``parent``, named after this process
-    (``<prefix><owner tag>.<random>``), opened and held (``hold``) until that descriptor is
-    closed: what a sweep of ``prefix`` there removes once its maker is gone (SIGKILL), and
-    never while it runs, from any PID namespace. Its name and descriptor."""
+    (``<prefix><owner tag>.<random><suffix>``), opened and held (``hold``) until that
+    descriptor is closed: what a sweep of ``prefix`` there removes once its maker is gone
+    (SIGKILL), and never while it runs, from any PID namespace. Its name and descriptor."""
     while True:
-        name = f"{prefix}{owner_tag()}.{os.urandom(4).hex()}"
+        name = f"{prefix}{owner_tag()}.{os.urandom(4).hex()}{suffix}"
         os.mkdir(name, 0o700, dir_fd=parent)
         try:
             fd = os.open(name, _DIR, dir_fd=parent)

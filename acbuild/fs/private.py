@@ -188,10 +188,13 @@ def open_private_dir(path: Path, *, what: str, create: bool = True,
     opened with O_NOFOLLOW and checked through that descriptor: ours, no one else may write
     it. What the path names later no longer matters to whoever holds the descriptor.
     """
-    shown = Path(os.path.abspath(path))
+    shown = Path(os.path.abspath(path))  # for messages only
     prefix = f"{what} {path}"
     hint = f"use a directory of your own for the {what} (mode 0700), or fix this one's owner"
-    todo = [p for p in reversed(os.fspath(shown).split("/")) if p not in ("", ".")]
+    # Not abspath's: it drops ``link/..`` as text, where the kernel goes to the parent of
+    # the link's target (RT4-3); the walk must meet every component the kernel would.
+    raw = os.path.join(os.getcwd(), os.fspath(path))
+    todo = [p for p in reversed(raw.split("/")) if p not in ("", ".")]
     fd = os.open("/", _PATH_STEP & ~os.O_NOFOLLOW)
     here = Path("/")
     links = 0

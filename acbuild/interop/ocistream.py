@@ -186,7 +186,13 @@ class DirStore:
 
 class KeptBlobs(DirStore):
     """Blobs this program pulled and keeps (the image store's ``blobs/``): a copy found
-    corrupt is removed, so that the next use downloads it again instead of failing for ever."""
+    corrupt is removed, so that the next use downloads it again instead of failing for ever.
+    ``holder``: what must live while they are read (the store object whose lock keeps
+    ``gc --blobs`` away from them)."""
+
+    def __init__(self, root: Path, *, holder: object = None) -> None:
+        super().__init__(root)
+        self.holder = holder
 
     def discard(self, name: str) -> bool:
         (self.root / name).unlink(missing_ok=True)

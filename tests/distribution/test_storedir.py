@@ -105,8 +105,8 @@ def test_a_new_store_is_tagged_and_then_used(tmp_path: Path) -> None:
         b"Signature: 8a477f597d28d172789f06886806bc55\n# This file is a cache directory tag "
         b"created by acbuild-py for its image store.\n")
     assert acbuild("gc", "--store", store, "--keep", "0", "--blobs").code == 0
-    assert sorted(p.name for p in store.iterdir()) == [".lock", "CACHEDIR.TAG", "index.json",
-                                                       "tmp"]
+    assert sorted(p.name for p in store.iterdir()) == [".lock", "CACHEDIR.TAG", "blobs.lock",
+                                                       "index.json", "tmp"]
 
 
 def test_run_cache_that_is_another_users_symlink_is_refused(

@@ -33,6 +33,27 @@ def test_made_when_missing_and_reached_through_links_of_ours(tmp_path: Path) -> 
     assert not (tmp_path / "missing").exists()
 
 
+def test_dot_dot_after_a_symlink_is_the_parent_of_its_target(tmp_path: Path) -> None:
+    """RT4-3: the walk took ``link/..`` as text (abspath), so ``link`` was never looked at
+    and the walk reached another directory than the kernel does for the same path."""
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "mine").symlink_to(tmp_path / "real" / "sub")
+    assert opened(tmp_path / "mine" / "..") == tmp_path / "real"
+
+
+def test_dot_dot_after_another_users_symlink_is_refused(tmp_path: Path) -> None:
+    need_root()
+    (tmp_path / "theirs" / "sub").mkdir(parents=True)
+    for made in (tmp_path / "theirs", tmp_path / "theirs" / "sub"):
+        os.chown(made, NOBODY, NOBODY)
+    (tmp_path / "evil").symlink_to(tmp_path / "theirs" / "sub")
+    os.lchown(tmp_path / "evil", NOBODY, NOBODY)
+    with pytest.raises(UnsafeDirectory, match=f": {tmp_path / 'evil'} is a symlink that "
+                                              f"belongs to uid {NOBODY}"):
+        opened(tmp_path / "evil" / ".." / "cache")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "theirs" / "cache").exists()
+
+
 @pytest.mark.parametrize(("mode", "gid", "ok"), [
     (0o1777, 0, True),       # sticky, like /tmp: others cannot rename what is ours in it
     (0o775, NOBODY, False),  # group-writable by a group of others

@@ -32,5 +32,9 @@ def command(keep: int | None, older_than: float | None, blobs: bool,
     if blobs:
         from acbuild.distribution.registry.blobstore import BlobStore
 
-        count, size = BlobStore(store.root).gc(older_than_days=older_than)
-        state().reporter().info(f"removed {count} pulled blobs ({size} bytes)")
+        reporter = state().reporter()
+        count, size = BlobStore(store.root).gc(
+            older_than_days=older_than,
+            waiting=lambda: reporter.info("waiting for the pulls and builds using the blob "
+                                          "store to end"))
+        reporter.info(f"removed {count} pulled blobs ({size} bytes)")
