@@ -188,10 +188,11 @@ def pull_from(host: str, store: BlobStore, *, timeout: float = TIMEOUT) -> None:
 
 def leftovers(store: BlobStore) -> list[str]:
     """Files in the store that are not whole, verified blobs (temp files included); the
-    store's own CACHEDIR.TAG is not one."""
+    store's own CACHEDIR.TAG and the lock its users hold (blobs.lock) are not."""
     out = []
+    own = {store.root / "CACHEDIR.TAG", store.root / "blobs.lock"}
     for p in store.root.rglob("*"):
-        if p.is_file() and p != store.root / "CACHEDIR.TAG" and \
+        if p.is_file() and p not in own and \
                 hashlib.sha256(p.read_bytes()).hexdigest() != p.name:
             out.append(str(p.relative_to(store.root)))
     return out
