@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
@@ -19,11 +20,67 @@ from acbuild.fs.leftovers import hold, owner_tag, sweep
 from acbuild.fs.reasons import reason
 from acbuild.signals import owned
 
+_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def kind_of(mode: int) -> str:
+    """What a file of ``mode`` is, in words: "a character device", "a FIFO"…"""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _through_descriptor(path: Path) -> bool:
+    """Whether the links ``path`` starts are resolved through /proc (a /proc/self/fd/N magic
+    link, as /dev/stdout and /dev/fd/N are): what such a link names is an open file of some
+    process, not a name a rename may replace."""
+    here = Path(os.path.abspath(path))
+    for _ in range(40):  # the kernel's limit on links followed
+        if here.parts[1:2] == ("proc",):
+            return True
+        try:
+            target = os.readlink(here)
+        except OSError:
+            return False  # not a link (any more): the chain ends here
+        here = Path(os.path.abspath(here.parent / target))
+    return True
+
+
+def replace_refusal(path: Path) -> str | None:
+    """Why a file renamed to ``path`` would destroy what is there, or None when it may.
+
+    A rename replaces the name, whatever it names: for root, ``-o /dev/null`` would make the
+    machine's /dev/null a regular file, and ``-o /dev/stdout`` the /dev/stdout link one (every
+    program's ``> /dev/null`` then writes to disk). So only a regular file, a missing name,
+    and a link to a regular file or to nothing (the link is replaced, never followed: a
+    planted link cannot aim the write elsewhere) are replaced."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None  # missing, or unreachable: writing the temporary file says why
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if not stat.S_ISLNK(st.st_mode):
+        return f"it is {kind_of(st.st_mode)}"
+    if _through_descriptor(path):
+        return "it is a link to an open file of a process (as /dev/stdout is)"
+    try:
+        target = os.stat(path)
+    except OSError:
+        return None
+    return None if stat.S_ISREG(target.st_mode) else f"it is a link to {kind_of(target.st_mode)}"
+
+
+def _refuse_to_replace(path: Path) -> None:
+    if (why := replace_refusal(path)) is not None:
+        raise AcbuildError(f"cannot write {path}: {why}, which is never replaced",
+                           hint="name a regular file")
+
 
 def _create_temp(path: Path, mode: int | None = None) -> tuple[int, Path]:
     """``mode``: the file's final permission bits, given at creation (through the umask) so a
     secret written into it is never readable by others, not even before the commit."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    _refuse_to_replace(path)
     # What a killed writer of the same file left behind goes first.
     sweep(path.parent, f".{path.name}.", ".tmp")
     for _ in range(100):
@@ -109,6 +166,7 @@ def _commit(f: BinaryIO, temp: Path, path: Path, mode: int | None) -> None:
         if mode is not None:
             os.fchmod(f.fileno(), mode)
         os.fsync(f.fileno())
+        _refuse_to_replace(path)  # made one while the file was written: it stays
         os.replace(temp, path)
     except OSError as e:
         raise AcbuildError(f"cannot write {path}: {reason(e, path)}") from None

@@ -75,6 +75,8 @@ SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "
 KEPT_CAPS = frozenset({0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31})
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+_MAJOR_MINOR = {"null": "1 3", "zero": "1 5", "full": "1 7", "random": "1 8",
+                "urandom": "1 9", "tty": "5 0"}
 # Parts of the fresh procfs that reach beyond the namespaces; read-only, as in Docker.
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
 HOST_FILES = ("resolv.conf", "hosts")
@@ -221,6 +223,22 @@ def _mount_proc(root: str, root_fd: int) -> None:
             _remount_read_only(path)
 
 
+def _host_device(name: str) -> bool:
+    """Whether the host has /dev/NAME to bind; a /dev/NAME that is no character device
+    (a program as root renamed a file over it) is an error naming the repair: bound, it
+    would turn every `> /dev/null` of a step into "Read-only file system"."""
+    try:
+        st = os.stat(f"/dev/{name}")
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISCHR(st.st_mode):
+        raise OSError(errno.ENODEV, "not a character device on the host; repair the host "
+                      f"(as root: rm /dev/{name} && mknod -m 666 /dev/{name} c "
+                      f"{_MAJOR_MINOR.get(name, 'MAJOR MINOR')})", f"/dev/{name}")
+    return True
+
+
+
 def _mount_dev(root: str, root_fd: int) -> None:
     fd = open_beneath(root_fd, "dev", kind="dir")
     try:
@@ -233,7 +251,7 @@ def _mount_dev(root: str, root_fd: int) -> None:
     # bind is read-only, so a root program cannot chmod or chown the host's /dev/null
     # (writing to a device on a read-only mount still works: only its inode is protected).
     for name in DEVICES:
-        if os.path.exists(f"/dev/{name}"):
+        if _host_device(name):
             os.close(os.open(f"{dev}/{name}", os.O_WRONLY | os.O_CREAT, 0o666))
             _mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
             _remount_read_only(f"{dev}/{name}")

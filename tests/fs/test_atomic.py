@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,3 +134,69 @@ def test_an_interrupt_while_the_temporary_file_is_made_at_a_directory_fd_leaves_
     finally:
         os.close(fd)
     assert os.listdir(tmp_path) == []
+
+
+# A rename replaces a name whatever it names: for root, -o /dev/null would have made the
+# machine's /dev/null a regular file (every later `> /dev/null` then fails in a read-only
+# bind, or writes to disk), and -o /dev/stdout the /dev/stdout link.
+DESCRIPTOR = "it is a link to an open file of a process (as /dev/stdout is)"
+
+
+def _specials(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    yield fifo, "it is a FIFO"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock"))
+    try:
+        yield tmp_path / "sock", "it is a socket"
+    finally:
+        sock.close()
+    (tmp_path / "to-fifo").symlink_to("fifo")
+    yield tmp_path / "to-fifo", "it is a link to a FIFO"
+    (tmp_path / "my-stdin").symlink_to("/proc/self/fd/0")
+    yield tmp_path / "my-stdin", DESCRIPTOR
+    (tmp_path / "via").symlink_to("my-stdin")  # the chain, not just its first link
+    yield tmp_path / "via", DESCRIPTOR
+    if os.geteuid() == 0:
+        os.mknod(tmp_path / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        yield tmp_path / "null", "it is a character device"
+
+
+def _write_nothing(path: Path) -> None:
+    with atomic_write(path):
+        pass
+
+
+def test_a_device_fifo_socket_or_descriptor_link_is_never_renamed_over(tmp_path: Path) -> None:
+    for path, why in _specials(tmp_path):
+        before = os.lstat(path)
+        for attempt in (check_writable, _write_nothing):
+            with pytest.raises(AcbuildError) as caught:
+                attempt(path)
+            assert caught.value.message == f"cannot write {path}: {why}, which is never replaced"
+        after = os.lstat(path)
+        assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode), path
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_special_file_made_while_the_image_is_written_stays(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    with (pytest.raises(AcbuildError, match="it is a FIFO, which is never replaced"),
+          atomic_write(target) as f):
+        f.write(b"image")
+        os.mkfifo(target)
+    assert stat.S_ISFIFO(os.lstat(target).st_mode)
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_a_link_to_a_file_or_to_nothing_is_replaced_not_followed(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").write_bytes(b"keep")
+    for name, target in (("to-file", "elsewhere"), ("dangling", "missing")):
+        (tmp_path / name).symlink_to(target)
+        with atomic_write(tmp_path / name) as f:
+            f.write(b"image")
+        assert not (tmp_path / name).is_symlink()
+        assert (tmp_path / name).read_bytes() == b"image"
+    assert (tmp_path / "elsewhere").read_bytes() == b"keep"
+    assert not (tmp_path / "missing").exists()

@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,3 +80,28 @@ def test_a_device_node_in_the_rootfs_opens_nothing(rootfs: Path,
     with open(device, "rb") as f:
         assert f.read(4096) == b"\0" * 4096
     assert backing.read_bytes()[:4096] == b"\0" * 4096
+
+
+@pytest.mark.skipif(not IS_ROOT or shutil.which("unshare") is None,
+                    reason="a mount namespace to damage /dev/null in needs root and unshare")
+def test_a_host_dev_null_that_is_no_device_fails_the_step_naming_the_repair(
+        rootfs: Path, tmp_path: Path) -> None:
+    """A /dev/null a root program renamed a file over: bound into the sandbox, every
+    `> /dev/null` of a step failed with "Read-only file system", and nothing said why. (The
+    damage is done in a mount namespace of the test's own: the machine's stays whole.)"""
+    (tmp_path / "Acfile").write_text("BEGIN ./rootfs\nNAME example.com/dev\n"
+                                     "RUN /bin/sh -c 'echo x > /dev/null'\n")
+    (tmp_path / "plain-file").write_bytes(b"")
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         'mount --bind "$1" /dev/null && shift && exec "$@"', "sh", str(tmp_path / "plain-file"),
+         sys.executable, "-m", "acbuild", "build", "--no-cache", str(tmp_path / "Acfile"), "-o",
+         str(tmp_path / "out.aci")],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert proc.returncode == 1, proc.stderr
+    assert "/dev/null: not a character device on the host; repair the host (as root: " \
+           "rm /dev/null && mknod -m 666 /dev/null c 1 3)" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out.aci").exists()
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)

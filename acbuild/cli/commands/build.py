@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +35,7 @@ from acbuild.cli.commands.trustopts import (
     trust_options,
 )
 from acbuild.cli.console import say
+from acbuild.cli.streamout import Stream, stream_for
 from acbuild.report import Field, Reporter
 
 if TYPE_CHECKING:  # the library is imported when the verb runs, so --help stays quick
@@ -82,7 +82,8 @@ def _secrets(ctx: click.Context, param: click.Parameter,
                                     "version=… lines, and -o OUT names the file"))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Where to write the image (default: NAME-VERSION.aci here); - writes it "
-                   "to stdout, and the image ID to stderr.")
+                   "to stdout, and the image ID to stderr. A FIFO or a device (/dev/null, "
+                   "/dev/stdout) is written into, never replaced.")
 @click.option("--iidfile", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write the image ID to this file.")
 @acfile_options
@@ -149,15 +150,17 @@ def command(
     if push_to is not None or cache_from or cache_to is not None:
         registries = transport(trust.get("insecure_registry", ()), trust.get("ca_file"))
         check_targets(push_to, cache_to, registries)
-    to_stdout = output == Path("-")
-    if to_stdout and sys.stdout.isatty():
-        raise click.UsageError("-o - would write the image to the terminal: redirect stdout, "
-                               "or name a file with -o FILE")
-    if iidfile is not None:
+    stream = stream_for(output)
+    to_stdout = stream is not None and stream.is_stdout
+    iid_stream = stream_for(iidfile, "--iidfile", binary=False)
+    if iid_stream is not None and iid_stream.is_stdout and to_stdout:
+        raise click.UsageError(f"--iidfile {iidfile} is stdout, where -o {output} sends the "
+                               "image: name another file")
+    if iidfile is not None and iid_stream is None:
         check_writable(iidfile)
     warm_key = None
     # A hit would skip a --cache-to export; a --secret file is no input a record stats.
-    if not (no_cache or check_repro or to_stdout or sign_keys or log_file
+    if not (no_cache or check_repro or stream or sign_keys or log_file
             or output_format != "aci" or cache_from or cache_to is not None or secrets):
         # Everything that can change the image; any difference is only a miss.
         warm_key = warm.invocation_key([
@@ -178,7 +181,7 @@ def command(
                 name=hit.name, version=hit.version, image_id=hit.image_id, size=hit.size,
                 uncompressed=hit.uncompressed_size, entries=hit.entries, signatures=(),
                 output=hit.output, seconds=time.monotonic() - started))
-            _finish(hit.image_id, iidfile, to_stdout)
+            _finish(hit.image_id, iidfile, iid_stream, to_stdout)
             return
     import tempfile
 
@@ -194,8 +197,8 @@ def command(
     with contextlib.ExitStack() as stack:
         if push_to is not None and output is None:
             output = stack.enter_context(layout_to_push(None))
-        if to_stdout:
-            # The image is written whole (and its ID known) before a byte reaches stdout.
+        if stream is not None:
+            # The image is written whole (and its ID known) before a byte reaches the stream.
             output = Path(stack.enter_context(
                 tempfile.TemporaryDirectory(prefix="acbuild-stdout-"))) / "image.aci"
         options = BuildOptions(
@@ -220,36 +223,32 @@ def command(
             cache_to=cache_to,
             transport=registries,
             secrets=secrets,
-            refuse_signing="-o - streams the image, and a signature needs a file beside it: "
-                           "use -o FILE" if to_stdout else None,
+            refuse_signing=f"-o {stream.shown} streams the image, and a signature needs a "
+                           "file beside it: use -o FILE" if stream is not None else None,
             warm_key=warm_key,
             jobs=jobs,
         )
         result = (check_reproducible(options, reporter) if check_repro
                   else build(options, reporter))
-        if to_stdout:
-            _stream(result.output)
+        if stream is not None:
+            stream.copy_from(result.output)
         if push_to is not None and registries is not None:
             pushed = push_fields(push(result.output, push_to, registries, reporter))
     summarise(result, reporter, pushed, kept=kept or push_to is None)
-    _finish(result.image_id, iidfile, to_stdout)
+    _finish(result.image_id, iidfile, iid_stream, to_stdout)
 
 
-def _finish(image_id: str, iidfile: Path | None, to_stdout: bool) -> None:
+def _finish(image_id: str, iidfile: Path | None, iid_stream: Stream | None,
+            to_stdout: bool) -> None:
     from acbuild.fs.atomic import atomic_write
 
-    if iidfile is not None:
+    if iid_stream is not None:
+        if not iid_stream.is_stdout:  # else the ID is stdout's line anyway
+            iid_stream.write(image_id.encode())
+    elif iidfile is not None:
         with atomic_write(iidfile) as f:
             f.write(image_id.encode())
     say(image_id, err=to_stdout)
-
-
-def _stream(image: Path) -> None:
-    out = sys.stdout.buffer
-    with image.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            out.write(chunk)
-    out.flush()
 
 
 def summarise(result: BuildResult, reporter: Reporter, pushed: tuple[Field, ...] = (), *,
