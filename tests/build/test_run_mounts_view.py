@@ -6,14 +6,18 @@ Real builds, real sandbox; the context is changed from here while the RUN waits.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from acbuild.cache.warm import settled
 from tests.support.busybox import make_busybox_rootfs
 from tests.support.gate import Gate
 from tests.support.sandboxrun import needs_sandbox
@@ -352,36 +356,61 @@ def test_a_bound_file_written_through_a_shared_mapping_during_the_step_fails_it(
     assert leak(tmp_path / "out.aci") == b"OLD-CONTENT\n"
 
 
-def test_a_mapping_write_between_builds_fails_one_build_not_every_one(ctx: Path,
-                                                                      tmp_path: Path) -> None:
+@pytest.fixture
+def shm() -> Iterator[Path]:
+    """A directory on tmpfs (/dev/shm): a page dirtied through a shared mapping there stays
+    dirty and writable, as tmpfs never writes pages back. On a disk filesystem any flush (a
+    sync anywhere on the machine, the flusher under other tests' dirty pages) cleans the
+    page, and the next store through the map faults and sets the file's times."""
+    if not any(line.split()[1:3] == ["/dev/shm", "tmpfs"]
+               for line in Path("/proc/self/mounts").read_text().splitlines()):
+        pytest.skip("/dev/shm is not a tmpfs")
+    made = Path(tempfile.mkdtemp(prefix="acbuild-test-", dir="/dev/shm"))
+    try:
+        yield made
+    finally:
+        shutil.rmtree(made)
+
+
+def test_a_mapping_write_between_builds_fails_one_build_not_every_one(shm: Path) -> None:
     """The red team's BS-3: changed through a mapping between builds, the file keeps its
     signature, so the stat cache holds a stale digest and the key takes it. The step finds
     the content differs, fails, and drops that digest: the next build hashes the file
     afresh and builds what it holds."""
     import mmap
 
-    (ctx / "data").mkdir()
+    make_busybox_rootfs(shm / "rootfs")
+    ctx = shm / "ctx"
+    (ctx / "data").mkdir(parents=True)
     (ctx / "data/x").write_bytes(b"OLD-CONTENT\n")
-    os.utime(ctx / "data/x", (1_500_000_000, 1_500_000_000))
     fd = os.open(ctx / "data/x", os.O_RDWR)
     try:
         with mmap.mmap(fd, 12) as mapped:
-            mapped[0:3] = b"OLD"  # dirty now: later stores change no timestamp
-            subprocess.run(["sleep", "2.5"], check=True)  # settled: the stat cache keeps it
+            mapped[0:3] = b"OLD"  # the store that faults: it sets the times, later ones do not
+            # Dated back after that store, then waited on until it counts as settled: the
+            # first build's key remembers the digest it takes, however fast the build starts.
+            os.utime(ctx / "data/x", (1_500_000_000, 1_500_000_000))
+            while not settled(os.stat(ctx / "data/x"), time.time_ns()):
+                time.sleep(0.05)
+            held = os.stat(ctx / "data/x")
             first = write(ctx, "--mount=type=bind,source=data,target=/d /bin/cp /d/x /leak")
-            code, _, text = build_while(tmp_path, first, lambda: None)
-            assert code == 0 and leak(tmp_path / "out.aci") == b"OLD-CONTENT\n", text
+            code, _, text = build_while(shm, first, lambda: None)
+            assert code == 0 and leak(shm / "out.aci") == b"OLD-CONTENT\n", text
             mapped[0:3] = b"NEW"
+            now = os.stat(ctx / "data/x")
+            # The premise: the digest the stat cache remembered is stale under a signature
+            # that has not changed.
+            assert (now.st_mtime_ns, now.st_ctime_ns) == (held.st_mtime_ns, held.st_ctime_ns)
             acfile = write(ctx, "--mount=type=bind,source=data,target=/d /bin/sh -c "
                            "'cp /d/x /leak; true'")
-            code, _, text = build_while(tmp_path, acfile, lambda: None)
+            code, _, text = build_while(shm, acfile, lambda: None)
             assert code == 1, text
             assert ("error: 'data/x', which RUN --mount source 'data' showed, holds other "
                     "content than the step's key hashed, though its timestamps did not "
                     "change") in text
-            code, _, text = build_while(tmp_path, acfile, lambda: None)
+            code, _, text = build_while(shm, acfile, lambda: None)
             assert code == 0, text
-            assert leak(tmp_path / "out.aci") == b"NEW-CONTENT\n"
+            assert leak(shm / "out.aci") == b"NEW-CONTENT\n"
             mapped[0:3] = b"OLD"
     finally:
         os.close(fd)
