@@ -20,6 +20,7 @@ from acbuild.distribution.imagestore import Entry, ImageStore
 from acbuild.errors import AcbuildError, FetchError, TrustError
 from acbuild.fs.atomic import atomic_write
 from acbuild.image import aci
+from acbuild.numbers import ascii_int
 from acbuild.report import Reporter
 from acbuild.trust.names import check_file_part, check_image_name
 from acbuild.trust.sign import signature_path
@@ -316,7 +317,7 @@ def download(url: str, dest: Path, *, options: FetchOptions, reporter: Reporter,
 
 def _length(response: object) -> int | None:
     value = getattr(response, "headers", {}).get("Content-Length")
-    return int(value) if value and value.isdigit() else None
+    return None if value is None else ascii_int(value)
 
 
 def fetch_keys(ref: ImageRef, options: FetchOptions, reporter: Reporter) -> tuple[bytes, ...]:

@@ -25,6 +25,7 @@ from acbuild.distribution.discovery import meta_tags
 from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write_at
 from acbuild.image import aci
+from acbuild.numbers import ascii_int
 from acbuild.report import Reporter
 from acbuild.trust.gpg import export_public, gpg_path, open_gpg
 from acbuild.trust.names import check_file_part, check_image_name
@@ -127,7 +128,7 @@ def _newest(directory: Path, glob: str, name: str, labels: dict[str, str], *,
 
 
 _SEMVER = re.compile(r"v?(\d+(?:\.\d+)*)(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
-                     r"(?:\+[0-9A-Za-z.-]+)?")
+                     r"(?:\+[0-9A-Za-z.-]+)?", re.ASCII)
 
 
 def version_order(version: str) -> tuple[object, ...]:
@@ -143,7 +144,8 @@ def version_order(version: str) -> tuple[object, ...]:
     pre = m.group(2)
     # No pre-release sorts above any pre-release of the same release.
     rank: tuple[object, ...] = ((1,),) if pre is None else ((0, *(
-        (0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split("."))),)
+        (0, n, "") if (n := ascii_int(p)) is not None else (1, 0, p)
+        for p in pre.split("."))),)
     return (1, release, rank, version)
 
 

@@ -38,6 +38,7 @@ from acbuild.image.manifest import (
 from acbuild.image.manifest_rules import is_ac_identifier
 from acbuild.image.tarread import BoundedTarInfo, clean_name
 from acbuild.interop.oci import ImageSource, Layer, SourceKind, open_source
+from acbuild.numbers import ascii_int
 from acbuild.report import Reporter
 
 __all__ = ["ConvertOptions", "convert", "convert_to_rootfs", "map_config", "open_source"]
@@ -92,10 +93,11 @@ def _ports(exposed: Any, reporter: Reporter | None) -> tuple[Port, ...]:
     for spec in sorted(exposed or {}):
         number, _, proto = str(spec).partition("/")
         proto = proto or "tcp"
-        if not number.isdigit() or not 1 <= int(number) <= 65535 or proto not in ("tcp", "udp"):
+        port = ascii_int(number, most_digits=5)
+        if port is None or not 1 <= port <= 65535 or proto not in ("tcp", "udp"):
             _warn(reporter, f"exposed port {spec!r} cannot be expressed in AppC; dropped")
             continue
-        ports.append(Port(name=f"{int(number)}-{proto}", protocol=proto, port=int(number)))
+        ports.append(Port(name=f"{port}-{proto}", protocol=proto, port=port))
     return tuple(ports)
 
 
@@ -123,7 +125,7 @@ def _user_group(user: str, passwd: str | None) -> tuple[str, str]:
         return u or "0", g
     for line in (passwd or "").splitlines():
         fields = line.split(":")
-        if len(fields) >= 4 and u in (fields[0], fields[2]) and fields[3].isdigit():
+        if len(fields) >= 4 and u in (fields[0], fields[2]) and ascii_int(fields[3]) is not None:
             return u, fields[3]
     return u, "0"
 

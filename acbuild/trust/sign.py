@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 from acbuild.errors import TrustError
 from acbuild.fs.atomic import atomic_write
+from acbuild.numbers import ascii_int
 from acbuild.report import Reporter
 from acbuild.trust.gpg import (
     KeyInfo,
@@ -172,4 +173,5 @@ def _check_signed(result: object, info: KeyInfo) -> None:
 def _failure_code(value: str) -> int | None:
     _, _, code = value.rpartition(" ")
     # The high bits name the component that failed; the low 16 bits are the error itself.
-    return int(code) & 0xFFFF if code.isdigit() else None
+    number = ascii_int(code)
+    return None if number is None else number & 0xFFFF

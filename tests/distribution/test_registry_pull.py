@@ -202,9 +202,10 @@ def _manifest_with(layers: list[dict[str, object]], media: str = OCI_MANIFEST) -
 MANIFEST_PATH = "/v2/library/busybox/manifests/1.36"
 
 
-def _canned_manifest(proxy: TamperProxy, body: bytes, *,
-                     media: str = OCI_MANIFEST) -> None:
-    proxy.tampering.canned[MANIFEST_PATH] = (200, [("Content-Type", media)], body)
+def _canned_manifest(proxy: TamperProxy, body: bytes, *, media: str = OCI_MANIFEST,
+                     headers: list[tuple[str, str]] | None = None) -> None:
+    proxy.tampering.canned[MANIFEST_PATH] = (200, [("Content-Type", media), *(headers or [])],
+                                             body)
 
 
 def test_oversized_manifest(proxy: TamperProxy, tmp_path: Path) -> None:
@@ -331,6 +332,35 @@ def test_a_content_encoding_bomb_stops_at_the_manifests_size(proxy: TamperProxy,
                                     gzip.compress(b" " * (64 << 20)))
     with pytest.raises(RegistryError, match="sent more than the 2 bytes"):
         _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
+
+
+def test_a_layered_or_unasked_content_encoding_is_refused(proxy: TamperProxy,
+                                                          tmp_path: Path) -> None:
+    """Red team RR-2: gzip within gzip (3.4 KB on the wire for 2 GiB) or zstd was decoded
+    whole by httpx, one network read at a time, to gigabytes before any byte count saw it."""
+    nested = gzip.compress(gzip.compress(b"\0" * (8 << 20)))
+    for encoding, body in (("gzip, gzip", nested), ("zstd", b"\x28\xb5\x2f\xfd"),
+                           ("br", b"x")):
+        path = _blob_manifest(proxy, b"{}", 2)
+        proxy.tampering.canned[path] = (200, [("Content-Encoding", encoding)], body)
+        with pytest.raises(RegistryError, match=f"with Content-Encoding '{encoding}', which "
+                                                "acbuild-py does not take"):
+            _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / encoding))
+        _canned_manifest(proxy, body, headers=[("Content-Encoding", encoding)])
+        with pytest.raises(RegistryError, match="does not take"):
+            _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / encoding))
+        proxy.tampering.canned.clear()
+
+
+def test_a_body_that_is_not_the_gzip_it_says_is_an_error(proxy: TamperProxy,
+                                                         tmp_path: Path) -> None:
+    for body, match in ((b"not gzip at all", "is not the gzip its Content-Encoding says"),
+                        (gzip.compress(b"{}")[:-12], "the gzip stream ends early")):
+        path = _blob_manifest(proxy, b"{}", 2)
+        proxy.tampering.canned[path] = (200, [("Content-Encoding", "gzip")], body)
+        with pytest.raises(RegistryError, match=match):
+            _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
+        proxy.tampering.canned.clear()
 
 
 def test_a_lying_index_entry_is_refused_before_any_layer_is_read(proxy: TamperProxy,

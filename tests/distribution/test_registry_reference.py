@@ -65,6 +65,13 @@ def test_digest_is_what_the_manifest_is_asked_for() -> None:
     ("docker://host:99999/x", "is not a registry HOST[:PORT]"),
     ("docker://a/" + "b" * 300, "longer than 255"),
     ("docker://x/../etc", "repository component '..'"),
+    # RR-3: Python's \w is Unicode; the grammar's (and docker's) is ASCII
+    ("docker://busybox:\u0130", "not a valid tag"),
+    ("docker://busybox:\u00b2", "not a valid tag"),
+    ("docker://busybox:\u0663", "not a valid tag"),
+    ("docker://busybox:v\U0001d7d7", "not a valid tag"),
+    ("docker://host:\u00b2/x", "is not a registry HOST[:PORT]"),
+    ("docker://host:\u0665\u0660\u0660\u0660/x", "is not a registry HOST[:PORT]"),
 ])
 def test_bad_references_say_what_is_wrong(text: str, says: str) -> None:
     with pytest.raises(RegistryError) as e:
@@ -76,7 +83,7 @@ def test_bad_references_say_what_is_wrong(text: str, says: str) -> None:
 def test_check_host_folds_docker_hub_and_rejects_paths() -> None:
     assert check_host("https://index.docker.io/v1/") == "docker.io"
     assert check_host("127.0.0.1:5000") == "127.0.0.1:5000"
-    for bad in ("", "a/b", "host:0", "host:x"):
+    for bad in ("", "a/b", "host:0", "host:x", "host:\u00b2", "host:\u0665\u0660\u0660\u0660"):
         with pytest.raises(RegistryError):
             check_host(bad)
 

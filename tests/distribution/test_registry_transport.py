@@ -3,13 +3,16 @@ against a tampering proxy that answers as a hostile registry would."""
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from acbuild.distribution.registry.credentials import Credential
@@ -17,6 +20,7 @@ from acbuild.distribution.registry.reference import RegistryError
 from acbuild.distribution.registry.transport import (
     Session,
     TransportOptions,
+    body_chunks,
     parse_challenge,
     read_limited,
 )
@@ -186,6 +190,21 @@ def test_retries_with_backoff_then_succeeds(proxy: TamperProxy, status: int) -> 
         s.check(r, "manifest")
         assert r.read() == b"{}"
     assert len(proxy.tampering.requests) == 3
+
+
+@pytest.mark.parametrize("retry_after", ["\u00b2", "\u0663", "1e9", "-1", "9" * 40,
+                                         "Wed, 21 Oct 2015 07:28:00 GMT"])
+def test_a_retry_after_that_is_no_ascii_number_is_a_plain_backoff(proxy: TamperProxy,
+                                                                  retry_after: str) -> None:
+    """RR-1: "²" passed str.isdigit() and float() then raised: an internal error."""
+    count = itertools.count()
+    proxy.tampering.canned[MANIFEST] = lambda: (
+        (503, [("Retry-After", retry_after)], b"") if next(count) < 1 else (200, [], b"{}"))
+    started = time.monotonic()
+    with _proxied(proxy) as s, s.get(MANIFEST, scope=SCOPE) as r:
+        s.check(r, "manifest")
+        assert r.read() == b"{}"
+    assert time.monotonic() - started < 5
 
 
 def test_gives_up_after_the_retries(proxy: TamperProxy) -> None:
@@ -451,3 +470,18 @@ def test_a_failed_token_request_is_not_repeated_by_each_waiting_thread() -> None
                 t.join(timeout=30)
         assert errors == [f"the token server of {registry.host} answered HTTP 503"] * 4
         assert len(tokens.requests) == 3  # one thread's first try and its 2 retries
+
+
+def test_a_gzip_body_is_decoded_in_pieces_a_count_can_stop() -> None:
+    """However much a piece on the wire expands (1000x for zeros), what the caller counts
+    comes 64 KiB at a time: a bomb stops at the limit, not after a chunk of gigabytes."""
+    raw = gzip.compress(b"\0" * (32 << 20), compresslevel=9)
+    response = httpx.Response(200, headers={"Content-Encoding": "gzip"},
+                              stream=httpx.ByteStream(raw))
+    sizes = [len(piece) for piece in body_chunks(response, "blob")]
+    assert sum(sizes) == 32 << 20 and max(sizes) <= 1 << 16
+    plain = httpx.Response(200, stream=httpx.ByteStream(b"as sent"))
+    assert b"".join(body_chunks(plain, "blob")) == b"as sent"
+    deflated = httpx.Response(200, headers={"Content-Encoding": "deflate"},
+                              stream=httpx.ByteStream(zlib.compress(b"zlib-wrapped")))
+    assert b"".join(body_chunks(deflated, "blob")) == b"zlib-wrapped"

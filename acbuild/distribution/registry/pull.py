@@ -25,8 +25,9 @@ import httpx
 from acbuild.distribution.registry.blobstore import BlobStore
 from acbuild.distribution.registry.platform import Platform, parse_platform
 from acbuild.distribution.registry.reference import DIGEST, Reference, RegistryError
-from acbuild.distribution.registry.transport import Session, read_limited
+from acbuild.distribution.registry.transport import Session, body_chunks, read_limited
 from acbuild.fs.atomic import atomic_write
+from acbuild.numbers import ascii_int
 from acbuild.report import Reporter
 from acbuild.terminal import escape
 
@@ -286,11 +287,10 @@ class _Puller:
             if response.status_code == 404:
                 raise RegistryError(f"{shown}: the registry has no such blob")
             self.session.check(response, f"{self.ref.repository}: blob {desc.short()}")
-            length = response.headers.get("content-length")
+            length = ascii_int(response.headers.get("content-length", ""))
             encoded = response.headers.get("content-encoding", "identity") != "identity"
-            if length is not None and length.strip().isdigit() and int(length) != desc.size \
-                    and not encoded:
-                raise RegistryError(f"{shown}: the registry sends {int(length)} bytes, but the "
+            if length is not None and length != desc.size and not encoded:
+                raise RegistryError(f"{shown}: the registry sends {length} bytes, but the "
                                     f"manifest says {desc.size}")
             while gate is not None and not gate.wait(0.05):
                 if stop.is_set():
@@ -308,7 +308,7 @@ def _stream(response: httpx.Response, f: BinaryIO, desc: Descriptor, shown: str,
     try:
         # Decoded (a Content-Encoding the server adds is the transfer's, not the blob's); the
         # byte count stops a decompression bomb at the manifest's size.
-        for chunk in response.iter_bytes():
+        for chunk in body_chunks(response, shown):
             done += len(chunk)
             if done > desc.size:
                 raise RegistryError(f"{shown}: the registry sent more than the "

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from acbuild.errors import FetchError
+from acbuild.numbers import ascii_int
 
 SCHEME = "docker://"
 DOCKER_HUB = "docker.io"
@@ -20,7 +21,8 @@ _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _HOST = re.compile(r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)"
                    r"(?:\.(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?))*"
                    r"|\[[0-9a-fA-F:]+\]")
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
+# The distribution grammar's \w is ASCII: "x:İ" or "x:²" is no tag docker or a registry takes.
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
 _NAME_LIMIT = 255
 
@@ -117,11 +119,14 @@ def _split_registry(rest: str, shown: str) -> tuple[str, str]:
         host, colon, port = first.rpartition(":") if not first.endswith("]") else (first, "", "")
         if not colon:
             host, port = first, ""
-        if not _HOST.fullmatch(host) or (colon and not (port.isdigit() and
-                                                        0 < int(port) < 65536)):
+        if not _HOST.fullmatch(host) or (colon and not _port(port)):
             raise RegistryError(f"{shown!r}: {first!r} is not a registry HOST[:PORT]")
         return first.lower(), remainder
     return DOCKER_HUB, rest
+
+
+def _port(text: str) -> bool:
+    return 0 < (ascii_int(text, most_digits=5) or 0) < 65536
 
 
 def check_host(text: str, what: str = "registry") -> str:
@@ -132,7 +137,6 @@ def check_host(text: str, what: str = "registry") -> str:
     name, colon, port = host.rpartition(":")
     if not colon:
         name, port = host, ""
-    if not host or not _HOST.fullmatch(name) or (colon and not (port.isdigit()
-                                                                and 0 < int(port) < 65536)):
+    if not host or not _HOST.fullmatch(name) or (colon and not _port(port)):
         raise RegistryError(f"{text!r} is not a {what} HOST[:PORT]")
     return host.lower()

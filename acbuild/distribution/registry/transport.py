@@ -30,6 +30,7 @@ import math
 import re
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ from acbuild.distribution.registry.failures import (
 from acbuild.distribution.registry.proxyenv import proxy_error
 from acbuild.distribution.registry.reference import RegistryError, check_host
 from acbuild.distribution.tls import tls_context
+from acbuild.numbers import ascii_int
 from acbuild.terminal import escape
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -274,8 +276,9 @@ class Session:
     def _pause(self, attempt: int, retry_after: str | None,
                cancel: threading.Event | None = None) -> None:
         wait = self.options.backoff * (2 ** attempt)
-        if retry_after is not None and retry_after.strip().isdigit():
-            wait = min(float(retry_after), _RETRY_AFTER_CAP)
+        seconds = None if retry_after is None else ascii_int(retry_after)
+        if seconds is not None:
+            wait = min(float(seconds), _RETRY_AFTER_CAP)
         # A pause is no socket operation, so no deadline cuts it short by itself: one that
         # would end past a running deadline ends at it, with that deadline's error.
         first = self._watch.earliest()
@@ -583,18 +586,57 @@ def _basic(credential: Credential) -> str:
     return "Basic " + base64.b64encode(raw).decode()
 
 
+# The most one decoding step yields: a body's decoded size is counted before more is made.
+_DECODED_PIECE = 1 << 16
+
+
+def body_chunks(response: httpx.Response, what: str) -> Iterator[bytes]:
+    """``response``'s body, decoded, in pieces of at most 64 KiB however much a piece on the
+    wire expands: the caller's byte count stops a decompression bomb before it is made.
+    (httpx decodes each read whole, through every listed encoding: 64 KiB of zstd, or of
+    gzip within gzip, became gigabytes in one chunk before any count saw it.) acbuild-py
+    asks for identity; one layer of gzip or deflate, as a server may add anyway, is
+    decoded; anything else is refused."""
+    header = response.headers.get("content-encoding", "")
+    encodings = [e.strip().lower() for e in header.split(",") if e.strip()]
+    encodings = [e for e in encodings if e != "identity"]
+    if not encodings:
+        yield from response.iter_raw()
+        return
+    if len(encodings) > 1 or encodings[0] not in ("gzip", "x-gzip", "deflate"):
+        raise RegistryError(f"{what}: the registry sent it with Content-Encoding "
+                            f"{escape(header)!r}, which acbuild-py does not take (it asks for "
+                            "identity)")
+    decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or zlib header
+    try:
+        for raw in response.iter_raw():
+            data = raw
+            while data and not decoder.eof:
+                if piece := decoder.decompress(data, _DECODED_PIECE):
+                    yield piece
+                data = decoder.unconsumed_tail
+        while not decoder.eof and (piece := decoder.decompress(b"", _DECODED_PIECE)):
+            yield piece
+    except zlib.error:
+        raise RegistryError(f"{what}: the registry sent a body that is not the "
+                            f"{encodings[0]} its Content-Encoding says") from None
+    if not decoder.eof:
+        raise RegistryError(f"{what}: the transfer broke off (the {encodings[0]} stream "
+                            "ends early)")
+
+
 def read_limited(response: httpx.Response, limit: int, what: str, *,
                  each: Callable[[int], None] | None = None) -> bytes:
     """The whole body of a small document; more than ``limit`` bytes is an error. ``each``
     is told every chunk's size as it arrives (and may raise to stop: a deadline)."""
-    length = response.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise RegistryError(f"{what} is {int(length)} bytes, more than the limit of "
+    length = ascii_int(response.headers.get("content-length", ""))
+    if length is not None and length > limit:
+        raise RegistryError(f"{what} is {length} bytes, more than the limit of "
                             f"{limit} bytes")
     chunks: list[bytes] = []
     total = 0
     try:
-        for chunk in response.iter_bytes():
+        for chunk in body_chunks(response, what):
             total += len(chunk)
             if total > limit:
                 raise RegistryError(f"{what} is more than the limit of {limit} bytes")
