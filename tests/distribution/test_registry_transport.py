@@ -181,6 +181,24 @@ def test_blob_redirect_to_another_host_carries_no_authorization(
         assert [(p, a) for _, p, a in storage.tampering.requests] == [(path, "")]
 
 
+def test_a_redirect_targets_401_is_not_called_the_registry_refusing_the_user(
+        basic_registry: Registry, http_registry: Registry) -> None:
+    """RR-4: storage a blob was redirected to (rightly sent no credentials) answered 401, and
+    the error said the registry refused alice's credentials, with "log in again"."""
+    path = "/v2/library/busybox/blobs/sha256:" + "e" * 64
+    with tamper_proxy(basic_registry) as front, tamper_proxy(http_registry) as storage:
+        front.tampering.canned[path] = (307, [("Location", f"http://{storage.host}/s/x")], b"")
+        storage.tampering.canned["/s/x"] = (401, [], b"")
+        credential = Credential(username="alice", password=basic_registry.password or "")
+        with _proxied(front, storage.host, credential=credential) as s, \
+                pytest.raises(RegistryError) as e, s.get(path, scope=SCOPE) as r:
+            s.check(r, "blob")
+    assert e.value.message == (
+        f"{front.host}: blob: redirected to http://{storage.host}/s/x, which answered HTTP 401 "
+        "(it is sent no credentials: the registry's are for the registry alone)")
+    assert e.value.hint is None and "alice" not in e.value.message
+
+
 @pytest.mark.parametrize("status", [429, 500, 502, 503])
 def test_retries_with_backoff_then_succeeds(proxy: TamperProxy, status: int) -> None:
     count = itertools.count()

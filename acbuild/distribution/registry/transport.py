@@ -466,6 +466,15 @@ class Session:
         status = response.status_code
         if 200 <= status < 300:
             return
+        try:
+            where = str(response.request.url)
+        except RuntimeError:  # a response made without a request
+            where = self.base
+        if status == 401 and _origin(where) != _origin(self.base):
+            # a redirect's target, which is sent none of the registry's credentials (RR-4)
+            raise RegistryError(f"{self.host}: {what}: redirected to {self._shown(where)}, "
+                                "which answered HTTP 401 (it is sent no credentials: the "
+                                "registry's are for the registry alone)")
         if status == 401:
             raise self.unauthorized(response, what)
         detail = _registry_errors(response)
