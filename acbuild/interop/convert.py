@@ -35,7 +35,7 @@ from acbuild.image.manifest import (
     Port,
     to_json_bytes,
 )
-from acbuild.image.manifest_rules import is_ac_identifier
+from acbuild.image.manifest_rules import is_ac_identifier, problems
 from acbuild.image.tarread import BoundedTarInfo, clean_name
 from acbuild.interop.oci import ImageSource, Layer, SourceKind, open_source
 from acbuild.numbers import ascii_int
@@ -144,15 +144,29 @@ def read_passwd(rootfs: StagedRootfs) -> str | None:
         return f.read(_PASSWD_LIMIT).decode("utf-8", "replace")
 
 
-def _platform(config: Mapping[str, Any], reporter: Reporter | None) -> tuple[NameValue, ...]:
+def _platform(config: Mapping[str, Any]) -> tuple[NameValue, ...]:
     os_name = str(config.get("os") or "linux")
     arch = str(config.get("architecture") or "amd64")
     variant = str(config.get("variant") or "")
-    mapped = _ARCH.get(f"{arch}/{variant}") or _ARCH.get(arch)
-    if mapped is None:
-        _warn(reporter, f"architecture {arch!r} has no AppC name; kept as it is")
-        mapped = arch
+    # One with no AppC name is kept as it is, for _must_be_aci to refuse.
+    mapped = _ARCH.get(f"{arch}/{variant}") or _ARCH.get(arch) or arch
     return (NameValue(name="os", value=os_name), NameValue(name="arch", value=mapped))
+
+
+def _must_be_aci(manifest: ImageManifest, source: ImageSource) -> None:
+    """Refuse what would be written as an ACI that validate refuses (red team RR-5: a
+    riscv64 image converted with a warning, exit 0, into an ACI no tool takes)."""
+    if found := problems(manifest):
+        source.close()
+        raise ConvertError(f"{source.path}: the image cannot be an ACI: " + "; ".join(found))
+
+
+def _platform_checked(source: ImageSource) -> tuple[NameValue, ...]:
+    """The image's os and arch labels, refused before any layer is read when AppC has no
+    name for them."""
+    platform = _platform(source.config)
+    _must_be_aci(ImageManifest(name="platform-check", labels=platform), source)
+    return platform
 
 
 def _annotations(source: ImageSource, inner: Mapping[str, Any]) -> tuple[NameValue, ...]:
@@ -201,7 +215,7 @@ def map_config(
     )
     return ImageManifest(
         name=ac_identifier(source.repository),
-        labels=(NameValue(name="version", value=source.tag), *_platform(source.config, reporter)),
+        labels=(NameValue(name="version", value=source.tag), *_platform(source.config)),
         app=app,
         annotations=_annotations(source, inner),
     )
@@ -285,6 +299,7 @@ def convert(options: ConvertOptions, reporter: Reporter | None = None, *,
     if source is None:
         source = open_source(options.kind, options.input, options.image)
     output = options.output or default_output(source)
+    _platform_checked(source)
     if options.squash:
         return (convert_squashed(source, output, compression=options.compression,
                                  epoch=options.epoch, reporter=reporter)[0],)
@@ -303,11 +318,13 @@ def convert_squashed(source: ImageSource, output: Path, *, compression: str = "g
     """Every layer of ``source`` squashed into one ACI at ``output``, and that ACI's
     manifest: what `fetch` stores it under, without reading the image back. Closes
     ``source``."""
+    _platform_checked(source)
     epoch = _epoch_for(source, output, epoch)
     with tempfile.TemporaryDirectory(prefix=".acbuild-convert-", dir=output.parent) as tmp:
         rootfs = StagedRootfs(root=Path(tmp) / "rootfs")
         rootfs.root.mkdir()
         manifest = convert_to_rootfs(source, rootfs, reporter=reporter)
+        _must_be_aci(manifest, source)
         return write_aci(rootfs, to_json_bytes(manifest), output, compression=compression,
                          epoch=epoch, reporter=reporter), manifest
 
@@ -396,7 +413,7 @@ def _convert_layers(
     written: list[WrittenImage] = []
     chains = _chain_ids(source.layers)
     below: Dependency | None = None
-    platform = _platform(source.config, reporter)
+    platform = _platform_checked(source)
     for layer, chain in zip(source.layers, chains, strict=True):
         own = StagedRootfs(root=tmp / f"layer{layer.index}")
         own.root.mkdir()
@@ -418,6 +435,7 @@ def _convert_layers(
             manifest = replace(mapped, dependencies=manifest.dependencies,
                                path_whitelist=manifest.path_whitelist)
         path = output if top else output.with_name(f"{output.stem}-layer{layer.index}.aci")
+        _must_be_aci(manifest, source)
         image = write_aci(own, to_json_bytes(manifest), path, compression=compression,
                           epoch=epoch, reporter=reporter)
         written.append(image)

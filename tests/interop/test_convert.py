@@ -11,10 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from acbuild.cli.commands.convert import command as convert_command
+from acbuild.errors import ConvertError
 from acbuild.image.manifest import from_json_bytes
 from acbuild.interop.convert import ConvertOptions, _user_group, ac_identifier, ac_name, convert
 from acbuild.interop.oci import open_source
 from acbuild.report import NullReporter
+from tests.support.cli import acbuild
 from tests.support.ocifixtures import (
     Config,
     aci_tree,
@@ -229,3 +231,25 @@ def test_symlink_planted_by_one_layer_cannot_be_written_through(tmp_path: Path) 
     tree = aci_tree(out)
     assert tree["evil"] == ("symlink", 0, str(outside))
     assert f"{str(outside)[1:]}/pwned" in tree and f"{str(outside)[1:]}/pwned2" in tree
+
+
+@pytest.mark.parametrize("squash", [True, False])
+def test_an_image_appc_cannot_name_the_platform_of_is_refused_before_any_layer(
+        tmp_path: Path, squash: bool) -> None:
+    """Red team RR-5: a riscv64 (or windows) image converted with a warning, exit 0, into an
+    ACI that validate and rkt refuse; now an error before any layer is read, nothing written."""
+    for os_name, arch, says in (("linux", "riscv64", "bad arch 'riscv64' for linux"),
+                                ("windows", "amd64", "'windows'")):
+        layout = make_layout(tmp_path / f"{arch}.oci", "1.0", [LOWER],
+                             Config(os=os_name, architecture=arch))
+        out = tmp_path / "out" / "x.aci"
+        out.parent.mkdir(exist_ok=True)
+        with pytest.raises(ConvertError) as e:
+            convert(ConvertOptions(kind="oci", input=layout, image="1.0", output=out,
+                                   squash=squash))
+        assert "the image cannot be an ACI: " in e.value.message and says in e.value.message
+        assert list(out.parent.iterdir()) == []
+        r = acbuild("convert", layout, "--image", "1.0", "-o", out)
+        assert r.code == 1 and r.stderr.startswith(f"error: {layout}: the image cannot be an "
+                                                   "ACI: "), r.stderr
+        assert list(out.parent.iterdir()) == []
