@@ -127,19 +127,28 @@ def test_a_tls_stream_broken_after_a_good_handshake_is_not_taken_for_plain_http(
                           "something on the path altering what it sends")
 
 
-def test_a_server_without_tls_is_told_so(tmp_path: Path) -> None:
+def test_a_server_without_tls_is_told_so_at_once(tmp_path: Path) -> None:
+    """Asked once: a plain-http server will not speak TLS on a retry (the red team saw ~8 s
+    of retries before the hint)."""
+    connections = []
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
 
         def answer() -> None:
-            conn, _ = listener.accept()
-            with conn:
-                conn.recv(1 << 16)
-                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                connections.append(conn)
+                with conn:
+                    conn.recv(1 << 16)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
 
         thread = threading.Thread(target=answer, daemon=True)
         thread.start()
-        error = _get(f"127.0.0.1:{port}", TransportOptions(retries=0))
-        thread.join(timeout=10)
+        error = _get(f"127.0.0.1:{port}", TransportOptions(retries=3, backoff=0.5))
+    thread.join(timeout=10)
+    assert len(connections) == 1
     assert error.hint == f"it does not speak TLS: for plain http use --insecure-registry " \
         f"127.0.0.1:{port}"

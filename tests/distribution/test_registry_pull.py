@@ -313,6 +313,32 @@ def test_index_nesting_is_bounded(proxy: TamperProxy, tmp_path: Path) -> None:
         _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
 
 
+def test_three_nested_indexes_are_followed_to_the_image(proxy: TamperProxy,
+                                                        tmp_path: Path) -> None:
+    """The bound is "more than 3 deep": three indexes, then the manifest, is an image (the
+    red team found it refused)."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    _blob_manifest(proxy, config, len(config))
+    proxy.tampering.canned[f"/v2/library/busybox/blobs/sha256:"
+                           f"{hashlib.sha256(config).hexdigest()}"] = (200, [], config)
+    status, headers, body = proxy.tampering.canned[MANIFEST_PATH]
+    inner = "sha256:" + hashlib.sha256(body).hexdigest()
+    proxy.tampering.canned[f"/v2/library/busybox/manifests/{inner}"] = (status, headers, body)
+    index_type = "application/vnd.oci.image.index.v1+json"
+    media, size = OCI_MANIFEST, len(body)
+    for _ in range(3):
+        body = json.dumps({"schemaVersion": 2, "mediaType": index_type, "manifests": [
+            {"mediaType": media, "digest": inner, "size": size,
+             "platform": {"os": "linux", "architecture": "amd64"}}]}).encode()
+        inner, media, size = "sha256:" + hashlib.sha256(body).hexdigest(), index_type, len(body)
+        proxy.tampering.canned[f"/v2/library/busybox/manifests/{inner}"] = (
+            200, [("Content-Type", index_type)], body)
+    _canned_manifest(proxy, body, media=index_type)
+    pulled = _pull(proxy.host, "library/busybox:1.36", BlobStore(tmp_path / "s"))
+    assert pulled.config.size == len(config)
+
+
 def test_a_content_encoding_is_decoded_before_the_digest_check(proxy: TamperProxy,
                                                                tmp_path: Path) -> None:
     """A server that gzips the transfer on its own: the blob is what it decodes to."""

@@ -41,6 +41,22 @@ def certificate_refused(e: BaseException) -> CertificateRefused | None:
     return next((c for c in _causes(e) if isinstance(c, CertificateRefused)), None)
 
 
+def speaks_no_tls(e: BaseException) -> bool:
+    """Whether a TLS handshake in ``e`` was answered by something that is not TLS (plain
+    http on that port): asking again cannot change that either."""
+    if not isinstance(e, httpx.ConnectError):
+        return False
+    broken = next((c for c in _causes(e) if isinstance(c, ssl.SSLError)), None)
+    text = "" if broken is None else str(broken)
+    return "WRONG_VERSION_NUMBER" in text or "record layer failure" in text
+
+
+def final(e: BaseException) -> bool:
+    """Whether the transport error ``e`` is one no retry can change: a certificate refused,
+    a server that speaks no TLS."""
+    return certificate_refused(e) is not None or speaks_no_tls(e)
+
+
 def refused_error(what: str, netloc: str) -> RegistryError:
     return RegistryError(f"cannot reach {what}: connection refused",
                          hint=f"nothing accepts connections at {escape(netloc)} (or at the proxy "
@@ -63,9 +79,7 @@ def _tls_hint(e: BaseException, url: str) -> str | None:
     broken = next((c for c in _causes(e) if isinstance(c, ssl.SSLError)), None)
     if broken is None:
         return None
-    text = str(broken)
-    if isinstance(e, httpx.ConnectError) and (
-            "WRONG_VERSION_NUMBER" in text or "record layer failure" in text):
+    if speaks_no_tls(e):
         host = urlsplit(url).netloc
         return f"it does not speak TLS: for plain http use --insecure-registry {escape(host)}"
     if not isinstance(e, httpx.ConnectError):  # after a handshake that succeeded

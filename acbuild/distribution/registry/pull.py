@@ -138,9 +138,11 @@ class _Puller:
     def image_manifest(self, platform: Platform) -> tuple[dict[str, Any], str, str | None]:
         doc, digest = self.manifest(self.ref.manifest_ref)
         index_digest = None
-        for _ in range(3):
+        for depth in range(4):  # three indexes, then the image's manifest
             if _media_type(doc) not in INDEX_TYPES:
                 return doc, digest, index_digest
+            if depth == 3:
+                break
             index_digest = index_digest or digest
             chosen = _choose(doc, platform, self.ref)
             doc, digest = self.manifest(chosen.digest)

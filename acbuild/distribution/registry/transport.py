@@ -49,7 +49,7 @@ from acbuild.distribution.registry.deadline import (
     watched_client,
 )
 from acbuild.distribution.registry.failures import (
-    certificate_refused,
+    final,
     reason,
     refused,
     refused_error,
@@ -263,7 +263,7 @@ class Session:
                         cancel: threading.Event | None) -> None:
         if self._never_answered(e, url):
             raise refused_error(self._shown(url), _origin(url)[1]) from None
-        if attempt >= self.options.retries or certificate_refused(e) is not None:
+        if attempt >= self.options.retries or final(e):
             raise unreachable(e, self._shown(url), url) from None
         self._pause(attempt, None, cancel)
 
@@ -406,7 +406,7 @@ class Session:
                 self._timed_out()
                 if self._never_answered(e, url):
                     raise refused_error(f"the token server of {self.host}", netloc) from None
-                if certificate_refused(e) is not None:
+                if final(e):
                     raise unreachable(e, f"the token server of {self.host} ({netloc})",
                                       url) from None
                 if attempt < self.options.retries:
