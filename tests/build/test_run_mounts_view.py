@@ -6,13 +6,11 @@ Real builds, real sandbox; the context is changed from here while the RUN waits.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,8 @@ from acbuild.cache.warm import settled
 from tests.support.busybox import make_busybox_rootfs
 from tests.support.gate import Gate
 from tests.support.sandboxrun import needs_sandbox
+
+pytest_plugins = ("tests.support.shm",)
 
 pytestmark = needs_sandbox
 
@@ -354,22 +354,6 @@ def test_a_bound_file_written_through_a_shared_mapping_during_the_step_fails_it(
     code, out, text = build_while(tmp_path, acfile, gate.open)
     assert code == 0, text
     assert leak(tmp_path / "out.aci") == b"OLD-CONTENT\n"
-
-
-@pytest.fixture
-def shm() -> Iterator[Path]:
-    """A directory on tmpfs (/dev/shm): a page dirtied through a shared mapping there stays
-    dirty and writable, as tmpfs never writes pages back. On a disk filesystem any flush (a
-    sync anywhere on the machine, the flusher under other tests' dirty pages) cleans the
-    page, and the next store through the map faults and sets the file's times."""
-    if not any(line.split()[1:3] == ["/dev/shm", "tmpfs"]
-               for line in Path("/proc/self/mounts").read_text().splitlines()):
-        pytest.skip("/dev/shm is not a tmpfs")
-    made = Path(tempfile.mkdtemp(prefix="acbuild-test-", dir="/dev/shm"))
-    try:
-        yield made
-    finally:
-        shutil.rmtree(made)
 
 
 def test_a_mapping_write_between_builds_fails_one_build_not_every_one(shm: Path) -> None:

@@ -35,6 +35,8 @@ from acbuild.report import NullReporter
 from tests.support.busybox import make_busybox_rootfs
 from tests.support.sandboxrun import needs_sandbox
 
+pytest_plugins = ("tests.support.shm",)
+
 OLD = b"OLD-CONTENT\n"
 NEW = b"NEW-CONTENT\n"
 SETTLED = 1_500_000_000
@@ -79,7 +81,9 @@ class Mapped:
         self.map[: len(data)] = data
         after = self.path.stat()
         if (after.st_mtime_ns, after.st_ctime_ns) != (before.st_mtime_ns, before.st_ctime_ns):
-            pytest.skip("the pages were written back meanwhile: the store dated the file")
+            raise AssertionError("the store through the mapping dated the file: the test's "
+                                 "premise needs a tmpfs (the shm fixture), where no "
+                                 "writeback cleans the page")
 
 
 @pytest.fixture
@@ -128,19 +132,19 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_mapping_write_between_builds_fails_one_build_not_every_one(
-        tmp_path: Path, mapped: list[Mapped], case: str) -> None:
+        shm: Path, mapped: list[Mapped], case: str) -> None:
     rel, first, second, name = CASES[case]
-    ctx = tmp_path / "ctx"
+    ctx = shm / "ctx"
     (ctx / "base/etc").mkdir(parents=True)
     (ctx / "base/etc/conf").write_bytes(OLD)
     (ctx / "zzz.txt").write_bytes(OLD)
-    make_aci(tmp_path, OLD, ctx / "base.aci")
-    make_aci(tmp_path, NEW, tmp_path / "new.aci")
-    new = NEW if rel != "base.aci" else (tmp_path / "new.aci").read_bytes()
+    make_aci(shm, OLD, ctx / "base.aci")
+    make_aci(shm, NEW, shm / "new.aci")
+    new = NEW if rel != "base.aci" else (shm / "new.aci").read_bytes()
     if len(new) != (ctx / rel).stat().st_size:
         pytest.skip("the two archives differ in size")
     target = map_settled(ctx / rel, mapped)
-    out = tmp_path / "out.aci"
+    out = shm / "out.aci"
     run_build(ctx, first, out)
     assert member(out, name) == OLD
     target.store(new)
@@ -157,14 +161,14 @@ def test_a_mapping_write_between_builds_fails_one_build_not_every_one(
 
 @needs_sandbox
 def test_a_copied_source_written_through_a_mapping_between_builds(
-        tmp_path: Path, mapped: list[Mapped]) -> None:
+        shm: Path, mapped: list[Mapped]) -> None:
     """A RUN after the COPY: the file is copied into the rootfs (acbuild.build.copy), and the
     copy is what is compared."""
-    ctx = tmp_path / "ctx"
+    ctx = shm / "ctx"
     make_busybox_rootfs(ctx / "bb")
     (ctx / "zzz.txt").write_bytes(OLD)
     target = map_settled(ctx / "zzz.txt", mapped)
-    out = tmp_path / "out.aci"
+    out = shm / "out.aci"
     acfile = "BEGIN ./bb\nNAME example.com/s\nCOPY zzz.txt /{}\nRUN /bin/cp /{} /copied\n"
     run_build(ctx, acfile.format("a", "a"), out)
     assert member(out, "rootfs/copied") == OLD
@@ -380,19 +384,19 @@ def test_a_tombstone_ends_when_its_file_changes_and_only_the_newest_are_kept(
 
 
 def test_a_concurrent_build_does_not_put_back_a_digest_a_build_found_stale(
-        tmp_path: Path, mapped: list[Mapped]) -> None:
+        shm: Path, mapped: list[Mapped]) -> None:
     """RC-2 with real builds: B' (the stat cache of a build keying the same context) hashed
     p.txt before the mapping's store and saves after build A found its digest stale; the
     next build copies what p.txt holds, not the image cached for the old content."""
-    ctx = tmp_path / "ctx"
+    ctx = shm / "ctx"
     ctx.mkdir()
     p = ctx / "p.txt"
     p.write_bytes(OLD)
     target = map_settled(p, mapped)
     acfile = "BEGIN scratch\nNAME example.com/s\nCOPY p.txt /p\n"
-    out = tmp_path / "out.aci"
-    run_build(ctx, acfile, tmp_path / "first.aci")  # makes the cache: its stat file known
-    [stat_file] = (tmp_path / "cache" / "stat").glob("*.json")
+    out = shm / "out.aci"
+    run_build(ctx, acfile, shm / "first.aci")  # makes the cache: its stat file known
+    [stat_file] = (shm / "cache" / "stat").glob("*.json")
     stat_file.unlink()
     late = StatCache(stat_file)
     late.file_digest(p.resolve(), p.stat())  # B' loads nothing, hashes p.txt now (OLD)
