@@ -9,6 +9,7 @@ import os
 
 from acbuild.errors import AcbuildError
 from acbuild.fs.reasons import not_a_directory
+from acbuild.fs.regular import NotRegularFile
 
 # What the environment does to a correct program. Anything else (EBADF, EINVAL...) is a bug
 # and stays an internal error.
@@ -22,7 +23,7 @@ _ENVIRONMENT = frozenset({
 
 def from_os_error(error: OSError) -> AcbuildError | None:
     """The user's error an OSError stands for, or None when it is a bug of ours."""
-    if error.errno not in _ENVIRONMENT:
+    if error.errno not in _ENVIRONMENT and not isinstance(error, NotRegularFile):
         return None
     reason = error.strerror or os.strerror(error.errno or 0)
     if not isinstance(error.filename, (str, bytes, os.PathLike)):

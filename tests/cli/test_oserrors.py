@@ -4,11 +4,13 @@ environment) are one-line errors naming the path, for every verb; never exit 70.
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import pytest
 
 from acbuild.cli.oserrors import from_os_error
+from acbuild.fs.regular import open_regular
 from tests.support.cli import acbuild
 
 ACFILE = "BEGIN scratch\nNAME example.com/x\nLABEL version=1\n"
@@ -66,6 +68,18 @@ def test_an_error_of_a_descriptor_is_a_message_not_a_second_error() -> None:
 
 def test_errors_that_are_bugs_stay_internal() -> None:
     assert from_os_error(OSError(errno.EBADF, "Bad file descriptor")) is None
+    assert from_os_error(OSError(errno.EINVAL, "Invalid argument", "/x")) is None
+
+
+def test_a_fifo_read_as_a_file_is_the_users_error(tmp_path: Path) -> None:
+    # fs.regular's refusal is EINVAL, which is otherwise a bug: a reader that lets it
+    # through still gives one line naming the path.
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(OSError) as e:
+        open_regular(tmp_path / "pipe")
+    error = from_os_error(e.value)
+    assert error is not None
+    assert error.message == f"'{tmp_path / 'pipe'}': not a regular file (a FIFO)"
 
 
 def test_a_size_beyond_a_float_is_a_usage_error(tmp_path: Path) -> None:
