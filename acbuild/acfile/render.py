@@ -25,6 +25,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from acbuild.acfile.confine import LimitExceeded, Limits, run_confined
 from acbuild.acfile.variables import checked_name, checked_value, parse_var
 from acbuild.errors import AcfileError, Span
+from acbuild.fs.regular import open_regular
 
 _TEMPLATE_NAME = "<template>"  # jinja's code name for templates made by from_string
 _TAG = re.compile(r"\{[{%#].*?(?:[}%#]\}|$)")
@@ -59,7 +60,7 @@ def load_variables(var_args: Sequence[str], var_files: Sequence[Path]) -> dict[s
 
 def _load_var_file(path: Path) -> dict[str, str]:
     try:
-        with path.open("rb") as f:
+        with open_regular(path) as f:
             data = tomllib.load(f)
     except OSError as e:
         raise AcfileError(f"cannot read variable file {str(path)!r}: {e.strerror}") from None

@@ -37,6 +37,7 @@ from acbuild.errors import AcfileError, BuildError, Span, TrustError, raise_all
 from acbuild.fs.atomic import check_writable
 from acbuild.fs.leftovers import hold, owner_tag, sweep
 from acbuild.fs.private import create_private_file, open_private_dir, user_temp_root
+from acbuild.fs.regular import read_regular
 from acbuild.fs.staging import remove_tree
 from acbuild.image.finalize import Tee, build_epoch, write_aci
 from acbuild.image.manifest import ImageManifest, from_json_bytes, to_json_bytes
@@ -104,7 +105,7 @@ class BuildResult:
 
 def read_acfile(path: Path) -> str:
     try:
-        data = path.read_bytes()
+        data = read_regular(path)
     except FileNotFoundError:
         raise AcfileError(f"Acfile not found: {path}") from None
     except OSError as e:

@@ -34,6 +34,7 @@ from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
 from acbuild.fs.framing import frame, framed
 from acbuild.fs.keyed import KeyedFiles, listing_signature
+from acbuild.fs.regular import open_regular, read_regular
 from acbuild.fs.staging import xattr_field, xattrs_of
 from acbuild.image.hostarch import host_os_arch
 from acbuild.image.rootwalk import clamp
@@ -108,7 +109,9 @@ class StatCache:
         if known is not None and known[:5] == sig and isinstance(known[5], str):
             return known[5]
         try:
-            with open(path if opener is None else opener(), "rb") as f:
+            # Not a plain open(): a BEGIN path or a base tree's file that is (or became) a
+            # FIFO would block it for ever, /dev/zero would be read for ever.
+            with open_regular(path if opener is None else opener()) as f:
                 digest = hashlib.file_digest(f, "sha256").hexdigest()
         except OSError as e:
             raise AcbuildError(f"cannot read {path}: {e.strerror}") from None
@@ -263,7 +266,7 @@ def _read(path: Path) -> tuple[dict[str, list[object]], list[Tombstone]]:
     """The entries and tombstones of the stat cache file ``path``; none when it is missing
     or damaged (the digests are recomputed)."""
     try:
-        doc = json.loads(path.read_bytes())
+        doc = json.loads(read_regular(path))
     except (OSError, ValueError):
         return {}, []
     if not isinstance(doc, dict) or doc.get("version") != _VERSION:

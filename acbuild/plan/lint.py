@@ -17,6 +17,7 @@ from acbuild.acfile.context import BuildContext, has_glob
 from acbuild.acfile.parse import parse
 from acbuild.acfile.render import render
 from acbuild.errors import AcbuildError, AcfileError, Span, raise_all
+from acbuild.fs.regular import read_regular
 from acbuild.plan.baseref import ImageName, parse_base
 from acbuild.plan.plan import begin_path_errors
 from acbuild.terminal import escape
@@ -59,7 +60,7 @@ def lint_file(path: Path, *, context: Path | None = None,
               variables: Mapping[str, str] | None = None,
               allow_paths: Sequence[Path] = ()) -> tuple[Finding, ...]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path).decode("utf-8")
     except OSError as e:
         raise AcfileError(f"cannot read {path}: {e.strerror}") from None
     except UnicodeDecodeError:

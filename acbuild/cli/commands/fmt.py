@@ -11,6 +11,7 @@ from acbuild.acfile.fmt import format_text
 from acbuild.cli.commands.common import global_options, state
 from acbuild.errors import AcfileError
 from acbuild.fs.atomic import atomic_write
+from acbuild.fs.regular import read_regular
 
 
 @click.command("fmt")
@@ -44,8 +45,7 @@ def command(acfiles: tuple[Path, ...], check: bool) -> None:
 
 def _read(path: Path) -> str:
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        return read_regular(path).decode("utf-8")
     except OSError as e:
         raise AcfileError(f"cannot read {path}: {e.strerror}") from None
     except UnicodeDecodeError:
