@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from acbuild.errors import AcbuildError, ConvertError, ImageError
+from acbuild.fs.regular import open_regular
 from acbuild.fs.securepath import ensure_dirs, relpath_in, safe_join
 from acbuild.fs.staging import StagedRootfs
 from acbuild.image.extract import extract_tar
@@ -389,7 +390,7 @@ def _seed_link_targets(targets: list[str], lower: StagedRootfs, own: StagedRootf
             continue
         parent, _, name = rel.rpartition("/")
         where = ensure_dirs(own.root, parent, on_create=lambda r: own.set_owner(r, 0, 0))
-        with open(src, "rb", opener=_nofollow) as fin, \
+        with open_regular(src, follow_symlinks=False) as fin, \
                 open(where / name, "xb", opener=_nofollow) as fout:
             shutil.copyfileobj(fin, fout, 1 << 20)
         own.set_owner(rel, *lower.owner(rel, st))

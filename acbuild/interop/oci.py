@@ -108,8 +108,11 @@ class ImageSource:
             raw = self.store.open(layer.location)
         except ConvertError:
             raise
-        except (ImageError, OSError) as e:
+        except ImageError as e:
             raise ConvertError(f"layer {layer.index} ({layer.short()}): cannot open: {e}") from None
+        except OSError as e:
+            raise ConvertError(f"layer {layer.index} ({layer.short()}): cannot open "
+                               f"{layer.location}: {e.strerror or e}") from None
         with raw:
             blob = DigestReader(raw, layer.digest, progress)
             try:
@@ -233,9 +236,9 @@ def open_source(kind: SourceKind, path: Path, ref: str | None) -> ImageSource:
         if not path.is_dir():
             raise ConvertError(f"{path}: not an OCI image layout directory")
         return _from_layout(kind, path, DirStore(path), ref)
-    if not path.is_file():
+    if not path.exists():
         raise ConvertError(f"{path}: no such archive")
-    store = TarStore(path)
+    store = TarStore(path)  # refuses anything but a regular file, as it opens it
     try:
         if kind == "oci-archive":
             return _from_layout(kind, path, store, ref)

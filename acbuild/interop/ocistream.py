@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import posixpath
 import shutil
 import tarfile
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from acbuild.errors import ConvertError, ImageError
+from acbuild.fs.regular import open_regular
 from acbuild.image.compression import open_decompressed, sniff
 from acbuild.image.tarread import BoundedTarInfo
 
@@ -169,13 +171,14 @@ def drain(f: BinaryIO | DigestReader) -> None:
 
 
 class DirStore:
-    """Blobs of an OCI layout directory."""
+    """Blobs of an OCI layout directory. A blob that is not a regular file (a FIFO, which a
+    plain open() would wait on for ever; a link to /dev/zero, read for ever) is refused."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def open(self, name: str) -> BinaryIO:
-        return (self.root / name).open("rb")
+        return open_regular(self.root / name)
 
     def close(self) -> None:
         pass
@@ -200,63 +203,82 @@ class KeptBlobs(DirStore):
 
 
 class _Window(io.RawIOBase):
-    """``size`` bytes of a file from ``offset``: one member of an uncompressed tar."""
+    """``size`` bytes of the open file ``fd`` from ``offset``: one member of an
+    uncompressed tar, read with pread (windows of one store share the open file, never an
+    offset). ``fd`` is the window's own, closed with it."""
 
-    def __init__(self, f: BinaryIO, offset: int, size: int) -> None:
-        self._f = f
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        self._fd = fd
+        self._at = offset
         self._left = size
-        f.seek(offset)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self._f.read(min(len(b), self._left))
+        data = os.pread(self._fd, min(len(b), self._left), self._at)
         b[: len(data)] = data
+        self._at += len(data)
         self._left -= len(data)
         return len(data)
 
     def close(self) -> None:
-        self._f.close()
+        if not self.closed:
+            os.close(self._fd)
         super().close()
 
 
 class TarStore:
     """Members of an outer tar (docker save, oci-archive), read in place.
 
-    A compressed outer tar is first spooled, decompressed, to a private temporary file.
+    The archive is opened once, refused unless it is a regular file, and that descriptor
+    serves the index and every member: a name swapped for a FIFO or another file after the
+    index was made is never read. A compressed outer tar is first spooled, decompressed, to
+    a private temporary file, which is then the one read.
     """
 
     def __init__(self, path: Path) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self.path = self._uncompressed(path)
-        self.members = _index_members(self.path)
-
-    def _uncompressed(self, path: Path) -> Path:
+        self.path = path
+        self._file = self._uncompressed(path)
         try:
-            with path.open("rb") as f:
-                kind = sniff(f.read(512))
-                if kind == "tar":
-                    return path
-                if kind == "unknown":
-                    raise ConvertError(f"{path}: not a tar archive")
-                f.seek(0)
-                self._tmp = tempfile.TemporaryDirectory(prefix="acbuild-archive-")
-                spool = Path(self._tmp.name) / "archive.tar"
-                with open_decompressed(f) as src, spool.open("wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)
-                return spool
-        except ImageError as e:
-            raise ConvertError(f"{path}: {e.message}") from None
-        except OSError as e:
-            raise ConvertError(f"{path}: cannot read: {e.strerror or e}") from None
+            self.members = _index_members(self.path, self._file)
+        except BaseException:
+            self.close()
+            raise
+
+    def _uncompressed(self, path: Path) -> BinaryIO:
+        f = None
+        try:
+            f = open_regular(path)
+            kind = sniff(f.read(512))
+            if kind == "tar":
+                return f
+            if kind == "unknown":
+                raise ConvertError(f"{path}: not a tar archive")
+            f.seek(0)
+            self._tmp = tempfile.TemporaryDirectory(prefix="acbuild-archive-")
+            spool = Path(self._tmp.name) / "archive.tar"
+            with f, open_decompressed(f) as src, spool.open("w+b") as dst:
+                shutil.copyfileobj(src, dst, CHUNK)
+                self.path = spool
+                return open_regular(os.dup(dst.fileno()))
+        except BaseException as e:
+            if f is not None:
+                f.close()
+            self.close()
+            if isinstance(e, ImageError):
+                raise ConvertError(f"{path}: {e.message}") from None
+            if isinstance(e, OSError):
+                raise ConvertError(f"{path}: cannot read: {e.strerror or e}") from None
+            raise
 
     def has(self, name: str) -> bool:
         return norm_name(name) in self.members
 
     def open(self, name: str) -> BinaryIO:
         ti = self._resolve(norm_name(name))
-        return io.BufferedReader(_Window(self.path.open("rb"), ti.offset_data, ti.size))
+        return io.BufferedReader(_Window(os.dup(self._file.fileno()), ti.offset_data, ti.size))
 
     def _resolve(self, name: str) -> tarfile.TarInfo:
         # docker save links identical layers: "<id>/layer.tar -> ../<other>/layer.tar".
@@ -278,6 +300,9 @@ class TarStore:
         return False  # the user's archive
 
     def close(self) -> None:
+        file = getattr(self, "_file", None)
+        if file is not None:
+            file.close()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -288,10 +313,11 @@ def norm_name(name: str) -> str:
     return posixpath.normpath("/" + name).lstrip("/")
 
 
-def _index_members(path: Path) -> dict[str, tarfile.TarInfo]:
+def _index_members(path: Path, file: BinaryIO) -> dict[str, tarfile.TarInfo]:
     members: dict[str, tarfile.TarInfo] = {}
     try:
-        with tarfile.open(path, "r:", tarinfo=BoundedTarInfo) as tar:
+        file.seek(0)
+        with tarfile.open(fileobj=file, mode="r:", tarinfo=BoundedTarInfo) as tar:
             for ti in tar:
                 members[norm_name(ti.name)] = ti  # later entries win, as when a tar is extracted
     except (tarfile.TarError, OSError, EOFError) as e:
