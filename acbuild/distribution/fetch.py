@@ -19,6 +19,7 @@ from acbuild.distribution.discovery import HttpOptions, ImageRef, discover, open
 from acbuild.distribution.imagestore import Entry, ImageStore
 from acbuild.errors import AcbuildError, FetchError, TrustError
 from acbuild.fs.atomic import atomic_write
+from acbuild.fs.regular import open_regular
 from acbuild.image import aci
 from acbuild.numbers import ascii_int
 from acbuild.report import Reporter
@@ -192,7 +193,12 @@ def _fetch_path(path: Path, *, options: FetchOptions, reporter: Reporter) -> Fet
     store = ImageStore.locate(options.store_dir)
     with store.temp() as tmp:
         copy, asc = Path(tmp) / "image.aci", Path(tmp) / "image.aci.asc"
-        shutil.copyfile(path, copy)
+        try:
+            src = open_regular(path)
+        except OSError as e:
+            raise FetchError(f"cannot read {path}: {e.strerror or e}") from None
+        with src, open(copy, "xb") as out:
+            shutil.copyfileobj(src, out, CHUNK)
         has_asc = _copy_signature(signature_path(path), asc)
         manifest, image_id = aci.scan(copy)
         check_image_name(manifest.name, str(path))
@@ -218,7 +224,7 @@ def _fetch_path(path: Path, *, options: FetchOptions, reporter: Reporter) -> Fet
 
 def _copy_signature(src: Path, dest: Path) -> bool:
     try:
-        with src.open("rb") as f:
+        with open_regular(src) as f:
             data = f.read(MAX_SIGNATURE + 1)
     except FileNotFoundError:
         return False

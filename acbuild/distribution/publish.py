@@ -24,6 +24,7 @@ from pathlib import Path
 from acbuild.distribution.discovery import meta_tags
 from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write_at
+from acbuild.fs.regular import open_regular, read_regular
 from acbuild.image import aci
 from acbuild.numbers import ascii_int
 from acbuild.report import Reporter
@@ -175,7 +176,11 @@ def _open_below(repo: Path, parts: list[str]) -> int:
 
 
 def _copy(src: Path, dir_fd: int, name: str, shown: Path) -> None:
-    with src.open("rb") as f, atomic_write_at(dir_fd, name, mode=0o644, shown=str(shown)) as out:
+    try:
+        f = open_regular(src)
+    except OSError as e:
+        raise PublishError(f"cannot read {src}: {e.strerror or e}") from None
+    with f, atomic_write_at(dir_fd, name, mode=0o644, shown=str(shown)) as out:
         shutil.copyfileobj(f, out, 1 << 20)
 
 
@@ -184,7 +189,10 @@ def _publish_key(asc: Path, dir_fd: int, directory: Path, *, key_file: Path | No
     """The signer's public key, checked to be the one that made the signature."""
     fingerprint = _signer(asc, gpg_home) if key_file is None else None
     if key_file is not None:
-        data = key_file.read_bytes()
+        try:
+            data = read_regular(key_file)
+        except OSError as e:
+            raise PublishError(f"cannot read key file {key_file}: {e.strerror or e}") from None
     elif fingerprint is not None:
         data = export_public(open_gpg(gpg_home), fingerprint)
     else:
@@ -200,7 +208,7 @@ def _publish_key(asc: Path, dir_fd: int, directory: Path, *, key_file: Path | No
 def _signer(asc: Path, gpg_home: Path | None) -> str | None:
     """The primary fingerprint that made ``asc``, if ``gpg_home`` holds its key."""
     gpg = open_gpg(gpg_home)
-    with asc.open("rb") as f:
+    with open_regular(asc) as f:
         result = gpg.verify_file(f, gpg_path(asc.with_suffix("")))
     if not result.valid:
         return None

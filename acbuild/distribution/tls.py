@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from acbuild.errors import FetchError
+from acbuild.fs.regular import open_regular
 
 
 class _SystemTrustOnUse(ssl.SSLContext):
@@ -60,9 +61,14 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
     context._lock = threading.Lock()
     if ca_file is not None:
         try:
-            context.load_verify_locations(cafile=ca_file)
-        except (OSError, ssl.SSLError) as e:
+            # OpenSSL opens what it is given with a plain fopen(): a FIFO would block it
+            # for ever. It is given the checked regular file, opened, by its /proc name.
+            with open_regular(ca_file) as f:
+                context.load_verify_locations(cafile=f"/proc/self/fd/{f.fileno()}")
+        except ssl.SSLError as e:  # an OSError too: first
             raise FetchError(f"cannot use CA file {ca_file}: {e}") from None
+        except OSError as e:
+            raise FetchError(f"cannot use CA file {ca_file}: {e.strerror or e}") from None
     return context
 
 

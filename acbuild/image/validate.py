@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.errors import ImageError
+from acbuild.fs.regular import open_regular
 from acbuild.image import compression, manifest, manifest_rules
 from acbuild.image.aci import ManifestReader, open_tar
 from acbuild.image.tarread import Limits, TarSource, absolute_name_problem, clean_name, members
@@ -112,7 +113,7 @@ class _Layout:
 
 def _compression_problem(path: Path) -> str | None:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             kind = compression.sniff(f.read(512))
     except OSError:
         return None  # open_tar reports it

@@ -6,6 +6,7 @@ environment or gpg-agent, never from the Acfile.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from typing import BinaryIO
 
 from acbuild.errors import TrustError
 from acbuild.fs.atomic import atomic_write
+from acbuild.fs.regular import open_regular
 from acbuild.numbers import ascii_int
 from acbuild.report import Reporter
 from acbuild.trust.gpg import (
@@ -58,9 +60,12 @@ def read_passphrase(
     None (gpg-agent asks or has it cached)."""
     if passphrase_file is not None:
         try:
-            with passphrase_file.open(encoding="utf-8") as f:
+            with io.TextIOWrapper(open_regular(passphrase_file), encoding="utf-8") as f:
                 return f.readline().rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as e:
+        except OSError as e:
+            raise TrustError(f"cannot read passphrase file {passphrase_file}: "
+                             f"{e.strerror or e}") from None
+        except UnicodeDecodeError as e:
             raise TrustError(f"cannot read passphrase file {passphrase_file}: {e}") from None
     value = (os.environ if env is None else env).get(PASSPHRASE_ENV)
     return value if value else None
@@ -103,15 +108,19 @@ def sign_image(
     """Write ``IMAGE.asc`` (or ``signature``), a detached armored signature over the image
     bytes, atomically. ``shown``: the image's name in the log (when ``image`` is the hidden
     name a build writes it to)."""
-    if not image.is_file():
+    if not image.exists():
         raise TrustError(f"cannot sign {image}: no such file")
     if passphrase is not None and any(c in passphrase for c in "\n\r\0"):
         raise TrustError("the passphrase must be a single line without NUL characters")
     info = find_secret_key(key, gpg_home)
     gpg = open_gpg(gpg_home)
     asc = signature_path(image) if signature is None else signature
+    try:
+        f = open_regular(image)
+    except OSError as e:
+        raise TrustError(f"cannot sign {image}: {e.strerror or e}") from None
     asc.unlink(missing_ok=True)
-    with image.open("rb") as f:
+    with f:
         size = os.fstat(f.fileno()).st_size
         counted = _Counting(f)
         # python-gnupg reads the image in a thread of its own; the bar is reported from

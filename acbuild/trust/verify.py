@@ -6,10 +6,12 @@ temporary keyring; the user's own keyring is never consulted.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 from acbuild.errors import TrustError
+from acbuild.fs.regular import read_regular
 from acbuild.trust.gpg import (
     gpg_messages,
     gpg_path,
@@ -57,10 +59,15 @@ def verify_image(
     image in messages (a download's URL rather than its temporary file).
     """
     asc = signature if signature is not None else signature_path(image)
-    if not asc.is_file():
+    try:
+        # Read once, bounded, and only from a regular file: a FIFO there cannot hang us.
+        sig = read_regular(asc, limit=MAX_SIGNATURE)
+    except FileNotFoundError:
         raise TrustError(f"{image} is not signed: {asc} does not exist",
-                         hint="sign it with `acbuild-py sign`, or pass --signature FILE")
-    if asc.stat().st_size > MAX_SIGNATURE:
+                         hint="sign it with `acbuild-py sign`, or pass --signature FILE") from None
+    except OSError as e:
+        raise TrustError(f"cannot read signature {asc}: {e.strerror or e}") from None
+    if len(sig) > MAX_SIGNATURE:
         raise TrustError(f"{asc} is larger than {MAX_SIGNATURE} bytes: not a signature")
     name = check_image_name(manifest_name(image) if name is None else name,
                             shown_as or str(image))
@@ -71,8 +78,7 @@ def verify_image(
                               f"acbuild-py trust --prefix {name} KEYFILE")
     with temporary_keyring() as gpg:
         _import_trusted(gpg, trusted)
-        with asc.open("rb") as sig:
-            result = gpg.verify_file(sig, gpg_path(image))
+        result = gpg.verify_file(io.BytesIO(sig), gpg_path(image))
     statuses = status_lines(result)
     verdict = _judge(statuses, result, shown=shown_as or str(image), asc=asc, name=name,
                      store=store, trusted=trusted)
@@ -82,7 +88,7 @@ def verify_image(
 def _import_trusted(gpg: object, trusted: tuple[TrustedKey, ...]) -> None:
     for key in trusted:
         try:
-            data = key.path.read_bytes()
+            data = read_regular(key.path)
         except OSError as e:
             raise TrustError(f"cannot read trusted key {key.path}: {e.strerror}") from None
         held = import_keys(gpg, data)

@@ -15,6 +15,7 @@ from acbuild.cli.console import json_event, say
 from acbuild.distribution.discovery import parse_ref
 from acbuild.distribution.fetch import FetchOptions, fetch_keys
 from acbuild.errors import TrustError
+from acbuild.fs.regular import read_regular
 from acbuild.trust.gpg import scan_keys
 from acbuild.trust.rktkeys import rkt_problems
 from acbuild.trust.truststore import TrustStore, check_prefix
@@ -76,7 +77,7 @@ def _key_data(keyfiles: tuple[Path, ...], prefix: str | None,
               options: FetchOptions) -> tuple[bytes, ...]:
     if keyfiles:
         try:
-            return tuple(p.read_bytes() for p in keyfiles)
+            return tuple(read_regular(p) for p in keyfiles)
         except OSError as e:
             raise TrustError(f"cannot read key file {e.filename}: {e.strerror}") from None
     if prefix is None:

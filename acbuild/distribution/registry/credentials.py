@@ -24,6 +24,7 @@ from typing import Any
 from acbuild.distribution.registry import credhelper
 from acbuild.distribution.registry.reference import DOCKER_HUB, RegistryError
 from acbuild.fs.atomic import atomic_write
+from acbuild.fs.regular import open_regular
 
 _FILE_LIMIT = 4 << 20
 # How docker and podman spell Docker Hub's entry.
@@ -82,7 +83,7 @@ def _keys(registry: str) -> tuple[str, ...]:
 
 def _read(path: Path) -> dict[str, Any] | None:
     try:
-        with path.open("rb") as f:
+        with open_regular(path) as f:
             data = f.read(_FILE_LIMIT + 1)
     except FileNotFoundError:
         return None
