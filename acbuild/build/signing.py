@@ -23,6 +23,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from acbuild.errors import AcbuildError
+from acbuild.fs.atomic import refuse_to_replace, remove_output
 from acbuild.fs.leftovers import new_held_dir, sweep_at
 from acbuild.fs.reasons import reason
 from acbuild.signals import deferred
@@ -65,10 +66,12 @@ class UnsignedImage:
         image = hidden / output.name
         signature = hidden / signature_path(output).name
         signer(image, key, signature, output)
+        # what appeared at either name while the image was written and signed (a device, a
+        # FIFO) stays, as an unsigned build's commit leaves it (red team RO-3)
+        refuse_to_replace(signature_path(output))
+        remove_output(output)
         try:
             with deferred():  # a Ctrl-C does not part the pair (a SIGKILL can: see above)
-                with suppress(FileNotFoundError):
-                    os.unlink(output)
                 os.replace(signature, signature_path(output))
                 os.replace(image, output)
         except OSError as e:

@@ -25,6 +25,10 @@ class Stream:
     """Where an image streams: ``path`` (None: stdout itself, as ``-o -`` asks)."""
 
     path: Path | None
+    # (st_dev, st_ino, file type, st_rdev) of what ``path`` named when the build began:
+    # what is opened at the end must be it, not a terminal or file swapped in meanwhile
+    # (red team RO-5); the type and rdev too, as a freed inode number is soon given again
+    identity: tuple[int, int, int, int] | None = None
 
     @property
     def shown(self) -> str:
@@ -41,13 +45,7 @@ class Stream:
             if self.path is None:
                 _copy(f, sys.stdout.buffer)
                 return
-            try:
-                # O_CREAT off: a FIFO or device that vanished is not replaced by a file.
-                fd = os.open(self.path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
-            except OSError as e:
-                raise click.ClickException(
-                    f"cannot write {self.path}: {e.strerror or e}") from None
-            with os.fdopen(fd, "wb") as out:
+            with self._open() as out:
                 _copy(f, out)
 
     def write(self, data: bytes) -> None:
@@ -56,12 +54,22 @@ class Stream:
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
             return
+        with self._open() as out:
+            out.write(data)
+
+    def _open(self) -> BinaryIO:
+        assert self.path is not None
         try:
+            # O_CREAT off: a FIFO or device that vanished is not replaced by a file.
             fd = os.open(self.path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
         except OSError as e:
             raise click.ClickException(f"cannot write {self.path}: {e.strerror or e}") from None
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
+        st = os.fstat(fd)
+        if _identity(st) != self.identity:
+            os.close(fd)
+            raise click.ClickException(f"cannot write {self.path}: it is no longer the FIFO "
+                                       "or device it was when the build began")
+        return os.fdopen(fd, "wb")
 
 
 def _copy(src: BinaryIO, out: BinaryIO) -> None:
@@ -95,7 +103,11 @@ def stream_for(path: Path | None, option: str = "-o", *,
     if binary and stat.S_ISCHR(st.st_mode) and _is_terminal(path):
         raise click.UsageError(f"{option} {path} is a terminal, and an image is binary: "
                                f"name a file with {option} FILE")
-    return Stream(path)
+    return Stream(path, _identity(st))
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode), st.st_rdev
 
 
 def _is_stdout(st: os.stat_result) -> bool:

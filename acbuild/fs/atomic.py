@@ -30,18 +30,36 @@ def kind_of(mode: int) -> str:
 
 
 def _through_descriptor(path: Path) -> bool:
-    """Whether the links ``path`` starts are resolved through /proc (a /proc/self/fd/N magic
-    link, as /dev/stdout and /dev/fd/N are): what such a link names is an open file of some
-    process, not a name a rename may replace."""
-    here = Path(os.path.abspath(path))
+    """Whether the links ``path`` starts lead through procfs (a /proc/self/fd/N magic link,
+    as /dev/stdout and /dev/fd/N are): what such a link names is an open file of some
+    process, not a name a rename may replace. Each hop's directory is resolved by the
+    kernel (opened), never by collapsing the text: ``d/../stdout`` with d a link to
+    /dev/pts is /dev/pts/../stdout to the kernel, /dev/stdout (red team RO-4)."""
+    try:
+        proc = os.stat("/proc/self").st_dev
+    except OSError:
+        return False
+    current = os.fspath(path)
     for _ in range(40):  # the kernel's limit on links followed
-        if here.parts[1:2] == ("proc",):
-            return True
+        parent, name = os.path.split(current)
         try:
-            target = os.readlink(here)
+            fd = os.open(parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
-            return False  # not a link (any more): the chain ends here
-        here = Path(os.path.abspath(here.parent / target))
+            return False
+        try:
+            if os.fstat(fd).st_dev == proc:
+                return True
+            if name in ("", ".", ".."):
+                return False
+            try:
+                if not stat.S_ISLNK(os.lstat(name, dir_fd=fd).st_mode):
+                    return False
+                target = os.readlink(name, dir_fd=fd)
+            except OSError:
+                return False
+        finally:
+            os.close(fd)
+        current = target if target.startswith("/") else os.path.join(parent or ".", target)
     return True
 
 
@@ -74,6 +92,25 @@ def _refuse_to_replace(path: Path) -> None:
     if (why := replace_refusal(path)) is not None:
         raise AcbuildError(f"cannot write {path}: {why}, which is never replaced",
                            hint="name a regular file")
+
+
+def refuse_to_replace(path: Path) -> None:
+    """Raise the error of an output ``path`` names that no rename may replace (see
+    ``replace_refusal``): for renames done by hand, as a signing build's publish is."""
+    _refuse_to_replace(Path(path))
+
+
+def remove_output(path: Path) -> None:
+    """Remove the output ``path`` (a stale signature, an image about to be replaced) if it is
+    there; what a rename may not replace may not be removed either: it is an error."""
+    path = Path(path)
+    _refuse_to_replace(path)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise AcbuildError(f"cannot remove {path}: {reason(e, path)}") from None
 
 
 def _create_temp(path: Path, mode: int | None = None) -> tuple[int, Path]:
@@ -184,7 +221,18 @@ def atomic_write_at(dir_fd: int, name: str, *, mode: int = 0o644,
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     temp = f".{name}.{owner_tag()}.{secrets.token_hex(6)}.tmp"
 
+    def refuse() -> None:
+        # a link is replaced, as said; a device, FIFO or socket never (red team RO-8)
+        try:
+            mode = os.lstat(name, dir_fd=dir_fd).st_mode
+        except OSError:
+            return
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            raise AcbuildError(f"cannot write {shown}: it is {kind_of(mode)}, which is never "
+                               "replaced", hint="name a regular file")
+
     def make() -> BinaryIO:
+        refuse()
         try:
             fd = os.open(temp, flags, mode, dir_fd=dir_fd)
         except OSError as e:
@@ -204,6 +252,7 @@ def atomic_write_at(dir_fd: int, name: str, *, mode: int = 0o644,
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
+            refuse()
             os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except OSError as e:
             raise AcbuildError(f"cannot write {shown}: {e.strerror or e}") from None

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from acbuild.errors import TrustError
-from acbuild.fs.atomic import atomic_write
+from acbuild.fs.atomic import atomic_write, remove_output
 from acbuild.fs.regular import open_regular
 from acbuild.numbers import ascii_int
 from acbuild.report import Reporter
@@ -50,7 +50,7 @@ def signature_path(image: Path) -> Path:
 
 def remove_stale_signature(image: Path) -> None:
     """Remove IMAGE.asc before IMAGE is replaced, so no signature outlives the bytes it signed."""
-    signature_path(image).unlink(missing_ok=True)
+    remove_output(signature_path(image))
 
 
 def read_passphrase(
@@ -115,11 +115,11 @@ def sign_image(
     info = find_secret_key(key, gpg_home)
     gpg = open_gpg(gpg_home)
     asc = signature_path(image) if signature is None else signature
+    remove_output(asc)  # a device or FIFO there is refused, never removed (RO-1, RO-2)
     try:
         f = open_regular(image)
     except OSError as e:
         raise TrustError(f"cannot sign {image}: {e.strerror or e}") from None
-    asc.unlink(missing_ok=True)
     with f:
         size = os.fstat(f.fileno()).st_size
         counted = _Counting(f)

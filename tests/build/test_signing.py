@@ -5,6 +5,7 @@ not, and a build in another PID namespace, where this pid looks dead, swept it).
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from acbuild.build.signing import UnsignedImage
+from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
 
 _SWEEP_ELSEWHERE = """
@@ -69,3 +71,27 @@ def test_what_a_killed_signing_build_left_is_swept_by_the_next(tmp_path: Path) -
     finally:
         unsigned.discard()
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("at", ["image", "signature"])
+def test_a_fifo_made_at_the_output_while_signing_stays(tmp_path: Path, at: str) -> None:
+    """Red team RO-3: publish unlinked and renamed over the output and IMAGE.asc unchecked:
+    a device or FIFO put there during a long build (or there before, at the default name,
+    RO-7) was destroyed."""
+    out = tmp_path / "x.aci"
+    unsigned = UnsignedImage()
+
+    def sign_and_swap(image: Path, key: str, signature: Path, shown: Path) -> None:
+        _sign(image, key, signature, shown)
+        os.mkfifo(out if at == "image" else tmp_path / "x.aci.asc")
+
+    try:
+        with atomic_write(unsigned.path_for(out)) as f:
+            f.write(b"the image")
+        with pytest.raises(AcbuildError, match="it is a FIFO, which is never replaced"):
+            unsigned.publish(sign_and_swap, "alice")
+    finally:
+        unsigned.discard()
+    fifo = out if at == "image" else tmp_path / "x.aci.asc"
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert os.listdir(tmp_path) == [fifo.name]

@@ -152,3 +152,38 @@ def test_a_stream_output_refuses_a_terminal_and_signing(tmp_path: Path) -> None:
         os.close(leader)
     assert r.code == 2
     assert f"-o {terminal} is a terminal, and an image is binary" in r.stderr, r.stderr
+
+
+def test_a_fifo_at_the_signature_name_is_refused_not_removed(tmp_path: Path) -> None:
+    """Red team RO-1: a build replacing IMAGE removes IMAGE.asc (no signature outlives its
+    bytes); a FIFO or device there was unlinked with it."""
+    acfile = _acfile(tmp_path)
+    os.mkfifo(tmp_path / "out.aci.asc")
+    r = acbuild("build", acfile, "-o", tmp_path / "out.aci")
+    assert r.code == 1
+    assert f"error: cannot write {tmp_path / 'out.aci.asc'}: it is a FIFO, which is never " \
+           "replaced" in r.stderr, r.stderr
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "out.aci.asc").st_mode)
+
+
+def test_a_stream_swapped_during_the_build_is_not_written(tmp_path: Path) -> None:
+    """Red team RO-5: the FIFO named by -o was opened again by name at the end; a terminal
+    or a file put there meanwhile got the image."""
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "big").write_bytes(os.urandom(8 << 20))
+    (tmp_path / "ctx" / "Acfile").write_text(ACFILE + "COPY big /big\n")
+    fifo = tmp_path / "out"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, "-m", "acbuild", "build", "--no-cache",
+                             "--progress=plain", str(tmp_path / "ctx" / "Acfile"), "-o",
+                             str(fifo)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the build has classified its output: swap it
+        if b"COPY" in line:
+            break
+    os.unlink(fifo)
+    fifo.write_bytes(b"")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, (proc.returncode, err[-300:])
+    assert b"it is no longer the FIFO or device it was when the build began" in err
+    assert fifo.read_bytes() == b""

@@ -163,6 +163,41 @@ def _specials(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         yield tmp_path / "null", "it is a character device"
 
 
+def test_a_descriptor_link_is_found_as_the_kernel_resolves_the_path(tmp_path: Path) -> None:
+    """Red team RO-4: the text of the path was collapsed (abspath), so q/../x with q a link
+    elsewhere, or a link through a directory link into /proc, was not seen to name an open
+    file: with the descriptor a regular file (stdout redirected), the link was replaced."""
+    (tmp_path / "far" / "deep").mkdir(parents=True)
+    (tmp_path / "q").symlink_to(tmp_path / "far" / "deep")
+    fd = os.open(tmp_path / "redirected", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        (tmp_path / "far" / "x").symlink_to(f"/proc/self/fd/{fd}")
+        (tmp_path / "x").write_bytes(b"the text's x, a plain file")
+        (tmp_path / "pfd").symlink_to("/proc/self/fd")
+        (tmp_path / "l1").symlink_to(f"pfd/{fd}")
+        for path in (tmp_path / "q" / ".." / "x", tmp_path / "l1"):
+            with pytest.raises(AcbuildError, match=DESCRIPTOR.replace("(", r"\(")
+                               .replace(")", r"\)")):
+                _write_nothing(path)
+        assert (tmp_path / "far" / "x").is_symlink() and (tmp_path / "l1").is_symlink()
+    finally:
+        os.close(fd)
+
+
+def test_remove_output_removes_files_and_links_and_refuses_the_rest(tmp_path: Path) -> None:
+    """A stale signature's removal (red team RO-1, RO-2): a device or FIFO at IMAGE.asc was
+    unlinked."""
+    (tmp_path / "file").write_bytes(b"x")
+    (tmp_path / "link").symlink_to("file")
+    for name in ("file", "link", "missing"):
+        atomic.remove_output(tmp_path / name)
+    assert sorted(os.listdir(tmp_path)) == []
+    for path, why in _specials(tmp_path):
+        with pytest.raises(AcbuildError, match="which is never replaced"):
+            atomic.remove_output(path)
+        assert os.path.lexists(path), why
+
+
 def _write_nothing(path: Path) -> None:
     with atomic_write(path):
         pass
@@ -200,3 +235,21 @@ def test_a_link_to_a_file_or_to_nothing_is_replaced_not_followed(tmp_path: Path)
         assert (tmp_path / name).read_bytes() == b"image"
     assert (tmp_path / "elsewhere").read_bytes() == b"keep"
     assert not (tmp_path / "missing").exists()
+
+
+def test_atomic_write_at_replaces_a_link_but_never_a_fifo(tmp_path: Path) -> None:
+    """Red team RO-8: publish's writes into --repo replaced a device there."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "link").symlink_to("elsewhere")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with (pytest.raises(AcbuildError, match="it is a FIFO, which is never replaced"),
+              atomic_write_at(fd, "fifo") as f):
+            f.write(b"x")
+        with atomic_write_at(fd, "link") as f:
+            f.write(b"x")
+    finally:
+        os.close(fd)
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo").st_mode)
+    assert (tmp_path / "link").read_bytes() == b"x" and not (tmp_path / "link").is_symlink()
+    assert sorted(os.listdir(tmp_path)) == ["fifo", "link"]
