@@ -9,6 +9,7 @@ others may write to it. Only the directory itself is checked, not its parents: a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import grp
 import os
@@ -110,9 +111,16 @@ def create_private_file(path: Path, *, what: str, dir_fd: int | None = None) -> 
     ``dir_fd`` (the directory of ``path``, from open_private_dir): ``path.name`` in it,
     so nothing on the way to the directory is looked up again.
     """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    name = path if dir_fd is None else path.name
+    # Looked at before the open: opening a device runs its driver's open (a watchdog arms,
+    # a tape rewinds) even when the descriptor is refused at once (red team RO-6).
+    with contextlib.suppress(OSError):
+        if not stat.S_ISREG(mode := os.lstat(name, dir_fd=dir_fd).st_mode) and \
+                not stat.S_ISLNK(mode):
+            raise UnsafeDirectory(f"{what} {path} is not a regular file")
     try:
-        fd = os.open(path if dir_fd is None else path.name, flags, 0o600, dir_fd=dir_fd)
+        fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise UnsafeDirectory(f"{what} {path} is a symlink; refusing to write through it",

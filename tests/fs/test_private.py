@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from acbuild.fs.private import UnsafeDirectory, open_private_dir
+from acbuild.fs.private import UnsafeDirectory, create_private_file, open_private_dir
 from tests.support.otheruser import NOBODY, need_root, shared_directory, with_user_database
 
 
@@ -185,3 +185,12 @@ def test_a_user_whose_primary_group_is_roots_cannot_move_the_cache_under_a_build
             f"error: step cache {ci / 'cache'}: {ci} is writable by other users (mode 0775), "
             "who could replace what is in it")
         assert not (ci / "cache.old").exists() and not (tmp_path / "out.aci").exists()
+
+
+def test_a_private_file_that_is_a_fifo_or_device_is_refused_unopened(tmp_path: Path) -> None:
+    """Red team RO-6: --log-file naming a device opened it (its driver's open ran: a
+    watchdog arms) before refusing it."""
+    os.mkfifo(tmp_path / "fifo")  # no reader: an open for writing would fail with ENXIO
+    with pytest.raises(UnsafeDirectory) as e:
+        create_private_file(tmp_path / "fifo", what="log file")
+    assert e.value.message == f"log file {tmp_path / 'fifo'} is not a regular file"
