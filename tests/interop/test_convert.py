@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -253,3 +254,13 @@ def test_an_image_appc_cannot_name_the_platform_of_is_refused_before_any_layer(
         assert r.code == 1 and r.stderr.startswith(f"error: {layout}: the image cannot be an "
                                                    "ACI: "), r.stderr
         assert list(out.parent.iterdir()) == []
+
+
+def test_an_output_that_may_not_be_replaced_is_refused_before_the_pull(tmp_path: Path) -> None:
+    """Red team RO-9: convert -o DEVICE was refused after the pull and the conversion; here
+    the registry is one nothing listens at, so only a check made first can answer."""
+    os.mkfifo(tmp_path / "fifo")
+    r = acbuild("convert", "docker://127.0.0.1:9/x:1", "--insecure-registry", "127.0.0.1:9",
+                "--insecure-skip-verify", "-o", tmp_path / "fifo")
+    assert r.code == 1
+    assert r.stderr.startswith(f"error: cannot write {tmp_path / 'fifo'}: it is a FIFO"), r.stderr

@@ -47,7 +47,11 @@ def command(
 
     INPUT may also be docker://[REGISTRY/]NAME[:TAG|@DIGEST]: the image is pulled from the
     registry (layers are kept in the image store) and converted."""
+    from acbuild.fs.atomic import check_writable
+
     reporter = state().reporter()
+    if output is not None:
+        check_writable(output)  # before the pull and the conversion, not after (RO-9)
     opened = None
     if source.startswith("docker://"):
         from acbuild.build.registrypull import RegistryBases
