@@ -29,7 +29,7 @@ from acbuild.acfile.context import (
 from acbuild.acfile.instructions import Copy
 from acbuild.errors import AcbuildError, BuildError, Span
 from acbuild.fs.copyrange import copy_range
-from acbuild.fs.keyed import content_digest, listing_signature, signature
+from acbuild.fs.keyed import WalkListing, content_digest, signature
 from acbuild.fs.securepath import ensure_dirs, relpath_in, safe_join
 from acbuild.fs.staging import CacheFiles, DeviceNode, FileRef, StagedRootfs, xattr_field, xattrs_of
 from acbuild.image.unstaged import (
@@ -146,11 +146,14 @@ def _context_sources(unsafe: str, context: BuildContext, instr: Copy,
             raise BuildError(f"COPY source '{unsafe}': {e.strerror}: '{e.filename}'",
                              span=span) from None
         keyed = rootfs.keyed
-        if keyed is not None and source.is_dir and not source.is_symlink and keyed.source(
-                os.fspath(context.root / source.rel)) != listing_signature(
-                (e.sub, stat.S_ISDIR(e.seen.st_mode), stat.S_ISREG(e.seen.st_mode))
-                for e in entries[1:] if e.seen is not None):
-            raise context_changed(source.rel, span)  # an entry added or removed since the key
+        if keyed is not None and source.is_dir and not source.is_symlink:
+            listing = WalkListing()
+            for below in entries[1:]:
+                if below.seen is not None:
+                    listing.add(below.sub, stat.S_ISDIR(below.seen.st_mode),
+                                stat.S_ISREG(below.seen.st_mode))
+            if keyed.source(os.fspath(context.root / source.rel)) != listing.digest():
+                raise context_changed(source.rel, span)  # an entry added or removed since
         yield _Source(name=source.name, entries=tuple(entries))
 
 
