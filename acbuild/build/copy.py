@@ -20,6 +20,7 @@ from pathlib import Path
 
 from acbuild.acfile.context import (
     BuildContext,
+    ContextSource,
     glob_regex,
     has_glob,
     normalised_mode,
@@ -29,9 +30,17 @@ from acbuild.acfile.context import (
 from acbuild.acfile.instructions import Copy
 from acbuild.errors import AcbuildError, BuildError, Span
 from acbuild.fs.copyrange import copy_range
-from acbuild.fs.keyed import content_digest, listing_signature, signature
+from acbuild.fs.keyed import WalkListing, content_digest, signature
 from acbuild.fs.securepath import ensure_dirs, relpath_in, safe_join
-from acbuild.fs.staging import CacheFiles, DeviceNode, FileRef, StagedRootfs, xattr_field, xattrs_of
+from acbuild.fs.staging import (
+    CacheFiles,
+    DeviceNode,
+    Record,
+    RefSource,
+    StagedRootfs,
+    xattr_field,
+    xattrs_of,
+)
 from acbuild.image.unstaged import (
     content_changed,
     context_changed,
@@ -92,6 +101,10 @@ def copy_instruction(instr: Copy, *, context: BuildContext, rootfs: StagedRootfs
             raise BuildError(f"COPY --from={instr.from_stage}: cannot stage its files: "
                              f"{e.strerror}", span=span) from None
     owner = parse_chown(instr.chown, rootfs, span) if instr.chown else None
+    dest = _dest_rel(instr.dest)
+    if leave_refs and from_rootfs is None:
+        _reference(instr, context, rootfs, reporter, owner, into_dir, dest)
+        return
     sources: list[_Source] = []
     for unsafe in instr.sources:
         at = _token_span(span, unsafe)
@@ -104,16 +117,43 @@ def copy_instruction(instr: Copy, *, context: BuildContext, rootfs: StagedRootfs
             raise
         except AcbuildError as e:  # securepath: a symlink loop in the stage's rootfs
             raise BuildError(f"COPY source '{unsafe}': {e.message}", span=at) from None
-    dest = _dest_rel(instr.dest)
     writer = _Writer(rootfs=rootfs, reporter=reporter, span=span, context=context,
                      total=sum(e.size for s in sources for e in s.entries),
-                     leave_refs=leave_refs and from_rootfs is None,
                      source_cache=None if from_rootfs is None else from_rootfs.cached,
                      source_root="" if from_rootfs is None else os.fspath(from_rootfs.root))
     for source in sources:
         base = posixpath.join(dest, source.name) if into_dir else dest
         writer.place(base, source.entries)
     reporter.progress("copy", writer.done, writer.total)
+
+
+def _reference(instr: Copy, context: BuildContext, rootfs: StagedRootfs, reporter: Reporter,
+               owner: tuple[int, int] | None, into_dir: bool, dest: str) -> None:
+    """``copy_instruction`` leaving context files where they are: every source is walked
+    and checked (as the key read it, nothing special in it) before anything is written,
+    each file kept only as its reference's record, then placed."""
+    writer = _Writer(rootfs=rootfs, reporter=reporter, span=instr.span, context=context,
+                     total=0)
+    walked = [w for unsafe in instr.sources
+              for w in writer.walk(unsafe, instr, owner, _token_span(instr.span, unsafe))]
+    writer.total = sum(w.size for w in walked)
+    for w in walked:
+        writer.place_walked(posixpath.join(dest, w.name) if into_dir else dest, w)
+    reporter.progress("copy", writer.done, writer.total)
+
+
+@dataclass(slots=True, kw_only=True)
+class _Walked:
+    """One context source walked for references: its directories and what is neither a
+    directory nor a regular file as entries, its regular files as the records they become
+    (by their directory below the source, then name), and the sum of their sizes."""
+
+    name: str  # the name it gets under DIR/ ("" for a whole context: its contents go in)
+    dirs: list[_Entry]
+    others: list[_Entry]
+    files: dict[str, dict[str, Record]]
+    top: Record | None = None  # the source itself, a file: its record
+    size: int = 0
 
 
 # -- sources -------------------------------------------------------------------------------
@@ -146,11 +186,14 @@ def _context_sources(unsafe: str, context: BuildContext, instr: Copy,
             raise BuildError(f"COPY source '{unsafe}': {e.strerror}: '{e.filename}'",
                              span=span) from None
         keyed = rootfs.keyed
-        if keyed is not None and source.is_dir and not source.is_symlink and keyed.source(
-                os.fspath(context.root / source.rel)) != listing_signature(
-                (e.sub, stat.S_ISDIR(e.seen.st_mode), stat.S_ISREG(e.seen.st_mode))
-                for e in entries[1:] if e.seen is not None):
-            raise context_changed(source.rel, span)  # an entry added or removed since the key
+        if keyed is not None and source.is_dir and not source.is_symlink:
+            listing = WalkListing()
+            for below in entries[1:]:
+                if below.seen is not None:
+                    listing.add(below.sub, stat.S_ISDIR(below.seen.st_mode),
+                                stat.S_ISREG(below.seen.st_mode))
+            if keyed.source(os.fspath(context.root / source.rel)) != listing.digest():
+                raise context_changed(source.rel, span)  # an entry added or removed since
         yield _Source(name=source.name, entries=tuple(entries))
 
 
@@ -267,7 +310,6 @@ class _Writer:
     span: Span
     total: int
     context: BuildContext
-    leave_refs: bool = False
     # The COPY --from stage's cache entry, when it was restored lazily: its files (made
     # real as hardlinks of the entry's inodes) must hold what the restore verified.
     source_cache: CacheFiles | None = None
@@ -284,12 +326,10 @@ class _Writer:
     _fresh: set[str] = field(default_factory=set)
     # A reference's mtime: when the COPY ran, as a copy's would be (clamped to the epoch).
     _now: int = field(default_factory=lambda: int(time.time()))
-    _context_root: str = ""  # the context as a string, made once (pathlib's costs a call)
 
-    def place(self, base: str, entries: tuple[_Entry, ...]) -> None:
+    def _enter(self, base: str) -> None:
         root = self.rootfs.root
         self._fresh.clear()
-        self._context_root = os.fspath(self.context.root)
         # What a base left in place has on the way must be there for the checks below;
         # below ``base`` only this COPY's own directories are entered.
         self._guard(f"/{base}", prepare_path, self.rootfs, base)
@@ -297,6 +337,140 @@ class _Writer:
         if parent:
             self._guard(f"/{parent}", lambda: ensure_dirs(root, parent, mode=0o755,
                                                           on_create=self._created_parent))
+
+    def walk(self, unsafe: str, instr: Copy, owner: tuple[int, int] | None,
+             span: Span) -> Iterator[_Walked]:
+        """The sources ``unsafe`` names, each walked and checked, nothing written: a file
+        is checked to be the one the key read (with keys) and becomes its record."""
+        context, keyed, refs = self.context, self.rootfs.keyed, self.rootfs.refs
+        resolved = context.resolve(unsafe, span=span)
+        if keyed is not None and not keyed.names(os.fspath(context.root), unsafe,
+                                                 (s.rel for s in resolved)):
+            raise BuildError(f"COPY source '{unsafe}' names other files than it did when the "
+                             "build computed its cache key: the context changed during the "
+                             "build", span=span, hint="do not change the context during a build")
+        uid, gid = owner or (0, 0)
+        root = os.fspath(context.root)
+        for source in resolved:
+            # Absolute paths as the key's walk names them (acbuild.cache.statcache).
+            here = root if source.rel == "." else f"{root}/{source.rel}"
+            try:
+                st = context.lstat(source.rel)
+                walked = _Walked(name=source.name, dirs=[], others=[], files={})
+                if stat.S_ISREG(st.st_mode) and not source.is_dir:
+                    directory, _, name = source.rel.rpartition("/")
+                    number = refs.source(RefSource(
+                        root=root, root_id=context.root_id, directory=directory, name=name,
+                        uid=uid, gid=gid, mtime=self._now, span=self.span))
+                    walked.top = self._file_record(here, source.rel, st, instr, number)
+                    walked.size = st.st_size
+                    yield walked
+                    continue
+                top = _context_entry("", os.fspath(source.path), st, instr, owner, unsafe,
+                                     span, source.rel)
+                (walked.dirs if top.kind == "dir" else walked.others).append(top)
+                listing = WalkListing() if keyed is not None and source.is_dir and \
+                    not source.is_symlink else None
+                self._walk_below(source, root, here, instr, owner, span, walked, listing)
+            except BuildError as e:
+                e.span = e.span or span
+                raise
+            except OSError as e:
+                raise BuildError(f"COPY source '{unsafe}': {e.strerror}: '{e.filename}'",
+                                 span=span) from None
+            if listing is not None and keyed is not None and keyed.source(
+                    os.fspath(context.root / source.rel)) != listing.digest():
+                raise context_changed(source.rel, span)  # an entry added or removed since
+            yield walked
+
+    def _walk_below(self, source: ContextSource, root: str, here: str, instr: Copy,
+                    owner: tuple[int, int] | None, span: Span, walked: _Walked,
+                    listing: WalkListing | None) -> None:
+        """Everything below a directory source into ``walked``: strings, no entry object
+        for a file, since this runs once a file of the tree."""
+        context, refs = self.context, self.rootfs.refs
+        uid, gid = owner or (0, 0)
+        at = source.rel if not source.rel or source.rel.endswith("/") else source.rel + "/"
+        top = os.fspath(source.path)
+        numbers: dict[str, int] = {}  # directory below the source -> its RefSource's number
+        files = walked.files
+        for rel, st in context.walk(source):
+            mode = st.st_mode
+            if listing is not None:
+                listing.add(rel, stat.S_ISDIR(mode), stat.S_ISREG(mode))
+            if not stat.S_ISREG(mode):
+                entry = _context_entry(rel, f"{top}/{rel}", st, instr, owner, at + rel,
+                                       span, at + rel)
+                (walked.dirs if entry.kind == "dir" else walked.others).append(entry)
+                continue
+            parent, _, name = rel.rpartition("/")
+            number = numbers.get(parent)
+            if number is None:
+                directory = at + parent if parent else at[:-1]
+                number = numbers[parent] = refs.source(RefSource(
+                    root=root, root_id=context.root_id, directory=directory, name=None,
+                    uid=uid, gid=gid, mtime=self._now, span=self.span))
+                files[parent] = {}
+            files[parent][name] = self._file_record(f"{here}/{rel}", at + rel, st, instr,
+                                                    number)
+            walked.size += st.st_size
+
+    def _file_record(self, path: str, context_rel: str, st: os.stat_result, instr: Copy,
+                     number: int) -> Record:
+        """A context file's record: the one its key read (``path`` as the key names it)."""
+        keyed = self.rootfs.keyed
+        digest = None
+        if keyed is not None:
+            if not keyed.holds(path, st):
+                raise context_changed(context_rel, self.span)
+            digest = keyed.digest(path)
+        mode = instr.mode if instr.mode is not None else normalised_mode(st.st_mode)
+        return self.rootfs.refs.record(number, st, mode, digest)
+
+    def place_walked(self, base: str, walked: _Walked) -> None:
+        """A walked source's entries at ``base``: directories first, then the rest."""
+        self._enter(base)
+        for entry in (*walked.dirs, *walked.others):
+            sub = entry.sub
+            target = (f"{base}/{sub}" if base else sub) if sub else base
+            if target:  # the root keeps its own mode
+                self._guard(f"/{target}", self._write, entry, target)
+        rootfs = self.rootfs
+        for sub, files in walked.files.items():
+            parent = (f"{base}/{sub}" if base else sub) if sub else base
+            known = self._dirs.get(parent)
+            if known is None or parent not in self._fresh:
+                for name, record in files.items():
+                    target = f"{parent}/{name}" if parent else name
+                    self._guard(f"/{target}", self._put, target, record, False)
+                continue
+            # A directory this source made holds only what it put there: each name is free.
+            made = known[1]
+            if rootfs.devices or rootfs.owners:
+                for name in files:
+                    rel = f"{made}/{name}" if made else name
+                    rootfs.devices.pop(rel, None)
+                    rootfs.owners.pop(rel, None)
+            rootfs.refs.adopt(made, files)
+        if walked.top is not None and base:
+            self._guard(f"/{base}", self._put, base, walked.top, True)
+        self.done += walked.size
+
+    def _put(self, target: str, record: Record, top: bool) -> None:
+        """A reference at ``target``, in place of what is there (not a directory)."""
+        path, rel, mode = self._resolve(target, follow_final=False)
+        if stat.S_ISDIR(mode):
+            hint = "end the destination with '/' to copy into the directory"
+            raise BuildError(f"COPY cannot replace directory '/{target}' with a file",
+                             span=self.span, hint=hint if top else None)
+        if mode:
+            os.unlink(path)
+        self.rootfs.devices.pop(rel, None)
+        self.rootfs.owners.pop(rel, None)
+        self.rootfs.refs.put(rel, record)
+
+    def place(self, base: str, entries: tuple[_Entry, ...]) -> None:
+        self._enter(base)
         # Directories first, then what goes in them: on ext4, filling each directory right
         # after making it costs several times more per file than making them all first.
         for dirs in (True, False):
@@ -342,7 +516,7 @@ class _Writer:
                 path, rel, mode = self._resolve(target, follow_final=False)
                 if mode:
                     os.unlink(path)
-                refs.pop(rel, None)
+                refs.discard(rel)
                 os.mkdir(path, 0o700)
                 self._fresh.add(target)
             self._dirs[target] = (path, rel)
@@ -354,9 +528,7 @@ class _Writer:
                                  span=self.span, hint=None if entry.sub else hint)
             if mode:
                 os.unlink(path)
-            refs.pop(rel, None)
-            if self._referenced(entry, rel):
-                return
+            refs.discard(rel)
             if entry.kind == "symlink":
                 if entry.seen is not None:
                     self._keyed(entry, entry.seen)
@@ -382,27 +554,6 @@ class _Writer:
         if entry.context_rel is not None and entry.seen is not None:
             return self.context.open_file(entry.context_rel, entry.seen)
         return os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-
-    def _referenced(self, entry: _Entry, rel: str) -> bool:
-        """Leave a context file where it is, as a reference the finalizer reads (see
-        acbuild.image.unstaged): when no RUN follows, nothing needs it on disk."""
-        seen = entry.seen
-        if (not self.leave_refs or entry.kind != "file" or entry.context_rel is None
-                or seen is None):
-            return False
-        # ``seen`` is the scan's own lstat, so only the key's side of ``_keyed`` can differ.
-        keyed = self.rootfs.keyed
-        if keyed is not None and not keyed.holds(self._keyed_path(entry), seen):
-            raise context_changed(entry.context_rel, self.span)
-        self.rootfs.devices.pop(rel, None)
-        self.rootfs.owners.pop(rel, None)
-        self.rootfs.refs[rel] = FileRef(
-            root=self._context_root, root_id=self.context.root_id,
-            rel=entry.context_rel, seen=signature(seen), digest=self._digest(entry),
-            mode=entry.mode, uid=entry.owner[0], gid=entry.owner[1], mtime=self._now,
-            span=self.span)
-        self.done += seen.st_size
-        return True
 
     def _digest(self, entry: _Entry) -> bytes | None:
         keyed = self.rootfs.keyed

@@ -33,7 +33,7 @@ from acbuild.cache.warm import FORMAT_VERSION, Witness, settled
 from acbuild.errors import AcbuildError
 from acbuild.fs.atomic import atomic_write
 from acbuild.fs.framing import frame, framed
-from acbuild.fs.keyed import KeyedFiles, listing_signature
+from acbuild.fs.keyed import KeyedFiles, WalkListing, listing_signature
 from acbuild.fs.regular import open_regular, read_regular
 from acbuild.fs.staging import xattr_field, xattrs_of
 from acbuild.image.hostarch import host_os_arch
@@ -350,11 +350,11 @@ def sources_digest(context: BuildContext, sources: Sequence[ContextSource],
     paths, types, normalised modes, contents, link targets; not mtimes, owners or location."""
     h = hashlib.sha256()
     for source in sorted(sources, key=lambda s: s.rel):
-        walked = _source(h, cache, context, source, context.lstat(source.rel),
-                         context.walk(source))
+        walked = WalkListing()
+        _source(h, cache, context, source, context.lstat(source.rel), context.walk(source),
+                walked)
         # What the walk listed: a COPY must copy the same entries, none removed since.
-        cache.keyed.record_source(os.fspath(context.root / source.rel),
-                                  listing_signature(walked))
+        cache.keyed.record_source(os.fspath(context.root / source.rel), walked.digest())
     return "sha256:" + h.hexdigest()
 
 
@@ -368,21 +368,20 @@ def listing_digest(context: BuildContext, source: ContextSource, top: os.stat_re
 
 
 def _source(h: hashlib._Hash, cache: StatCache, context: BuildContext, source: ContextSource,
-            top: os.stat_result, entries: Iterable[tuple[str, os.stat_result]]
-            ) -> list[tuple[str, bool, bool]]:
-    """Hash ``source``'s entries into ``h``; returns what was listed (name, is a directory,
-    is a regular file), for the record of what the key read."""
+            top: os.stat_result, entries: Iterable[tuple[str, os.stat_result]],
+            walked: WalkListing | None = None) -> None:
+    """Hash ``source``'s entries into ``h``; ``walked`` is told what was listed (name, is a
+    directory, is a regular file), for the record of what the key read."""
     frame(h, b"source", source.rel.encode())
     # Absolute paths as plain strings, normal already (the stat cache's keys): no pathlib
     # per entry, which was most of the cost of a context of many small files.
     here = os.fspath(context.root) + ("" if source.rel == "." else "/" + source.rel)
     _context_entry(h, cache, context, ".", source.rel, here, top)
-    walked = []
     for rel, st in entries:
         _context_entry(h, cache, context, rel, posixpath.join(source.rel, rel),
                        f"{here}/{rel}", st)
-        walked.append((rel, stat.S_ISDIR(st.st_mode), stat.S_ISREG(st.st_mode)))
-    return walked
+        if walked is not None:
+            walked.add(rel, stat.S_ISDIR(st.st_mode), stat.S_ISREG(st.st_mode))
 
 
 def _context_entry(h: hashlib._Hash, cache: StatCache, context: BuildContext, rel: str,

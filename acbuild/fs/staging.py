@@ -22,13 +22,15 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterable, Mapping
+import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from acbuild.errors import ImageError, Span
 from acbuild.fs.framing import framed
-from acbuild.fs.keyed import KeyedFiles, Listing, Signature
+from acbuild.fs.keyed import KeyedFiles, Listing, Signature, signature
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,23 +168,180 @@ class CacheFiles:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class FileRef:
-    """A file a COPY put in the rootfs without writing it: the finalizer reads its data from
-    the build context (through descriptors, the file checked to be the one the COPY saw) and
-    writes the entry with the mode, owner and mtime a copy would have had."""
+class RefSource:
+    """What the references a COPY made from one directory of the build context share (or
+    from one file it names as a source): the finalizer reads their data from the context
+    (through descriptors, each file checked to be the one the COPY saw) and writes each
+    entry with the owner and mtime a copy would have had."""
 
     root: str  # the build context
     root_id: tuple[int, int]  # its (st_dev, st_ino)
+    directory: str  # the directory holding the files, in the context ("" for its top)
+    # The file's name there, when it is not its name in the rootfs (a file source COPY'd
+    # to another name); None for the files of a directory, which keep their names.
+    name: str | None
+    uid: int
+    gid: int
+    mtime: int  # seconds: when the COPY ran, what a copy's mtime would be
+    span: Span | None = None  # the COPY, for errors found when the file is read
+
+
+class FileRef(NamedTuple):
+    """A file a COPY put in the rootfs without writing it (see ``FileRefs``)."""
+
+    source: RefSource
     rel: str  # the file in the context
     # acbuild.fs.keyed's signature at the COPY (the one its key read): the ctime too,
     # since an edit in place can put the mtime back but never the ctime.
     seen: Signature
     digest: bytes | None  # the sha256 its key hashed (None: no key): the bytes read must match
     mode: int
-    uid: int
-    gid: int
-    mtime: int  # seconds: when the COPY ran, what a copy's mtime would be
-    span: Span | None = None  # the COPY, for errors found when the file is read
+
+    @property
+    def root(self) -> str:
+        return self.source.root
+
+    @property
+    def root_id(self) -> tuple[int, int]:
+        return self.source.root_id
+
+    @property
+    def uid(self) -> int:
+        return self.source.uid
+
+    @property
+    def gid(self) -> int:
+        return self.source.gid
+
+    @property
+    def mtime(self) -> int:
+        return self.source.mtime
+
+    @property
+    def span(self) -> Span | None:
+        return self.source.span
+
+
+# A reference as FileRefs keeps it: its signature, mode and source's number packed (with the
+# digest after them when its key hashed one), or, for a signature no 64-bit field holds (a
+# time past 2262), those values as they are.
+Record = bytes | tuple[Signature, int, int, bytes | None]
+_PACKED = struct.Struct("=QQIQqqII")  # dev, ino, st_mode, size, mtime_ns, ctime_ns, mode, source
+
+
+class FileRefs(Mapping[str, FileRef]):
+    """The files COPY left in the build context, by their path in the rootfs.
+
+    A COPY of 100,000 files makes 100,000 references, kept until the image is written: a
+    dict of FileRef objects, each with its own paths and tuple of numbers, took ~0.5 KB a
+    file. Here a file is its name in its directory's dict and one bytes object (~85
+    bytes, ~120 with a digest); what the files of a context directory share (the context,
+    owner, mtime, the COPY's span) is one RefSource. A FileRef is made when one is asked
+    for; the finalizer lists a directory's references with ``names``."""
+
+    __slots__ = ("_count", "_dirs", "_sources")
+
+    def __init__(self) -> None:
+        self._dirs: dict[str, dict[str, Record]] = {}  # parent ("" for the root) -> name ->
+        self._sources: list[RefSource] = []
+        self._count = 0
+
+    def source(self, source: RefSource) -> int:
+        """The number of ``source``, for ``record``."""
+        self._sources.append(source)
+        return len(self._sources) - 1
+
+    def record(self, source: int, seen: os.stat_result, mode: int,
+               digest: bytes | None) -> Record:
+        """A reference of a file of ``source`` the COPY saw as ``seen``, to ``put`` or
+        ``adopt``."""
+        try:
+            packed = _PACKED.pack(seen.st_dev, seen.st_ino, seen.st_mode, seen.st_size,
+                                  seen.st_mtime_ns, seen.st_ctime_ns, mode, source)
+        except struct.error:
+            return signature(seen), mode, source, digest
+        return packed if digest is None else packed + digest
+
+    def put(self, rel: str, record: Record) -> None:
+        parent, _, name = rel.rpartition("/")
+        files = self._dirs.setdefault(parent, {})
+        self._count += name not in files
+        files[name] = record
+
+    def adopt(self, parent: str, files: dict[str, Record]) -> None:
+        """``put`` each of ``files`` (name -> record) in the directory ``parent``; the dict
+        is kept as the directory's when it had none."""
+        known = self._dirs.get(parent)
+        if known is None:
+            self._dirs[parent] = files
+            self._count += len(files)
+            return
+        for name, record in files.items():
+            self._count += name not in known
+            known[name] = record
+
+    def discard(self, rel: str) -> None:
+        parent, _, name = rel.rpartition("/")
+        files = self._dirs.get(parent)
+        if files is not None and files.pop(name, None) is not None:
+            self._count -= 1
+            if not files:
+                del self._dirs[parent]
+
+    def __delitem__(self, rel: str) -> None:
+        if rel not in self:
+            raise KeyError(rel)
+        self.discard(rel)
+
+    def __contains__(self, rel: object) -> bool:
+        if not isinstance(rel, str):
+            return False
+        parent, _, name = rel.rpartition("/")
+        files = self._dirs.get(parent)
+        return files is not None and name in files
+
+    def __getitem__(self, rel: str) -> FileRef:
+        parent, _, name = rel.rpartition("/")
+        files = self._dirs.get(parent)
+        record = None if files is None else files.get(name)
+        if record is None:
+            raise KeyError(rel)
+        return self._ref(name, record)
+
+    def _ref(self, name: str, record: Record) -> FileRef:
+        if isinstance(record, bytes):
+            dev, ino, st_mode, size, mtime, ctime, mode, number = _PACKED.unpack_from(record)
+            seen: Signature = (dev, ino, st_mode, size, mtime, ctime)
+            digest = record[_PACKED.size:] or None
+        else:
+            seen, mode, number, digest = record
+        source = self._sources[number]
+        where = source.name or name
+        return FileRef(source, f"{source.directory}/{where}" if source.directory else where,
+                       seen, digest, mode)
+
+    def __iter__(self) -> Iterator[str]:
+        for parent, files in self._dirs.items():
+            if parent:
+                for name in files:
+                    yield f"{parent}/{name}"
+            else:
+                yield from files
+
+    def __len__(self) -> int:
+        return self._count
+
+    def names(self, parent: str) -> Iterable[str]:
+        """The names of the references in the directory ``parent`` ("" for the root)."""
+        files = self._dirs.get(parent)
+        return () if files is None else files.keys()
+
+    def sizes(self) -> Iterator[int]:
+        """The size of each referenced file, as the COPY saw it."""
+        for files in self._dirs.values():
+            for record in files.values():
+                yield _PACKED.unpack_from(record)[3] if isinstance(record, bytes) else \
+                    record[0][3]
 
 
 @dataclass(slots=True)
@@ -197,7 +356,7 @@ class StagedRootfs:
     owners: dict[str, tuple[int, int]] = field(default_factory=dict)
     devices: dict[str, DeviceNode] = field(default_factory=dict)
     lower: LowerTree | None = None
-    refs: dict[str, FileRef] = field(default_factory=dict)  # COPY'd files, not on disk
+    refs: FileRefs = field(default_factory=FileRefs)  # COPY'd files, not on disk
     # What the build's cache keys read (None: no keys, --no-cache): files the build takes
     # from the user's directories must still be those (see acbuild.fs.keyed).
     keyed: KeyedFiles | None = None

@@ -167,7 +167,7 @@ def _estimate(rootfs: StagedRootfs) -> int:
     a COPY left in the context and a base directory's unstaged ones included (without them
     the bar of a COPY-only image sat at 100% while it was written)."""
     roots = [rootfs.root] if rootfs.lower is None else [rootfs.root, rootfs.lower.source]
-    total = sum(BLOCK + ref.seen[3] for ref in rootfs.refs.values())
+    total = sum(BLOCK + size for size in rootfs.refs.sizes())
     for root in roots:
         for _dirpath, dirs, files in os.walk(root):
             total += BLOCK * (len(dirs) + len(files) + 1)

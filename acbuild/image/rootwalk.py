@@ -35,7 +35,7 @@ from acbuild.fs.keyed import (
     shared_signature,
     signature,
 )
-from acbuild.fs.staging import DeviceNode, StagedRootfs, xattr_field, xattrs_of
+from acbuild.fs.staging import DeviceNode, FileRef, StagedRootfs, xattr_field, xattrs_of
 from acbuild.image.basedir import CONTENT_CHANGED, base_changed
 from acbuild.image.tarwrite import TarEntry
 from acbuild.image.unstaged import content_changed, open_context_root, open_ref, ref_changed
@@ -65,6 +65,7 @@ class _Loaded:
     xattrs: tuple[tuple[str, bytes], ...]
     data: bytes | None
     fd: int
+    ref: FileRef | None = None  # a COPY's file left in the context: its reference
 
     def discard(self) -> None:
         if self.fd >= 0:
@@ -117,10 +118,6 @@ class RootWalker:
             self.virtual.setdefault(parent, {})[base] = node
         self.lower = rootfs.lower
         self.lower_bytes = 0
-        self.refs: dict[str, list[str]] = {}
-        for rel in rootfs.refs:
-            parent, _, base = rel.rpartition("/")
-            self.refs.setdefault(parent, []).append(base)
         self.contexts: dict[str, int] = {}  # build context -> its open descriptor
         self.lower_prefix = "" if self.lower is None else os.fspath(self.lower.source) + "/"
         # what the keys read of the lower tree's files, when they are the user's
@@ -149,11 +146,13 @@ class RootWalker:
             if got is not None and got.digest() != expected:
                 raise self._changed(rel, where, CONTENT_CHANGED)
 
-    def _expected(self, rel: str, where: int, st: os.stat_result) -> bytes | None:
+    def _expected(self, rel: str, where: int, st: os.stat_result,
+                  ref: FileRef | None = None) -> bytes | None:
         """The sha256 a file must hold: the one the key hashed for a file from outside the
-        staged tree, or the one the restore verified for a cache entry's inode; if any."""
+        staged tree (``ref``'s for a reference), or the one the restore verified for a
+        cache entry's inode; if any."""
         if where == _REF:
-            return self.rootfs.refs[rel].digest
+            return (ref or self.rootfs.refs[rel]).digest
         if self._from_cache(where, st):
             cached = self.rootfs.cached  # None: _cache_holds refuses the file first
             return None if cached is None else cached.expected(rel, st)
@@ -169,8 +168,9 @@ class RootWalker:
         cached = self.rootfs.cached
         return where == _UPPER_FILE and cached is not None and cached.ours(st)
 
-    def _hand(self, fd: int, rel: str, where: int, st: os.stat_result) -> None:
-        expected = self._expected(rel, where, st)
+    def _hand(self, fd: int, rel: str, where: int, st: os.stat_result,
+              ref: FileRef | None = None) -> None:
+        expected = self._expected(rel, where, st, ref)
         self.handed[fd] = (rel, where, self._signature(where, st),
                            None if expected is None else hashlib.sha256(), expected)
 
@@ -231,9 +231,6 @@ class RootWalker:
                                  f"{e.strerror}") from None
         stack: list[_Level] = []
         try:
-            for ref in self.rootfs.refs.values():
-                if ref.root not in self.contexts:
-                    self.contexts[ref.root] = open_context_root(ref)
             if self.prefix:
                 root = self.entry("", root_st, _UPPER)
                 assert root is not None
@@ -325,7 +322,7 @@ class RootWalker:
                         found[name] = (None, lower_fd)
         except OSError as e:
             raise BuildError(f"cannot read {self.archive_name(rel) or '.'}: {e.strerror}") from None
-        for name in self.refs.get(rel, ()):
+        for name in self.rootfs.refs.names(rel):
             found[name] = (None, _REF)  # over a base's file of that name
         for name in self.virtual.get(rel, {}):
             found.setdefault(name, (None, _UPPER))
@@ -370,9 +367,13 @@ class RootWalker:
     def _load(self, rel: str, where: int) -> _Loaded:
         """Open a file to archive (checked to be a regular file, or the referenced one),
         describe it, and read it whole when it is small."""
+        ref = None
         if where == _REF:
             ref = self.rootfs.refs[rel]
-            fd, st = open_ref(ref, self.contexts[ref.root])
+            context = self.contexts.get(ref.root)
+            if context is None:  # opened for the first file read from it
+                context = self.contexts[ref.root] = open_context_root(ref)
+            fd, st = open_ref(ref, context)
             xattrs: tuple[tuple[str, bytes], ...] = ()  # a copy carries none
         elif where >= 0:
             fd, st = self._open_lower(rel, where)
@@ -405,7 +406,7 @@ class RootWalker:
                 raise
         size = st.st_size
         if size > _SMALL:
-            return _Loaded(st, xattrs, None, fd)
+            return _Loaded(st, xattrs, None, fd, ref)
         try:
             data = os.read(fd, size) if size else b""
             if len(data) < size:
@@ -413,14 +414,14 @@ class RootWalker:
             # from outside the staged tree, or a cache entry's: unchanged while read
             if where != _UPPER_FILE or self._from_cache(where, st):
                 self._unchanged(fd, rel, where, self._signature(where, st))
-                expected = self._expected(rel, where, st)
+                expected = self._expected(rel, where, st, ref)
                 if expected is not None and hashlib.sha256(data).digest() != expected:
                     raise self._changed(rel, where, CONTENT_CHANGED)
         except OSError as e:
             raise BuildError(f"cannot read {self.archive_name(rel)}: {e.strerror}") from None
         finally:
             os.close(fd)
-        return _Loaded(st, xattrs, data, -1)
+        return _Loaded(st, xattrs, data, -1, ref)
 
     def _open_lower(self, rel: str, where: int) -> tuple[int, os.stat_result]:
         """A base's file, opened in its directory ``where``: a regular file still, and
@@ -455,11 +456,11 @@ class RootWalker:
         st = loaded.st
         try:
             size, linkname, kind = st.st_size, "", "file"
-            if where == _REF:
+            ref = loaded.ref
+            if ref is not None:
                 # What a copy would be: the COPY's mode and owner, one link, its mtime.
-                ref = self.rootfs.refs[rel]
                 if loaded.fd >= 0:
-                    self._hand(loaded.fd, rel, where, st)
+                    self._hand(loaded.fd, rel, where, st, ref)
                 return TarEntry(name=name, kind="file", mode=ref.mode, uid=ref.uid,
                                 gid=ref.gid, mtime=max(0, min(ref.mtime, self.epoch)),
                                 size=size), loaded.fd, loaded.data

@@ -346,3 +346,80 @@ def test_a_record_is_never_read_through_another_users_symlink(project: Path) -> 
                     cwd=project, env={"SOURCE_DATE_EPOCH": "1000000"})
         assert HIT not in r.stderr
         assert r.code == 1 and f"step cache {link} is a symlink that belongs to uid" in r.stderr
+
+
+def _recorded(tmp_path: Path, look: Callable[[warm.Witness], None]) -> Path:
+    """A record of what ``look`` shows the witness (the output a small file), kept in a
+    private cache under the key "k"; its directory."""
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    out = tmp_path / "out.aci"
+    out.write_bytes(b"IMAGE")
+    witness = warm.Witness()
+    look(witness)
+    assert witness.complete, witness.why_not
+    warm.store(cache, "k", witness, _result(out), hashlib.sha256(b"IMAGE").hexdigest())
+    return cache
+
+
+def test_a_record_holds_any_name_followed_or_not_and_absent_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory's entries are recorded as their joined names and one digest of their
+    signatures: names with a newline, a space, bytes that are no UTF-8, a symlink looked
+    at and followed, and a name that was absent; a change to any of them is no hit."""
+    monkeypatch.setattr(warm, "settled", lambda st, now: True)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    odd = ["new\nline", "sp ace", os.fsdecode(b"caf\xe9"), "plain"]
+    for name in odd:
+        (tree / name).write_bytes(b"x")
+    (tree / "link").symlink_to("plain")
+    (tmp_path / "other").mkdir()
+
+    def look(witness: warm.Witness) -> None:
+        for name in odd:
+            witness.look(tree / name)
+        witness.look(tree / "link")
+        witness.look(tree / "link", follow=True)
+        witness.look(tree / "absent")
+        witness.look(tmp_path / "other")
+
+    cache = _recorded(tmp_path, look)
+    assert warm.check(cache, "k") is not None
+    (tree / "absent").write_text("here now")
+    assert warm.check(cache, "k") is None
+    (tree / "absent").unlink()
+    assert warm.check(cache, "k") is not None
+    (tree / "plain").write_text("longer than before")  # the link's target, followed
+    assert warm.check(cache, "k") is None
+
+
+def test_a_record_of_many_files_is_checked_in_little_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A no-op of a tree of 100,000 files peaked at 100 MB: the record (a list of eight
+    numbers for each file) was loaded whole, as JSON lists, to be compared. Checked now a
+    directory at a time from a line of names and a digest: under 150 bytes a file (~55
+    here; it was ~700: the lists, and three copies of a record of ~94 bytes a file)."""
+    import tracemalloc
+
+    monkeypatch.setattr(warm, "settled", lambda st, now: True)
+    files = [tmp_path / "tree" / f"d{i // 100:02}" / f"f{i:05}.txt" for i in range(5000)]
+    for path in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+
+    def look(witness: warm.Witness) -> None:
+        for path in files:
+            witness.look(path)
+
+    cache = _recorded(tmp_path, look)
+    assert warm.check(cache, "k") is not None  # the first hit rewrites the record (settled)
+    tracemalloc.start()
+    try:
+        assert warm.check(cache, "k") is not None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 150 * len(files), f"{peak / len(files):.0f} bytes a file"
+    files[-1].write_text("y")
+    assert warm.check(cache, "k") is None

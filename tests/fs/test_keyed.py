@@ -1,4 +1,4 @@
-"""acbuild.fs.keyed's listing signature: what stands for "the directory holds the same
+"""acbuild.fs.keyed's listing signatures: what stands for "the directory holds the same
 entries" (a cache entry's lower directories, a user's base directories, a COPY's sources)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import zlib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from acbuild.fs.keyed import by_name_bytes, listing_signature
+from acbuild.fs.keyed import WalkListing, by_name_bytes, listing_signature
 from tests.support.crcforge import forge
 
 # Names as a directory listing gives them: ASCII, other UTF-8, and undecodable bytes (as
@@ -61,3 +61,34 @@ def test_names_sort_by_their_bytes(names: list[str]) -> None:
     pairs = [(name, len(name)) for name in names]
     assert by_name_bytes(pairs, lambda pair: pair[0]) == \
         sorted(pairs, key=lambda pair: os.fsencode(pair[0]))
+
+
+def _walked(entries: list[tuple[str, bool, bool]]) -> bytes:
+    listing = WalkListing()
+    for entry in entries:
+        listing.add(*entry)
+    return listing.digest()
+
+
+@given(names=_NAMES, kinds=st.lists(st.sampled_from([(False, True), (True, False),
+                                                     (False, False)]), min_size=12,
+                                    max_size=12))
+def test_a_walk_listing_is_the_digest_of_its_framed_entries_in_order(
+        names: list[str], kinds: list[tuple[bool, bool]]) -> None:
+    """A COPY source's listing, taken as the walk goes (the key's walk and the COPY's give
+    the same entries in the same order): each entry's kind and path, NUL-ended, however
+    many flushes the digest took."""
+    entries = [(name, *kind) for name, kind in zip(names, kinds, strict=False)] * 200
+    framed = b"".join((b"d" if is_dir else b"f" if is_file else b"o") + os.fsencode(name)
+                      + b"\0" for name, is_dir, is_file in entries)
+    assert _walked(entries) == hashlib.blake2b(framed, digest_size=32).digest()
+
+
+def test_a_walk_listing_tells_names_kinds_and_count_apart() -> None:
+    entries = [("a", False, True), ("b", True, False), ("b/c", False, False)]
+    assert _walked(entries) == _walked(list(entries))
+    assert _walked(entries) != _walked(entries[:2])
+    assert _walked(entries) != _walked([("a", False, True), ("b", False, True),
+                                        ("b/c", False, False)])
+    assert _walked([("ab", False, True), ("c", False, True)]) != \
+        _walked([("a", False, True), ("bc", False, True)])

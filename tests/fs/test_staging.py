@@ -1,4 +1,5 @@
-"""StagedRootfs ownership records, removing staged trees, and how xattrs are framed."""
+"""StagedRootfs ownership records, removing staged trees, how xattrs are framed, and how
+COPY references are kept."""
 
 from __future__ import annotations
 
@@ -153,3 +154,50 @@ def test_a_cache_entry_file_with_the_other_xattr_set_is_not_the_one_verified(
                        discard=lambda key: None)
     assert files.holds("f", st, xattr_field(ONE))
     assert not files.holds("f", st, xattr_field(TWO))
+
+
+def test_file_refs_keep_each_reference_as_it_was_recorded(tmp_path: Path) -> None:
+    """FileRefs packs a reference (signature, mode, source) into one bytes object, and
+    gives back the FileRef it stands for: by its path in the rootfs, with the context path
+    of its source's directory (or the source's own name), its digest when it had one."""
+    from acbuild.fs.keyed import signature
+    from acbuild.fs.staging import FileRef, FileRefs, RefSource
+
+    files = {name: tmp_path / name for name in ("a", "b", "far")}
+    for path in files.values():
+        path.write_text("x")
+    os.utime(files["far"], ns=(10**19, 10**19))  # past 2262: more than 64 signed bits
+    refs = FileRefs()
+    tree = RefSource(root=str(tmp_path), root_id=(1, 2), directory="tree/sub", name=None,
+                     uid=5, gid=6, mtime=7)
+    single = RefSource(root=str(tmp_path), root_id=(1, 2), directory="", name="a.txt",
+                       uid=0, gid=0, mtime=8)
+    t, s = refs.source(tree), refs.source(single)
+    digest = bytes(range(32))
+    refs.put("srv/a", refs.record(t, files["a"].lstat(), 0o644, None))
+    refs.adopt("srv", {"b": refs.record(t, files["b"].lstat(), 0o755, digest),
+                       "far": refs.record(t, files["far"].lstat(), 0o600, digest)})
+    refs.put("x", refs.record(s, files["a"].lstat(), 0o644, None))
+    assert len(refs) == 4 and set(refs) == {"srv/a", "srv/b", "srv/far", "x"}
+    assert refs["srv/a"] == FileRef(tree, "tree/sub/a", signature(files["a"].lstat()), None,
+                                    0o644)
+    assert refs["srv/b"].digest == digest and refs["srv/b"].mode == 0o755
+    assert refs["srv/far"].seen == signature(files["far"].lstat())
+    assert refs["srv/far"].seen[4] == 10**19 and refs["srv/far"].digest == digest
+    assert refs["x"].rel == "a.txt" and refs["x"].mtime == 8 and refs["srv/a"].uid == 5
+    assert sorted(refs.names("srv")) == ["a", "b", "far"] and list(refs.names("nope")) == []
+    assert sorted(refs.sizes()) == [1, 1, 1, 1]
+    refs.put("srv/a", refs.record(s, files["b"].lstat(), 0o600, None))  # replaced
+    assert len(refs) == 4 and refs["srv/a"].rel == "a.txt"
+    assert "srv/b" in refs and "srv" not in refs and 3 not in refs
+    del refs["srv/b"]
+    refs.discard("srv/a")
+    refs.discard("srv/never")
+    with pytest.raises(KeyError):
+        del refs["srv/a"]
+    with pytest.raises(KeyError):
+        refs["srv/a"]
+    assert set(refs) == {"srv/far", "x"} and len(refs) == 2
+    refs.discard("srv/far")
+    refs.discard("x")
+    assert refs == {} and len(refs) == 0 and list(refs.names("srv")) == []

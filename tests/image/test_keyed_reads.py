@@ -286,7 +286,7 @@ def test_a_reference_changed_while_it_is_streamed_fails(tmp_path: Path) -> None:
     assert sink.size > 0
 
 
-def _keyed_dir_copy(tmp_path: Path, change: object) -> None:
+def _keyed_dir_copy(tmp_path: Path, change: object, leave_refs: bool = True) -> None:
     ctx = tmp_path / "ctx"
     (ctx / "dir/sub").mkdir(parents=True)
     (ctx / "dir/a").write_bytes(OLD)
@@ -298,7 +298,7 @@ def _keyed_dir_copy(tmp_path: Path, change: object) -> None:
     change()  # type: ignore[operator]
     rootfs = StagedRootfs(root=tmp_path / "r", keyed=cache.keyed)
     rootfs.root.mkdir()
-    copy_instruction(_copy("dir", "/d"), context=context, rootfs=rootfs, leave_refs=True)
+    copy_instruction(_copy("dir", "/d"), context=context, rootfs=rootfs, leave_refs=leave_refs)
 
 
 DIR_CHANGES = {
@@ -310,17 +310,20 @@ DIR_CHANGES = {
 }
 
 
+@pytest.mark.parametrize("leave_refs", [True, False], ids=["references", "copies"])
 @pytest.mark.parametrize("change", sorted(DIR_CHANGES))
 def test_a_copied_directory_changed_between_its_key_and_the_copy_fails(
-        tmp_path: Path, change: str) -> None:
+        tmp_path: Path, change: str, leave_refs: bool) -> None:
     """What the key listed below a COPY source is what the COPY copies: nothing removed or
     added since (a removal would otherwise leave the image short under the old key)."""
     with pytest.raises(AcbuildError, match="in the build context changed"):
-        _keyed_dir_copy(tmp_path, lambda: DIR_CHANGES[change](tmp_path / "ctx/dir"))
+        _keyed_dir_copy(tmp_path, lambda: DIR_CHANGES[change](tmp_path / "ctx/dir"),
+                        leave_refs)
 
 
-def test_an_unchanged_copied_directory_is_copied(tmp_path: Path) -> None:
-    _keyed_dir_copy(tmp_path, lambda: None)
+@pytest.mark.parametrize("leave_refs", [True, False], ids=["references", "copies"])
+def test_an_unchanged_copied_directory_is_copied(tmp_path: Path, leave_refs: bool) -> None:
+    _keyed_dir_copy(tmp_path, lambda: None, leave_refs)
 
 
 def test_a_keyed_base_copied_gives_the_image_a_linked_one_gives(tmp_path: Path) -> None:
