@@ -1,8 +1,12 @@
 """Execute stage, sandbox child side: enters fresh namespaces, becomes PID 1, runs a program.
 
-Started by ``sandbox.py`` as ``python -I -S sandbox_init.py CTL_FD REPORT_FD PARENT_PID``.
-It imports only the standard library, and imports everything before ``pivot_root``: after it,
-nothing of the host's Python installation is reachable.
+Started by ``sandbox.py`` as ``python -I -S -c SOURCE PATH CTL_FD REPORT_FD PARENT_PID``: the
+parent reads this file once and hands its text to every helper it starts, so a build whose
+installation is rewritten meanwhile (an editor saving this file, a checkout, an upgrade) never
+runs a helper from a half-written file (an empty one ran nothing and exited 0 without a word).
+PATH only names the helper in ``ps``. It imports only the standard library, and imports
+everything before ``pivot_root``: after it, nothing of the host's Python installation is
+reachable.
 
 Processes: S (this script) unshares user, mount, PID, IPC, UTS (and network) namespaces and
 waits for the parent to write its uid/gid maps; it forks I, PID 1 of the new PID namespace,
@@ -661,7 +665,7 @@ def _read_cap_last() -> int:
 
 def main(argv: list[str]) -> int:
     """S: unshare, let the parent map ids, fork I and wait for it (and so for the namespace)."""
-    ctl_fd, report_fd, parent = int(argv[1]), int(argv[2]), int(argv[3])
+    ctl_fd, report_fd, parent = (int(arg) for arg in argv[-3:])
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         return 1
