@@ -527,8 +527,16 @@ class _Session:
             return
         self._report += data
         *complete, self._report = self._report.split(b"\n")
+        if not data and self._report:
+            self._messages["cut"] = self._report[:200].decode(errors="replace")
         for line in complete:
-            message = json.loads(line)
+            try:
+                message = json.loads(line)
+            except ValueError:
+                message = None
+            if not isinstance(message, dict):
+                raise SandboxError("the sandbox helper sent a report that is no message: "
+                                   f"{line[:200].decode(errors='replace')!r}")
             if message.get("unshared"):
                 _map_ids(pid)
                 self._tell(b"go\n")
@@ -564,7 +572,24 @@ class _Session:
         errors.seek(0)
         tail = errors.read()[-2000:].decode(errors="replace").strip().splitlines()
         detail = f": {tail[-1]}" if tail else ""
-        raise SandboxError(f"the sandbox helper failed (status {proc.returncode}){detail}")
+        raise SandboxError(_failure(m, proc.returncode) + detail)
+
+
+def _failure(m: dict[str, Any], status: int | None) -> str:
+    """Which part of the helper ended without the program's status, and how."""
+    if "lost" in m:
+        return f"the sandbox lost the program's exit status: {m['lost']}"
+    if "cut" in m:
+        return f"the sandbox helper's last report was cut off ({m['cut']!r}, status {status})"
+    if "init" in m:
+        ended = m["init"]
+        how = f"was killed by signal {ended['signal']}" if "signal" in ended else \
+            f"exited with status {ended.get('exit')}"
+        return f"PID 1 of the sandbox {how} without reporting the program's status"
+    if "unshared" not in m:
+        return f"the sandbox helper ended before it made its namespaces (status {status})"
+    return f"the sandbox helper ended without reporting how PID 1 did (status {status})"
+
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:

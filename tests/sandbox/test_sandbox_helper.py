@@ -1,19 +1,23 @@
 """The sandbox helper itself (sandbox_init run by sandbox.py): the code a build's helpers run
-stays the same while the installation is rewritten."""
+stays the same while the installation is rewritten, and no way the helper ends is silent."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 import acbuild
+from acbuild.errors import SandboxError
 from tests.support.busybox import make_busybox_rootfs
-from tests.support.sandboxrun import needs_sandbox
+from tests.support.sandboxrun import needs_sandbox, run
 
 REPO = Path(acbuild.__file__).resolve().parent.parent
 pytestmark = needs_sandbox
@@ -85,3 +89,56 @@ def test_a_helper_caught_mid_write_is_named_not_run(tmp_path: Path, rootfs: Path
     assert line.startswith("error: the sandbox helper "), line
     assert line.endswith("sandbox_init.py is incomplete (it does not end with its __main__ "
                          "block)"), line
+
+
+def test_a_caller_that_ignores_sigchld_still_gets_the_status(rootfs: Path) -> None:
+    # An ignored SIGCHLD survives exec: the kernel reaped the program before PID 1 could
+    # wait for it, and the step failed with no status at all.
+    script = ("import signal, sys\nfrom pathlib import Path\n"
+              "signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
+              "from tests.support.sandboxrun import run\n"
+              "result, lines = run(Path(sys.argv[1]), 'echo ran; exit 7')\n"
+              "print(lines, result.exit_status)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(rootfs)], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['ran'] 7"
+
+
+def helper_children() -> list[int]:
+    """PID 1 of each sandbox this process runs: the child of each helper it started."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
+            ppid = int(Path(f"/proc/{name}/stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+            if ppid == os.getpid() and b"sandbox_init.py" in cmdline:
+                found += map(int, Path(f"/proc/{name}/task/{name}/children").read_text().split())
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def test_pid_1_killed_is_named_with_how_it_ended(rootfs: Path) -> None:
+    outcome: list[object] = []
+
+    def sandbox() -> None:
+        try:
+            outcome.append(run(rootfs, "sleep 30"))
+        except SandboxError as e:
+            outcome.append(e.message)
+
+    thread = threading.Thread(target=sandbox)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not (pids := helper_children()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(pids) == 1
+    time.sleep(0.3)  # past the setup: the program runs
+    os.kill(pids[0], signal.SIGKILL)
+    thread.join(20)
+    assert outcome == ["PID 1 of the sandbox was killed by signal 9 without reporting the "
+                       "program's status"]
