@@ -93,9 +93,9 @@ def run_stages(stages: Sequence[Stage], needs: dict[int, frozenset[int]],
 
 
 def stop_sandboxes() -> None:
-    """SIGTERM to each sandbox helper this process started (its children running
-    acbuild/sandbox/sandbox_init.py). A pidfd pins the process while it is checked, so a
-    reused pid is never signalled."""
+    """SIGTERM to each sandbox helper this process started (its children whose command
+    line names acbuild/sandbox/sandbox_init.py, after the helper's own text). A pidfd pins
+    the process while it is checked, so a reused pid is never signalled."""
     me = os.getpid()
     with contextlib.suppress(OSError):
         names = os.listdir("/proc")
@@ -113,7 +113,7 @@ def stop_sandboxes() -> None:
                     continue
                 with open(f"/proc/{name}/cmdline", "rb") as f:
                     argv = f.read().split(b"\0")
-                if any(arg.endswith(b"sandbox_init.py") for arg in argv[:5]):
+                if any(arg.endswith(b"sandbox_init.py") for arg in argv[:7]):
                     signal.pidfd_send_signal(fd, signal.SIGTERM)
             except (OSError, ValueError, IndexError):
                 pass

@@ -19,6 +19,7 @@ import codecs
 import contextlib
 import dataclasses
 import errno
+import functools
 import json
 import os
 import selectors
@@ -141,6 +142,28 @@ class SandboxResult:
     signal: int | None
     unenforced: tuple[str, ...] = ()  # limits asked for that no mechanism here could apply
     out_of_memory: bool = False  # the memory limit made the kernel kill a process
+
+
+@functools.cache
+def _helper_source() -> str:
+    """The helper's text, read once a process: every sandbox of a build runs the same bytes.
+    Read again for each run, a file being rewritten in place (an editor saving it, a
+    checkout) was empty for an instant, and a helper started then ran nothing, exited 0
+    and failed the step without a word. A file caught mid-write is a prefix of the whole,
+    so one that ends with the helper's last lines is whole."""
+    try:
+        text = _INIT.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SandboxError(f"cannot read the sandbox helper {_INIT}: {e}",
+                           hint=_REWRITTEN) from None
+    if not text.endswith(_HELPER_END):
+        raise SandboxError(f"the sandbox helper {_INIT} is incomplete (it does not end with "
+                           "its __main__ block)", hint=_REWRITTEN)
+    return text
+
+
+_HELPER_END = 'if __name__ == "__main__":\n    sys.exit(main(sys.argv))\n'
+_REWRITTEN = "was acbuild-py's installation changed while it ran? Run the command again"
 
 
 def sandbox_available() -> str | None:
@@ -424,14 +447,17 @@ class _Session:
         self._ctl_w = -1
 
     def run(self) -> SandboxResult:
+        source = _helper_source()
         ctl_r, self._ctl_w = os.pipe()
         rep_r, rep_w = os.pipe()
         out_r, out_w = os.pipe()
         with tempfile.TemporaryFile() as errors:
             try:
                 proc = subprocess.Popen(
-                    [sys.executable, "-I", "-S", str(_INIT), str(ctl_r), str(rep_w),
-                     str(os.getpid())],
+                    # The path only names the helper (ps, stop_sandboxes): the code is
+                    # ``source``, not whatever the file holds by now.
+                    [sys.executable, "-I", "-S", "-c", source, str(_INIT), str(ctl_r),
+                     str(rep_w), str(os.getpid())],
                     stdin=None if self._stdin else subprocess.DEVNULL, stdout=out_w,
                     stderr=errors, pass_fds=(ctl_r, rep_w, *self._pass_fds),
                     start_new_session=True, env={},
@@ -501,8 +527,16 @@ class _Session:
             return
         self._report += data
         *complete, self._report = self._report.split(b"\n")
+        if not data and self._report:
+            self._messages["cut"] = self._report[:200].decode(errors="replace")
         for line in complete:
-            message = json.loads(line)
+            try:
+                message = json.loads(line)
+            except ValueError:
+                message = None
+            if not isinstance(message, dict):
+                raise SandboxError("the sandbox helper sent a report that is no message: "
+                                   f"{line[:200].decode(errors='replace')!r}")
             if message.get("unshared"):
                 _map_ids(pid)
                 self._tell(b"go\n")
@@ -538,7 +572,23 @@ class _Session:
         errors.seek(0)
         tail = errors.read()[-2000:].decode(errors="replace").strip().splitlines()
         detail = f": {tail[-1]}" if tail else ""
-        raise SandboxError(f"the sandbox helper failed (status {proc.returncode}){detail}")
+        raise SandboxError(_failure(m, proc.returncode) + detail)
+
+
+def _failure(m: dict[str, Any], status: int | None) -> str:
+    """Which part of the helper ended without the program's status, and how."""
+    if "lost" in m:
+        return f"the sandbox lost the program's exit status: {m['lost']}"
+    if "cut" in m:
+        return f"the sandbox helper's last report was cut off ({m['cut']!r}, status {status})"
+    if "init" in m:
+        ended = m["init"]
+        how = f"was killed by signal {ended['signal']}" if "signal" in ended else \
+            f"exited with status {ended.get('exit')}"
+        return f"PID 1 of the sandbox {how} without reporting the program's status"
+    if "unshared" not in m:
+        return f"the sandbox helper ended before it made its namespaces (status {status})"
+    return f"the sandbox helper ended without reporting how PID 1 did (status {status})"
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

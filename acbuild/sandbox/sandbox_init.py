@@ -1,8 +1,12 @@
 """Execute stage, sandbox child side: enters fresh namespaces, becomes PID 1, runs a program.
 
-Started by ``sandbox.py`` as ``python -I -S sandbox_init.py CTL_FD REPORT_FD PARENT_PID``.
-It imports only the standard library, and imports everything before ``pivot_root``: after it,
-nothing of the host's Python installation is reachable.
+Started by ``sandbox.py`` as ``python -I -S -c SOURCE PATH CTL_FD REPORT_FD PARENT_PID``: the
+parent reads this file once and hands its text to every helper it starts, so a build whose
+installation is rewritten meanwhile (an editor saving this file, a checkout, an upgrade) never
+runs a helper from a half-written file (an empty one ran nothing and exited 0 without a word).
+PATH only names the helper in ``ps``. It imports only the standard library, and imports
+everything before ``pivot_root``: after it, nothing of the host's Python installation is
+reachable.
 
 Processes: S (this script) unshares user, mount, PID, IPC, UTS (and network) namespaces and
 waits for the parent to write its uid/gid maps; it forks I, PID 1 of the new PID namespace,
@@ -13,7 +17,9 @@ is empty. S and I die with their parents (PR_SET_PDEATHSIG), so the sandbox neve
 outlives the build.
 
 Messages to the parent are JSON lines on REPORT_FD: ``{"unshared": true}``, ``{"error": str}``,
-``{"exec_error": {...}}``, ``{"exit": n}`` or ``{"signal": n}``.
+``{"exec_error": {...}}``, ``{"exit": n}`` or ``{"signal": n}`` from I, or ``{"lost": str}`` when
+I could not learn the program's status; then S's ``{"init": {"exit": n}}`` or
+``{"init": {"signal": n}}``, how I ended, so no end of I goes unexplained.
 """
 
 from __future__ import annotations
@@ -572,8 +578,9 @@ def _exec_program(spec: dict[str, Any], err_fd: int) -> None:
         os._exit(127)
 
 
-def _wait_program(child: int, err_r: int, report_fd: int) -> None:
-    """In I: report an exec failure or the program's status, reaping everyone meanwhile."""
+def _wait_program(child: int, err_r: int, report_fd: int) -> int:
+    """In I: report an exec failure or the program's status, reaping everyone meanwhile.
+    Every way out sends a message; the result is I's exit code."""
     chunks = []
     while data := os.read(err_r, 4096):  # EOF: exec succeeded (CLOEXEC) or C died
         chunks.append(data)
@@ -583,7 +590,10 @@ def _wait_program(child: int, err_r: int, report_fd: int) -> None:
         try:
             pid, status = os.wait()
         except ChildProcessError:
-            return
+            # Only a SIGCHLD ignored or an unexpected reaper gets here (main resets SIGCHLD).
+            _send(report_fd, {"lost": f"PID 1 had no child left to wait for: the program "
+                                      f"(pid {child}) was reaped before its status was read"})
+            return 1
         if pid == child:
             break
     if failure is not None:
@@ -592,14 +602,18 @@ def _wait_program(child: int, err_r: int, report_fd: int) -> None:
         _send(report_fd, {"signal": os.WTERMSIG(status)})
     else:
         _send(report_fd, {"exit": os.waitstatus_to_exitcode(status)})
+    return 0
 
 
 def _init_main(spec: dict[str, Any], report_fd: int, lifeline: int) -> None:
-    """I: PID 1 of the new namespace. Never returns."""
+    """I: PID 1 of the new namespace. Never returns: whatever is raised, even a BaseException,
+    is reported and ends I here, never unwinding into S's code that I was forked from."""
+    code = 125
     try:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if select.select([lifeline], [], [], 0)[0]:
-            os._exit(1)  # S died before the death signal was armed
+        if select.select([lifeline], [], [], 0)[0]:  # S died before the death signal was armed
+            _send(report_fd, {"error": "the sandbox helper died while it started PID 1"})
+            os._exit(1)
         os.close(lifeline)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         if spec.get("probe"):
@@ -619,11 +633,15 @@ def _init_main(spec: dict[str, Any], report_fd: int, lifeline: int) -> None:
         os.close(err_w)
         for fd in (0, 1):
             os.close(fd)  # only the program holds the output pipe: EOF when it is done
-        _wait_program(child, err_r, report_fd)
-    except Exception as e:
-        _send(report_fd, {"error": _describe(e)})
-        os._exit(125)
-    os._exit(0)
+        code = _wait_program(child, err_r, report_fd)
+    except BaseException as e:
+        try:
+            _send(report_fd, {"error": _describe(e)})
+        except BaseException:  # the report pipe itself failed: stderr is what is left
+            with contextlib.suppress(BaseException):
+                os.write(2, f"sandbox PID 1: {_describe(e)}\n".encode())
+    finally:
+        os._exit(code)
 
 
 def _held(spec: dict[str, Any]) -> list[int]:
@@ -661,11 +679,14 @@ def _read_cap_last() -> int:
 
 def main(argv: list[str]) -> int:
     """S: unshare, let the parent map ids, fork I and wait for it (and so for the namespace)."""
-    ctl_fd, report_fd, parent = int(argv[1]), int(argv[2]), int(argv[3])
+    ctl_fd, report_fd, parent = (int(arg) for arg in argv[-3:])
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         return 1
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt does
+    # An ignored SIGCHLD survives exec: a caller that ignores it would have the kernel reap
+    # I and the program as they end, and no status of either could be read.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for fd in (ctl_fd, report_fd):
         os.set_inheritable(fd, False)
     ctl: BinaryIO = os.fdopen(ctl_fd, "rb")
@@ -717,11 +738,16 @@ def _fork_init(spec: dict[str, Any], report_fd: int) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-    os.close(report_fd)
     for fd in (0, 1):
         os.close(fd)
     _, status = os.waitpid(pid, 0)
-    return 0 if os.WIFEXITED(status) else 1
+    # How I ended, after whatever I said: an I that died without a word is still explained.
+    # (The report pipe stays open here until then; EOF comes when S exits, just after I.)
+    ended = {"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status) else \
+        {"exit": os.waitstatus_to_exitcode(status)}
+    with contextlib.suppress(OSError):  # the parent gone: nobody left to tell
+        _send(report_fd, {"init": ended})
+    return 128 + ended["signal"] if "signal" in ended else ended["exit"]
 
 
 if __name__ == "__main__":
