@@ -15,6 +15,7 @@ import posixpath
 import stat
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,6 +160,20 @@ class _Walked:
 # -- sources -------------------------------------------------------------------------------
 
 
+@contextmanager
+def _source_errors(unsafe: str, span: Span) -> Iterator[None]:
+    """A COPY source's failures as the user's error at the instruction: an OSError while
+    the source is read means it vanished or changed under the build."""
+    try:
+        yield
+    except BuildError as e:
+        e.span = e.span or span
+        raise
+    except OSError as e:
+        raise BuildError(f"COPY source '{unsafe}': {e.strerror}: '{e.filename}'",
+                         span=span) from None
+
+
 def _context_sources(unsafe: str, context: BuildContext, instr: Copy,
                      owner: tuple[int, int] | None, span: Span,
                      rootfs: StagedRootfs) -> Iterator[_Source]:
@@ -169,7 +184,7 @@ def _context_sources(unsafe: str, context: BuildContext, instr: Copy,
                          "build computed its cache key: the context changed during the build",
                          span=span, hint="do not change the context during a build")
     for source in resolved:
-        try:
+        with _source_errors(unsafe, span):
             st = context.lstat(source.rel)
             top = os.fspath(source.path)
             entries = [_context_entry("", top, st, instr, owner, unsafe, span, source.rel)]
@@ -179,12 +194,6 @@ def _context_sources(unsafe: str, context: BuildContext, instr: Copy,
                 shown = at + rel
                 entries.append(_context_entry(rel, f"{top}/{rel}", sub_st, instr, owner,
                                               shown, span, shown))
-        except BuildError as e:
-            e.span = e.span or span
-            raise
-        except OSError as e:
-            raise BuildError(f"COPY source '{unsafe}': {e.strerror}: '{e.filename}'",
-                             span=span) from None
         keyed = rootfs.keyed
         if keyed is not None and source.is_dir and not source.is_symlink:
             listing = WalkListing()
@@ -354,7 +363,7 @@ class _Writer:
         for source in resolved:
             # Absolute paths as the key's walk names them (acbuild.cache.statcache).
             here = root if source.rel == "." else f"{root}/{source.rel}"
-            try:
+            with _source_errors(unsafe, span):
                 st = context.lstat(source.rel)
                 walked = _Walked(name=source.name, dirs=[], others=[], files={})
                 if stat.S_ISREG(st.st_mode) and not source.is_dir:
@@ -372,12 +381,6 @@ class _Writer:
                 listing = WalkListing() if keyed is not None and source.is_dir and \
                     not source.is_symlink else None
                 self._walk_below(source, root, here, instr, owner, span, walked, listing)
-            except BuildError as e:
-                e.span = e.span or span
-                raise
-            except OSError as e:
-                raise BuildError(f"COPY source '{unsafe}': {e.strerror}: '{e.filename}'",
-                                 span=span) from None
             if listing is not None and keyed is not None and keyed.source(
                     os.fspath(context.root / source.rel)) != listing.digest():
                 raise context_changed(source.rel, span)  # an entry added or removed since

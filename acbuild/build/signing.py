@@ -44,6 +44,12 @@ class UnsignedImage:
 
     def path_for(self, output: Path) -> Path:
         """The hidden name the image is written to instead of ``output``."""
+        # Signals held: one raised between the directory's making and its recording here
+        # would leave it behind for good (``discard`` removes only what is recorded).
+        with deferred():
+            return self._make_hidden(output)
+
+    def _make_hidden(self, output: Path) -> Path:
         try:
             self._parent = os.open(output.parent,
                                    os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -95,3 +95,30 @@ def test_a_fifo_made_at_the_output_while_signing_stays(tmp_path: Path, at: str) 
     fifo = out if at == "image" else tmp_path / "x.aci.asc"
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert os.listdir(tmp_path) == [fifo.name]
+
+
+@pytest.mark.parametrize("after", ["mkdir", "new_held_dir", "hold"])
+def test_a_signal_while_the_hidden_directory_is_made_leaves_nothing(
+        tmp_path: Path, after: str) -> None:
+    """SIGTERM raised (as a build's handler raises it) the instant the hidden directory
+    exists but before the build has recorded it: the directory is still removed."""
+    from acbuild.signals import Terminated, owned, terminate_as_exit
+
+    out = tmp_path / "x.aci"
+
+    def interrupt(frame: object, event: str, arg: object) -> None:
+        code = getattr(frame, "f_code", None)
+        if event in ("return", "c_return") and (
+                getattr(code, "co_name", None) == after or getattr(arg, "__name__", None) == after):
+            sys.setprofile(None)
+            os.kill(os.getpid(), 15)
+
+    with terminate_as_exit(), pytest.raises(Terminated), \
+            owned(UnsignedImage, UnsignedImage.discard) as unsigned:
+        sys.setprofile(interrupt)
+        try:
+            unsigned.path_for(out)
+        finally:
+            sys.setprofile(None)
+        raise AssertionError("the signal was not raised")  # pragma: no cover
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

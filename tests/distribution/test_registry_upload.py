@@ -214,13 +214,17 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
     seen: list[str]
     status = 200
     location = ""
+    head = 404  # HEAD's status, with ``head_digest`` as its Docker-Content-Digest if set
+    head_digest = ""
 
     def _any(self) -> None:
         self.seen.append(f"{self.command} {self.path}")
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
-        self.send_response(404 if self.command == "HEAD" else self.status)
+        self.send_response(self.head if self.command == "HEAD" else self.status)
+        if self.command == "HEAD" and self.head_digest:
+            self.send_header("Docker-Content-Digest", self.head_digest)
         if self.location:
             self.send_header("Location", self.location)
         self.send_header("Content-Length", "0")
@@ -258,3 +262,26 @@ def test_a_mount_answered_with_a_location_elsewhere_sends_nothing_there(tmp_path
             Repository(s, "team/app").push_blob(path, digest, 1000, mount_from=["team/other"])
     assert hit == []
     assert any("mount=" in line for line in seen)
+
+
+def test_a_head_naming_another_digest_does_not_skip_the_upload(tmp_path: Path) -> None:
+    """A registry answering HEAD of the blob with 200 but another Docker-Content-Digest
+    does not have that blob: it is sent, not taken as present on that word."""
+    path, digest = blob(tmp_path, 1000)
+    with _recording(head=200, head_digest="sha256:" + "1" * 64, status=202,
+                    location="/v2/team/app/blobs/uploads/1") as (host, seen):
+        options = TransportOptions(insecure_registries=(host,), retries=0)
+        with PushSession(host, options, None) as s:
+            pushed = Repository(s, "team/app").push_blob(path, digest, 1000)
+    assert pushed.how == "sent"
+    assert any(line.startswith("PUT /v2/team/app/blobs/uploads/1?digest=") for line in seen)
+
+
+def test_a_head_naming_the_digest_skips_the_upload(tmp_path: Path) -> None:
+    path, digest = blob(tmp_path, 1000)
+    with _recording(head=200, head_digest=digest) as (host, seen):
+        options = TransportOptions(insecure_registries=(host,), retries=0)
+        with PushSession(host, options, None) as s:
+            pushed = Repository(s, "team/app").push_blob(path, digest, 1000)
+    assert pushed.how == "present"
+    assert [line.split()[0] for line in seen] == ["HEAD"]

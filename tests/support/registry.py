@@ -171,8 +171,6 @@ def start_registry(workdir: Path, mode: Mode, *, anonymous_pull: bool = False,
     workdir.mkdir(parents=True, exist_ok=True)
     storage = workdir / "storage"
     storage.mkdir()
-    port = free_port()
-    host = f"127.0.0.1:{port}"
     password = secrets.token_urlsafe(12) if mode in ("basic", "token") else None
     username = USERNAME if password else None
     tls = make_tls(workdir / "tls") if mode in ("tls", "basic") else None
@@ -180,11 +178,10 @@ def start_registry(workdir: Path, mode: Mode, *, anonymous_pull: bool = False,
         "version": 0.1,
         "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
         "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True}},
-        "http": {"addr": host, "secret": secrets.token_hex(16)},
     }
+    http_config: dict[str, object] = {"secret": secrets.token_hex(16)}
     if tls is not None:
-        config["http"] = {**config["http"],  # type: ignore[dict-item]
-                          "tls": {"certificate": str(tls.cert), "key": str(tls.key)}}
+        http_config["tls"] = {"certificate": str(tls.cert), "key": str(tls.key)}
     token_ctx: contextlib.AbstractContextManager[TokenServer | None] = contextlib.nullcontext()
     if mode == "basic":
         htpasswd = workdir / "htpasswd"
@@ -198,17 +195,27 @@ def start_registry(workdir: Path, mode: Mode, *, anonymous_pull: bool = False,
             config["auth"] = {"token": {"realm": tokens.realm, "service": SERVICE,
                                         "issuer": ISSUER, "rootcertbundle": str(tokens.cert)}}
         config_file = workdir / "config.yml"
-        config_file.write_text(json.dumps(config, indent=1))  # YAML is a superset of JSON
         log = workdir / "registry.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen([str(REGISTRY_BIN), "serve", str(config_file)],
-                                    stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT)
-        registry = Registry(host=host, mode=mode, ca=tls.ca if tls else None,
-                            username=username, password=password, log=log, storage=storage,
-                            token_server=tokens)
+        for attempt in range(5):
+            # free_port's port is free when it answers, not when the registry binds it:
+            # another process on the machine may take it in between (then try another).
+            host = f"127.0.0.1:{free_port()}"
+            config["http"] = {**http_config, "addr": host}
+            config_file.write_text(json.dumps(config, indent=1))  # YAML is a superset of JSON
+            with log.open("wb") as out:
+                proc = subprocess.Popen([str(REGISTRY_BIN), "serve", str(config_file)],
+                                        stdin=subprocess.DEVNULL, stdout=out,
+                                        stderr=subprocess.STDOUT)
+            registry = Registry(host=host, mode=mode, ca=tls.ca if tls else None,
+                                username=username, password=password, log=log,
+                                storage=storage, token_server=tokens)
+            try:
+                _wait_ready(registry, proc, startup)
+                break
+            except _PortTaken:
+                if attempt == 4:
+                    raise
         try:
-            _wait_ready(registry, proc, startup)
             yield registry
         finally:
             proc.terminate()
@@ -219,13 +226,18 @@ def start_registry(workdir: Path, mode: Mode, *, anonymous_pull: bool = False,
                 proc.wait()
 
 
+class _PortTaken(RuntimeError):
+    """The registry could not listen: its port was taken since it was chosen."""
+
+
 def _wait_ready(registry: Registry, proc: subprocess.Popen[bytes], startup: float) -> None:
     context = ssl.create_default_context(cafile=str(registry.ca)) if registry.ca else None
     deadline = time.monotonic() + startup
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"docker-registry exited with {proc.returncode}:\n"
-                               + registry.log.read_text(errors="replace"))
+            text = registry.log.read_text(errors="replace")
+            kind = _PortTaken if "address already in use" in text else RuntimeError
+            raise kind(f"docker-registry exited with {proc.returncode}:\n{text}")
         try:
             urllib.request.urlopen(f"{registry.url}/v2/", timeout=2, context=context).close()
             return

@@ -143,13 +143,17 @@ class Repository:
     def _url(self, path: str) -> str:
         return f"{self.session.base}/v2/{self.repository}/{path}"
 
-    def _head(self, path: str, what: str, accept: str | None = None) -> bool:
+    def _head(self, path: str, what: str, accept: str | None = None,
+              digest: str | None = None) -> bool:
+        """Whether the registry has it. With ``digest``: a 200 naming another digest in
+        Docker-Content-Digest is not that blob (the upload is not skipped on its word)."""
         with self.session.get(f"/v2/{self.repository}/{path}", scope=self.scope,
                               accept=accept, method="HEAD") as response:
             if response.status_code == 404:
                 return False
             self.session.check(response, what)
-            return True
+            named = response.headers.get("docker-content-digest")
+            return digest is None or named is None or named == digest
 
     def preflight(self) -> None:
         """Reach the repository with the push scope's credentials before any work is done
@@ -159,7 +163,7 @@ class Repository:
         self._head("blobs/sha256:" + "0" * 64, f"pushing to {self.repository}")
 
     def has_blob(self, digest: str) -> bool:
-        return self._head(f"blobs/{digest}", f"blob {digest[:19]}")
+        return self._head(f"blobs/{digest}", f"blob {digest[:19]}", digest=digest)
 
     def has_manifest(self, reference: str, accept: str) -> bool:
         return self._head(f"manifests/{reference}", f"manifest {reference}", accept)
