@@ -188,7 +188,7 @@ def _fetch_path(path: Path, *, options: FetchOptions, reporter: Reporter) -> Fet
     """A local file into the store. As rkt: it must be signed by a key trusted for its name
     (PATH.asc), unless --insecure-skip-verify. The copy is what is checked and stored, so
     the file changing meanwhile cannot slip unchecked bytes in."""
-    if not path.is_file():
+    if not path.exists():  # anything else that is not a file: open_regular says what it is
         raise FetchError(f"{path}: no such image file")
     store = ImageStore.locate(options.store_dir)
     with store.temp() as tmp:

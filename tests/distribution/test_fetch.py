@@ -166,3 +166,23 @@ def test_gc(tmp_path: Path) -> None:
     assert [e.id for e in store.entries()] == [f"sha512-{'2' * 128}"]
     assert store.gc(older_than_days=1, now=store.entries()[0].added + 2 * 86400)
     assert store.entries() == ()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "missing", "dangling"])
+def test_a_local_path_that_is_not_an_image_file_says_what_it_is(
+        tmp_path: Path, options: FetchOptions, kind: str) -> None:
+    """RO-10: a FIFO (or a directory) named to fetch was reported as missing."""
+    import os
+
+    path = tmp_path / "image.aci"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "dangling":
+        path.symlink_to(tmp_path / "nowhere")
+    said = {"fifo": "not a regular file \\(a FIFO\\)", "directory": "[Ii]s a directory",
+            "missing": "no such image file", "dangling": "no such image file"}[kind]
+    with pytest.raises(FetchError, match=said):
+        fetch(str(path), options=options, reporter=NullReporter())
+    assert ImageStore(options.store_dir).entries() == ()  # type: ignore[arg-type]
