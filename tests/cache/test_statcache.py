@@ -494,7 +494,8 @@ def test_a_damaged_directory_of_the_stat_cache_is_only_read_again(
 def test_what_a_build_remembered_is_still_known_after_it_saved(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A save (a build saves after keying, and at once on finding a stale digest) leaves
-    the cache answering from what it wrote, another build's digests merged in too."""
+    the cache answering from what it wrote, another build's digests merged in too: read
+    from the file again at the first look-up after it, not held through the build."""
     where = tmp_path / "stat" / "ctx.json"
     (a, a_st), (b, b_st) = _many(tmp_path / "tree", 2)
     mine, other = StatCache(where), StatCache(where)
@@ -502,6 +503,7 @@ def test_what_a_build_remembered_is_still_known_after_it_saved(
     other.file_digest(b, b_st)
     other.save()
     mine.save()
+    assert mine._loaded is None  # not held after the save: read again at a look-up
     read = _no_reads(monkeypatch)
     assert mine.file_digest(a, a_st) == _sha(b"0\n")
     assert mine.file_digest(b, b_st) == _sha(b"1\n")
