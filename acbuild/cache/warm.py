@@ -102,7 +102,7 @@ class _Seen:
         self.packed = bytearray()
 
     def add(self, name: str, follow: bool, packed: bytes) -> None:
-        self.names += os.fsencode(name) + b"/"
+        self.names += name.encode("utf-8", "surrogateescape") + b"/"  # as os.fsencode
         self.follows += b"1" if follow else b"0"
         self.packed += packed
 
@@ -110,7 +110,7 @@ class _Seen:
         """(name, follow) -> packed signature, the last seen of each, in the order each
         was first seen (a name seen twice, as a path's component and as a source, is
         one input)."""
-        names = os.fsdecode(bytes(self.names[:-1])).split("/")
+        names = bytes(self.names[:-1]).decode("utf-8", "surrogateescape").split("/")
         size, packed = _PACKED.size, memoryview(self.packed)
         found: dict[tuple[str, str], bytes] = {}
         for i, (name, follow) in enumerate(zip(names, self.follows.decode(), strict=True)):
@@ -143,7 +143,10 @@ class Witness:
         self._add(os.fsdecode(path), follow, _pack(b"+", *_numbers(st)))
 
     def _add(self, path: str, follow: bool, packed: bytes) -> None:
-        directory, name = os.path.split(path)
+        # Once a file of every key: rpartition, not os.path.split (a Python function).
+        directory, _, name = path.rpartition("/")
+        if not directory:
+            directory, name = os.path.split(path)  # "/name", or one with no "/" at all
         seen = self._seen.get(directory)
         if seen is None:
             seen = self._seen[directory] = _Seen()
