@@ -400,7 +400,7 @@ def _read(path: Path) -> tuple[dict[str, tuple[str, str]], list[Tombstone]]:
     when a look-up unpacks them."""
     try:
         doc = json.loads(read_regular(path))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested too deep
         return {}, []
     if not isinstance(doc, dict) or doc.get("version") != _VERSION:
         return {}, []

@@ -270,7 +270,7 @@ def _read(cache_dir: Path, key: str) -> Any:
     digest, _, raw = data.partition(b"\n")
     if hashlib.sha256(raw).hexdigest().encode() != digest:
         return None
-    with contextlib.suppress(ValueError):
+    with contextlib.suppress(ValueError, RecursionError):  # RecursionError: nested too deep
         body = json.loads(raw)
         if isinstance(body, dict):
             return body

@@ -525,3 +525,41 @@ def test_a_forgotten_digest_stays_forgotten_in_the_build_that_forgot_it(
     assert read == [a]
     build.save()
     assert _remembered(where) == set()
+
+
+# What a stat cache file may hold instead of one this version wrote: each a miss (the files
+# hashed again), never a traceback, and the next save writes a whole file of this format.
+DAMAGED = {
+    "empty": lambda good: b"",
+    "truncated": lambda good: good[: len(good) // 2],
+    "not an object": lambda good: b"[1, 2]",
+    "nested too deep": lambda good: b"[" * 100_000,
+    "format 3 (before packing)": lambda good: (
+        b'{"version":3,"entries":{"/x":[1,2,3,4,5,"' + b"0" * 64 + b'",null]},'
+        b'"tombstones":[]}'),
+    "a directory not two strings": lambda good: (
+        b'{"version":4,"tombstones":[],"directories":{"/x":[1,2]}}'),
+    "a tombstone not six fields": lambda good: good.replace(
+        b'"tombstones":[]', b'"tombstones":[["/x",1]]'),
+    "records not base64": lambda good: good.replace(b'","', b'","!', 1),
+}
+
+
+@pytest.mark.usefixtures("all_settled")
+@pytest.mark.parametrize("damage", sorted(DAMAGED))
+def test_a_damaged_or_older_stat_cache_is_a_miss_and_written_anew(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+    where = tmp_path / "stat" / "ctx.json"
+    files = _many(tmp_path / "tree", 3)
+    first = StatCache(where)
+    for path, st in files:
+        first.file_digest(path, st)
+    first.save()
+    where.write_bytes(DAMAGED[damage](where.read_bytes()))
+    read = _no_reads(monkeypatch)
+    again = StatCache(where)
+    for i, (path, st) in enumerate(files):
+        assert again.file_digest(path, st) == _sha(b"%d\n" % i)
+    assert sorted(read) == sorted(p for p, _ in files)  # nothing trusted from it
+    again.save()
+    assert _remembered(where) == {p for p, _ in files}

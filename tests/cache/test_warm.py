@@ -256,6 +256,15 @@ def test_a_damaged_record_is_a_miss(project: Path) -> None:
     assert HIT not in r.stderr and r.stdout.strip() == first
 
 
+def test_a_record_nested_too_deep_is_a_miss_not_a_traceback(project: Path) -> None:
+    first = warm_up(project)
+    deep = b"[" * 100_000  # sealed as the record is: only what the parser makes of it counts
+    for record in (project / "cache" / "warm").iterdir():
+        record.write_bytes(hashlib.sha256(deep).hexdigest().encode() + b"\n" + deep)
+    r = build(project)
+    assert HIT not in r.stderr and r.stdout.strip() == first
+
+
 def test_a_noop_hit_does_not_load_the_template_engine_or_parser(project: Path) -> None:
     warm_up(project)
     ctx = project / "ctx"
