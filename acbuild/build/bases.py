@@ -12,18 +12,16 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from acbuild.acfile.context import BuildContext
 from acbuild.acfile.instructions import Copy, Dependency, Run
 from acbuild.build import manifest_edit
-from acbuild.build.registrypull import RegistryBases
 from acbuild.errors import AcbuildError, BuildError
 from acbuild.fs.staging import StagedRootfs
 from acbuild.image.aci import image_id, unpack_base, unpack_image
 from acbuild.image.manifest import ImageManifest, default_manifest
 from acbuild.image.tarread import Limits
-from acbuild.interop.convert import convert_to_rootfs, open_source
 from acbuild.plan.baseref import (
     BaseRef,
     DockerArchive,
@@ -36,6 +34,9 @@ from acbuild.plan.baseref import (
 )
 from acbuild.plan.plan import Plan, Stage
 from acbuild.report import Reporter
+
+if TYPE_CHECKING:  # docker:// pulls (httpx, TLS) load only for a build that has one
+    from acbuild.build.registrypull import RegistryBases
 
 # Turns an image name (and labels) into a verified local .aci: the trust chain's resolver.
 NameResolver = Callable[[str, tuple[tuple[str, str], ...], Reporter], Path]
@@ -76,6 +77,9 @@ class BaseLoader:
             case DockerArchive(path=path, ref=ref) | OciLayout(path=path, ref=ref) | OciArchive(
                 path=path, ref=ref
             ):
+                # The converter loads only for a build that has a Docker/OCI base.
+                from acbuild.interop.convert import convert_to_rootfs, open_source
+
                 source = open_source(_CONVERTED_KINDS[type(base)], path, ref)
                 reporter.warning(f"base {path} is a Docker/OCI image and carries no signature")
                 converted = convert_to_rootfs(source, rootfs, reporter=reporter)
@@ -85,6 +89,8 @@ class BaseLoader:
                 return manifest_edit.inherit(
                     unpack_image(fetched, rootfs, reporter=reporter, limits=self.limits))
             case RegistryImage(reference=text):
+                from acbuild.interop.convert import convert_to_rootfs
+
                 source = self.registries().open_source(text, reporter)
                 return manifest_edit.inherit(convert_to_rootfs(source, rootfs,
                                                                reporter=reporter))

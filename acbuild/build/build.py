@@ -46,7 +46,6 @@ from acbuild.plan.baseref import RegistryImage
 from acbuild.plan.plan import Plan, check_instructions, make_plan
 from acbuild.report import Reporter, StepInfo
 from acbuild.signals import owned
-from acbuild.trust.rktkeys import check_signing_key
 
 if TYPE_CHECKING:  # httpx and the registry code load only for a build that uses a registry
     from acbuild.cache.remote import CacheRepo
@@ -256,6 +255,11 @@ def check_sign_keys(plan: Plan, gpg_home: Path | None) -> None:
     line before any step runs, not after a long build."""
     spans = {step.instruction.key: step.instruction.span for step in plan.target.steps
              if isinstance(step.instruction, Sign)}
+    if not plan.sign_keys:
+        return
+    # gnupg loads only for a build that signs.
+    from acbuild.trust.rktkeys import check_signing_key
+
     for key in plan.sign_keys:
         try:
             check_signing_key(key, gpg_home)

@@ -153,7 +153,7 @@ def _unseal_bytes(raw_doc: bytes) -> dict[str, object] | None:
         raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
         if hashlib.sha256(raw).hexdigest() == doc["sha256"] and isinstance(body, dict):
             return body
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # Recursion: nested too deep
         pass
     return None
 
@@ -484,7 +484,7 @@ class CacheStore:
             listings = {str(rel): bytes.fromhex(listing)
                         for rel, listing in doc.get("listings", {}).items()}
             return TreeSignatures(files=files, entries=entries, listings=listings), verified_at
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return NO_SIGNATURES, 0.0
 
     def _save_signatures(self, where: Path, digest: str, signatures: TreeSignatures,

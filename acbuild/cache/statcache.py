@@ -9,6 +9,7 @@ unchanged is not read again; files modified in the last seconds are not remember
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import fcntl
@@ -17,9 +18,11 @@ import json
 import os
 import posixpath
 import stat
+import struct
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from acbuild.acfile import instructions as ins
 from acbuild.acfile.context import (
@@ -50,20 +53,56 @@ from acbuild.plan.baseref import (
 )
 from acbuild.plan.plan import Plan, Stage
 
-_VERSION = 3  # 2: tombstones; 3: a base file's xattrs with its digest
+_VERSION = 4  # 2: tombstones; 3: a base file's xattrs with its digest; 4: by directory, packed
 
 
 _FILE = framed(b"file")
 
+# An entry, packed: dev, ino, size, mtime_ns, ctime_ns, the SHA-256, and the xattrs (a kind:
+# 0 none asked, 1 none there, 2 their SHA-256). 105 bytes an entry where a JSON list of
+# seven took ~530 (a cache of 100,000 files loaded as ~53 MB of lists).
+_RECORD = struct.Struct("=QQqqq32sB32s")
+_SIG = struct.Struct("=QQqqq")  # the record's first 40 bytes: what it is remembered under
+_NO_XATTRS = bytes(32)
+# Directories unpacked at once (a look-up unpacks its directory: walks look up a directory's
+# entries together); the others stay as the file held them, a string each.
+_UNPACKED = 16
+
+Entry = list[object]  # [dev, ino, size, mtime_ns, ctime_ns, sha256 hex, xattrs or None]
+
+
+def _pack(entry: Entry) -> bytes | None:
+    """An entry as a record; None when it cannot be one (a number out of range)."""
+    dev, ino, size, mtime, ctime, digest, xattrs = entry
+    kind, found = (0, _NO_XATTRS) if xattrs is None else (1, _NO_XATTRS) if xattrs == "" else (
+        2, bytes.fromhex(str(xattrs)))
+    try:
+        return _RECORD.pack(dev, ino, size, mtime, ctime, bytes.fromhex(str(digest)), kind,
+                            found)
+    except (struct.error, ValueError):
+        return None
+
+
+def _unpack(record: bytes) -> Entry:
+    dev, ino, size, mtime, ctime, digest, kind, found = _RECORD.unpack(record)
+    return [dev, ino, size, mtime, ctime, digest.hex(),
+            None if kind == 0 else "" if kind == 1 else found.hex()]
+
 
 class StatCache:
-    """Maps absolute path -> (dev, ino, size, mtime_ns, ctime_ns, sha256 hex, xattrs), the
+    """Maps absolute path -> (dev, ino, size, mtime, ctime, sha256 hex, xattrs), the
     xattrs as ``file_xattrs`` gives them (None until a base tree's key asks: a COPY takes
     none). They are remembered under the same signature as the content: every change of
     an xattr sets the ctime, so a changed xattr never hides behind a remembered one.
 
     ``witness``, when set, is told every entry a key reads (the warm record's inputs);
     ``keyed`` gets the signature of every entry of a base tree or the context a key read.
+
+    The file holds a directory's entries as its names (joined by "/") and their packed
+    records (``_RECORD``, base64), which stay as loaded until a look-up in that directory
+    unpacks them (at most ``_UNPACKED`` directories at once): a cache of 100,000 files is
+    ~15 MB in memory, not ~53 MB of JSON lists, and a save merges and writes it a
+    directory at a time.
 
     Builds sharing a cache share the file: each save merges this build's changes into what
     is on disk then, under a lock, rather than write back what it loaded (which would lose
@@ -84,18 +123,71 @@ class StatCache:
         self.path = path
         self.witness = witness
         self.keyed = KeyedFiles(on_stale=self._stale)
-        self._entries: dict[str, list[object]] = {}
-        self._added: dict[str, list[object]] = {}  # since the last save
+        # directory -> (names, records); None: read the file at the next look-up
+        self._loaded: dict[str, tuple[str, str]] | None = {}
+        self._unpacked: dict[str, dict[str, bytes]] = {}  # the last directories looked in
+        # Since the last save, by directory: name -> record (this build's digests).
+        self._added: dict[str, dict[str, bytes]] = {}
+        self._hidden: set[str] = set()  # forgotten: never answered from what was loaded
         self._forgotten: set[str] = set()  # since the last save, no signature known
         self._buried: list[Tombstone] = []  # since the last save
         self._tombstones: set[Tombstone] = set()  # loaded and buried
         if path is not None:
-            self._entries, tombstones = _read(path)
-            self._tombstones.update(tombstones)
+            self._load(path)
+
+    def _load(self, path: Path) -> dict[str, tuple[str, str]]:
+        self._loaded, tombstones = _read(path)
+        self._tombstones.update(tombstones)
+        return self._loaded
 
     @property
     def _dirty(self) -> bool:
         return bool(self._added or self._forgotten or self._buried)
+
+    def _record(self, path: str) -> bytes | None:
+        """The record remembered for the absolute ``path``: this build's, else the file's
+        (unless forgotten, or buried under its signature)."""
+        directory, _, name = path.rpartition("/")
+        added = self._added.get(directory)
+        if added is not None and (record := added.get(name)) is not None:
+            return record
+        if path in self._hidden:
+            return None
+        records = self._unpacked.get(directory)
+        if records is None:
+            records = self._unpack_directory(directory)
+        record = records.get(name)
+        if record is not None and self._tombstones and (
+                (path, *_SIG.unpack_from(record)) in self._tombstones):
+            return None  # never trusted, even in a file no merge of ours wrote
+        return record
+
+    def _unpack_directory(self, directory: str) -> dict[str, bytes]:
+        loaded = self._loaded
+        if loaded is None:
+            assert self.path is not None  # only a save drops what was loaded
+            loaded = self._load(self.path)
+        records = _records(loaded.get(directory))
+        if len(self._unpacked) >= _UNPACKED:
+            del self._unpacked[next(iter(self._unpacked))]
+        self._unpacked[directory] = records
+        return records
+
+    def _get(self, path: str, st: os.stat_result) -> Entry | None:
+        """The entry remembered for ``path`` under ``st``'s signature, else None."""
+        record = self._record(path)
+        if record is None or record[:_SIG.size] != _sig_bytes(st):
+            return None
+        return _unpack(record)
+
+    def _put(self, path: str, entry: Entry) -> None:
+        record = _pack(entry)
+        if record is None:
+            return  # not remembered: hashed again next time
+        directory, _, name = path.rpartition("/")
+        self._added.setdefault(directory, {})[name] = record
+        self._hidden.discard(path)
+        self._forgotten.discard(path)
 
     def file_digest(self, path: Path | str, st: os.stat_result,
                     opener: Callable[[], int] | None = None) -> str:
@@ -104,10 +196,9 @@ class StatCache:
         # An absolute str comes from path_digest, already normal: no abspath per file.
         key = path if isinstance(path, str) and path[:1] == "/" else os.fsdecode(
             os.path.abspath(path))
-        sig = _signature(st)
-        known = self._entries.get(key)
-        if known is not None and known[:5] == sig and isinstance(known[5], str):
-            return known[5]
+        known = self._get(key, st)
+        if known is not None:
+            return str(known[5])
         try:
             # Not a plain open(): a BEGIN path or a base tree's file that is (or became) a
             # FIFO would block it for ever, /dev/zero would be read for ever.
@@ -115,19 +206,17 @@ class StatCache:
                 digest = hashlib.file_digest(f, "sha256").hexdigest()
         except OSError as e:
             raise AcbuildError(f"cannot read {path}: {e.strerror}") from None
+        sig = _signature(st)
         if settled(st, time.time_ns()) and (key, *sig) not in self._tombstones:
-            self._entries[key] = self._added[key] = [*sig, digest, None]
-            self._forgotten.discard(key)
+            self._put(key, [*sig, digest, None])
         return digest
 
     def base_file(self, path: str, st: os.stat_result) -> tuple[str, str]:
         """A base tree's file (``path`` absolute and normal): ``file_digest`` and
         ``file_xattrs``, from one look-up when both are remembered (most of a base)."""
-        known = self._entries.get(path)
-        if known is not None and len(known) == 7 and known[:5] == _signature(st):
-            digest, xattrs = known[5], known[6]
-            if isinstance(digest, str) and isinstance(xattrs, str):
-                return digest, xattrs
+        known = self._get(path, st)
+        if known is not None and isinstance(known[6], str):
+            return str(known[5]), known[6]
         return self.file_digest(path, st), self.file_xattrs(path, st)
 
     def file_xattrs(self, path: str, st: os.stat_result) -> str:
@@ -135,9 +224,7 @@ class StatCache:
         their ``xattr_field`` (every xattr but the SELinux label: what the base's copy and
         the finalizer take). ``path``: absolute and normal, asked right after
         ``file_digest(path, st)``, whose entry (when it remembered one) keeps them too."""
-        known = self._entries.get(path)
-        if known is not None and (len(known) != 7 or known[:5] != _signature(st)):
-            known = None  # remembered under another signature (or not as a file's entry)
+        known = self._get(path, st)  # None: remembered under another signature, or not
         if known is not None and isinstance(known[6], str):
             return known[6]
         found = xattrs_digest(xattrs_of(path))
@@ -145,7 +232,7 @@ class StatCache:
         # no later stat shows ``st`` again (and this build's copy finds the file changed).
         if known is not None:
             known[6] = found
-            self._added[path] = known
+            self._put(path, known)
         return found
 
     def forget(self, path: str) -> None:
@@ -154,11 +241,17 @@ class StatCache:
         changes no timestamp), so the next read must hash the file again. The signature
         is buried: the one the digest was remembered under, and the file's own now when
         it is the one the key read (a digest hashed afresh, not yet remembered)."""
-        self._added.pop(path, None)
-        known = self._entries.pop(path, None)
+        record = self._record(path)
+        directory, _, name = path.rpartition("/")
+        added = self._added.get(directory)
+        if added is not None:
+            added.pop(name, None)
+            if not added:
+                del self._added[directory]
+        self._hidden.add(path)
         found: set[Tombstone] = set()
-        if known is not None and _is_entry(known):
-            found.add((path, *known[:5]))  # type: ignore[arg-type]
+        if record is not None:
+            found.add((path, *_SIG.unpack_from(record)))
         with contextlib.suppress(OSError):
             st = os.stat(path)  # as the key took it: a base archive may be named by a link
             if self.keyed.holds(path, st):
@@ -179,7 +272,8 @@ class StatCache:
 
     def save(self) -> None:
         """Merge this build's changes into the file (re-read under its lock: another
-        build may have saved since this one loaded), written to a temp file and renamed."""
+        build may have saved since this one loaded), written to a temp file and renamed.
+        What is remembered from then on is what the file holds."""
         if self.path is None or not self._dirty:
             return
         try:
@@ -190,19 +284,20 @@ class StatCache:
             return  # only a speed-up; the next build reads the files again
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            entries, tombstones = _read(self.path)
-            entries, tombstones = _merge(entries, tombstones, self._added, self._forgotten,
-                                         self._buried)
-            data = json.dumps({"version": _VERSION, "entries": entries,
-                               "tombstones": [list(t) for t in tombstones]},
-                              separators=(",", ":")).encode()
+            loaded, tombstones = _read(self.path)
+            merged, kept = _merge(loaded, tombstones, self._added, self._forgotten,
+                                  self._buried)
             with atomic_write(self.path, mode=0o600) as f:
-                f.write(data)
+                _write(f, merged, kept)
         except (OSError, AcbuildError):
             return  # only a speed-up (kept for the next save); the files are read again
         finally:
             os.close(lock)  # releases the lock
-        self._tombstones.update(tombstones)
+        # What the file holds now is read again if a look-up comes after the save (a
+        # build saves once its keys are made, and then rarely looks up: a RUN's bind
+        # mount, a stale digest): not held through the build (~14 MB for 100,000 files).
+        self._loaded, self._unpacked = None, {}
+        self._tombstones.update(kept)
         self._added.clear()
         self._forgotten.clear()
         self._buried.clear()
@@ -215,32 +310,65 @@ Tombstone = tuple[str, int, int, int, int, int]
 _TOMBSTONES = 4096
 
 
-def _merge(entries: dict[str, list[object]], tombstones: list[Tombstone],
-           added: Mapping[str, list[object]], forgotten: Iterable[str],
-           buried: Iterable[Tombstone]) -> tuple[dict[str, list[object]], list[Tombstone]]:
-    """The file's entries and tombstones with one build's changes: its tombstones win over
-    any digest for the same (path, signature), on disk or added (by the build that buried
-    it or one that hashed the file before it was found stale)."""
+def _records(loaded: tuple[str, str] | None) -> dict[str, bytes]:
+    """A directory's entries as the file holds them: name -> record; none when damaged."""
+    if loaded is None:
+        return {}
+    joined, packed = loaded
+    try:
+        blob = base64.b64decode(packed, validate=True)
+    except ValueError:
+        return {}
+    names = joined.split("/")
+    size = _RECORD.size
+    if len(blob) != size * len(names):
+        return {}
+    return {name: blob[i * size:(i + 1) * size] for i, name in enumerate(names)}
+
+
+def _merge(loaded: Mapping[str, tuple[str, str]], tombstones: list[Tombstone],
+           added: Mapping[str, Mapping[str, bytes]], forgotten: Iterable[str],
+           buried: Iterable[Tombstone]) -> tuple[dict[str, tuple[str, str]], list[Tombstone]]:
+    """The file's entries and tombstones with one build's changes, a directory at a time:
+    its tombstones win over any digest for the same (path, signature), on disk or added (by
+    the build that buried it or one that hashed the file before it was found stale)."""
     graves = dict.fromkeys(tombstones)
     graves.update(dict.fromkeys(buried))
+    by_directory: dict[str, dict[str, list[Tombstone]]] = {}
+    for grave in graves:
+        directory, _, name = grave[0].rpartition("/")
+        by_directory.setdefault(directory, {}).setdefault(name, []).append(grave)
+    gone: dict[str, set[str]] = {}
     for path in forgotten:
-        entries.pop(path, None)
-    for path, entry in added.items():
-        if (path, *entry[:5]) not in graves:
-            entries[path] = entry
-    _drop_buried(entries, graves)  # remembered before the tombstone reached the file
-    kept = [t for t in graves if not _outlived(t, entries.get(t[0]))]
-    return entries, kept[-_TOMBSTONES:]
-
-
-def _outlived(tombstone: Tombstone, entry: list[object] | None) -> bool:
-    """Whether the path is remembered under a later signature of the tombstone's inode:
-    its ctime has moved on, and a ctime never goes back (the clock aside), so the buried
-    signature cannot be the file's again."""
-    if not isinstance(entry, list) or len(entry) < 5:
-        return False
-    dev, ino, ctime = entry[0], entry[1], entry[4]
-    return (dev, ino) == tombstone[1:3] and isinstance(ctime, int) and ctime > tombstone[5]
+        directory, _, name = path.rpartition("/")
+        gone.setdefault(directory, set()).add(name)
+    outlived: set[Tombstone] = set()
+    merged: dict[str, tuple[str, str]] = {}
+    for directory in dict.fromkeys([*loaded, *added]):
+        records = _records(loaded.get(directory))
+        for name in gone.get(directory, ()):
+            records.pop(name, None)
+        here = by_directory.get(directory, {})
+        for name, record in added.get(directory, {}).items():
+            if (f"{directory}/{name}", *_SIG.unpack_from(record)) not in graves:
+                records[name] = record
+        for name, buried_here in here.items():
+            kept_record = records.get(name)
+            if kept_record is None:
+                continue
+            dev, ino, _, _, ctime = sig = _SIG.unpack_from(kept_record)
+            if any(sig == grave[1:] for grave in buried_here):
+                del records[name]  # remembered before the tombstone reached the file
+                continue
+            # Remembered under a later signature of the buried inode: its ctime has moved
+            # on, and a ctime never goes back (the clock aside), so the buried signature
+            # cannot be the file's again.
+            outlived.update(g for g in buried_here if (dev, ino) == g[1:3] and ctime > g[5])
+        if records:
+            merged[directory] = ("/".join(records),
+                                 base64.b64encode(b"".join(records.values())).decode())
+    kept = [t for t in graves if t not in outlived]
+    return merged, kept[-_TOMBSTONES:]
 
 
 def _signature(st: os.stat_result) -> list[int]:
@@ -248,40 +376,69 @@ def _signature(st: os.stat_result) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def _drop_buried(entries: dict[str, list[object]], graves: Iterable[Tombstone]) -> None:
-    """Remove from ``entries`` every digest remembered under a buried signature."""
-    for path, *sig in graves:
-        known = entries.get(path)
-        if isinstance(known, list) and known[:5] == sig:
-            del entries[path]
+def _sig_bytes(st: os.stat_result) -> bytes | None:
+    try:
+        return _SIG.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    except struct.error:
+        return None  # out of a record's range: never remembered
 
 
-def _is_entry(value: object) -> bool:
-    return (isinstance(value, list) and len(value) == 7
-            and all(type(v) is int for v in value[:5]) and isinstance(value[5], str)
-            and (value[6] is None or isinstance(value[6], str)))
+def _write(f: BinaryIO, directories: Mapping[str, tuple[str, str]],
+           tombstones: list[Tombstone]) -> None:
+    """The file, a directory a line (one JSON document): no second copy of it all."""
+    f.write(b'{"version":%d,"tombstones":%s,"directories":{' % (
+        _VERSION, json.dumps([list(t) for t in tombstones], separators=(",", ":")).encode()))
+    for i, (directory, (names, records)) in enumerate(directories.items()):
+        f.write(b"%s\n%s:%s" % (b"," if i else b"", json.dumps(directory).encode(),
+                                 json.dumps([names, records], separators=(",", ":")).encode()))
+    f.write(b"}}\n")
 
 
-def _read(path: Path) -> tuple[dict[str, list[object]], list[Tombstone]]:
-    """The entries and tombstones of the stat cache file ``path``; none when it is missing
-    or damaged (the digests are recomputed)."""
+def _read(path: Path) -> tuple[dict[str, tuple[str, str]], list[Tombstone]]:
+    """The directories and tombstones of the stat cache file ``path``; none when it is
+    missing or damaged (the digests are recomputed). A directory's records are checked
+    when a look-up unpacks them."""
     try:
         doc = json.loads(read_regular(path))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested too deep
         return {}, []
     if not isinstance(doc, dict) or doc.get("version") != _VERSION:
         return {}, []
-    entries, tombstones = doc.get("entries"), doc.get("tombstones")
-    if not isinstance(entries, dict) or not isinstance(tombstones, list):
+    directories, tombstones = doc.get("directories"), doc.get("tombstones")
+    if not isinstance(directories, dict) or not isinstance(tombstones, list):
         return {}, []
+    loaded: dict[str, tuple[str, str]] = {}
+    for directory, value in directories.items():
+        if not (isinstance(value, list) and len(value) == 2
+                and all(isinstance(v, str) for v in value)):
+            return {}, []
+        loaded[directory] = (value[0], value[1])
     graves: list[Tombstone] = []
     for t in tombstones:
         if not (isinstance(t, list) and len(t) == 6 and isinstance(t[0], str)
                 and all(type(v) is int for v in t[1:])):
             return {}, []  # damaged: as a damaged file, its digests dropped with it
         graves.append((t[0], t[1], t[2], t[3], t[4], t[5]))
-    _drop_buried(entries, graves)  # never trusted, even in a file no merge of ours wrote
-    return entries, graves
+    return loaded, graves
+
+
+def remembered(path: Path) -> dict[str, Entry]:
+    """Every entry of the stat cache file ``path`` by absolute path (for inspection and
+    tests: a build never unpacks the whole file)."""
+    loaded, graves = _read(path)
+    buried = set(graves)
+    found: dict[str, Entry] = {}
+    for directory, value in loaded.items():
+        for name, record in _records(value).items():
+            full = f"{directory}/{name}"
+            if (full, *_SIG.unpack_from(record)) not in buried:
+                found[full] = _unpack(record)
+    return found
+
+
+def tombstones_of(path: Path) -> list[Tombstone]:
+    """The tombstones of the stat cache file ``path``, oldest first."""
+    return _read(path)[1]
 
 
 def xattrs_digest(pairs: Sequence[tuple[str, bytes]]) -> str:

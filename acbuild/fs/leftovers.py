@@ -17,7 +17,6 @@ import errno
 import fcntl
 import os
 import re
-import socket
 import time
 import zlib
 from collections.abc import Iterator
@@ -25,7 +24,9 @@ from pathlib import Path
 
 
 def _host() -> str:
-    return f"{zlib.crc32(socket.gethostname().encode()):08x}"
+    # uname's node name is what gethostname(2) returns on Linux, without importing socket
+    # (~5 ms of every start, the no-op's included)
+    return f"{zlib.crc32(os.uname().nodename.encode()):08x}"
 
 
 def owner_tag() -> str:

@@ -15,7 +15,6 @@ import grp
 import os
 import pwd
 import stat
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -86,6 +85,8 @@ def user_temp_root() -> Path:
     Never the shared temporary directory itself, where anyone may plant a name we would
     sweep or a symlink we would follow.
     """
+    import tempfile  # not at the top: a no-op rebuild never needs it (shutil, random, lzma)
+
     root = Path(tempfile.gettempdir()) / f"acbuild-py-{os.geteuid()}"
     try:
         os.mkdir(root, 0o700)

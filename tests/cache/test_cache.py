@@ -203,6 +203,16 @@ def test_damaged_entries_are_detected_and_rebuilt(tmp_path: Path) -> None:
     assert rep4.cached() == [] and fourth.manifest.name == "example.com/cached"
 
 
+def test_an_index_nested_too_deep_is_a_miss_not_a_traceback(tmp_path: Path) -> None:
+    acfile = make_context(tmp_path / "ctx")
+    cache = tmp_path / "cache"
+    good, _ = run(acfile, cache, tmp_path / "1.aci")
+    for meta in [*(cache / "steps").glob("*/meta.json"), *(cache / "images").glob("*/meta.json")]:
+        meta.write_bytes(b"[" * 100_000)
+    again, rep = run(acfile, cache, tmp_path / "2.aci")
+    assert rep.cached() == [] and again.image_id == good.image_id
+
+
 def _record(key: str, size: int) -> ImageRecord:
     return ImageRecord(key=key, image_id="sha512-" + "0" * 128, size=size,
                        uncompressed_size=size, entries=1, manifest_json=b"{}")
@@ -391,7 +401,7 @@ def test_stat_cache_remembers_a_file_whose_only_recent_change_is_its_ctime(
         tmp_path: Path) -> None:
     import time
 
-    from acbuild.cache.statcache import StatCache
+    from acbuild.cache.statcache import StatCache, remembered
 
     old, fresh = tmp_path / "old", tmp_path / "fresh"
     old.write_text("old\n")
@@ -403,8 +413,8 @@ def test_stat_cache_remembers_a_file_whose_only_recent_change_is_its_ctime(
     for path in (old, fresh):
         stats.file_digest(path, path.stat())
     stats.save()
-    remembered = StatCache(tmp_path / "stat.json")._entries
-    assert str(old) in remembered and str(fresh) not in remembered  # fresh: mtime too recent
+    kept = remembered(tmp_path / "stat.json")
+    assert str(old) in kept and str(fresh) not in kept  # fresh: mtime too recent
 
 
 def test_what_a_killed_build_was_writing_is_removed_by_the_next(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ does."""
 from __future__ import annotations
 
 import hashlib
-import json
 import mmap
 import os
 import stat
@@ -226,7 +225,7 @@ def test_a_base_tree_is_keyed_entry_by_entry_as_entry_frames_it(tmp_path: Path) 
     assert path_digest(base, walked, epoch=EPOCH) == _reference(base, expected)
     # The same records of what the key read: the warm record's and the integrity checks'.
     assert walked.witness is not None and expected.witness is not None
-    assert walked.witness.entries == expected.witness.entries
+    assert walked.witness.inputs() == expected.witness.inputs()
     for p in (tmp_path / "base").rglob("*"):
         st = p.lstat()
         assert walked.keyed.holds(str(p), st)
@@ -250,7 +249,7 @@ def _file(path: Path, data: bytes) -> os.stat_result:
 
 
 def _remembered(where: Path) -> set[str]:
-    return set(json.loads(where.read_bytes())["entries"])
+    return set(statcache.remembered(where))
 
 
 @pytest.mark.usefixtures("all_settled")
@@ -289,8 +288,7 @@ def test_a_digest_one_build_forgot_as_stale_is_not_put_back_by_another(tmp_path:
 
 
 def _tombstones(where: Path) -> list[list[object]]:
-    tombstones: list[list[object]] = json.loads(where.read_bytes())["tombstones"]
-    return tombstones
+    return [list(t) for t in statcache.tombstones_of(where)]
 
 
 def _sha(data: bytes) -> str:
@@ -408,3 +406,160 @@ def test_a_concurrent_build_does_not_put_back_a_digest_a_build_found_stale(
     late.save()
     run_build(ctx, acfile, out)
     assert member(out, "rootfs/p") == NEW
+
+
+def _many(root: Path, count: int) -> list[tuple[str, os.stat_result]]:
+    """``count`` small files, 100 to a directory: (absolute path, lstat) of each."""
+    files = []
+    for i in range(count):
+        path = root / f"d{i // 100:03}" / f"f{i:05}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"%d\n" % i)
+        files.append((str(path), path.lstat()))
+    return files
+
+
+def _no_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Count what the stat cache reads (a digest it remembers is never read)."""
+    read: list[str] = []
+    real = statcache.open_regular
+
+    def counted(target: str | int) -> object:
+        read.append(str(target))
+        return real(target)
+
+    monkeypatch.setattr(statcache, "open_regular", counted)
+    return read
+
+
+@pytest.mark.usefixtures("all_settled")
+def test_a_stat_cache_of_many_files_is_looked_up_in_little_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build of 100,000 files held the stat cache as JSON lists, ~530 bytes a file (and
+    twice that while saving). A directory's entries now stay packed (names and records)
+    until a look-up unpacks them, a few directories at a time: every file is found, with
+    its digest and xattrs, in under 400 bytes a file at the peak (the file being parsed),
+    ~155 after."""
+    import tracemalloc
+
+    where = tmp_path / "stat" / "ctx.json"
+    files = _many(tmp_path / "tree", 5000)
+    first = StatCache(where)
+    expected = hashlib.sha256()
+    for path, st in files:
+        expected.update("".join(first.base_file(path, st)).encode())
+    first.save()
+    read = _no_reads(monkeypatch)
+    found = hashlib.sha256()
+    tracemalloc.start()
+    try:
+        cache = StatCache(where)
+        for path, st in files:
+            found.update("".join(cache.base_file(path, st)).encode())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert read == [] and found.digest() == expected.digest()
+    # The file read and parsed (its bytes, then its strings) is the peak: ~2 x 155 bytes.
+    assert peak < 400 * len(files), f"{peak / len(files):.0f} bytes a file"
+    assert len(cache._unpacked) <= statcache._UNPACKED
+
+
+@pytest.mark.usefixtures("all_settled")
+def test_a_damaged_directory_of_the_stat_cache_is_only_read_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records of the wrong length (a truncated or edited file): that directory's files are
+    hashed again, the others' digests still trusted; the next save writes it whole."""
+    where = tmp_path / "stat" / "ctx.json"
+    files = _many(tmp_path / "tree", 300)
+    first = StatCache(where)
+    for path, st in files:
+        first.file_digest(path, st)
+    first.save()
+    damaged = os.path.dirname(files[0][0])
+    data = where.read_bytes()
+    line = next(x for x in data.split(b"\n") if f'"{damaged}"'.encode() in x)
+    where.write_bytes(data.replace(line, line.replace(b'="]', b'"]').replace(b'=="]', b'"]')
+                                   .replace(b'A', b'', 4)))
+    read = _no_reads(monkeypatch)
+    again = StatCache(where)
+    for path, st in files:
+        again.file_digest(path, st)
+    assert sorted(read) == sorted(p for p, _ in files if p.startswith(damaged + "/"))
+    again.save()
+    assert _remembered(where) == {p for p, _ in files}
+
+
+@pytest.mark.usefixtures("all_settled")
+def test_what_a_build_remembered_is_still_known_after_it_saved(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save (a build saves after keying, and at once on finding a stale digest) leaves
+    the cache answering from what it wrote, another build's digests merged in too: read
+    from the file again at the first look-up after it, not held through the build."""
+    where = tmp_path / "stat" / "ctx.json"
+    (a, a_st), (b, b_st) = _many(tmp_path / "tree", 2)
+    mine, other = StatCache(where), StatCache(where)
+    mine.file_digest(a, a_st)
+    other.file_digest(b, b_st)
+    other.save()
+    mine.save()
+    assert mine._loaded is None  # not held after the save: read again at a look-up
+    read = _no_reads(monkeypatch)
+    assert mine.file_digest(a, a_st) == _sha(b"0\n")
+    assert mine.file_digest(b, b_st) == _sha(b"1\n")
+    assert read == []
+
+
+@pytest.mark.usefixtures("all_settled")
+def test_a_forgotten_digest_stays_forgotten_in_the_build_that_forgot_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    where = tmp_path / "stat" / "ctx.json"
+    (a, a_st), = _many(tmp_path / "tree", 1)
+    first = StatCache(where)
+    first.file_digest(a, a_st)
+    first.save()
+    build = StatCache(where)
+    build.forget(a)
+    read = _no_reads(monkeypatch)
+    build.file_digest(a, a_st)  # buried under a_st: hashed, and not remembered
+    assert read == [a]
+    build.save()
+    assert _remembered(where) == set()
+
+
+# What a stat cache file may hold instead of one this version wrote: each a miss (the files
+# hashed again), never a traceback, and the next save writes a whole file of this format.
+DAMAGED = {
+    "empty": lambda good: b"",
+    "truncated": lambda good: good[: len(good) // 2],
+    "not an object": lambda good: b"[1, 2]",
+    "nested too deep": lambda good: b"[" * 100_000,
+    "format 3 (before packing)": lambda good: (
+        b'{"version":3,"entries":{"/x":[1,2,3,4,5,"' + b"0" * 64 + b'",null]},'
+        b'"tombstones":[]}'),
+    "a directory not two strings": lambda good: (
+        b'{"version":4,"tombstones":[],"directories":{"/x":[1,2]}}'),
+    "a tombstone not six fields": lambda good: good.replace(
+        b'"tombstones":[]', b'"tombstones":[["/x",1]]'),
+    "records not base64": lambda good: good.replace(b'","', b'","!', 1),
+}
+
+
+@pytest.mark.usefixtures("all_settled")
+@pytest.mark.parametrize("damage", sorted(DAMAGED))
+def test_a_damaged_or_older_stat_cache_is_a_miss_and_written_anew(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+    where = tmp_path / "stat" / "ctx.json"
+    files = _many(tmp_path / "tree", 3)
+    first = StatCache(where)
+    for path, st in files:
+        first.file_digest(path, st)
+    first.save()
+    where.write_bytes(DAMAGED[damage](where.read_bytes()))
+    read = _no_reads(monkeypatch)
+    again = StatCache(where)
+    for i, (path, st) in enumerate(files):
+        assert again.file_digest(path, st) == _sha(b"%d\n" % i)
+    assert sorted(read) == sorted(p for p, _ in files)  # nothing trusted from it
+    again.save()
+    assert _remembered(where) == {p for p, _ in files}

@@ -56,9 +56,11 @@ def _docker_hint(hint: str) -> Callable[[click.Context, click.Parameter, Any], A
 def _secrets(ctx: click.Context, param: click.Parameter,
              values: tuple[str, ...]) -> dict[str, Path]:
     """--secret id=ID,src=FILE (docker build's form; source= too) to {ID: FILE}."""
+    found: dict[str, Path] = {}
+    if not values:  # click calls this on every build: no-ops must not import the parser
+        return found
     from acbuild.acfile.runmount import SECRET_ID
 
-    found: dict[str, Path] = {}
     for value in values:
         fields = dict(part.partition("=")[::2] for part in value.split(","))
         secret_id, src = fields.pop("id", ""), fields.pop("src", fields.pop("source", ""))
@@ -137,7 +139,6 @@ def command(
     import time
 
     from acbuild.cache import warm
-    from acbuild.fs.atomic import check_writable
 
     started = time.monotonic()
     acfile, context = resolve_acfile(path, acfile_file, context)
@@ -157,6 +158,8 @@ def command(
         raise click.UsageError(f"--iidfile {iidfile} is stdout, where -o {output} sends the "
                                "image: name another file")
     if iidfile is not None and iid_stream is None:
+        from acbuild.fs.atomic import check_writable  # not at the top: no-ops need none
+
         check_writable(iidfile)
     warm_key = None
     # A hit would skip a --cache-to export; a --secret file is no input a record stats.
@@ -240,12 +243,12 @@ def command(
 
 def _finish(image_id: str, iidfile: Path | None, iid_stream: Stream | None,
             to_stdout: bool) -> None:
-    from acbuild.fs.atomic import atomic_write
-
     if iid_stream is not None:
         if not iid_stream.is_stdout:  # else the ID is stdout's line anyway
             iid_stream.write(image_id.encode())
     elif iidfile is not None:
+        from acbuild.fs.atomic import atomic_write  # only then: a no-op ends here
+
         with atomic_write(iidfile) as f:
             f.write(image_id.encode())
     say(image_id, err=to_stdout)

@@ -135,6 +135,8 @@ def variable_options() -> list[Callable[[F], F]]:
 def _var_pair(ctx: click.Context, param: click.Parameter,
               value: tuple[str, ...]) -> tuple[str, ...]:
     """Each --var checked as the build will read it: a bad one is a usage error (exit 2)."""
+    if not value:
+        return value
     from acbuild.acfile.variables import parse_var
     from acbuild.errors import AcfileError
 

@@ -8,7 +8,6 @@ before any work); the registry modules are imported only then, so --help stays q
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,6 +88,8 @@ def layout_to_push(output: Path | None) -> Iterator[Path]:
     if output is not None:
         yield output
         return
+    import tempfile  # only for a push: every build imports this module
+
     with tempfile.TemporaryDirectory(prefix="acbuild-push-") as tmp:
         yield Path(tmp) / "layout"
 

@@ -99,6 +99,8 @@ def trust_options(f: F) -> F:
 def check_hosts(_ctx: click.Context, param: click.Parameter,
                 value: tuple[str, ...]) -> tuple[str, ...]:
     """--insecure-registry HOST[:PORT]: a host, never a URL or a path."""
+    if not value:  # click calls this on every build: a no-op imports no registry code
+        return value
     from acbuild.distribution.registry.reference import RegistryError, check_host
 
     try:
@@ -109,14 +111,15 @@ def check_hosts(_ctx: click.Context, param: click.Parameter,
 
 def check_platform(_ctx: click.Context, param: click.Parameter,
                    value: str | None) -> str | None:
+    if value is None:  # as check_hosts: no registry code imported for nothing
+        return value
     from acbuild.distribution.registry.platform import parse_platform
     from acbuild.distribution.registry.reference import RegistryError
 
-    if value is not None:
-        try:
-            parse_platform(value)
-        except RegistryError as e:
-            raise click.BadParameter(e.message, param=param) from None
+    try:
+        parse_platform(value)
+    except RegistryError as e:
+        raise click.BadParameter(e.message, param=param) from None
     return value
 
 
