@@ -20,6 +20,7 @@ from acbuild.distribution.registry.reference import RegistryError
 from acbuild.distribution.registry.transport import (
     Session,
     TransportOptions,
+    _origin,
     body_chunks,
     parse_challenge,
     read_limited,
@@ -503,3 +504,25 @@ def test_a_gzip_body_is_decoded_in_pieces_a_count_can_stop() -> None:
     deflated = httpx.Response(200, headers={"Content-Encoding": "deflate"},
                               stream=httpx.ByteStream(zlib.compress(b"zlib-wrapped")))
     assert b"".join(body_chunks(deflated, "blob")) == b"zlib-wrapped"
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("http://h/v2/", "http://h:80/v2/x"), ("https://h/", "https://h:443/"),
+    ("HTTPS://H.example/", "https://h.example:443/"), ("https://[::1]/", "https://[::1]:443/"),
+    ("https://user:pw@h/", "https://h/")])
+def test_one_origin_however_the_default_port_is_spelled(a: str, b: str) -> None:
+    assert _origin(a) == _origin(b)
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("http://h/", "https://h/"), ("https://h/", "https://h:8443/"),
+    ("http://h:443/", "https://h/"), ("https://h/", "https://h.evil/")])
+def test_other_origins_stay_other(a: str, b: str) -> None:
+    assert _origin(a) != _origin(b)
+
+
+def test_an_insecure_registry_is_one_host_with_and_without_port_80() -> None:
+    assert TransportOptions(insecure_registries=("reg.local",)).insecure("reg.local:80")
+    assert TransportOptions(insecure_registries=("reg.local:80",)).insecure("reg.local")
+    assert not TransportOptions(insecure_registries=("reg.local",)).insecure("reg.local:8080")
+    assert not TransportOptions(insecure_registries=("reg.local:180",)).insecure("reg.local")
