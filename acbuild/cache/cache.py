@@ -110,6 +110,7 @@ class EntryInfo:
     key: str
     size: int
     last_used: float
+    imported_from: str | None = None  # registry://… of a step a --cache-from gave
 
 
 def _hex(key: str) -> str:
@@ -384,16 +385,21 @@ class CacheStore:
         return StepRecord(key=key, manifest_json=str(body["manifest"]).encode(), tree=tree)
 
     def put_step(self, key: str, manifest_json: bytes, *, rootfs: StagedRootfs | None,
-                 tree: str | None, link: bool, known: KnownDigests | None = None) -> None:
+                 tree: str | None, link: bool, known: KnownDigests | None = None,
+                 imported_from: str | None = None) -> None:
         """Store a step: with ``rootfs`` a snapshot of it (hardlinked when ``link``: only
         safe when nothing will change those files in place), else a reference to ``tree``.
-        ``known``: digests of linked files already read (used, and added to)."""
+        ``known``: digests of linked files already read (used, and added to).
+        ``imported_from``: the remote cache it came from, kept so that what a --cache-from
+        gave stays known for what it is after the option is gone (listed, prunable)."""
         if self._dir("steps", key).exists():
             return
         temp = self.temp_dir()
         try:
             body: dict[str, object] = {"kind": "step", "manifest": manifest_json.decode(),
                                        "tree": tree or key}
+            if imported_from is not None:
+                body["imported_from"] = imported_from
             if rootfs is not None:
                 materialize(rootfs)  # a snapshot is of the staged tree alone
                 digest, size = copy_tree_verified(
@@ -602,22 +608,25 @@ class CacheStore:
                 for name in os.listdir(where):
                     body = _unseal_at(where, f"{name}/{_META}")
                     size = 0 if body is None else int(body.get("bytes", body.get("size", 0)))  # type: ignore[call-overload]
+                    origin = None if body is None else body.get("imported_from")
                     with contextlib.suppress(OSError):
                         found.append(EntryInfo(
                             kind=kind, key="sha256:" + name, size=size,
-                            last_used=os.lstat(name, dir_fd=where).st_mtime))
+                            last_used=os.lstat(name, dir_fd=where).st_mtime,
+                            imported_from=origin if isinstance(origin, str) else None))
         found += [EntryInfo(kind="mount", key=m.id, size=m.size, last_used=m.last_used)
                   for m in self.mounts.entries()]
         return sorted(found, key=lambda e: e.last_used, reverse=True)
 
-    def prune(self, max_size: int) -> list[EntryInfo]:
-        """Remove least recently used entries until the rest fit in ``max_size`` bytes."""
+    def prune(self, max_size: int, *, imported: bool = False) -> list[EntryInfo]:
+        """Remove least recently used entries until the rest fit in ``max_size`` bytes;
+        with ``imported``, the steps a --cache-from gave (whatever their size) instead."""
         with self.session(exclusive=True):
             self._sweep_tmp(stale_after=_STALE_TMP)
             kept, removed, total = self.entries(), [], 0
             for entry in kept:
                 total += entry.size
-                if total > max_size:
+                if entry.imported_from is not None if imported else total > max_size:
                     removed.append(entry)
             mounts = {m.id: m for m in self.mounts.entries()}
             done = []
