@@ -65,6 +65,7 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TOKEN_LIMIT = 1 << 20
 _ERROR_LIMIT = 64 << 10
 _RETRY_AFTER_CAP = 10.0
+_CHALLENGE_SCOPES = 8  # at most this many scopes taken from a challenge
 _ERROR_CODE = re.compile(r"[A-Z][A-Z_]{0,39}")
 # What httpx raises for a URL it cannot use (not a transport failure: never retried).
 _BAD_URL = (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError, UnicodeError)
@@ -405,8 +406,11 @@ class Session:
                      f"{netloc}")
         # What the request needs (a mount: push here and pull where the blob is); what an
         # insufficient-scope answer names besides, since that is what this registry checks.
-        wanted = scopes(scope or params.get("scope", ""),
-                        params.get("scope", "") if params.get("error") == "insufficient_scope"
+        named = params.get("scope", "").split()
+        if len(named) > _CHALLENGE_SCOPES or any(len(n) > 300 for n in named):
+            named = []  # not a registry's list of what it checks: only what we need
+        wanted = scopes(scope or " ".join(named),
+                        " ".join(named) if params.get("error") == "insufficient_scope"
                         else "").split()
         service = [("service", params["service"])] if params.get("service") else []
         try:
