@@ -3,13 +3,15 @@ against a tampering proxy that answers as a hostile registry would."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import itertools
 import json
 import threading
 import time
+import urllib.parse
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -25,6 +27,7 @@ from acbuild.distribution.registry.transport import (
     parse_challenge,
     read_limited,
 )
+from tests.support.httpserver import ScriptedHandler, threaded
 from tests.support.registry import (
     Registry,
     TamperProxy,
@@ -528,81 +531,45 @@ def test_an_insecure_registry_is_one_host_with_and_without_port_80() -> None:
     assert not TransportOptions(insecure_registries=("reg.local:180",)).insecure("reg.local")
 
 
-def _challenging(challenge_scope: str) -> tuple[str, list[list[str]], Callable[[], None]]:
+@contextlib.contextmanager
+def _scope_challenging(challenge_scope: str) -> Iterator[tuple[str, list[list[str]]]]:
     """A registry that answers a request without a token, and one with a token the first
     time, 401 ``insufficient_scope`` naming ``challenge_scope``; its token endpoint
     (/token on the same host) records the scopes each token request asks for."""
-    import http.server
-    import urllib.parse
-
     asked: list[list[str]] = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(ScriptedHandler):
         def do_GET(self) -> None:
             url = urllib.parse.urlsplit(self.path)
             if url.path == "/token":
                 asked.append(urllib.parse.parse_qs(url.query).get("scope", []))
-                self._answer(200, json.dumps({"token": f"t{len(asked)}"}).encode())
+                self.answer(200, json.dumps({"token": f"t{len(asked)}"}).encode())
                 return
             token = self.headers.get("Authorization", "")
             if token == f"Bearer t{max(len(asked), 1)}" and len(asked) >= 2:
-                self._answer(200, b"{}")
+                self.answer(200, b"{}")
                 return
             error = ',error="insufficient_scope"' if token else ""
             realm = f"http://127.0.0.1:{self.server.server_address[1]}/token"
-            self._answer(401, b"", [("WWW-Authenticate", f'Bearer realm="{realm}",'
-                                     f'service="s",scope="{challenge_scope}"{error}')])
+            self.answer(401, b"", [("WWW-Authenticate", f'Bearer realm="{realm}",'
+                                    f'service="s",scope="{challenge_scope}"{error}')])
 
-        def _answer(self, status: int, body: bytes,
-                    headers: list[tuple[str, str]] | None = None) -> None:
-            self.send_response(status)
-            for k, v in headers or []:
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-
-    return f"127.0.0.1:{server.server_address[1]}", asked, stop
+    with threaded(Handler) as host:
+        yield host, asked
 
 
-def test_an_insufficient_scope_challenge_adds_what_it_names() -> None:
-    """A token that lacks what the registry checks gets a 401 naming the scopes it wants;
-    the next token request asks for them besides the request's own (a mount's source)."""
-    host, asked, stop = _challenging("repository:a/b:pull,push repository:c/d:pull")
-    try:
+@pytest.mark.parametrize("named", [
+    "repository:a/b:pull,push repository:prod/app:pull,push",
+    " ".join(f"repository:r{i}:pull" for i in range(50))])
+def test_a_challenge_does_not_widen_the_token_request(named: str) -> None:
+    """A 401 (insufficient_scope or not) naming other repositories gets a token asked for
+    the request's own scope alone: the registry, or whoever answers for it, is not handed a
+    token for repositories this push never named."""
+    with _scope_challenging(named) as (host, asked):
         options = TransportOptions(insecure_registries=(host,), retries=0)
         with Session(host, options, None) as s:
             s._tokens["repository:a/b:pull,push"] = "t1"  # a token of the request's scope
             asked.append(["repository:a/b:pull,push"])  # the one that token came from
             with s.get("/v2/a/b/manifests/x", scope="repository:a/b:pull,push") as r:
                 assert r.status_code == 200
-    finally:
-        stop()
-    assert asked[-1] == ["repository:a/b:pull,push", "repository:c/d:pull"]
-
-
-def test_a_challenge_naming_many_scopes_is_not_followed() -> None:
-    many = " ".join(f"repository:r{i}:pull" for i in range(50))
-    host, asked, stop = _challenging(many)
-    try:
-        options = TransportOptions(insecure_registries=(host,), retries=0)
-        with Session(host, options, None) as s:
-            s._tokens["repository:a/b:pull"] = "t1"
-            asked.append(["repository:a/b:pull"])
-            with s.get("/v2/a/b/manifests/x", scope="repository:a/b:pull") as r:
-                assert r.status_code == 200
-    finally:
-        stop()
-    assert asked[-1] == ["repository:a/b:pull"]
+    assert asked == [["repository:a/b:pull,push"]] * 2  # the token fetched after the 401

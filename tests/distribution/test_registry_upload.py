@@ -11,7 +11,6 @@ import http.server
 import json
 import os
 import subprocess
-import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from acbuild.distribution.registry.push import push_layout
 from acbuild.distribution.registry.reference import RegistryError, parse_reference
 from acbuild.distribution.registry.transport import TransportOptions
 from acbuild.distribution.registry.upload import CHUNK_SIZE, PushSession, Repository
+from tests.support.httpserver import ScriptedHandler, threaded
 from tests.support.registry import Registry, empty_registry
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -190,6 +190,23 @@ def test_push_without_credentials_is_one_line_401(mode: str, request: pytest.Fix
     assert reg.password is not None and reg.password not in str(caught.value)
 
 
+def test_a_pull_only_user_is_told_so_not_to_log_in_again(token: Registry,
+                                                          tmp_path: Path) -> None:
+    """The token server takes a pull-only user's password and grants pull alone; the
+    registry's 401 says insufficient_scope. Logging in again would change nothing."""
+    assert token.reader is not None
+    path, digest = blob(tmp_path, 1000)
+    options = TransportOptions(insecure_registries=session(token).options.insecure_registries,
+                               retries=0)
+    credential = Credential(username=token.reader[0], password=token.reader[1])
+    with PushSession(token.host, options, credential) as s, \
+            pytest.raises(RegistryError) as caught:
+        Repository(s, "team/app").push_blob(path, digest, 1000)
+    assert "not allowed" in caught.value.message and "insufficient_scope" in caught.value.message
+    assert caught.value.hint is not None and "log in" not in caught.value.hint
+    assert token.reader[1] not in str(caught.value)
+
+
 def test_a_manifest_naming_a_missing_blob_is_refused(registry: Registry,
                                                      tmp_path: Path) -> None:
     body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {
@@ -208,12 +225,11 @@ def test_an_unreachable_registry_is_one_line(tmp_path: Path) -> None:
     assert "\n" not in caught.value.message
 
 
-class _Recorder(http.server.BaseHTTPRequestHandler):
+class _Recorder(ScriptedHandler):
     """A server on 127.0.0.1 that answers HEAD with 404 (no such blob) and every other
     request with ``status`` and a Location of ``location`` (when set), draining bodies, and
     records ``METHOD path`` of each."""
 
-    protocol_version = "HTTP/1.1"
     seen: list[str]
     status = 200
     location = ""
@@ -236,21 +252,12 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
 
 @contextlib.contextmanager
 def _recording(**fields: object) -> Iterator[tuple[str, list[str]]]:
     seen: list[str] = []
-    handler = type("Handler", (_Recorder,), {"seen": seen, **fields})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    with threaded(type("Handler", (_Recorder,), {"seen": seen, **fields})) as host:
+        yield host, seen
 
 
 def test_a_mount_answered_with_a_location_elsewhere_sends_nothing_there(tmp_path: Path) -> None:
@@ -352,9 +359,7 @@ def _losing_proxy(upstream: Registry, losing: _Losing, port: int = 0) -> Iterato
     up_host, up_port = upstream.host.rsplit(":", 1)
     counts: dict[str, int] = {}
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(ScriptedHandler):
         def _forward(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
@@ -386,16 +391,8 @@ def _losing_proxy(upstream: Registry, losing: _Losing, port: int = 0) -> Iterato
 
         do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with threaded(Handler, port) as host:
+        yield host
 
 
 def _stored(registry: Registry, digest: str) -> bytes:

@@ -65,7 +65,7 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TOKEN_LIMIT = 1 << 20
 _ERROR_LIMIT = 64 << 10
 _RETRY_AFTER_CAP = 10.0
-_CHALLENGE_SCOPES = 8  # at most this many scopes taken from a challenge
+_CHALLENGE_SCOPES = 8  # at most this many scopes taken from a challenge (a ping's)
 _ERROR_CODE = re.compile(r"[A-Z][A-Z_]{0,39}")
 # What httpx raises for a URL it cannot use (not a transport failure: never retried).
 _BAD_URL = (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError, UnicodeError)
@@ -404,14 +404,15 @@ class Session:
                 "not named with --insecure-registry; refusing to send it your credentials",
                 hint=f"if {netloc} is the registry's token server, add --insecure-registry "
                      f"{netloc}")
-        # What the request needs (a mount: push here and pull where the blob is); what an
-        # insufficient-scope answer names besides, since that is what this registry checks.
+        # What the request needs (a mount: push here and pull where the blob is), never
+        # more on a challenge's word: a registry (or whoever answers for it over plain
+        # http) naming other repositories would get a token for them with the user's
+        # credentials. Only a request of no scope of its own (the login's ping) takes the
+        # challenge's, when it looks like a list of scopes.
         named = params.get("scope", "").split()
         if len(named) > _CHALLENGE_SCOPES or any(len(n) > 300 for n in named):
-            named = []  # not a registry's list of what it checks: only what we need
-        wanted = scopes(scope or " ".join(named),
-                        " ".join(named) if params.get("error") == "insufficient_scope"
-                        else "").split()
+            named = []
+        wanted = scopes(scope or " ".join(named)).split()
         service = [("service", params["service"])] if params.get("service") else []
         try:
             if credential is not None and credential.identity_token:
@@ -498,6 +499,15 @@ class Session:
             return RegistryError(f"{self.host}: {what}: authentication required (HTTP 401) "
                                  "and no credentials are stored for it",
                                  hint=f"log in first: acbuild-py login {self.host}")
+        _, params = parse_challenge(response.headers.get("www-authenticate", ""))
+        if params.get("error") == "insufficient_scope":
+            # The token server took the credentials; the token it gave lacks the right
+            # (a pull-only user pushing): logging in again changes nothing.
+            return RegistryError(f"{self.host}: {what}: {self.credential.who} is not allowed "
+                                 "to do this (HTTP 401, insufficient_scope: the token server "
+                                 "granted less than was asked for)",
+                                 hint="ask for that access to the repository, or use one "
+                                      "you may write to")
         return RegistryError(f"{self.host}: {what}: the registry refused the "
                              f"credentials of {self.credential.who} (HTTP 401)",
                              hint=f"log in again: acbuild-py login {self.host}")
