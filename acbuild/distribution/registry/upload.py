@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlencode, urljoin
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
@@ -304,21 +304,54 @@ class Repository:
             self._finish(location, digest, part(0, size), size)
             return
         offset = 0
+        resumes = 0
         while offset < size:
             length = min(self.chunk_size, size - offset)
             end = offset + length - 1
-            with self.session.send(
-                    "PATCH", location, scope=self.scope, body=part(offset, length), once=True,
-                    headers={"Content-Type": "application/octet-stream",
-                             "Content-Length": str(length),
-                             "Content-Range": f"{offset}-{end}"}) as response:
-                self.session.check(response, f"uploading blob {digest[:19]}")
-                if response.headers.get("range", f"0-{end}") != f"0-{end}":
-                    raise RegistryError(f"{self.session.host}: uploading blob "
-                                        f"{digest[:19]}: the registry lost part of it")
-                location = self._location(response, f"uploading blob {digest[:19]}")
+            try:
+                with self.session.send(
+                        "PATCH", location, scope=self.scope, body=part(offset, length),
+                        once=True, headers={"Content-Type": "application/octet-stream",
+                                            "Content-Length": str(length),
+                                            "Content-Range": f"{offset}-{end}"}) as response:
+                    self.session.check(response, f"uploading blob {digest[:19]}")
+                    if response.headers.get("range", f"0-{end}") != f"0-{end}":
+                        raise RegistryError(f"{self.session.host}: uploading blob "
+                                            f"{digest[:19]}: the registry lost part of it")
+                    location = self._location(response, f"uploading blob {digest[:19]}")
+            except Lost as lost:
+                # Where the session is (the registry may have taken all, some or none of
+                # the chunk): go on from there rather than send the whole blob again.
+                status = self._status(location, offset, end + 1, digest) \
+                    if resumes < self.session.options.retries else None
+                if status is None:
+                    raise
+                self.session.backoff(resumes, lost.retry_after)
+                resumes += 1
+                location, offset = status
+                continue
             offset += length
         self._finish(location, digest, None, 0)
+
+    def _status(self, location: str, low: int, high: int, digest: str
+                ) -> tuple[str, int] | None:
+        """The upload session's Location and how many bytes it holds (a GET of it: 204 and
+        ``Range: 0-LAST``), if that is from ``low`` to ``high``; None when the session is
+        gone or says something else (then the upload starts over)."""
+        target = urlsplit(location)
+        path = target.path + (f"?{target.query}" if target.query else "")
+        with self.session.get(path, scope=self.scope) as response:
+            if response.status_code != 204:
+                return None
+            held = response.headers.get("range", "")
+            first, dash, last = held.partition("-")
+            if first != "0" or not dash or not last.isascii() or not last.isdigit():
+                return None
+            # "0-0" is what distribution says of an empty session too
+            count = 0 if last == "0" and low == 0 else int(last) + 1
+            if not low <= count <= high:
+                return None
+            return self._location(response, f"uploading blob {digest[:19]}"), count
 
     def _finish(self, location: str, digest: str, body: Body | None, size: int) -> None:
         sep = "&" if "?" in location else "?"
