@@ -573,3 +573,10 @@ def test_a_challenge_does_not_widen_the_token_request(named: str) -> None:
             with s.get("/v2/a/b/manifests/x", scope="repository:a/b:pull,push") as r:
                 assert r.status_code == 200
     assert asked == [["repository:a/b:pull,push"]] * 2  # the token fetched after the 401
+
+
+def test_an_insecure_ipv6_registry_and_a_zero_padded_port() -> None:
+    assert TransportOptions(insecure_registries=("[::1]",)).insecure("[::1]:80")
+    assert TransportOptions(insecure_registries=("[::1]:80",)).insecure("[::1]")
+    assert TransportOptions(insecure_registries=("reg.local:080",)).insecure("reg.local")
+    assert not TransportOptions(insecure_registries=("[::1]",)).insecure("[::1]:5000")

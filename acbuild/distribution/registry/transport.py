@@ -90,7 +90,11 @@ class TransportOptions:
 
 
 def _plain_port(host: str) -> str:
-    return host.removesuffix(":80")
+    name, colon, port = host.rpartition(":")
+    if colon and not host.endswith("]") and port.isascii() and port.isdigit() \
+            and int(port) == 80:
+        return name
+    return host
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
