@@ -580,3 +580,14 @@ def test_an_insecure_ipv6_registry_and_a_zero_padded_port() -> None:
     assert TransportOptions(insecure_registries=("[::1]:80",)).insecure("[::1]")
     assert TransportOptions(insecure_registries=("reg.local:080",)).insecure("reg.local")
     assert not TransportOptions(insecure_registries=("[::1]",)).insecure("[::1]:5000")
+
+
+def test_the_login_ping_asks_for_a_token_of_no_scope(token_registry: Registry) -> None:
+    """The ping proves the credentials; its token grants nothing, whatever the challenge
+    names (a forged one could name any repository, with push and delete)."""
+    assert token_registry.token_server is not None
+    token_registry.token_server.requests.clear()
+    with _session(token_registry) as s:
+        s.ping()
+    asked = token_registry.token_server.requests
+    assert len(asked) == 1 and "scope" not in asked[0], asked

@@ -491,3 +491,17 @@ def test_a_location_spelling_the_default_port_otherwise_is_the_registry(
     finally:
         proxy.__exit__(None, None, None)
     assert _stored(registry, digest) == path.read_bytes()
+
+
+def test_a_chunk_never_taken_is_given_up_after_the_retries(registry: Registry,
+                                                           tmp_path: Path) -> None:
+    """Each PATCH answered 502 unseen: the session's status says nothing moved, and after
+    ``retries`` such rounds in a row the upload starts over, then fails in one line."""
+    path, digest = blob(tmp_path, 300_000)
+    losing = _Losing(drop={("PATCH", n): 502 for n in range(1, 50)})
+    with _losing_proxy(registry, losing) as host, pytest.raises(RegistryError) as caught:
+        _push_through(host, path, digest, 300_000, chunk=100_000, retries=1)
+    methods = [line.split()[0] for line in losing.seen]
+    assert methods == ["HEAD", "POST", "PATCH", "GET", "PATCH", "HEAD",
+                       "POST", "PATCH", "GET", "PATCH", "HEAD"], losing.seen
+    assert caught.value.message.endswith("HTTP 502 (2 tries)")

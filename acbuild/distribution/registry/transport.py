@@ -65,7 +65,6 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TOKEN_LIMIT = 1 << 20
 _ERROR_LIMIT = 64 << 10
 _RETRY_AFTER_CAP = 10.0
-_CHALLENGE_SCOPES = 8  # at most this many scopes taken from a challenge (a ping's)
 _ERROR_CODE = re.compile(r"[A-Z][A-Z_]{0,39}")
 # What httpx raises for a URL it cannot use (not a transport failure: never retried).
 _BAD_URL = (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError, UnicodeError)
@@ -409,14 +408,11 @@ class Session:
                 hint=f"if {netloc} is the registry's token server, add --insecure-registry "
                      f"{netloc}")
         # What the request needs (a mount: push here and pull where the blob is), never
-        # more on a challenge's word: a registry (or whoever answers for it over plain
-        # http) naming other repositories would get a token for them with the user's
-        # credentials. Only a request of no scope of its own (the login's ping) takes the
-        # challenge's, when it looks like a list of scopes.
-        named = params.get("scope", "").split()
-        if len(named) > _CHALLENGE_SCOPES or any(len(n) > 300 for n in named):
-            named = []
-        wanted = scopes(scope or " ".join(named)).split()
+        # what a challenge names: a registry (or whoever answers for it over plain http)
+        # naming other repositories would get a token for them with the user's
+        # credentials. The login's ping asks for none: a token that proves the
+        # credentials, granting nothing.
+        wanted = scopes(scope).split()
         service = [("service", params["service"])] if params.get("service") else []
         try:
             if credential is not None and credential.identity_token:

@@ -304,7 +304,10 @@ class Repository:
             self._finish(location, digest, part(0, size), size)
             return
         offset = 0
-        resumes = 0
+        # Resumes: ``retries`` in a row without progress, and all told ``retries`` for
+        # each chunk, so a registry that takes a byte at a time cannot keep it going.
+        stalled, resumes, most = 0, 0, self.session.options.retries * (
+            size // self.chunk_size + 2)
         while offset < size:
             length = min(self.chunk_size, size - offset)
             end = offset + length - 1
@@ -323,10 +326,11 @@ class Repository:
                 # Where the session is (the registry may have taken all, some or none of
                 # the chunk): go on from there rather than send the whole blob again.
                 status = self._status(location, offset, end + 1, digest) \
-                    if resumes < self.session.options.retries else None
+                    if stalled < self.session.options.retries and resumes < most else None
                 if status is None:
                     raise
-                self.session.backoff(resumes, lost.retry_after)
+                stalled = 0 if status[1] > offset else stalled + 1
+                self.session.backoff(stalled, lost.retry_after)
                 resumes += 1
                 location, offset = status
                 continue
