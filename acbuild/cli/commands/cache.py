@@ -39,11 +39,13 @@ def command() -> None:
 def list_entries(cache_dir: Path | None) -> None:
     """Entries, most recently used first: kind, key, size, last use.
 
-    A step imported from a --cache-from registry is followed by where it came from."""
+    A step imported from a --cache-from registry is followed by where it came from, and
+    an entry a build stored after it used such a step by the registry of that import."""
     entries = _store(cache_dir).entries()
     for e in entries:
         used = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.last_used))
-        origin = "" if e.imported_from is None else f"  imported from {escape(e.imported_from)}"
+        origin = f"  imported from {escape(e.imported_from)}" if e.imported_from else \
+            f"  built on an import from {escape(e.built_on)}" if e.built_on else ""
         say(f"{e.kind:<5} {e.key}  {human_size(e.size):>10}  {used}{origin}")
     total = sum(e.size for e in entries)
     say(f"{len(entries)} entries, {human_size(total)}")
@@ -54,7 +56,7 @@ def list_entries(cache_dir: Path | None) -> None:
               help="Keep the most recently used entries that fit in SIZE (e.g. 10G).")
 @click.option("--all", "everything", is_flag=True, help="Remove every entry, without asking.")
 @click.option("--imported", is_flag=True,
-              help="Remove the steps imported from a --cache-from registry, and nothing else.")
+              help="Remove what --cache-from registries gave (and entries built on it) alone.")
 @_cache_dir
 @global_options
 def prune(max_size: int | None, everything: bool, imported: bool,
