@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,6 +71,10 @@ class BuildCache:
         self.store = store
         self.reporter = reporter
         self.remote = remote
+        # registry://… of an import this build used (from its --cache-from, or a local
+        # entry that came from one or was built on one): what it stores after that may
+        # hold its content, and is marked so (``cache prune --imported`` takes it too).
+        self.built_on: str | None = None
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -121,6 +125,8 @@ class BuildCache:
                 record = self.store.step(key) if source is not None else None
             if record is None:
                 continue
+            if (origin := source or record.imported_from) is not None:
+                self.built_on = self.built_on or origin
             if number == len(stage.steps) - 1 and not needed_now:
                 return Resume(cached=number + 1, tree=record.tree, deferred=record,
                               source=source)
@@ -160,7 +166,7 @@ class BuildCache:
             self.store.put_step(key, to_json_bytes(state.manifest),
                                 rootfs=state.rootfs if changes_rootfs else None,
                                 tree=tree, link=not runs_after(stage.steps[number + 1 :]),
-                                known=state.known)
+                                known=state.known, built_on=self.built_on)
         except OSError as e:
             self.reporter.warning(f"cannot store step {number + 1} in the cache: {e}")
             return None
@@ -231,12 +237,13 @@ class BuildCache:
 
     def commit_image(self, draft: ImageDraft, record: ImageRecord) -> None:
         try:
-            draft.commit(record)
+            draft.commit(replace(record, built_on=self.built_on))
         except OSError as e:
             self.reporter.warning(f"cannot store the image in the cache: {e}")
 
     def store_image(self, image: Path, record: ImageRecord) -> None:
         try:
-            self.store.put_image(record.key, image, record)
+            self.store.put_image(record.key, image,
+                                 replace(record, built_on=self.built_on))
         except OSError as e:
             self.reporter.warning(f"cannot store the image in the cache: {e}")

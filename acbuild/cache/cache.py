@@ -92,6 +92,8 @@ class StepRecord:
     key: str
     manifest_json: bytes
     tree: str  # key of the entry whose tree/ holds the rootfs after this step
+    # registry://… when this entry came from a --cache-from, or was built on one that did
+    imported_from: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,6 +104,7 @@ class ImageRecord:
     uncompressed_size: int
     entries: int
     manifest_json: bytes
+    built_on: str | None = None  # registry://… of an import the build used
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,6 +113,23 @@ class EntryInfo:
     key: str
     size: int
     last_used: float
+    imported_from: str | None = None  # registry://… of a step a --cache-from gave
+    built_on: str | None = None  # …of an import the build that stored this one used
+
+
+def _origin(body: dict[str, object], field: str) -> str | None:
+    value = body.get(field)
+    return value if isinstance(value, str) else None
+
+
+def _image_body(record: ImageRecord, sha256: str) -> dict[str, object]:
+    body: dict[str, object] = {
+        "kind": "image", "image_id": record.image_id, "size": record.size,
+        "uncompressed": record.uncompressed_size, "entries": record.entries,
+        "manifest": record.manifest_json.decode(), "sha256": sha256}
+    if record.built_on is not None:
+        body["built_on"] = record.built_on
+    return body
 
 
 def _hex(key: str) -> str:
@@ -381,19 +401,29 @@ class CacheStore:
         if tree != key and self._meta("steps", tree) is None:
             return None  # its tree was pruned: the step runs again
         self._touch(self._dir("steps", key))
-        return StepRecord(key=key, manifest_json=str(body["manifest"]).encode(), tree=tree)
+        return StepRecord(key=key, manifest_json=str(body["manifest"]).encode(), tree=tree,
+                          imported_from=_origin(body, "imported_from")
+                          or _origin(body, "built_on"))
 
     def put_step(self, key: str, manifest_json: bytes, *, rootfs: StagedRootfs | None,
-                 tree: str | None, link: bool, known: KnownDigests | None = None) -> None:
+                 tree: str | None, link: bool, known: KnownDigests | None = None,
+                 imported_from: str | None = None, built_on: str | None = None) -> None:
         """Store a step: with ``rootfs`` a snapshot of it (hardlinked when ``link``: only
         safe when nothing will change those files in place), else a reference to ``tree``.
-        ``known``: digests of linked files already read (used, and added to)."""
+        ``known``: digests of linked files already read (used, and added to).
+        ``imported_from``: the remote cache it came from; ``built_on``: that of an import
+        the build storing it used. Both are kept so that what a --cache-from gave, and
+        what may hold it, stays known after the option is gone (listed, prunable)."""
         if self._dir("steps", key).exists():
             return
         temp = self.temp_dir()
         try:
             body: dict[str, object] = {"kind": "step", "manifest": manifest_json.decode(),
                                        "tree": tree or key}
+            if imported_from is not None:
+                body["imported_from"] = imported_from
+            elif built_on is not None:
+                body["built_on"] = built_on
             if rootfs is not None:
                 materialize(rootfs)  # a snapshot is of the staged tree alone
                 digest, size = copy_tree_verified(
@@ -520,7 +550,8 @@ class CacheStore:
         return ImageRecord(key=key, image_id=str(body["image_id"]), size=int(body["size"]),  # type: ignore[call-overload]
                            uncompressed_size=int(body["uncompressed"]),  # type: ignore[call-overload]
                            entries=int(body["entries"]),  # type: ignore[call-overload]
-                           manifest_json=str(body["manifest"]).encode())
+                           manifest_json=str(body["manifest"]).encode(),
+                           built_on=_origin(body, "built_on"))
 
     def put_image(self, key: str, image: Path, record: ImageRecord) -> None:
         if self._dir("images", key).exists():
@@ -528,11 +559,7 @@ class CacheStore:
         temp = self.temp_dir()
         try:
             digest = _copy_hashing(image, temp / "image.aci")
-            (temp / _META).write_bytes(_seal({
-                "kind": "image", "image_id": record.image_id, "size": record.size,
-                "uncompressed": record.uncompressed_size, "entries": record.entries,
-                "manifest": record.manifest_json.decode(), "sha256": digest,
-            }))
+            (temp / _META).write_bytes(_seal(_image_body(record, digest)))
         except BaseException:
             remove_tree(temp, ignore_errors=True)
             raise
@@ -605,19 +632,24 @@ class CacheStore:
                     with contextlib.suppress(OSError):
                         found.append(EntryInfo(
                             kind=kind, key="sha256:" + name, size=size,
-                            last_used=os.lstat(name, dir_fd=where).st_mtime))
+                            last_used=os.lstat(name, dir_fd=where).st_mtime,
+                            imported_from=None if body is None
+                            else _origin(body, "imported_from"),
+                            built_on=None if body is None else _origin(body, "built_on")))
         found += [EntryInfo(kind="mount", key=m.id, size=m.size, last_used=m.last_used)
                   for m in self.mounts.entries()]
         return sorted(found, key=lambda e: e.last_used, reverse=True)
 
-    def prune(self, max_size: int) -> list[EntryInfo]:
-        """Remove least recently used entries until the rest fit in ``max_size`` bytes."""
+    def prune(self, max_size: int, *, imported: bool = False) -> list[EntryInfo]:
+        """Remove least recently used entries until the rest fit in ``max_size`` bytes;
+        with ``imported``, the entries a --cache-from gave or that were built on one
+        (whatever their size) instead."""
         with self.session(exclusive=True):
             self._sweep_tmp(stale_after=_STALE_TMP)
             kept, removed, total = self.entries(), [], 0
             for entry in kept:
                 total += entry.size
-                if total > max_size:
+                if (entry.imported_from or entry.built_on) if imported else total > max_size:
                     removed.append(entry)
             mounts = {m.id: m for m in self.mounts.entries()}
             done = []
@@ -675,11 +707,7 @@ class ImageDraft:
             raise self.error
         if self._size != record.size or record.key != self.key:
             return  # not the bytes of that output: never stored as them
-        (self._temp / _META).write_bytes(_seal({
-            "kind": "image", "image_id": record.image_id, "size": record.size,
-            "uncompressed": record.uncompressed_size, "entries": record.entries,
-            "manifest": record.manifest_json.decode(), "sha256": self._sha.hexdigest(),
-        }))
+        (self._temp / _META).write_bytes(_seal(_image_body(record, self._sha.hexdigest())))
         self._publish(self._temp, self._final)
         self.published = True
 

@@ -286,7 +286,8 @@ class RemoteCache:
                 config = self._download(source, key, rootfs, source.clock)
             if config is None:
                 return False
-            self.store.put_step(key, config.manifest_json, rootfs=rootfs, tree=None, link=True)
+            self.store.put_step(key, config.manifest_json, rootfs=rootfs, tree=None, link=True,
+                                imported_from=source.repo.url())
         return True
 
     def _download(self, source: _Source, key: str, rootfs: StagedRootfs,

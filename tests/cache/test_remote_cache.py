@@ -106,6 +106,47 @@ def test_separate_caches_share_run_steps_through_the_registry(
 
 
 @needs_sandbox
+def test_an_import_is_listed_as_one_and_can_be_pruned_alone(
+        registry: Registry, context: Path, tmp_path: Path) -> None:
+    """What a --cache-from gave stays in the local cache after the option is gone, and so
+    does what later builds stored on top of it: both are listed with the import's origin,
+    and `cache prune --imported` removes them and nothing else."""
+    build(context, tmp_path / "c1", tmp_path / "out1", *cache_args(registry, to="ci/cache"))
+    build(context, tmp_path / "c2", tmp_path / "out2", *cache_args(registry, frm=("ci/cache",)))
+    env = {"XDG_CACHE_HOME": str(tmp_path / "c2")}
+    origin = f"registry://{registry.host}/ci/cache"
+    listed = acbuild("cache", "list", env=env)
+    assert listed.code == 0, listed.stderr
+    imported = [line for line in listed.stdout.splitlines()
+                if line.endswith(f"imported from {origin}")]
+    assert len(imported) == 1, listed.stdout  # step 6, the last cached one: the one fetched
+    # A later build, without --cache-from, goes on from the import: a RUN more, and the
+    # image (an ACI, which the cache keeps whole)
+    (context / "Acfile").write_text(ACFILE + "RUN /bin/sh -c 'echo ran-the-third-run'\n")
+    later = acbuild("build", context / "Acfile", "-o", tmp_path / "later.aci",
+                    "--progress=plain", env=env)
+    assert later.code == 0, later.stderr
+    assert "| ran-the-third-run" in later.stderr and "| ran-the-first-run" not in later.stderr
+    listed = acbuild("cache", "list", env=env).stdout
+    built_on = [line for line in listed.splitlines()
+                if line.endswith(f"built on an import from {origin}")]
+    assert {line.split()[0] for line in built_on} == {"step", "image"}, listed
+    pruned = acbuild("cache", "prune", "--imported", env=env)
+    assert pruned.code == 0, pruned.stderr
+    assert pruned.stdout.startswith(f"removed {len(imported) + len(built_on)} entries")
+    assert origin not in acbuild("cache", "list", env=env).stdout
+    again = acbuild("build", context / "Acfile", "-o", tmp_path / "again.aci",
+                    "--progress=plain", env=env)  # no --cache-from: the RUNs run
+    assert again.code == 0, again.stderr
+    assert "| ran-the-first-run" in again.stderr and "| ran-the-third-run" in again.stderr
+    assert origin not in acbuild("cache", "list", env=env).stdout  # its own entries now
+    kept = acbuild("cache", "prune", "--imported", env=env)
+    assert kept.stdout.startswith("removed 0 entries")
+    bad = acbuild("cache", "prune", "--imported", "--all", env=env)
+    assert bad.code == 2 and "not combined" in bad.stderr
+
+
+@needs_sandbox
 def test_export_skips_what_is_there_and_mounts_from_the_cache_from_repository(
         registry: Registry, context: Path, tmp_path: Path) -> None:
     build(context, tmp_path / "c1", tmp_path / "out1", *cache_args(registry, to="main"))

@@ -41,7 +41,7 @@ def test_help_and_version_load_no_library(args: list[str]) -> None:
     probe = ("import sys; from acbuild.cli.main import main\n"
              "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
              "heavy = [m for m in ('jinja2', 'lark', 'gnupg', 'rich', 'zstandard', 'zlib_ng',"
-             " 'httpx') if m in sys.modules]\nprint('LOADED', heavy)")
+             " 'isal', 'httpx') if m in sys.modules]\nprint('LOADED', heavy)")
     out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True,
                          check=True).stdout
     assert out.splitlines()[-1] == "LOADED []"

@@ -95,3 +95,12 @@ def test_credentials_in_a_reference_are_refused_without_echo(text: str) -> None:
         parse_reference(text)
     assert "cannot hold credentials" in e.value.message
     assert "hunter2" not in e.value.render() and "alice" not in e.value.render()
+
+
+def test_check_host_takes_ipv6_alone_and_writes_ports_as_numbers() -> None:
+    assert check_host("[::1]") == "[::1]"
+    assert check_host("[::1]:5000") == "[::1]:5000"
+    assert check_host("Reg.Local:080") == "reg.local:80"
+    for bad in ("[::1", "::1", "[::1]:0", "[::1]:x"):
+        with pytest.raises(RegistryError):
+            check_host(bad)

@@ -3,13 +3,15 @@ against a tampering proxy that answers as a hostile registry would."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import itertools
 import json
 import threading
 import time
+import urllib.parse
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -20,10 +22,12 @@ from acbuild.distribution.registry.reference import RegistryError
 from acbuild.distribution.registry.transport import (
     Session,
     TransportOptions,
+    _origin,
     body_chunks,
     parse_challenge,
     read_limited,
 )
+from tests.support.httpserver import ScriptedHandler, threaded
 from tests.support.registry import (
     Registry,
     TamperProxy,
@@ -503,3 +507,87 @@ def test_a_gzip_body_is_decoded_in_pieces_a_count_can_stop() -> None:
     deflated = httpx.Response(200, headers={"Content-Encoding": "deflate"},
                               stream=httpx.ByteStream(zlib.compress(b"zlib-wrapped")))
     assert b"".join(body_chunks(deflated, "blob")) == b"zlib-wrapped"
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("http://h/v2/", "http://h:80/v2/x"), ("https://h/", "https://h:443/"),
+    ("HTTPS://H.example/", "https://h.example:443/"), ("https://[::1]/", "https://[::1]:443/"),
+    ("https://user:pw@h/", "https://h/")])
+def test_one_origin_however_the_default_port_is_spelled(a: str, b: str) -> None:
+    assert _origin(a) == _origin(b)
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("http://h/", "https://h/"), ("https://h/", "https://h:8443/"),
+    ("http://h:443/", "https://h/"), ("https://h/", "https://h.evil/")])
+def test_other_origins_stay_other(a: str, b: str) -> None:
+    assert _origin(a) != _origin(b)
+
+
+def test_an_insecure_registry_is_one_host_with_and_without_port_80() -> None:
+    assert TransportOptions(insecure_registries=("reg.local",)).insecure("reg.local:80")
+    assert TransportOptions(insecure_registries=("reg.local:80",)).insecure("reg.local")
+    assert not TransportOptions(insecure_registries=("reg.local",)).insecure("reg.local:8080")
+    assert not TransportOptions(insecure_registries=("reg.local:180",)).insecure("reg.local")
+
+
+@contextlib.contextmanager
+def _scope_challenging(challenge_scope: str) -> Iterator[tuple[str, list[list[str]]]]:
+    """A registry that answers a request without a token, and one with a token the first
+    time, 401 ``insufficient_scope`` naming ``challenge_scope``; its token endpoint
+    (/token on the same host) records the scopes each token request asks for."""
+    asked: list[list[str]] = []
+
+    class Handler(ScriptedHandler):
+        def do_GET(self) -> None:
+            url = urllib.parse.urlsplit(self.path)
+            if url.path == "/token":
+                asked.append(urllib.parse.parse_qs(url.query).get("scope", []))
+                self.answer(200, json.dumps({"token": f"t{len(asked)}"}).encode())
+                return
+            token = self.headers.get("Authorization", "")
+            if token == f"Bearer t{max(len(asked), 1)}" and len(asked) >= 2:
+                self.answer(200, b"{}")
+                return
+            error = ',error="insufficient_scope"' if token else ""
+            realm = f"http://127.0.0.1:{self.server.server_address[1]}/token"
+            self.answer(401, b"", [("WWW-Authenticate", f'Bearer realm="{realm}",'
+                                    f'service="s",scope="{challenge_scope}"{error}')])
+
+    with threaded(Handler) as host:
+        yield host, asked
+
+
+@pytest.mark.parametrize("named", [
+    "repository:a/b:pull,push repository:prod/app:pull,push",
+    " ".join(f"repository:r{i}:pull" for i in range(50))])
+def test_a_challenge_does_not_widen_the_token_request(named: str) -> None:
+    """A 401 (insufficient_scope or not) naming other repositories gets a token asked for
+    the request's own scope alone: the registry, or whoever answers for it, is not handed a
+    token for repositories this push never named."""
+    with _scope_challenging(named) as (host, asked):
+        options = TransportOptions(insecure_registries=(host,), retries=0)
+        with Session(host, options, None) as s:
+            s._tokens["repository:a/b:pull,push"] = "t1"  # a token of the request's scope
+            asked.append(["repository:a/b:pull,push"])  # the one that token came from
+            with s.get("/v2/a/b/manifests/x", scope="repository:a/b:pull,push") as r:
+                assert r.status_code == 200
+    assert asked == [["repository:a/b:pull,push"]] * 2  # the token fetched after the 401
+
+
+def test_an_insecure_ipv6_registry_and_a_zero_padded_port() -> None:
+    assert TransportOptions(insecure_registries=("[::1]",)).insecure("[::1]:80")
+    assert TransportOptions(insecure_registries=("[::1]:80",)).insecure("[::1]")
+    assert TransportOptions(insecure_registries=("reg.local:080",)).insecure("reg.local")
+    assert not TransportOptions(insecure_registries=("[::1]",)).insecure("[::1]:5000")
+
+
+def test_the_login_ping_asks_for_a_token_of_no_scope(token_registry: Registry) -> None:
+    """The ping proves the credentials; its token grants nothing, whatever the challenge
+    names (a forged one could name any repository, with push and delete)."""
+    assert token_registry.token_server is not None
+    token_registry.token_server.requests.clear()
+    with _session(token_registry) as s:
+        s.ping()
+    asked = token_registry.token_server.requests
+    assert len(asked) == 1 and "scope" not in asked[0], asked

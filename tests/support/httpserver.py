@@ -210,3 +210,36 @@ def serve_tmp(tmp_path: Path, *, tls: TlsFiles | None = None) -> Iterator[Server
     root.mkdir()
     with serve(root, tls=tls) as server:
         yield server
+
+
+class ScriptedHandler(http.server.BaseHTTPRequestHandler):
+    """A base for a test's own server: HTTP/1.1, quiet, and ``answer`` for a whole reply."""
+
+    protocol_version = "HTTP/1.1"
+
+    def answer(self, status: int, body: bytes = b"",
+               headers: list[tuple[str, str]] | None = None) -> None:
+        self.send_response(status)
+        for k, v in headers or []:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def threaded(handler: type[http.server.BaseHTTPRequestHandler], port: int = 0
+             ) -> Iterator[str]:
+    """``handler`` serving on 127.0.0.1 (``port``, else a free one) in a thread; yields
+    HOST:PORT and stops the server when the block ends."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -49,6 +49,7 @@ REGISTRY_BIN = Path("/usr/bin/docker-registry")
 Mode = Literal["http", "tls", "basic", "token"]
 MODES: tuple[Mode, ...] = ("http", "tls", "basic", "token")
 USERNAME = "alice"
+READER = "bob"  # token mode's pull-only user
 SERVICE = "acbuild-test-registry"
 ISSUER = "acbuild-test-token-issuer"
 
@@ -84,6 +85,8 @@ class Registry:
     log: Path  # the registry's own log (its access log included)
     storage: Path
     token_server: TokenServer | None = None
+    # token mode: a second user whose tokens grant pull alone (USERNAME, PASSWORD)
+    reader: tuple[str, str] | None = None
 
     @property
     def scheme(self) -> str:
@@ -183,13 +186,15 @@ def start_registry(workdir: Path, mode: Mode, *, anonymous_pull: bool = False,
     if tls is not None:
         http_config["tls"] = {"certificate": str(tls.cert), "key": str(tls.key)}
     token_ctx: contextlib.AbstractContextManager[TokenServer | None] = contextlib.nullcontext()
+    reader = None
     if mode == "basic":
         htpasswd = workdir / "htpasswd"
         htpasswd.write_text(_htpasswd(USERNAME, password or "") + "\n")
         config["auth"] = {"htpasswd": {"realm": "acbuild-test", "path": str(htpasswd)}}
     elif mode == "token":
+        reader = (READER, secrets.token_urlsafe(12))
         token_ctx = serve_tokens(workdir / "token", USERNAME, password or "",
-                                 anonymous_pull=anonymous_pull)
+                                 anonymous_pull=anonymous_pull, reader=reader)
     with token_ctx as tokens:
         if tokens is not None:
             config["auth"] = {"token": {"realm": tokens.realm, "service": SERVICE,
@@ -208,7 +213,8 @@ def start_registry(workdir: Path, mode: Mode, *, anonymous_pull: bool = False,
                                         stderr=subprocess.STDOUT)
             registry = Registry(host=host, mode=mode, ca=tls.ca if tls else None,
                                 username=username, password=password, log=log,
-                                storage=storage, token_server=tokens)
+                                storage=storage, token_server=tokens,
+                                reader=reader)
             try:
                 _wait_ready(registry, proc, startup)
                 break
@@ -294,10 +300,12 @@ def _token_keys(directory: Path) -> tuple[object, bytes, Path]:
 
 @contextlib.contextmanager
 def serve_tokens(directory: Path, username: str, password: str, *,
-                 anonymous_pull: bool = False) -> Iterator[TokenServer]:
+                 anonymous_pull: bool = False,
+                 reader: tuple[str, str] | None = None) -> Iterator[TokenServer]:
     """The Docker token protocol's server side: GET /token?service=…&scope=… with optional
     basic auth → {"token": JWT}. Wrong credentials get 401; no credentials get a pull-only
-    token when ``anonymous_pull``, else 401. POST /token with the OAuth2 form
+    token when ``anonymous_pull``, else 401; ``reader`` (USER, PASSWORD), when given, gets
+    pull-only tokens. POST /token with the OAuth2 form
     (grant_type=refresh_token) takes the server's refresh token for the user instead."""
     import jwt
 
@@ -312,7 +320,11 @@ def serve_tokens(directory: Path, username: str, password: str, *,
             server_box[0].requests.append(
                 {"path": url.path, "authorization": auth,
                  **{k: ",".join(v) for k, v in query.items()}})
-            self._issue(url.path, _basic_user(auth, username, password), query)
+            user = _basic_user(auth, username, password)
+            if user is False and reader is not None and \
+                    _basic_user(auth, *reader) == reader[0]:
+                user = reader[0]
+            self._issue(url.path, user, query)
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -333,7 +345,8 @@ def serve_tokens(directory: Path, username: str, password: str, *,
                 kind, _, rest = scope.partition(":")
                 repo, _, actions = rest.rpartition(":")
                 wanted = actions.split(",")
-                granted = wanted if user else [a for a in wanted if a == "pull"]
+                granted = wanted if user and user != READER else \
+                    [a for a in wanted if a == "pull"]
                 access.append({"type": kind, "name": repo, "actions": granted})
             now = int(time.time())
             claims = {"iss": ISSUER, "sub": user or "", "aud": query.get("service", [""])[0],

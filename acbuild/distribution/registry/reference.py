@@ -135,8 +135,9 @@ def check_host(text: str, what: str = "registry") -> str:
     if host in _HUB_ALIASES or host == "index.docker.io/v1":
         return DOCKER_HUB
     name, colon, port = host.rpartition(":")
-    if not colon:
-        name, port = host, ""
+    if not colon or host.endswith("]"):  # no port, or a bracketed IPv6 address alone
+        name, colon, port = host, "", ""
     if not host or not _HOST.fullmatch(name) or (colon and not _port(port)):
         raise RegistryError(f"{text!r} is not a {what} HOST[:PORT]")
-    return host.lower()
+    # the port as a number writes it: host:080 is host:80
+    return (f"{name}:{int(port)}" if colon else name).lower()

@@ -82,18 +82,49 @@ class TransportOptions:
     max_redirects: int = 5
 
     def insecure(self, host: str) -> bool:
-        return host.lower() in {check_host(h, "--insecure-registry") for h in
-                                self.insecure_registries}
+        """Whether HOST[:PORT] is reached over plain http. ``host`` and ``host:80`` are one
+        server there, however the user or a URL the registry sent spells it."""
+        return _plain_port(host.lower()) in {
+            _plain_port(check_host(h, "--insecure-registry")) for h in self.insecure_registries}
 
 
-def _origin(url: str) -> tuple[str, str]:
-    """(scheme, host[:port]); ("", "") for a URL that does not parse (a bad IPv6 literal)."""
+def _plain_port(host: str) -> str:
+    name, colon, port = host.rpartition(":")
+    if colon and not host.endswith("]") and port.isascii() and port.isdigit() \
+            and int(port) == 80:
+        return name
+    return host
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+Origin = tuple[str, str, int | None]  # scheme, host, port
+
+
+def _origin(url: str) -> Origin:
+    """(scheme, host, port) with the scheme's default port filled in, so that
+    ``https://h/`` and ``https://h:443/`` are one origin (RFC 6454), as they are one
+    server: what decides where credentials go and which Location is the registry's own.
+    ("", "", None) for a URL that does not parse (a bad IPv6 literal)."""
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+        port = parts.port  # raises ValueError for a port that is not a number
     except ValueError:
-        return "", ""
-    return parts.scheme, parts.netloc.lower().rpartition("@")[2]
+        return "", "", None
+    scheme = parts.scheme.lower()
+    return scheme, parts.hostname or "", _DEFAULT_PORTS.get(scheme) if port is None else port
+
+
+def _netloc(url: str) -> str:
+    """HOST[:PORT] of ``url`` as written (no user info), for messages and hints."""
+    try:
+        return urlsplit(url).netloc.lower().rpartition("@")[2]
+    except ValueError:
+        return ""
+
+
+def scopes(*wanted: str) -> str:
+    """Token scopes as one key: space-separated, as OAuth2 writes a list of them."""
+    return " ".join(dict.fromkeys(s for w in wanted for s in w.split() if s))
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -121,7 +152,7 @@ class Session:
         self._basic = False
         self._auth_lock = threading.Lock()  # one answer to a challenge, for every thread
         self._token_failed: dict[str, RegistryError] = {}  # scope -> why no token came
-        self._answered: set[tuple[str, str]] = set()  # origins that answered in this session
+        self._answered: set[Origin] = set()  # origins that answered in this session
         self._watch = Watch(() if stop is None else (self._stop(stop),))
         verify = tls_context(options.ca_file)
         try:  # trust_env makes a transport for each proxy variable here, and may fail
@@ -262,7 +293,7 @@ class Session:
     def _retry_or_raise(self, e: httpx.TransportError, url: str, attempt: int,
                         cancel: threading.Event | None) -> None:
         if self._never_answered(e, url):
-            raise refused_error(self._shown(url), _origin(url)[1]) from None
+            raise refused_error(self._shown(url), _netloc(url)) from None
         if attempt >= self.options.retries or final(e):
             raise unreachable(e, self._shown(url), url) from None
         self._pause(attempt, None, cancel)
@@ -300,7 +331,7 @@ class Session:
             target = urljoin(url, location)
         except ValueError:
             target = location
-        scheme, netloc = _origin(target)
+        scheme, netloc = _origin(target)[0], _netloc(target)
         if scheme not in ("http", "https") or not netloc:
             raise RegistryError(f"{self._shown(url)} redirects to {escape(target[:200])!r}, "
                                 "which is not an http(s) URL")
@@ -355,7 +386,7 @@ class Session:
     def _fetch_token(self, params: dict[str, str], scope: str,
                      cancel: threading.Event | None = None) -> str:
         realm = params["realm"]
-        scheme, netloc = _origin(realm)
+        scheme, netloc = _origin(realm)[0], _netloc(realm)
         if scheme not in ("http", "https") or not netloc:
             raise RegistryError(f"registry {self.host} asks for a token from "
                                 f"{escape(realm[:200])!r}, which is not an http(s) URL")
@@ -365,7 +396,9 @@ class Session:
                 hint=f"only hosts named with --insecure-registry are reached without TLS "
                      f"(--insecure-registry {netloc})")
         credential = self.credential
-        if credential is not None and self.scheme == "http" and netloc != _origin(self.base)[1] \
+        if credential is not None and self.scheme == "http" \
+                and netloc != _netloc(self.base) \
+                and _origin(realm)[1:] != _origin(self.base)[1:] \
                 and not self.options.insecure(netloc):
             # Over plain http the challenge itself may be forged: the credentials go only to a
             # token server the user named, not to wherever an answer points.
@@ -374,16 +407,25 @@ class Session:
                 "not named with --insecure-registry; refusing to send it your credentials",
                 hint=f"if {netloc} is the registry's token server, add --insecure-registry "
                      f"{netloc}")
-        query = {k: v for k, v in (("service", params.get("service", "")),
-                                   ("scope", scope or params.get("scope", ""))) if v}
+        # What the request needs (a mount: push here and pull where the blob is), never
+        # what a challenge names: a registry (or whoever answers for it over plain http)
+        # naming other repositories would get a token for them with the user's
+        # credentials. The login's ping asks for none: a token that proves the
+        # credentials, granting nothing.
+        wanted = scopes(scope).split()
+        service = [("service", params["service"])] if params.get("service") else []
         try:
             if credential is not None and credential.identity_token:
-                # The OAuth2 flow of the token spec: the refresh token, POSTed as a form.
+                # The OAuth2 flow of the token spec: the refresh token, POSTed as a form
+                # (its scope a space-separated list).
                 url = realm
                 request = self._client.build_request("POST", url, data={
                     "grant_type": "refresh_token", "refresh_token": credential.password,
-                    "client_id": "acbuild-py", **query})
+                    "client_id": "acbuild-py", **dict(service),
+                    **({"scope": " ".join(wanted)} if wanted else {})})
             else:
+                # The token spec's GET takes each scope as a parameter of its own.
+                query = service + [("scope", w) for w in wanted]
                 url = realm + ("&" if "?" in realm else "?") + urlencode(query) if query \
                     else realm
                 headers = {"Authorization": _basic(credential)} if credential else {}
@@ -457,6 +499,15 @@ class Session:
             return RegistryError(f"{self.host}: {what}: authentication required (HTTP 401) "
                                  "and no credentials are stored for it",
                                  hint=f"log in first: acbuild-py login {self.host}")
+        _, params = parse_challenge(response.headers.get("www-authenticate", ""))
+        if params.get("error") == "insufficient_scope":
+            # The token server took the credentials; the token it gave lacks the right
+            # (a pull-only user pushing): logging in again changes nothing.
+            return RegistryError(f"{self.host}: {what}: {self.credential.who} is not allowed "
+                                 "to do this (HTTP 401, insufficient_scope: the token server "
+                                 "granted less than was asked for)",
+                                 hint="ask for that access to the repository, or use one "
+                                      "you may write to")
         return RegistryError(f"{self.host}: {what}: the registry refused the "
                              f"credentials of {self.credential.who} (HTTP 401)",
                              hint=f"log in again: acbuild-py login {self.host}")
