@@ -419,6 +419,16 @@ def _many(root: Path, count: int) -> list[tuple[str, os.stat_result]]:
     return files
 
 
+def _saved(where: Path, root: Path, count: int) -> list[tuple[str, os.stat_result]]:
+    """``_many`` files, each keyed once by a stat cache at ``where`` that is then saved."""
+    files = _many(root, count)
+    cache = StatCache(where)
+    for path, st in files:
+        cache.file_digest(path, st)
+    cache.save()
+    return files
+
+
 def _no_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Count what the stat cache reads (a digest it remembers is never read)."""
     read: list[str] = []
@@ -471,11 +481,7 @@ def test_a_damaged_directory_of_the_stat_cache_is_only_read_again(
     """Records of the wrong length (a truncated or edited file): that directory's files are
     hashed again, the others' digests still trusted; the next save writes it whole."""
     where = tmp_path / "stat" / "ctx.json"
-    files = _many(tmp_path / "tree", 300)
-    first = StatCache(where)
-    for path, st in files:
-        first.file_digest(path, st)
-    first.save()
+    files = _saved(where, tmp_path / "tree", 300)
     damaged = os.path.dirname(files[0][0])
     data = where.read_bytes()
     line = next(x for x in data.split(b"\n") if f'"{damaged}"'.encode() in x)
@@ -550,11 +556,7 @@ DAMAGED = {
 def test_a_damaged_or_older_stat_cache_is_a_miss_and_written_anew(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
     where = tmp_path / "stat" / "ctx.json"
-    files = _many(tmp_path / "tree", 3)
-    first = StatCache(where)
-    for path, st in files:
-        first.file_digest(path, st)
-    first.save()
+    files = _saved(where, tmp_path / "tree", 3)
     where.write_bytes(DAMAGED[damage](where.read_bytes()))
     read = _no_reads(monkeypatch)
     again = StatCache(where)
