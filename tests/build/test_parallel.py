@@ -45,6 +45,10 @@ def two_stages(tmp_path: Path, run_a: str, run_b: str, name: str = "Acfile") -> 
     return acfile
 
 
+# Two 2 s stages one after the other would take 5 s with the build around them, and the
+# bound is 5.5 s: alone (.ci/run's serial part), so that other tests' load does not
+# decide.
+@pytest.mark.serial
 def test_independent_stages_run_at_the_same_time(tmp_path: Path) -> None:
     acfile = two_stages(tmp_path, "sleep 2; echo a > /a.txt", "sleep 2; echo b > /b.txt")
     started = time.monotonic()
