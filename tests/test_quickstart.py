@@ -61,10 +61,7 @@ def _missing() -> str | None:
     return None if sandbox is None else f"no sandbox: {sandbox}"
 
 
-# One worker under pytest -n: the rkt part runs the images the console part built, in the
-# same module-scoped checkout.
-pytestmark = [pytest.mark.skipif(_missing() is not None, reason=str(_missing())),
-              pytest.mark.xdist_group("quickstart")]
+pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
 
 
 @dataclass(frozen=True, slots=True)
