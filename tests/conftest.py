@@ -85,3 +85,16 @@ def isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory,
     # Every test's builds fill these caches and stores; kept for the whole run (pytest's
     # default) they came to gigabytes and once filled the CI machine's disk.
     _remove_tree(home)
+
+
+# Minutes-long tests (the Debian quickstart, the docs' CI recipes, a cold Go build, the
+# documents run end to end) first: under pytest -n (.ci/run) one of them started last would
+# keep its worker busy for a minute or two after the others ran out of tests. A stable sort,
+# so the order within a file stays as written (quickstart's rkt part uses what its console
+# part built).
+_LONG_FILES = ("tests/test_quickstart.py", "tests/test_docs_setup.py",
+               "tests/build/test_goaci.py", "tests/test_docs.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in _LONG_FILES)

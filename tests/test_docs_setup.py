@@ -106,8 +106,9 @@ class Runner:
 
     def __init__(self, tmp: Path) -> None:
         self.work = checkout_copy(tmp / "checkout")
-        self.home = tmp / "home"
-        self.home.mkdir()
+        # Short: the recipes' gpg-agent puts its sockets in ~/.gnupg, and they must fit in
+        # sun_path (107 bytes); below pytest -n's per-worker directories they did not.
+        self.home = Path(tempfile.mkdtemp(prefix="acb-ci-home-"))
         self.python = tmp / "python"
         self.env = clean_env(self.home)
 
@@ -123,6 +124,7 @@ class Runner:
 
     def close(self) -> None:
         subprocess.run(["gpgconf", "--kill", "all"], env=self.env, check=False)
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 def _expand(value: str, env: dict[str, str], secrets: dict[str, str]) -> str:

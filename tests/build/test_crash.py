@@ -63,11 +63,11 @@ def start_build(project: Path, out: Path, env: Mapping[str, str],
     )
 
 
-def sandbox_processes(grace: float = 5.0) -> list[str]:
-    """Sandbox helpers still alive after ``grace`` seconds (a helper notices its parent's
-    death on its control pipe, a moment after the kill)."""
+def sandbox_processes(builder: subprocess.Popen[bytes], grace: float = 5.0) -> list[str]:
+    """The sandbox helpers of ``builder``'s build still alive after ``grace`` seconds (a
+    helper notices its parent's death on its control pipe, a moment after the kill)."""
     deadline = time.monotonic() + grace
-    while (found := _sandbox_processes()) and time.monotonic() < deadline:
+    while (found := _sandbox_processes(builder.pid)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return found
 
@@ -75,7 +75,7 @@ def sandbox_processes(grace: float = 5.0) -> list[str]:
 MINE = os.fsencode(Path(__file__).resolve().parents[2] / "acbuild" / "sandbox" / "sandbox_init")
 
 
-def _sandbox_processes() -> list[str]:
+def _sandbox_processes(builder: int) -> list[str]:
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -84,8 +84,11 @@ def _sandbox_processes() -> list[str]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        # Only this checkout's helpers: another test run on the machine has its own.
-        if MINE in cmdline:
+        # Only this checkout's helpers, and only those of this build: a helper's last
+        # argument is its builder's pid (the helpers it forks keep the command line), and
+        # other tests running meanwhile (pytest -n) or another test run have their own.
+        args = cmdline.rstrip(b"\0").split(b"\0")
+        if MINE in cmdline and args[-1] == str(builder).encode():
             found.append(f"{pid}: {cmdline!r}")
     return found
 
@@ -139,7 +142,7 @@ def test_sigkill_at_random_points_never_leaves_a_partial_image(
         if out.exists():
             assert out.read_bytes() == good_bytes, f"kill {i} at {delay:.2f}s: image changed"
             assert_signed(out, gpgkeys, f"kill {i} at {delay:.2f}s")
-        assert not sandbox_processes(), f"kill {i}: sandbox left running"
+        assert not sandbox_processes(proc), f"kill {i}: sandbox left running"
         assert not mounts_below(tmp_path), f"kill {i}: mounts left"
     r = acbuild("build", project / "ctx" / "Acfile", "-o", out, "--allow-path", project,
                 "--gpg-home", env["GNUPGHOME"],
@@ -175,7 +178,7 @@ def test_a_signing_build_killed_as_its_image_appears_leaves_it_signed(
         proc.communicate()
         assert out.exists(), "the build ended before the image appeared"
         assert_signed(out, gpgkeys, "killed as the image appeared")
-        assert not sandbox_processes()
+        assert not sandbox_processes(proc)
 
 
 def interrupted(project: Path, tmp_path: Path, gpgkeys: gpghelp.Keys, sig: int,
@@ -194,7 +197,7 @@ def interrupted(project: Path, tmp_path: Path, gpgkeys: gpghelp.Keys, sig: int,
         _, err = proc.communicate(timeout=60)
         results.append((delay, proc.returncode, err.decode(), leftovers(out),
                         sorted(os.listdir(Path(env["TMPDIR"]) / f"acbuild-py-{os.geteuid()}"))))
-        assert not sandbox_processes()
+        assert not sandbox_processes(proc)
     return results
 
 

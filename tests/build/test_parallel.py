@@ -45,6 +45,10 @@ def two_stages(tmp_path: Path, run_a: str, run_b: str, name: str = "Acfile") -> 
     return acfile
 
 
+# Two 2 s stages one after the other would take 5 s with the build around them, and the
+# bound is 5.5 s: alone (.ci/run's serial part), so that other tests' load does not
+# decide.
+@pytest.mark.serial
 def test_independent_stages_run_at_the_same_time(tmp_path: Path) -> None:
     acfile = two_stages(tmp_path, "sleep 2; echo a > /a.txt", "sleep 2; echo b > /b.txt")
     started = time.monotonic()
@@ -86,7 +90,8 @@ def test_the_image_id_does_not_depend_on_which_stage_finishes_first(tmp_path: Pa
 
 
 def test_a_failing_stage_stops_the_others_cleanly(tmp_path: Path) -> None:
-    marker = "sleep 47.25"  # a command line no other test runs
+    # A command line no other test runs, nor this test in another run on the machine.
+    marker = f"sleep 47.25{os.getpid()}"
     acfile = two_stages(tmp_path, f"{marker}; echo a > /a.txt", "sleep 0.5; exit 3")
     out = tmp_path / "out.aci"
     started = time.monotonic()
@@ -106,19 +111,24 @@ def test_a_failing_stage_stops_the_others_cleanly(tmp_path: Path) -> None:
                          ids=["sigint", "sigterm"])
 def test_an_interrupt_stops_every_running_stage(tmp_path: Path, sig: signal.Signals,
                                                 status: int) -> None:
-    marker = f"sleep 53.{int(sig)}"
+    marker = f"sleep 53.{int(sig)}{os.getpid()}"  # this run's only: counted below
     acfile = two_stages(tmp_path, f"{marker}; echo a > /a.txt", f"{marker}; echo b > /b.txt")
     out = tmp_path / "out.aci"
     proc = subprocess.Popen(
         [sys.executable, "-m", "acbuild", "build", str(acfile), "-o", str(out), "--no-cache",
          "-j", "2"], env={**os.environ, "CI": "true", "TMPDIR": str(tmp_path)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while len(processes_with(marker.encode())) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)  # both sleeps running
-    assert len(processes_with(marker.encode())) == 2
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=20)
+    try:
+        deadline = time.monotonic() + 30
+        while len(processes_with(marker.encode())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # both sleeps running
+        assert len(processes_with(marker.encode())) == 2
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:  # a failed test must not leave the build running
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
     assert proc.returncode == status, err.decode()
     assert b"Traceback" not in err
     assert processes_with(marker.encode()) == []

@@ -70,6 +70,8 @@ def _clean(tmp_path: Path, out: Path, err: str) -> None:
     assert os.listdir(tmp_path / f"acbuild-py-{os.geteuid()}") == []  # no work directory
 
 
+# At once is within 1.5 s of the signal: alone (.ci/run's serial part).
+@pytest.mark.serial
 @pytest.mark.parametrize("where", ["base", "cache-from"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
 def test_an_interrupt_ends_a_stage_waiting_on_a_registry(tmp_path: Path, where: str,
@@ -88,6 +90,8 @@ def test_an_interrupt_ends_a_stage_waiting_on_a_registry(tmp_path: Path, where: 
     _clean(tmp_path, out, err)
 
 
+# Within 5 s of the start, two stages and a registry: alone (.ci/run's serial part).
+@pytest.mark.serial
 def test_a_failed_stage_ends_another_waiting_on_a_registry(tmp_path: Path) -> None:
     """Stage b fails at once, while stage a waits for its base's manifest. (With a
     --cache-from, b would wait on the cache first: nothing fails before.)"""

@@ -41,6 +41,10 @@ OTHER = "sha256:" + hashlib.sha256(b"another step").hexdigest()
 MANIFEST = b'{"acKind":"ImageManifest","acVersion":"0.8.11","name":"example.com/slow"}'
 REPO = "ci/cache"
 
+# The budgets here are rates and seconds of wall time (a good entry must still arrive
+# in time): run alone (.ci/run's serial part), not beside other tests' load.
+pytestmark = pytest.mark.serial
+
 
 @pytest.fixture
 def http_server(tmp_path: Path) -> Iterator[Server]:

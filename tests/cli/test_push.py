@@ -322,6 +322,8 @@ def stalling_registry() -> Iterator[tuple[str, threading.Event]]:
             release.set()  # before the server joins its handlers
 
 
+# At once is within 1.5 s of the signal: alone (.ci/run's serial part).
+@pytest.mark.serial
 def test_ctrl_c_ends_a_stalled_upload_at_once(aci: Path, tmp_path: Path) -> None:
     """RR-2: an upload waits for the registry to acknowledge its body and then for the
     answer, with no per-send or per-read limit of its own; Ctrl-C still ends it at once."""

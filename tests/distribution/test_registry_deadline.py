@@ -60,6 +60,10 @@ PATH = "/v2/library/busybox/manifests/1.36"
 SCOPE = "repository:library/busybox:pull"
 TIMEOUT = 1.0
 
+# Every test here bounds wall time within a second or so of a deadline: run alone
+# (.ci/run's serial part), not beside other tests' load.
+pytestmark = pytest.mark.serial
+
 
 @pytest.fixture
 def server() -> Iterator[TrickleServer]:

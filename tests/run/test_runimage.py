@@ -17,6 +17,7 @@ from acbuild.sandbox.sandbox import sandbox_available
 from tests.support.busybox import busybox_available, make_busybox_rootfs
 from tests.support.cli import Result, acbuild
 from tests.support.otheruser import NOBODY, as_nobody, shared_directory
+from tests.support.procfs import processes_with
 
 _reason = sandbox_available() if busybox_available() else "busybox-static is not installed"
 pytestmark = pytest.mark.skipif(_reason is not None, reason=f"no sandbox: {_reason}")
@@ -169,7 +170,7 @@ def test_bad_signature_beside_the_image_is_refused(tmp_path: Path, images: Path)
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupted_run_leaves_nothing(tmp_path: Path, images: Path, signum: int,
                                         status: int) -> None:
-    marker = f"4261.{int(signum)}"
+    marker = f"4261.{int(signum)}{os.getpid()}"  # not another run's on the machine
     app = image(tmp_path, images, f"EXEC /bin/sh -c 'echo started; exec sleep {marker}'\n")
     env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / "cache")}
     with subprocess.Popen([sys.executable, "-m", "acbuild", "run", "--no-stdin", app],
@@ -186,7 +187,7 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, images: Path, signum: in
                 proc.kill()
     assert list((tmp_path / "cache" / "acbuild-py" / "run").iterdir()) == []
     deadline = time.monotonic() + 10  # generous: the kernel tears the namespace down async
-    while any(marker.encode() in p.read_bytes() for p in _cmdlines()):
+    while processes_with(marker.encode()):
         assert time.monotonic() < deadline, "the app outlived acbuild-py run"
         time.sleep(0.05)
 
@@ -197,7 +198,8 @@ def test_what_a_killed_run_left_is_removed_by_the_next(tmp_path: Path, images: P
     process and held while it lives, so the next run removes them, and nothing live."""
     from acbuild.fs.leftovers import owner_tag
 
-    app = image(tmp_path, images, "EXEC /bin/sh -c 'echo started; exec sleep 4262.9'\n")
+    marker = f"4262.9{os.getpid()}"  # not another run's on the machine
+    app = image(tmp_path, images, f"EXEC /bin/sh -c 'echo started; exec sleep {marker}'\n")
     env = {**os.environ, "CI": "true", "XDG_CACHE_HOME": str(tmp_path / "cache")}
     with subprocess.Popen([sys.executable, "-m", "acbuild", "run", "--no-stdin", app],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -216,17 +218,9 @@ def test_what_a_killed_run_left_is_removed_by_the_next(tmp_path: Path, images: P
     assert list(runs.iterdir()) == []
     assert not half.exists()
     deadline = time.monotonic() + 10
-    while any(b"4262.9" in p.read_bytes() for p in _cmdlines()):
+    while processes_with(marker.encode()):
         assert time.monotonic() < deadline, "the app outlived its killed acbuild-py run"
         time.sleep(0.05)
-
-
-def _cmdlines() -> list[Path]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (entry / "cmdline").exists():
-            found.append(entry / "cmdline")
-    return found
 
 
 # -- the rendered-rootfs cache and other local users (RK-10) -------------------------------

@@ -185,7 +185,7 @@ def _mounts_with(text: str) -> list[str]:
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupted_build_leaves_nothing(base: Path, tmp_path: Path, signum: int,
                                           status: int) -> None:
-    marker = f"4251.{int(signum)}"
+    marker = f"4251.{int(signum)}{os.getpid()}"  # not another run's on the machine
     work = tmp_path / "tmp"
     work.mkdir()
     acfile(tmp_path / "ctx", base, f"RUN /bin/sh -c 'echo started; sleep {marker}'\n")

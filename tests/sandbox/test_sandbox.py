@@ -402,7 +402,7 @@ def _start_parent(
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupting_the_parent_leaves_nothing(rootfs: Path, signum: int) -> None:
     before = listing(rootfs)
-    marker = f"4245.{int(signum)}"
+    marker = f"4245.{int(signum)}{os.getpid()}"  # not another run's on the machine
     proc = _start_parent(sys.executable, rootfs, f"echo started; sleep {marker}")
     proc.send_signal(signum)
     out, _ = proc.communicate(timeout=10)

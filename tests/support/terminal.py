@@ -54,8 +54,12 @@ def run_in_terminal(*args: str | Path, columns: int = 80, rows: int = 24,
     stream = pyte.ByteStream(screen)
     raw = bytearray()
     deadline = time.monotonic() + timeout
+    exited = False
     while True:
-        ready, _, _ = select.select([leader], [], [], 0.2)
+        # Once the program has exited, what it wrote between the last select and the poll
+        # is still in the terminal: read it all before stopping (on a loaded machine that
+        # gap can hold the last lines, such as "RUN failed …").
+        ready, _, _ = select.select([leader], [], [], 0 if exited else 0.2)
         if ready:
             try:
                 data = os.read(leader, 65536)
@@ -67,8 +71,10 @@ def run_in_terminal(*args: str | Path, columns: int = 80, rows: int = 24,
             stream.feed(data)
             if watch is not None:
                 watch([line.rstrip() for line in screen.display])
-        elif proc.poll() is not None:
+        elif exited:
             break
+        else:
+            exited = proc.poll() is not None
         if time.monotonic() > deadline:
             proc.kill()
             raise TimeoutError(f"acbuild-py {args} did not finish in {timeout} s")
