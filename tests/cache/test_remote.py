@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import http.server
 import io
 import os
 import tarfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +33,7 @@ from acbuild.distribution.registry.upload import PushSession, Repository
 from acbuild.fs.staging import DeviceNode, StagedRootfs
 from acbuild.interop.export import MANIFEST_TYPE, Descriptor
 from acbuild.report import NullReporter
+from tests.support.httpserver import ScriptedHandler, threaded
 from tests.support.registry import Registry, empty_registry
 
 KEY = "sha256:" + hashlib.sha256(b"a step").hexdigest()
@@ -214,27 +213,16 @@ def test_an_entry_naming_a_digest_with_a_newline_is_a_miss(tmp_path: Path) -> No
     every step tag with an entry for that key whose config digest ends in a newline."""
     good = "sha256:" + "a" * 64
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(ScriptedHandler):
         def do_GET(self) -> None:
             key = "sha256:" + self.path.rsplit("step-", 1)[-1]
             entry = EntryManifest(
                 config=Descriptor(media_type=CONFIG_TYPE, digest=good, size=10),
                 layer=Descriptor(media_type=LAYER_TYPE, digest=good, size=10))
-            body = encode_manifest(key, entry).replace(good.encode(), good.encode() + b"\\n", 1)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.answer(200, encode_manifest(key, entry).replace(
+                good.encode(), good.encode() + b"\\n", 1))
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    host = f"127.0.0.1:{server.server_address[1]}"
-    try:
+    with threaded(Handler) as host:
         s = store(tmp_path / "c")
         with PushSession(host, TransportOptions(insecure_registries=(host,), retries=0),
                          None) as push:
@@ -243,9 +231,6 @@ def test_an_entry_naming_a_digest_with_a_newline_is_a_miss(tmp_path: Path) -> No
                 (CacheRepo(registry=host, repository="c"), push)])
             assert cache.fetch(KEY, "step 3") is None
             assert cache.fetch(OTHER, "step 4") is None  # still asked: an entry, not the host
-    finally:
-        server.shutdown()
-        server.server_close()
     assert len(reporter.warnings) == 2
     assert "the cache entry of step 3: its config has no valid sha256 digest" in \
         reporter.warnings[0]
