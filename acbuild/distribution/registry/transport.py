@@ -412,7 +412,7 @@ class Session:
         # naming other repositories would get a token for them with the user's
         # credentials. The login's ping asks for none: a token that proves the
         # credentials, granting nothing.
-        wanted = scopes(scope).split()
+        wanted = scope.split()  # a key ``scopes`` made
         service = [("service", params["service"])] if params.get("service") else []
         try:
             if credential is not None and credential.identity_token:
