@@ -125,7 +125,7 @@ class BuildCache:
                 record = self.store.step(key) if source is not None else None
             if record is None:
                 continue
-            if (origin := source or record.imported_from) is not None:
+            if (origin := source or record.import_origin) is not None:
                 self.built_on = self.built_on or origin
             if number == len(stage.steps) - 1 and not needed_now:
                 return Resume(cached=number + 1, tree=record.tree, deferred=record,

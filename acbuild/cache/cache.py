@@ -92,8 +92,8 @@ class StepRecord:
     key: str
     manifest_json: bytes
     tree: str  # key of the entry whose tree/ holds the rootfs after this step
-    # registry://… when this entry came from a --cache-from, or was built on one that did
-    imported_from: str | None = None
+    # registry://… of the import this entry is (a --cache-from gave it) or was built on
+    import_origin: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -402,7 +402,7 @@ class CacheStore:
             return None  # its tree was pruned: the step runs again
         self._touch(self._dir("steps", key))
         return StepRecord(key=key, manifest_json=str(body["manifest"]).encode(), tree=tree,
-                          imported_from=_origin(body, "imported_from")
+                          import_origin=_origin(body, "imported_from")
                           or _origin(body, "built_on"))
 
     def put_step(self, key: str, manifest_json: bytes, *, rootfs: StagedRootfs | None,
